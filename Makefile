@@ -1,0 +1,34 @@
+# calico.net — the two commands are `make lab` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: deps venv test test-unit test-fv bench lab lab-down clean
+
+deps:
+	bash scripts/install-deps.sh
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test,ansible]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+test: deps venv
+	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS) tests
+
+test-unit: venv
+	$(PY) -m pytest -q tests/unit
+
+test-fv: deps venv
+	$(PY) -m pytest -q tests/fv
+
+bench: deps venv
+	for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info
