@@ -1,1 +1,18 @@
-"""Package."""
+"""The etcd v3 datastore: connection settings, a small client, and Calico v3 resources on it."""
+from __future__ import annotations
+
+from calico_net.datastore.errors import (
+    DatastoreError,
+    DatastoreUnavailable,
+    ResourceAlreadyExists,
+    ResourceConflict,
+    ResourceNotFound,
+)
+from calico_net.datastore.etcd import EtcdClient, EtcdConfig, WatchCompacted, connect
+from calico_net.datastore.store import Datastore, parse_key, resource_key
+
+__all__ = [
+    "Datastore", "DatastoreError", "DatastoreUnavailable", "EtcdClient", "EtcdConfig",
+    "ResourceAlreadyExists", "ResourceConflict", "ResourceNotFound", "WatchCompacted",
+    "connect", "parse_key", "resource_key",
+]

@@ -1,0 +1,463 @@
+"""A small synchronous etcd v3 client for everything in calico_net.
+
+Built on `etcd3gw` (OpenStack's maintained client for etcd's v3 JSON gateway): it
+gives us a `requests` session with TLS client certificates, API-path discovery and
+error mapping. On top of it this module adds what Calico needs and etcd3gw lacks:
+
+* several endpoints with fail-over (`ETCD_ENDPOINTS=https://a:2379,https://b:2379`);
+* ranges and transactions that return the store revision of the read, so callers
+  can snapshot at revision R and watch from R+1;
+* a watch that reports compaction and lost connections as exceptions instead of
+  swallowing them in a worker thread (etcd3gw's own watcher does that).
+
+See docs/etcd-client.md for why this client and not aetcd or python-etcd3.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Mapping, Sequence
+from urllib.parse import urlsplit
+
+import requests
+import yaml
+
+import etcd3gw
+from etcd3gw import exceptions as gw_exc
+
+from calico_net.datastore.errors import DatastoreError, DatastoreUnavailable
+
+log = logging.getLogger(__name__)
+
+DEFAULT_ENDPOINTS = "http://127.0.0.1:2379"
+DEFAULT_CONFIG_FILE = "/etc/calico/calicoctl.cfg"
+DEFAULT_TIMEOUT = 10.0
+
+
+def _b64(data: str | bytes) -> str:
+    if isinstance(data, str):
+        data = data.encode()
+    return base64.b64encode(data).decode("ascii")
+
+
+def _unb64(data: str | None) -> bytes:
+    return base64.b64decode(data) if data else b""
+
+
+def prefix_end(prefix: str | bytes) -> bytes:
+    """The range end that makes [prefix, end) cover every key starting with prefix."""
+    raw = bytearray(prefix.encode() if isinstance(prefix, str) else prefix)
+    for i in range(len(raw) - 1, -1, -1):
+        if raw[i] < 0xFF:
+            raw[i] += 1
+            return bytes(raw[: i + 1])
+    return b"\0"
+
+
+@dataclass(frozen=True)
+class KV:
+    """One key with its value and revisions, as etcd returns it."""
+
+    key: str
+    value: bytes
+    mod_revision: int
+    create_revision: int
+    version: int
+
+    @classmethod
+    def from_json(cls, kv: Mapping[str, Any]) -> "KV":
+        return cls(
+            key=_unb64(kv.get("key")).decode(),
+            value=_unb64(kv.get("value")),
+            mod_revision=int(kv.get("mod_revision", 0)),
+            create_revision=int(kv.get("create_revision", 0)),
+            version=int(kv.get("version", 0)),
+        )
+
+
+@dataclass(frozen=True)
+class WatchEvent:
+    """A change to one key. `kv.value` is empty for deletions."""
+
+    type: str  # "PUT" or "DELETE"
+    kv: KV
+    revision: int
+
+
+class WatchCompacted(DatastoreError):
+    """The revision a watch asked for is compacted: take a fresh snapshot."""
+
+    def __init__(self, compact_revision: int) -> None:
+        super().__init__(f"etcd revision compacted (oldest available: {compact_revision})")
+        self.compact_revision = compact_revision
+
+
+# --- transaction building blocks (the JSON gateway's request shapes) ----------------
+
+
+def cmp_mod_revision(key: str, revision: int) -> dict[str, Any]:
+    """Compare: the key was last modified at `revision` (0 = the key does not exist)."""
+    if revision == 0:
+        return {"key": _b64(key), "target": "CREATE", "result": "EQUAL", "create_revision": "0"}
+    return {"key": _b64(key), "target": "MOD", "result": "EQUAL", "mod_revision": str(revision)}
+
+
+def cmp_absent(key: str) -> dict[str, Any]:
+    return cmp_mod_revision(key, 0)
+
+
+def op_put(key: str, value: bytes | str) -> dict[str, Any]:
+    return {"request_put": {"key": _b64(key), "value": _b64(value)}}
+
+
+def op_delete(key: str) -> dict[str, Any]:
+    return {"request_delete_range": {"key": _b64(key)}}
+
+
+def op_get(key: str) -> dict[str, Any]:
+    return {"request_range": {"key": _b64(key)}}
+
+
+@dataclass
+class TxnResult:
+    succeeded: bool
+    revision: int
+    responses: list[dict[str, Any]]
+
+    def range_kvs(self, index: int) -> list[KV]:
+        """KVs returned by the `op_get` at position `index` of the branch that ran."""
+        resp = self.responses[index].get("response_range", {})
+        return [KV.from_json(kv) for kv in resp.get("kvs", [])]
+
+
+# --- configuration -------------------------------------------------------------
+
+
+@dataclass
+class EtcdConfig:
+    """Where etcd is and how to authenticate, as Calico's tools read it."""
+
+    endpoints: list[str] = field(default_factory=lambda: [DEFAULT_ENDPOINTS])
+    ca_cert_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    timeout: float = DEFAULT_TIMEOUT
+
+    @classmethod
+    def from_sources(
+        cls,
+        env: Mapping[str, str] | None = None,
+        config_file: str | None = None,
+        **overrides: Any,
+    ) -> "EtcdConfig":
+        """Calico's precedence: explicit overrides, then environment, then the file.
+
+        `config_file` defaults to /etc/calico/calicoctl.cfg when that exists; a file
+        named explicitly must exist.
+        """
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        path = config_file
+        if path is None and os.path.exists(DEFAULT_CONFIG_FILE):
+            path = DEFAULT_CONFIG_FILE
+        if path:
+            values.update(_read_calicoctl_cfg(path))
+        env_map = {
+            "ETCD_ENDPOINTS": "endpoints",
+            "ETCD_CA_CERT_FILE": "ca_cert_file",
+            "ETCD_CERT_FILE": "cert_file",
+            "ETCD_KEY_FILE": "key_file",
+        }
+        for var, attr in env_map.items():
+            if env.get(var):
+                values[attr] = env[var]
+        dstype = env.get("DATASTORE_TYPE")
+        if dstype and dstype != "etcdv3":
+            raise DatastoreError(f'DATASTORE_TYPE "{dstype}" is not supported (only etcdv3)')
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        eps = values.get("endpoints", DEFAULT_ENDPOINTS)
+        if isinstance(eps, str):
+            eps = [e.strip() for e in eps.split(",") if e.strip()]
+        values["endpoints"] = list(eps)
+        cfg = cls(**values)
+        cfg.check()
+        return cfg
+
+    def check(self) -> None:
+        if not self.endpoints:
+            raise DatastoreError("no etcd endpoints configured (ETCD_ENDPOINTS)")
+        for ep in self.endpoints:
+            parts = urlsplit(ep)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise DatastoreError(
+                    f'etcd endpoint "{ep}" is not a URL like https://198.18.0.11:2379'
+                )
+        if bool(self.cert_file) != bool(self.key_file):
+            raise DatastoreError("etcd client TLS needs both a certificate and a key file")
+        for what in ("ca_cert_file", "cert_file", "key_file"):
+            path = getattr(self, what)
+            if path and not os.path.isfile(path):
+                raise DatastoreError(f'{what.replace("_", " ")} "{path}" does not exist')
+
+
+def _read_calicoctl_cfg(path: str) -> dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = yaml.safe_load(f) or {}
+    except OSError as e:
+        raise DatastoreError(f"cannot read config file {path}: {e.strerror}") from e
+    except yaml.YAMLError as e:
+        raise DatastoreError(f"config file {path} is not valid YAML: {e}") from e
+    if not isinstance(doc, dict) or doc.get("kind") != "CalicoAPIConfig":
+        raise DatastoreError(f"config file {path}: kind must be CalicoAPIConfig")
+    spec = doc.get("spec") or {}
+    dstype = spec.get("datastoreType", "etcdv3")
+    if dstype != "etcdv3":
+        raise DatastoreError(f'config file {path}: spec.datastoreType "{dstype}" is not supported (only etcdv3)')
+    mapping = {
+        "etcdEndpoints": "endpoints",
+        "etcdCACertFile": "ca_cert_file",
+        "etcdCertFile": "cert_file",
+        "etcdKeyFile": "key_file",
+    }
+    return {attr: spec[k] for k, attr in mapping.items() if spec.get(k)}
+
+
+# --- the client ----------------------------------------------------------------
+
+
+class EtcdClient:
+    """Thread-safe enough for our use: one requests session per endpoint."""
+
+    def __init__(self, config: EtcdConfig) -> None:
+        self.config = config
+        self._clients = [self._make(ep) for ep in config.endpoints]
+        self._current = 0
+        self._lock = threading.Lock()
+
+    def _make(self, endpoint: str) -> etcd3gw.Etcd3Client:
+        parts = urlsplit(endpoint)
+        return etcd3gw.Etcd3Client(
+            host=parts.hostname or "127.0.0.1",
+            port=parts.port or 2379,
+            protocol=parts.scheme,
+            ca_cert=self.config.ca_cert_file,
+            cert_key=self.config.key_file,
+            cert_cert=self.config.cert_file,
+            timeout=self.config.timeout,
+            api_path="/v3/",
+        )
+
+    # All requests go through here: fail over to the next endpoint on connection errors.
+    def _post(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        errors: list[str] = []
+        n = len(self._clients)
+        start = self._current
+        for i in range(n):
+            idx = (start + i) % n
+            client = self._clients[idx]
+            try:
+                resp = client.post(client.get_url(path), json=body)
+            except (gw_exc.ConnectionFailedError, gw_exc.ConnectionTimeoutError) as e:
+                errors.append(f"{self.config.endpoints[idx]}: {_short(e)}")
+                continue
+            except requests.exceptions.SSLError as e:
+                errors.append(f"{self.config.endpoints[idx]}: TLS error: {e}")
+                continue
+            except requests.exceptions.RequestException as e:
+                errors.append(f"{self.config.endpoints[idx]}: {e}")
+                continue
+            except gw_exc.Etcd3Exception as e:
+                raise DatastoreError(f"etcd rejected the request: {_short(e)}") from e
+            self._current = idx
+            return resp
+        raise DatastoreUnavailable("cannot reach etcd: " + "; ".join(errors))
+
+    # --- reads ---
+    def get(self, key: str) -> KV | None:
+        resp = self._post("kv/range", {"key": _b64(key)})
+        kvs = resp.get("kvs") or []
+        return KV.from_json(kvs[0]) if kvs else None
+
+    def get_prefix(self, prefix: str, *, revision: int | None = None, keys_only: bool = False) -> tuple[list[KV], int]:
+        """All keys under prefix, and the store revision this read saw."""
+        body: dict[str, Any] = {"key": _b64(prefix), "range_end": _b64(prefix_end(prefix))}
+        if revision:
+            body["revision"] = str(revision)
+        if keys_only:
+            body["keys_only"] = True
+        resp = self._post("kv/range", body)
+        kvs = [KV.from_json(kv) for kv in resp.get("kvs") or []]
+        return kvs, int(resp["header"]["revision"])
+
+    def revision(self) -> int:
+        resp = self._post("kv/range", {"key": _b64("\0"), "count_only": True})
+        return int(resp["header"]["revision"])
+
+    # --- writes ---
+    def put(self, key: str, value: bytes | str) -> int:
+        resp = self._post("kv/put", {"key": _b64(key), "value": _b64(value)})
+        return int(resp["header"]["revision"])
+
+    def delete(self, key: str) -> bool:
+        resp = self._post("kv/deleterange", {"key": _b64(key)})
+        return int(resp.get("deleted", 0)) > 0
+
+    def delete_prefix(self, prefix: str) -> int:
+        resp = self._post("kv/deleterange", {"key": _b64(prefix), "range_end": _b64(prefix_end(prefix))})
+        return int(resp.get("deleted", 0))
+
+    def txn(
+        self,
+        compare: Sequence[Mapping[str, Any]],
+        success: Sequence[Mapping[str, Any]],
+        failure: Sequence[Mapping[str, Any]] = (),
+    ) -> TxnResult:
+        body = {"compare": list(compare), "success": list(success), "failure": list(failure)}
+        try:
+            resp = self._post("kv/txn", body)
+        except DatastoreError as e:
+            if "too many operations" in str(e):
+                raise DatastoreError(
+                    f"{e} — the transaction has {len(success)} operations; raise etcd's "
+                    "--max-txn-ops (the calico.net etcd role sets it) or split the input"
+                ) from e
+            raise
+        return TxnResult(
+            succeeded=bool(resp.get("succeeded", False)),
+            revision=int(resp["header"]["revision"]),
+            responses=list(resp.get("responses") or []),
+        )
+
+    def compact(self, revision: int) -> None:
+        self._post("kv/compaction", {"revision": str(revision), "physical": True})
+
+    # --- cluster ---
+    def status(self) -> dict[str, Any]:
+        return self._post("maintenance/status", {})
+
+    def members(self) -> list[dict[str, Any]]:
+        return list(self._post("cluster/member/list", {}).get("members") or [])
+
+    # --- watch ---
+    def watch_prefix(self, prefix: str, start_revision: int, *, read_timeout: float | None = None) -> "Watch":
+        return Watch(self, prefix, start_revision, read_timeout=read_timeout)
+
+    def close(self) -> None:
+        for c in self._clients:
+            c.session.close()
+
+
+class Watch:
+    """Iterate over changes under a prefix from a revision.
+
+    Ends by raising: `WatchCompacted` when the start revision is gone,
+    `DatastoreUnavailable` when the stream breaks. `cancel()` ends it quietly.
+    """
+
+    def __init__(self, client: EtcdClient, prefix: str, start_revision: int, *, read_timeout: float | None) -> None:
+        self._client = client
+        self._prefix = prefix
+        self.start_revision = start_revision
+        self._read_timeout = read_timeout
+        self._resp: requests.Response | None = None
+        self._cancelled = False
+
+    def _open(self) -> requests.Response:
+        body = {
+            "create_request": {
+                "key": _b64(self._prefix),
+                "range_end": _b64(prefix_end(self._prefix)),
+                "start_revision": str(self.start_revision),
+                "progress_notify": True,
+            }
+        }
+        errors = []
+        cl = self._client
+        for i in range(len(cl._clients)):
+            idx = (cl._current + i) % len(cl._clients)
+            c = cl._clients[idx]
+            try:
+                resp = c.session.post(
+                    c.get_url("watch"), json=body, stream=True,
+                    timeout=(cl.config.timeout, self._read_timeout),
+                )
+            except requests.exceptions.RequestException as e:
+                errors.append(f"{cl.config.endpoints[idx]}: {e}")
+                continue
+            if resp.status_code != 200:
+                errors.append(f"{cl.config.endpoints[idx]}: HTTP {resp.status_code}")
+                resp.close()
+                continue
+            return resp
+        raise DatastoreUnavailable("cannot open etcd watch: " + "; ".join(errors))
+
+    def __iter__(self) -> Iterator[list[WatchEvent]]:
+        """Yields batches of events (one batch per etcd watch response)."""
+        self._resp = self._open()
+        try:
+            for line in self._resp.iter_lines(chunk_size=None):
+                if self._cancelled:
+                    return
+                if not line or not line.strip():
+                    continue
+                msg = json.loads(line)
+                if "error" in msg:
+                    raise DatastoreUnavailable(f"etcd watch failed: {msg['error'].get('message', msg['error'])}")
+                result = msg.get("result", {})
+                compact = int(result.get("compact_revision", 0) or 0)
+                if compact:
+                    raise WatchCompacted(compact)
+                if result.get("canceled"):
+                    raise DatastoreUnavailable(f"etcd cancelled the watch: {result.get('cancel_reason', '')}")
+                events = result.get("events")
+                if not events:
+                    continue
+                batch = []
+                for ev in events:
+                    kv = KV.from_json(ev.get("kv", {}))
+                    batch.append(WatchEvent(ev.get("type", "PUT"), kv, kv.mod_revision))
+                self.start_revision = batch[-1].revision + 1
+                yield batch
+        except (requests.exceptions.RequestException, ConnectionError, OSError) as e:
+            if self._cancelled:
+                return
+            raise DatastoreUnavailable(f"etcd watch connection lost: {e}") from e
+        except AttributeError:
+            # requests raises this when cancel() closes the stream underneath us
+            if self._cancelled:
+                return
+            raise
+        finally:
+            if self._resp is not None:
+                self._resp.close()
+        if not self._cancelled:
+            raise DatastoreUnavailable("etcd watch stream ended")
+
+    def cancel(self) -> None:
+        self._cancelled = True
+        resp = self._resp
+        if resp is not None:
+            try:
+                resp.raw._fp.fp.raw._sock.shutdown(2)  # type: ignore[union-attr]
+            except Exception:  # noqa: BLE001 - best effort to wake the reader
+                pass
+            resp.close()
+
+
+def _short(e: Exception) -> str:
+    text = " ".join(str(a) for a in e.args if a) or e.__class__.__name__
+    try:
+        detail = json.loads(e.args[0])
+        text = detail.get("error") or detail.get("message") or text
+    except Exception:  # noqa: BLE001 - not JSON: keep the text
+        pass
+    return text[:400]
+
+
+def connect(config: EtcdConfig | None = None, **kwargs: Any) -> EtcdClient:
+    return EtcdClient(config or EtcdConfig.from_sources(**kwargs))
