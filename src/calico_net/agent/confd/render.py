@@ -1,0 +1,927 @@
+"""Render BIRD 2 configuration from Calico v3 resources — the pure half of confd.
+
+Input is what the datastore holds, as plain dicts (``{"apiVersion", "kind",
+"metadata", "spec"}``): Nodes, BGPConfigurations, BGPPeers, IPPools, plus the CIDRs of
+the IPAM blocks affine to this node. Output is one ``bird.cfg`` text for BIRD 2 that
+carries both address families.
+
+How it is built: :func:`build_bird_model` does all the deciding (who peers with whom,
+under which name, with which options; which prefixes are exported/accepted) and returns
+plain dataclasses; the Jinja2 template ``templates/bird.cfg.j2`` only prints that model.
+No I/O happens here apart from the optional :func:`validate_bird_config` (runs
+``bird -p -c``) and :func:`write_if_changed` (atomic file swap), which the watcher part
+of confd calls.
+
+Semantics follow Calico's confd templates, expressed in BIRD 2 syntax:
+
+* node-to-node mesh (BGPConfiguration ``default`` ``spec.nodeToNodeMeshEnabled``,
+  default on): every non-reflector node peers with every other non-reflector node
+  (``Mesh_<ip>``); the session is made one-directional (the node with the higher
+  address is passive) as Calico does, so graceful restart is not raced.
+* route reflectors (Node ``spec.bgp.routeReflectorClusterID``): independent of the mesh
+  switch, a reflector peers with every non-reflector node of its AS as ``rr client``
+  (``RRClient_<ip>``) and with the other reflectors (``RR_<ip>``); a non-reflector peers
+  with every reflector of its AS (``RR_<ip>``). With the mesh off, that is the only
+  node-to-node peering.
+* BGPPeers: global ones (no ``node``/``nodeSelector``, ``Global_<ip>``) and per-node
+  ones (``node`` or ``nodeSelector`` matching this node, ``Node_<ip>``); the remote side
+  is ``peerIP`` (+ ``asNumber``) or every Node matched by ``peerSelector``. One session
+  per remote address and port: node-specific beats global beats reflector beats mesh.
+* exported routes: only this node's affine blocks (a ``blackhole`` static route per
+  block, so unused addresses are dropped locally and the block is the one route
+  advertised) and, for reflectors and eBGP peers, BGP routes learned from others — all
+  only when inside an IPPool whose BGP export is enabled. Anything more specific than an
+  own block (workload /32s) is never exported. Imports accept only prefixes inside an
+  IPPool.
+* the kernel protocol programs BGP-learned pool routes and the own-block blackholes
+  (``proto bird``); it learns only non-pool kernel routes (the underlay, so multihop
+  next hops resolve), never the workload routes Felix programs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import ipaddress
+import logging
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import jinja2
+
+log = logging.getLogger(__name__)
+
+DEFAULT_AS_NUMBER = 64512
+DEFAULT_RESTART_TIME = 120  # seconds, BIRD's and Calico's default
+TEMPLATE_DIR = Path(__file__).parent / "templates"
+
+#: Annotation (on BGPConfiguration ``default`` or ``node.<name>``, and on a BGPPeer to
+#: override for that peer) that switches BFD on ("true") or off ("false").
+BFD_ANNOTATION = "calico-net.io/bfd"
+
+IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
+IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+
+#: ``passwords`` argument: a mapping from ``"<secret name>/<key>"`` to the password, or
+#: a callable given the BGPPeer's ``secretKeyRef`` dict returning the password or None.
+PasswordSource = Union[Mapping[str, str], Callable[[Mapping[str, Any]], "str | None"]]
+
+
+class RenderError(ValueError):
+    """The resources cannot be rendered into a configuration for this node."""
+
+
+class BirdConfigError(RuntimeError):
+    """``bird -p`` rejected a configuration; the message is BIRD's."""
+
+    def __init__(self, message: str, line: int | None = None) -> None:
+        super().__init__(message)
+        self.line = line
+
+
+@dataclass(frozen=True)
+class RenderOptions:
+    """Agent-side switches that are not (or not only) in the datastore."""
+
+    #: BFD on/off. None: take it from the ``calico-net.io/bfd`` annotation of the
+    #: BGPConfiguration ``node.<name>`` or ``default`` (off when absent).
+    bfd: bool | None = None
+    bfd_interval_ms: int = 300
+    bfd_multiplier: int = 5
+    #: BGP graceful restart on every session (and in the kernel protocol).
+    graceful_restart: bool = True
+    #: Router id: an IPv4 address, "hash" (derived from the node name, as Calico's
+    #: CALICO_ROUTER_ID=hash) or None (the node's IPv4 address).
+    router_id: str | None = None
+    #: Seconds between kernel table scans (netlink events are seen immediately).
+    kernel_scan_time: int = 10
+    #: Metric BIRD gives the routes it programs (None: BIRD's default, 32).
+    kernel_metric: int | None = None
+    #: Where BIRD logs; "stderr" when it runs in the foreground in calico/node.
+    log_target: str = "stderr"
+    #: Interfaces whose connected networks BIRD learns (protocol direct), BIRD syntax.
+    direct_interfaces: tuple[str, ...] = ('-"cali*"', '-"kube-ipvs*"', '"*"')
+    #: Parser for label selectors; None imports calico_net.model.selector.parse_selector.
+    selector_parser: Callable[[str], Any] | None = None
+
+
+# --------------------------------------------------------------------------- model
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    name: str
+    labels: Mapping[str, str]
+    ipv4: ipaddress.IPv4Address | None
+    ipv6: ipaddress.IPv6Address | None
+    as_number: int | None  # None: the cluster default
+    rr_cluster_id: str  # "" when not a route reflector
+
+    def ip(self, family: int) -> IPAddress | None:
+        return self.ipv4 if family == 4 else self.ipv6
+
+
+@dataclass
+class Session:
+    """One ``protocol bgp`` block."""
+
+    name: str
+    kind: str  # mesh | reflector | reflector-client | global | node
+    family: int  # 4 or 6: the session's transport and its one channel
+    neighbor: str
+    port: int | None
+    as_number: int
+    description: str
+    source_address: str | None = None
+    passive: bool = False
+    rr_client: bool = False
+    rr_cluster_id: str | None = None
+    password: str | None = dataclasses.field(default=None, repr=False)
+    next_hop_keep: bool = False
+    restart_time: int | None = None
+    ttl_security_hops: int | None = None
+    allow_local_as: int | None = None
+    bfd: bool = False
+
+
+@dataclass
+class FamilyModel:
+    family: int
+    enabled: bool
+    source_address: str | None
+    export_pools: list[str]  # pools whose routes may be advertised
+    accept_pools: list[str]  # every pool: what peers may send us
+    skipped_pools: list[str]  # disableBGPExport pools, for the comment
+    blocks: list[str]
+    block_subnets: list[str]  # "<block>{len+1,max}": prefixes below a block
+    sessions: list[Session] = field(default_factory=list)
+
+
+@dataclass
+class BirdModel:
+    node_name: str
+    router_id: str
+    as_number: int
+    mesh_enabled: bool
+    rr_cluster_id: str
+    listen_port: int | None
+    log_target: str
+    log_classes: str
+    debug_protocols: str
+    graceful_restart: bool
+    default_restart_time: int
+    bfd: bool
+    bfd_interval_ms: int
+    bfd_multiplier: int
+    kernel_scan_time: int
+    kernel_metric: int | None
+    direct_interfaces: str
+    families: list[FamilyModel]
+    notes: list[str]  # comments on what was skipped and why
+
+
+# ------------------------------------------------------------------------ helpers
+
+
+def _meta(res: Mapping[str, Any]) -> Mapping[str, Any]:
+    return res.get("metadata") or {}
+
+
+def _spec(res: Mapping[str, Any]) -> Mapping[str, Any]:
+    return res.get("spec") or {}
+
+
+def _one_line(text: object) -> str:
+    """Text safe to put in a BIRD comment (no newlines/control characters)."""
+    return re.sub(r"[\x00-\x1f\x7f]", "?", str(text))
+
+
+def _bird_string(text: object) -> str:
+    """Text safe inside a BIRD string literal (BIRD 2 strings have no escapes)."""
+    return re.sub(r'[\x00-\x1f\x7f"\\]', "?", str(text))
+
+
+def _parse_as(value: object) -> int:
+    """AS number from an int, "65000" or asdot "1.10"."""
+    if isinstance(value, bool):
+        raise ValueError(f"invalid AS number {value!r}")
+    if isinstance(value, int):
+        n = value
+    elif isinstance(value, str) and re.fullmatch(r"\d+", value):
+        n = int(value)
+    elif isinstance(value, str) and re.fullmatch(r"\d+\.\d+", value):
+        hi, lo = (int(x) for x in value.split("."))
+        if hi > 0xFFFF or lo > 0xFFFF:
+            raise ValueError(f"invalid AS number {value!r}")
+        n = (hi << 16) | lo
+    else:
+        raise ValueError(f"invalid AS number {value!r}")
+    if not 1 <= n <= 0xFFFFFFFF:
+        raise ValueError(f"AS number {value!r} out of range")
+    return n
+
+
+_DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(h|ms|m|s)")
+
+
+def _parse_duration_s(value: object) -> int:
+    """Seconds from a Go duration ("120s", "2m", "1h30m") or a number of seconds."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return int(value)
+    text = str(value).strip()
+    if re.fullmatch(r"\d+", text):
+        return int(text)
+    pos, total = 0, 0.0
+    for m in _DURATION_RE.finditer(text):
+        if m.start() != pos:
+            break
+        pos = m.end()
+        total += float(m.group(1)) * {"h": 3600, "m": 60, "s": 1, "ms": 0.001}[m.group(2)]
+    if pos != len(text) or not text:
+        raise ValueError(f"invalid duration {value!r}")
+    return int(total)
+
+
+def _parse_bool(value: object) -> bool | None:
+    if value is None:
+        return None
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes", "on"):
+        return True
+    if text in ("false", "0", "no", "off"):
+        return False
+    return None
+
+
+def _host_address(value: object, family: int) -> IPAddress | None:
+    """Address of a ``"198.18.0.11/24"``-style interface string (None when unset)."""
+    if not value:
+        return None
+    iface = ipaddress.ip_interface(str(value))
+    if iface.version != family:
+        raise ValueError(f"{value!r} is not an IPv{family} address")
+    return iface.ip
+
+
+def _rr_cluster_id(value: object) -> str:
+    """Normalise a routeReflectorClusterID (dotted quad or integer) for BIRD."""
+    if value in (None, ""):
+        return ""
+    text = str(value).strip()
+    if re.fullmatch(r"\d+", text):
+        return str(ipaddress.IPv4Address(int(text)))
+    return str(ipaddress.IPv4Address(text))
+
+
+def _split_peer_ip(text: str) -> tuple[IPAddress, int | None]:
+    """``"198.18.0.5"``, ``"198.18.0.5:1790"``, ``"[2001:db8::1]:1790"``, ``"2001:db8::1"``."""
+    text = text.strip()
+    m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\](?::(\d+))?", text)
+    if m:
+        return ipaddress.IPv6Address(m.group(1)), int(m.group(2)) if m.group(2) else None
+    if text.count(":") == 1:
+        host, port = text.split(":")
+        return ipaddress.IPv4Address(host), int(port)
+    return ipaddress.ip_address(text), None
+
+
+def protocol_name(prefix: str, ip: IPAddress, port: int | None = None) -> str:
+    """BIRD protocol name for a session, as Calico spells it: ``Mesh_198_18_0_12``,
+    ``Global_2001_db8__5``, ``Node_198_18_0_9_port_1790``."""
+    name = f"{prefix}_{str(ip).replace('.', '_').replace(':', '_')}"
+    if port is not None:
+        name += f"_port_{port}"
+    return name
+
+
+def _password_is_quotable(password: str) -> bool:
+    # BIRD 2 strings have no escapes; TCP-MD5 keys are at most 80 bytes.
+    return (
+        0 < len(password.encode()) <= 80
+        and not re.search(r'["\\\x00-\x1f\x7f]', password)
+    )
+
+
+def _resolve_password(
+    ref: Mapping[str, Any], passwords: PasswordSource | None
+) -> str | None:
+    if passwords is None:
+        return None
+    if callable(passwords):
+        return passwords(ref)
+    return passwords.get(f"{ref.get('name', '')}/{ref.get('key', '')}")
+
+
+def _hash_router_id(node_name: str) -> str:
+    digest = hashlib.sha256(node_name.encode()).digest()
+    n = int.from_bytes(digest[:4], "big") or 1
+    return str(ipaddress.IPv4Address(n))
+
+
+def _subnets_pattern(net: IPNetwork) -> str | None:
+    """BIRD prefix pattern for everything strictly more specific than ``net``."""
+    if net.prefixlen >= net.max_prefixlen:
+        return None
+    return f"{net}{{{net.prefixlen + 1},{net.max_prefixlen}}}"
+
+
+_LOG_CLASSES = {
+    "debug": "all",
+    "info": "{ info, remote, warning, error, auth, fatal, bug }",
+    "warning": "{ warning, error, auth, fatal, bug }",
+    "error": "{ error, auth, fatal, bug }",
+    "fatal": "{ fatal, bug }",
+    "none": "{ fatal, bug }",
+}
+
+
+# ------------------------------------------------------------------------ building
+
+
+def _node_info(res: Mapping[str, Any]) -> NodeInfo:
+    meta, spec = _meta(res), _spec(res)
+    bgp = spec.get("bgp") or {}
+    asn = bgp.get("asNumber")
+    return NodeInfo(
+        name=str(meta.get("name", "")),
+        labels=dict(meta.get("labels") or {}),
+        ipv4=_host_address(bgp.get("ipv4Address"), 4),  # type: ignore[arg-type]
+        ipv6=_host_address(bgp.get("ipv6Address"), 6),  # type: ignore[arg-type]
+        as_number=_parse_as(asn) if asn not in (None, "") else None,
+        rr_cluster_id=_rr_cluster_id(bgp.get("routeReflectorClusterID")),
+    )
+
+
+class _Selectors:
+    """Parses each selector text once."""
+
+    def __init__(self, parser: Callable[[str], Any] | None) -> None:
+        self._parser = parser
+        self._cache: dict[str, Any] = {}
+
+    def matches(self, text: str, labels: Mapping[str, str]) -> bool:
+        sel = self._cache.get(text)
+        if sel is None:
+            if self._parser is None:
+                from calico_net.model.selector import parse_selector
+
+                self._parser = parse_selector
+            sel = self._cache[text] = self._parser(text)
+        return bool(sel.evaluate(dict(labels)))
+
+
+def build_bird_model(
+    node_name: str,
+    nodes: Sequence[Mapping[str, Any]],
+    bgp_configs: Sequence[Mapping[str, Any]],
+    peers: Sequence[Mapping[str, Any]],
+    pools: Sequence[Mapping[str, Any]],
+    affine_blocks: Iterable[str],
+    *,
+    passwords: PasswordSource | None = None,
+    options: RenderOptions | None = None,
+) -> BirdModel:
+    """Decide everything the configuration says; see the module docstring."""
+    opts = options or RenderOptions()
+    notes: list[str] = []
+    selectors = _Selectors(opts.selector_parser)
+
+    # Nodes. A malformed *other* node is skipped (it must not break our sessions);
+    # a malformed own node is an error.
+    infos: dict[str, NodeInfo] = {}
+    for res in nodes:
+        name = str(_meta(res).get("name", ""))
+        try:
+            infos[name] = _node_info(res)
+        except ValueError as exc:
+            if name == node_name:
+                raise RenderError(f"Node {node_name}: {exc}") from exc
+            notes.append(f"Node {_one_line(name)} skipped: {_one_line(exc)}")
+    me = infos.get(node_name)
+    if me is None:
+        raise RenderError(f"Node {node_name!r} not found")
+
+    # BGPConfiguration: "default", then "node.<name>" for the per-node fields.
+    cfg_by_name = {str(_meta(c).get("name", "")): c for c in bgp_configs}
+    default_cfg = cfg_by_name.get("default", {})
+    node_cfg = cfg_by_name.get(f"node.{node_name}", {})
+    dspec, nspec = _spec(default_cfg), _spec(node_cfg)
+    try:
+        default_as = _parse_as(dspec.get("asNumber", DEFAULT_AS_NUMBER))
+    except ValueError as exc:
+        raise RenderError(f"BGPConfiguration default: {exc}") from exc
+    mesh_enabled = dspec.get("nodeToNodeMeshEnabled", True) is not False
+    my_as = me.as_number or default_as
+
+    def node_as(n: NodeInfo) -> int:
+        return n.as_number or default_as
+
+    def listen_port_of(name: str) -> int | None:
+        spec = _spec(cfg_by_name.get(f"node.{name}", {}))
+        port = spec.get("listenPort") or dspec.get("listenPort")
+        return int(port) if port else None
+
+    severity = str(
+        nspec.get("logSeverityScreen") or dspec.get("logSeverityScreen") or "Info"
+    ).lower()
+    if severity not in _LOG_CLASSES:
+        severity = "info"
+
+    bfd = opts.bfd
+    if bfd is None:
+        for cfg in (node_cfg, default_cfg):
+            val = _parse_bool((_meta(cfg).get("annotations") or {}).get(BFD_ANNOTATION))
+            if val is not None:
+                bfd = val
+                break
+    bfd = bool(bfd)
+
+    # Router id.
+    if opts.router_id == "hash":
+        router_id = _hash_router_id(node_name)
+    elif opts.router_id:
+        router_id = str(ipaddress.IPv4Address(opts.router_id))
+    elif me.ipv4 is not None:
+        router_id = str(me.ipv4)
+    else:
+        raise RenderError(
+            f"Node {node_name!r} has no IPv4 address for the router id; "
+            "set the router_id option (an IPv4 address or 'hash')"
+        )
+
+    # Pools.
+    pool_nets: dict[int, list[tuple[IPNetwork, bool]]] = {4: [], 6: []}
+    for res in pools:
+        spec = _spec(res)
+        try:
+            net = ipaddress.ip_network(str(spec.get("cidr", "")), strict=False)
+        except ValueError:
+            notes.append(f"IPPool {_one_line(_meta(res).get('name'))} skipped: bad cidr")
+            continue
+        export = not spec.get("disableBGPExport", False)
+        pool_nets[net.version].append((net, export))
+    for lst in pool_nets.values():
+        lst.sort(key=lambda p: (p[0].network_address, p[0].prefixlen))
+
+    blocks: dict[int, list[IPNetwork]] = {4: [], 6: []}
+    for cidr in affine_blocks:
+        net = ipaddress.ip_network(cidr, strict=False)
+        blocks[net.version].append(net)
+    for lst in blocks.values():
+        lst.sort(key=lambda n: (n.network_address, n.prefixlen))
+
+    # Per family state.
+    families: dict[int, FamilyModel] = {}
+    for fam in (4, 6):
+        my_ip = me.ip(fam)
+        enabled = my_ip is not None and (fam == 4 or bool(pool_nets[6]))
+        families[fam] = FamilyModel(
+            family=fam,
+            enabled=enabled,
+            source_address=str(my_ip) if my_ip is not None else None,
+            export_pools=[str(n) for n, exp in pool_nets[fam] if exp],
+            accept_pools=[str(n) for n, _ in pool_nets[fam]],
+            skipped_pools=[str(n) for n, exp in pool_nets[fam] if not exp],
+            blocks=[str(b) for b in blocks[fam]],
+            block_subnets=[p for b in blocks[fam] if (p := _subnets_pattern(b))],
+        )
+
+    node_by_ip: dict[IPAddress, NodeInfo] = {}
+    for n in infos.values():
+        for ip in (n.ipv4, n.ipv6):
+            if ip is not None:
+                node_by_ip[ip] = n
+
+    # Sessions; the first claim on (family, address, port) wins.
+    claimed: dict[tuple[int, IPAddress, int | None], str] = {}
+
+    def rr_flags(peer_as: int, peer_cluster: str) -> tuple[bool, str | None]:
+        # Calico's rule: a reflector treats an iBGP peer as its client unless the peer
+        # is a reflector of the same cluster.
+        if me.rr_cluster_id and peer_as == my_as and peer_cluster != me.rr_cluster_id:
+            return True, me.rr_cluster_id
+        return False, None
+
+    def add(session: Session, ip: IPAddress) -> None:
+        key = (session.family, ip, session.port)
+        if key in claimed:
+            notes.append(
+                f"{session.name} ({session.description}) skipped: "
+                f"{ip} already peered as {claimed[key]}"
+            )
+            return
+        claimed[key] = session.name
+        families[session.family].sessions.append(session)
+
+    # Explicit BGPPeers: node-specific first, then global.
+    def applies_to_me(spec: Mapping[str, Any]) -> bool | None:
+        """True/False for node-specific peers, None for global ones."""
+        if spec.get("node"):
+            return spec["node"] == node_name
+        if spec.get("nodeSelector"):
+            return selectors.matches(str(spec["nodeSelector"]), me.labels)
+        return None
+
+    node_specific: list[Mapping[str, Any]] = []
+    global_peers: list[Mapping[str, Any]] = []
+    for res in sorted(peers, key=lambda r: str(_meta(r).get("name", ""))):
+        name = _one_line(_meta(res).get("name", ""))
+        try:
+            scope = applies_to_me(_spec(res))
+        except Exception as exc:  # a bad selector breaks only this peer
+            notes.append(f"BGPPeer {name} skipped: {_one_line(exc)}")
+            continue
+        if scope is None:
+            global_peers.append(res)
+        elif scope:
+            node_specific.append(res)
+
+    for kind, prefix, group in (
+        ("node", "Node", node_specific),
+        ("global", "Global", global_peers),
+    ):
+        for res in group:
+            _add_explicit_peer(
+                res, kind, prefix, me, my_as, infos, node_by_ip, families, selectors,
+                node_as, listen_port_of, rr_flags, add, notes, passwords, bfd, opts,
+            )
+
+    # Route reflector peerings (automatic, same AS only).
+    for fam in (4, 6):
+        fm = families[fam]
+        my_ip = me.ip(fam)
+        if not fm.enabled or my_ip is None:
+            continue
+        for other in sorted(infos.values(), key=lambda n: _sort_ip(n.ip(fam))):
+            oip = other.ip(fam)
+            if other.name == node_name or oip is None or node_as(other) != my_as:
+                continue
+            if other.rr_cluster_id:
+                prefix, kind = "RR", "reflector"
+                desc = f"route reflector {other.name} (cluster {other.rr_cluster_id})"
+            elif me.rr_cluster_id:
+                prefix, kind = "RRClient", "reflector-client"
+                desc = f"route reflector client {other.name}"
+            else:
+                continue
+            rr_client, rr_cid = rr_flags(my_as, other.rr_cluster_id)
+            add(
+                _node_session(
+                    prefix, kind, fam, oip, my_ip, my_as, desc, other, listen_port_of,
+                    dspec, passwords, bfd, opts, notes, rr_client, rr_cid,
+                ),
+                oip,
+            )
+
+    # Node-to-node mesh between non-reflectors.
+    if mesh_enabled and not me.rr_cluster_id:
+        for fam in (4, 6):
+            fm = families[fam]
+            my_ip = me.ip(fam)
+            if not fm.enabled or my_ip is None:
+                continue
+            for other in sorted(infos.values(), key=lambda n: _sort_ip(n.ip(fam))):
+                oip = other.ip(fam)
+                if other.name == node_name or oip is None or other.rr_cluster_id:
+                    continue
+                if oip == my_ip:
+                    notes.append(f"Mesh peer {other.name} skipped: it has our address")
+                    continue
+                add(
+                    _node_session(
+                        "Mesh", "mesh", fam, oip, my_ip, node_as(other),
+                        f"node-to-node mesh peer {other.name}", other, listen_port_of,
+                        dspec, passwords, bfd, opts, notes, False, None,
+                    ),
+                    oip,
+                )
+
+    kinds_order = {"node": 0, "global": 1, "reflector": 2, "reflector-client": 2, "mesh": 3}
+    for fm in families.values():
+        fm.sessions.sort(key=lambda s: kinds_order[s.kind])  # stable: keeps IP order
+
+    return BirdModel(
+        node_name=node_name,
+        router_id=router_id,
+        as_number=my_as,
+        mesh_enabled=mesh_enabled,
+        rr_cluster_id=me.rr_cluster_id,
+        listen_port=listen_port_of(node_name),
+        log_target=opts.log_target,
+        log_classes=_LOG_CLASSES[severity],
+        debug_protocols="all" if severity == "debug" else "{ states }",
+        graceful_restart=opts.graceful_restart,
+        default_restart_time=DEFAULT_RESTART_TIME,
+        bfd=bfd,
+        bfd_interval_ms=opts.bfd_interval_ms,
+        bfd_multiplier=opts.bfd_multiplier,
+        kernel_scan_time=opts.kernel_scan_time,
+        kernel_metric=opts.kernel_metric,
+        direct_interfaces=", ".join(opts.direct_interfaces),
+        families=[families[4], families[6]],
+        notes=[_one_line(n) for n in notes],
+    )
+
+
+def _sort_ip(ip: IPAddress | None) -> tuple[int, int]:
+    return (0, 0) if ip is None else (ip.version, int(ip))
+
+
+def _node_session(
+    prefix: str,
+    kind: str,
+    fam: int,
+    oip: IPAddress,
+    my_ip: IPAddress,
+    peer_as: int,
+    desc: str,
+    other: NodeInfo,
+    listen_port_of: Callable[[str], int | None],
+    dspec: Mapping[str, Any],
+    passwords: PasswordSource | None,
+    bfd: bool,
+    opts: RenderOptions,
+    notes: list[str],
+    rr_client: bool,
+    rr_cid: str | None,
+) -> Session:
+    """A session to another Calico node (mesh or reflector peering)."""
+    port = listen_port_of(other.name)
+    password = None
+    ref = (dspec.get("nodeMeshPassword") or {}).get("secretKeyRef")
+    if ref:
+        password = _resolve_password(ref, passwords)
+        if password is None or not _password_is_quotable(password):
+            # Both ends read the same secret; a node that cannot must not silently
+            # peer without it. Its sessions stay down, which shows in node status.
+            notes.append(f"nodeMeshPassword for {prefix}_{other.name} is unusable")
+            password = None
+    restart = dspec.get("nodeMeshMaxRestartTime")
+    return Session(
+        name=protocol_name(prefix, oip, None if port in (None, 179) else port),
+        kind=kind,
+        family=fam,
+        neighbor=str(oip),
+        port=port,
+        as_number=peer_as,
+        description=desc,
+        source_address=str(my_ip),
+        # One-directional, like Calico: the higher address waits for the lower one.
+        passive=int(oip) > int(my_ip),
+        rr_client=rr_client,
+        rr_cluster_id=rr_cid,
+        password=password,
+        restart_time=_parse_duration_s(restart) if restart else None,
+        bfd=bfd,
+    )
+
+
+def _add_explicit_peer(
+    res: Mapping[str, Any],
+    kind: str,
+    prefix: str,
+    me: NodeInfo,
+    my_as: int,
+    infos: Mapping[str, NodeInfo],
+    node_by_ip: Mapping[IPAddress, NodeInfo],
+    families: Mapping[int, FamilyModel],
+    selectors: _Selectors,
+    node_as: Callable[[NodeInfo], int],
+    listen_port_of: Callable[[str], int | None],
+    rr_flags: Callable[[int, str], tuple[bool, str | None]],
+    add: Callable[[Session, IPAddress], None],
+    notes: list[str],
+    passwords: PasswordSource | None,
+    bfd_default: bool,
+    opts: RenderOptions,
+) -> None:
+    """Turn one BGPPeer that applies to this node into sessions (or notes)."""
+    meta, spec = _meta(res), _spec(res)
+    rname = _one_line(meta.get("name", ""))
+    what = f"BGPPeer {rname}"
+    try:
+        # Targets: (address, port, AS, cluster id of the peer if it is one of ours).
+        targets: list[tuple[IPAddress, int | None, int, str, str]] = []
+        if spec.get("peerSelector"):
+            for other in sorted(infos.values(), key=lambda n: n.name):
+                if other.name == me.name:
+                    continue
+                if not selectors.matches(str(spec["peerSelector"]), other.labels):
+                    continue
+                for ip in (other.ipv4, other.ipv6):
+                    if ip is not None:
+                        targets.append(
+                            (ip, listen_port_of(other.name), node_as(other),
+                             other.rr_cluster_id, f"node {other.name}")
+                        )
+        elif spec.get("peerIP"):
+            ip, port = _split_peer_ip(str(spec["peerIP"]))
+            if spec.get("asNumber") in (None, ""):
+                raise ValueError("asNumber is required with peerIP")
+            known = node_by_ip.get(ip)
+            targets.append(
+                (ip, port, _parse_as(spec["asNumber"]),
+                 known.rr_cluster_id if known else "", str(ip))
+            )
+        else:
+            raise ValueError("neither peerIP nor peerSelector is set")
+
+        password = None
+        ref = (spec.get("password") or {}).get("secretKeyRef")
+        if ref:
+            password = _resolve_password(ref, passwords)
+            if password is None:
+                raise ValueError("its password secret cannot be read")
+            if not _password_is_quotable(password):
+                raise ValueError(
+                    'its password is empty, longer than 80 bytes or has a quote, '
+                    'backslash or control character'
+                )
+        restart = spec.get("maxRestartTime")
+        restart_time = _parse_duration_s(restart) if restart else None
+        ttl = spec.get("ttlSecurity")
+        ttl_hops = int(ttl) if ttl else None
+        allow_local = spec.get("numAllowedLocalASNumbers")
+        allow_local_as = int(allow_local) if allow_local else None
+        use_node_ip = str(spec.get("sourceAddress") or "UseNodeIP") != "None"
+        peer_bfd = _parse_bool((meta.get("annotations") or {}).get(BFD_ANNOTATION))
+        bfd = bfd_default if peer_bfd is None else peer_bfd
+    except Exception as exc:
+        notes.append(f"{what} skipped: {_one_line(exc)}")
+        return
+
+    for ip, port, peer_as, peer_cluster, label in targets:
+        fam = ip.version
+        fm = families[fam]
+        my_ip = me.ip(fam)
+        if not fm.enabled or my_ip is None:
+            notes.append(f"{what} -> {label} skipped: IPv{fam} is not enabled on this node")
+            continue
+        if ip == my_ip:
+            notes.append(f"{what} -> {ip} skipped: that is this node's own address")
+            continue
+        rr_client, rr_cid = rr_flags(peer_as, peer_cluster)
+        source = str(my_ip) if use_node_ip else None
+        add(
+            Session(
+                name=protocol_name(prefix, ip, port),
+                kind=kind,
+                family=fam,
+                neighbor=str(ip),
+                port=port,
+                as_number=peer_as,
+                description=f"{what} ({label})",
+                source_address=source,
+                rr_client=rr_client,
+                rr_cluster_id=rr_cid,
+                password=password,
+                # Calico keeps the next hop only towards eBGP peers; iBGP keeps it anyway.
+                next_hop_keep=bool(spec.get("keepOriginalNextHop")) and peer_as != my_as,
+                restart_time=restart_time,
+                ttl_security_hops=ttl_hops,
+                allow_local_as=allow_local_as,
+                # BIRD needs a fixed local address for multihop BFD.
+                bfd=bfd and source is not None,
+            ),
+            ip,
+        )
+
+
+# ------------------------------------------------------------------------- render
+
+_env: jinja2.Environment | None = None
+
+
+def _environment() -> jinja2.Environment:
+    global _env
+    if _env is None:
+        _env = jinja2.Environment(
+            loader=jinja2.FileSystemLoader(str(TEMPLATE_DIR)),
+            undefined=jinja2.StrictUndefined,
+            trim_blocks=True,
+            lstrip_blocks=True,
+            keep_trailing_newline=True,
+            autoescape=False,
+        )
+        _env.filters["one_line"] = _one_line
+        _env.filters["bird_string"] = _bird_string
+    return _env
+
+
+def render_model(model: BirdModel, template: str = "bird.cfg.j2") -> str:
+    """Print a :class:`BirdModel` through the Jinja2 template."""
+    text = _environment().get_template(template).render(m=model)
+    # Collapse runs of blank lines the template's conditionals leave behind.
+    return re.sub(r"\n{3,}", "\n\n", text).rstrip("\n") + "\n"
+
+
+def render_bird_config(
+    node_name: str,
+    nodes: Sequence[Mapping[str, Any]],
+    bgp_configs: Sequence[Mapping[str, Any]],
+    peers: Sequence[Mapping[str, Any]],
+    pools: Sequence[Mapping[str, Any]],
+    affine_blocks: Iterable[str],
+    *,
+    passwords: PasswordSource | None = None,
+    options: RenderOptions | None = None,
+) -> str:
+    """BIRD 2 configuration text for ``node_name``. Raises :class:`RenderError` when
+    this node's own resources make a configuration impossible; problems with other
+    nodes or peers only drop those sessions (noted as comments in the output)."""
+    model = build_bird_model(
+        node_name, nodes, bgp_configs, peers, pools, affine_blocks,
+        passwords=passwords, options=options,
+    )
+    return render_model(model)
+
+
+# ------------------------------------------------------------ validate and install
+
+
+def _find_bird(bird_binary: str) -> str:
+    found = shutil.which(bird_binary)
+    if found:
+        return found
+    for d in ("/usr/sbin", "/usr/local/sbin", "/sbin"):
+        cand = os.path.join(d, bird_binary)
+        if os.access(cand, os.X_OK):
+            return cand
+    raise BirdConfigError(f"BIRD binary {bird_binary!r} not found")
+
+
+def validate_bird_config(text: str, bird_binary: str = "bird", timeout: float = 30) -> None:
+    """Run ``bird -p -c`` on ``text``; raise :class:`BirdConfigError` with BIRD's
+    message (file name replaced by ``bird.cfg``; the offending line is quoted unless
+    it carries a password)."""
+    binary = _find_bird(bird_binary)
+    fd, path = tempfile.mkstemp(prefix="bird-check-", suffix=".cfg")
+    try:
+        with os.fdopen(fd, "w") as fh:  # mkstemp: mode 0600, passwords stay private
+            fh.write(text)
+        proc = subprocess.run(
+            [binary, "-p", "-c", path],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+    finally:
+        os.unlink(path)
+    if proc.returncode == 0:
+        return
+    message = (proc.stderr.strip() or proc.stdout.strip() or f"exit {proc.returncode}")
+    message = message.replace(path, "bird.cfg")
+    line_no = None
+    m = re.search(r"bird\.cfg:(\d+):", message)
+    if m:
+        line_no = int(m.group(1))
+        lines = text.splitlines()
+        if 0 < line_no <= len(lines):
+            quoted = lines[line_no - 1].strip()
+            if "password" in quoted:
+                quoted = "<line with a password>"
+            message += f"\n  line {line_no}: {quoted}"
+    raise BirdConfigError(message, line=line_no)
+
+
+def write_if_changed(path: str | os.PathLike[str], text: str, mode: int = 0o640) -> bool:
+    """Atomically replace ``path`` with ``text`` (temp file in the same directory,
+    fsync, rename, fsync of the directory). Returns False, touching nothing, when the
+    file already holds exactly these bytes. ``mode`` defaults to 0640 because the
+    configuration may carry BGP passwords."""
+    target = Path(path)
+    data = text.encode()
+    try:
+        if target.read_bytes() == data:
+            return False
+    except FileNotFoundError:
+        pass
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=str(target.parent))
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fchmod(fh.fileno(), mode)
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    dir_fd = os.open(str(target.parent), os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return True
