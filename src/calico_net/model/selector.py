@@ -443,7 +443,9 @@ class Not(Selector):
         yield from self.operand.walk()
 
     def _code(self, ctx: _CodeGen) -> str:
-        return f"not ({self.operand._code(ctx)})"
+        # `not` binds looser than the comparisons the leaves generate and tighter
+        # than and/or, which always come parenthesised.
+        return f"not {self.operand._code(ctx)}"
 
     def _closure(self) -> Callable[[Mapping[str, str]], bool]:
         inner = self.operand._closure()
@@ -493,11 +495,18 @@ class And(_BoolOp):
     _prec = _PREC_AND
 
     def _code(self, ctx: _CodeGen) -> str:
-        return "(" + " and ".join(f"({op._code(ctx)})" for op in self.operands) + ")"
+        return "(" + " and ".join(op._code(ctx) for op in self.operands) + ")"
 
     def _closure(self) -> Callable[[Mapping[str, str]], bool]:
         fns = tuple(op._closure() for op in self.operands)
-        return lambda labels: all(fn(labels) for fn in fns)
+
+        def match_all(labels: Mapping[str, str]) -> bool:
+            for fn in fns:  # a loop, not all(genexpr): one stack frame per level
+                if not fn(labels):
+                    return False
+            return True
+
+        return match_all
 
 
 @dataclass(frozen=True)
@@ -508,11 +517,18 @@ class Or(_BoolOp):
     _prec = _PREC_OR
 
     def _code(self, ctx: _CodeGen) -> str:
-        return "(" + " or ".join(f"({op._code(ctx)})" for op in self.operands) + ")"
+        return "(" + " or ".join(op._code(ctx) for op in self.operands) + ")"
 
     def _closure(self) -> Callable[[Mapping[str, str]], bool]:
         fns = tuple(op._closure() for op in self.operands)
-        return lambda labels: any(fn(labels) for fn in fns)
+
+        def match_any(labels: Mapping[str, str]) -> bool:
+            for fn in fns:
+                if fn(labels):
+                    return True
+            return False
+
+        return match_any
 
 
 def and_(*operands: Selector) -> Selector:
@@ -843,10 +859,10 @@ class LabelIndex:
                 self._index(item_id, k, v)
         else:
             for k, v in old.items():
-                if new.get(k, None) != v or k not in new:
+                if k not in new or new[k] != v:
                     self._unindex(item_id, k, v)
             for k, v in new.items():
-                if old.get(k, None) != v or k not in old:
+                if k not in old or old[k] != v:
                     self._index(item_id, k, v)
         self._labels[item_id] = new
 
@@ -918,23 +934,22 @@ class LabelIndex:
             return out, True
         if t in (Contains, StartsWith, EndsWith):
             return self._scan(sel), True
-        negated = self._negative(sel)
-        if negated is not None:
-            return self._ids - self._eval(negated)[0], True
+        excluded = self._excluded(sel)
+        if excluded is not None:
+            return self._ids - excluded, True
         raise TypeError(f"unknown selector node {sel!r}")  # pragma: no cover
 
-    @staticmethod
-    def _negative(sel: Selector) -> Selector | None:
-        """For a node that means "not X", return X; else None."""
+    def _excluded(self, sel: Selector) -> set[Hashable] | None:
+        """For a node that means "not X", the ids matching X; None otherwise."""
         t = type(sel)
         if t is Not:
-            return sel.operand  # type: ignore[attr-defined, no-any-return]
+            return self._eval(sel.operand)[0]  # type: ignore[attr-defined]
         if t is NotEquals:
-            return Equals(sel.key, sel.value)  # type: ignore[attr-defined]
+            return self._by_value.get(sel.key, {}).get(sel.value, _EMPTY)  # type: ignore[attr-defined, return-value]
         if t is NotIn:
-            return In(sel.key, sel.values)  # type: ignore[attr-defined]
+            return self._in(sel.key, sel.values)  # type: ignore[attr-defined]
         if t is Global:
-            return Has(NAMESPACE_LABEL)
+            return self._by_key.get(NAMESPACE_LABEL, _EMPTY)  # type: ignore[return-value]
         return None
 
     def _in(self, key: str, values: frozenset[str]) -> set[Hashable]:
@@ -972,9 +987,8 @@ class LabelIndex:
         positives: list[set[Hashable]] = []
         negatives: list[Selector] = []
         for op in operands:
-            neg = self._negative(op)
-            if neg is not None:
-                negatives.append(neg)
+            if type(op) in _NEGATIVE_TYPES:
+                negatives.append(op)
             elif type(op) is not All:
                 ids = self._eval(op)[0]
                 if not ids:
@@ -992,5 +1006,8 @@ class LabelIndex:
         for neg in negatives:
             if not result:
                 break
-            result -= self._eval(neg)[0]
+            result -= self._excluded(neg)  # type: ignore[operator]
         return result
+
+
+_NEGATIVE_TYPES = (Not, NotEquals, NotIn, Global)
