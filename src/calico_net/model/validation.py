@@ -1,0 +1,254 @@
+"""Reading manifests and validating resources, with errors an operator can act on.
+
+`parse_documents(text)` turns a manifest (multi-document YAML, JSON, a JSON array, or
+`kind: List` / `kind: <Kind>List` with `items`) into plain dicts; a syntax error names
+the document and line. `parse_resource(doc)` checks apiVersion/kind/scope, validates
+with the kind's pydantic model, then runs the cross-field checks, and raises one
+`calico_net.errors.ValidationError` listing every (field path, message) it found.
+pydantic's own messages are rewritten here into Calico-style ones
+(`spec.ingres: unknown field (did you mean "ingress"?)`).
+`check_pool_overlap(pools)` is the one check that needs other resources.
+"""
+from __future__ import annotations
+
+import difflib
+import json
+import typing
+from typing import Any, Iterable
+
+import yaml
+from pydantic import BaseModel
+from pydantic import ValidationError as PydanticValidationError
+
+from calico_net.errors import ParseError, ValidationError
+from calico_net.model.fields import show
+from calico_net.model.kinds import KINDS
+from calico_net.model.resources import API_VERSION, IPPool, Resource
+
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+# --- manifests -----------------------------------------------------------------------------
+
+def parse_documents(text: str) -> list[dict[str, Any]]:
+    """The resource documents of a manifest, in order, with List documents expanded."""
+    stripped = text.lstrip()
+    if stripped.startswith(("{", "[")):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError:
+            pass  # maybe YAML flow style; the YAML parser reports the error if not
+        else:
+            docs = data if isinstance(data, list) else [data]
+            return _expand(list(enumerate(docs, 1)))
+    numbered: list[tuple[int, Any]] = []
+    try:
+        for number, doc in enumerate(yaml.load_all(text, Loader=_YAML_LOADER), 1):
+            numbered.append((number, doc))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        line = mark.line + 1 if mark is not None else None
+        column = mark.column + 1 if mark is not None else None
+        raise ParseError(f"YAML syntax error: {problem}", document=len(numbered) + 1,
+                         line=line, column=column) from None
+    return _expand([(n, d) for n, d in numbered if d is not None])
+
+
+def _expand(numbered: list[tuple[int, Any]]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for number, doc in numbered:
+        if not isinstance(doc, dict):
+            raise ParseError(f"expected a mapping with apiVersion, kind, metadata and spec, "
+                             f"found {_type_name(doc)}", document=number)
+        kind = doc.get("kind")
+        if isinstance(kind, str) and (kind == "List" or (kind.endswith("List") and "items" in doc)):
+            items = doc.get("items") or []
+            if not isinstance(items, list):
+                raise ParseError(f"{kind}: items must be a list", document=number)
+            for i, item in enumerate(items):
+                if not isinstance(item, dict):
+                    raise ParseError(f"{kind}: items[{i}] is {_type_name(item)}, not a mapping",
+                                     document=number)
+                out.append(item)
+        else:
+            out.append(doc)
+    return out
+
+
+def _type_name(value: Any) -> str:
+    return {list: "a list", str: "a string", int: "a number", float: "a number",
+            bool: "a boolean", type(None): "nothing"}.get(type(value), type(value).__name__)
+
+
+# --- one resource ------------------------------------------------------------------------------
+
+def parse_resource(doc: Any) -> Resource:
+    """Validate one document and return its resource object; raise ValidationError."""
+    if not isinstance(doc, dict):
+        raise ValidationError(None, None, [("", f"a resource must be a mapping, not {_type_name(doc)}")])
+    kind = doc.get("kind")
+    meta = doc.get("metadata")
+    name = meta.get("name") if isinstance(meta, dict) and isinstance(meta.get("name"), str) else None
+    errors: list[tuple[str, str]] = []
+
+    api = doc.get("apiVersion")
+    if api is None:
+        errors.append(("apiVersion", f"required field is missing (use {API_VERSION})"))
+    elif api != API_VERSION:
+        errors.append(("apiVersion", f"{show(api)} is not supported (use {API_VERSION})"))
+
+    info = KINDS.get(kind) if isinstance(kind, str) else None
+    if kind is None:
+        errors.append(("kind", "required field is missing (one of " + ", ".join(KINDS) + ")"))
+    elif info is None:
+        hint = ""
+        if isinstance(kind, str):
+            close = [k for k in KINDS if k.lower() == kind.lower()]
+            close = close or difflib.get_close_matches(kind, list(KINDS), n=1, cutoff=0.75)
+            if kind == "List" or kind.endswith("List"):
+                hint = " - a list must be read with parse_documents"
+            elif close:
+                hint = f' - did you mean "{close[0]}"?'
+        errors.append(("kind", f"{show(kind)} is not a Calico resource kind "
+                               f"({', '.join(KINDS)}){hint}"))
+    if info is None:
+        raise ValidationError(kind if isinstance(kind, str) else None, name, errors)
+
+    if not info.namespaced and isinstance(meta, dict) and meta.get("namespace") is not None:
+        errors.append(("metadata.namespace",
+                       f"{info.kind} is not namespaced; remove metadata.namespace "
+                       f"(found {show(meta.get('namespace'))})"))
+        meta = {k: v for k, v in meta.items() if k != "namespace"}
+        doc = {**doc, "metadata": meta}
+    if api != API_VERSION:
+        doc = {**doc, "apiVersion": API_VERSION}  # reported above; do not report twice
+
+    try:
+        res = info.model.model_validate(doc, by_alias=True, by_name=False)
+    except PydanticValidationError as exc:
+        errors.extend(pydantic_errors(exc, info.model))
+        raise ValidationError(info.kind, name, errors) from None
+    errors.extend(res.semantic_errors())
+    if errors:
+        raise ValidationError(info.kind, name, errors)
+    return res
+
+
+def validate_resource(res: Resource) -> None:
+    """Re-check a resource built or changed in code (e.g. after `calicoctl label`)."""
+    parse_resource(res.to_dict())
+
+
+# --- pydantic errors -> (path, message) ------------------------------------------------------
+
+def format_loc(loc: Iterable[Any]) -> str:
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif isinstance(part, str) and part.startswith("["):
+            path += part
+        else:
+            path += f".{part}" if path else str(part)
+    return path
+
+
+def pydantic_errors(exc: PydanticValidationError, model: type[BaseModel]) -> list[tuple[str, str]]:
+    out: list[tuple[str, str]] = []
+    for err in exc.errors(include_url=False):
+        if err["type"] == "default_factory_not_called":
+            continue  # a default computed from a field that already failed: not news
+        loc = tuple(err["loc"])
+        out.append((format_loc(loc), _message(err, model, loc)))
+    return out
+
+
+def _message(err: dict[str, Any], model: type[BaseModel], loc: tuple[Any, ...]) -> str:
+    etype = err["type"]
+    value = err.get("input")
+    ctx = err.get("ctx") or {}
+    if etype == "calico":
+        return str(ctx.get("msg", err["msg"]))
+    if etype == "missing":
+        return "required field is missing"
+    if etype == "extra_forbidden":
+        known = _aliases_at(model, loc[:-1])
+        field = str(loc[-1])
+        close = difflib.get_close_matches(field, known, n=1, cutoff=0.6)
+        for k in known:
+            if k.lower() == field.lower():
+                close = [k]
+        hint = f' (did you mean "{close[0]}"?)' if close else ""
+        return f"unknown field{hint}"
+    if etype in ("string_type", "str_type"):
+        return f"{show(value)} is not a string" + (" (quote it)" if isinstance(value, (bool, int, float)) else "")
+    if etype in ("int_type", "int_parsing", "int_from_float"):
+        return f"{show(value)} is not an integer"
+    if etype in ("float_type", "float_parsing"):
+        return f"{show(value)} is not a number"
+    if etype in ("bool_type", "bool_parsing"):
+        return f"{show(value)} is not a boolean (true or false, without quotes)"
+    if etype in ("list_type", "tuple_type", "set_type"):
+        return f"{show(value)} is not a list"
+    if etype in ("dict_type", "model_type", "model_attributes_type", "dataclass_type"):
+        return f"{show(value)} is not a mapping (expected key: value pairs)"
+    if etype == "literal_error":
+        return f"{show(value)} is not allowed (expected {ctx.get('expected', '')})"
+    if etype in ("greater_than_equal", "less_than_equal", "greater_than", "less_than"):
+        return f"{show(value)} is out of range ({err['msg'].lower()})"
+    return f"{show(value)}: {err['msg']}"
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model inside Optional[...] / list[...] / Annotated[...], if any."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _aliases_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """The field names (aliases) allowed at `loc` within `model`, for did-you-mean hints."""
+    current: type[BaseModel] | None = model
+    for part in loc:
+        if current is None:
+            return []
+        if isinstance(part, int):
+            continue
+        found = None
+        for fname, finfo in current.model_fields.items():
+            if (finfo.alias or fname) == part:
+                found = _model_in(finfo.annotation)
+                break
+        current = found
+    if current is None:
+        return []
+    return [finfo.alias or fname for fname, finfo in current.model_fields.items()]
+
+
+# --- checks across resources -------------------------------------------------------------------
+
+def check_pool_overlap(pools: Iterable[Resource]) -> None:
+    """Raise ValidationError if two enabled IPPools overlap.
+
+    Pass the existing pools followed by the new ones; a later pool with the same name
+    replaces an earlier one (an update), so a pool never overlaps itself.
+    """
+    latest: dict[str, IPPool] = {}
+    for pool in pools:
+        if not isinstance(pool, IPPool):
+            raise TypeError(f"check_pool_overlap takes IPPools, not {pool!r}")
+        latest.pop(pool.metadata.name, None)
+        latest[pool.metadata.name] = pool
+    enabled = [p for p in latest.values() if not p.spec.disabled]
+    for i, pool in enumerate(enabled):
+        for other in enabled[:i]:
+            if pool.spec.network.overlaps(other.spec.network):
+                raise ValidationError(
+                    "IPPool", pool.metadata.name,
+                    [("spec.cidr", f'{show(pool.spec.cidr)} overlaps enabled IPPool '
+                                   f'"{other.metadata.name}" ({other.spec.cidr})')])
