@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Builds the calico/node image (localhost/calico/node:latest) and saves it to an archive.
+#   build.sh [build] [HASH]      build the image (HASH: recipe label; lab/build-images.sh
+#                                passes it and skips the build when it is current)
+#   build.sh save [FILE]         podman save the image to FILE (default ./calico-node.tar),
+#                                for hosts without a registry: `podman load -i FILE`
+# The image starts FROM localhost/calico-lab-base:latest (lab/build-images.sh base makes
+# it). calico_net is built into a wheel from this checkout and its dependencies are
+# downloaded on this host with this host's pip settings; the image build itself then
+# needs Debian's mirror only (--network host), never a registry (--pull=never).
+set -euo pipefail
+LOG_TAG=calico-node
+HERE=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=../../lab/lib.sh
+source "$HERE/../../lab/lib.sh"
+require_root
+
+cmd=${1:-build}
+case $cmd in
+save)
+    out=${2:-calico-node.tar}
+    mkdir -p "$(dirname "$out")"
+    podman image exists "$CALICO_NODE_IMAGE" || die "$CALICO_NODE_IMAGE not built"
+    rm -f "$out.tmp"
+    timed "calico-node: podman save" podman save --quiet -o "$out.tmp" "$CALICO_NODE_IMAGE"
+    mv "$out.tmp" "$out"
+    log "saved $CALICO_NODE_IMAGE to $out ($(du -h "$out" | cut -f1))"
+    exit 0
+    ;;
+build) HASH=${2:-manual} ;;
+*) die "usage: $0 [build [HASH] | save [FILE]]" ;;
+esac
+
+podman image exists "$BASE_IMAGE" || die "$BASE_IMAGE missing: run lab/build-images.sh base"
+
+CTX=$WORK_DIR/calico-node-context
+rm -rf "$CTX"
+mkdir -p "$CTX/wheels"
+cp "$HERE/Containerfile" "$HERE/supervisor.py" "$CTX/"
+
+# pip from the repo's venv when there is one (it carries this host's index settings),
+# else the host's python3.
+PIP=("$REPO_DIR/.venv/bin/python" -m pip)
+[[ -x ${PIP[0]} ]] || PIP=(python3 -m pip)
+wheels() {
+    # calico_net from this checkout plus every dependency, as wheels (sdists get built here)
+    "${PIP[@]}" wheel -q --disable-pip-version-check -w "$CTX/wheels" "$REPO_DIR"
+}
+timed "calico-node: wheels" wheels
+
+# A build killed half-way leaves a buildah working container of this name.
+rm_build_ctr calico-lab-base-working-container
+podman rmi -f "$CALICO_NODE_IMAGE" >/dev/null 2>&1 || true
+timed "calico-node: podman build" podman build --quiet --pull=never --network host \
+    --layers=false --label "$RECIPE_LABEL=$HASH" \
+    --build-arg "BASE=$BASE_IMAGE" -t "$CALICO_NODE_IMAGE" -f "$CTX/Containerfile" "$CTX" >/dev/null
+rm -rf "$CTX"
+log "built $CALICO_NODE_IMAGE ($HASH)"

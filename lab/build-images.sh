@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Builds the lab's three images, each only when missing or when its recipe changed:
+#   localhost/calico-lab-base:latest  debootstrap'd Debian 12 (lab/images/base)
+#   localhost/calico-lab-node:latest  systemd node for Ansible (lab/images/node)
+#   localhost/calico/node:latest      the product image (images/calico-node)
+# Each image carries a label (net.calico.recipe) with a hash of its recipe files; the
+# hashes chain (node and calico/node include the base hash), and calico/node's includes
+# the Python sources, so editing src/ rebuilds only calico/node, never the slow base.
+# Restartable: each step first clears what a killed run of itself may have left behind.
+# Usage: build-images.sh [--force] [base|node|calico-node]...   (default: all three)
+set -euo pipefail
+LOG_TAG=build
+# shellcheck source=lib.sh
+source "$(dirname "$0")/lib.sh"
+require_root
+
+FORCE=0
+targets=()
+for a in "$@"; do
+    case $a in
+    --force) FORCE=1 ;;
+    base | node | calico-node) targets+=("$a") ;;
+    *) die "unknown argument: $a" ;;
+    esac
+done
+((${#targets[@]})) || targets=(base node calico-node)
+
+BASE_HASH=$(hash_paths "$LAB_DIR/images/base" | { cat; printf '%s' "${CALICO_LAB_MIRROR:-}"; } | sha256sum | cut -c1-16)
+NODE_HASH=$( { echo "$BASE_HASH"; hash_paths "$LAB_DIR/images/node"; } | sha256sum | cut -c1-16)
+CN_HASH=$( { echo "$BASE_HASH"; hash_paths "$REPO_DIR/images/calico-node" "$REPO_DIR/src" "$REPO_DIR/pyproject.toml"; } | sha256sum | cut -c1-16)
+
+want() { local t; for t in "${targets[@]}"; do [[ $t == "$1" ]] && return 0; done; return 1; }
+
+ensure() { # ensure NAME IMAGE HASH BUILD-CMD...
+    local name=$1 image=$2 hash=$3; shift 3
+    if ((FORCE == 0)) && image_current "$image" "$hash"; then
+        log "$image is current ($hash)"
+        return 0
+    fi
+    log "building $image (recipe $hash, was: $(image_recipe "$image" || true))"
+    timed "image $name" "$@" "$hash"
+}
+
+# base is needed by both others; build it whenever any target needs it and it is stale.
+if want base || ! image_current "$BASE_IMAGE" "$BASE_HASH"; then
+    ensure base "$BASE_IMAGE" "$BASE_HASH" bash "$LAB_DIR/images/base/build.sh"
+fi
+if want node; then
+    ensure node "$NODE_IMAGE" "$NODE_HASH" bash "$LAB_DIR/images/node/build.sh"
+fi
+if want calico-node; then
+    ensure calico-node "$CALICO_NODE_IMAGE" "$CN_HASH" bash "$REPO_DIR/images/calico-node/build.sh" build
+fi
