@@ -174,6 +174,37 @@ class Datastore:
             raise ResourceAlreadyExists(f"{describe(kind, name, ns)} already exists")
         return self.get(kind, name, ns)
 
+    def create_all(self, resources: Iterable[Any], *, skip_exists: bool = False) -> list[dict[str, Any]]:
+        """Create every document in one transaction; if one exists, nothing is written
+        (or, with skip_exists, the existing ones are left alone and the rest created)."""
+        docs = [self._check(r) for r in resources]
+        keys = self._unique_keys(docs)
+        self._check_pools(docs)
+        existing = self._read_many(keys)
+        if existing and not skip_exists:
+            kind, name, ns = _ident(next(d for d, k in zip(docs, keys) if k in existing))
+            more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
+            raise ResourceAlreadyExists(f"{describe(kind, name, ns)} already exists{more}; nothing was created")
+        todo = [(d, k) for d, k in zip(docs, keys) if k not in existing]
+        if todo:
+            txn = self.client.txn([cmp_mod_revision(k, 0) for _, k in todo],
+                                  [op_put(k, stored_value(d, None)) for d, k in todo])
+            if not txn.succeeded:
+                raise ResourceAlreadyExists("a resource was created by someone else meanwhile; nothing was created")
+        return [d for d, _ in todo]
+
+    def _unique_keys(self, docs: Sequence[dict[str, Any]]) -> list[str]:
+        keys: list[str] = []
+        seen: set[str] = set()
+        for d in docs:
+            key = resource_key(*_ident(d))
+            if key in seen:
+                kind, name, ns = _ident(d)
+                raise DatastoreError(f"{describe(kind, name, ns)} appears twice in the input")
+            seen.add(key)
+            keys.append(key)
+        return keys
+
     def replace(self, res: Any) -> dict[str, Any]:
         """Update an existing resource. With metadata.resourceVersion set, the update
         only lands if nobody changed the resource since that version was read."""
@@ -205,15 +236,7 @@ class Datastore:
         docs = [self._check(r) for r in resources]
         if not docs:
             return []
-        keys = []
-        seen: set[str] = set()
-        for d in docs:
-            key = resource_key(*_ident(d))
-            if key in seen:
-                kind, name, ns = _ident(d)
-                raise DatastoreError(f"{describe(kind, name, ns)} appears twice in the input")
-            seen.add(key)
-            keys.append(key)
+        keys = self._unique_keys(docs)
         self._check_pools(docs)
         for _ in range(attempts):
             existing = self._read_many(keys)
