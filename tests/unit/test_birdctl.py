@@ -348,7 +348,6 @@ def test_rendered_configs_peer_and_program_blocks(two_namespaces: tuple[str, str
         assert (s.name, s.peer_type, s.peer_address, s.state, s.info) == (
             "Mesh_198_18_0_11", "mesh", "198.18.0.11", "up", "Established",
         )
-        # node-b has the higher address: it waits for node-a to connect.
         [p] = show_protocols(str(d / "node-b.ctl"), pattern="Mesh_*")
         assert p.channels["ipv4"]["Routes"].startswith("1 imported, 1 exported")
     finally:

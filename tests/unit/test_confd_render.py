@@ -309,7 +309,7 @@ def test_mesh_peers_every_other_node_once_and_one_directional() -> None:
     m = build_bird_model("node-b", three_nodes(), [], [], POOLS, [])
     s = sessions(m)
     assert set(s) == {"Mesh_198_18_0_11", "Mesh_198_18_0_13"}
-    # The node with the higher address waits; the lower one connects.
+    # The node with the lower address waits; the higher one connects.
     assert not s["Mesh_198_18_0_11"].passive
     assert s["Mesh_198_18_0_13"].passive
     assert all(x.source_address == "198.18.0.12" and x.as_number == 64512 for x in s.values())
@@ -501,7 +501,7 @@ def test_pools_and_blocks_in_filters() -> None:
     text = render_bird_config("node-a", three_nodes(), [], [], pools, ["198.19.1.0/26"])
     assert "route 198.19.1.0/26 blackhole;" in text
     assert "return net ~ [ 198.19.0.0/16+ ];" in text
-    assert "Not advertised (IPPool disableBGPExport): 198.19.128.0/17" in text
+    assert "Not advertised (IPPool disableBGPExport or disabled): 198.19.128.0/17" in text
     assert "IPPool bad skipped: bad cidr" in text
 
 
@@ -622,3 +622,26 @@ def test_write_if_changed(tmp_path: Path) -> None:
     assert target.read_text() == "b\n"
     assert stat.S_IMODE(target.stat().st_mode) == 0o600
     assert sorted(p.name for p in target.parent.iterdir()) == ["bird.cfg"]
+
+
+def test_disabled_pool_still_exported_unless_option_says_otherwise() -> None:
+    pools = [pool("old", "198.19.0.0/17", disabled=True), pool("new", "198.19.128.0/17")]
+    m = build_bird_model("node-a", three_nodes(), [], [], pools, [])
+    assert m.families[0].export_pools == ["198.19.0.0/17", "198.19.128.0/17"]
+    m = build_bird_model("node-a", three_nodes(), [], [], pools, [],
+                         options=RenderOptions(export_disabled_pools=False))
+    assert m.families[0].export_pools == ["198.19.128.0/17"]
+    assert m.families[0].accept_pools == ["198.19.0.0/17", "198.19.128.0/17"]
+
+
+@needs_bird
+def test_ipv6_only_node_with_hashed_router_id_is_valid() -> None:
+    nodes = [node("node-a", None, ipv6="2001:db8:18::11"),
+             node("node-b", None, ipv6="2001:db8:18::12")]
+    text = render_bird_config(
+        "node-a", nodes, [], [], [pool("v6", "2001:db8:19::/48")], ["2001:db8:19::/122"],
+        options=RenderOptions(router_id="hash"),
+    )
+    assert "protocol bgp Mesh_2001_db8_18__12" in text
+    assert "ipv4" not in text
+    validate_bird_config(text, bird_binary=BIRD)

@@ -16,8 +16,8 @@ Semantics follow Calico's confd templates, expressed in BIRD 2 syntax:
 
 * node-to-node mesh (BGPConfiguration ``default`` ``spec.nodeToNodeMeshEnabled``,
   default on): every non-reflector node peers with every other non-reflector node
-  (``Mesh_<ip>``); the session is made one-directional (the node with the higher
-  address is passive) as Calico does, so graceful restart is not raced.
+  (``Mesh_<ip>``); the session is made one-directional (the node with the lower
+  address is passive, the higher one connects) as Calico does, so graceful restart is not raced.
 * route reflectors (Node ``spec.bgp.routeReflectorClusterID``): independent of the mesh
   switch, a reflector peers with every non-reflector node of its AS as ``rr client``
   (``RRClient_<ip>``) and with the other reflectors (``RR_<ip>``); a non-reflector peers
@@ -43,7 +43,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import ipaddress
-import logging
 import os
 import re
 import shutil
@@ -55,8 +54,6 @@ from pathlib import Path
 from typing import Any, Union
 
 import jinja2
-
-log = logging.getLogger(__name__)
 
 DEFAULT_AS_NUMBER = 64512
 DEFAULT_RESTART_TIME = 120  # seconds, BIRD's and Calico's default
@@ -108,6 +105,10 @@ class RenderOptions:
     log_target: str = "stderr"
     #: Interfaces whose connected networks BIRD learns (protocol direct), BIRD syntax.
     direct_interfaces: tuple[str, ...] = ('-"cali*"', '-"kube-ipvs*"', '"*"')
+    #: Advertise blocks of IPPools with ``disabled: true`` (Calico does: a disabled
+    #: pool gives out no new addresses, but its existing workloads stay reachable).
+    #: ``disableBGPExport: true`` always stops advertisement.
+    export_disabled_pools: bool = True
     #: Parser for label selectors; None imports calico_net.model.selector.parse_selector.
     selector_parser: Callable[[str], Any] | None = None
 
@@ -465,7 +466,9 @@ def build_bird_model(
         except ValueError:
             notes.append(f"IPPool {_one_line(_meta(res).get('name'))} skipped: bad cidr")
             continue
-        export = not spec.get("disableBGPExport", False)
+        export = not spec.get("disableBGPExport", False) and (
+            opts.export_disabled_pools or not spec.get("disabled", False)
+        )
         pool_nets[net.version].append((net, export))
     for lst in pool_nets.values():
         lst.sort(key=lambda p: (p[0].network_address, p[0].prefixlen))
@@ -563,6 +566,9 @@ def build_bird_model(
             oip = other.ip(fam)
             if other.name == node_name or oip is None or node_as(other) != my_as:
                 continue
+            if oip == my_ip:
+                notes.append(f"Node {other.name} skipped: it has this node's address")
+                continue
             if other.rr_cluster_id:
                 prefix, kind = "RR", "reflector"
                 desc = f"route reflector {other.name} (cluster {other.rr_cluster_id})"
@@ -592,7 +598,7 @@ def build_bird_model(
                 if other.name == node_name or oip is None or other.rr_cluster_id:
                     continue
                 if oip == my_ip:
-                    notes.append(f"Mesh peer {other.name} skipped: it has our address")
+                    notes.append(f"Node {other.name} skipped: it has this node's address")
                     continue
                 add(
                     _node_session(
@@ -673,7 +679,7 @@ def _node_session(
         as_number=peer_as,
         description=desc,
         source_address=str(my_ip),
-        # One-directional, like Calico: the higher address waits for the lower one.
+        # One-directional, like Calico: the lower address waits for the higher one.
         passive=int(oip) > int(my_ip),
         rr_client=rr_client,
         rr_cluster_id=rr_cid,
