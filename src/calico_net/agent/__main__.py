@@ -1,0 +1,76 @@
+"""`calico-node` / `python -m calico_net.agent`: run the per-host agent.
+
+Reads `NODENAME` (default: the hostname), the etcd connection (`ETCD_ENDPOINTS`,
+`ETCD_*_FILE`, or /etc/calico/calicoctl.cfg), Felix settings (`FELIX_*`,
+/etc/calico/felix.cfg, FelixConfiguration — see `config.py`), starts the health and
+metrics listeners and runs the daemon until SIGTERM/SIGINT. Stopping leaves the
+dataplane as it is, so workloads keep their connectivity across a restart.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import sys
+
+from calico_net.agent.config import Config
+
+log = logging.getLogger("calico_net.agent")
+
+
+def node_name(env: dict[str, str] | os._Environ[str] = os.environ) -> str:
+    return env.get("NODENAME") or env.get("FELIX_FELIXHOSTNAME") or socket.gethostname()
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stderr,
+        format="%(asctime)s [%(levelname)s][%(process)d] %(name)s: %(message)s",
+    )
+    name = node_name()
+    config = Config(name)
+    logging.getLogger().setLevel(config.log_level)
+    from calico_net.agent import health as health_mod
+    from calico_net.agent import metrics as metrics_mod
+    from calico_net.agent.daemon import Daemon
+    from calico_net.datastore import DatastoreError
+    from calico_net.datastore.etcd import EtcdClient, EtcdConfig
+
+    try:
+        etcd = EtcdClient(EtcdConfig.from_sources())
+    except DatastoreError as e:
+        log.error("%s", e)
+        return 2
+    metrics = metrics_mod.Metrics()
+    state = health_mod.HealthState()
+    servers = []
+    try:
+        if config.values["HealthEnabled"]:
+            servers.append(health_mod.serve(state, config.values["HealthHost"], config.values["HealthPort"]))
+        if config.values["PrometheusMetricsEnabled"]:
+            servers.append(metrics_mod.serve(metrics, config.values["PrometheusMetricsHost"],
+                                             config.values["PrometheusMetricsPort"]))
+    except OSError as e:
+        log.error("cannot listen for health/metrics: %s", e)
+        return 2
+    daemon = Daemon(name, config, etcd, metrics=metrics, health=state)
+
+    def stop(signum: int, _frame: object) -> None:
+        log.info("received signal %d, stopping (the dataplane is left in place)", signum)
+        daemon.stop()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    log.info("calico-node agent starting: node %s, etcd %s", name, ",".join(etcd.config.endpoints))
+    try:
+        daemon.run()
+    finally:
+        for s in servers:
+            s.shutdown()
+        etcd.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,294 @@
+"""Felix configuration with Calico's precedence.
+
+A parameter's value comes from the first source that has a *valid* value for it:
+
+1. the environment, `FELIX_<PARAM>` (the parameter name matched case-insensitively);
+2. the config file `/etc/calico/felix.cfg` (`[global]` section, configparser);
+3. the FelixConfiguration `node.<NODENAME>`;
+4. the FelixConfiguration `default`;
+5. the built-in default.
+
+A value that does not parse is logged once (with its source) and ignored, so the
+next source — in the end the default — is used. Environment and file values are
+strings in Calico's formats (`90`, `tcp:22,udp:68`, `true`); FelixConfiguration
+values are the v3 API's JSON (`"90s"`, `[{"protocol": "TCP", "port": 22}]`, `true`).
+
+`Config` is a plain object: `resolve()` recomputes `values` from the sources it holds,
+and returns the names whose value changed, so the daemon can re-apply what it can
+live (log level, failsafe ports, refresh intervals, endpoint-to-host action) and
+warn about what needs a restart (health and metrics listeners).
+"""
+from __future__ import annotations
+
+import configparser
+import logging
+import os
+import re
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CONFIG_FILE = "/etc/calico/felix.cfg"
+
+# Calico's failsafe defaults: SSH, DHCP, DNS, BGP, etcd, Typha, kube-apiserver.
+DEFAULT_FAILSAFE_IN = "tcp:22,udp:68,tcp:179,tcp:2379,tcp:2380,tcp:5473,tcp:6443,tcp:6666,tcp:6667"
+DEFAULT_FAILSAFE_OUT = "udp:53,udp:67,tcp:179,tcp:2379,tcp:2380,tcp:5473,tcp:6443,tcp:6666,tcp:6667"
+
+LOG_LEVELS = {
+    "debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
+    "warn": logging.WARNING, "error": logging.ERROR, "fatal": logging.CRITICAL,
+    "panic": logging.CRITICAL, "critical": logging.CRITICAL, "none": logging.CRITICAL + 10,
+}
+
+
+@dataclass(frozen=True)
+class Port:
+    """A failsafe port: protocol (tcp/udp/sctp), port number, optional CIDR."""
+
+    protocol: str
+    port: int
+    net: str | None = None
+
+    def __str__(self) -> str:
+        return f"{self.protocol}:{self.net}:{self.port}" if self.net else f"{self.protocol}:{self.port}"
+
+
+# --- value parsers: each takes a raw value and returns the typed value or raises ValueError
+
+
+def parse_bool(v: Any) -> bool:
+    if isinstance(v, bool):
+        return v
+    s = str(v).strip().lower()
+    if s in ("true", "1", "yes", "y", "t", "on"):
+        return True
+    if s in ("false", "0", "no", "n", "f", "off"):
+        return False
+    raise ValueError(f"{v!r} is not a boolean")
+
+
+def parse_int_port(v: Any) -> int:
+    if isinstance(v, bool):
+        raise ValueError(f"{v!r} is not a port")
+    n = int(str(v).strip())
+    if not 0 <= n <= 65535:
+        raise ValueError(f"{v!r} is not a port number (0-65535)")
+    return n
+
+
+_DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
+_UNIT = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_seconds(v: Any) -> float:
+    """Seconds as a number (env/file: `90`, `0.5`) or a Go duration (API: `1m30s`)."""
+    if isinstance(v, bool):
+        raise ValueError(f"{v!r} is not a duration")
+    if isinstance(v, (int, float)):
+        secs = float(v)
+    else:
+        s = str(v).strip()
+        try:
+            secs = float(s)
+        except ValueError:
+            pos, secs = 0, 0.0
+            for m in _DURATION_RE.finditer(s):
+                if m.start() != pos:
+                    break
+                secs += float(m.group(1)) * _UNIT[m.group(2)]
+                pos = m.end()
+            if pos != len(s) or not s:
+                raise ValueError(f"{v!r} is not a duration (seconds, or like 90s / 1m30s)") from None
+    if secs < 0:
+        raise ValueError(f"{v!r} is negative")
+    return secs
+
+
+def parse_log_level(v: Any) -> str:
+    s = str(v).strip().lower()
+    if s not in LOG_LEVELS:
+        raise ValueError(f"{v!r} is not a log level (Debug, Info, Warning, Error, Fatal)")
+    return s.capitalize()
+
+
+def _choice(*choices: str) -> Callable[[Any], str]:
+    def parse(v: Any) -> str:
+        for c in choices:
+            if str(v).strip().lower() == c.lower():
+                return c
+        raise ValueError(f"{v!r} is not one of {', '.join(choices)}")
+
+    return parse
+
+
+def parse_ports(v: Any) -> tuple[Port, ...]:
+    """`tcp:22,udp:68,tcp:10.0.0.0/8:2379`, `none`, or a list of {protocol, port[, net]}."""
+    out: list[Port] = []
+    if isinstance(v, (list, tuple)):
+        for item in v:
+            if not isinstance(item, Mapping) or "port" not in item:
+                raise ValueError(f"{item!r} is not a {{protocol, port}} entry")
+            proto = str(item.get("protocol", "tcp")).lower()
+            if proto not in ("tcp", "udp", "sctp"):
+                raise ValueError(f"{item.get('protocol')!r} is not tcp, udp or sctp")
+            out.append(Port(proto, parse_int_port(item["port"]), item.get("net") or None))
+        return tuple(out)
+    s = str(v).strip()
+    if s.lower() in ("", "none"):
+        return ()
+    for part in s.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        bits = part.split(":")
+        if len(bits) == 1:
+            proto, net, port = "tcp", None, bits[0]
+        elif len(bits) == 2:
+            proto, net, port = bits[0], None, bits[1]
+        else:
+            proto, net, port = bits[0], ":".join(bits[1:-1]), bits[-1]
+        proto = proto.lower()
+        if proto not in ("tcp", "udp", "sctp"):
+            raise ValueError(f"{part!r}: {proto!r} is not tcp, udp or sctp")
+        out.append(Port(proto, parse_int_port(port), net))
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str            # Calico's name, e.g. "RouteRefreshInterval"
+    parse: Callable[[Any], Any]
+    default: Any         # raw default, parsed like any other value
+    live: bool = True    # False: a change needs a restart
+
+    @property
+    def api_field(self) -> str:
+        """The FelixConfiguration spec field: lower camel case."""
+        return self.name[0].lower() + self.name[1:]
+
+
+PARAMS: tuple[Param, ...] = (
+    Param("LogSeverityScreen", parse_log_level, "Info"),
+    Param("FailsafeInboundHostPorts", parse_ports, DEFAULT_FAILSAFE_IN),
+    Param("FailsafeOutboundHostPorts", parse_ports, DEFAULT_FAILSAFE_OUT),
+    Param("RouteRefreshInterval", parse_seconds, 90),
+    Param("IptablesRefreshInterval", parse_seconds, 90),
+    Param("DefaultEndpointToHostAction", _choice("Drop", "Return", "Accept"), "Drop"),
+    Param("InterfacePrefix", str, "cali", live=False),
+    Param("HealthEnabled", parse_bool, True, live=False),
+    Param("HealthHost", str, "localhost", live=False),
+    Param("HealthPort", parse_int_port, 9099, live=False),
+    Param("PrometheusMetricsEnabled", parse_bool, False, live=False),
+    Param("PrometheusMetricsHost", str, "", live=False),
+    Param("PrometheusMetricsPort", parse_int_port, 9091, live=False),
+)
+PARAMS_BY_LOWER = {p.name.lower(): p for p in PARAMS}
+
+
+def read_config_file(path: str) -> dict[str, str]:
+    """The `[global]` section of felix.cfg; missing file → {}; unreadable → logged, {}."""
+    if not os.path.exists(path):
+        return {}
+    cp = configparser.ConfigParser(interpolation=None)
+    cp.optionxform = str  # type: ignore[assignment,method-assign]
+    try:
+        cp.read(path, encoding="utf-8")
+    except (OSError, configparser.Error) as e:
+        log.error("cannot read %s, ignoring it: %s", path, e)
+        return {}
+    if not cp.has_section("global"):
+        return {}
+    return dict(cp.items("global"))
+
+
+class Config:
+    """The sources and the resolved values (`values[name]`, also as attributes)."""
+
+    def __init__(
+        self,
+        node_name: str,
+        env: Mapping[str, str] | None = None,
+        config_file: str | None = None,
+    ) -> None:
+        self.node_name = node_name
+        env = os.environ if env is None else env
+        self.env: dict[str, str] = {}
+        for k, v in env.items():
+            if k.upper().startswith("FELIX_"):
+                self.env[k[6:].lower()] = v
+        path = config_file if config_file is not None else os.environ.get("FELIX_CONFIGFILE", DEFAULT_CONFIG_FILE)
+        self.file: dict[str, str] = {k.lower(): v for k, v in read_config_file(path).items()} if path else {}
+        self.node_spec: dict[str, Any] = {}
+        self.default_spec: dict[str, Any] = {}
+        self.values: dict[str, Any] = {}
+        self.sources: dict[str, str] = {}
+        self._logged: set[tuple[str, str, str]] = set()
+        self.resolve()
+
+    def __getattr__(self, name: str) -> Any:
+        values = self.__dict__.get("values", {})
+        if name in values:
+            return values[name]
+        raise AttributeError(name)
+
+    def set_felix_configuration(self, name: str, spec: Mapping[str, Any] | None) -> list[str]:
+        """A FelixConfiguration `default` / `node.<NODENAME>` changed (None: deleted).
+        Returns the changed parameter names; other names are ignored."""
+        if name == "default":
+            self.default_spec = dict(spec or {})
+        elif name == f"node.{self.node_name}":
+            self.node_spec = dict(spec or {})
+        else:
+            return []
+        return self.resolve()
+
+    def _bad(self, source: str, p: Param, raw: Any, err: Exception) -> None:
+        key = (source, p.name, repr(raw))
+        if key not in self._logged:
+            self._logged.add(key)
+            log.error("ignoring %s from %s: %s", p.name, source, err)
+
+    def resolve(self) -> list[str]:
+        changed = []
+        lower_node = {k.lower(): v for k, v in self.node_spec.items()}
+        lower_default = {k.lower(): v for k, v in self.default_spec.items()}
+        for p in PARAMS:
+            key = p.name.lower()
+            candidates = (
+                ("environment", self.env),
+                ("config file", self.file),
+                (f"FelixConfiguration node.{self.node_name}", lower_node),
+                ("FelixConfiguration default", lower_default),
+            )
+            value, source = None, "default"
+            found = False
+            for src, table in candidates:
+                if key not in table or table[key] is None or table[key] == "":
+                    continue
+                try:
+                    value, source, found = p.parse(table[key]), src, True
+                    break
+                except (ValueError, TypeError) as e:
+                    self._bad(src, p, table[key], e)
+            if not found:
+                value = p.parse(p.default)
+            if self.values.get(p.name, _MISSING) != value:
+                if p.name in self.values:
+                    changed.append(p.name)
+                self.values[p.name] = value
+            self.sources[p.name] = source
+        for name in changed:
+            p = next(q for q in PARAMS if q.name == name)
+            if not p.live:
+                log.warning("%s changed to %r: it takes effect when the agent restarts", name, self.values[name])
+            else:
+                log.info("%s changed to %r (from %s)", name, self.values[name], self.sources[name])
+        return changed
+
+    @property
+    def log_level(self) -> int:
+        return LOG_LEVELS[self.values["LogSeverityScreen"].lower()]
+
+
+_MISSING = object()

@@ -1,0 +1,344 @@
+"""The agent's main loop: datastore events in, batched dataplane transactions out.
+
+One thread owns all state; everything else talks to it through one queue:
+
+    Syncer thread ──(snapshot | update | status)──┐
+    LinkWatcher thread ──(link event)─────────────┼──► queue ──► main loop
+    stop() / signals ──(stop)─────────────────────┘
+
+The main loop takes an event, then keeps taking events for a short coalescing
+window (`coalesce`, 15 ms by default), so a burst — a manifest applied, a resync —
+becomes one batch; then it applies: policy (`PolicyDataplane.apply()`: one nft
+transaction of what changed), sysctls of new workload interfaces, routes (only
+dirty ones). Nothing is written before the first complete snapshot is in.
+
+A later snapshot is a *resync*: it is diffed against the cache of resources the
+daemon holds, and only differences are dispatched, so an outage followed by a
+resync deletes nothing that still exists. Periodic refreshes (`RouteRefreshInterval`,
+`IptablesRefreshInterval`, Calico's names; 0 disables) read the kernel back and
+repair drift. FelixConfiguration `default` / `node.<NODENAME>` changes are applied
+live where possible (log level, failsafe ports, refresh intervals, endpoint-to-host
+action); listener ports need a restart.
+"""
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import logging
+import queue
+import threading
+import time
+from typing import Any, Callable
+
+from calico_net.agent.config import Config
+from calico_net.agent.felix.routes import Link, LinkWatcher, Netlink, RouteBackend, RouteManager
+from calico_net.agent.felix.sysctl import Sysctls
+from calico_net.agent.health import HealthState
+from calico_net.agent.metrics import Metrics
+from calico_net.agent.syncer import Resource, Syncer
+
+log = logging.getLogger(__name__)
+
+POLICY_KINDS = ("NetworkPolicy", "GlobalNetworkPolicy")
+IDLE_TICK = 1.0          # the loop wakes at least this often (liveness, timers)
+RETRY_AFTER_ERROR = 1.0  # a failed apply is retried after this long
+
+
+def felix_settings(cfg: Config, settings_cls: Any) -> Any:
+    """Build the policy dataplane's settings object from the resolved config,
+    passing only the fields that class has (it is owned by the policy code)."""
+    values = {
+        "failsafe_inbound_host_ports": cfg.values["FailsafeInboundHostPorts"],
+        "failsafe_outbound_host_ports": cfg.values["FailsafeOutboundHostPorts"],
+        "default_endpoint_to_host_action": cfg.values["DefaultEndpointToHostAction"],
+        "interface_prefix": cfg.values["InterfacePrefix"],
+    }
+    if dataclasses.is_dataclass(settings_cls):
+        accepted = {f.name for f in dataclasses.fields(settings_cls)}
+    else:
+        accepted = set(inspect.signature(settings_cls).parameters)
+    return settings_cls(**{k: v for k, v in values.items() if k in accepted})
+
+
+class Daemon:
+    def __init__(
+        self,
+        node_name: str,
+        config: Config,
+        client: Any,
+        *,
+        policy: Any = None,
+        settings_cls: Any = None,
+        route_backend: RouteBackend | None = None,
+        sysctls: Sysctls | None = None,
+        watch_links: bool = True,
+        metrics: Metrics | None = None,
+        health: HealthState | None = None,
+        coalesce: float = 0.015,
+        syncer_factory: Callable[..., Syncer] = Syncer,
+    ) -> None:
+        self.node_name = node_name
+        self.config = config
+        self.metrics = metrics or Metrics()
+        self.health = health or HealthState()
+        self.coalesce = coalesce
+        if policy is None:
+            from calico_net.agent.felix.policy import FelixSettings, PolicyDataplane
+
+            settings_cls = settings_cls or FelixSettings
+            policy = PolicyDataplane(node_name, felix_settings(config, settings_cls))
+        self.settings_cls = settings_cls
+        self.policy = policy
+        self.nl = route_backend if route_backend is not None else Netlink()
+        self.routes = RouteManager(self.nl)
+        self.sysctls = sysctls if sysctls is not None else Sysctls()
+        self.watch_links = watch_links
+        self.link_watcher: LinkWatcher | None = None
+        self.syncer = syncer_factory(client, self)
+        self.events: queue.Queue[tuple] = queue.Queue()
+        self.cache: dict[str, Resource] = {}
+        self.policy_count = 0
+        self.synced = False          # first snapshot received
+        self.applied = False         # first snapshot applied
+        self.retry_at: float | None = None
+        now = time.monotonic()
+        self.next_route_refresh = now + self._interval("RouteRefreshInterval")
+        self.next_nft_refresh = now + self._interval("IptablesRefreshInterval")
+        self._stop = threading.Event()
+        self.apply_count = 0
+
+    # --- Sink interface (called from the syncer thread) ---
+    def on_snapshot(self, resources: dict[str, Resource], revision: int) -> None:
+        self.events.put(("snapshot", resources, revision))
+
+    def on_update(self, key: str, resource: Resource | None) -> None:
+        self.events.put(("update", key, resource))
+
+    def on_status(self, connected: bool, reason: str) -> None:
+        # Health and the gauge answer at once, even while the loop is busy.
+        self.health.set_datastore(connected, reason)
+        self.metrics.datastore_connected.set(1 if connected else 0)
+        if not connected:
+            self.metrics.errors.inc()
+
+    def on_bad_object(self, key: str, reason: str, new: bool) -> None:
+        if new:
+            self.metrics.skipped_total.inc()
+        self.metrics.skipped.set(len(self.syncer.bad))
+
+    def _on_link(self, link: Link, deleted: bool) -> None:
+        self.events.put(("link", link, deleted))
+
+    # --- lifecycle ---
+    def start(self) -> None:
+        """Start the helpers (not the loop): host sysctls, links, datastore."""
+        try:
+            self.sysctls.configure_host()
+        except OSError as e:
+            log.error("cannot set host sysctls: %s", e)
+        if self.watch_links:
+            # Listen first, then list, so no link created in between is missed.
+            self.link_watcher = LinkWatcher(self._on_link)
+            self.link_watcher.start()
+        self.routes.set_links(self.nl.links())
+        self.syncer.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.events.put(("stop",))
+
+    def shutdown(self) -> None:
+        """Stop the helpers. The dataplane is left as it is: a restart must not
+        disturb workloads."""
+        self.syncer.stop()
+        if self.link_watcher is not None:
+            self.link_watcher.stop()
+
+    def run(self) -> None:
+        self.start()
+        try:
+            while not self._stop.is_set():
+                self.loop_once()
+        finally:
+            self.shutdown()
+
+    # --- the loop ---
+    def _interval(self, name: str) -> float:
+        v = float(self.config.values[name])
+        return v if v > 0 else float("inf")
+
+    def loop_once(self, max_wait: float = IDLE_TICK) -> None:
+        self.health.tick()
+        now = time.monotonic()
+        deadline = min(self.next_route_refresh, self.next_nft_refresh, now + max_wait)
+        if self.retry_at is not None:
+            deadline = min(deadline, self.retry_at)
+        try:
+            ev = self.events.get(timeout=max(0.0, deadline - now))
+        except queue.Empty:
+            ev = None
+        dirty = False
+        if ev is not None:
+            dirty |= self._handle(ev)
+            window_end = time.monotonic() + self.coalesce
+            while not self._stop.is_set():
+                left = window_end - time.monotonic()
+                try:
+                    ev = self.events.get(timeout=left) if left > 0 else self.events.get_nowait()
+                except queue.Empty:
+                    break
+                dirty |= self._handle(ev)
+        if self._stop.is_set():
+            return
+        if self.synced and (dirty or (self.retry_at is not None and time.monotonic() >= self.retry_at)
+                            or not self.applied):
+            self.apply()
+        if self.applied:
+            self._maybe_refresh()
+
+    def _handle(self, ev: tuple) -> bool:
+        """Process one event; True if the dataplane may need an apply."""
+        what = ev[0]
+        if what == "update":
+            _, key, res = ev
+            return self._dispatch(key, res)
+        if what == "snapshot":
+            _, resources, revision = ev
+            self._resync(resources, revision)
+            return True
+        if what == "link":
+            _, link, deleted = ev
+            if link.index == 0:  # lost events: list them all again
+                self.routes.set_links(self.nl.links())
+            else:
+                self.routes.link_update(link, deleted)
+            return True
+        return False
+
+    def _resync(self, resources: dict[str, Resource], revision: int) -> None:
+        first = not self.synced
+        if not first:
+            self.metrics.resyncs.inc()
+        changed = 0
+        for key in [k for k in self.cache if k not in resources]:
+            self._dispatch(key, None)
+            changed += 1
+        for key, res in resources.items():
+            old = self.cache.get(key)
+            if old is not None and (old.revision == res.revision or old.doc == res.doc):
+                self.cache[key] = res
+                continue
+            self._dispatch(key, res)
+            changed += 1
+        self.synced = True
+        log.info("%s at revision %d: %d resources, %d changed",
+                 "snapshot" if first else "resync", revision, len(resources), changed)
+
+    def _dispatch(self, key: str, res: Resource | None) -> bool:
+        old = self.cache.get(key)
+        if res is None:
+            if old is None:
+                return False
+            del self.cache[key]
+        else:
+            self.cache[key] = res
+        cur = res or old
+        assert cur is not None
+        kind = cur.kind
+        if kind in POLICY_KINDS:
+            self.policy_count += (res is not None) - (old is not None)
+        if kind == "FelixConfiguration":
+            self._felix_configuration(cur.name, res.doc.get("spec") if res is not None else None)
+            return True
+        if kind == "WorkloadEndpoint":
+            spec = res.doc.get("spec") or {} if res is not None else {}
+            if res is not None and spec.get("node") == self.node_name:
+                self.routes.set_endpoint(key, spec.get("interfaceName") or None, spec.get("ipNetworks") or [])
+            else:
+                self.routes.remove_endpoint(key)
+        try:
+            self.policy.update(kind, cur.name, cur.namespace, res.doc if res is not None else None)
+        except Exception:  # noqa: BLE001 - one bad object must not stop the agent
+            log.exception("policy dataplane rejected %s %s", kind, key)
+            self.metrics.errors.inc()
+        return True
+
+    def _felix_configuration(self, name: str, spec: dict[str, Any] | None) -> None:
+        changed = self.config.set_felix_configuration(name, spec)
+        if not changed:
+            return
+        if "LogSeverityScreen" in changed:
+            logging.getLogger().setLevel(self.config.log_level)
+        now = time.monotonic()
+        if "RouteRefreshInterval" in changed:
+            self.next_route_refresh = now + self._interval("RouteRefreshInterval")
+        if "IptablesRefreshInterval" in changed:
+            self.next_nft_refresh = now + self._interval("IptablesRefreshInterval")
+        if self.settings_cls is not None:
+            try:
+                self.policy.set_settings(felix_settings(self.config, self.settings_cls))
+            except Exception:  # noqa: BLE001
+                log.exception("cannot apply new Felix settings")
+                self.metrics.errors.inc()
+
+    def apply(self) -> None:
+        """Write everything that changed: policy, interface sysctls, routes."""
+        t0 = time.monotonic()
+        ok = True
+        try:
+            self.policy.apply()
+        except Exception:  # noqa: BLE001 - retried; the agent keeps running
+            log.exception("applying policy failed; retrying in %.0f s", RETRY_AFTER_ERROR)
+            ok = False
+        for name in self.routes.interfaces_to_configure():
+            try:
+                self.sysctls.configure_interface(name)
+                self.routes.mark_configured(name)
+            except (OSError, ValueError) as e:
+                log.warning("cannot configure interface %s: %s", name, e)
+        try:
+            stats = self.routes.apply()
+            if stats.failed:
+                log.info("routes: %d added, %d removed, %d failed", stats.added, stats.removed, stats.failed)
+        except OSError:
+            log.exception("programming routes failed; retrying in %.0f s", RETRY_AFTER_ERROR)
+            ok = False
+        elapsed = time.monotonic() - t0
+        self.metrics.apply_duration.observe(elapsed)
+        self.metrics.active_local_endpoints.set(len(self.routes.endpoints))
+        self.metrics.active_policies.set(self.policy_count)
+        self.apply_count += 1
+        if ok:
+            self.retry_at = None
+            if not self.applied:
+                self.applied = True
+                self.health.set_applied()
+                log.info("dataplane programmed: %d local endpoints, %d policies (%.3f s)",
+                         len(self.routes.endpoints), self.policy_count, elapsed)
+        else:
+            self.metrics.errors.inc()
+            self.retry_at = time.monotonic() + RETRY_AFTER_ERROR
+
+    def _maybe_refresh(self) -> None:
+        now = time.monotonic()
+        if now >= self.next_route_refresh:
+            self.next_route_refresh = now + self._interval("RouteRefreshInterval")
+            try:
+                self.routes.set_links(self.nl.links())
+                stats = self.routes.resync()
+                if stats:
+                    log.warning("route refresh repaired drift: %d added, %d removed, %d failed",
+                                stats.added, stats.removed, stats.failed)
+                    self.metrics.route_repairs.inc(stats.added + stats.removed)
+            except OSError:
+                log.exception("route refresh failed")
+                self.metrics.errors.inc()
+        if now >= self.next_nft_refresh:
+            self.next_nft_refresh = now + self._interval("IptablesRefreshInterval")
+            try:
+                if self.policy.refresh():
+                    log.warning("nftables refresh repaired drift in table inet calico")
+                    self.metrics.nft_repairs.inc()
+            except Exception:  # noqa: BLE001
+                log.exception("nftables refresh failed")
+                self.metrics.errors.inc()

@@ -1,0 +1,548 @@
+"""Workload routes: a /32 (/128) per local endpoint address to its `cali…` interface.
+
+Built in two layers:
+
+* `Netlink` — a minimal rtnetlink codec on a raw `AF_NETLINK` socket: dump links,
+  dump routes, and send many RTM_NEWROUTE/RTM_DELROUTE messages in one `sendmsg`
+  with one ACK each. It exists because pyroute2's `IPRoute` costs ~0.85 ms per route
+  replace and ~0.12 ms per dumped route here (measured: 2,000 routes 1.7 s), which
+  alone would blow the 5 s cold-start budget at 10,000 endpoints; the batched codec
+  does 10,000 routes in tens of milliseconds, as `ip -batch` does. `LinkWatcher`
+  listens to RTMGRP_LINK on its own socket in a thread, so an interface the CNI
+  plugin creates after its endpoint is picked up at once. Both are injectable:
+  unit tests pass a fake with the same four methods.
+* `RouteManager` — pure bookkeeping of what must exist (endpoints → addresses →
+  interface) and what we believe exists; `apply()` writes only the differences of
+  what was marked dirty, `resync()` dumps the kernel's routes and repairs drift.
+
+Only routes with our protocol number (`RTPROT_FELIX = 80`) in the main table are
+ever read as ours, changed or deleted. 80 is what Calico's Felix uses; it is not in
+iproute2's `rt_protos` (kernel 2, boot 3, static 4, bird 12, bgp 186, …), so no
+routing daemon here owns it, and `ip route show proto 80` lists exactly our routes.
+IPv4 routes are scope link (the address is on the wire behind the interface);
+IPv6 routes carry the kernel's usual universe scope.
+"""
+from __future__ import annotations
+
+import errno
+import ipaddress
+import logging
+import os
+import socket
+import struct
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Protocol
+
+log = logging.getLogger(__name__)
+
+RTPROT_FELIX = 80
+RT_TABLE_MAIN = 254
+RT_SCOPE_UNIVERSE = 0
+RT_SCOPE_LINK = 253
+RT_SCOPE_NOWHERE = 255  # in a delete: match any scope, as `ip route del` does
+RTN_UNICAST = 1
+
+NLMSG_ERROR = 2
+NLMSG_DONE = 3
+RTM_NEWLINK = 16
+RTM_DELLINK = 17
+RTM_GETLINK = 18
+RTM_NEWROUTE = 24
+RTM_DELROUTE = 25
+RTM_GETROUTE = 26
+NLM_F_REQUEST = 0x1
+NLM_F_MULTI = 0x2
+NLM_F_ACK = 0x4
+NLM_F_DUMP = 0x300
+NLM_F_REPLACE = 0x100
+NLM_F_CREATE = 0x400
+RTA_DST = 1
+RTA_OIF = 4
+RTA_TABLE = 15
+IFLA_IFNAME = 3
+IFF_UP = 0x1
+RTMGRP_LINK = 0x1
+
+_NLMSGHDR = struct.Struct("=IHHII")
+_RTMSG = struct.Struct("=BBBBBBBBI")
+_IFINFOMSG = struct.Struct("=BxHiII")
+_RTATTR = struct.Struct("=HH")
+
+Route = tuple[int, str, int]  # (family, dst address text, prefix length)
+
+
+def _align(n: int) -> int:
+    return (n + 3) & ~3
+
+
+def _attr(kind: int, payload: bytes) -> bytes:
+    length = _RTATTR.size + len(payload)
+    return _RTATTR.pack(length, kind) + payload + b"\0" * (_align(length) - length)
+
+
+def _attrs(buf: bytes, offset: int, end: int) -> dict[int, bytes]:
+    out: dict[int, bytes] = {}
+    while offset + 4 <= end:
+        length, kind = _RTATTR.unpack_from(buf, offset)
+        if length < 4:
+            break
+        out[kind & 0x3FFF] = buf[offset + 4: offset + length]
+        offset += _align(length)
+    return out
+
+
+@dataclass(frozen=True)
+class Link:
+    index: int
+    name: str
+    up: bool
+
+
+@dataclass
+class RouteOp:
+    op: str            # "replace" or "delete"
+    route: Route
+    oif: int = 0
+    error: int = 0     # errno from the kernel, 0 = done
+
+
+class NetlinkError(OSError):
+    pass
+
+
+class Netlink:
+    """Raw rtnetlink for links and routes in the caller's network namespace."""
+
+    def __init__(self, batch: int = 512) -> None:
+        self.batch = batch
+        self.sock = self._open()
+        self.seq = 0
+        self.lock = threading.Lock()
+
+    @staticmethod
+    def _open(groups: int = 0) -> socket.socket:
+        s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+        for opt, size in ((socket.SO_SNDBUF, 4 << 20), (socket.SO_RCVBUF, 8 << 20)):
+            try:
+                s.setsockopt(socket.SOL_SOCKET, opt, size)
+            except OSError:
+                pass
+        s.bind((0, groups))
+        return s
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def _next_seq(self) -> int:
+        self.seq = (self.seq + 1) & 0xFFFFFFFF or 1
+        return self.seq
+
+    def _dump(self, msg_type: int, body: bytes) -> Iterable[tuple[int, bytes, int]]:
+        """Yield (type, buffer, offset of the body) for each message of a dump."""
+        seq = self._next_seq()
+        hdr = _NLMSGHDR.pack(_NLMSGHDR.size + len(body), msg_type, NLM_F_REQUEST | NLM_F_DUMP, seq, 0)
+        self.sock.send(hdr + body)
+        while True:
+            data = self.sock.recv(1 << 16)
+            off = 0
+            while off + _NLMSGHDR.size <= len(data):
+                length, mtype, _flags, mseq, _pid = _NLMSGHDR.unpack_from(data, off)
+                if length < _NLMSGHDR.size:
+                    return
+                if mseq == seq:
+                    if mtype == NLMSG_DONE:
+                        return
+                    if mtype == NLMSG_ERROR:
+                        (err,) = struct.unpack_from("=i", data, off + 16)
+                        if err:
+                            raise NetlinkError(-err, os.strerror(-err))
+                        return
+                    yield mtype, data[off: off + length], _NLMSGHDR.size
+                off += _align(length)
+
+    def links(self) -> list[Link]:
+        with self.lock:
+            out = []
+            for mtype, buf, off in self._dump(RTM_GETLINK, _IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0)):
+                if mtype != RTM_NEWLINK:
+                    continue
+                link = parse_link(buf, off)
+                if link:
+                    out.append(link)
+            return out
+
+    def routes(self, protocol: int = RTPROT_FELIX, table: int = RT_TABLE_MAIN) -> dict[Route, int]:
+        """Our routes in the kernel: {(family, dst, len): oif}."""
+        with self.lock:
+            out: dict[Route, int] = {}
+            for family in (socket.AF_INET, socket.AF_INET6):
+                body = _RTMSG.pack(family, 0, 0, 0, 0, 0, 0, 0, 0)
+                try:
+                    msgs = list(self._dump(RTM_GETROUTE, body))
+                except NetlinkError as e:
+                    if family == socket.AF_INET6 and e.errno in (errno.EAFNOSUPPORT, errno.EOPNOTSUPP):
+                        continue
+                    raise
+                for mtype, buf, off in msgs:
+                    if mtype != RTM_NEWROUTE:
+                        continue
+                    fam, dst_len, _sl, _tos, tbl, proto, _scope, _rtype, _fl = _RTMSG.unpack_from(buf, off)
+                    if proto != protocol:
+                        continue
+                    attrs = _attrs(buf, off + _RTMSG.size, len(buf))
+                    if RTA_TABLE in attrs:
+                        (tbl,) = struct.unpack("=I", attrs[RTA_TABLE][:4])
+                    if tbl != table or RTA_DST not in attrs:
+                        continue
+                    dst = socket.inet_ntop(fam, attrs[RTA_DST])
+                    oif = struct.unpack("=i", attrs[RTA_OIF][:4])[0] if RTA_OIF in attrs else 0
+                    out[(fam, dst, dst_len)] = oif
+            return out
+
+    def write(self, ops: list[RouteOp], protocol: int = RTPROT_FELIX, table: int = RT_TABLE_MAIN) -> None:
+        """Send every op, `self.batch` per sendmsg; sets each op's `error`."""
+        with self.lock:
+            for i in range(0, len(ops), self.batch):
+                self._write_batch(ops[i: i + self.batch], protocol, table)
+
+    def _write_batch(self, ops: list[RouteOp], protocol: int, table: int) -> None:
+        # Only the last message asks for an ACK: the kernel reports failures of the
+        # others anyway, in order, so once the last ACK is in, every error is too.
+        # One ACK per message would cost a recv() each (half the time at 10k routes).
+        seqs: dict[int, RouteOp] = {}
+        chunks = []
+        last = len(ops) - 1
+        rtm_table = table if table < 256 else 252  # RT_TABLE_COMPAT; RTA_TABLE has the real one
+        for i, op in enumerate(ops):
+            family, dst, dst_len = op.route
+            seq = self._next_seq()
+            seqs[seq] = op
+            ack = NLM_F_ACK if i == last else 0
+            if op.op == "replace":
+                scope = RT_SCOPE_LINK if family == socket.AF_INET else RT_SCOPE_UNIVERSE
+                body = _RTMSG.pack(family, dst_len, 0, 0, rtm_table, protocol, scope, RTN_UNICAST, 0)
+                body += _attr(RTA_DST, socket.inet_pton(family, dst))
+                body += _attr(RTA_OIF, struct.pack("=i", op.oif))
+                body += _attr(RTA_TABLE, struct.pack("=I", table))
+                mtype, flags = RTM_NEWROUTE, NLM_F_REQUEST | NLM_F_REPLACE | NLM_F_CREATE | ack
+            else:
+                body = _RTMSG.pack(family, dst_len, 0, 0, rtm_table, protocol, RT_SCOPE_NOWHERE, 0, 0)
+                body += _attr(RTA_DST, socket.inet_pton(family, dst))
+                body += _attr(RTA_TABLE, struct.pack("=I", table))
+                if op.oif:
+                    body += _attr(RTA_OIF, struct.pack("=i", op.oif))
+                mtype, flags = RTM_DELROUTE, NLM_F_REQUEST | ack
+            chunks.append(_NLMSGHDR.pack(_NLMSGHDR.size + len(body), mtype, flags, seq, 0) + body)
+        self.sock.send(b"".join(chunks))
+        last_seq = self.seq
+        done = False
+        while not done:
+            data = self.sock.recv(65536)
+            off = 0
+            while off + _NLMSGHDR.size <= len(data):
+                length, mtype, _f, mseq, _pid = _NLMSGHDR.unpack_from(data, off)
+                if length < _NLMSGHDR.size:
+                    break
+                if mtype == NLMSG_ERROR and mseq in seqs:
+                    (err,) = struct.unpack_from("=i", data, off + 16)
+                    seqs[mseq].error = -err
+                    if mseq == last_seq:
+                        done = True
+                off += _align(length)
+
+
+def parse_link(buf: bytes, off: int) -> Link | None:
+    _fam, _type, index, flags, _change = _IFINFOMSG.unpack_from(buf, off)
+    attrs = _attrs(buf, off + _IFINFOMSG.size, len(buf))
+    name = attrs.get(IFLA_IFNAME)
+    if name is None:
+        return None
+    return Link(index, name.split(b"\0", 1)[0].decode(errors="replace"), bool(flags & IFF_UP))
+
+
+class LinkWatcher:
+    """Calls `on_link(link, deleted)` for every link event, from its own thread."""
+
+    def __init__(self, on_link: Callable[[Link, bool], None]) -> None:
+        self.on_link = on_link
+        self.sock = Netlink._open(RTMGRP_LINK)
+        self._stop = False
+        self.thread = threading.Thread(target=self._run, name="link-watcher", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self._stop = True
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+
+    def _run(self) -> None:
+        while not self._stop:
+            try:
+                data = self.sock.recv(1 << 20)
+            except OSError as e:
+                if self._stop:
+                    return
+                if e.errno == errno.ENOBUFS:
+                    # We missed events: tell the consumer to re-read every link.
+                    log.warning("netlink link events overflowed; re-reading links")
+                    self.on_link(Link(0, "", False), False)
+                    continue
+                log.error("link watcher stopped: %s", e)
+                return
+            if not data:
+                return
+            off = 0
+            while off + _NLMSGHDR.size <= len(data):
+                length, mtype, _f, _seq, _pid = _NLMSGHDR.unpack_from(data, off)
+                if length < _NLMSGHDR.size:
+                    break
+                if mtype in (RTM_NEWLINK, RTM_DELLINK):
+                    link = parse_link(data[off: off + length], _NLMSGHDR.size)
+                    if link is not None:
+                        self.on_link(link, mtype == RTM_DELLINK)
+                off += _align(length)
+
+
+class RouteBackend(Protocol):
+    def links(self) -> list[Link]: ...
+    def routes(self, protocol: int = ..., table: int = ...) -> dict[Route, int]: ...
+    def write(self, ops: list[RouteOp], protocol: int = ..., table: int = ...) -> None: ...
+
+
+def endpoint_routes(nets: Iterable[str]) -> list[Route]:
+    """Host routes for an endpoint's ipNetworks (a /32 or /128 each; a wider CIDR
+    is routed as given, as Calico does for e.g. a /30 given to a VM)."""
+    out = []
+    for n in nets:
+        try:
+            net = ipaddress.ip_network(n, strict=False)
+        except ValueError:
+            log.warning("ignoring ipNetwork %r: not a CIDR", n)
+            continue
+        family = socket.AF_INET if net.version == 4 else socket.AF_INET6
+        out.append((family, str(net.network_address), net.prefixlen))
+    return out
+
+
+@dataclass
+class RouteStats:
+    added: int = 0
+    removed: int = 0
+    failed: int = 0
+
+    def __bool__(self) -> bool:
+        return bool(self.added or self.removed or self.failed)
+
+
+@dataclass
+class _Endpoint:
+    ifname: str | None
+    routes: tuple[Route, ...]
+
+
+class RouteManager:
+    """What routes must exist, from local endpoints and links; writes differences."""
+
+    def __init__(self, backend: RouteBackend, *, protocol: int = RTPROT_FELIX, table: int = RT_TABLE_MAIN) -> None:
+        self.nl = backend
+        self.protocol = protocol
+        self.table = table
+        self.endpoints: dict[str, _Endpoint] = {}
+        self.claims: dict[Route, dict[str, str | None]] = {}   # route -> {endpoint key: ifname}
+        self.links: dict[str, Link] = {}
+        self.programmed: dict[Route, int] = {}
+        self.dirty: set[Route] = set()
+        self.synced = False   # False until the first full resync read the kernel
+        self.if_refs: dict[str, int] = {}        # interface name -> local endpoints using it
+        self.ifaces_dirty: set[str] = set()      # interfaces whose sysctls may need writing
+        self.configured: dict[str, int] = {}     # interface name -> ifindex we configured
+
+    # --- inputs ---
+    def set_endpoint(self, key: str, ifname: str | None, nets: Iterable[str]) -> None:
+        new = _Endpoint(ifname, tuple(endpoint_routes(nets)))
+        old = self.endpoints.get(key)
+        if old == new:
+            return
+        if old is not None:
+            self._unclaim(key, old)
+        self.endpoints[key] = new
+        if ifname:
+            self.if_refs[ifname] = self.if_refs.get(ifname, 0) + 1
+            self.ifaces_dirty.add(ifname)
+        for r in new.routes:
+            self.claims.setdefault(r, {})[key] = ifname
+            self.dirty.add(r)
+
+    def remove_endpoint(self, key: str) -> None:
+        old = self.endpoints.pop(key, None)
+        if old is not None:
+            self._unclaim(key, old)
+
+    def _unclaim(self, key: str, ep: _Endpoint) -> None:
+        if ep.ifname:
+            n = self.if_refs.get(ep.ifname, 0) - 1
+            if n > 0:
+                self.if_refs[ep.ifname] = n
+            else:
+                self.if_refs.pop(ep.ifname, None)
+                self.configured.pop(ep.ifname, None)
+        for r in ep.routes:
+            c = self.claims.get(r)
+            if c is not None:
+                c.pop(key, None)
+                if not c:
+                    del self.claims[r]
+            self.dirty.add(r)
+
+    def set_links(self, links: Iterable[Link]) -> None:
+        """A full link listing (start, or after lost events)."""
+        fresh = {l.name: l for l in links}
+        for name in set(self.links) | set(fresh):
+            if self.links.get(name) != fresh.get(name):
+                self._link_changed(name, fresh.get(name))
+
+    def link_update(self, link: Link, deleted: bool) -> None:
+        cur = self.links.get(link.name)
+        if deleted:
+            if cur is not None and cur.index == link.index:
+                self._link_changed(link.name, None)
+        elif cur != link:
+            self._link_changed(link.name, link)
+
+    def _link_changed(self, name: str, link: Link | None) -> None:
+        old = self.links.get(name)
+        if link is None:
+            self.links.pop(name, None)
+            self.configured.pop(name, None)
+        else:
+            self.links[name] = link
+            if old is None or old.index != link.index:
+                self.ifaces_dirty.add(name)
+        if link is None or old is None or old.index != link.index or not link.up:
+            # Routes through a vanished or downed interface are gone from the kernel.
+            for r, oif in list(self.programmed.items()):
+                if old is not None and oif == old.index:
+                    del self.programmed[r]
+        for key, ep in self.endpoints.items():
+            if ep.ifname == name:
+                self.dirty.update(ep.routes)
+
+    # --- desired state ---
+    def interface_of(self, route: Route) -> str | None:
+        c = self.claims.get(route)
+        if not c:
+            return None
+        # Two endpoints claiming one address: the first key wins, deterministically.
+        return c[min(c)]
+
+    def wanted_oif(self, route: Route) -> int:
+        name = self.interface_of(route)
+        if not name:
+            return 0
+        link = self.links.get(name)
+        return link.index if link is not None and link.up else 0
+
+    def local_interfaces(self) -> set[str]:
+        return set(self.if_refs)
+
+    def interfaces_to_configure(self) -> list[str]:
+        """Local endpoints' interfaces that exist and whose sysctls are not written
+        yet (new, or re-created with a new index). The caller writes them and calls
+        `mark_configured`."""
+        out = []
+        for name in self.ifaces_dirty:
+            link = self.links.get(name)
+            if link is not None and name in self.if_refs and self.configured.get(name) != link.index:
+                out.append(name)
+        self.ifaces_dirty.clear()
+        return out
+
+    def mark_configured(self, name: str) -> None:
+        link = self.links.get(name)
+        if link is not None:
+            self.configured[name] = link.index
+
+    # --- writing ---
+    def apply(self) -> RouteStats:
+        """Write what is dirty; the first call reads the kernel first (resync)."""
+        if not self.synced:
+            return self.resync()
+        todo, self.dirty = self.dirty, set()
+        return self._write(todo)
+
+    def resync(self) -> RouteStats:
+        """Read our routes back from the kernel and repair every difference."""
+        self.programmed = dict(self.nl.routes(self.protocol, self.table))
+        self.synced = True
+        self.dirty.clear()
+        return self._write(set(self.programmed) | set(self.claims))
+
+    def _write(self, routes: Iterable[Route]) -> RouteStats:
+        ops: list[RouteOp] = []
+        for r in routes:
+            want = self.wanted_oif(r)
+            have = self.programmed.get(r, 0)
+            if want == have:
+                continue
+            if want:
+                ops.append(RouteOp("replace", r, want))
+            else:
+                ops.append(RouteOp("delete", r, have))
+        stats = RouteStats()
+        if not ops:
+            return stats
+        self.nl.write(ops, self.protocol, self.table)
+        for op in ops:
+            if op.op == "replace":
+                if op.error == 0:
+                    self.programmed[op.route] = op.oif
+                    stats.added += 1
+                else:
+                    stats.failed += 1
+                    self.programmed.pop(op.route, None)
+                    log.warning("cannot add route %s/%d via ifindex %d: %s", op.route[1], op.route[2], op.oif,
+                                os.strerror(op.error))
+            else:
+                if op.error in (0, errno.ESRCH, errno.ENOENT):
+                    self.programmed.pop(op.route, None)
+                    stats.removed += 1
+                else:
+                    stats.failed += 1
+                    log.warning("cannot delete route %s/%d: %s", op.route[1], op.route[2], os.strerror(op.error))
+        return stats
+
+
+@dataclass
+class FakeKernel:
+    """An in-memory stand-in for `Netlink` (unit tests, dry runs)."""
+
+    link_list: list[Link] = field(default_factory=list)
+    table: dict[Route, int] = field(default_factory=dict)
+    writes: list[RouteOp] = field(default_factory=list)
+
+    def links(self) -> list[Link]:
+        return list(self.link_list)
+
+    def routes(self, protocol: int = RTPROT_FELIX, table: int = RT_TABLE_MAIN) -> dict[Route, int]:
+        return dict(self.table)
+
+    def write(self, ops: list[RouteOp], protocol: int = RTPROT_FELIX, table: int = RT_TABLE_MAIN) -> None:
+        up = {l.index for l in self.link_list if l.up}
+        for op in ops:
+            self.writes.append(op)
+            if op.op == "replace":
+                if op.oif not in up:
+                    op.error = errno.ENETDOWN
+                else:
+                    self.table[op.route] = op.oif
+            elif op.route in self.table:
+                del self.table[op.route]
+            else:
+                op.error = errno.ESRCH
+

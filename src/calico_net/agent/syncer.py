@@ -1,0 +1,295 @@
+"""The agent's datastore watcher: snapshot at revision R, then watch from R+1.
+
+Built as one thread that owns the etcd conversation and talks to the daemon only
+through a callback sink (the daemon puts what it gets on its queue):
+
+* `on_snapshot(resources, revision)` — the complete, parsed state of
+  `/calico/resources/v3/projectcalico.org/` at `revision`. The first one is the
+  initial load; every later one is a *full resync* after the watch broke, and the
+  consumer diffs it against what it holds, so nothing is deleted spuriously.
+* `on_update(key, resource_or_None)` — one change seen by the watch.
+* `on_status(connected, reason)` — the datastore was lost or is back.
+
+Every key is parsed here (JSON, kind from the key, `calico_net.model` validation).
+A key that does not parse — garbage JSON, an invalid spec, an unknown kind — is
+logged once with its key, skipped, and counted; the agent never stops on bad data.
+If a key that was good turns bad, the consumer sees a deletion for it (the bad value
+is not applied, the old good one is not kept either, as Calico does).
+
+On any watch error (compaction, lost connection, anything else) the thread marks
+the datastore lost, backs off exponentially (capped, jittered, so a dead etcd costs
+next to no CPU), takes a new snapshot and delivers it as a resync. While a watch is
+open a light probe checks that etcd still answers, so a silently dead connection
+(a partition, not a closed socket) is noticed within `probe_interval`.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import random
+import threading
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol
+
+from calico_net.datastore.errors import DatastoreError, DatastoreUnavailable
+from calico_net.datastore.etcd import KV, WatchCompacted
+from calico_net.datastore.store import RESOURCE_PREFIX, parse_key
+
+log = logging.getLogger(__name__)
+
+@dataclass(frozen=True)
+class Resource:
+    """One validated resource as the agent holds it."""
+
+    kind: str
+    name: str
+    namespace: str | None
+    doc: dict[str, Any]
+    revision: int
+
+
+class BadObject(ValueError):
+    """A key whose value cannot be used; str() says why."""
+
+
+Validator = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+def model_validate(doc: dict[str, Any]) -> dict[str, Any]:
+    """Validate with calico_net.model; the document as the model normalises it."""
+    from calico_net import model
+
+    return model.parse_resource(doc).to_dict()
+
+
+def model_kind(plural: str) -> str | None:
+    """The kind stored under `plural` in Calico's key layout, None if unknown."""
+    from calico_net import model
+
+    try:
+        return model.kind_for_plural(plural).kind
+    except ValueError:
+        return None
+
+
+def parse_kv(kv: KV, validate: Validator = model_validate,
+             kind_of: Callable[[str], str | None] = model_kind) -> Resource:
+    """Turn one etcd key/value into a Resource, or raise BadObject."""
+    parts = parse_key(kv.key)
+    if parts is None:
+        raise BadObject("not a resource key")
+    kind = kind_of(parts.plural)
+    if kind is None:
+        raise BadObject(f'unknown kind "{parts.plural}"')
+    try:
+        doc = json.loads(kv.value)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise BadObject(f"value is not JSON: {e}") from None
+    if not isinstance(doc, dict):
+        raise BadObject("value is not a JSON object")
+    md = doc.get("metadata")
+    if not isinstance(md, dict):
+        raise BadObject("metadata is missing")
+    if doc.get("kind") != kind:
+        raise BadObject(f'kind {doc.get("kind")!r} does not match the key ({kind})')
+    if md.get("name") != parts.name:
+        raise BadObject(f'metadata.name {md.get("name")!r} does not match the key')
+    if parts.namespace is not None and md.get("namespace") != parts.namespace:
+        raise BadObject(f'metadata.namespace {md.get("namespace")!r} does not match the key')
+    doc.setdefault("apiVersion", "projectcalico.org/v3")
+    try:
+        valid = validate(doc)
+    except ValueError as e:  # calico_net.errors.ValidationError is a ValueError
+        raise BadObject(str(e)) from None
+    except Exception as e:  # noqa: BLE001 - a validator bug must not stop the agent
+        raise BadObject(f"validation failed: {e.__class__.__name__}: {e}") from None
+    valid.setdefault("metadata", {})["resourceVersion"] = str(kv.mod_revision)
+    return Resource(kind, parts.name, parts.namespace, valid, kv.mod_revision)
+
+
+class Sink(Protocol):
+    def on_snapshot(self, resources: dict[str, Resource], revision: int) -> None: ...
+    def on_update(self, key: str, resource: Resource | None) -> None: ...
+    def on_status(self, connected: bool, reason: str) -> None: ...
+    def on_bad_object(self, key: str, reason: str, new: bool) -> None: ...
+
+
+class Syncer:
+    """Snapshot + watch loop in a daemon thread. `stop()` ends it."""
+
+    def __init__(
+        self,
+        client: Any,
+        sink: Sink,
+        *,
+        prefix: str = RESOURCE_PREFIX,
+        validate: Validator = model_validate,
+        kind_of: Callable[[str], str | None] = model_kind,
+        backoff_initial: float = 0.1,
+        backoff_max: float = 5.0,
+        probe_interval: float = 5.0,
+    ) -> None:
+        self.client = client
+        self.sink = sink
+        self.prefix = prefix
+        self.validate = validate
+        self.kind_of = kind_of
+        self.backoff_initial = backoff_initial
+        self.backoff_max = backoff_max
+        self.probe_interval = probe_interval
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._watch: Any = None
+        self._watch_lock = threading.Lock()
+        # key -> (mod_revision, reason) of values we skipped: each is logged once.
+        self.bad: dict[str, tuple[int, str]] = {}
+        self.parsed: dict[str, Resource] = {}
+        self.connected = False
+        self.snapshots = 0
+        self.revision = 0
+
+    # --- lifecycle ---
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="syncer", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._cancel_watch()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def _cancel_watch(self) -> None:
+        with self._watch_lock:
+            w = self._watch
+        if w is not None:
+            try:
+                w.cancel()
+            except Exception:  # noqa: BLE001 - best effort
+                pass
+
+    # --- parsing ---
+    def _parse(self, kv: KV) -> Resource | None:
+        # A resync re-reads every key: values we validated before (same key, same
+        # mod revision) are not validated again.
+        cached = self.parsed.get(kv.key)
+        if cached is not None and cached.revision == kv.mod_revision:
+            return cached
+        try:
+            res = parse_kv(kv, self.validate, self.kind_of)
+        except BadObject as e:
+            reason = str(e)
+            self.parsed.pop(kv.key, None)
+            seen = self.bad.get(kv.key)
+            new = seen is None or seen[0] != kv.mod_revision
+            if new:
+                log.warning("skipping bad datastore object %s (revision %d): %s", kv.key, kv.mod_revision, reason)
+            self.bad[kv.key] = (kv.mod_revision, reason)
+            self.sink.on_bad_object(kv.key, reason, new)
+            return None
+        self.bad.pop(kv.key, None)
+        self.parsed[kv.key] = res
+        return res
+
+    # --- the loop ---
+    def _set_connected(self, connected: bool, reason: str) -> None:
+        if connected != self.connected:
+            self.connected = connected
+            if connected:
+                log.info("datastore connected (%s)", reason)
+            else:
+                log.warning("datastore lost: %s", reason)
+            self.sink.on_status(connected, reason)
+
+    def snapshot(self) -> int:
+        """One full read; delivers it and returns its revision."""
+        kvs, revision = self.client.get_prefix(self.prefix)
+        resources: dict[str, Resource] = {}
+        present = set()
+        for kv in kvs:
+            present.add(kv.key)
+            res = self._parse(kv)
+            if res is not None:
+                resources[kv.key] = res
+        for table in (self.bad, self.parsed):
+            for key in [k for k in table if k not in present]:
+                del table[key]
+        self.snapshots += 1
+        self.revision = revision
+        self._set_connected(True, f"snapshot at revision {revision}, {len(resources)} resources")
+        self.sink.on_snapshot(resources, revision)
+        return revision
+
+    def _run(self) -> None:
+        delay = self.backoff_initial
+        while not self._stop.is_set():
+            try:
+                revision = self.snapshot()
+                delay = self.backoff_initial
+                self._watch_from(revision + 1)
+            except WatchCompacted as e:
+                self._set_connected(False, f"watch compacted ({e}); resyncing")
+                delay = self.backoff_initial  # etcd is fine: resync at once
+            except DatastoreUnavailable as e:
+                self._set_connected(False, str(e))
+            except DatastoreError as e:
+                self._set_connected(False, f"datastore error: {e}")
+            except Exception as e:  # noqa: BLE001 - the watcher must survive anything
+                log.exception("datastore watcher failed; resyncing")
+                self._set_connected(False, f"watcher error: {e.__class__.__name__}: {e}")
+            if self._stop.is_set():
+                break
+            # Exponential back-off with jitter (0.5x..1x), capped: a dead etcd must
+            # not cost CPU, a compaction is retried at once.
+            self._stop.wait(delay * (0.5 + random.random() / 2))
+            delay = min(self.backoff_max, delay * 2)
+
+    def _watch_from(self, start: int) -> None:
+        watch = self.client.watch_prefix(self.prefix, start)
+        with self._watch_lock:
+            self._watch = watch
+        probe = threading.Thread(target=self._probe, args=(watch,), name="syncer-probe", daemon=True)
+        probe.start()
+        try:
+            for batch in watch:
+                if self._stop.is_set():
+                    return
+                for ev in batch:
+                    self.revision = ev.revision
+                    if ev.type == "DELETE":
+                        self.bad.pop(ev.kv.key, None)
+                        self.parsed.pop(ev.kv.key, None)
+                        self.sink.on_update(ev.kv.key, None)
+                        continue
+                    res = self._parse(ev.kv)
+                    # A key that turned bad is dropped: the consumer deletes it.
+                    self.sink.on_update(ev.kv.key, res)
+            if not self._stop.is_set():
+                raise DatastoreUnavailable("etcd watch ended")
+        finally:
+            with self._watch_lock:
+                self._watch = None
+            probe.join(timeout=0)
+
+    def _probe(self, watch: Any) -> None:
+        """While `watch` is current, check etcd answers; cancel the watch if not.
+
+        A closed socket ends the watch by itself; this catches the silent case."""
+        while not self._stop.wait(self.probe_interval):
+            with self._watch_lock:
+                if self._watch is not watch:
+                    return
+            try:
+                self.client.revision()
+            except Exception as e:  # noqa: BLE001
+                log.warning("etcd probe failed while watching (%s); restarting the watch", e)
+                self._cancel_watch_broken(watch)
+                return
+
+    def _cancel_watch_broken(self, watch: Any) -> None:
+        # cancel() makes the iterator end quietly; flag it so _watch_from raises.
+        try:
+            watch.cancel()
+        except Exception:  # noqa: BLE001
+            pass
+

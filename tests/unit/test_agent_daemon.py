@@ -1,0 +1,184 @@
+"""The daemon's loop with fakes for policy, kernel and syncer (calico_net.agent.daemon)."""
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass, field
+
+from calico_net.agent.config import Config, Port
+from calico_net.agent.daemon import Daemon
+from calico_net.agent.felix.routes import FakeKernel, Link
+from calico_net.agent.syncer import Resource
+from calico_net.datastore.store import RESOURCE_PREFIX as P
+
+V4 = socket.AF_INET
+
+
+@dataclass
+class FakeSettings:
+    failsafe_inbound_host_ports: tuple = ()
+    default_endpoint_to_host_action: str = "Drop"
+
+
+@dataclass
+class FakePolicy:
+    updates: list = field(default_factory=list)
+    applies: int = 0
+    settings: list = field(default_factory=list)
+    refreshes: int = 0
+    fail_next_apply: bool = False
+
+    def update(self, kind, name, namespace, doc):
+        self.updates.append((kind, name, namespace, doc is not None))
+
+    def set_settings(self, s):
+        self.settings.append(s)
+
+    def apply(self):
+        if self.fail_next_apply:
+            self.fail_next_apply = False
+            raise RuntimeError("nft said no")
+        self.applies += 1
+        return {}
+
+    def refresh(self):
+        self.refreshes += 1
+        return False
+
+
+class NullSyncer:
+    def __init__(self, client, sink):
+        self.bad = {}
+
+    def start(self):
+        pass
+
+    def stop(self):
+        pass
+
+
+class NullSysctls:
+    def __init__(self):
+        self.ifaces = []
+
+    def configure_host(self):
+        return 0
+
+    def configure_interface(self, name):
+        self.ifaces.append(name)
+        return 1
+
+
+def wep(name, node, iface, ip, rev=1, ns="default"):
+    doc = {"apiVersion": "projectcalico.org/v3", "kind": "WorkloadEndpoint",
+           "metadata": {"name": name, "namespace": ns},
+           "spec": {"node": node, "interfaceName": iface, "ipNetworks": [ip]}}
+    return P + f"workloadendpoints/{ns}/{name}", Resource("WorkloadEndpoint", name, ns, doc, rev)
+
+
+def gnp(name, rev=1):
+    doc = {"kind": "GlobalNetworkPolicy", "metadata": {"name": name}, "spec": {"selector": "all()"}}
+    return P + f"globalnetworkpolicies/{name}", Resource("GlobalNetworkPolicy", name, None, doc, rev)
+
+
+def fc(name, spec, rev=1):
+    doc = {"kind": "FelixConfiguration", "metadata": {"name": name}, "spec": spec}
+    return P + f"felixconfigurations/{name}", Resource("FelixConfiguration", name, None, doc, rev)
+
+
+def make(tmp_path, links=(Link(5, "cali1", True), Link(6, "cali2", True))):
+    kernel = FakeKernel(list(links))
+    policy = FakePolicy()
+    cfg = Config("n1", env={}, config_file=str(tmp_path / "none"))
+    d = Daemon("n1", cfg, None, policy=policy, settings_cls=FakeSettings, route_backend=kernel,
+               sysctls=NullSysctls(), watch_links=False, syncer_factory=NullSyncer, coalesce=0.001)
+    d.start()
+    return d, kernel, policy
+
+
+def test_nothing_written_before_first_snapshot(tmp_path):
+    d, kernel, policy = make(tmp_path)
+    d.on_update(*wep("a", "n1", "cali1", "198.19.0.1/32"))
+    d.loop_once(max_wait=0.01)
+    assert policy.applies == 0 and kernel.writes == [] and not d.health.ready()[0]
+
+
+def test_snapshot_apply_then_updates_batched(tmp_path):
+    d, kernel, policy = make(tmp_path)
+    d.on_status(True, "ok")
+    snap = dict([wep("a", "n1", "cali1", "198.19.0.1/32"), wep("b", "other", "cali2", "198.19.0.2/32"), gnp("p")])
+    d.on_snapshot(snap, 10)
+    d.loop_once(max_wait=0.01)
+    assert policy.applies == 1
+    assert kernel.table == {(V4, "198.19.0.1", 32): 5}
+    assert d.health.ready() == (True, "ready")
+    assert d.metrics.active_local_endpoints.value == 1 and d.metrics.active_policies.value == 1
+    assert d.routes.interfaces_to_configure() == [] and d.sysctls.ifaces == ["cali1"]
+    # A burst of updates is one apply.
+    for i in range(20):
+        d.on_update(*gnp(f"q{i}"))
+    d.on_update(*wep("c", "n1", "cali2", "198.19.0.3/32"))
+    d.loop_once(max_wait=0.01)
+    assert policy.applies == 2
+    assert kernel.table[(V4, "198.19.0.3", 32)] == 6
+
+
+def test_resync_dispatches_only_differences(tmp_path):
+    d, kernel, policy = make(tmp_path)
+    a, b, p = wep("a", "n1", "cali1", "198.19.0.1/32"), wep("b", "n1", "cali2", "198.19.0.2/32"), gnp("p")
+    d.on_snapshot(dict([a, b, p]), 10)
+    d.loop_once(max_wait=0.01)
+    policy.updates.clear()
+    kernel.writes.clear()
+    b2 = wep("b", "n1", "cali2", "198.19.0.9/32", rev=12)
+    d.on_snapshot(dict([a, b2]), 12)   # p deleted while we were away, b changed, a unchanged
+    d.loop_once(max_wait=0.01)
+    assert sorted(policy.updates) == [("GlobalNetworkPolicy", "p", None, False),
+                                      ("WorkloadEndpoint", "b", "default", True)]
+    assert kernel.table == {(V4, "198.19.0.1", 32): 5, (V4, "198.19.0.9", 32): 6}
+    assert d.metrics.resyncs.value == 1
+
+
+def test_felix_configuration_live(tmp_path):
+    d, kernel, policy = make(tmp_path)
+    d.on_snapshot(dict([fc("default", {"failsafeInboundHostPorts": [{"protocol": "TCP", "port": 2222}]})]), 3)
+    d.loop_once(max_wait=0.01)
+    assert policy.settings[-1].failsafe_inbound_host_ports == (Port("tcp", 2222),)
+    d.on_update(*fc("node.n1", {"defaultEndpointToHostAction": "Accept"}))
+    d.loop_once(max_wait=0.01)
+    assert policy.settings[-1].default_endpoint_to_host_action == "Accept"
+    assert not any(u[0] == "FelixConfiguration" for u in policy.updates)
+
+
+def test_failed_apply_is_retried_and_not_ready_until_then(tmp_path):
+    d, kernel, policy = make(tmp_path)
+    d.on_status(True, "ok")
+    policy.fail_next_apply = True
+    d.on_snapshot(dict([gnp("p")]), 3)
+    d.loop_once(max_wait=0.01)
+    assert not d.health.ready()[0] and d.metrics.errors.value == 1
+    d.retry_at = 0  # do not wait the second
+    d.loop_once(max_wait=0.01)
+    assert policy.applies == 1 and d.health.ready()[0]
+
+
+def test_interface_created_after_endpoint(tmp_path):
+    d, kernel, policy = make(tmp_path, links=[])
+    d.on_snapshot(dict([wep("a", "n1", "cali7", "198.19.0.7/32")]), 3)
+    d.loop_once(max_wait=0.01)
+    assert kernel.table == {}
+    link = Link(9, "cali7", True)
+    kernel.link_list.append(link)
+    d._on_link(link, False)
+    d.loop_once(max_wait=0.01)
+    assert kernel.table == {(V4, "198.19.0.7", 32): 9} and d.sysctls.ifaces == ["cali7"]
+
+
+def test_refresh_repairs_routes(tmp_path):
+    d, kernel, policy = make(tmp_path)
+    d.on_snapshot(dict([wep("a", "n1", "cali1", "198.19.0.1/32")]), 3)
+    d.loop_once(max_wait=0.01)
+    kernel.table.clear()
+    d.next_route_refresh = d.next_nft_refresh = 0
+    d.loop_once(max_wait=0.01)
+    assert kernel.table == {(V4, "198.19.0.1", 32): 5}
+    assert d.metrics.route_repairs.value == 1 and policy.refreshes == 1

@@ -1,0 +1,99 @@
+"""RouteManager against an in-memory kernel (calico_net.agent.felix.routes)."""
+from __future__ import annotations
+
+import socket
+
+from calico_net.agent.felix.routes import FakeKernel, Link, RouteManager, endpoint_routes
+
+V4 = socket.AF_INET
+V6 = socket.AF_INET6
+
+
+def mk(links=(Link(1, "lo", True), Link(7, "cali1", True), Link(8, "cali2", True)), table=None):
+    k = FakeKernel(list(links), dict(table or {}))
+    rm = RouteManager(k)
+    rm.set_links(k.links())
+    return k, rm
+
+
+def test_endpoint_routes_v4_v6():
+    assert endpoint_routes(["198.19.0.1/32", "fd00::1/128", "junk"]) == [(V4, "198.19.0.1", 32), (V6, "fd00::1", 128)]
+
+
+def test_add_remove_and_only_diffs():
+    k, rm = mk()
+    rm.set_endpoint("a", "cali1", ["198.19.0.1/32", "fd00::1/128"])
+    rm.set_endpoint("b", "cali2", ["198.19.0.2/32"])
+    st = rm.apply()
+    assert (st.added, st.removed) == (3, 0)
+    assert k.table == {(V4, "198.19.0.1", 32): 7, (V6, "fd00::1", 128): 7, (V4, "198.19.0.2", 32): 8}
+    k.writes.clear()
+    rm.set_endpoint("b", "cali2", ["198.19.0.2/32"])  # unchanged
+    assert not rm.apply() and k.writes == []
+    rm.remove_endpoint("a")
+    st = rm.apply()
+    assert (st.added, st.removed) == (0, 2)
+    assert k.table == {(V4, "198.19.0.2", 32): 8}
+
+
+def test_start_with_routes_already_right_writes_nothing_and_removes_stale():
+    right = {(V4, "198.19.0.1", 32): 7}
+    k, rm = mk(table={**right, (V4, "198.19.9.9", 32): 8})
+    rm.set_endpoint("a", "cali1", ["198.19.0.1/32"])
+    st = rm.apply()
+    assert [op.op for op in k.writes] == ["delete"]
+    assert k.table == right and st.removed == 1 and st.added == 0
+
+
+def test_interface_appearing_later_and_going_down():
+    k, rm = mk(links=[Link(1, "lo", True)])
+    rm.set_endpoint("a", "cali9", ["198.19.0.9/32"])
+    assert not rm.apply()
+    assert rm.interfaces_to_configure() == []
+    link = Link(12, "cali9", True)
+    k.link_list.append(link)
+    rm.link_update(link, False)
+    assert rm.interfaces_to_configure() == ["cali9"]
+    rm.mark_configured("cali9")
+    assert rm.apply().added == 1 and k.table == {(V4, "198.19.0.9", 32): 12}
+    # Deleted and re-created with a new index: routes follow, sysctls rewritten.
+    rm.link_update(link, True)
+    k.table.clear()
+    new = Link(13, "cali9", True)
+    k.link_list[-1] = new
+    rm.link_update(new, False)
+    assert rm.interfaces_to_configure() == ["cali9"]
+    assert rm.apply().added == 1 and k.table == {(V4, "198.19.0.9", 32): 13}
+
+
+def test_resync_repairs_drift_and_ignores_foreign():
+    k, rm = mk()
+    rm.set_endpoint("a", "cali1", ["198.19.0.1/32"])
+    rm.set_endpoint("b", "cali2", ["198.19.0.2/32"])
+    rm.apply()
+    del k.table[(V4, "198.19.0.1", 32)]          # someone deleted ours
+    k.table[(V4, "198.19.0.2", 32)] = 7          # someone pointed ours elsewhere
+    st = rm.resync()
+    assert st.added == 2 and k.table == {(V4, "198.19.0.1", 32): 7, (V4, "198.19.0.2", 32): 8}
+    assert not rm.resync()
+
+
+def test_duplicate_address_first_key_wins():
+    k, rm = mk()
+    rm.set_endpoint("b", "cali2", ["198.19.0.5/32"])
+    rm.set_endpoint("a", "cali1", ["198.19.0.5/32"])
+    rm.apply()
+    assert k.table == {(V4, "198.19.0.5", 32): 7}
+    rm.remove_endpoint("a")
+    rm.apply()
+    assert k.table == {(V4, "198.19.0.5", 32): 8}
+
+
+def test_endpoint_moves_interface():
+    k, rm = mk()
+    rm.set_endpoint("a", "cali1", ["198.19.0.1/32"])
+    rm.apply()
+    rm.set_endpoint("a", "cali2", ["198.19.0.1/32"])
+    rm.apply()
+    assert k.table == {(V4, "198.19.0.1", 32): 8}
+    assert rm.local_interfaces() == {"cali2"}

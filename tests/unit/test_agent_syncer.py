@@ -1,0 +1,184 @@
+"""The datastore watcher (calico_net.agent.syncer) against a scripted fake etcd."""
+from __future__ import annotations
+
+import json
+import queue
+import threading
+import time
+
+from calico_net.agent.syncer import Syncer, parse_kv, BadObject
+from calico_net.datastore.errors import DatastoreUnavailable
+from calico_net.datastore.etcd import KV, WatchCompacted, WatchEvent
+from calico_net.datastore.store import RESOURCE_PREFIX
+
+import pytest
+
+P = RESOURCE_PREFIX
+
+
+def gnp(name, order=1):
+    return {"apiVersion": "projectcalico.org/v3", "kind": "GlobalNetworkPolicy",
+            "metadata": {"name": name}, "spec": {"order": order, "selector": "all()"}}
+
+
+def kv(key, value, rev):
+    raw = value if isinstance(value, bytes) else json.dumps(value).encode()
+    return KV(key, raw, rev, rev, 1)
+
+
+class FakeWatch:
+    def __init__(self, script):
+        self.script = script
+        self.cancelled = threading.Event()
+
+    def __iter__(self):
+        for item in self.script:
+            if self.cancelled.is_set():
+                return
+            if isinstance(item, Exception):
+                raise item
+            yield item
+        self.cancelled.wait(10)
+
+    def cancel(self):
+        self.cancelled.set()
+
+
+class FakeClient:
+    def __init__(self):
+        self.snapshots = []     # list of (kvs, rev) or Exception, consumed in order
+        self.watches = []       # list of scripts
+        self.watch_starts = []
+        self.reachable = True
+
+    def get_prefix(self, prefix):
+        item = self.snapshots.pop(0) if len(self.snapshots) > 1 else self.snapshots[0]
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+    def watch_prefix(self, prefix, start):
+        self.watch_starts.append(start)
+        return FakeWatch(self.watches.pop(0) if self.watches else [])
+
+    def revision(self):
+        if not self.reachable:
+            raise DatastoreUnavailable("down")
+        return 1
+
+
+class Sink:
+    def __init__(self):
+        self.q = queue.Queue()
+        self.bad = []
+
+    def on_snapshot(self, resources, revision):
+        self.q.put(("snapshot", resources, revision))
+
+    def on_update(self, key, res):
+        self.q.put(("update", key, res))
+
+    def on_status(self, connected, reason):
+        self.q.put(("status", connected))
+
+    def on_bad_object(self, key, reason, new):
+        self.bad.append((key, new))
+
+    def next(self, what):
+        while True:
+            ev = self.q.get(timeout=5)
+            if ev[0] == what:
+                return ev
+
+
+def test_parse_kv_bad_objects():
+    ok = parse_kv(kv(P + "globalnetworkpolicies/p1", gnp("p1"), 5))
+    assert ok.kind == "GlobalNetworkPolicy" and ok.doc["metadata"]["resourceVersion"] == "5"
+    cases = [
+        (P + "globalnetworkpolicies/p1", b"{not json", "JSON"),
+        (P + "frobnicators/x", gnp("x"), "unknown kind"),
+        (P + "globalnetworkpolicies/p2", gnp("p1"), "does not match"),
+        (P + "globalnetworkpolicies/p1", {**gnp("p1"), "spec": {"order": "high", "selector": "!!"}}, "GlobalNetworkPolicy"),
+    ]
+    for key, value, why in cases:
+        with pytest.raises(BadObject, match=why):
+            parse_kv(kv(key, value, 3))
+
+
+def test_snapshot_then_watch_from_next_revision_and_bad_data_once():
+    c = FakeClient()
+    good = kv(P + "globalnetworkpolicies/a", gnp("a"), 10)
+    bad = kv(P + "globalnetworkpolicies/b", b"garbage", 11)
+    c.snapshots = [([good, bad], 20)]
+    c.watches = [[[WatchEvent("PUT", kv(P + "globalnetworkpolicies/c", gnp("c"), 21), 21),
+                   WatchEvent("DELETE", KV(P + "globalnetworkpolicies/a", b"", 22, 0, 0), 22)],
+                  DatastoreUnavailable("connection reset")]]
+    sink = Sink()
+    s = Syncer(c, sink, backoff_initial=0.01, probe_interval=60)
+    s.start()
+    try:
+        _, res, rev = sink.next("snapshot")
+        assert rev == 20 and list(res) == [P + "globalnetworkpolicies/a"]
+        assert c.watch_starts == [21]
+        _, key, r = sink.next("update")
+        assert key.endswith("/c") and r.name == "c"
+        _, key, r = sink.next("update")
+        assert key.endswith("/a") and r is None
+        assert sink.next("status") == ("status", False)
+        _, res2, _ = sink.next("snapshot")   # the resync after the error
+        assert sink.bad == [(P + "globalnetworkpolicies/b", True), (P + "globalnetworkpolicies/b", False)]
+    finally:
+        s.stop()
+
+
+def test_compaction_and_outage_back_off_then_resync():
+    c = FakeClient()
+    good = kv(P + "globalnetworkpolicies/a", gnp("a"), 10)
+    c.snapshots = [([good], 20), DatastoreUnavailable("refused"), DatastoreUnavailable("refused"), ([good], 30)]
+    c.watches = [[WatchCompacted(25)]]
+    sink = Sink()
+    s = Syncer(c, sink, backoff_initial=0.01, backoff_max=0.05, probe_interval=60)
+    s.start()
+    try:
+        sink.next("snapshot")
+        assert sink.next("status") == ("status", False)
+        _, res, rev = sink.next("snapshot")
+        assert rev == 30 and list(res) == [good.key]
+        assert s.snapshots == 2
+    finally:
+        s.stop()
+
+
+def test_probe_notices_a_silent_dead_connection():
+    c = FakeClient()
+    c.snapshots = [([], 5)]
+    c.watches = [[]]   # a watch that never says anything
+    sink = Sink()
+    s = Syncer(c, sink, backoff_initial=0.01, probe_interval=0.05)
+    s.start()
+    try:
+        sink.next("snapshot")
+        c.reachable = False
+        assert sink.next("status") == ("status", False)
+    finally:
+        s.stop()
+
+
+def test_backoff_is_capped_and_cheap():
+    c = FakeClient()
+    c.snapshots = [DatastoreUnavailable("refused")]
+    sink = Sink()
+    s = Syncer(c, sink, backoff_initial=0.01, backoff_max=0.1, probe_interval=60)
+    calls = []
+    orig = c.get_prefix
+
+    def counting(prefix):
+        calls.append(time.monotonic())
+        return orig(prefix)
+
+    c.get_prefix = counting
+    s.start()
+    time.sleep(1.0)
+    s.stop()
+    # 0.01, 0.02, 0.04, 0.08, then every ~0.05-0.1 s: well under 30 attempts a second.
+    assert 6 <= len(calls) <= 25
