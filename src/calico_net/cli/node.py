@@ -1,0 +1,60 @@
+"""`calicoctl node status`: this host's BGP sessions, read from BIRD's control socket.
+
+Like Calico's, it runs on the node itself (or inside the calico/node container) and
+needs no datastore: everything comes from BIRD (`birdctl.bgp_sessions`).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+DEFAULT_SOCKET = "/var/run/calico/bird.ctl"
+
+TYPE_NAMES = {
+    "mesh": "node-to-node mesh",
+    "global": "global",
+    "node": "node specific",
+    "reflector": "route reflector",
+    "reflector-client": "route reflector client",
+}
+
+
+def cmd_status(args: argparse.Namespace, ctx) -> int:
+    from calico_net.agent.confd.birdctl import BirdCtlError, bgp_sessions
+
+    path = args.bird_socket
+    if not os.path.exists(path):
+        raise OSError(f"BIRD is not running on this host (no control socket at {path})")
+    try:
+        sessions = bgp_sessions(path)
+    except BirdCtlError as e:
+        raise OSError(f"cannot read BGP status from BIRD at {path}: {e}") from e
+    if args.output == "json":
+        ctx.out.write(json.dumps([s.__dict__ for s in sessions], indent=2) + "\n")
+        return 0
+    out = ctx.out
+    out.write("Calico process is running.\n\nIPv4 BGP status\n")
+    rows = [["PEER ADDRESS", "PEER TYPE", "STATE", "SINCE", "INFO"]]
+    for s in sessions:
+        rows.append([s.peer_address or s.name, TYPE_NAMES.get(s.peer_type, s.peer_type), s.state, s.since, s.info])
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    sep = "+" + "+".join("-" * (w + 2) for w in widths) + "+\n"
+    out.write(sep)
+    for i, r in enumerate(rows):
+        out.write("| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |\n")
+        if i == 0:
+            out.write(sep)
+    out.write(sep)
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    node = sub.add_parser("node", help="this node's BGP status")
+    nsub = node.add_subparsers(dest="node_command", metavar="SUBCOMMAND")
+    nsub.required = True
+    st = nsub.add_parser("status", help="BGP sessions of this node, from BIRD")
+    st.add_argument("--bird-socket", default=os.environ.get("CALICO_BIRD_SOCKET", DEFAULT_SOCKET),
+                    help=f"BIRD control socket (default {DEFAULT_SOCKET}, or $CALICO_BIRD_SOCKET)")
+    st.add_argument("-o", "--output", default="table", choices=["table", "json"])
+    st.set_defaults(func=cmd_status)
