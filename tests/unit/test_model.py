@@ -241,3 +241,313 @@ def test_parse_resource_does_not_modify_input() -> None:
     before = copy.deepcopy(d)
     parse_resource(d).to_dict()
     assert d == before
+
+
+# --- value validators ----------------------------------------------------------------------
+
+from pydantic import TypeAdapter  # noqa: E402
+from pydantic import ValidationError as PydanticValidationError  # noqa: E402
+
+from calico_net.model import fields as f  # noqa: E402
+
+
+def accepts(type_: object, value: object) -> bool:
+    try:
+        TypeAdapter(type_).validate_python(value, strict=True)
+    except PydanticValidationError:
+        return False
+    return True
+
+
+def message(type_: object, value: object) -> str:
+    with pytest.raises(PydanticValidationError) as info:
+        TypeAdapter(type_).validate_python(value, strict=True)
+    return info.value.errors()[0]["ctx"]["msg"]
+
+
+@pytest.mark.parametrize("value,ok", [
+    ("a", True), ("web-1", True), ("kns.web", True), ("node.node-1", True), ("a" * 253, True),
+    ("a" * 254, False), ("", False), ("Web", False), ("web_1", False), ("-web", False),
+    ("web-", False), ("web..x", False), (".web", False), ("web 1", False),
+])
+def test_name(value: str, ok: bool) -> None:
+    assert accepts(f.Name, value) is ok
+
+
+@pytest.mark.parametrize("value,ok", [
+    ("default", True), ("kube-system", True), ("a" * 63, True), ("a" * 64, False),
+    ("web.prod", False), ("Web", False),
+])
+def test_namespace(value: str, ok: bool) -> None:
+    assert accepts(f.Namespace, value) is ok
+
+
+@pytest.mark.parametrize("labels,ok", [
+    ({}, True), ({"app": "web"}, True), ({"projectcalico.org/namespace": "web"}, True),
+    ({"example.com/x_y.z": ""}, True), ({"a": "x" * 63}, True), ({"a": "x" * 64}, False),
+    ({"-a": "b"}, False), ({"a/": "b"}, False), ({"Bad_Prefix/a": "b"}, False),
+    ({"a": "b c"}, False), ({"a": 1}, False), ({"a": True}, False), ({"a" * 64: "b"}, False),
+    (["app"], False),
+])
+def test_labels(labels: object, ok: bool) -> None:
+    assert accepts(f.Labels, labels) is ok
+
+
+def test_annotations_allow_any_text_values() -> None:
+    assert accepts(f.Annotations, {"example.com/note": "free text: with spaces & {braces}"})
+    assert not accepts(f.Annotations, {"note": 5})
+    assert not accepts(f.Annotations, {"bad key": "x"})
+
+
+@pytest.mark.parametrize("value,ok", [
+    ("198.18.0.0/15", True), ("198.18.0.7", True), ("fd00::/8", True), ("fd00::1", True),
+    ("0.0.0.0/0", True), ("::/0", True), ("198.18.0.1/15", False), ("198.18.0.0/33", False),
+    ("198.18.0.256", False), ("fd00::/129", False), ("lab", False), ("", False),
+    ("010.1.1.0/24", False),
+])
+def test_net(value: str, ok: bool) -> None:
+    assert accepts(f.Net, value) is ok
+
+
+def test_cidr_requires_prefix_and_suggests_network() -> None:
+    assert accepts(f.CIDR, "198.19.0.0/16")
+    assert "expected address/prefix-length" in message(f.CIDR, "198.19.0.0")
+    assert message(f.CIDR, "198.19.9.9/16") == '"198.19.9.9/16" has host bits set (did you mean 198.19.0.0/16?)'
+
+
+def test_interface_addresses_keep_host_bits() -> None:
+    assert accepts(f.IPv4Interface, "198.18.0.11/24")
+    assert accepts(f.IPv4Interface, "198.18.0.11")
+    assert not accepts(f.IPv4Interface, "fd00::1/64")
+    assert accepts(f.IPv6Interface, "fd00::11/64")
+    assert not accepts(f.IPv6Interface, "198.18.0.11/24")
+
+
+@pytest.mark.parametrize("type_,value,ok", [
+    (f.IP, "198.18.0.1", True), (f.IP, "fd00::1", True), (f.IP, "198.18.0.0/24", False),
+    (f.IPv4, "198.18.0.1", True), (f.IPv4, "fd00::1", False), (f.IPv6, "fd00::1", True),
+    (f.IPv6, "198.18.0.1", False), (f.MAC, "ee:ee:ee:ee:ee:ee", True),
+    (f.MAC, "EE-EE-EE-EE-EE-EE", True), (f.MAC, "ee:ee:ee:ee:ee", False),
+    (f.MAC, "ee:ee:ee-ee:ee:ee", False), (f.InterfaceName, "cali0123456789a", True),
+    (f.InterfaceName, "cali0123456789ab", False), (f.InterfaceName, "eth 0", False),
+    (f.InterfaceName, "*", False), (f.HostInterfaceName, "*", True),
+    (f.HostInterfaceName, "eth0", True),
+])
+def test_addresses_and_interfaces(type_: object, value: str, ok: bool) -> None:
+    assert accepts(type_, value) is ok
+
+
+@pytest.mark.parametrize("value,ok", [
+    ("198.18.0.1", True), ("198.18.0.1:179", True), ("198.18.0.1:65535", True),
+    ("fd00::1", True), ("[fd00::1]:1790", True), ("[fd00::1]", True),
+    ("198.18.0.1:0", False), ("198.18.0.1:65536", False), ("198.18.0.1:x", False),
+    ("fd00::1:179:", False), ("[198.18.0.1]:179", False), ("peer.example", False),
+])
+def test_peer_ip(value: str, ok: bool) -> None:
+    assert accepts(f.PeerIP, value) is ok
+
+
+@pytest.mark.parametrize("value,ok", [
+    (1, True), (65535, True), ("80", True), ("1000:2000", True), ("5:5", True), ("http", True),
+    ("http-alt", True), ("h2c", True), (0, False), (65536, False), (-1, False), ("0", False),
+    ("2000:1000", False), ("0:10", False), ("1000-2000", False), ("HTTP", False),
+    ("http_alt", False), ("a--b", False), ("-http", False), ("abcdefghijklmnop", False),
+    ("123", True), (True, False), (8.0, False), (None, False), ("1000:", False),
+])
+def test_port(value: object, ok: bool) -> None:
+    assert accepts(f.Port, value) is ok
+
+
+@pytest.mark.parametrize("value,ok", [
+    ("TCP", True), ("UDP", True), ("ICMP", True), ("ICMPv6", True), ("SCTP", True),
+    ("UDPLite", True), (1, True), (255, True), (0, False), (256, False), ("tcp", False),
+    ("6", False), ("GRE", False), (True, False), (None, False),
+])
+def test_protocol(value: object, ok: bool) -> None:
+    assert accepts(f.Protocol, value) is ok
+
+
+def test_protocol_hints() -> None:
+    assert message(f.Protocol, "udp").endswith("did you mean UDP?")
+    assert message(f.Protocol, "17").endswith("write the number without quotes: 17")
+
+
+@pytest.mark.parametrize("value,ok", [
+    (1, True), (64512, True), (4294967295, True), ("64512", True), ("64512.10", True),
+    ("0.1", True), ("65535.65535", True), (0, False), (4294967296, False), (-5, False),
+    ("0.0", False), ("65536.0", False), ("1.65536", False), ("AS64512", False),
+    ("1.2.3", False), (True, False), (64512.5, False),
+])
+def test_as_number(value: object, ok: bool) -> None:
+    assert accepts(f.ASNumber, value) is ok
+
+
+@pytest.mark.parametrize("value,ok", [
+    ("90s", True), ("1m30s", True), ("500ms", True), ("1.5h", True), ("0", True),
+    ("10us", True), ("90", False), (90, False), ("1 m", False), ("5d", False), ("", False),
+])
+def test_duration(value: object, ok: bool) -> None:
+    assert accepts(f.Duration, value) is ok
+
+
+@pytest.mark.parametrize("value,ok", [
+    ("64512:100", True), ("65535:65535", True), ("4200000000:1:2", True), ("65536:1", False),
+    ("1:2:4294967296", False), ("64512", False), ("a:b", False),
+])
+def test_community(value: str, ok: bool) -> None:
+    assert accepts(f.CommunityValue, value) is ok
+
+
+@pytest.mark.parametrize("value,ok", [
+    ("all()", True), ("has(a) && b == 'c'", True), ("a in {'x', 'y'}", True), ("", True),
+    ("a == ", False), ("a = 'b'", False), ("has(", False), ("a == 'b' &&", False),
+])
+def test_selector(value: str, ok: bool) -> None:
+    assert accepts(f.Selector, value) is ok
+
+
+@pytest.mark.parametrize("value,ok", [
+    ("2024-05-01T10:00:00Z", True), ("2024-05-01T10:00:00.123456+02:00", True),
+    ("yesterday", False), (5, False),
+])
+def test_timestamp(value: object, ok: bool) -> None:
+    assert accepts(f.Timestamp, value) is ok
+
+
+def test_resource_version_accepts_numbers_but_stores_text() -> None:
+    assert TypeAdapter(f.ResourceVersion).validate_python(42) == "42"
+    assert not accepts(f.ResourceVersion, True)
+
+
+# --- cross-field rules not in the invalid corpus -------------------------------------------
+
+def gnp(*rules: dict, direction: str = "ingress", **spec: object) -> dict:
+    return doc("GlobalNetworkPolicy", {direction: list(rules), **spec}, name="p")
+
+
+def test_icmpv6_needs_ipv6() -> None:
+    assert errors_of(gnp({"action": "Allow", "ipVersion": 4, "protocol": 58})) == [
+        ("spec.ingress[0].protocol", "protocol ICMPv6 requires ipVersion 6 (use ICMP for IPv4)")]
+
+
+def test_icmp_by_number_is_accepted() -> None:
+    parse_resource(gnp({"action": "Allow", "protocol": 1, "icmp": {"type": 0}}))
+    parse_resource(gnp({"action": "Allow", "protocol": "ICMPv6", "notICMP": {"type": 1, "code": 4}}))
+
+
+def test_ports_accept_all_port_protocols_by_name_and_number() -> None:
+    for proto in ("TCP", "UDP", "SCTP", "UDPLite", 6, 17, 132, 136):
+        parse_resource(gnp({"action": "Allow", "protocol": proto, "destination": {"ports": [53]}}))
+    assert errors_of(gnp({"action": "Allow", "protocol": 47, "source": {"notPorts": [1]}})) == [
+        ("spec.ingress[0].source.notPorts",
+         "ports require protocol TCP, UDP, SCTP or UDPLite (protocol is 47)")]
+
+
+def test_not_selector_global_is_rejected_but_namespace_selector_allows_it() -> None:
+    parse_resource(gnp({"action": "Allow", "source": {"namespaceSelector": "global()"}}))
+    paths = [p for p, _ in errors_of(gnp({"action": "Allow",
+                                          "destination": {"notSelector": "global()"}}))]
+    assert paths == ["spec.ingress[0].destination.notSelector"]
+
+
+def test_types_cover_rules() -> None:
+    assert errors_of(gnp({"action": "Deny"}, types=["Egress"])) == [
+        ("spec.ingress", "ingress rules are present but types does not include Ingress")]
+    parse_resource(gnp({"action": "Deny"}, direction="egress", types=["Egress"]))
+    res = parse_resource(gnp({"action": "Deny"}, direction="egress"))
+    assert res.spec.effective_types() == ["Ingress", "Egress"]
+
+
+def test_prednat_rules() -> None:
+    assert errors_of(doc("GlobalNetworkPolicy", {"preDNAT": True, "applyOnForward": True,
+                                                 "types": ["Egress"]})) == [
+        ("spec.types", "preDNAT policy cannot have type Egress")]
+    assert errors_of(doc("GlobalNetworkPolicy", {"preDNAT": True})) == [
+        ("spec.applyOnForward", "must be true when preDNAT is true")]
+
+
+def test_networkpolicy_has_no_global_only_fields() -> None:
+    for field in ("doNotTrack", "applyOnForward", "namespaceSelector"):
+        d = doc("NetworkPolicy", {field: True}, namespace="web")
+        assert [p for p, _ in errors_of(d)] == [f"spec.{field}"]
+
+
+def test_services_match_is_reported_as_unsupported() -> None:
+    d = gnp({"action": "Allow", "destination": {"services": {"name": "kubernetes"}}})
+    assert errors_of(d) == [("spec.ingress[0].destination.services",
+                             "not supported by calico.net (Kubernetes Service matches need a "
+                             "Kubernetes datastore)")]
+
+
+def test_bgp_peer_rules() -> None:
+    peer = lambda **spec: doc("BGPPeer", spec, name="p")  # noqa: E731
+    parse_resource(peer(peerIP="198.18.0.1", asNumber=64512))
+    parse_resource(peer(peerSelector="has(rr)", nodeSelector="!has(rr)"))
+    assert [p for p, _ in errors_of(peer(peerSelector="has(rr)", asNumber=64512))] == ["spec.asNumber"]
+    assert [p for p, _ in errors_of(peer(asNumber=64512))] == ["spec.peerIP"]
+    assert [p for p, _ in errors_of(peer(peerIP="198.18.0.1", asNumber=1, keepOriginalNextHop=True,
+                                         nextHopMode="Self"))] == ["spec.nextHopMode"]
+
+
+def test_felix_rules() -> None:
+    felix = lambda name="default", **spec: doc("FelixConfiguration", spec, name=name)  # noqa: E731
+    parse_resource(felix(name="node.node-1"))
+    for bad in ("node.", "node.Node_1", "defaults", "node-1"):
+        assert [p for p, _ in errors_of(felix(name=bad))] == ["metadata.name"]
+    assert errors_of(felix(routeTableRange={"min": 10, "max": 5})) == [
+        ("spec.routeTableRange.min", "10 is greater than max 5")]
+
+
+def test_felix_accepts_calico_field_names() -> None:
+    spec = {
+        "logSeverityScreen": "Warning", "failsafeInboundHostPorts": [{"protocol": "tcp", "port": 22}],
+        "failsafeOutboundHostPorts": [{"protocol": "UDP", "port": 53, "net": "198.18.0.0/24"}],
+        "routeRefreshInterval": "90s", "iptablesRefreshInterval": "90s",
+        "defaultEndpointToHostAction": "Accept", "healthEnabled": True, "healthPort": 9099,
+        "prometheusMetricsEnabled": True, "prometheusMetricsPort": 9091, "ipipMTU": 1440,
+        "vxlanMTUV6": 1430, "genericXDPEnabled": False, "deviceRouteSourceAddressIPv6": "fd00::1",
+        "wireguardEnabledV6": False, "prometheusWireGuardMetricsEnabled": False,
+        "allowVXLANPacketsFromWorkloads": False, "iptablesNATOutgoingInterfaceFilter": "eth+",
+        "reportingTTL": "90s", "floatingIPs": "Disabled", "bpfLogLevel": "Off",
+        "serviceLoopPrevention": "Drop", "routeSource": "CalicoIPAM", "iptablesBackend": "Auto",
+    }
+    res = parse_resource(doc("FelixConfiguration", spec, name="default"))
+    assert res.to_dict()["spec"] == spec
+    assert res.spec.health_port == 9099 and res.spec.failsafe_inbound_host_ports[0].port == 22
+
+
+def test_pool_reserved_ranges() -> None:
+    for cidr in ("127.0.0.0/8", "224.0.0.0/4", "fe80::/64", "ff00::/8"):
+        assert [p for p, _ in errors_of(doc("IPPool", {"cidr": cidr}))] == ["spec.cidr"]
+
+
+def test_workload_endpoint_checks() -> None:
+    wep = lambda **spec: doc("WorkloadEndpoint", spec, namespace="web")  # noqa: E731
+    parse_resource(wep(ipNetworks=["198.19.0.0/30"], ipNATs=[{"internalIP": "198.19.0.2",
+                                                              "externalIP": "198.18.0.2"}]))
+    assert [p for p, _ in errors_of(wep(ports=[{"name": "p", "protocol": "TCP", "port": 1,
+                                                "hostIP": "nope"}]))] == ["spec.ports[0].hostIP"]
+
+
+def test_parse_resource_rejects_list_and_non_mapping() -> None:
+    assert "parse_documents" in error_text({"apiVersion": "projectcalico.org/v3", "kind": "List",
+                                            "items": []})
+    with pytest.raises(ValidationError, match="must be a mapping, not a list"):
+        parse_resource([1])
+
+
+def test_unknown_field_hint_is_case_insensitive() -> None:
+    assert errors_of(doc("IPPool", {"cidr": "198.19.0.0/16", "ipipmode": "Always"})) == [
+        ("spec.ipipmode", 'unknown field (did you mean "ipipMode"?)')]
+
+
+def test_python_code_can_build_resources_by_field_name() -> None:
+    from calico_net.model.resources import IPPoolSpec, Metadata
+    res = IPPool(metadata=Metadata(name="p"), spec=IPPoolSpec(cidr="198.19.0.0/16", block_size=24))
+    assert res.to_dict() == doc("IPPool", {"cidr": "198.19.0.0/16", "blockSize": 24}, name="p")
+    assert parse_resource(res.to_dict()).spec.block_size == 24
+
+
+def test_user_input_must_use_calico_names() -> None:
+    assert [p for p, _ in errors_of(doc("IPPool", {"cidr": "198.19.0.0/16", "block_size": 24}))] == [
+        "spec.block_size"]

@@ -13,8 +13,32 @@ Public API (everything else in this package is an implementation detail):
 * value helpers `parse_port`, `parse_protocol`, `parse_asn`, `parse_cidr`,
   `parse_duration`, `parse_peer_ip`.
 
-Built on pydantic v2 (see docs/model.md for why and for the validation decisions);
-the selector language lives in `calico_net.model.selector`.
+The selector language lives in `calico_net.model.selector`.
+
+Decisions:
+
+* pydantic v2: the twelve kinds are ~60 nested record types with Calico's camelCase
+  names; declaring them once gives parsing, unknown-field rejection (extra="forbid"),
+  strict types (a quoted "true" is not a boolean, as in Calico's Go structs), aliases,
+  exclude_unset dumps (the round-trip guarantee) and error locations for field paths,
+  all from the pydantic-core fast path. Every message is rewritten here so operators
+  never see pydantic's wording.
+* Values are stored as written (no normalisation): "198.19.0.0/16" stays text, a port
+  stays 80 or "1000:2000", an AS number stays 64512 or "64512.10", `order` stays an
+  int or a float. So `to_dict()` returns exactly the user's document; `parse_*`
+  helpers give the meaning.
+* CIDRs with host bits set ("198.19.1.5/16") are rejected with a hint naming the
+  network, where Calico would silently mask them: keeping the text unchanged and
+  masking would make etcd, `calicoctl get` and the dataplane disagree. Interface
+  addresses (Node `bgp.ipv4Address: 198.18.0.11/24`) keep their host bits, as in
+  Calico; bare addresses are accepted wherever Calico's `nets` accept them.
+* Ports: 1-65535, "lo:hi" with lo <= hi, or a named port (IANA service-name rules);
+  ports need protocol TCP, UDP, SCTP or UDPLite, as in Calico.
+* Namespaced kinds may omit metadata.namespace (the caller - calicoctl's `-n` or
+  "default" - fills it in); a namespace on a global kind is an error.
+* FelixConfiguration names must be "default" or "node.<nodename>"; only the
+  "default" BGPConfiguration may carry the node-mesh password/restart time.
+* Overlap is checked between *enabled* pools only (`check_pool_overlap`).
 """
 from __future__ import annotations
 

@@ -174,6 +174,8 @@ def parse_cidr(value: str) -> IPNetwork:
 
 def _ip(value: str, version: int | None = None, what: str = "IP address") -> str:
     fam = {4: "IPv4 ", 6: "IPv6 "}.get(version or 0, "")
+    if version and what == "IP address":
+        what = "address"
     try:
         addr = ipaddress.ip_address(value)
     except ValueError:
@@ -212,7 +214,7 @@ IP = Annotated[str, AfterValidator(check_ip)]
 IPv4 = Annotated[str, AfterValidator(lambda v: _ip(v, 4))]
 IPv6 = Annotated[str, AfterValidator(lambda v: _ip(v, 6))]
 # A network: "198.19.0.0/16" (or a bare address, as Calico's `nets` allow). Host bits
-# set are rejected rather than silently masked: see docs/model.md.
+# set are rejected rather than silently masked (see calico_net.model's docstring).
 Net = Annotated[str, AfterValidator(lambda v: _cidr(v))]
 # A network that must be written as a CIDR (IPPool.cidr, service CIDRs).
 CIDR = Annotated[str, AfterValidator(lambda v: _cidr(v, allow_bare_ip=False))]

@@ -72,7 +72,7 @@ def _p(path: str, field: str) -> str:
 
 def _order(value: Any) -> Union[int, float]:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise fail(f"{show(value)} is not a number (policy order is a number; lower applies first)")
+        raise fail(f"{show(value)} is not a number (policy order: lower numbers apply first)")
     return value
 
 
@@ -175,6 +175,13 @@ class Rule(CalicoModel):
                             yield (_p(path, f"{side}.{nfield}[{i}]"),
                                    f"{show(net)} is not an IPv{self.ip_version} network "
                                    f"(the rule has ipVersion {self.ip_version})")
+        src_versions = {parse_cidr(n).version for n in (self.source.nets if self.source else None) or ()}
+        dst_versions = {parse_cidr(n).version for n in
+                        (self.destination.nets if self.destination else None) or ()}
+        if src_versions and dst_versions and not src_versions & dst_versions:
+            yield (_p(path, "destination.nets"),
+                   "source and destination nets have no IP version in common, so the rule "
+                   "can never match")
         for ifield, alias, pval in (("icmp", "icmp", self.protocol),
                                     ("not_icmp", "notICMP", self.protocol)):
             icmp = getattr(self, ifield)
@@ -402,13 +409,13 @@ class IPPoolSpec(CalicoModel):
                    f"{show(self.block_size)} is not a valid IPv{net.version} block size ({lo}-{hi})")
         elif net.prefixlen > self.block_size:
             yield (_p(path, "cidr"),
-                   f"{show(self.cidr)} is smaller than one block (blockSize {self.block_size}); "
+                   f"{show(self.cidr)} is smaller than one block (blockSize {self.block_size}) - "
                    f"use a prefix of /{self.block_size} or shorter, or a larger blockSize")
         for reserved, what in _RESERVED_NETS:
             if reserved.version == net.version and net.overlaps(reserved):
                 yield _p(path, "cidr"), f"{show(self.cidr)} overlaps the {what} range {reserved}"
         if net.version == 6 and self.ipip_mode != "Never":
-            yield _p(path, "ipipMode"), "IPIP is only available for IPv4 pools; use Never"
+            yield _p(path, "ipipMode"), "IPIP is only available for IPv4 pools (use Never or vxlanMode)"
         if self.ipip_mode != "Never" and self.vxlan_mode != "Never":
             yield (_p(path, "vxlanMode"),
                    "ipipMode and vxlanMode cannot both be enabled on one pool")
@@ -514,10 +521,12 @@ class BGPPeerSpec(CalicoModel):
                 yield (_p(path, "asNumber"),
                        "asNumber cannot be set with peerSelector (the peers' own AS numbers are used)")
         elif not self.local_workload_selector:
-            if not self.peer_ip:
-                yield _p(path, "peerIP"), "required unless peerSelector is set"
-            if self.as_number is None:
-                yield _p(path, "asNumber"), "required unless peerSelector is set"
+            if not self.peer_ip and self.as_number is None:
+                yield _p(path, "peerIP"), "peerIP and asNumber are required unless peerSelector is set"
+            elif not self.peer_ip:
+                yield _p(path, "peerIP"), "required with asNumber (or use peerSelector)"
+            elif self.as_number is None:
+                yield _p(path, "asNumber"), "required with peerIP"
         if self.keep_original_next_hop and self.next_hop_mode not in (None, "Keep"):
             yield (_p(path, "nextHopMode"),
                    f"{show(self.next_hop_mode)} contradicts keepOriginalNextHop: true")
@@ -769,6 +778,7 @@ class Resource(CalicoModel):
     def to_dict(self) -> dict[str, Any]:
         """The document as written (plus any metadata set since), JSON-ready, Calico names."""
         _mark_changed_fields(self)
+        self.__pydantic_fields_set__.update(("api_version", "kind"))  # always written
         return self.model_dump(mode="json", by_alias=True, exclude_unset=True)
 
     def __repr__(self) -> str:

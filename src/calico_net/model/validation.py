@@ -117,7 +117,7 @@ def parse_resource(doc: Any) -> Resource:
 
     if not info.namespaced and isinstance(meta, dict) and meta.get("namespace") is not None:
         errors.append(("metadata.namespace",
-                       f"{info.kind} is not namespaced; remove metadata.namespace "
+                       f"{info.kind} is not namespaced, remove metadata.namespace "
                        f"(found {show(meta.get('namespace'))})"))
         meta = {k: v for k, v in meta.items() if k != "namespace"}
         doc = {**doc, "metadata": meta}
@@ -164,6 +164,13 @@ def pydantic_errors(exc: PydanticValidationError, model: type[BaseModel]) -> lis
     return out
 
 
+# Calico fields we knowingly leave out, with the reason given to the operator.
+UNSUPPORTED_FIELDS = {
+    "http": "HTTP matches need Calico's application-layer policy",
+    "services": "Kubernetes Service matches need a Kubernetes datastore",
+}
+
+
 def _message(err: dict[str, Any], model: type[BaseModel], loc: tuple[Any, ...]) -> str:
     etype = err["type"]
     value = err.get("input")
@@ -175,6 +182,8 @@ def _message(err: dict[str, Any], model: type[BaseModel], loc: tuple[Any, ...]) 
     if etype == "extra_forbidden":
         known = _aliases_at(model, loc[:-1])
         field = str(loc[-1])
+        if field in UNSUPPORTED_FIELDS:
+            return f"not supported by calico.net ({UNSUPPORTED_FIELDS[field]})"
         close = difflib.get_close_matches(field, known, n=1, cutoff=0.6)
         for k in known:
             if k.lower() == field.lower():
