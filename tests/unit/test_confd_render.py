@@ -469,6 +469,17 @@ def test_node_mesh_password() -> None:
     s = sessions(build_bird_model("node-a", three_nodes(), [cfg], [], POOLS, [], passwords=SECRETS))
     assert {x.password for x in s.values()} == {"meshKey-42"}
     assert "meshKey-42" not in repr(s)
+    # A mesh password that cannot be read fails the render (the last good config stays).
+    with pytest.raises(RenderError, match="nodeMeshPassword"):
+        build_bird_model("node-a", three_nodes(), [cfg], [], POOLS, [], passwords={})
+
+
+def test_node_mesh_restart_time_and_duplicate_address_note() -> None:
+    nodes = three_nodes() + [node("node-dup", "198.18.0.11")]
+    cfg = bgp_config(nodeMeshMaxRestartTime="1m30s")
+    m = build_bird_model("node-a", nodes, [cfg], [], POOLS, [])
+    assert {s.restart_time for s in sessions(m).values()} == {90}
+    assert m.notes == ["Node node-dup skipped: it has this node's address"]
 
 
 def test_keep_original_next_hop_only_towards_ebgp() -> None:

@@ -48,7 +48,7 @@ import re
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
@@ -265,10 +265,14 @@ def _host_address(value: object, family: int) -> IPAddress | None:
     """Address of a ``"198.18.0.11/24"``-style interface string (None when unset)."""
     if not value:
         return None
-    iface = ipaddress.ip_interface(str(value))
-    if iface.version != family:
+    # Not ip_interface(): it builds the network too, which dominates large renders.
+    addr_text, _, plen = str(value).partition("/")
+    addr = ipaddress.ip_address(addr_text)
+    if addr.version != family:
         raise ValueError(f"{value!r} is not an IPv{family} address")
-    return iface.ip
+    if plen and not (plen.isdigit() and int(plen) <= addr.max_prefixlen):
+        raise ValueError(f"{value!r} has an invalid prefix length")
+    return addr
 
 
 def _rr_cluster_id(value: object) -> str:
@@ -390,414 +394,412 @@ def build_bird_model(
     options: RenderOptions | None = None,
 ) -> BirdModel:
     """Decide everything the configuration says; see the module docstring."""
-    opts = options or RenderOptions()
-    notes: list[str] = []
-    selectors = _Selectors(opts.selector_parser)
-
-    # Nodes. A malformed *other* node is skipped (it must not break our sessions);
-    # a malformed own node is an error.
-    infos: dict[str, NodeInfo] = {}
-    for res in nodes:
-        name = str(_meta(res).get("name", ""))
-        try:
-            infos[name] = _node_info(res)
-        except ValueError as exc:
-            if name == node_name:
-                raise RenderError(f"Node {node_name}: {exc}") from exc
-            notes.append(f"Node {_one_line(name)} skipped: {_one_line(exc)}")
-    me = infos.get(node_name)
-    if me is None:
-        raise RenderError(f"Node {node_name!r} not found")
-
-    # BGPConfiguration: "default", then "node.<name>" for the per-node fields.
-    cfg_by_name = {str(_meta(c).get("name", "")): c for c in bgp_configs}
-    default_cfg = cfg_by_name.get("default", {})
-    node_cfg = cfg_by_name.get(f"node.{node_name}", {})
-    dspec, nspec = _spec(default_cfg), _spec(node_cfg)
-    try:
-        default_as = _parse_as(dspec.get("asNumber", DEFAULT_AS_NUMBER))
-    except ValueError as exc:
-        raise RenderError(f"BGPConfiguration default: {exc}") from exc
-    mesh_enabled = dspec.get("nodeToNodeMeshEnabled", True) is not False
-    my_as = me.as_number or default_as
-
-    def node_as(n: NodeInfo) -> int:
-        return n.as_number or default_as
-
-    def listen_port_of(name: str) -> int | None:
-        spec = _spec(cfg_by_name.get(f"node.{name}", {}))
-        port = spec.get("listenPort") or dspec.get("listenPort")
-        return int(port) if port else None
-
-    severity = str(
-        nspec.get("logSeverityScreen") or dspec.get("logSeverityScreen") or "Info"
-    ).lower()
-    if severity not in _LOG_CLASSES:
-        severity = "info"
-
-    bfd = opts.bfd
-    if bfd is None:
-        for cfg in (node_cfg, default_cfg):
-            val = _parse_bool((_meta(cfg).get("annotations") or {}).get(BFD_ANNOTATION))
-            if val is not None:
-                bfd = val
-                break
-    bfd = bool(bfd)
-
-    # Router id.
-    if opts.router_id == "hash":
-        router_id = _hash_router_id(node_name)
-    elif opts.router_id:
-        router_id = str(ipaddress.IPv4Address(opts.router_id))
-    elif me.ipv4 is not None:
-        router_id = str(me.ipv4)
-    else:
-        raise RenderError(
-            f"Node {node_name!r} has no IPv4 address for the router id; "
-            "set the router_id option (an IPv4 address or 'hash')"
-        )
-
-    # Pools.
-    pool_nets: dict[int, list[tuple[IPNetwork, bool]]] = {4: [], 6: []}
-    for res in pools:
-        spec = _spec(res)
-        try:
-            net = ipaddress.ip_network(str(spec.get("cidr", "")), strict=False)
-        except ValueError:
-            notes.append(f"IPPool {_one_line(_meta(res).get('name'))} skipped: bad cidr")
-            continue
-        export = not spec.get("disableBGPExport", False) and (
-            opts.export_disabled_pools or not spec.get("disabled", False)
-        )
-        pool_nets[net.version].append((net, export))
-    for lst in pool_nets.values():
-        lst.sort(key=lambda p: (p[0].network_address, p[0].prefixlen))
-
-    blocks: dict[int, list[IPNetwork]] = {4: [], 6: []}
-    for cidr in affine_blocks:
-        net = ipaddress.ip_network(cidr, strict=False)
-        blocks[net.version].append(net)
-    for lst in blocks.values():
-        lst.sort(key=lambda n: (n.network_address, n.prefixlen))
-
-    # Per family state.
-    families: dict[int, FamilyModel] = {}
-    for fam in (4, 6):
-        my_ip = me.ip(fam)
-        enabled = my_ip is not None and (fam == 4 or bool(pool_nets[6]))
-        families[fam] = FamilyModel(
-            family=fam,
-            enabled=enabled,
-            source_address=str(my_ip) if my_ip is not None else None,
-            export_pools=[str(n) for n, exp in pool_nets[fam] if exp],
-            accept_pools=[str(n) for n, _ in pool_nets[fam]],
-            skipped_pools=[str(n) for n, exp in pool_nets[fam] if not exp],
-            blocks=[str(b) for b in blocks[fam]],
-            block_subnets=[p for b in blocks[fam] if (p := _subnets_pattern(b))],
-        )
-
-    node_by_ip: dict[IPAddress, NodeInfo] = {}
-    for n in infos.values():
-        for ip in (n.ipv4, n.ipv6):
-            if ip is not None:
-                node_by_ip[ip] = n
-
-    # Sessions; the first claim on (family, address, port) wins.
-    claimed: dict[tuple[int, IPAddress, int | None], str] = {}
-
-    def rr_flags(peer_as: int, peer_cluster: str) -> tuple[bool, str | None]:
-        # Calico's rule: a reflector treats an iBGP peer as its client unless the peer
-        # is a reflector of the same cluster.
-        if me.rr_cluster_id and peer_as == my_as and peer_cluster != me.rr_cluster_id:
-            return True, me.rr_cluster_id
-        return False, None
-
-    def add(session: Session, ip: IPAddress) -> None:
-        key = (session.family, ip, session.port)
-        if key in claimed:
-            notes.append(
-                f"{session.name} ({session.description}) skipped: "
-                f"{ip} already peered as {claimed[key]}"
-            )
-            return
-        claimed[key] = session.name
-        families[session.family].sessions.append(session)
-
-    # Explicit BGPPeers: node-specific first, then global.
-    def applies_to_me(spec: Mapping[str, Any]) -> bool | None:
-        """True/False for node-specific peers, None for global ones."""
-        if spec.get("node"):
-            return spec["node"] == node_name
-        if spec.get("nodeSelector"):
-            return selectors.matches(str(spec["nodeSelector"]), me.labels)
-        return None
-
-    node_specific: list[Mapping[str, Any]] = []
-    global_peers: list[Mapping[str, Any]] = []
-    for res in sorted(peers, key=lambda r: str(_meta(r).get("name", ""))):
-        name = _one_line(_meta(res).get("name", ""))
-        try:
-            scope = applies_to_me(_spec(res))
-        except Exception as exc:  # a bad selector breaks only this peer
-            notes.append(f"BGPPeer {name} skipped: {_one_line(exc)}")
-            continue
-        if scope is None:
-            global_peers.append(res)
-        elif scope:
-            node_specific.append(res)
-
-    for kind, prefix, group in (
-        ("node", "Node", node_specific),
-        ("global", "Global", global_peers),
-    ):
-        for res in group:
-            _add_explicit_peer(
-                res, kind, prefix, me, my_as, infos, node_by_ip, families, selectors,
-                node_as, listen_port_of, rr_flags, add, notes, passwords, bfd, opts,
-            )
-
-    # Route reflector peerings (automatic, same AS only).
-    for fam in (4, 6):
-        fm = families[fam]
-        my_ip = me.ip(fam)
-        if not fm.enabled or my_ip is None:
-            continue
-        for other in sorted(infos.values(), key=lambda n: _sort_ip(n.ip(fam))):
-            oip = other.ip(fam)
-            if other.name == node_name or oip is None or node_as(other) != my_as:
-                continue
-            if oip == my_ip:
-                notes.append(f"Node {other.name} skipped: it has this node's address")
-                continue
-            if other.rr_cluster_id:
-                prefix, kind = "RR", "reflector"
-                desc = f"route reflector {other.name} (cluster {other.rr_cluster_id})"
-            elif me.rr_cluster_id:
-                prefix, kind = "RRClient", "reflector-client"
-                desc = f"route reflector client {other.name}"
-            else:
-                continue
-            rr_client, rr_cid = rr_flags(my_as, other.rr_cluster_id)
-            add(
-                _node_session(
-                    prefix, kind, fam, oip, my_ip, my_as, desc, other, listen_port_of,
-                    dspec, passwords, bfd, opts, notes, rr_client, rr_cid,
-                ),
-                oip,
-            )
-
-    # Node-to-node mesh between non-reflectors.
-    if mesh_enabled and not me.rr_cluster_id:
-        for fam in (4, 6):
-            fm = families[fam]
-            my_ip = me.ip(fam)
-            if not fm.enabled or my_ip is None:
-                continue
-            for other in sorted(infos.values(), key=lambda n: _sort_ip(n.ip(fam))):
-                oip = other.ip(fam)
-                if other.name == node_name or oip is None or other.rr_cluster_id:
-                    continue
-                if oip == my_ip:
-                    notes.append(f"Node {other.name} skipped: it has this node's address")
-                    continue
-                add(
-                    _node_session(
-                        "Mesh", "mesh", fam, oip, my_ip, node_as(other),
-                        f"node-to-node mesh peer {other.name}", other, listen_port_of,
-                        dspec, passwords, bfd, opts, notes, False, None,
-                    ),
-                    oip,
-                )
-
-    kinds_order = {"node": 0, "global": 1, "reflector": 2, "reflector-client": 2, "mesh": 3}
-    for fm in families.values():
-        fm.sessions.sort(key=lambda s: kinds_order[s.kind])  # stable: keeps IP order
-
-    return BirdModel(
-        node_name=node_name,
-        router_id=router_id,
-        as_number=my_as,
-        mesh_enabled=mesh_enabled,
-        rr_cluster_id=me.rr_cluster_id,
-        listen_port=listen_port_of(node_name),
-        log_target=opts.log_target,
-        log_classes=_LOG_CLASSES[severity],
-        debug_protocols="all" if severity == "debug" else "{ states }",
-        graceful_restart=opts.graceful_restart,
-        default_restart_time=DEFAULT_RESTART_TIME,
-        bfd=bfd,
-        bfd_interval_ms=opts.bfd_interval_ms,
-        bfd_multiplier=opts.bfd_multiplier,
-        kernel_scan_time=opts.kernel_scan_time,
-        kernel_metric=opts.kernel_metric,
-        direct_interfaces=", ".join(opts.direct_interfaces),
-        families=[families[4], families[6]],
-        notes=[_one_line(n) for n in notes],
-    )
+    return _Builder(
+        node_name, nodes, bgp_configs, pools, affine_blocks,
+        passwords=passwords, options=options or RenderOptions(),
+    ).build(peers)
 
 
 def _sort_ip(ip: IPAddress | None) -> tuple[int, int]:
     return (0, 0) if ip is None else (ip.version, int(ip))
 
 
-def _node_session(
-    prefix: str,
-    kind: str,
-    fam: int,
-    oip: IPAddress,
-    my_ip: IPAddress,
-    peer_as: int,
-    desc: str,
-    other: NodeInfo,
-    listen_port_of: Callable[[str], int | None],
-    dspec: Mapping[str, Any],
-    passwords: PasswordSource | None,
-    bfd: bool,
-    opts: RenderOptions,
-    notes: list[str],
-    rr_client: bool,
-    rr_cid: str | None,
-) -> Session:
-    """A session to another Calico node (mesh or reflector peering)."""
-    port = listen_port_of(other.name)
-    password = None
-    ref = (dspec.get("nodeMeshPassword") or {}).get("secretKeyRef")
-    if ref:
-        password = _resolve_password(ref, passwords)
+_KIND_ORDER = {"node": 0, "global": 1, "reflector": 2, "reflector-client": 2, "mesh": 3}
+
+
+class _Builder:
+    """The state of one model build: this node, the cluster settings, the sessions
+    claimed so far and the notes on what was skipped."""
+
+    def __init__(
+        self,
+        node_name: str,
+        nodes: Sequence[Mapping[str, Any]],
+        bgp_configs: Sequence[Mapping[str, Any]],
+        pools: Sequence[Mapping[str, Any]],
+        affine_blocks: Iterable[str],
+        *,
+        passwords: PasswordSource | None,
+        options: RenderOptions,
+    ) -> None:
+        self.node_name = node_name
+        self.opts = options
+        self.passwords = passwords
+        self.notes: list[str] = []
+        self.selectors = _Selectors(options.selector_parser)
+
+        # Nodes. A malformed *other* node is skipped (it must not break our
+        # sessions); a malformed own node is an error.
+        self.nodes: dict[str, NodeInfo] = {}
+        for res in nodes:
+            name = str(_meta(res).get("name", ""))
+            try:
+                self.nodes[name] = _node_info(res)
+            except ValueError as exc:
+                if name == node_name:
+                    raise RenderError(f"Node {node_name}: {exc}") from exc
+                self.notes.append(f"Node {name} skipped: {exc}")
+        me = self.nodes.get(node_name)
+        if me is None:
+            raise RenderError(f"Node {node_name!r} not found")
+        self.me = me
+        self.node_by_ip: dict[IPAddress, NodeInfo] = {}
+        for n in self.nodes.values():
+            for ip in (n.ipv4, n.ipv6):
+                if ip is not None:
+                    self.node_by_ip[ip] = n
+
+        # BGPConfiguration: "default", then "node.<name>" for the per-node fields.
+        self.cfg_by_name = {str(_meta(c).get("name", "")): c for c in bgp_configs}
+        self.default_cfg = self.cfg_by_name.get("default", {})
+        self.node_cfg = self.cfg_by_name.get(f"node.{node_name}", {})
+        self.dspec = _spec(self.default_cfg)
+        try:
+            self.default_as = _parse_as(self.dspec.get("asNumber", DEFAULT_AS_NUMBER))
+        except ValueError as exc:
+            raise RenderError(f"BGPConfiguration default: {exc}") from exc
+        self.my_as = me.as_number or self.default_as
+        self.mesh_enabled = self.dspec.get("nodeToNodeMeshEnabled", True) is not False
+        self.bfd = self._bfd_switch()
+        self.mesh_password = self._mesh_password()
+        restart = self.dspec.get("nodeMeshMaxRestartTime")
+        try:
+            self.mesh_restart_time = _parse_duration_s(restart) if restart else None
+        except ValueError as exc:
+            raise RenderError(f"BGPConfiguration default: {exc}") from exc
+
+        self.families = self._families(pools, affine_blocks)
+        # The first claim on (family, address, port) wins.
+        self.claimed: dict[tuple[int, IPAddress, int | None], str] = {}
+
+    # -- settings
+
+    def _bfd_switch(self) -> bool:
+        if self.opts.bfd is not None:
+            return self.opts.bfd
+        for cfg in (self.node_cfg, self.default_cfg):
+            val = _parse_bool((_meta(cfg).get("annotations") or {}).get(BFD_ANNOTATION))
+            if val is not None:
+                return val
+        return False
+
+    def _mesh_password(self) -> str | None:
+        ref = (self.dspec.get("nodeMeshPassword") or {}).get("secretKeyRef")
+        if not ref:
+            return None
+        password = _resolve_password(ref, self.passwords)
         if password is None or not _password_is_quotable(password):
-            # Both ends read the same secret; a node that cannot must not silently
-            # peer without it. Its sessions stay down, which shows in node status.
-            notes.append(f"nodeMeshPassword for {prefix}_{other.name} is unusable")
-            password = None
-    restart = dspec.get("nodeMeshMaxRestartTime")
-    return Session(
-        name=protocol_name(prefix, oip, None if port in (None, 179) else port),
-        kind=kind,
-        family=fam,
-        neighbor=str(oip),
-        port=port,
-        as_number=peer_as,
-        description=desc,
-        source_address=str(my_ip),
-        # One-directional, like Calico: the lower address waits for the higher one.
-        passive=int(oip) > int(my_ip),
-        rr_client=rr_client,
-        rr_cluster_id=rr_cid,
-        password=password,
-        restart_time=_parse_duration_s(restart) if restart else None,
-        bfd=bfd,
-    )
+            # Every node reads the same secret; peering without it would only leave
+            # sessions down on both ends, so keep the last good configuration instead.
+            raise RenderError("BGPConfiguration default: nodeMeshPassword is unusable")
+        return password
 
-
-def _add_explicit_peer(
-    res: Mapping[str, Any],
-    kind: str,
-    prefix: str,
-    me: NodeInfo,
-    my_as: int,
-    infos: Mapping[str, NodeInfo],
-    node_by_ip: Mapping[IPAddress, NodeInfo],
-    families: Mapping[int, FamilyModel],
-    selectors: _Selectors,
-    node_as: Callable[[NodeInfo], int],
-    listen_port_of: Callable[[str], int | None],
-    rr_flags: Callable[[int, str], tuple[bool, str | None]],
-    add: Callable[[Session, IPAddress], None],
-    notes: list[str],
-    passwords: PasswordSource | None,
-    bfd_default: bool,
-    opts: RenderOptions,
-) -> None:
-    """Turn one BGPPeer that applies to this node into sessions (or notes)."""
-    meta, spec = _meta(res), _spec(res)
-    rname = _one_line(meta.get("name", ""))
-    what = f"BGPPeer {rname}"
-    try:
-        # Targets: (address, port, AS, cluster id of the peer if it is one of ours).
-        targets: list[tuple[IPAddress, int | None, int, str, str]] = []
-        if spec.get("peerSelector"):
-            for other in sorted(infos.values(), key=lambda n: n.name):
-                if other.name == me.name:
-                    continue
-                if not selectors.matches(str(spec["peerSelector"]), other.labels):
-                    continue
-                for ip in (other.ipv4, other.ipv6):
-                    if ip is not None:
-                        targets.append(
-                            (ip, listen_port_of(other.name), node_as(other),
-                             other.rr_cluster_id, f"node {other.name}")
-                        )
-        elif spec.get("peerIP"):
-            ip, port = _split_peer_ip(str(spec["peerIP"]))
-            if spec.get("asNumber") in (None, ""):
-                raise ValueError("asNumber is required with peerIP")
-            known = node_by_ip.get(ip)
-            targets.append(
-                (ip, port, _parse_as(spec["asNumber"]),
-                 known.rr_cluster_id if known else "", str(ip))
-            )
-        else:
-            raise ValueError("neither peerIP nor peerSelector is set")
-
-        password = None
-        ref = (spec.get("password") or {}).get("secretKeyRef")
-        if ref:
-            password = _resolve_password(ref, passwords)
-            if password is None:
-                raise ValueError("its password secret cannot be read")
-            if not _password_is_quotable(password):
-                raise ValueError(
-                    'its password is empty, longer than 80 bytes or has a quote, '
-                    'backslash or control character'
-                )
-        restart = spec.get("maxRestartTime")
-        restart_time = _parse_duration_s(restart) if restart else None
-        ttl = spec.get("ttlSecurity")
-        ttl_hops = int(ttl) if ttl else None
-        allow_local = spec.get("numAllowedLocalASNumbers")
-        allow_local_as = int(allow_local) if allow_local else None
-        use_node_ip = str(spec.get("sourceAddress") or "UseNodeIP") != "None"
-        peer_bfd = _parse_bool((meta.get("annotations") or {}).get(BFD_ANNOTATION))
-        bfd = bfd_default if peer_bfd is None else peer_bfd
-    except Exception as exc:
-        notes.append(f"{what} skipped: {_one_line(exc)}")
-        return
-
-    for ip, port, peer_as, peer_cluster, label in targets:
-        fam = ip.version
-        fm = families[fam]
-        my_ip = me.ip(fam)
-        if not fm.enabled or my_ip is None:
-            notes.append(f"{what} -> {label} skipped: IPv{fam} is not enabled on this node")
-            continue
-        if ip == my_ip:
-            notes.append(f"{what} -> {ip} skipped: that is this node's own address")
-            continue
-        rr_client, rr_cid = rr_flags(peer_as, peer_cluster)
-        source = str(my_ip) if use_node_ip else None
-        add(
-            Session(
-                name=protocol_name(prefix, ip, port),
-                kind=kind,
-                family=fam,
-                neighbor=str(ip),
-                port=port,
-                as_number=peer_as,
-                description=f"{what} ({label})",
-                source_address=source,
-                rr_client=rr_client,
-                rr_cluster_id=rr_cid,
-                password=password,
-                # Calico keeps the next hop only towards eBGP peers; iBGP keeps it anyway.
-                next_hop_keep=bool(spec.get("keepOriginalNextHop")) and peer_as != my_as,
-                restart_time=restart_time,
-                ttl_security_hops=ttl_hops,
-                allow_local_as=allow_local_as,
-                # BIRD needs a fixed local address for multihop BFD.
-                bfd=bfd and source is not None,
-            ),
-            ip,
+    def _router_id(self) -> str:
+        if self.opts.router_id == "hash":
+            return _hash_router_id(self.node_name)
+        if self.opts.router_id:
+            return str(ipaddress.IPv4Address(self.opts.router_id))
+        if self.me.ipv4 is not None:
+            return str(self.me.ipv4)
+        raise RenderError(
+            f"Node {self.node_name!r} has no IPv4 address for the router id; "
+            "set the router_id option (an IPv4 address or 'hash')"
         )
+
+    def _severity(self) -> str:
+        nspec = _spec(self.node_cfg)
+        severity = str(
+            nspec.get("logSeverityScreen") or self.dspec.get("logSeverityScreen") or "Info"
+        ).lower()
+        return severity if severity in _LOG_CLASSES else "info"
+
+    def node_as(self, n: NodeInfo) -> int:
+        return n.as_number or self.default_as
+
+    def listen_port_of(self, name: str) -> int | None:
+        spec = _spec(self.cfg_by_name.get(f"node.{name}", {}))
+        port = spec.get("listenPort") or self.dspec.get("listenPort")
+        return int(port) if port else None
+
+    def _families(
+        self, pools: Sequence[Mapping[str, Any]], affine_blocks: Iterable[str]
+    ) -> dict[int, FamilyModel]:
+        pool_nets: dict[int, list[tuple[IPNetwork, bool]]] = {4: [], 6: []}
+        for res in pools:
+            spec = _spec(res)
+            try:
+                net = ipaddress.ip_network(str(spec.get("cidr", "")), strict=False)
+            except ValueError:
+                self.notes.append(f"IPPool {_meta(res).get('name')} skipped: bad cidr")
+                continue
+            export = not spec.get("disableBGPExport", False) and (
+                self.opts.export_disabled_pools or not spec.get("disabled", False)
+            )
+            pool_nets[net.version].append((net, export))
+        blocks: dict[int, list[IPNetwork]] = {4: [], 6: []}
+        for cidr in affine_blocks:
+            net = ipaddress.ip_network(cidr, strict=False)
+            blocks[net.version].append(net)
+
+        families: dict[int, FamilyModel] = {}
+        for fam in (4, 6):
+            pool_nets[fam].sort(key=lambda p: (p[0].network_address, p[0].prefixlen))
+            blocks[fam].sort(key=lambda n: (n.network_address, n.prefixlen))
+            my_ip = self.me.ip(fam)
+            families[fam] = FamilyModel(
+                family=fam,
+                # IPv6 only with an address on this node and at least one IPv6 pool.
+                enabled=my_ip is not None and (fam == 4 or bool(pool_nets[6])),
+                source_address=str(my_ip) if my_ip is not None else None,
+                export_pools=[str(n) for n, exp in pool_nets[fam] if exp],
+                accept_pools=[str(n) for n, _ in pool_nets[fam]],
+                skipped_pools=[str(n) for n, exp in pool_nets[fam] if not exp],
+                blocks=[str(b) for b in blocks[fam]],
+                block_subnets=[p for b in blocks[fam] if (p := _subnets_pattern(b))],
+            )
+        return families
+
+    # -- sessions
+
+    def rr_flags(self, peer_as: int, peer_cluster: str) -> tuple[bool, str | None]:
+        """Calico's rule: a reflector treats an iBGP peer as its client unless the peer
+        is a reflector of the same cluster."""
+        cid = self.me.rr_cluster_id
+        if cid and peer_as == self.my_as and peer_cluster != cid:
+            return True, cid
+        return False, None
+
+    def add(self, session: Session, ip: IPAddress) -> None:
+        key = (session.family, ip, session.port)
+        if key in self.claimed:
+            self.notes.append(
+                f"{session.name} ({session.description}) skipped: "
+                f"{ip} already peered as {self.claimed[key]}"
+            )
+            return
+        self.claimed[key] = session.name
+        self.families[session.family].sessions.append(session)
+
+    def build(self, peers: Sequence[Mapping[str, Any]]) -> BirdModel:
+        router_id = self._router_id()
+        severity = self._severity()
+
+        # Explicit BGPPeers: node-specific ones first, then global ones.
+        node_specific: list[Mapping[str, Any]] = []
+        global_peers: list[Mapping[str, Any]] = []
+        for res in sorted(peers, key=lambda r: str(_meta(r).get("name", ""))):
+            try:
+                scope = self._applies_to_me(_spec(res))
+            except Exception as exc:  # a bad selector breaks only this peer
+                self.notes.append(f"BGPPeer {_meta(res).get('name', '')} skipped: {exc}")
+                continue
+            if scope is None:
+                global_peers.append(res)
+            elif scope:
+                node_specific.append(res)
+        for res in node_specific:
+            self._explicit_peer(res, "node", "Node")
+        for res in global_peers:
+            self._explicit_peer(res, "global", "Global")
+
+        for fam in (4, 6):
+            if self.families[fam].enabled:
+                self._reflector_sessions(fam)
+        if self.mesh_enabled and not self.me.rr_cluster_id:
+            for fam in (4, 6):
+                if self.families[fam].enabled:
+                    self._mesh_sessions(fam)
+
+        for fm in self.families.values():
+            fm.sessions.sort(key=lambda s: _KIND_ORDER[s.kind])  # stable: keeps IP order
+
+        opts = self.opts
+        return BirdModel(
+            node_name=self.node_name,
+            router_id=router_id,
+            as_number=self.my_as,
+            mesh_enabled=self.mesh_enabled,
+            rr_cluster_id=self.me.rr_cluster_id,
+            listen_port=self.listen_port_of(self.node_name),
+            log_target=opts.log_target,
+            log_classes=_LOG_CLASSES[severity],
+            debug_protocols="all" if severity == "debug" else "{ states }",
+            graceful_restart=opts.graceful_restart,
+            default_restart_time=DEFAULT_RESTART_TIME,
+            bfd=self.bfd,
+            bfd_interval_ms=opts.bfd_interval_ms,
+            bfd_multiplier=opts.bfd_multiplier,
+            kernel_scan_time=opts.kernel_scan_time,
+            kernel_metric=opts.kernel_metric,
+            direct_interfaces=", ".join(opts.direct_interfaces),
+            families=[self.families[4], self.families[6]],
+            notes=[_one_line(n) for n in dict.fromkeys(self.notes)],  # dedup, in order
+        )
+
+    def _applies_to_me(self, spec: Mapping[str, Any]) -> bool | None:
+        """True/False for node-specific peers, None for global ones."""
+        if spec.get("node"):
+            return bool(spec["node"] == self.node_name)
+        if spec.get("nodeSelector"):
+            return self.selectors.matches(str(spec["nodeSelector"]), self.me.labels)
+        return None
+
+    def _other_nodes(self, fam: int) -> Iterator[tuple[NodeInfo, IPAddress, IPAddress]]:
+        """(node, its address, our address) for every other node with an address in
+        ``fam``, in address order."""
+        my_ip = self.me.ip(fam)
+        assert my_ip is not None
+        for other in sorted(self.nodes.values(), key=lambda n: _sort_ip(n.ip(fam))):
+            oip = other.ip(fam)
+            if other.name == self.node_name or oip is None:
+                continue
+            if oip == my_ip:
+                self.notes.append(f"Node {other.name} skipped: it has this node's address")
+                continue
+            yield other, oip, my_ip
+
+    def _reflector_sessions(self, fam: int) -> None:
+        """Route reflector peerings: automatic, between nodes of the same AS."""
+        for other, oip, my_ip in self._other_nodes(fam):
+            if self.node_as(other) != self.my_as:
+                continue
+            if other.rr_cluster_id:
+                prefix, kind = "RR", "reflector"
+                desc = f"route reflector {other.name} (cluster {other.rr_cluster_id})"
+            elif self.me.rr_cluster_id:
+                prefix, kind = "RRClient", "reflector-client"
+                desc = f"route reflector client {other.name}"
+            else:
+                continue
+            self.add(self._node_session(prefix, kind, other, oip, my_ip, desc), oip)
+
+    def _mesh_sessions(self, fam: int) -> None:
+        """Node-to-node mesh between non-reflectors."""
+        for other, oip, my_ip in self._other_nodes(fam):
+            if other.rr_cluster_id:
+                continue
+            desc = f"node-to-node mesh peer {other.name}"
+            self.add(self._node_session("Mesh", "mesh", other, oip, my_ip, desc), oip)
+
+    def _node_session(
+        self, prefix: str, kind: str, other: NodeInfo, oip: IPAddress, my_ip: IPAddress,
+        desc: str,
+    ) -> Session:
+        """A session to another Calico node (mesh or reflector peering)."""
+        port = self.listen_port_of(other.name)
+        peer_as = self.node_as(other)
+        rr_client, rr_cid = self.rr_flags(peer_as, other.rr_cluster_id)
+        return Session(
+            name=protocol_name(prefix, oip, None if port in (None, 179) else port),
+            kind=kind,
+            family=oip.version,
+            neighbor=str(oip),
+            port=port,
+            as_number=peer_as,
+            description=desc,
+            source_address=str(my_ip),
+            # One-directional, like Calico: the lower address waits for the higher one.
+            passive=int(oip) > int(my_ip),
+            rr_client=rr_client,
+            rr_cluster_id=rr_cid,
+            password=self.mesh_password,
+            restart_time=self.mesh_restart_time,
+            bfd=self.bfd,
+        )
+
+    def _explicit_peer(self, res: Mapping[str, Any], kind: str, prefix: str) -> None:
+        """Turn one BGPPeer that applies to this node into sessions (or notes)."""
+        meta, spec = _meta(res), _spec(res)
+        what = f"BGPPeer {meta.get('name', '')}"
+        try:
+            # Targets: (address, port, AS, cluster id if the peer is one of our nodes,
+            # label for the comment).
+            targets: list[tuple[IPAddress, int | None, int, str, str]] = []
+            if spec.get("peerSelector"):
+                for other in sorted(self.nodes.values(), key=lambda n: n.name):
+                    if other.name == self.node_name:
+                        continue
+                    if not self.selectors.matches(str(spec["peerSelector"]), other.labels):
+                        continue
+                    for ip in (other.ipv4, other.ipv6):
+                        if ip is not None:
+                            targets.append(
+                                (ip, self.listen_port_of(other.name), self.node_as(other),
+                                 other.rr_cluster_id, f"node {other.name}")
+                            )
+            elif spec.get("peerIP"):
+                ip, port = _split_peer_ip(str(spec["peerIP"]))
+                if spec.get("asNumber") in (None, ""):
+                    raise ValueError("asNumber is required with peerIP")
+                known = self.node_by_ip.get(ip)
+                targets.append(
+                    (ip, port, _parse_as(spec["asNumber"]),
+                     known.rr_cluster_id if known else "", str(ip))
+                )
+            else:
+                raise ValueError("neither peerIP nor peerSelector is set")
+
+            password = None
+            ref = (spec.get("password") or {}).get("secretKeyRef")
+            if ref:
+                password = _resolve_password(ref, self.passwords)
+                if password is None:
+                    raise ValueError("its password secret cannot be read")
+                if not _password_is_quotable(password):
+                    raise ValueError(
+                        "its password is empty, longer than 80 bytes or has a quote, "
+                        "backslash or control character"
+                    )
+            restart = spec.get("maxRestartTime")
+            restart_time = _parse_duration_s(restart) if restart else None
+            ttl = spec.get("ttlSecurity")
+            ttl_hops = int(ttl) if ttl else None
+            allow_local = spec.get("numAllowedLocalASNumbers")
+            allow_local_as = int(allow_local) if allow_local else None
+            use_node_ip = str(spec.get("sourceAddress") or "UseNodeIP") != "None"
+            peer_bfd = _parse_bool((meta.get("annotations") or {}).get(BFD_ANNOTATION))
+            bfd = self.bfd if peer_bfd is None else peer_bfd
+        except Exception as exc:  # a broken BGPPeer breaks only itself
+            self.notes.append(f"{what} skipped: {exc}")
+            return
+
+        for ip, port, peer_as, peer_cluster, label in targets:
+            fam = ip.version
+            my_ip = self.me.ip(fam)
+            if not self.families[fam].enabled or my_ip is None:
+                self.notes.append(
+                    f"{what} -> {label} skipped: IPv{fam} is not enabled on this node"
+                )
+                continue
+            if ip == my_ip:
+                self.notes.append(f"{what} -> {ip} skipped: that is this node's own address")
+                continue
+            rr_client, rr_cid = self.rr_flags(peer_as, peer_cluster)
+            source = str(my_ip) if use_node_ip else None
+            self.add(
+                Session(
+                    name=protocol_name(prefix, ip, port),
+                    kind=kind,
+                    family=fam,
+                    neighbor=str(ip),
+                    port=port,
+                    as_number=peer_as,
+                    description=f"{what} ({label})",
+                    source_address=source,
+                    rr_client=rr_client,
+                    rr_cluster_id=rr_cid,
+                    password=password,
+                    # Calico keeps the next hop only towards eBGP peers (iBGP keeps it
+                    # anyway).
+                    next_hop_keep=bool(spec.get("keepOriginalNextHop")) and peer_as != self.my_as,
+                    restart_time=restart_time,
+                    ttl_security_hops=ttl_hops,
+                    allow_local_as=allow_local_as,
+                    # BIRD needs a fixed local address for multihop BFD.
+                    bfd=bfd and source is not None,
+                ),
+                ip,
+            )
 
 
 # ------------------------------------------------------------------------- render
