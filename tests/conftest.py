@@ -52,13 +52,20 @@ class EtcdServer:
         return env
 
 
-def start_etcd(listen_host: str = "127.0.0.1", extra_args: list[str] | None = None) -> EtcdServer:
+def start_etcd(listen_host: str = "127.0.0.1", extra_args: list[str] | None = None,
+               tls: dict[str, str] | None = None) -> EtcdServer:
+    """Start an etcd; with `tls` ({"ca", "cert", "key"} server files, client certs
+    required) it serves https only."""
     etcd = shutil.which("etcd") or "/usr/bin/etcd"
     if not os.path.exists(etcd):
         pytest.fail("etcd is not installed (make test installs Debian's etcd-server)")
     data_dir = tempfile.mkdtemp(prefix="calico-test-etcd-")
     cport, pport = free_port(), free_port()
-    client_url = f"http://{listen_host}:{cport}"
+    client_url = f"{'https' if tls else 'http'}://{listen_host}:{cport}"
+    tls_args = []
+    if tls:
+        tls_args = ["--cert-file", tls["cert"], "--key-file", tls["key"],
+                    "--trusted-ca-file", tls["ca"], "--client-cert-auth"]
     peer_url = f"http://127.0.0.1:{pport}"
     log = open(os.path.join(data_dir, "etcd.log"), "w")
     proc = subprocess.Popen(
@@ -70,7 +77,7 @@ def start_etcd(listen_host: str = "127.0.0.1", extra_args: list[str] | None = No
             "--max-txn-ops", "20000", "--max-request-bytes", str(32 * 1024 * 1024),
             "--quota-backend-bytes", str(4 * 1024**3),
             "--log-level", "warn", "--logger", "zap",
-            *(extra_args or []),
+            *tls_args, *(extra_args or []),
         ],
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
@@ -79,7 +86,8 @@ def start_etcd(listen_host: str = "127.0.0.1", extra_args: list[str] | None = No
         if proc.poll() is not None:
             raise RuntimeError(f"etcd exited: {open(os.path.join(data_dir, 'etcd.log')).read()[-2000:]}")
         try:
-            if requests.get(client_url + "/health", timeout=1).ok:
+            kw = {"verify": tls["ca"], "cert": (tls["client_cert"], tls["client_key"])} if tls else {}
+            if requests.get(client_url + "/health", timeout=1, **kw).ok:
                 return EtcdServer(client_url, data_dir, proc)
         except requests.RequestException:
             pass

@@ -241,7 +241,7 @@ class EtcdClient:
 
     def _make(self, endpoint: str) -> etcd3gw.Etcd3Client:
         parts = urlsplit(endpoint)
-        return etcd3gw.Etcd3Client(
+        client = etcd3gw.Etcd3Client(
             host=parts.hostname or "127.0.0.1",
             port=parts.port or 2379,
             protocol=parts.scheme,
@@ -251,6 +251,10 @@ class EtcdClient:
             timeout=self.config.timeout,
             api_path="/v3/",
         )
+        # requests would otherwise let REQUESTS_CA_BUNDLE/CURL_CA_BUNDLE replace our CA
+        # and send etcd traffic through HTTP(S)_PROXY; etcd settings come from us only.
+        client.session.trust_env = False
+        return client
 
     # All requests go through here: fail over to the next endpoint on connection errors.
     def _post(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
@@ -450,9 +454,11 @@ class Watch:
 
 
 def _short(e: Exception) -> str:
-    text = " ".join(str(a) for a in e.args if a) or e.__class__.__name__
+    text = getattr(e, "detail_text", None) or " ".join(str(a) for a in e.args if a) or e.__class__.__name__
+    if "SSL" in text or "certificate" in text.lower():
+        text = "TLS error: " + text
     try:
-        detail = json.loads(e.args[0])
+        detail = json.loads(text)
         text = detail.get("error") or detail.get("message") or text
     except Exception:  # noqa: BLE001 - not JSON: keep the text
         pass
