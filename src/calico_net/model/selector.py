@@ -165,11 +165,21 @@ class Selector:
     # -- public API --------------------------------------------------------------
 
     def evaluate(self, labels: Mapping[str, str]) -> bool:
-        """True if ``labels`` match.  Compiles on first use; afterwards the bound
-        name is the compiled function itself, so repeated calls cost one call."""
-        fn = _compile(self)
-        object.__setattr__(self, "evaluate", fn)
-        return fn(labels)
+        """True if ``labels`` match.
+
+        The first call compiles the selector and stores the compiled function on
+        the instance under this same name, so later ``sel.evaluate(labels)`` calls
+        go straight to it (no method dispatch, no tree walk)."""
+        return self.compiled()(labels)
+
+    def compiled(self) -> Callable[[Mapping[str, str]], bool]:
+        """The compiled matcher, ``labels -> bool`` (what ``evaluate`` calls).
+        Equal selectors share one compiled function."""
+        fn = self.__dict__.get("evaluate")
+        if fn is None:
+            fn = _compile_cached(self)
+            object.__setattr__(self, "evaluate", fn)
+        return fn  # type: ignore[no-any-return]
 
     def label_keys(self) -> frozenset[str]:
         """The label keys this selector reads."""
@@ -563,6 +573,12 @@ class _CodeGen:
             self._names[k] = name
             self.consts[name] = value
         return name
+
+
+@lru_cache(maxsize=8192)
+def _compile_cached(sel: Selector) -> Callable[[Mapping[str, str]], bool]:
+    # Keyed by structure: different texts of one selector compile once.
+    return _compile(sel)
 
 
 def _compile(sel: Selector) -> Callable[[Mapping[str, str]], bool]:
