@@ -44,7 +44,9 @@ PIP=("$REPO_DIR/.venv/bin/python" -m pip)
 [[ -x ${PIP[0]} ]] || PIP=(python3 -m pip)
 wheels() {
     # calico_net from this checkout plus every dependency, as wheels (sdists get built here)
-    "${PIP[@]}" wheel -q --disable-pip-version-check -w "$CTX/wheels" "$REPO_DIR"
+    # (output to a log, shown on failure: pip warns about every local index it skips)
+    "${PIP[@]}" wheel -q --disable-pip-version-check -w "$CTX/wheels" "$REPO_DIR" \
+        >"$WORK_DIR/pip-wheel.log" 2>&1 || { tail -30 "$WORK_DIR/pip-wheel.log" >&2; return 1; }
 }
 timed "calico-node: wheels" wheels
 

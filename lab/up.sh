@@ -1,0 +1,171 @@
+#!/usr/bin/env bash
+# Starts the calico.net lab: N systemd-booted Debian 12 "hosts" (podman containers
+# calico-lab-node-1..N) on the internal podman network calico-lab (198.18.0.0/24; the host
+# is 198.18.0.1, node i is 198.18.0.(10+i)), reachable from the host over SSH as root with
+# the lab's key, with the calico/node image archive at /opt/calico/images/calico-node.tar
+# inside every node (and, unless --no-preload, already loaded into each node's podman).
+# Writes lab/.state/inventory.ini (groups etcd, calico_nodes, route_reflectors) and
+# lab/.state/ssh_config. Any lab left by an earlier (possibly killed) run is removed first.
+# Usage: up.sh [N] [--no-preload] [--no-build]     (N defaults to $CALICO_LAB_NODES or 3)
+set -euo pipefail
+LOG_TAG=up
+# shellcheck source=lib.sh
+source "$(dirname "$0")/lib.sh"
+require_root
+
+N=${CALICO_LAB_NODES:-3}
+PRELOAD=1
+BUILD=1
+for a in "$@"; do
+    case $a in
+    --no-preload) PRELOAD=0 ;;
+    --no-build) BUILD=0 ;;
+    [0-9] | [0-9][0-9]) N=$a ;;
+    *) die "usage: $0 [N] [--no-preload] [--no-build]" ;;
+    esac
+done
+((N >= 1 && N <= 50)) || die "N must be 1..50"
+# etcd members: 3 when there are 3 or more nodes, else 1 (an odd-sized cluster either way)
+ETCD_COUNT=${CALICO_LAB_ETCD_COUNT:-$((N >= 3 ? 3 : 1))}
+
+T0=$(date +%s)
+mkdir -p "$STATE_DIR"
+
+# --- host prerequisites and images -------------------------------------------------------
+timed "up: bootstrap-host" bash "$LAB_DIR/bootstrap-host.sh"
+if ((BUILD)); then
+    timed "up: build-images" bash "$LAB_DIR/build-images.sh"
+fi
+for img in "$NODE_IMAGE" "$CALICO_NODE_IMAGE"; do
+    podman image exists "$img" || die "$img missing (run lab/build-images.sh)"
+done
+
+# The calico/node archive every node sees at /opt/calico/images (read-only bind mount).
+# Re-saved only when the image changed (its ID is kept beside the archive).
+ARCHIVE_DIR=$STATE_DIR/images
+ARCHIVE=$ARCHIVE_DIR/$(basename "$NODE_IMAGE_ARCHIVE")
+cn_id=$(podman image inspect --format '{{.Id}}' "$CALICO_NODE_IMAGE")
+if [[ ! -s $ARCHIVE || $(cat "$ARCHIVE.id" 2>/dev/null) != "$cn_id" ]]; then
+    rm -f "$ARCHIVE" "$ARCHIVE.id"
+    timed "up: save calico/node archive" bash "$REPO_DIR/images/calico-node/build.sh" save "$ARCHIVE"
+    echo "$cn_id" >"$ARCHIVE.id"
+else
+    log "calico/node archive is current"
+fi
+
+# --- clear leftovers (ours only, by name) ------------------------------------------------
+timed "up: clear leftovers" bash "$LAB_DIR/down.sh" --quiet
+
+# --- network -----------------------------------------------------------------------------
+podman network create --internal --subnet "$NET_SUBNET" --gateway "$NET_GATEWAY" \
+    --label net.calico.lab=1 "$NET_NAME" >/dev/null
+log "network $NET_NAME: $NET_SUBNET (host $NET_GATEWAY), internal"
+
+# --- SSH key (kept across runs) ----------------------------------------------------------
+if [[ ! -s $SSH_KEY ]]; then
+    rm -f "$SSH_KEY" "$SSH_KEY.pub"
+    ssh-keygen -q -t ed25519 -N '' -C calico-lab -f "$SSH_KEY"
+fi
+chmod 0600 "$SSH_KEY"
+
+node_name() { echo "${NODE_PREFIX}$1"; }
+node_ip() { echo "198.18.0.$((NODE_IP_BASE + $1))"; }
+
+# --- nodes -------------------------------------------------------------------------------
+add_hosts=()
+for i in $(seq 1 "$N"); do add_hosts+=(--add-host "$(node_name "$i"):$(node_ip "$i")"); done
+
+start_nodes() {
+    local i name
+    for i in $(seq 1 "$N"); do
+        name=$(node_name "$i")
+        # privileged: nested podman, network namespaces, nftables and BGP need it.
+        # /var/lib/containers is a volume: overlayfs cannot stack on the node's overlay root.
+        podman run -d --name "$name" --hostname "$name" \
+            --label net.calico.lab=1 \
+            --network "$NET_NAME" --ip "$(node_ip "$i")" "${add_hosts[@]}" \
+            --privileged --systemd=always \
+            -v "${name}-containers:/var/lib/containers" \
+            -v "$ARCHIVE_DIR:$(dirname "$NODE_IMAGE_ARCHIVE"):ro" \
+            "$NODE_IMAGE" >/dev/null
+        podman exec -i "$name" sh -c 'umask 077; cat > /root/.ssh/authorized_keys' <"$SSH_KEY.pub"
+        log "started $name at $(node_ip "$i")"
+    done
+}
+timed "up: start $N nodes" start_nodes
+
+SSH_OPTS=(-i "$SSH_KEY" -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null
+    -o LogLevel=ERROR -o BatchMode=yes -o ConnectTimeout=3)
+lab_ssh() { local ip=$1; shift; ssh "${SSH_OPTS[@]}" "root@$ip" "$@"; }
+
+wait_ssh() {
+    local i ip deadline
+    for i in $(seq 1 "$N"); do
+        ip=$(node_ip "$i")
+        deadline=$(($(date +%s) + 120))
+        until lab_ssh "$ip" true 2>/dev/null; do
+            if (($(date +%s) > deadline)); then
+                podman logs --tail 30 "$(node_name "$i")" >&2 || true
+                die "no SSH to $(node_name "$i") ($ip) after 120s"
+            fi
+            sleep 1
+        done
+        # systemd has finished booting (or says why not) before anyone uses the node
+        lab_ssh "$ip" 'systemctl is-system-running --wait >/dev/null 2>&1 || systemctl --failed --no-legend >&2' || true
+    done
+}
+timed "up: wait for SSH" wait_ssh
+
+# --- inventory and ssh_config ------------------------------------------------------------
+{
+    echo "# calico.net lab inventory, written by lab/up.sh ($N nodes). Do not edit: rerun up.sh."
+    echo "[etcd]"
+    for i in $(seq 1 "$ETCD_COUNT"); do echo "$(node_name "$i") ansible_host=$(node_ip "$i")"; done
+    echo
+    echo "[calico_nodes]"
+    for i in $(seq 1 "$N"); do echo "$(node_name "$i") ansible_host=$(node_ip "$i")"; done
+    echo
+    echo "[route_reflectors]"
+    echo
+    echo "[all:vars]"
+    echo "ansible_user=root"
+    echo "ansible_ssh_private_key_file=$SSH_KEY"
+    echo "ansible_ssh_common_args='-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null'"
+    echo "ansible_python_interpreter=/usr/bin/python3"
+    echo "ansible_host_key_checking=false"
+    echo "calico_lab_image_archive=$NODE_IMAGE_ARCHIVE"
+} >"$INVENTORY.tmp"
+mv "$INVENTORY.tmp" "$INVENTORY"
+{
+    echo "# ssh -F $STATE_DIR/ssh_config calico-lab-node-1"
+    for i in $(seq 1 "$N"); do
+        printf 'Host %s\n  HostName %s\n' "$(node_name "$i")" "$(node_ip "$i")"
+    done
+    printf 'Host %s*\n  User root\n  IdentityFile %s\n  IdentitiesOnly yes\n' "$NODE_PREFIX" "$SSH_KEY"
+    printf '  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n  LogLevel ERROR\n'
+} >"$STATE_DIR/ssh_config"
+
+# --- calico/node image inside the nodes --------------------------------------------------
+preload() {
+    local i pids=() rc=0
+    for i in $(seq 1 "$N"); do
+        lab_ssh "$(node_ip "$i")" "podman load -q -i $NODE_IMAGE_ARCHIVE >/dev/null" &
+        pids+=($!)
+    done
+    for i in "${pids[@]}"; do wait "$i" || rc=1; done
+    return "$rc"
+}
+if ((PRELOAD)); then
+    timed "up: load calico/node into $N nodes" preload
+fi
+
+# Nested podman works: calico/node's BIRD runs inside node 1 with host networking.
+if ((PRELOAD)); then
+    out=$(lab_ssh "$(node_ip 1)" "podman run --rm --network host $CALICO_NODE_IMAGE bird --version" 2>&1) ||
+        die "nested podman check failed in $(node_name 1): $out"
+    log "nested podman in $(node_name 1): $out"
+fi
+
+log "lab up: $N nodes in $(($(date +%s) - T0))s; inventory $INVENTORY"
+log "ssh: ssh -F $STATE_DIR/ssh_config $(node_name 1)"
+printf '%s\n' "$INVENTORY"
