@@ -1,0 +1,105 @@
+#!/usr/bin/env python3
+"""IPAM throughput: N processes each make M allocations against one real etcd.
+
+Starts its own etcd (the test suite's launcher from tests/conftest.py), creates one
+IPv4 pool inside 198.19.0.0/16, then forks the workers; each worker uses one `IPAM`
+client and allocates for one of three node names (process i -> node i % 3), all
+released at the end. Prints allocations per second, conflicts seen, blocks claimed,
+and checks that every address is distinct. Target: >= 300 allocations/s for 8 x 200.
+
+    .venv/bin/python bench/bench_ipam.py [--procs 8] [--allocs 200] [--nodes 3]
+"""
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "src"))
+sys.path.insert(0, str(REPO / "tests"))
+
+
+def worker(endpoints: str, index: int, node: str, allocs: int, start, out) -> None:
+    from calico_net.datastore import Datastore, EtcdClient, EtcdConfig
+    from calico_net.ipam import IPAM
+
+    client = EtcdClient(EtcdConfig(endpoints=[endpoints]))
+    ipam = IPAM(client, Datastore(client))
+    start.wait()
+    t0 = time.perf_counter()
+    got = []
+    for i in range(allocs):
+        v4, _ = ipam.auto_assign(f"bench.{index}.{i}", node)
+        got.append(str(v4[0]))
+    out.put((index, node, time.perf_counter() - t0, got))
+
+
+def run(endpoints: str, procs: int, allocs: int, nodes: int) -> dict:
+    ctx = mp.get_context("fork")
+    start = ctx.Barrier(procs + 1)
+    out = ctx.Queue()
+    workers = [
+        ctx.Process(target=worker, args=(endpoints, i, f"bench-node-{i % nodes}", allocs, start, out))
+        for i in range(procs)
+    ]
+    for w in workers:
+        w.start()
+    start.wait()
+    t0 = time.perf_counter()
+    results = [out.get(timeout=600) for _ in workers]
+    wall = time.perf_counter() - t0
+    for w in workers:
+        w.join()
+    ips = [ip for r in results for ip in r[3]]
+    return {"wall": wall, "ips": ips, "per_proc": sorted((r[0], r[2]) for r in results)}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--procs", type=int, default=8)
+    ap.add_argument("--allocs", type=int, default=200)
+    ap.add_argument("--nodes", type=int, default=3)
+    args = ap.parse_args()
+
+    from conftest import start_etcd, stop_etcd  # the test suite's etcd launcher
+
+    from calico_net.datastore import Datastore
+    from calico_net.ipam import IPAM
+
+    server = start_etcd()
+    try:
+        client = server.client()
+        ds = Datastore(client)
+        ds.create({"apiVersion": "projectcalico.org/v3", "kind": "IPPool",
+                   "metadata": {"name": "bench-pool"}, "spec": {"cidr": "198.19.0.0/16", "blockSize": 26}})
+        res = run(server.endpoints, args.procs, args.allocs, args.nodes)
+        total = args.procs * args.allocs
+        ipam = IPAM(client, ds)
+        blocks = ipam.blocks()
+        distinct = len(set(res["ips"]))
+        print(f"IPAM allocations: {args.procs} processes x {args.allocs} = {total}, {args.nodes} nodes, 2 cores={os.cpu_count()}")
+        print(f"  wall time          {res['wall']:.2f} s")
+        print(f"  allocations/s      {total / res['wall']:.0f}   (target >= 300)")
+        per = [t for _, t in res["per_proc"]]
+        print(f"  per process        {min(per):.2f}-{max(per):.2f} s  ({args.allocs / max(per):.0f}-{args.allocs / min(per):.0f} allocations/s each)")
+        print(f"  distinct addresses {distinct} of {total}  {'OK' if distinct == total else 'DUPLICATES!'}")
+        print(f"  blocks claimed     {len(blocks)}  " + ", ".join(
+            f"{n}: {sum(1 for b in blocks if b.host == n)}" for n in sorted({b.host or '-' for b in blocks})))
+        t0 = time.perf_counter()
+        handles = list(ipam.handles())
+        for h in handles:
+            ipam.release_by_handle(h)
+        rel = time.perf_counter() - t0
+        left = sum(b.in_use for b in ipam.blocks())
+        print(f"  release by handle  {len(handles) / rel:.0f}/s single process, {left} left in use")
+        return 0 if distinct == total and left == 0 else 1
+    finally:
+        stop_etcd(server)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

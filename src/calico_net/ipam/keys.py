@@ -1,0 +1,89 @@
+"""IPAM's etcd keys, in libcalico-go's layout (lib/backend/model), and their parsers.
+
+    /calico/ipam/v2/assignment/ipv4/block/198.19.0.0-26       AllocationBlock JSON
+    /calico/ipam/v2/host/<node>/ipv4/block/198.19.0.0-26      {"state": "confirmed", "deleted": false}
+    /calico/ipam/v2/handle/<handle id>                        {"block": {"198.19.0.0/26": 2}, "deleted": false}
+    /calico/ipam/v2/config                                    {"strict_affinity": false, "auto_allocate_blocks": true}
+
+A block's CIDR is written with its "/" replaced by "-", as Calico does.
+"""
+from __future__ import annotations
+
+import re
+
+from calico_net.ipam.block import IPNetwork, cidr_from_key_part, cidr_key_part
+
+IPAM_PREFIX = "/calico/ipam/v2/"
+BLOCK_PREFIX = IPAM_PREFIX + "assignment/"
+HOST_PREFIX = IPAM_PREFIX + "host/"
+HANDLE_PREFIX = IPAM_PREFIX + "handle/"
+CONFIG_KEY = IPAM_PREFIX + "config"
+
+AFFINITY_CONFIRMED = "confirmed"
+AFFINITY_PENDING = "pending"
+AFFINITY_PENDING_DELETION = "pendingDeletion"
+
+_BLOCK_RE = re.compile(r"^/calico/ipam/v2/assignment/ipv[46]/block/([^/]+)$")
+_AFFINITY_RE = re.compile(r"^/calico/ipam/v2/host/([^/]+)/ipv[46]/block/([^/]+)$")
+_HANDLE_RE = re.compile(r"^/calico/ipam/v2/handle/([^/]+)$")
+
+
+def block_prefix(version: int | None = None) -> str:
+    return f"{BLOCK_PREFIX}ipv{version}/block/" if version else BLOCK_PREFIX
+
+
+def block_key(cidr: IPNetwork) -> str:
+    return f"{BLOCK_PREFIX}ipv{cidr.version}/block/{cidr_key_part(cidr)}"
+
+
+def host_prefix(node: str | None = None, version: int | None = None) -> str:
+    if node is None:
+        return HOST_PREFIX
+    if version is None:
+        return f"{HOST_PREFIX}{node}/"
+    return f"{HOST_PREFIX}{node}/ipv{version}/block/"
+
+
+def affinity_key(node: str, cidr: IPNetwork) -> str:
+    return f"{HOST_PREFIX}{node}/ipv{cidr.version}/block/{cidr_key_part(cidr)}"
+
+
+def handle_key(handle_id: str) -> str:
+    return HANDLE_PREFIX + handle_id
+
+
+def parse_block_key(key: str) -> IPNetwork | None:
+    m = _BLOCK_RE.match(key)
+    if not m:
+        return None
+    try:
+        return cidr_from_key_part(m.group(1))
+    except ValueError:
+        return None
+
+
+def parse_affinity_key(key: str) -> tuple[str, IPNetwork] | None:
+    m = _AFFINITY_RE.match(key)
+    if not m:
+        return None
+    try:
+        return m.group(1), cidr_from_key_part(m.group(2))
+    except ValueError:
+        return None
+
+
+def parse_handle_key(key: str) -> str | None:
+    m = _HANDLE_RE.match(key)
+    return m.group(1) if m else None
+
+
+def check_handle_id(handle_id: str) -> str:
+    if not handle_id or "/" in handle_id or len(handle_id) > 512:
+        raise ValueError(f'handle id "{handle_id}" must be 1-512 characters without "/"')
+    return handle_id
+
+
+def check_node_name(node: str) -> str:
+    if not node or "/" in node:
+        raise ValueError(f'node name "{node}" must be non-empty and without "/"')
+    return node
