@@ -1,0 +1,583 @@
+"""The nftables side of the policy dataplane: desired table model, transaction writer, runner.
+
+What it is for: the agent owns one table, ``inet calico``.  `Ruleset` is the desired
+content of that table (chains as tuples of rule lines, sets and verdict maps with
+their elements) with dirty tracking; `NftWriter` turns the dirty parts into ONE
+``nft -f -`` script per apply (one atomic transaction) and remembers what it wrote;
+`NftRunner` runs nft (optionally inside a network namespace) and reads the table back.
+
+How it is built:
+
+* Incremental scripts only touch what changed: new sets/chains are declared first,
+  map/set elements are deleted, changed chains are ``flush chain`` + ``add rule``,
+  elements are added, then dropped chains are flushed and deleted, dropped sets
+  deleted last — an order in which every reference in the transaction resolves.
+* A full load (first apply, after drift or after a failed incremental transaction)
+  is ``add table; delete table; table inet calico { ... }`` in one script, so the
+  old table is replaced atomically (no window without policy).
+* Every object and element contributes a 64-bit hash to an order-independent sum
+  (`Ruleset.fingerprint`); the writer stores it as the single element of set
+  ``cali-meta``.  A restarted agent whose desired table hashes to what the kernel
+  already holds (and whose chains/sets have the right rule/element counts) adopts
+  the table instead of rewriting it.
+* `NftWriter.check(live)` compares rule counts per chain and element counts per
+  set/map of a ``nft -j list table`` read-back with what was written: the cheap
+  drift check behind ``PolicyDataplane.refresh``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import subprocess
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "FAMILY",
+    "TABLE",
+    "META_SET",
+    "NftError",
+    "NftRunner",
+    "FakeNftRunner",
+    "ChainDef",
+    "SetDef",
+    "Ruleset",
+    "NftWriter",
+]
+
+FAMILY = "inet"
+TABLE = "calico"
+#: set holding the fingerprint of the table's content (one ifname-typed element)
+META_SET = "cali-meta"
+#: bump when the way objects are written changes without changing their text
+LAYOUT_VERSION = 1
+_MASK64 = (1 << 64) - 1
+_ELEMENT_CHUNK = 2000
+
+
+class NftError(RuntimeError):
+    """nft rejected a script or could not be run."""
+
+
+# ----------------------------------------------------------------- runner
+
+
+class NftRunner:
+    """Runs the nft CLI, in the current network namespace or inside `netns`."""
+
+    def __init__(self, netns: str | None = None, nft: str = "nft") -> None:
+        self.netns = netns
+        self.nft = nft
+        self.calls = 0
+
+    def _argv(self, *args: str) -> list[str]:
+        prefix = ["ip", "netns", "exec", self.netns] if self.netns else []
+        return [*prefix, self.nft, *args]
+
+    def run(self, script: str) -> None:
+        """Run `script` as one nft transaction (``nft -f -``)."""
+        self.calls += 1
+        proc = subprocess.run(self._argv("-f", "-"), input=script, text=True,
+                              capture_output=True)
+        if proc.returncode != 0:
+            raise NftError(_summarise_error(proc.stderr, script))
+
+    def list_table(self) -> dict[str, Any] | None:
+        """``nft -j list table inet calico`` parsed, or None if the table is absent."""
+        proc = subprocess.run(self._argv("-j", "list", "table", FAMILY, TABLE),
+                              text=True, capture_output=True)
+        if proc.returncode != 0:
+            if "No such file" in proc.stderr or "does not exist" in proc.stderr:
+                return None
+            raise NftError(proc.stderr.strip())
+        return json.loads(proc.stdout)
+
+    def read_fingerprint(self) -> str | None:
+        """The element of ``cali-meta`` (our fingerprint), None if absent."""
+        proc = subprocess.run(self._argv("-j", "list", "set", FAMILY, TABLE, META_SET),
+                              text=True, capture_output=True)
+        if proc.returncode != 0:
+            return None
+        for obj in json.loads(proc.stdout).get("nftables", []):
+            s = obj.get("set")
+            if s and s.get("elem"):
+                return str(s["elem"][0])
+        return None
+
+
+def _summarise_error(stderr: str, script: str) -> str:
+    lines = [ln for ln in stderr.strip().splitlines() if ln.strip()]
+    head = "\n".join(lines[:6])
+    return f"nft -f failed ({len(script.splitlines())} script lines): {head}"
+
+
+class FakeNftRunner:
+    """Records scripts instead of running them (unit tests); `fail_next` makes the
+    next run raise; `table` is what `list_table` returns."""
+
+    def __init__(self) -> None:
+        self.scripts: list[str] = []
+        self.fail_next = 0
+        self.table: dict[str, Any] | None = None
+        self.fingerprint: str | None = None
+        self.netns = None
+        self.calls = 0
+
+    def run(self, script: str) -> None:
+        self.calls += 1
+        if self.fail_next:
+            self.fail_next -= 1
+            raise NftError("fake failure")
+        self.scripts.append(script)
+
+    def list_table(self) -> dict[str, Any] | None:
+        return self.table
+
+    def read_fingerprint(self) -> str | None:
+        return self.fingerprint
+
+
+# ----------------------------------------------------------------- desired model
+
+
+@dataclass(frozen=True)
+class ChainDef:
+    rules: tuple[str, ...]
+    hook: str | None = None       # "type filter hook forward priority filter; policy accept;"
+    comment: str | None = None
+
+
+@dataclass
+class SetDef:
+    decl: str                     # "type ipv4_addr" / "type ifname : verdict" ...
+    is_map: bool = False
+    elements: dict[str, str | None] = field(default_factory=dict)
+
+
+def _h(*parts: object) -> int:
+    d = hashlib.blake2b("\0".join(map(str, parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(d, "big")
+
+
+def _chain_hash(name: str, c: ChainDef) -> int:
+    return _h("chain", name, c.hook, c.comment, "\n".join(c.rules))
+
+
+class Ruleset:
+    """Desired content of table inet calico, with dirty tracking and a fingerprint."""
+
+    def __init__(self) -> None:
+        self.chains: dict[str, ChainDef] = {}
+        self.sets: dict[str, SetDef] = {}
+        self.dirty_chains: set[str] = set()
+        self.dirty_sets: set[str] = set()
+        self.dirty_elems: dict[str, set[str]] = {}
+        self._sum = 0
+
+    # fingerprint ------------------------------------------------------------
+
+    def fingerprint(self) -> str:
+        return f"{(self._sum + LAYOUT_VERSION) & _MASK64:016x}"[:15]
+
+    def _add_hash(self, v: int, sign: int) -> None:
+        self._sum = (self._sum + sign * v) & _MASK64
+
+    # chains -----------------------------------------------------------------
+
+    def set_chain(self, name: str, rules: Iterable[str], hook: str | None = None,
+                  comment: str | None = None) -> None:
+        new = ChainDef(tuple(rules), hook, comment)
+        old = self.chains.get(name)
+        if old == new:
+            return
+        if old is not None:
+            self._add_hash(_chain_hash(name, old), -1)
+        self._add_hash(_chain_hash(name, new), +1)
+        self.chains[name] = new
+        self.dirty_chains.add(name)
+
+    def delete_chain(self, name: str) -> None:
+        old = self.chains.pop(name, None)
+        if old is not None:
+            self._add_hash(_chain_hash(name, old), -1)
+            self.dirty_chains.add(name)
+
+    # sets -------------------------------------------------------------------
+
+    def ensure_set(self, name: str, decl: str, is_map: bool = False) -> None:
+        old = self.sets.get(name)
+        if old is not None and old.decl == decl and old.is_map == is_map:
+            return
+        if old is not None:
+            self.delete_set(name)
+        self.sets[name] = SetDef(decl, is_map)
+        self._add_hash(_h("set", name, decl, is_map), +1)
+        self.dirty_sets.add(name)
+
+    def delete_set(self, name: str) -> None:
+        old = self.sets.pop(name, None)
+        if old is None:
+            return
+        self._add_hash(_h("set", name, old.decl, old.is_map), -1)
+        for k, v in old.elements.items():
+            self._add_hash(_h("elem", name, k, v), -1)
+        self.dirty_sets.add(name)
+        self.dirty_elems.pop(name, None)
+
+    def add_element(self, name: str, key: str, value: str | None = None) -> None:
+        s = self.sets[name]
+        if key in s.elements:
+            old = s.elements[key]
+            if old == value:
+                return
+            self._add_hash(_h("elem", name, key, old), -1)
+        s.elements[key] = value
+        self._add_hash(_h("elem", name, key, value), +1)
+        self.dirty_elems.setdefault(name, set()).add(key)
+
+    def remove_element(self, name: str, key: str) -> None:
+        s = self.sets.get(name)
+        if s is None or key not in s.elements:
+            return
+        old = s.elements.pop(key)
+        self._add_hash(_h("elem", name, key, old), -1)
+        self.dirty_elems.setdefault(name, set()).add(key)
+
+    def replace_elements(self, name: str, elements: Mapping[str, str | None] | Iterable[str]) -> None:
+        new: dict[str, str | None] = (dict(elements) if isinstance(elements, Mapping)
+                                      else dict.fromkeys(elements))
+        s = self.sets[name]
+        for k in [k for k in s.elements if k not in new]:
+            self.remove_element(name, k)
+        for k, v in new.items():
+            self.add_element(name, k, v)
+
+    def clear_dirty(self) -> None:
+        self.dirty_chains.clear()
+        self.dirty_sets.clear()
+        self.dirty_elems.clear()
+
+    @property
+    def dirty(self) -> bool:
+        return bool(self.dirty_chains or self.dirty_sets or self.dirty_elems)
+
+
+# ----------------------------------------------------------------- writer
+
+
+@dataclass
+class WriteStats:
+    full: bool = False
+    script_lines: int = 0
+    chains_written: int = 0
+    chains_deleted: int = 0
+    elements_added: int = 0
+    elements_deleted: int = 0
+    skipped: bool = False          # nothing to write / adopted the live table
+    seconds: float = 0.0
+
+
+def _q(s: str) -> str:
+    return '"' + s.replace('"', "'") + '"'
+
+
+def _elem_text(key: str, value: str | None) -> str:
+    return key if value is None else f"{key} : {value}"
+
+
+def _chain_decl(name: str, c: ChainDef) -> str:
+    inner = []
+    if c.hook:
+        inner.append(c.hook.rstrip(";") + ";")
+    if c.comment:
+        inner.append(f"comment {_q(c.comment)};")
+    return f"add chain {FAMILY} {TABLE} {name}" + (" { " + " ".join(inner) + " }" if inner else "")
+
+
+class NftWriter:
+    """Writes a `Ruleset` to the kernel: incremental transactions, full loads, checks."""
+
+    def __init__(self, runner: Any) -> None:
+        self.runner = runner
+        self.written_chains: dict[str, ChainDef] = {}
+        self.written_sets: dict[str, tuple[str, bool]] = {}
+        self.written_elems: dict[str, dict[str, str | None]] = {}
+        self.written_fp: str | None = None
+        self.loaded = False
+
+    # public -----------------------------------------------------------------
+
+    def write(self, rs: Ruleset, full: bool = False) -> WriteStats:
+        """Write what is dirty in `rs` (everything if `full` or nothing was loaded yet)."""
+        t0 = time.perf_counter()
+        if full or not self.loaded:
+            stats = self._write_full(rs)
+        elif not rs.dirty:
+            stats = WriteStats(skipped=True)
+        else:
+            script, stats = self._incremental_script(rs)
+            try:
+                self.runner.run(script)
+            except NftError as exc:
+                log.warning("incremental nft transaction failed, reloading the table: %s", exc)
+                stats = self._write_full(rs)
+            else:
+                if stats.full:
+                    self._remember_all(rs)
+                else:
+                    self._commit_incremental(rs)
+        rs.clear_dirty()
+        stats.seconds = time.perf_counter() - t0
+        return stats
+
+    def adopt(self, rs: Ruleset) -> None:
+        """Take the live table as written (it matched `rs`)."""
+        self._remember_all(rs)
+        rs.clear_dirty()
+
+    def check(self, live: dict[str, Any] | None) -> list[str]:
+        """Differences between a ``nft -j list table`` read-back and what we wrote."""
+        if not self.loaded:
+            return []
+        if live is None:
+            return ["table inet calico is missing"]
+        chains: dict[str, int] = {}
+        sets: dict[str, int] = {}
+        for obj in live.get("nftables", []):
+            if "chain" in obj:
+                chains.setdefault(obj["chain"]["name"], 0)
+            elif "rule" in obj:
+                name = obj["rule"]["chain"]
+                chains[name] = chains.get(name, 0) + 1
+            elif "set" in obj or "map" in obj:
+                s = obj.get("set") or obj.get("map")
+                sets[s["name"]] = len(s.get("elem", ()))
+        problems: list[str] = []
+        for name, c in self.written_chains.items():
+            if name not in chains:
+                problems.append(f"chain {name} missing")
+            elif chains[name] != len(c.rules):
+                problems.append(f"chain {name}: {chains[name]} rules, wrote {len(c.rules)}")
+        for name in chains:
+            if name not in self.written_chains:
+                problems.append(f"unexpected chain {name}")
+        for name, (decl, _is_map) in self.written_sets.items():
+            if name not in sets:
+                problems.append(f"set {name} missing")
+                continue
+            want = len(self.written_elems.get(name, {}))
+            if "interval" in decl:
+                # nft may print adjacent intervals merged: only emptiness is comparable
+                if bool(sets[name]) != bool(want):
+                    problems.append(f"set {name}: {sets[name]} elements, wrote {want}")
+            elif sets[name] != want:
+                problems.append(f"set {name}: {sets[name]} elements, wrote {want}")
+        return problems
+
+    # full -------------------------------------------------------------------
+
+    def full_script(self, rs: Ruleset) -> str:
+        out = [f"add table {FAMILY} {TABLE}", f"delete table {FAMILY} {TABLE}",
+               f"table {FAMILY} {TABLE} {{"]
+        fp = rs.fingerprint()
+        out.append(f"  set {META_SET} {{ type ifname; elements = {{ {_q(fp)} }} }}")
+        # plain sets first, then chains (nft resolves forward jumps inside one
+        # block), verdict maps, base chains last
+        for name, s in sorted(rs.sets.items()):
+            if s.is_map:
+                continue
+            out.append(self._set_block(name, s))
+        base = []
+        for name, c in sorted(rs.chains.items()):
+            if c.hook:
+                base.append((name, c))
+                continue
+            out.append(self._chain_block(name, c))
+        for name, s in sorted(rs.sets.items()):
+            if s.is_map:
+                out.append(self._set_block(name, s))
+        for name, c in base:
+            out.append(self._chain_block(name, c))
+        out.append("}")
+        return "\n".join(out) + "\n"
+
+    def _set_block(self, name: str, s: SetDef) -> str:
+        kind = "map" if s.is_map else "set"
+        decl = "; ".join(p.strip() for p in s.decl.split(";") if p.strip())
+        text = f"  {kind} {name} {{ {decl};"
+        if s.elements:
+            text += " elements = { " + ", ".join(
+                _elem_text(k, v) for k, v in s.elements.items()) + " };"
+        return text + " }"
+
+    def _chain_block(self, name: str, c: ChainDef) -> str:
+        lines = [f"  chain {name} {{"]
+        if c.hook:
+            lines.append("    " + c.hook.rstrip(";") + ";")
+        if c.comment:
+            lines.append(f"    comment {_q(c.comment)}")
+        lines.extend("    " + r for r in c.rules)
+        lines.append("  }")
+        return "\n".join(lines)
+
+    def _write_full(self, rs: Ruleset) -> WriteStats:
+        script = self.full_script(rs)
+        self.runner.run(script)
+        self._remember_all(rs)
+        return WriteStats(full=True, script_lines=script.count("\n"),
+                          chains_written=len(rs.chains),
+                          elements_added=sum(len(s.elements) for s in rs.sets.values()))
+
+    def _remember_all(self, rs: Ruleset) -> None:
+        self.written_chains = dict(rs.chains)
+        self.written_sets = {n: (s.decl, s.is_map) for n, s in rs.sets.items()}
+        self.written_sets[META_SET] = ("type ifname", False)
+        self.written_elems = {n: dict(s.elements) for n, s in rs.sets.items()}
+        self.written_fp = rs.fingerprint()
+        self.written_elems[META_SET] = {_q(self.written_fp): None}
+        self.loaded = True
+
+    # incremental ------------------------------------------------------------
+
+    def _incremental_script(self, rs: Ruleset) -> tuple[str, WriteStats]:
+        st = WriteStats()
+        T = f"{FAMILY} {TABLE}"
+        declare: list[str] = []
+        elem_del: list[str] = []
+        rules: list[str] = []
+        elem_add: list[str] = []
+        chain_flush: list[str] = []
+        chain_del: list[str] = []
+        set_del: list[str] = []
+        # sets: creation / deletion / redeclaration
+        handled: set[str] = set()
+        for name in sorted(rs.dirty_sets):
+            new = rs.sets.get(name)
+            old = self.written_sets.get(name)
+            if new is not None and old == (new.decl, new.is_map):
+                # deleted and re-made within one apply: write the element difference
+                written = self.written_elems.get(name, {})
+                dels = [(k, None) for k, v in written.items()
+                        if new.elements.get(k, _MISSING) != v]
+                adds = [(k, v) for k, v in new.elements.items()
+                        if written.get(k, _MISSING) != v]
+                elem_del.extend(self._elem_cmds("delete", name, dels))
+                elem_add.extend(self._elem_cmds("add", name, adds))
+                st.elements_added += len(adds)
+                st.elements_deleted += len(dels)
+                handled.add(name)
+                continue
+            if old is not None:
+                set_del.append(f"delete {'map' if old[1] else 'set'} {T} {name}")
+            if new is not None:
+                if old is not None:
+                    # same name, new type: must go before it is re-added; rare
+                    return self._fallback_script(rs)
+                decl = "; ".join(p.strip() for p in new.decl.split(";") if p.strip())
+                declare.append(f"add {'map' if new.is_map else 'set'} {T} {name} {{ {decl}; }}")
+                if new.elements:
+                    elem_add.extend(self._elem_cmds("add", name, new.elements.items()))
+                    st.elements_added += len(new.elements)
+        # elements of surviving sets
+        for name, keys in rs.dirty_elems.items():
+            new_s = rs.sets.get(name)
+            if new_s is None or name not in self.written_sets or name in handled:
+                continue   # a set created in this transaction is declared with its elements
+            written = self.written_elems.get(name, {})
+            dels = []
+            adds = []
+            for k in keys:
+                want = new_s.elements.get(k, _MISSING)
+                have = written.get(k, _MISSING)
+                if want == have:
+                    continue
+                if have is not _MISSING:
+                    dels.append((k, None))
+                if want is not _MISSING:
+                    adds.append((k, want))
+            elem_del.extend(self._elem_cmds("delete", name, dels))
+            elem_add.extend(self._elem_cmds("add", name, adds))
+            st.elements_added += len(adds)
+            st.elements_deleted += len(dels)
+        # chains
+        for name in sorted(rs.dirty_chains):
+            new_c = rs.chains.get(name)
+            old_c = self.written_chains.get(name)
+            if new_c == old_c:
+                continue
+            if new_c is None:
+                chain_flush.append(f"flush chain {T} {name}")
+                chain_del.append(f"delete chain {T} {name}")
+                st.chains_deleted += 1
+                continue
+            if old_c is None:
+                declare.append(_chain_decl(name, new_c))
+            elif old_c.hook != new_c.hook:
+                return self._fallback_script(rs)
+            else:
+                rules.append(f"flush chain {T} {name}")
+            rules.extend(f"add rule {T} {name} {r}" for r in new_c.rules)
+            st.chains_written += 1
+        fp = rs.fingerprint()
+        if fp != self.written_fp:
+            elem_del.append(f"delete element {T} {META_SET} {{ {_q(self.written_fp or '')} }}")
+            elem_add.append(f"add element {T} {META_SET} {{ {_q(fp)} }}")
+        script = "\n".join(declare + elem_del + rules + elem_add + chain_flush + chain_del
+                           + set_del) + "\n"
+        st.script_lines = script.count("\n")
+        return script, st
+
+    def _fallback_script(self, rs: Ruleset) -> tuple[str, WriteStats]:
+        script = self.full_script(rs)
+        return script, WriteStats(full=True, script_lines=script.count("\n"),
+                                  chains_written=len(rs.chains))
+
+    def _elem_cmds(self, verb: str, name: str,
+                   items: Iterable[tuple[str, str | None]]) -> list[str]:
+        items = list(items)
+        out = []
+        for i in range(0, len(items), _ELEMENT_CHUNK):
+            chunk = items[i:i + _ELEMENT_CHUNK]
+            body = ", ".join(_elem_text(k, v) for k, v in chunk)
+            out.append(f"{verb} element {FAMILY} {TABLE} {name} {{ {body} }}")
+        return out
+
+    def _commit_incremental(self, rs: Ruleset) -> None:
+        for name in rs.dirty_sets:
+            new = rs.sets.get(name)
+            if new is None:
+                self.written_sets.pop(name, None)
+                self.written_elems.pop(name, None)
+            else:
+                self.written_sets[name] = (new.decl, new.is_map)
+                self.written_elems[name] = dict(new.elements)
+        for name, keys in rs.dirty_elems.items():
+            new_s = rs.sets.get(name)
+            if new_s is None:
+                continue
+            written = self.written_elems.setdefault(name, {})
+            for k in keys:
+                if k in new_s.elements:
+                    written[k] = new_s.elements[k]
+                else:
+                    written.pop(k, None)
+        for name in rs.dirty_chains:
+            c = rs.chains.get(name)
+            if c is None:
+                self.written_chains.pop(name, None)
+            else:
+                self.written_chains[name] = c
+        self.written_fp = rs.fingerprint()
+        self.written_elems[META_SET] = {_q(self.written_fp): None}
+
+
+class _Missing:
+    def __repr__(self) -> str:
+        return "<missing>"
+
+
+_MISSING: Any = _Missing()

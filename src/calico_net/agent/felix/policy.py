@@ -1,0 +1,507 @@
+"""PolicyDataplane: Calico policy for this host's endpoints, enforced in ``table inet calico``.
+
+What it is for: the agent's runtime feeds it validated Calico v3 documents
+(`update`), calls `apply` after each batch and `refresh` periodically.  Policy
+semantics are Calico's (no tiers): per endpoint and direction the applicable
+policies in order (Allow accepts, Deny drops, Pass skips to the profiles; if some
+policy applied and none matched: drop), then the endpoint's profiles in order
+(Pass or no match: next profile), and an endpoint with neither is denied.
+
+How it is built (layering as in Felix): `PolicyIndex` (pure model) →
+this module renders what the index reports as changed into a `Ruleset` (desired
+table) → `NftWriter` writes the dirty part as one ``nft -f`` transaction.
+
+Table layout (names are what you see in ``nft list table inet calico``):
+
+* base chains ``cali-prerouting`` (raw: strict reverse-path check on workload
+  interfaces, so a workload cannot spoof another's address), ``cali-forward``,
+  ``cali-input``, ``cali-output`` (filter) and ``cali-nat-postrouting`` (NAT
+  outgoing: ``ip saddr @cali-masq4 ip daddr != @cali-pools4 masquerade``);
+  established/related accepted first, invalid dropped.
+* dispatch by verdict maps, so an endpoint coming or going is element changes:
+  ``cali-wl-from`` (iifname → egress chain of the workload), ``cali-wl-to``
+  (oifname → its ingress chain), ``cali-hep-in``/``cali-hep-out`` for host endpoint
+  interfaces.  Workload-to-workload traffic on one host runs the source's egress
+  and then the destination's ingress.  Traffic from an unknown ``cali*`` interface
+  is dropped.  Host-to-workload traffic is allowed (as Calico).
+* endpoint chains ``cali-fw-<h>`` (egress) / ``cali-tw-<h>`` (ingress): the policy
+  chains in order, then the profile chains.  They are named by a hash of their
+  content, so endpoints with the same policies and profiles share one chain, and
+  one endpoint added is two map elements plus set elements — no chain written
+  unless its policy combination is new.
+* policy chains ``cali-pi-<h>``/``cali-po-<h>`` and profile chains
+  ``cali-pri-<h>``/``cali-pro-<h>`` (ingress/egress, comment = the resource name).
+* selector sets ``s4_/s6_<h>`` (+ ``c4_/c6_`` CIDRs, ``n4_/n6_`` named ports), see
+  `rules`; failsafe sets ``cali-failsafe-in``/``-out`` (``inet_proto . inet_service``),
+  checked before any host endpoint policy.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping
+
+from .index import ENDPOINT_KINDS, IndexChanges, Key, PolicyIndex
+from .nft import NftError, NftRunner, NftWriter, Ruleset
+from .rules import MARK_ALLOW, MARK_CLEAR_MASK, MARK_PASS, render_rule
+
+log = logging.getLogger(__name__)
+
+__all__ = ["FelixSettings", "ApplyStats", "PolicyDataplane", "DEFAULT_FAILSAFE_INBOUND",
+           "DEFAULT_FAILSAFE_OUTBOUND", "parse_failsafe_ports"]
+
+DEFAULT_FAILSAFE_INBOUND: tuple[tuple[str, int], ...] = (
+    ("tcp", 22), ("udp", 68), ("tcp", 179), ("tcp", 2379), ("tcp", 2380),
+    ("tcp", 5473), ("tcp", 6443), ("tcp", 6666), ("tcp", 6667))
+DEFAULT_FAILSAFE_OUTBOUND: tuple[tuple[str, int], ...] = (
+    ("udp", 53), ("udp", 67), ("tcp", 179), ("tcp", 2379), ("tcp", 2380),
+    ("tcp", 5473), ("tcp", 6443), ("tcp", 6666), ("tcp", 6667))
+
+_FAILSAFE_PROTOS = {"tcp": "tcp", "udp": "udp", "sctp": "sctp"}
+
+
+def parse_failsafe_ports(value: str | Iterable[Any]) -> list[tuple[str, int]]:
+    """Calico's failsafe syntax: ``"tcp:22, udp:68"`` or a list of such strings,
+    of (proto, port) pairs or of ``{protocol, port}`` dicts (FelixConfiguration)."""
+    items: Iterable[Any] = value.split(",") if isinstance(value, str) else value
+    out: list[tuple[str, int]] = []
+    for item in items:
+        if isinstance(item, Mapping):
+            proto, port = str(item.get("protocol", "tcp")), int(item["port"])
+        elif isinstance(item, (tuple, list)):
+            proto, port = str(item[0]), int(item[1])
+        else:
+            text = str(item).strip()
+            if not text or text.lower() == "none":
+                continue
+            proto, _, port_s = text.rpartition(":")
+            proto = proto or "tcp"
+            port = int(port_s)
+        proto = proto.lower()
+        if proto not in _FAILSAFE_PROTOS or not 0 < port < 65536:
+            raise ValueError(f"bad failsafe port {item!r} (want proto:port, proto tcp/udp/sctp)")
+        out.append((proto, port))
+    return out
+
+
+@dataclass
+class FelixSettings:
+    """The Felix parameters the policy dataplane uses (the runtime maps config onto it)."""
+
+    failsafe_inbound: list[tuple[str, int]] = field(
+        default_factory=lambda: list(DEFAULT_FAILSAFE_INBOUND))
+    failsafe_outbound: list[tuple[str, int]] = field(
+        default_factory=lambda: list(DEFAULT_FAILSAFE_OUTBOUND))
+    #: what happens to workload → host traffic after the workload's egress policy:
+    #: "Drop" (Calico's default), "Accept" or "Return" (leave it to other host rules)
+    default_endpoint_to_host_action: str = "Drop"
+    #: program NAT outgoing for IPPools with natOutgoing: true
+    nat_outgoing: bool = True
+    log_prefix: str = "calico-packet"
+    #: workload interface name prefixes (FELIX_INTERFACEPREFIX, comma separated there)
+    interface_prefixes: tuple[str, ...] = ("cali",)
+    #: strict reverse-path check on workload interfaces (anti-spoofing)
+    anti_spoofing: bool = True
+
+    def __post_init__(self) -> None:
+        act = self.default_endpoint_to_host_action.capitalize()
+        if act not in ("Drop", "Accept", "Return"):
+            raise ValueError(f"defaultEndpointToHostAction {self.default_endpoint_to_host_action!r}"
+                             " is not Drop, Accept or Return")
+        self.default_endpoint_to_host_action = act
+        self.failsafe_inbound = parse_failsafe_ports(self.failsafe_inbound)
+        self.failsafe_outbound = parse_failsafe_ports(self.failsafe_outbound)
+        if isinstance(self.interface_prefixes, str):
+            self.interface_prefixes = tuple(
+                p.strip() for p in self.interface_prefixes.split(",") if p.strip())
+        self.log_prefix = self.log_prefix.replace('"', "'")
+
+
+@dataclass
+class ApplyStats:
+    full: bool = False            # whole table (re)loaded
+    adopted: bool = False         # first apply found our exact table already loaded
+    skipped: bool = False         # nothing to write
+    seconds: float = 0.0
+    index_seconds: float = 0.0
+    render_seconds: float = 0.0
+    write_seconds: float = 0.0
+    endpoints: int = 0
+    policies: int = 0
+    chains_written: int = 0
+    chains_deleted: int = 0
+    elements_added: int = 0
+    elements_deleted: int = 0
+    script_lines: int = 0
+
+
+@dataclass(frozen=True)
+class _EpProgram:
+    kind: str
+    iface: str
+    ingress: str    # chain name
+    egress: str
+
+
+def _short(*parts: object) -> str:
+    return hashlib.sha224("\0".join(map(str, parts)).encode()).hexdigest()[:16]
+
+
+def policy_chain(key: Key, direction: str) -> str:
+    return f"cali-p{'i' if direction == 'Ingress' else 'o'}-{_short(*key)}"
+
+
+def profile_chain(name: str, direction: str) -> str:
+    return f"cali-pr{'i' if direction == 'Ingress' else 'o'}-{_short(name)}"
+
+
+class _Ctx:
+    def __init__(self, index: PolicyIndex, log_prefix: str) -> None:
+        self.index = index
+        self.log_prefix = log_prefix
+
+    def has_nets(self, sel: Any, family: int) -> bool:
+        return self.index.has_nets(sel, family)
+
+
+WL_FROM = "cali-wl-from"
+WL_TO = "cali-wl-to"
+HEP_IN = "cali-hep-in"
+HEP_OUT = "cali-hep-out"
+HEP_IFACES = "cali-hep-ifaces"
+FAILSAFE_IN = "cali-failsafe-in"
+FAILSAFE_OUT = "cali-failsafe-out"
+POOLS = {4: "cali-pools4", 6: "cali-pools6"}
+MASQ = {4: "cali-masq4", 6: "cali-masq6"}
+
+
+class PolicyDataplane:
+    """Calico policy for one host in nftables; see the module docstring."""
+
+    def __init__(self, node_name: str, settings: FelixSettings | None = None,
+                 nft: Any | None = None) -> None:
+        self.node_name = node_name
+        self.settings = settings or FelixSettings()
+        self.runner = nft if nft is not None else NftRunner()
+        self.index = PolicyIndex(node_name)
+        self.rs = Ruleset()
+        self.writer = NftWriter(self.runner)
+        self._ctx = _Ctx(self.index, self.settings.log_prefix)
+        self._programs: dict[Key, _EpProgram] = {}
+        self._iface_claims: dict[tuple[str, str], set[Key]] = {}   # (map, iface) → endpoints
+        self._chain_refs: dict[str, int] = {}                      # endpoint chain → users
+        self._base_dirty = True
+        self._first = True
+        self._rerender_all = False
+        self.last_stats: ApplyStats | None = None
+
+    # -- API -------------------------------------------------------------------
+
+    def update(self, kind: str, name: str, namespace: str | None,
+               doc: Mapping[str, Any] | None) -> None:
+        """Record one resource's new version (None: deleted).  Bookkeeping only."""
+        self.index.update(kind, name, namespace, doc)
+
+    def set_settings(self, settings: FelixSettings) -> None:
+        if settings != self.settings:
+            self.settings = settings
+            self._ctx.log_prefix = settings.log_prefix
+            self._base_dirty = True
+            # the log prefix is inside policy/profile chains
+            self._rerender_all = True
+
+    def endpoint_count(self) -> int:
+        return len(self._programs)
+
+    def policy_count(self) -> int:
+        return len(self.index.policies)
+
+    def apply(self) -> ApplyStats:
+        """Write everything that changed since the last apply in one nft transaction."""
+        t0 = time.perf_counter()
+        stats = ApplyStats()
+        changes = self.index.recompute()
+        t1 = time.perf_counter()
+        if self._rerender_all:
+            changes.policies |= set(self.index.policies)
+            changes.profiles |= set(self.index.profiles)
+            self._rerender_all = False
+        self._render(changes)
+        t2 = time.perf_counter()
+        if self._first:
+            self._first = False
+            if self._try_adopt():
+                stats.adopted = stats.skipped = True
+        if not stats.adopted:
+            ws = self.writer.write(self.rs)
+            stats.full = ws.full
+            stats.skipped = ws.skipped
+            stats.chains_written = ws.chains_written
+            stats.chains_deleted = ws.chains_deleted
+            stats.elements_added = ws.elements_added
+            stats.elements_deleted = ws.elements_deleted
+            stats.script_lines = ws.script_lines
+        t3 = time.perf_counter()
+        stats.index_seconds = t1 - t0
+        stats.render_seconds = t2 - t1
+        stats.write_seconds = t3 - t2
+        stats.seconds = t3 - t0
+        stats.endpoints = self.endpoint_count()
+        stats.policies = self.policy_count()
+        self.last_stats = stats
+        return stats
+
+    def refresh(self) -> bool:
+        """Read the live table back; if it drifted from what we wrote, rewrite it
+        whole.  True if a repair was made."""
+        if not self.writer.loaded:
+            return False
+        live = self.runner.list_table()
+        problems = self.writer.check(live)
+        if not problems:
+            return False
+        log.warning("table inet calico drifted (%d differences, e.g. %s); rewriting",
+                    len(problems), "; ".join(problems[:3]))
+        self.writer.write(self.rs, full=True)
+        return True
+
+    def ruleset_text(self) -> str:
+        """The full ``nft -f`` script for the current desired table (bench, debugging)."""
+        return self.writer.full_script(self.rs)
+
+    # -- adoption --------------------------------------------------------------
+
+    def _try_adopt(self) -> bool:
+        try:
+            fp = self.runner.read_fingerprint()
+        except (NftError, OSError, ValueError):
+            return False
+        if fp is None or fp != self.rs.fingerprint():
+            return False
+        self.writer.adopt(self.rs)
+        try:
+            problems = self.writer.check(self.runner.list_table())
+        except (NftError, OSError, ValueError) as exc:
+            problems = [str(exc)]
+        if problems:
+            log.info("live table has our fingerprint but differs (%s); reloading", problems[:3])
+            self.writer.loaded = False
+            return False
+        log.info("table inet calico already holds the desired policy; not rewriting it")
+        return True
+
+    # -- rendering -------------------------------------------------------------
+
+    def _render(self, ch: IndexChanges) -> None:
+        rs, index = self.rs, self.index
+        if self._base_dirty:
+            self._render_base()
+            ch.pools = True
+            self._base_dirty = False
+        if ch.pools:
+            self._render_pools()
+        for name in ch.sets:
+            if index.set_exists(name):
+                rs.ensure_set(name, index.set_type(name))
+                rs.replace_elements(name, index.set_elements(name))
+            else:
+                rs.delete_set(name)
+        for name, elems in ch.elements.items():
+            if name not in rs.sets or name in ch.sets:
+                continue
+            for e in elems:
+                if index.element_present(name, e):
+                    rs.add_element(name, e)
+                else:
+                    rs.remove_element(name, e)
+        for name in ch.cidr_sets:
+            if name in ch.sets:
+                continue
+            if index.set_exists(name):
+                rs.ensure_set(name, index.set_type(name))
+                rs.replace_elements(name, index.set_elements(name))
+            else:
+                rs.delete_set(name)
+        for key in ch.policies:
+            pol = index.policies.get(key)
+            for direction, rules in (("Ingress", pol.ingress if pol else ()),
+                                     ("Egress", pol.egress if pol else ())):
+                chain = policy_chain(key, direction)
+                if pol is None or direction not in pol.types:
+                    rs.delete_chain(chain)
+                    continue
+                lines = [line for r in rules for line in render_rule(r, self._ctx)]
+                kind, ns, name = key
+                rs.set_chain(chain, lines, comment=f"{kind} {ns + '/' if ns else ''}{name}")
+        for name in ch.profiles:
+            prof = index.profiles.get(name)
+            for direction, rules in (("Ingress", prof.ingress if prof else ()),
+                                     ("Egress", prof.egress if prof else ())):
+                chain = profile_chain(name, direction)
+                if prof is None:
+                    rs.delete_chain(chain)
+                    continue
+                lines = [line for r in rules for line in render_rule(r, self._ctx, in_profile=True)]
+                rs.set_chain(chain, lines, comment=f"Profile {name}")
+        for ep in ch.endpoints:
+            self._render_endpoint(ep)
+
+    def _endpoint_chain(self, ep: Key, direction: str) -> str:
+        pols = [policy_chain(p.key, direction) for p in self.index.policies_for(ep, direction)]
+        profs = [profile_chain(p, direction) for p in self.index.profiles_for(ep)]
+        body = [f"meta mark set meta mark & {MARK_CLEAR_MASK:#010x}"]
+        for i, pc in enumerate(pols):
+            body.append(f"jump {pc}" if i == 0 else f"meta mark & {MARK_PASS:#x} == 0 jump {pc}")
+            body.append(f"meta mark & {MARK_ALLOW:#x} == {MARK_ALLOW:#x} return")
+        if pols:
+            # some policy applied and none allowed or passed: deny
+            body.append(f"meta mark & {MARK_PASS:#x} == 0 drop")
+        for pc in profs:
+            body.append(f"jump {pc}")
+            body.append(f"meta mark & {MARK_ALLOW:#x} == {MARK_ALLOW:#x} return")
+        body.append("drop")
+        prefix = "cali-tw-" if direction == "Ingress" else "cali-fw-"
+        name = prefix + _short(*body)
+        if name not in self.rs.chains:
+            self.rs.set_chain(name, body)
+        return name
+
+    def _render_endpoint(self, ep: Key) -> None:
+        member = self.index.members.get(ep)
+        new: _EpProgram | None = None
+        if member is not None and self.index.is_local(ep) and member.iface:
+            new = _EpProgram(kind=member.kind, iface=member.iface,
+                             ingress=self._endpoint_chain(ep, "Ingress"),
+                             egress=self._endpoint_chain(ep, "Egress"))
+        old = self._programs.get(ep)
+        if old == new:
+            return
+        if new is not None:
+            self._programs[ep] = new
+            for c in (new.ingress, new.egress):
+                self._chain_refs[c] = self._chain_refs.get(c, 0) + 1
+        else:
+            self._programs.pop(ep, None)
+        slots: set[tuple[str, str]] = set()
+        if old is not None:
+            for slot in self._slots(old):
+                self._iface_claims.get(slot, set()).discard(ep)
+                slots.add(slot)
+        if new is not None:
+            for slot in self._slots(new):
+                self._iface_claims.setdefault(slot, set()).add(ep)
+                slots.add(slot)
+        for slot in slots:
+            self._write_slot(slot)
+        if old is not None:
+            for c in (old.ingress, old.egress):
+                n = self._chain_refs.get(c, 0) - 1
+                if n <= 0:
+                    self._chain_refs.pop(c, None)
+                    self.rs.delete_chain(c)
+                else:
+                    self._chain_refs[c] = n
+
+    @staticmethod
+    def _slots(p: _EpProgram) -> list[tuple[str, str]]:
+        if p.kind == "HostEndpoint":
+            return [(HEP_IN, p.iface), (HEP_OUT, p.iface)]
+        return [(WL_FROM, p.iface), (WL_TO, p.iface)]
+
+    def _write_slot(self, slot: tuple[str, str]) -> None:
+        mapname, iface = slot
+        claims = self._iface_claims.get(slot)
+        key = f'"{iface}"'
+        if not claims:
+            self._iface_claims.pop(slot, None)
+            self.rs.remove_element(mapname, key)
+            if mapname == HEP_IN:
+                self.rs.remove_element(HEP_IFACES, key)
+            return
+        if len(claims) > 1:
+            log.warning("interface %s is claimed by several endpoints: %s", iface, sorted(claims))
+        owner = min(claims, key=lambda k: (k[0], k[1] or "", k[2]))
+        prog = self._programs[owner]
+        # workloads: traffic from the interface is the endpoint's egress;
+        # host endpoints: traffic from the interface is the endpoint's ingress
+        if mapname == WL_FROM or mapname == HEP_OUT:
+            chain = prog.egress
+        else:
+            chain = prog.ingress
+        self.rs.add_element(mapname, key, f"jump {chain}")
+        if mapname == HEP_IN:
+            self.rs.add_element(HEP_IFACES, key)
+
+    def _render_pools(self) -> None:
+        all4, all6, nat4, nat6 = self.index.pool_cidrs()
+        self.rs.replace_elements(POOLS[4], all4)
+        self.rs.replace_elements(POOLS[6], all6)
+        self.rs.replace_elements(MASQ[4], nat4 if self.settings.nat_outgoing else ())
+        self.rs.replace_elements(MASQ[6], nat6 if self.settings.nat_outgoing else ())
+
+    def _render_base(self) -> None:
+        s, rs = self.settings, self.rs
+        rs.ensure_set(WL_FROM, "type ifname : verdict", is_map=True)
+        rs.ensure_set(WL_TO, "type ifname : verdict", is_map=True)
+        rs.ensure_set(HEP_IN, "type ifname : verdict", is_map=True)
+        rs.ensure_set(HEP_OUT, "type ifname : verdict", is_map=True)
+        rs.ensure_set(HEP_IFACES, "type ifname")
+        rs.ensure_set(FAILSAFE_IN, "type inet_proto . inet_service")
+        rs.ensure_set(FAILSAFE_OUT, "type inet_proto . inet_service")
+        rs.replace_elements(FAILSAFE_IN, {f"{p} . {n}" for p, n in s.failsafe_inbound})
+        rs.replace_elements(FAILSAFE_OUT, {f"{p} . {n}" for p, n in s.failsafe_outbound})
+        for fam in (4, 6):
+            addr = "ipv4_addr" if fam == 4 else "ipv6_addr"
+            rs.ensure_set(POOLS[fam], f"type {addr}; flags interval")
+            rs.ensure_set(MASQ[fam], f"type {addr}; flags interval")
+        wl = [f'"{p}*"' for p in s.interface_prefixes]
+        allow = f"{MARK_ALLOW:#x}"
+        clear = f"meta mark set meta mark & {MARK_CLEAR_MASK:#010x}"
+        rs.set_chain("cali-from-wl", [
+            clear,
+            f"iifname vmap @{WL_FROM}",
+            f"meta mark & {allow} == 0 drop",   # unknown workload interface
+        ], comment="workload egress dispatch")
+        rs.set_chain("cali-to-wl", [
+            clear,
+            f"oifname vmap @{WL_TO}",
+            f"meta mark & {allow} == 0 drop",
+        ], comment="workload ingress dispatch")
+        pre: list[str] = []
+        if s.anti_spoofing:
+            for w in wl:
+                pre.append(f"iifname {w} ip saddr != 0.0.0.0 fib saddr . iif oif missing drop")
+                pre.append(f"iifname {w} ip6 saddr != {{ ::, fe80::/10 }} "
+                           "fib saddr . iif oif missing drop")
+        rs.set_chain("cali-prerouting", pre,
+                     hook="type filter hook prerouting priority raw; policy accept;")
+        fwd = ["ct state established,related accept", "ct state invalid drop"]
+        fwd += [f"iifname {w} jump cali-from-wl" for w in wl]
+        fwd += [f"oifname {w} jump cali-to-wl" for w in wl]
+        fwd += [f"iifname {w} accept" for w in wl]
+        fwd += [f"oifname {w} accept" for w in wl]
+        rs.set_chain("cali-forward", fwd,
+                     hook="type filter hook forward priority filter; policy accept;")
+        to_host = {"Drop": "drop", "Accept": "accept", "Return": None}[
+            s.default_endpoint_to_host_action]
+        inp = ["ct state established,related accept", "ct state invalid drop"]
+        for w in wl:
+            inp.append(f"iifname {w} jump cali-from-wl")
+            if to_host:
+                inp.append(f"iifname {w} {to_host}")
+        inp.append(f"iifname @{HEP_IFACES} meta l4proto . th dport @{FAILSAFE_IN} accept")
+        inp.append(f"iifname vmap @{HEP_IN}")
+        rs.set_chain("cali-input", inp,
+                     hook="type filter hook input priority filter; policy accept;")
+        out = ["ct state established,related accept", "ct state invalid drop"]
+        out += [f"oifname {w} accept" for w in wl]   # host → local workloads (as Calico)
+        out.append(f"oifname @{HEP_IFACES} meta l4proto . th dport @{FAILSAFE_OUT} accept")
+        out.append(f"oifname vmap @{HEP_OUT}")
+        rs.set_chain("cali-output", out,
+                     hook="type filter hook output priority filter; policy accept;")
+        rs.set_chain("cali-nat-postrouting", [
+            f"ip saddr @{MASQ[4]} ip daddr != @{POOLS[4]} masquerade",
+            f"ip6 saddr @{MASQ[6]} ip6 daddr != @{POOLS[6]} masquerade",
+        ], hook="type nat hook postrouting priority srcnat; policy accept;")

@@ -1,0 +1,142 @@
+"""Unit tests of Calico rule → nft rendering (calico_net.agent.felix.rules)."""
+from __future__ import annotations
+
+import pytest
+
+from calico_net.agent.felix.rules import (
+    compile_rule,
+    effective_types,
+    named_port_hash,
+    policy_applies_selector,
+    render_rule,
+    selector_hash,
+)
+from calico_net.model.selector import parse_selector
+
+ALLOW = "meta mark set meta mark | 0x10000 return"
+PASS = "meta mark set meta mark | 0x20000 return"
+
+
+class Ctx:
+    log_prefix = "calico-packet"
+
+    def __init__(self, nets=()):
+        self.nets = {(str(parse_selector(s)), f) for s, f in nets}
+
+    def has_nets(self, sel, family):
+        return (str(sel), family) in self.nets
+
+
+def h(text):
+    return selector_hash(parse_selector(text))
+
+
+def r(rule, ns=None, ctx=None, in_profile=False):
+    return render_rule(compile_rule(rule, ns), ctx or Ctx(), in_profile)
+
+
+def test_actions():
+    assert r({"action": "Allow"}) == [ALLOW]
+    assert r({"action": "Deny"}) == ["drop"]
+    assert r({"action": "Pass"}) == [PASS]
+    assert r({"action": "Pass"}, in_profile=True) == ["return"]
+    assert r({"action": "Log"}) == ['log prefix "calico-packet: " level info']
+
+
+def test_protocol_and_ports():
+    assert r({"action": "Allow", "protocol": "TCP", "destination": {"ports": [80, "8000:8080"]}}) == \
+        [f"meta l4proto 6 tcp dport {{ 80, 8000-8080 }} {ALLOW}"]
+    assert r({"action": "Deny", "protocol": "UDP", "source": {"ports": [53]}, "destination": {"notPorts": [1, 2]}}) == \
+        ["meta l4proto 17 udp sport 53 udp dport != { 1, 2 } drop"]
+    assert r({"action": "Deny", "notProtocol": "TCP"}) == ["meta l4proto != 6 drop"]
+    assert r({"action": "Allow", "protocol": 132, "destination": {"ports": [9]}}) == \
+        [f"meta l4proto 132 sctp dport 9 {ALLOW}"]
+
+
+def test_nets_split_by_family():
+    lines = r({"action": "Allow", "source": {"nets": ["198.18.0.0/24", "2001:db8::/64"]},
+               "destination": {"notNets": ["198.19.0.0/16"]}})
+    assert lines == [f"ip saddr 198.18.0.0/24 ip daddr != 198.19.0.0/16 {ALLOW}",
+                     f"ip6 saddr 2001:db8::/64 {ALLOW}"]
+    # ipVersion restricts; a v6-only nets list can never match v4
+    assert r({"action": "Allow", "ipVersion": 4}) == [f"meta nfproto ipv4 {ALLOW}"]
+    assert r({"action": "Allow", "ipVersion": 4, "source": {"nets": ["2001:db8::/64"]}}) == []
+
+
+def test_selectors_become_shared_sets():
+    hs = h("role == 'fe'")
+    lines = r({"action": "Allow", "source": {"selector": "role == 'fe'"}})
+    assert lines == [f"ip saddr @s4_{hs} {ALLOW}", f"ip6 saddr @s6_{hs} {ALLOW}"]
+    # same selector written differently → same set
+    assert r({"action": "Allow", "source": {"selector": "role=='fe'"}}) == lines
+    # with a CIDR companion set: OR as two lines
+    ctx = Ctx(nets=[("role == 'fe'", 4)])
+    assert r({"action": "Deny", "source": {"selector": "role == 'fe'"}}, ctx=ctx) == [
+        f"ip saddr @s4_{hs} drop", f"ip saddr @c4_{hs} drop", f"ip6 saddr @s6_{hs} drop"]
+    # notSelector: AND of both negations
+    assert r({"action": "Deny", "destination": {"notSelector": "role == 'fe'"}}, ctx=ctx)[0] == \
+        f"ip daddr != @s4_{hs} ip daddr != @c4_{hs} drop"
+
+
+def test_namespaced_rule_selector_is_scoped():
+    sel = "role == 'fe' && projectcalico.org/namespace == 'ns1'"
+    assert r({"action": "Allow", "source": {"selector": "role == 'fe'"}}, ns="ns1")[0] == \
+        f"ip saddr @s4_{h(sel)} {ALLOW}"
+    rule = compile_rule({"action": "Allow", "source": {"namespaceSelector": "team == 'a'"}}, "ns1")
+    assert str(rule.src.selector) == 'pcns.team == "a"'
+    rule = compile_rule({"action": "Allow", "source": {"notSelector": "x == '1'"}}, "ns1")
+    assert str(rule.src.not_selector) == 'x == "1" && projectcalico.org/namespace == "ns1"'
+
+
+def test_named_ports():
+    rule = {"action": "Allow", "protocol": "TCP",
+            "destination": {"selector": "app == 'db'", "ports": ["pg", 80]}}
+    c = compile_rule(rule)
+    (key,) = list(c.named_port_keys())
+    assert key == ('app == "db"', 6, "pg")
+    nh = named_port_hash(key)
+    lines = r(rule)
+    hs = h("app == 'db'")
+    assert f"meta l4proto 6 ip daddr @s4_{hs} tcp dport 80 {ALLOW}" in lines
+    assert f"meta l4proto 6 ip daddr @s4_{hs} ip daddr . tcp dport @n4_{nh} {ALLOW}" in lines
+    assert f"meta l4proto 6 ip6 daddr @s6_{hs} ip6 daddr . tcp dport @n6_{nh} {ALLOW}" in lines
+    # without a selector, named ports resolve against all endpoints (namespace-scoped in NPs)
+    c = compile_rule({"action": "Allow", "protocol": "TCP", "destination": {"ports": ["web"]}}, "ns1")
+    assert list(c.named_port_keys()) == [('projectcalico.org/namespace == "ns1"', 6, "web")]
+
+
+def test_icmp():
+    assert r({"action": "Allow", "protocol": "ICMP", "icmp": {"type": 8, "code": 0}}) == \
+        [f"meta l4proto 1 icmp type 8 icmp code 0 {ALLOW}"]
+    assert r({"action": "Allow", "protocol": "ICMPv6", "icmp": {"type": 128}}) == \
+        [f"meta l4proto 58 icmpv6 type 128 {ALLOW}"]
+    assert r({"action": "Deny", "protocol": "ICMP", "notICMP": {"type": 3, "code": 1}}) == \
+        ["meta l4proto 1 icmp type != 3 drop", "meta l4proto 1 icmp type 3 icmp code != 1 drop"]
+    # protocol ICMP without a type is family-agnostic
+    assert r({"action": "Deny", "protocol": "ICMP"}) == ["meta l4proto 1 drop"]
+
+
+def test_unsupported_matches_never_widen_allow():
+    rule = {"action": "Allow", "http": {"methods": ["GET"]}}
+    assert r(rule) == []
+    assert r({"action": "Deny", "source": {"serviceAccounts": {"names": ["x"]}}}) == ["drop"]
+
+
+def test_effective_types():
+    assert effective_types({}) == ("Ingress",)
+    assert effective_types({"ingress": [{}]}) == ("Ingress",)
+    assert effective_types({"egress": [{}]}) == ("Egress",)
+    assert effective_types({"ingress": [{}], "egress": [{}]}) == ("Ingress", "Egress")
+    assert effective_types({"types": ["Egress"], "ingress": []}) == ("Egress",)
+
+
+@pytest.mark.parametrize("kind,ns,spec,want", [
+    ("GlobalNetworkPolicy", None, {}, "all()"),
+    ("GlobalNetworkPolicy", None, {"selector": "a == 'b'"}, 'a == "b"'),
+    ("NetworkPolicy", "ns1", {}, 'projectcalico.org/namespace == "ns1"'),
+    ("NetworkPolicy", "ns1", {"selector": "a == 'b'"},
+     'a == "b" && projectcalico.org/namespace == "ns1"'),
+    ("GlobalNetworkPolicy", None, {"namespaceSelector": "t == 'x'"}, 'pcns.t == "x"'),
+])
+def test_policy_applies_selector(kind, ns, spec, want):
+    assert str(policy_applies_selector(kind, ns, spec)) == want
