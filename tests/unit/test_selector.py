@@ -667,9 +667,13 @@ def noisy_render(sel: Selector, draw: Any) -> str:
 
 # ------------------------------------------------------------------ properties
 
+# No wall-clock limits in tests (CI machines are shared and loaded): neither
+# hypothesis's per-example deadline nor its data-generation speed health check.
+NO_TIMING: dict[str, Any] = {"deadline": None, "suppress_health_check": [HealthCheck.too_slow]}
+
 
 @given(selectors)
-@settings(max_examples=300)
+@settings(max_examples=300, **NO_TIMING)
 def test_roundtrip_print_parse(sel: Selector) -> None:
     text = str(sel)
     again = parse_selector(text)
@@ -678,7 +682,7 @@ def test_roundtrip_print_parse(sel: Selector) -> None:
 
 
 @given(st.data(), selectors)
-@settings(max_examples=200)
+@settings(max_examples=200, **NO_TIMING)
 def test_noisy_spellings_parse_to_the_same_ast(data: st.DataObject, sel: Selector) -> None:
     # Redundant parentheses around a Not's operand or And/Or operands never change
     # the AST, because parentheses leave no trace and And/Or are flattened.
@@ -687,14 +691,14 @@ def test_noisy_spellings_parse_to_the_same_ast(data: st.DataObject, sel: Selecto
 
 
 @given(shared_selectors, label_sets)
-@settings(max_examples=400)
+@settings(max_examples=400, **NO_TIMING)
 def test_compiled_evaluate_matches_reference(sel: Selector, labels: dict[str, str]) -> None:
     assert sel.evaluate(labels) is reference_eval(sel, labels)
     assert sel._closure()(labels) is reference_eval(sel, labels)
 
 
 @given(st.text(alphabet="ab =!&|()'\"{},hasinotcl_/.-\t", max_size=30))
-@settings(max_examples=500)
+@settings(max_examples=500, **NO_TIMING)
 def test_arbitrary_text_parses_or_raises_selector_error(text: str) -> None:
     try:
         sel = parse_selector(text)
@@ -706,7 +710,7 @@ def test_arbitrary_text_parses_or_raises_selector_error(text: str) -> None:
 
 
 @given(st.lists(shared_selectors, min_size=1, max_size=5), st.lists(label_sets, max_size=25))
-@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, **NO_TIMING)
 def test_label_index_select_matches_brute_force(sels: list[Selector], sets: list[dict[str, str]]) -> None:
     idx = LabelIndex()
     for i, labels in enumerate(sets):
@@ -727,7 +731,7 @@ ops = st.lists(
 
 
 @given(ops, st.lists(shared_selectors, min_size=1, max_size=4))
-@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, **NO_TIMING)
 def test_label_index_incremental_updates_match_brute_force(
     operations: list[tuple[str, int, dict[str, str]]], sels: list[Selector]
 ) -> None:
