@@ -1,0 +1,219 @@
+# -*- coding: utf-8 -*-
+# Copyright: calico.net contributors
+# Apache License 2.0 (see https://www.apache.org/licenses/LICENSE-2.0)
+"""Read -> compare -> apply for Calico v3 resources, the way every resource module
+of calico.net works.
+
+A module describes what it wants as `Want` items: kind, name, namespace, state and,
+for `present`, a function that builds the desired document from the stored one (the
+typed modules that own the whole resource ignore the stored document; `node`,
+`felix_configuration` and `bgp_configuration` merge into it). `ResourceManager.run`
+
+1. reads every stored document (with its resourceVersion);
+2. builds and validates every desired document before anything is written, so a bad
+   input changes nothing;
+3. compares stored and desired by meaning (`meaning.canonical`), not text;
+4. unless in check mode, writes all changed documents in ONE etcd transaction,
+   each a compare-and-swap on the resourceVersion it read (a concurrent change
+   fails the task instead of being overwritten), then deletes what is `absent`;
+5. returns `changed`, the documents, and `diff: {before, after}` as YAML text. The
+   diff is computed from what was read and what would be written, so check mode and
+   the real run report the same diff.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from ansible_collections.calico.net.plugins.module_utils.common import ModuleError
+from ansible_collections.calico.net.plugins.module_utils.meaning import canonical, strip_server_metadata
+
+try:
+    import yaml
+    from calico_net.datastore import ResourceNotFound
+    from calico_net.errors import ValidationError
+    from calico_net.model import parse_resource, resolve_kind
+except ImportError:  # reported by common.run_module
+    pass
+
+API_VERSION = "projectcalico.org/v3"
+
+
+@dataclass
+class Want:
+    """One resource the module wants present (built by `build`) or absent."""
+
+    kind: str
+    name: str
+    namespace: str | None = None
+    state: str = "present"
+    # build(stored document without server metadata, or None) -> desired document
+    build: Callable[[dict[str, Any] | None], dict[str, Any]] | None = None
+
+
+@dataclass
+class _Plan:
+    want: Want
+    key: str
+    before: dict[str, Any] | None  # stored document, server metadata stripped
+    revision: str | None  # resourceVersion of the stored document
+    after: dict[str, Any] | None  # document to write (None: delete / stays absent)
+    changed: bool
+
+
+def new_document(kind: str, name: str, namespace: str | None = None) -> dict[str, Any]:
+    md: dict[str, Any] = {"name": name}
+    if namespace:
+        md["namespace"] = namespace
+    return {"apiVersion": API_VERSION, "kind": kind, "metadata": md}
+
+
+def to_yaml(doc: Any) -> str:
+    if doc is None:
+        return ""
+    return yaml.safe_dump(doc, sort_keys=False, default_flow_style=False, allow_unicode=True)
+
+
+def describe(kind: str, name: str, namespace: str | None) -> str:
+    return f"{kind} {namespace}/{name}" if namespace else f"{kind} {name}"
+
+
+def same_meaning(stored: dict[str, Any], desired: dict[str, Any]) -> bool:
+    try:
+        return canonical(stored) == canonical(desired)
+    except ValidationError:
+        return False  # a stored document that no longer validates is rewritten
+
+
+class ResourceManager:
+    def __init__(self, datastore: Any, *, check_mode: bool, diff: bool) -> None:
+        self.datastore = datastore
+        self.check_mode = check_mode
+        self.diff = diff
+
+    def _read(self, kind: str, name: str, namespace: str | None) -> dict[str, Any] | None:
+        try:
+            return self.datastore.get(kind, name, namespace)
+        except ResourceNotFound:
+            return None
+
+    def plan(self, wants: list[Want]) -> list[_Plan]:
+        plans: list[_Plan] = []
+        seen: set[str] = set()
+        for want in wants:
+            info = resolve_kind(want.kind)
+            want.kind = info.kind
+            if info.namespaced and not want.namespace:
+                raise ModuleError(f'{describe(info.kind, want.name, None)}: a namespace is required '
+                                  f'({info.kind} is namespaced)')
+            ns = want.namespace if info.namespaced else None
+            want.namespace = ns
+            key = describe(info.kind, want.name, ns)
+            if key in seen:
+                raise ModuleError(f"{key} appears twice in the input")
+            seen.add(key)
+            stored = self._read(info.kind, want.name, ns)
+            before = strip_server_metadata(stored)
+            revision = (stored or {}).get("metadata", {}).get("resourceVersion")
+            if want.state == "absent":
+                plans.append(_Plan(want, key, before, revision, None, stored is not None))
+                continue
+            if want.build is None:
+                raise ModuleError(f"{key}: nothing to build the document from")
+            desired = want.build(strip_server_metadata(stored))
+            # Validate (raises ValidationError with field paths) and normalise to the
+            # document as the datastore will store it.
+            desired = strip_server_metadata(parse_resource(desired).to_dict())
+            md = desired.get("metadata") or {}
+            if md.get("name") != want.name or (ns and md.get("namespace") != ns):
+                raise ModuleError(f"{key}: the document names a different resource "
+                                  f"({describe(info.kind, md.get('name'), md.get('namespace'))})")
+            if stored is not None and same_meaning(stored, desired):
+                plans.append(_Plan(want, key, before, revision, before, False))
+            else:
+                plans.append(_Plan(want, key, before, revision, desired, True))
+        return plans
+
+    def run(self, wants: list[Want]) -> dict[str, Any]:
+        plans = self.plan(wants)
+        written: dict[str, dict[str, Any]] = {}
+        if not self.check_mode:
+            to_write = []
+            for p in plans:
+                if p.changed and p.after is not None:
+                    doc = dict(p.after, metadata=dict(p.after["metadata"]))
+                    # CAS on what we compared against ("0"-less create when absent).
+                    if p.revision:
+                        doc["metadata"]["resourceVersion"] = p.revision
+                    to_write.append((p, doc))
+            if to_write:
+                # Overlapping pools and the like are checked by the datastore first.
+                results = self.datastore.apply_all([doc for _, doc in to_write])
+                for (p, _), stored in zip(to_write, results):
+                    written[p.key] = stored
+            for p in plans:
+                if p.changed and p.after is None:
+                    self.datastore.delete(p.want.kind, p.want.name, p.want.namespace,
+                                          resource_version=p.revision)
+        return self._result(plans, written)
+
+    def _result(self, plans: list[_Plan], written: dict[str, dict[str, Any]]) -> dict[str, Any]:
+        resources = []
+        for p in plans:
+            if p.key in written:
+                resources.append(written[p.key])
+            elif p.after is not None:
+                resources.append(p.after)
+            else:
+                resources.append(None)
+        result: dict[str, Any] = dict(
+            changed=any(p.changed for p in plans),
+            resources=resources,
+        )
+        if self.diff:
+            if len(plans) == 1:
+                p = plans[0]
+                result["diff"] = dict(
+                    before=to_yaml(p.before), after=to_yaml(p.after),
+                    before_header=p.key, after_header=p.key,
+                )
+            else:
+                result["diff"] = dict(
+                    before="".join(f"# {p.key}\n{to_yaml(p.before)}" for p in plans if p.before or p.after),
+                    after="".join(f"# {p.key}\n{to_yaml(p.after)}" for p in plans if p.before or p.after),
+                )
+        return result
+
+
+def run_wants(module: Any, datastore: Any, wants: list[Want]) -> dict[str, Any]:
+    """For modules about one resource: the result with `resource` (None when absent)."""
+    manager = ResourceManager(datastore, check_mode=module.check_mode, diff=module._diff)
+    result = manager.run(wants)
+    if len(wants) == 1:
+        result["resource"] = result.pop("resources")[0]
+    return result
+
+
+def camel_spec(params: dict[str, Any], fields: dict[str, str]) -> dict[str, Any]:
+    """Calico spec fields from module options that are set: {option: calicoField}."""
+    return {field: params[option] for option, field in fields.items() if params.get(option) is not None}
+
+
+def metadata_from(params: dict[str, Any], doc: dict[str, Any]) -> dict[str, Any]:
+    md = doc["metadata"]
+    if params.get("labels"):
+        md["labels"] = {str(k): _label_value(v) for k, v in params["labels"].items()}
+    if params.get("annotations"):
+        md["annotations"] = {str(k): _label_value(v) for k, v in params["annotations"].items()}
+    return doc
+
+
+def _label_value(value: Any) -> Any:
+    # YAML `env: prod` is a string, but `tier: 1` or `enabled: true` are not: Calico
+    # labels are strings, so give them the text the user typed.
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return str(value)
+    return value
