@@ -13,6 +13,7 @@ import sys
 from collections import Counter
 from typing import Any, Iterable
 
+import orjson
 import yaml
 
 from calico_net.errors import ValidationError
@@ -184,7 +185,7 @@ def cmd_get(args: argparse.Namespace, ctx) -> int:
                 "items": docs,
             }
         if fmt == "json":
-            ctx.out.write(json.dumps(body, indent=2) + "\n")
+            ctx.out.write(orjson.dumps(body, option=orjson.OPT_INDENT_2).decode() + "\n")
         else:
             ctx.out.write(yaml.dump(body, Dumper=_Dumper, default_flow_style=False, sort_keys=False))
         return 0

@@ -15,6 +15,8 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import uuid
+
+import orjson
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
@@ -112,7 +114,7 @@ def stored_value(doc: dict[str, Any], existing: dict[str, Any] | None) -> bytes:
 
 
 def decode(kv: KV) -> dict[str, Any]:
-    doc = json.loads(kv.value)
+    doc = orjson.loads(kv.value)
     doc.setdefault("metadata", {})["resourceVersion"] = str(kv.mod_revision)
     return doc
 
