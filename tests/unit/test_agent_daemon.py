@@ -4,7 +4,7 @@ from __future__ import annotations
 import socket
 from dataclasses import dataclass, field
 
-from calico_net.agent.config import Config, Port
+from calico_net.agent.config import Config
 from calico_net.agent.daemon import Daemon
 from calico_net.agent.felix.routes import FakeKernel, Link
 from calico_net.agent.syncer import Resource
@@ -15,7 +15,7 @@ V4 = socket.AF_INET
 
 @dataclass
 class FakeSettings:
-    failsafe_inbound_host_ports: tuple = ()
+    failsafe_inbound: list = field(default_factory=list)
     default_endpoint_to_host_action: str = "Drop"
 
 
@@ -142,7 +142,7 @@ def test_felix_configuration_live(tmp_path):
     d, kernel, policy = make(tmp_path)
     d.on_snapshot(dict([fc("default", {"failsafeInboundHostPorts": [{"protocol": "TCP", "port": 2222}]})]), 3)
     d.loop_once(max_wait=0.01)
-    assert policy.settings[-1].failsafe_inbound_host_ports == (Port("tcp", 2222),)
+    assert policy.settings[-1].failsafe_inbound == [("tcp", 2222)]
     d.on_update(*fc("node.n1", {"defaultEndpointToHostAction": "Accept"}))
     d.loop_once(max_wait=0.01)
     assert policy.settings[-1].default_endpoint_to_host_action == "Accept"
@@ -182,3 +182,15 @@ def test_refresh_repairs_routes(tmp_path):
     d.loop_once(max_wait=0.01)
     assert kernel.table == {(V4, "198.19.0.1", 32): 5}
     assert d.metrics.route_repairs.value == 1 and policy.refreshes == 1
+
+
+def test_settings_for_the_real_policy_dataplane(tmp_path):
+    from calico_net.agent.daemon import felix_settings
+    from calico_net.agent.felix.policy import FelixSettings
+
+    cfg = Config("n1", env={"FELIX_FAILSAFEINBOUNDHOSTPORTS": "tcp:22,udp:198.18.0.0/24:68",
+                            "FELIX_DEFAULTENDPOINTTOHOSTACTION": "accept"}, config_file=str(tmp_path / "x"))
+    s = felix_settings(cfg, FelixSettings)
+    assert s.failsafe_inbound == [("tcp", 22), ("udp", 68)]
+    assert s.default_endpoint_to_host_action == "Accept"
+    assert s.interface_prefixes == ("cali",)

@@ -47,11 +47,17 @@ RETRY_AFTER_ERROR = 1.0  # a failed apply is retried after this long
 def felix_settings(cfg: Config, settings_cls: Any) -> Any:
     """Build the policy dataplane's settings object from the resolved config,
     passing only the fields that class has (it is owned by the policy code)."""
+    def pairs(ports: Any) -> list[tuple[str, int]]:
+        # The policy dataplane takes (protocol, port); a failsafe entry limited to a
+        # CIDR ("tcp:198.18.0.0/24:22") is opened for every address (wider, never
+        # narrower, than asked: failsafes exist so no one locks themselves out).
+        return [(p.protocol, p.port) for p in ports]
+
     values = {
-        "failsafe_inbound_host_ports": cfg.values["FailsafeInboundHostPorts"],
-        "failsafe_outbound_host_ports": cfg.values["FailsafeOutboundHostPorts"],
+        "failsafe_inbound": pairs(cfg.values["FailsafeInboundHostPorts"]),
+        "failsafe_outbound": pairs(cfg.values["FailsafeOutboundHostPorts"]),
         "default_endpoint_to_host_action": cfg.values["DefaultEndpointToHostAction"],
-        "interface_prefix": cfg.values["InterfacePrefix"],
+        "interface_prefixes": tuple(p.strip() for p in cfg.values["InterfacePrefix"].split(",") if p.strip()),
     }
     if dataclasses.is_dataclass(settings_cls):
         accepted = {f.name for f in dataclasses.fields(settings_cls)}
