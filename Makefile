@@ -1,5 +1,6 @@
 # calico.net — the two commands are `make lab` and `make test`.
 SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -12,8 +13,9 @@ deps:
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test,ansible]'
+	# pip.conf on these machines names index folders that may not exist: drop that noise
+	$(PY) -m pip install -q --upgrade pip 2>&1 | { grep -v '^WARNING: Location' || true; }
+	$(PY) -m pip install -q -e '.[test,ansible]' 2>&1 | { grep -v '^WARNING: Location' || true; }
 	touch $@
 
 venv: $(VENV)/.installed

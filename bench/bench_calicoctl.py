@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
-from conftest import start_etcd, stop_etcd  # noqa: E402
+from etcd_server import start_etcd, stop_etcd  # noqa: E402
 
 from calico_net.datastore.etcd import op_put  # noqa: E402
 

@@ -10,7 +10,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
-from conftest import start_etcd, stop_etcd  # noqa: E402
+from etcd_server import start_etcd, stop_etcd  # noqa: E402
 
 from calico_net.datastore.etcd import cmp_mod_revision, op_put  # noqa: E402
 

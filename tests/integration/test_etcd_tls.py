@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import start_etcd, stop_etcd
+from etcd_server import start_etcd, stop_etcd
 from calico_net.datastore.errors import DatastoreUnavailable
 from calico_net.datastore.etcd import EtcdClient, EtcdConfig
 
