@@ -551,3 +551,24 @@ def test_python_code_can_build_resources_by_field_name() -> None:
 def test_user_input_must_use_calico_names() -> None:
     assert [p for p, _ in errors_of(doc("IPPool", {"cidr": "198.19.0.0/16", "block_size": 24}))] == [
         "spec.block_size"]
+
+
+def test_parse_documents_rejects_duplicate_keys() -> None:
+    text = ("apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata:\n  name: a\nspec:\n"
+            "  cidr: 198.19.0.0/16\n  cidr: 198.19.0.0/17\n")
+    with pytest.raises(ParseError) as info:
+        parse_documents("kind: Profile\n---\n" + text)
+    assert str(info.value) == 'document 2 (line 9, column 3): YAML syntax error: duplicate key "cidr"'
+
+
+def test_parse_documents_keeps_yaml_merge_keys_working() -> None:
+    text = "base: &b {a: 1}\nother:\n  <<: *b\n  c: 2\n"
+    assert parse_documents(text) == [{"base": {"a": 1}, "other": {"a": 1, "c": 2}}]
+
+
+def test_to_dict_returns_a_copy() -> None:
+    res = parse_resource(doc("GlobalNetworkSet", {"nets": ["198.18.0.0/24"]}, labels={"a": "b"}))
+    out = res.to_dict()
+    out["metadata"]["labels"]["c"] = "d"
+    out["spec"]["nets"].append("198.18.1.0/24")
+    assert res.metadata.labels == {"a": "b"} and res.spec.nets == ["198.18.0.0/24"]

@@ -12,6 +12,7 @@ turns them into field-path errors.
 """
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 import re
@@ -50,6 +51,7 @@ _QUALIFIED_NAME_RE = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
 _LABEL_VALUE_RE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 
 
+@functools.lru_cache(maxsize=8192)
 def name_problem(value: str, what: str = "name") -> str | None:
     """Why `value` is not a DNS-1123 subdomain (Calico's resource-name rule), or None."""
     if not value:
@@ -85,6 +87,11 @@ def label_key_problem(key: Any) -> str | None:
     """Why `key` is not a Kubernetes qualified name (`[prefix/]name`), or None."""
     if not isinstance(key, str):
         return f"label key {show(key)} is not a string"
+    return _label_key_problem(key)
+
+
+@functools.lru_cache(maxsize=8192)
+def _label_key_problem(key: str) -> str | None:
     prefix, slash, name = key.rpartition("/")
     if slash and (not prefix or len(prefix) > 253 or not DNS1123_SUBDOMAIN_RE.match(prefix)):
         return f"label key {show(key)} has an invalid prefix (must be a DNS-1123 subdomain)"
@@ -92,6 +99,11 @@ def label_key_problem(key: Any) -> str | None:
         return (f"label key {show(key)} is not valid (at most 63 letters, digits, '-', '_' and '.', "
                 "starting and ending with a letter or digit, with an optional DNS prefix and '/')")
     return None
+
+
+@functools.lru_cache(maxsize=8192)
+def _label_value_ok(value: str) -> bool:
+    return bool(_LABEL_VALUE_RE.match(value))
 
 
 def _check_labels(value: Any) -> dict[str, str]:
@@ -103,7 +115,7 @@ def _check_labels(value: Any) -> dict[str, str]:
             raise fail(problem)
         if not isinstance(val, str):
             raise fail(f"label {show(key)}: value {show(val)} is not a string (quote it)")
-        if len(val) > 63 or not _LABEL_VALUE_RE.match(val):
+        if len(val) > 63 or not _label_value_ok(val):
             raise fail(f"label {show(key)}: value {show(val)} is not valid (at most 63 letters, "
                        "digits, '-', '_' and '.', starting and ending with a letter or digit)")
     return value
@@ -172,37 +184,91 @@ def parse_cidr(value: str) -> IPNetwork:
     return ipaddress.ip_network(value, strict=False)
 
 
-def _ip(value: str, version: int | None = None, what: str = "IP address") -> str:
+_V4_RE = re.compile(r"^(0|[1-9]\d{0,2})\.(0|[1-9]\d{0,2})\.(0|[1-9]\d{0,2})\.(0|[1-9]\d{0,2})"
+                    r"(?:/(0|[1-9]\d?))?$")
+
+
+def _fast_v4(value: str) -> tuple[int, int | None] | None:
+    """(address as int, prefix length or None) for well-formed IPv4 text, else None.
+
+    ipaddress is correct but slow (~50 us a parse); 10,000 endpoints are read at once.
+    """
+    m = _V4_RE.match(value)
+    if m is None:
+        return None
+    a, b, c, d = int(m.group(1)), int(m.group(2)), int(m.group(3)), int(m.group(4))
+    if a > 255 or b > 255 or c > 255 or d > 255:
+        return None
+    plen = m.group(5)
+    if plen is not None and int(plen) > 32:
+        return None
+    return (a << 24) | (b << 16) | (c << 8) | d, (int(plen) if plen is not None else None)
+
+
+def ip_version(value: str) -> int:
+    """4 or 6 for an address or CIDR that has already been validated."""
+    return 6 if ":" in value else 4
+
+
+@functools.lru_cache(maxsize=8192)
+def _ip_problem(value: str, version: int | None, what: str) -> str | None:
     fam = {4: "IPv4 ", 6: "IPv6 "}.get(version or 0, "")
     if version and what == "IP address":
         what = "address"
-    try:
-        addr = ipaddress.ip_address(value)
-    except ValueError:
-        raise fail(f"{show(value)} is not a valid {fam}{what}") from None
-    if version and addr.version != version:
-        raise fail(f"{show(value)} is not an {fam}{what}")
+    fast = _fast_v4(value)
+    if fast is not None and fast[1] is None:
+        addr_version = 4
+    else:
+        try:
+            addr_version = ipaddress.ip_address(value).version
+        except ValueError:
+            return f"{show(value)} is not a valid {fam}{what}"
+    if version and addr_version != version:
+        return f"{show(value)} is not an {fam}{what}"
+    return None
+
+
+def _ip(value: str, version: int | None = None, what: str = "IP address") -> str:
+    problem = _ip_problem(value, version, what)
+    if problem:
+        raise fail(problem)
     return value
+
+
+@functools.lru_cache(maxsize=8192)
+def _cidr_problem(value: str, version: int | None, allow_bare_ip: bool, host_bits: bool,
+                  what: str) -> str | None:
+    fam = {4: "IPv4 ", 6: "IPv6 "}.get(version or 0, "")
+    if "/" not in value:
+        if not allow_bare_ip:
+            return (f"{show(value)} is not a valid {fam}{what} (expected address/prefix-length, "
+                    "e.g. 198.19.0.0/16)")
+        return _ip_problem(value, version, "IP address or CIDR")
+    fast = _fast_v4(value)
+    if fast is not None:
+        addr, plen = fast
+        assert plen is not None
+        if version == 6:
+            return f"{show(value)} is not an {fam}{what}"
+        if host_bits or not addr & ((1 << (32 - plen)) - 1):
+            return None
+    try:
+        iface = ipaddress.ip_interface(value)
+    except ValueError:
+        return f"{show(value)} is not a valid {fam}{what}"
+    net = iface.network
+    if version and net.version != version:
+        return f"{show(value)} is not an {fam}{what}"
+    if not host_bits and iface.ip != net.network_address:
+        return f"{show(value)} has host bits set (did you mean {net}?)"
+    return None
 
 
 def _cidr(value: str, *, version: int | None = None, allow_bare_ip: bool = True,
           host_bits: bool = False, what: str = "CIDR") -> str:
-    fam = {4: "IPv4 ", 6: "IPv6 "}.get(version or 0, "")
-    if "/" not in value:
-        if not allow_bare_ip:
-            raise fail(f"{show(value)} is not a valid {fam}{what} (expected address/prefix-length, "
-                       "e.g. 198.19.0.0/16)")
-        _ip(value, version, "IP address or CIDR")
-        return value
-    try:
-        net = ipaddress.ip_network(value, strict=False)
-        ipaddress.ip_interface(value)  # rejects leading zeros / odd prefix forms consistently
-    except ValueError:
-        raise fail(f"{show(value)} is not a valid {fam}{what}") from None
-    if version and net.version != version:
-        raise fail(f"{show(value)} is not an {fam}{what}")
-    if not host_bits and ipaddress.ip_interface(value).ip != net.network_address:
-        raise fail(f"{show(value)} has host bits set (did you mean {net}?)")
+    problem = _cidr_problem(value, version, allow_bare_ip, host_bits, what)
+    if problem:
+        raise fail(problem)
     return value
 
 

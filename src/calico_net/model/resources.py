@@ -21,6 +21,7 @@ give their meaning.
 from __future__ import annotations
 
 import ipaddress
+import typing
 from typing import Annotated, Any, ClassVar, Iterator, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator
@@ -30,7 +31,7 @@ from calico_net.model.fields import (
     ASNumber, Annotations, CIDR, CommunityValue, Duration, HostInterfaceName, IP, IPv4,
     IPv4Interface, IPv6, IPv6Interface, InterfaceName, Labels, MAC, Name, Namespace, Net,
     PeerIP, Port, PortName, PortNumber, PortRange, Protocol, ResourceVersion, Selector,
-    Timestamp, bounded, enum_before, fail, name_problem, parse_cidr, parse_protocol, show,
+    Timestamp, bounded, enum_before, fail, ip_version, name_problem, parse_cidr, parse_protocol, show,
     PORT_PROTOCOLS,
 )
 
@@ -50,6 +51,7 @@ class CalicoModel(BaseModel):
         validate_by_name=True,  # Python code may construct with snake_case names
         serialize_by_alias=True,
         validate_assignment=False,
+        defer_build=True,  # build a kind's validator on first use: calicoctl starts faster
     )
 
     def semantic_errors(self, path: str, ctx: "CheckContext") -> Iterator[Error]:
@@ -171,12 +173,12 @@ class Rule(CalicoModel):
                 for nfield in ("nets", "notNets"):
                     nets = ent.nets if nfield == "nets" else ent.not_nets
                     for i, net in enumerate(nets or ()):
-                        if parse_cidr(net).version != self.ip_version:
+                        if ip_version(net) != self.ip_version:
                             yield (_p(path, f"{side}.{nfield}[{i}]"),
                                    f"{show(net)} is not an IPv{self.ip_version} network "
                                    f"(the rule has ipVersion {self.ip_version})")
-        src_versions = {parse_cidr(n).version for n in (self.source.nets if self.source else None) or ()}
-        dst_versions = {parse_cidr(n).version for n in
+        src_versions = {ip_version(n) for n in (self.source.nets if self.source else None) or ()}
+        dst_versions = {ip_version(n) for n in
                         (self.destination.nets if self.destination else None) or ()}
         if src_versions and dst_versions and not src_versions & dst_versions:
             yield (_p(path, "destination.nets"),
@@ -343,7 +345,7 @@ class WorkloadEndpointSpec(CalicoModel):
 
     def semantic_errors(self, path: str, ctx: CheckContext) -> Iterator[Error]:
         yield from _ports_errors(self.ports, path, ctx)
-        nets = [parse_cidr(n) for n in self.ip_networks]
+        nets = [parse_cidr(n) for n in self.ip_networks] if self.ip_nats else []
         for i, nat in enumerate(self.ip_nats or ()):
             ip = ipaddress.ip_address(nat.internal_ip)
             if not any(ip.version == n.version and ip in n for n in nets):
@@ -779,38 +781,57 @@ class Resource(CalicoModel):
         """The document as written (plus any metadata set since), JSON-ready, Calico names."""
         _mark_changed_fields(self)
         self.__pydantic_fields_set__.update(("api_version", "kind"))  # always written
-        return self.model_dump(mode="json", by_alias=True, exclude_unset=True)
+        return self.model_dump(by_alias=True, exclude_unset=True)  # values are JSON types already
 
     def __repr__(self) -> str:
         where = f"{self.metadata.namespace}/" if self.metadata.namespace else ""
         return f"<{self.kind} {where}{self.metadata.name}>"
 
 
-def _mark_changed_fields(model: BaseModel) -> None:
-    """Mark fields whose value no longer equals the default as set.
+_CONTAINER_FIELDS: dict[type, tuple[str, ...]] = {}
 
-    exclude_unset alone would drop a default that was changed in place
-    (`res.metadata.labels["a"] = "b"` on a document without labels).
+
+def _may_contain(annotation: Any) -> bool:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return True
+    if typing.get_origin(annotation) in (list, dict):
+        return True
+    return any(_may_contain(arg) for arg in typing.get_args(annotation))
+
+
+def _container_fields(cls: type[BaseModel]) -> tuple[str, ...]:
+    """Names of the fields of `cls` that can hold a list, a dict or a sub-model."""
+    names = _CONTAINER_FIELDS.get(cls)
+    if names is None:
+        names = tuple(n for n, fi in cls.model_fields.items() if _may_contain(fi.annotation))
+        _CONTAINER_FIELDS[cls] = names
+    return names
+
+
+def _mark_changed_fields(model: BaseModel) -> bool:
+    """Mark fields changed since validation as set; True if `model` has any set field.
+
+    exclude_unset alone would drop a default container changed in place
+    (`res.metadata.labels["a"] = "b"` on a document without labels) and a default
+    sub-model one of whose fields was assigned (`res.spec.order = 5` with no spec).
+    Scalars cannot change in place, and assigning one marks it set already.
     """
     fields_set = model.__pydantic_fields_set__
-    for fname, finfo in type(model).model_fields.items():
-        value = getattr(model, fname)
-        if fname not in fields_set and (finfo.default_factory is not None or finfo.default is not None):
-            if finfo.default_factory is not None:
-                try:
-                    default = finfo.default_factory()  # type: ignore[call-arg]
-                except TypeError:
-                    default = finfo.default_factory(model.__dict__)  # type: ignore[call-arg]
-            else:
-                default = finfo.default
-            if value != default:
-                fields_set.add(fname)
+    values = model.__dict__
+    for fname in _container_fields(type(model)):
+        value = values.get(fname)
         if isinstance(value, BaseModel):
-            _mark_changed_fields(value)
+            if _mark_changed_fields(value):
+                fields_set.add(fname)
         elif isinstance(value, list):
+            if value and fname not in fields_set:
+                fields_set.add(fname)
             for item in value:
                 if isinstance(item, BaseModel):
                     _mark_changed_fields(item)
+        elif isinstance(value, dict) and value and fname not in fields_set:
+            fields_set.add(fname)
+    return bool(fields_set)
 
 
 class Node(Resource):

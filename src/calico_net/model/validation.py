@@ -25,7 +25,31 @@ from calico_net.model.fields import show
 from calico_net.model.kinds import KINDS
 from calico_net.model.resources import API_VERSION, IPPool, Resource
 
-_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+    """YAML's safe loader (libyaml's when present) that refuses duplicate keys.
+
+    PyYAML keeps the last of two equal keys silently; a manifest with two `spec:` or
+    two `selector:` lines almost always hides a mistake, so it is a syntax error here.
+    """
+
+
+def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    loader.flatten_mapping(node)
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node)
+        try:
+            duplicate = key in seen
+            seen.add(key)
+        except TypeError:  # unhashable key: construct_mapping reports it
+            continue
+        if duplicate:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {show(key)}", key_node.start_mark)
+    return loader.construct_mapping(node)
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
 # --- manifests -----------------------------------------------------------------------------
@@ -43,7 +67,7 @@ def parse_documents(text: str) -> list[dict[str, Any]]:
             return _expand(list(enumerate(docs, 1)))
     numbered: list[tuple[int, Any]] = []
     try:
-        for number, doc in enumerate(yaml.load_all(text, Loader=_YAML_LOADER), 1):
+        for number, doc in enumerate(yaml.load_all(text, Loader=_Loader), 1):
             numbered.append((number, doc))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
