@@ -3,11 +3,12 @@
 #   localhost/calico-lab-base:latest  debootstrap'd Debian 12 (lab/images/base)
 #   localhost/calico-lab-node:latest  systemd node for Ansible (lab/images/node)
 #   localhost/calico/node:latest      the product image (images/calico-node)
+#   localhost/calico-lab-workload:latest  sample workloads (lab/images/workload)
 # Each image carries a label (net.calico.recipe) with a hash of its recipe files; the
 # hashes chain (node and calico/node include the base hash), and calico/node's includes
 # the Python sources, so editing src/ rebuilds only calico/node, never the slow base.
 # Restartable: each step first clears what a killed run of itself may have left behind.
-# Usage: build-images.sh [--force] [base|node|calico-node]...   (default: all three)
+# Usage: build-images.sh [--force] [base|node|calico-node|workload]...   (default: all)
 set -euo pipefail
 LOG_TAG=build
 # shellcheck source=lib.sh
@@ -19,14 +20,15 @@ targets=()
 for a in "$@"; do
     case $a in
     --force) FORCE=1 ;;
-    base | node | calico-node) targets+=("$a") ;;
+    base | node | calico-node | workload) targets+=("$a") ;;
     *) die "unknown argument: $a" ;;
     esac
 done
-((${#targets[@]})) || targets=(base node calico-node)
+((${#targets[@]})) || targets=(base node calico-node workload)
 
 BASE_HASH=$(hash_paths "$LAB_DIR/images/base" | { cat; printf '%s' "${CALICO_LAB_MIRROR:-}"; } | sha256sum | cut -c1-16)
 NODE_HASH=$( { echo "$BASE_HASH"; hash_paths "$LAB_DIR/images/node"; } | sha256sum | cut -c1-16)
+WL_HASH=$( { echo "$BASE_HASH"; hash_paths "$LAB_DIR/images/workload"; } | sha256sum | cut -c1-16)
 CN_HASH=$( { echo "$BASE_HASH"; hash_paths "$REPO_DIR/images/calico-node" "$REPO_DIR/src" "$REPO_DIR/pyproject.toml"; } | sha256sum | cut -c1-16)
 
 want() { local t; for t in "${targets[@]}"; do [[ $t == "$1" ]] && return 0; done; return 1; }
@@ -41,7 +43,7 @@ ensure() { # ensure NAME IMAGE HASH BUILD-CMD...
     timed "image $name" "$@" "$hash"
 }
 
-# base is needed by both others; build it whenever any target needs it and it is stale.
+# Every image starts from base: build it whenever it is stale, whatever the targets.
 if want base || ! image_current "$BASE_IMAGE" "$BASE_HASH"; then
     ensure base "$BASE_IMAGE" "$BASE_HASH" bash "$LAB_DIR/images/base/build.sh"
 fi
@@ -50,4 +52,7 @@ if want node; then
 fi
 if want calico-node; then
     ensure calico-node "$CALICO_NODE_IMAGE" "$CN_HASH" bash "$REPO_DIR/images/calico-node/build.sh" build
+fi
+if want workload; then
+    ensure workload "$WORKLOAD_IMAGE" "$WL_HASH" bash "$LAB_DIR/images/workload/build.sh"
 fi

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Removes the calico.net lab: every container named calico-lab-node-<n> (and build
-# containers calico-lab-build-*), their storage volumes, the calico-lab network, and the
+# containers calico-lab-build-*), storage volumes of earlier versions of the lab, the
+# calico-lab network, and the
 # generated inventory. Only names the lab itself uses are touched, so it is safe to run at
 # any time, also to clear what a killed run left behind (lab/up.sh calls it first).
 #   down.sh              containers, volumes, network, inventory
-#   down.sh --images     also the three images, the image archive, the SSH key and the
+#   down.sh --images     also the lab's four images, the image archive, the SSH key and the
 #                        build scratch space (the next up.sh rebuilds from debootstrap)
 #   down.sh --quiet      log less (used by up.sh)
 set -euo pipefail
@@ -49,7 +50,7 @@ fi
 rm -f "$INVENTORY" "$INVENTORY.tmp" "$STATE_DIR/ssh_config"
 
 if ((IMAGES)); then
-    for img in "$CALICO_NODE_IMAGE" "$NODE_IMAGE" "$BASE_IMAGE"; do
+    for img in "$WORKLOAD_IMAGE" "$CALICO_NODE_IMAGE" "$NODE_IMAGE" "$BASE_IMAGE"; do
         if podman image exists "$img"; then
             podman rmi -f "$img" >/dev/null
             say "removed image $img"

@@ -15,6 +15,7 @@ CACHE_DIR=${CALICO_LAB_CACHE_DIR:-/var/cache/calico-lab}
 BASE_IMAGE=localhost/calico-lab-base:latest
 NODE_IMAGE=localhost/calico-lab-node:latest
 CALICO_NODE_IMAGE=localhost/calico/node:latest
+WORKLOAD_IMAGE=localhost/calico-lab-workload:latest
 RECIPE_LABEL=net.calico.recipe
 
 NET_NAME=calico-lab
@@ -26,8 +27,11 @@ BUILD_CTR_PREFIX=calico-lab-build-
 
 SSH_KEY=$STATE_DIR/id_ed25519
 INVENTORY=$STATE_DIR/inventory.ini
-# Where each node finds the calico/node image archive (for the calico_node role).
-NODE_IMAGE_ARCHIVE=/opt/calico/images/calico-node.tar
+# Where each node finds the image archives (read-only bind mount of $STATE_DIR/images):
+# calico/node for the calico_node role, the sample workload image for `make lab`.
+NODE_IMAGES_DIR=/opt/calico/images
+NODE_IMAGE_ARCHIVE=$NODE_IMAGES_DIR/calico-node.tar
+WORKLOAD_IMAGE_ARCHIVE=$NODE_IMAGES_DIR/calico-lab-workload.tar
 
 log() { printf '[%s %s] %s\n' "$(date +%H:%M:%S)" "${LOG_TAG:-lab}" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }

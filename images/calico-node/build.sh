@@ -43,18 +43,36 @@ cp "$HERE/Containerfile" "$HERE/supervisor.py" "$CTX/"
 PIP=("$REPO_DIR/.venv/bin/python" -m pip)
 [[ -x ${PIP[0]} ]] || PIP=(python3 -m pip)
 wheels() {
-    # calico_net from this checkout plus every dependency, as wheels (sdists get built here)
-    # (output to a log, shown on failure: pip warns about every local index it skips)
-    "${PIP[@]}" wheel -q --disable-pip-version-check -w "$CTX/wheels" "$REPO_DIR" \
-        >"$WORK_DIR/pip-wheel.log" 2>&1 || { tail -30 "$WORK_DIR/pip-wheel.log" >&2; return 1; }
+    # calico_net from this checkout, always fresh; its dependencies as wheels (sdists get
+    # built here), cached per pyproject.toml so a src/ change does not fetch them again.
+    # pip's output goes to a log, shown on failure (it warns about every local index it
+    # skips on these machines).
+    local plog=$WORK_DIR/pip-wheel.log deps
+    deps=$CACHE_DIR/wheels/$(sha256sum "$REPO_DIR/pyproject.toml" | cut -c1-16)
+    "${PIP[@]}" wheel -q --disable-pip-version-check --no-deps -w "$CTX/wheels" "$REPO_DIR" \
+        >"$plog" 2>&1 || { tail -30 "$plog" >&2; return 1; }
+    if [[ ! -e $deps/.complete ]]; then
+        rm -rf "$deps"
+        "${PIP[@]}" wheel -q --disable-pip-version-check -w "$deps" "$CTX"/wheels/calico_net-*.whl \
+            >"$plog" 2>&1 || { tail -30 "$plog" >&2; return 1; }
+        rm -f "$deps"/calico_net-*.whl
+        touch "$deps/.complete"
+    fi
+    cp "$deps"/*.whl "$CTX/wheels/"
 }
 timed "calico-node: wheels" wheels
 
 # A build killed half-way leaves a buildah working container of this name.
 rm_build_ctr calico-lab-base-working-container
-podman rmi -f "$CALICO_NODE_IMAGE" >/dev/null 2>&1 || true
+# --layers: the apt step is cached as an intermediate image, so a change to src/ only
+# redoes the pip install. The image replaced here becomes dangling and is removed after.
+old_id=$(podman image inspect --format '{{.Id}}' "$CALICO_NODE_IMAGE" 2>/dev/null || true)
 timed "calico-node: podman build" podman build --quiet --pull=never --network host \
-    --layers=false --label "$RECIPE_LABEL=$HASH" \
+    --layers --label "$RECIPE_LABEL=$HASH" \
     --build-arg "BASE=$BASE_IMAGE" -t "$CALICO_NODE_IMAGE" -f "$CTX/Containerfile" "$CTX" >/dev/null
+new_id=$(podman image inspect --format '{{.Id}}' "$CALICO_NODE_IMAGE")
+if [[ -n $old_id && $old_id != "$new_id" ]]; then
+    podman rmi "$old_id" >/dev/null 2>&1 || true # still used by a container: keep it
+fi
 rm -rf "$CTX"
 log "built $CALICO_NODE_IMAGE ($HASH)"
