@@ -93,12 +93,20 @@ def sh(*cmd: str, ns: str | None = None, check: bool = True, input: str | None =
     return proc.stdout
 
 
-def cleanup_leftovers(prefix: str = PREFIX) -> None:
-    """Delete namespaces named `prefix`* (ours, possibly left by a killed run),
-    killing the processes still inside them first."""
+def _ours(name: str) -> bool:
+    """Namespaces this topology makes: cnfv-pol-host, -ext and -w<N> (not the bench's)."""
+    if not name.startswith(PREFIX):
+        return False
+    rest = name[len(PREFIX):]
+    return rest in ("host", "ext") or (rest[:1] == "w" and rest[1:].isdigit())
+
+
+def cleanup_leftovers() -> None:
+    """Delete this topology's namespaces (possibly left by a killed run), killing the
+    processes still inside them first."""
     for line in sh("ip", "netns", "list", check=False).splitlines():
         name = line.split()[0] if line.strip() else ""
-        if not name.startswith(prefix):
+        if not _ours(name):
             continue
         for pid in sh("ip", "netns", "pids", name, check=False).split():
             try:

@@ -535,3 +535,51 @@ def test_nat_outgoing_pools():
     dp.update("IPPool", "p1", None, None)
     dp.apply()
     assert "delete element inet calico cali-masq4 { 198.19.0.0/16 }" in fake.scripts[-1]
+
+
+# ---------------------------------------------------------------- netlink fast path (fake)
+
+
+def test_element_only_changes_take_the_netlink_path():
+    fake = FakeNftRunner(fast_elements=True)
+    dp = PolicyDataplane(NODE, nft=fake)
+    dp.update("Profile", "pr", None, profile("pr", ingress=[{"action": "Allow"}]))
+    dp.update("GlobalNetworkPolicy", "p", None, gnp("p", "r == 'x'", ingress=[allow_from("r == 'x'")]))
+    dp.update("WorkloadEndpoint", "a", "ns1", wep("a", iface="cali0000000000a", labels={"r": "x"}, profiles=["pr"]))
+    assert dp.apply().full
+    dp.update("WorkloadEndpoint", "b", "ns1", wep("b", ip="198.19.0.2", iface="cali0000000000b",
+                                                  labels={"r": "x"}, profiles=["pr"]))
+    st = dp.apply()
+    assert st.netlink and len(fake.scripts) == 1
+    ops = fake.batches[-1]
+    s4name = "s4_" + selector_hash(parse_selector("r == 'x'"))
+    assert ("add", s4name, "type ipv4_addr", "198.19.0.2", None) in ops
+    assert any(o[0] == "add" and o[1] == "cali-wl-to" and o[3] == '"cali0000000000b"'
+               and o[4].startswith("jump cali-tw-") for o in ops)
+    # the fingerprint moves with the content
+    assert ops[0][:2] == ("delete", "cali-meta") and ops[-1][:2] == ("add", "cali-meta")
+    assert ops[-1][3] == f'"{dp.rs.fingerprint()}"'
+    # endpoint gone: still elements only; its now unused chain waits for the next nft run
+    dp.update("WorkloadEndpoint", "a", "ns1", wep("a", iface="cali0000000000a", labels={"r": "y"}, profiles=["pr"]))
+    st = dp.apply()          # a leaves the policy: new chain combination → nft
+    assert not st.netlink
+    dp.update("WorkloadEndpoint", "a", "ns1", None)
+    st = dp.apply()
+    assert st.netlink and dp._unused_chains
+    unused = set(dp._unused_chains)
+    dp.update("GlobalNetworkPolicy", "p", None, gnp("p", "r == 'x'", ingress=[allow_from("r == 'z'")]))
+    st = dp.apply()          # nft runs anyway: garbage goes with it
+    assert not st.netlink
+    assert all(f"delete chain inet calico {c}" in fake.scripts[-1] for c in unused)
+
+
+def test_netlink_failure_falls_back_to_nft():
+    fake = FakeNftRunner(fast_elements=True)
+    dp = PolicyDataplane(NODE, nft=fake)
+    dp.update("WorkloadEndpoint", "a", "ns1", wep("a", iface="cali0000000000a"))
+    dp.apply()
+    dp.update("WorkloadEndpoint", "b", "ns1", wep("b", ip="198.19.0.2", iface="cali0000000000b"))
+    fake.fail_fast_next = 1
+    st = dp.apply()
+    assert not st.netlink and not st.full
+    assert 'add element inet calico cali-wl-to { "cali0000000000b"' in fake.scripts[-1]

@@ -26,6 +26,12 @@ class Ctx:
     def has_nets(self, sel, family):
         return (str(sel), family) in self.nets
 
+    def literal_set(self, decl, elements):
+        self.literals = getattr(self, "literals", {})
+        name = f"r_{len(self.literals)}"
+        self.literals[name] = (decl, list(elements))
+        return name
+
 
 def h(text):
     return selector_hash(parse_selector(text))
@@ -44,13 +50,31 @@ def test_actions():
 
 
 def test_protocol_and_ports():
+    # short lists inline (one line per positive member, != chains for negatives):
+    # no anonymous sets, see INLINE_LIST_MAX
     assert r({"action": "Allow", "protocol": "TCP", "destination": {"ports": [80, "8000:8080"]}}) == \
-        [f"meta l4proto 6 tcp dport {{ 80, 8000-8080 }} {ALLOW}"]
+        [f"meta l4proto 6 tcp dport 80 {ALLOW}", f"meta l4proto 6 tcp dport 8000-8080 {ALLOW}"]
     assert r({"action": "Deny", "protocol": "UDP", "source": {"ports": [53]}, "destination": {"notPorts": [1, 2]}}) == \
-        ["meta l4proto 17 udp sport 53 udp dport != { 1, 2 } drop"]
+        ["meta l4proto 17 udp sport 53 udp dport != 1-2 drop"]     # adjacent ports merged
+    assert r({"action": "Deny", "protocol": "UDP", "destination": {"notPorts": [1, 3]}}) == \
+        ["meta l4proto 17 udp dport != 1 udp dport != 3 drop"]
     assert r({"action": "Deny", "notProtocol": "TCP"}) == ["meta l4proto != 6 drop"]
     assert r({"action": "Allow", "protocol": 132, "destination": {"ports": [9]}}) == \
         [f"meta l4proto 132 sctp dport 9 {ALLOW}"]
+
+
+def test_long_lists_become_named_literal_sets():
+    ctx = Ctx()
+    ports = [10, 20, 30, 40, 50, "60:70", 65]
+    lines = r({"action": "Allow", "protocol": "TCP", "destination": {"ports": ports,
+               "notNets": [f"198.18.{2 * i}.0/24" for i in range(5)] + ["198.18.0.0/25"]}}, ctx=ctx)
+    # v4: both lists as sets; v6: the v4 notNets do not restrict it (as Calico)
+    assert lines == [f"meta l4proto 6 ip daddr != @r_0 tcp dport @r_1 {ALLOW}",
+                     f"meta nfproto ipv6 meta l4proto 6 tcp dport @r_2 {ALLOW}"]
+    assert ctx.literals["r_0"] == ("type ipv4_addr; flags interval",   # collapsed, no overlap
+                                   [f"198.18.{2 * i}.0/24" for i in range(5)])
+    assert ctx.literals["r_1"] == ("type inet_service; flags interval",
+                                   ["10", "20", "30", "40", "50", "60-70"])
 
 
 def test_nets_split_by_family():
@@ -58,6 +82,8 @@ def test_nets_split_by_family():
                "destination": {"notNets": ["198.19.0.0/16"]}})
     assert lines == [f"ip saddr 198.18.0.0/24 ip daddr != 198.19.0.0/16 {ALLOW}",
                      f"ip6 saddr 2001:db8::/64 {ALLOW}"]
+    assert r({"action": "Deny", "source": {"nets": ["198.18.0.0/24", "198.18.9.0/24"]}}) == [
+        "ip saddr 198.18.0.0/24 drop", "ip saddr 198.18.9.0/24 drop"]
     # ipVersion restricts; a v6-only nets list can never match v4
     assert r({"action": "Allow", "ipVersion": 4}) == [f"meta nfproto ipv4 {ALLOW}"]
     assert r({"action": "Allow", "ipVersion": 4, "source": {"nets": ["2001:db8::/64"]}}) == []
@@ -140,3 +166,15 @@ def test_effective_types():
 ])
 def test_policy_applies_selector(kind, ns, spec, want):
     assert str(policy_applies_selector(kind, ns, spec)) == want
+
+
+def test_netlink_key_encoding():
+    from calico_net.agent.felix.nft_netlink import encodable, encode_key
+    assert encode_key("type ipv4_addr", "198.19.0.1") == bytes([198, 19, 0, 1])
+    assert encode_key("type ipv4_addr . inet_service", "198.19.0.1 . 8080") == \
+        bytes([198, 19, 0, 1, 0x1f, 0x90, 0, 0])
+    assert encode_key("type inet_proto . inet_service", "tcp . 22") == bytes([6, 0, 0, 0, 0, 22, 0, 0])
+    assert encode_key("type ifname : verdict", '"cali0"') == b"cali0" + b"\0" * 11
+    assert len(encode_key("type ipv6_addr . inet_service", "2001:db8::1 . 80")) == 20
+    assert not encodable("type ipv4_addr; flags interval")
+    assert encodable("type ifname : verdict")

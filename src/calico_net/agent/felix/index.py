@@ -117,16 +117,20 @@ class Policy:
     types: tuple[str, ...]
     ingress: tuple[CompiledRule, ...]
     egress: tuple[CompiledRule, ...]
+    sort_key: tuple[Any, ...] = ()
 
-    @property
-    def sort_key(self) -> tuple[Any, ...]:
+    def __post_init__(self) -> None:
         kind, ns, name = self.key
         full = f"{ns}/{name}" if ns else name
-        return (self.order is None, self.order or 0.0, full, kind)
+        object.__setattr__(self, "sort_key", (self.order is None, self.order or 0.0, full, kind))
 
     def rules(self) -> Iterable[CompiledRule]:
         yield from self.ingress
         yield from self.egress
+
+
+def _sort_key(p: Policy) -> tuple[Any, ...]:
+    return p.sort_key
 
 
 @dataclass(frozen=True)
@@ -162,14 +166,20 @@ class IndexChanges:
 
 
 class SelectorMatcher:
-    """Who matches whom, between a family of selectors and a family of labelled items."""
+    """Who matches whom, between a family of selectors and a family of labelled items.
+
+    The items' labels live in a `LabelIndex`, which several matchers may share; a
+    matcher given a `universe` only considers the items in it (the policy matcher
+    shares the member index and restricts it to local endpoints)."""
 
     #: above this many changed items, re-select every selector instead of evaluating
     #: each changed item against each selector
     BULK_ITEMS = 256
 
-    def __init__(self) -> None:
-        self.index = LabelIndex()
+    def __init__(self, index: LabelIndex | None = None, use_universe: bool = False) -> None:
+        self.index = index if index is not None else LabelIndex()
+        self._owns_index = index is None
+        self.universe: set[Hashable] | None = set() if use_universe else None
         self.selectors: dict[Hashable, Selector] = {}
         self.members: dict[Hashable, set[Hashable]] = {}
         self.matches: dict[Hashable, set[Hashable]] = {}
@@ -177,10 +187,18 @@ class SelectorMatcher:
         self._dirty_sels: set[Hashable] = set()
 
     def set_item(self, item: Hashable, labels: Mapping[str, str] | None) -> None:
-        if labels is None:
-            self.index.remove(item)
-        else:
-            self.index.add(item, labels)
+        """A new label set for `item` (None: gone).  A matcher on a shared index
+        takes `labels` only as present/absent (the index owner updates the index)."""
+        if self._owns_index:
+            if labels is None:
+                self.index.remove(item)
+            else:
+                self.index.add(item, labels)
+        if self.universe is not None:
+            if labels is None:
+                self.universe.discard(item)
+            else:
+                self.universe.add(item)
         self._dirty_items.add(item)
 
     def set_selector(self, key: Hashable, sel: Selector | None) -> None:
@@ -195,26 +213,34 @@ class SelectorMatcher:
         self._dirty_sels.add(key)
 
     def members_of(self, key: Hashable) -> set[Hashable]:
-        return self.members.get(key, set())
+        return self.members.get(key, _NONE)  # type: ignore[return-value]
 
     def matches_of(self, item: Hashable) -> set[Hashable]:
-        return self.matches.get(item, set())
+        return self.matches.get(item, _NONE)  # type: ignore[return-value]
 
-    def _link(self, key: Hashable, item: Hashable, add: bool,
+    def _select(self, sel: Selector) -> set[Hashable]:
+        got = self.index.select(sel)
+        if self.universe is not None:
+            got &= self.universe
+        return got
+
+    def _diff(self, key: Hashable, old: set[Hashable], new: set[Hashable],
               changes: list[tuple[Hashable, Hashable, bool]]) -> None:
-        if add:
-            self.members.setdefault(key, set()).add(item)
-            self.matches.setdefault(item, set()).add(key)
-        else:
-            mem = self.members.get(key)
-            if mem is not None:
-                mem.discard(item)
-            m = self.matches.get(item)
+        matches = self.matches
+        for it in old - new:
+            m = matches.get(it)
             if m is not None:
                 m.discard(key)
                 if not m:
-                    del self.matches[item]
-        changes.append((key, item, add))
+                    del matches[it]
+            changes.append((key, it, False))
+        for it in new - old:
+            m = matches.get(it)
+            if m is None:
+                matches[it] = {key}
+            else:
+                m.add(key)
+            changes.append((key, it, True))
 
     def recompute(self) -> list[tuple[Hashable, Hashable, bool]]:
         """Fold pending changes in; returns (selector key, item, matched now?) pairs."""
@@ -223,40 +249,42 @@ class SelectorMatcher:
         items, self._dirty_items = self._dirty_items, set()
         for key in dirty_sels:
             sel = self.selectors.get(key)
-            old = self.members.get(key, set())
-            new = self.index.select(sel) if sel is not None else set()
-            for it in old - new:
-                self._link(key, it, False, changes)
-            for it in new - old:
-                self._link(key, it, True, changes)
+            old = self.members.get(key, _NONE)
+            new = self._select(sel) if sel is not None else set()
+            self._diff(key, old, new, changes)  # type: ignore[arg-type]
             if sel is None:
                 self.members.pop(key, None)
             else:
-                self.members.setdefault(key, set())
+                self.members[key] = new
         if not items:
             return changes
         others = [(k, s) for k, s in self.selectors.items() if k not in dirty_sels]
         if len(items) > self.BULK_ITEMS:
             for key, sel in others:
-                old = self.members.get(key, set())
-                new = self.index.select(sel)
-                for it in old - new:
-                    self._link(key, it, False, changes)
-                for it in new - old:
-                    self._link(key, it, True, changes)
+                old = self.members.get(key, _NONE)
+                new = self._select(sel)
+                if new != old:
+                    self._diff(key, old, new, changes)  # type: ignore[arg-type]
+                    self.members[key] = new
             return changes
+        index, universe = self.index, self.universe
         for it in items:
             old = {k for k in self.matches.get(it, ()) if k not in dirty_sels}
-            if it in self.index:
-                labels = self.index.labels(it)
+            if it in index and (universe is None or it in universe):
+                labels = index.labels(it)
                 new = {k for k, s in others if s.evaluate(labels)}
             else:
                 new = set()
             for k in old - new:
-                self._link(k, it, False, changes)
+                self.members[k].discard(it)
+                self._diff(k, {it}, _NONE, changes)  # type: ignore[arg-type]
             for k in new - old:
-                self._link(k, it, True, changes)
+                self.members[k].add(it)
+                self._diff(k, _NONE, {it}, changes)  # type: ignore[arg-type]
         return changes
+
+
+_NONE: frozenset[Any] = frozenset()
 
 
 # ----------------------------------------------------------------- selector usage
@@ -279,8 +307,12 @@ def _split_ips(values: Iterable[str]) -> tuple[tuple[str, ...], tuple[str, ...],
     n4: list[str] = []
     n6: list[str] = []
     for v in values:
+        v = str(v)
+        if v.endswith("/32") and v.count(".") == 3 and ":" not in v:
+            a4.append(v[:-3])       # validated documents: the common case, no parsing
+            continue
         try:
-            net = ipaddress.ip_network(str(v), strict=False)
+            net = ipaddress.ip_network(v, strict=False)
         except ValueError:
             log.warning("ignoring unparseable address %r", v)
             continue
@@ -353,8 +385,8 @@ class PolicyIndex:
         # rule selectors × all members
         self.rule_matcher = SelectorMatcher()
         self.sel_use: dict[str, _SelectorUse] = {}        # canonical selector text → use
-        # policy selectors × local endpoints
-        self.policy_matcher = SelectorMatcher()
+        # policy selectors × local endpoints (same label index, restricted)
+        self.policy_matcher = SelectorMatcher(self.rule_matcher.index, use_universe=True)
         # set name → multiset of elements
         self.set_counts: dict[str, Counter[str]] = {}
         self._contributed: dict[Key, tuple[Any, ...]] = {}
@@ -411,10 +443,15 @@ class PolicyIndex:
 
     def policies_for(self, ep: Key, direction: str) -> list[Policy]:
         """Policies applying to local endpoint `ep` in `direction` (Ingress/Egress), in order."""
-        pols = [self.policies[k] for k in self.policy_matcher.matches_of(ep) if k in self.policies]
-        pols = [p for p in pols if direction in p.types]
-        pols.sort(key=lambda p: p.sort_key)
-        return pols
+        return [p for p in self.ordered_policies(ep) if direction in p.types]
+
+    def ordered_policies(self, ep: Key) -> list[Policy]:
+        """All policies applying to local endpoint `ep`, in Calico's order."""
+        pols = self.policies
+        out = [pols[k] for k in self.policy_matcher.matches_of(ep) if k in pols]
+        if len(out) > 1:
+            out.sort(key=_sort_key)
+        return out
 
     def profiles_for(self, ep: Key) -> list[str]:
         """The endpoint's profiles that exist, in the endpoint's order."""

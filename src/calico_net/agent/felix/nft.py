@@ -69,10 +69,13 @@ class NftError(RuntimeError):
 class NftRunner:
     """Runs the nft CLI, in the current network namespace or inside `netns`."""
 
-    def __init__(self, netns: str | None = None, nft: str = "nft") -> None:
+    def __init__(self, netns: str | None = None, nft: str = "nft",
+                 fast_elements: bool = True) -> None:
         self.netns = netns
         self.nft = nft
         self.calls = 0
+        #: send element-only transactions as netlink messages instead of via nft
+        self.fast_elements = fast_elements
 
     def _argv(self, *args: str) -> list[str]:
         prefix = ["ip", "netns", "exec", self.netns] if self.netns else []
@@ -95,6 +98,13 @@ class NftRunner:
                 return None
             raise NftError(proc.stderr.strip())
         return json.loads(proc.stdout)
+
+    def element_writer(self) -> Any:
+        """A netlink writer for element-only transactions (see nft_netlink), or None."""
+        if not self.fast_elements:
+            return None
+        from .nft_netlink import NetlinkSetWriter
+        return NetlinkSetWriter(self.netns)
 
     def read_fingerprint(self) -> str | None:
         """The element of ``cali-meta`` (our fingerprint), None if absent."""
@@ -119,13 +129,29 @@ class FakeNftRunner:
     """Records scripts instead of running them (unit tests); `fail_next` makes the
     next run raise; `table` is what `list_table` returns."""
 
-    def __init__(self) -> None:
+    def __init__(self, fast_elements: bool = False) -> None:
         self.scripts: list[str] = []
         self.fail_next = 0
         self.table: dict[str, Any] | None = None
         self.fingerprint: str | None = None
         self.netns = None
         self.calls = 0
+        self.fast_elements = fast_elements
+        #: element batches sent on the fast path: lists of (verb, set, decl, key, value)
+        self.batches: list[list[tuple[str, str, str, str, str | None]]] = []
+        self.fail_fast_next = 0
+
+    def element_writer(self) -> Any:
+        return self if self.fast_elements else None
+
+    def write(self, ops: Any) -> int:
+        """The fast path's element writer interface."""
+        ops = list(ops)
+        if self.fail_fast_next:
+            self.fail_fast_next -= 1
+            raise NftError("fake netlink failure")
+        self.batches.append(ops)
+        return len(ops)
 
     def run(self, script: str) -> None:
         self.calls += 1
@@ -163,6 +189,11 @@ def _h(*parts: object) -> int:
     return int.from_bytes(d, "big")
 
 
+def _elem_hash(name: str, key: str, value: str | None) -> int:
+    d = hashlib.blake2b(f"elem\0{name}\0{key}\0{value}".encode(), digest_size=8).digest()
+    return int.from_bytes(d, "big")
+
+
 def _chain_hash(name: str, c: ChainDef) -> int:
     return _h("chain", name, c.hook, c.comment, "\n".join(c.rules))
 
@@ -176,15 +207,33 @@ class Ruleset:
         self.dirty_chains: set[str] = set()
         self.dirty_sets: set[str] = set()
         self.dirty_elems: dict[str, set[str]] = {}
-        self._sum = 0
+        self._sum: int | None = 0
 
     # fingerprint ------------------------------------------------------------
 
     def fingerprint(self) -> str:
+        if self._sum is None:
+            self._sum = self._full_sum()
         return f"{(self._sum + LAYOUT_VERSION) & _MASK64:016x}"[:15]
 
+    def _full_sum(self) -> int:
+        total = 0
+        for name, c in self.chains.items():
+            total += _chain_hash(name, c)
+        for name, st in self.sets.items():
+            total += _h("set", name, st.decl, st.is_map)
+            for k, v in st.elements.items():
+                total += _elem_hash(name, k, v)
+        return total & _MASK64
+
+    def invalidate_fingerprint(self) -> None:
+        """Stop maintaining the fingerprint incrementally until it is next asked for
+        (bulk loads: one pass at the end is cheaper than one hash per change)."""
+        self._sum = None
+
     def _add_hash(self, v: int, sign: int) -> None:
-        self._sum = (self._sum + sign * v) & _MASK64
+        if self._sum is not None:
+            self._sum = (self._sum + sign * v) & _MASK64
 
     # chains -----------------------------------------------------------------
 
@@ -223,28 +272,37 @@ class Ruleset:
         if old is None:
             return
         self._add_hash(_h("set", name, old.decl, old.is_map), -1)
-        for k, v in old.elements.items():
-            self._add_hash(_h("elem", name, k, v), -1)
+        if self._sum is not None:
+            for k, v in old.elements.items():
+                self._add_hash(_elem_hash(name, k, v), -1)
         self.dirty_sets.add(name)
         self.dirty_elems.pop(name, None)
 
     def add_element(self, name: str, key: str, value: str | None = None) -> None:
         s = self.sets[name]
-        if key in s.elements:
-            old = s.elements[key]
+        els = s.elements
+        if key in els:
+            old = els[key]
             if old == value:
                 return
-            self._add_hash(_h("elem", name, key, old), -1)
-        s.elements[key] = value
-        self._add_hash(_h("elem", name, key, value), +1)
-        self.dirty_elems.setdefault(name, set()).add(key)
+            if self._sum is not None:
+                self._add_hash(_elem_hash(name, key, old), -1)
+        els[key] = value
+        if self._sum is not None:
+            self._add_hash(_elem_hash(name, key, value), +1)
+        d = self.dirty_elems.get(name)
+        if d is None:
+            self.dirty_elems[name] = {key}
+        else:
+            d.add(key)
 
     def remove_element(self, name: str, key: str) -> None:
         s = self.sets.get(name)
         if s is None or key not in s.elements:
             return
         old = s.elements.pop(key)
-        self._add_hash(_h("elem", name, key, old), -1)
+        if self._sum is not None:
+            self._add_hash(_elem_hash(name, key, old), -1)
         self.dirty_elems.setdefault(name, set()).add(key)
 
     def replace_elements(self, name: str, elements: Mapping[str, str | None] | Iterable[str]) -> None:
@@ -278,6 +336,7 @@ class WriteStats:
     elements_added: int = 0
     elements_deleted: int = 0
     skipped: bool = False          # nothing to write / adopted the live table
+    netlink: bool = False          # sent as netlink element messages (no nft run)
     seconds: float = 0.0
 
 
@@ -303,6 +362,7 @@ class NftWriter:
 
     def __init__(self, runner: Any) -> None:
         self.runner = runner
+        self.fast = runner.element_writer() if hasattr(runner, "element_writer") else None
         self.written_chains: dict[str, ChainDef] = {}
         self.written_sets: dict[str, tuple[str, bool]] = {}
         self.written_elems: dict[str, dict[str, str | None]] = {}
@@ -318,6 +378,8 @@ class NftWriter:
             stats = self._write_full(rs)
         elif not rs.dirty:
             stats = WriteStats(skipped=True)
+        elif self.fast is not None and self._fast_possible(rs) and self._write_fast(rs):
+            stats = self._fast_stats
         else:
             script, stats = self._incremental_script(rs)
             try:
@@ -530,6 +592,69 @@ class NftWriter:
                            + set_del) + "\n"
         st.script_lines = script.count("\n")
         return script, st
+
+    # fast path -------------------------------------------------------------
+
+    def fast_possible(self, rs: Ruleset) -> bool:
+        """Would the dirty part of `rs` go on the netlink fast path (no nft run)?"""
+        return self.fast is not None and self.loaded and self._fast_possible(rs)
+
+    def _fast_possible(self, rs: Ruleset) -> bool:
+        """Only element changes, all in existing sets of fast-path types?"""
+        from .nft_netlink import encodable
+        for name in rs.dirty_chains:
+            if rs.chains.get(name) != self.written_chains.get(name):
+                return False
+        for name in rs.dirty_sets:
+            new = rs.sets.get(name)
+            if new is None or self.written_sets.get(name) != (new.decl, new.is_map):
+                return False
+        for name in rs.dirty_elems:
+            s = rs.sets.get(name)
+            if s is None or name not in self.written_sets or not encodable(s.decl):
+                return False
+        return True
+
+    def _element_diff(self, rs: Ruleset, names: Iterable[str]) -> tuple[
+            list[tuple[str, str, str | None]], list[tuple[str, str, str | None]]]:
+        dels: list[tuple[str, str, str | None]] = []
+        adds: list[tuple[str, str, str | None]] = []
+        for name in names:
+            new_s = rs.sets[name]
+            written = self.written_elems.get(name, {})
+            keys = rs.dirty_elems.get(name)
+            if keys is None or name in rs.dirty_sets:   # re-made within this apply
+                keys = set(written) | set(new_s.elements)
+            for k in keys:
+                want = new_s.elements.get(k, _MISSING)
+                have = written.get(k, _MISSING)
+                if want == have:
+                    continue
+                if have is not _MISSING:
+                    dels.append((name, k, None))
+                if want is not _MISSING:
+                    adds.append((name, k, want))
+        return dels, adds
+
+    def _write_fast(self, rs: Ruleset) -> bool:
+        names = set(rs.dirty_elems) | {n for n in rs.dirty_sets if n in rs.sets}
+        dels, adds = self._element_diff(rs, names)
+        ops = [("delete", n, rs.sets[n].decl, k, None) for n, k, _ in dels]
+        ops += [("add", n, rs.sets[n].decl, k, v) for n, k, v in adds]
+        fp = rs.fingerprint()
+        if fp != self.written_fp:
+            if self.written_fp is not None:
+                ops.insert(0, ("delete", META_SET, "type ifname", _q(self.written_fp), None))
+            ops.append(("add", META_SET, "type ifname", _q(fp), None))
+        try:
+            self.fast.write(ops)
+        except (NftError, OSError, ValueError) as exc:
+            log.info("netlink element batch failed, using nft: %s", exc)
+            return False
+        self._commit_incremental(rs)
+        self._fast_stats = WriteStats(elements_added=len(adds), elements_deleted=len(dels),
+                                      netlink=True)
+        return True
 
     def _fallback_script(self, rs: Ruleset) -> tuple[str, WriteStats]:
         script = self.full_script(rs)

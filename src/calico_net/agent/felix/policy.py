@@ -41,6 +41,7 @@ import hashlib
 import logging
 import time
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, Iterable, Mapping
 
 from .index import ENDPOINT_KINDS, IndexChanges, Key, PolicyIndex
@@ -124,6 +125,7 @@ class ApplyStats:
     full: bool = False            # whole table (re)loaded
     adopted: bool = False         # first apply found our exact table already loaded
     skipped: bool = False         # nothing to write
+    netlink: bool = False         # element-only change sent as netlink messages, no nft run
     seconds: float = 0.0
     index_seconds: float = 0.0
     render_seconds: float = 0.0
@@ -149,21 +151,35 @@ def _short(*parts: object) -> str:
     return hashlib.sha224("\0".join(map(str, parts)).encode()).hexdigest()[:16]
 
 
+@lru_cache(maxsize=65536)
 def policy_chain(key: Key, direction: str) -> str:
     return f"cali-p{'i' if direction == 'Ingress' else 'o'}-{_short(*key)}"
 
 
+@lru_cache(maxsize=65536)
 def profile_chain(name: str, direction: str) -> str:
     return f"cali-pr{'i' if direction == 'Ingress' else 'o'}-{_short(name)}"
 
 
 class _Ctx:
+    """What `rules.render_rule` needs: CIDR-set existence from the index, and named
+    sets for long literal lists (collected per rendered chain)."""
+
     def __init__(self, index: PolicyIndex, log_prefix: str) -> None:
         self.index = index
         self.log_prefix = log_prefix
+        self.literals: dict[str, tuple[str, tuple[str, ...]]] = {}
+        self.collected: set[str] = set()
 
     def has_nets(self, sel: Any, family: int) -> bool:
         return self.index.has_nets(sel, family)
+
+    def literal_set(self, decl: str, elements: list[str]) -> str:
+        elems = tuple(sorted(elements))
+        name = "r_" + _short(decl, *elems)
+        self.literals[name] = (decl, elems)
+        self.collected.add(name)
+        return name
 
 
 WL_FROM = "cali-wl-from"
@@ -192,6 +208,12 @@ class PolicyDataplane:
         self._programs: dict[Key, _EpProgram] = {}
         self._iface_claims: dict[tuple[str, str], set[Key]] = {}   # (map, iface) → endpoints
         self._chain_refs: dict[str, int] = {}                      # endpoint chain → users
+        # endpoint chain bodies by (direction, policies, profiles): most endpoints
+        # share a combination, so this saves re-rendering and re-hashing
+        self._ep_chain_cache: dict[tuple[Any, ...], tuple[str, list[str]]] = {}
+        self._chain_literals: dict[str, set[str]] = {}             # policy chain → literal sets
+        self._literal_refs: dict[str, int] = {}
+        self._unused_chains: set[str] = set()      # endpoint chains no endpoint uses
         self._base_dirty = True
         self._first = True
         self._rerender_all = False
@@ -228,6 +250,8 @@ class PolicyDataplane:
             changes.policies |= set(self.index.policies)
             changes.profiles |= set(self.index.profiles)
             self._rerender_all = False
+        if not self.writer.loaded or len(changes.endpoints) > 1000 or len(changes.sets) > 1000:
+            self.rs.invalidate_fingerprint()     # recomputed once, when written
         self._render(changes)
         t2 = time.perf_counter()
         if self._first:
@@ -238,6 +262,7 @@ class PolicyDataplane:
             ws = self.writer.write(self.rs)
             stats.full = ws.full
             stats.skipped = ws.skipped
+            stats.netlink = ws.netlink
             stats.chains_written = ws.chains_written
             stats.chains_deleted = ws.chains_deleted
             stats.elements_added = ws.elements_added
@@ -330,9 +355,9 @@ class PolicyDataplane:
                                      ("Egress", pol.egress if pol else ())):
                 chain = policy_chain(key, direction)
                 if pol is None or direction not in pol.types:
-                    rs.delete_chain(chain)
+                    self._delete_rule_chain(chain)
                     continue
-                lines = [line for r in rules for line in render_rule(r, self._ctx)]
+                lines = self._render_rules(chain, rules, in_profile=False)
                 kind, ns, name = key
                 rs.set_chain(chain, lines, comment=f"{kind} {ns + '/' if ns else ''}{name}")
         for name in ch.profiles:
@@ -341,16 +366,83 @@ class PolicyDataplane:
                                      ("Egress", prof.egress if prof else ())):
                 chain = profile_chain(name, direction)
                 if prof is None:
-                    rs.delete_chain(chain)
+                    self._delete_rule_chain(chain)
                     continue
-                lines = [line for r in rules for line in render_rule(r, self._ctx, in_profile=True)]
+                lines = self._render_rules(chain, rules, in_profile=True)
                 rs.set_chain(chain, lines, comment=f"Profile {name}")
         for ep in ch.endpoints:
             self._render_endpoint(ep)
+        self._collect_garbage()
 
-    def _endpoint_chain(self, ep: Key, direction: str) -> str:
-        pols = [policy_chain(p.key, direction) for p in self.index.policies_for(ep, direction)]
-        profs = [profile_chain(p, direction) for p in self.index.profiles_for(ep)]
+    #: unused endpoint chains tolerated before they are deleted on their own
+    GARBAGE_MAX = 256
+
+    def _collect_garbage(self) -> None:
+        """Delete unused endpoint chains when nft runs anyway, or when many piled up.
+        (Deleting a chain needs an nft transaction; the elements that referenced it
+        are already gone, so keeping it a while is harmless.)"""
+        if not self._unused_chains:
+            return
+        if (not self.writer.loaded or len(self._unused_chains) > self.GARBAGE_MAX
+                or not self.writer.fast_possible(self.rs)):
+            for c in self._unused_chains:
+                self.rs.delete_chain(c)
+            self._unused_chains.clear()
+
+    def _render_rules(self, chain: str, rules: Iterable[Any], in_profile: bool) -> list[str]:
+        """Render a policy/profile chain's rules; keep its literal sets referenced."""
+        ctx = self._ctx
+        ctx.collected = set()
+        lines = [line for r in rules for line in render_rule(r, ctx, in_profile=in_profile)]
+        self._set_chain_literals(chain, ctx.collected)
+        return lines
+
+    def _delete_rule_chain(self, chain: str) -> None:
+        self.rs.delete_chain(chain)
+        self._set_chain_literals(chain, set())
+
+    def _set_chain_literals(self, chain: str, names: set[str]) -> None:
+        old = self._chain_literals.get(chain, set())
+        if old == names:
+            return
+        for n in names - old:
+            refs = self._literal_refs.get(n, 0)
+            if refs == 0:
+                decl, elems = self._ctx.literals[n]
+                self.rs.ensure_set(n, decl)
+                self.rs.replace_elements(n, elems)
+            self._literal_refs[n] = refs + 1
+        for n in old - names:
+            refs = self._literal_refs.get(n, 0) - 1
+            if refs <= 0:
+                self._literal_refs.pop(n, None)
+                self._ctx.literals.pop(n, None)
+                self.rs.delete_set(n)
+            else:
+                self._literal_refs[n] = refs
+        if names:
+            self._chain_literals[chain] = set(names)
+        else:
+            self._chain_literals.pop(chain, None)
+
+    def _endpoint_chain(self, direction: str, pol_keys: tuple[Key, ...],
+                        prof_names: tuple[str, ...]) -> str:
+        ck = (direction, pol_keys, prof_names)
+        hit = self._ep_chain_cache.get(ck)
+        if hit is None:
+            hit = self._ep_chain_cache[ck] = self._endpoint_chain_body(direction, pol_keys, prof_names)
+            if len(self._ep_chain_cache) > 100_000:
+                self._ep_chain_cache.clear()
+        name, body = hit
+        if name not in self.rs.chains:
+            self.rs.set_chain(name, body)
+        return name
+
+    @staticmethod
+    def _endpoint_chain_body(direction: str, pol_keys: tuple[Key, ...],
+                             prof_names: tuple[str, ...]) -> tuple[str, list[str]]:
+        pols = [policy_chain(k, direction) for k in pol_keys]
+        profs = [profile_chain(p, direction) for p in prof_names]
         body = [f"meta mark set meta mark & {MARK_CLEAR_MASK:#010x}"]
         for i, pc in enumerate(pols):
             body.append(f"jump {pc}" if i == 0 else f"meta mark & {MARK_PASS:#x} == 0 jump {pc}")
@@ -363,18 +455,20 @@ class PolicyDataplane:
             body.append(f"meta mark & {MARK_ALLOW:#x} == {MARK_ALLOW:#x} return")
         body.append("drop")
         prefix = "cali-tw-" if direction == "Ingress" else "cali-fw-"
-        name = prefix + _short(*body)
-        if name not in self.rs.chains:
-            self.rs.set_chain(name, body)
-        return name
+        return prefix + _short(*body), body
 
     def _render_endpoint(self, ep: Key) -> None:
         member = self.index.members.get(ep)
         new: _EpProgram | None = None
-        if member is not None and self.index.is_local(ep) and member.iface:
-            new = _EpProgram(kind=member.kind, iface=member.iface,
-                             ingress=self._endpoint_chain(ep, "Ingress"),
-                             egress=self._endpoint_chain(ep, "Egress"))
+        if member is not None and member.iface and member.node == self.node_name:
+            pols = self.index.ordered_policies(ep)
+            profs = tuple(self.index.profiles_for(ep))
+            new = _EpProgram(
+                kind=member.kind, iface=member.iface,
+                ingress=self._endpoint_chain(
+                    "Ingress", tuple(p.key for p in pols if "Ingress" in p.types), profs),
+                egress=self._endpoint_chain(
+                    "Egress", tuple(p.key for p in pols if "Egress" in p.types), profs))
         old = self._programs.get(ep)
         if old == new:
             return
@@ -382,6 +476,7 @@ class PolicyDataplane:
             self._programs[ep] = new
             for c in (new.ingress, new.egress):
                 self._chain_refs[c] = self._chain_refs.get(c, 0) + 1
+                self._unused_chains.discard(c)
         else:
             self._programs.pop(ep, None)
         slots: set[tuple[str, str]] = set()
@@ -399,8 +494,10 @@ class PolicyDataplane:
             for c in (old.ingress, old.egress):
                 n = self._chain_refs.get(c, 0) - 1
                 if n <= 0:
+                    # deleted lazily (see _collect_garbage): an endpoint going away
+                    # then stays an element-only change
                     self._chain_refs.pop(c, None)
-                    self.rs.delete_chain(c)
+                    self._unused_chains.add(c)
                 else:
                     self._chain_refs[c] = n
 
@@ -473,7 +570,7 @@ class PolicyDataplane:
         if s.anti_spoofing:
             for w in wl:
                 pre.append(f"iifname {w} ip saddr != 0.0.0.0 fib saddr . iif oif missing drop")
-                pre.append(f"iifname {w} ip6 saddr != {{ ::, fe80::/10 }} "
+                pre.append(f"iifname {w} ip6 saddr != :: ip6 saddr != fe80::/10 "
                            "fib saddr . iif oif missing drop")
         rs.set_chain("cali-prerouting", pre,
                      hook="type filter hook prerouting priority raw; policy accept;")
