@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """IPAM throughput: N processes each make M allocations against one real etcd.
 
-Starts its own etcd (the test suite's launcher from tests/conftest.py), creates one
+Starts its own etcd (the test suite's launcher, tests/etcd_server.py), creates one
 IPv4 pool inside 198.19.0.0/16, then forks the workers; each worker uses one `IPAM`
 client and allocates for one of three node names (process i -> node i % 3), all
 released at the end. Prints allocations per second, conflicts seen, blocks claimed,
@@ -65,7 +65,7 @@ def main() -> int:
     ap.add_argument("--nodes", type=int, default=3)
     args = ap.parse_args()
 
-    from conftest import start_etcd, stop_etcd  # the test suite's etcd launcher
+    from etcd_server import start_etcd, stop_etcd  # the test suite's etcd launcher
 
     from calico_net.datastore import Datastore
     from calico_net.ipam import IPAM
