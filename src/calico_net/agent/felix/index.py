@@ -185,6 +185,7 @@ class SelectorMatcher:
         self.matches: dict[Hashable, set[Hashable]] = {}
         self._dirty_items: set[Hashable] = set()
         self._dirty_sels: set[Hashable] = set()
+        self._skip: set[Hashable] | frozenset[Hashable] = frozenset()
 
     def set_item(self, item: Hashable, labels: Mapping[str, str] | None) -> None:
         """A new label set for `item` (None: gone).  A matcher on a shared index
@@ -227,23 +228,29 @@ class SelectorMatcher:
     def _diff(self, key: Hashable, old: set[Hashable], new: set[Hashable],
               changes: list[tuple[Hashable, Hashable, bool]]) -> None:
         matches = self.matches
-        for it in old - new:
+        skip = self._skip
+        for it in (old - new) if new else old:
             m = matches.get(it)
             if m is not None:
                 m.discard(key)
                 if not m:
                     del matches[it]
-            changes.append((key, it, False))
-        for it in new - old:
+            if it not in skip:
+                changes.append((key, it, False))
+        for it in (new - old) if old else new:
             m = matches.get(it)
             if m is None:
                 matches[it] = {key}
             else:
                 m.add(key)
-            changes.append((key, it, True))
+            if it not in skip:
+                changes.append((key, it, True))
 
-    def recompute(self) -> list[tuple[Hashable, Hashable, bool]]:
-        """Fold pending changes in; returns (selector key, item, matched now?) pairs."""
+    def recompute(self, skip: set[Hashable] | frozenset[Hashable] = frozenset()
+                  ) -> list[tuple[Hashable, Hashable, bool]]:
+        """Fold pending changes in; returns (selector key, item, matched now?) pairs,
+        leaving out items in `skip` (the caller handles those wholesale)."""
+        self._skip = skip
         changes: list[tuple[Hashable, Hashable, bool]] = []
         dirty_sels, self._dirty_sels = self._dirty_sels, set()
         items, self._dirty_items = self._dirty_items, set()
@@ -620,7 +627,7 @@ class PolicyIndex:
                     ch.endpoints.add(ep)
 
         # 5. rule selectors: re-match, move contributions
-        for sel_key, item, added in self.rule_matcher.recompute():
+        for sel_key, item, added in self.rule_matcher.recompute(skip=detached):
             if item in detached:
                 continue
             use = self.sel_use.get(sel_key)  # type: ignore[arg-type]
@@ -641,7 +648,7 @@ class PolicyIndex:
             self._contributed[key] = vals
 
         # 6. policy selectors × local endpoints
-        for _pol, ep, _added in self.policy_matcher.recompute():
+        for _pol, ep, _added in self.policy_matcher.recompute(skip=ch.endpoints):
             ch.endpoints.add(ep)  # type: ignore[arg-type]
 
         if self._pools_dirty:

@@ -20,15 +20,17 @@ How it is built:
   ``cali-meta``.  A restarted agent whose desired table hashes to what the kernel
   already holds (and whose chains/sets have the right rule/element counts) adopts
   the table instead of rewriting it.
-* `NftWriter.check(live)` compares rule counts per chain and element counts per
-  set/map of a ``nft -j list table`` read-back with what was written: the cheap
-  drift check behind ``PolicyDataplane.refresh``.
+* `NftWriter.check(counts)` compares rule counts per chain and element counts per
+  set/map, read back with netlink dumps (`nft_netlink.NetlinkReader`, falling back
+  to ``nft -j list table``), with what was written: the cheap drift check behind
+  ``PolicyDataplane.refresh``.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
+import struct
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -106,8 +108,24 @@ class NftRunner:
         from .nft_netlink import NetlinkSetWriter
         return NetlinkSetWriter(self.netns)
 
+    def read_counts(self) -> tuple[dict[str, int], dict[str, int]] | None:
+        """({chain: rules}, {set: elements}) of the live table, None if it is absent.
+        Netlink dumps; ``nft -j list table`` if those fail."""
+        try:
+            from .nft_netlink import NetlinkReader
+            return NetlinkReader(self.netns).counts()
+        except (OSError, NftError, struct.error) as exc:
+            log.info("netlink read-back failed (%s); using nft -j list", exc)
+            return counts_from_json(self.list_table())
+
     def read_fingerprint(self) -> str | None:
         """The element of ``cali-meta`` (our fingerprint), None if absent."""
+        try:
+            from .nft_netlink import NetlinkReader
+            elems = NetlinkReader(self.netns).string_elements(META_SET)
+            return elems[0] if elems else None
+        except (OSError, NftError, struct.error):
+            pass
         proc = subprocess.run(self._argv("-j", "list", "set", FAMILY, TABLE, META_SET),
                               text=True, capture_output=True)
         if proc.returncode != 0:
@@ -117,6 +135,24 @@ class NftRunner:
             if s and s.get("elem"):
                 return str(s["elem"][0])
         return None
+
+
+def counts_from_json(live: dict[str, Any] | None) -> tuple[dict[str, int], dict[str, int]] | None:
+    """({chain: rules}, {set: elements}) from ``nft -j list table`` output."""
+    if live is None:
+        return None
+    chains: dict[str, int] = {}
+    sets: dict[str, int] = {}
+    for obj in live.get("nftables", []):
+        if "chain" in obj:
+            chains.setdefault(obj["chain"]["name"], 0)
+        elif "rule" in obj:
+            name = obj["rule"]["chain"]
+            chains[name] = chains.get(name, 0) + 1
+        elif "set" in obj or "map" in obj:
+            s = obj.get("set") or obj.get("map")
+            sets[s["name"]] = len(s.get("elem", ()))
+    return chains, sets
 
 
 def _summarise_error(stderr: str, script: str) -> str:
@@ -162,6 +198,9 @@ class FakeNftRunner:
 
     def list_table(self) -> dict[str, Any] | None:
         return self.table
+
+    def read_counts(self) -> tuple[dict[str, int], dict[str, int]] | None:
+        return counts_from_json(self.table)
 
     def read_fingerprint(self) -> str | None:
         return self.fingerprint
@@ -401,23 +440,14 @@ class NftWriter:
         self._remember_all(rs)
         rs.clear_dirty()
 
-    def check(self, live: dict[str, Any] | None) -> list[str]:
-        """Differences between a ``nft -j list table`` read-back and what we wrote."""
+    def check(self, live: tuple[dict[str, int], dict[str, int]] | None) -> list[str]:
+        """Differences between the live table's counts (`NftRunner.read_counts`:
+        rules per chain, elements per set) and what we wrote."""
         if not self.loaded:
             return []
         if live is None:
             return ["table inet calico is missing"]
-        chains: dict[str, int] = {}
-        sets: dict[str, int] = {}
-        for obj in live.get("nftables", []):
-            if "chain" in obj:
-                chains.setdefault(obj["chain"]["name"], 0)
-            elif "rule" in obj:
-                name = obj["rule"]["chain"]
-                chains[name] = chains.get(name, 0) + 1
-            elif "set" in obj or "map" in obj:
-                s = obj.get("set") or obj.get("map")
-                sets[s["name"]] = len(s.get("elem", ()))
+        chains, sets = live
         problems: list[str] = []
         for name, c in self.written_chains.items():
             if name not in chains:

@@ -283,8 +283,7 @@ class PolicyDataplane:
         whole.  True if a repair was made."""
         if not self.writer.loaded:
             return False
-        live = self.runner.list_table()
-        problems = self.writer.check(live)
+        problems = self.writer.check(self.runner.read_counts())
         if not problems:
             return False
         log.warning("table inet calico drifted (%d differences, e.g. %s); rewriting",
@@ -307,7 +306,7 @@ class PolicyDataplane:
             return False
         self.writer.adopt(self.rs)
         try:
-            problems = self.writer.check(self.runner.list_table())
+            problems = self.writer.check(self.runner.read_counts())
         except (NftError, OSError, ValueError) as exc:
             problems = [str(exc)]
         if problems:
@@ -518,8 +517,11 @@ class PolicyDataplane:
                 self.rs.remove_element(HEP_IFACES, key)
             return
         if len(claims) > 1:
-            log.warning("interface %s is claimed by several endpoints: %s", iface, sorted(claims))
-        owner = min(claims, key=lambda k: (k[0], k[1] or "", k[2]))
+            log.warning("interface %s is claimed by several endpoints: %s", iface, sorted(
+                claims, key=lambda k: (k[0], k[1] or "", k[2])))
+            owner = min(claims, key=lambda k: (k[0], k[1] or "", k[2]))
+        else:
+            (owner,) = claims
         prog = self._programs[owner]
         # workloads: traffic from the interface is the endpoint's egress;
         # host endpoints: traffic from the interface is the endpoint's ingress
