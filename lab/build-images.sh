@@ -14,6 +14,7 @@ LOG_TAG=build
 # shellcheck source=lib.sh
 source "$(dirname "$0")/lib.sh"
 require_root
+lab_lock
 
 FORCE=0
 targets=()

@@ -13,6 +13,7 @@ LOG_TAG=down
 # shellcheck source=lib.sh
 source "$(dirname "$0")/lib.sh"
 require_root
+lab_lock
 
 IMAGES=0
 QUIET=0

@@ -5,7 +5,25 @@
 
 LAB_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO_DIR=$(cd "$LAB_DIR/.." && pwd)
-STATE_DIR=${CALICO_LAB_STATE_DIR:-$LAB_DIR/.state}
+
+# The lab's name and network. Defaults make the shared lab (`make lab`); a second lab on
+# the same machine (a test scenario, say) sets CALICO_LAB_NAME and CALICO_LAB_SUBNET (a
+# /24 inside 198.18.0.0/15) and gets its own containers, network and state directory.
+LAB_NAME=${CALICO_LAB_NAME:-calico-lab}
+[[ $LAB_NAME =~ ^[a-z][a-z0-9-]*$ ]] || { echo "bad CALICO_LAB_NAME: $LAB_NAME" >&2; exit 1; }
+NET_SUBNET=${CALICO_LAB_SUBNET:-198.18.0.0/24}
+[[ $NET_SUBNET =~ ^198\.1[89]\.[0-9]{1,3}\.0/24$ ]] ||
+    { echo "CALICO_LAB_SUBNET must be a /24 in 198.18.0.0/15: $NET_SUBNET" >&2; exit 1; }
+NET_PREFIX=${NET_SUBNET%.0/24} # node i gets $NET_PREFIX.(NODE_IP_BASE+i)
+NET_NAME=$LAB_NAME
+NET_GATEWAY=$NET_PREFIX.1
+NODE_PREFIX=$LAB_NAME-node-
+NODE_IP_BASE=10
+if [[ $LAB_NAME == calico-lab ]]; then
+    STATE_DIR=${CALICO_LAB_STATE_DIR:-$LAB_DIR/.state}
+else
+    STATE_DIR=${CALICO_LAB_STATE_DIR:-$LAB_DIR/.state/$LAB_NAME}
+fi
 # Scratch space for builds (rootfs trees, wheels); wiped per build, outside the repo so a
 # fresh clone (CI) reuses nothing by accident but the podman images themselves.
 WORK_DIR=${CALICO_LAB_WORK_DIR:-/var/tmp/calico-lab}
@@ -18,11 +36,7 @@ CALICO_NODE_IMAGE=localhost/calico/node:latest
 WORKLOAD_IMAGE=localhost/calico-lab-workload:latest
 RECIPE_LABEL=net.calico.recipe
 
-NET_NAME=calico-lab
-NET_SUBNET=198.18.0.0/24
-NET_GATEWAY=198.18.0.1
-NODE_PREFIX=calico-lab-node-
-NODE_IP_BASE=10 # node i gets 198.18.0.(NODE_IP_BASE+i)
+# Image builds are shared by every lab on the machine.
 BUILD_CTR_PREFIX=calico-lab-build-
 
 SSH_KEY=$STATE_DIR/id_ed25519
@@ -79,6 +93,21 @@ image_current() {
 rm_build_ctr() {
     podman rm -f --ignore "$1" >/dev/null 2>&1 || true
     podman rm -f --storage "$1" >/dev/null 2>&1 || true
+}
+
+# lab_lock : one lab operation at a time on this machine (podman names are machine-wide,
+# so a CI clone and a developer's checkout share them). Children of a locked script
+# inherit the lock through CALICO_LAB_LOCKED.
+lab_lock() {
+    [[ ${CALICO_LAB_LOCKED:-} == 1 ]] && return 0
+    local f=/run/lock/calico-lab.lock
+    [[ -d /run/lock ]] || f=/tmp/calico-lab.lock
+    exec 9>"$f"
+    if ! flock -n 9; then
+        log "waiting for another lab operation (lock $f)"
+        flock 9
+    fi
+    export CALICO_LAB_LOCKED=1
 }
 
 require_root() { [[ $(id -u) -eq 0 ]] || die "must run as root"; }

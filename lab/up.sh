@@ -2,6 +2,8 @@
 # Starts the calico.net lab: N systemd-booted Debian 12 "hosts" (podman containers
 # calico-lab-node-1..N) on the internal podman network calico-lab (198.18.0.0/24; the host
 # is 198.18.0.1, node i is 198.18.0.(10+i)), reachable from the host over SSH as root with
+# (names, subnet and state directory change with CALICO_LAB_NAME / CALICO_LAB_SUBNET, see
+# lab/lib.sh, for a second lab beside this one)
 # the lab's key, with the calico/node image archive at /opt/calico/images/calico-node.tar
 # and the sample workload image archive beside it inside every node (and, unless
 # --no-preload, both already loaded into each node's podman).
@@ -13,6 +15,7 @@ LOG_TAG=up
 # shellcheck source=lib.sh
 source "$(dirname "$0")/lib.sh"
 require_root
+lab_lock
 
 N=${CALICO_LAB_NODES:-3}
 PRELOAD=1
@@ -67,18 +70,18 @@ timed "up: clear leftovers" bash "$LAB_DIR/down.sh" --quiet
 
 # --- network -----------------------------------------------------------------------------
 podman network create --internal --subnet "$NET_SUBNET" --gateway "$NET_GATEWAY" \
-    --label net.calico.lab=1 "$NET_NAME" >/dev/null
+    --label net.calico.lab="$LAB_NAME" "$NET_NAME" >/dev/null
 log "network $NET_NAME: $NET_SUBNET (host $NET_GATEWAY), internal"
 
 # --- SSH key (kept across runs) ----------------------------------------------------------
 if [[ ! -s $SSH_KEY ]]; then
     rm -f "$SSH_KEY" "$SSH_KEY.pub"
-    ssh-keygen -q -t ed25519 -N '' -C calico-lab -f "$SSH_KEY"
+    ssh-keygen -q -t ed25519 -N '' -C "$LAB_NAME" -f "$SSH_KEY"
 fi
 chmod 0600 "$SSH_KEY"
 
 node_name() { echo "${NODE_PREFIX}$1"; }
-node_ip() { echo "198.18.0.$((NODE_IP_BASE + $1))"; }
+node_ip() { echo "$NET_PREFIX.$((NODE_IP_BASE + $1))"; }
 
 # --- nodes -------------------------------------------------------------------------------
 add_hosts=()
@@ -94,7 +97,7 @@ start_nodes() {
         # volume and goes away with the node at once. A restarted node container starts
         # with no images, as a freshly installed host would.
         podman run -d --name "$name" --hostname "$name" \
-            --label net.calico.lab=1 \
+            --label net.calico.lab="$LAB_NAME" \
             --network "$NET_NAME" --ip "$(node_ip "$i")" "${add_hosts[@]}" \
             --privileged --systemd=always \
             --tmpfs /var/lib/containers:rw,mode=0700,size=8g \
@@ -123,7 +126,8 @@ wait_ssh() {
             sleep 1
         done
         # systemd has finished booting (or says why not) before anyone uses the node
-        lab_ssh "$ip" 'systemctl is-system-running --wait >/dev/null 2>&1 || systemctl --failed --no-legend >&2' || true
+        lab_ssh "$ip" 'timeout 120 systemctl is-system-running --wait >/dev/null 2>&1 ||
+            systemctl --failed --no-legend >&2' || true
     done
 }
 timed "up: wait for SSH" wait_ssh
@@ -151,7 +155,7 @@ timed "up: wait for SSH" wait_ssh
 } >"$INVENTORY.tmp"
 mv "$INVENTORY.tmp" "$INVENTORY"
 {
-    echo "# ssh -F $STATE_DIR/ssh_config calico-lab-node-1"
+    echo "# ssh -F $STATE_DIR/ssh_config $(node_name 1)"
     for i in $(seq 1 "$N"); do
         printf 'Host %s\n  HostName %s\n' "$(node_name "$i")" "$(node_ip "$i")"
     done

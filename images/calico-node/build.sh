@@ -14,6 +14,7 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=../../lab/lib.sh
 source "$HERE/../../lab/lib.sh"
 require_root
+lab_lock
 
 cmd=${1:-build}
 case $cmd in

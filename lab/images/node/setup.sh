@@ -48,6 +48,11 @@ install -d -m 0700 /root/.ssh
 
 # podman inside the node: the same sandbox quirk as on the host (see lab/bootstrap-host.sh).
 install -m 0644 "$HERE/containers.conf" /etc/containers/containers.conf
+# The lab uses 198.18.0.0/15 only: Debian's podman ships its default CNI bridge "podman"
+# on 10.88.0.0/16; move it to 198.18.128.0/24 (calico workloads do not use it).
+sed -i -e 's|"10.88.0.0/16"|"198.18.128.0/24"|' -e 's|"10.88.0.1"|"198.18.128.1"|' \
+    /etc/cni/net.d/87-podman-bridge.conflist
+grep -q '198.18.128.0/24' /etc/cni/net.d/87-podman-bridge.conflist
 
 # Each container gets its own machine id at boot.
 : >/etc/machine-id
