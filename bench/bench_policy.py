@@ -95,8 +95,19 @@ def policy(p: int, port_shift: int = 0) -> tuple[str, str, str | None, dict]:
 def profile(i: int) -> dict:
     return {"kind": "Profile", "metadata": {"name": f"prof-{i}"},
             "spec": {"labelsToApply": {"prof": f"prof-{i}"},
-                     "ingress": [{"action": "Allow", "source": {"selector": f"prof == 'prof-{i}'"}}],
+                     "ingress": [{"action": "Allow", "source": {"selector": f"prof == 'prof-{i}'"}},
+                                 {"action": "Allow", "protocol": "TCP",
+                                  "source": {"selector": "env == 'prod'"}, "destination": {"ports": [443]}}],
                      "egress": [{"action": "Allow"}]}}
+
+
+def breakdown(stats: list) -> str:
+    med = lambda xs: statistics.median(xs) * 1000  # noqa: E731
+    nl = sum(1 for s in stats if s.netlink)
+    return (f"median index {med([s.index_seconds for s in stats]):.1f} ms, render "
+            f"{med([s.render_seconds for s in stats]):.1f} ms, write "
+            f"{med([s.write_seconds for s in stats]):.1f} ms; {nl}/{len(stats)} as netlink "
+            f"element batches, the rest one nft -f")
 
 
 def rss_mb() -> float:
@@ -160,45 +171,60 @@ def inner(args: argparse.Namespace) -> None:
 
     # --- one endpoint added at n_ep
     adds = []
-    scripts = []
+    stats = []
     for k in range(args.adds):
         i = n_ep + k
         doc = wep(i, n_prof)
         dp.update("WorkloadEndpoint", doc["metadata"]["name"], doc["metadata"]["namespace"], doc)
         t = time.perf_counter()
-        s = dp.apply()
+        stats.append(dp.apply())
         adds.append(time.perf_counter() - t)
-        scripts.append(s.script_lines)
-    print(f"\none endpoint added at {n_ep}:            {fmt_ms(adds)}  "
-          f"(script {statistics.median(scripts):.0f} lines)")
+    print(f"\none endpoint added at {n_ep}:            {fmt_ms(adds)}")
+    print("   " + breakdown(stats))
 
     # --- one endpoint's labels changed (leaves some selectors, joins others)
     moves = []
+    stats = []
     for k in range(args.adds):
         i = k * 37 % n_ep
         doc = wep(i, n_prof, {"app": f"app-{(i + 1) % 200}"})
         dp.update("WorkloadEndpoint", doc["metadata"]["name"], doc["metadata"]["namespace"], doc)
         t = time.perf_counter()
-        dp.apply()
+        stats.append(dp.apply())
         moves.append(time.perf_counter() - t)
     print(f"one endpoint relabelled at {n_ep}:        {fmt_ms(moves)}")
+    print("   " + breakdown(stats))
+    # relabel within known combinations: only set/map elements change
+    moves = []
+    stats = []
+    for k in range(args.adds):
+        i = (k * 41 + 5) % n_ep
+        doc = wep(i, n_prof, {"env": "prod" if i % 2 else "dev"})   # env flips
+        dp.update("WorkloadEndpoint", doc["metadata"]["name"], doc["metadata"]["namespace"], doc)
+        t = time.perf_counter()
+        stats.append(dp.apply())
+        moves.append(time.perf_counter() - t)
+    print(f"one endpoint relabelled, same policies: {fmt_ms(moves)}")
+    print("   " + breakdown(stats))
 
     # --- one policy's rules changed
     pols = []
+    stats = []
     for k in range(args.adds):
         p = (k * 13) % n_pol
         kind, name, ns, doc = policy(p, port_shift=1 + k)
         dp.update(kind, name, ns, doc)
         t = time.perf_counter()
-        dp.apply()
+        stats.append(dp.apply())
         pols.append(time.perf_counter() - t)
     print(f"one policy changed at {n_ep} endpoints:  {fmt_ms(pols)}")
+    print("   " + breakdown(stats))
 
     # --- refresh and restart adoption
     t = time.perf_counter()
     drift = dp.refresh()
     t_ref = time.perf_counter() - t
-    print(f"\nrefresh() (nft -j list + compare): {t_ref:.2f} s (drift: {drift})")
+    print(f"\nrefresh() (netlink read-back + compare): {t_ref:.2f} s (drift: {drift})")
     t = time.perf_counter()
     dp2 = PolicyDataplane("bench-node", nft=NftRunner())
     load(dp2)
@@ -208,6 +234,10 @@ def inner(args: argparse.Namespace) -> None:
     for k in range(args.adds):
         i = k * 37 % n_ep
         doc = wep(i, n_prof, {"app": f"app-{(i + 1) % 200}"})
+        dp2.update("WorkloadEndpoint", doc["metadata"]["name"], doc["metadata"]["namespace"], doc)
+    for k in range(args.adds):
+        i = (k * 41 + 5) % n_ep
+        doc = wep(i, n_prof, {"env": "prod" if i % 2 else "dev"})
         dp2.update("WorkloadEndpoint", doc["metadata"]["name"], doc["metadata"]["namespace"], doc)
     for k in range(args.adds):
         p = (k * 13) % n_pol

@@ -583,3 +583,36 @@ def test_netlink_failure_falls_back_to_nft():
     st = dp.apply()
     assert not st.netlink and not st.full
     assert 'add element inet calico cali-wl-to { "cali0000000000b"' in fake.scripts[-1]
+
+
+def test_unusable_documents_are_skipped_not_fatal():
+    dp, fake = _dp()
+    dp.update("WorkloadEndpoint", "a", "ns1", wep("a", iface="cali0000000000a"))
+    bad_iface = wep("b", ip="198.19.0.2", iface='bad"name-far-too-long')
+    dp.update("WorkloadEndpoint", "b", "ns1", bad_iface)
+    dp.update("GlobalNetworkPolicy", "broken", None, gnp("broken", "this is not a selector ((("))
+    dp.update("GlobalNetworkPolicy", "ok", None, gnp("ok", ingress=[{"action": "Allow"}]))
+    st = dp.apply()
+    assert st.full
+    assert dp.policy_count() == 1 and dp.endpoint_count() == 1
+    assert "bad" not in fake.scripts[-1]
+
+
+def test_selector_matcher_prefilter_agrees_with_brute_force():
+    rng = random.Random(7)
+    sels = ["a == '1'", "a in {'1', '2'}", "has(b)", "a == '1' && b == '2'", "!has(a)",
+            "a == '1' || b == '1'", "a == '1' || !has(b)", "a != '1'", "c contains 'x'",
+            "all()", "b not in {'1'} && a == '2'", "c starts with 'x' && has(a)"]
+    m = SelectorMatcher()
+    for i, t in enumerate(sels):
+        m.set_selector(i, parse_selector(t))
+    m.recompute()
+    for step in range(400):
+        item = rng.randrange(30)
+        if rng.random() < 0.1:
+            m.set_item(item, None)
+        else:
+            m.set_item(item, {k: rng.choice(["1", "2", "xy"]) for k in "abc" if rng.random() < 0.6})
+        m.recompute()          # one item at a time: the prefiltered path
+    for i, t in enumerate(sels):
+        assert m.members[i] == m.index.select_brute_force(t), t

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Hashable, Iterable, Mapping
@@ -33,8 +34,16 @@ from typing import Any, Hashable, Iterable, Mapping
 from calico_net.model.selector import (
     NAMESPACE_LABEL,
     ORCHESTRATOR_LABEL,
+    And,
+    Contains,
+    EndsWith,
+    Equals,
+    Has,
+    In,
     LabelIndex,
+    Or,
     Selector,
+    StartsWith,
     parse_selector,
 )
 
@@ -186,6 +195,9 @@ class SelectorMatcher:
         self._dirty_items: set[Hashable] = set()
         self._dirty_sels: set[Hashable] = set()
         self._skip: set[Hashable] | frozenset[Hashable] = frozenset()
+        self._by_kv: dict[tuple[str, str], set[Hashable]] = {}
+        self._by_k: dict[str, set[Hashable]] = {}
+        self._always: set[Hashable] = set()
 
     def set_item(self, item: Hashable, labels: Mapping[str, str] | None) -> None:
         """A new label set for `item` (None: gone).  A matcher on a shared index
@@ -206,12 +218,54 @@ class SelectorMatcher:
         if sel is None:
             if key not in self.selectors and key not in self._dirty_sels:
                 return
-            self.selectors.pop(key, None)
+            old = self.selectors.pop(key, None)
+            if old is not None:
+                self._unregister(key, old)
         else:
             if self.selectors.get(key) == sel and key not in self._dirty_sels:
                 return
+            old = self.selectors.get(key)
+            if old is not None:
+                self._unregister(key, old)
             self.selectors[key] = sel
+            self._register(key, sel)
         self._dirty_sels.add(key)
+
+    # Prefilter for the one-item path: each selector is filed under a label it cannot
+    # match without (key=value, or key present); an item is evaluated only against
+    # the selectors filed under its own labels plus those with no such requirement.
+
+    def _register(self, key: Hashable, sel: Selector) -> None:
+        for kind, token in _requirements(sel):
+            bucket = self._by_kv if kind == "kv" else self._by_k if kind == "k" else None
+            if bucket is None:
+                self._always.add(key)
+            else:
+                bucket.setdefault(token, set()).add(key)
+
+    def _unregister(self, key: Hashable, sel: Selector) -> None:
+        for kind, token in _requirements(sel):
+            if kind == "always":
+                self._always.discard(key)
+                continue
+            bucket = self._by_kv if kind == "kv" else self._by_k
+            keys = bucket.get(token)
+            if keys is not None:
+                keys.discard(key)
+                if not keys:
+                    del bucket[token]
+
+    def _candidates(self, labels: Mapping[str, str]) -> set[Hashable]:
+        out = set(self._always)
+        by_kv, by_k = self._by_kv, self._by_k
+        for k, v in labels.items():
+            got = by_kv.get((k, v))
+            if got:
+                out |= got
+            got = by_k.get(k)
+            if got:
+                out |= got
+        return out
 
     def members_of(self, key: Hashable) -> set[Hashable]:
         return self.members.get(key, _NONE)  # type: ignore[return-value]
@@ -279,7 +333,9 @@ class SelectorMatcher:
             old = {k for k in self.matches.get(it, ()) if k not in dirty_sels}
             if it in index and (universe is None or it in universe):
                 labels = index.labels(it)
-                new = {k for k, s in others if s.evaluate(labels)}
+                sels = self.selectors
+                new = {k for k in self._candidates(labels)
+                       if k not in dirty_sels and sels[k].evaluate(labels)}
             else:
                 new = set()
             for k in old - new:
@@ -292,6 +348,36 @@ class SelectorMatcher:
 
 
 _NONE: frozenset[Any] = frozenset()
+
+
+def _requirements(sel: Selector) -> list[tuple[str, Any]]:
+    """Labels without which `sel` cannot match: [("kv", (key, value)), ...] (any of
+    them), [("k", key)], or [("always", None)] when there is no such label."""
+    t = type(sel)
+    if t is Equals:
+        return [("kv", (sel.key, sel.value))]  # type: ignore[attr-defined]
+    if t is In:
+        return [("kv", (sel.key, v)) for v in sorted(sel.values)]  # type: ignore[attr-defined]
+    if t in (Has, Contains, StartsWith, EndsWith):
+        return [("k", sel.key)]  # type: ignore[attr-defined]
+    if t is And:
+        best: list[tuple[str, Any]] | None = None
+        for op in sel.operands:  # type: ignore[attr-defined]
+            req = _requirements(op)
+            if req[0][0] == "always":
+                continue
+            if best is None or (req[0][0] == "kv" and (best[0][0] != "kv" or len(req) < len(best))):
+                best = req
+        return best or [("always", None)]
+    if t is Or:
+        out: list[tuple[str, Any]] = []
+        for op in sel.operands:  # type: ignore[attr-defined]
+            req = _requirements(op)
+            if req[0][0] == "always":
+                return [("always", None)]
+            out.extend(req)
+        return out
+    return [("always", None)]
 
 
 # ----------------------------------------------------------------- selector usage
@@ -367,12 +453,21 @@ def member_from_doc(kind: str, name: str, namespace: str | None, doc: Mapping[st
         own[NS_LABEL_PREFIX + NS_NAME_LABEL] = namespace
     if kind == "WorkloadEndpoint":
         own[ORCHESTRATOR_LABEL] = str(spec.get("orchestrator") or "cni")
+    iface = (spec.get("interfaceName") or None) if kind in ENDPOINT_KINDS else None
+    if iface is not None and not _IFACE_RE.match(iface):
+        # "*" (all host interfaces) and names the kernel would refuse are not programmed
+        log.warning("%s %s: interface name %r is not supported; endpoint not programmed",
+                    kind, name, iface)
+        iface = None
     return Member(
         key=(kind, namespace, name), own_labels=own, profiles=profiles,
         addrs4=a4, addrs6=a6, nets4=n4, nets6=n6, ports=ports,
         node=spec.get("node") if kind in ENDPOINT_KINDS else None,
-        iface=(spec.get("interfaceName") or None) if kind in ENDPOINT_KINDS else None,
+        iface=iface,
     )
+
+
+_IFACE_RE = re.compile(r"^[A-Za-z0-9_.@-][A-Za-z0-9_.@:-]{0,14}$")
 
 
 # ----------------------------------------------------------------- the index
@@ -534,7 +629,12 @@ class PolicyIndex:
         profile_label_dirty: set[Key] = set()
         for key, doc in pending_members.items():
             old = self.members.get(key)
-            new = member_from_doc(key[0], key[2], key[1], doc) if doc is not None else None
+            new = None
+            if doc is not None:
+                try:
+                    new = member_from_doc(key[0], key[2], key[1], doc)
+                except Exception as exc:  # noqa: BLE001 - one bad object must not poison the rest
+                    log.warning("%s %s: cannot use it (%s); treated as absent", key[0], key, exc)
             if new is not None and old is not None and new == old:
                 continue
             self._detach(key, detached)
@@ -564,10 +664,13 @@ class PolicyIndex:
             new_p = None
             if doc is not None:
                 spec = doc.get("spec") or {}
-                new_p = Profile(name=name,
-                                labels_to_apply=dict(spec.get("labelsToApply") or {}),
-                                ingress=compile_rules(spec.get("ingress")),
-                                egress=compile_rules(spec.get("egress")))
+                try:
+                    new_p = Profile(name=name,
+                                    labels_to_apply=dict(spec.get("labelsToApply") or {}),
+                                    ingress=compile_rules(spec.get("ingress")),
+                                    egress=compile_rules(spec.get("egress")))
+                except Exception as exc:  # noqa: BLE001
+                    log.warning("Profile %s: cannot use it (%s); treated as absent", name, exc)
             if new_p == old_p:
                 continue
             ch.profiles.add(name)
@@ -608,7 +711,12 @@ class PolicyIndex:
         pending_policies, self._pending_policies = self._pending_policies, {}
         for key, doc in pending_policies.items():
             old = self.policies.get(key)
-            new = self._policy_from_doc(key, doc) if doc is not None else None
+            new = None
+            if doc is not None:
+                try:
+                    new = self._policy_from_doc(key, doc)
+                except Exception as exc:  # noqa: BLE001
+                    log.warning("%s %s: cannot use it (%s); treated as absent", key[0], key, exc)
             if new == old:
                 continue
             ch.policies.add(key)

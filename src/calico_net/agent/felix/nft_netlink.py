@@ -385,7 +385,6 @@ class NetlinkReader:
         try:
             if not self.table_exists(sock):
                 return None
-            table_attr = _attr(NFTA_CHAIN_TABLE, _strz(TABLE))
             chains: dict[str, int] = {}
             for a in self._dump(sock, NFT_MSG_GETCHAIN, b""):
                 if _str(a.get(NFTA_CHAIN_TABLE)) == TABLE:
@@ -398,9 +397,11 @@ class NetlinkReader:
             names = [_str(a.get(NFTA_SET_NAME))
                      for a in self._dump(sock, NFT_MSG_GETSET, _attr(NFTA_SET_TABLE, _strz(TABLE)))
                      if _str(a.get(NFTA_SET_TABLE)) == TABLE]
-            del table_attr
             for name in names:
-                sets[name] = len(self._elements(sock, name))
+                attrs = (_attr(NFTA_SET_ELEM_LIST_TABLE, _strz(TABLE))
+                         + _attr(NFTA_SET_ELEM_LIST_SET, _strz(name)))
+                sets[name] = sum(len(_list(a.get(NFTA_SET_ELEM_LIST_ELEMENTS, b"")))
+                                 for a in self._dump(sock, NFT_MSG_GETSETELEM, attrs))
             return chains, sets
         finally:
             sock.close()

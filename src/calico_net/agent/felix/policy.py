@@ -117,7 +117,8 @@ class FelixSettings:
         if isinstance(self.interface_prefixes, str):
             self.interface_prefixes = tuple(
                 p.strip() for p in self.interface_prefixes.split(",") if p.strip())
-        self.log_prefix = self.log_prefix.replace('"', "'")
+        # nft log prefixes are at most 127 bytes; quotes would end the string
+        self.log_prefix = self.log_prefix.replace('"', "'").replace("\\", "/")[:100]
 
 
 @dataclass
