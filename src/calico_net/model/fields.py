@@ -19,7 +19,7 @@ import re
 from datetime import date, datetime, timezone
 from typing import Annotated, Any, Callable, Union
 
-from pydantic import AfterValidator, BeforeValidator, PlainValidator
+from pydantic import AfterValidator, PlainValidator
 from pydantic_core import PydanticCustomError
 
 IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
@@ -561,15 +561,23 @@ Selector = Annotated[str, AfterValidator(_check_selector)]
 
 # --- BGP communities ----------------------------------------------------------------------
 
-def _check_community_value(value: str) -> str:
+def community_problem(value: str) -> str | None:
+    """Why `value` is not a BGP community value (aa:nn or large aa:nn:mm), or None."""
     m2 = re.fullmatch(r"(\d+):(\d+)", value)
     m3 = re.fullmatch(r"(\d+):(\d+):(\d+)", value)
     if m2 and all(int(x) <= 65535 for x in m2.groups()):
-        return value
+        return None
     if m3 and all(int(x) <= 4294967295 for x in m3.groups()):
-        return value
-    raise fail(f"{show(value)} is not a BGP community (aa:nn with 16-bit numbers, or aa:nn:mm "
-               "with 32-bit numbers)")
+        return None
+    return (f"{show(value)} is not a BGP community (aa:nn with 16-bit numbers, or aa:nn:mm "
+            "with 32-bit numbers)")
+
+
+def _check_community_value(value: str) -> str:
+    problem = community_problem(value)
+    if problem:
+        raise fail(problem)
+    return value
 
 
 CommunityValue = Annotated[str, AfterValidator(_check_community_value)]
@@ -595,5 +603,5 @@ __all__ = [
     "Namespace", "Net", "PeerIP", "Port", "PortName", "PortNumber", "PortRange", "Protocol",
     "ResourceVersion", "Selector", "Timestamp", "bounded", "enum_before", "fail", "name_problem",
     "parse_asn", "parse_cidr", "parse_duration", "parse_ip", "parse_peer_ip", "parse_port",
-    "parse_protocol", "selector_problem", "show",
+    "parse_protocol", "selector_problem", "show", "community_problem", "ip_version",
 ]

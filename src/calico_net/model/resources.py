@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, PlainValidator
 from pydantic.alias_generators import to_camel
 
 from calico_net.model.fields import (
-    ASNumber, Annotations, CIDR, CommunityValue, Duration, HostInterfaceName, IP, IPv4,
+    ASNumber, Annotations, CIDR, CommunityValue, community_problem, Duration, HostInterfaceName, IP, IPv4,
     IPv4Interface, IPv6, IPv6Interface, InterfaceName, Labels, MAC, Name, Namespace, Net,
     PeerIP, Port, PortName, PortNumber, PortRange, Protocol, ResourceVersion, Selector,
     Timestamp, bounded, enum_before, fail, ip_version, name_problem, parse_cidr, parse_protocol, show,
@@ -99,13 +99,13 @@ class Metadata(CalicoModel):
 
 Action = enum_before(("Allow", "Deny", "Log", "Pass"), "action")
 PolicyType = enum_before(("Ingress", "Egress"), "policy type")
-IPVersion = Annotated[int, PlainValidator(
-    lambda v: v if (v in (4, 6) and not isinstance(v, bool)) else _raise(
-        fail(f"{show(v)} is not a valid IP version (4 or 6)")))]
+def _check_ip_version(value: Any) -> int:
+    if isinstance(value, bool) or value not in (4, 6):
+        raise fail(f"{show(value)} is not a valid IP version (4 or 6)")
+    return value
 
 
-def _raise(exc: Exception) -> Any:
-    raise exc
+IPVersion = Annotated[int, PlainValidator(_check_ip_version)]
 
 
 class ICMPFields(CalicoModel):
@@ -479,14 +479,9 @@ class BGPConfigurationSpec(CalicoModel):
         if self.node_mesh_password is not None and self.node_to_node_mesh_enabled is False:
             yield _p(path, "nodeMeshPassword"), "requires nodeToNodeMeshEnabled"
         known = {c.name for c in self.communities or ()}
-        from calico_net.model.fields import _check_community_value  # noqa: PLC0415
         for i, adv in enumerate(self.prefix_advertisements or ()):
             for j, comm in enumerate(adv.communities):
-                if comm in known:
-                    continue
-                try:
-                    _check_community_value(comm)
-                except Exception:  # noqa: BLE001 - turned into a field error
+                if comm not in known and community_problem(comm):
                     yield (_p(path, f"prefixAdvertisements[{i}].communities[{j}]"),
                            f"{show(comm)} is neither a community defined in spec.communities "
                            "nor a community value (aa:nn or aa:nn:mm)")
