@@ -103,7 +103,7 @@ def test_interface_created_after_its_endpoint(clean):
                    interval=0.01)
         print(f"route for the late interface after {time.monotonic() - t0:.3f} s")
         out = L.sh("sysctl", "-n", f"net.ipv4.conf.{w.iface}.proxy_arp", f"net.ipv4.neigh.{w.iface}.proxy_delay",
-                   f"net.ipv4.conf.{w.iface}.rp_filter", f"net.ipv4.conf.{w.iface}.route_localnet", ns=L.HOST_NS)
+                   f"net.ipv4.conf.{w.iface}.route_localnet", f"net.ipv4.conf.{w.iface}.forwarding", ns=L.HOST_NS)
         assert out.split() == ["1", "0", "1", "1"]
         # The endpoint goes: its route goes, nothing else does.
         before = L.our_routes()

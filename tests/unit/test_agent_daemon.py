@@ -63,9 +63,9 @@ class NullSysctls:
     def configure_host(self):
         return 0
 
-    def configure_interface(self, name):
-        self.ifaces.append(name)
-        return 1
+    def configure_interfaces(self, ifaces):
+        self.ifaces += [link.name for link, _ in ifaces]
+        return []
 
 
 def wep(name, node, iface, ip, rev=1, ns="default"):

@@ -53,7 +53,7 @@ def test_interface_appearing_later_and_going_down():
     link = Link(12, "cali9", True)
     k.link_list.append(link)
     rm.link_update(link, False)
-    assert rm.interfaces_to_configure() == ["cali9"]
+    assert rm.interfaces_to_configure() == [(Link(12, "cali9", True), False)]
     rm.mark_configured("cali9")
     assert rm.apply().added == 1 and k.table == {(V4, "198.19.0.9", 32): 12}
     # Deleted and re-created with a new index: routes follow, sysctls rewritten.
@@ -62,7 +62,7 @@ def test_interface_appearing_later_and_going_down():
     new = Link(13, "cali9", True)
     k.link_list[-1] = new
     rm.link_update(new, False)
-    assert rm.interfaces_to_configure() == ["cali9"]
+    assert rm.interfaces_to_configure() == [(Link(13, "cali9", True), False)]
     assert rm.apply().added == 1 and k.table == {(V4, "198.19.0.9", 32): 13}
 
 

@@ -97,7 +97,8 @@ class Daemon:
         self.policy = policy
         self.nl = route_backend if route_backend is not None else Netlink()
         self.routes = RouteManager(self.nl)
-        self.sysctls = sysctls if sysctls is not None else Sysctls()
+        self.sysctls = sysctls if sysctls is not None else Sysctls(
+            netlink=self.nl if isinstance(self.nl, Netlink) else None)
         self.watch_links = watch_links
         self.link_watcher: LinkWatcher | None = None
         self.syncer = syncer_factory(client, self)
@@ -288,20 +289,39 @@ class Daemon:
                 self.metrics.errors.inc()
 
     def apply(self) -> None:
-        """Write everything that changed: policy, interface sysctls, routes."""
+        """Write everything that changed: policy, interface sysctls, routes.
+
+        Many new interfaces (a cold start) are configured in a helper thread while
+        the policy transaction runs: both mostly wait on the kernel (file writes,
+        the nft process), so they overlap instead of adding up."""
         t0 = time.monotonic()
         ok = True
+        todo = self.routes.interfaces_to_configure()
+        failed: set[str] = set()
+
+        def configure() -> None:
+            try:
+                failed.update(self.sysctls.configure_interfaces(todo))
+            except Exception as e:  # noqa: BLE001 - retried on the next new link
+                log.warning("cannot configure workload interfaces: %s", e)
+                failed.update(link.name for link, _ in todo)
+
+        helper = None
+        if len(todo) > 50:
+            helper = threading.Thread(target=configure, name="sysctls", daemon=True)
+            helper.start()
+        elif todo:
+            configure()
         try:
             self.policy.apply()
         except Exception:  # noqa: BLE001 - retried; the agent keeps running
             log.exception("applying policy failed; retrying in %.0f s", RETRY_AFTER_ERROR)
             ok = False
-        for name in self.routes.interfaces_to_configure():
-            try:
-                self.sysctls.configure_interface(name)
-                self.routes.mark_configured(name)
-            except (OSError, ValueError) as e:
-                log.warning("cannot configure interface %s: %s", name, e)
+        if helper is not None:
+            helper.join()
+        for link, _ in todo:
+            if link.name not in failed:
+                self.routes.mark_configured(link.name)
         try:
             stats = self.routes.apply()
             if stats.failed:

@@ -61,6 +61,8 @@ RTA_DST = 1
 RTA_OIF = 4
 RTA_TABLE = 15
 IFLA_IFNAME = 3
+IFLA_AF_SPEC = 26
+IFLA_INET_CONF = 1
 IFF_UP = 0x1
 RTMGRP_LINK = 0x1
 
@@ -97,6 +99,9 @@ class Link:
     index: int
     name: str
     up: bool
+    # The interface's IPv4 devconf (IFLA_INET_CONF, indexed by IPV4_DEVCONF_* - 1)
+    # when the kernel reported it: lets the agent skip sysctls already right.
+    v4conf: tuple[int, ...] | None = field(default=None, compare=False)
 
 
 @dataclass
@@ -202,39 +207,34 @@ class Netlink:
 
     def write(self, ops: list[RouteOp], protocol: int = RTPROT_FELIX, table: int = RT_TABLE_MAIN) -> None:
         """Send every op, `self.batch` per sendmsg; sets each op's `error`."""
-        with self.lock:
-            for i in range(0, len(ops), self.batch):
-                self._write_batch(ops[i: i + self.batch], protocol, table)
+        msgs = [route_message(op, protocol, table) for op in ops]
+        for op, err in zip(ops, self.request_batch(msgs)):
+            op.error = err
 
-    def _write_batch(self, ops: list[RouteOp], protocol: int, table: int) -> None:
+    def request_batch(self, msgs: list[tuple[int, int, bytes]]) -> list[int]:
+        """Send (type, flags, body) messages, `self.batch` per sendmsg; return the
+        errno of each (0 = done)."""
+        out: list[int] = []
+        with self.lock:
+            for i in range(0, len(msgs), self.batch):
+                out += self._send_batch(msgs[i: i + self.batch])
+        return out
+
+    def _send_batch(self, msgs: list[tuple[int, int, bytes]]) -> list[int]:
         # Only the last message asks for an ACK: the kernel reports failures of the
         # others anyway, in order, so once the last ACK is in, every error is too.
         # One ACK per message would cost a recv() each (half the time at 10k routes).
-        seqs: dict[int, RouteOp] = {}
+        if not msgs:
+            return []
+        first = self.seq + 1
         chunks = []
-        last = len(ops) - 1
-        rtm_table = table if table < 256 else 252  # RT_TABLE_COMPAT; RTA_TABLE has the real one
-        for i, op in enumerate(ops):
-            family, dst, dst_len = op.route
+        last = len(msgs) - 1
+        for i, (mtype, flags, body) in enumerate(msgs):
             seq = self._next_seq()
-            seqs[seq] = op
-            ack = NLM_F_ACK if i == last else 0
-            if op.op == "replace":
-                scope = RT_SCOPE_LINK if family == socket.AF_INET else RT_SCOPE_UNIVERSE
-                body = _RTMSG.pack(family, dst_len, 0, 0, rtm_table, protocol, scope, RTN_UNICAST, 0)
-                body += _attr(RTA_DST, socket.inet_pton(family, dst))
-                body += _attr(RTA_OIF, struct.pack("=i", op.oif))
-                body += _attr(RTA_TABLE, struct.pack("=I", table))
-                mtype, flags = RTM_NEWROUTE, NLM_F_REQUEST | NLM_F_REPLACE | NLM_F_CREATE | ack
-            else:
-                body = _RTMSG.pack(family, dst_len, 0, 0, rtm_table, protocol, RT_SCOPE_NOWHERE, 0, 0)
-                body += _attr(RTA_DST, socket.inet_pton(family, dst))
-                body += _attr(RTA_TABLE, struct.pack("=I", table))
-                if op.oif:
-                    body += _attr(RTA_OIF, struct.pack("=i", op.oif))
-                mtype, flags = RTM_DELROUTE, NLM_F_REQUEST | ack
+            flags |= NLM_F_REQUEST | (NLM_F_ACK if i == last else 0)
             chunks.append(_NLMSGHDR.pack(_NLMSGHDR.size + len(body), mtype, flags, seq, 0) + body)
         self.sock.send(b"".join(chunks))
+        errors = {}
         last_seq = self.seq
         done = False
         while not done:
@@ -244,21 +244,74 @@ class Netlink:
                 length, mtype, _f, mseq, _pid = _NLMSGHDR.unpack_from(data, off)
                 if length < _NLMSGHDR.size:
                     break
-                if mtype == NLMSG_ERROR and mseq in seqs:
+                if mtype == NLMSG_ERROR:
                     (err,) = struct.unpack_from("=i", data, off + 16)
-                    seqs[mseq].error = -err
+                    errors[mseq] = -err
                     if mseq == last_seq:
                         done = True
                 off += _align(length)
+        return [errors.get((first + i) & 0xFFFFFFFF or 1, 0) for i in range(len(msgs))]
+
+
+def route_message(op: RouteOp, protocol: int, table: int) -> tuple[int, int, bytes]:
+    family, dst, dst_len = op.route
+    rtm_table = table if table < 256 else 252  # RT_TABLE_COMPAT; RTA_TABLE has the real one
+    if op.op == "replace":
+        scope = RT_SCOPE_LINK if family == socket.AF_INET else RT_SCOPE_UNIVERSE
+        body = _RTMSG.pack(family, dst_len, 0, 0, rtm_table, protocol, scope, RTN_UNICAST, 0)
+        body += _attr(RTA_DST, socket.inet_pton(family, dst))
+        body += _attr(RTA_OIF, struct.pack("=i", op.oif))
+        body += _attr(RTA_TABLE, struct.pack("=I", table))
+        return RTM_NEWROUTE, NLM_F_REPLACE | NLM_F_CREATE, body
+    body = _RTMSG.pack(family, dst_len, 0, 0, rtm_table, protocol, RT_SCOPE_NOWHERE, 0, 0)
+    body += _attr(RTA_DST, socket.inet_pton(family, dst))
+    body += _attr(RTA_TABLE, struct.pack("=I", table))
+    if op.oif:
+        body += _attr(RTA_OIF, struct.pack("=i", op.oif))
+    return RTM_DELROUTE, 0, body
 
 
 def parse_link(buf: bytes, off: int) -> Link | None:
     _fam, _type, index, flags, _change = _IFINFOMSG.unpack_from(buf, off)
-    attrs = _attrs(buf, off + _IFINFOMSG.size, len(buf))
-    name = attrs.get(IFLA_IFNAME)
+    # Walk the attributes without copying them (a link message carries ~50, mostly
+    # statistics; decoding them all into a dict made a 20,000-link dump cost 8 s).
+    pos, end = off + _IFINFOMSG.size, len(buf)
+    name: str | None = None
+    conf: tuple[int, ...] | None = None
+    while pos + 4 <= end:
+        length, kind = _RTATTR.unpack_from(buf, pos)
+        if length < 4:
+            break
+        kind &= 0x3FFF
+        if kind == IFLA_IFNAME:
+            name = bytes(buf[pos + 4: pos + length]).split(b"\0", 1)[0].decode(errors="replace")
+        elif kind == IFLA_AF_SPEC:
+            conf = _inet_conf(buf, pos + 4, pos + length)
+        pos += _align(length)
     if name is None:
         return None
-    return Link(index, name.split(b"\0", 1)[0].decode(errors="replace"), bool(flags & IFF_UP))
+    return Link(index, name, bool(flags & IFF_UP), conf)
+
+
+def _inet_conf(buf: bytes, pos: int, end: int) -> tuple[int, ...] | None:
+    """IFLA_AF_SPEC → AF_INET → IFLA_INET_CONF as a tuple of u32."""
+    while pos + 4 <= end:
+        length, family = _RTATTR.unpack_from(buf, pos)
+        if length < 4:
+            return None
+        if family & 0x3FFF == socket.AF_INET:
+            p, e = pos + 4, pos + length
+            while p + 4 <= e:
+                ln, kind = _RTATTR.unpack_from(buf, p)
+                if ln < 4:
+                    return None
+                if kind & 0x3FFF == IFLA_INET_CONF:
+                    n = (ln - 4) // 4
+                    return struct.unpack_from(f"={n}I", buf, p + 4)
+                p += _align(ln)
+            return None
+        pos += _align(length)
+    return None
 
 
 class LinkWatcher:
@@ -360,6 +413,7 @@ class RouteManager:
         self.dirty: set[Route] = set()
         self.synced = False   # False until the first full resync read the kernel
         self.if_refs: dict[str, int] = {}        # interface name -> local endpoints using it
+        self.if_v6: dict[str, int] = {}          # interface name -> those with IPv6 addresses
         self.ifaces_dirty: set[str] = set()      # interfaces whose sysctls may need writing
         self.configured: dict[str, int] = {}     # interface name -> ifindex we configured
 
@@ -374,6 +428,8 @@ class RouteManager:
         self.endpoints[key] = new
         if ifname:
             self.if_refs[ifname] = self.if_refs.get(ifname, 0) + 1
+            if any(r[0] == socket.AF_INET6 for r in new.routes):
+                self.if_v6[ifname] = self.if_v6.get(ifname, 0) + 1
             self.ifaces_dirty.add(ifname)
         for r in new.routes:
             self.claims.setdefault(r, {})[key] = ifname
@@ -386,6 +442,12 @@ class RouteManager:
 
     def _unclaim(self, key: str, ep: _Endpoint) -> None:
         if ep.ifname:
+            if any(r[0] == socket.AF_INET6 for r in ep.routes):
+                v6 = self.if_v6.get(ep.ifname, 0) - 1
+                if v6 > 0:
+                    self.if_v6[ep.ifname] = v6
+                else:
+                    self.if_v6.pop(ep.ifname, None)
             n = self.if_refs.get(ep.ifname, 0) - 1
             if n > 0:
                 self.if_refs[ep.ifname] = n
@@ -451,17 +513,17 @@ class RouteManager:
     def local_interfaces(self) -> set[str]:
         return set(self.if_refs)
 
-    def interfaces_to_configure(self) -> list[str]:
+    def interfaces_to_configure(self) -> list[tuple[Link, bool]]:
         """Local endpoints' interfaces that exist and whose sysctls are not written
-        yet (new, or re-created with a new index). The caller writes them and calls
-        `mark_configured`."""
+        yet (new, or re-created with a new index), as (link, has IPv6). The caller
+        writes them and calls `mark_configured`."""
         out = []
         for name in self.ifaces_dirty:
             link = self.links.get(name)
             if link is not None and name in self.if_refs and self.configured.get(name) != link.index:
-                out.append(name)
+                out.append((link, name in self.if_v6))
         self.ifaces_dirty.clear()
-        return out
+        return sorted(out, key=lambda x: x[0].name)
 
     def mark_configured(self, name: str) -> None:
         link = self.links.get(name)

@@ -1,43 +1,58 @@
-"""Kernel settings for workload interfaces and the host, written through /proc/sys.
-
-Writing /proc/sys directly (not `sysctl(8)`) costs one open/write per value and
-works inside a network namespace, where /proc/sys/net shows that namespace.
+"""Kernel settings for workload interfaces and the host.
 
 Per workload interface we set what Calico's Felix sets (endpoint manager,
-`configureInterface`):
+`configureInterface`), except the one our nftables table already does:
 
-* `net.ipv4.conf.<if>.rp_filter = 1` — strict reverse-path check: a workload cannot
-  send from an address that is not routed back to its own interface (anti-spoofing;
-  our /32 route to the interface is what makes its real address pass);
-* `net.ipv4.conf.<if>.route_localnet = 1` — lets traffic from the workload be DNATed
-  to 127.0.0.0/8 on the host (node-local services);
 * `net.ipv4.conf.<if>.proxy_arp = 1` and `net.ipv4.neigh.<if>.proxy_delay = 0` —
   the host answers the workload's ARP for its gateway 169.254.1.1 (and anything it
   routes), at once rather than after the default random delay of up to 0.8 s;
-* `net.ipv4.conf.<if>.forwarding = 1`;
-* IPv6, when the kernel has it: `net.ipv6.conf.<if>.proxy_ndp = 1`,
+* `net.ipv4.conf.<if>.route_localnet = 1` — lets traffic from the workload be DNATed
+  to 127.0.0.0/8 on the host (node-local services);
+* `net.ipv4.conf.<if>.forwarding = 1` — normally inherited from `ip_forward`;
+  written only when the interface reports 0;
+* IPv6, for interfaces whose endpoint has an IPv6 address: `proxy_ndp = 1`,
   `forwarding = 1`, `accept_ra = 0` (the host is the router, it takes no adverts).
+* Not `rp_filter`: Felix's iptables dataplane sets it to 1 for anti-spoofing; here
+  the policy dataplane's `cali-prerouting` chain does the same strict check with an
+  nft `fib saddr . iif` lookup, so the sysctl would only cost a write per interface.
 
 Host-wide: `net.ipv4.ip_forward = 1` (and `net.ipv6.conf.all.forwarding = 1` when
 IPv6 is present).
+
+How it is written, all per network namespace: the interface's current IPv4 values
+come with the link listing (IFLA_INET_CONF, see routes.parse_link), so only values
+that differ are written — an agent restart writes none. /proc/sys writes (one open
++ write each; ~0.1 ms per file here) carry the devconf values and the IPv6 ones;
+`proxy_delay` goes as one batched RTM_SETNEIGHTBL per interface over rtnetlink
+(~0.03 ms each). An rtnetlink RTM_SETLINK for IPv4 devconf exists too
+(`devconf_message`), but costs ~0.6 ms per interface that is up, because it fires
+link-change notifiers: slower than two /proc writes.
 """
 from __future__ import annotations
 
 import errno
 import logging
 import os
+import socket
+import struct
+from typing import Any, Iterable
 
 log = logging.getLogger(__name__)
 
+# include/uapi/linux/ip.h: IPV4_DEVCONF_* (1-based netlink attribute types)
+IPV4_DEVCONF = {"forwarding": 1, "proxy_arp": 3, "rp_filter": 8, "route_localnet": 26}
+RTM_SETLINK = 19
+RTM_SETNEIGHTBL = 67
+IFLA_AF_SPEC = 26
+IFLA_INET_CONF = 1
+NDTA_NAME = 1
+NDTA_PARMS = 6
+NDTPA_IFINDEX = 1
+NDTPA_PROXY_DELAY = 13
+NLA_F_NESTED = 0x8000
+
 PROC_SYS = "/proc/sys"
 
-INTERFACE_V4 = (
-    ("net/ipv4/conf/{if}/rp_filter", "1"),
-    ("net/ipv4/conf/{if}/route_localnet", "1"),
-    ("net/ipv4/conf/{if}/proxy_arp", "1"),
-    ("net/ipv4/neigh/{if}/proxy_delay", "0"),
-    ("net/ipv4/conf/{if}/forwarding", "1"),
-)
 INTERFACE_V6 = (
     ("net/ipv6/conf/{if}/proxy_ndp", "1"),
     ("net/ipv6/conf/{if}/forwarding", "1"),
@@ -47,12 +62,76 @@ HOST_V4 = (("net/ipv4/ip_forward", "1"),)
 HOST_V6 = (("net/ipv6/conf/all/forwarding", "1"),)
 
 
-class Sysctls:
-    """Writes settings under `root` (a fake directory in unit tests)."""
+def _nla(kind: int, payload: bytes) -> bytes:
+    length = 4 + len(payload)
+    return struct.pack("=HH", length, kind) + payload + b"\0" * ((-length) % 4)
 
-    def __init__(self, root: str = PROC_SYS) -> None:
+
+def devconf_message(ifindex: int, values: dict[str, int]) -> tuple[int, int, bytes]:
+    """RTM_SETLINK setting IPv4 devconf values of one interface."""
+    conf = b"".join(_nla(IPV4_DEVCONF[k], struct.pack("=I", v)) for k, v in values.items())
+    spec = _nla(IFLA_AF_SPEC | NLA_F_NESTED,
+                _nla(socket.AF_INET | NLA_F_NESTED, _nla(IFLA_INET_CONF | NLA_F_NESTED, conf)))
+    return RTM_SETLINK, 0, struct.pack("=BxHiII", socket.AF_UNSPEC, 0, ifindex, 0, 0) + spec
+
+
+def proxy_delay_message(ifindex: int, msecs: int = 0) -> tuple[int, int, bytes]:
+    """RTM_SETNEIGHTBL setting the ARP table's proxy_delay on one interface."""
+    parms = _nla(NDTPA_IFINDEX, struct.pack("=I", ifindex)) + _nla(NDTPA_PROXY_DELAY, struct.pack("=Q", msecs))
+    body = struct.pack("=BxH", socket.AF_INET, 0) + _nla(NDTA_NAME, b"arp_cache\0") + \
+        _nla(NDTA_PARMS | NLA_F_NESTED, parms)
+    return RTM_SETNEIGHTBL, 0, body
+
+
+# name -> (IPV4_DEVCONF_* id, value) for workload interfaces
+WORKLOAD_V4 = {"proxy_arp": (3, 1), "route_localnet": (26, 1), "forwarding": (1, 1)}
+
+
+class Sysctls:
+    """Writes settings under `root` (a fake directory in unit tests); with a
+    `netlink` (anything with `request_batch`, e.g. routes.Netlink) the IPv4
+    per-interface values go over rtnetlink in batches."""
+
+    def __init__(self, root: str = PROC_SYS, netlink: Any = None) -> None:
         self.root = root
+        self.netlink = netlink
         self.ipv6 = os.path.isdir(os.path.join(root, "net/ipv6"))
+
+    def configure_interfaces(self, items: Iterable[tuple[Any, bool]]) -> list[str]:
+        """Configure workload interfaces: (routes.Link, needs IPv6) each. Writes only
+        values that differ from the link's reported devconf. Returns the names that
+        could not be configured (gone meanwhile, or refused)."""
+        items = list(items)
+        failed: list[str] = []
+        for link, v6 in items:
+            conf = link.v4conf
+            try:
+                for key, (idx, val) in WORKLOAD_V4.items():
+                    if conf is not None and len(conf) >= idx and conf[idx - 1] == val:
+                        continue
+                    if not self.write(f"net/ipv4/conf/{_checked(link.name)}/{key}", str(val),
+                                      only_if_different=False):
+                        raise FileNotFoundError(link.name)
+                if v6 and self.ipv6:
+                    self._write_all(link.name, INTERFACE_V6)
+                if self.netlink is None:
+                    self.write(f"net/ipv4/neigh/{link.name}/proxy_delay", "0", only_if_different=False)
+            except (OSError, ValueError) as e:
+                log.warning("cannot configure %s: %s", link.name, e)
+                failed.append(link.name)
+        if self.netlink is not None:
+            todo = [link for link, _ in items if link.name not in failed]
+            errs = self.netlink.request_batch([proxy_delay_message(link.index, 0) for link in todo])
+            for link, err in zip(todo, errs):
+                if err:
+                    log.warning("cannot set proxy_delay on %s: %s", link.name, os.strerror(err))
+                    failed.append(link.name)
+        return failed
+
+    def _write_all(self, ifname: str, settings: tuple[tuple[str, str], ...]) -> None:
+        for rel, v in settings:
+            self.write(rel.format(**{"if": _checked(ifname)}), v, only_if_different=False)
+
 
     def write(self, rel: str, value: str, *, only_if_different: bool = True) -> bool:
         """Write one value; True when it changed. A missing path (interface gone) is
@@ -77,18 +156,8 @@ class Sysctls:
         settings = HOST_V4 + (HOST_V6 if self.ipv6 else ())
         return sum(self.write(rel, v) for rel, v in settings)
 
-    def configure_interface(self, ifname: str) -> int:
-        """Apply every per-interface setting; returns how many values were written.
 
-        Written without reading first: one open+write per value is half the
-        syscalls, and rewriting an equal value changes nothing in the kernel."""
-        if "/" in ifname or ifname in ("", ".", ".."):
-            raise ValueError(f"bad interface name {ifname!r}")
-        settings = INTERFACE_V4 + (INTERFACE_V6 if self.ipv6 else ())
-        changed = 0
-        for rel, v in settings:
-            try:
-                changed += self.write(rel.format(**{"if": ifname}), v, only_if_different=False)
-            except OSError as e:
-                log.warning("cannot set %s on %s: %s", rel.format(**{"if": ifname}), ifname, e)
-        return changed
+def _checked(ifname: str) -> str:
+    if "/" in ifname or ifname in ("", ".", ".."):
+        raise ValueError(f"bad interface name {ifname!r}")
+    return ifname

@@ -1,0 +1,93 @@
+"""Interface and host sysctls (calico_net.agent.felix.sysctl) on a fake /proc/sys."""
+from __future__ import annotations
+
+import errno
+import struct
+
+from calico_net.agent.felix.routes import Link
+from calico_net.agent.felix.sysctl import Sysctls, devconf_message, proxy_delay_message
+
+
+def fake_proc(tmp_path, ifaces, ipv6=True):
+    dirs = ["net/ipv4"] + [f"net/ipv4/conf/{i}" for i in ifaces] + [f"net/ipv4/neigh/{i}" for i in ifaces]
+    if ipv6:
+        dirs += ["net/ipv6/conf/all"] + [f"net/ipv6/conf/{i}" for i in ifaces]
+    for d in dirs:
+        (tmp_path / d).mkdir(parents=True, exist_ok=True)
+    for i in ifaces:
+        for f in ("rp_filter", "route_localnet", "proxy_arp", "forwarding"):
+            (tmp_path / f"net/ipv4/conf/{i}/{f}").write_text("0\n")
+        (tmp_path / f"net/ipv4/neigh/{i}/proxy_delay").write_text("80\n")
+        if ipv6:
+            for f in ("proxy_ndp", "forwarding", "accept_ra"):
+                (tmp_path / f"net/ipv6/conf/{i}/{f}").write_text("0\n")
+    (tmp_path / "net/ipv4/ip_forward").write_text("0\n")
+    if ipv6:
+        (tmp_path / "net/ipv6/conf/all/forwarding").write_text("0\n")
+    return tmp_path
+
+
+def read(root, rel):
+    return (root / rel).read_text().strip()
+
+
+def conf(**values):
+    ids = {"forwarding": 1, "proxy_arp": 3, "route_localnet": 26}
+    out = [0] * 33
+    for k, v in values.items():
+        out[ids[k] - 1] = v
+    return tuple(out)
+
+
+def test_proc_writes_and_host(tmp_path):
+    root = fake_proc(tmp_path, ["cali1", "cali2"])
+    s = Sysctls(str(root))
+    assert s.configure_host() == 2 and s.configure_host() == 0
+    assert read(root, "net/ipv4/ip_forward") == "1"
+    failed = s.configure_interfaces([(Link(5, "cali1", True), True), (Link(6, "cali2", True), False),
+                                     (Link(7, "gone", True), False)])
+    assert failed == ["gone"]
+    for f in ("route_localnet", "proxy_arp", "forwarding"):
+        assert read(root, f"net/ipv4/conf/cali1/{f}") == "1"
+    assert read(root, "net/ipv4/conf/cali1/rp_filter") == "0"   # nft does the RPF check
+    assert read(root, "net/ipv4/neigh/cali1/proxy_delay") == "0"
+    assert read(root, "net/ipv6/conf/cali1/proxy_ndp") == "1"
+    assert read(root, "net/ipv6/conf/cali1/accept_ra") == "0"
+    assert read(root, "net/ipv6/conf/cali2/proxy_ndp") == "0"   # no IPv6 address: left alone
+
+
+def test_values_already_right_are_not_written(tmp_path):
+    root = fake_proc(tmp_path, ["cali1"], ipv6=False)
+    s = Sysctls(str(root))
+    s.configure_interfaces([(Link(5, "cali1", True, conf(proxy_arp=1, forwarding=1, route_localnet=0)), False)])
+    assert read(root, "net/ipv4/conf/cali1/route_localnet") == "1"
+    assert read(root, "net/ipv4/conf/cali1/proxy_arp") == "0"   # reported right: untouched
+
+
+class FakeNetlink:
+    def __init__(self, errors):
+        self.errors = errors
+        self.msgs = []
+
+    def request_batch(self, msgs):
+        self.msgs += msgs
+        return [self.errors.get(i, 0) for i in range(len(msgs))]
+
+
+def test_proxy_delay_over_netlink(tmp_path):
+    root = fake_proc(tmp_path, ["cali1", "cali2"], ipv6=False)
+    nl = FakeNetlink({1: errno.ENODEV})
+    s = Sysctls(str(root), netlink=nl)
+    failed = s.configure_interfaces([(Link(5, "cali1", True), False), (Link(6, "cali2", True), False)])
+    assert failed == ["cali2"] and len(nl.msgs) == 2
+    assert read(root, "net/ipv4/neigh/cali1/proxy_delay") == "80"   # sent over (fake) netlink instead
+    assert read(root, "net/ipv4/conf/cali1/proxy_arp") == "1"
+
+
+def test_message_layout():
+    mtype, _, body = devconf_message(42, {"proxy_arp": 1})
+    assert mtype == 19
+    assert struct.unpack_from("=i", body, 4)[0] == 42
+    assert body[16:].endswith(struct.pack("=HHI", 8, 3, 1))
+    mtype, _, body = proxy_delay_message(42)
+    assert mtype == 67 and b"arp_cache\0" in body
