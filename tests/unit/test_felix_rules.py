@@ -20,11 +20,15 @@ PASS = "meta mark set meta mark | 0x20000 return"
 class Ctx:
     log_prefix = "calico-packet"
 
-    def __init__(self, nets=()):
-        self.nets = {(str(parse_selector(s)), f) for s, f in nets}
+    def __init__(self, nets=(), v6=True):
+        # (selector, family) pairs that have a CIDR set; v6: IPv6 sets exist
+        self.extra = {f"c{f}_{selector_hash(parse_selector(s))}" for s, f in nets}
+        self.v6 = v6
 
-    def has_nets(self, sel, family):
-        return (str(sel), family) in self.nets
+    def has_set(self, name):
+        if name[0] in "sn":
+            return name[1] == "4" or self.v6
+        return name in self.extra
 
     def literal_set(self, decl, elements):
         self.literals = getattr(self, "literals", {})
@@ -112,6 +116,16 @@ def test_namespaced_rule_selector_is_scoped():
     assert str(rule.src.selector) == 'pcns.team == "a"'
     rule = compile_rule({"action": "Allow", "source": {"notSelector": "x == '1'"}}, "ns1")
     assert str(rule.src.not_selector) == 'x == "1" && projectcalico.org/namespace == "ns1"'
+
+
+def test_absent_ipv6_sets_drop_the_ipv6_variants():
+    hs = h("role == 'fe'")
+    ctx = Ctx(v6=False)
+    assert r({"action": "Allow", "source": {"selector": "role == 'fe'"}}, ctx=ctx) == \
+        [f"ip saddr @s4_{hs} {ALLOW}"]
+    # a notSelector with no IPv6 members excludes nobody in IPv6
+    assert r({"action": "Deny", "source": {"notSelector": "role == 'fe'"}}, ctx=ctx) == \
+        [f"ip saddr != @s4_{hs} drop", "meta nfproto ipv6 drop"]
 
 
 def test_named_ports():

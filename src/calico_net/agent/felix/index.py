@@ -563,9 +563,7 @@ class PolicyIndex:
         return [p for p in m.profiles if p in self.profiles]
 
     def has_nets(self, sel: Selector, family: int) -> bool:
-        name = f"c{family}_{selector_hash(sel)}"
-        c = self.set_counts.get(name)
-        return bool(c)
+        return self.set_exists(f"c{family}_{selector_hash(sel)}")
 
     def cidr_set_elements(self, name: str) -> set[str]:
         """Collapsed (non-overlapping) CIDRs of a ``c4_``/``c6_`` set."""
@@ -576,7 +574,12 @@ class PolicyIndex:
         return {str(n) for n in ipaddress.collapse_addresses(nets)}
 
     def set_exists(self, name: str) -> bool:
-        if name.startswith("c"):
+        """Whether the set is to be programmed.  ``s4_``/``n4_`` sets exist while a
+        rule uses them (so the first member joining is an element change); CIDR sets
+        and the IPv6 sets only while they have members (rules referencing them are
+        re-rendered when that changes), which keeps IPv4-only clusters free of
+        hundreds of empty sets that every nft command would have to read."""
+        if name[0] == "c" or name[1] == "6":
             return bool(self.set_counts.get(name))
         return name in self.set_counts
 
@@ -915,7 +918,7 @@ class PolicyIndex:
         if (only is None and use.addr_users) or only == "addr":
             for fam, addrs, nets in ((4, addrs4, nets4), (6, addrs6, nets6)):
                 if addrs:
-                    self._bump(f"s{fam}_{use.h}", addrs, sign)
+                    self._bump(f"s{fam}_{use.h}", addrs, sign, use.addr_users)
                 if nets:
                     self._bump_cidr(f"c{fam}_{use.h}", nets, sign, use)
         if only == "addr" or not ports:
@@ -929,12 +932,32 @@ class PolicyIndex:
                 if addrs4:
                     self._bump(f"n4_{h}", [f"{a} . {port}" for a in addrs4], sign)
                 if addrs6:
-                    self._bump(f"n6_{h}", [f"{a} . {port}" for a in addrs6], sign)
+                    self._bump(f"n6_{h}", [f"{a} . {port}" for a in addrs6], sign,
+                               use.np_users.get(npk, ()))  # type: ignore[arg-type]
 
-    def _bump(self, name: str, elems: Iterable[str], sign: int) -> None:
+    def _mark_users(self, users: Iterable[Hashable]) -> None:
+        for user in users:
+            if user[0] == "policy":  # type: ignore[index]
+                self._changes.policies.add(user[1])  # type: ignore[index]
+            else:
+                self._changes.profiles.add(user[1])  # type: ignore[index]
+
+    def _bump(self, name: str, elems: Iterable[str], sign: int,
+              users: Iterable[Hashable] = ()) -> None:
         c = self.set_counts.get(name)
         if c is None:
             return
+        if name[1] == "6":
+            # IPv6 sets exist only while not empty: rules change shape with that
+            was = bool(c)
+            self._bump_elems(name, c, elems, sign)
+            if was != bool(c):
+                self._changes.sets.add(name)
+                self._mark_users(users)
+            return
+        self._bump_elems(name, c, elems, sign)
+
+    def _bump_elems(self, name: str, c: Counter[str], elems: Iterable[str], sign: int) -> None:
         touched = None
         for e in elems:
             n = c.get(e, 0) + sign
@@ -964,10 +987,6 @@ class PolicyIndex:
         if was != bool(c):
             # a CIDR companion set appears/disappears: rules using it change shape
             self._changes.sets.add(name)
-            for user in use.addr_users:
-                if user[0] == "policy":  # type: ignore[index]
-                    self._changes.policies.add(user[1])  # type: ignore[index]
-                else:
-                    self._changes.profiles.add(user[1])  # type: ignore[index]
+            self._mark_users(use.addr_users)
         if not c:
             del self.set_counts[name]

@@ -172,8 +172,8 @@ class _Ctx:
         self.literals: dict[str, tuple[str, tuple[str, ...]]] = {}
         self.collected: set[str] = set()
 
-    def has_nets(self, sel: Any, family: int) -> bool:
-        return self.index.has_nets(sel, family)
+    def has_set(self, name: str) -> bool:
+        return self.index.set_exists(name)
 
     def literal_set(self, decl: str, elements: list[str]) -> str:
         elems = tuple(sorted(elements))

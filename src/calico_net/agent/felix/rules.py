@@ -26,7 +26,9 @@ How it is built:
 * Set names come from `selector_hash`: one set per distinct canonical selector,
   shared by every rule that uses it: ``s4_<h>``/``s6_<h>`` (hash sets of addresses),
   ``c4_<h>``/``c6_<h>`` (interval sets of CIDRs, only while some NetworkSet gives the
-  selector a non-host net) and ``n4_<h>``/``n6_<h>`` (named ports: addr . port).
+  selector a non-host net) and ``n4_<h>``/``n6_<h>`` (named ports: addr . port);
+  IPv6 and CIDR sets exist only while not empty, and rules skip what does not exist.
+  Lists longer than INLINE_LIST_MAX become shared named sets ``r_<h>``.
 """
 from __future__ import annotations
 
@@ -325,7 +327,10 @@ def compile_rules(rules: Iterable[Mapping[str, Any]] | None,
 class RenderContext(Protocol):
     """What rendering needs from the index: set names and CIDR-set existence."""
 
-    def has_nets(self, sel: Selector, family: int) -> bool: ...
+    def has_set(self, name: str) -> bool:
+        """Whether a selector/named-port set is programmed (``c4_``/``c6_`` CIDR sets
+        and the IPv6 sets exist only while they have members)."""
+        ...
 
     def literal_set(self, decl: str, elements: list[str]) -> str:
         """Name of a named set holding `elements` (for lists too long to inline)."""
@@ -420,16 +425,15 @@ def _side_alternatives(rule: CompiledRule, side: SideMatch, which: str, fam: int
             groups.append([f"{kw} != @{ctx.literal_set(f'type {addr_t}; flags interval', not_nets)}"])
     if side.selector is not None:
         h = selector_hash(side.selector)
-        alts = [f"{kw} @s{fam}_{h}"]
-        if ctx.has_nets(side.selector, fam):
-            alts.append(f"{kw} @c{fam}_{h}")
+        alts = [f"{kw} @{n}" for n in (f"s{fam}_{h}", f"c{fam}_{h}") if ctx.has_set(n)]
+        if not alts:
+            return None          # no member of this family: the rule cannot match
         groups.append(alts)
     if side.not_selector is not None:
         h = selector_hash(side.not_selector)
-        term = f"{kw} != @s{fam}_{h}"
-        if ctx.has_nets(side.not_selector, fam):
-            term += f" {kw} != @c{fam}_{h}"
-        groups.append([term])
+        terms = [f"{kw} != @{n}" for n in (f"s{fam}_{h}", f"c{fam}_{h}") if ctx.has_set(n)]
+        if terms:
+            groups.append([" ".join(terms)])
     hdr = _PORT_HEADERS.get(rule.protocol or 0)
     pkw = f"{hdr} {'sport' if which == 'src' else 'dport'}" if hdr else None
     if pkw and (side.ports or side.named_ports):
@@ -440,8 +444,11 @@ def _side_alternatives(rule: CompiledRule, side: SideMatch, which: str, fam: int
         else:
             alts.append(f"{pkw} @{ctx.literal_set('type inet_service; flags interval', ports)}")
         for name in side.named_ports:
-            h = _np_hash(side, rule.protocol, name)  # type: ignore[arg-type]
-            alts.append(f"{kw} . {pkw} @n{fam}_{h}")
+            n = f"n{fam}_{_np_hash(side, rule.protocol, name)}"  # type: ignore[arg-type]
+            if ctx.has_set(n):
+                alts.append(f"{kw} . {pkw} @{n}")
+        if not alts:
+            return None          # only named ports, none resolves in this family
         groups.append(alts)
     if pkw and side.not_ports:
         ports = [_port_text(p) for p in _merge_ports(side.not_ports)]
@@ -451,8 +458,9 @@ def _side_alternatives(rule: CompiledRule, side: SideMatch, which: str, fam: int
             groups.append([f"{pkw} != @{ctx.literal_set('type inet_service; flags interval', ports)}"])
     if pkw:
         for name in side.not_named_ports:
-            h = _np_hash(side, rule.protocol, name)  # type: ignore[arg-type]
-            groups.append([f"{kw} . {pkw} != @n{fam}_{h}"])
+            n = f"n{fam}_{_np_hash(side, rule.protocol, name)}"  # type: ignore[arg-type]
+            if ctx.has_set(n):
+                groups.append([f"{kw} . {pkw} != @{n}"])
     return groups
 
 
