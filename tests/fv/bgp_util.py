@@ -8,9 +8,10 @@ it, and :func:`cleanup_leftovers` what a killed earlier run left):
     cnfv-bgp-br  up0 198.18.224.2/24, br0 198.18.0.1/24 (bridge, forwarding, masquerade
                  ║                    out of up0 so the root ns needs no fabric route)
          ╔═══════╬══════════════╦══════════════════╗
-    cnfv-bgp-h1  cnfv-bgp-h2  cnfv-bgp-h3       cnfv-bgp-tor
-    eth0 .11     eth0 .12     eth0 .13          eth0 .254 (+ .253)  198.18.0.0/24
-    BIRD+confd   BIRD+confd   BIRD+confd        BIRD, AS 65001 ("top of rack")
+    cnfv-bgp-h1  cnfv-bgp-h2  cnfv-bgp-h3       cnfv-bgp-tor         cnfv-bgp-ext2
+    eth0 .11     eth0 .12     eth0 .13          eth0 .254            eth0 .253
+    BIRD+confd   BIRD+confd   BIRD+confd        BIRD, AS 65001       BIRD, AS 65002
+                                                ("top of rack")      (started on demand)
       ║ cali<11 hex>
     cnfv-bgp-h1-w1  eth0 198.19.x.y/32 (IPAM address of a block affine to h1)
 
@@ -30,6 +31,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -44,13 +46,15 @@ PYTHON = sys.executable
 PREFIX = "cnfv-bgp-"
 BR_NS = PREFIX + "br"
 TOR_NS = PREFIX + "tor"
+EXT2_NS = PREFIX + "ext2"
 ROOT_IF = "cnfvbgp0"
 UPLINK = "198.18.224"
 FABRIC = "198.18.0"
 POOL_CIDR = "198.19.0.0/16"
 TOR_IP = f"{FABRIC}.254"
-TOR_IP2 = f"{FABRIC}.253"
+EXT2_IP = f"{FABRIC}.253"
 TOR_AS = 65001
+EXT2_AS = 65002
 CLUSTER_AS = 64512
 
 
@@ -246,6 +250,8 @@ class Fabric:
         self.tor_sock = str(tmp / "tor-bird.ctl")
         self.tor_cfg = tmp / "tor-bird.cfg"
         self.tor_log = tmp / "tor-bird.log"
+        self.ext2: subprocess.Popen | None = None
+        self.ext2_sock = str(tmp / "ext2-bird.ctl")
         self._workload_seq = 0
 
     # -- build
@@ -254,7 +260,15 @@ class Fabric:
         cleanup_leftovers()
         self._network()
         rc = root_conftest()
-        self.etcd = rc.start_etcd(listen_host=f"{UPLINK}.1")
+        # etcd's data on tmpfs when there is one: its fsyncs otherwise dominate on a
+        # busy shared disk (request timeouts seen at load 20 on 2 cores).
+        saved = tempfile.tempdir
+        if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK):
+            tempfile.tempdir = "/dev/shm"
+        try:
+            self.etcd = rc.start_etcd(listen_host=f"{UPLINK}.1")
+        finally:
+            tempfile.tempdir = saved
         from calico_net.datastore import Datastore
         from calico_net.datastore.etcd import EtcdClient, EtcdConfig
         from calico_net.ipam import IPAM
@@ -302,7 +316,7 @@ class Fabric:
         for h in self.hosts:
             self._attach(h.ns, h.name, [f"{h.ip}/24"])
             sh("sysctl", "-qw", "net.ipv4.ip_forward=1", ns=h.ns)
-        self._attach(TOR_NS, "tor", [f"{TOR_IP}/24", f"{TOR_IP2}/24"])
+        self._attach(TOR_NS, "tor", [f"{TOR_IP}/24"])
 
     def _attach(self, ns: str, port: str, addrs: list[str]) -> None:
         sh("ip", "netns", "add", ns)
@@ -433,33 +447,50 @@ class Fabric:
 
     # -- the external "top of rack" router
 
-    def tor_config(self, extra: str = "") -> str:
-        peers = "\n".join(
+    @staticmethod
+    def router_config(router_ip: str, asn: int, peers: list[Host]) -> str:
+        """An external router: peers with ``peers``, installs what they advertise."""
+        sessions = "\n".join(
             f"protocol bgp host_{h.name} from hosts {{ neighbor {h.ip} as {CLUSTER_AS}; }}"
-            for h in self.hosts)
+            for h in peers)
         return f"""
-router id {TOR_IP};
+router id {router_ip};
 log stderr all;
 protocol device {{ scan time 10; }}
 protocol direct {{ ipv4; interface "eth0"; }}
 # Install what the hosts advertise, so the test can read it from the kernel too.
-protocol kernel {{ ipv4 {{ import none; export all; }}; merge paths on; }}
+protocol kernel {{ ipv4 {{ import none; export where source = RTS_BGP; }}; merge paths on; }}
 template bgp hosts {{
-  local {TOR_IP} as {TOR_AS};
+  local {router_ip} as {asn};
   connect delay time 1; connect retry time 3; error wait time 1, 10;
   ipv4 {{ import all; export none; }};
 }}
-{peers}
-{extra}
+{sessions}
 """
 
-    def start_tor(self, extra: str = "") -> None:
-        self.tor_cfg.write_text(self.tor_config(extra))
-        log = open(self.tor_log, "a")
-        self.tor = subprocess.Popen(
-            ["ip", "netns", "exec", TOR_NS, "bird", "-f", "-c", str(self.tor_cfg),
-             "-s", self.tor_sock], stdout=log, stderr=subprocess.STDOUT)
-        wait_for(lambda: _bird_answers(self.tor_sock), 15, "ToR BIRD control socket")
+    def _start_router(self, ns: str, name: str, config: str) -> subprocess.Popen:
+        cfg = self.tmp / f"{name}-bird.cfg"
+        cfg.write_text(config)
+        sock = str(self.tmp / f"{name}-bird.ctl")
+        log = open(self.tmp / f"{name}-bird.log", "a")
+        proc = subprocess.Popen(
+            ["ip", "netns", "exec", ns, "bird", "-f", "-c", str(cfg), "-s", sock],
+            stdout=log, stderr=subprocess.STDOUT)
+        wait_for(lambda: _bird_answers(sock), 15, f"{name} BIRD control socket")
+        return proc
+
+    def start_tor(self) -> None:
+        """The top-of-rack router (AS 65001), peering with every host."""
+        self.tor = self._start_router(TOR_NS, "tor", self.router_config(TOR_IP, TOR_AS, self.hosts))
+
+    def start_ext2(self) -> None:
+        """A second external router (AS 65002) at .253 that peers with h1 only."""
+        if self.ext2 is not None and self.ext2.poll() is None:
+            return
+        if EXT2_NS not in sh("ip", "netns", "list"):
+            self._attach(EXT2_NS, "ext2", [f"{EXT2_IP}/24"])
+        self.ext2 = self._start_router(EXT2_NS, "ext2",
+                                       self.router_config(EXT2_IP, EXT2_AS, self.hosts[:1]))
 
     def tor_routes(self) -> dict[str, dict[str, Any]]:
         return kernel_routes(TOR_NS)
@@ -507,6 +538,7 @@ template bgp hosts {{
         for h in self.hosts:
             stop_process(h.bird)
         stop_process(self.tor)
+        stop_process(self.ext2)
         if self.client is not None:
             self.client.close()
         if self.etcd is not None:

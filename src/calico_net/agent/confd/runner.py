@@ -820,8 +820,9 @@ class Confd:
                 self._write_status()
                 return
             except Exception as exc:  # noqa: BLE001 - e.g. bird binary missing/timeout
+                # Not BIRD's verdict on this text: try again on the next step.
                 self.metrics.validation_failures.inc()
-                self._failed("rejected", f"cannot run bird -p: {exc}", sha)
+                self._failed("rejected", f"cannot run bird -p: {exc}", None)
                 self._write_status()
                 return
             first = self.good_text is None
