@@ -190,9 +190,10 @@ class SecretReader:
 
 
 def _resource_validator(doc: dict[str, Any]) -> dict[str, Any]:
-    from calico_net.agent.syncer import model_validate
+    """Validate with calico_net.model (imported late: pydantic is a heavy import)."""
+    from calico_net import model
 
-    return model_validate(doc)
+    return model.parse_resource(doc).to_dict()
 
 
 @dataclass(frozen=True)
