@@ -19,6 +19,12 @@ to 4 bytes, as nft does), and verdict map values ``jump <chain>``/``goto``/
 ``accept``/``drop``.  Interval sets are not on the fast path (their elements are
 ranges with end markers; those changes go through nft).  A network namespace can be
 given: the socket is opened inside it (setns on this thread, then back).
+
+Measured on the bench table (10,000 endpoints, ~2,800 chains, 2 loaded CPUs): a
+batch that only touches plain sets commits in ~1 ms; one that adds ``jump``
+elements to a verdict map costs ~30 ms, all of it in the kernel, which re-validates
+every chain reachable from the map (loop detection) at commit.  That is the floor of
+"one endpoint added"; several endpoints added in one batch share it.
 """
 from __future__ import annotations
 
