@@ -34,6 +34,14 @@ Table layout (names are what you see in ``nft list table inet calico``):
 * selector sets ``s4_/s6_<h>`` (+ ``c4_/c6_`` CIDRs, ``n4_/n6_`` named ports), see
   `rules`; failsafe sets ``cali-failsafe-in``/``-out`` (``inet_proto . inet_service``),
   checked before any host endpoint policy.
+
+Writing: an apply whose changes are only set/map elements (endpoint added, removed,
+relabelled within known policy combinations) goes out as one nfnetlink batch
+(`nft_netlink`), everything else as one ``nft -f`` transaction; endpoint chains no
+longer used are deleted with the next nft transaction (or when 256 piled up), so
+endpoint removal stays element-only.  `refresh` and the restart check read the
+table back over netlink (rule and element counts, and the fingerprint in
+``cali-meta``) instead of ``nft -j list table``.
 """
 from __future__ import annotations
 
