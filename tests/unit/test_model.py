@@ -455,7 +455,7 @@ def test_types_cover_rules() -> None:
         ("spec.ingress", "ingress rules are present but types does not include Ingress")]
     parse_resource(gnp({"action": "Deny"}, direction="egress", types=["Egress"]))
     res = parse_resource(gnp({"action": "Deny"}, direction="egress"))
-    assert res.spec.effective_types() == ["Ingress", "Egress"]
+    assert res.spec.effective_types() == ["Egress"]  # Calico: egress rules only → Egress only
 
 
 def test_prednat_rules() -> None:

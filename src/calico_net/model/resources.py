@@ -223,10 +223,13 @@ class _PolicySpecBase(CalicoModel):
     service_account_selector: Optional[Selector] = None
 
     def effective_types(self) -> list[str]:
-        """Calico's rule when `types` is omitted: Ingress, plus Egress if there are egress rules."""
+        """Calico's rule when `types` is omitted: Egress only when there are egress rules
+        and no ingress rules, both when there are both, else Ingress."""
         if self.types:
             return list(self.types)
-        return ["Ingress", "Egress"] if self.egress else ["Ingress"]
+        if self.egress:
+            return ["Ingress", "Egress"] if self.ingress else ["Egress"]
+        return ["Ingress"]
 
     def semantic_errors(self, path: str, ctx: CheckContext) -> Iterator[Error]:
         yield from _rules_errors(self, path, ctx)
