@@ -399,3 +399,28 @@ def test_mesh_password_from_secret_file(fabric: bu.Fabric) -> None:
     bu.wait_for(lambda: all("password" not in h.bird_cfg.read_text() for h in f.hosts),
                 CONVERGE, "passwords gone")
     wait_full_mesh(f)
+
+
+# ------------------------------------------------------------- confd restart
+
+
+def test_confd_restart_leaves_bird_alone(fabric: bu.Fabric) -> None:
+    """A restarted confd renders the same bytes: no file write, and the one configure
+    it sends at start-up restarts no session."""
+    f = fabric
+    h2 = f.hosts[1]
+    wait_full_mesh(f)
+    bu.wait_for(lambda: h2.status().get("ready"), CONVERGE, "h2 confd ready", f.diag)
+    mtime = h2.bird_cfg.stat().st_mtime_ns
+    before = {n: s.since for n, s in h2.sessions().items()}
+    old_pid = h2.confd.pid
+    bu.stop_process(h2.confd)
+    h2.status_file.unlink()
+    f.start_confd(h2)
+    assert h2.confd.pid != old_pid
+    bu.wait_for(lambda: h2.status().get("ready"), CONVERGE, "restarted confd ready", f.diag)
+    assert h2.bird_cfg.stat().st_mtime_ns == mtime
+    assert {n: s.since for n, s in h2.sessions().items()} == before
+    code, metrics = h2.http("/metrics")
+    assert "calico_confd_config_writes_total 0" in metrics
+    assert "calico_confd_bird_reloads_total 1" in metrics
