@@ -29,13 +29,27 @@ def worker(endpoints: str, index: int, node: str, allocs: int, start, out) -> No
 
     client = EtcdClient(EtcdConfig(endpoints=[endpoints]))
     ipam = IPAM(client, Datastore(client))
+    txns = {"ok": 0, "conflict": 0, "requests": 0}
+    real_txn, real_post = client.txn, client._post
+
+    def counting_txn(*a, **kw):
+        r = real_txn(*a, **kw)
+        txns["ok" if r.succeeded else "conflict"] += 1
+        return r
+
+    def counting_post(*a, **kw):
+        txns["requests"] += 1
+        return real_post(*a, **kw)
+
+    client.txn = counting_txn  # type: ignore[method-assign]
+    client._post = counting_post  # type: ignore[method-assign]
     start.wait()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     got = []
     for i in range(allocs):
         v4, _ = ipam.auto_assign(f"bench.{index}.{i}", node)
         got.append(str(v4[0]))
-    out.put((index, node, time.perf_counter() - t0, got))
+    out.put((index, node, time.perf_counter() - t0, got, time.process_time() - c0, txns))
 
 
 def run(endpoints: str, procs: int, allocs: int, nodes: int) -> dict:
@@ -50,12 +64,20 @@ def run(endpoints: str, procs: int, allocs: int, nodes: int) -> dict:
         w.start()
     start.wait()
     t0 = time.perf_counter()
-    results = [out.get(timeout=600) for _ in workers]
+    results = [out.get(timeout=900) for _ in workers]
     wall = time.perf_counter() - t0
     for w in workers:
         w.join()
     ips = [ip for r in results for ip in r[3]]
-    return {"wall": wall, "ips": ips, "per_proc": sorted((r[0], r[2]) for r in results)}
+    return {"wall": wall, "ips": ips, "per_proc": sorted((r[0], r[2]) for r in results),
+            "cpu": sum(r[4] for r in results),
+            "txn_ok": sum(r[5]["ok"] for r in results), "txn_conflict": sum(r[5]["conflict"] for r in results),
+            "requests": sum(r[5]["requests"] for r in results)}
+
+
+def proc_cpu(pid: int) -> float:
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def main() -> int:
@@ -76,16 +98,27 @@ def main() -> int:
         ds = Datastore(client)
         ds.create({"apiVersion": "projectcalico.org/v3", "kind": "IPPool",
                    "metadata": {"name": "bench-pool"}, "spec": {"cidr": "198.19.0.0/16", "blockSize": 26}})
+        etcd_cpu0 = proc_cpu(server.proc.pid)
+        load0 = os.getloadavg()[0]
         res = run(server.endpoints, args.procs, args.allocs, args.nodes)
+        etcd_cpu = proc_cpu(server.proc.pid) - etcd_cpu0
         total = args.procs * args.allocs
         ipam = IPAM(client, ds)
         blocks = ipam.blocks()
         distinct = len(set(res["ips"]))
-        print(f"IPAM allocations: {args.procs} processes x {args.allocs} = {total}, {args.nodes} nodes, 2 cores={os.cpu_count()}")
+        print(f"IPAM allocations: {args.procs} processes x {args.allocs} = {total}, {args.nodes} nodes, {os.cpu_count()} cores")
         print(f"  wall time          {res['wall']:.2f} s")
         print(f"  allocations/s      {total / res['wall']:.0f}   (target >= 300)")
         per = [t for _, t in res["per_proc"]]
         print(f"  per process        {min(per):.2f}-{max(per):.2f} s  ({args.allocs / max(per):.0f}-{args.allocs / min(per):.0f} allocations/s each)")
+        cpu_ms = (res["cpu"] + etcd_cpu) / total * 1000
+        cores = os.cpu_count() or 1
+        print(f"  etcd transactions  {res['txn_ok']} committed, {res['txn_conflict']} lost a compare-and-swap "
+              f"({res['txn_conflict'] / total:.2f} per allocation); {res['requests'] / total:.2f} etcd requests "
+              "per allocation in all")
+        print(f"  CPU per allocation {res['cpu'] / total * 1000:.1f} ms in the clients + {etcd_cpu / total * 1000:.1f} ms in etcd"
+              f" = {cpu_ms:.1f} ms  -> at most {cores * 1000 / cpu_ms:.0f}/s on {cores} idle cores")
+        print(f"  machine load       {load0:.1f} at start (other processes share these cores)")
         print(f"  distinct addresses {distinct} of {total}  {'OK' if distinct == total else 'DUPLICATES!'}")
         print(f"  blocks claimed     {len(blocks)}  " + ", ".join(
             f"{n}: {sum(1 for b in blocks if b.host == n)}" for n in sorted({b.host or '-' for b in blocks})))

@@ -438,6 +438,7 @@ class IPAM:
         secondary = dict(attrs or {})
         secondary.setdefault(ATTR_NODE, node)
         fresh = False
+        verified: set[IPNetwork] = set()  # affine blocks read fresh in this call and found full
         for _ in range(5):
             handle = _Handle(handle_id)  # optimistic: a new handle; corrected on conflict
             got: dict[int, list[IPAddress]] = {4: [], 6: []}
@@ -446,7 +447,8 @@ class IPAM:
                 for version, num, requested in ((4, num_v4, pools_v4), (6, num_v6, pools_v6)):
                     if num > 0:
                         pools = self._eligible_pools(view, version, requested)
-                        self._auto_assign_version(handle, view, version, num, pools, secondary, got[version])
+                        self._auto_assign_version(handle, view, version, num, pools, secondary, got[version],
+                                                  verified)
                 return got[4], got[6]
             except (_StaleView, NoPoolsError, PoolExhaustedError) as e:
                 self._undo(got[4] + got[6])
@@ -474,8 +476,12 @@ class IPAM:
         pools: list[Pool],
         secondary: dict[str, str],
         got: list[IPAddress],
+        verified: set[IPNetwork],
     ) -> None:
-        """Append `num` addresses to `got` (which the caller releases on failure)."""
+        """Append `num` addresses to `got` (which the caller releases on failure).
+
+        `verified` holds affine blocks this call already re-read and found full, so
+        a retry on a fresh pool view does not read them again."""
         node = view.node
 
         def affine_to_node(blk: AllocationBlock) -> bool:
@@ -492,10 +498,13 @@ class IPAM:
                 if len(got) >= num:
                     return
                 ips = self._assign_from(cidr, num - len(got), handle, secondary, affine_to_node,
-                                        view.guards(pool_for(pools, cidr)), use_cache=not refresh)
+                                        view.guards(pool_for(pools, cidr)),
+                                        use_cache=not refresh or cidr in verified)
                 if ips:
                     got += ips
                     self._last_block[(node, version)] = cidr
+                elif refresh:
+                    verified.add(cidr)
             if len(got) >= num:
                 return
         if not view.fresh:
