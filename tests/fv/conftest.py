@@ -2,14 +2,15 @@
 
 Topology (one per test module, torn down even when tests fail):
 
-    root ns ── cnfvag0 198.18.222.1/24 ══ veth ══ eth0 198.18.222.2/24 ── cnfv-ag-host
-              etcd listens on 198.18.222.1                                 │ calico-node
-                                                  cali<11hex> ══ veth ══ eth0 198.19.1.N/32
-                                                                           cnfv-ag-wN
+    root ns ── cnag<pid> 198.18.X.1/24 ══ veth ══ eth0 198.18.X.2/24 ── cnfv-ag-<pid>-host
+              etcd listens on 198.18.X.1                                    │ calico-node
+                                                   cali<11hex> ══ veth ══ eth0 198.19.1.N/32
+                                                                            cnfv-ag-<pid>-wN
 
 Workloads are wired as the CNI plugin wires them: host side `cali` + 11 hex chars
 (no address), container side `eth0` with a /32 and `default via 169.254.1.1 onlink`.
-The subnet 198.18.222.0/24 keeps clear of the lab's 198.18.0.0/24 podman network.
+X is 200 + pid % 50: clear of the lab's 198.18.0.0/24 podman network, and two runs
+on one machine (names carry the pytest PID) do not collide.
 Each workload runs the small `FVTOOL_SOURCE` script's `serve` (TCP listeners on
 8080 and 9090); connectivity is checked by its `probe` run in the source namespace
 (TCP connect and ICMP echo to every target in parallel, 0.5 s timeout).
@@ -34,9 +35,14 @@ import requests
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 VENV_BIN = Path(sys.executable).parent
-PREFIX = "cnfv-ag-"
-ROOT_IF = "cnfvag0"
-NET = "198.18.222"
+# Names carry this run's PID, so two runs on one machine (a developer's and a CI
+# check, say) do not tear down each other's namespaces; leftovers of runs whose PID
+# is gone are removed at start.
+RUN = os.getpid() % 100000
+BASE = "cnfv-ag-"
+PREFIX = f"{BASE}{RUN}-"
+ROOT_IF = f"cnag{RUN}"
+NET = f"198.18.{200 + RUN % 50}"
 HOST_NS = PREFIX + "host"
 NODE = "fv-node"
 
@@ -134,20 +140,45 @@ def sh(*cmd: str, check: bool = True, ns: str | None = None, timeout: float = 30
     return p.stdout
 
 
-def cleanup_leftovers() -> None:
-    """Remove namespaces and links a killed earlier run may have left (ours only)."""
+def _run_alive(run: str) -> bool:
+    """Is the FV run that named things with `run` (its PID) still going?"""
+    if not run.isdigit():
+        return True    # not named by this scheme: not ours to judge
+    if int(run) == RUN:
+        return False
+    try:
+        os.kill(int(run), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    cmdline = Path(f"/proc/{run}/cmdline").read_bytes() if Path(f"/proc/{run}/cmdline").exists() else b""
+    return b"pytest" in cmdline
+
+
+def cleanup_leftovers(only_ours: bool = False) -> None:
+    """Remove namespaces and links this run made, and those a killed earlier run
+    left (`cnfv-ag-<pid>-*` whose pid is gone); never another live run's."""
     out = sh("ip", "netns", "list", check=False)
     for line in out.splitlines():
         name = line.split()[0] if line.strip() else ""
-        if name.startswith(PREFIX):
-            sh("ip", "netns", "pids", name, check=False)
+        if not name.startswith(BASE):
+            continue
+        run = name[len(BASE):].split("-", 1)[0]
+        if name.startswith(PREFIX) or (not only_ours and not _run_alive(run)):
             for pid in sh("ip", "netns", "pids", name, check=False).split():
                 try:
                     os.kill(int(pid), signal.SIGKILL)
                 except (ProcessLookupError, ValueError):
                     pass
             sh("ip", "netns", "del", name, check=False)
-    sh("ip", "link", "del", ROOT_IF, check=False)
+    links = sh("ip", "-o", "link", "show", check=False)
+    for line in links.splitlines():
+        parts = line.split(":")
+        if len(parts) > 1:
+            ifname = parts[1].strip().split("@")[0]
+            if ifname.startswith("cnag") and (ifname == ROOT_IF or (not only_ours and not _run_alive(ifname[4:]))):
+                sh("ip", "link", "del", ifname, check=False)
 
 
 def iface_name(workload: str) -> str:
@@ -377,7 +408,7 @@ def fv(tmp_path_factory) -> Iterator[Env]:
                 w.server.wait()
         if etcd is not None:
             rc.stop_etcd(etcd)
-        cleanup_leftovers()
+        cleanup_leftovers(only_ours=True)
         FVTOOL.unlink(missing_ok=True)
 
 

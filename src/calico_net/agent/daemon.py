@@ -6,9 +6,10 @@ One thread owns all state; everything else talks to it through one queue:
     LinkWatcher thread ──(link event)─────────────┼──► queue ──► main loop
     stop() / signals ──(stop)─────────────────────┘
 
-The main loop takes an event, then keeps taking events for a short coalescing
-window (`coalesce`, 15 ms by default), so a burst — a manifest applied, a resync —
-becomes one batch; then it applies: policy (`PolicyDataplane.apply()`: one nft
+The main loop takes an event, then keeps taking events while they keep coming —
+until the queue has been quiet for `quiet` (3 ms) or `coalesce` (20 ms) has passed
+since the first — so a burst (a manifest applied, CNI adds in a row, a resync)
+becomes one batch while a lone change waits only ~3 ms; then it applies: policy (`PolicyDataplane.apply()`: one nft
 transaction of what changed), sysctls of new workload interfaces, routes (only
 dirty ones). Nothing is written before the first complete snapshot is in.
 
@@ -80,7 +81,8 @@ class Daemon:
         watch_links: bool = True,
         metrics: Metrics | None = None,
         health: HealthState | None = None,
-        coalesce: float = 0.015,
+        coalesce: float = 0.020,
+        quiet: float = 0.003,
         syncer_factory: Callable[..., Syncer] = Syncer,
     ) -> None:
         self.node_name = node_name
@@ -88,6 +90,7 @@ class Daemon:
         self.metrics = metrics or Metrics()
         self.health = health or HealthState()
         self.coalesce = coalesce
+        self.quiet = quiet
         if policy is None:
             from calico_net.agent.felix.policy import FelixSettings, PolicyDataplane
 
@@ -189,7 +192,7 @@ class Daemon:
             dirty |= self._handle(ev)
             window_end = time.monotonic() + self.coalesce
             while not self._stop.is_set():
-                left = window_end - time.monotonic()
+                left = min(window_end - time.monotonic(), self.quiet)
                 try:
                     ev = self.events.get(timeout=left) if left > 0 else self.events.get_nowait()
                 except queue.Empty:
