@@ -56,6 +56,7 @@ def ansible_env(base_env: dict[str, str], tmp: Path) -> dict[str, str]:
 
 def run_playbook(playbook: Path | str, env: dict[str, str], tmp: Path, *, extra_vars: dict[str, Any] | None = None,
                  diff: bool = True, check: bool = False, timeout: float = 900) -> PlaybookRun:
+    tmp.mkdir(parents=True, exist_ok=True)
     inventory = tmp / "inventory.ini"
     inventory.write_text(f"localhost ansible_connection=local ansible_python_interpreter={sys.executable}\n")
     cmd = [str(VENV_BIN / "ansible-playbook"), "-i", str(inventory), str(playbook)]
@@ -72,14 +73,17 @@ def run_playbook(playbook: Path | str, env: dict[str, str], tmp: Path, *, extra_
     return PlaybookRun(proc.returncode, proc.stdout)
 
 
-def run_target(target: str, env: dict[str, str], tmp: Path, *, extra_vars: dict[str, Any] | None = None) -> PlaybookRun:
-    """Apply the integration target `target` (a role) to localhost."""
-    playbook = tmp / f"{target}.yml"
+def run_target(target: str, env: dict[str, str], tmp: Path, *, extra_vars: dict[str, Any] | None = None,
+               tasks_from: str = "main") -> PlaybookRun:
+    """Apply the integration target `target` (a role) to localhost; `tasks_from` picks
+    one of its task files for targets that run in phases."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    playbook = tmp / f"{target}-{tasks_from}.yml"
     playbook.write_text(yaml.safe_dump([{
-        "name": f"calico.net integration target {target}",
+        "name": f"calico.net integration target {target} ({tasks_from})",
         "hosts": "localhost",
         "gather_facts": False,
-        "roles": [target],
+        "tasks": [{"ansible.builtin.import_role": {"name": target, "tasks_from": tasks_from}}],
     }], sort_keys=False))
     return run_playbook(playbook, env, tmp, extra_vars=extra_vars)
 

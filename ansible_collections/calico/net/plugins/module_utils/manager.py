@@ -23,10 +23,11 @@ typed modules that own the whole resource ignore the stored document; `node`,
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from ansible_collections.calico.net.plugins.module_utils.common import ModuleError
+from ansible_collections.calico.net.plugins.module_utils.common import ModuleError, datastore
 from ansible_collections.calico.net.plugins.module_utils.meaning import canonical, strip_server_metadata
 
 try:
@@ -149,8 +150,8 @@ class ResourceManager:
                     to_write.append((p, doc))
             if to_write:
                 # Overlapping pools and the like are checked by the datastore first.
-                results = self.datastore.apply_all([doc for _, doc in to_write])
-                for (p, _), stored in zip(to_write, results):
+                results = self.datastore.apply_all([doc for _plan, doc in to_write])
+                for (p, _doc), stored in zip(to_write, results):
                     written[p.key] = stored
             for p in plans:
                 if p.changed and p.after is None:
@@ -217,3 +218,129 @@ def _label_value(value: Any) -> Any:
     if isinstance(value, (int, float)):
         return str(value)
     return value
+
+
+# --- value conversions from Ansible options to Calico fields ----------------------------
+
+
+def as_number(value: Any) -> Any:
+    """"64512" (Ansible gives str options as text) -> 64512; asdot "64512.10" stays text."""
+    if isinstance(value, str) and value.isdigit():
+        return int(value)
+    return value
+
+
+def number(value: Any) -> Any:
+    """Policy order 100.0 -> 100 (Calico's order is a float; integers read better)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def cidr_blocks(values: list[str]) -> list[dict[str, str]]:
+    """["198.18.96.0/20"] -> [{"cidr": "198.18.96.0/20"}] (BGPConfiguration service IPs)."""
+    return [{"cidr": v} for v in values]
+
+
+def _spec_from(params: dict[str, Any], fields: dict[str, str],
+               converters: dict[str, Callable[[Any], Any]] | None) -> dict[str, Any]:
+    spec = camel_spec(params, fields)
+    for field, convert in (converters or {}).items():
+        if field in spec:
+            spec[field] = convert(spec[field])
+    return spec
+
+
+def option_paths(fields: dict[str, str], **extra: str) -> dict[str, str]:
+    """Calico field path -> module option, for error messages."""
+    paths = {f"spec.{field}": option for option, field in fields.items()}
+    paths.update({"metadata.labels": "labels", "metadata.annotations": "annotations",
+                  "metadata.name": "name", "metadata.namespace": "namespace"})
+    paths.update(extra)
+    return paths
+
+
+def declared_handler(kind: str, fields: dict[str, str], *, namespaced: bool = False,
+                     converters: dict[str, Callable[[Any], Any]] | None = None) -> Callable[[Any], dict[str, Any]]:
+    """Handler for a module that declares the whole resource: options left out take
+    Calico's defaults, whatever else is stored is replaced."""
+
+    def handle(module: Any) -> dict[str, Any]:
+        params = module.params
+        ns = params.get("namespace") if namespaced else None
+
+        def build(stored: dict[str, Any] | None) -> dict[str, Any]:
+            doc = new_document(kind, params["name"], ns)
+            doc["spec"] = _spec_from(params, fields, converters)
+            return metadata_from(params, doc)
+
+        want = Want(kind, params["name"], ns, params["state"], build)
+        return run_wants(module, datastore(params), [want])
+
+    return handle
+
+
+def merged_handler(kind: str, fields: dict[str, str], *,
+                   converters: dict[str, Callable[[Any], Any]] | None = None,
+                   nested: dict[str, str] | None = None) -> Callable[[Any], dict[str, Any]]:
+    """Handler for a module that sets only the settings it is given (FelixConfiguration,
+    BGPConfiguration, Node): options left out keep their stored value.
+
+    Module options understood here when the module has them: `settings` (more spec
+    fields by their Calico names; null removes one), `purge` (drop every spec field not
+    given), `labels`/`annotations` merged into the stored ones unless `purge_labels`.
+    `nested` puts fields under a sub-mapping of the spec ({"bgp": "bgp"} for Node);
+    there an empty string removes the field.
+    """
+
+    def handle(module: Any) -> dict[str, Any]:
+        params = module.params
+
+        def build(stored: dict[str, Any] | None) -> dict[str, Any]:
+            doc = stored if stored is not None else new_document(kind, params["name"])
+            doc = json_copy(doc)
+            doc.setdefault("metadata", {})
+            spec = {} if params.get("purge") else dict(doc.get("spec") or {})
+            given = _spec_from(params, fields, converters)
+            for field, value in given.items():
+                section = (nested or {}).get(field)
+                if section:
+                    sub = dict(spec.get(section) or {})
+                    if value == "":
+                        sub.pop(field, None)
+                    else:
+                        sub[field] = value
+                    if sub:
+                        spec[section] = sub
+                    else:
+                        spec.pop(section, None)
+                else:
+                    spec[field] = value
+            for field, value in (params.get("settings") or {}).items():
+                if value is None:
+                    spec.pop(field, None)
+                else:
+                    spec[field] = value
+            doc["spec"] = spec
+            md = doc["metadata"]
+            for what in ("labels", "annotations"):
+                if params.get(what) is None:
+                    continue
+                new = {str(k): _label_value(v) for k, v in params[what].items()}
+                merged = new if params.get("purge_labels") and what == "labels" else dict(md.get(what) or {}, **new)
+                md[what] = {k: v for k, v in merged.items() if v is not None}
+            return doc
+
+        want = Want(kind, params["name"], None, params["state"], build)
+        return run_wants(module, datastore(params), [want])
+
+    return handle
+
+
+def json_copy(value: Any) -> Any:
+    return json.loads(json.dumps(value))
+
+
+def label_values(labels: dict[str, Any]) -> dict[str, Any]:
+    """Label mappings from Ansible: keys and values as the strings Calico requires."""
+    return {str(k): _label_value(v) for k, v in labels.items()}

@@ -21,19 +21,11 @@ description:
     O(block_size) equals a stored pool that spells out Calico's default C(blockSize=26).
   - The pool is refused when it overlaps another enabled pool.
 author:
-  - calico.net maintainers
+  - calico.net maintainers (@calico-net)
 extends_documentation_fragment:
   - calico.net.etcd
-attributes:
-  check_mode:
-    description: Can run in check mode and return changed status prediction without modifying target.
-    support: full
-  diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check mode), when in diff mode.
-    support: full
-  idempotent:
-    description: When run twice in a row with the same arguments, the second run reports no change.
-    support: full
+  - calico.net.attributes
+  - calico.net.metadata
 options:
   name:
     description: Name of the pool (C(metadata.name)).
@@ -85,13 +77,6 @@ options:
     description: C(Automatic) pools are used by IPAM without being asked for by name (C(spec.assignmentMode)).
     type: str
     choices: [Automatic, Manual]
-  labels:
-    description:
-      - Labels of the pool (C(metadata.labels)). Values are strings; numbers and booleans are converted.
-    type: dict
-  annotations:
-    description: Annotations of the pool (C(metadata.annotations)).
-    type: dict
 seealso:
   - module: calico.net.ipam_info
   - module: calico.net.resource
@@ -172,12 +157,8 @@ errors:
       option: cidr
 """
 
-from ansible_collections.calico.net.plugins.module_utils.common import (
-    METADATA_ARGUMENT_SPEC, datastore, run_module,
-)
-from ansible_collections.calico.net.plugins.module_utils.manager import (
-    Want, camel_spec, metadata_from, new_document, run_wants,
-)
+from ansible_collections.calico.net.plugins.module_utils.common import METADATA_ARGUMENT_SPEC, run_module
+from ansible_collections.calico.net.plugins.module_utils.manager import declared_handler, option_paths
 
 FIELDS = dict(
     cidr="cidr",
@@ -191,21 +172,6 @@ FIELDS = dict(
     allowed_uses="allowedUses",
     assignment_mode="assignmentMode",
 )
-OPTION_PATHS = {f"spec.{field}": option for option, field in FIELDS.items()}
-OPTION_PATHS.update({"metadata.labels": "labels", "metadata.annotations": "annotations",
-                     "metadata.name": "name"})
-
-
-def handle(module):
-    params = module.params
-
-    def build(stored):
-        doc = new_document("IPPool", params["name"])
-        doc["spec"] = camel_spec(params, FIELDS)
-        return metadata_from(params, doc)
-
-    want = Want("IPPool", params["name"], state=params["state"], build=build)
-    return run_wants(module, datastore(params), [want])
 
 
 def main():
@@ -224,7 +190,7 @@ def main():
         assignment_mode=dict(type="str", choices=["Automatic", "Manual"]),
         **METADATA_ARGUMENT_SPEC,
     )
-    run_module(argument_spec, handle, option_paths=OPTION_PATHS,
+    run_module(argument_spec, declared_handler("IPPool", FIELDS), option_paths=option_paths(FIELDS),
                required_if=[("state", "present", ["cidr"])])
 
 

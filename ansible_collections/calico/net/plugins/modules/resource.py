@@ -24,7 +24,7 @@ description:
     where Calico ignores it), so an unchanged manifest reports no change.
   - Each document replaces the stored resource as a whole, as C(calicoctl apply) does.
 author:
-  - calico.net maintainers
+  - calico.net maintainers (@calico-net)
 extends_documentation_fragment:
   - calico.net.etcd
 attributes:

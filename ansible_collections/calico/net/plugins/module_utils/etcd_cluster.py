@@ -1,0 +1,67 @@
+# -*- coding: utf-8 -*-
+# Copyright: calico.net contributors
+# Apache License 2.0 (see https://www.apache.org/licenses/LICENSE-2.0)
+"""etcd cluster membership through the v3 JSON gateway (`/v3/cluster/member/*`).
+
+`calico_net.datastore.EtcdClient` lists members; adding, updating and removing them
+is only needed by the `etcd_member` module (and so the etcd role), so those small
+calls live here. They go through the client's request path to keep its endpoint
+fail-over and TLS settings. Member IDs are uint64s that the gateway sends as decimal
+strings; etcdctl shows them in hex, and so do the results here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _post(client: Any, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    # EtcdClient has no public generic request method; `_post` is its one request path
+    # (fail-over over the endpoints, TLS, error mapping).
+    return client._post(path, body)  # pylint: disable=protected-access
+
+
+def member_view(member: dict[str, Any]) -> dict[str, Any]:
+    """A member as the module returns it."""
+    raw_id = member.get("ID")
+    return dict(
+        id=format(int(raw_id), "x") if raw_id not in (None, "") else None,
+        name=member.get("name") or "",
+        peer_urls=sorted(member.get("peerURLs") or []),
+        client_urls=sorted(member.get("clientURLs") or []),
+        is_learner=bool(member.get("isLearner", False)),
+        started=bool(member.get("name")),
+    )
+
+
+def list_members(client: Any) -> list[dict[str, Any]]:
+    return sorted((member_view(m) for m in client.members()), key=lambda m: (m["name"], m["peer_urls"]))
+
+
+def add_member(client: Any, peer_urls: list[str], learner: bool = False) -> dict[str, Any]:
+    body: dict[str, Any] = {"peerURLs": list(peer_urls)}
+    if learner:
+        body["isLearner"] = True
+    return member_view(_post(client, "cluster/member/add", body)["member"])
+
+
+def update_member(client: Any, member_id: str, peer_urls: list[str]) -> None:
+    _post(client, "cluster/member/update", {"ID": str(int(member_id, 16)), "peerURLs": list(peer_urls)})
+
+
+def remove_member(client: Any, member_id: str) -> None:
+    _post(client, "cluster/member/remove", {"ID": str(int(member_id, 16))})
+
+
+def initial_cluster(members: list[dict[str, Any]], new_name: str | None, new_urls: list[str]) -> str:
+    """ETCD_INITIAL_CLUSTER for a new member, as `etcdctl member add` prints it: every
+    started member's name=peerURL, plus the new member's."""
+    parts = []
+    for m in members:
+        name = m["name"]
+        if set(m["peer_urls"]) & set(new_urls):
+            name = new_name or name
+        if not name:
+            continue  # another member that was added but has not started yet
+        parts += [(name, url) for url in m["peer_urls"]]
+    return ",".join(f"{name}={url}" for name, url in sorted(parts))
