@@ -3,7 +3,8 @@
 # missing, so a second `make test` on the same machine does not touch apt.
 set -euo pipefail
 pkgs=(etcd-server etcd-client bird2 nftables iproute2 iputils-ping netcat-openbsd
-      procps podman debootstrap uidmap fuse-overlayfs slirp4netns openssh-client)
+      procps podman debootstrap uidmap fuse-overlayfs slirp4netns openssh-client
+      busybox-static openssl)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
