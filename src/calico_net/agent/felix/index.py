@@ -283,6 +283,19 @@ class SelectorMatcher:
               changes: list[tuple[Hashable, Hashable, bool]]) -> None:
         matches = self.matches
         skip = self._skip
+        if not old:
+            # the common bulk case (a selector's first selection, a cold start)
+            for it in new:
+                m = matches.get(it)
+                if m is None:
+                    matches[it] = {key}
+                else:
+                    m.add(key)
+            if skip:
+                changes.extend([(key, it, True) for it in new if it not in skip])
+            else:
+                changes.extend([(key, it, True) for it in new])
+            return
         for it in (old - new) if new else old:
             m = matches.get(it)
             if m is not None:
@@ -389,6 +402,15 @@ class _SelectorUse:
     h: str
     addr_users: set[Hashable] = field(default_factory=set)
     np_users: dict[NamedPortKey, set[Hashable]] = field(default_factory=dict)
+    # the names of its address sets, made once (hot path of every contribution)
+    s4: str = field(default="", init=False)
+    s6: str = field(default="", init=False)
+    c4: str = field(default="", init=False)
+    c6: str = field(default="", init=False)
+
+    def __post_init__(self) -> None:
+        h = self.h
+        self.s4, self.s6, self.c4, self.c6 = f"s4_{h}", f"s6_{h}", f"c4_{h}", f"c6_{h}"
 
     def used(self) -> bool:
         return bool(self.addr_users or self.np_users)
@@ -916,11 +938,16 @@ class PolicyIndex:
         "addr" or a named-port key)."""
         addrs4, addrs6, nets4, nets6, ports = vals
         if (only is None and use.addr_users) or only == "addr":
-            for fam, addrs, nets in ((4, addrs4, nets4), (6, addrs6, nets6)):
-                if addrs:
-                    self._bump(f"s{fam}_{use.h}", addrs, sign, use.addr_users)
-                if nets:
-                    self._bump_cidr(f"c{fam}_{use.h}", nets, sign, use)
+            if addrs4:
+                c = self.set_counts.get(use.s4)
+                if c is not None:
+                    self._bump_elems(use.s4, c, addrs4, sign)
+            if nets4:
+                self._bump_cidr(use.c4, nets4, sign, use)
+            if addrs6:
+                self._bump(use.s6, addrs6, sign, use.addr_users)
+            if nets6:
+                self._bump_cidr(use.c6, nets6, sign, use)
         if only == "addr" or not ports:
             return
         for npk in ([only] if only is not None else list(use.np_users)):

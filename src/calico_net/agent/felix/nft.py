@@ -348,6 +348,23 @@ class Ruleset:
         new: dict[str, str | None] = (dict(elements) if isinstance(elements, Mapping)
                                       else dict.fromkeys(elements))
         s = self.sets[name]
+        if self._sum is None:
+            # no fingerprint to maintain (bulk load): plain dict operations, same result
+            els = s.elements
+            touched = [k for k in els if k not in new]
+            for k in touched:
+                del els[k]
+            for k, v in new.items():
+                if k not in els or els[k] != v:
+                    els[k] = v
+                    touched.append(k)
+            if touched:
+                d = self.dirty_elems.get(name)
+                if d is None:
+                    self.dirty_elems[name] = set(touched)
+                else:
+                    d.update(touched)
+            return
         for k in [k for k in s.elements if k not in new]:
             self.remove_element(name, k)
         for k, v in new.items():

@@ -220,6 +220,12 @@ class PolicyDataplane:
         # endpoint chain bodies by (direction, policies, profiles): most endpoints
         # share a combination, so this saves re-rendering and re-hashing
         self._ep_chain_cache: dict[tuple[Any, ...], tuple[str, list[str]]] = {}
+        # (policies matching an endpoint, its existing profiles) → its (ingress, egress)
+        # chains with their bodies; thousands of endpoints share a few hundred
+        # combinations, so the ordering and chain lookup is done once per combination.
+        # Valid while no policy changes (order and types feed it): cleared when one does.
+        self._combo_cache: dict[tuple[frozenset[Key], tuple[str, ...]],
+                                tuple[str, list[str], str, list[str]]] = {}
         self._chain_literals: dict[str, set[str]] = {}             # policy chain → literal sets
         self._literal_refs: dict[str, int] = {}
         self._unused_chains: set[str] = set()      # endpoint chains no endpoint uses
@@ -335,6 +341,8 @@ class PolicyDataplane:
             self._base_dirty = False
         if ch.pools:
             self._render_pools()
+        if ch.policies:
+            self._combo_cache.clear()
         for name in ch.sets:
             if index.set_exists(name):
                 rs.ensure_set(name, index.set_type(name))
@@ -469,14 +477,29 @@ class PolicyDataplane:
         member = self.index.members.get(ep)
         new: _EpProgram | None = None
         if member is not None and member.iface and member.node == self.node_name:
-            pols = self.index.ordered_policies(ep)
-            profs = tuple(self.index.profiles_for(ep))
-            new = _EpProgram(
-                kind=member.kind, iface=member.iface,
-                ingress=self._endpoint_chain(
-                    "Ingress", tuple(p.key for p in pols if "Ingress" in p.types), profs),
-                egress=self._endpoint_chain(
-                    "Egress", tuple(p.key for p in pols if "Egress" in p.types), profs))
+            index = self.index
+            known = index.profiles
+            profs = tuple([p for p in member.profiles if p in known])
+            ck = (frozenset(index.policy_matcher.matches_of(ep)), profs)
+            combo = self._combo_cache.get(ck)
+            if combo is None:
+                pols = index.ordered_policies(ep)
+                ing = self._endpoint_chain(
+                    "Ingress", tuple(p.key for p in pols if "Ingress" in p.types), profs)
+                eg = self._endpoint_chain(
+                    "Egress", tuple(p.key for p in pols if "Egress" in p.types), profs)
+                combo = (ing, self.rs.chains[ing].rules, eg, self.rs.chains[eg].rules)
+                if len(self._combo_cache) > 100_000:
+                    self._combo_cache.clear()
+                self._combo_cache[ck] = combo
+            else:
+                chains = self.rs.chains
+                if combo[0] not in chains:      # collected as garbage since
+                    self.rs.set_chain(combo[0], combo[1])
+                if combo[2] not in chains:
+                    self.rs.set_chain(combo[2], combo[3])
+            new = _EpProgram(kind=member.kind, iface=member.iface,
+                             ingress=combo[0], egress=combo[2])
         old = self._programs.get(ep)
         if old == new:
             return

@@ -36,6 +36,7 @@ import hashlib
 import ipaddress
 import itertools
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, Iterable, Iterator, Mapping, Protocol
 
 from calico_net.model.fields import parse_port, parse_protocol
@@ -95,7 +96,12 @@ _PORT_HEADERS = {6: "tcp", 17: "udp", 132: "sctp", 136: "udplite"}
 
 def selector_hash(sel: Selector) -> str:
     """16 hex chars naming a canonical selector (stable across processes)."""
-    return hashlib.sha224(str(sel).encode()).hexdigest()[:16]
+    return _text_hash(str(sel))
+
+
+@lru_cache(maxsize=65536)
+def _text_hash(text: str) -> str:
+    return hashlib.sha224(text.encode()).hexdigest()[:16]
 
 
 def proto_name(proto: int) -> str:
@@ -232,10 +238,23 @@ class CompiledRule:
 
 
 def _nets(values: Iterable[str] | None) -> tuple[Any, ...]:
-    out = []
-    for v in values or ():
-        out.append(ipaddress.ip_network(v, strict=False))
-    return tuple(out)
+    if not values:
+        return ()
+    return tuple(_parse_net(v) for v in values)
+
+
+def _parse_net(value: Any) -> Any:
+    """``ipaddress.ip_network(value, strict=False)``, shared (the objects are immutable;
+    policies repeat the same CIDRs)."""
+    try:
+        return _parse_net_cached(value)
+    except TypeError:       # unhashable: let ip_network say what is wrong with it
+        return ipaddress.ip_network(value, strict=False)
+
+
+@lru_cache(maxsize=65536)
+def _parse_net_cached(value: Any) -> Any:
+    return ipaddress.ip_network(value, strict=False)
 
 
 def _ports(values: Iterable[int | str] | None) -> tuple[tuple[tuple[int, int], ...], tuple[str, ...]]:
@@ -363,7 +382,15 @@ def _merge_ports(ports: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
 
 
 def _collapse(nets: Iterable[Any]) -> list[str]:
-    return [str(n) for n in ipaddress.collapse_addresses(nets)]
+    nets = tuple(nets)
+    if not nets:
+        return []
+    return list(_collapse_cached(nets))
+
+
+@lru_cache(maxsize=16384)
+def _collapse_cached(nets: tuple[Any, ...]) -> tuple[str, ...]:
+    return tuple(str(n) for n in ipaddress.collapse_addresses(nets))
 
 
 def _port_text(p: tuple[int, int]) -> str:
@@ -464,6 +491,7 @@ def _side_alternatives(rule: CompiledRule, side: SideMatch, which: str, fam: int
     return groups
 
 
+@lru_cache(maxsize=65536)
 def named_port_hash(key: NamedPortKey) -> str:
     """16 hex chars naming a named-port set."""
     sel_text, proto, name = key
