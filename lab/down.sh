@@ -53,8 +53,13 @@ rm -f "$INVENTORY" "$INVENTORY.tmp" "$STATE_DIR/ssh_config"
 if ((IMAGES)); then
     for img in "$WORKLOAD_IMAGE" "$CALICO_NODE_IMAGE" "$NODE_IMAGE" "$BASE_IMAGE"; do
         if podman image exists "$img"; then
-            podman rmi -f "$img" >/dev/null
-            say "removed image $img"
+            # not forced: an image still used by a container (another lab's node, a test)
+            # stays, rather than taking that container with it
+            if podman rmi "$img" >/dev/null 2>&1; then
+                say "removed image $img"
+            else
+                log "kept image $img: still used by a container"
+            fi
         fi
     done
     rm_build_ctr calico-lab-base-working-container

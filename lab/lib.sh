@@ -110,4 +110,22 @@ lab_lock() {
     export CALICO_LAB_LOCKED=1
 }
 
+# image_id IMAGE : the image's ID, empty when it does not exist
+image_id() { podman image inspect --format '{{.Id}}' "$1" 2>/dev/null || true; }
+
+# drop_replaced OLD-ID NEW-IMAGE : after NEW-IMAGE was (re)tagged, remove the image it
+# replaced, unless a container (a running lab node, say) still uses it. Never forced:
+# `podman rmi -f` would remove those containers too.
+drop_replaced() {
+    local old=$1 new
+    new=$(image_id "$2")
+    if [[ -n $old && $old != "$new" ]]; then
+        podman rmi "$old" >/dev/null 2>&1 || log "kept the replaced image ${old:0:12} (still in use)"
+    fi
+}
+
+# Every podman call closes the lock's fd 9: `podman run -d` leaves conmon running, which
+# would otherwise inherit the fd and hold the lab lock for as long as the container lives.
+podman() { command podman "$@" 9>&-; }
+
 require_root() { [[ $(id -u) -eq 0 ]] || die "must run as root"; }

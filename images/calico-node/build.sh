@@ -67,13 +67,10 @@ timed "calico-node: wheels" wheels
 rm_build_ctr calico-lab-base-working-container
 # --layers: the apt step is cached as an intermediate image, so a change to src/ only
 # redoes the pip install. The image replaced here becomes dangling and is removed after.
-old_id=$(podman image inspect --format '{{.Id}}' "$CALICO_NODE_IMAGE" 2>/dev/null || true)
+old_id=$(image_id "$CALICO_NODE_IMAGE")
 timed "calico-node: podman build" podman build --quiet --pull=never --network host \
     --layers --label "$RECIPE_LABEL=$HASH" \
     --build-arg "BASE=$BASE_IMAGE" -t "$CALICO_NODE_IMAGE" -f "$CTX/Containerfile" "$CTX" >/dev/null
-new_id=$(podman image inspect --format '{{.Id}}' "$CALICO_NODE_IMAGE")
-if [[ -n $old_id && $old_id != "$new_id" ]]; then
-    podman rmi "$old_id" >/dev/null 2>&1 || true # still used by a container: keep it
-fi
+drop_replaced "$old_id" "$CALICO_NODE_IMAGE"
 rm -rf "$CTX"
 log "built $CALICO_NODE_IMAGE ($HASH)"

@@ -87,7 +87,7 @@ rm -rf "$ROOTFS"/var/cache/apt/archives/*.deb "$ROOTFS"/var/lib/apt/lists/*
 rm -f "$ROOTFS/etc/resolv.conf"
 
 tar -C "$ROOTFS" --numeric-owner --xattrs -cf "$TARBALL" .
-podman rmi -f "$BASE_IMAGE" >/dev/null 2>&1 || true
+old_id=$(image_id "$BASE_IMAGE")
 timed "base: podman import" podman import --quiet \
     --change "LABEL $RECIPE_LABEL=$HASH" \
     --change 'CMD ["/bin/bash"]' \
@@ -95,4 +95,5 @@ timed "base: podman import" podman import --quiet \
     --message "calico.net lab base: debootstrap $SUITE from $MIRROR" \
     "$TARBALL" "$BASE_IMAGE" >/dev/null
 rm -rf "$ROOTFS" "$TARBALL"
+drop_replaced "$old_id" "$BASE_IMAGE"
 log "built $BASE_IMAGE ($HASH)"

@@ -23,7 +23,7 @@ timed "node: apt-get install" podman run --name "$CTR" --network host \
     -v "$HERE:/build:ro" -v "$CACHE_DIR/apt:/var/cache/apt/archives" \
     "$BASE_IMAGE" bash /build/setup.sh
 
-podman rmi -f "$NODE_IMAGE" >/dev/null 2>&1 || true
+old_id=$(image_id "$NODE_IMAGE")
 timed "node: podman commit" podman commit --quiet \
     --change "LABEL $RECIPE_LABEL=$HASH" \
     --change 'CMD ["/sbin/init"]' \
@@ -31,4 +31,5 @@ timed "node: podman commit" podman commit --quiet \
     --change 'ENV container=podman' \
     "$CTR" "$NODE_IMAGE" >/dev/null
 rm_build_ctr "$CTR"
+drop_replaced "$old_id" "$NODE_IMAGE"
 log "built $NODE_IMAGE ($HASH)"

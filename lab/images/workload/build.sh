@@ -21,11 +21,12 @@ timed "workload: apt-get install" podman run --name "$CTR" --network host \
         apt-get update -qq
         apt-get install -y -qq --no-install-recommends iputils-ping netcat-openbsd iproute2 procps >/dev/null
         apt-get clean; rm -rf /var/lib/apt/lists/*'
-podman rmi -f "$WORKLOAD_IMAGE" >/dev/null 2>&1 || true
+old_id=$(image_id "$WORKLOAD_IMAGE")
 podman commit --quiet \
     --change "LABEL $RECIPE_LABEL=$HASH" \
     --change 'CMD ["sleep", "infinity"]' \
     --change 'STOPSIGNAL SIGKILL' \
     "$CTR" "$WORKLOAD_IMAGE" >/dev/null
 rm_build_ctr "$CTR"
+drop_replaced "$old_id" "$WORKLOAD_IMAGE"
 log "built $WORKLOAD_IMAGE ($HASH)"
