@@ -271,10 +271,11 @@ def inner(args: argparse.Namespace) -> int:
         real = {}
         for phase in ("cold", "restart"):
             env = dict(os.environ, NODENAME=NODE, ETCD_ENDPOINTS=etcd.endpoints, FELIX_HEALTHHOST="127.0.0.1",
-                       FELIX_HEALTHPORT="9099", FELIX_LOGSEVERITYSCREEN="Warning")
+                       FELIX_HEALTHPORT="9099", FELIX_LOGSEVERITYSCREEN="Info")
+            logf = open(f"/tmp/bench-agent-{phase}.log", "w")
             t = time.perf_counter()
             proc = subprocess.Popen([str(Path(sys.executable).parent / "calico-node")], env=env,
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                    stdout=logf, stderr=subprocess.STDOUT)
             try:
                 import requests
 
@@ -292,7 +293,7 @@ def inner(args: argparse.Namespace) -> int:
                 prss = int(next(l for l in status.splitlines() if l.startswith("VmRSS:")).split()[1]) / 1024
                 real[phase] = (ready, prss)
                 print(f"calico-node process, {phase}: ready after {ready:.2f} s (imports included), "
-                      f"RSS {prss:.0f} MB")
+                      f"RSS {prss:.0f} MB (log: /tmp/bench-agent-{phase}.log)")
             finally:
                 proc.terminate()
                 proc.wait(30)

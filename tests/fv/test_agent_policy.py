@@ -5,6 +5,10 @@ connectivity checked with TCP connects and ICMP echoes between the namespaces.
 """
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+
 import pytest
 
 pytestmark = pytest.mark.root
@@ -107,3 +111,31 @@ def test_deleting_a_policy_reverts(clean: Env):
     w1, w3 = clean.workloads[0], clean.workloads[2]
     wait_for(lambda: not probe(w1, [("db", w3.ip, 8080)], timeout=0.2)["db"], 1.0, "w1 -> w3 denied after delete")
     assert settle(clean, set()) == set()
+
+
+def test_host_endpoint_deny_all_keeps_failsafe_ssh_open(clean, fvlib):
+    """A HostEndpoint on the host's eth0 with a deny-everything policy: the failsafe
+    inbound port 22 still answers, any other port does not."""
+    L = fvlib
+    server = subprocess.Popen(["ip", "netns", "exec", L.HOST_NS, sys.executable, str(L.FVTOOL), "serve", "22", "8081"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    host_ip = f"{L.NET}.2"
+
+    def reach() -> dict[str, bool]:
+        arg = json.dumps([["ssh", host_ip, 22], ["other", host_ip, 8081]])
+        return json.loads(L.sh(sys.executable, str(L.FVTOOL), "probe", "0.5", arg))
+
+    try:
+        wait_for(lambda: reach() == {"ssh": True, "other": True}, 5, "host ports open without a host endpoint")
+        clean.ds.apply_all([
+            {"apiVersion": "projectcalico.org/v3", "kind": "HostEndpoint",
+             "metadata": {"name": f"{L.NODE}-eth0", "labels": {"hep": "eth0"}},
+             "spec": {"node": L.NODE, "interfaceName": "eth0", "expectedIPs": [host_ip]}},
+            gnp("deny-host", "hep == 'eth0'", types=["Ingress"], ingress=[{"action": "Deny"}]),
+        ])
+        wait_for(lambda: reach() == {"ssh": True, "other": False}, 5, "only the failsafe port open")
+        clean.ds.delete("HostEndpoint", f"{L.NODE}-eth0")
+        wait_for(lambda: reach() == {"ssh": True, "other": True}, 5, "host ports open again")
+    finally:
+        server.kill()
+        server.wait()

@@ -1,11 +1,8 @@
 """Interface and host sysctls (calico_net.agent.felix.sysctl) on a fake /proc/sys."""
 from __future__ import annotations
 
-import errno
-import struct
-
 from calico_net.agent.felix.routes import Link
-from calico_net.agent.felix.sysctl import Sysctls, devconf_message, proxy_delay_message
+from calico_net.agent.felix.sysctl import Sysctls
 
 
 def fake_proc(tmp_path, ifaces, ipv6=True):
@@ -64,30 +61,9 @@ def test_values_already_right_are_not_written(tmp_path):
     assert read(root, "net/ipv4/conf/cali1/proxy_arp") == "0"   # reported right: untouched
 
 
-class FakeNetlink:
-    def __init__(self, errors):
-        self.errors = errors
-        self.msgs = []
-
-    def request_batch(self, msgs):
-        self.msgs += msgs
-        return [self.errors.get(i, 0) for i in range(len(msgs))]
-
-
-def test_proxy_delay_over_netlink(tmp_path):
-    root = fake_proc(tmp_path, ["cali1", "cali2"], ipv6=False)
-    nl = FakeNetlink({1: errno.ENODEV})
-    s = Sysctls(str(root), netlink=nl)
-    failed = s.configure_interfaces([(Link(5, "cali1", True), False), (Link(6, "cali2", True), False)])
-    assert failed == ["cali2"] and len(nl.msgs) == 2
-    assert read(root, "net/ipv4/neigh/cali1/proxy_delay") == "80"   # sent over (fake) netlink instead
-    assert read(root, "net/ipv4/conf/cali1/proxy_arp") == "1"
-
-
-def test_message_layout():
-    mtype, _, body = devconf_message(42, {"proxy_arp": 1})
-    assert mtype == 19
-    assert struct.unpack_from("=i", body, 4)[0] == 42
-    assert body[16:].endswith(struct.pack("=HHI", 8, 3, 1))
-    mtype, _, body = proxy_delay_message(42)
-    assert mtype == 67 and b"arp_cache\0" in body
+def test_interface_configured_before_is_left_alone(tmp_path):
+    root = fake_proc(tmp_path, ["cali1"], ipv6=False)
+    s = Sysctls(str(root))
+    s.configure_interfaces([(Link(5, "cali1", True, conf(proxy_arp=1, forwarding=1, route_localnet=1)), False)])
+    assert read(root, "net/ipv4/conf/cali1/proxy_arp") == "0"        # reported right: untouched
+    assert read(root, "net/ipv4/neigh/cali1/proxy_delay") == "80"

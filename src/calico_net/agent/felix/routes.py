@@ -412,7 +412,7 @@ class RouteManager:
         self.programmed: dict[Route, int] = {}
         self.dirty: set[Route] = set()
         self.synced = False   # False until the first full resync read the kernel
-        self.if_refs: dict[str, int] = {}        # interface name -> local endpoints using it
+        self.if_endpoints: dict[str, set[str]] = {}  # interface name -> keys of its endpoints
         self.if_v6: dict[str, int] = {}          # interface name -> those with IPv6 addresses
         self.ifaces_dirty: set[str] = set()      # interfaces whose sysctls may need writing
         self.configured: dict[str, int] = {}     # interface name -> ifindex we configured
@@ -427,7 +427,7 @@ class RouteManager:
             self._unclaim(key, old)
         self.endpoints[key] = new
         if ifname:
-            self.if_refs[ifname] = self.if_refs.get(ifname, 0) + 1
+            self.if_endpoints.setdefault(ifname, set()).add(key)
             if any(r[0] == socket.AF_INET6 for r in new.routes):
                 self.if_v6[ifname] = self.if_v6.get(ifname, 0) + 1
             self.ifaces_dirty.add(ifname)
@@ -448,12 +448,12 @@ class RouteManager:
                     self.if_v6[ep.ifname] = v6
                 else:
                     self.if_v6.pop(ep.ifname, None)
-            n = self.if_refs.get(ep.ifname, 0) - 1
-            if n > 0:
-                self.if_refs[ep.ifname] = n
-            else:
-                self.if_refs.pop(ep.ifname, None)
-                self.configured.pop(ep.ifname, None)
+            users = self.if_endpoints.get(ep.ifname)
+            if users is not None:
+                users.discard(key)
+                if not users:
+                    del self.if_endpoints[ep.ifname]
+                    self.configured.pop(ep.ifname, None)
         for r in ep.routes:
             c = self.claims.get(r)
             if c is not None:
@@ -486,14 +486,17 @@ class RouteManager:
             self.links[name] = link
             if old is None or old.index != link.index:
                 self.ifaces_dirty.add(name)
-        if link is None or old is None or old.index != link.index or not link.up:
+        users = self.if_endpoints.get(name, ())
+        if old is not None and (link is None or old.index != link.index or not link.up):
             # Routes through a vanished or downed interface are gone from the kernel.
-            for r, oif in list(self.programmed.items()):
-                if old is not None and oif == old.index:
-                    del self.programmed[r]
-        for key, ep in self.endpoints.items():
-            if ep.ifname == name:
-                self.dirty.update(ep.routes)
+            # (Others through it, not ours by any endpoint, are forgotten at the next
+            # resync, which re-reads the kernel.)
+            for key in users:
+                for r in self.endpoints[key].routes:
+                    if self.programmed.get(r) == old.index:
+                        del self.programmed[r]
+        for key in users:
+            self.dirty.update(self.endpoints[key].routes)
 
     # --- desired state ---
     def interface_of(self, route: Route) -> str | None:
@@ -511,7 +514,7 @@ class RouteManager:
         return link.index if link is not None and link.up else 0
 
     def local_interfaces(self) -> set[str]:
-        return set(self.if_refs)
+        return set(self.if_endpoints)
 
     def interfaces_to_configure(self) -> list[tuple[Link, bool]]:
         """Local endpoints' interfaces that exist and whose sysctls are not written
@@ -520,7 +523,7 @@ class RouteManager:
         out = []
         for name in self.ifaces_dirty:
             link = self.links.get(name)
-            if link is not None and name in self.if_refs and self.configured.get(name) != link.index:
+            if link is not None and name in self.if_endpoints and self.configured.get(name) != link.index:
                 out.append((link, name in self.if_v6))
         self.ifaces_dirty.clear()
         return sorted(out, key=lambda x: x[0].name)
