@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
-"""Entrypoint of the calico/node image: a small process supervisor for the agent and BIRD.
+"""Entrypoint of the calico/node image: a small process supervisor for the agent, confd and BIRD.
 
 It starts the per-host agent (``calico-node``) and, unless ``CALICO_NETWORKING_BACKEND``
-is ``none``, BIRD in the foreground once the agent's confd part has written BIRD's config.
+is ``none``, confd (``calico-confd``, its own process as in Calico) and BIRD in the
+foreground once confd has written BIRD's config.
 A child that exits is restarted with exponential backoff, up to a limit; a child that
 stays up for a while earns its restarts back. SIGTERM and SIGINT are forwarded to the
 children, which get a grace period before SIGKILL, and the supervisor then exits 0. When
@@ -15,7 +16,8 @@ that no signal is lost between checks.
 
 Environment (all optional):
   CALICO_AGENT_CMD            agent command line (default ``calico-node``)
-  CALICO_NETWORKING_BACKEND   ``bird`` (default) or ``none`` (no BIRD)
+  CALICO_NETWORKING_BACKEND   ``bird`` (default) or ``none`` (no confd, no BIRD)
+  CALICO_CONFD_CMD            confd command line (default ``calico-confd``)
   CALICO_BIRD_CONFIG          BIRD config (default /etc/calico/confd/config/bird.cfg)
   CALICO_BIRD_SOCKET          BIRD control socket (default /var/run/calico/bird.ctl)
   CALICO_BIRD_CMD             BIRD command line; ``{config}`` and ``{socket}`` are
@@ -210,8 +212,9 @@ def build_children(env: dict[str, str]) -> list[Child]:
     children = [Child("agent", agent_cmd)]
     backend = env.get("CALICO_NETWORKING_BACKEND", "bird").strip().lower() or "bird"
     if backend == "none":
-        log("CALICO_NETWORKING_BACKEND=none: not starting BIRD")
+        log("CALICO_NETWORKING_BACKEND=none: not starting confd and BIRD")
         return children
+    children.append(Child("confd", shlex.split(env.get("CALICO_CONFD_CMD", "") or "calico-confd")))
     config = env.get("CALICO_BIRD_CONFIG", "") or DEFAULT_BIRD_CONFIG
     sock = env.get("CALICO_BIRD_SOCKET", "") or DEFAULT_BIRD_SOCKET
     template = env.get("CALICO_BIRD_CMD", "") or DEFAULT_BIRD_CMD

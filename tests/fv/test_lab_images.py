@@ -76,6 +76,7 @@ class Sup:
                 "CALICO_BIRD_SOCKET": str(tmp / "run" / "bird.ctl"),
                 "CALICO_BIRD_CMD": f"{sys.executable} {self.fake} {tmp / 'bird.log'} -c {{config}} -s {{socket}}",
                 "CALICO_AGENT_CMD": f"{sys.executable} {self.fake} {tmp / 'agent.log'}",
+                "CALICO_CONFD_CMD": f"{sys.executable} {self.fake} {tmp / 'confd.log'}",
                 "CALICO_SUPERVISOR_BACKOFF": "0.02",
                 "CALICO_SUPERVISOR_GRACE": "5",
             }
@@ -108,7 +109,7 @@ class Sup:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
-        for name in ("agent", "bird"):
+        for name in ("agent", "confd", "bird"):
             for pid in self.pids(name):
                 if _pid_alive(pid):
                     os.kill(pid, signal.SIGKILL)
@@ -140,7 +141,8 @@ def test_sigterm_is_forwarded_and_exit_is_clean(sup, tmp_path: Path) -> None:
     assert rc == 0, out
     assert f"signal {signal.SIGTERM.value}" in s.log("agent")
     assert f"signal {signal.SIGTERM.value}" in s.log("bird")
-    assert not any(_pid_alive(p) for p in s.pids("agent") + s.pids("bird"))
+    assert f"signal {signal.SIGTERM.value}" in s.log("confd")
+    assert not any(_pid_alive(p) for p in s.pids("agent") + s.pids("confd") + s.pids("bird"))
 
 
 def test_sigint_is_forwarded_too(sup) -> None:
@@ -172,8 +174,8 @@ def test_backend_none_runs_no_bird(sup, tmp_path: Path) -> None:
     s.proc.send_signal(signal.SIGTERM)
     rc, out = s.wait()
     assert rc == 0
-    assert s.pids("bird") == []
-    assert "not starting BIRD" in out
+    assert s.pids("bird") == [] and s.pids("confd") == []
+    assert "not starting confd and BIRD" in out
 
 
 def test_child_restarted_with_backoff_then_gives_up(sup) -> None:
