@@ -206,7 +206,17 @@ class Daemon:
             self._maybe_refresh()
 
     def _handle(self, ev: tuple) -> bool:
-        """Process one event; True if the dataplane may need an apply."""
+        """Process one event; True if the dataplane may need an apply. An exception
+        here is a bug, but one event must not take the agent down: it is logged,
+        counted, and the next refresh/resync puts things right."""
+        try:
+            return self._handle_event(ev)
+        except Exception:  # noqa: BLE001
+            log.exception("failed to process %s event", ev[0])
+            self.metrics.errors.inc()
+            return True
+
+    def _handle_event(self, ev: tuple) -> bool:
         what = ev[0]
         if what == "update":
             _, key, res = ev
