@@ -45,12 +45,14 @@ table back over netlink (rule and element counts, and the fingerprint in
 """
 from __future__ import annotations
 
+import gc
 import hashlib
 import logging
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 from .index import ENDPOINT_KINDS, IndexChanges, Key, PolicyIndex
 from .nft import NftError, NftRunner, NftWriter, Ruleset
@@ -156,6 +158,22 @@ class _EpProgram:
     egress: str
 
 
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection inside the block.  An apply allocates millions of
+    long-lived containers on a cold start; the collector would otherwise walk the
+    growing heap again and again (about a third of the CPU time of a cold start)
+    while finding next to nothing to free.  Refcounting frees as usual; the
+    collector resumes (if it was on) when the block ends."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
 def _short(*parts: object) -> str:
     return hashlib.sha224("\0".join(map(str, parts)).encode()).hexdigest()[:16]
 
@@ -257,6 +275,10 @@ class PolicyDataplane:
 
     def apply(self) -> ApplyStats:
         """Write everything that changed since the last apply in one nft transaction."""
+        with _gc_paused():
+            return self._apply()
+
+    def _apply(self) -> ApplyStats:
         t0 = time.perf_counter()
         stats = ApplyStats()
         changes = self.index.recompute()
