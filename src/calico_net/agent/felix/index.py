@@ -29,6 +29,7 @@ import logging
 import re
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, Hashable, Iterable, Mapping
 
 from calico_net.model.selector import (
@@ -441,14 +442,31 @@ def _split_ips(values: Iterable[str]) -> tuple[tuple[str, ...], tuple[str, ...],
 
 
 def _ports(values: Iterable[Mapping[str, Any]] | None) -> tuple[tuple[str, int, int], ...]:
-    from calico_net.model.fields import parse_protocol
+    if not values:
+        return ()
     out = []
-    for p in values or ():
+    for p in values:
         try:
-            out.append((str(p["name"]), parse_protocol(p.get("protocol", "TCP")), int(p["port"])))
+            out.append(_port_entry(p["name"], p.get("protocol", "TCP"), p["port"]))
         except (KeyError, ValueError, TypeError):
             log.warning("ignoring malformed endpoint port %r", p)
     return tuple(sorted(set(out)))
+
+
+def _port_entry(name: Any, protocol: Any, port: Any) -> tuple[str, int, int]:
+    try:
+        return _port_entry_cached(name, protocol, port)
+    except TypeError:        # unhashable field: parse it uncached (and fail as before)
+        return _parse_port_entry(name, protocol, port)
+
+
+def _parse_port_entry(name: Any, protocol: Any, port: Any) -> tuple[str, int, int]:
+    from calico_net.model.fields import parse_protocol
+    return (str(name), parse_protocol(protocol), int(port))
+
+
+# endpoints repeat a handful of named ports: parse each distinct one once
+_port_entry_cached = lru_cache(maxsize=4096, typed=True)(_parse_port_entry)
 
 
 def member_from_doc(kind: str, name: str, namespace: str | None, doc: Mapping[str, Any]) -> Member:
