@@ -437,8 +437,14 @@ def _split_ips(values: Iterable[str]) -> tuple[tuple[str, ...], tuple[str, ...],
             (a4 if host else n4).append(str(net.network_address) if host else str(net))
         else:
             (a6 if host else n6).append(str(net.network_address) if host else str(net))
-    return (tuple(sorted(set(a4))), tuple(sorted(set(a6))),
-            tuple(sorted(set(n4))), tuple(sorted(set(n6))))
+    return _uniq_sorted(a4), _uniq_sorted(a6), _uniq_sorted(n4), _uniq_sorted(n6)
+
+
+def _uniq_sorted(values: list[Any]) -> tuple[Any, ...]:
+    """``tuple(sorted(set(values)))``; most endpoints have one address per family."""
+    if len(values) < 2:
+        return tuple(values)
+    return tuple(sorted(set(values)))
 
 
 def _ports(values: Iterable[Mapping[str, Any]] | None) -> tuple[tuple[str, int, int], ...]:
@@ -450,7 +456,7 @@ def _ports(values: Iterable[Mapping[str, Any]] | None) -> tuple[tuple[str, int, 
             out.append(_port_entry(p["name"], p.get("protocol", "TCP"), p["port"]))
         except (KeyError, ValueError, TypeError):
             log.warning("ignoring malformed endpoint port %r", p)
-    return tuple(sorted(set(out)))
+    return _uniq_sorted(out)
 
 
 def _port_entry(name: Any, protocol: Any, port: Any) -> tuple[str, int, int]:
