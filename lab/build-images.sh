@@ -32,6 +32,11 @@ NODE_HASH=$( { echo "$BASE_HASH"; hash_paths "$LAB_DIR/images/node"; } | sha256s
 WL_HASH=$( { echo "$BASE_HASH"; hash_paths "$LAB_DIR/images/workload"; } | sha256sum | cut -c1-16)
 CN_HASH=$( { echo "$BASE_HASH"; hash_paths "$REPO_DIR/images/calico-node" "$REPO_DIR/src" "$REPO_DIR/pyproject.toml"; } | sha256sum | cut -c1-16)
 
+# Build containers a killed run left behind (we hold the lab lock: no build is running).
+mapfile -t leftovers < <(podman ps -a --format '{{.Names}}' | grep -E "^${BUILD_CTR_PREFIX}[a-z0-9-]+\$" || true)
+for c in "${leftovers[@]}" calico-lab-base-working-container; do rm_build_ctr "$c"; done
+((${#leftovers[@]} == 0)) || log "removed leftover build containers: ${leftovers[*]}"
+
 want() { local t; for t in "${targets[@]}"; do [[ $t == "$1" ]] && return 0; done; return 1; }
 
 ensure() { # ensure NAME IMAGE HASH BUILD-CMD...

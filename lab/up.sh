@@ -2,13 +2,13 @@
 # Starts the calico.net lab: N systemd-booted Debian 12 "hosts" (podman containers
 # calico-lab-node-1..N) on the internal podman network calico-lab (198.18.0.0/24; the host
 # is 198.18.0.1, node i is 198.18.0.(10+i)), reachable from the host over SSH as root with
-# (names, subnet and state directory change with CALICO_LAB_NAME / CALICO_LAB_SUBNET, see
-# lab/lib.sh, for a second lab beside this one)
 # the lab's key, with the calico/node image archive at /opt/calico/images/calico-node.tar
 # and the sample workload image archive beside it inside every node (and, unless
 # --no-preload, both already loaded into each node's podman).
 # Writes lab/.state/inventory.ini (groups etcd, calico_nodes, route_reflectors) and
 # lab/.state/ssh_config. Any lab left by an earlier (possibly killed) run is removed first.
+# Names, subnet and state directory change with CALICO_LAB_NAME / CALICO_LAB_SUBNET (see
+# lab/lib.sh), for a second lab beside this one.
 # Usage: up.sh [N] [--no-preload] [--no-build]     (N defaults to $CALICO_LAB_NODES or 3)
 set -euo pipefail
 LOG_TAG=up

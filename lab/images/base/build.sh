@@ -44,7 +44,14 @@ SECURITY=$(debian_sources | awk -v s="$SUITE-security" '{ for (i=2;i<=NF;i++) if
 MIRROR=${CALICO_LAB_MIRROR:-${MIRROR:-http://deb.debian.org/debian}}
 log "mirror: $MIRROR  security: ${SECURITY:-none}"
 
-# Restartable: whatever a killed run left behind is ours and is thrown away.
+# Restartable: whatever a killed run left behind is ours and is thrown away. debootstrap
+# mounts /proc and /sys inside the target while it configures packages: a run killed
+# then leaves them mounted, so unmount everything below the rootfs before deleting it.
+if [[ -d $ROOTFS ]]; then
+    findmnt -rn -o TARGET | grep -E "^$ROOTFS(/|\$)" | sort -r | while read -r m; do
+        umount -l "$m" || true
+    done
+fi
 rm -rf "$ROOTFS" "$TARBALL"
 mkdir -p "$WORK_DIR" "$CACHE_DIR/debootstrap"
 
