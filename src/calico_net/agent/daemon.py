@@ -149,8 +149,10 @@ class Daemon:
             # Listen first, then list, so no link created in between is missed.
             self.link_watcher = LinkWatcher(self._on_link)
             self.link_watcher.start()
-        self.routes.set_links(self.nl.links())
+        # The snapshot (network I/O in its own thread) overlaps the link listing;
+        # nothing from it is handled before the listing is in.
         self.syncer.start()
+        self.routes.set_links(self.nl.links())
 
     def stop(self) -> None:
         self._stop.set()
