@@ -180,5 +180,6 @@ def test_backoff_is_capped_and_cheap():
     s.start()
     time.sleep(1.0)
     s.stop()
-    # 0.01, 0.02, 0.04, 0.08, then every ~0.05-0.1 s: well under 30 attempts a second.
-    assert 6 <= len(calls) <= 25
+    # 0.01, 0.02, 0.04, 0.08, then every ~0.05-0.1 s: it retries, and well under 30
+    # attempts a second (a starved thread on a busy machine makes fewer, not more).
+    assert 2 <= len(calls) <= 25
