@@ -32,7 +32,7 @@ import socket
 import struct
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Protocol
+from typing import Callable, Iterable, Protocol
 
 log = logging.getLogger(__name__)
 
