@@ -29,6 +29,18 @@ test-unit: venv
 test-fv: deps venv
 	$(PY) -m pytest -q tests/fv
 
+# The lab: 3 systemd "hosts" on an internal podman network (198.18.0.0/24), site.yml
+# over SSH, sample workloads and policy, then BGP status and a connectivity matrix.
+LAB_INVENTORY := lab/.state/inventory.ini
+lab: deps venv
+	bash lab/up.sh
+	ANSIBLE_COLLECTIONS_PATH=$(CURDIR) ANSIBLE_HOST_KEY_CHECKING=False \
+	  $(VENV)/bin/ansible-playbook -i $(LAB_INVENTORY) ansible_collections/calico/net/playbooks/site.yml
+	bash lab/demo.sh
+
+lab-down:
+	bash lab/down.sh
+
 bench: deps venv
 	for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
