@@ -61,6 +61,7 @@ class _Plan:
     revision: str | None  # resourceVersion of the stored document
     after: dict[str, Any] | None  # document to write (None: delete / stays absent)
     changed: bool
+    stored: dict[str, Any] | None = None  # as read, with server metadata
 
 
 def new_document(kind: str, name: str, namespace: str | None = None) -> dict[str, Any]:
@@ -118,7 +119,7 @@ class ResourceManager:
             before = strip_server_metadata(stored)
             revision = (stored or {}).get("metadata", {}).get("resourceVersion")
             if want.state == "absent":
-                plans.append(_Plan(want, key, before, revision, None, stored is not None))
+                plans.append(_Plan(want, key, before, revision, None, stored is not None, stored))
                 continue
             if want.build is None:
                 raise ModuleError(f"{key}: nothing to build the document from")
@@ -131,9 +132,9 @@ class ResourceManager:
                 raise ModuleError(f"{key}: the document names a different resource "
                                   f"({describe(info.kind, md.get('name'), md.get('namespace'))})")
             if stored is not None and same_meaning(stored, desired):
-                plans.append(_Plan(want, key, before, revision, before, False))
+                plans.append(_Plan(want, key, before, revision, before, False, stored))
             else:
-                plans.append(_Plan(want, key, before, revision, desired, True))
+                plans.append(_Plan(want, key, before, revision, desired, True, stored))
         return plans
 
     def run(self, wants: list[Want]) -> dict[str, Any]:
@@ -164,6 +165,8 @@ class ResourceManager:
         for p in plans:
             if p.key in written:
                 resources.append(written[p.key])
+            elif not p.changed and p.after is not None:
+                resources.append(p.stored)  # unchanged: the stored document, with its resourceVersion
             elif p.after is not None:
                 resources.append(p.after)
             else:

@@ -116,8 +116,8 @@ EXAMPLES = r"""
 RETURN = r"""
 resource:
   description:
-    - The pool as stored (with C(metadata.resourceVersion) after a change), or as it would be
-      stored in check mode. C(null) when O(state=absent).
+    - The pool as stored (with C(metadata.resourceVersion)), or as it would be stored when check
+      mode predicts a change. C(null) when O(state=absent).
   returned: success
   type: dict
   sample:

@@ -18,8 +18,9 @@ description:
     holds is accepted - C(IPPool), C(BGPConfiguration), C(BGPPeer), C(FelixConfiguration),
     C(Profile), C(NetworkPolicy), C(GlobalNetworkPolicy), C(NetworkSet), C(GlobalNetworkSet),
     C(HostEndpoint), C(WorkloadEndpoint) and C(Node).
-  - Every document is validated before anything is written; all changed documents are written
-    in one etcd transaction, so either all of them land or none does.
+  - Every document is validated before anything is written; all documents to create or replace
+    are written in one etcd transaction, so either all of them land or none does. With
+    O(state=absent) the documents are deleted one by one.
   - Documents are compared with what is stored by meaning (defaults filled in, order ignored
     where Calico ignores it), so an unchanged manifest reports no change.
   - Each document replaces the stored resource as a whole, as C(calicoctl apply) does.
@@ -111,8 +112,8 @@ EXAMPLES = r"""
 RETURN = r"""
 resources:
   description:
-    - The documents as stored after the change (with C(metadata.resourceVersion)), or as they would
-      be stored in check mode, in input order. C(null) entries for deleted resources.
+    - The documents as stored (with C(metadata.resourceVersion)), or as they would be stored when
+      check mode predicts a change, in input order. C(null) entries for deleted resources.
   returned: success
   type: list
   elements: dict
