@@ -260,11 +260,11 @@ class Runtime:
         return rc, out, err
 
     def image_id(self, image: str) -> str | None:
-        rc, out, _ = self.run("image", "inspect", "--format", "{{.Id}}", image, check=False)
+        rc, out, dummy = self.run("image", "inspect", "--format", "{{.Id}}", image, check=False)
         return _strip_digest(out.strip()) if rc == 0 and out.strip() else None
 
     def container(self, name: str) -> dict[str, Any] | None:
-        rc, out, _ = self.run("container", "inspect", name, check=False)
+        rc, out, dummy = self.run("container", "inspect", name, check=False)
         if rc != 0:
             return None
         data = json.loads(out)
