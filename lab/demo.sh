@@ -46,7 +46,7 @@ for i in "${!NODES[@]}"; do
     on "$n" "podman image exists $WORKLOAD_IMAGE || podman load -q -i $WORKLOAD_IMAGE_ARCHIVE >/dev/null"
     for role in frontend db; do
         name=demo-$role-$((i + 1))
-        on "$n" "podman container exists $name || podman run -d --name $name --network calico $WORKLOAD_IMAGE >/dev/null"
+        on "$n" "podman container exists $name || podman run -d --name $name --network calico --cap-add NET_RAW $WORKLOAD_IMAGE >/dev/null"
         ip=$(on "$n" "podman inspect -f '{{(index .NetworkSettings.Networks \"calico\").IPAddress}}' $name")
         [[ -n $ip ]] || die "$name on $n has no calico address"
         IP[$name]=$ip
