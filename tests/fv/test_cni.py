@@ -162,6 +162,8 @@ def test_add_check_del(cni, pool, netns):
     assert f"inet {addr}/32" in sh("ip", "-n", ns, "addr", "show", "eth0")
     routes = sh("ip", "-n", ns, "route")
     assert "default via 169.254.1.1 dev eth0" in routes and "169.254.1.1 dev eth0" in routes
+    neigh = sh("ip", "-n", ns, "neigh", "show", "169.254.1.1")
+    assert "lladdr ee:ee:ee:ee:ee:ee PERMANENT" in neigh, neigh
     host_link = json.loads(sh("ip", "-j", "link", "show", host["name"]))[0]
     assert host_link["address"] == "ee:ee:ee:ee:ee:ee" and "UP" in host_link["flags"]
     assert f"{addr} dev {host['name']}" in sh("ip", "route", "show", "proto", "80")

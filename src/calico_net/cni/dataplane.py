@@ -4,7 +4,8 @@
                                  workload address (protocol 80, the agent's number,
                                  so the agent adopts them)
     container:  eth0             the workload's addresses as /32 and /128,
-                                 169.254.1.1 scope link + default via 169.254.1.1,
+                                 169.254.1.1 scope link + default via 169.254.1.1
+                                 (its ARP entry fixed to the host side's MAC),
                                  default via fe80::ecee:eeff:feee:eeee for IPv6 (the
                                  link-local address the host side derives from its MAC)
 
@@ -31,6 +32,7 @@ from calico_net.cni.errors import DATAPLANE, UNKNOWN_CONTAINER, CNIError
 log = logging.getLogger(__name__)
 
 HOST_MAC = "ee:ee:ee:ee:ee:ee"
+NUD_PERMANENT = 0x80
 GATEWAY_V4 = "169.254.1.1"
 GATEWAY_V6 = "fe80::ecee:eeff:feee:eeee"
 RTPROT_FELIX = 80
@@ -119,6 +121,10 @@ def setup(
                 if any(a.version == 4 for a in addrs):
                     ns.route("add", dst=f"{GATEWAY_V4}/32", oif=idx, scope=RT_SCOPE_LINK)
                     ns.route("add", dst="0.0.0.0/0", gateway=GATEWAY_V4, oif=idx)
+                    # The gateway's ARP entry, fixed: proxy ARP on the host answers only
+                    # for addresses the host can route elsewhere, so a host without a
+                    # default route would leave 169.254.1.1 unresolved.
+                    ns.neigh("add", dst=GATEWAY_V4, lladdr=HOST_MAC, ifindex=idx, state=NUD_PERMANENT)
                 if has_v6:
                     ns.route("add", dst="::/0", gateway=GATEWAY_V6, oif=idx, family=10)
                 container_mac = ns.get_links(idx)[0].get_attr("IFLA_ADDRESS")
