@@ -194,3 +194,14 @@ def test_settings_for_the_real_policy_dataplane(tmp_path):
     assert s.failsafe_inbound == [("tcp", 22), ("udp", 68)]
     assert s.default_endpoint_to_host_action == "Accept"
     assert s.interface_prefixes == ("cali",)
+
+
+def test_bgp_and_node_resources_do_not_reach_the_policy_dataplane(tmp_path):
+    d, kernel, policy = make(tmp_path)
+    bgp = {"kind": "BGPConfiguration", "metadata": {"name": "default"}, "spec": {}}
+    node = {"kind": "Node", "metadata": {"name": "n1"}, "spec": {}}
+    d.on_snapshot({P + "bgpconfigurations/default": Resource("BGPConfiguration", "default", None, bgp, 1),
+                   P + "nodes/n1": Resource("Node", "n1", None, node, 2), **dict([gnp("p")])}, 10)
+    d.loop_once(max_wait=0.01)
+    assert policy.updates == [("GlobalNetworkPolicy", "p", None, True)]
+    assert d.metrics.errors.value == 0

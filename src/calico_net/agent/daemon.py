@@ -40,6 +40,10 @@ from calico_net.agent.syncer import Resource, Syncer
 
 log = logging.getLogger(__name__)
 
+# What PolicyDataplane.update() takes; everything else in the snapshot is skipped here.
+DATAPLANE_KINDS = frozenset({"WorkloadEndpoint", "HostEndpoint", "Profile", "NetworkPolicy",
+                             "GlobalNetworkPolicy", "NetworkSet", "GlobalNetworkSet", "IPPool"})
+
 POLICY_KINDS = ("NetworkPolicy", "GlobalNetworkPolicy")
 IDLE_TICK = 1.0          # the loop wakes at least this often (liveness, timers)
 RETRY_AFTER_ERROR = 1.0  # a failed apply is retried after this long
@@ -280,6 +284,8 @@ class Daemon:
                 self.routes.set_endpoint(key, spec.get("interfaceName") or None, spec.get("ipNetworks") or [])
             else:
                 self.routes.remove_endpoint(key)
+        if kind not in DATAPLANE_KINDS:
+            return True  # Nodes, BGP resources: confd's business, not the dataplane's
         try:
             self.policy.update(kind, cur.name, cur.namespace, res.doc if res is not None else None)
         except Exception:  # noqa: BLE001 - one bad object must not stop the agent
