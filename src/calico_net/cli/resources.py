@@ -101,7 +101,7 @@ def cmd_create(args: argparse.Namespace, ctx) -> int:
 
 def cmd_apply(args: argparse.Namespace, ctx) -> int:
     docs = load_documents(args.filename, args.namespace)
-    ctx.datastore.apply_all(docs)
+    ctx.datastore.apply_all(docs, validated=True)
     print(_summary("applied", docs), file=ctx.out)
     return 0
 

@@ -13,7 +13,6 @@ lands or none does.
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import uuid
 
 import orjson
@@ -104,13 +103,13 @@ def _ident(doc: dict[str, Any]) -> tuple[str, str, str | None]:
 
 def stored_value(doc: dict[str, Any], existing: dict[str, Any] | None) -> bytes:
     """The JSON we store: the document, server metadata kept from `existing`."""
-    out = json.loads(json.dumps(doc))  # deep copy, JSON types only
+    out = orjson.loads(orjson.dumps(doc))  # deep copy, JSON types only
     md = out.setdefault("metadata", {})
     md.pop("resourceVersion", None)
     old_md = (existing or {}).get("metadata") or {}
     md["uid"] = old_md.get("uid") or md.get("uid") or str(uuid.uuid4())
     md["creationTimestamp"] = old_md.get("creationTimestamp") or md.get("creationTimestamp") or _now()
-    return json.dumps(out, separators=(",", ":"), sort_keys=False).encode()
+    return orjson.dumps(out)
 
 
 def decode(kv: KV) -> dict[str, Any]:
@@ -128,9 +127,9 @@ class Datastore:
         self.validate = validate
 
     # --- helpers ---
-    def _check(self, res: Any) -> dict[str, Any]:
+    def _check(self, res: Any, validated: bool = False) -> dict[str, Any]:
         doc = to_document(res)
-        if self.validate:
+        if self.validate and not validated:
             doc = _model().parse_resource(doc).to_dict()
         return doc
 
@@ -228,14 +227,16 @@ class Datastore:
     def apply(self, res: Any) -> dict[str, Any]:
         return self.apply_all([res])[0]
 
-    def apply_all(self, resources: Iterable[Any], *, attempts: int = 5) -> list[dict[str, Any]]:
+    def apply_all(self, resources: Iterable[Any], *, attempts: int = 5, validated: bool = False) -> list[dict[str, Any]]:
         """Create or update every document in ONE etcd transaction: all land or none.
 
         Documents that carry a resourceVersion are compared against it (a conflict
         fails the whole manifest); the others are compared against what we read, and
         the transaction is retried when someone else wrote in between.
+        `validated=True` says the documents come from `parse_resource(...).to_dict()`
+        already (calicoctl validates a whole manifest first), so they are not parsed twice.
         """
-        docs = [self._check(r) for r in resources]
+        docs = [self._check(r, validated) for r in resources]
         if not docs:
             return []
         keys = self._unique_keys(docs)
@@ -259,7 +260,7 @@ class Datastore:
         raise ResourceConflict(f"gave up after {attempts} attempts: the resources kept changing underneath")
 
     def _with_version(self, doc: dict[str, Any], key: str, revision: int, old: tuple | None) -> dict[str, Any]:
-        out = json.loads(stored_value(doc, old[0] if old else None))
+        out = orjson.loads(stored_value(doc, old[0] if old else None))
         out["metadata"]["resourceVersion"] = str(revision)
         return out
 
