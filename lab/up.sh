@@ -153,7 +153,7 @@ timed "up: wait for SSH" wait_ssh
     echo "calico_lab_workload_image=$WORKLOAD_IMAGE"
     echo "calico_lab_workload_image_archive=$WORKLOAD_IMAGE_ARCHIVE"
     # Lab addresses only: workloads in 198.19.0.0/16 (inside 198.18.0.0/15), and no NAT
-    # out of the lab (site.yml's product defaults are Calico's 192.168.0.0/16 with NAT).
+    # out of the lab (site.yml's product defaults are Calico's own pool, with NAT).
     echo "calico_ipv4_pool_cidr=198.19.0.0/16"
     echo "calico_ipv4_pool_nat_outgoing=false"
 } >"$INVENTORY.tmp"
