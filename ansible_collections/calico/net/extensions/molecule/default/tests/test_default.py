@@ -7,7 +7,9 @@ hosts: workloads (podman containers on the `calico` CNI network inside the nodes
 different nodes reach each other, and the collection's sample policy
 (playbooks/policy-example.yml, in the `default` namespace because podman passes no pod
 namespace to CNI) allows frontend→backend:8080 and backend→database:5432 and denies the
-rest. Workloads and the policy are removed again by fixture finalizers.
+rest. The top-of-rack peer (calico.net.bird) has a session with every node and installs
+their workload blocks. Workloads and the policy are removed again by fixture finalizers.
+test_lifecycle.py (day-2 playbooks) runs after this file.
 
 A check that needs a component the calico/node image does not run yet (BIRD, which
 needs confd's bird.cfg) is skipped with that reason instead of failing on it.
