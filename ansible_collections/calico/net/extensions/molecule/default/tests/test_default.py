@@ -290,3 +290,58 @@ def test_sample_policy_denies_everything_else(sample_policy):
     assert never_reaches(be_node, be, fe_ip, 80), "backend -> frontend:80 must be denied (egress)"
     assert never_reaches(db_node, db, be_ip, 8080), "database -> backend:8080 must be denied (egress)"
     assert never_reaches(db_node, db, fe_ip, 80), "database -> frontend:80 must be denied"
+
+
+# --- etcd from a release tarball ---------------------------------------------------------------
+
+
+def test_etcd_release_tarball_install(tmp_path):
+    """etcd_install_method=tarball from a controller-side tarball: checksum checked,
+    binaries installed, a second run changes nothing, a wrong checksum is refused.
+    The tarball is laid out like an official release, made from this host's etcd."""
+    import hashlib
+    import shutil
+    import tarfile
+
+    etcd = shutil.which("etcd") or "/usr/bin/etcd"
+    etcdctl = shutil.which("etcdctl") or "/usr/bin/etcdctl"
+    version = subprocess.run([etcd, "--version"], stdout=subprocess.PIPE, text=True, check=True).stdout
+    version = re.search(r"etcd Version: (\S+)", version).group(1)
+    tarball = tmp_path / f"etcd-v{version}-linux-amd64.tar.gz"
+    with tarfile.open(tarball, "w:gz") as tar:
+        for binary in (etcd, etcdctl):
+            tar.add(binary, arcname=f"etcd-v{version}-linux-amd64/{Path(binary).name}")
+    digest = hashlib.sha256(tarball.read_bytes()).hexdigest()
+    play = tmp_path / "tarball.yml"
+    bin_dir = "/opt/calico-molecule-etcd-tarball"
+    play.write_text(
+        f"- hosts: {NODES[0]}\n  gather_facts: false\n  tasks:\n"
+        "    - ansible.builtin.include_role:\n        name: calico.net.etcd\n        tasks_from: install_tarball\n"
+        f"      vars:\n        etcd_install_method: tarball\n        etcd_version: '{version}'\n"
+        f"        etcd_tarball_src: {tarball}\n        etcd_tarball_checksum: \"{{{{ checksum }}}}\"\n"
+        f"        etcd_tarball_bin_dir: {bin_dir}\n")
+    host = node(NODES[0])
+    try:
+        host.run(f"mkdir -p {bin_dir}")
+        first = run_playbook(play, "-e", f"checksum=sha256:{digest}")
+        assert "changed: [" in first, first[-3000:]
+        assert version in run_ok(host, f"{bin_dir}/etcd --version")
+        assert host.file(f"{bin_dir}/etcdctl").mode == 0o755
+        second = run_playbook(play, "-e", f"checksum=sha256:{digest}")
+        assert re.search(r"changed=0\s", second), second[-3000:]
+        host.run(f"rm -f {bin_dir}/etcd")
+        bad = run_playbook(play, "-e", "checksum=sha256:" + "0" * 64, check=False)
+        assert "does not match etcd_tarball_checksum" in bad, bad[-3000:]
+        assert not host.file(f"{bin_dir}/etcd").exists
+    finally:
+        host.run(f"rm -rf {bin_dir}")
+
+
+def run_playbook(playbook: Path, *extra: str, check: bool = True) -> str:
+    env = dict(os.environ)
+    env.setdefault("ANSIBLE_CONFIG", str(Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / "ansible.cfg"))
+    proc = subprocess.run(["ansible-playbook", "-i", INVENTORY, str(playbook), *extra], env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600, check=False)
+    if check:
+        assert proc.returncode == 0, proc.stdout[-4000:]
+    return proc.stdout
