@@ -12,13 +12,28 @@ strings; etcdctl shows them in hex, and so do the results here.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
+# etcd refuses a membership change with "unhealthy cluster" while its strict
+# reconfiguration check fails - for a few seconds after a member has joined or restarted
+# (the leader wants every member connected for 5 s first). That passes by itself, so
+# membership calls wait it out, up to this long, before giving up with etcd's answer.
+UNHEALTHY_WAIT = 60.0
+UNHEALTHY_STEP = 1.0
 
-def _post(client: Any, path: str, body: dict[str, Any]) -> dict[str, Any]:
+
+def _post(client: Any, path: str, body: dict[str, Any], *, wait: float | None = None) -> dict[str, Any]:
     # EtcdClient has no public generic request method; `_post` is its one request path
     # (fail-over over the endpoints, TLS, error mapping).
-    return client._post(path, body)  # pylint: disable=protected-access
+    deadline = time.monotonic() + (UNHEALTHY_WAIT if wait is None else wait)
+    while True:
+        try:
+            return client._post(path, body)  # pylint: disable=protected-access
+        except Exception as e:  # DatastoreError; its message carries etcd's reason
+            if "unhealthy cluster" not in str(e) or time.monotonic() >= deadline:
+                raise
+            time.sleep(UNHEALTHY_STEP)
 
 
 def member_view(member: dict[str, Any]) -> dict[str, Any]:
