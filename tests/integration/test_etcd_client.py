@@ -1,9 +1,13 @@
 """The etcd client against a real etcd: ranges, transactions, watch, fail-over, config."""
 from __future__ import annotations
 
+import os
+import socket
 import threading
 
 import pytest
+
+from etcd_server import start_etcd, stop_etcd
 
 from calico_net.datastore.errors import DatastoreError, DatastoreUnavailable
 from calico_net.datastore.etcd import (
@@ -132,3 +136,144 @@ def _empty_cfg(tmp_path):
     p = tmp_path / "c.cfg"
     p.write_text("apiVersion: projectcalico.org/v3\nkind: CalicoAPIConfig\nspec: {}\n")
     return str(p)
+
+
+# --- the keep-alive transport --------------------------------------------------
+
+
+def test_requests_reuse_one_connection(etcd_client):
+    etcd_client.put("/calico/k/a", "1")
+    conn = etcd_client._transport._local.conns[0][1]
+    sock = conn.sock
+    for i in range(5):
+        etcd_client.put(f"/calico/k/{i}", str(i))
+    assert etcd_client._transport._local.conns[0][1].sock is sock
+
+
+def test_connection_closed_by_the_server_is_reopened(etcd_client):
+    etcd_client.put("/calico/k/a", "1")
+    # What an idle timeout on etcd's side looks like to us: the peer has gone.
+    etcd_client._transport._local.conns[0][1].sock.shutdown(2)
+    assert etcd_client.get("/calico/k/a").value == b"1"
+    etcd_client.put("/calico/k/a", "2")
+    assert etcd_client.get("/calico/k/a").value == b"2"
+
+
+def test_request_on_a_connection_that_died_unnoticed_is_sent_again(etcd_client, monkeypatch):
+    import calico_net.datastore.etcd as etcd_mod
+
+    etcd_client.put("/calico/k/a", "1")
+    # the liveness check before reuse can lose a race with the server's close
+    monkeypatch.setattr(etcd_mod, "_dropped", lambda sock: False)
+    etcd_client._transport._local.conns[0][1].sock.shutdown(2)
+    etcd_client.put("/calico/k/a", "2")
+    assert etcd_client.get("/calico/k/a").value == b"2"
+
+
+def test_threads_get_their_own_connections(etcd_client):
+    errors: list[BaseException] = []
+    socks = set()
+
+    def work(n: int) -> None:
+        try:
+            for i in range(30):
+                key = f"/calico/th/{n}/{i}"
+                etcd_client.put(key, f"{n}.{i}")
+                assert etcd_client.get(key).value == f"{n}.{i}".encode()
+            socks.add(id(etcd_client._transport._local.conns[0][1].sock))
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    assert len(socks) == 6
+    kvs, _ = etcd_client.get_prefix("/calico/th/")
+    assert len(kvs) == 6 * 30
+
+
+def test_forked_child_does_not_share_the_parents_socket(etcd_client):
+    etcd_client.put("/calico/fork/parent", "p")
+    pid = os.fork()
+    if pid == 0:  # child: its own connection, then exit without running pytest's teardown
+        code = 1
+        try:
+            etcd_client.put("/calico/fork/child", "c")
+            code = 0 if etcd_client.get("/calico/fork/parent").value == b"p" else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    # the parent's kept-alive connection still works
+    assert etcd_client.get("/calico/fork/child").value == b"c"
+
+
+def test_proxy_variables_are_ignored(etcd, monkeypatch):
+    for var in ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.setenv(var, "http://127.0.0.1:1")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    client = EtcdClient(EtcdConfig(endpoints=[etcd.endpoints], timeout=3))
+    client.put("/calico/proxy/k", "v")
+    assert client.get("/calico/proxy/k").value == b"v"
+    client.close()
+
+
+def test_error_status_is_a_datastore_error(etcd_client):
+    with pytest.raises(DatastoreError, match="etcd rejected the request"):
+        etcd_client._post("kv/range", {"key": "not base64!"})
+
+
+def test_close_then_use_again(etcd_client):
+    etcd_client.put("/calico/cl/k", "v")
+    etcd_client.close()
+    assert etcd_client.get("/calico/cl/k").value == b"v"
+
+
+def test_timeout_on_a_silent_endpoint_fails_over():
+    # A listener that accepts and never answers: the request times out and the error
+    # names the endpoint.
+    with socket.socket() as srv:
+        srv.bind(("127.0.0.1", 0))
+        srv.listen(4)
+        ep = f"http://127.0.0.1:{srv.getsockname()[1]}"
+        client = EtcdClient(EtcdConfig(endpoints=[ep], timeout=0.5))
+        with pytest.raises(DatastoreUnavailable, match="timed out") as err:
+            client.get("/calico/x")
+        assert ep in str(err.value)
+
+
+# --- cluster membership ---------------------------------------------------------
+
+
+@pytest.fixture
+def own_etcd():
+    """A private single-member etcd: membership changes must not touch the shared one."""
+    server = start_etcd()
+    try:
+        yield server
+    finally:
+        stop_etcd(server)
+
+
+def test_member_add_list_update_remove(own_etcd):
+    client = own_etcd.client()
+    before = client.member_list()
+    assert len(before) == 1 and before[0]["name"] == "test"
+    # a learner does not count towards quorum, so the single member keeps working
+    added = client.member_add(["http://127.0.0.1:1"], learner=True)["member"]
+    assert added["peerURLs"] == ["http://127.0.0.1:1"] and added.get("isLearner")
+    ids = {m["ID"] for m in client.member_list()}
+    assert added["ID"] in ids and len(ids) == 2
+    client.member_update(added["ID"], ["http://127.0.0.1:2"])
+    urls = {m["ID"]: m["peerURLs"] for m in client.member_list()}
+    assert urls[added["ID"]] == ["http://127.0.0.1:2"]
+    client.member_remove(int(added["ID"]))
+    assert [m["ID"] for m in client.member_list()] == [before[0]["ID"]]
+    with pytest.raises(DatastoreError, match="member not found"):
+        client.member_remove(added["ID"])
+    client.put("/calico/m/k", "still writable")
+    client.close()

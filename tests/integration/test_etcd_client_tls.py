@@ -1,0 +1,95 @@
+"""The etcd client's own TLS transport: keep-alive over TLS, server verification
+against the configured CA with host-name checking, and no influence from the
+environment variables that requests or OpenSSL would otherwise honour."""
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from etcd_server import start_etcd, stop_etcd
+from calico_net.datastore.errors import DatastoreUnavailable
+from calico_net.datastore.etcd import EtcdClient, EtcdConfig
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+def _ca(d: Path, name: str) -> None:
+    _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+             "-keyout", f"{name}.key", "-out", f"{name}.pem", "-days", "2", "-subj", f"/CN={name}", cwd=d)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory) -> dict[str, str]:
+    d = tmp_path_factory.mktemp("pki-client")
+    _ca(d, "ca")
+    _ca(d, "other-ca")
+    for name, ext in (("server", "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth"),
+                      ("client", "extendedKeyUsage=clientAuth")):
+        (d / f"{name}.ext").write_text(ext + "\n")
+        _openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                 "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={name}", cwd=d)
+        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+                 "-out", f"{name}.pem", "-days", "2", "-extfile", f"{name}.ext", cwd=d)
+    return {"ca": str(d / "ca.pem"), "other_ca": str(d / "other-ca.pem"),
+            "cert": str(d / "server.pem"), "key": str(d / "server.key"),
+            "client_cert": str(d / "client.pem"), "client_key": str(d / "client.key")}
+
+
+@pytest.fixture(scope="module")
+def tls_etcd(pki):
+    server = start_etcd(tls=pki)
+    yield server
+    stop_etcd(server)
+
+
+def _client(endpoint: str, pki: dict[str, str], ca: str | None = None) -> EtcdClient:
+    return EtcdClient(EtcdConfig(endpoints=[endpoint], ca_cert_file=ca or pki["ca"],
+                                 cert_file=pki["client_cert"], key_file=pki["client_key"], timeout=5))
+
+
+def test_tls_connection_is_kept_alive(tls_etcd, pki):
+    client = _client(tls_etcd.endpoints, pki)
+    client.put("/calico/tlsk/0", "v")
+    sock = client._transport._local.conns[0][1].sock
+    for i in range(20):
+        client.put(f"/calico/tlsk/{i}", str(i))
+    assert client._transport._local.conns[0][1].sock is sock
+    assert client.get("/calico/tlsk/19").value == b"19"
+    client.close()
+
+
+def test_server_signed_by_another_ca_is_refused(tls_etcd, pki):
+    client = _client(tls_etcd.endpoints, pki, ca=pki["other_ca"])
+    with pytest.raises(DatastoreUnavailable, match="TLS error.*certificate verify failed"):
+        client.get("/calico/tlsk/0")
+
+
+def test_host_name_is_checked(tls_etcd, pki):
+    # the server certificate names 127.0.0.1 only
+    client = _client(tls_etcd.endpoints.replace("127.0.0.1", "localhost"), pki)
+    with pytest.raises(DatastoreUnavailable, match="TLS error"):
+        client.get("/calico/tlsk/0")
+
+
+def test_environment_does_not_replace_our_ca(tls_etcd, pki, monkeypatch):
+    for var in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "SSL_CERT_FILE"):
+        monkeypatch.setenv(var, pki["other_ca"])
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:1")
+    monkeypatch.setenv("https_proxy", "http://127.0.0.1:1")
+    client = _client(tls_etcd.endpoints, pki)
+    client.put("/calico/tlsk/env", "v")
+    assert client.get("/calico/tlsk/env").value == b"v"
+    client.close()
+
+
+def test_unreadable_client_key_is_a_tls_error(tls_etcd, pki, tmp_path):
+    bad = tmp_path / "bad.key"
+    bad.write_text("not a key\n")
+    client = EtcdClient(EtcdConfig(endpoints=[tls_etcd.endpoints], ca_cert_file=pki["ca"],
+                                   cert_file=pki["client_cert"], key_file=str(bad), timeout=5))
+    with pytest.raises(DatastoreUnavailable, match="TLS error"):
+        client.get("/calico/tlsk/0")
