@@ -24,6 +24,7 @@ action); listener ports need a restart.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import inspect
 import logging
 import queue
@@ -47,6 +48,7 @@ DATAPLANE_KINDS = frozenset({"WorkloadEndpoint", "HostEndpoint", "Profile", "Net
 POLICY_KINDS = ("NetworkPolicy", "GlobalNetworkPolicy")
 IDLE_TICK = 1.0          # the loop wakes at least this often (liveness, timers)
 RETRY_AFTER_ERROR = 1.0  # a failed apply is retried after this long
+GC_HOLD_MAX = 120.0      # cyclic GC stays off at most this long waiting for the first apply
 
 
 def felix_settings(cfg: Config, settings_cls: Any) -> Any:
@@ -119,6 +121,8 @@ class Daemon:
         self.next_nft_refresh = now + self._interval("IptablesRefreshInterval")
         self._stop = threading.Event()
         self.apply_count = 0
+        self._gc_held = False
+        self._gc_hold_until = 0.0
 
     # --- Sink interface (called from the syncer thread) ---
     def on_snapshot(self, resources: dict[str, Resource], revision: int) -> None:
@@ -145,6 +149,7 @@ class Daemon:
     # --- lifecycle ---
     def start(self) -> None:
         """Start the helpers (not the loop): host sysctls, links, datastore."""
+        self._hold_gc()
         try:
             self.sysctls.configure_host()
         except OSError as e:
@@ -160,6 +165,30 @@ class Daemon:
         import calico_net.model  # noqa: F401
 
         self.routes.set_links(self.nl.links())
+
+    # --- garbage collection ---
+    def _hold_gc(self) -> None:
+        """No cyclic GC until the first apply is done, then freeze what was built.
+
+        A cold start builds ~2 million long-lived objects (snapshot, index, ruleset)
+        and frees next to nothing cyclic: the collector would walk the growing heap
+        again and again (~0.7 s at 10,000 endpoints, single pauses of 0.2 s). After
+        the first apply, `gc.freeze()` moves everything built so far out of the
+        collector's sight, so later collections (and the tail latency of a change)
+        only see what was allocated since. Plain refcounting frees as usual
+        throughout. If the first apply does not come (etcd unreachable), GC is turned
+        back on after GC_HOLD_MAX."""
+        if gc.isenabled():
+            gc.disable()
+            self._gc_held = True
+            self._gc_hold_until = time.monotonic() + GC_HOLD_MAX
+
+    def _release_gc(self, freeze: bool) -> None:
+        if self._gc_held:
+            self._gc_held = False
+            if freeze:
+                gc.freeze()
+            gc.enable()
 
     def stop(self) -> None:
         self._stop.set()
@@ -178,6 +207,7 @@ class Daemon:
             while not self._stop.is_set():
                 self.loop_once()
         finally:
+            self._release_gc(freeze=False)
             self.shutdown()
 
     # --- the loop ---
@@ -188,6 +218,8 @@ class Daemon:
     def loop_once(self, max_wait: float = IDLE_TICK) -> None:
         self.health.tick()
         now = time.monotonic()
+        if self._gc_held and now > self._gc_hold_until:
+            self._release_gc(freeze=False)
         deadline = min(self.next_route_refresh, self.next_nft_refresh, now + max_wait)
         if self.retry_at is not None:
             deadline = min(deadline, self.retry_at)
@@ -355,6 +387,7 @@ class Daemon:
             self.retry_at = None
             if not self.applied:
                 self.applied = True
+                self._release_gc(freeze=True)
                 self.health.set_applied()
                 log.info("dataplane programmed: %d local endpoints, %d policies in %.3f s "
                          "(sysctls of %d interfaces %.3f s, policy %.3f s, routes %.3f s)",
