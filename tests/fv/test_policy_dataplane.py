@@ -137,10 +137,14 @@ def test_gnp_allows_only_tcp_8080_from_frontends_and_follows_labels(topo, dp):
     assert topo.tcp_matrix(8080) == want
 
     # deleting the policy reverts to the profile alone (no ingress at all)
+    lib_calls = dp.runner.lib_calls
     dp.update("GlobalNetworkPolicy", "backend-in", None, None)
-    dp.apply()
+    st = dp.apply()
+    assert not st.full and not st.netlink
     assert topo.tcp_matrix(8080) == set()
     assert dp.policy_count() == 0
+    # that incremental transaction went through libnftables, inside the host namespace
+    assert dp.runner.lib_calls == lib_calls + 1
 
 
 def test_same_host_traffic_is_checked_both_ways(topo, dp):

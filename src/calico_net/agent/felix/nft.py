@@ -71,21 +71,46 @@ class NftError(RuntimeError):
 class NftRunner:
     """Runs the nft CLI, in the current network namespace or inside `netns`."""
 
+    #: scripts up to this size go through libnftables in-process (see libnft); a
+    #: full load of a big table goes to the CLI so its parser's memory is not ours
+    LIB_MAX_BYTES = 256 * 1024
+
     def __init__(self, netns: str | None = None, nft: str = "nft",
-                 fast_elements: bool = True) -> None:
+                 fast_elements: bool = True, use_lib: bool = True) -> None:
         self.netns = netns
         self.nft = nft
         self.calls = 0
+        self.lib_calls = 0
         #: send element-only transactions as netlink messages instead of via nft
         self.fast_elements = fast_elements
+        #: run small transactions through libnftables (no fork/exec, see libnft)
+        self.use_lib = use_lib
+        self._lib: Any = None
 
     def _argv(self, *args: str) -> list[str]:
         prefix = ["ip", "netns", "exec", self.netns] if self.netns else []
         return [*prefix, self.nft, *args]
 
+    def _libnft(self) -> Any:
+        if self._lib is None and self.use_lib:
+            from .libnft import LibNft
+            try:
+                self._lib = LibNft(self.netns)
+            except OSError as exc:
+                log.info("libnftables not usable (%s); using the nft CLI", exc)
+                self.use_lib = False
+        return self._lib
+
     def run(self, script: str) -> None:
-        """Run `script` as one nft transaction (``nft -f -``)."""
+        """Run `script` as one nft transaction (``nft -f -``; small scripts through
+        libnftables in this process, the same transaction without a new process)."""
         self.calls += 1
+        if len(script) <= self.LIB_MAX_BYTES and self._libnft() is not None:
+            self.lib_calls += 1
+            err = self._lib.run(script)
+            if err is not None:
+                raise NftError(_summarise_error(err, script))
+            return
         proc = subprocess.run(self._argv("-f", "-"), input=script, text=True,
                               capture_output=True)
         if proc.returncode != 0:
