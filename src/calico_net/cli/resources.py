@@ -145,13 +145,32 @@ def cmd_delete(args: argparse.Namespace, ctx) -> int:
     deleted = []
     for kind, name, ns, rv in targets:
         try:
-            ctx.datastore.delete(kind, name, ns, resource_version=rv)
+            if kind == "Node":
+                _delete_node(ctx, name, rv)
+            else:
+                ctx.datastore.delete(kind, name, ns, resource_version=rv)
             deleted.append({"kind": kind})
         except ResourceNotFound:
             if not args.skip_not_exists:
                 raise
     print(_summary("deleted", deleted) if deleted else "No resources deleted", file=ctx.out)
     return 0
+
+
+def _delete_node(ctx, name: str, rv: str | None) -> None:
+    """Deleting a Node takes what belongs to it along, as Calico's calicoctl does: its
+    workload endpoints, IPAM addresses and block affinities, the BGPPeers naming it and
+    its per-node configuration (calico_net.nodecleanup). Each is printed as it goes."""
+    from calico_net.datastore.errors import ResourceConflict
+    from calico_net.nodecleanup import clean_node
+
+    node = ctx.datastore.get("Node", name)  # ResourceNotFound when there is none
+    if rv is not None and str(node["metadata"].get("resourceVersion")) != str(rv):
+        raise ResourceConflict(f"Node {name}: resourceVersion {rv} is not the stored "
+                               f"{node['metadata'].get('resourceVersion')}")
+    for action in clean_node(name, ctx.client, ctx.datastore):
+        if action != f"delete Node {name}":
+            print(f"node {name}: {action}", file=ctx.out)
 
 
 def cmd_get(args: argparse.Namespace, ctx) -> int:

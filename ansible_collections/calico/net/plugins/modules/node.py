@@ -32,8 +32,10 @@ options:
     required: true
   state:
     description:
-      - V(absent) deletes the Node resource. IPAM blocks and workload endpoints of the node are not
-        cleaned up by this module.
+      - V(absent) deletes the Node resource and, unless O(cleanup=false), what belongs to the node,
+        as C(calicoctl delete node) does - its workload endpoints, IPAM addresses (released by
+        handle) and block affinities, the BGP peers with C(spec.node) naming it and its per-node
+        FelixConfiguration and BGPConfiguration C(node.<name>). Stop calico/node on the host first.
     type: str
     choices: [present, absent]
     default: present
@@ -64,6 +66,12 @@ options:
     description: Remove stored labels that are not in O(labels).
     type: bool
     default: false
+  cleanup:
+    description:
+      - With O(state=absent), also remove the node's endpoints, IPAM state, BGP peers and per-node
+        configuration (listed in RV(cleaned)). V(false) deletes only the Node resource.
+    type: bool
+    default: true
 seealso:
   - module: calico.net.bgp_peer
   - module: calico.net.bgp_configuration
@@ -104,6 +112,14 @@ resource:
     metadata: {name: rr1, labels: {route-reflector: "true"}, resourceVersion: "90"}
     spec:
       bgp: {ipv4Address: 198.18.0.21/24, routeReflectorClusterID: 224.0.0.1}
+cleaned:
+  description:
+    - With O(state=absent), what was removed besides the Node (or would be, in check mode), one
+      line each, e.g. C(release IPAM handle calico.abc).
+  returned: when state is absent
+  type: list
+  elements: str
+  sample: ["delete WorkloadEndpoint default/node-3-cni-abc-eth0", "release IPAM handle calico.abc"]
 diff:
   description: The node before and after, as YAML text, in diff mode.
   returned: when diff mode is on
@@ -124,7 +140,7 @@ errors:
   elements: dict
 """
 
-from ansible_collections.calico.net.plugins.module_utils.common import run_module
+from ansible_collections.calico.net.plugins.module_utils.common import datastore, run_module
 from ansible_collections.calico.net.plugins.module_utils.manager import as_number, merged_handler
 
 FIELDS = dict(
@@ -137,6 +153,29 @@ OPTION_PATHS = {f"spec.bgp.{field}": option for option, field in FIELDS.items()}
 OPTION_PATHS.update({"metadata.labels": "labels", "metadata.name": "name"})
 
 
+def cleanup_handler(base):
+    """state=absent: first what belongs to the node, then the Node itself (by `base`,
+    which also gives the diff), so nothing is left pointing at a deleted Node."""
+
+    def handle(module):
+        params = module.params
+        if params["state"] != "absent" or not params["cleanup"]:
+            return base(module)
+        from calico_net.nodecleanup import clean_node, plan_node_cleanup
+
+        ds = datastore(params)
+        if module.check_mode:
+            cleaned = plan_node_cleanup(params["name"], ds.client, ds, include_node=False)
+        else:
+            cleaned = clean_node(params["name"], ds.client, ds, include_node=False)
+        result = base(module)
+        result["cleaned"] = cleaned
+        result["changed"] = bool(result.get("changed")) or bool(cleaned)
+        return result
+
+    return handle
+
+
 def main():
     argument_spec = dict(
         name=dict(type="str", required=True),
@@ -147,10 +186,11 @@ def main():
         route_reflector_cluster_id=dict(type="str"),
         labels=dict(type="dict"),
         purge_labels=dict(type="bool", default=False),
+        cleanup=dict(type="bool", default=True),
     )
     handler = merged_handler("Node", FIELDS, converters=dict(asNumber=as_number),
                              nested={field: "bgp" for field in FIELDS.values()})
-    run_module(argument_spec, handler, option_paths=OPTION_PATHS)
+    run_module(argument_spec, cleanup_handler(handler), option_paths=OPTION_PATHS)
 
 
 if __name__ == "__main__":
