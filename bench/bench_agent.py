@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import threading
@@ -66,6 +67,23 @@ def addr(i: int) -> str:
 def pct(values: list[float], q: float) -> float:
     s = sorted(values)
     return s[min(len(s) - 1, int(round(q / 100 * (len(s) - 1))))]
+
+
+def cpu_s() -> tuple[float, float]:
+    """(this process, its waited-for children) CPU seconds, user + system."""
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    ch = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime, ch.ru_utime + ch.ru_stime
+
+
+def proc_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) of process `pid` so far."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def load_avg() -> str:
+    return open("/proc/loadavg").read().split()[0]
 
 
 def rss_mb() -> float:
@@ -146,6 +164,8 @@ def inner(args: argparse.Namespace) -> int:
         rss0 = rss_mb()
         cfg = Config(NODE, env={"FELIX_ROUTEREFRESHINTERVAL": "0", "FELIX_IPTABLESREFRESHINTERVAL": "0"},
                      config_file="/nonexistent")
+        cpu0 = cpu_s()
+        load0 = load_avg()
         t0 = time.perf_counter()
         d = Daemon(NODE, cfg, EtcdClient(EtcdConfig(endpoints=[etcd.endpoints])))
         marks: dict[str, float] = {}
@@ -185,7 +205,8 @@ def inner(args: argparse.Namespace) -> int:
             setattr(obj, name, wrapper)
 
         timed(d.nl, "links", "link dump")
-        timed(d.sysctls, "configure_interfaces", "sysctls")
+        timed(d.sysctls, "configure_interfaces", "sysctls inline")
+        timed(d.sysctls, "start_configure", "sysctls helper start")
         timed(d.routes, "apply", "routes")
         timed(d.syncer, "snapshot", "etcd read + parse")
         prof = None
@@ -209,6 +230,8 @@ def inner(args: argparse.Namespace) -> int:
         while not d.applied:
             time.sleep(0.005)
         cold = time.perf_counter() - t0
+        cpu1 = cpu_s()
+        cold_cpu, cold_child_cpu = cpu1[0] - cpu0[0], cpu1[1] - cpu0[1]
         stats = d.policy.last_stats
         assert len(d.routes.programmed) == n, (len(d.routes.programmed), n)
         rss = rss_mb()
@@ -217,12 +240,15 @@ def inner(args: argparse.Namespace) -> int:
               f"{marks['snapshot_in'] - t0:.2f} s; policy apply {stats.seconds if stats else 0:.2f} s "
               f"(index {stats.index_seconds:.2f}, render {stats.render_seconds:.2f}, "
               f"nft {stats.write_seconds:.2f})")
+        print(f"cold start CPU: agent process {cold_cpu:.2f} s, its helpers (nft, sysctl writer) "
+              f"{cold_child_cpu:.2f} s; load average {load0} -> {load_avg()} (2 cores)")
         print("cold start parts: " + ", ".join(f"{k} {v:.2f} s" for k, v in timings.items()))
         print(f"agent import time (added by a real process start): {import_s:.2f} s")
         print(f"RSS after cold start: {rss:.0f} MB (process before the daemon: {rss0:.0f} MB)")
 
         # --- endpoint add at N --------------------------------------------------
         add_lat = []
+        c_add = cpu_s()
         for doc in extra_weps:
             key = f"/calico/resources/v3/projectcalico.org/workloadendpoints/{doc['metadata']['namespace']}/" \
                   f"{doc['metadata']['name']}"
@@ -232,11 +258,14 @@ def inner(args: argparse.Namespace) -> int:
                 time.sleep(0.0005)
             add_lat.append(applied[(key, rev)] - t1)
         assert len(d.routes.programmed) == n + extra
+        add_cpu = (cpu_s()[0] - c_add[0]) / max(1, len(add_lat))
         print(f"endpoint add at {n}: p50 {pct(add_lat, 50) * 1000:.1f} ms, p99 {pct(add_lat, 99) * 1000:.1f} ms "
-              f"(etcd write → route + nft programmed, {len(add_lat)} samples)")
+              f"(etcd write → route + nft programmed, {len(add_lat)} samples; bench process CPU "
+              f"{add_cpu * 1000:.1f} ms per add, etcd client included)")
 
         # --- policy change at N ----------------------------------------------------
         pol_lat = []
+        c_pol = cpu_s()
         for s in range(args.samples):
             doc = json.loads(json.dumps(policies[s % len(policies)]))
             doc["spec"]["ingress"][0]["destination"]["ports"] = [2000 + s]
@@ -246,8 +275,10 @@ def inner(args: argparse.Namespace) -> int:
             while (key, rev) not in applied:
                 time.sleep(0.0005)
             pol_lat.append(applied[(key, rev)] - t1)
+        pol_cpu = (cpu_s()[0] - c_pol[0]) / max(1, len(pol_lat))
         print(f"policy change at {n}: p50 {pct(pol_lat, 50) * 1000:.1f} ms, p99 {pct(pol_lat, 99) * 1000:.1f} ms "
-              f"(etcd write → nft transaction done, {len(pol_lat)} samples)")
+              f"(etcd write → nft transaction done, {len(pol_lat)} samples; bench process CPU "
+              f"{pol_cpu * 1000:.1f} ms per change, etcd client included)")
         print(f"RSS at {n + extra} endpoints: {rss_mb():.0f} MB")
 
         # --- the plain way, same final state ------------------------------------------
@@ -293,15 +324,17 @@ def inner(args: argparse.Namespace) -> int:
                         raise RuntimeError("calico-node exited")
                     time.sleep(0.02)
                 ready = time.perf_counter() - t
+                pcpu = proc_cpu_s(proc.pid)
                 status = open(f"/proc/{proc.pid}/status").read()
                 prss = int(next(l for l in status.splitlines() if l.startswith("VmRSS:")).split()[1]) / 1024
                 real[phase] = (ready, prss)
                 print(f"calico-node process, {phase}: ready after {ready:.2f} s (imports included), "
-                      f"RSS {prss:.0f} MB (log: /tmp/bench-agent-{phase}.log)")
+                      f"CPU {pcpu:.2f} s, RSS {prss:.0f} MB (log: /tmp/bench-agent-{phase}.log)")
             finally:
                 proc.terminate()
                 proc.wait(30)
-        print(f"SUMMARY cold_start_s={cold:.2f} (target <= 5) plain_s={plain:.2f} ratio={cold / plain:.2f} "
+        print(f"SUMMARY cold_start_s={cold:.2f} (target <= 5) cold_cpu_s={cold_cpu:.2f}+{cold_child_cpu:.2f} "
+              f"plain_s={plain:.2f} ratio={cold / plain:.2f} "
               f"(target <= 2) add_p99_ms={pct(add_lat, 99) * 1000:.1f} (target <= 50) "
               f"policy_p99_ms={pct(pol_lat, 99) * 1000:.1f} (target <= 200) rss_mb={rss:.0f} (target <= 200) "
               f"process_cold_s={real['cold'][0]:.2f} process_restart_s={real['restart'][0]:.2f} "

@@ -67,3 +67,30 @@ def test_interface_configured_before_is_left_alone(tmp_path):
     s.configure_interfaces([(Link(5, "cali1", True, conf(proxy_arp=1, forwarding=1, route_localnet=1)), False)])
     assert read(root, "net/ipv4/conf/cali1/proxy_arp") == "0"        # reported right: untouched
     assert read(root, "net/ipv4/neigh/cali1/proxy_delay") == "80"
+
+
+def test_many_interfaces_go_through_the_helper_process(tmp_path, monkeypatch):
+    names = [f"cali{i}" for i in range(6)]
+    root = fake_proc(tmp_path, names)
+    s = Sysctls(str(root))
+    monkeypatch.setattr(Sysctls, "HELPER_MIN", 3)
+    items = [(Link(10 + i, n, True), i == 0) for i, n in enumerate(names)]
+    items.append((Link(50, "gone", True), False))                      # no such directory
+    items.append((Link(51, "ok", True, conf(proxy_arp=1, forwarding=1, route_localnet=1)), False))
+    items.append((Link(52, "a/b", True), False))                       # refused by name
+    pending = s.start_configure(items)
+    assert pending._proc is not None                                    # really a process
+    assert sorted(pending.wait()) == ["a/b", "gone"]
+    for n in names:
+        for f in ("route_localnet", "proxy_arp", "forwarding"):
+            assert read(root, f"net/ipv4/conf/{n}/{f}") == "1"
+        assert read(root, f"net/ipv4/neigh/{n}/proxy_delay") == "0"
+    assert read(root, "net/ipv6/conf/cali0/proxy_ndp") == "1"
+    assert read(root, "net/ipv6/conf/cali1/proxy_ndp") == "0"
+
+
+def test_few_interfaces_are_written_inline(tmp_path):
+    root = fake_proc(tmp_path, ["cali1"], ipv6=False)
+    pending = Sysctls(str(root)).start_configure([(Link(5, "cali1", True), False)])
+    assert pending._proc is None and pending.wait() == []
+    assert read(root, "net/ipv4/conf/cali1/proxy_arp") == "1"
