@@ -271,3 +271,183 @@ def test_stale_cached_block_is_retried_not_overwritten(datastore, etcd_client, e
         assert len(handles) == 20 and all(h == {"198.19.0.0/26": 1} for h in handles.values())
     finally:
         other_client.close()
+
+
+def test_one_call_claims_several_blocks(ipam, datastore):
+    datastore.create(pool("p", "198.19.0.0/24", blockSize=28))
+    v4, _ = ipam.auto_assign("big", "node-a", num_v4=40)
+    assert len(set(v4)) == 40
+    blocks = ipam.blocks()
+    assert len(blocks) == 3 and all(b.host == "node-a" for b in blocks)
+    assert sum(ipam.get_handle("big").values()) == 40
+
+
+def test_no_second_claim_when_the_node_just_got_a_block(datastore, etcd_client, etcd):
+    # Two clients of one node both find its blocks full; the one that claims second
+    # must use the block the first just claimed instead of claiming another.
+    from calico_net.ipam.client import _StaleView
+
+    datastore.create(pool("p", "198.19.0.0/24", blockSize=28))
+    one = IPAM(etcd_client, datastore)
+    other_client = etcd.client()
+    try:
+        two = IPAM(other_client, datastore)
+        for i in range(16):
+            one.auto_assign(f"one{i}", "node-a")
+        view = two._view("node-a", True, (4,), for_claim=True)  # sees one full block
+        one.auto_assign("one16", "node-a")  # claims the second block
+        pools = two._eligible_pools(view, 4, None)
+        with pytest.raises(_StaleView):
+            two._claim_free_block(view, pools, view.config)
+        # through the public call: the block `one` claimed is used, nothing new claimed
+        assert two.auto_assign("two0", "node-a")[0][0] in net("198.19.0.16/28")
+        assert len(two.blocks()) == 2
+    finally:
+        other_client.close()
+
+
+def test_failed_write_leaves_no_phantom_allocation_in_the_cache(ipam, datastore, etcd_client):
+    from calico_net.datastore.errors import DatastoreUnavailable
+
+    datastore.create(pool("p", "198.19.0.0/24"))
+    first = ipam.auto_assign("h1", "node-a")[0][0]
+    real_txn = etcd_client.txn
+
+    def broken(*a, **kw):
+        raise DatastoreUnavailable("cannot reach etcd: simulated")
+
+    etcd_client.txn = broken
+    try:
+        with pytest.raises(DatastoreUnavailable):
+            ipam.auto_assign("h2", "node-a")
+    finally:
+        etcd_client.txn = real_txn
+    third = ipam.auto_assign("h3", "node-a")[0][0]
+    [blk] = ipam.blocks()
+    assert blk.in_use == 2
+    assert {a["handle_id"] for _, a in blk.allocated()} == {"h1", "h3"}
+    assert set(ipam.handles()) == {"h1", "h3"}
+    assert third != first
+
+
+def test_new_client_reads_a_nodes_full_blocks_in_one_request(datastore, etcd_client):
+    datastore.create(pool("p", "198.19.0.0/24", blockSize=28))
+    warm = IPAM(etcd_client, datastore)
+    for i in range(16 * 5):  # five full blocks
+        warm.auto_assign(f"w{i}", "node-a")
+    cold = IPAM(etcd_client, datastore)
+    calls = []
+    real_post = etcd_client._post
+
+    def counting(path, body):
+        calls.append(path)
+        return real_post(path, body)
+
+    etcd_client._post = counting
+    try:
+        got = cold.auto_assign("c0", "node-a")[0][0]
+    finally:
+        etcd_client._post = real_post
+    assert got in net("198.19.0.80/28")  # a sixth block
+    # fresh view; the five blocks in one read; fresh view for the claim; claim; assign
+    assert len(calls) <= 5, calls
+
+
+def test_steady_state_is_one_transaction_per_assignment(ipam, datastore, etcd_client):
+    datastore.create(pool("p", "198.19.0.0/24"))
+    ipam.auto_assign("s0", "node-a")
+    calls = []
+    real_post = etcd_client._post
+
+    def counting(path, body):
+        calls.append(path)
+        return real_post(path, body)
+
+    etcd_client._post = counting
+    try:
+        for i in range(1, 20):
+            ipam.auto_assign(f"s{i}", "node-a")
+    finally:
+        etcd_client._post = real_post
+    assert calls == ["kv/txn"] * 19
+
+
+def _counting(client):
+    stats = {"requests": 0, "lost": 0}
+    real_post, real_txn = client._post, client.txn
+
+    def post(path, body):
+        stats["requests"] += 1
+        return real_post(path, body)
+
+    def txn(*a, **kw):
+        r = real_txn(*a, **kw)
+        stats["lost"] += 0 if r.succeeded else 1
+        return r
+
+    client._post, client.txn = post, txn
+    return stats
+
+
+def test_host_lock_hands_the_block_on_so_turns_do_not_conflict(datastore, etcd_client, etcd, tmp_path):
+    datastore.create(pool("p", "198.19.0.0/24", blockSize=28))
+    other_client = etcd.client()
+    try:
+        one = IPAM(etcd_client, datastore, host_lock_dir=str(tmp_path))
+        two = IPAM(other_client, datastore, host_lock_dir=str(tmp_path))
+        one.auto_assign("one-first", "node-a")
+        two.auto_assign("two-first", "node-a")
+        s1, s2 = _counting(etcd_client), _counting(other_client)
+        seen = set()
+        for i in range(20):  # take turns; 42 addresses fill two /28s and start a third
+            seen.add(one.auto_assign(f"one{i}", "node-a")[0][0])
+            seen.add(two.auto_assign(f"two{i}", "node-a")[0][0])
+        assert len(seen) == 40
+        assert s1["lost"] + s2["lost"] == 0  # each started from the block the other wrote
+        # one transaction per assignment, plus a fresh view and the claim for each of
+        # the two new blocks; the other client learns a new block from the hint
+        assert s1["requests"] + s2["requests"] == 40 + 2 * 2
+        assert len(one.blocks()) == 3
+        assert sorted(h for h in one.handles()) == sorted(
+            [f"one{i}" for i in range(20)] + [f"two{i}" for i in range(20)] + ["one-first", "two-first"])
+        one.close()
+        two.close()
+    finally:
+        other_client.close()
+
+
+def test_without_host_lock_turns_conflict_but_stay_correct(datastore, etcd_client, etcd):
+    datastore.create(pool("p", "198.19.0.0/24"))
+    other_client = etcd.client()
+    try:
+        one, two = IPAM(etcd_client, datastore), IPAM(other_client, datastore)
+        one.auto_assign("one-first", "node-a")
+        two.auto_assign("two-first", "node-a")
+        s1, s2 = _counting(etcd_client), _counting(other_client)
+        for i in range(5):
+            one.auto_assign(f"one{i}", "node-a")
+            two.auto_assign(f"two{i}", "node-a")
+        assert s1["lost"] + s2["lost"] == 10  # every turn starts from a stale copy, retried once
+        [blk] = one.blocks()
+        assert blk.in_use == 12
+    finally:
+        other_client.close()
+
+
+def test_damaged_host_lock_hint_costs_nothing_but_a_retry(datastore, etcd_client, tmp_path):
+    datastore.create(pool("p", "198.19.0.0/24"))
+    one = IPAM(etcd_client, datastore, host_lock_dir=str(tmp_path))
+    first = one.auto_assign("h1", "node-a")[0][0]
+    lock_file = tmp_path / "ipam-node-a.lock"
+    header, _, body = lock_file.read_bytes().partition(b"\n")
+    cidr, rev = header.decode().split()
+    # a hint claiming a newer revision with made-up content: the CAS refuses it
+    forged = json.loads(body)
+    forged["allocations"] = [None] * 64
+    forged["unallocated"] = list(range(64))
+    lock_file.write_bytes(f"{cidr} {int(rev) + 1000}\n".encode() + json.dumps(forged).encode())
+    second = one.auto_assign("h2", "node-a")[0][0]
+    assert second != first
+    [blk] = one.blocks()
+    assert blk.in_use == 2 and set(one.handles()) == {"h1", "h2"}
+    one.close()

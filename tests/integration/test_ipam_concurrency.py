@@ -1,6 +1,7 @@
 """8 processes x 200 allocations against one etcd, across 3 node names: 1,600
-distinct addresses, consistent block affinities, and `calicoctl ipam check` clean
-once every address has its WorkloadEndpoint."""
+distinct addresses, consistent block affinities, no block claimed while the node had
+room, and `calicoctl ipam check` clean once every address has its WorkloadEndpoint —
+with the processes racing each other, and with the per-node host lock."""
 from __future__ import annotations
 
 import multiprocessing as mp
@@ -16,11 +17,11 @@ PROCS, ALLOCS, NODES = 8, 200, 3
 VENV_BIN = Path(sys.executable).parent
 
 
-def _worker(endpoints: str, index: int, node: str, start, out) -> None:
+def _worker(endpoints: str, index: int, node: str, lock_dir: str | None, start, out) -> None:
     from calico_net.datastore import Datastore, EtcdClient, EtcdConfig
 
     client = EtcdClient(EtcdConfig(endpoints=[endpoints]))
-    ipam = IPAM(client, Datastore(client))
+    ipam = IPAM(client, Datastore(client), host_lock_dir=lock_dir)
     start.wait()
     got = []
     try:
@@ -45,14 +46,16 @@ def _wep(node: str, handle: str, ip: str) -> dict:
 
 
 @pytest.mark.slow
-def test_eight_processes_allocate_distinct_addresses(etcd, datastore):
+@pytest.mark.parametrize("host_lock", [False, True], ids=["racing", "host-lock"])
+def test_eight_processes_allocate_distinct_addresses(etcd, datastore, host_lock, tmp_path):
     datastore.create({"apiVersion": "projectcalico.org/v3", "kind": "IPPool",
                       "metadata": {"name": "conc"}, "spec": {"cidr": "198.19.0.0/16", "blockSize": 26}})
     nodes = [f"conc-node-{i}" for i in range(NODES)]
     ctx = mp.get_context("fork")
     start = ctx.Barrier(PROCS)
     out = ctx.Queue()
-    procs = [ctx.Process(target=_worker, args=(etcd.endpoints, i, nodes[i % NODES], start, out))
+    lock_dir = str(tmp_path / "locks") if host_lock else None
+    procs = [ctx.Process(target=_worker, args=(etcd.endpoints, i, nodes[i % NODES], lock_dir, start, out))
              for i in range(PROCS)]
     for p in procs:
         p.start()
@@ -80,6 +83,13 @@ def test_eight_processes_allocate_distinct_addresses(etcd, datastore):
     assert len(by_ip) == PROCS * ALLOCS
     for handle, node, ip in allocs:
         assert by_ip[ip] == (handle, node, node)  # nothing borrowed: the pool had room
+    # no node claimed a block while one of its blocks still had room (a claim requires
+    # that no affinity of the node appeared since the view that found them all full)
+    for node in nodes:
+        mine = [b for b in ipam.blocks() if b.host == node]
+        wanted = sum(ALLOCS for i in range(PROCS) if nodes[i % NODES] == node)
+        assert len(mine) == -(-wanted // 64), (node, len(mine), wanted)
+        assert sum(1 for b in mine if b.free) <= 1, (node, [(str(b.cidr), b.free) for b in mine])
     affinities = {(a.node, a.cidr) for a in ipam.affinities()}
     assert affinities == {(b.host, b.cidr) for b in ipam.blocks()}
     assert all(a.state == "confirmed" for a in ipam.affinities())

@@ -4,6 +4,8 @@ from __future__ import annotations
 import ipaddress
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from calico_net.ipam.errors import NoPoolsError
 from calico_net.ipam.pools import Pool, needs_node_labels, pool_for, select_pools
@@ -65,3 +67,30 @@ def test_pool_for_picks_the_containing_pool():
     assert pool_for(POOLS, ipaddress.ip_network("198.19.0.64/26")).name == "b-pool"
     assert pool_for(POOLS, ipaddress.ip_address("198.19.2.1"), enabled_only=True) is None
     assert pool_for(POOLS, ipaddress.ip_address("198.18.0.1")) is None
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    version=st.sampled_from([4, 6]),
+    pool_bits=st.integers(min_value=0, max_value=2**128 - 1),
+    pool_len=st.integers(min_value=0, max_value=128),
+    other_bits=st.integers(min_value=0, max_value=2**128 - 1),
+    other_len=st.integers(min_value=0, max_value=128),
+    near=st.booleans(),
+)
+def test_contains_agrees_with_ipaddress(version, pool_bits, pool_len, other_bits, other_len, near):
+    net_t, addr_t, width = ((ipaddress.IPv4Network, ipaddress.IPv4Address, 32) if version == 4
+                            else (ipaddress.IPv6Network, ipaddress.IPv6Address, 128))
+    pool_len, other_len = pool_len % (width + 1), other_len % (width + 1)
+    mask = (1 << width) - 1
+    pool_net = net_t(((pool_bits & mask), pool_len), strict=False)
+    if near:  # most random pairs are far apart: also try ones that share the pool's prefix
+        other_bits = int(pool_net.network_address) | (other_bits & ((1 << (width - pool_len)) - 1))
+    other_net = net_t(((other_bits & mask), other_len), strict=False)
+    other_ip = addr_t(other_bits & mask)
+    p = Pool("p", pool_net, max(pool_len, 26 if version == 4 else 122))
+    assert p.contains(other_net) == other_net.subnet_of(pool_net)
+    assert p.contains(other_ip) == (other_ip in pool_net)
+    other_version = ipaddress.ip_network("2001:db8::/64") if version == 4 else ipaddress.ip_network("198.19.0.0/24")
+    assert not p.contains(other_version)
+    assert not p.contains(other_version.network_address)

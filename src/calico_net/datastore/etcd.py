@@ -115,6 +115,13 @@ def cmp_absent(key: str) -> dict[str, Any]:
     return cmp_mod_revision(key, 0)
 
 
+def cmp_prefix_unchanged_since(prefix: str, revision: int) -> dict[str, Any]:
+    """Compare: no key under `prefix` was created or modified after `revision` (true for
+    an empty prefix; a key deleted since is not noticed)."""
+    return {"key": _b64(prefix), "range_end": _b64(prefix_end(prefix)), "target": "MOD",
+            "result": "LESS", "mod_revision": str(revision + 1)}
+
+
 def op_put(key: str, value: bytes | str) -> dict[str, Any]:
     return {"request_put": {"key": _b64(key), "value": _b64(value)}}
 
@@ -125,6 +132,15 @@ def op_delete(key: str) -> dict[str, Any]:
 
 def op_get(key: str) -> dict[str, Any]:
     return {"request_range": {"key": _b64(key)}}
+
+
+def op_get_prefix(prefix: str, *, keys_only: bool = False) -> dict[str, Any]:
+    """Read every key under `prefix` inside a transaction (several ranges read in one
+    transaction see one revision)."""
+    body: dict[str, Any] = {"key": _b64(prefix), "range_end": _b64(prefix_end(prefix))}
+    if keys_only:
+        body["keys_only"] = True
+    return {"request_range": body}
 
 
 @dataclass

@@ -26,16 +26,27 @@ that handle's addresses. A block that becomes empty keeps its affinity (as Calic
 """
 from __future__ import annotations
 
-import json
 import logging
 import random
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+
+import orjson
 
 from calico_net.datastore.errors import ResourceNotFound
-from calico_net.datastore.store import resource_key
-from calico_net.datastore.etcd import KV, EtcdClient, cmp_mod_revision, op_delete, op_get, op_put
+from calico_net.datastore.store import decode, kind_prefix, resource_key
+from calico_net.datastore.etcd import (
+    KV,
+    EtcdClient,
+    cmp_mod_revision,
+    cmp_prefix_unchanged_since,
+    op_delete,
+    op_get,
+    op_get_prefix,
+    op_put,
+)
 from calico_net.ipam import keys
 from calico_net.ipam.block import (
     ATTR_NODE,
@@ -57,15 +68,45 @@ from calico_net.ipam.errors import (
     NotInPoolError,
     PoolExhaustedError,
 )
+from calico_net.ipam.hostlock import HostLock
 from calico_net.ipam.pools import Pool, needs_node_labels, pool_for, pools_from_documents, select_pools
 
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 200
+# Blocks read together in one request: when a fresh view is taken, and when a client
+# meets affine blocks it has not cached (a new CNI process on a node with many blocks).
+# etcd's default --max-txn-ops is 128.
+READ_BATCH = 16
 
 
 def _dumps(doc: Any) -> bytes:
-    return json.dumps(doc, separators=(",", ":")).encode()
+    """Compact JSON, as Calico stores it (orjson: blocks are rewritten on every change)."""
+    return orjson.dumps(doc)
+
+
+def _affine_from_kvs(kvs: list[KV], version: int) -> list[IPNetwork]:
+    """Affine block CIDRs from a range of one node's affinity keys, in address order;
+    affinities pending deletion are left out."""
+    out = []
+    for kv in kvs:
+        parsed = keys.parse_affinity_key(kv.key)
+        if parsed is None or parsed[1].version != version:
+            continue
+        try:
+            state = orjson.loads(kv.value or b"{}").get("state", keys.AFFINITY_CONFIRMED)
+        except ValueError:
+            state = "invalid"
+        if state != keys.AFFINITY_PENDING_DELETION:
+            out.append(parsed[1])
+    return sorted(out, key=lambda c: int(c.network_address))
+
+
+def _parse_block(kvs: list[KV]) -> tuple[AllocationBlock | None, int]:
+    """A block from a range result (empty: no block)."""
+    if not kvs or not kvs[0].value:
+        return None, 0
+    return AllocationBlock.from_json(orjson.loads(kvs[0].value)), kvs[0].mod_revision
 
 
 @dataclass
@@ -123,7 +164,7 @@ class _Handle:
 
     def load(self, kvs: list[KV]) -> None:
         if kvs:
-            doc = json.loads(kvs[0].value or b"{}")
+            doc = orjson.loads(kvs[0].value or b"{}")
             self.blocks = {str(k): int(v) for k, v in (doc.get("block") or {}).items()}
             self.rev = kvs[0].mod_revision
         else:
@@ -161,6 +202,9 @@ class _View:
     node_labels: dict[str, str]
     node_rev: int
     fresh: bool
+    config: IPAMConfig | None = None  # read with a fresh view
+    revision: int = 0  # the etcd revision a fresh view was read at
+    block_cidrs: dict[int, set[IPNetwork]] = field(default_factory=dict)  # every block, when read with the view
 
     def guards(self, pool: Pool | None) -> list[tuple[str, int]]:
         if pool is None:
@@ -176,9 +220,16 @@ class IPAM:
 
     One instance may be used for many operations (it caches block values and the pool
     view, guarded as described above); it is not thread-safe.
+
+    `host_lock_dir` (e.g. /var/run/calico) serialises `auto_assign` and `assign_ip` for
+    one node between the processes of a host and hands the block written last from
+    one to the next (see `calico_net.ipam.hostlock`), as Calico's CNI plugin does with
+    its ipam.lock; without it, concurrent allocations for one node still come out
+    right, but lose more compare-and-swaps to each other.
     """
 
-    def __init__(self, client: EtcdClient, datastore: Any = None, *, max_attempts: int = MAX_ATTEMPTS) -> None:
+    def __init__(self, client: EtcdClient, datastore: Any = None, *, max_attempts: int = MAX_ATTEMPTS,
+                 host_lock_dir: str | None = None) -> None:
         if datastore is None:
             from calico_net.datastore.store import Datastore
 
@@ -186,21 +237,85 @@ class IPAM:
         self.client = client
         self.datastore = datastore
         self.max_attempts = max_attempts
-        self._block_cache: dict[IPNetwork, tuple[bytes, int]] = {}
+        # Parsed blocks with their mod revision. An entry is taken out while a change
+        # is being made to it and put back only with what etcd accepted (or returned),
+        # so a change that fails half-way never leaves a block etcd does not have.
+        self._block_cache: dict[IPNetwork, tuple[AllocationBlock, int]] = {}
         self._affine_cache: dict[tuple[str, int], list[IPNetwork]] = {}
         self._last_block: dict[tuple[str, int], IPNetwork] = {}
         self._pool_cache: tuple[list[Pool], dict[str, int]] | None = None
         self._node_cache: dict[str, tuple[dict[str, str], int]] = {}
+        self.host_lock_dir = host_lock_dir
+        self._host_locks: dict[str, HostLock] = {}
+        self._written: tuple[IPNetwork, int, bytes] | None = None  # the block written last
+
+    # ------------------------------------------------------------------ host lock
+    @contextmanager
+    def _node_lock(self, node: str) -> Iterator[None]:
+        """Hold the node's host lock (when configured) and pass on the block written last."""
+        if not self.host_lock_dir:
+            yield
+            return
+        lock = self._host_locks.get(node)
+        if lock is None:
+            lock = self._host_locks[node] = HostLock(self.host_lock_dir, node)
+        if not lock.acquire():
+            yield
+            return
+        self._written = None
+        try:
+            hint = lock.read_hint()
+            if hint is not None:
+                self._use_hint(*hint)
+            yield
+        finally:
+            if self._written is not None:
+                lock.write_hint(*self._written)
+                self._written = None
+            lock.release()
+
+    def _use_hint(self, cidr: IPNetwork, rev: int, value: bytes) -> None:
+        """Take a block from the host lock's hint when it is newer than our copy."""
+        have = self._block_cache.get(cidr)
+        if have is not None and have[1] >= rev:
+            return
+        try:
+            blk = AllocationBlock.from_json(orjson.loads(value))
+        except (ValueError, KeyError, TypeError):
+            return  # a damaged hint: ignore it
+        if blk.cidr != cidr:
+            return
+        self._block_cache[cidr] = (blk, rev)
+        host = blk.host
+        if host is not None:
+            # another process of the node may have just claimed it: no need for a fresh
+            # view to find it (a claim still decides on one)
+            affine = self._affine_cache.get((host, cidr.version))
+            if affine is not None and cidr not in affine:
+                affine.append(cidr)
+                affine.sort(key=lambda c: int(c.network_address))
+            self._last_block[(host, cidr.version)] = cidr
+
+    def _wrote(self, cidr: IPNetwork, blk: AllocationBlock, value: bytes, rev: int) -> None:
+        """Record a block etcd accepted at `rev` (cached, and the host lock's next hint)."""
+        self._keep_block(cidr, blk, rev)
+        self._written = (cidr, rev, value)
+
+    def close(self) -> None:
+        """Close the host lock files (the etcd client is the caller's)."""
+        for lock in self._host_locks.values():
+            lock.close()
+        self._host_locks.clear()
 
     # ------------------------------------------------------------------ config
     def get_config(self) -> IPAMConfig:
         kv = self.client.get(keys.CONFIG_KEY)
-        return IPAMConfig.from_json(json.loads(kv.value)) if kv and kv.value else IPAMConfig()
+        return IPAMConfig.from_json(orjson.loads(kv.value)) if kv and kv.value else IPAMConfig()
 
     def set_config(self, *, strict_affinity: bool | None = None, auto_allocate_blocks: bool | None = None) -> IPAMConfig:
         for _ in range(self.max_attempts):
             kv = self.client.get(keys.CONFIG_KEY)
-            cfg = IPAMConfig.from_json(json.loads(kv.value)) if kv and kv.value else IPAMConfig()
+            cfg = IPAMConfig.from_json(orjson.loads(kv.value)) if kv and kv.value else IPAMConfig()
             if strict_affinity is not None:
                 cfg.strict_affinity = strict_affinity
             if auto_allocate_blocks is not None:
@@ -237,17 +352,74 @@ class IPAM:
         self._node_cache[node] = found
         return found
 
-    def _view(self, node: str, fresh: bool) -> _View:
-        """Pools and node labels: read now when `fresh` or not cached yet."""
-        fresh = fresh or self._pool_cache is None
-        if fresh:
-            self.pools()
-        pools, revs = self._pool_cache  # type: ignore[misc]
+    def _view(self, node: str, fresh: bool, versions: Sequence[int] = (4, 6), *, for_claim: bool = False) -> _View:
+        """Pools and node labels: from the cache, or read now (with the node's
+        affinities and affine blocks, see `_fresh_view`) when `fresh` or not cached."""
+        if fresh or self._pool_cache is None:
+            return self._fresh_view(node, versions, for_claim)
+        pools, revs = self._pool_cache
         if needs_node_labels(pools):
-            labels, rev = self._read_node(node) if (fresh or node not in self._node_cache) else self._node_cache[node]
+            labels, rev = self._node_cache[node] if node in self._node_cache else self._read_node(node)
         else:
             labels, rev = {}, 0
-        return _View(pools, revs, node, labels, rev, fresh)
+        return _View(pools, revs, node, labels, rev, False)
+
+    def _fresh_view(self, node: str, versions: Sequence[int], for_claim: bool = False) -> _View:
+        """Read, in ONE transaction (so at one revision): the IPPools, the Node, the IPAM
+        config, the node's affinities of each version and the affine blocks this client
+        has cached (the one used last first, at most READ_BATCH); `for_claim` adds the
+        CIDR of every block (keys only). Every cache this touches is replaced; affine
+        blocks not re-read are dropped from the cache, so after a fresh view nothing the
+        node's assignment decides on is older than it."""
+        ops = [op_get_prefix(kind_prefix("IPPool")), op_get(resource_key("Node", node)), op_get(keys.CONFIG_KEY)]
+        for version in versions:
+            ops.append(op_get_prefix(keys.host_prefix(node, version)))
+        reread: list[IPNetwork] = []
+        for version in versions:
+            known = list(self._affine_cache.get((node, version), []))
+            last = self._last_block.get((node, version))
+            if last in known:
+                known.remove(last)
+                known.insert(0, last)
+            reread += known
+        reread = reread[:READ_BATCH]
+        ops += [op_get(keys.block_key(c)) for c in reread]
+        if for_claim:
+            ops += [op_get_prefix(keys.block_prefix(v), keys_only=True) for v in versions]
+        txn = self.client.txn([], ops)
+
+        docs = [decode(kv) for kv in txn.range_kvs(0)]
+        pools = pools_from_documents(docs)
+        revs = {d["metadata"]["name"]: int(d["metadata"].get("resourceVersion") or 0) for d in docs}
+        self._pool_cache = (pools, revs)
+        node_kvs = txn.range_kvs(1)
+        if node_kvs:
+            md = decode(node_kvs[0]).get("metadata") or {}
+            self._node_cache[node] = (dict(md.get("labels") or {}), node_kvs[0].mod_revision)
+        else:
+            self._node_cache[node] = ({}, 0)
+        cfg_kvs = txn.range_kvs(2)
+        cfg = IPAMConfig.from_json(orjson.loads(cfg_kvs[0].value)) if cfg_kvs and cfg_kvs[0].value else IPAMConfig()
+        for i, version in enumerate(versions):
+            affine = _affine_from_kvs(txn.range_kvs(3 + i), version)
+            for old in self._affine_cache.get((node, version), []):
+                self._block_cache.pop(old, None)
+            self._affine_cache[(node, version)] = affine
+        first = 3 + len(versions)
+        for i, cidr in enumerate(reread):
+            blk, rev = _parse_block(txn.range_kvs(first + i))
+            if cidr in self._affine_cache.get((node, cidr.version), ()):
+                self._keep_block(cidr, blk, rev)
+        block_cidrs: dict[int, set[IPNetwork]] = {}
+        if for_claim:
+            first += len(reread)
+            for i, version in enumerate(versions):
+                found = (keys.parse_block_key(kv.key) for kv in txn.range_kvs(first + i))
+                block_cidrs[version] = {c for c in found if c is not None}
+        labels, node_rev = self._node_cache[node]
+        if not needs_node_labels(pools):
+            labels, node_rev = {}, 0
+        return _View(pools, revs, node, labels, node_rev, True, cfg, txn.revision, block_cidrs)
 
     def _eligible_pools(self, view: _View, version: int, requested: Sequence[str] | None) -> list[Pool]:
         chosen = select_pools(view.pools, version, view.node, view.node_labels, requested)
@@ -262,21 +434,24 @@ class IPAM:
 
     # ------------------------------------------------------------------ reads
     def _read_block(self, cidr: IPNetwork) -> tuple[AllocationBlock | None, int]:
+        """The block as etcd has it now (a new object the caller may change)."""
         kv = self.client.get(keys.block_key(cidr))
-        return self._cache_block(cidr, [kv] if kv else [])
+        return _parse_block([kv] if kv else [])
 
-    def _cache_block(self, cidr: IPNetwork, kvs: list[KV]) -> tuple[AllocationBlock | None, int]:
-        if not kvs or not kvs[0].value:
+    def _take_block(self, cidr: IPNetwork, use_cache: bool) -> tuple[AllocationBlock | None, int]:
+        """The cached block, taken out of the cache (the caller changes it and puts
+        back what etcd accepted with `_keep_block`); read from etcd when not cached."""
+        hit = self._block_cache.pop(cidr, None)
+        if hit is not None and use_cache:
+            return hit
+        return self._read_block(cidr)
+
+    def _keep_block(self, cidr: IPNetwork, blk: AllocationBlock | None, rev: int) -> None:
+        """Cache a block etcd holds at `rev`; the caller must not change it afterwards."""
+        if blk is None:
             self._block_cache.pop(cidr, None)
-            return None, 0
-        self._block_cache[cidr] = (kvs[0].value, kvs[0].mod_revision)
-        return AllocationBlock.from_json(json.loads(kvs[0].value)), kvs[0].mod_revision
-
-    def _cached_block(self, cidr: IPNetwork) -> tuple[AllocationBlock | None, int]:
-        hit = self._block_cache.get(cidr)
-        if hit is None:
-            return self._read_block(cidr)
-        return AllocationBlock.from_json(json.loads(hit[0])), hit[1]
+        else:
+            self._block_cache[cidr] = (blk, rev)
 
     def blocks(self, version: int | None = None) -> list[AllocationBlock]:
         """Every allocation block (of one IP version, or both)."""
@@ -284,7 +459,7 @@ class IPAM:
         out = []
         for kv in kvs:
             if keys.parse_block_key(kv.key) is not None and kv.value:
-                out.append(AllocationBlock.from_json(json.loads(kv.value)))
+                out.append(AllocationBlock.from_json(orjson.loads(kv.value)))
         return out
 
     def _block_cidrs(self, version: int) -> set[IPNetwork]:
@@ -299,20 +474,29 @@ class IPAM:
             if parsed is None or (version and parsed[1].version != version):
                 continue
             try:
-                state = json.loads(kv.value or b"{}").get("state", keys.AFFINITY_CONFIRMED)
+                state = orjson.loads(kv.value or b"{}").get("state", keys.AFFINITY_CONFIRMED)
             except ValueError:
                 state = "invalid"
             out.append(Affinity(parsed[0], parsed[1], state, kv.mod_revision))
         return out
 
-    def _affine_cidrs(self, node: str, version: int, refresh: bool) -> list[IPNetwork]:
+    def _affine_cidrs(self, node: str, version: int) -> list[IPNetwork]:
+        """The node's affine blocks of one version, in address order (cached)."""
         ck = (node, version)
-        if refresh or ck not in self._affine_cache:
-            self._affine_cache[ck] = sorted(
-                (a.cidr for a in self.affinities(node, version) if a.state != keys.AFFINITY_PENDING_DELETION),
-                key=lambda c: int(c.network_address),
-            )
+        if ck not in self._affine_cache:
+            kvs, _ = self.client.get_prefix(keys.host_prefix(node, version))
+            self._affine_cache[ck] = _affine_from_kvs(kvs, version)
         return list(self._affine_cache[ck])
+
+    def _load_blocks(self, cidrs: Sequence[IPNetwork]) -> None:
+        """Read blocks that are not cached, up to READ_BATCH in one transaction."""
+        missing = [c for c in cidrs if c not in self._block_cache][:READ_BATCH]
+        if len(missing) < 2:
+            return  # one block: `_take_block` reads it as cheaply
+        txn = self.client.txn([], [op_get(keys.block_key(c)) for c in missing])
+        for i, cidr in enumerate(missing):
+            blk, rev = _parse_block(txn.range_kvs(i))
+            self._keep_block(cidr, blk, rev)
 
     def handles(self) -> dict[str, dict[str, int]]:
         """handle id -> {block cidr: address count}."""
@@ -321,14 +505,14 @@ class IPAM:
         for kv in kvs:
             hid = keys.parse_handle_key(kv.key)
             if hid is not None:
-                out[hid] = {str(k): int(v) for k, v in (json.loads(kv.value or b"{}").get("block") or {}).items()}
+                out[hid] = {str(k): int(v) for k, v in (orjson.loads(kv.value or b"{}").get("block") or {}).items()}
         return out
 
     def get_handle(self, handle_id: str) -> dict[str, int] | None:
         kv = self.client.get(keys.handle_key(keys.check_handle_id(handle_id)))
         if kv is None:
             return None
-        return {str(k): int(v) for k, v in (json.loads(kv.value or b"{}").get("block") or {}).items()}
+        return {str(k): int(v) for k, v in (orjson.loads(kv.value or b"{}").get("block") or {}).items()}
 
     def ips_by_handle(self, handle_id: str) -> list[IPAddress]:
         blocks = self.get_handle(handle_id) or {}
@@ -379,11 +563,12 @@ class IPAM:
         (`_StaleView` is raised when one of them changed).
         """
         bkey = keys.block_key(cidr)
-        blk, rev = self._cached_block(cidr) if use_cache else self._read_block(cidr)
+        blk, rev = self._take_block(cidr, use_cache)
         with_handle = handle is not None and handle_change is not None
         for attempt in range(self.max_attempts):
             result = change(blk)
-            if blk is None or result is None:
+            if blk is None or result is None:  # nothing changed: the block is as etcd has it
+                self._keep_block(cidr, blk, rev)
                 return result, blk
             value = _dumps(blk.to_json())
             compare = [cmp_mod_revision(bkey, rev)]
@@ -399,13 +584,13 @@ class IPAM:
                 failure.append(op_get(gkey))
             txn = self.client.txn(compare, success, failure)
             if txn.succeeded:
-                self._block_cache[cidr] = (value, txn.revision)
+                self._wrote(cidr, blk, value, txn.revision)
                 if with_handle:
                     handle.rev = txn.revision if handle.live else 0  # type: ignore[union-attr]
                 return result, blk
             # Someone else got in first: start again from what is there now. The handle
             # is reloaded too, so a retried increment is never counted twice.
-            blk, rev = self._cache_block(cidr, txn.range_kvs(0))
+            blk, rev = _parse_block(txn.range_kvs(0))
             if with_handle:
                 handle.load(txn.range_kvs(1))  # type: ignore[union-attr]
             first_guard = 2 if with_handle else 1
@@ -435,26 +620,39 @@ class IPAM:
         """
         keys.check_handle_id(handle_id)
         keys.check_node_name(node)
+        with self._node_lock(node):
+            return self._auto_assign(handle_id, node, num_v4, num_v6, pools_v4, pools_v6, attrs)
+
+    def _auto_assign(
+        self,
+        handle_id: str,
+        node: str,
+        num_v4: int,
+        num_v6: int,
+        pools_v4: Sequence[str] | None,
+        pools_v6: Sequence[str] | None,
+        attrs: Mapping[str, str] | None,
+    ) -> tuple[list[IPAddress], list[IPAddress]]:
         secondary = dict(attrs or {})
         secondary.setdefault(ATTR_NODE, node)
-        fresh = False
-        verified: set[IPNetwork] = set()  # affine blocks read fresh in this call and found full
+        fresh = for_claim = False
+        versions = tuple(v for v, n in ((4, num_v4), (6, num_v6)) if n > 0)
         for _ in range(5):
             handle = _Handle(handle_id)  # optimistic: a new handle; corrected on conflict
             got: dict[int, list[IPAddress]] = {4: [], 6: []}
             try:
-                view = self._view(node, fresh)
+                view = self._view(node, fresh, versions, for_claim=for_claim)
                 for version, num, requested in ((4, num_v4, pools_v4), (6, num_v6, pools_v6)):
                     if num > 0:
                         pools = self._eligible_pools(view, version, requested)
-                        self._auto_assign_version(handle, view, version, num, pools, secondary, got[version],
-                                                  verified)
+                        self._auto_assign_version(handle, view, version, num, pools, secondary, got[version])
                 return got[4], got[6]
             except (_StaleView, NoPoolsError, PoolExhaustedError) as e:
                 self._undo(got[4] + got[6])
                 if fresh and not isinstance(e, _StaleView):
                     raise
                 fresh = True  # decide again on pools and labels read now
+                for_claim = isinstance(e, _StaleView) and e.args[:1] == ("claim",)
             except BaseException:
                 self._undo(got[4] + got[6])
                 raise
@@ -476,42 +674,40 @@ class IPAM:
         pools: list[Pool],
         secondary: dict[str, str],
         got: list[IPAddress],
-        verified: set[IPNetwork],
     ) -> None:
         """Append `num` addresses to `got` (which the caller releases on failure).
 
-        `verified` holds affine blocks this call already re-read and found full, so
-        a retry on a fresh pool view does not read them again."""
+        On a cached view, only the cached affine blocks are tried; when they are full
+        (as far as the cache knows) `_StaleView` sends the caller back for a fresh
+        view, which re-reads the affinities and blocks, before any block is claimed."""
         node = view.node
 
         def affine_to_node(blk: AllocationBlock) -> bool:
             return blk.host == node
 
-        # 1. affine blocks: the cached view first, then a fresh one before claiming more.
-        for refresh in (False, True):
-            cidrs = [c for c in self._affine_cidrs(node, version, refresh) if pool_for(pools, c) is not None]
-            last = self._last_block.get((node, version))
-            if last in cidrs:
-                cidrs.remove(last)
-                cidrs.insert(0, last)
-            for cidr in cidrs:
-                if len(got) >= num:
-                    return
-                ips = self._assign_from(cidr, num - len(got), handle, secondary, affine_to_node,
-                                        view.guards(pool_for(pools, cidr)),
-                                        use_cache=not refresh or cidr in verified)
-                if ips:
-                    got += ips
-                    self._last_block[(node, version)] = cidr
-                elif refresh:
-                    verified.add(cidr)
+        # 1. affine blocks, the one used last first.
+        cidrs = [c for c in self._affine_cidrs(node, version) if pool_for(pools, c) is not None]
+        last = self._last_block.get((node, version))
+        if last in cidrs:
+            cidrs.remove(last)
+            cidrs.insert(0, last)
+        for i, cidr in enumerate(cidrs):
             if len(got) >= num:
                 return
+            if cidr not in self._block_cache:
+                self._load_blocks(cidrs[i:])
+            ips = self._assign_from(cidr, num - len(got), handle, secondary, affine_to_node,
+                                    view.guards(pool_for(pools, cidr)), use_cache=True)
+            if ips:
+                got += ips
+                self._last_block[(node, version)] = cidr
+        if len(got) >= num:
+            return
         if not view.fresh:
-            raise _StaleView("claim")  # claim and borrow decide on pools read now
+            raise _StaleView("claim")  # claim and borrow decide on a view read now
 
         # 2. claim new blocks.
-        cfg = self.get_config()
+        cfg = view.config or self.get_config()
         while len(got) < num and cfg.auto_allocate_blocks:
             claimed = self._claim_free_block(view, pools, cfg)
             if claimed is None:
@@ -562,40 +758,61 @@ class IPAM:
         existing_all: set[IPNetwork] | None = None
         for pool in pools:
             if existing_all is None:
-                existing_all = self._block_cidrs(pool.version)
+                existing_all = view.block_cidrs.get(pool.version)
+                if existing_all is None:
+                    existing_all = view.block_cidrs[pool.version] = self._block_cidrs(pool.version)
             existing = {c for c in existing_all if pool.contains(c)}
             if len(existing) >= block_count(pool.cidr, pool.block_size):
                 continue
             for cidr in iter_blocks(pool.cidr, pool.block_size):
                 if cidr in existing:
                     continue
-                if self._create_affine_block(view.node, cidr, cfg, view.guards(pool)):
+                claimed_at = self._create_affine_block(view.node, cidr, cfg, view.guards(pool), view.revision)
+                if claimed_at:
+                    # our own new affinity is not news: later claims in this call compare from here
+                    view.revision = max(view.revision, claimed_at)
                     self._affine_cache.setdefault((view.node, cidr.version), []).append(cidr)
+                    existing_all.add(cidr)
                     return pool, cidr
                 existing.add(cidr)  # somebody else was quicker: try the next one
+                existing_all.add(cidr)
         return None
 
     def _create_affine_block(self, node: str, cidr: IPNetwork, cfg: IPAMConfig,
-                             guards: Sequence[tuple[str, int]] = ()) -> bool:
+                             guards: Sequence[tuple[str, int]] = (), affinities_since: int = 0) -> int:
         """Create a block affine to `node`, with its affinity key, in one transaction
-        that requires both to be absent. False when either exists."""
+        that requires both to be absent. Returns the revision it was created at, 0 when
+        the block or the affinity exists.
+
+        With `affinities_since` (the revision of the view the claim was decided on) it
+        also requires that no affinity of the node appeared since: when another
+        process of the same node has just claimed a block, `_StaleView` sends the
+        caller to use that block instead of claiming one more."""
         blk = AllocationBlock.new(cidr, node, strict_affinity=cfg.strict_affinity)
         bkey, akey = keys.block_key(cidr), keys.affinity_key(node, cidr)
+        aprefix = keys.host_prefix(node, cidr.version)
         value = _dumps(blk.to_json())
+        compare = [cmp_mod_revision(bkey, 0), cmp_mod_revision(akey, 0)] + [cmp_mod_revision(k, r) for k, r in guards]
+        failure = [op_get(k) for k, _ in guards]
+        if affinities_since:
+            compare.append(cmp_prefix_unchanged_since(aprefix, affinities_since))
+            failure.append(op_get_prefix(aprefix, keys_only=True))
         txn = self.client.txn(
-            [cmp_mod_revision(bkey, 0), cmp_mod_revision(akey, 0)] + [cmp_mod_revision(k, r) for k, r in guards],
+            compare,
             [op_put(bkey, value), op_put(akey, _dumps({"state": keys.AFFINITY_CONFIRMED, "deleted": False}))],
-            [op_get(k) for k, _ in guards],
+            failure,
         )
         if txn.succeeded:
-            self._block_cache[cidr] = (value, txn.revision)
+            self._wrote(cidr, blk, value, txn.revision)
             log.info("node %s claimed block %s", node, cidr)
-            return True
+            return txn.revision
         for i, (gkey, grev) in enumerate(guards):
             kvs = txn.range_kvs(i)
             if (kvs[0].mod_revision if kvs else 0) != grev:
                 raise _StaleView(gkey)
-        return False
+        if affinities_since and any(kv.mod_revision > affinities_since for kv in txn.range_kvs(len(guards))):
+            raise _StaleView("affinity")
+        return 0
 
     def _borrow(self, view: _View, version: int, num: int, pools: list[Pool], handle: _Handle,
                 secondary: dict[str, str], got: list[IPAddress]) -> None:
@@ -620,7 +837,11 @@ class IPAM:
         addr = parse_ip(ip)
         keys.check_handle_id(handle_id)
         keys.check_node_name(node)
-        view = self._view(node, fresh=True)
+        with self._node_lock(node):
+            return self._assign_ip(addr, handle_id, node, attrs)
+
+    def _assign_ip(self, addr: IPAddress, handle_id: str, node: str, attrs: Mapping[str, str] | None) -> IPAddress:
+        view = self._view(node, fresh=True, versions=(addr.version,))
         pool = pool_for(view.pools, addr, enabled_only=True)
         if pool is None:
             raise NotInPoolError(f"{addr} is not in any enabled IPPool")
@@ -689,8 +910,9 @@ class IPAM:
             freed, not_allocated = blk.release(members)
             if not freed and len(not_allocated) == len(members):
                 return not_allocated
+            value = _dumps(blk.to_json())
             compare = [cmp_mod_revision(bkey, rev)]
-            success = [op_put(bkey, _dumps(blk.to_json()))]
+            success = [op_put(bkey, value)]
             for hid, count in freed.items():
                 h = _Handle(hid)
                 kv = self.client.get(h.key)
@@ -704,7 +926,7 @@ class IPAM:
                 success.extend(h.write_ops())
             txn = self.client.txn(compare, success)
             if txn.succeeded:
-                self._block_cache[cidr] = (_dumps(blk.to_json()), txn.revision)
+                self._wrote(cidr, blk, value, txn.revision)
                 return not_allocated
             if attempt >= 3:
                 time.sleep(random.uniform(0, 0.002 * min(attempt, 20)))
@@ -752,7 +974,7 @@ class IPAM:
                 handle.blocks = new_blocks
                 handle.rev = txn.revision if success and "request_put" in success[0] else 0
                 if ips:
-                    self._block_cache[cidr] = (_dumps(blk.to_json()), txn.revision)  # type: ignore[union-attr]
+                    self._keep_block(cidr, blk, txn.revision)
                 return ips
             handle.load(txn.range_kvs(0))
             if str(cidr) not in handle.blocks:
