@@ -97,6 +97,22 @@ def test_profile_allowing_all_connects_everyone(topo, dp):
     assert topo.ping_matrix() == ALL_PAIRS
 
 
+def test_placeholder_table_drops_workload_traffic_until_the_full_load(topo, dp):
+    sh("nft", "delete", "table", "inet", "calico", ns=HOST_NS, check=False)
+    assert not dp.table_exists()
+    dp.load_placeholder()
+    assert dp.table_exists()
+    assert topo.tcp_matrix() == set()
+    assert topo.ping_matrix() == set()
+    dp.update("Profile", "allow-all", None, profile_doc("allow-all", ALLOW, ALLOW))
+    for w in topo.workloads:
+        put_wep(dp, w, profiles=["allow-all"])
+    st = dp.apply()
+    assert st.full and not st.adopted           # the placeholder is replaced, not adopted
+    assert topo.tcp_matrix() == ALL_PAIRS
+    assert dp.writer.check(dp.runner.read_counts()) == []   # nothing of the placeholder left
+
+
 def test_unknown_workload_interface_is_dropped(topo, dp):
     dp.update("Profile", "allow-all", None, profile_doc("allow-all", ALLOW, ALLOW))
     for w in topo.workloads[:3]:

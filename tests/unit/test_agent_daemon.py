@@ -205,3 +205,61 @@ def test_bgp_and_node_resources_do_not_reach_the_policy_dataplane(tmp_path):
     d.loop_once(max_wait=0.01)
     assert policy.updates == [("GlobalNetworkPolicy", "p", None, True)]
     assert d.metrics.errors.value == 0
+
+
+class PlaceholderPolicy(FakePolicy):
+    """A policy dataplane on a host without its table: records the order of events."""
+
+    def __init__(self, kernel, exists=False):
+        super().__init__()
+        self.kernel = kernel
+        self.exists = exists
+        self.events = []
+
+    def table_exists(self):
+        return self.exists
+
+    def load_placeholder(self):
+        self.events.append(("placeholder", dict(self.kernel.table)))
+        self.exists = True
+
+    def apply(self, while_loading=None):
+        self.events.append(("apply", dict(self.kernel.table)))
+        self.applies += 1
+        if while_loading is not None:
+            while_loading()
+        return {}
+
+
+def _make_placeholder(tmp_path, exists):
+    kernel = FakeKernel([Link(5, "cali1", True), Link(6, "cali2", True)])
+    policy = PlaceholderPolicy(kernel, exists=exists)
+    cfg = Config("n1", env={}, config_file=str(tmp_path / "none"))
+    d = Daemon("n1", cfg, None, policy=policy, settings_cls=FakeSettings, route_backend=kernel,
+               sysctls=NullSysctls(), watch_links=False, syncer_factory=NullSyncer, coalesce=0.001)
+    d.start()
+    return d, kernel, policy
+
+
+def test_fresh_host_routes_come_after_the_placeholder_table(tmp_path):
+    d, kernel, policy = _make_placeholder(tmp_path, exists=False)
+    d.on_snapshot(dict([wep("a", "n1", "cali1", "198.19.0.1/32"), wep("b", "n1", "cali2", "198.19.0.2/32")]), 10)
+    d.loop_once(max_wait=0.01)
+    # the placeholder went in before any route; the policy apply started before routes too
+    assert [e[0] for e in policy.events] == ["placeholder", "apply"]
+    assert policy.events[0][1] == {} and policy.events[1][1] == {}
+    assert kernel.table == {(V4, "198.19.0.1", 32): 5, (V4, "198.19.0.2", 32): 6}
+    assert d.applied
+    # later applies: no placeholder again, routes as usual
+    d.on_update(*wep("c", "n1", "cali2", "198.19.0.3/32"))
+    d.loop_once(max_wait=0.01)
+    assert [e[0] for e in policy.events] == ["placeholder", "apply", "apply"]
+    assert kernel.table[(V4, "198.19.0.3", 32)] == 6
+
+
+def test_existing_table_means_no_placeholder_and_routes_after_policy(tmp_path):
+    d, kernel, policy = _make_placeholder(tmp_path, exists=True)
+    d.on_snapshot(dict([wep("a", "n1", "cali1", "198.19.0.1/32")]), 10)
+    d.loop_once(max_wait=0.01)
+    assert [e[0] for e in policy.events] == ["apply"]
+    assert kernel.table == {(V4, "198.19.0.1", 32): 5}

@@ -149,7 +149,6 @@ class Daemon:
     # --- lifecycle ---
     def start(self) -> None:
         """Start the helpers (not the loop): host sysctls, links, datastore."""
-        self._hold_gc()
         try:
             self.sysctls.configure_host()
         except OSError as e:
@@ -202,6 +201,7 @@ class Daemon:
             self.link_watcher.stop()
 
     def run(self) -> None:
+        self._hold_gc()
         self.start()
         try:
             while not self._stop.is_set():
@@ -347,9 +347,14 @@ class Daemon:
         """Write everything that changed: interface sysctls, policy, routes.
 
         Policy goes before routes: on a fresh host the nft table must exist before
-        a route makes a workload reachable."""
+        a route makes a workload reachable. On a host without our table at all, the
+        first apply loads a placeholder table (new connections of workload
+        interfaces dropped), so routes can be written by a helper thread while an
+        nft process loads the real table (mostly kernel time in big netlink
+        batches; the main thread only waits for nft then) — see `_early_routes`."""
         t0 = time.monotonic()
         ok = True
+        early = self._early_routes()
         todo = self.routes.interfaces_to_configure()
         failed: set[str] = set()
         pending = None
@@ -368,11 +373,16 @@ class Daemon:
                 failed.update(link.name for link, _ in todo)
         t1 = time.monotonic()
         try:
-            self.policy.apply()
+            if early is not None:
+                self.policy.apply(while_loading=early.go.set)
+            else:
+                self.policy.apply()
         except Exception:  # noqa: BLE001 - retried; the agent keeps running
             log.exception("applying policy failed; retrying in %.0f s", RETRY_AFTER_ERROR)
             ok = False
         t2 = time.monotonic()
+        if early is not None:
+            early.go.set()
         if pending is not None:
             try:
                 failed.update(pending.wait())
@@ -384,7 +394,15 @@ class Daemon:
                 self.routes.mark_configured(link.name)
         t2s = time.monotonic()
         try:
-            stats = self.routes.apply()
+            if early is not None:
+                early.join()
+                if early.error is not None:
+                    raise early.error
+                stats = early.stats
+                if self.routes.dirty:            # link events cannot arrive meanwhile,
+                    stats = self.routes.apply()  # but be exact: write what is left
+            else:
+                stats = self.routes.apply()
             if stats.failed:
                 log.info("routes: %d added, %d removed, %d failed", stats.added, stats.removed, stats.failed)
         except OSError:
@@ -410,6 +428,25 @@ class Daemon:
             self.metrics.errors.inc()
             self.retry_at = time.monotonic() + RETRY_AFTER_ERROR
 
+    def _early_routes(self) -> "_RouteThread | None":
+        """On the first apply, if table inet calico does not exist at all (a fresh
+        host): load the policy dataplane's placeholder table and start a helper
+        thread that writes the routes once the policy dataplane reports its
+        transaction under way (or done). Otherwise (our table or another version of
+        it is there: a restart, an upgrade) None, and routes follow the policy as usual."""
+        if self.applied or self.routes.synced or not hasattr(self.policy, "load_placeholder"):
+            return None
+        try:
+            if self.policy.table_exists():
+                return None
+            self.policy.load_placeholder()
+        except Exception as e:  # noqa: BLE001 - the usual order still works
+            log.warning("cannot load the placeholder table (%s); routes after the policy", e)
+            return None
+        t = _RouteThread(self.routes)
+        t.start()
+        return t
+
     def _maybe_refresh(self) -> None:
         now = time.monotonic()
         if now >= self.next_route_refresh:
@@ -433,3 +470,21 @@ class Daemon:
             except Exception:  # noqa: BLE001
                 log.exception("nftables refresh failed")
                 self.metrics.errors.inc()
+
+
+class _RouteThread(threading.Thread):
+    """`RouteManager.apply()` in a thread (the first apply on a fresh host)."""
+
+    def __init__(self, routes: RouteManager) -> None:
+        super().__init__(name="early-routes", daemon=True)
+        self.routes = routes
+        self.go = threading.Event()       # set when nft is loading (or the apply ended)
+        self.stats: Any = None
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self.go.wait()
+            self.stats = self.routes.apply()
+        except BaseException as e:  # noqa: BLE001 - handed to the main loop
+            self.error = e

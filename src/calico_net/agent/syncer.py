@@ -24,6 +24,7 @@ open a light probe checks that etcd still answers, so a silently dead connection
 """
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import threading
@@ -76,6 +77,7 @@ def model_validate(doc: dict[str, Any]) -> dict[str, Any]:
     return doc
 
 
+@functools.lru_cache(maxsize=64)
 def model_kind(plural: str) -> str | None:
     """The kind stored under `plural` in Calico's key layout, None if unknown."""
     from calico_net import model

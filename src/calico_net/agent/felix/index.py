@@ -333,8 +333,8 @@ class SelectorMatcher:
                 self.members[key] = new
         if not items:
             return changes
-        others = [(k, s) for k, s in self.selectors.items() if k not in dirty_sels]
         if len(items) > self.BULK_ITEMS:
+            others = [(k, s) for k, s in self.selectors.items() if k not in dirty_sels]
             for key, sel in others:
                 old = self.members.get(key, _NONE)
                 new = self._select(sel)

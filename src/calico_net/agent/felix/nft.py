@@ -34,7 +34,7 @@ import struct
 import subprocess
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +86,9 @@ class NftRunner:
         #: run small transactions through libnftables (no fork/exec, see libnft)
         self.use_lib = use_lib
         self._lib: Any = None
+        #: called (once, then cleared) when an nft process has been started for a
+        #: transaction and is loading it: the caller may use the other CPU meanwhile
+        self.on_spawn: Callable[[], None] | None = None
 
     def _argv(self, *args: str) -> list[str]:
         prefix = ["ip", "netns", "exec", self.netns] if self.netns else []
@@ -111,10 +114,14 @@ class NftRunner:
             if err is not None:
                 raise NftError(_summarise_error(err, script))
             return
-        proc = subprocess.run(self._argv("-f", "-"), input=script, text=True,
-                              capture_output=True)
+        with subprocess.Popen(self._argv("-f", "-"), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) as proc:
+            hook, self.on_spawn = self.on_spawn, None
+            if hook is not None:
+                hook()
+            _, stderr = proc.communicate(script)
         if proc.returncode != 0:
-            raise NftError(_summarise_error(proc.stderr, script))
+            raise NftError(_summarise_error(stderr, script))
 
     def list_table(self) -> dict[str, Any] | None:
         """``nft -j list table inet calico`` parsed, or None if the table is absent."""
@@ -142,6 +149,16 @@ class NftRunner:
         except (OSError, NftError, struct.error) as exc:
             log.info("netlink read-back failed (%s); using nft -j list", exc)
             return counts_from_json(self.list_table())
+
+    def table_exists(self) -> bool:
+        """Whether table inet calico exists (whatever it holds)."""
+        try:
+            from .nft_netlink import NetlinkReader
+            return NetlinkReader(self.netns).exists()
+        except (OSError, NftError, struct.error):
+            proc = subprocess.run(self._argv("list", "table", FAMILY, TABLE, "-t"),
+                                  capture_output=True, text=True)
+            return proc.returncode == 0
 
     def read_fingerprint(self) -> str | None:
         """The element of ``cali-meta`` (our fingerprint), None if absent."""
@@ -226,6 +243,9 @@ class FakeNftRunner:
 
     def read_counts(self) -> tuple[dict[str, int], dict[str, int]] | None:
         return counts_from_json(self.table)
+
+    def table_exists(self) -> bool:
+        return self.table is not None or self.fingerprint is not None
 
     def read_fingerprint(self) -> str | None:
         return self.fingerprint

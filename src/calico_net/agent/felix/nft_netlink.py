@@ -384,6 +384,14 @@ class NetlinkReader:
                 return True
         return False
 
+    def exists(self) -> bool:
+        """Whether table inet calico exists."""
+        sock = self._open()
+        try:
+            return self.table_exists(sock)
+        finally:
+            sock.close()
+
     def counts(self) -> tuple[dict[str, int], dict[str, int]] | None:
         """({chain: rule count}, {set or map: element count}) of table inet calico,
         None if the table does not exist."""

@@ -52,7 +52,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from .index import ENDPOINT_KINDS, IndexChanges, Key, PolicyIndex
 from .nft import NftError, NftRunner, NftWriter, Ruleset
@@ -273,10 +273,27 @@ class PolicyDataplane:
     def policy_count(self) -> int:
         return len(self.index.policies)
 
-    def apply(self) -> ApplyStats:
-        """Write everything that changed since the last apply in one nft transaction."""
-        with _gc_paused():
-            return self._apply()
+    def apply(self, while_loading: Callable[[], None] | None = None) -> ApplyStats:
+        """Write everything that changed since the last apply in one nft transaction.
+
+        `while_loading` is called exactly once: as soon as an nft process is loading
+        the transaction (a full load: the caller can use the other CPU meanwhile),
+        or else when this returns."""
+        runner = self.runner
+        hooked = while_loading is not None and hasattr(runner, "on_spawn")
+        if hooked:
+            runner.on_spawn = while_loading
+        try:
+            with _gc_paused():
+                return self._apply()
+        finally:
+            if while_loading is not None:
+                if hooked and runner.on_spawn is None:
+                    pass                          # the runner called it
+                else:
+                    if hooked:
+                        runner.on_spawn = None
+                    while_loading()
 
     def _apply(self) -> ApplyStats:
         t0 = time.perf_counter()
@@ -314,6 +331,30 @@ class PolicyDataplane:
         stats.policies = self.policy_count()
         self.last_stats = stats
         return stats
+
+    def table_exists(self) -> bool:
+        """Whether table inet calico exists at all (ours, a placeholder or drifted)."""
+        return self.runner.table_exists()
+
+    def load_placeholder(self) -> None:
+        """For a host without our table: a minimal table that drops every new
+        connection from or to a workload interface (established ones pass), the
+        state of "no policy yet". The agent loads it so that it can program routes
+        while the real table is still being built; the first full load replaces it
+        atomically (its content never matches our fingerprint, so it is not adopted)."""
+        T = "inet calico"
+        lines = [
+            f"add table {T}",
+            f"add chain {T} cali-forward {{ type filter hook forward priority filter; policy accept; }}",
+            f"add chain {T} cali-input {{ type filter hook input priority filter; policy accept; }}",
+            f"add rule {T} cali-forward ct state established,related accept",
+            f"add rule {T} cali-input ct state established,related accept",
+        ]
+        for p in self.settings.interface_prefixes:
+            lines += [f'add rule {T} cali-forward iifname "{p}*" drop',
+                      f'add rule {T} cali-forward oifname "{p}*" drop',
+                      f'add rule {T} cali-input iifname "{p}*" drop']
+        self.runner.run("\n".join(lines) + "\n")
 
     def refresh(self) -> bool:
         """Read the live table back; if it drifted from what we wrote, rewrite it

@@ -373,6 +373,15 @@ def endpoint_routes(nets: Iterable[str]) -> list[Route]:
     is routed as given, as Calico does for e.g. a /30 given to a VM)."""
     out = []
     for n in nets:
+        if n.endswith("/32"):
+            # the common case (a validated "a.b.c.d/32"), without ipaddress (~20 us)
+            a = n[:-3]
+            try:
+                if socket.inet_ntop(socket.AF_INET, socket.inet_pton(socket.AF_INET, a)) == a:
+                    out.append((socket.AF_INET, a, 32))
+                    continue
+            except OSError:
+                pass
         try:
             net = ipaddress.ip_network(n, strict=False)
         except ValueError:
@@ -503,6 +512,9 @@ class RouteManager:
         c = self.claims.get(route)
         if not c:
             return None
+        if len(c) == 1:
+            for name in c.values():
+                return name
         # Two endpoints claiming one address: the first key wins, deterministically.
         return c[min(c)]
 
