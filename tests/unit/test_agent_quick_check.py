@@ -46,7 +46,41 @@ def netset(kind: str = "GlobalNetworkSet") -> dict:
             "spec": {"nets": ["198.18.0.0/24", "198.19.1.5"]}}
 
 
+def gnp() -> dict:
+    return {"apiVersion": "projectcalico.org/v3", "kind": "GlobalNetworkPolicy",
+            "metadata": {"name": "allow-web", "labels": {"a": "b"}},
+            "spec": {"order": 10, "selector": "app == 'web'", "types": ["Ingress", "Egress"],
+                     "namespaceSelector": "all()",
+                     "ingress": [{"action": "Allow", "protocol": "TCP",
+                                  "source": {"selector": "role == 'fe'", "nets": ["198.18.0.0/24"],
+                                             "namespaceSelector": "global()"},
+                                  "destination": {"ports": [80, "1000:2000", "http"], "notPorts": [81],
+                                                  "nets": ["198.19.0.0/16"]}},
+                                 {"action": "Deny", "notProtocol": 17,
+                                  "source": {"notSelector": "x == 'y'", "notNets": ["198.18.1.0/24"]}}],
+                     "egress": [{"action": "Pass"}, {"action": "Log", "protocol": "UDP",
+                                                     "destination": {"ports": [53]}}]}}
+
+
+def netpol() -> dict:
+    doc = gnp()
+    doc["kind"] = "NetworkPolicy"
+    doc["metadata"]["namespace"] = "ns1"
+    del doc["spec"]["namespaceSelector"]
+    return doc
+
+
+def profile() -> dict:
+    return {"apiVersion": "projectcalico.org/v3", "kind": "Profile",
+            "metadata": {"name": "kns.ns1"},
+            "spec": {"ingress": [{"action": "Allow", "source": {"selector": "ns == 'ns1'"}}],
+                     "egress": [{"action": "Allow"}], "labelsToApply": {"ns": "ns1"}}}
+
+
 def test_common_shapes_are_decided_quickly() -> None:
+    for doc in (gnp(), netpol(), profile()):
+        assert full_valid(doc), doc
+        assert quick_valid(doc), doc
     for doc in (wep(), netset(), netset("NetworkSet")):
         assert full_valid(doc)
         assert quick_valid(doc)
@@ -55,10 +89,13 @@ def test_common_shapes_are_decided_quickly() -> None:
     assert quick_valid(minimal) and full_valid(minimal)
 
 
-def test_other_kinds_are_left_to_the_model() -> None:
-    gnp = {"apiVersion": "projectcalico.org/v3", "kind": "GlobalNetworkPolicy",
-           "metadata": {"name": "p"}, "spec": {}}
-    assert not quick_valid(gnp)
+def test_other_kinds_and_fields_are_left_to_the_model() -> None:
+    pool = {"apiVersion": "projectcalico.org/v3", "kind": "IPPool",
+            "metadata": {"name": "p"}, "spec": {"cidr": "198.19.0.0/16"}}
+    assert not quick_valid(pool)
+    doc = gnp()
+    doc["spec"]["ingress"][0]["icmp"] = {"type": 8}
+    assert not quick_valid(doc)
 
 
 @pytest.mark.parametrize("path", sorted((DATA / "invalid").glob("*.yaml")), ids=lambda p: p.stem)
@@ -89,6 +126,11 @@ BAD_VALUES = [None, "", 0, 1, True, 1.5, [], {}, ["x"], {"a": 1}, "UPPER", "has 
               "2026-13-01T00:00:00Z", "yesterday", ".", "..", "01.2.3.4/32", "1.2.3.4/32\n", "256.1.1.1/32",
               " 1.2.3.4/32", "1.2.3/32", "1.2.3.4.5/32", "::ffff:1.2.3.4/32", "0.0.0.0/32", ["01.2.3.4/32"],
               ["1.2.3.4/32\n"], "eth0\n", "a" * 16, "*",
+              "Allow", "allow", "Ingress", ["Ingress", "Ingress"], ["Egress"], ["Ingress"], "TCP", "tcp", 256, 6,
+              "ICMP", "UDPLite", "SCTP", "all()", "global()", "has(x", "x == 'y'", "!has(a)", 65536, "0",
+              "2000:1000", "http-", [80, "x"], {"selector": "global()"}, {"ports": [80]},
+              {"nets": ["fd00::/64"]}, [{"action": "Allow"}],
+              [{"action": "Deny", "protocol": "TCP", "destination": {"ports": [1]}}],
               ["198.19.0.1/24"], ["UPPER"], [None], [1], "a\n", "ns_1", "k8s_default"]
 
 
@@ -117,7 +159,8 @@ def _mutations(doc: dict):
             yield d
     for where in ((), ("metadata",), ("spec",)):
         for extra in ("extra", "ports", "ipNATs", "annotations", "ip_networks", "interface_name",
-                      "namespace", "creationTimestamp"):
+                      "namespace", "creationTimestamp", "doNotTrack", "namespaceSelector", "types",
+                      "ingress", "labelsToApply", "icmp"):
             d = copy.deepcopy(doc)
             parent = d
             for p in where:
@@ -132,8 +175,8 @@ def _mutations(doc: dict):
     yield d
 
 
-@pytest.mark.parametrize("make", [wep, netset, lambda: netset("NetworkSet")],
-                         ids=["wep", "globalnetworkset", "networkset"])
+@pytest.mark.parametrize("make", [wep, netset, lambda: netset("NetworkSet"), gnp, netpol, profile],
+                         ids=["wep", "globalnetworkset", "networkset", "gnp", "networkpolicy", "profile"])
 def test_mutations_never_accepted_when_invalid(make) -> None:
     checked = accepted = 0
     for doc in _mutations(make()):

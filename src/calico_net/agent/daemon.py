@@ -33,6 +33,7 @@ import time
 from typing import Any, Callable
 
 from calico_net.agent.config import Config
+from calico_net.agent.felix.policy import FelixSettings, PolicyDataplane
 from calico_net.agent.felix.routes import Link, LinkWatcher, Netlink, RouteBackend, RouteManager
 from calico_net.agent.felix.sysctl import Sysctls
 from calico_net.agent.health import HealthState
@@ -98,8 +99,6 @@ class Daemon:
         self.coalesce = coalesce
         self.quiet = quiet
         if policy is None:
-            from calico_net.agent.felix.policy import FelixSettings, PolicyDataplane
-
             settings_cls = settings_cls or FelixSettings
             policy = PolicyDataplane(node_name, felix_settings(config, settings_cls))
         self.settings_cls = settings_cls

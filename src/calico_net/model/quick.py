@@ -8,10 +8,15 @@ checks) costs ~100-150 us per endpoint plus the schema build on first use;
 How it is built: `quick_valid(doc)` returns True only when `parse_resource(doc)` is
 certain to accept `doc`; False means "not decided here", and the caller must run
 `parse_resource` (which gives the reason if the document is bad). It accepts only
-WorkloadEndpoint, NetworkSet and GlobalNetworkSet documents made of the plain
-fields listed below, each checked with the same per-value checks the models use
-(`model.fields`); anything else — another kind, a field not listed (ports, ipNATs,
-annotations, ...), a snake_case name, a value of another type — is left to
+WorkloadEndpoint, NetworkSet, GlobalNetworkSet, GlobalNetworkPolicy, NetworkPolicy
+and Profile documents made of the plain fields listed below (rules: action,
+protocol, notProtocol, source/destination with nets, selectors and ports), each
+checked with the same per-value checks the models use (`model.fields`) and the
+semantic rules that apply to those fields (ports need a port protocol, global()
+only in a namespaceSelector, types must cover the rules given and not repeat,
+source and destination nets must share an IP version); anything else — another
+kind, a field not listed (endpoint ports, ipNATs, annotations, icmp, ipVersion,
+doNotTrack, ...), a snake_case name, a value of another type — is left to
 `parse_resource`. So it can only make a valid document cheaper, never let a bad
 one through (the agent's unit tests compare the two on the invalid corpus and on
 mutated documents).
@@ -25,12 +30,16 @@ from typing import Any
 
 from calico_net.model.fields import (
     DNS1123_LABEL_RE,
+    PORT_PROTOCOLS,
+    PROTOCOL_NUMBERS,
+    _check_port,
     _check_timestamp,
     _cidr_problem,
     _label_key_problem,
     _label_value_ok,
     _MAC_RE,
     name_problem,
+    selector_problem,
 )
 
 __all__ = ["quick_valid"]
@@ -44,7 +53,17 @@ _WEP_OPT_STR = frozenset({"orchestrator", "workload", "containerID", "pod", "end
                           "serviceAccountName"})
 _WEP = _WEP_OPT_STR | {"node", "ipNetworks", "profiles", "interfaceName", "mac"}
 _NETSET = frozenset({"nets"})
-_NAMESPACED = {"WorkloadEndpoint": True, "NetworkSet": True, "GlobalNetworkSet": False}
+_NAMESPACED = {"WorkloadEndpoint": True, "NetworkSet": True, "GlobalNetworkSet": False,
+               "GlobalNetworkPolicy": False, "NetworkPolicy": True, "Profile": False}
+# policy and profile specs: the fields decided here
+_GNP = frozenset({"order", "selector", "types", "ingress", "egress", "namespaceSelector"})
+_NP = frozenset({"order", "selector", "types", "ingress", "egress"})
+_PROFILE = frozenset({"ingress", "egress", "labelsToApply"})
+_RULE = frozenset({"action", "protocol", "notProtocol", "source", "destination"})
+_ENTITY = frozenset({"nets", "notNets", "selector", "notSelector", "namespaceSelector",
+                     "ports", "notPorts"})
+_ACTIONS = frozenset({"Allow", "Deny", "Log", "Pass"})
+_TYPES = ("Ingress", "Egress")
 
 
 def _name_ok(v: Any) -> bool:
@@ -159,6 +178,126 @@ def _netset_spec_ok(spec: dict[str, Any]) -> bool:
     return True
 
 
+@functools.lru_cache(maxsize=8192)
+def _selector_ok(text: str) -> bool:
+    return selector_problem(text) is None
+
+
+def _protocol_number(v: Any) -> int | None:
+    """model.fields._check_protocol's accepted values as a number, else None."""
+    if type(v) is int:
+        return v if 1 <= v <= 255 else None
+    if type(v) is str:
+        return PROTOCOL_NUMBERS.get(v)
+    return None
+
+
+def _port_ok(v: Any) -> bool:
+    if type(v) is not int and type(v) is not str:
+        return False
+    try:
+        _check_port(v)
+    except Exception:  # noqa: BLE001 - the model's own check said no
+        return False
+    return True
+
+
+def _entity_ok(ent: Any, proto: int | None) -> bool:
+    if type(ent) is not dict or not _ENTITY.issuperset(ent):
+        return False
+    for k in ("nets", "notNets"):
+        nets = ent.get(k)
+        if nets is not None and (type(nets) is not list or not all(_net_ok(n) for n in nets)):
+            return False
+    for k in ("selector", "notSelector", "namespaceSelector"):
+        sel = ent.get(k)
+        if sel is None:
+            continue
+        if type(sel) is not str or not _selector_ok(sel):
+            return False
+        if k != "namespaceSelector" and "global(" in sel.replace(" ", ""):
+            return False    # global() only in a namespaceSelector
+    for k in ("ports", "notPorts"):
+        ports = ent.get(k)
+        if ports is None:
+            continue
+        if type(ports) is not list or not all(_port_ok(p) for p in ports):
+            return False
+        if ports and proto not in PORT_PROTOCOLS:
+            return False    # ports need a port protocol
+    return True
+
+
+def _rule_ok(rule: Any) -> bool:
+    if type(rule) is not dict or not _RULE.issuperset(rule):
+        return False
+    action = rule.get("action")
+    if type(action) is not str or action not in _ACTIONS:
+        return False
+    proto = None
+    if rule.get("protocol") is not None:
+        proto = _protocol_number(rule["protocol"])
+        if proto is None:
+            return False
+    if rule.get("notProtocol") is not None and _protocol_number(rule["notProtocol"]) is None:
+        return False
+    versions = []
+    for side in ("source", "destination"):
+        ent = rule.get(side)
+        if ent is None:
+            continue
+        if not _entity_ok(ent, proto):
+            return False
+        versions.append({6 if ":" in n else 4 for n in ent.get("nets") or ()})
+    if len(versions) == 2 and versions[0] and versions[1] and not versions[0] & versions[1]:
+        return False        # source and destination nets of different IP versions
+    return True
+
+
+def _rules_ok(rules: Any) -> bool:
+    return type(rules) is list and all(_rule_ok(r) for r in rules)
+
+
+def _policy_spec_ok(spec: dict[str, Any], fields: frozenset[str]) -> bool:
+    if not fields.issuperset(spec):
+        return False
+    order = spec.get("order")
+    if order is not None and type(order) is not int and type(order) is not float:
+        return False
+    for k in ("selector", "namespaceSelector"):
+        sel = spec.get(k)
+        if sel is not None and (type(sel) is not str or not _selector_ok(sel)):
+            return False
+    if "selector" in spec and spec["selector"] is None:
+        return False        # Selector is not Optional
+    for k in ("ingress", "egress"):
+        if k in spec and not _rules_ok(spec[k]):
+            return False
+    if "types" in spec:
+        types = spec["types"]
+        if types is None:
+            return True
+        if type(types) is not list or any(type(t) is not str or t not in _TYPES for t in types):
+            return False
+        if len(set(types)) != len(types):
+            return False
+        if spec.get("ingress") and "Ingress" not in types:
+            return False
+        if spec.get("egress") and "Egress" not in types:
+            return False
+    return True
+
+
+def _profile_spec_ok(spec: dict[str, Any]) -> bool:
+    if not _PROFILE.issuperset(spec):
+        return False
+    for k in ("ingress", "egress"):
+        if k in spec and not _rules_ok(spec[k]):
+            return False
+    lta = spec.get("labelsToApply")
+    return lta is None or _labels_ok(lta)
+
+
 def quick_valid(doc: Any) -> bool:
     """True if `parse_resource(doc)` certainly accepts `doc`; False if undecided."""
     if type(doc) is not dict or not _TOP.issuperset(doc) or doc.get("apiVersion") != API_VERSION:
@@ -172,4 +311,10 @@ def quick_valid(doc: Any) -> bool:
         return False
     if kind == "WorkloadEndpoint":
         return _wep_spec_ok(spec)
+    if kind == "GlobalNetworkPolicy":
+        return _policy_spec_ok(spec, _GNP)
+    if kind == "NetworkPolicy":
+        return _policy_spec_ok(spec, _NP)
+    if kind == "Profile":
+        return _profile_spec_ok(spec)
     return _netset_spec_ok(spec)
