@@ -98,3 +98,13 @@ def test_forked_child_takes_its_own_lock(tmp_path):
 @pytest.mark.parametrize("node", ["node-a", "node.with.dots", "n"])
 def test_lock_file_name(tmp_path, node):
     assert HostLock(str(tmp_path), node).path == os.path.join(str(tmp_path), f"ipam-{node}.lock")
+
+
+def test_dropping_the_object_closes_the_file(tmp_path):
+    lock = HostLock(str(tmp_path), "node-a")
+    assert lock.acquire()
+    fd = lock._fd
+    del lock
+    with pytest.raises(OSError):
+        os.fstat(fd)  # closed, and with it the lock is gone
+    assert not _held_elsewhere(os.path.join(str(tmp_path), "ipam-node-a.lock"))

@@ -101,7 +101,14 @@ class HostLock:
             log.debug("IPAM host lock %s: cannot write the hint: %s", self.path, e.strerror)
 
     def close(self) -> None:
-        self.release()
         if self._fd is not None and self._pid == os.getpid():
-            os.close(self._fd)
+            self.release()
+            os.close(self._fd)  # closing also drops the lock
         self._fd = None
+        self._held = False
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except OSError:
+            pass
