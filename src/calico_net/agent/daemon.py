@@ -147,8 +147,14 @@ class Daemon:
 
     # --- lifecycle ---
     def start(self) -> None:
-        """Start the helpers (not the loop): host sysctls, links, datastore."""
+        """Start the helpers (not the loop): datastore, host sysctls, links."""
+        # The snapshot (network I/O and etcd's own work, in the syncer thread) is
+        # started first: the host sysctls and the link listing overlap it. Nothing
+        # from it is handled before the listing is in (the loop runs after start()).
+        self.syncer.start()
         try:
+            # ip_forward=1 on a host where it was 0 walks every device under RTNL (a
+            # trylock: the write spins while another process holds RTNL)
             self.sysctls.configure_host()
         except OSError as e:
             log.error("cannot set host sysctls: %s", e)
@@ -156,12 +162,6 @@ class Daemon:
             # Listen first, then list, so no link created in between is missed.
             self.link_watcher = LinkWatcher(self._on_link)
             self.link_watcher.start()
-        # The snapshot (network I/O in its own thread) overlaps the link listing and
-        # the resource model's import (~1 s of CPU the first parse would otherwise
-        # pay after the fetch); nothing from it is handled before the listing is in.
-        self.syncer.start()
-        import calico_net.model  # noqa: F401
-
         self.routes.set_links(self.nl.links())
 
     # --- garbage collection ---

@@ -479,7 +479,6 @@ def member_from_doc(kind: str, name: str, namespace: str | None, doc: Mapping[st
     """Build a Member from a validated Calico v3 document."""
     meta = doc.get("metadata") or {}
     spec = doc.get("spec") or {}
-    labels = dict(meta.get("labels") or {})
     if kind in ("HostEndpoint", "GlobalNetworkSet"):
         namespace = None
     else:
@@ -493,7 +492,7 @@ def member_from_doc(kind: str, name: str, namespace: str | None, doc: Mapping[st
     a4, a6, n4, n6 = _split_ips(ips)
     profiles = tuple(spec.get("profiles") or ()) if kind in ENDPOINT_KINDS else ()
     ports = _ports(spec.get("ports")) if kind in ENDPOINT_KINDS else ()
-    own = dict(labels)
+    own = dict(meta.get("labels") or {})
     if namespace is not None:
         own[NAMESPACE_LABEL] = namespace
         own[NS_LABEL_PREFIX + NS_NAME_LABEL] = namespace
