@@ -243,7 +243,8 @@ def _make_placeholder(tmp_path, exists):
 
 def test_fresh_host_routes_come_after_the_placeholder_table(tmp_path):
     d, kernel, policy = _make_placeholder(tmp_path, exists=False)
-    d.on_snapshot(dict([wep("a", "n1", "cali1", "198.19.0.1/32"), wep("b", "n1", "cali2", "198.19.0.2/32")]), 10)
+    d.on_snapshot(dict([wep("a", "n1", "cali1", "198.19.0.1/32"),
+                        wep("b", "n1", "cali2", "198.19.0.2/32")]), 10)
     d.loop_once(max_wait=0.01)
     # the placeholder went in before any route; the policy apply started before routes too
     assert [e[0] for e in policy.events] == ["placeholder", "apply"]

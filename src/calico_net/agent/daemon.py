@@ -9,9 +9,12 @@ One thread owns all state; everything else talks to it through one queue:
 The main loop takes an event, then keeps taking events while they keep coming —
 until the queue has been quiet for `quiet` (3 ms) or `coalesce` (20 ms) has passed
 since the first — so a burst (a manifest applied, CNI adds in a row, a resync)
-becomes one batch while a lone change waits only ~3 ms; then it applies: policy (`PolicyDataplane.apply()`: one nft
-transaction of what changed), sysctls of new workload interfaces, routes (only
-dirty ones). Nothing is written before the first complete snapshot is in.
+becomes one batch while a lone change waits only ~3 ms; then it applies: sysctls of
+new workload interfaces (many: in a helper process, beside the policy work), policy
+(`PolicyDataplane.apply()`: one nft transaction of what changed), routes (only
+dirty ones; on a host without our table, after a placeholder table, while nft
+loads the real one). Nothing is written before the first complete snapshot is in.
+Cyclic GC waits for the first apply, which then freezes what it built.
 
 A later snapshot is a *resync*: it is diffed against the cache of resources the
 daemon holds, and only differences are dispatched, so an outage followed by a

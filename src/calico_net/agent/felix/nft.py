@@ -4,7 +4,8 @@ What it is for: the agent owns one table, ``inet calico``.  `Ruleset` is the des
 content of that table (chains as tuples of rule lines, sets and verdict maps with
 their elements) with dirty tracking; `NftWriter` turns the dirty parts into ONE
 ``nft -f -`` script per apply (one atomic transaction) and remembers what it wrote;
-`NftRunner` runs nft (optionally inside a network namespace) and reads the table back.
+`NftRunner` runs nft (optionally inside a network namespace; small transactions
+through libnftables in-process, see `libnft`) and reads the table back.
 
 How it is built:
 

@@ -37,7 +37,8 @@ Table layout (names are what you see in ``nft list table inet calico``):
 
 Writing: an apply whose changes are only set/map elements (endpoint added, removed,
 relabelled within known policy combinations) goes out as one nfnetlink batch
-(`nft_netlink`), everything else as one ``nft -f`` transaction; endpoint chains no
+(`nft_netlink`), everything else as one ``nft -f`` transaction (small ones through
+libnftables in-process, see `libnft`); endpoint chains no
 longer used are deleted with the next nft transaction (or when 256 piled up), so
 endpoint removal stays element-only.  `refresh` and the restart check read the
 table back over netlink (rule and element counts, and the fingerprint in
