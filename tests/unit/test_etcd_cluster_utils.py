@@ -18,11 +18,20 @@ class FakeClient:
         self.failures = list(failures)
         self.calls: list[tuple[str, dict]] = []
 
-    def _post(self, path, body):
+    def _call(self, path, body):
         self.calls.append((path, body))
         if self.failures:
             raise self.failures.pop(0)
         return {"member": {"ID": "255", "name": "", "peerURLs": body.get("peerURLs", [])}}
+
+    def member_add(self, peer_urls, *, learner=False):
+        return self._call("add", {"peerURLs": peer_urls, "learner": learner})
+
+    def member_update(self, member_id, peer_urls):
+        return self._call("update", {"ID": member_id, "peerURLs": peer_urls})
+
+    def member_remove(self, member_id):
+        return self._call("remove", {"ID": member_id})
 
 
 @pytest.fixture(autouse=True)
@@ -34,7 +43,7 @@ def test_remove_retries_while_cluster_is_unhealthy():
     client = FakeClient([DatastoreError("etcd rejected the request: etcdserver: unhealthy cluster")] * 3)
     etcd_cluster.remove_member(client, "ff")
     assert len(client.calls) == 4
-    assert client.calls[-1] == ("cluster/member/remove", {"ID": "255"})
+    assert client.calls[-1] == ("remove", {"ID": 255})
 
 
 def test_add_returns_member_after_retry():

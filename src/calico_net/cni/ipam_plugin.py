@@ -217,7 +217,9 @@ def ipam_add(conf: NetConf, env: CNIEnv, client, datastore) -> list[IPAddress]:
 
     node = conf.node_name()
     hid = handle_id(conf, env)
-    ipam = IPAM(client, datastore)
+    # Beside the host lock, IPAM's own per-node lock file hands each ADD the block the
+    # previous one wrote, so its compare-and-swap normally needs no re-read first.
+    ipam = IPAM(client, datastore, host_lock_dir=os.path.dirname(LOCK_FILE))
     with host_lock():
         existing = ipam.ips_by_handle(hid)
         if existing:

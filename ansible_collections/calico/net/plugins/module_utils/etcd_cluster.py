@@ -5,15 +5,15 @@
 
 `calico_net.datastore.EtcdClient` lists members; adding, updating and removing them
 is only needed by the `etcd_member` module (and so the etcd role), so those small
-calls live here. They go through the client's request path to keep its endpoint
-fail-over and TLS settings. Member IDs are uint64s that the gateway sends as decimal
+calls live here, on the client's `member_*` methods (its endpoint fail-over and TLS
+settings). Member IDs are uint64s that the gateway sends as decimal
 strings; etcdctl shows them in hex, and so do the results here.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Callable
 
 # etcd refuses a membership change with "unhealthy cluster" while its strict
 # reconfiguration check fails - for a few seconds after a member has joined or restarted
@@ -23,13 +23,12 @@ UNHEALTHY_WAIT = 60.0
 UNHEALTHY_STEP = 1.0
 
 
-def _post(client: Any, path: str, body: dict[str, Any], *, wait: float | None = None) -> dict[str, Any]:
-    # EtcdClient has no public generic request method; `_post` is its one request path
-    # (fail-over over the endpoints, TLS, error mapping).
+def _retry(call: Callable[[], Any], *, wait: float | None = None) -> Any:
+    """Run a membership call, waiting out etcd's transient "unhealthy cluster" refusal."""
     deadline = time.monotonic() + (UNHEALTHY_WAIT if wait is None else wait)
     while True:
         try:
-            return client._post(path, body)  # pylint: disable=protected-access
+            return call()
         except Exception as e:  # DatastoreError; its message carries etcd's reason
             if "unhealthy cluster" not in str(e) or time.monotonic() >= deadline:
                 raise
@@ -54,18 +53,15 @@ def list_members(client: Any) -> list[dict[str, Any]]:
 
 
 def add_member(client: Any, peer_urls: list[str], learner: bool = False) -> dict[str, Any]:
-    body: dict[str, Any] = {"peerURLs": list(peer_urls)}
-    if learner:
-        body["isLearner"] = True
-    return member_view(_post(client, "cluster/member/add", body)["member"])
+    return member_view(_retry(lambda: client.member_add(list(peer_urls), learner=learner))["member"])
 
 
 def update_member(client: Any, member_id: str, peer_urls: list[str]) -> None:
-    _post(client, "cluster/member/update", {"ID": str(int(member_id, 16)), "peerURLs": list(peer_urls)})
+    _retry(lambda: client.member_update(int(member_id, 16), list(peer_urls)))
 
 
 def remove_member(client: Any, member_id: str) -> None:
-    _post(client, "cluster/member/remove", {"ID": str(int(member_id, 16))})
+    _retry(lambda: client.member_remove(int(member_id, 16)))
 
 
 def initial_cluster(members: list[dict[str, Any]], new_name: str | None, new_urls: list[str]) -> str:
