@@ -183,3 +183,106 @@ def test_backoff_is_capped_and_cheap():
     # 0.01, 0.02, 0.04, 0.08, then every ~0.05-0.1 s: it retries, and well under 30
     # attempts a second (a starved thread on a busy machine makes fewer, not more).
     assert 2 <= len(calls) <= 25
+
+
+class PagedClient(FakeClient):
+    """A fake etcd with a revision history and `get_range`: a write between two
+    pages must not show in a snapshot read at revision R."""
+
+    def __init__(self, keys):
+        super().__init__()
+        self.rev = 100
+        self.history = {k: [(self.rev, v)] for k, v in keys.items()}   # key -> [(rev, value|None)]
+        self.calls = []          # (start, revision, limit)
+        self.fail_at = None      # page number whose read raises
+        self.after_first = None  # called after the first page is served
+
+    def put(self, key, value):
+        self.rev += 1
+        self.history.setdefault(key, []).append((self.rev, value))
+
+    def delete(self, key):
+        self.rev += 1
+        self.history[key].append((self.rev, None))
+
+    def get_range(self, key, range_end, *, revision=None, limit=0):
+        key = key.encode() if isinstance(key, str) else key
+        range_end = range_end.encode() if isinstance(range_end, str) else range_end
+        self.calls.append((key, revision, limit))
+        if self.fail_at is not None and len(self.calls) == self.fail_at:
+            raise DatastoreUnavailable("connection reset mid-snapshot")
+        at = revision or self.rev
+        out = []
+        for k in sorted(self.history):
+            if not (key <= k.encode() < range_end):
+                continue
+            vals = [(r, v) for r, v in self.history[k] if r <= at]
+            if vals and vals[-1][1] is not None:
+                out.append(kv(k, vals[-1][1], vals[-1][0]))
+        more = bool(limit) and len(out) > limit
+        page = out[:limit] if limit else out
+        header = self.rev
+        if len(self.calls) == 1 and self.after_first is not None:
+            self.after_first()
+        return page, header, more
+
+
+def test_paged_snapshot_is_one_revision_and_watches_from_next():
+    names = [f"p{i:03d}" for i in range(57)]
+    c = PagedClient({P + f"globalnetworkpolicies/{n}": gnp(n) for n in names})
+    late = P + "globalnetworkpolicies/p050"
+
+    def write_meanwhile():
+        # after R is fixed: a change, a deletion and a new key, all past R
+        c.put(late, gnp("p050", order=99))
+        c.delete(P + "globalnetworkpolicies/p056")
+        c.put(P + "globalnetworkpolicies/p999", gnp("p999"))
+
+    c.after_first = write_meanwhile
+    c.watches = [[]]
+    sink = Sink()
+    s = Syncer(c, sink, backoff_initial=0.01, probe_interval=60, page_size=8)
+    s.start()
+    try:
+        _, res, rev = sink.next("snapshot")
+        assert rev == 100
+        assert sorted(res) == sorted(P + f"globalnetworkpolicies/{n}" for n in names)
+        assert res[late].doc["spec"]["order"] == 1          # the value at R, not the later one
+        assert c.watch_starts == [101]
+        # first page small and at the current revision; the rest at R, in order, each
+        # starting right after the previous page's last key
+        assert c.calls[0] == (P.encode(), None, 2)
+        assert all(r == 100 and lim == 8 for _, r, lim in c.calls[1:])
+        assert len(c.calls) == 1 + -(-(57 - 2) // 8)
+        assert c.calls[1][0] == (P + "globalnetworkpolicies/p001").encode() + b"\0"
+    finally:
+        s.stop()
+
+
+def test_paged_snapshot_error_mid_read_delivers_nothing_then_resyncs():
+    c = PagedClient({P + f"globalnetworkpolicies/p{i}": gnp(f"p{i}") for i in range(30)})
+    c.fail_at = 3
+    c.watches = [[]]
+    sink = Sink()
+    s = Syncer(c, sink, backoff_initial=0.01, probe_interval=60, page_size=8)
+    s.start()
+    try:
+        _, res, rev = sink.next("snapshot")    # only the retry's complete snapshot arrives
+        assert len(res) == 30 and rev == 100
+        assert s.snapshots == 1
+        assert [ev for ev in list(sink.q.queue) if ev[0] == "snapshot"] == []
+    finally:
+        s.stop()
+
+
+def test_paged_snapshot_small_prefix_is_one_read():
+    c = PagedClient({P + "globalnetworkpolicies/a": gnp("a")})
+    c.watches = [[]]
+    sink = Sink()
+    s = Syncer(c, sink, probe_interval=60, page_size=8)
+    s.start()
+    try:
+        _, res, rev = sink.next("snapshot")
+        assert list(res) == [P + "globalnetworkpolicies/a"] and len(c.calls) == 1
+    finally:
+        s.stop()

@@ -439,6 +439,24 @@ class EtcdClient:
         kvs = [KV.from_json(kv) for kv in resp.get("kvs") or []]
         return kvs, int(resp["header"]["revision"])
 
+    def get_range(self, key: str | bytes, range_end: str | bytes, *, revision: int | None = None,
+                  limit: int = 0) -> tuple[list[KV], int, bool]:
+        """The keys in [key, range_end) in key order, at most `limit` (0: all) of them.
+
+        Returns (kvs, the store revision of the reply's header, more): `more` says
+        keys are left after the last one returned (read on from `last key + b"\\0"`).
+        With `revision` the read is of that revision; a compacted one raises
+        DatastoreError. The header revision is the store's current revision either
+        way, so a paged read learns R from its first (revision-less) page."""
+        body: dict[str, Any] = {"key": _b64(key), "range_end": _b64(range_end)}
+        if revision:
+            body["revision"] = str(revision)
+        if limit > 0:
+            body["limit"] = str(limit)
+        resp = self._post("kv/range", body)
+        kvs = [KV.from_json(kv) for kv in resp.get("kvs") or []]
+        return kvs, int(resp["header"]["revision"]), bool(resp.get("more", False))
+
     def revision(self) -> int:
         resp = self._post("kv/range", {"key": _b64("\0"), "count_only": True})
         return int(resp["header"]["revision"])
