@@ -264,3 +264,70 @@ def test_existing_table_means_no_placeholder_and_routes_after_policy(tmp_path):
     d.loop_once(max_wait=0.01)
     assert [e[0] for e in policy.events] == ["apply"]
     assert kernel.table == {(V4, "198.19.0.1", 32): 5}
+
+
+def test_fresh_host_sysctls_start_by_name_before_the_link_listing(tmp_path, monkeypatch):
+    # Many interfaces on a fresh host: the Sysctls helper starts on the endpoints'
+    # interface names before the links are listed; the listing then decides what
+    # counts as configured. cali2 was re-created between the two (other index),
+    # cali3 does not exist yet: it is configured when its link event comes.
+    from calico_net.agent.felix.sysctl import Sysctls
+    names = ["cali1", "cali2", "cali3"]
+    proc = tmp_path / "proc"
+    for d in ["net/ipv4", *(f"net/ipv4/conf/{n}" for n in names[:2]), *(f"net/ipv4/neigh/{n}" for n in names[:2])]:
+        (proc / d).mkdir(parents=True, exist_ok=True)
+    (proc / "net/ipv4/ip_forward").write_text("1\n")
+    for n in names[:2]:
+        for f in ("proxy_arp", "route_localnet", "forwarding"):
+            (proc / f"net/ipv4/conf/{n}/{f}").write_text("0\n")
+        (proc / f"net/ipv4/neigh/{n}/proxy_delay").write_text("80\n")
+    index_dir = tmp_path / "ifindex"
+    index_dir.mkdir()
+    (index_dir / "cali1").write_text("5")
+    (index_dir / "cali2").write_text("60")
+    monkeypatch.setattr(Sysctls, "HELPER_MIN", 2)
+    sysctls = Sysctls(str(proc), ifindex_dir=str(index_dir))
+    started = []
+    real_start = sysctls.start_configure_names
+
+    def start(items):
+        started.append((list(items), list(d.routes.links)))
+        return real_start(items)
+
+    sysctls.start_configure_names = start
+    inline = []
+    real_inline = sysctls.configure_interfaces
+
+    def configure_interfaces(items):
+        inline.append([link.name for link, _ in items])
+        return real_inline(items)
+
+    sysctls.configure_interfaces = configure_interfaces
+    kernel = FakeKernel([Link(5, "cali1", True), Link(6, "cali2", True)])
+    policy = PlaceholderPolicy(kernel)
+    cfg = Config("n1", env={}, config_file=str(tmp_path / "none"))
+    d = Daemon("n1", cfg, None, policy=policy, settings_cls=FakeSettings, route_backend=kernel,
+               sysctls=sysctls, watch_links=False, syncer_factory=NullSyncer, coalesce=0.001)
+    d.start()
+    d.on_snapshot(dict([wep("a", "n1", "cali1", "198.19.0.1/32"), wep("b", "n1", "cali2", "198.19.0.2/32"),
+                        wep("c", "n1", "cali3", "198.19.0.3/32")]), 10)
+    d.loop_once(max_wait=0.01)
+    assert started == [([("cali1", False), ("cali2", False), ("cali3", False)], [])]   # before the listing
+    assert d.applied and d.routes.configured == {"cali1": 5, "cali2": 6}
+    assert inline == [["cali2"]]            # the re-created one, again after the listing
+    for n in ("cali1", "cali2"):
+        assert (proc / f"net/ipv4/conf/{n}/proxy_arp").read_text().strip() == "1"
+        assert (proc / f"net/ipv4/neigh/{n}/proxy_delay").read_text().strip() == "0"
+    assert kernel.table == {(V4, "198.19.0.1", 32): 5, (V4, "198.19.0.2", 32): 6}
+    # cali3 appears
+    for d_ in ("net/ipv4/conf/cali3", "net/ipv4/neigh/cali3"):
+        (proc / d_).mkdir(parents=True)
+    for f in ("proxy_arp", "route_localnet", "forwarding"):
+        (proc / f"net/ipv4/conf/cali3/{f}").write_text("0\n")
+    kernel.link_list.append(Link(7, "cali3", True))
+    d._on_link(Link(7, "cali3", True), False)
+    d.loop_once(max_wait=0.01)
+    assert d.routes.configured == {"cali1": 5, "cali2": 6, "cali3": 7} and inline[1:] == [["cali3"]]
+    assert (proc / "net/ipv4/conf/cali3/route_localnet").read_text().strip() == "1"
+    assert kernel.table[(V4, "198.19.0.3", 32)] == 7
+    assert d.metrics.errors.value == 0

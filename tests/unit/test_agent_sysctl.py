@@ -1,6 +1,10 @@
 """Interface and host sysctls (calico_net.agent.felix.sysctl) on a fake /proc/sys."""
 from __future__ import annotations
 
+import errno
+import logging
+import socket
+
 from calico_net.agent.felix.routes import Link
 from calico_net.agent.felix.sysctl import Sysctls
 
@@ -94,3 +98,77 @@ def test_few_interfaces_are_written_inline(tmp_path):
     pending = Sysctls(str(root)).start_configure([(Link(5, "cali1", True), False)])
     assert pending._proc is None and pending.wait() == []
     assert read(root, "net/ipv4/conf/cali1/proxy_arp") == "1"
+
+
+def _tree(root):
+    return {str(p.relative_to(root)): p.read_text().strip() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_by_name_helper_writes_what_the_listing_path_writes(tmp_path, monkeypatch):
+    # Interfaces in every starting state: fresh, partly ours, all ours (restart), all
+    # ours but with IPv6, forwarding off. Both paths must leave identical trees.
+    states = {"cali0": {}, "cali1": {"proxy_arp": 1}, "cali2": {"proxy_arp": 1, "route_localnet": 1, "forwarding": 1},
+              "cali3": {"proxy_arp": 1, "route_localnet": 1, "forwarding": 1}, "cali4": {"forwarding": 0},
+              "cali5": {"route_localnet": 1, "forwarding": 1}}
+    v6 = {"cali3", "cali5"}
+    roots = []
+    for which in ("listing", "names"):
+        root = fake_proc(tmp_path / which, list(states))
+        for n, values in states.items():
+            for k, v in {"forwarding": 1, **values}.items():
+                (root / f"net/ipv4/conf/{n}/{k}").write_text(f"{v}\n")
+        roots.append(root)
+    monkeypatch.setattr(Sysctls, "HELPER_MIN", 2)
+    full = {n: {"proxy_arp": 0, "route_localnet": 0, "forwarding": 1, **vals} for n, vals in states.items()}
+    links = [(Link(10 + i, n, True, conf(**full[n])), n in v6) for i, n in enumerate(states)]
+    assert Sysctls(str(roots[0])).start_configure(links).wait() == []
+    index_dir = tmp_path / "ifindex"
+    index_dir.mkdir()
+    for i, n in enumerate(states):
+        (index_dir / n).write_text(str(10 + i))
+    s = Sysctls(str(roots[1]), ifindex_dir=str(index_dir))
+    result = s.start_configure_names([(n, n in v6) for n in states]).wait()
+    assert result == {n: (10 + i, 0, "") for i, n in enumerate(states)}
+    assert _tree(roots[0]) == _tree(roots[1])
+    assert read(roots[1], "net/ipv4/neigh/cali2/proxy_delay") == "80"    # all ours: untouched
+    assert read(roots[1], "net/ipv4/neigh/cali3/proxy_delay") == "0"     # IPv6 to do
+    assert s.finish_by_name(result, links) == ([], [])
+
+
+def test_by_name_helper_missing_and_failing_interfaces(tmp_path, caplog):
+    root = fake_proc(tmp_path / "proc", ["cali1", "cali2", "cali3"], ipv6=False)
+    index_dir = tmp_path / "ifindex"
+    index_dir.mkdir()
+    for n, i in (("cali1", 5), ("cali2", 6), ("cali3", 7), ("nodir", 8)):
+        (index_dir / n).write_text(str(i))
+    (root / "net/ipv4/conf/cali3/route_localnet").unlink()
+    (root / "net/ipv4/conf/cali3/route_localnet").mkdir()          # refuses the open: EISDIR
+    s = Sysctls(str(root), ifindex_dir=str(index_dir))
+    names = ["cali1", "cali2", "cali3", "nodir", "absent", "a/b", "bad\tname"]
+    result = s.start_configure_names([(n, False) for n in names]).wait()
+    assert set(result) == {"cali1", "cali2", "cali3", "nodir", "absent"}      # the others are never sent
+    assert result["cali1"] == (5, 0, "") and result["absent"][:2] == (0, errno.ENODEV)
+    assert result["nodir"][:2] == (8, errno.ENOENT) and result["cali3"][:2] == (7, errno.EISDIR)
+    assert read(root, "net/ipv4/conf/cali1/proxy_arp") == "1"
+    # matched with a listing: cali2 was re-created (index 16 now), "absent" appeared since,
+    # "a/b" was not sent; those are left to the usual path. nodir: gone, silently.
+    links = [(Link(5, "cali1", True), False), (Link(16, "cali2", True), False), (Link(7, "cali3", True), False),
+             (Link(8, "nodir", True), False), (Link(9, "absent", True), False), (Link(10, "a/b", True), False)]
+    with caplog.at_level(logging.WARNING):
+        rest, failed = s.finish_by_name(result, links)
+    assert [link.name for link, _ in rest] == ["cali2", "absent", "a/b"]
+    assert failed == ["cali3", "nodir"]
+    assert [r.getMessage().split(":")[0] for r in caplog.records] == ["cannot configure cali3"]
+    # the helper did not run: everything is written inline
+    root2 = fake_proc(tmp_path / "proc2", ["cali1"], ipv6=False)
+    rest, failed = Sysctls(str(root2)).finish_by_name(None, [(Link(5, "cali1", True), False)])
+    assert rest == [] and failed == [] and read(root2, "net/ipv4/conf/cali1/proxy_arp") == "1"
+
+
+def test_by_name_helper_asks_the_kernel_for_indexes(tmp_path):
+    # No index directory: the real lookup (if_nametoindex) in this network namespace.
+    root = fake_proc(tmp_path, ["lo"], ipv6=False)
+    result = Sysctls(str(root)).start_configure_names([("lo", False), ("calinosuchif0", False)]).wait()
+    assert result["lo"] == (socket.if_nametoindex("lo"), 0, "")
+    assert result["calinosuchif0"][:2] == (0, errno.ENODEV)
+    assert read(root, "net/ipv4/conf/lo/proxy_arp") == "1"

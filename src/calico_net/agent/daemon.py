@@ -13,7 +13,8 @@ becomes one batch while a lone change waits only ~3 ms; then it applies: sysctls
 new workload interfaces (many: in a helper process, beside the policy work), policy
 (`PolicyDataplane.apply()`: one nft transaction of what changed), routes (only
 dirty ones; on a host without our table, after a placeholder table, while nft
-loads the real one). Nothing is written before the first complete snapshot is in.
+loads the real one; the sysctls helper then starts on the endpoints' interface
+names, before the links are listed). Nothing is written before the first complete snapshot is in.
 Cyclic GC waits for the first apply, which then freezes what it built.
 
 A later snapshot is a *resync*: it is diffed against the cache of resources the
@@ -409,6 +410,8 @@ class Daemon:
                 early.join()        # its listing and sysctl start are needed below
                 todo, pending = early.todo, early.pending
                 failed |= early.failed
+                if early.by_name is not None:
+                    pending = self._finish_sysctls_by_name(early.by_name, todo, failed)
         if pending is not None:
             try:
                 failed.update(pending.wait())
@@ -471,6 +474,40 @@ class Daemon:
             failed.update(link.name for link, _ in todo)
         return None
 
+    def _start_sysctls_by_name(self) -> Any:
+        """On a fresh host's first apply, before the link listing (the route thread
+        lists the links only while nft loads): start the Sysctls helper on the
+        local endpoints' interface names, so its writes run beside the policy's
+        index and render instead of after the listing. Only for many interfaces
+        (else None: the usual path after the listing, inline)."""
+        start = getattr(self.sysctls, "start_configure_names", None)
+        if start is None or not hasattr(self.sysctls, "finish_by_name"):
+            return None
+        v6 = self.routes.if_v6
+        names = sorted(self.routes.if_endpoints)
+        if len(names) < getattr(self.sysctls, "HELPER_MIN", 0):
+            return None
+        try:
+            return start([(name, name in v6) for name in names])
+        except Exception as e:  # noqa: BLE001 - the usual path after the listing
+            log.warning("cannot start the sysctl helper (%s); after the link listing", e)
+            return None
+
+    def _finish_sysctls_by_name(self, by_name: Any, todo: list[Any], failed: set[str]) -> Any:
+        """Match the by-name helper's work with the link listing (`todo`): an
+        interface counts as configured when the helper found it with the index the
+        listing has; the others (not there then, or re-created since) are written
+        now as usual. Returns what is still pending, like `_start_sysctls`."""
+        try:
+            result = by_name.wait()
+            rest, bad = self.sysctls.finish_by_name(result, todo)
+        except Exception as e:  # noqa: BLE001 - retried on the next new link
+            log.warning("cannot configure workload interfaces: %s", e)
+            failed.update(link.name for link, _ in todo)
+            return None
+        failed.update(bad)
+        return self._start_sysctls(rest, failed)
+
     def _early_routes(self) -> "_RouteThread | None":
         """On the first apply, if table inet calico does not exist at all (a fresh
         host): load the policy dataplane's placeholder table and start a helper
@@ -486,7 +523,8 @@ class Daemon:
         except Exception as e:  # noqa: BLE001 - the usual order still works
             log.warning("cannot load the placeholder table (%s); routes after the policy", e)
             return None
-        t = _RouteThread(self, list_links=not self.links_listed)
+        by_name = None if self.links_listed else self._start_sysctls_by_name()
+        t = _RouteThread(self, list_links=not self.links_listed, by_name=by_name)
         t.start()
         return t
 
@@ -517,9 +555,11 @@ class Daemon:
 
 class _RouteThread(threading.Thread):
     """`RouteManager.apply()` in a thread (the first apply on a fresh host); with
-    `list_links`, the link listing and the start of the sysctls helper first."""
+    `list_links`, the link listing and the start of the sysctls helper first
+    (unless `by_name`, the helper already started on the endpoints' interface
+    names: the main thread matches its result with the listing)."""
 
-    def __init__(self, daemon: Daemon, list_links: bool = False) -> None:
+    def __init__(self, daemon: Daemon, list_links: bool = False, by_name: Any = None) -> None:
         super().__init__(name="early-routes", daemon=True)
         self.owner = daemon
         self.routes = daemon.routes
@@ -530,6 +570,7 @@ class _RouteThread(threading.Thread):
         self.todo: list[Any] = []
         self.pending: Any = None
         self.failed: set[str] = set()
+        self.by_name = by_name
 
     def run(self) -> None:
         try:
@@ -537,7 +578,8 @@ class _RouteThread(threading.Thread):
             if self.list_links:
                 self.owner._list_links()
                 self.todo = self.routes.interfaces_to_configure()
-                self.pending = self.owner._start_sysctls(self.todo, self.failed)
+                if self.by_name is None:
+                    self.pending = self.owner._start_sysctls(self.todo, self.failed)
             self.stats = self.routes.apply()
         except BaseException as e:  # noqa: BLE001 - handed to the main loop
             self.error = e

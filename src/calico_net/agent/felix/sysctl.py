@@ -23,7 +23,12 @@ Many interfaces at once (a cold start: ~30,000 writes, ~0.45 s of kernel time at
 10,000 interfaces) are written by a small helper process (`start_configure`): it
 runs on the other CPU while the agent renders and loads the policy, and leaves the
 GIL alone (a helper *thread* was GIL-starved). The agent collects its result
-before it programs routes. A few interfaces are written inline.
+before it programs routes. A few interfaces are written inline. On a fresh host
+the links are listed late (while nft loads), so there the helper is started
+earlier, on the endpoints' interface names (`start_configure_names`): it reads the
+values the listing would have reported before writing, and reports each
+interface's index, which `finish_by_name` matches with the listing (an interface
+not there yet, or re-created since, is configured as usual after it).
 
 How it is written, all per network namespace: the interface's current IPv4 values
 come with the link listing (IFLA_INET_CONF, see routes.parse_link), so only values
@@ -63,9 +68,12 @@ WORKLOAD_V4 = {"proxy_arp": (3, 1), "route_localnet": (26, 1), "forwarding": (1,
 class Sysctls:
     """Writes settings under `root` (a fake directory in unit tests)."""
 
-    def __init__(self, root: str = PROC_SYS) -> None:
+    def __init__(self, root: str = PROC_SYS, ifindex_dir: str | None = None) -> None:
         self.root = root
         self.ipv6 = os.path.isdir(os.path.join(root, "net/ipv6"))
+        # Where the by-name helper reads interface indexes (a file per name holding
+        # the index) instead of asking the kernel: unit tests with a fake root only.
+        self.ifindex_dir = ifindex_dir
 
     #: at least this many interfaces to configure: use the helper process
     HELPER_MIN = 256
@@ -143,6 +151,71 @@ class Sysctls:
             return PendingConfigure(failed=self.configure_interfaces(items))
         return PendingConfigure(failed=failed, proc=proc, fallback=lambda: self.configure_interfaces(items))
 
+    def start_configure_names(self, items: Iterable[tuple[str, bool]]) -> "PendingByName":
+        """Start configuring interfaces known only by name, before the link listing
+        (a cold start: the names come from the local endpoints): (name, needs IPv6)
+        each, always in a helper process. It does what `configure_interfaces` does
+        with a listed link: it reads the three IPv4 values first (what the listing's
+        devconf would have said), leaves an interface whose values are all ours and
+        that needs no IPv6 alone, and otherwise writes the values that differ,
+        `proxy_delay` and the IPv6 ones. It reports, per name, the interface index
+        it found before writing (0: no such interface) and the error if any;
+        `finish_by_name` matches that with the link listing. Names that cannot be
+        an interface (see `_sendable`) are not sent: no such interface exists."""
+        lines: list[bytes] = []
+        for name, v6 in items:
+            if not _sendable(name):
+                continue
+            writes = [f"?net/ipv4/conf/{name}/{key}={val}" for key, (_idx, val) in WORKLOAD_V4.items()]
+            writes.append(f"net/ipv4/neigh/{name}/proxy_delay=0")
+            if v6 and self.ipv6:
+                writes += [rel.format(**{"if": name}) + f"={v}" for rel, v in INTERFACE_V6]
+            lines.append("\t".join([name, "-" if v6 else "s", *writes]).encode())
+        if not lines:
+            return PendingByName(result={})
+        args = [sys.executable, "-I", "-S", "-c", _BY_NAME_HELPER, self.root]
+        if self.ifindex_dir is not None:
+            args.append(self.ifindex_dir)
+        try:
+            fd = os.memfd_create("calico-sysctls")
+            try:
+                data = memoryview(b"\n".join(lines) + b"\n")
+                while data:
+                    data = data[os.write(fd, data):]
+                os.lseek(fd, 0, os.SEEK_SET)
+                proc = subprocess.Popen(args, stdin=fd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            finally:
+                os.close(fd)
+        except OSError as e:
+            log.warning("cannot start the sysctl helper (%s); writing inline", e)
+            return PendingByName(result=None)
+        return PendingByName(proc=proc)
+
+    def finish_by_name(self, result: "dict[str, tuple[int, int, str]] | None",
+                       items: Iterable[tuple[Any, bool]]) -> tuple[list[tuple[Any, bool]], list[str]]:
+        """Match what `start_configure_names` did with the link listing's
+        `interfaces_to_configure` items (link, needs IPv6). Returns (the items still
+        to configure — the interface was not there when the helper looked, or is
+        another one now: configure them as usual —, the names that failed, logged
+        as `configure_interfaces` logs them). `result` None (the helper did not
+        run): every item is still to do, written inline as when the helper fails."""
+        items = list(items)
+        if result is None:
+            return [], self.configure_interfaces(items)
+        rest: list[tuple[Any, bool]] = []
+        failed: list[str] = []
+        for link, v6 in items:
+            got = result.get(link.name)
+            if got is None or got[0] != link.index:
+                rest.append((link, v6))
+                continue
+            _index, code, message = got
+            if code:
+                if code not in (errno.ENOENT, errno.ENODEV):
+                    log.warning("cannot configure %s: %s", link.name, message)
+                failed.append(link.name)
+        return rest, failed
+
     def _write_all(self, ifname: str, settings: tuple[tuple[str, str], ...]) -> None:
         for rel, v in settings:
             self.write(rel.format(**{"if": _checked(ifname)}), v, only_if_different=False)
@@ -197,6 +270,101 @@ sys.stdout.buffer.write(b"\n".join(out))
 """
 
 
+# The by-name helper: lines "ifname<TAB>s|-<TAB>item<TAB>..." on stdin, an item
+# "relpath=value" (written) or "?relpath=value" (read first; written only if it
+# differs). "s": if every "?" value is right already, nothing is written for that
+# interface. Looks the interface index up first (argv[2]: a directory of fake index
+# files, for tests); prints "ifname<TAB>index<TAB>errno<TAB>message" for every line
+# (index 0 and ENODEV: no such interface; errno 0: done).
+_BY_NAME_HELPER = r"""
+import errno, os, sys
+root = os.fsencode(sys.argv[1]) + b"/"
+if len(sys.argv) > 2:
+    index_dir = os.fsencode(sys.argv[2]) + b"/"
+    def ifindex(name):
+        try:
+            with open(index_dir + name, "rb") as f:
+                return int(f.read())
+        except OSError:
+            return 0
+else:
+    from _socket import if_nametoindex
+    def ifindex(name):
+        try:
+            return if_nametoindex(name)
+        except (OSError, ValueError):
+            return 0
+out = []
+for line in sys.stdin.buffer:
+    parts = line.rstrip(b"\n").split(b"\t")
+    name = parts[0]
+    index = ifindex(name)
+    if not index:
+        out.append(b"%s\t0\t%d\tno such interface" % (name, errno.ENODEV))
+        continue
+    fds = []
+    try:
+        try:
+            todo = []
+            right = True
+            for item in parts[2:]:
+                rel, _, val = item.rpartition(b"=")
+                if rel[:1] == b"?":
+                    fd = os.open(root + rel[1:], os.O_RDWR)
+                    fds.append(fd)
+                    if os.pread(fd, 64, 0).strip() != val:
+                        right = False
+                        todo.append((fd, val))
+                else:
+                    todo.append((rel, val))
+            if not (right and parts[1] == b"s"):
+                for target, val in todo:
+                    if type(target) is int:
+                        os.pwrite(target, val, 0)
+                        continue
+                    fd = os.open(root + target, os.O_WRONLY | os.O_TRUNC)
+                    try:
+                        os.write(fd, val)
+                    finally:
+                        os.close(fd)
+        finally:
+            for fd in fds:
+                os.close(fd)
+    except OSError as e:
+        out.append(b"%s\t%d\t%d\t%s" % (name, index, e.errno or 0, os.fsencode(str(e.strerror))))
+        continue
+    out.append(b"%s\t%d\t0\t" % (name, index))
+sys.stdout.buffer.write(b"\n".join(out))
+"""
+
+
+class PendingByName:
+    """`Sysctls.start_configure_names` under way; `.wait()` returns
+    {name: (index found, errno, message)}, or None if the helper did not run."""
+
+    def __init__(self, result: "dict[str, tuple[int, int, str]] | None" = None,
+                 proc: subprocess.Popen | None = None) -> None:
+        self._result = result
+        self._proc = proc
+
+    def wait(self) -> "dict[str, tuple[int, int, str]] | None":
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return self._result
+        out, err = proc.communicate()
+        if proc.returncode != 0:
+            log.warning("sysctl helper failed (%s); writing inline",
+                        err.decode(errors="replace").strip()[-300:])
+            self._result = None
+            return None
+        result: dict[str, tuple[int, int, str]] = {}
+        for line in out.decode(errors="replace").splitlines():
+            name, index, code, message = (line.split("\t", 3) + ["", "", ""])[:4]
+            result[name] = (int(index or 0), int(code or 0), message)
+        self._result = result
+        return result
+
+
 class PendingConfigure:
     """Interfaces being configured (by the helper process, or already done)."""
 
@@ -224,6 +392,13 @@ class PendingConfigure:
                 log.warning("cannot configure %s: %s", name, message)
             failed.append(name)
         return failed
+
+
+def _sendable(ifname: str) -> bool:
+    """A name the by-name helper can be given: one line, one path component. (The
+    kernel refuses names with '/', whitespace or ':', so the others cannot exist.)"""
+    return (0 < len(ifname) <= 15 and ifname not in (".", "..")
+            and not any(c in ifname for c in "/\t\n\r\0 =:"))
 
 
 def _checked(ifname: str) -> str:
