@@ -65,6 +65,20 @@ HOST_V6 = (("net/ipv6/conf/all/forwarding", "1"),)
 WORKLOAD_V4 = {"proxy_arp": (3, 1), "route_localnet": (26, 1), "forwarding": (1, 1)}
 
 
+def _spawn_helper(args: list[str], lines: list[bytes]) -> subprocess.Popen:
+    """Start a sysctl helper process reading `lines` (one interface each) on stdin from
+    a memfd, so a large input never blocks on a pipe. Raises OSError."""
+    fd = os.memfd_create("calico-sysctls")
+    try:
+        data = memoryview(b"\n".join(lines) + b"\n")
+        while data:
+            data = data[os.write(fd, data):]
+        os.lseek(fd, 0, os.SEEK_SET)
+        return subprocess.Popen(args, stdin=fd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    finally:
+        os.close(fd)
+
+
 class Sysctls:
     """Writes settings under `root` (a fake directory in unit tests)."""
 
@@ -136,16 +150,7 @@ class Sysctls:
         if not lines:
             return PendingConfigure(failed=failed)
         try:
-            fd = os.memfd_create("calico-sysctls")
-            try:
-                data = memoryview(b"\n".join(lines) + b"\n")
-                while data:
-                    data = data[os.write(fd, data):]
-                os.lseek(fd, 0, os.SEEK_SET)
-                proc = subprocess.Popen([sys.executable, "-I", "-S", "-c", _HELPER, self.root],
-                                        stdin=fd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-            finally:
-                os.close(fd)
+            proc = _spawn_helper([sys.executable, "-I", "-S", "-c", _HELPER, self.root], lines)
         except OSError as e:
             log.warning("cannot start the sysctl helper (%s); writing inline", e)
             return PendingConfigure(failed=self.configure_interfaces(items))
@@ -177,15 +182,7 @@ class Sysctls:
         if self.ifindex_dir is not None:
             args.append(self.ifindex_dir)
         try:
-            fd = os.memfd_create("calico-sysctls")
-            try:
-                data = memoryview(b"\n".join(lines) + b"\n")
-                while data:
-                    data = data[os.write(fd, data):]
-                os.lseek(fd, 0, os.SEEK_SET)
-                proc = subprocess.Popen(args, stdin=fd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-            finally:
-                os.close(fd)
+            proc = _spawn_helper(args, lines)
         except OSError as e:
             log.warning("cannot start the sysctl helper (%s); writing inline", e)
             return PendingByName(result=None)
