@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
+import time
 from typing import Iterator
 
 import pytest
@@ -368,6 +369,9 @@ def test_mesh_password_from_secret_file(fabric: bu.Fabric) -> None:
     wait_full_mesh(f)
     before = {h.name: {n: s.since for n, s in h.sessions().items() if n.startswith("Mesh_")}
               for h in f.hosts}
+    # BIRD's "since" has one-second resolution here: a session that came up in the same
+    # second as its restart would look unchanged. Restart it in a later second.
+    time.sleep(1.1)
     f.apply({"apiVersion": "projectcalico.org/v3", "kind": "BGPConfiguration",
              "metadata": {"name": "default"},
              "spec": {"nodeToNodeMeshEnabled": True, "asNumber": bu.CLUSTER_AS,

@@ -637,7 +637,13 @@ class IPAM:
         secondary.setdefault(ATTR_NODE, node)
         fresh = for_claim = False
         versions = tuple(v for v, n in ((4, num_v4), (6, num_v6)) if n > 0)
-        for _ in range(5):
+        # A stale view is progress by someone else (another process of this node
+        # claimed a block, or a pool/the node changed): decide again on a view read
+        # now. Under contention that can take a few rounds, so back off with jitter.
+        stale: list[str] = []
+        for attempt in range(self.max_attempts):
+            if attempt >= 3:
+                time.sleep(random.uniform(0, 0.002 * min(attempt, 25)))
             handle = _Handle(handle_id)  # optimistic: a new handle; corrected on conflict
             got: dict[int, list[IPAddress]] = {4: [], 6: []}
             try:
@@ -653,10 +659,15 @@ class IPAM:
                     raise
                 fresh = True  # decide again on pools and labels read now
                 for_claim = isinstance(e, _StaleView) and e.args[:1] == ("claim",)
+                if isinstance(e, _StaleView):
+                    stale.append(str(e.args[0]) if e.args else "?")
             except BaseException:
                 self._undo(got[4] + got[6])
                 raise
-        raise IPAMConflictError("the IPPools kept changing during the assignment; try again")
+        what = ", ".join(sorted(set(stale))) or "?"
+        raise IPAMConflictError(
+            f"the IPPools, the node or its block affinities kept changing during the assignment "
+            f"({self.max_attempts} attempts; last changed: {what}); try again")
 
     def _undo(self, ips: list[IPAddress]) -> None:
         if ips:
