@@ -331,3 +331,33 @@ def test_fresh_host_sysctls_start_by_name_before_the_link_listing(tmp_path, monk
     assert (proc / "net/ipv4/conf/cali3/route_localnet").read_text().strip() == "1"
     assert kernel.table[(V4, "198.19.0.3", 32)] == 7
     assert d.metrics.errors.value == 0
+
+
+def test_fresh_host_lists_only_the_endpoints_links_then_looks_up_new_names(tmp_path):
+    # On a fresh host the route thread looks up only the local endpoints' interfaces
+    # (cali1); an endpoint written later for an interface that existed all along but
+    # was nobody's then (cali2) is looked up when it comes, and routed at once.
+    kernel = FakeKernel([Link(4, "eth0", True), Link(5, "cali1", True), Link(6, "cali2", True)])
+    listed = []
+    real_links = kernel.links
+    kernel.links = lambda: listed.append("full") or real_links()
+    policy = PlaceholderPolicy(kernel)
+    cfg = Config("n1", env={}, config_file=str(tmp_path / "none"))
+    d = Daemon("n1", cfg, None, policy=policy, settings_cls=FakeSettings, route_backend=kernel,
+               sysctls=NullSysctls(), watch_links=False, syncer_factory=NullSyncer, coalesce=0.001)
+    d.start()
+    d.on_snapshot(dict([wep("a", "n1", "cali1", "198.19.0.1/32")]), 10)
+    d.loop_once(max_wait=0.01)
+    assert d.applied and listed == [] and d.links_partial
+    assert set(d.routes.links) == {"cali1"}
+    assert kernel.table == {(V4, "198.19.0.1", 32): 5}
+    d.on_update(*wep("b", "n1", "cali2", "198.19.0.2/32"))
+    d.on_update(*wep("c", "n1", "cali9", "198.19.0.9/32"))    # no such interface (yet)
+    d.loop_once(max_wait=0.01)
+    assert kernel.table == {(V4, "198.19.0.1", 32): 5, (V4, "198.19.0.2", 32): 6}
+    assert d.sysctls.ifaces == ["cali1", "cali2"]
+    # the route refresh lists everything and ends the endpoints-only state
+    d.next_route_refresh = 0
+    d.loop_once(max_wait=0.01)
+    assert listed == ["full"] and not d.links_partial and set(d.routes.links) == {"eth0", "cali1", "cali2"}
+    assert d.metrics.errors.value == 0

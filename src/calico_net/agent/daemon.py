@@ -127,6 +127,7 @@ class Daemon:
         self._gc_held = False
         self._gc_hold_until = 0.0
         self.links_listed = False    # the link listing is in RouteManager
+        self.links_partial = False   # ... only of the endpoints' interfaces (a fresh host's cold start)
 
     # --- Sink interface (called from the syncer thread) ---
     def on_snapshot(self, resources: dict[str, Resource], revision: int) -> None:
@@ -185,9 +186,32 @@ class Daemon:
         except Exception:  # noqa: BLE001 - then list now, as usual
             return False
 
-    def _list_links(self) -> None:
-        self.routes.set_links(self.nl.links())
+    def _list_links(self, endpoints_only: bool = False) -> None:
+        """The link listing into RouteManager. `endpoints_only` (the route thread of
+        a fresh host's first apply, where it is on the critical path): only the
+        local endpoints' interfaces, looked up by name (~3x cheaper than the full
+        dump at 10,000 interfaces). Until the next full listing (the route
+        refresh), an endpoint naming an interface not known then is looked up by
+        name when it comes (`_learn_link`)."""
+        named = getattr(self.nl, "links_named", None)
+        if endpoints_only and named is not None:
+            self.routes.set_links(named(sorted(self.routes.if_endpoints)))
+            self.links_partial = True
+        else:
+            self.routes.set_links(self.nl.links())
+            self.links_partial = False
         self.links_listed = True
+
+    def _learn_link(self, ifname: str) -> None:
+        """After an endpoints-only listing: look up an interface nobody had then.
+        (The lookup is the current state; link events queued before it are handled
+        after it, each a link's state at its time, so the end state is current.)"""
+        try:
+            for link in self.nl.links_named([ifname]):
+                self.routes.link_update(link, False)
+        except OSError as e:
+            log.warning("cannot look up interface %s (%s); at the next route refresh", ifname, e)
+            self.next_route_refresh = min(self.next_route_refresh, time.monotonic() + RETRY_AFTER_ERROR)
 
     # --- garbage collection ---
     def _hold_gc(self) -> None:
@@ -293,7 +317,7 @@ class Daemon:
         if what == "link":
             _, link, deleted = ev
             if link.index == 0:  # lost events: list them all again
-                self.routes.set_links(self.nl.links())
+                self._list_links()
             else:
                 self.routes.link_update(link, deleted)
             return True
@@ -337,7 +361,10 @@ class Daemon:
         if kind == "WorkloadEndpoint":
             spec = res.doc.get("spec") or {} if res is not None else {}
             if res is not None and spec.get("node") == self.node_name:
-                self.routes.set_endpoint(key, spec.get("interfaceName") or None, spec.get("ipNetworks") or [])
+                ifname = spec.get("interfaceName") or None
+                self.routes.set_endpoint(key, ifname, spec.get("ipNetworks") or [])
+                if self.links_partial and ifname and ifname not in self.routes.links:
+                    self._learn_link(ifname)
             else:
                 self.routes.remove_endpoint(key)
         if kind not in DATAPLANE_KINDS:
@@ -533,7 +560,7 @@ class Daemon:
         if now >= self.next_route_refresh:
             self.next_route_refresh = now + self._interval("RouteRefreshInterval")
             try:
-                self.routes.set_links(self.nl.links())
+                self._list_links()
                 stats = self.routes.resync()
                 if stats:
                     log.warning("route refresh repaired drift: %d added, %d removed, %d failed",
@@ -576,7 +603,7 @@ class _RouteThread(threading.Thread):
         try:
             self.go.wait()
             if self.list_links:
-                self.owner._list_links()
+                self.owner._list_links(endpoints_only=True)
                 self.todo = self.routes.interfaces_to_configure()
                 if self.by_name is None:
                     self.pending = self.owner._start_sysctls(self.todo, self.failed)

@@ -25,6 +25,7 @@ IPv6 routes carry the kernel's usual universe scope.
 from __future__ import annotations
 
 import errno
+import fcntl
 import ipaddress
 import logging
 import os
@@ -64,6 +65,9 @@ IFLA_IFNAME = 3
 IFLA_AF_SPEC = 26
 IFLA_INET_CONF = 1
 IFF_UP = 0x1
+SIOCGIFFLAGS = 0x8913
+SIOCGIFINDEX = 0x8933
+_IFREQ = struct.Struct("16s16x")   # struct ifreq: the name, then a 16-byte union
 RTMGRP_LINK = 0x1
 
 _NLMSGHDR = struct.Struct("=IHHII")
@@ -122,6 +126,9 @@ class Netlink:
     def __init__(self, batch: int = 512) -> None:
         self.batch = batch
         self.sock = self._open()
+        # for `links_named` (ioctls by name); made here so it is in the same
+        # network namespace as the netlink socket
+        self.ioctl_sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.seq = 0
         self.lock = threading.Lock()
 
@@ -138,6 +145,7 @@ class Netlink:
 
     def close(self) -> None:
         self.sock.close()
+        self.ioctl_sock.close()
 
     def _next_seq(self) -> int:
         self.seq = (self.seq + 1) & 0xFFFFFFFF or 1
@@ -176,6 +184,33 @@ class Netlink:
                 if link:
                     out.append(link)
             return out
+
+    def links_named(self, names: Iterable[str]) -> list[Link]:
+        """The links of these names that exist, looked up one by one (index and up
+        flag, two ioctls each; no devconf: `v4conf` is None). ~11 µs a name against
+        ~33 µs a link for the full dump, most of which is walking the ~37 attributes
+        of each message in Python: the cold start on a fresh host uses this for the
+        endpoints' interfaces and lists everything once it is programmed."""
+        out: list[Link] = []
+        fd = self.ioctl_sock.fileno()
+        ioctl, pack = fcntl.ioctl, _IFREQ.pack
+        for name in names:
+            try:
+                raw = name.encode()
+            except UnicodeEncodeError:
+                continue
+            if not raw or len(raw) >= 16 or b"\0" in raw:
+                continue   # cannot be an interface name (IFNAMSIZ)
+            req = pack(raw)
+            try:
+                (index,) = struct.unpack_from("=i", ioctl(fd, SIOCGIFINDEX, req), 16)
+                (flags,) = struct.unpack_from("=H", ioctl(fd, SIOCGIFFLAGS, req), 16)
+            except OSError as e:
+                if e.errno in (errno.ENODEV, errno.ENXIO):
+                    continue   # no such interface (now)
+                raise
+            out.append(Link(index, name, bool(flags & IFF_UP)))
+        return out
 
     def routes(self, protocol: int = RTPROT_FELIX, table: int = RT_TABLE_MAIN) -> dict[Route, int]:
         """Our routes in the kernel: {(family, dst, len): oif}."""
@@ -364,6 +399,7 @@ class LinkWatcher:
 
 class RouteBackend(Protocol):
     def links(self) -> list[Link]: ...
+    def links_named(self, names: Iterable[str]) -> list[Link]: ...
     def routes(self, protocol: int = ..., table: int = ...) -> dict[Route, int]: ...
     def write(self, ops: list[RouteOp], protocol: int = ..., table: int = ...) -> None: ...
 
@@ -605,6 +641,10 @@ class FakeKernel:
 
     def links(self) -> list[Link]:
         return list(self.link_list)
+
+    def links_named(self, names: Iterable[str]) -> list[Link]:
+        want = set(names)
+        return [Link(l.index, l.name, l.up) for l in self.link_list if l.name in want]
 
     def routes(self, protocol: int = RTPROT_FELIX, table: int = RT_TABLE_MAIN) -> dict[Route, int]:
         return dict(self.table)
