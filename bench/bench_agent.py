@@ -233,6 +233,8 @@ def inner(args: argparse.Namespace) -> int:
         timed(d.syncer.client, "get_range", "etcd pages")
         timed(d, "_resync", "dispatch")
         timed(d, "start", "start")
+        from calico_net.agent.felix.sysctl import PendingByName
+        timed(PendingByName, "wait", "sysctl helper wait")
         timed(d.sysctls, "configure_host", "host sysctls")
         timed(d, "_early_routes", "placeholder + sysctl helper start")
         timed(d.policy, "table_exists", "table check")

@@ -291,7 +291,7 @@ def test_fresh_host_sysctls_start_by_name_before_the_link_listing(tmp_path, monk
     real_start = sysctls.start_configure_names
 
     def start(items):
-        started.append((list(items), list(d.routes.links)))
+        started.append((list(items), list(d.routes.links), [e[0] for e in policy.events]))
         return real_start(items)
 
     sysctls.start_configure_names = start
@@ -312,7 +312,8 @@ def test_fresh_host_sysctls_start_by_name_before_the_link_listing(tmp_path, monk
     d.on_snapshot(dict([wep("a", "n1", "cali1", "198.19.0.1/32"), wep("b", "n1", "cali2", "198.19.0.2/32"),
                         wep("c", "n1", "cali3", "198.19.0.3/32")]), 10)
     d.loop_once(max_wait=0.01)
-    assert started == [([("cali1", False), ("cali2", False), ("cali3", False)], [])]   # before the listing
+    # with the snapshot: before the placeholder table and the link listing
+    assert started == [([("cali1", False), ("cali2", False), ("cali3", False)], [], [])]
     assert d.applied and d.routes.configured == {"cali1": 5, "cali2": 6}
     assert inline == [["cali2"]]            # the re-created one, again after the listing
     for n in ("cali1", "cali2"):

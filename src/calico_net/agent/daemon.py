@@ -128,6 +128,7 @@ class Daemon:
         self._gc_hold_until = 0.0
         self.links_listed = False    # the link listing is in RouteManager
         self.links_partial = False   # ... only of the endpoints' interfaces (a fresh host's cold start)
+        self._by_name: Any = None    # the sysctl helper started on interface names, not yet collected
 
     # --- Sink interface (called from the syncer thread) ---
     def on_snapshot(self, resources: dict[str, Resource], revision: int) -> None:
@@ -325,6 +326,10 @@ class Daemon:
 
     def _resync(self, resources: dict[str, Resource], revision: int) -> None:
         first = not self.synced
+        if first and not self.applied and self._by_name is None and self._fresh_host():
+            # A fresh host's cold start: the sysctl helper starts on the snapshot's
+            # interface names now, beside the dispatch below and the first apply.
+            self._by_name = self._start_sysctls_by_name(_local_interfaces(resources, self.node_name))
         if not first:
             self.metrics.resyncs.inc()
         changed = 0
@@ -420,7 +425,11 @@ class Daemon:
         if self.links_listed:
             # (else the route thread lists the links, then starts the sysctls)
             todo = self.routes.interfaces_to_configure()
-            pending = self._start_sysctls(todo, failed)
+            by_name, self._by_name = self._by_name, None
+            if by_name is not None:   # started with the snapshot, but no placeholder path
+                pending = self._finish_sysctls_by_name(by_name, todo, failed)
+            else:
+                pending = self._start_sysctls(todo, failed)
         t1 = time.monotonic()
         try:
             if early is not None:
@@ -501,21 +510,23 @@ class Daemon:
             failed.update(link.name for link, _ in todo)
         return None
 
-    def _start_sysctls_by_name(self) -> Any:
+    def _start_sysctls_by_name(self, items: list[tuple[str, bool]] | None = None) -> Any:
         """On a fresh host's first apply, before the link listing (the route thread
         lists the links only while nft loads): start the Sysctls helper on the
-        local endpoints' interface names, so its writes run beside the policy's
-        index and render instead of after the listing. Only for many interfaces
-        (else None: the usual path after the listing, inline)."""
+        local endpoints' interface names (`items`: (name, has IPv6); default: the
+        route manager's), so its writes run beside the policy's index and render
+        instead of after the listing. Only for many interfaces (else None: the
+        usual path after the listing, inline)."""
         start = getattr(self.sysctls, "start_configure_names", None)
         if start is None or not hasattr(self.sysctls, "finish_by_name"):
             return None
-        v6 = self.routes.if_v6
-        names = sorted(self.routes.if_endpoints)
-        if len(names) < getattr(self.sysctls, "HELPER_MIN", 0):
+        if items is None:
+            v6 = self.routes.if_v6
+            items = [(name, name in v6) for name in sorted(self.routes.if_endpoints)]
+        if len(items) < getattr(self.sysctls, "HELPER_MIN", 0):
             return None
         try:
-            return start([(name, name in v6) for name in names])
+            return start(items)
         except Exception as e:  # noqa: BLE001 - the usual path after the listing
             log.warning("cannot start the sysctl helper (%s); after the link listing", e)
             return None
@@ -550,7 +561,11 @@ class Daemon:
         except Exception as e:  # noqa: BLE001 - the usual order still works
             log.warning("cannot load the placeholder table (%s); routes after the policy", e)
             return None
-        by_name = None if self.links_listed else self._start_sysctls_by_name()
+        by_name = None
+        if not self.links_listed:
+            by_name, self._by_name = self._by_name, None
+            if by_name is None:
+                by_name = self._start_sysctls_by_name()
         t = _RouteThread(self, list_links=not self.links_listed, by_name=by_name)
         t.start()
         return t
@@ -578,6 +593,21 @@ class Daemon:
             except Exception:  # noqa: BLE001
                 log.exception("nftables refresh failed")
                 self.metrics.errors.inc()
+
+
+def _local_interfaces(resources: dict[str, Resource], node: str) -> list[tuple[str, bool]]:
+    """(interface name, has an IPv6 network) of this node's WorkloadEndpoints, sorted."""
+    out: dict[str, bool] = {}
+    for res in resources.values():
+        if res.kind != "WorkloadEndpoint":
+            continue
+        spec = res.doc.get("spec") or {}
+        name = spec.get("interfaceName")
+        if spec.get("node") != node or not name or not isinstance(name, str):
+            continue
+        v6 = any(isinstance(n, str) and ":" in n for n in spec.get("ipNetworks") or ())
+        out[name] = out.get(name, False) or v6
+    return sorted(out.items())
 
 
 class _RouteThread(threading.Thread):
