@@ -27,7 +27,6 @@ from __future__ import annotations
 import functools
 import logging
 import queue
-import random
 import threading
 import time
 from dataclasses import dataclass
@@ -35,9 +34,10 @@ from typing import Any, Callable, Iterator, Protocol
 
 import orjson
 
-from calico_net.datastore.errors import DatastoreError, DatastoreUnavailable
-from calico_net.datastore.etcd import KV, WatchCompacted, prefix_end
+from calico_net.datastore.errors import DatastoreUnavailable
+from calico_net.datastore.etcd import KV, prefix_end
 from calico_net.datastore.store import RESOURCE_PREFIX, parse_key
+from calico_net.agent.watchloop import run_snapshot_watch
 from calico_net.model.quick import quick_valid
 
 log = logging.getLogger(__name__)
@@ -305,28 +305,9 @@ class Syncer:
         return revision
 
     def _run(self) -> None:
-        delay = self.backoff_initial
-        while not self._stop.is_set():
-            try:
-                revision = self.snapshot()
-                delay = self.backoff_initial
-                self._watch_from(revision + 1)
-            except WatchCompacted as e:
-                self._set_connected(False, f"watch compacted ({e}); resyncing")
-                delay = self.backoff_initial  # etcd is fine: resync at once
-            except DatastoreUnavailable as e:
-                self._set_connected(False, str(e))
-            except DatastoreError as e:
-                self._set_connected(False, f"datastore error: {e}")
-            except Exception as e:  # noqa: BLE001 - the watcher must survive anything
-                log.exception("datastore watcher failed; resyncing")
-                self._set_connected(False, f"watcher error: {e.__class__.__name__}: {e}")
-            if self._stop.is_set():
-                break
-            # Exponential back-off with jitter (0.5x..1x), capped: a dead etcd must
-            # not cost CPU, a compaction is retried at once.
-            self._stop.wait(delay * (0.5 + random.random() / 2))
-            delay = min(self.backoff_max, delay * 2)
+        run_snapshot_watch(self._stop, self.snapshot, self._watch_from, self._set_connected,
+                           what="datastore watcher", backoff_initial=self.backoff_initial,
+                           backoff_max=self.backoff_max)
 
     def _watch_from(self, start: int) -> None:
         watch = self.client.watch_prefix(self.prefix, start)

@@ -39,7 +39,6 @@ import json
 import logging
 import os
 import queue
-import random
 import re
 import threading
 import time
@@ -57,8 +56,8 @@ from calico_net.agent.confd.render import (
     write_if_changed,
 )
 from calico_net.agent.metrics import Counter, Gauge, Histogram, Metric
-from calico_net.datastore.errors import DatastoreError, DatastoreUnavailable
-from calico_net.datastore.etcd import KV, WatchCompacted
+from calico_net.agent.watchloop import run_snapshot_watch
+from calico_net.datastore.etcd import KV
 from calico_net.datastore.store import RESOURCE_PREFIX
 from calico_net.ipam import keys as ipam_keys
 
@@ -450,32 +449,10 @@ class Watcher:
         return revision
 
     def _run(self) -> None:
-        delay = self.backoff_initial
-        while not self._stop.is_set():
-            try:
-                revision = self.snapshot()
-                delay = self.backoff_initial
-                self._watch_from(revision + 1)
-            except WatchCompacted as exc:
-                self._set_connected(False, f"watch compacted ({exc}); resyncing")
-                delay = self.backoff_initial  # etcd is fine: resync at once
-            except DatastoreUnavailable as exc:
-                self._set_connected(False, str(exc))
-            except DatastoreError as exc:
-                self._set_connected(False, f"datastore error: {exc}")
-            except _WatchEnded as exc:
-                self._set_connected(False, str(exc))
-            except Exception as exc:  # noqa: BLE001 - the watcher must survive anything
-                log.exception("confd watcher failed; resyncing")
-                self._set_connected(False, f"watcher error: {exc.__class__.__name__}: {exc}")
-            finally:
-                self._cancel_all()
-            if self._stop.is_set():
-                break
-            # Jittered (0.5x..1x), capped exponential backoff: a dead etcd costs
-            # next to nothing, a compaction is retried at once.
-            self._stop.wait(delay * (0.5 + random.random() / 2))
-            delay = min(self.backoff_max, delay * 2)
+        run_snapshot_watch(self._stop, self.snapshot, self._watch_from, self._set_connected,
+                           what="confd watcher", backoff_initial=self.backoff_initial,
+                           backoff_max=self.backoff_max, ended=(_WatchEnded,),
+                           after_round=self._cancel_all)
 
     def _watch_from(self, start: int) -> None:
         events: queue.Queue[tuple[str, Any]] = queue.Queue()
