@@ -86,6 +86,12 @@ def load_avg() -> str:
     return open("/proc/loadavg").read().split()[0]
 
 
+def steal_s() -> float:
+    """CPU time the hypervisor gave to others (all CPUs, /proc/stat "steal"), in s."""
+    fields = open("/proc/stat").readline().split()
+    return int(fields[8]) / os.sysconf("SC_CLK_TCK")
+
+
 def rss_mb() -> float:
     for line in open("/proc/self/status"):
         if line.startswith("VmRSS:"):
@@ -170,6 +176,7 @@ def inner(args: argparse.Namespace) -> int:
                      config_file="/nonexistent")
         cpu0 = cpu_s()
         load0 = load_avg()
+        steal0 = steal_s()
         t0 = time.perf_counter()
         d = Daemon(NODE, cfg, EtcdClient(EtcdConfig(endpoints=[etcd.endpoints])))
         marks: dict[str, float] = {"daemon made": time.perf_counter()}
@@ -233,6 +240,7 @@ def inner(args: argparse.Namespace) -> int:
         timed(d.syncer.client, "get_range", "etcd pages")
         timed(d, "_resync", "dispatch")
         timed(d, "start", "start")
+        timed(d, "_start_sysctls_by_name", "sysctl helper start")
         from calico_net.agent.felix.sysctl import PendingByName
         timed(PendingByName, "wait", "sysctl helper wait")
         timed(d.sysctls, "configure_host", "host sysctls")
@@ -274,7 +282,8 @@ def inner(args: argparse.Namespace) -> int:
               f"(index {stats.index_seconds:.2f}, render {stats.render_seconds:.2f}, "
               f"nft {stats.write_seconds:.2f})")
         print(f"cold start CPU: agent process {cold_cpu:.2f} s, its helpers (nft, sysctl writer) "
-              f"{cold_child_cpu:.2f} s; load average {load0} -> {load_avg()} (2 cores)")
+              f"{cold_child_cpu:.2f} s; load average {load0} -> {load_avg()} (2 cores); CPU stolen by the "
+              f"hypervisor meanwhile {steal_s() - steal0:.2f} s")
         print("cold start parts (s summed over calls, [first call start - last call end after t0]): " + ", ".join(
             f"{k} {v:.2f} [{spans[k][0]:.2f}-{spans[k][1]:.2f}]" for k, v in timings.items()))
         print(f"agent import time (added by a real process start): {import_s:.2f} s")
