@@ -4,9 +4,11 @@ from __future__ import annotations
 import errno
 import logging
 import socket
+import subprocess
+import sys
 
 from calico_net.agent.felix.routes import Link
-from calico_net.agent.felix.sysctl import Sysctls
+from calico_net.agent.felix.sysctl import PendingByName, PendingConfigure, Sysctls
 
 
 def fake_proc(tmp_path, ifaces, ipv6=True):
@@ -172,3 +174,15 @@ def test_by_name_helper_asks_the_kernel_for_indexes(tmp_path):
     assert result["lo"] == (socket.if_nametoindex("lo"), 0, "")
     assert result["calinosuchif0"][:2] == (0, errno.ENODEV)
     assert read(root, "net/ipv4/conf/lo/proxy_arp") == "1"
+
+
+def test_a_failed_helper_falls_back_and_says_why(caplog):
+    def failing():
+        return subprocess.Popen([sys.executable, "-c", "import sys; sys.stderr.write('boom'); sys.exit(3)"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+    with caplog.at_level("WARNING"):
+        assert PendingByName(proc=failing()).wait() is None
+        assert PendingConfigure(["x"], proc=failing(), fallback=lambda: ["inline"]).wait() == ["inline"]
+        assert PendingConfigure(["x"], proc=failing()).wait() == ["x"]
+    assert [r.getMessage() for r in caplog.records].count("sysctl helper failed (boom); writing inline") == 3

@@ -335,6 +335,15 @@ sys.stdout.buffer.write(b"\n".join(out))
 """
 
 
+def _collect(proc: subprocess.Popen) -> str | None:
+    """A sysctl helper's output once it has ended; None (logged) if it failed."""
+    out, err = proc.communicate()
+    if proc.returncode != 0:
+        log.warning("sysctl helper failed (%s); writing inline", err.decode(errors="replace").strip()[-300:])
+        return None
+    return out.decode(errors="replace")
+
+
 class PendingByName:
     """`Sysctls.start_configure_names` under way; `.wait()` returns
     {name: (index found, errno, message)}, or None if the helper did not run."""
@@ -348,14 +357,12 @@ class PendingByName:
         proc, self._proc = self._proc, None
         if proc is None:
             return self._result
-        out, err = proc.communicate()
-        if proc.returncode != 0:
-            log.warning("sysctl helper failed (%s); writing inline",
-                        err.decode(errors="replace").strip()[-300:])
+        out = _collect(proc)
+        if out is None:
             self._result = None
             return None
         result: dict[str, tuple[int, int, str]] = {}
-        for line in out.decode(errors="replace").splitlines():
+        for line in out.splitlines():
             name, index, code, message = (line.split("\t", 3) + ["", "", ""])[:4]
             result[name] = (int(index or 0), int(code or 0), message)
         self._result = result
@@ -376,13 +383,11 @@ class PendingConfigure:
         proc, self._proc = self._proc, None
         if proc is None:
             return self._failed
-        out, err = proc.communicate()
-        if proc.returncode != 0:
-            log.warning("sysctl helper failed (%s); writing inline",
-                        err.decode(errors="replace").strip()[-300:])
+        out = _collect(proc)
+        if out is None:
             return self._fallback() if self._fallback else self._failed
         failed = list(self._failed)
-        for line in out.decode(errors="replace").splitlines():
+        for line in out.splitlines():
             name, _, rest = line.partition("\t")
             code, _, message = rest.partition("\t")
             if code not in (str(errno.ENOENT), str(errno.ENODEV)):
