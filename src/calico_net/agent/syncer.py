@@ -34,10 +34,10 @@ from typing import Any, Callable, Iterator, Protocol
 
 import orjson
 
+from calico_net.agent.watchloop import run_snapshot_watch
 from calico_net.datastore.errors import DatastoreUnavailable
 from calico_net.datastore.etcd import KV, prefix_end
 from calico_net.datastore.store import RESOURCE_PREFIX, parse_key
-from calico_net.agent.watchloop import run_snapshot_watch
 from calico_net.model.quick import quick_valid
 
 log = logging.getLogger(__name__)

@@ -189,8 +189,9 @@ class Netlink:
         """The links of these names that exist, looked up one by one (index and up
         flag, two ioctls each; no devconf: `v4conf` is None). ~11 µs a name against
         ~33 µs a link for the full dump, most of which is walking the ~37 attributes
-        of each message in Python: the cold start on a fresh host uses this for the
-        endpoints' interfaces and lists everything once it is programmed."""
+        of each message in Python. The cold start on a fresh host uses this for the
+        endpoints' interfaces (and for interfaces that endpoints name later, until
+        the route refresh lists everything)."""
         out: list[Link] = []
         fd = self.ioctl_sock.fileno()
         ioctl, pack = fcntl.ioctl, _IFREQ.pack
