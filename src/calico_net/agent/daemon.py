@@ -13,8 +13,9 @@ becomes one batch while a lone change waits only ~3 ms; then it applies: sysctls
 new workload interfaces (many: in a helper process, beside the policy work), policy
 (`PolicyDataplane.apply()`: one nft transaction of what changed), routes (only
 dirty ones; on a host without our table, after a placeholder table, while nft
-loads the real one; the sysctls helper then starts on the endpoints' interface
-names, before the links are listed). Nothing is written before the first complete snapshot is in.
+loads the real one; there the sysctls helper starts on the endpoints' interface
+names as soon as the first snapshot is in, and the route thread looks up only those
+interfaces by name). Nothing is written before the first complete snapshot is in.
 Cyclic GC waits for the first apply, which then freezes what it built.
 
 A later snapshot is a *resync*: it is diffed against the cache of resources the
