@@ -7,6 +7,8 @@ import socket
 import subprocess
 import sys
 
+import pytest
+
 from calico_net.agent.felix.routes import Link
 from calico_net.agent.felix.sysctl import PendingByName, PendingConfigure, Sysctls
 
@@ -167,13 +169,41 @@ def test_by_name_helper_missing_and_failing_interfaces(tmp_path, caplog):
     assert rest == [] and failed == [] and read(root2, "net/ipv4/conf/cali1/proxy_arp") == "1"
 
 
-def test_by_name_helper_asks_the_kernel_for_indexes(tmp_path):
-    # No index directory: the real lookup (if_nametoindex) in this network namespace.
+@pytest.mark.parametrize("links", [False, True])
+def test_by_name_helper_asks_the_kernel_for_indexes(tmp_path, links):
+    # No index directory: the real lookup (SIOCGIFINDEX) in this network namespace;
+    # with `links`, the lookups (index and up flag) come first, before any write.
     root = fake_proc(tmp_path, ["lo"], ipv6=False)
-    result = Sysctls(str(root)).start_configure_names([("lo", False), ("calinosuchif0", False)]).wait()
+    pending = Sysctls(str(root)).start_configure_names([("lo", False), ("calinosuchif0", False)], links=links)
+    if links:
+        assert pending.links() == [("lo", socket.if_nametoindex("lo"), True)]
+        assert pending.links() is None                   # once
+    result = pending.wait()
     assert result["lo"] == (socket.if_nametoindex("lo"), 0, "")
     assert result["calinosuchif0"][:2] == (0, errno.ENODEV)
     assert read(root, "net/ipv4/conf/lo/proxy_arp") == "1"
+
+
+def test_by_name_helper_lookups_first_then_writes(tmp_path):
+    # The lookups are reported before the helper writes anything, and whether or not
+    # they are read, the result of the writes is the same.
+    names = ["cali1", "Lcali2", "absent"]
+    index_dir = tmp_path / "ifindex"
+    index_dir.mkdir()
+    (index_dir / "cali1").write_text("5")
+    (index_dir / "Lcali2").write_text("6")
+    results = []
+    for read_links in (True, False):
+        root = fake_proc(tmp_path / f"proc-{read_links}", names[:2], ipv6=False)
+        pending = Sysctls(str(root), ifindex_dir=str(index_dir)).start_configure_names(
+            [(n, False) for n in names], links=True)
+        if read_links:
+            found = pending.links()
+            assert found == [("cali1", 5, True), ("Lcali2", 6, True)]
+        results.append(pending.wait())
+        assert read(root, "net/ipv4/conf/Lcali2/proxy_arp") == "1"
+    assert results[0] == results[1]
+    assert results[0]["Lcali2"] == (6, 0, "") and results[0]["absent"][:2] == (0, errno.ENODEV)
 
 
 def test_a_failed_helper_falls_back_and_says_why(caplog):

@@ -602,6 +602,69 @@ def test_netlink_failure_falls_back_to_nft():
     assert 'add element inet calico cali-wl-to { "cali0000000000b"' in fake.scripts[-1]
 
 
+def _many(dp, n):
+    dp.update("Profile", "pr", None, profile("pr", ingress=[{"action": "Allow"}]))
+    for i in range(n):
+        dp.update("WorkloadEndpoint", f"w{i}", "ns1", wep(f"w{i}", ip=f"198.19.0.{i + 1}",
+                                                           iface=f"cali{i:011d}", profiles=["pr"]))
+
+
+def test_full_load_over_the_placeholder_sends_big_verdict_maps_over_netlink(monkeypatch):
+    fake = FakeNftRunner(fast_elements=True)
+    dp = PolicyDataplane(NODE, nft=fake)
+    monkeypatch.setattr(type(dp.writer), "SPLIT_MAP_MIN", 3)
+    _many(dp, 4)
+    dp.load_placeholder()
+    st = dp.apply()
+    assert st.full and len(fake.scripts) == 2           # placeholder, then the table
+    script = fake.scripts[-1]
+    # the maps are declared empty in the table's transaction ...
+    assert "map cali-wl-from { type ifname : verdict; }" in script
+    assert "map cali-wl-to { type ifname : verdict; }" in script
+    assert '"cali00000000000"' not in script
+    # ... and filled by one netlink batch, exactly with what the full script has
+    assert len(fake.batches) == 1
+    sent = {(o[1], o[3], o[4]) for o in fake.batches[0]}
+    want = {(m, k, v) for m in ("cali-wl-from", "cali-wl-to") for k, v in dp.rs.sets[m].elements.items()}
+    assert sent == want and len(want) == 8 and all(o[0] == "add" for o in fake.batches[0])
+    assert dp.writer.check(_counts(dp)) == []
+    # only over the placeholder: a later full load (a repair) is one transaction
+    dp.writer.write(dp.rs, full=True)
+    assert '"cali00000000000"' in fake.scripts[-1] and len(fake.batches) == 1
+
+
+def test_split_maps_fall_back_to_nft_when_netlink_fails(monkeypatch):
+    fake = FakeNftRunner(fast_elements=True)
+    dp = PolicyDataplane(NODE, nft=fake)
+    monkeypatch.setattr(type(dp.writer), "SPLIT_MAP_MIN", 3)
+    _many(dp, 4)
+    dp.load_placeholder()
+    fake.fail_fast_next = 1
+    st = dp.apply()
+    assert st.full and fake.batches == []
+    assert len(fake.scripts) == 3
+    fill = fake.scripts[-1]
+    for m in ("cali-wl-from", "cali-wl-to"):
+        for k, v in dp.rs.sets[m].elements.items():
+            assert f"{k} : {v}" in fill
+    assert fill.count("add element inet calico") == 2
+    # small maps (below SPLIT_MAP_MIN) stay in the one transaction
+    monkeypatch.undo()
+    fake2 = FakeNftRunner(fast_elements=True)
+    dp2 = PolicyDataplane(NODE, nft=fake2)
+    _many(dp2, 4)
+    dp2.load_placeholder()
+    dp2.apply()
+    assert '"cali00000000000"' in fake2.scripts[-1] and fake2.batches == []
+
+
+def _counts(dp):
+    chains = {n: len(c.rules) for n, c in dp.rs.chains.items()}
+    sets = {n: len(s.elements) for n, s in dp.rs.sets.items()}
+    sets["cali-meta"] = 1
+    return chains, sets
+
+
 def test_unusable_documents_are_skipped_not_fatal():
     dp, fake = _dp()
     dp.update("WorkloadEndpoint", "a", "ns1", wep("a", iface="cali0000000000a"))

@@ -204,6 +204,13 @@ class Daemon:
             self.links_partial = False
         self.links_listed = True
 
+    def _set_links_found(self, found: list[tuple[str, int, bool]]) -> None:
+        """The endpoints' interfaces as the sysctl helper found them (name, index,
+        up): an endpoints-only listing, as `_list_links(endpoints_only=True)`."""
+        self.routes.set_links([Link(index, name, up) for name, index, up in found])
+        self.links_partial = True
+        self.links_listed = True
+
     def _learn_link(self, ifname: str) -> None:
         """After an endpoints-only listing: look up an interface nobody had then.
         (The lookup is the current state; link events queued before it are handled
@@ -412,6 +419,7 @@ class Daemon:
         t0 = time.monotonic()
         ok = True
         early = self._early_routes()
+        # (not self.links_listed below: the route thread may be setting it now)
         if early is None and not self.links_listed:
             try:
                 self._list_links()
@@ -423,7 +431,7 @@ class Daemon:
         todo: list[Any] = []
         failed: set[str] = set()
         pending = None
-        if self.links_listed:
+        if early is None or not early.list_links:
             # (else the route thread lists the links, then starts the sysctls)
             todo = self.routes.interfaces_to_configure()
             by_name, self._by_name = self._by_name, None
@@ -527,6 +535,10 @@ class Daemon:
         if len(items) < getattr(self.sysctls, "HELPER_MIN", 0):
             return None
         try:
+            if isinstance(self.nl, Netlink):
+                # the kernel the routes go to is the one the helper looks at: it
+                # looks the interfaces up for the route thread first
+                return start(items, links=True)
             return start(items)
         except Exception as e:  # noqa: BLE001 - the usual path after the listing
             log.warning("cannot start the sysctl helper (%s); after the link listing", e)
@@ -633,8 +645,18 @@ class _RouteThread(threading.Thread):
     def run(self) -> None:
         try:
             self.go.wait()
+            found = None
+            if self.list_links and self.by_name is not None and hasattr(self.by_name, "links"):
+                # The sysctl helper looked the endpoints' interfaces up (index, up)
+                # before its writes: no ~20,000 ioctls here, each of which would
+                # give up the GIL and wait to get it back while the main thread
+                # encodes the verdict map elements.
+                found = self.by_name.links()
             if self.list_links:
-                self.owner._list_links(endpoints_only=True)
+                if found is not None:
+                    self.owner._set_links_found(found)
+                else:
+                    self.owner._list_links(endpoints_only=True)
                 self.todo = self.routes.interfaces_to_configure()
                 if self.by_name is None:
                     self.pending = self.owner._start_sysctls(self.todo, self.failed)

@@ -105,22 +105,39 @@ class NftRunner:
                 self.use_lib = False
         return self._lib
 
-    def run(self, script: str) -> None:
+    def run(self, script: str, meanwhile: Callable[[], None] | None = None) -> None:
         """Run `script` as one nft transaction (``nft -f -``; small scripts through
-        libnftables in this process, the same transaction without a new process)."""
+        libnftables in this process, the same transaction without a new process).
+        `meanwhile` is called once while an nft process loads the script (after
+        `on_spawn`), or after the transaction when there is no such process."""
         self.calls += 1
         if len(script) <= self.LIB_MAX_BYTES and self._libnft() is not None:
             self.lib_calls += 1
             err = self._lib.run(script)
             if err is not None:
                 raise NftError(_summarise_error(err, script))
+            if meanwhile is not None:
+                meanwhile()
             return
         with subprocess.Popen(self._argv("-f", "-"), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) as proc:
             hook, self.on_spawn = self.on_spawn, None
             if hook is not None:
                 hook()
-            _, stderr = proc.communicate(script)
+            if meanwhile is None:
+                _, stderr = proc.communicate(script)
+            else:
+                # nft reads all of its input before it starts: hand it over, work
+                # beside it, then wait (its stderr is only written after the read)
+                stdin, proc.stdin = proc.stdin, None   # communicate() below only reads
+                assert stdin is not None
+                try:
+                    stdin.write(script)
+                    stdin.close()
+                except BrokenPipeError:
+                    pass
+                meanwhile()
+                _, stderr = proc.communicate()
         if proc.returncode != 0:
             raise NftError(_summarise_error(stderr, script))
 
@@ -225,19 +242,26 @@ class FakeNftRunner:
 
     def write(self, ops: Any) -> int:
         """The fast path's element writer interface."""
-        ops = list(ops)
+        return self.send(self.prepare(ops))
+
+    def prepare(self, ops: Any) -> list[tuple[str, str, str, str, str | None]]:
+        return list(ops)
+
+    def send(self, ops: list[tuple[str, str, str, str, str | None]]) -> int:
         if self.fail_fast_next:
             self.fail_fast_next -= 1
             raise NftError("fake netlink failure")
         self.batches.append(ops)
         return len(ops)
 
-    def run(self, script: str) -> None:
+    def run(self, script: str, meanwhile: Callable[[], None] | None = None) -> None:
         self.calls += 1
         if self.fail_next:
             self.fail_next -= 1
             raise NftError("fake failure")
         self.scripts.append(script)
+        if meanwhile is not None:
+            meanwhile()
 
     def list_table(self) -> dict[str, Any] | None:
         return self.table
@@ -476,11 +500,15 @@ class NftWriter:
 
     # public -----------------------------------------------------------------
 
-    def write(self, rs: Ruleset, full: bool = False) -> WriteStats:
-        """Write what is dirty in `rs` (everything if `full` or nothing was loaded yet)."""
+    def write(self, rs: Ruleset, full: bool = False, over_placeholder: bool = False) -> WriteStats:
+        """Write what is dirty in `rs` (everything if `full` or nothing was loaded yet).
+
+        `over_placeholder`: the live table is the placeholder (new connections of
+        workload interfaces dropped), so a full load may fill the big verdict maps
+        in a second transaction — see `_write_full`."""
         t0 = time.perf_counter()
         if full or not self.loaded:
-            stats = self._write_full(rs)
+            stats = self._write_full(rs, split_maps=over_placeholder)
         elif not rs.dirty:
             stats = WriteStats(skipped=True)
         elif self.fast is not None and self._fast_possible(rs) and self._write_fast(rs):
@@ -538,7 +566,9 @@ class NftWriter:
 
     # full -------------------------------------------------------------------
 
-    def full_script(self, rs: Ruleset) -> str:
+    def full_script(self, rs: Ruleset, without_elements: frozenset[str] | set[str] = frozenset()) -> str:
+        """The whole table as one ``nft -f`` script; sets and maps named in
+        `without_elements` are declared empty."""
         out = [f"add table {FAMILY} {TABLE}", f"delete table {FAMILY} {TABLE}",
                f"table {FAMILY} {TABLE} {{"]
         fp = rs.fingerprint()
@@ -548,7 +578,7 @@ class NftWriter:
         for name, s in sorted(rs.sets.items()):
             if s.is_map:
                 continue
-            out.append(self._set_block(name, s))
+            out.append(self._set_block(name, s, name in without_elements))
         base = []
         for name, c in sorted(rs.chains.items()):
             if c.hook:
@@ -557,17 +587,17 @@ class NftWriter:
             out.append(self._chain_block(name, c))
         for name, s in sorted(rs.sets.items()):
             if s.is_map:
-                out.append(self._set_block(name, s))
+                out.append(self._set_block(name, s, name in without_elements))
         for name, c in base:
             out.append(self._chain_block(name, c))
         out.append("}")
         return "\n".join(out) + "\n"
 
-    def _set_block(self, name: str, s: SetDef) -> str:
+    def _set_block(self, name: str, s: SetDef, empty: bool = False) -> str:
         kind = "map" if s.is_map else "set"
         decl = "; ".join(p.strip() for p in s.decl.split(";") if p.strip())
         text = f"  {kind} {name} {{ {decl};"
-        if s.elements:
+        if s.elements and not empty:
             text += " elements = { " + ", ".join(
                 _elem_text(k, v) for k, v in s.elements.items()) + " };"
         return text + " }"
@@ -582,13 +612,62 @@ class NftWriter:
         lines.append("  }")
         return "\n".join(lines)
 
-    def _write_full(self, rs: Ruleset) -> WriteStats:
-        script = self.full_script(rs)
-        self.runner.run(script)
+    #: a full load over the placeholder sends verdict maps with at least this many
+    #: elements in a second transaction (see _write_full)
+    SPLIT_MAP_MIN = 1000
+
+    def _write_full(self, rs: Ruleset, split_maps: bool = False) -> WriteStats:
+        """Load the whole table in one transaction.
+
+        With `split_maps` (the live table is the placeholder: a fresh host's first
+        load) the big verdict maps that send each workload interface to its
+        endpoint chain are loaded empty, and their elements follow as one netlink
+        element batch, encoded while nft loads the rest (nft's parser and evaluator
+        spend about half of a 10,000-endpoint load on those ~20,000 elements; the
+        kernel takes them over netlink in ~0.09 s). In between, an interface not yet
+        in its map finds no chain, and the dispatch chains drop new connections
+        without one — what the placeholder did — so nothing is let through early.
+        If the batch fails, the elements go through nft instead."""
+        split: dict[str, SetDef] = {}
+        if split_maps and self.fast is not None:
+            from .nft_netlink import encodable
+            split = {name: s for name, s in rs.sets.items()
+                     if s.is_map and len(s.elements) >= self.SPLIT_MAP_MIN and encodable(s.decl)}
+        script = self.full_script(rs, without_elements=set(split))
+        prepared: list[Any] = []
+
+        def encode() -> None:
+            try:
+                prepared.append(self.fast.prepare(
+                    ("add", name, s.decl, k, v) for name, s in split.items() for k, v in s.elements.items()))
+            except NftError as exc:
+                prepared.append(exc)
+
+        self.runner.run(script, meanwhile=encode if split else None)
+        if split:
+            self._fill_split(split, prepared[0] if prepared else NftError("not encoded"))
         self._remember_all(rs)
         return WriteStats(full=True, script_lines=script.count("\n"),
                           chains_written=len(rs.chains),
                           elements_added=sum(len(s.elements) for s in rs.sets.values()))
+
+    def _fill_split(self, split: dict[str, SetDef], batch: Any) -> None:
+        """Send the split maps' elements (a prepared batch, or the error that kept
+        it from being encoded); through nft if netlink fails."""
+        if not isinstance(batch, Exception):
+            try:
+                self.fast.send(batch)
+                return
+            except NftError as exc:
+                batch = exc
+        log.warning("verdict map elements over netlink failed (%s); adding them with nft", batch)
+        lines = []
+        for name, s in split.items():
+            items = list(s.elements.items())
+            for i in range(0, len(items), _ELEMENT_CHUNK):
+                lines.append(f"add element {FAMILY} {TABLE} {name} {{ "
+                             + ", ".join(_elem_text(k, v) for k, v in items[i:i + _ELEMENT_CHUNK]) + " }")
+        self.runner.run("\n".join(lines) + "\n")
 
     def _remember_all(self, rs: Ruleset) -> None:
         self.written_chains = dict(rs.chains)

@@ -30,14 +30,15 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import functools
 import os
 import socket
 import struct
-from typing import Iterable
+from typing import Any, Iterable
 
 from .nft import FAMILY, TABLE, NftError
 
-__all__ = ["NetlinkSetWriter", "encodable", "encode_key"]
+__all__ = ["NetlinkSetWriter", "PreparedBatch", "encodable", "encode_key"]
 
 NETLINK_NETFILTER = 12
 NFNL_SUBSYS_NFTABLES = 10
@@ -142,6 +143,7 @@ def _strz(s: str) -> bytes:
     return s.encode() + b"\0"
 
 
+@functools.lru_cache(maxsize=16384)
 def _verdict(text: str) -> bytes:
     words = text.split()
     code = _VERDICTS[words[0]]
@@ -149,6 +151,31 @@ def _verdict(text: str) -> bytes:
     if words[0] in ("jump", "goto"):
         attrs.append(_attr(NFTA_VERDICT_CHAIN, _strz(words[1])))
     return _nested(NFTA_SET_ELEM_DATA, _nested(NFTA_DATA_VERDICT, *attrs))
+
+
+_UNSEEN: Any = object()
+#: below this a batch fits the default netlink send buffer (net.core.wmem_default)
+_DEFAULT_SNDBUF = 160 * 1024
+SO_SNDBUFFORCE = 32
+
+
+def _grow_sndbuf(sock: socket.socket, size: int) -> None:
+    """Raise the socket's send buffer to `size` bytes (past net.core.wmem_max with
+    CAP_NET_ADMIN, as nft does for its big batches)."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, size)
+    except OSError:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
+
+
+class PreparedBatch:
+    """Encoded element messages (message type, flags, body) of one transaction."""
+
+    __slots__ = ("bodies", "count")
+
+    def __init__(self, bodies: list[tuple[int, int, bytes]], count: int) -> None:
+        self.bodies = bodies
+        self.count = count
 
 
 class NetlinkSetWriter:
@@ -178,54 +205,78 @@ class NetlinkSetWriter:
         """Apply (verb "add"|"delete", set name, set decl, element key text, map value
         text or None) in one transaction; returns the number of elements sent.
         Raises NftError (nothing applied) if the kernel refuses any of them."""
+        return self.send(self.prepare(ops))
+
+    def prepare(self, ops: Iterable[tuple[str, str, str, str, str | None]]) -> "PreparedBatch":
+        """Encode `ops` (as for `write`) into one batch without sending it: the
+        encoding is Python work a caller may do while something else runs. Raises
+        NftError for an element that cannot be encoded."""
         groups: dict[tuple[str, str], list[bytes]] = {}
         order: list[tuple[str, str]] = []
+        types: dict[str, tuple[list[str], bool] | None] = {}
         n = 0
         for verb, name, decl, key, value in ops:
-            t = _types(decl)
+            t = types.get(decl, _UNSEEN)
+            if t is _UNSEEN:
+                t = types[decl] = _types(decl)
             if t is None:
                 raise NftError(f"set {name} ({decl}) is not on the netlink fast path")
-            elem = [_nested(NFTA_SET_ELEM_KEY, _attr(NFTA_DATA_VALUE, encode_key(decl, key)))]
+            try:
+                kb = _field(t[0][0], key.strip()) if len(t[0]) == 1 else encode_key(decl, key)
+            except (ValueError, KeyError, OSError) as exc:
+                raise NftError(f"set {name}: element {key!r} cannot be encoded: {exc}") from None
+            elem = _nested(NFTA_SET_ELEM_KEY, _attr(NFTA_DATA_VALUE, kb))
             if verb == "add" and t[1]:
                 if value is None:
                     raise NftError(f"map {name}: element {key} without a value")
-                elem.append(_verdict(value))
+                elem += _verdict(value)
             g = (verb, name)
-            if g not in groups:
-                groups[g] = []
+            got = groups.get(g)
+            if got is None:
+                got = groups[g] = []
                 order.append(g)
-            groups[g].append(_nested(NFTA_LIST_ELEM, *elem))
+            got.append(_attr(NFTA_LIST_ELEM | NLA_F_NESTED, elem))
             n += 1
-        if not n:
-            return 0
         # keep the caller's order between groups: deletes of a map key precede its re-add
-        msgs = [self._msg(NFNL_MSG_BATCH_BEGIN, 0, struct.pack("=BBH", 0, 0, socket.htons(NFNL_SUBSYS_NFTABLES)))]
-        acks: set[int] = set()
+        bodies: list[tuple[int, int, bytes]] = []
         for verb, name in order:
             elems = groups[(verb, name)]
+            head = (struct.pack("=BBH", NFPROTO_INET, 0, 0)
+                    + _attr(NFTA_SET_ELEM_LIST_TABLE, _strz(TABLE))
+                    + _attr(NFTA_SET_ELEM_LIST_SET, _strz(name)))
+            mtype = (NFNL_SUBSYS_NFTABLES << 8) | (
+                NFT_MSG_NEWSETELEM if verb == "add" else NFT_MSG_DELSETELEM)
+            flags = NLM_F_REQUEST | NLM_F_ACK | (NLM_F_CREATE if verb == "add" else 0)
             for i in range(0, len(elems), 500):     # keep each message well under 64 KiB
-                chunk = elems[i:i + 500]
-                body = (struct.pack("=BBH", NFPROTO_INET, 0, 0)
-                        + _attr(NFTA_SET_ELEM_LIST_TABLE, _strz(TABLE))
-                        + _attr(NFTA_SET_ELEM_LIST_SET, _strz(name))
-                        + _nested(NFTA_SET_ELEM_LIST_ELEMENTS, *chunk))
-                mtype = (NFNL_SUBSYS_NFTABLES << 8) | (
-                    NFT_MSG_NEWSETELEM if verb == "add" else NFT_MSG_DELSETELEM)
-                flags = NLM_F_REQUEST | NLM_F_ACK | (NLM_F_CREATE if verb == "add" else 0)
-                seq = self._next_seq()
-                acks.add(seq)
-                msgs.append(self._msg(mtype, flags, body, seq))
+                bodies.append((mtype, flags, head + _nested(NFTA_SET_ELEM_LIST_ELEMENTS, *elems[i:i + 500])))
+        return PreparedBatch(bodies, n)
+
+    def send(self, batch: "PreparedBatch") -> int:
+        """Send a prepared batch as one transaction; returns its element count.
+        Raises NftError (nothing applied) if the kernel refuses any of it."""
+        if not batch.count:
+            return 0
+        msgs = [self._msg(NFNL_MSG_BATCH_BEGIN, 0, struct.pack("=BBH", 0, 0, socket.htons(NFNL_SUBSYS_NFTABLES)))]
+        acks: set[int] = set()
+        for mtype, flags, body in batch.bodies:
+            seq = self._next_seq()
+            acks.add(seq)
+            msgs.append(self._msg(mtype, flags, body, seq))
         msgs.append(self._msg(NFNL_MSG_BATCH_END, 0, struct.pack("=BBH", 0, 0, socket.htons(NFNL_SUBSYS_NFTABLES))))
+        data = b"".join(msgs)
         sock = self._socket()
         try:
-            sock.sendall(b"".join(msgs))
+            if len(data) > _DEFAULT_SNDBUF:
+                # one batch is one sendmsg: the socket's send buffer must hold it
+                _grow_sndbuf(sock, 2 * len(data))
+            sock.sendall(data)
             self._wait_acks(sock, acks)
         except NftError:
             raise
         except OSError as exc:
             self.close()
             raise NftError(f"netlink element batch failed: {exc}") from exc
-        return n
+        return batch.count
 
     def _next_seq(self) -> int:
         self._seq = (self._seq + 1) & 0x7FFFFFFF or 1

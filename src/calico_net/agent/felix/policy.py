@@ -250,6 +250,8 @@ class PolicyDataplane:
         self._base_dirty = True
         self._first = True
         self._rerender_all = False
+        #: the live table is our placeholder (load_placeholder) until the next write
+        self._over_placeholder = False
         self.last_stats: ApplyStats | None = None
 
     # -- API -------------------------------------------------------------------
@@ -313,7 +315,8 @@ class PolicyDataplane:
             if self._try_adopt():
                 stats.adopted = stats.skipped = True
         if not stats.adopted:
-            ws = self.writer.write(self.rs)
+            ws = self.writer.write(self.rs, over_placeholder=self._over_placeholder)
+            self._over_placeholder = False
             stats.full = ws.full
             stats.skipped = ws.skipped
             stats.netlink = ws.netlink
@@ -355,6 +358,7 @@ class PolicyDataplane:
                       f'add rule {T} cali-forward oifname "{p}*" drop',
                       f'add rule {T} cali-input iifname "{p}*" drop']
         self.runner.run("\n".join(lines) + "\n")
+        self._over_placeholder = True
 
     def refresh(self) -> bool:
         """Read the live table back; if it drifted from what we wrote, rewrite it

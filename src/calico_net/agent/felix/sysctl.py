@@ -65,7 +65,7 @@ HOST_V6 = (("net/ipv6/conf/all/forwarding", "1"),)
 WORKLOAD_V4 = {"proxy_arp": (3, 1), "route_localnet": (26, 1), "forwarding": (1, 1)}
 
 
-def _spawn_helper(args: list[str], lines: list[bytes]) -> subprocess.Popen:
+def _spawn_helper(args: list[str], lines: list[bytes], pass_fds: tuple[int, ...] = ()) -> subprocess.Popen:
     """Start a sysctl helper process reading `lines` (one interface each) on stdin from
     a memfd, so a large input never blocks on a pipe. Raises OSError."""
     fd = os.memfd_create("calico-sysctls")
@@ -74,7 +74,8 @@ def _spawn_helper(args: list[str], lines: list[bytes]) -> subprocess.Popen:
         while data:
             data = data[os.write(fd, data):]
         os.lseek(fd, 0, os.SEEK_SET)
-        return subprocess.Popen(args, stdin=fd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        return subprocess.Popen(args, stdin=fd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                pass_fds=pass_fds)
     finally:
         os.close(fd)
 
@@ -156,7 +157,7 @@ class Sysctls:
             return PendingConfigure(failed=self.configure_interfaces(items))
         return PendingConfigure(failed=failed, proc=proc, fallback=lambda: self.configure_interfaces(items))
 
-    def start_configure_names(self, items: Iterable[tuple[str, bool]]) -> "PendingByName":
+    def start_configure_names(self, items: Iterable[tuple[str, bool]], links: bool = False) -> "PendingByName":
         """Start configuring interfaces known only by name, before the link listing
         (a cold start: the names come from the local endpoints): (name, needs IPv6)
         each, always in a helper process. It does what `configure_interfaces` does
@@ -166,7 +167,12 @@ class Sysctls:
         `proxy_delay` and the IPv6 ones. It reports, per name, the interface index
         it found before writing (0: no such interface) and the error if any;
         `finish_by_name` matches that with the link listing. Names that cannot be
-        an interface (see `_sendable`) are not sent: no such interface exists."""
+        an interface (see `_sendable`) are not sent: no such interface exists.
+
+        With `links`, the helper first looks every name up (index and up flag)
+        and reports that before it writes anything: `PendingByName.links()` is the
+        link listing of these interfaces, there ~0.1 s after the start, for the
+        routes, without ~20,000 ioctls in the agent's own process."""
         lines: list[bytes] = []
         for name, v6 in items:
             if not _sendable(name):
@@ -178,15 +184,17 @@ class Sysctls:
             lines.append("\t".join([name, "-" if v6 else "s", *writes]).encode())
         if not lines:
             return PendingByName(result={})
-        args = [sys.executable, "-I", "-S", "-c", _BY_NAME_HELPER, self.root]
-        if self.ifindex_dir is not None:
-            args.append(self.ifindex_dir)
+        lfd = os.memfd_create("calico-links") if links else -1
+        args = [sys.executable, "-I", "-S", "-c", _BY_NAME_HELPER, self.root,
+                self.ifindex_dir if self.ifindex_dir is not None else "-", str(lfd)]
         try:
-            proc = _spawn_helper(args, lines)
+            proc = _spawn_helper(args, lines, pass_fds=(lfd,) if links else ())
         except OSError as e:
+            if links:
+                os.close(lfd)
             log.warning("cannot start the sysctl helper (%s); writing inline", e)
             return PendingByName(result=None)
-        return PendingByName(proc=proc)
+        return PendingByName(proc=proc, links_fd=lfd if links else None)
 
     def finish_by_name(self, result: "dict[str, tuple[int, int, str]] | None",
                        items: Iterable[tuple[Any, bool]]) -> tuple[list[tuple[Any, bool]], list[str]]:
@@ -271,31 +279,53 @@ sys.stdout.buffer.write(b"\n".join(out))
 # "relpath=value" (written) or "?relpath=value" (read first; written only if it
 # differs). "s": if every "?" value is right already, nothing is written for that
 # interface. Looks the interface index up first (argv[2]: a directory of fake index
-# files, for tests); prints "ifname<TAB>index<TAB>errno<TAB>message" for every line
-# (index 0 and ENODEV: no such interface; errno 0: done).
+# files, for tests, or "-"); prints "ifname<TAB>index<TAB>errno<TAB>message" for
+# every line (index 0 and ENODEV: no such interface; errno 0: done). argv[3], if
+# not "-1": a file descriptor; then every name is looked up (index and up flag)
+# before anything is written, the lines "ifname<TAB>index<TAB>up" go to that
+# descriptor and one byte "L" to stdout, which says they are there.
 _BY_NAME_HELPER = r"""
 import errno, os, sys
 root = os.fsencode(sys.argv[1]) + b"/"
-if len(sys.argv) > 2:
+if sys.argv[2] != "-":
     index_dir = os.fsencode(sys.argv[2]) + b"/"
-    def ifindex(name):
+    def lookup(name):
         try:
             with open(index_dir + name, "rb") as f:
-                return int(f.read())
+                index = int(f.read())
         except OSError:
-            return 0
+            return 0, 0
+        return index, 1
 else:
-    from _socket import if_nametoindex
-    def ifindex(name):
+    import fcntl, socket, struct
+    _sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    _ifreq = struct.Struct("16si")
+    _flags = struct.Struct("16sH")
+    def lookup(name):
+        # SIOCGIFINDEX and SIOCGIFFLAGS on one socket (if_nametoindex opens one per call)
         try:
-            return if_nametoindex(name)
-        except (OSError, ValueError):
-            return 0
+            index = _ifreq.unpack(fcntl.ioctl(_sock, 0x8933, _ifreq.pack(name, 0)))[1]
+            flags = _flags.unpack(fcntl.ioctl(_sock, 0x8913, _flags.pack(name, 0)))[1]
+        except OSError:
+            return 0, 0
+        return index, flags & 1
+lines = [line.split(b"\t") for line in sys.stdin.buffer.read().split(b"\n") if line]
+found = {}
+links_fd = int(sys.argv[3])
+if links_fd >= 0:
+    listing = []
+    for parts in lines:
+        index, up = found[parts[0]] = lookup(parts[0])
+        listing.append(b"%s\t%d\t%d" % (parts[0], index, up))
+    data = memoryview(b"\n".join(listing))
+    while data:
+        data = data[os.write(links_fd, data):]
+    os.close(links_fd)
+    os.write(1, b"L")
 out = []
-for line in sys.stdin.buffer:
-    parts = line.rstrip(b"\n").split(b"\t")
+for parts in lines:
     name = parts[0]
-    index = ifindex(name)
+    index = (found.get(name) or lookup(name))[0]
     if not index:
         out.append(b"%s\t0\t%d\tno such interface" % (name, errno.ENODEV))
         continue
@@ -349,18 +379,59 @@ class PendingByName:
     {name: (index found, errno, message)}, or None if the helper did not run."""
 
     def __init__(self, result: "dict[str, tuple[int, int, str]] | None" = None,
-                 proc: subprocess.Popen | None = None) -> None:
+                 proc: subprocess.Popen | None = None, links_fd: int | None = None) -> None:
         self._result = result
         self._proc = proc
+        self._links_fd = links_fd
+        self._marker = links_fd is not None      # a "L" still ahead on stdout
+
+    def links(self) -> "list[tuple[str, int, bool]] | None":
+        """(name, index, up) of every interface found, once the helper has looked
+        them all up (it blocks until then), or None if it was not asked to or did
+        not get that far. Call it at most once, before `wait()`."""
+        fd, self._links_fd = self._links_fd, None
+        if fd is None or self._proc is None:
+            return None
+        try:
+            assert self._proc.stdout is not None
+            # raw read of the one byte: wait() reads the rest through communicate()
+            got = os.read(self._proc.stdout.fileno(), 1)
+            self._marker = False
+            if got != b"L":
+                return None
+            chunks = []
+            off = 0
+            while True:
+                chunk = os.pread(fd, 1 << 20, off)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                off += len(chunk)
+        except OSError as e:
+            log.warning("cannot read the sysctl helper's interface lookups (%s)", e)
+            return None
+        finally:
+            os.close(fd)
+        out = []
+        for line in b"".join(chunks).decode(errors="replace").splitlines():
+            name, index, up = (line.split("\t") + ["", "", ""])[:3]
+            if index.isdigit() and int(index):
+                out.append((name, int(index), up == "1"))
+        return out
 
     def wait(self) -> "dict[str, tuple[int, int, str]] | None":
         proc, self._proc = self._proc, None
+        if self._links_fd is not None:
+            os.close(self._links_fd)
+            self._links_fd = None
         if proc is None:
             return self._result
         out = _collect(proc)
         if out is None:
             self._result = None
             return None
+        if self._marker and out.startswith("L"):
+            out = out[1:]
         result: dict[str, tuple[int, int, str]] = {}
         for line in out.splitlines():
             name, index, code, message = (line.split("\t", 3) + ["", "", ""])[:4]
