@@ -29,8 +29,7 @@ import logging
 import queue
 import threading
 import time
-from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Protocol
+from typing import Any, Callable, Iterator, NamedTuple, Protocol
 
 import orjson
 
@@ -42,9 +41,9 @@ from calico_net.model.quick import quick_valid
 
 log = logging.getLogger(__name__)
 
-@dataclass(frozen=True)
-class Resource:
-    """One validated resource as the agent holds it."""
+class Resource(NamedTuple):
+    """One validated resource as the agent holds it (immutable; a NamedTuple
+    rather than a frozen dataclass: one is made per key of every snapshot)."""
 
     kind: str
     name: str

@@ -25,7 +25,7 @@ import ssl
 import threading
 import weakref
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Mapping, NamedTuple, Sequence
 from urllib.parse import urlsplit
 
 import orjson
@@ -63,9 +63,10 @@ def prefix_end(prefix: str | bytes) -> bytes:
     return b"\0"
 
 
-@dataclass(frozen=True)
-class KV:
-    """One key with its value and revisions, as etcd returns it."""
+class KV(NamedTuple):
+    """One key with its value and revisions, as etcd returns it. (A NamedTuple:
+    immutable like a frozen dataclass, and ~1 us cheaper to make — a snapshot
+    makes one per key.)"""
 
     key: str
     value: bytes

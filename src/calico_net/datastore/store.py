@@ -16,8 +16,7 @@ import datetime as _dt
 import uuid
 
 import orjson
-from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, NamedTuple, Sequence
 
 from calico_net.datastore.errors import (
     DatastoreError,
@@ -65,8 +64,7 @@ def kind_prefix(kind: str, namespace: str | None = None) -> str:
     return f"{RESOURCE_PREFIX}{info.plural}/"
 
 
-@dataclass(frozen=True)
-class KeyParts:
+class KeyParts(NamedTuple):
     plural: str
     namespace: str | None
     name: str

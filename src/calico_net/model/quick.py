@@ -66,8 +66,22 @@ _ACTIONS = frozenset({"Allow", "Deny", "Log", "Pass"})
 _TYPES = ("Ingress", "Egress")
 
 
+# Verdicts on values many documents repeat (profile and node names, label pairs),
+# kept per distinct value; bounded by clearing when full.
+_CACHE_MAX = 8192
+_NAME_OK: dict[str, bool] = {}
+_LABEL_OK: dict[tuple[str, str], bool] = {}
+
+
 def _name_ok(v: Any) -> bool:
-    return type(v) is str and name_problem(v) is None
+    if type(v) is not str:
+        return False
+    ok = _NAME_OK.get(v)
+    if ok is None:
+        if len(_NAME_OK) >= _CACHE_MAX:
+            _NAME_OK.clear()
+        ok = _NAME_OK[v] = name_problem(v) is None
+    return ok
 
 
 def _net_ok(v: Any) -> bool:
@@ -108,9 +122,15 @@ def _labels_ok(labels: Any) -> bool:
     if type(labels) is not dict:
         return False
     for k, v in labels.items():
-        if type(k) is not str or _label_key_problem(k) is not None:
+        if type(k) is not str or type(v) is not str:
             return False
-        if type(v) is not str or len(v) > 63 or not _label_value_ok(v):
+        ok = _LABEL_OK.get((k, v))
+        if ok is None:
+            if len(_LABEL_OK) >= _CACHE_MAX:
+                _LABEL_OK.clear()
+            ok = _LABEL_OK[(k, v)] = (_label_key_problem(k) is None and len(v) <= 63
+                                      and bool(_label_value_ok(v)))
+        if not ok:
             return False
     return True
 

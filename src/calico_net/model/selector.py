@@ -871,8 +871,18 @@ class LabelIndex:
         old = self._labels.get(item_id)
         if old is None:
             self._ids.add(item_id)
-            for k, v in new.items():
-                self._index(item_id, k, v)
+            by_value, by_key = self._by_value, self._by_key
+            for k, v in new.items():   # _index, inlined: a cold start adds ~60,000 pairs
+                values = by_value.get(k)
+                if values is None:
+                    values = by_value[k] = {}
+                    by_key[k] = set()
+                ids = values.get(v)
+                if ids is None:
+                    values[v] = {item_id}
+                else:
+                    ids.add(item_id)
+                by_key[k].add(item_id)
         else:
             for k, v in old.items():
                 if k not in new or new[k] != v:
