@@ -511,6 +511,10 @@ class RouteManager:
     def set_links(self, links: Iterable[Link]) -> None:
         """A full link listing (start, or after lost events)."""
         fresh = {l.name: l for l in links}
+        if not self.links:     # the first listing: every link is new
+            for name, link in fresh.items():
+                self._link_changed(name, link)
+            return
         for name in set(self.links) | set(fresh):
             if self.links.get(name) != fresh.get(name):
                 self._link_changed(name, fresh.get(name))
