@@ -17,7 +17,9 @@ from calico_net.datastore.etcd import (
     cmp_mod_revision,
     op_get,
     op_put,
+    parse_range,
     prefix_end,
+    range_tail,
 )
 
 
@@ -36,6 +38,30 @@ def test_put_get_prefix_and_revision(etcd_client):
     assert rev >= r1 + 2
     assert etcd_client.get("/calico/t/a").mod_revision == r1
     assert etcd_client.get("/calico/missing") is None
+
+
+def test_raw_range_pages_and_their_tails(etcd_client):
+    # A paged reader asks for the next page from range_tail (a byte search of the
+    # undecoded reply); it must agree with the decoded reply on every page, for
+    # keys whose base64 has '+', '/' and '=' and values that look like JSON.
+    keys = [f"/calico/rt/k{i:02d}-{chr(0xe9)}?>" for i in range(7)]
+    for i, k in enumerate(keys):
+        etcd_client.put(k, '{"key":"x","more":true}' * (i + 1))
+    start, end = b"/calico/rt/", prefix_end("/calico/rt/")
+    seen = []
+    while True:
+        raw = etcd_client.get_range_raw(start, end, limit=3)
+        kvs, rev, more = parse_range(raw)
+        assert etcd_client.get_range(start, end, limit=3) == (kvs, rev, more)
+        assert range_tail(raw) == (kvs[-1].key.encode(), more)
+        seen += [kv.key for kv in kvs]
+        if not more:
+            break
+        start = kvs[-1].key.encode() + b"\0"
+    assert seen == keys
+    empty = etcd_client.get_range_raw(b"/calico/rt-none/", prefix_end("/calico/rt-none/"))
+    assert range_tail(empty) == (None, False) and parse_range(empty)[0] == []
+    assert range_tail(b'{"kvs":[{"key":"not base64!"}],"more":true}') is None
 
 
 def test_txn_compare_and_swap(etcd_client):

@@ -286,3 +286,49 @@ def test_paged_snapshot_small_prefix_is_one_read():
         assert list(res) == [P + "globalnetworkpolicies/a"] and len(c.calls) == 1
     finally:
         s.stop()
+
+
+class RawPagedClient(PagedClient):
+    """PagedClient whose pages also come undecoded, in the gateway's JSON."""
+
+    def get_range_raw(self, key, range_end, *, revision=None, limit=0):
+        import base64
+        import json
+        kvs, header, more = self.get_range(key, range_end, revision=revision, limit=limit)
+        b64 = lambda b: base64.b64encode(b if isinstance(b, bytes) else b.encode()).decode()  # noqa: E731
+        body = {"header": {"revision": str(header)},
+                "kvs": [{"key": b64(kv.key), "value": b64(kv.value), "mod_revision": str(kv.mod_revision),
+                         "create_revision": str(kv.create_revision), "version": str(kv.version)} for kv in kvs]}
+        if more:
+            body["more"] = True
+        return json.dumps(body, separators=(",", ":")).encode()
+
+
+def test_raw_pages_read_ahead_and_a_misread_tail_fails_the_read(monkeypatch):
+    import calico_net.agent.syncer as syncer_mod
+    names = [f"p{i:03d}" for i in range(30)]
+    c = RawPagedClient({P + f"globalnetworkpolicies/{n}": gnp(n) for n in names})
+    c.watches = [[], []]
+    real_tail = syncer_mod.range_tail
+    misread = []
+
+    def tail(raw):
+        got = real_tail(raw)
+        if not misread and got is not None:
+            misread.append(got)
+            return (b"/elsewhere", got[1])      # once: a wrong last key
+        return got
+
+    monkeypatch.setattr(syncer_mod, "range_tail", tail)
+    sink = Sink()
+    s = Syncer(c, sink, backoff_initial=0.01, probe_interval=60, page_size=8)
+    s.start()
+    try:
+        _, res, rev = sink.next("snapshot")     # the misread read failed; the retry is whole
+        assert sorted(res) == sorted(P + f"globalnetworkpolicies/{n}" for n in names) and rev == 100
+        assert misread and s.snapshots == 1
+        # every page after the first asked for from the tail of the one before
+        starts = [k for k, r, lim in c.calls if r == 100]
+        assert (P + "globalnetworkpolicies/p001").encode() + b"\0" in starts
+    finally:
+        s.stop()

@@ -34,8 +34,8 @@ from typing import Any, Callable, Iterator, NamedTuple, Protocol
 import orjson
 
 from calico_net.agent.watchloop import run_snapshot_watch
-from calico_net.datastore.errors import DatastoreUnavailable
-from calico_net.datastore.etcd import KV, prefix_end
+from calico_net.datastore.errors import DatastoreError, DatastoreUnavailable
+from calico_net.datastore.etcd import KV, parse_range, prefix_end, range_tail
 from calico_net.datastore.store import RESOURCE_PREFIX, parse_key
 from calico_net.model.quick import quick_valid
 
@@ -246,16 +246,34 @@ class Syncer:
         abandon = threading.Event()
         start = first[-1].key.encode() + b"\0"
         limit = self.page_size
+        get_raw = getattr(self.client, "get_range_raw", None)
 
         def fetch() -> None:
+            # With the raw read, this thread only finds where the next page starts
+            # (range_tail: a byte search) and asks for it at once; the reading
+            # thread decodes. etcd then encodes page i+1 all the while page i is
+            # decoded and parsed, instead of waiting for this thread to win the
+            # GIL from the parser and decode first.
             nonlocal start
             try:
                 while not abandon.is_set():
-                    kvs, _, more_ = get_range(start, end, revision=revision, limit=limit)
-                    pages.put(kvs)
-                    if not more_ or not kvs:
+                    if get_raw is not None:
+                        raw = get_raw(start, end, revision=revision, limit=limit)
+                        tail = range_tail(raw)
+                        if tail is None:    # not found by the byte search: decode here
+                            kvs, _, more_ = parse_range(raw)
+                            pages.put(kvs)
+                            last = kvs[-1].key.encode() if kvs else None
+                        else:
+                            pages.put((raw, tail))
+                            last, more_ = tail
+                    else:
+                        kvs, _, more_ = get_range(start, end, revision=revision, limit=limit)
+                        pages.put(kvs)
+                        last = kvs[-1].key.encode() if kvs else None
+                    if not more_ or last is None:
                         break
-                    start = kvs[-1].key.encode() + b"\0"
+                    start = last + b"\0"
             except BaseException as e:  # noqa: BLE001 - re-raised in the reading thread
                 pages.put(e)
             pages.put(None)
@@ -271,6 +289,13 @@ class Syncer:
                         return
                     if isinstance(item, BaseException):
                         raise item
+                    if isinstance(item, tuple):
+                        raw, (last, more_) = item
+                        kvs, _, more2 = parse_range(raw)
+                        if more2 != more_ or (kvs[-1].key.encode() if kvs else None) != last:
+                            # the byte search misread the reply: never guess
+                            raise DatastoreError("etcd range reply: page boundary not as found; rereading")
+                        item = kvs
                     yield item
             finally:
                 abandon.set()

@@ -85,6 +85,30 @@ class KV(NamedTuple):
         )
 
 
+def parse_range(content: bytes) -> tuple[list[KV], int, bool]:
+    """A kv/range reply: (kvs, the header's revision, more)."""
+    resp = orjson.loads(content)
+    kvs = [KV.from_json(kv) for kv in resp.get("kvs") or []]
+    return kvs, int(resp["header"]["revision"]), bool(resp.get("more", False))
+
+
+def range_tail(content: bytes) -> tuple[bytes | None, bool] | None:
+    """(the last key of a kv/range reply, more) without decoding the reply, or None
+    if it cannot tell. The gateway's JSON is compact; no base64 text contains a
+    quote, so the last `"key":"` is the last KV's key."""
+    i = content.rfind(b'"key":"')
+    more = content.rfind(b'"more":true') >= 0
+    if i < 0:
+        return None if more else (None, False)
+    j = content.find(b'"', i + 7)
+    if j < 0:
+        return None
+    try:
+        return base64.b64decode(content[i + 7:j], validate=True), more
+    except ValueError:
+        return None
+
+
 @dataclass(frozen=True)
 class WatchEvent:
     """A change to one key. `kv.value` is empty for deletions."""
@@ -402,6 +426,10 @@ class EtcdClient:
     # errors. The body goes out and comes back through orjson: a 10,000-key range is
     # megabytes.
     def _post(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        return orjson.loads(self._post_raw(path, body))
+
+    def _post_raw(self, path: str, body: Mapping[str, Any]) -> bytes:
+        """POST `body`; the reply's JSON text (HTTP 200), after failover."""
         errors: list[str] = []
         n = len(self._clients)
         start = self._current
@@ -420,7 +448,7 @@ class EtcdClient:
             if status != 200:
                 raise DatastoreError(f"etcd rejected the request: {_short_body(content, reason)}")
             self._current = idx
-            return orjson.loads(content)
+            return content
         raise DatastoreUnavailable("cannot reach etcd: " + "; ".join(errors))
 
     # --- reads ---
@@ -449,14 +477,19 @@ class EtcdClient:
         With `revision` the read is of that revision; a compacted one raises
         DatastoreError. The header revision is the store's current revision either
         way, so a paged read learns R from its first (revision-less) page."""
+        return parse_range(self.get_range_raw(key, range_end, revision=revision, limit=limit))
+
+    def get_range_raw(self, key: str | bytes, range_end: str | bytes, *, revision: int | None = None,
+                      limit: int = 0) -> bytes:
+        """`get_range`'s reply undecoded (`parse_range` decodes it, `range_tail`
+        finds where the next page starts): a paged reader can ask for the next
+        page before it decodes this one."""
         body: dict[str, Any] = {"key": _b64(key), "range_end": _b64(range_end)}
         if revision:
             body["revision"] = str(revision)
         if limit > 0:
             body["limit"] = str(limit)
-        resp = self._post("kv/range", body)
-        kvs = [KV.from_json(kv) for kv in resp.get("kvs") or []]
-        return kvs, int(resp["header"]["revision"]), bool(resp.get("more", False))
+        return self._post_raw("kv/range", body)
 
     def revision(self) -> int:
         resp = self._post("kv/range", {"key": _b64("\0"), "count_only": True})
