@@ -99,9 +99,10 @@ def test_profile_allowing_all_connects_everyone(topo, dp):
 
 @pytest.mark.parametrize("split", [False, True], ids=["one-transaction", "maps-over-netlink"])
 def test_placeholder_table_drops_workload_traffic_until_the_full_load(topo, dp, monkeypatch, split):
-    # split: the verdict maps' elements follow the table in a netlink batch (as at
-    # 10,000 endpoints; here forced for 4): between the two, the real chains are
-    # loaded but no interface is in a map yet, and still nothing may connect.
+    # split: the verdict maps' elements (and the fingerprint) follow the table in a
+    # netlink batch (as at 10,000 endpoints; here forced for 4): between the two, the
+    # real chains are loaded but no interface is in a map yet, and still nothing
+    # may connect.
     between = []
     if split:
         monkeypatch.setattr(type(dp.writer), "SPLIT_MAP_MIN", 1)
@@ -125,7 +126,7 @@ def test_placeholder_table_drops_workload_traffic_until_the_full_load(topo, dp, 
     assert st.full and not st.adopted           # the placeholder is replaced, not adopted
     assert topo.tcp_matrix() == ALL_PAIRS
     assert dp.writer.check(dp.runner.read_counts()) == []   # nothing of the placeholder left
-    assert between == ([(["cali-wl-from", "cali-wl-to"], set(), set())] if split else [])
+    assert between == ([(["cali-meta", "cali-wl-from", "cali-wl-to"], set(), set())] if split else [])
     # the next apply is an ordinary one: a new label is one element change
     put_wep(dp, topo.workloads[0], profiles=["allow-all"], labels={"x": "y"})
     st = dp.apply()

@@ -622,11 +622,14 @@ def test_full_load_over_the_placeholder_sends_big_verdict_maps_over_netlink(monk
     assert "map cali-wl-from { type ifname : verdict; }" in script
     assert "map cali-wl-to { type ifname : verdict; }" in script
     assert '"cali00000000000"' not in script
-    # ... and filled by one netlink batch, exactly with what the full script has
+    # ... and so is the fingerprint set ...
+    assert "set cali-meta { type ifname; }" in script
+    # ... filled by one netlink batch, exactly with what the full script has
     assert len(fake.batches) == 1
     sent = {(o[1], o[3], o[4]) for o in fake.batches[0]}
     want = {(m, k, v) for m in ("cali-wl-from", "cali-wl-to") for k, v in dp.rs.sets[m].elements.items()}
-    assert sent == want and len(want) == 8 and all(o[0] == "add" for o in fake.batches[0])
+    want.add(("cali-meta", f'"{dp.rs.fingerprint()}"', None))
+    assert sent == want and len(want) == 9 and all(o[0] == "add" for o in fake.batches[0])
     assert dp.writer.check(_counts(dp)) == []
     # only over the placeholder: a later full load (a repair) is one transaction
     dp.writer.write(dp.rs, full=True)
@@ -647,7 +650,8 @@ def test_split_maps_fall_back_to_nft_when_netlink_fails(monkeypatch):
     for m in ("cali-wl-from", "cali-wl-to"):
         for k, v in dp.rs.sets[m].elements.items():
             assert f"{k} : {v}" in fill
-    assert fill.count("add element inet calico") == 2
+    assert f'add element inet calico cali-meta {{ "{dp.rs.fingerprint()}" }}' in fill
+    assert fill.count("add element inet calico") == 3
     # small maps (below SPLIT_MAP_MIN) stay in the one transaction
     monkeypatch.undo()
     fake2 = FakeNftRunner(fast_elements=True)

@@ -568,11 +568,13 @@ class NftWriter:
 
     def full_script(self, rs: Ruleset, without_elements: frozenset[str] | set[str] = frozenset()) -> str:
         """The whole table as one ``nft -f`` script; sets and maps named in
-        `without_elements` are declared empty."""
+        `without_elements` are declared empty (the fingerprint set too, if named)."""
         out = [f"add table {FAMILY} {TABLE}", f"delete table {FAMILY} {TABLE}",
                f"table {FAMILY} {TABLE} {{"]
-        fp = rs.fingerprint()
-        out.append(f"  set {META_SET} {{ type ifname; elements = {{ {_q(fp)} }} }}")
+        if META_SET in without_elements:
+            out.append(f"  set {META_SET} {{ type ifname; }}")
+        else:
+            out.append(f"  set {META_SET} {{ type ifname; elements = {{ {_q(rs.fingerprint())} }} }}")
         # plain sets first, then chains (nft resolves forward jumps inside one
         # block), verdict maps, base chains last
         for name, s in sorted(rs.sets.items()):
@@ -621,8 +623,8 @@ class NftWriter:
 
         With `split_maps` (the live table is the placeholder: a fresh host's first
         load) the big verdict maps that send each workload interface to its
-        endpoint chain are loaded empty, and their elements follow as one netlink
-        element batch, encoded while nft loads the rest (nft's parser and evaluator
+        endpoint chain are loaded empty, and their elements (with the fingerprint)
+        follow as one netlink element batch, encoded while nft loads the rest (nft's parser and evaluator
         spend about half of a 10,000-endpoint load on those ~20,000 elements; the
         kernel takes them over netlink in ~0.09 s). In between, an interface not yet
         in its map finds no chain, and the dispatch chains drop new connections
@@ -633,10 +635,15 @@ class NftWriter:
             from .nft_netlink import encodable
             split = {name: s for name, s in rs.sets.items()
                      if s.is_map and len(s.elements) >= self.SPLIT_MAP_MIN and encodable(s.decl)}
+        if split:
+            # the fingerprint (a hash of every chain and element, ~0.07 s at 10,000
+            # endpoints) goes with the maps' elements, computed while nft loads
+            split[META_SET] = SetDef("type ifname")
         script = self.full_script(rs, without_elements=set(split))
         prepared: list[Any] = []
 
         def encode() -> None:
+            split[META_SET].elements[_q(rs.fingerprint())] = None
             try:
                 prepared.append(self.fast.prepare(
                     ("add", name, s.decl, k, v) for name, s in split.items() for k, v in s.elements.items()))
@@ -645,6 +652,8 @@ class NftWriter:
 
         self.runner.run(script, meanwhile=encode if split else None)
         if split:
+            if not split[META_SET].elements:
+                split[META_SET].elements[_q(rs.fingerprint())] = None
             self._fill_split(split, prepared[0] if prepared else NftError("not encoded"))
         self._remember_all(rs)
         return WriteStats(full=True, script_lines=script.count("\n"),
