@@ -618,7 +618,11 @@ def _local_interfaces(resources: dict[str, Resource], node: str) -> list[tuple[s
         name = spec.get("interfaceName")
         if spec.get("node") != node or not name or not isinstance(name, str):
             continue
-        v6 = any(isinstance(n, str) and ":" in n for n in spec.get("ipNetworks") or ())
+        v6 = False
+        for n in spec.get("ipNetworks") or ():
+            if isinstance(n, str) and ":" in n:
+                v6 = True
+                break
         out[name] = out.get(name, False) or v6
     return sorted(out.items())
 
