@@ -289,9 +289,19 @@ class Netlink:
         return [errors.get((first + i) & 0xFFFFFFFF or 1, 0) for i in range(len(msgs))]
 
 
+# an IPv4 route replace (rtmsg, RTA_DST, RTA_OIF, RTA_TABLE: every attribute 4
+# bytes, so no padding) in one pack: a cold start builds 10,000 of them
+_V4_REPLACE = struct.Struct("=BBBBBBBBIHH4sHHiHHI")
+
+
 def route_message(op: RouteOp, protocol: int, table: int) -> tuple[int, int, bytes]:
     family, dst, dst_len = op.route
     rtm_table = table if table < 256 else 252  # RT_TABLE_COMPAT; RTA_TABLE has the real one
+    if op.op == "replace" and family == socket.AF_INET:
+        body = _V4_REPLACE.pack(family, dst_len, 0, 0, rtm_table, protocol, RT_SCOPE_LINK, RTN_UNICAST, 0,
+                                8, RTA_DST, socket.inet_pton(family, dst), 8, RTA_OIF, op.oif,
+                                8, RTA_TABLE, table)
+        return RTM_NEWROUTE, NLM_F_REPLACE | NLM_F_CREATE, body
     if op.op == "replace":
         scope = RT_SCOPE_LINK if family == socket.AF_INET else RT_SCOPE_UNIVERSE
         body = _RTMSG.pack(family, dst_len, 0, 0, rtm_table, protocol, scope, RTN_UNICAST, 0)
