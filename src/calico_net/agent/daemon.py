@@ -14,8 +14,9 @@ new workload interfaces (many: in a helper process, beside the policy work), pol
 (`PolicyDataplane.apply()`: one nft transaction of what changed), routes (only
 dirty ones; on a host without our table, after a placeholder table, while nft
 loads the real one; there the sysctls helper starts on the endpoints' interface
-names as soon as the first snapshot is in, and the route thread looks up only those
-interfaces by name). Nothing is written before the first complete snapshot is in.
+names as soon as the first snapshot is in and looks them up first, and the route
+thread takes those look-ups as its link listing). Nothing is written before the
+first complete snapshot is in.
 Cyclic GC waits for the first apply, which then freezes what it built.
 
 A later snapshot is a *resync*: it is diffed against the cache of resources the
@@ -631,7 +632,9 @@ class _RouteThread(threading.Thread):
     """`RouteManager.apply()` in a thread (the first apply on a fresh host); with
     `list_links`, the link listing and the start of the sysctls helper first
     (unless `by_name`, the helper already started on the endpoints' interface
-    names: the main thread matches its result with the listing)."""
+    names: then the listing is the helper's look-ups when it made them, else
+    `Netlink.links_named`, and the main thread matches the helper's result with
+    the listing)."""
 
     def __init__(self, daemon: Daemon, list_links: bool = False, by_name: Any = None) -> None:
         super().__init__(name="early-routes", daemon=True)
