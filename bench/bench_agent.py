@@ -54,15 +54,35 @@ def outer(argv: list[str]) -> int:
         return subprocess.call(["ip", "netns", "exec", NS, sys.executable, __file__, "--inner", *argv])
     finally:
         sh("ip", "netns", "del", NS, check=False)
+        print(f"namespace teardown after the run: waited {wait_teardown():.1f} s")
+
+
+def wait_teardown(settle: float = 25.0, quiet: float = 10.0, limit: float = 120.0) -> float:
+    """After deleting the namespace: the kernel tears its 10,000 devices down in a
+    worker, in phases that hold RTNL for seconds (measured: 2 s right away, then
+    ~5 s about 15-20 s later). A next run started meanwhile would measure that, so
+    wait until at least `settle` s have passed and RTNL has been free for the last
+    `quiet` s (probed every 0.5 s), at most `limit` s."""
+    t0 = last_busy = time.perf_counter()
+    while True:
+        t = time.perf_counter()
+        sh("ip", "tuntap", "add", "dev", "rtnlprobe", "mode", "tun")
+        sh("ip", "link", "del", "rtnlprobe")
+        now = time.perf_counter()
+        if now - t > 0.05:
+            last_busy = now
+        if (now - t0 >= settle and now - last_busy >= quiet) or now - t0 > limit:
+            return now - t0
+        time.sleep(0.5)
 
 
 def wait_rtnl_quiet(limit: float = 180.0) -> float:
     """Wait until the kernel's RTNL lock is not held for long by someone else;
     returns the seconds waited. Deleting a namespace with 10,000 interfaces (the
-    previous run of this bench) holds RTNL, in a kernel worker, for seconds to
-    tens of seconds after `ip netns del` returned; a cold start measured then
-    spends that time spinning in route writes and `ip_forward`. Probe: create and
-    delete a tun device (both take RTNL) until that is quick."""
+    previous run of this bench) holds RTNL, in a kernel worker, for seconds
+    after `ip netns del` returned; a cold start measured then spends that time
+    spinning in route writes and `ip_forward`. Probe: create and delete a tun
+    device (both take RTNL) until that is quick."""
     t0 = time.perf_counter()
     while True:
         t = time.perf_counter()
