@@ -662,6 +662,23 @@ def test_split_maps_fall_back_to_nft_when_netlink_fails(monkeypatch):
     assert '"cali00000000000"' in fake2.scripts[-1] and fake2.batches == []
 
 
+def test_split_maps_encoding_failure_falls_back_to_nft(monkeypatch):
+    # Any error while encoding the batch (here a KeyError) leaves the elements to nft.
+    fake = FakeNftRunner(fast_elements=True)
+    dp = PolicyDataplane(NODE, nft=fake)
+    monkeypatch.setattr(type(dp.writer), "SPLIT_MAP_MIN", 3)
+    _many(dp, 4)
+    dp.load_placeholder()
+
+    def broken(ops):
+        raise KeyError("verdict")
+
+    monkeypatch.setattr(fake, "prepare", broken)
+    assert dp.apply().full and fake.batches == []
+    assert fake.scripts[-1].count("add element inet calico") == 3
+    assert dp.writer.check(_counts(dp)) == []
+
+
 def _counts(dp):
     chains = {n: len(c.rules) for n, c in dp.rs.chains.items()}
     sets = {n: len(s.elements) for n, s in dp.rs.sets.items()}

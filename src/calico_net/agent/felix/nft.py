@@ -624,9 +624,9 @@ class NftWriter:
         With `split_maps` (the live table is the placeholder: a fresh host's first
         load) the big verdict maps that send each workload interface to its
         endpoint chain are loaded empty, and their elements (with the fingerprint)
-        follow as one netlink element batch, encoded while nft loads the rest (nft's parser and evaluator
-        spend about half of a 10,000-endpoint load on those ~20,000 elements; the
-        kernel takes them over netlink in ~0.09 s). In between, an interface not yet
+        follow as one netlink element batch, encoded while nft loads the rest
+        (nft's parser and evaluator spend about half of a 10,000-endpoint load on
+        those ~20,000 elements; the kernel takes them over netlink in ~0.09 s). In between, an interface not yet
         in its map finds no chain, and the dispatch chains drop new connections
         without one — what the placeholder did — so nothing is let through early.
         If the batch fails, the elements go through nft instead."""
@@ -643,12 +643,12 @@ class NftWriter:
         prepared: list[Any] = []
 
         def encode() -> None:
-            split[META_SET].elements[_q(rs.fingerprint())] = None
             try:
+                split[META_SET].elements[_q(rs.fingerprint())] = None
                 prepared.append(self.fast.prepare(
                     ("add", name, s.decl, k, v) for name, s in split.items() for k, v in s.elements.items()))
-            except NftError as exc:
-                prepared.append(exc)
+            except Exception as exc:  # noqa: BLE001 - the elements then go through nft
+                prepared.append(NftError(f"cannot encode the elements: {exc}"))
 
         self.runner.run(script, meanwhile=encode if split else None)
         if split:
