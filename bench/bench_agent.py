@@ -65,11 +65,9 @@ def wait_teardown(settle: float = 25.0, quiet: float = 10.0, limit: float = 120.
     `quiet` s (probed every 0.5 s), at most `limit` s."""
     t0 = last_busy = time.perf_counter()
     while True:
-        t = time.perf_counter()
-        sh("ip", "tuntap", "add", "dev", "rtnlprobe", "mode", "tun")
-        sh("ip", "link", "del", "rtnlprobe")
+        busy = rtnl_probe() > 0.05
         now = time.perf_counter()
-        if now - t > 0.05:
+        if busy:
             last_busy = now
         if (now - t0 >= settle and now - last_busy >= quiet) or now - t0 > limit:
             return now - t0
@@ -84,13 +82,17 @@ def wait_rtnl_quiet(limit: float = 180.0) -> float:
     spinning in route writes and `ip_forward`. Probe: create and delete a tun
     device (both take RTNL) until that is quick."""
     t0 = time.perf_counter()
-    while True:
-        t = time.perf_counter()
-        sh("ip", "tuntap", "add", "dev", "rtnlprobe", "mode", "tun")
-        sh("ip", "link", "del", "rtnlprobe")
-        if time.perf_counter() - t < 0.05 or time.perf_counter() - t0 > limit:
-            return time.perf_counter() - t0
+    while rtnl_probe() >= 0.05 and time.perf_counter() - t0 <= limit:
         time.sleep(0.5)
+    return time.perf_counter() - t0
+
+
+def rtnl_probe() -> float:
+    """Seconds to create and delete a tun device: both take RTNL."""
+    t = time.perf_counter()
+    sh("ip", "tuntap", "add", "dev", "rtnlprobe", "mode", "tun")
+    sh("ip", "link", "del", "rtnlprobe")
+    return time.perf_counter() - t
 
 
 def iface(i: int) -> str:

@@ -602,6 +602,18 @@ def test_netlink_failure_falls_back_to_nft():
     assert 'add element inet calico cali-wl-to { "cali0000000000b"' in fake.scripts[-1]
 
 
+def _over_placeholder(monkeypatch, split_min=3):
+    """A dataplane with four endpoints over its placeholder table; verdict maps of
+    `split_min` elements or more are split (None: the default)."""
+    fake = FakeNftRunner(fast_elements=True)
+    dp = PolicyDataplane(NODE, nft=fake)
+    if split_min is not None:
+        monkeypatch.setattr(type(dp.writer), "SPLIT_MAP_MIN", split_min)
+    _many(dp, 4)
+    dp.load_placeholder()
+    return dp, fake
+
+
 def _many(dp, n):
     dp.update("Profile", "pr", None, profile("pr", ingress=[{"action": "Allow"}]))
     for i in range(n):
@@ -610,11 +622,7 @@ def _many(dp, n):
 
 
 def test_full_load_over_the_placeholder_sends_big_verdict_maps_over_netlink(monkeypatch):
-    fake = FakeNftRunner(fast_elements=True)
-    dp = PolicyDataplane(NODE, nft=fake)
-    monkeypatch.setattr(type(dp.writer), "SPLIT_MAP_MIN", 3)
-    _many(dp, 4)
-    dp.load_placeholder()
+    dp, fake = _over_placeholder(monkeypatch)
     st = dp.apply()
     assert st.full and len(fake.scripts) == 2           # placeholder, then the table
     script = fake.scripts[-1]
@@ -637,11 +645,7 @@ def test_full_load_over_the_placeholder_sends_big_verdict_maps_over_netlink(monk
 
 
 def test_split_maps_fall_back_to_nft_when_netlink_fails(monkeypatch):
-    fake = FakeNftRunner(fast_elements=True)
-    dp = PolicyDataplane(NODE, nft=fake)
-    monkeypatch.setattr(type(dp.writer), "SPLIT_MAP_MIN", 3)
-    _many(dp, 4)
-    dp.load_placeholder()
+    dp, fake = _over_placeholder(monkeypatch)
     fake.fail_fast_next = 1
     st = dp.apply()
     assert st.full and fake.batches == []
@@ -654,21 +658,14 @@ def test_split_maps_fall_back_to_nft_when_netlink_fails(monkeypatch):
     assert fill.count("add element inet calico") == 3
     # small maps (below SPLIT_MAP_MIN) stay in the one transaction
     monkeypatch.undo()
-    fake2 = FakeNftRunner(fast_elements=True)
-    dp2 = PolicyDataplane(NODE, nft=fake2)
-    _many(dp2, 4)
-    dp2.load_placeholder()
+    dp2, fake2 = _over_placeholder(monkeypatch, split_min=None)
     dp2.apply()
     assert '"cali00000000000"' in fake2.scripts[-1] and fake2.batches == []
 
 
 def test_split_maps_encoding_failure_falls_back_to_nft(monkeypatch):
     # Any error while encoding the batch (here a KeyError) leaves the elements to nft.
-    fake = FakeNftRunner(fast_elements=True)
-    dp = PolicyDataplane(NODE, nft=fake)
-    monkeypatch.setattr(type(dp.writer), "SPLIT_MAP_MIN", 3)
-    _many(dp, 4)
-    dp.load_placeholder()
+    dp, fake = _over_placeholder(monkeypatch)
 
     def broken(ops):
         raise KeyError("verdict")

@@ -670,12 +670,7 @@ class NftWriter:
             except NftError as exc:
                 batch = exc
         log.warning("verdict map elements over netlink failed (%s); adding them with nft", batch)
-        lines = []
-        for name, s in split.items():
-            items = list(s.elements.items())
-            for i in range(0, len(items), _ELEMENT_CHUNK):
-                lines.append(f"add element {FAMILY} {TABLE} {name} {{ "
-                             + ", ".join(_elem_text(k, v) for k, v in items[i:i + _ELEMENT_CHUNK]) + " }")
+        lines = [cmd for name, s in split.items() for cmd in self._elem_cmds("add", name, s.elements.items())]
         self.runner.run("\n".join(lines) + "\n")
 
     def _remember_all(self, rs: Ruleset) -> None:
