@@ -21,6 +21,7 @@ from calico_net.datastore.etcd import (
     prefix_end,
     range_tail,
 )
+from calico_net.datastore.etcd_grpc import decode_range_response, range_response_tail
 
 
 def test_prefix_end():
@@ -62,6 +63,60 @@ def test_raw_range_pages_and_their_tails(etcd_client):
     empty = etcd_client.get_range_raw(b"/calico/rt-none/", prefix_end("/calico/rt-none/"))
     assert range_tail(empty) == (None, False) and parse_range(empty)[0] == []
     assert range_tail(b'{"kvs":[{"key":"not base64!"}],"more":true}') is None
+
+
+def test_grpc_range_pages_equal_the_gateways(etcd_client):
+    # The snapshot's pages over gRPC (hand-decoded protobuf): the same keys,
+    # values, revisions and `more` as the gateway's JSON, page for page, and the
+    # tail the next page starts from. Keys and values with bytes that are not
+    # ASCII, a value that is empty, one that is long.
+    keys = [f"/calico/gr/k{i:02d}-{chr(0xe9)}" for i in range(8)]
+    for i, k in enumerate(keys):
+        etcd_client.put(k, "" if i == 3 else "v" * (300 * i) + '{"json":true}')
+    etcd_client.put(keys[0], "again")      # version 2, create != mod revision
+    start, end = b"/calico/gr/", prefix_end("/calico/gr/")
+    seen = []
+    while True:
+        raw = etcd_client.get_range_pb(start, end, limit=3)
+        got = decode_range_response(raw)
+        want = etcd_client.get_range(start, end, limit=3)
+        assert got == want
+        kvs, _, more = got
+        assert range_response_tail(raw) == (kvs[-1].key.encode(), more)
+        seen += kvs
+        if not more:
+            break
+        start = kvs[-1].key.encode() + b"\0"
+    assert [kv.key for kv in seen] == keys
+    assert seen[0].version == 2 and seen[0].create_revision < seen[0].mod_revision
+    assert seen[3].value == b""
+    rev = etcd_client.revision()
+    assert decode_range_response(etcd_client.get_range_pb(b"/calico/gr-none/", prefix_end("/calico/gr-none/"))) \
+        == ([], rev, False)
+
+
+def test_grpc_range_at_a_revision_and_after_compaction(etcd_client):
+    r1 = etcd_client.put("/calico/gc/k", "1")
+    etcd_client.put("/calico/gc/k", "2")
+    old = decode_range_response(etcd_client.get_range_pb("/calico/gc/", prefix_end("/calico/gc/"), revision=r1))
+    assert [kv.value for kv in old[0]] == [b"1"]
+    r3 = etcd_client.put("/calico/gc/k", "3")
+    etcd_client.compact(r3)
+    with pytest.raises(DatastoreError, match="compacted"):
+        etcd_client.get_range_pb("/calico/gc/", prefix_end("/calico/gc/"), revision=r1)
+
+
+def test_grpc_range_fails_over_and_names_unreachable_endpoints(etcd):
+    client = EtcdClient(EtcdConfig(endpoints=["http://127.0.0.1:1", etcd.endpoints], timeout=2))
+    client.put("/calico/gf/k", "v")
+    kvs, _, _ = decode_range_response(client.get_range_pb("/calico/gf/", prefix_end("/calico/gf/")))
+    assert [kv.value for kv in kvs] == [b"v"]
+    client.close()
+    dead = EtcdClient(EtcdConfig(endpoints=["http://127.0.0.1:1", "http://127.0.0.1:2"], timeout=1))
+    with pytest.raises(DatastoreUnavailable) as err:
+        dead.get_range_pb("/calico/", prefix_end("/calico/"))
+    assert "127.0.0.1:1" in str(err.value) and "127.0.0.1:2" in str(err.value)
+    dead.close()
 
 
 def test_txn_compare_and_swap(etcd_client):

@@ -7,7 +7,7 @@ import threading
 import time
 
 from calico_net.agent.syncer import Syncer, parse_kv, BadObject
-from calico_net.datastore.errors import DatastoreUnavailable
+from calico_net.datastore.errors import DatastoreError, DatastoreUnavailable
 from calico_net.datastore.etcd import KV, WatchCompacted, WatchEvent
 from calico_net.datastore.store import RESOURCE_PREFIX
 
@@ -330,5 +330,93 @@ def test_raw_pages_read_ahead_and_a_misread_tail_fails_the_read(monkeypatch):
         # every page after the first asked for from the tail of the one before
         starts = [k for k, r, lim in c.calls if r == 100]
         assert (P + "globalnetworkpolicies/p001").encode() + b"\0" in starts
+    finally:
+        s.stop()
+
+
+class PbPagedClient(PagedClient):
+    """PagedClient whose pages come over "gRPC": protobuf RangeResponses (or, with
+    `grpc_error`, the error a client without usable gRPC raises)."""
+
+    def __init__(self, keys):
+        super().__init__(keys)
+        self.pb_calls = 0
+        self.grpc_error = None
+        self.grpc_error_at = 1     # the pb call that raises grpc_error
+
+    def get_range_pb(self, key, range_end, *, revision=None, limit=0):
+        from etcd_pb import response
+        self.pb_calls += 1
+        if self.grpc_error is not None and self.pb_calls >= self.grpc_error_at:
+            raise self.grpc_error
+        kvs, header, more = self.get_range(key, range_end, revision=revision, limit=limit)
+        return response(kvs, header, more, unknown=True)
+
+
+def test_grpc_pages_read_ahead_at_one_revision():
+    names = [f"p{i:03d}" for i in range(30)]
+    c = PbPagedClient({P + f"globalnetworkpolicies/{n}": gnp(n) for n in names})
+    c.watches = [[]]
+    sink = Sink()
+    s = Syncer(c, sink, backoff_initial=0.01, probe_interval=60, page_size=8)
+    s.start()
+    try:
+        _, res, rev = sink.next("snapshot")
+        assert sorted(res) == sorted(P + f"globalnetworkpolicies/{n}" for n in names) and rev == 100
+        assert res[P + "globalnetworkpolicies/p007"].doc["spec"]["order"] == 1
+        assert c.pb_calls == len(c.calls) == 1 + -(-(30 - 2) // 8)   # every page over gRPC
+        assert c.calls[1][0] == (P + "globalnetworkpolicies/p001").encode() + b"\0"
+        assert all(r == 100 for _, r, _ in c.calls[1:]) and s.use_grpc
+    finally:
+        s.stop()
+
+
+@pytest.mark.parametrize("at", [1, 2])
+def test_grpc_not_usable_falls_back_to_the_gateway_for_good(at, caplog):
+    from calico_net.datastore.etcd_grpc import GrpcNotUsable
+    names = [f"p{i:03d}" for i in range(30)]
+    c = PbPagedClient({P + f"globalnetworkpolicies/{n}": gnp(n) for n in names})
+    c.grpc_error = GrpcNotUsable("grpcio is not installed")
+    c.grpc_error_at = at            # on the first page, or on a later one
+    c.watches = [[]]
+    sink = Sink()
+    s = Syncer(c, sink, backoff_initial=0.01, probe_interval=60, page_size=8)
+    with caplog.at_level("INFO", logger="calico_net.agent.syncer"):
+        s.start()
+        try:
+            _, res, rev = sink.next("snapshot")
+            assert len(res) == 30 and rev == 100 and not s.use_grpc
+            assert c.pb_calls == at
+            assert "JSON gateway: grpcio is not installed" in caplog.text
+            pb_before = c.pb_calls
+            s.snapshot()                # a later resync does not try gRPC again
+            assert c.pb_calls == pb_before
+        finally:
+            s.stop()
+
+
+def test_grpc_page_that_does_not_decode_fails_the_read():
+    names = [f"p{i:03d}" for i in range(30)]
+    c = PbPagedClient({P + f"globalnetworkpolicies/{n}": gnp(n) for n in names})
+    real = c.get_range_pb
+    cut = []
+
+    def truncated(*a, **kw):
+        raw = real(*a, **kw)
+        if len(cut) < 2 and c.pb_calls == 2:
+            cut.append(1)
+            return raw[:-7]            # the second page, once per read: cut short
+        return raw
+
+    c.get_range_pb = truncated
+    c.watches = [[], []]
+    sink = Sink()
+    s = Syncer(c, sink, backoff_initial=0.01, probe_interval=60, page_size=8)
+    with pytest.raises(DatastoreError, match="does not decode"):
+        s.snapshot()
+    s.start()                           # the watch loop's read: retried until whole
+    try:
+        _, res, _ = sink.next("snapshot")
+        assert len(res) == 30 and s.use_grpc
     finally:
         s.stop()

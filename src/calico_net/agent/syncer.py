@@ -36,6 +36,12 @@ import orjson
 from calico_net.agent.watchloop import run_snapshot_watch
 from calico_net.datastore.errors import DatastoreError, DatastoreUnavailable
 from calico_net.datastore.etcd import KV, parse_range, prefix_end, range_tail
+from calico_net.datastore.etcd_grpc import GrpcNotUsable, decode_range_response, range_response_tail
+
+try:  # the snapshot's pages go over gRPC: grpcio (~0.1 s to import) comes with the
+    import grpc  # noqa: F401  agent's imports, not on its first read (calicoctl and
+except ImportError:  # pragma: no cover - the CNI plugin, which never use it, do not pay it)
+    pass
 from calico_net.datastore.store import RESOURCE_PREFIX, parse_key
 from calico_net.model.quick import quick_valid
 
@@ -146,6 +152,7 @@ class Syncer:
         backoff_max: float = 5.0,
         probe_interval: float = 5.0,
         page_size: int = 1000,
+        use_grpc: bool = True,
     ) -> None:
         self.client = client
         self.sink = sink
@@ -156,6 +163,8 @@ class Syncer:
         self.backoff_max = backoff_max
         self.probe_interval = probe_interval
         self.page_size = page_size
+        # snapshot pages over gRPC while that works (see _read_pages)
+        self.use_grpc = use_grpc
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._watch: Any = None
@@ -227,41 +236,62 @@ class Syncer:
         so parsing starts early) is read here at the current revision, which fixes
         R; a helper thread reads the following pages at revision R, each asked for
         as soon as the previous one is in, while this thread parses what has
-        arrived. So etcd encodes page i+1 (its JSON gateway is most of a big
-        read's cost) on one CPU while page i is parsed on the other, and a read
-        costs about the client's own Python (decode, parse, validation) rather
-        than etcd's time plus that (see docs/agent.md). Every page is of revision
-        R, so the pages together are one consistent snapshot (a compaction of R
-        meanwhile fails the read: a new snapshot is taken). Without `get_range`
-        (fakes), or with `page_size` 0: one `get_prefix`."""
+        arrived. Every page is of revision R, so the pages together are one
+        consistent snapshot (a compaction of R meanwhile fails the read: a new
+        snapshot is taken). Pages come over gRPC (`get_range_pb`: etcd's own
+        protobuf reply, several times cheaper for etcd and for us than its JSON
+        gateway) unless gRPC is not usable here, then through the gateway
+        (`get_range_raw`); either way the helper thread only finds where the next
+        page starts and this thread decodes (see docs/agent.md). Without
+        `get_range` (fakes), or with `page_size` 0: one `get_prefix`."""
         get_range = getattr(self.client, "get_range", None)
         if get_range is None or self.page_size <= 0:
             kvs, revision = self.client.get_prefix(self.prefix)
             return revision, iter((kvs,))
         end = prefix_end(self.prefix)
-        first, revision, more = get_range(self.prefix, end, limit=max(1, self.page_size // 4))
+        first_limit = max(1, self.page_size // 4)
+        # fetch(start, revision, limit) -> a reply; tail(reply) -> (last key, more),
+        # or None if it cannot tell; decode(reply) -> (kvs, revision, more)
+        fetch_raw: Callable[..., Any] | None = None
+        tail_of: Callable[[Any], Any] = range_tail
+        decode: Callable[[Any], tuple[list[KV], int, bool]] = parse_range
+        get_pb = getattr(self.client, "get_range_pb", None) if self.use_grpc else None
+        first = None
+        if get_pb is not None:
+            try:
+                first, revision, more = decode_range_response(get_pb(self.prefix, end, limit=first_limit))
+            except GrpcNotUsable as e:
+                log.info("reading the datastore through etcd's JSON gateway: %s", e)
+                self.use_grpc = False
+            except ValueError as e:
+                raise DatastoreError(f"etcd range reply over gRPC does not decode: {e}") from None
+            else:
+                fetch_raw, tail_of, decode = get_pb, range_response_tail, decode_range_response
+        if first is None:
+            first, revision, more = get_range(self.prefix, end, limit=first_limit)
+            fetch_raw = getattr(self.client, "get_range_raw", None)
         if not more or not first:
             return revision, iter((first,))
         pages: queue.SimpleQueue[Any] = queue.SimpleQueue()
         abandon = threading.Event()
         start = first[-1].key.encode() + b"\0"
         limit = self.page_size
-        get_raw = getattr(self.client, "get_range_raw", None)
 
         def fetch() -> None:
-            # With the raw read, this thread only finds where the next page starts
-            # (range_tail: a byte search) and asks for it at once; the reading
-            # thread decodes. etcd then encodes page i+1 all the while page i is
-            # decoded and parsed, instead of waiting for this thread to win the
-            # GIL from the parser and decode first.
+            # With a raw read, this thread only finds where the next page starts
+            # (a field walk of the protobuf reply, or a byte search of the
+            # gateway's JSON) and asks for it at once; the reading thread decodes.
+            # etcd then works on page i+1 all the while page i is decoded and
+            # parsed, instead of waiting for this thread to win the GIL from the
+            # parser and decode first.
             nonlocal start
             try:
                 while not abandon.is_set():
-                    if get_raw is not None:
-                        raw = get_raw(start, end, revision=revision, limit=limit)
-                        tail = range_tail(raw)
+                    if fetch_raw is not None:
+                        raw = fetch_raw(start, end, revision=revision, limit=limit)
+                        tail = tail_of(raw)
                         if tail is None:    # not found by the byte search: decode here
-                            kvs, _, more_ = parse_range(raw)
+                            kvs, _, more_ = decode(raw)
                             pages.put(kvs)
                             last = kvs[-1].key.encode() if kvs else None
                         else:
@@ -288,12 +318,17 @@ class Syncer:
                     if item is None:
                         return
                     if isinstance(item, BaseException):
+                        if isinstance(item, ValueError):
+                            raise DatastoreError(f"etcd range reply does not decode: {item}")
                         raise item
                     if isinstance(item, tuple):
                         raw, (last, more_) = item
-                        kvs, _, more2 = parse_range(raw)
+                        try:
+                            kvs, _, more2 = decode(raw)
+                        except ValueError as e:
+                            raise DatastoreError(f"etcd range reply does not decode: {e}") from None
                         if more2 != more_ or (kvs[-1].key.encode() if kvs else None) != last:
-                            # the byte search misread the reply: never guess
+                            # the tail search misread the reply: never guess
                             raise DatastoreError("etcd range reply: page boundary not as found; rereading")
                         item = kvs
                     yield item
@@ -304,6 +339,16 @@ class Syncer:
 
     def snapshot(self) -> int:
         """One full read; delivers it and returns its revision."""
+        try:
+            return self._snapshot()
+        except GrpcNotUsable as e:      # found out after the first page: read again
+            if not self.use_grpc:
+                raise
+            log.info("reading the datastore through etcd's JSON gateway: %s", e)
+            self.use_grpc = False
+            return self._snapshot()
+
+    def _snapshot(self) -> int:
         revision, pages = self._read_pages()
         resources: dict[str, Resource] = {}
         present = set()

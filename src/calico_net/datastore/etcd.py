@@ -35,6 +35,7 @@ import yaml
 import etcd3gw
 
 from calico_net.datastore.errors import DatastoreError, DatastoreUnavailable
+from calico_net.datastore.etcd_grpc import GrpcRange, encode_range_request
 
 log = logging.getLogger(__name__)
 
@@ -402,6 +403,8 @@ class EtcdClient:
         # etcd3gw clients: the Watch's streaming requests session per endpoint.
         self._clients = [self._make(ep) for ep in config.endpoints]
         self._transport = _Transport(config)
+        self._grpc = GrpcRange(config.endpoints, ca_cert_file=config.ca_cert_file,
+                               cert_file=config.cert_file, key_file=config.key_file)
         self._current = 0
         self._lock = threading.Lock()
 
@@ -491,6 +494,20 @@ class EtcdClient:
             body["limit"] = str(limit)
         return self._post_raw("kv/range", body)
 
+    def get_range_pb(self, key: str | bytes, range_end: str | bytes, *, revision: int | None = None,
+                     limit: int = 0) -> bytes:
+        """`get_range_raw` over gRPC instead of the JSON gateway: the RangeResponse's
+        protobuf bytes (`etcd_grpc.decode_range_response` decodes them,
+        `etcd_grpc.range_response_tail` finds where the next page starts). Several
+        times cheaper for etcd and for us on big ranges (see etcd_grpc). Raises
+        `etcd_grpc.GrpcNotUsable` when gRPC cannot be used (then read through the
+        gateway), else the usual datastore errors."""
+        request = encode_range_request(key.encode() if isinstance(key, str) else key,
+                                       range_end.encode() if isinstance(range_end, str) else range_end,
+                                       limit=limit, revision=revision or 0)
+        raw, _ = self._grpc.range(request, start=self._current, timeout=self.config.timeout)
+        return raw
+
     def revision(self) -> int:
         resp = self._post("kv/range", {"key": _b64("\0"), "count_only": True})
         return int(resp["header"]["revision"])
@@ -567,6 +584,7 @@ class EtcdClient:
 
     def close(self) -> None:
         self._transport.close()
+        self._grpc.close()
         for c in self._clients:
             c.session.close()
 
