@@ -99,10 +99,12 @@ def test_profile_allowing_all_connects_everyone(topo, dp):
 
 @pytest.mark.parametrize("split", [False, True], ids=["one-transaction", "maps-over-netlink"])
 def test_placeholder_table_drops_workload_traffic_until_the_full_load(topo, dp, monkeypatch, split):
-    # split: the verdict maps' elements (and the fingerprint) follow the table in a
-    # netlink batch (as at 10,000 endpoints; here forced for 4): between the two, the
-    # real chains are loaded but no interface is in a map yet, and still nothing
-    # may connect.
+    # split: the verdict maps' elements (and the fingerprint, and the selector
+    # sets' addresses) follow the table in a netlink batch (as at 10,000
+    # endpoints; here forced for 4): between the two, the real chains are loaded
+    # but no interface is in a map yet, and still nothing may connect. The policy
+    # allows ingress only from the addresses of a selector set: if that set were
+    # left empty, nothing would connect after either.
     between = []
     if split:
         monkeypatch.setattr(type(dp.writer), "SPLIT_MAP_MIN", 1)
@@ -120,15 +122,23 @@ def test_placeholder_table_drops_workload_traffic_until_the_full_load(topo, dp, 
     assert topo.tcp_matrix() == set()
     assert topo.ping_matrix() == set()
     dp.update("Profile", "allow-all", None, profile_doc("allow-all", ALLOW, ALLOW))
+    dp.update("GlobalNetworkPolicy", "from-peers", None, gnp_doc(
+        "from-peers", "all()", ingress=[{"action": "Allow", "source": {"selector": "has(peer)"}}]))
     for w in topo.workloads:
-        put_wep(dp, w, profiles=["allow-all"])
+        put_wep(dp, w, profiles=["allow-all"], labels={"peer": "yes"})
     st = dp.apply()
     assert st.full and not st.adopted           # the placeholder is replaced, not adopted
     assert topo.tcp_matrix() == ALL_PAIRS
     assert dp.writer.check(dp.runner.read_counts()) == []   # nothing of the placeholder left
-    assert between == ([(["cali-meta", "cali-wl-from", "cali-wl-to"], set(), set())] if split else [])
+    if split:
+        [(names, tcp, ping)] = between
+        assert tcp == ping == set()
+        assert names[:3] == ["cali-meta", "cali-wl-from", "cali-wl-to"]
+        assert len(names) == 4 and names[3].startswith("s4_")
+    else:
+        assert between == []
     # the next apply is an ordinary one: a new label is one element change
-    put_wep(dp, topo.workloads[0], profiles=["allow-all"], labels={"x": "y"})
+    put_wep(dp, topo.workloads[0], profiles=["allow-all"], labels={"peer": "yes", "x": "y"})
     st = dp.apply()
     assert not st.full and topo.tcp_matrix() == ALL_PAIRS
 

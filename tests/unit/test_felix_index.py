@@ -644,6 +644,47 @@ def test_full_load_over_the_placeholder_sends_big_verdict_maps_over_netlink(monk
     assert '"cali00000000000"' in fake.scripts[-1] and len(fake.batches) == 1
 
 
+def _with_selector_policy(dp):
+    dp.update("GlobalNetworkPolicy", "p", None, gnp("p", "all()", ingress=[allow_from("app == 'x'")]))
+    for i in range(4):
+        dp.update("WorkloadEndpoint", f"w{i}", "ns1", wep(f"w{i}", ip=f"198.19.0.{i + 1}", labels={"app": "x"},
+                                                           iface=f"cali{i:011d}", profiles=["pr"]))
+    return "s4_" + selector_hash(parse_selector("app == 'x'"))
+
+
+def test_selector_sets_follow_with_the_maps_when_no_host_endpoint(monkeypatch):
+    dp, fake = _over_placeholder(monkeypatch)
+    s4 = _with_selector_policy(dp)
+    assert dp.apply().full
+    script = fake.scripts[-1]
+    # declared empty in the table's transaction, filled by the maps' batch
+    assert f"set {s4} {{ type ipv4_addr; }}" in script and "198.19.0.3" not in script
+    sent = {(o[1], o[3]) for o in fake.batches[0]}
+    assert {(s4, f"198.19.0.{i + 1}") for i in range(4)} <= sent
+    assert dp.writer.check(_counts(dp)) == []
+    # the nft fallback adds them too, in the one transaction with the maps
+    dp2, fake2 = _over_placeholder(monkeypatch)
+    _with_selector_policy(dp2)
+    fake2.fail_fast_next = 1
+    dp2.apply()
+    assert f"add element inet calico {s4} {{ " in fake2.scripts[-1]
+    assert "cali-wl-to" in fake2.scripts[-1] and fake2.batches == []
+    assert dp2.writer.check(_counts(dp2)) == []
+
+
+def test_selector_sets_stay_in_the_table_with_a_host_endpoint(monkeypatch):
+    # A host endpoint's chains are live as soon as the table is: a rule of its
+    # policy must not see an empty selector set, even for a moment.
+    dp, fake = _over_placeholder(monkeypatch)
+    s4 = _with_selector_policy(dp)
+    dp.update("HostEndpoint", "h", None, hep("h", labels={"app": "x"}))
+    assert dp.apply().full
+    script = fake.scripts[-1]
+    assert f"set {s4} {{ type ipv4_addr; }}" not in script and "198.19.0.3" in script
+    assert all(o[1] != s4 for o in fake.batches[0])
+    assert dp.writer.check(_counts(dp)) == []
+
+
 def test_split_maps_fall_back_to_nft_when_netlink_fails(monkeypatch):
     dp, fake = _over_placeholder(monkeypatch)
     fake.fail_fast_next = 1

@@ -500,15 +500,18 @@ class NftWriter:
 
     # public -----------------------------------------------------------------
 
-    def write(self, rs: Ruleset, full: bool = False, over_placeholder: bool = False) -> WriteStats:
+    def write(self, rs: Ruleset, full: bool = False, over_placeholder: bool = False,
+              split_sets: Iterable[str] = ()) -> WriteStats:
         """Write what is dirty in `rs` (everything if `full` or nothing was loaded yet).
 
         `over_placeholder`: the live table is the placeholder (new connections of
         workload interfaces dropped), so a full load may fill the big verdict maps
-        in a second transaction — see `_write_full`."""
+        in a second transaction — see `_write_full`; the elements of the sets
+        named in `split_sets` then go with them (the caller vouches that only
+        traffic those maps dispatch can reach a rule that uses them)."""
         t0 = time.perf_counter()
         if full or not self.loaded:
-            stats = self._write_full(rs, split_maps=over_placeholder)
+            stats = self._write_full(rs, split_maps=over_placeholder, split_sets=split_sets)
         elif not rs.dirty:
             stats = WriteStats(skipped=True)
         elif self.fast is not None and self._fast_possible(rs) and self._write_fast(rs):
@@ -618,7 +621,7 @@ class NftWriter:
     #: elements in a second transaction (see _write_full)
     SPLIT_MAP_MIN = 1000
 
-    def _write_full(self, rs: Ruleset, split_maps: bool = False) -> WriteStats:
+    def _write_full(self, rs: Ruleset, split_maps: bool = False, split_sets: Iterable[str] = ()) -> WriteStats:
         """Load the whole table in one transaction.
 
         With `split_maps` (the live table is the placeholder: a fresh host's first
@@ -629,12 +632,21 @@ class NftWriter:
         those ~20,000 elements; the kernel takes them over netlink in ~0.09 s). In between, an interface not yet
         in its map finds no chain, and the dispatch chains drop new connections
         without one — what the placeholder did — so nothing is let through early.
+        The sets named in `split_sets` (selector address sets: another ~20,000
+        elements at 10,000 endpoints, ~0.1 s of nft) are loaded empty too and
+        filled by the same batch, when the maps are split: the batch is one
+        transaction, so their rules go from "no traffic reaches them" to complete.
         If the batch fails, the elements go through nft instead."""
         split: dict[str, SetDef] = {}
         if split_maps and self.fast is not None:
             from .nft_netlink import encodable
             split = {name: s for name, s in rs.sets.items()
                      if s.is_map and len(s.elements) >= self.SPLIT_MAP_MIN and encodable(s.decl)}
+            if split:
+                for name in split_sets:
+                    s = rs.sets.get(name)
+                    if s is not None and s.elements and not s.is_map and encodable(s.decl):
+                        split[name] = s
         if split:
             # the fingerprint (a hash of every chain and element, ~0.07 s at 10,000
             # endpoints) goes with the maps' elements, computed while nft loads

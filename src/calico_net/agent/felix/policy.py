@@ -315,7 +315,8 @@ class PolicyDataplane:
             if self._try_adopt():
                 stats.adopted = stats.skipped = True
         if not stats.adopted:
-            ws = self.writer.write(self.rs, over_placeholder=self._over_placeholder)
+            ws = self.writer.write(self.rs, over_placeholder=self._over_placeholder,
+                                   split_sets=self._late_sets() if self._over_placeholder else ())
             self._over_placeholder = False
             stats.full = ws.full
             stats.skipped = ws.skipped
@@ -338,6 +339,18 @@ class PolicyDataplane:
     def table_exists(self) -> bool:
         """Whether table inet calico exists at all (ours, a placeholder or drifted)."""
         return self.runner.table_exists()
+
+    def _late_sets(self) -> list[str]:
+        """Over the placeholder: the selector address sets, whose elements may
+        follow the table with the verdict maps' (see `NftWriter._write_full`) —
+        only while no host endpoint is programmed. Their rules are reached only
+        through an endpoint chain, and until the maps are filled no workload
+        interface has one; a host endpoint's chains would be live at once."""
+        for m in (HEP_IN, HEP_OUT):
+            s = self.rs.sets.get(m)
+            if s is not None and s.elements:
+                return []
+        return [n for n in self.rs.sets if n.startswith(("s4_", "s6_"))]
 
     def load_placeholder(self) -> None:
         """For a host without our table: a minimal table that drops every new
