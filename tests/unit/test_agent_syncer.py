@@ -420,3 +420,24 @@ def test_grpc_page_that_does_not_decode_fails_the_read():
         assert len(res) == 30 and s.use_grpc
     finally:
         s.stop()
+
+
+def test_grpc_unavailable_but_gateway_answers_switches_to_the_gateway(caplog):
+    # gRPC not getting through (say a TLS or proxy problem of its own) while the
+    # gateway answers: the read goes on through the gateway, and stays there.
+    # With both unreachable it is just an outage: gRPC is kept for the retry.
+    names = [f"p{i:03d}" for i in range(20)]
+    c = PbPagedClient({P + f"globalnetworkpolicies/{n}": gnp(n) for n in names})
+    c.grpc_error = DatastoreUnavailable("cannot reach etcd over gRPC: handshake failed")
+    sink = Sink()
+    s = Syncer(c, sink, page_size=8)
+    c.fail_at = 1                                   # the gateway down too
+    with pytest.raises(DatastoreUnavailable):
+        s.snapshot()
+    assert s.use_grpc and c.pb_calls == 1
+    c.fail_at = None
+    with caplog.at_level("WARNING", logger="calico_net.agent.syncer"):
+        s.snapshot()
+    _, res, rev = sink.next("snapshot")
+    assert len(res) == 20 and rev == 100 and not s.use_grpc and c.pb_calls == 2
+    assert "not over gRPC (cannot reach etcd over gRPC: handshake failed)" in caplog.text

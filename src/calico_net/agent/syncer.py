@@ -263,12 +263,20 @@ class Syncer:
             except GrpcNotUsable as e:
                 log.info("reading the datastore through etcd's JSON gateway: %s", e)
                 self.use_grpc = False
+            except DatastoreUnavailable as e:
+                # etcd down, or only gRPC not getting through (a TLS or proxy
+                # problem of its own): the gateway decides which
+                first, revision, more = get_range(self.prefix, end, limit=first_limit)
+                log.warning("etcd answers through its JSON gateway but not over gRPC (%s); "
+                            "reading the datastore through the gateway from now on", e)
+                self.use_grpc = False
             except ValueError as e:
                 raise DatastoreError(f"etcd range reply over gRPC does not decode: {e}") from None
             else:
                 fetch_raw, tail_of, decode = get_pb, range_response_tail, decode_range_response
-        if first is None:
-            first, revision, more = get_range(self.prefix, end, limit=first_limit)
+        if fetch_raw is None:
+            if first is None:
+                first, revision, more = get_range(self.prefix, end, limit=first_limit)
             fetch_raw = getattr(self.client, "get_range_raw", None)
         if not more or not first:
             return revision, iter((first,))
