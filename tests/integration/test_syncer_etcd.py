@@ -48,6 +48,7 @@ def test_snapshot_over_grpc_equals_the_gateways(etcd_client):
         sink = Sink()
         s = Syncer(etcd_client, sink, page_size=8, use_grpc=use_grpc)
         s.snapshot()
+        assert s.read_over == ("gRPC" if use_grpc else "the JSON gateway")
         got[use_grpc] = sink.q.get_nowait()
         assert len(s.bad) == 1
     # 46 keys: a first page of 2, then 6 of 8; each read all over gRPC or all

@@ -165,6 +165,7 @@ class Syncer:
         self.page_size = page_size
         # snapshot pages over gRPC while that works (see _read_pages)
         self.use_grpc = use_grpc
+        self.read_over = "etcd"     # how the last snapshot was read (for the log)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._watch: Any = None
@@ -274,7 +275,9 @@ class Syncer:
                 raise DatastoreError(f"etcd range reply over gRPC does not decode: {e}") from None
             else:
                 fetch_raw, tail_of, decode = get_pb, range_response_tail, decode_range_response
+                self.read_over = "gRPC"
         if fetch_raw is None:
+            self.read_over = "the JSON gateway"
             if first is None:
                 first, revision, more = get_range(self.prefix, end, limit=first_limit)
             fetch_raw = getattr(self.client, "get_range_raw", None)
@@ -377,7 +380,8 @@ class Syncer:
                 del table[key]
         self.snapshots += 1
         self.revision = revision
-        self._set_connected(True, f"snapshot at revision {revision}, {len(resources)} resources")
+        self._set_connected(True, f"snapshot at revision {revision}, {len(resources)} resources, "
+                                  f"read over {self.read_over}")
         self.sink.on_snapshot(resources, revision)
         return revision
 
