@@ -153,6 +153,41 @@ def _header_revision(b: bytes, i: int, end: int) -> int:
     return _int64(revision)
 
 
+def _walk(raw: bytes, on_kv: Any) -> tuple[int, bool]:
+    """Walk a `RangeResponse`'s top-level fields: `on_kv(start, end)` for each
+    KeyValue's bytes, in order; returns (the header's revision, more).
+    ValueError if `raw` is not well-formed."""
+    revision = 0
+    more = False
+    i, n = 0, len(raw)
+    while i < n:
+        tag = raw[i]
+        if tag == 0x12:                       # kvs, by far the most frequent: one byte
+            i += 1
+        else:
+            tag, i = _read_varint(raw, i)
+        if tag == 0x12:
+            ln, j = _read_varint(raw, i)
+            i = j + ln
+            if i > n:
+                raise ValueError("KeyValue runs past the reply")
+            on_kv(j, i)
+        elif tag == 0x0A:                     # header
+            ln, j = _read_varint(raw, i)
+            i = j + ln
+            if i > n:
+                raise ValueError("header runs past the reply")
+            revision = _header_revision(raw, j, i)
+        elif tag == 0x18:                     # more
+            v, i = _read_varint(raw, i)
+            more = bool(v)
+        else:
+            i = _skip(raw, i, tag & 7)
+    if i != n:
+        raise ValueError("reply overruns its length")
+    return revision, more
+
+
 def decode_range_response(raw: bytes, kv_cls: Any = None) -> tuple[list[Any], int, bool]:
     """A `RangeResponse`: (KVs in key order, the header's revision, more).
     `kv_cls` (default `etcd.KV`) is called as (key, value, mod_revision,
@@ -161,34 +196,7 @@ def decode_range_response(raw: bytes, kv_cls: Any = None) -> tuple[list[Any], in
         from calico_net.datastore.etcd import KV as kv_cls
     kvs: list[Any] = []
     append = kvs.append
-    revision = 0
-    more = False
-    i, n = 0, len(raw)
-    while i < n:
-        tag = raw[i]
-        if tag == 0x12:                       # kvs, by far the most frequent
-            ln, j = _read_varint(raw, i + 1)
-            end = j + ln
-            if end > n:
-                raise ValueError("KeyValue runs past the reply")
-            append(_decode_kv(raw, j, end, kv_cls))
-            i = end
-            continue
-        tag, i = _read_varint(raw, i)
-        wire = tag & 7
-        if tag == 0x0A:                       # header
-            ln, j = _read_varint(raw, i)
-            if j + ln > n:
-                raise ValueError("header runs past the reply")
-            revision = _header_revision(raw, j, j + ln)
-            i = j + ln
-        elif tag == 0x18:                     # more
-            v, i = _read_varint(raw, i)
-            more = bool(v)
-        else:
-            i = _skip(raw, i, wire)
-    if i != n:
-        raise ValueError("reply overruns its length")
+    revision, more = _walk(raw, lambda i, end: append(_decode_kv(raw, i, end, kv_cls)))
     return kvs, revision, more
 
 
@@ -196,26 +204,11 @@ def range_response_tail(raw: bytes) -> tuple[bytes | None, bool]:
     """(the last key of a `RangeResponse`, more) without decoding its KVs: a
     paged reader asks for the next page from it. Exact (it walks the fields,
     a few hundred nanoseconds each); ValueError if `raw` is not well-formed."""
-    last: tuple[int, int] | None = None
-    more = False
-    i, n = 0, len(raw)
-    while i < n:
-        tag, i = _read_varint(raw, i)
-        wire = tag & 7
-        if tag == 0x12:
-            ln, j = _read_varint(raw, i)
-            last = (j, j + ln)
-            i = j + ln
-        elif tag == 0x18:
-            v, i = _read_varint(raw, i)
-            more = bool(v)
-        else:
-            i = _skip(raw, i, wire)
-    if i != n:
-        raise ValueError("reply overruns its length")
-    if last is None:
+    spans: list[tuple[int, int]] = []
+    _, more = _walk(raw, lambda i, end: spans.append((i, end)))
+    if not spans:
         return None, more
-    i, end = last
+    i, end = spans[-1]
     while i < end:
         tag, i = _read_varint(raw, i)
         if tag == 0x0A:
