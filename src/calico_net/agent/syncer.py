@@ -37,13 +37,15 @@ from calico_net.agent.watchloop import run_snapshot_watch
 from calico_net.datastore.errors import DatastoreError, DatastoreUnavailable
 from calico_net.datastore.etcd import KV, parse_range, prefix_end, range_tail
 from calico_net.datastore.etcd_grpc import GrpcNotUsable, decode_range_response, range_response_tail
-
-try:  # the snapshot's pages go over gRPC: grpcio (~0.1 s to import) comes with the
-    import grpc  # noqa: F401  agent's imports, not on its first read (calicoctl and
-except ImportError:  # pragma: no cover - the CNI plugin, which never use it, do not pay it)
-    pass
 from calico_net.datastore.store import RESOURCE_PREFIX, parse_key
 from calico_net.model.quick import quick_valid
+
+# The snapshot's pages go over gRPC: grpcio (~0.1 s to import) is imported with
+# the agent, not on its first read; calicoctl and the CNI plugin never import it.
+try:
+    import grpc  # noqa: F401
+except ImportError:  # pragma: no cover - then the pages come through the gateway
+    pass
 
 log = logging.getLogger(__name__)
 

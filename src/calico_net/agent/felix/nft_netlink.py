@@ -195,6 +195,8 @@ def _encoder(verb: str, decl: str) -> Callable[[str, str | None], bytes] | None:
             elem += _verdict(value)
         return _attr(NFTA_LIST_ELEM | NLA_F_NESTED, elem)
     return general
+
+
 #: below this a batch fits the default netlink send buffer (net.core.wmem_default)
 _DEFAULT_SNDBUF = 160 * 1024
 SO_SNDBUFFORCE = 32
