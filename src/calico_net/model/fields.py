@@ -341,6 +341,27 @@ def _check_interface_name(value: str, allow_star: bool = False) -> str:
 
 
 InterfaceName = Annotated[str, AfterValidator(_check_interface_name)]
+
+# Felix's grammar for InterfacePrefix (and its other interface lists): comma-separated
+# names of 1-15 characters from [a-zA-Z0-9_-]. Anything else is refused, because the
+# prefixes reach nft text (`iifname "<prefix>*"`) and interface matching.
+IFACE_LIST_RE = re.compile(r"[a-zA-Z0-9_-]{1,15}(,[a-zA-Z0-9_-]{1,15})*")
+IFACE_LIST_ALLOWED = "comma-separated interface name prefixes of 1-15 characters a-z, A-Z, 0-9, '_' or '-'"
+
+
+def iface_list_problem(value: Any) -> str | None:
+    """Why `value` is not a valid interface-prefix list (Felix's iface-list), or None."""
+    if not isinstance(value, str) or not IFACE_LIST_RE.fullmatch(value):
+        return f"{show(value)} is not a valid interface prefix list ({IFACE_LIST_ALLOWED})"
+    return None
+
+
+def parse_iface_list(value: str) -> tuple[str, ...]:
+    """The prefixes of a valid interface-prefix list; ValueError naming the problem otherwise."""
+    problem = iface_list_problem(value)
+    if problem:
+        raise ValueError(problem)
+    return tuple(value.split(","))
 HostInterfaceName = Annotated[str, AfterValidator(lambda v: _check_interface_name(v, True))]
 
 
