@@ -36,6 +36,7 @@ import etcd3gw
 
 from calico_net.datastore.errors import DatastoreError, DatastoreUnavailable
 from calico_net.datastore.etcd_grpc import GrpcRange, encode_range_request
+from calico_net.datastore.transport import check_config as _check_transport
 
 log = logging.getLogger(__name__)
 
@@ -400,6 +401,7 @@ class EtcdClient:
 
     def __init__(self, config: EtcdConfig) -> None:
         self.config = config
+        _check_transport(config)  # http:// endpoints, ignored TLS files: a warning, once
         # etcd3gw clients: the Watch's streaming requests session per endpoint.
         self._clients = [self._make(ep) for ep in config.endpoints]
         self._transport = _Transport(config)
