@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Host prerequisites for the calico.net lab: the packages podman and debootstrap need, and
 # the two quirks of these machines without which podman cannot start a container here.
+# Also installs the guard that keeps lab traffic on this machine (lab/hostnet.sh).
 # Idempotent and guarded: every step checks first and does nothing when already done.
 # Run as root. Touches nothing global beyond what is listed here.
 set -euo pipefail
@@ -75,5 +76,11 @@ else
         printf '%s\n' "$ULIMITS"
     } >>"$CONF"
 fi
+
+# --- 4. the guard: lab packets never leave this machine ----------------------------------
+# An unreachable route for 198.18.0.0/15 (lab bridges' connected routes are more specific
+# and win) and an nft forward guard; see lab/hostnet.sh for why.
+bash "$(dirname "$0")/hostnet.sh" guard
+log "guard route and forward guard for 198.18.0.0/15 in place"
 
 log "done"

@@ -44,7 +44,8 @@ if ((${#vols[@]})); then
 fi
 
 if podman network exists "$NET_NAME" 2>/dev/null; then
-    podman network rm -f "$NET_NAME" >/dev/null
+    # the network and its bridge (podman's CNI backend leaves the bridge behind)
+    bash "$LAB_DIR/hostnet.sh" remove "$NET_NAME" 2>/dev/null
     say "removed network $NET_NAME"
 fi
 

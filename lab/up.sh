@@ -109,6 +109,14 @@ start_nodes() {
 }
 timed "up: start $N nodes" start_nodes
 
+# The host's gateway address on the lab bridge (podman's CNI backend does not set it for
+# an --internal network), then a check, before the first SSH, that the host reaches every
+# node through that bridge: a miss stops here in seconds, naming the bridge and the fix.
+bash "$LAB_DIR/hostnet.sh" bridge "$NET_NAME" "$NET_GATEWAY/24"
+node_ips=()
+for i in $(seq 1 "$N"); do node_ips+=("$(node_ip "$i")"); done
+bash "$LAB_DIR/hostnet.sh" check "$NET_NAME" "$NET_GATEWAY/24" "${node_ips[@]}"
+
 SSH_OPTS=(-i "$SSH_KEY" -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null
     -o LogLevel=ERROR -o BatchMode=yes -o ConnectTimeout=3)
 lab_ssh() { local ip=$1; shift; ssh "${SSH_OPTS[@]}" "root@$ip" "$@"; }

@@ -17,3 +17,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+
+# Before any test or lab node puts 198.18.0.0/15 addresses on this host: the guard route
+# that keeps such packets on the machine (lab/hostnet.sh says why).
+bash "$(dirname "$0")/../lab/hostnet.sh" guard

@@ -7,6 +7,8 @@ manifest fits one transaction, as our etcd role configures it) and stops it by P
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 from typing import Iterator
 
 import pytest
@@ -38,9 +40,34 @@ def datastore(etcd_client):
     return Datastore(etcd_client)
 
 
+# What the suite runs for real; scripts/install-deps.sh installs all of it. A missing one
+# stops the session at once (no test skips because the machine lacks something).
+REQUIRED_PROGRAMS = {
+    "etcd": "etcd-server", "etcdctl": "etcd-client", "bird": "bird2", "birdc": "bird2",
+    "nft": "nftables", "ip": "iproute2", "ping": "iputils-ping", "nc": "netcat-openbsd",
+    "podman": "podman", "unshare": "util-linux", "ssh": "openssh-client", "openssl": "openssl",
+}
+REQUIRED_FILES = {
+    "/bin/busybox": "busybox-static", "/usr/lib/cni/host-local": "containernetworking-plugins",
+}
+
+
+def pytest_sessionstart(session):
+    if os.geteuid() != 0:
+        return  # unit tests only; root-marked tests are refused in collection below
+    missing = sorted({pkg for prog, pkg in REQUIRED_PROGRAMS.items() if shutil.which(prog) is None}
+                     | {pkg for path, pkg in REQUIRED_FILES.items() if not os.access(path, os.X_OK)})
+    if missing:
+        raise pytest.UsageError(f"missing packages: {' '.join(missing)} (scripts/install-deps.sh installs them)")
+    # Tests put 198.18.0.0/15 addresses in this host's namespace: the guard route keeps any
+    # packet for that range on the machine even when a test's own route is gone.
+    subprocess.run(["bash", str(REPO / "lab" / "hostnet.sh"), "guard"], check=True)
+
+
 def pytest_collection_modifyitems(config, items):
     if os.geteuid() != 0:
-        skip = pytest.mark.skip(reason="needs root (network namespaces, nftables)")
-        for item in items:
-            if "root" in item.keywords:
-                item.add_marker(skip)
+        needs_root = [item.nodeid for item in items if "root" in item.keywords]
+        if needs_root:
+            raise pytest.UsageError(
+                f"{len(needs_root)} selected tests need root (network namespaces, nftables, "
+                f"podman), e.g. {needs_root[0]}: run as root, or select tests/unit")

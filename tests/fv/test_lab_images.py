@@ -2,9 +2,9 @@
 
 The supervisor (images/calico-node/supervisor.py) is exercised as a real process tree:
 fake "agent" and "bird" commands (sleep, sh, a small Python child) stand in for the real
-programs, and the tests send real signals and look at real exit codes. The image tests run
-only when localhost/calico/node:latest exists on this host (lab/build-images.sh builds it);
-they do not build it themselves, to keep the suite short.
+programs, and the tests send real signals and look at real exit codes. The image tests build
+localhost/calico/node:latest first with lab/build-images.sh (cached by recipe, and shared
+with molecule and `make lab`).
 """
 
 from __future__ import annotations
@@ -240,16 +240,22 @@ def test_arguments_run_instead_of_supervising(sup) -> None:
     assert (rc, out.strip()) == (7, "direct")
 
 
-# --- the built image (only when present) --------------------------------------------------
+# --- the built image ---------------------------------------------------------------------
 
 
-def _image_present() -> bool:
-    if shutil.which("podman") is None or os.geteuid() != 0:
-        return False
-    return subprocess.run(["podman", "image", "exists", CALICO_NODE_IMAGE]).returncode == 0
+@pytest.fixture(scope="session")
+def calico_node_image() -> str:
+    """The lab images, built by the lab's own scripts: cached by recipe, so this costs
+    seconds when they are current (molecule and `make lab` reuse the same build)."""
+    for script in ("bootstrap-host.sh", "build-images.sh"):
+        proc = subprocess.run(["bash", str(REPO / "lab" / script)], capture_output=True, text=True,
+                              timeout=1800)
+        assert proc.returncode == 0, f"lab/{script} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    assert subprocess.run(["podman", "image", "exists", CALICO_NODE_IMAGE]).returncode == 0
+    return CALICO_NODE_IMAGE
 
 
-needs_image = pytest.mark.skipif(not _image_present(), reason=f"{CALICO_NODE_IMAGE} not built (lab/build-images.sh)")
+needs_image = pytest.mark.usefixtures("calico_node_image")
 
 
 @pytest.fixture

@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# The host side of the lab's networks: the guard that keeps every lab packet on this
+# machine, the gateway address on a lab bridge, and the check that the host reaches the
+# nodes through that bridge. Used by lab/up.sh, molecule's create.yml, scripts/install-deps.sh
+# and the test suite, so there is one rule in one place. Run as root; idempotent.
+#
+#   hostnet.sh guard                        install the guard (route + nft forward guard)
+#   hostnet.sh bridge NETWORK GATEWAY/LEN   give the host GATEWAY on NETWORK's bridge
+#   hostnet.sh remove NETWORK               remove a podman network and its bridge (the CNI
+#                                           backend leaves the bridge, with our address on it)
+#   hostnet.sh check NETWORK|dev:IFACE GATEWAY/LEN IP...
+#                                           the host reaches each IP through that bridge,
+#                                           or stop at once naming the bridge, the missing
+#                                           address and the fix
+#
+# Why the guard: podman's CNI backend (Debian's podman without netavark) writes
+# "isGateway": false for an --internal network, so the host bridge gets no address and
+# `ip route get <node>` follows the default route out of eth0. The guard route makes
+# 198.18.0.0/15 unreachable unless a more specific route (a lab bridge's connected /24, a
+# test's veth) says otherwise, so a missing address gives "no route to host" at once
+# instead of a packet off the machine. The nft table drops anything the host would forward
+# between 198.18.0.0/15 and other addresses (the lab's `--internal`: nothing leaves, nothing
+# comes in), whatever ip_forward says.
+set -euo pipefail
+
+LAB_RANGE=198.18.0.0/15
+GUARD_METRIC=4242
+GUARD_TABLE=calico_lab_guard
+
+say() { printf '[hostnet] %s\n' "$*" >&2; }
+die() { say "ERROR: $*"; exit 1; }
+[[ $(id -u) -eq 0 ]] || die "must run as root"
+
+guard() {
+    # `replace` is idempotent; a connected /24 of a lab bridge is more specific and wins.
+    ip route replace unreachable "$LAB_RANGE" metric "$GUARD_METRIC"
+    if command -v nft >/dev/null; then
+        # the whole table in one transaction: create (if absent), flush, fill
+        nft -f - <<EOF
+table inet $GUARD_TABLE
+delete table inet $GUARD_TABLE
+table inet $GUARD_TABLE {
+    chain forward {
+        type filter hook forward priority -10; policy accept;
+        ip saddr $LAB_RANGE ip daddr != $LAB_RANGE counter drop
+        ip daddr $LAB_RANGE ip saddr != $LAB_RANGE counter drop
+    }
+}
+EOF
+    fi
+}
+
+guard_present() {
+    ip route show table main type unreachable "$LAB_RANGE" | grep -q .
+}
+
+# bridge_of NETWORK : the host-side bridge of a podman network (both backends report it)
+bridge_of() {
+    local br
+    br=$(podman network inspect --format '{{.NetworkInterface}}' "$1" 2>/dev/null) ||
+        die "podman network $1 does not exist"
+    [[ -n $br ]] || die "podman network $1 has no bridge interface"
+    printf '%s\n' "$br"
+}
+
+bridge() {
+    local net=$1 addr=$2 br
+    [[ $addr =~ ^198\.1[89]\.[0-9]{1,3}\.[0-9]{1,3}/[0-9]{1,2}$ ]] ||
+        die "gateway $addr is not an address/prefix in $LAB_RANGE"
+    br=$(bridge_of "$net")
+    ip link show dev "$br" >/dev/null 2>&1 ||
+        die "bridge $br of network $net does not exist (no node attached yet?)"
+    if ! ip -4 -o addr show dev "$br" | grep -qw "inet ${addr}"; then
+        # The CNI backend leaves an --internal bridge without an address; netavark sets it.
+        ip addr replace "$addr" dev "$br"
+        say "host address $addr on $br (network $net)"
+    fi
+    ip link set dev "$br" up
+}
+
+remove() {
+    local net=$1 br=""
+    podman network exists "$net" 2>/dev/null || return 0
+    br=$(podman network inspect --format '{{.NetworkInterface}}' "$net" 2>/dev/null || true)
+    podman network rm -f "$net" >/dev/null
+    # a leftover bridge keeps a connected route for the lab's subnet, which would shadow the
+    # bridge of the next network made with that subnet
+    if [[ -n $br ]] && ip link show dev "$br" >/dev/null 2>&1; then
+        ip link del dev "$br"
+    fi
+    say "removed network $net${br:+ and bridge $br}"
+}
+
+check() {
+    local target=$1 addr=$2 br ip route dev have
+    shift 2
+    if [[ $target == dev:* ]]; then br=${target#dev:}; else br=$(bridge_of "$target"); fi
+    guard_present || die "the guard route 'unreachable $LAB_RANGE' is missing: run lab/hostnet.sh guard"
+    for ip in "$@"; do
+        route=$(ip -o route get "$ip" 2>&1) || route="unreachable ($route)"
+        dev=$(sed -n 's/.* dev \([^ ]*\).*/\1/p' <<<"$route")
+        if [[ $dev != "$br" ]]; then
+            have=$(ip -4 -o addr show dev "$br" 2>/dev/null | awk '{print $4}' | paste -sd, -)
+            die "the host does not reach $ip through the lab bridge $br: 'ip route get $ip' says: ${route}
+  The bridge $br lacks the lab gateway address $addr (it has: ${have:-no IPv4 address}; podman's CNI
+  backend leaves an --internal network's bridge without one).
+  Fix: ip addr add $addr dev $br    (lab/hostnet.sh bridge <network> $addr does it)"
+        fi
+    done
+}
+
+case ${1:-} in
+guard) guard ;;
+bridge) (($# == 3)) || die "usage: $0 bridge NETWORK GATEWAY/LEN"; bridge "$2" "$3" ;;
+remove) (($# == 2)) || die "usage: $0 remove NETWORK"; remove "$2" ;;
+check) (($# >= 4)) || die "usage: $0 check NETWORK|dev:IFACE GATEWAY/LEN IP..."; shift; check "$@" ;;
+*) die "usage: $0 guard | bridge NETWORK GATEWAY/LEN | remove NETWORK | check NETWORK|dev:IFACE GATEWAY/LEN IP..." ;;
+esac
