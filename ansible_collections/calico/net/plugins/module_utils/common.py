@@ -21,6 +21,7 @@ from ansible.module_utils.basic import AnsibleModule, env_fallback, missing_requ
 
 try:
     from calico_net.datastore import Datastore, DatastoreError, EtcdClient, EtcdConfig
+    from calico_net.datastore import transport as _transport
     from calico_net.errors import CalicoNetError, ValidationError
 except ImportError:
     HAS_CALICO_NET = False
@@ -106,7 +107,10 @@ def run_module(
     if not HAS_CALICO_NET:
         module.fail_json(msg=missing_required_lib("calico_net"), exception=CALICO_NET_IMPORT_ERROR)
     try:
-        result = handler(module)
+        # An http:// endpoint, or TLS files an http:// endpoint ignores: the datastore
+        # layer's warning (calico_net.datastore.transport) becomes the task's warning.
+        with _transport.capture(module.warn):
+            result = handler(module)
     except ValidationError as e:
         errors = []
         for path, message in e.errors:
