@@ -5,16 +5,22 @@ Reads `NODENAME` (default: the hostname), the etcd connection (`ETCD_ENDPOINTS`,
 /etc/calico/felix.cfg, FelixConfiguration — see `config.py`), starts the health and
 metrics listeners and runs the daemon until SIGTERM/SIGINT. Stopping leaves the
 dataplane as it is, so workloads keep their connectivity across a restart.
+
+`--help` and `--version` answer and exit before anything starts; any other argument
+is a usage error (exit 2).
 """
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import signal
 import socket
 import sys
+from collections.abc import Sequence
 
-from calico_net.agent.config import Config
+from calico_net import __version__
+from calico_net.agent.config import DEFAULT_CONFIG_FILE, PARAMS, Config
 
 log = logging.getLogger("calico_net.agent")
 
@@ -23,7 +29,42 @@ def node_name(env: dict[str, str] | os._Environ[str] = os.environ) -> str:
     return env.get("NODENAME") or env.get("FELIX_FELIXHOSTNAME") or socket.gethostname()
 
 
-def main(argv: list[str] | None = None) -> int:
+def _environment_help() -> str:
+    felix = "\n".join(f"    FELIX_{p.name.upper():33} default: {p.default if p.default != '' else '(empty)'}"
+                      for p in PARAMS)
+    return f"""\
+environment:
+  NODENAME                 this node's name (else FELIX_FELIXHOSTNAME, else the host name)
+  ETCD_ENDPOINTS           etcd URLs, comma-separated (else /etc/calico/calicoctl.cfg,
+                           else http://127.0.0.1:2379)
+  ETCD_CA_CERT_FILE        CA bundle for etcd's TLS certificate
+  ETCD_CERT_FILE           client certificate for etcd
+  ETCD_KEY_FILE            client key for etcd
+  DATASTORE_TYPE           only etcdv3
+  FELIX_CONFIGFILE         Felix's config file (default {DEFAULT_CONFIG_FILE})
+  FELIX_<PARAM>            a Felix parameter; the environment wins over the config
+                           file, FelixConfiguration node.<NODENAME> and default:
+{felix}
+
+SIGTERM/SIGINT stop the agent and leave the dataplane in place."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="calico-node",
+        description="calico.net per-host agent (Felix's part): workload routes, proxy ARP,\n"
+                    "sysctls and nftables policy from etcd. It takes no arguments and is\n"
+                    "configured by the environment.",
+        epilog=_environment_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"calico-node (calico.net) {__version__}")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    # Arguments first: --help/--version (and a wrong argument) must start nothing.
+    build_parser().parse_args(sys.argv[1:] if argv is None else list(argv))
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr,
         format="%(asctime)s [%(levelname)s][%(process)d] %(name)s: %(message)s",

@@ -24,10 +24,14 @@ agent, confd and BIRD (``python -m calico_net.agent.startup``):
 How it is built: :func:`list_interfaces` (pyroute2) and :func:`route_source` are the
 only I/O on the host; :func:`autodetect` and :func:`desired_bgp` are pure and take
 interface lists, so unit tests inject them.
+
+``--help`` and ``--version`` answer and exit before anything is read or registered;
+any other argument is a usage error (exit 2).
 """
 
 from __future__ import annotations
 
+import argparse
 import ipaddress
 import logging
 import os
@@ -370,7 +374,48 @@ def write_nodename(name: str, path: str = NODENAME_FILE) -> None:
     write_if_changed(path, name, mode=0o644)
 
 
-def main(argv: list[str] | None = None) -> int:
+ENVIRONMENT_HELP = """\
+environment:
+  NODENAME                  this node's name (else HOSTNAME, lower-cased, else the
+                            nodename file from an earlier start, else the host name)
+  HOSTNAME                  see NODENAME
+  CALICO_NODENAME_FILE      where the name is kept for the CNI plugin (/var/lib/calico/nodename)
+  IP                        198.18.0.11/24, a bare address, "autodetect" or "none"
+                            (unset: keep the Node's address, autodetect when it has none)
+  IP_AUTODETECTION_METHOD   first-found (default), interface=REGEX[,REGEX],
+                            skip-interface=REGEX[,REGEX], can-reach=DEST, cidr=CIDR[,CIDR]
+  IP6, IP6_AUTODETECTION_METHOD   likewise for IPv6 (unset: keep; none for a new Node)
+  AS                        the Node's AS number (65010 or asdot 1.10; unset: keep)
+  CALICO_NETWORKING_BACKEND "none" allows a Node without a BGP address (default bird)
+  ETCD_ENDPOINTS            etcd URLs, comma-separated (else /etc/calico/calicoctl.cfg,
+                            else http://127.0.0.1:2379)
+  ETCD_CA_CERT_FILE         CA bundle for etcd's TLS certificate
+  ETCD_CERT_FILE            client certificate for etcd
+  ETCD_KEY_FILE             client key for etcd
+  DATASTORE_TYPE            only etcdv3
+
+exit status: 0 registered, 1 cannot register, 2 bad usage or datastore settings."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from calico_net import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="calico-node-startup",
+        description="calico.net start-up: register this host's Node (name, BGP addresses, AS)\n"
+                    "in etcd before the agent, confd and BIRD start. It takes no\n"
+                    "arguments and is configured by the environment.",
+        epilog=ENVIRONMENT_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version",
+                        version=f"calico-node-startup (calico.net) {__version__}")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    # Arguments first: --help/--version (and a wrong argument) must do nothing else.
+    build_parser().parse_args(sys.argv[1:] if argv is None else list(argv))
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s [%(levelname)s] startup: %(message)s")
     from calico_net.datastore import Datastore, DatastoreError

@@ -18,6 +18,7 @@ other IPAM plugin (host-local, ...) from CNI_PATH as the spec describes.
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import datetime as _dt
 import errno
@@ -29,7 +30,7 @@ import os
 import subprocess
 import sys
 import time
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 from calico_net.cni.config import SUPPORTED_VERSIONS, CNIEnv, NetConf, handle_id
 from calico_net.cni.errors import (
@@ -129,6 +130,47 @@ def to_cni_error(exc: BaseException) -> CNIError:
     if isinstance(exc, ValidationError):
         return CNIError(INVALID_NETWORK_CONFIG, f"invalid resource: {exc}")
     return CNIError(INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
+
+
+CNI_ENVIRONMENT_HELP = """\
+A CNI runtime runs this plugin with no arguments: the network config (JSON) on
+stdin, the request in the environment, the result (JSON) on stdout.
+
+environment:
+  CNI_COMMAND       ADD, DEL, CHECK or VERSION (VERSION prints the CNI spec versions
+                    this plugin supports, as JSON: the CNI protocol's version query)
+  CNI_CONTAINERID   the container's id ([A-Za-z0-9][A-Za-z0-9_.-]*)
+  CNI_NETNS         path of the container's network namespace (ADD, CHECK)
+  CNI_IFNAME        interface name inside the container (eth0)
+  CNI_ARGS          KEY=VALUE;... : K8S_POD_NAMESPACE, K8S_POD_NAME, IP=<addr>[,<addr>]{labels}
+  CNI_PATH          directories to search for a delegated IPAM plugin
+  ETCD_ENDPOINTS    etcd URLs when the network config has no etcd_endpoints
+                    (default http://127.0.0.1:2379)
+  ETCD_CA_CERT_FILE, ETCD_CERT_FILE, ETCD_KEY_FILE
+                    etcd TLS files when the network config names none
+  DATASTORE_TYPE    only etcdv3
+
+`--help` and `--version` are for people and never touch the datastore or the
+host; any other argument is a usage error (exit 2)."""
+
+
+def parse_human_args(prog: str, description: str, argv: Sequence[str] | None,
+                     labels: bool = False) -> None:
+    """`--help`/`--version` for people (exit 0); any other argument: usage, exit 2.
+    Without arguments this returns and the plugin speaks CNI."""
+    from calico_net import __version__
+
+    args = sys.argv[1:] if argv is None else list(argv)
+    if not args:
+        return
+    parser = argparse.ArgumentParser(
+        prog=prog, description=description,
+        epilog=CNI_ENVIRONMENT_HELP.format(labels=", LABEL_<key>=<value>" if labels else ""),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=(
+        f"{prog} (calico.net) {__version__}; CNI spec versions {', '.join(SUPPORTED_VERSIONS)}"))
+    parser.parse_args(args)
 
 
 def run_plugin(handler: Callable[[CNIEnv, NetConf | None, bytes], Any], what: str) -> int:
@@ -325,7 +367,11 @@ def delegate(ipam_type: str, command: str, stdin: bytes, env: CNIEnv) -> dict[st
         raise CNIError(IPAM_DELEGATE, f"IPAM plugin {ipam_type} returned no JSON result", text[:400]) from None
 
 
-def main() -> int:
+def main(argv: Sequence[str] | None = None) -> int:
+    parse_human_args(
+        "calico-ipam",
+        "calico.net's CNI IPAM plugin: addresses from the node's affine blocks in etcd.",
+        argv)
     return run_plugin(_ipam_command, "calico-ipam")
 
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import sys
-from typing import Any
+from typing import Any, Sequence
 
 from calico_net.cni import dataplane
 from calico_net.cni.config import CNIEnv, NetConf, host_veth_name, wep_name
@@ -42,6 +42,7 @@ from calico_net.cni.ipam_plugin import (
     ipam_add,
     ipam_check,
     ipam_del,
+    parse_human_args,
     result_ips,
     run_plugin,
 )
@@ -306,7 +307,12 @@ def _command(env: CNIEnv, conf: NetConf | None, stdin: bytes) -> dict[str, Any] 
         client.close()
 
 
-def main() -> int:
+def main(argv: Sequence[str] | None = None) -> int:
+    parse_human_args(
+        "calico",
+        "calico.net's CNI plugin: attaches a workload (veth, addresses, routes,\n"
+        "WorkloadEndpoint in etcd).",
+        argv, labels=True)
     return run_plugin(_command, "calico")
 
 

@@ -12,18 +12,65 @@ the image's supervisor starts it. Environment (see docs/bgp.md for all of it):
   CALICO_CONFD_STATUS_FILE   status JSON (/var/run/calico/confd-status.json; empty: none)
   CALICO_CONFD_LOGSEVERITY   DEBUG, INFO (default), WARNING, ERROR
 
-SIGTERM/SIGINT stop it; BIRD keeps running with the config it has.
+SIGTERM/SIGINT stop it; BIRD keeps running with the config it has. ``--help`` and
+``--version`` answer and exit before anything starts; any other argument is a usage
+error (exit 2).
 """
 
 from __future__ import annotations
 
+import argparse
 import logging
+import os
 import signal
 import sys
-import os
+from collections.abc import Sequence
+
+from calico_net import __version__
+
+ENVIRONMENT_HELP = """\
+environment (docs/bgp.md has all of it):
+  NODENAME                      this node (default: the host name)
+  ETCD_ENDPOINTS                etcd URLs, comma-separated (else /etc/calico/calicoctl.cfg,
+                                else http://127.0.0.1:2379)
+  ETCD_CA_CERT_FILE             CA bundle for etcd's TLS certificate
+  ETCD_CERT_FILE                client certificate for etcd
+  ETCD_KEY_FILE                 client key for etcd
+  DATASTORE_TYPE                only etcdv3
+  CALICO_BIRD_CONFIG            bird.cfg to maintain (/etc/calico/confd/config/bird.cfg)
+  CALICO_BIRD_SOCKET            BIRD's control socket (/var/run/calico/bird.ctl)
+  CALICO_BIRD_BINARY            BIRD binary for `bird -p -c` (bird)
+  CALICO_BGP_SECRETS_DIR        BGP passwords as <dir>/<secret name>/<key> (/etc/calico/bgp-secrets)
+  CALICO_BGP_PASSWORD_<NAME>_<KEY>  a BGP password when its file is absent
+  CALICO_ROUTER_ID              an IPv4 address or "hash" (default: the node's IPv4 address)
+  CALICO_CONFD_HEALTHENABLED    serve /liveness /readiness /metrics /status (true)
+  CALICO_CONFD_HEALTHHOST       ... on this address (127.0.0.1)
+  CALICO_CONFD_HEALTHPORT       ... and port (9098)
+  CALICO_CONFD_STATUS_FILE      status JSON (/var/run/calico/confd-status.json; empty: none)
+  CALICO_CONFD_COALESCE         seconds of quiet before rendering (0.05)
+  CALICO_CONFD_REFRESH_INTERVAL periodic re-render, seconds (30)
+  CALICO_CONFD_LOGSEVERITY      DEBUG, INFO (default), WARNING, ERROR
+
+SIGTERM/SIGINT stop confd; BIRD keeps running with the config it has."""
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="calico-confd",
+        description="calico.net confd: keeps BIRD 2's configuration in step with etcd\n"
+                    "(render, `bird -p -c`, atomic swap, `configure`). It takes no\n"
+                    "arguments and is configured by the environment.",
+        epilog=ENVIRONMENT_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version",
+                        version=f"calico-confd (calico.net) {__version__}")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    # Arguments first: --help/--version (and a wrong argument) must start nothing.
+    build_parser().parse_args(sys.argv[1:] if argv is None else list(argv))
     level = os.environ.get("CALICO_CONFD_LOGSEVERITY", "INFO").upper()
     logging.basicConfig(
         level=getattr(logging, level, logging.INFO), stream=sys.stderr,
