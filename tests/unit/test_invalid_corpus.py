@@ -1,7 +1,8 @@
 """Every document in tests/data/invalid/ is rejected, with the message its first line names.
 
-Each file holds ONE mistake in an otherwise realistic document and starts with
-`# expect: <text>`; the text (field path included) must occur in str() of the
+Each file holds ONE mistake in an otherwise realistic document (see
+test_invalid_document_has_exactly_one_mistake for the refusals that may come with it)
+and starts with `# expect: <text>`; the text (field path included) must occur in str() of the
 ValidationError that parse_resource raises. The same corpus is fed to `calicoctl`
 by the integration tests.
 """
@@ -45,9 +46,20 @@ def test_invalid_document_is_rejected_with_field_path(path: Path) -> None:
     assert "\n" not in message
 
 
+NOT_YET = "not supported by calico.net yet"
+
+
 @pytest.mark.parametrize("path", FILES, ids=lambda p: p.stem)
 def test_invalid_document_has_exactly_one_mistake(path: Path) -> None:
+    """One mistake per file. Refusals of Calico fields calico.net cannot enforce come on
+    top: a file about Calico's own preDNAT rules is also refused for using preDNAT, and
+    a file about such a refusal may carry the refusals its field needs (preDNAT needs
+    applyOnForward: true, itself refused), but nothing else."""
     docs = parse_documents(path.read_text())
     with pytest.raises(ValidationError) as info:
         parse_resource(docs[0])
-    assert len(info.value.errors) == 1, str(info.value)
+    mistakes = [(p, m) for p, m in info.value.errors if NOT_YET not in m]
+    if NOT_YET in expectation(path):
+        assert mistakes == [], str(info.value)
+    else:
+        assert len(mistakes) == 1, str(info.value)

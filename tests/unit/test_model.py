@@ -458,12 +458,18 @@ def test_types_cover_rules() -> None:
     assert res.spec.effective_types() == ["Egress"]  # Calico: egress rules only → Egress only
 
 
-def test_prednat_rules() -> None:
+PREDNAT_REFUSED = ("spec.preDNAT", "not supported by calico.net yet (the dataplane has no "
+                                   "pre-DNAT host endpoint policy)")
+FORWARD_REFUSED = ("spec.applyOnForward", "not supported by calico.net yet (host endpoint policy "
+                                          "covers traffic to and from the host, not forwarded traffic)")
+
+
+def test_prednat_rules_are_checked_besides_the_refusal() -> None:
     assert errors_of(doc("GlobalNetworkPolicy", {"preDNAT": True, "applyOnForward": True,
                                                  "types": ["Egress"]})) == [
-        ("spec.types", "preDNAT policy cannot have type Egress")]
+        PREDNAT_REFUSED, FORWARD_REFUSED, ("spec.types", "preDNAT policy cannot have type Egress")]
     assert errors_of(doc("GlobalNetworkPolicy", {"preDNAT": True})) == [
-        ("spec.applyOnForward", "must be true when preDNAT is true")]
+        PREDNAT_REFUSED, ("spec.applyOnForward", "must be true when preDNAT is true")]
 
 
 def test_networkpolicy_has_no_global_only_fields() -> None:
@@ -475,8 +481,8 @@ def test_networkpolicy_has_no_global_only_fields() -> None:
 def test_services_match_is_reported_as_unsupported() -> None:
     d = gnp({"action": "Allow", "destination": {"services": {"name": "kubernetes"}}})
     assert errors_of(d) == [("spec.ingress[0].destination.services",
-                             "not supported by calico.net (Kubernetes Service matches need a "
-                             "Kubernetes datastore)")]
+                             "not supported by calico.net yet (Kubernetes Service matches need "
+                             "a Kubernetes datastore)")]
 
 
 def test_bgp_peer_rules() -> None:
@@ -501,7 +507,7 @@ def test_felix_rules() -> None:
 def test_felix_accepts_calico_field_names() -> None:
     spec = {
         "logSeverityScreen": "Warning", "failsafeInboundHostPorts": [{"protocol": "tcp", "port": 22}],
-        "failsafeOutboundHostPorts": [{"protocol": "UDP", "port": 53, "net": "198.18.0.0/24"}],
+        "failsafeOutboundHostPorts": [{"protocol": "UDP", "port": 53}],
         "routeRefreshInterval": "90s", "iptablesRefreshInterval": "90s",
         "defaultEndpointToHostAction": "Accept", "healthEnabled": True, "healthPort": 9099,
         "prometheusMetricsEnabled": True, "prometheusMetricsPort": 9091, "ipipMTU": 1440,
@@ -523,8 +529,11 @@ def test_pool_reserved_ranges() -> None:
 
 def test_workload_endpoint_checks() -> None:
     wep = lambda **spec: doc("WorkloadEndpoint", spec, namespace="web")  # noqa: E731
-    parse_resource(wep(ipNetworks=["198.19.0.0/30"], ipNATs=[{"internalIP": "198.19.0.2",
+    parse_resource(wep(ipNetworks=["198.19.0.2/32"], ipNATs=[{"internalIP": "198.19.0.2",
                                                               "externalIP": "198.18.0.2"}]))
+    assert errors_of(wep(ipNetworks=["198.19.0.2/32"], ipNATs=[{"internalIP": "198.19.0.3",
+                                                               "externalIP": "198.18.0.2"}])) == [
+        ("spec.ipNATs[0].internalIP", '"198.19.0.3" is not in the endpoint\'s ipNetworks')]
     assert [p for p, _ in errors_of(wep(ports=[{"name": "p", "protocol": "TCP", "port": 1,
                                                 "hostIP": "nope"}]))] == ["spec.ports[0].hostIP"]
 

@@ -14,9 +14,11 @@ protocol, notProtocol, source/destination with nets, selectors and ports), each
 checked with the same per-value checks the models use (`model.fields`) and the
 semantic rules that apply to those fields (ports need a port protocol, global()
 only in a namespaceSelector, types must cover the rules given and not repeat,
-source and destination nets must share an IP version); anything else — another
+source and destination nets must share an IP version, an endpoint's ipNetworks are
+single addresses, a policy order is finite); anything else — another
 kind, a field not listed (endpoint ports, ipNATs, annotations, icmp, ipVersion,
-doNotTrack, ...), a snake_case name, a value of another type — is left to
+doNotTrack, serviceAccountSelector, serviceAccounts and the other fields calico.net
+refuses, ...), a snake_case name, a value of another type — is left to
 `parse_resource`. So it can only make a valid document cheaper, never let a bad
 one through (the agent's unit tests compare the two on the invalid corpus and on
 mutated documents).
@@ -24,20 +26,27 @@ mutated documents).
 from __future__ import annotations
 
 import functools
-import re
+import math
 import socket
 from typing import Any
 
 from calico_net.model.fields import (
+    CONTAINER_ID_MAX,
+    CONTAINER_ID_RE,
     DNS1123_LABEL_RE,
     PORT_PROTOCOLS,
     PROTOCOL_NUMBERS,
+    RESOURCE_VERSION_RE,
+    UID_MAX,
+    UID_RE,
     _check_port,
     _check_timestamp,
     _cidr_problem,
-    _label_key_problem,
-    _label_value_ok,
     _MAC_RE,
+    interface_name_problem,
+    is_host_network,
+    label_key_problem,
+    _label_value_ok,
     name_problem,
     selector_problem,
 )
@@ -49,9 +58,8 @@ API_VERSION = "projectcalico.org/v3"
 _TOP = frozenset({"apiVersion", "kind", "metadata", "spec"})
 _META = frozenset({"name", "namespace", "labels", "uid", "resourceVersion", "creationTimestamp"})
 # WorkloadEndpointSpec fields decided here and their checks
-_WEP_OPT_STR = frozenset({"orchestrator", "workload", "containerID", "pod", "endpoint",
-                          "serviceAccountName"})
-_WEP = _WEP_OPT_STR | {"node", "ipNetworks", "profiles", "interfaceName", "mac"}
+_WEP_NAMES = frozenset({"orchestrator", "workload", "pod", "endpoint", "serviceAccountName"})
+_WEP = _WEP_NAMES | {"containerID", "node", "ipNetworks", "profiles", "interfaceName", "mac"}
 _NETSET = frozenset({"nets"})
 _NAMESPACED = {"WorkloadEndpoint": True, "NetworkSet": True, "GlobalNetworkSet": False,
                "GlobalNetworkPolicy": False, "NetworkPolicy": True, "Profile": False}
@@ -84,8 +92,9 @@ def _name_ok(v: Any) -> bool:
     return ok
 
 
-def _net_ok(v: Any) -> bool:
-    # model.fields.Net: _cidr(v) with its defaults
+def _net_ok(v: Any, host: bool = False) -> bool:
+    # model.fields.Net: _cidr(v) with its defaults; `host`: also one address, as a
+    # WorkloadEndpoint's ipNetworks must be
     if type(v) is not str:
         return False
     if v.endswith("/32"):
@@ -98,15 +107,12 @@ def _net_ok(v: Any) -> bool:
                 return True
         except OSError:
             pass
-    return _cidr_problem(v, None, True, False, "CIDR") is None
-
-
-# model.fields._check_interface_name, as one compiled pattern (\Z: no trailing newline)
-_IFNAME_RE = re.compile(r"[A-Za-z0-9_.@:+-]{1,15}\Z")
+    return _cidr_problem(v, None, True, False, "CIDR") is None and (not host or is_host_network(v))
 
 
 def _ifname_ok(v: Any) -> bool:
-    return type(v) is str and _IFNAME_RE.match(v) is not None and v not in (".", "..")
+    # model.fields.InterfaceName
+    return type(v) is str and interface_name_problem(v) is None
 
 
 @functools.lru_cache(maxsize=4096)
@@ -128,7 +134,7 @@ def _labels_ok(labels: Any) -> bool:
         if ok is None:
             if len(_LABEL_OK) >= _CACHE_MAX:
                 _LABEL_OK.clear()
-            ok = _LABEL_OK[(k, v)] = (_label_key_problem(k) is None and len(v) <= 63
+            ok = _LABEL_OK[(k, v)] = (label_key_problem(k) is None and len(v) <= 63
                                       and bool(_label_value_ok(v)))
         if not ok:
             return False
@@ -144,37 +150,41 @@ def _metadata_ok(md: Any, namespaced: bool) -> bool:
     if ns is not None:
         if not namespaced:
             return False   # parse_resource reports a namespace on a global kind
-        if type(ns) is not str or len(ns) > 63 or not DNS1123_LABEL_RE.match(ns):
+        if type(ns) is not str or len(ns) > 63 or not DNS1123_LABEL_RE.fullmatch(ns):
             return False
     if "labels" in md and not _labels_ok(md["labels"]):
         return False
     uid = md.get("uid")
-    if uid is not None and type(uid) is not str:
+    if uid is not None and (type(uid) is not str or len(uid) > UID_MAX or not UID_RE.fullmatch(uid)):
         return False
     ts = md.get("creationTimestamp")
     if ts is not None and (type(ts) is not str or not _timestamp_ok(ts)):
         return False
     if "resourceVersion" in md:
         rv = md["resourceVersion"]
-        if type(rv) is not str and type(rv) is not int:
-            return False
+        if type(rv) is not str or not RESOURCE_VERSION_RE.fullmatch(rv):
+            return False        # an int, or anything else, is left to the model
     return True
 
 
 def _wep_spec_ok(spec: dict[str, Any]) -> bool:
     if not _WEP.issuperset(spec):
         return False
-    for k in _WEP_OPT_STR:
+    for k in _WEP_NAMES:
         v = spec.get(k)
-        if v is not None and type(v) is not str:
+        if v is not None and not _name_ok(v):
             return False
+    cid = spec.get("containerID")
+    if cid is not None and (type(cid) is not str or len(cid) > CONTAINER_ID_MAX
+                            or not CONTAINER_ID_RE.fullmatch(cid)):
+        return False
     node = spec.get("node")
     if node is not None and not _name_ok(node):
         return False
     if "ipNetworks" in spec:
         nets = spec["ipNetworks"]
-        if type(nets) is not list or not all(_net_ok(n) for n in nets):
-            return False
+        if type(nets) is not list or not all(_net_ok(n, host=True) for n in nets):
+            return False    # a workload's networks are single addresses
     if "profiles" in spec:
         profiles = spec["profiles"]
         if type(profiles) is not list or not all(_name_ok(p) for p in profiles):
@@ -183,7 +193,7 @@ def _wep_spec_ok(spec: dict[str, Any]) -> bool:
     if ifname is not None and not _ifname_ok(ifname):
         return False
     mac = spec.get("mac")
-    if mac is not None and (type(mac) is not str or not _MAC_RE.match(mac)):
+    if mac is not None and (type(mac) is not str or not _MAC_RE.fullmatch(mac)):
         return False
     return True
 
@@ -282,8 +292,12 @@ def _policy_spec_ok(spec: dict[str, Any], fields: frozenset[str]) -> bool:
     if not fields.issuperset(spec):
         return False
     order = spec.get("order")
-    if order is not None and type(order) is not int and type(order) is not float:
-        return False
+    if order is not None:
+        if type(order) is float:
+            if not math.isfinite(order):
+                return False    # NaN and infinities are refused
+        elif type(order) is not int or not -2**63 <= order < 2**63:
+            return False        # another type, or an int too big for a float: the model decides
     for k in ("selector", "namespaceSelector"):
         sel = spec.get(k)
         if sel is not None and (type(sel) is not str or not _selector_ok(sel)):

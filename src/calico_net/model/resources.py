@@ -21,6 +21,7 @@ give their meaning.
 from __future__ import annotations
 
 import ipaddress
+import math
 import typing
 from typing import Annotated, Any, ClassVar, Iterator, Literal, Optional, Union
 
@@ -28,10 +29,13 @@ from pydantic import BaseModel, ConfigDict, Field, PlainValidator
 from pydantic.alias_generators import to_camel
 
 from calico_net.model.fields import (
-    ASNumber, Annotations, CIDR, CommunityValue, community_problem, Duration, HostInterfaceName, IP, IPv4,
-    IPv4Interface, IPv6, IPv6Interface, InterfaceName, Labels, MAC, Name, Namespace, Net,
-    PeerIP, Port, PortName, PortNumber, PortRange, Protocol, ResourceVersion, Selector,
-    Timestamp, bounded, enum_before, fail, ip_version, name_problem, parse_cidr, parse_protocol, show,
+    ASNumber, Annotations, CIDR, CommunityValue, community_problem, ContainerID, Duration,
+    FilePath, HealthTimeoutName, HostAddress, HostInterfaceName, Hostname, IP, IPv4,
+    IPv4Interface, IPv6, IPv6Interface, IgnoredInterface, InterfaceExcludeList, InterfaceFilter,
+    InterfaceName, InterfacePrefixList, KeyValueList, Labels, LogPrefix, MAC, Name, Namespace,
+    Net, PeerIP, Port, PortName, PortNumber, PortRange, Protocol, Region, ResourceVersion,
+    SecretKey, Selector, Timestamp, UID, WireguardPublicKey, _cidr_problem, bounded, enum_before,
+    fail, ip_version, is_host_network, name_problem, parse_cidr, parse_protocol, pattern_type, regexp_type, show,
     PORT_PROTOCOLS,
 )
 
@@ -75,7 +79,25 @@ def _p(path: str, field: str) -> str:
 def _order(value: Any) -> Union[int, float]:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise fail(f"{show(value)} is not a number (policy order: lower numbers apply first)")
+    try:
+        finite = math.isfinite(value)  # NaN and infinities have no place in an ordering
+    except OverflowError:               # an int too big for a float
+        finite = False
+    if not finite:
+        raise fail(f"{show(value)} is not a finite number (policy order: lower numbers apply first)")
     return value
+
+
+#: The words every refusal of a Calico field the dataplane does not enforce carries.
+NOT_SUPPORTED_YET = "not supported by calico.net yet"
+
+
+def not_supported(reason: str) -> str:
+    """The message for a Calico field calico.net refuses because it cannot enforce it."""
+    return f"{NOT_SUPPORTED_YET} ({reason})"
+
+
+_NO_SERVICE_ACCOUNTS = not_supported("the dataplane does not match service accounts")
 
 
 Order = Annotated[Union[int, float], PlainValidator(_order)]
@@ -90,7 +112,7 @@ class Metadata(CalicoModel):
     namespace: Optional[Namespace] = None
     labels: Labels = Field(default_factory=dict)
     annotations: Annotations = Field(default_factory=dict)
-    uid: Optional[str] = None
+    uid: Optional[UID] = None
     creation_timestamp: Optional[Timestamp] = None
     resource_version: Optional[ResourceVersion] = None
 
@@ -133,6 +155,8 @@ class EntityRule(CalicoModel):
     service_accounts: Optional[ServiceAccountMatch] = None
 
     def semantic_errors(self, path: str, ctx: CheckContext) -> Iterator[Error]:
+        if self.service_accounts is not None:
+            yield _p(path, "serviceAccounts"), _NO_SERVICE_ACCOUNTS
         for field in ("selector", "not_selector"):
             text = getattr(self, field)
             if text and "global(" in text.replace(" ", ""):
@@ -232,6 +256,8 @@ class _PolicySpecBase(CalicoModel):
         return ["Ingress"]
 
     def semantic_errors(self, path: str, ctx: CheckContext) -> Iterator[Error]:
+        if self.service_account_selector is not None:
+            yield _p(path, "serviceAccountSelector"), _NO_SERVICE_ACCOUNTS
         yield from _rules_errors(self, path, ctx)
         if self.types is not None:
             seen: set[str] = set()
@@ -262,6 +288,17 @@ class GlobalNetworkPolicySpec(_PolicySpecBase):
 
     def semantic_errors(self, path: str, ctx: CheckContext) -> Iterator[Error]:
         yield from super().semantic_errors(path, ctx)
+        if self.pre_dnat:
+            yield _p(path, "preDNAT"), not_supported(
+                "the dataplane has no pre-DNAT host endpoint policy")
+        if self.do_not_track:
+            yield _p(path, "doNotTrack"), not_supported(
+                "the dataplane has no untracked host endpoint policy")
+        if self.apply_on_forward:
+            yield _p(path, "applyOnForward"), not_supported(
+                "host endpoint policy covers traffic to and from the host, not forwarded traffic")
+        # Calico's own rules for these flags, reported as well so a document fixed for
+        # one message does not meet the next.
         if self.do_not_track and self.pre_dnat:
             yield _p(path, "preDNAT"), "preDNAT and doNotTrack cannot both be true"
         if (self.do_not_track or self.pre_dnat) and not self.apply_on_forward:
@@ -329,13 +366,14 @@ def _ports_errors(ports: list[EndpointPort] | None, path: str, ctx: CheckContext
 
 
 class WorkloadEndpointSpec(CalicoModel):
-    orchestrator: Optional[str] = None
-    workload: Optional[str] = None
+    # Calico's validator: these identifiers are resource names, containerID its own rule.
+    orchestrator: Optional[Name] = None
+    workload: Optional[Name] = None
     node: Optional[Name] = None
-    container_id: Optional[str] = Field(None, alias="containerID")
-    pod: Optional[str] = None
-    endpoint: Optional[str] = None
-    service_account_name: Optional[str] = None
+    container_id: Optional[ContainerID] = Field(None, alias="containerID")
+    pod: Optional[Name] = None
+    endpoint: Optional[Name] = None
+    service_account_name: Optional[Name] = None
     ip_networks: list[Net] = Field(default_factory=list)
     ip_nats: Optional[list[IPNAT]] = Field(None, alias="ipNATs")
     ipv4_gateway: Optional[IPv4] = None
@@ -348,6 +386,11 @@ class WorkloadEndpointSpec(CalicoModel):
 
     def semantic_errors(self, path: str, ctx: CheckContext) -> Iterator[Error]:
         yield from _ports_errors(self.ports, path, ctx)
+        for i, net in enumerate(self.ip_networks):
+            if not is_host_network(net):
+                yield (_p(path, f"ipNetworks[{i}]"),
+                       f"{show(net)} holds more than one address (a workload endpoint's "
+                       "networks are single addresses: /32 for IPv4, /128 for IPv6)")
         nets = [parse_cidr(n) for n in self.ip_networks] if self.ip_nats else []
         for i, nat in enumerate(self.ip_nats or ()):
             ip = ipaddress.ip_address(nat.internal_ip)
@@ -366,6 +409,12 @@ class HostEndpointSpec(CalicoModel):
     def semantic_errors(self, path: str, ctx: CheckContext) -> Iterator[Error]:
         if not self.interface_name and not self.expected_ips:
             yield path, "one of interfaceName or expectedIPs is required"
+        elif not self.interface_name:
+            yield _p(path, "interfaceName"), not_supported(
+                "a host endpoint found by its expectedIPs alone; name its interface")
+        elif self.interface_name == "*":
+            yield _p(path, "interfaceName"), not_supported(
+                "\"*\" (all of a host's interfaces); give each interface its own HostEndpoint")
         yield from _ports_errors(self.ports, path, ctx)
 
 
@@ -433,7 +482,7 @@ LogSeverity = enum_before(("Trace", "Debug", "Info", "Warning", "Error", "Fatal"
 
 class SecretKeyRef(CalicoModel):
     name: Name
-    key: str
+    key: SecretKey
     optional: Optional[bool] = None
 
 
@@ -468,7 +517,7 @@ class BGPConfigurationSpec(CalicoModel):
     node_mesh_password: Optional[BGPPassword] = None
     node_mesh_max_restart_time: Optional[Duration] = None
     bind_mode: Optional[enum_before(("None", "NodeIP"), "bind mode")] = None
-    ignored_interfaces: Optional[list[str]] = None
+    ignored_interfaces: Optional[list[IgnoredInterface]] = None
     local_workload_peering_ipv4: Optional[IPv4] = Field(None, alias="localWorkloadPeeringIPV4")
     local_workload_peering_ipv6: Optional[IPv6] = Field(None, alias="localWorkloadPeeringIPV6")
     program_cluster_routes: Optional[enum_before(("Enabled", "Disabled"), "value")] = None
@@ -547,9 +596,14 @@ class NodeBGPSpec(CalicoModel):
             yield path, "at least one of ipv4Address or ipv6Address is required"
 
 
+# Calico takes any orchestrator name; these are the characters such names are made of.
+OrchestratorName = pattern_type(r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?", "at most 63 letters, "
+                                "digits, '-', '_' and '.'", "orchestrator name", max_len=63)
+
+
 class OrchRef(CalicoModel):
-    orchestrator: str
-    node_name: Optional[str] = None
+    orchestrator: OrchestratorName
+    node_name: Optional[Name] = None
 
 
 class NodeWireguardSpec(CalicoModel):
@@ -562,12 +616,7 @@ class NodeAddress(CalicoModel):
     type: Optional[enum_before(("CalicoNodeIP", "InternalIP", "ExternalIP"), "address type")] = None
 
     def semantic_errors(self, path: str, ctx: CheckContext) -> Iterator[Error]:
-        try:
-            if "/" in self.address:
-                ipaddress.ip_interface(self.address)
-            else:
-                ipaddress.ip_address(self.address)
-        except ValueError:
+        if _cidr_problem(self.address, None, True, True, "address"):
             yield _p(path, "address"), f"{show(self.address)} is not an IP address or address/prefix"
 
 
@@ -589,8 +638,8 @@ class NodeSpec(CalicoModel):
 
 
 class NodeStatus(CalicoModel):
-    wireguard_public_key: Optional[str] = None
-    wireguard_public_key_v6: Optional[str] = Field(None, alias="wireguardPublicKeyV6")
+    wireguard_public_key: Optional[WireguardPublicKey] = None
+    wireguard_public_key_v6: Optional[WireguardPublicKey] = Field(None, alias="wireguardPublicKeyV6")
     pod_cidrs: Optional[list[CIDR]] = Field(None, alias="podCIDRs")
 
 
@@ -604,6 +653,12 @@ class ProtoPort(CalicoModel):
     port: PortNumber
     net: Optional[Net] = None
 
+    def semantic_errors(self, path: str, ctx: CheckContext) -> Iterator[Error]:
+        if self.net is not None:
+            yield _p(path, "net"), not_supported(
+                "a failsafe port limited to a network; the dataplane would open it to every "
+                "address, so leave net out to say so")
+
 
 class RouteTableRange(CalicoModel):
     min: bounded(1, 4294967295, "route table index")
@@ -615,7 +670,7 @@ class RouteTableRange(CalicoModel):
 
 
 class HealthTimeoutOverride(CalicoModel):
-    name: str
+    name: HealthTimeoutName
     timeout: Duration
 
 
@@ -628,18 +683,18 @@ class FelixConfigurationSpec(CalicoModel):
     """Felix's settings as FelixConfiguration fields; unset means "inherit"."""
 
     use_internal_dataplane_driver: Optional[bool] = None
-    dataplane_driver: Optional[str] = None
+    dataplane_driver: Optional[FilePath] = None
     dataplane_watchdog_timeout: Optional[Duration] = None
     ipv6_support: Optional[bool] = None
     route_refresh_interval: Optional[Duration] = None
     interface_refresh_interval: Optional[Duration] = None
     iptables_refresh_interval: Optional[Duration] = None
     iptables_post_write_check_interval: Optional[Duration] = None
-    iptables_lock_file_path: Optional[str] = None
+    iptables_lock_file_path: Optional[FilePath] = None
     iptables_lock_timeout: Optional[Duration] = None
     iptables_lock_probe_interval: Optional[Duration] = None
-    feature_detect_override: Optional[str] = None
-    feature_gates: Optional[str] = None
+    feature_detect_override: Optional[KeyValueList] = None
+    feature_gates: Optional[KeyValueList] = None
     floating_ips: Optional[EnabledDisabled] = Field(None, alias="floatingIPs")
     ipsets_refresh_interval: Optional[Duration] = None
     max_ipset_size: Optional[bounded(1, 2**31 - 1, "ipset size")] = None
@@ -652,22 +707,22 @@ class FelixConfigurationSpec(CalicoModel):
     nftables_mark_mask: Optional[Mark] = None
     xdp_refresh_interval: Optional[Duration] = Field(None, alias="xdpRefreshInterval")
     netlink_timeout: Optional[Duration] = None
-    metadata_addr: Optional[str] = None
+    metadata_addr: Optional[Hostname] = None
     metadata_port: Optional[PortNumber] = None
-    openstack_region: Optional[str] = None
-    interface_prefix: Optional[str] = None
-    interface_exclude: Optional[str] = None
+    openstack_region: Optional[Region] = None
+    interface_prefix: Optional[InterfacePrefixList] = None
+    interface_exclude: Optional[InterfaceExcludeList] = None
     chain_insert_mode: Optional[enum_before(("Insert", "Append"), "chain insert mode")] = None
     default_endpoint_to_host_action: Optional[enum_before(("Drop", "Return", "Accept"), "action")] = None
     iptables_filter_allow_action: Optional[enum_before(("Accept", "Return"), "action")] = None
     iptables_mangle_allow_action: Optional[enum_before(("Accept", "Return"), "action")] = None
     iptables_filter_deny_action: Optional[enum_before(("Drop", "Reject"), "action")] = None
-    log_prefix: Optional[str] = None
-    log_file_path: Optional[str] = None
+    log_prefix: Optional[LogPrefix] = None
+    log_file_path: Optional[FilePath] = None
     log_severity_file: Optional[LogSeverity] = None
     log_severity_screen: Optional[LogSeverity] = None
     log_severity_sys: Optional[LogSeverity] = None
-    log_debug_filename_regex: Optional[str] = None
+    log_debug_filename_regex: Optional[regexp_type("log file name pattern")] = None
     ipip_enabled: Optional[bool] = None
     ipip_mtu: Optional[MTU] = Field(None, alias="ipipMTU")
     vxlan_enabled: Optional[bool] = None
@@ -684,11 +739,11 @@ class FelixConfigurationSpec(CalicoModel):
     iptables_mark_mask: Optional[Mark] = None
     disable_conntrack_invalid_check: Optional[bool] = None
     health_enabled: Optional[bool] = None
-    health_host: Optional[str] = None
+    health_host: Optional[HostAddress] = None
     health_port: Optional[PortNumber] = None
     health_timeout_overrides: Optional[list[HealthTimeoutOverride]] = None
     prometheus_metrics_enabled: Optional[bool] = None
-    prometheus_metrics_host: Optional[str] = None
+    prometheus_metrics_host: Optional[HostAddress] = None
     prometheus_metrics_port: Optional[PortNumber] = None
     prometheus_go_metrics_enabled: Optional[bool] = None
     prometheus_process_metrics_enabled: Optional[bool] = None
@@ -696,7 +751,7 @@ class FelixConfigurationSpec(CalicoModel):
     failsafe_inbound_host_ports: Optional[list[ProtoPort]] = None
     failsafe_outbound_host_ports: Optional[list[ProtoPort]] = None
     kube_node_port_ranges: Optional[list[PortRange]] = None
-    policy_sync_path_prefix: Optional[str] = None
+    policy_sync_path_prefix: Optional[FilePath] = None
     usage_reporting_enabled: Optional[bool] = None
     usage_reporting_initial_delay: Optional[Duration] = None
     usage_reporting_interval: Optional[Duration] = None
@@ -707,16 +762,17 @@ class FelixConfigurationSpec(CalicoModel):
     device_route_protocol: Optional[bounded(1, 255, "route protocol")] = None
     remove_external_routes: Optional[bool] = None
     external_nodes_cidr_list: Optional[list[Net]] = Field(None, alias="externalNodesCIDRList")
-    debug_memory_profile_path: Optional[str] = None
+    debug_memory_profile_path: Optional[FilePath] = None
     debug_disable_log_dropping: Optional[bool] = None
-    iptables_nat_outgoing_interface_filter: Optional[str] = Field(None, alias="iptablesNATOutgoingInterfaceFilter")
+    iptables_nat_outgoing_interface_filter: Optional[InterfaceFilter] = Field(
+        None, alias="iptablesNATOutgoingInterfaceFilter")
     sidecar_acceleration_enabled: Optional[bool] = None
     xdp_enabled: Optional[bool] = None
     generic_xdp_enabled: Optional[bool] = Field(None, alias="genericXDPEnabled")
     bpf_enabled: Optional[bool] = None
     bpf_disable_unprivileged: Optional[bool] = None
     bpf_log_level: Optional[enum_before(("Off", "Info", "Debug"), "BPF log level")] = None
-    bpf_data_iface_pattern: Optional[str] = None
+    bpf_data_iface_pattern: Optional[regexp_type("interface pattern")] = None
     bpf_connect_time_load_balancing_enabled: Optional[bool] = None
     bpf_external_service_mode: Optional[enum_before(("Tunnel", "DSR"), "BPF external service mode")] = None
     bpf_kube_proxy_iptables_cleanup_enabled: Optional[bool] = None
@@ -726,7 +782,7 @@ class FelixConfigurationSpec(CalicoModel):
     route_sync_disabled: Optional[bool] = None
     service_loop_prevention: Optional[enum_before(("Drop", "Reject", "Disabled"), "value")] = None
     workload_source_spoofing: Optional[enum_before(("Disabled", "Any"), "value")] = None
-    mtu_iface_pattern: Optional[str] = None
+    mtu_iface_pattern: Optional[regexp_type("interface pattern")] = None
     ip_forwarding: Optional[EnabledDisabled] = Field(None, alias="ipForwarding")
     aws_src_dst_check: Optional[enum_before(("DoNothing", "Enable", "Disable"), "value")] = None
     wireguard_enabled: Optional[bool] = None
@@ -742,6 +798,10 @@ class FelixConfigurationSpec(CalicoModel):
     wireguard_persistent_keep_alive: Optional[Duration] = None
 
     def semantic_errors(self, path: str, ctx: CheckContext) -> Iterator[Error]:
+        for alias, ports in (("failsafeInboundHostPorts", self.failsafe_inbound_host_ports),
+                             ("failsafeOutboundHostPorts", self.failsafe_outbound_host_ports)):
+            for i, port in enumerate(ports or ()):
+                yield from port.semantic_errors(_p(path, f"{alias}[{i}]"), ctx)
         if self.route_table_range is not None:
             yield from self.route_table_range.semantic_errors(_p(path, "routeTableRange"), ctx)
         for i, rng in enumerate(self.route_table_ranges or ()):

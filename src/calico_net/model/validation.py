@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import re
 import typing
 from typing import Any, Iterable
 
@@ -21,9 +22,9 @@ from pydantic import BaseModel
 from pydantic import ValidationError as PydanticValidationError
 
 from calico_net.errors import ParseError, ValidationError
-from calico_net.model.fields import show
+from calico_net.model.fields import name_problem, show
 from calico_net.model.kinds import KINDS
-from calico_net.model.resources import API_VERSION, IPPool, Resource
+from calico_net.model.resources import API_VERSION, IPPool, Resource, not_supported
 
 class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
     """YAML's safe loader (libyaml's when present) that refuses duplicate keys.
@@ -114,6 +115,7 @@ def parse_resource(doc: Any) -> Resource:
     kind = doc.get("kind")
     meta = doc.get("metadata")
     name = meta.get("name") if isinstance(meta, dict) and isinstance(meta.get("name"), str) else None
+    name = _subject_text(name)
     errors: list[tuple[str, str]] = []
 
     api = doc.get("apiVersion")
@@ -137,7 +139,7 @@ def parse_resource(doc: Any) -> Resource:
         errors.append(("kind", f"{show(kind)} is not a Calico resource kind "
                                f"({', '.join(KINDS)}){hint}"))
     if info is None:
-        raise ValidationError(kind if isinstance(kind, str) else None, name, errors)
+        raise ValidationError(_subject_text(kind) if isinstance(kind, str) else None, name, errors)
 
     if not info.namespaced and isinstance(meta, dict) and meta.get("namespace") is not None:
         errors.append(("metadata.namespace",
@@ -159,6 +161,15 @@ def parse_resource(doc: Any) -> Resource:
     return res
 
 
+def _subject_text(text: str | None) -> str | None:
+    """A name or kind as the header of an error message may print it: a valid one as it
+    is, anything else escaped and cut short (`show` without its quotes)."""
+    if text is None or name_problem(text) is None or text in KINDS:
+        return text
+    shown = show(text)
+    return shown[1:-1] if shown.endswith('"') else shown[1:]
+
+
 def validate_resource(res: Resource) -> None:
     """Re-check a resource built or changed in code (e.g. after `calicoctl label`)."""
     parse_resource(res.to_dict())
@@ -166,16 +177,25 @@ def validate_resource(res: Resource) -> None:
 
 # --- pydantic errors -> (path, message) ------------------------------------------------------
 
+_PATH_PART_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
 def format_loc(loc: Iterable[Any]) -> str:
+    """A pydantic location as a field path (`spec.ingress[0].protocol`). A part that is
+    not a plain field name (an unknown key the user wrote) is shown escaped and bounded."""
     path = ""
     for part in loc:
         if isinstance(part, int):
             path += f"[{part}]"
-        elif isinstance(part, str) and part.startswith("["):
+        elif isinstance(part, str) and _INDEX_RE.fullmatch(part):
             path += part
         else:
-            path += f".{part}" if path else str(part)
+            text = part if isinstance(part, str) and _PATH_PART_RE.fullmatch(part) else show(part)
+            path += f".{text}" if path else text
     return path
+
+
+_INDEX_RE = re.compile(r"\[[0-9]{1,10}\]")
 
 
 def pydantic_errors(exc: PydanticValidationError, model: type[BaseModel]) -> list[tuple[str, str]]:
@@ -207,7 +227,7 @@ def _message(err: dict[str, Any], model: type[BaseModel], loc: tuple[Any, ...]) 
         known = _aliases_at(model, loc[:-1])
         field = str(loc[-1])
         if field in UNSUPPORTED_FIELDS:
-            return f"not supported by calico.net ({UNSUPPORTED_FIELDS[field]})"
+            return not_supported(UNSUPPORTED_FIELDS[field])
         close = difflib.get_close_matches(field, known, n=1, cutoff=0.6)
         for k in known:
             if k.lower() == field.lower():
