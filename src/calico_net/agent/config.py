@@ -8,8 +8,14 @@ A parameter's value comes from the first source that has a *valid* value for it:
 4. the FelixConfiguration `default`;
 5. the built-in default.
 
-A value that does not parse is logged once (with its source) and ignored, so the
-next source — in the end the default — is used. Environment and file values are
+A value that does not parse is logged once (with its source and the value, escaped)
+as an error, counted (`bad_total`, the agent's `felix_config_errors_total`) and
+ignored, so the next source — in the end the default — is used: a bad value is
+never applied. Values that reach nft text or addresses are checked against
+Felix's own grammar: InterfacePrefix is Felix's iface-list
+(`model.fields.parse_iface_list`: comma-separated prefixes of 1-15 characters
+from a-z A-Z 0-9 _ -), the listener hosts Calico's prometheusHost pattern, a
+failsafe entry's CIDR must be a CIDR, and durations must be finite. Environment and file values are
 strings in Calico's formats (`90`, `tcp:22,udp:68`, `true`); FelixConfiguration
 values are the v3 API's JSON (`"90s"`, `[{"protocol": "TCP", "port": 22}]`, `true`).
 
@@ -21,11 +27,15 @@ warn about what needs a restart (health and metrics listeners).
 from __future__ import annotations
 
 import configparser
+import ipaddress
 import logging
+import math
 import os
 import re
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
+
+from calico_net.model.fields import parse_iface_list
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +110,8 @@ def parse_seconds(v: Any) -> float:
                 pos = m.end()
             if pos != len(s) or not s:
                 raise ValueError(f"{v!r} is not a duration (seconds, or like 90s / 1m30s)") from None
+    if not math.isfinite(secs):
+        raise ValueError(f"{v!r} is not a finite duration")
     if secs < 0:
         raise ValueError(f"{v!r} is negative")
     return secs
@@ -132,7 +144,7 @@ def parse_ports(v: Any) -> tuple[Port, ...]:
             proto = str(item.get("protocol", "tcp")).lower()
             if proto not in ("tcp", "udp", "sctp"):
                 raise ValueError(f"{item.get('protocol')!r} is not tcp, udp or sctp")
-            out.append(Port(proto, parse_int_port(item["port"]), item.get("net") or None))
+            out.append(Port(proto, parse_int_port(item["port"]), _failsafe_net(item.get("net"))))
         return tuple(out)
     s = str(v).strip()
     if s.lower() in ("", "none"):
@@ -151,8 +163,40 @@ def parse_ports(v: Any) -> tuple[Port, ...]:
         proto = proto.lower()
         if proto not in ("tcp", "udp", "sctp"):
             raise ValueError(f"{part!r}: {proto!r} is not tcp, udp or sctp")
-        out.append(Port(proto, parse_int_port(port), net))
+        out.append(Port(proto, parse_int_port(port), _failsafe_net(net)))
     return tuple(out)
+
+
+def _failsafe_net(net: Any) -> str | None:
+    """A failsafe entry's optional CIDR (or address), canonical; ValueError if it is
+    not one."""
+    if net is None or net == "":
+        return None
+    if not isinstance(net, str) or not net.isascii() or net.strip() != net:
+        raise ValueError(f"{net!r} is not a CIDR")
+    try:
+        return str(ipaddress.ip_network(net, strict=False))
+    except ValueError:
+        raise ValueError(f"{net!r} is not a CIDR") from None
+
+
+def parse_iface_prefixes(v: Any) -> tuple[str, ...]:
+    """InterfacePrefix: Felix's iface-list grammar, as a tuple of prefixes."""
+    return parse_iface_list(v)
+
+
+# Calico's prometheusHost pattern (libcalico-go validator), for both listeners.
+_HOST_RE = re.compile(r"[a-zA-Z0-9:._+-]{1,64}")
+
+
+def parse_host(v: Any) -> str:
+    """A listener host: an address or a host name (Calico's prometheusHost pattern);
+    "" (the built-in default of PrometheusMetricsHost) means all addresses."""
+    if v == "":
+        return ""
+    if not isinstance(v, str) or not _HOST_RE.fullmatch(v):
+        raise ValueError(f"{v!r} is not a host (1-64 of a-z A-Z 0-9 : . _ + -)")
+    return v
 
 
 @dataclass(frozen=True)
@@ -175,12 +219,12 @@ PARAMS: tuple[Param, ...] = (
     Param("RouteRefreshInterval", parse_seconds, 90),
     Param("IptablesRefreshInterval", parse_seconds, 90),
     Param("DefaultEndpointToHostAction", _choice("Drop", "Return", "Accept"), "Drop"),
-    Param("InterfacePrefix", str, "cali", live=False),
+    Param("InterfacePrefix", parse_iface_prefixes, "cali", live=False),
     Param("HealthEnabled", parse_bool, True, live=False),
-    Param("HealthHost", str, "localhost", live=False),
+    Param("HealthHost", parse_host, "localhost", live=False),
     Param("HealthPort", parse_int_port, 9099, live=False),
     Param("PrometheusMetricsEnabled", parse_bool, False, live=False),
-    Param("PrometheusMetricsHost", str, "", live=False),
+    Param("PrometheusMetricsHost", parse_host, "", live=False),
     Param("PrometheusMetricsPort", parse_int_port, 9091, live=False),
 )
 PARAMS_BY_LOWER = {p.name.lower(): p for p in PARAMS}
@@ -224,6 +268,11 @@ class Config:
         self.values: dict[str, Any] = {}
         self.sources: dict[str, str] = {}
         self._logged: set[tuple[str, str, str]] = set()
+        #: bad values seen (each source, parameter and value once)
+        self.bad_total = 0
+        #: non-live parameters still taken as they change, without a restart
+        #: (the agent's InterfacePrefix until its first snapshot is in)
+        self.until_start: set[str] = set()
         self.resolve()
 
     def __getattr__(self, name: str) -> Any:
@@ -244,10 +293,15 @@ class Config:
         return self.resolve()
 
     def _bad(self, source: str, p: Param, raw: Any, err: Exception) -> None:
-        key = (source, p.name, repr(raw))
+        shown = repr(raw)
+        key = (source, p.name, shown)
         if key not in self._logged:
             self._logged.add(key)
-            log.error("ignoring %s from %s: %s", p.name, source, err)
+            self.bad_total += 1
+            if len(shown) > 100:
+                shown = shown[:97] + "..."
+            log.error("ignoring %s = %s from %s: %s; the next source is used", p.name, shown, source,
+                      str(err)[:300])
 
     def resolve(self) -> list[str]:
         changed = []
@@ -280,7 +334,9 @@ class Config:
             self.sources[p.name] = source
         for name in changed:
             p = next(q for q in PARAMS if q.name == name)
-            if not p.live:
+            if not p.live and name in self.until_start:
+                log.info("%s is %r (from %s)", name, self.values[name], self.sources[name])
+            elif not p.live:
                 log.warning("%s changed to %r: it takes effect when the agent restarts", name, self.values[name])
             else:
                 log.info("%s changed to %r (from %s)", name, self.values[name], self.sources[name])

@@ -39,8 +39,11 @@ import time
 from typing import Any, Callable
 
 from calico_net.agent.config import Config
+from calico_net.agent.felix.nftstr import NftStringError, ifname_text
 from calico_net.agent.felix.policy import FelixSettings, PolicyDataplane
-from calico_net.agent.felix.routes import Link, LinkWatcher, Netlink, RouteBackend, RouteManager
+from calico_net.agent.felix.routes import (
+    Link, LinkWatcher, Netlink, RouteBackend, RouteManager, host_routes,
+)
 from calico_net.agent.felix.sysctl import Sysctls
 from calico_net.agent.health import HealthState
 from calico_net.agent.metrics import Metrics
@@ -58,9 +61,11 @@ RETRY_AFTER_ERROR = 1.0  # a failed apply is retried after this long
 GC_HOLD_MAX = 120.0      # cyclic GC stays off at most this long waiting for the first apply
 
 
-def felix_settings(cfg: Config, settings_cls: Any) -> Any:
+def felix_settings(cfg: Config, settings_cls: Any, prefixes: tuple[str, ...] | None = None) -> Any:
     """Build the policy dataplane's settings object from the resolved config,
-    passing only the fields that class has (it is owned by the policy code)."""
+    passing only the fields that class has (it is owned by the policy code).
+    `prefixes`: the interface prefixes in use (the daemon's, fixed once the first
+    snapshot is in), else the config's."""
     def pairs(ports: Any) -> list[tuple[str, int]]:
         # The policy dataplane takes (protocol, port); a failsafe entry limited to a
         # CIDR ("tcp:198.18.0.0/24:22") is opened for every address (wider, never
@@ -71,7 +76,7 @@ def felix_settings(cfg: Config, settings_cls: Any) -> Any:
         "failsafe_inbound": pairs(cfg.values["FailsafeInboundHostPorts"]),
         "failsafe_outbound": pairs(cfg.values["FailsafeOutboundHostPorts"]),
         "default_endpoint_to_host_action": cfg.values["DefaultEndpointToHostAction"],
-        "interface_prefixes": tuple(p.strip() for p in cfg.values["InterfacePrefix"].split(",") if p.strip()),
+        "interface_prefixes": tuple(prefixes if prefixes is not None else cfg.values["InterfacePrefix"]),
     }
     if dataclasses.is_dataclass(settings_cls):
         accepted = {f.name for f in dataclasses.fields(settings_cls)}
@@ -101,16 +106,25 @@ class Daemon:
         self.node_name = node_name
         self.config = config
         self.metrics = metrics or Metrics()
+        self._config_errors = 0
+        self._count_config_errors()
+        #: workload interface prefixes: taken from the config until the first
+        #: snapshot's FelixConfigurations are in, then fixed (a change needs a restart)
+        self.iface_prefixes: tuple[str, ...] = tuple(config.values["InterfacePrefix"])
+        self._prefixes_fixed = False
+        config.until_start.add("InterfacePrefix")
+        #: endpoints refused (key → reason), each logged and counted once per reason
+        self.refused: dict[str, str] = {}
         self.health = health or HealthState()
         self.coalesce = coalesce
         self.quiet = quiet
         if policy is None:
             settings_cls = settings_cls or FelixSettings
-            policy = PolicyDataplane(node_name, felix_settings(config, settings_cls))
+            policy = PolicyDataplane(node_name, felix_settings(config, settings_cls, self.iface_prefixes))
         self.settings_cls = settings_cls
         self.policy = policy
         self.nl = route_backend if route_backend is not None else Netlink()
-        self.routes = RouteManager(self.nl)
+        self.routes = RouteManager(self.nl, iface_prefixes=self.iface_prefixes)
         self.sysctls = sysctls if sysctls is not None else Sysctls()
         self.watch_links = watch_links
         self.link_watcher: LinkWatcher | None = None
@@ -335,10 +349,18 @@ class Daemon:
 
     def _resync(self, resources: dict[str, Resource], revision: int) -> None:
         first = not self.synced
+        if first:
+            # The first snapshot's FelixConfigurations come first: the interface
+            # prefixes they give decide which endpoints are programmed at all.
+            for key, res in resources.items():
+                if res.kind == "FelixConfiguration":
+                    self._dispatch(key, res)
+            self._fix_prefixes()
         if first and not self.applied and self._by_name is None and self._fresh_host():
             # A fresh host's cold start: the sysctl helper starts on the snapshot's
             # interface names now, beside the dispatch below and the first apply.
-            self._by_name = self._start_sysctls_by_name(_local_interfaces(resources, self.node_name))
+            self._by_name = self._start_sysctls_by_name(
+                _local_interfaces(resources, self.node_name, self.iface_prefixes))
         if not first:
             self.metrics.resyncs.inc()
         changed = 0
@@ -372,26 +394,68 @@ class Daemon:
         if kind == "FelixConfiguration":
             self._felix_configuration(cur.name, res.doc.get("spec") if res is not None else None)
             return True
+        doc = res.doc if res is not None else None
         if kind == "WorkloadEndpoint":
-            spec = res.doc.get("spec") or {} if res is not None else {}
-            if res is not None and spec.get("node") == self.node_name:
+            spec = (doc.get("spec") or {}) if doc is not None else {}
+            problem = None
+            if doc is not None and spec.get("node") == self.node_name:
                 ifname = spec.get("interfaceName") or None
-                self.routes.set_endpoint(key, ifname, spec.get("ipNetworks") or [])
-                if self.links_partial and ifname and ifname not in self.routes.links:
+                # refuses (and forgets) an endpoint outside the interface prefixes
+                # or with an address wider than a host address
+                problem = self.routes.set_endpoint(key, ifname, spec.get("ipNetworks") or [])
+                if problem is None and self.links_partial and ifname and ifname not in self.routes.links:
                     self._learn_link(ifname)
             else:
                 self.routes.remove_endpoint(key)
+                if doc is not None:
+                    # a remote endpoint's addresses go into selector sets here
+                    problem = host_routes(spec.get("ipNetworks") or ())[1]
+            doc = self._endpoint_verdict(key, kind, doc, problem)
+        elif kind == "HostEndpoint":
+            doc = self._endpoint_verdict(key, kind, doc, _host_endpoint_problem(doc))
         if kind not in DATAPLANE_KINDS:
             return True  # Nodes, BGP resources: confd's business, not the dataplane's
         try:
-            self.policy.update(kind, cur.name, cur.namespace, res.doc if res is not None else None)
+            self.policy.update(kind, cur.name, cur.namespace, doc)
         except Exception:  # noqa: BLE001 - one bad object must not stop the agent
             log.exception("policy dataplane rejected %s %s", kind, key)
             self.metrics.errors.inc()
         return True
 
+    def _endpoint_verdict(self, key: str, kind: str, doc: dict[str, Any] | None,
+                          problem: str | None) -> dict[str, Any] | None:
+        """`doc`, or None (the endpoint is treated as absent by the policy dataplane)
+        if `problem`: then logged and counted once per endpoint and reason."""
+        if doc is None or problem is None:
+            if self.refused and self.refused.pop(key, None) is not None:
+                self.metrics.refused_endpoints.set(len(self.refused))
+            return doc
+        if self.refused.get(key) != problem:
+            self.refused[key] = problem
+            log.error("refusing %s %s: %s; nothing is programmed for it", kind, key, problem)
+            self.metrics.refused_endpoints_total.inc()
+            self.metrics.refused_endpoints.set(len(self.refused))
+        return None
+
+    def _fix_prefixes(self) -> None:
+        """The first snapshot's FelixConfigurations are in: the interface prefixes
+        are fixed from now on (a later change is logged as needing a restart)."""
+        self._prefixes_fixed = True
+        self.config.until_start.discard("InterfacePrefix")
+        log.info("workload interface prefixes: %s", ",".join(self.iface_prefixes))
+
+    def _count_config_errors(self) -> None:
+        n = getattr(self.config, "bad_total", 0)
+        if n > self._config_errors:
+            self.metrics.config_errors.inc(n - self._config_errors)
+            self._config_errors = n
+
     def _felix_configuration(self, name: str, spec: dict[str, Any] | None) -> None:
         changed = self.config.set_felix_configuration(name, spec)
+        self._count_config_errors()
+        if "InterfacePrefix" in changed and not self._prefixes_fixed:
+            self.iface_prefixes = tuple(self.config.values["InterfacePrefix"])
+            self.routes.iface_prefixes = self.iface_prefixes
         if not changed:
             return
         if "LogSeverityScreen" in changed:
@@ -403,7 +467,7 @@ class Daemon:
             self.next_nft_refresh = now + self._interval("IptablesRefreshInterval")
         if self.settings_cls is not None:
             try:
-                self.policy.set_settings(felix_settings(self.config, self.settings_cls))
+                self.policy.set_settings(felix_settings(self.config, self.settings_cls, self.iface_prefixes))
             except Exception:  # noqa: BLE001
                 log.exception("cannot apply new Felix settings")
                 self.metrics.errors.inc()
@@ -609,8 +673,29 @@ class Daemon:
                 self.metrics.errors.inc()
 
 
-def _local_interfaces(resources: dict[str, Resource], node: str) -> list[tuple[str, bool]]:
-    """(interface name, has an IPv6 network) of this node's WorkloadEndpoints, sorted."""
+def _host_endpoint_problem(doc: dict[str, Any] | None) -> str | None:
+    """Why a HostEndpoint cannot be programmed (None: it can): an interface name nft
+    cannot carry ("*", every interface, is not supported yet), or an expected IP
+    that is not a host address."""
+    if doc is None:
+        return None
+    spec = doc.get("spec") or {}
+    iface = spec.get("interfaceName")
+    if iface == "*":
+        return 'interfaceName "*" (every host interface) is not supported by calico.net yet'
+    if iface:
+        try:
+            ifname_text(iface)
+        except NftStringError as exc:
+            return f"interfaceName: {exc}"
+    return host_routes(spec.get("expectedIPs") or (), "expectedIPs")[1]
+
+
+def _local_interfaces(resources: dict[str, Resource], node: str,
+                      prefixes: tuple[str, ...] = ("cali",)) -> list[tuple[str, bool]]:
+    """(interface name, has an IPv6 network) of this node's WorkloadEndpoints whose
+    interface starts with one of `prefixes` (no other interface is ever
+    configured), sorted."""
     out: dict[str, bool] = {}
     for res in resources.values():
         if res.kind != "WorkloadEndpoint":
@@ -618,6 +703,8 @@ def _local_interfaces(resources: dict[str, Resource], node: str) -> list[tuple[s
         spec = res.doc.get("spec") or {}
         name = spec.get("interfaceName")
         if spec.get("node") != node or not name or not isinstance(name, str):
+            continue
+        if not name.startswith(prefixes):
             continue
         v6 = False
         for n in spec.get("ipNetworks") or ():

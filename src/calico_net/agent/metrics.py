@@ -116,6 +116,13 @@ class Metrics:
         self.errors = Counter("felix_errors_total", "Errors applying the dataplane or talking to the datastore.")
         self.skipped_total = Counter("felix_skipped_bad_objects_total", "Bad datastore values seen and skipped.")
         self.skipped = Gauge("felix_skipped_bad_objects", "Datastore keys currently skipped as bad.")
+        self.config_errors = Counter("felix_config_errors_total",
+                                     "Configuration values ignored as invalid (each source, parameter and value once).")
+        self.refused_endpoints_total = Counter(
+            "felix_refused_endpoints_total",
+            "Endpoints refused (an interface outside the interface prefixes, an address wider than "
+            "a host address), each endpoint and reason once.")
+        self.refused_endpoints = Gauge("felix_refused_endpoints", "Endpoints currently refused.")
         self.datastore_connected = Gauge("felix_datastore_connected", "1 while the datastore is reachable.")
         self.route_repairs = Counter("felix_route_repairs_total", "Routes rewritten by a refresh (drift repaired).")
         self.nft_repairs = Counter("felix_nft_repairs_total", "Refreshes that had to repair the nftables table.")

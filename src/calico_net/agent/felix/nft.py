@@ -35,7 +35,11 @@ import struct
 import subprocess
 import time
 from dataclasses import dataclass, field
+import re
 from typing import Any, Callable, Iterable, Mapping
+
+from . import nftstr
+from .nftstr import check_element_list, check_rule_line, ident
 
 log = logging.getLogger(__name__)
 
@@ -469,21 +473,55 @@ class WriteStats:
     seconds: float = 0.0
 
 
-def _q(s: str) -> str:
-    return '"' + s.replace('"', "'") + '"'
+def _fp_elem(fp: str) -> str:
+    """The fingerprint (15 hex characters) as the element of set ``cali-meta``."""
+    return nftstr.ifname(fp)
 
 
 def _elem_text(key: str, value: str | None) -> str:
     return key if value is None else f"{key} : {value}"
 
 
+def _elements(items: Iterable[tuple[str, str | None]]) -> str:
+    """Elements as nft writes them inside ``{ }``, checked as one list (see
+    `nftstr.check_element_list`): nothing in a key or value can end the list or
+    add an element. (The keys are made by the renderers from checked parts; this
+    is the last look, one scan per list.)"""
+    texts = [_elem_text(k, v) for k, v in items]
+    return check_element_list(", ".join(texts), len(texts))
+
+
+# What base chains are hooked with (policy.py's constants): nothing else is written.
+_HOOK_RE = re.compile(r"type (?:filter|nat|route) hook (?:prerouting|input|forward|output|postrouting)"
+                      r" priority [a-z]+(?: ?[+-] ?[0-9]+)?; policy (?:accept|drop);?")
+# Set declarations (the renderers' constants): types, flags, no quotes or braces.
+_DECL_RE = re.compile(r"[a-z0-9_ .:;]+")
+
+
+def _hook(hook: str) -> str:
+    if not _HOOK_RE.fullmatch(hook):
+        raise nftstr.NftStringError(f"{nftstr.show(hook)} is not a base chain hook we write")
+    return hook.rstrip(";") + ";"
+
+
+def _decl(decl: str) -> str:
+    if not _DECL_RE.fullmatch(decl):
+        raise nftstr.NftStringError(f"{nftstr.show(decl)} is not a set declaration we write")
+    return "; ".join(p.strip() for p in decl.split(";") if p.strip())
+
+
+def _rules(rules: Iterable[str]) -> Iterable[str]:
+    for r in rules:
+        yield check_rule_line(r)
+
+
 def _chain_decl(name: str, c: ChainDef) -> str:
     inner = []
     if c.hook:
-        inner.append(c.hook.rstrip(";") + ";")
+        inner.append(_hook(c.hook))
     if c.comment:
-        inner.append(f"comment {_q(c.comment)};")
-    return f"add chain {FAMILY} {TABLE} {name}" + (" { " + " ".join(inner) + " }" if inner else "")
+        inner.append(f"comment {nftstr.comment(c.comment)};")
+    return f"add chain {FAMILY} {TABLE} {ident(name)}" + (" { " + " ".join(inner) + " }" if inner else "")
 
 
 class NftWriter:
@@ -577,7 +615,7 @@ class NftWriter:
         if META_SET in without_elements:
             out.append(f"  set {META_SET} {{ type ifname; }}")
         else:
-            out.append(f"  set {META_SET} {{ type ifname; elements = {{ {_q(rs.fingerprint())} }} }}")
+            out.append(f"  set {META_SET} {{ type ifname; elements = {{ {_fp_elem(rs.fingerprint())} }} }}")
         # plain sets first, then chains (nft resolves forward jumps inside one
         # block), verdict maps, base chains last
         for name, s in sorted(rs.sets.items()):
@@ -600,20 +638,18 @@ class NftWriter:
 
     def _set_block(self, name: str, s: SetDef, empty: bool = False) -> str:
         kind = "map" if s.is_map else "set"
-        decl = "; ".join(p.strip() for p in s.decl.split(";") if p.strip())
-        text = f"  {kind} {name} {{ {decl};"
+        text = f"  {kind} {ident(name)} {{ {_decl(s.decl)};"
         if s.elements and not empty:
-            text += " elements = { " + ", ".join(
-                _elem_text(k, v) for k, v in s.elements.items()) + " };"
+            text += " elements = { " + _elements(s.elements.items()) + " };"
         return text + " }"
 
     def _chain_block(self, name: str, c: ChainDef) -> str:
-        lines = [f"  chain {name} {{"]
+        lines = [f"  chain {ident(name)} {{"]
         if c.hook:
-            lines.append("    " + c.hook.rstrip(";") + ";")
+            lines.append("    " + _hook(c.hook))
         if c.comment:
-            lines.append(f"    comment {_q(c.comment)}")
-        lines.extend("    " + r for r in c.rules)
+            lines.append(f"    comment {nftstr.comment(c.comment)}")
+        lines.extend("    " + r for r in _rules(c.rules))
         lines.append("  }")
         return "\n".join(lines)
 
@@ -656,7 +692,7 @@ class NftWriter:
 
         def encode() -> None:
             try:
-                split[META_SET].elements[_q(rs.fingerprint())] = None
+                split[META_SET].elements[_fp_elem(rs.fingerprint())] = None
                 prepared.append(self.fast.prepare(
                     ("add", name, s.decl, k, v) for name, s in split.items() for k, v in s.elements.items()))
             except Exception as exc:  # noqa: BLE001 - the elements then go through nft
@@ -665,7 +701,7 @@ class NftWriter:
         self.runner.run(script, meanwhile=encode if split else None)
         if split:
             if not split[META_SET].elements:
-                split[META_SET].elements[_q(rs.fingerprint())] = None
+                split[META_SET].elements[_fp_elem(rs.fingerprint())] = None
             self._fill_split(split, prepared[0] if prepared else NftError("not encoded"))
         self._remember_all(rs)
         return WriteStats(full=True, script_lines=script.count("\n"),
@@ -691,7 +727,7 @@ class NftWriter:
         self.written_sets[META_SET] = ("type ifname", False)
         self.written_elems = {n: dict(s.elements) for n, s in rs.sets.items()}
         self.written_fp = rs.fingerprint()
-        self.written_elems[META_SET] = {_q(self.written_fp): None}
+        self.written_elems[META_SET] = {_fp_elem(self.written_fp): None}
         self.loaded = True
 
     # incremental ------------------------------------------------------------
@@ -725,13 +761,12 @@ class NftWriter:
                 handled.add(name)
                 continue
             if old is not None:
-                set_del.append(f"delete {'map' if old[1] else 'set'} {T} {name}")
+                set_del.append(f"delete {'map' if old[1] else 'set'} {T} {ident(name)}")
             if new is not None:
                 if old is not None:
                     # same name, new type: must go before it is re-added; rare
                     return self._fallback_script(rs)
-                decl = "; ".join(p.strip() for p in new.decl.split(";") if p.strip())
-                declare.append(f"add {'map' if new.is_map else 'set'} {T} {name} {{ {decl}; }}")
+                declare.append(f"add {'map' if new.is_map else 'set'} {T} {ident(name)} {{ {_decl(new.decl)}; }}")
                 if new.elements:
                     elem_add.extend(self._elem_cmds("add", name, new.elements.items()))
                     st.elements_added += len(new.elements)
@@ -763,8 +798,8 @@ class NftWriter:
             if new_c == old_c:
                 continue
             if new_c is None:
-                chain_flush.append(f"flush chain {T} {name}")
-                chain_del.append(f"delete chain {T} {name}")
+                chain_flush.append(f"flush chain {T} {ident(name)}")
+                chain_del.append(f"delete chain {T} {ident(name)}")
                 st.chains_deleted += 1
                 continue
             if old_c is None:
@@ -772,13 +807,14 @@ class NftWriter:
             elif old_c.hook != new_c.hook:
                 return self._fallback_script(rs)
             else:
-                rules.append(f"flush chain {T} {name}")
-            rules.extend(f"add rule {T} {name} {r}" for r in new_c.rules)
+                rules.append(f"flush chain {T} {ident(name)}")
+            rules.extend(f"add rule {T} {ident(name)} {r}" for r in _rules(new_c.rules))
             st.chains_written += 1
         fp = rs.fingerprint()
         if fp != self.written_fp:
-            elem_del.append(f"delete element {T} {META_SET} {{ {_q(self.written_fp or '')} }}")
-            elem_add.append(f"add element {T} {META_SET} {{ {_q(fp)} }}")
+            if self.written_fp is not None:
+                elem_del.append(f"delete element {T} {META_SET} {{ {_fp_elem(self.written_fp)} }}")
+            elem_add.append(f"add element {T} {META_SET} {{ {_fp_elem(fp)} }}")
         script = "\n".join(declare + elem_del + rules + elem_add + chain_flush + chain_del
                            + set_del) + "\n"
         st.script_lines = script.count("\n")
@@ -835,8 +871,8 @@ class NftWriter:
         fp = rs.fingerprint()
         if fp != self.written_fp:
             if self.written_fp is not None:
-                ops.insert(0, ("delete", META_SET, "type ifname", _q(self.written_fp), None))
-            ops.append(("add", META_SET, "type ifname", _q(fp), None))
+                ops.insert(0, ("delete", META_SET, "type ifname", _fp_elem(self.written_fp), None))
+            ops.append(("add", META_SET, "type ifname", _fp_elem(fp), None))
         try:
             self.fast.write(ops)
         except (NftError, OSError, ValueError) as exc:
@@ -858,8 +894,7 @@ class NftWriter:
         out = []
         for i in range(0, len(items), _ELEMENT_CHUNK):
             chunk = items[i:i + _ELEMENT_CHUNK]
-            body = ", ".join(_elem_text(k, v) for k, v in chunk)
-            out.append(f"{verb} element {FAMILY} {TABLE} {name} {{ {body} }}")
+            out.append(f"{verb} element {FAMILY} {TABLE} {ident(name)} {{ {_elements(chunk)} }}")
         return out
 
     def _commit_incremental(self, rs: Ruleset) -> None:
@@ -888,7 +923,7 @@ class NftWriter:
             else:
                 self.written_chains[name] = c
         self.written_fp = rs.fingerprint()
-        self.written_elems[META_SET] = {_q(self.written_fp): None}
+        self.written_elems[META_SET] = {_fp_elem(self.written_fp): None}
 
 
 class _Missing:

@@ -37,6 +37,7 @@ import struct
 from typing import Any, Iterable
 
 from .nft import FAMILY, TABLE, NftError
+from .nftstr import ident, unquote_ifname
 
 __all__ = ["NetlinkSetWriter", "PreparedBatch", "encodable", "encode_key"]
 
@@ -101,10 +102,8 @@ def _field(ftype: str, text: str) -> bytes:
     if ftype == "ipv6_addr":
         return socket.inet_pton(socket.AF_INET6, text)
     if ftype == "ifname":
-        raw = text.strip('"').encode()
-        if len(raw) >= IFNAMSIZ:
-            raise ValueError(f"interface name too long: {text}")
-        return raw.ljust(IFNAMSIZ, b"\0")
+        # the name as nftstr.ifname wrote it (checked again: no NUL, no wildcard)
+        return unquote_ifname(text).ljust(IFNAMSIZ, b"\0")
     if ftype == "inet_proto":
         return bytes([_PROTOS[text] if text in _PROTOS else int(text)])
     if ftype == "inet_service":
@@ -148,8 +147,10 @@ def _verdict(text: str) -> bytes:
     words = text.split()
     code = _VERDICTS[words[0]]
     attrs = [_attr(NFTA_VERDICT_CODE, struct.pack("!i", code))]
+    if len(words) != (2 if words[0] in ("jump", "goto") else 1):
+        raise ValueError(f"not a verdict: {text!r}")
     if words[0] in ("jump", "goto"):
-        attrs.append(_attr(NFTA_VERDICT_CHAIN, _strz(words[1])))
+        attrs.append(_attr(NFTA_VERDICT_CHAIN, _strz(ident(words[1]))))
     return _nested(NFTA_SET_ELEM_DATA, _nested(NFTA_DATA_VERDICT, *attrs))
 
 
@@ -177,9 +178,7 @@ def _encoder(verb: str, decl: str) -> Callable[[str, str | None], bytes] | None:
         pack, head, verdict = struct.Struct("=HH").pack, NFTA_LIST_ELEM | NLA_F_NESTED, _verdict
 
         def ifname_verdict(key: str, value: str | None) -> bytes:
-            raw = key.strip().strip('"').encode()
-            if len(raw) >= IFNAMSIZ:
-                raise ValueError(f"interface name too long: {key}")
+            raw = unquote_ifname(key)
             if value is None:
                 raise ValueError("a map element without a value")
             inner = _IFNAME_KEY + raw.ljust(IFNAMSIZ, b"\0") + verdict(value)

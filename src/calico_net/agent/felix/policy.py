@@ -55,8 +55,10 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Callable, Iterable, Iterator, Mapping, NamedTuple
 
+from . import nftstr
 from .index import ENDPOINT_KINDS, IndexChanges, Key, PolicyIndex
 from .nft import NftError, NftRunner, NftWriter, Ruleset
+from .nftstr import NftStringError
 from .rules import MARK_ALLOW, MARK_CLEAR_MASK, MARK_PASS, render_rule
 
 log = logging.getLogger(__name__)
@@ -112,7 +114,9 @@ class FelixSettings:
     #: program NAT outgoing for IPPools with natOutgoing: true
     nat_outgoing: bool = True
     log_prefix: str = "calico-packet"
-    #: workload interface name prefixes (FELIX_INTERFACEPREFIX, comma separated there)
+    #: workload interface name prefixes (FELIX_INTERFACEPREFIX, comma separated
+    #: there; each one Felix's grammar, see `nftstr.ifname_prefix`). Only workload
+    #: endpoints whose interface starts with one of them are programmed.
     interface_prefixes: tuple[str, ...] = ("cali",)
     #: strict reverse-path check on workload interfaces (anti-spoofing)
     anti_spoofing: bool = True
@@ -126,10 +130,14 @@ class FelixSettings:
         self.failsafe_inbound = parse_failsafe_ports(self.failsafe_inbound)
         self.failsafe_outbound = parse_failsafe_ports(self.failsafe_outbound)
         if isinstance(self.interface_prefixes, str):
-            self.interface_prefixes = tuple(
-                p.strip() for p in self.interface_prefixes.split(",") if p.strip())
-        # nft log prefixes are at most 127 bytes; quotes would end the string
-        self.log_prefix = self.log_prefix.replace('"', "'").replace("\\", "/")[:100]
+            self.interface_prefixes = tuple(self.interface_prefixes.split(","))
+        self.interface_prefixes = tuple(self.interface_prefixes)
+        if not self.interface_prefixes:
+            raise ValueError("interface_prefixes is empty")
+        for p in self.interface_prefixes:
+            nftstr.ifname_prefix(p)          # NftStringError (a ValueError) if bad
+        # (rules append ": " to it; nft log prefixes are at most 127 bytes)
+        nftstr.log_prefix(self.log_prefix + ": ")
 
 
 @dataclass
@@ -178,6 +186,20 @@ def _short(*parts: object) -> str:
     return hashlib.sha224("\0".join(map(str, parts)).encode()).hexdigest()[:16]
 
 
+def _chain_comment(text: str) -> str | None:
+    """A chain comment naming a resource, cut to what nft takes (128 characters);
+    None if it cannot be a comment (it is only for people reading the table: the
+    chain is written without one rather than not at all)."""
+    if len(text) > nftstr.COMMENT_MAX:
+        text = text[:nftstr.COMMENT_MAX - 3] + "..."
+    try:
+        nftstr.comment(text)
+    except NftStringError as exc:
+        log.warning("chain comment left out: %s", exc)
+        return None
+    return text
+
+
 @lru_cache(maxsize=65536)
 def policy_chain(key: Key, direction: str) -> str:
     return f"cali-p{'i' if direction == 'Ingress' else 'o'}-{_short(*key)}"
@@ -207,6 +229,11 @@ class _Ctx:
         self.literals[name] = (decl, elems)
         self.collected.add(name)
         return name
+
+
+def _failsafe_elem(proto: str, port: int) -> str:
+    """``tcp . 22``: the protocol from our own table, the port a checked number."""
+    return f"{_FAILSAFE_PROTOS[proto]} . {nftstr.number(port, 1, 65535)}"
 
 
 WL_FROM = "cali-wl-from"
@@ -250,6 +277,11 @@ class PolicyDataplane:
         self._base_dirty = True
         self._first = True
         self._rerender_all = False
+        #: workload interfaces we program start with one of these (Felix: only
+        #: interfaces that match the interface prefix are ever touched)
+        self._wl_prefixes = tuple(self.settings.interface_prefixes)
+        self._rerender_endpoints = False
+        self._refused: dict[Key, str] = {}         # endpoint → interface not programmed
         #: the live table is our placeholder (load_placeholder) until the next write
         self._over_placeholder = False
         self.last_stats: ApplyStats | None = None
@@ -268,6 +300,10 @@ class PolicyDataplane:
             self._base_dirty = True
             # the log prefix is inside policy/profile chains
             self._rerender_all = True
+            prefixes = tuple(settings.interface_prefixes)
+            if prefixes != self._wl_prefixes:
+                self._wl_prefixes = prefixes
+                self._rerender_endpoints = True
 
     def endpoint_count(self) -> int:
         return len(self._programs)
@@ -306,6 +342,11 @@ class PolicyDataplane:
             changes.policies |= set(self.index.policies)
             changes.profiles |= set(self.index.profiles)
             self._rerender_all = False
+        if self._rerender_endpoints:
+            changes.endpoints |= {k for k, m in self.index.members.items()
+                                  if m.is_endpoint and m.node == self.node_name}
+            changes.endpoints |= set(self._programs)
+            self._rerender_endpoints = False
         if not self.writer.loaded or len(changes.endpoints) > 1000 or len(changes.sets) > 1000:
             self.rs.invalidate_fingerprint()     # recomputed once, when written
         self._render(changes)
@@ -367,9 +408,10 @@ class PolicyDataplane:
             f"add rule {T} cali-input ct state established,related accept",
         ]
         for p in self.settings.interface_prefixes:
-            lines += [f'add rule {T} cali-forward iifname "{p}*" drop',
-                      f'add rule {T} cali-forward oifname "{p}*" drop',
-                      f'add rule {T} cali-input iifname "{p}*" drop']
+            w = nftstr.ifname_prefix(p)
+            lines += [f"add rule {T} cali-forward iifname {w} drop",
+                      f"add rule {T} cali-forward oifname {w} drop",
+                      f"add rule {T} cali-input iifname {w} drop"]
         self.runner.run("\n".join(lines) + "\n")
         self._over_placeholder = True
 
@@ -455,7 +497,8 @@ class PolicyDataplane:
                     continue
                 lines = self._render_rules(chain, rules, in_profile=False)
                 kind, ns, name = key
-                rs.set_chain(chain, lines, comment=f"{kind} {ns + '/' if ns else ''}{name}")
+                rs.set_chain(chain, lines,
+                             comment=_chain_comment(f"{kind} {ns + '/' if ns else ''}{name}"))
         for name in ch.profiles:
             prof = index.profiles.get(name)
             for direction, rules in (("Ingress", prof.ingress if prof else ()),
@@ -465,7 +508,7 @@ class PolicyDataplane:
                     self._delete_rule_chain(chain)
                     continue
                 lines = self._render_rules(chain, rules, in_profile=True)
-                rs.set_chain(chain, lines, comment=f"Profile {name}")
+                rs.set_chain(chain, lines, comment=_chain_comment(f"Profile {name}"))
         for ep in ch.endpoints:
             self._render_endpoint(ep)
         self._collect_garbage()
@@ -489,7 +532,14 @@ class PolicyDataplane:
         """Render a policy/profile chain's rules; keep its literal sets referenced."""
         ctx = self._ctx
         ctx.collected = set()
-        lines = [line for r in rules for line in render_rule(r, ctx, in_profile=in_profile)]
+        try:
+            lines = [line for r in rules for line in render_rule(r, ctx, in_profile=in_profile)]
+        except NftStringError as exc:
+            # never fail open: a policy or profile we cannot write drops what it sees
+            log.error("%s: a rule cannot be written (%s); the chain drops every packet "
+                      "that reaches it instead", chain, exc)
+            ctx.collected = set()
+            lines = ["drop"]
         self._set_chain_literals(chain, ctx.collected)
         return lines
 
@@ -556,7 +606,8 @@ class PolicyDataplane:
     def _render_endpoint(self, ep: Key) -> None:
         member = self.index.members.get(ep)
         new: _EpProgram | None = None
-        if member is not None and member.iface and member.node == self.node_name:
+        if (member is not None and member.iface and member.node == self.node_name
+                and not self._refuse_iface(member)):
             index = self.index
             known = index.profiles
             profs = tuple([p for p in member.profiles if p in known])
@@ -611,6 +662,21 @@ class PolicyDataplane:
                 else:
                     self._chain_refs[c] = n
 
+    def _refuse_iface(self, member: Any) -> bool:
+        """True (and logged once) if `member` is a workload endpoint whose interface
+        does not start with a workload interface prefix: such an interface (eth0,
+        say) is the host's, and no endpoint may put it in our maps."""
+        if member.key[0] != "WorkloadEndpoint" or member.iface.startswith(self._wl_prefixes):
+            if self._refused:
+                self._refused.pop(member.key, None)
+            return False
+        if self._refused.get(member.key) != member.iface:
+            self._refused[member.key] = member.iface
+            log.error("%s %s: interface %r does not start with an interface prefix (%s); "
+                      "not programmed", member.key[0], member.key[2], member.iface,
+                      ",".join(self._wl_prefixes))
+        return True
+
     @staticmethod
     def _slots(p: _EpProgram) -> list[tuple[str, str]]:
         if p.kind == "HostEndpoint":
@@ -620,7 +686,7 @@ class PolicyDataplane:
     def _write_slot(self, slot: tuple[str, str]) -> None:
         mapname, iface = slot
         claims = self._iface_claims.get(slot)
-        key = f'"{iface}"'
+        key = nftstr.ifname(iface)
         if not claims:
             self._iface_claims.pop(slot, None)
             self.rs.remove_element(mapname, key)
@@ -660,13 +726,13 @@ class PolicyDataplane:
         rs.ensure_set(HEP_IFACES, "type ifname")
         rs.ensure_set(FAILSAFE_IN, "type inet_proto . inet_service")
         rs.ensure_set(FAILSAFE_OUT, "type inet_proto . inet_service")
-        rs.replace_elements(FAILSAFE_IN, {f"{p} . {n}" for p, n in s.failsafe_inbound})
-        rs.replace_elements(FAILSAFE_OUT, {f"{p} . {n}" for p, n in s.failsafe_outbound})
+        rs.replace_elements(FAILSAFE_IN, {_failsafe_elem(p, n) for p, n in s.failsafe_inbound})
+        rs.replace_elements(FAILSAFE_OUT, {_failsafe_elem(p, n) for p, n in s.failsafe_outbound})
         for fam in (4, 6):
             addr = "ipv4_addr" if fam == 4 else "ipv6_addr"
             rs.ensure_set(POOLS[fam], f"type {addr}; flags interval")
             rs.ensure_set(MASQ[fam], f"type {addr}; flags interval")
-        wl = [f'"{p}*"' for p in s.interface_prefixes]
+        wl = [nftstr.ifname_prefix(p) for p in s.interface_prefixes]
         allow = f"{MARK_ALLOW:#x}"
         clear = f"meta mark set meta mark & {MARK_CLEAR_MASK:#010x}"
         rs.set_chain("cali-from-wl", [

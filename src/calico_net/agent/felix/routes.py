@@ -415,28 +415,67 @@ class RouteBackend(Protocol):
     def write(self, ops: list[RouteOp], protocol: int = ..., table: int = ...) -> None: ...
 
 
-def endpoint_routes(nets: Iterable[str]) -> list[Route]:
-    """Host routes for an endpoint's ipNetworks (a /32 or /128 each; a wider CIDR
-    is routed as given, as Calico does for e.g. a /30 given to a VM)."""
-    out = []
+_AF_INET, _AF_INET6 = socket.AF_INET, socket.AF_INET6
+_HOST_LEN = {_AF_INET: 32, _AF_INET6: 128}
+
+
+def host_routes(nets: Iterable[str], field: str = "ipNetworks") -> tuple[list[Route], str | None]:
+    """The host routes (a /32 or /128 each) for an endpoint's ipNetworks, and the
+    first problem found (None if every entry is a host address).
+
+    Calico allows only host addresses here: libcalico-go's validator refuses a
+    WorkloadEndpoint whose ipNetworks entry "contains multiple addresses" ("The
+    configured networks only support /32 (for IPv4) and /128 (for IPv6)"). So an
+    entry wider than that (0.0.0.0/0, a /24, ::/0) is never routed — an endpoint
+    can never install a default route or take a subnet — nor is one that does not
+    parse; the caller refuses the endpoint."""
+    out: list[Route] = []
+    problem = None
     for n in nets:
-        if n.endswith("/32"):
+        if isinstance(n, str) and n.endswith("/32"):
             # the common case (a validated "a.b.c.d/32"), without ipaddress (~20 us)
             a = n[:-3]
             try:
-                if socket.inet_ntop(socket.AF_INET, socket.inet_pton(socket.AF_INET, a)) == a:
-                    out.append((socket.AF_INET, a, 32))
+                if socket.inet_ntop(_AF_INET, socket.inet_pton(_AF_INET, a)) == a:
+                    out.append((_AF_INET, a, 32))
                     continue
-            except OSError:
+            except (OSError, ValueError):
                 pass
         try:
+            if not isinstance(n, str):
+                raise ValueError(n)
             net = ipaddress.ip_network(n, strict=False)
         except ValueError:
-            log.warning("ignoring ipNetwork %r: not a CIDR", n)
+            problem = problem or f"{field} entry {n!r} is not an address or CIDR"
             continue
-        family = socket.AF_INET if net.version == 4 else socket.AF_INET6
-        out.append((family, str(net.network_address), net.prefixlen))
-    return out
+        if net.prefixlen != net.max_prefixlen:
+            problem = problem or (f"{field} entry {n} is wider than a host address "
+                                  f"(/{net.max_prefixlen}, as Calico requires)")
+            continue
+        out.append((_AF_INET if net.version == 4 else _AF_INET6, str(net.network_address), net.prefixlen))
+    return out, problem
+
+
+def endpoint_routes(nets: Iterable[str]) -> list[Route]:
+    """Host routes for an endpoint's ipNetworks (see `host_routes`; entries that are
+    not host addresses are left out and logged)."""
+    routes, problem = host_routes(nets)
+    if problem:
+        log.warning("ignoring %s", problem)
+    return routes
+
+
+def interface_problem(ifname: object, prefixes: tuple[str, ...]) -> str | None:
+    """Why a local workload endpoint may not use interface `ifname`, or None.
+
+    Felix only ever touches interfaces that match its interface prefix (its route
+    table ignores every other interface: "not a Calico interface"); anything else
+    (eth0, lo, a bond) is the host's, and an endpoint naming it must not get
+    routes, sysctls or a place in the policy maps."""
+    if not isinstance(ifname, str) or not ifname.startswith(prefixes):
+        return (f"interface {ifname!r} does not start with an interface prefix "
+                f"({','.join(prefixes)})")
+    return None
 
 
 @dataclass
@@ -458,8 +497,11 @@ class _Endpoint:
 class RouteManager:
     """What routes must exist, from local endpoints and links; writes differences."""
 
-    def __init__(self, backend: RouteBackend, *, protocol: int = RTPROT_FELIX, table: int = RT_TABLE_MAIN) -> None:
+    def __init__(self, backend: RouteBackend, *, protocol: int = RTPROT_FELIX, table: int = RT_TABLE_MAIN,
+                 iface_prefixes: tuple[str, ...] = ("cali",)) -> None:
         self.nl = backend
+        #: only interfaces starting with one of these are ever routed to or configured
+        self.iface_prefixes = tuple(iface_prefixes)
         self.protocol = protocol
         self.table = table
         self.endpoints: dict[str, _Endpoint] = {}
@@ -474,11 +516,22 @@ class RouteManager:
         self.configured: dict[str, int] = {}     # interface name -> ifindex we configured
 
     # --- inputs ---
-    def set_endpoint(self, key: str, ifname: str | None, nets: Iterable[str]) -> None:
-        new = _Endpoint(ifname, tuple(endpoint_routes(nets)))
+    def set_endpoint(self, key: str, ifname: str | None, nets: Iterable[str]) -> str | None:
+        """A local endpoint's interface and ipNetworks. Refused (and forgotten, as if
+        removed) when its interface does not start with an interface prefix or an
+        address is not a host address (see `interface_problem`, `host_routes`):
+        returns the problem then, else None. An endpoint without an interface
+        gets no routes."""
+        routes, problem = host_routes(nets)
+        if problem is None and ifname is not None:
+            problem = interface_problem(ifname, self.iface_prefixes)
+        if problem is not None:
+            self.remove_endpoint(key)
+            return problem
+        new = _Endpoint(ifname, tuple(routes))
         old = self.endpoints.get(key)
         if old == new:
-            return
+            return None
         if old is not None:
             self._unclaim(key, old)
         self.endpoints[key] = new
@@ -490,6 +543,7 @@ class RouteManager:
         for r in new.routes:
             self.claims.setdefault(r, {})[key] = ifname
             self.dirty.add(r)
+        return None
 
     def remove_endpoint(self, key: str) -> None:
         old = self.endpoints.pop(key, None)
@@ -617,6 +671,10 @@ class RouteManager:
             want = self.wanted_oif(r)
             have = self.programmed.get(r, 0)
             if want == have:
+                continue
+            if want and r[2] != _HOST_LEN.get(r[0]):
+                # never anything but a host route (set_endpoint refuses the rest)
+                log.error("not adding route %s/%d: not a host route", r[1], r[2])
                 continue
             if want:
                 ops.append(RouteOp("replace", r, want))

@@ -40,6 +40,7 @@ from functools import lru_cache
 from typing import Any, Iterable, Iterator, Mapping, Protocol
 
 from calico_net.model.fields import parse_port, parse_protocol
+from . import nftstr
 from calico_net.model.selector import (
     NAMESPACE_LABEL,
     All,
@@ -394,7 +395,8 @@ def _collapse_cached(nets: tuple[Any, ...]) -> tuple[str, ...]:
 
 
 def _port_text(p: tuple[int, int]) -> str:
-    return str(p[0]) if p[0] == p[1] else f"{p[0]}-{p[1]}"
+    lo = nftstr.number(p[0], 0, 65535)
+    return lo if p[0] == p[1] else f"{lo}-{nftstr.number(p[1], 0, 65535)}"
 
 
 def _rule_families(rule: CompiledRule) -> list[int | None]:
@@ -425,7 +427,7 @@ def _verdict(action: str, in_profile: bool, log_prefix: str) -> str | None:
     if action == "Pass":
         return "return" if in_profile else f"meta mark set meta mark | {MARK_PASS:#x} return"
     if action == "Log":
-        return f'log prefix "{log_prefix}: " level info'
+        return f"log prefix {nftstr.log_prefix(log_prefix + ': ')} level info"
     return None
 
 
@@ -506,19 +508,25 @@ def _icmp_groups(rule: CompiledRule, fam: int | None) -> list[list[str]]:
     kw = "icmpv6" if (fam == 6 or rule.protocol == 58) else "icmp"
     groups: list[list[str]] = []
     if rule.icmp is not None:
-        t, c = rule.icmp
+        t, c = _icmp_numbers(rule.icmp)
         term = f"{kw} type {t}"
         if c is not None:
             term += f" {kw} code {c}"
         groups.append([term])
     if rule.not_icmp is not None:
-        t, c = rule.not_icmp
+        t, c = _icmp_numbers(rule.not_icmp)
         if c is None:
             groups.append([f"{kw} type != {t}"])
         else:
             # not (type t and code c) = type != t, or type t and code != c
             groups.append([f"{kw} type != {t}", f"{kw} type {t} {kw} code != {c}"])
     return groups
+
+
+def _icmp_numbers(tc: tuple[Any, Any]) -> tuple[str, str | None]:
+    """An ICMP (type, code) as nft text (a code needs a type, as Calico validates)."""
+    t, c = tc
+    return nftstr.number(t, 0, 255), nftstr.number(c, 0, 255) if c is not None else None
 
 
 def render_rule(rule: CompiledRule, ctx: RenderContext, in_profile: bool = False) -> list[str]:
@@ -535,9 +543,9 @@ def render_rule(rule: CompiledRule, ctx: RenderContext, in_profile: bool = False
         if fam is not None and rule.ip_version is not None:
             groups.append([f"meta nfproto {'ipv4' if fam == 4 else 'ipv6'}"])
         if rule.protocol is not None:
-            groups.append([f"meta l4proto {rule.protocol}"])
+            groups.append([f"meta l4proto {nftstr.number(rule.protocol, 0, 255)}"])
         if rule.not_protocol is not None:
-            groups.append([f"meta l4proto != {rule.not_protocol}"])
+            groups.append([f"meta l4proto != {nftstr.number(rule.not_protocol, 0, 255)}"])
         groups.extend(_icmp_groups(rule, fam))
         dead = False
         for which, side in (("src", rule.src), ("dst", rule.dst)):

@@ -479,14 +479,21 @@ class PendingConfigure:
 _UNSENDABLE = re.compile(r"[/\t\n\r\0 =:]")
 
 
+# Directory names under /proc/sys/net/ipv4/conf that are not interfaces: writing
+# "all" or "default" would configure every interface (or every new one).
+_NOT_INTERFACES = ("", ".", "..", "all", "default")
+
+
 def _sendable(ifname: str) -> bool:
     """A name the by-name helper can be given: one line, one path component. (The
     kernel refuses names with '/', whitespace or ':', so the others cannot exist.)"""
-    return (0 < len(ifname) <= 15 and ifname not in (".", "..")
+    return (0 < len(ifname) <= 15 and ifname not in _NOT_INTERFACES
             and _UNSENDABLE.search(ifname) is None)
 
 
 def _checked(ifname: str) -> str:
-    if "/" in ifname or ifname in ("", ".", ".."):
+    """`ifname` if it is one path component under /proc/sys/net/ipv4/conf that names
+    an interface (and fits the helper's line format); ValueError otherwise."""
+    if not _sendable(ifname):
         raise ValueError(f"bad interface name {ifname!r}")
     return ifname
