@@ -50,7 +50,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="calicoctl",
         description="Manage calico.net resources (Calico v3 API on etcd).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="environment (wins over the config file):\n"
+               "  ETCD_ENDPOINTS      comma-separated etcd URLs, tried in turn\n"
+               "  ETCD_CA_CERT_FILE   CA bundle for https endpoints\n"
+               "  ETCD_CERT_FILE      client certificate\n"
+               "  ETCD_KEY_FILE       client key\n"
+               "  DATASTORE_TYPE      etcdv3 (the only type)",
     )
+    parser.add_argument("--version", action="version", version=f"calicoctl v{__version__}")
     parser.add_argument("-c", "--config", default=None,
                         help="calicoctl config file (default /etc/calico/calicoctl.cfg when present)")
     parser.add_argument("-l", "--log-level", default="warning",
