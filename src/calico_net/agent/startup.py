@@ -47,11 +47,13 @@ log = logging.getLogger("calico_net.agent.startup")
 
 NODENAME_FILE = "/var/lib/calico/nodename"
 
-#: Calico's DEFAULT_INTERFACES_TO_EXCLUDE for first-found (regexes, searched).
+#: Calico's DEFAULT_INTERFACES_TO_EXCLUDE for first-found (regexes, searched). Go's
+#: ``$`` is the end of the text; Python's also matches before a final newline, so
+#: ``\Z`` stands for it here.
 DEFAULT_EXCLUDES = (
-    "^docker.*", "^cbr.*", "^dummy.*", "^virbr.*", "^lxcbr.*", "^veth.*", "^lo$",
+    "^docker.*", "^cbr.*", "^dummy.*", "^virbr.*", "^lxcbr.*", "^veth.*", r"^lo\Z",
     "^cali.*", "^tunl.*", "^flannel.*", "^kube-ipvs.*", "^cni.*", "^vxlan.calico.*",
-    "^vxlan-v6.calico.*", "^wireguard.cali$", "^wg-v6.cali$", "^nodelocaldns.*",
+    "^vxlan-v6.calico.*", r"^wireguard.cali\Z", r"^wg-v6.cali\Z", "^nodelocaldns.*",
 )
 
 IPInterface = Union[ipaddress.IPv4Interface, ipaddress.IPv6Interface]
@@ -182,7 +184,7 @@ def autodetect(
     elif method.startswith("interface="):
         found = _first(interfaces, version, include=_regexes(method[10:], "interface"))
     elif method.startswith("skip-interface="):
-        excl = _regexes(method[15:], "skip-interface") + [re.compile("^lo$")]
+        excl = _regexes(method[15:], "skip-interface") + [re.compile(r"^lo\Z")]
         found = _first(interfaces, version, exclude=excl)
     elif method.startswith("cidr="):
         try:

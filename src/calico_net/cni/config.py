@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import socket
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -43,6 +44,61 @@ DEFAULT_MTU_FILE = "/var/lib/calico/mtu"
 DEFAULT_MTU = 1500
 DEFAULT_LOG_FILE = "/var/log/calico/cni/cni.log"
 COMMANDS = ("ADD", "DEL", "CHECK", "VERSION")
+
+#: libcni's rule for container ids and network names (pkg/utils: ValidateContainerID,
+#: ValidateNetworkName); also a safe file name and etcd key component.
+_ID_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.\-]*", re.ASCII)
+MAX_CONTAINER_ID = 256
+#: A Kubernetes namespace name (DNS-1123 label), as Calico validates it.
+_NAMESPACE_RE = re.compile(r"[a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?", re.ASCII)
+
+
+def check_container_id(value: str) -> str:
+    if not _ID_RE.fullmatch(value) or len(value) > MAX_CONTAINER_ID:
+        raise CNIError(INVALID_ENVIRONMENT, f"CNI_CONTAINERID {value!r:.80} is not a valid container id",
+                       "expected [a-zA-Z0-9][a-zA-Z0-9_.-]*, at most 256 characters")
+    return value
+
+
+def check_network_name(value: str) -> str:
+    if not _ID_RE.fullmatch(value) or len(value) > 253:
+        raise CNIError(INVALID_NETWORK_CONFIG, f"network name {value!r:.80} is not valid",
+                       "expected [a-zA-Z0-9][a-zA-Z0-9_.-]*, at most 253 characters")
+    return value
+
+
+def check_plugin_name(value: str) -> str:
+    """A plugin (e.g. IPAM type) looked up by name in CNI_PATH: one file name."""
+    if not _ID_RE.fullmatch(value) or len(value) > 255:
+        raise CNIError(INVALID_NETWORK_CONFIG, f"plugin type {value!r:.80} must be a plugin name, "
+                       "not a path")
+    return value
+
+
+def interface_name_problem(value: str) -> str | None:
+    """Linux's (and libcni's ValidateInterfaceName) rule for an interface name."""
+    if not value:
+        return "it is empty"
+    if len(value.encode()) > 15:
+        return "it is longer than 15 bytes"
+    if value in (".", ".."):
+        return 'it is "." or ".."'
+    for ch in value:
+        if ch in "/:" or ch.isspace() or ord(ch) < 0x20 or ord(ch) == 0x7F:
+            return f"it contains {ch!r}"
+    return None
+
+
+def check_netns_path(value: str) -> str:
+    """CNI_NETNS: an absolute path to a namespace file (/proc/<pid>/ns/net,
+    /var/run/netns/<name>) in printable ASCII, without ".." components. Never a bare
+    name: pyroute2 would read that as /var/run/netns/<name> and might create it."""
+    bad = (not value.startswith("/") or any(not 0x20 <= ord(c) < 0x7F for c in value)
+           or ".." in value.split("/") or len(value) > 4096)
+    if bad:
+        raise CNIError(INVALID_ENVIRONMENT, f"CNI_NETNS {value!r:.120} is not an absolute path "
+                       "to a network namespace")
+    return value
 
 
 def _version_tuple(v: str) -> tuple[int, ...]:
@@ -114,11 +170,12 @@ class NetConf:
         name = doc.get("name")
         if not isinstance(name, str) or not name.strip():
             raise CNIError(INVALID_NETWORK_CONFIG, 'the network config has no "name"')
+        check_network_name(name.strip())
         ipam_doc = doc.get("ipam") or {}
         if not isinstance(ipam_doc, dict):
             raise CNIError(INVALID_NETWORK_CONFIG, '"ipam" must be an object')
         ipam = IPAMConf(
-            type=str(ipam_doc.get("type") or "calico-ipam"),
+            type=check_plugin_name(str(ipam_doc.get("type") or "calico-ipam")),
             assign_ipv4=_truthy(ipam_doc.get("assign_ipv4"), True),
             assign_ipv6=_truthy(ipam_doc.get("assign_ipv6"), False),
             ipv4_pools=_str_list(ipam_doc.get("ipv4_pools"), "ipam.ipv4_pools"),
@@ -165,17 +222,30 @@ class NetConf:
 
     def node_name(self) -> str:
         """Calico's order: `nodename` in the config, the nodename file the agent
-        writes, then the host name."""
+        writes, then the host name. The name becomes etcd key and file name
+        components, so "/", "..", NUL, newline and the like are refused."""
+        return self._checked_node_name(self._node_name())
+
+    def _node_name(self) -> str:
         if self.nodename:
-            return self.nodename
+            return str(self.nodename)
         try:
             with open(self.nodename_file, encoding="utf-8") as f:
                 text = f.read().strip()
             if text:
                 return text
-        except OSError:
+        except (OSError, UnicodeDecodeError):
             pass
         return socket.gethostname().split(".")[0].lower()
+
+    @staticmethod
+    def _checked_node_name(name: str) -> str:
+        from calico_net.ipam.keys import check_node_name
+
+        try:
+            return check_node_name(name)
+        except ValueError as e:
+            raise CNIError(INVALID_NETWORK_CONFIG, f"invalid node name: {e}") from None
 
     def effective_mtu(self) -> int:
         if self.mtu:
@@ -227,10 +297,22 @@ class CNIEnv:
             missing.append("CNI_NETNS")
         if missing:
             raise CNIError(INVALID_ENVIRONMENT, f"{command} needs {', '.join(missing)} in the environment")
-        if "/" in out.container_id or len(out.container_id) > 256:
-            raise CNIError(INVALID_ENVIRONMENT, f'CNI_CONTAINERID "{out.container_id}" is not a valid container id')
-        if len(out.ifname) > 15 or "/" in out.ifname or " " in out.ifname:
-            raise CNIError(INVALID_ENVIRONMENT, f'CNI_IFNAME "{out.ifname}" is not a valid interface name')
+        check_container_id(out.container_id)
+        problem = interface_name_problem(out.ifname)
+        if problem:
+            raise CNIError(INVALID_ENVIRONMENT,
+                           f"CNI_IFNAME {out.ifname!r:.40} is not a valid interface name: {problem}")
+        if command != "DEL":
+            check_netns_path(out.netns)
+        else:
+            try:
+                check_netns_path(out.netns)
+            except CNIError:
+                out.netns = ""  # DEL needs no namespace: it removes the host end only
+        ns = out.args.get("K8S_POD_NAMESPACE")
+        if ns is not None and ns != "" and not _NAMESPACE_RE.fullmatch(ns):
+            raise CNIError(INVALID_ENVIRONMENT, f"CNI_ARGS K8S_POD_NAMESPACE {ns!r:.80} is not a "
+                           "namespace name ([a-z0-9]([-a-z0-9]*[a-z0-9])?, at most 63 characters)")
         return out
 
     @property

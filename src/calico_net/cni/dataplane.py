@@ -50,13 +50,16 @@ class Wiring:
 
 
 def _netns_exists(netns: str) -> bool:
-    return bool(netns) and os.path.exists(netns)
+    # Only absolute paths (config.check_netns_path): a bare name would be looked up
+    # relative to the working directory here and under /var/run/netns by pyroute2.
+    return bool(netns) and netns.startswith("/") and "\x00" not in netns and os.path.exists(netns)
 
 
 def _open_netns(netns: str) -> NetNS:
     if not _netns_exists(netns):
         raise CNIError(UNKNOWN_CONTAINER, f"network namespace {netns} does not exist")
-    return NetNS(netns)
+    # flags=0: open the namespace file, never create one (pyroute2's default is O_CREAT).
+    return NetNS(netns, flags=0)
 
 
 def _sysctl(path: str, value: str) -> None:
@@ -183,7 +186,7 @@ def inspect(netns: str, host_ifname: str, container_ifname: str) -> dict:
             out["host"] = {"mac": link.get_attr("IFLA_ADDRESS"), "up": bool(link["flags"] & 1), "routes": routes}
     if not _netns_exists(netns):
         return out
-    with NetNS(netns) as ns:
+    with NetNS(netns, flags=0) as ns:
         idx = ns.link_lookup(ifname=container_ifname)
         if not idx:
             return out

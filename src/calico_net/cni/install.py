@@ -112,15 +112,21 @@ def install_plugins(bin_dir: str | Path, entry_dir: str | Path | None = None) ->
 
 
 def install_conflist(conf_dir: str | Path, conflist: dict[str, Any]) -> tuple[Path, bool]:
-    path = Path(conf_dir) / f"{conflist['name']}.conflist"
+    from calico_net.cni.config import check_network_name
+
+    # The network name is the file name: one component, libcni's rule.
+    path = Path(conf_dir) / f"{check_network_name(str(conflist['name']))}.conflist"
     return path, _write_if_changed(path, json.dumps(conflist, indent=2) + "\n", 0o644)
 
 
 def containers_conf_lines(bin_dir: str) -> str:
+    # json.dumps: a TOML basic string takes JSON's escapes, so a quote in the
+    # directory name stays inside the string.
+    dirs = [bin_dir, "/usr/local/libexec/cni", "/usr/libexec/cni", "/usr/local/lib/cni",
+            "/usr/lib/cni", "/opt/cni/bin"]
     return ("[network]\n"
             'network_backend = "cni"\n'
-            f'cni_plugin_dirs = ["{bin_dir}", "/usr/local/libexec/cni", "/usr/libexec/cni", '
-            '"/usr/local/lib/cni", "/usr/lib/cni", "/opt/cni/bin"]\n')
+            f"cni_plugin_dirs = [{', '.join(json.dumps(d) for d in dirs)}]\n")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -139,6 +145,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--containers-conf", action="store_true",
                     help="only print the containers.conf lines podman needs to use CNI")
     args = ap.parse_args(argv)
+    from calico_net.cni.config import check_network_name
+    from calico_net.cni.errors import CNIError
+
+    try:
+        check_network_name(args.name)
+    except CNIError as e:
+        ap.error(e.msg)
     if args.containers_conf:
         print(containers_conf_lines(args.bin_dir), end="")
         return 0

@@ -32,7 +32,7 @@ import sys
 import time
 from typing import Any, Callable, Iterator, Sequence
 
-from calico_net.cni.config import SUPPORTED_VERSIONS, CNIEnv, NetConf, handle_id
+from calico_net.cni.config import SUPPORTED_VERSIONS, CNIEnv, NetConf, check_plugin_name, handle_id
 from calico_net.cni.errors import (
     CHECK_FAILED,
     DATASTORE,
@@ -339,8 +339,7 @@ def _ipam_command(env: CNIEnv, conf: NetConf | None, stdin: bytes) -> dict[str, 
 
 def delegate(ipam_type: str, command: str, stdin: bytes, env: CNIEnv) -> dict[str, Any] | None:
     """Run another IPAM plugin found in CNI_PATH with the same stdin and environment."""
-    if "/" in ipam_type:
-        raise CNIError(INVALID_NETWORK_CONFIG, f'ipam type "{ipam_type}" must be a plugin name, not a path')
+    check_plugin_name(ipam_type)  # one file name: no "/", "..", NUL or newline
     for d in env.path:
         exe = os.path.join(d, ipam_type)
         if os.path.isfile(exe) and os.access(exe, os.X_OK):

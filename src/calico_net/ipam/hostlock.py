@@ -25,6 +25,7 @@ import logging
 import os
 
 from calico_net.ipam.block import IPNetwork, parse_cidr
+from calico_net.ipam.keys import check_node_name
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,9 @@ class HostLock:
     other open files, including another IPAM object's in the same process)."""
 
     def __init__(self, directory: str, node: str) -> None:
-        self.path = os.path.join(directory, f"ipam-{node}.lock")
+        # The node name is one file name component here: check_node_name refuses
+        # "/", NUL, newline and the like (ValueError).
+        self.path = os.path.join(directory, f"ipam-{check_node_name(node)}.lock")
         self._fd: int | None = None
         self._pid = 0
         self._held = False

@@ -23,9 +23,10 @@ AFFINITY_CONFIRMED = "confirmed"
 AFFINITY_PENDING = "pending"
 AFFINITY_PENDING_DELETION = "pendingDeletion"
 
-_BLOCK_RE = re.compile(r"^/calico/ipam/v2/assignment/ipv[46]/block/([^/]+)$")
-_AFFINITY_RE = re.compile(r"^/calico/ipam/v2/host/([^/]+)/ipv[46]/block/([^/]+)$")
-_HANDLE_RE = re.compile(r"^/calico/ipam/v2/handle/([^/]+)$")
+# Matched with fullmatch: a key ending in a newline is not the key without it.
+_BLOCK_RE = re.compile(r"/calico/ipam/v2/assignment/ipv[46]/block/([^/]+)")
+_AFFINITY_RE = re.compile(r"/calico/ipam/v2/host/([^/]+)/ipv[46]/block/([^/]+)")
+_HANDLE_RE = re.compile(r"/calico/ipam/v2/handle/([^/]+)")
 
 
 def block_prefix(version: int | None = None) -> str:
@@ -53,7 +54,7 @@ def handle_key(handle_id: str) -> str:
 
 
 def parse_block_key(key: str) -> IPNetwork | None:
-    m = _BLOCK_RE.match(key)
+    m = _BLOCK_RE.fullmatch(key)
     if not m:
         return None
     try:
@@ -63,7 +64,7 @@ def parse_block_key(key: str) -> IPNetwork | None:
 
 
 def parse_affinity_key(key: str) -> tuple[str, IPNetwork] | None:
-    m = _AFFINITY_RE.match(key)
+    m = _AFFINITY_RE.fullmatch(key)
     if not m:
         return None
     try:
@@ -73,17 +74,29 @@ def parse_affinity_key(key: str) -> tuple[str, IPNetwork] | None:
 
 
 def parse_handle_key(key: str) -> str | None:
-    m = _HANDLE_RE.match(key)
+    m = _HANDLE_RE.fullmatch(key)
     return m.group(1) if m else None
 
 
+def _control_char(text: str) -> bool:
+    return any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 or 0xD800 <= ord(c) < 0xE000 for c in text)
+
+
 def check_handle_id(handle_id: str) -> str:
-    if not handle_id or "/" in handle_id or len(handle_id) > 512:
-        raise ValueError(f'handle id "{handle_id}" must be 1-512 characters without "/"')
+    """A handle id is one etcd key component: 1-512 characters, no "/", no control
+    character (a newline or NUL would make a key that reads back as another)."""
+    if (not isinstance(handle_id, str) or not handle_id or "/" in handle_id
+            or len(handle_id) > 512 or _control_char(handle_id)):
+        raise ValueError(f"handle id {handle_id!r:.80} must be 1-512 characters without \"/\" "
+                         "or control characters")
     return handle_id
 
 
 def check_node_name(node: str) -> str:
-    if not node or "/" in node:
-        raise ValueError(f'node name "{node}" must be non-empty and without "/"')
+    """A node name is one etcd key component and one file name component (the host
+    lock): non-empty, no "/", not "." or "..", no control character."""
+    if (not isinstance(node, str) or not node or "/" in node or node in (".", "..")
+            or _control_char(node)):
+        raise ValueError(f"node name {node!r:.80} must be non-empty, without \"/\" or control "
+                         "characters, and not \".\" or \"..\"")
     return node

@@ -22,6 +22,8 @@ import socket
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
+from calico_net.agent.confd import birdtext
+
 DEFAULT_SOCKET = "/var/run/calico/bird.ctl"
 DEFAULT_TIMEOUT = 10.0
 
@@ -118,8 +120,8 @@ def address_from_name(name: str) -> str | None:
     → ``198.18.0.12``; ``Node_2001_db8__1`` → ``2001:db8::1``)."""
     for prefix, _ in _PREFIX_TYPES:
         if name.startswith(prefix):
-            rest = re.sub(r"_port_\d+$", "", name[len(prefix):])
-            if re.fullmatch(r"\d+_\d+_\d+_\d+", rest):
+            rest = re.sub(r"_port_[0-9]+\Z", "", name[len(prefix):])
+            if re.fullmatch(r"[0-9]+_[0-9]+_[0-9]+_[0-9]+", rest):
                 return rest.replace("_", ".")
             if re.fullmatch(r"[0-9A-Fa-f_]+", rest):
                 return rest.replace("_", ":")
@@ -213,13 +215,17 @@ class BirdControl:
 
 
 def _quote(pattern: str) -> str:
-    if '"' in pattern or "\n" in pattern:
-        raise ValueError(f"invalid protocol name pattern {pattern!r}")
-    return f'"{pattern}"'
+    """A protocol name pattern or file name as a BIRD string on the control socket:
+    through birdtext's one quoting rule (no ``"``, backslash or control character —
+    a newline would end the command and start another)."""
+    try:
+        return str(birdtext.bird_str(pattern, "protocol name pattern or file name"))
+    except birdtext.BirdTextError as exc:
+        raise ValueError(f"invalid protocol name pattern or file name: {exc}") from None
 
 
 _SINCE_RE = re.compile(
-    r"(\d{4}-\d\d-\d\d(?: \d\d:\d\d:\d\d(?:\.\d+)?)?|\d\d:\d\d:\d\d(?:\.\d+)?|\S+)\s*(.*)$"
+    r"(\d{4}-\d\d-\d\d(?: \d\d:\d\d:\d\d(?:\.\d+)?)?|\d\d:\d\d:\d\d(?:\.\d+)?|\S+)\s*(.*)\Z"
 )
 
 
@@ -249,7 +255,7 @@ def _parse_protocols(reply: Iterable[ReplyLine]) -> list[Protocol]:
                 continue
             indent = len(text) - len(text.lstrip())
             body = text.strip()
-            m = re.match(r"Channel (\S+)$", body)
+            m = re.fullmatch(r"Channel (\S+)", body)
             if m:
                 channel = protocols[-1].channels.setdefault(m.group(1), {})
                 continue

@@ -36,6 +36,14 @@ Semantics follow Calico's confd templates, expressed in BIRD 2 syntax:
 * the kernel protocol programs BGP-learned pool routes and the own-block blackholes
   (``proto bird``); it learns only non-pool kernel routes (the underlay, so multihop
   next hops resolve), never the workload routes Felix programs.
+
+Strings are data, never syntax: every value from the datastore or the environment
+reaches ``bird.cfg`` through one function of :mod:`.birdtext` (quoted strings refuse
+``"``, ``\\`` and control characters; symbols, numbers, addresses and prefixes are
+rebuilt from parsed values), and the template's ``finalize`` refuses any value that did
+not. The builder checks each object's values with the same functions, so an object
+carrying a value that cannot be written is skipped — noted in the output, listed in
+:attr:`BirdModel.rejected` — and the rest still renders.
 """
 
 from __future__ import annotations
@@ -54,6 +62,14 @@ from pathlib import Path
 from typing import Any, Union
 
 import jinja2
+
+from calico_net.agent.confd import birdtext
+from calico_net.agent.confd.birdtext import (
+    BirdTextError,
+    bird_comment,
+    check_bird_string,
+    check_password,
+)
 
 DEFAULT_AS_NUMBER = 64512
 DEFAULT_RESTART_TIME = 120  # seconds, BIRD's and Calico's default
@@ -103,7 +119,8 @@ class RenderOptions:
     kernel_metric: int | None = None
     #: Where BIRD logs; "stderr" when it runs in the foreground in calico/node.
     log_target: str = "stderr"
-    #: Interfaces whose connected networks BIRD learns (protocol direct), BIRD syntax.
+    #: Interfaces whose connected networks BIRD learns (protocol direct): interface
+    #: name globs, ``-`` in front to exclude (``-"cali*"`` or ``-cali*``), in order.
     direct_interfaces: tuple[str, ...] = ('-"cali*"', '-"kube-ipvs*"', '"*"')
     #: Advertise blocks of IPPools with ``disabled: true`` (Calico does: a disabled
     #: pool gives out no new addresses, but its existing workloads stay reachable).
@@ -183,9 +200,12 @@ class BirdModel:
     bfd_multiplier: int
     kernel_scan_time: int
     kernel_metric: int | None
-    direct_interfaces: str
+    direct_interfaces: list[tuple[bool, str]]  # (excluded, glob), in order
     families: list[FamilyModel]
     notes: list[str]  # comments on what was skipped and why
+    #: The notes about objects skipped because a value in them is invalid (a subset
+    #: of ``notes``); confd logs and counts these.
+    rejected: list[str] = field(default_factory=list)
 
 
 # ------------------------------------------------------------------------ helpers
@@ -200,13 +220,8 @@ def _spec(res: Mapping[str, Any]) -> Mapping[str, Any]:
 
 
 def _one_line(text: object) -> str:
-    """Text safe to put in a BIRD comment (no newlines/control characters)."""
-    return re.sub(r"[\x00-\x1f\x7f]", "?", str(text))
-
-
-def _bird_string(text: object) -> str:
-    """Text safe inside a BIRD string literal (BIRD 2 strings have no escapes)."""
-    return re.sub(r'[\x00-\x1f\x7f"\\]', "?", str(text))
+    """Text safe to put in a BIRD comment (one line, however hostile the input)."""
+    return str(bird_comment(text))
 
 
 def _parse_as(value: object) -> int:
@@ -215,9 +230,9 @@ def _parse_as(value: object) -> int:
         raise ValueError(f"invalid AS number {value!r}")
     if isinstance(value, int):
         n = value
-    elif isinstance(value, str) and re.fullmatch(r"\d+", value):
+    elif isinstance(value, str) and re.fullmatch(r"[0-9]{1,10}", value):
         n = int(value)
-    elif isinstance(value, str) and re.fullmatch(r"\d+\.\d+", value):
+    elif isinstance(value, str) and re.fullmatch(r"[0-9]{1,5}\.[0-9]{1,5}", value):
         hi, lo = (int(x) for x in value.split("."))
         if hi > 0xFFFF or lo > 0xFFFF:
             raise ValueError(f"invalid AS number {value!r}")
@@ -229,15 +244,17 @@ def _parse_as(value: object) -> int:
     return n
 
 
-_DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(h|ms|m|s)")
+_DURATION_RE = re.compile(r"([0-9]+(?:\.[0-9]+)?)(h|ms|m|s)")
 
 
 def _parse_duration_s(value: object) -> int:
     """Seconds from a Go duration ("120s", "2m", "1h30m") or a number of seconds."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if value != value or value in (float("inf"), float("-inf")) or value < 0:
+            raise ValueError(f"invalid duration {value!r}")
         return int(value)
     text = str(value).strip()
-    if re.fullmatch(r"\d+", text):
+    if re.fullmatch(r"[0-9]{1,9}", text):
         return int(text)
     pos, total = 0, 0.0
     for m in _DURATION_RE.finditer(text):
@@ -270,7 +287,9 @@ def _host_address(value: object, family: int) -> IPAddress | None:
     addr = ipaddress.ip_address(addr_text)
     if addr.version != family:
         raise ValueError(f"{value!r} is not an IPv{family} address")
-    if plen and not (plen.isdigit() and int(plen) <= addr.max_prefixlen):
+    if isinstance(addr, ipaddress.IPv6Address) and addr.scope_id is not None:
+        raise ValueError(f"{value!r} carries a scope id")
+    if plen and not (re.fullmatch(r"[0-9]{1,3}", plen) and int(plen) <= addr.max_prefixlen):
         raise ValueError(f"{value!r} has an invalid prefix length")
     return addr
 
@@ -280,7 +299,7 @@ def _rr_cluster_id(value: object) -> str:
     if value in (None, ""):
         return ""
     text = str(value).strip()
-    if re.fullmatch(r"\d+", text):
+    if re.fullmatch(r"[0-9]{1,10}", text):
         return str(ipaddress.IPv4Address(int(text)))
     return str(ipaddress.IPv4Address(text))
 
@@ -288,13 +307,40 @@ def _rr_cluster_id(value: object) -> str:
 def _split_peer_ip(text: str) -> tuple[IPAddress, int | None]:
     """``"198.18.0.5"``, ``"198.18.0.5:1790"``, ``"[2001:db8::1]:1790"``, ``"2001:db8::1"``."""
     text = text.strip()
-    m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\](?::(\d+))?", text)
+    m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\](?::([0-9]{1,5}))?", text)
     if m:
-        return ipaddress.IPv6Address(m.group(1)), int(m.group(2)) if m.group(2) else None
-    if text.count(":") == 1:
-        host, port = text.split(":")
-        return ipaddress.IPv4Address(host), int(port)
-    return ipaddress.ip_address(text), None
+        ip: IPAddress = ipaddress.IPv6Address(m.group(1))
+        port = _port(m.group(2)) if m.group(2) else None
+    elif text.count(":") == 1:
+        host, port_text = text.split(":")
+        if not re.fullmatch(r"[0-9]{1,5}", port_text):
+            raise ValueError(f"invalid port in peerIP {text!r}")
+        ip, port = ipaddress.IPv4Address(host), _port(port_text)
+    else:
+        ip, port = ipaddress.ip_address(text), None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.scope_id is not None:
+        raise ValueError(f"peerIP {text!r} carries a scope id")
+    return ip, port
+
+
+def _port(value: object) -> int:
+    """A TCP port 1-65535 from an int or decimal text."""
+    if isinstance(value, bool):
+        raise ValueError(f"invalid port {value!r}")
+    if isinstance(value, str) and re.fullmatch(r"[0-9]{1,5}", value.strip()):
+        value = int(value)
+    if not isinstance(value, int) or not 1 <= value <= 65535:
+        raise ValueError(f"invalid port {value!r} (1-65535)")
+    return value
+
+
+def _small_int(value: object, what: str, lo: int, hi: int) -> int:
+    """An int in lo..hi from an int or decimal text (no bools, no floats)."""
+    if isinstance(value, str) and re.fullmatch(r"[0-9]{1,10}", value.strip()):
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise ValueError(f"invalid {what} {value!r} ({lo}-{hi})")
+    return value
 
 
 def protocol_name(prefix: str, ip: IPAddress, port: int | None = None) -> str:
@@ -304,14 +350,6 @@ def protocol_name(prefix: str, ip: IPAddress, port: int | None = None) -> str:
     if port is not None:
         name += f"_port_{port}"
     return name
-
-
-def _password_is_quotable(password: str) -> bool:
-    # BIRD 2 strings have no escapes; TCP-MD5 keys are at most 80 bytes.
-    return (
-        0 < len(password.encode()) <= 80
-        and not re.search(r'["\\\x00-\x1f\x7f]', password)
-    )
 
 
 def _resolve_password(
@@ -350,12 +388,24 @@ _LOG_CLASSES = {
 # ------------------------------------------------------------------------ building
 
 
+#: Longest resource name confd writes into bird.cfg (Kubernetes' DNS subdomain limit).
+MAX_NAME_BYTES = 253
+
+
+def _check_name(name: object, what: str) -> str:
+    """A resource name that can stand in a BIRD string (descriptions)."""
+    text = check_bird_string(name, what, MAX_NAME_BYTES)
+    if not text:
+        raise BirdTextError(f"{what} is empty")
+    return text
+
+
 def _node_info(res: Mapping[str, Any]) -> NodeInfo:
     meta, spec = _meta(res), _spec(res)
     bgp = spec.get("bgp") or {}
     asn = bgp.get("asNumber")
     return NodeInfo(
-        name=str(meta.get("name", "")),
+        name=_check_name(meta.get("name", ""), "Node name"),
         labels=dict(meta.get("labels") or {}),
         ipv4=_host_address(bgp.get("ipv4Address"), 4),  # type: ignore[arg-type]
         ipv6=_host_address(bgp.get("ipv6Address"), 6),  # type: ignore[arg-type]
@@ -426,7 +476,12 @@ class _Builder:
         self.opts = options
         self.passwords = passwords
         self.notes: list[str] = []
+        self.rejected: list[str] = []
         self.selectors = _Selectors(options.selector_parser)
+        try:
+            _check_name(node_name, "this node's name")
+        except BirdTextError as exc:
+            raise RenderError(str(exc)) from None
 
         # Nodes. A malformed *other* node is skipped (it must not break our
         # sessions); a malformed own node is an error.
@@ -435,10 +490,10 @@ class _Builder:
             name = str(_meta(res).get("name", ""))
             try:
                 self.nodes[name] = _node_info(res)
-            except ValueError as exc:
+            except (ValueError, TypeError) as exc:
                 if name == node_name:
-                    raise RenderError(f"Node {node_name}: {exc}") from exc
-                self.notes.append(f"Node {name} skipped: {exc}")
+                    raise RenderError(f"Node {bird_comment(node_name)}: {exc}") from exc
+                self.reject(f"Node {name} skipped: {exc}")
         me = self.nodes.get(node_name)
         if me is None:
             raise RenderError(f"Node {node_name!r} not found")
@@ -464,13 +519,22 @@ class _Builder:
         self.mesh_password = self._mesh_password()
         restart = self.dspec.get("nodeMeshMaxRestartTime")
         try:
-            self.mesh_restart_time = _parse_duration_s(restart) if restart else None
+            self.mesh_restart_time = (
+                _small_int(_parse_duration_s(restart), "nodeMeshMaxRestartTime", 0, 65535)
+                if restart else None)
         except ValueError as exc:
             raise RenderError(f"BGPConfiguration default: {exc}") from exc
+        self._listen_ports: dict[str, int | None] = {}
 
         self.families = self._families(pools, affine_blocks)
         # The first claim on (family, address, port) wins.
         self.claimed: dict[tuple[int, IPAddress, int | None], str] = {}
+
+    def reject(self, note: str) -> None:
+        """An object skipped because a value in it is invalid: noted in the output
+        and listed in ``BirdModel.rejected`` (confd logs and counts these)."""
+        self.notes.append(note)
+        self.rejected.append(note)
 
     # -- settings
 
@@ -488,17 +552,25 @@ class _Builder:
         if not ref:
             return None
         password = _resolve_password(ref, self.passwords)
-        if password is None or not _password_is_quotable(password):
+        try:
             # Every node reads the same secret; peering without it would only leave
             # sessions down on both ends, so keep the last good configuration instead.
-            raise RenderError("BGPConfiguration default: nodeMeshPassword is unusable")
-        return password
+            if password is None:
+                raise BirdTextError("its secret cannot be read")
+            return check_password(password, "nodeMeshPassword")
+        except BirdTextError as exc:
+            raise RenderError(f"BGPConfiguration default: nodeMeshPassword is unusable: {exc}") from None
 
     def _router_id(self) -> str:
         if self.opts.router_id == "hash":
             return _hash_router_id(self.node_name)
         if self.opts.router_id:
-            return str(ipaddress.IPv4Address(self.opts.router_id))
+            try:
+                return str(ipaddress.IPv4Address(self.opts.router_id))
+            except ValueError:
+                raise RenderError(
+                    f"router id {bird_comment(self.opts.router_id)!r} is neither an IPv4 "
+                    "address nor 'hash'") from None
         if self.me.ipv4 is not None:
             return str(self.me.ipv4)
         raise RenderError(
@@ -517,9 +589,23 @@ class _Builder:
         return n.as_number or self.default_as
 
     def listen_port_of(self, name: str) -> int | None:
-        spec = _spec(self.cfg_by_name.get(f"node.{name}", {}))
-        port = spec.get("listenPort") or self.dspec.get("listenPort")
-        return int(port) if port else None
+        """The BGP port of node ``name`` (None: 179). An invalid listenPort is noted
+        and ignored — every node ignores it alike, so both ends still agree."""
+        if name in self._listen_ports:
+            return self._listen_ports[name]
+        port: int | None = None
+        for cfg_name in (f"node.{name}", "default"):
+            raw = _spec(self.cfg_by_name.get(cfg_name, {})).get("listenPort")
+            if not raw:
+                continue
+            try:
+                port = _port(raw)
+            except ValueError as exc:
+                self.reject(f"BGPConfiguration {cfg_name} listenPort ignored: {exc}")
+                continue
+            break
+        self._listen_ports[name] = port
+        return port
 
     def _families(
         self, pools: Sequence[Mapping[str, Any]], affine_blocks: Iterable[str]
@@ -528,9 +614,9 @@ class _Builder:
         for res in pools:
             spec = _spec(res)
             try:
-                net = ipaddress.ip_network(str(spec.get("cidr", "")), strict=False)
+                net = ipaddress.ip_network(str(spec.get("cidr", "")).strip(), strict=False)
             except ValueError:
-                self.notes.append(f"IPPool {_meta(res).get('name')} skipped: bad cidr")
+                self.reject(f"IPPool {_meta(res).get('name')} skipped: bad cidr")
                 continue
             export = not spec.get("disableBGPExport", False) and (
                 self.opts.export_disabled_pools or not spec.get("disabled", False)
@@ -538,7 +624,11 @@ class _Builder:
             pool_nets[net.version].append((net, export))
         blocks: dict[int, list[IPNetwork]] = {4: [], 6: []}
         for cidr in affine_blocks:
-            net = ipaddress.ip_network(cidr, strict=False)
+            try:
+                net = ipaddress.ip_network(cidr, strict=False)
+            except (ValueError, TypeError):
+                self.reject(f"affine block {cidr!r} skipped: not a CIDR")
+                continue
             blocks[net.version].append(net)
 
         families: dict[int, FamilyModel] = {}
@@ -591,7 +681,7 @@ class _Builder:
             try:
                 scope = self._applies_to_me(_spec(res))
             except Exception as exc:  # a bad selector breaks only this peer
-                self.notes.append(f"BGPPeer {_meta(res).get('name', '')} skipped: {exc}")
+                self.reject(f"BGPPeer {_meta(res).get('name', '')} skipped: {exc}")
                 continue
             if scope is None:
                 global_peers.append(res)
@@ -631,10 +721,18 @@ class _Builder:
             bfd_multiplier=opts.bfd_multiplier,
             kernel_scan_time=opts.kernel_scan_time,
             kernel_metric=opts.kernel_metric,
-            direct_interfaces=", ".join(opts.direct_interfaces),
+            direct_interfaces=self._direct_interfaces(),
             families=[self.families[4], self.families[6]],
             notes=[_one_line(n) for n in dict.fromkeys(self.notes)],  # dedup, in order
+            rejected=[_one_line(n) for n in dict.fromkeys(self.rejected)],
         )
+
+    def _direct_interfaces(self) -> list[tuple[bool, str]]:
+        try:
+            return [birdtext.parse_iface_pattern(p, "direct_interfaces entry")
+                    for p in self.opts.direct_interfaces]
+        except BirdTextError as exc:
+            raise RenderError(str(exc)) from None
 
     def _applies_to_me(self, spec: Mapping[str, Any]) -> bool | None:
         """True/False for node-specific peers, None for global ones."""
@@ -654,7 +752,7 @@ class _Builder:
             if other.name == self.node_name or oip is None:
                 continue
             if oip == my_ip:
-                self.notes.append(f"Node {other.name} skipped: it has this node's address")
+                self.reject(f"Node {other.name} skipped: it has this node's address")
                 continue
             yield other, oip, my_ip
 
@@ -712,6 +810,7 @@ class _Builder:
         meta, spec = _meta(res), _spec(res)
         what = f"BGPPeer {meta.get('name', '')}"
         try:
+            _check_name(meta.get("name", ""), "BGPPeer name")
             # Targets: (address, port, AS, cluster id if the peer is one of our nodes,
             # label for the comment).
             targets: list[tuple[IPAddress, int | None, int, str, str]] = []
@@ -745,22 +844,20 @@ class _Builder:
                 password = _resolve_password(ref, self.passwords)
                 if password is None:
                     raise ValueError("its password secret cannot be read")
-                if not _password_is_quotable(password):
-                    raise ValueError(
-                        "its password is empty, longer than 80 bytes or has a quote, "
-                        "backslash or control character"
-                    )
+                password = check_password(password, "its password")
             restart = spec.get("maxRestartTime")
-            restart_time = _parse_duration_s(restart) if restart else None
+            restart_time = (_small_int(_parse_duration_s(restart), "maxRestartTime", 0, 65535)
+                            if restart else None)
             ttl = spec.get("ttlSecurity")
-            ttl_hops = int(ttl) if ttl else None
+            ttl_hops = _small_int(ttl, "ttlSecurity", 1, 255) if ttl else None
             allow_local = spec.get("numAllowedLocalASNumbers")
-            allow_local_as = int(allow_local) if allow_local else None
+            allow_local_as = (_small_int(allow_local, "numAllowedLocalASNumbers", 1, 2**31 - 1)
+                              if allow_local else None)
             use_node_ip = str(spec.get("sourceAddress") or "UseNodeIP") != "None"
             peer_bfd = _parse_bool((meta.get("annotations") or {}).get(BFD_ANNOTATION))
             bfd = self.bfd if peer_bfd is None else peer_bfd
         except Exception as exc:  # a broken BGPPeer breaks only itself
-            self.notes.append(f"{what} skipped: {exc}")
+            self.reject(f"{what} skipped: {exc}")
             return
 
         for ip, port, peer_as, peer_cluster, label in targets:
@@ -776,6 +873,12 @@ class _Builder:
                 continue
             rr_client, rr_cid = self.rr_flags(peer_as, peer_cluster)
             source = str(my_ip) if use_node_ip else None
+            description = f"{what} ({label})"
+            try:
+                check_bird_string(description, "description")
+            except BirdTextError as exc:
+                self.reject(f"{what} -> {label} skipped: {exc}")
+                continue
             self.add(
                 Session(
                     name=protocol_name(prefix, ip, port),
@@ -784,7 +887,7 @@ class _Builder:
                     neighbor=str(ip),
                     port=port,
                     as_number=peer_as,
-                    description=f"{what} ({label})",
+                    description=description,
                     source_address=source,
                     rr_client=rr_client,
                     rr_cluster_id=rr_cid,
@@ -810,16 +913,31 @@ _env: jinja2.Environment | None = None
 def _environment() -> jinja2.Environment:
     global _env
     if _env is None:
-        _env = jinja2.Environment(
+        env = jinja2.Environment(
             loader=jinja2.FileSystemLoader(str(TEMPLATE_DIR)),
             undefined=jinja2.StrictUndefined,
             trim_blocks=True,
             lstrip_blocks=True,
             keep_trailing_newline=True,
             autoescape=False,
+            # Only ints and birdtext.BirdText may be printed: a raw string is an error.
+            finalize=birdtext.finalize,
         )
-        _env.filters["one_line"] = _one_line
-        _env.filters["bird_string"] = _bird_string
+        env.filters.update({
+            "comment": birdtext.bird_comment,
+            "quoted": lambda v: birdtext.bird_str(v, "description"),
+            "password": birdtext.bird_password,
+            "ident": lambda v: birdtext.bird_ident(v, "protocol name"),
+            "ip": birdtext.bird_ip,
+            "ip4": lambda v: birdtext.bird_ip(v, "IPv4 address", family=4),
+            "prefix": birdtext.bird_prefix,
+            "prefix_pattern": birdtext.bird_prefix_pattern,
+            "iface": birdtext.bird_iface_pattern,
+            "log_target": birdtext.bird_log_target,
+            "log_classes": lambda v: birdtext.bird_keyword(v, _LOG_CLASSES.values(), "log classes"),
+            "debug_protocols": lambda v: birdtext.bird_keyword(v, ("all", "{ states }"), "debug"),
+        })
+        _env = env
     return _env
 
 
@@ -840,15 +958,25 @@ def render_bird_config(
     *,
     passwords: PasswordSource | None = None,
     options: RenderOptions | None = None,
+    rejected: list[str] | None = None,
 ) -> str:
     """BIRD 2 configuration text for ``node_name``. Raises :class:`RenderError` when
     this node's own resources make a configuration impossible; problems with other
-    nodes or peers only drop those sessions (noted as comments in the output)."""
+    nodes or peers only drop those sessions (noted as comments in the output). When
+    ``rejected`` is a list, the notes on objects skipped for an invalid value are
+    appended to it (see :attr:`BirdModel.rejected`)."""
     model = build_bird_model(
         node_name, nodes, bgp_configs, peers, pools, affine_blocks,
         passwords=passwords, options=options,
     )
-    return render_model(model)
+    try:
+        text = render_model(model)
+    except BirdTextError as exc:
+        # A value the builder let through and a filter refused: nothing is written.
+        raise RenderError(f"refusing to write bird.cfg: {exc}") from None
+    if rejected is not None:
+        rejected.extend(model.rejected)
+    return text
 
 
 # ------------------------------------------------------------ validate and install
@@ -888,7 +1016,7 @@ def validate_bird_config(text: str, bird_binary: str = "bird", timeout: float = 
     message = (proc.stderr.strip() or proc.stdout.strip() or f"exit {proc.returncode}")
     message = message.replace(path, "bird.cfg")
     line_no = None
-    m = re.search(r"bird\.cfg:(\d+):", message)
+    m = re.search(r"bird\.cfg:([0-9]+):", message)
     if m:
         line_no = int(m.group(1))
         lines = text.splitlines()

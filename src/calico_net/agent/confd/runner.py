@@ -155,7 +155,7 @@ class SecretReader:
     variable ``CALICO_BGP_PASSWORD_<NAME>_<KEY>`` (upper case, other characters as
     ``_``). Returns None when neither exists. The value is never logged."""
 
-    _SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    _SAFE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # fullmatch: no trailing newline
 
     def __init__(self, secrets_dir: str, env: Mapping[str, str] | None = None) -> None:
         self.secrets_dir = secrets_dir
@@ -170,7 +170,7 @@ class SecretReader:
 
     def __call__(self, ref: Mapping[str, Any]) -> str | None:
         name, key = str(ref.get("name") or ""), str(ref.get("key") or "")
-        if not (self._SAFE.match(name) and self._SAFE.match(key)) or ".." in name + key:
+        if not (self._SAFE.fullmatch(name) and self._SAFE.fullmatch(key)) or ".." in name + key:
             log.warning("secretKeyRef %r/%r is not a safe file name; ignored", name, key)
             return None
         path = os.path.join(self.secrets_dir, name, key)
@@ -649,6 +649,7 @@ class Confd:
         self.rejected_sha: str | None = None
         self.last_error_logged: str | None = None
         self._snapshots_seen = 0
+        self._rejected_seen: set[str] = set()  # render-time skips already logged
 
     # -- wiring
 
@@ -769,10 +770,12 @@ class Confd:
         self.status.synced = True
         self.status.revision = inp.revision
         self.metrics.renders.inc()
+        rejected: list[str] = []
         try:
             text = render_bird_config(
                 self.settings.node_name, inp.nodes, inp.bgp_configs, inp.peers, inp.pools,
                 inp.blocks, passwords=self.passwords, options=self.settings.options,
+                rejected=rejected,
             )
         except RenderError as exc:
             self._failed("render-error", str(exc), None)
@@ -785,6 +788,7 @@ class Confd:
             self.metrics.render_errors.inc()
             self._write_status()
             return
+        self._note_rejected(rejected)
         sha = _sha(text)
         if text != self.good_text:
             if sha == self.rejected_sha:
@@ -835,6 +839,17 @@ class Confd:
             self._reload()
         self.metrics.render_seconds.observe(time.monotonic() - started)
         self._write_status()
+
+    def _note_rejected(self, rejected: list[str]) -> None:
+        """Objects the renderer skipped for an invalid value (a name BIRD cannot
+        quote, a bad port, …): each is logged and counted once while it lasts; the
+        rest of the configuration is rendered without it."""
+        current = set(rejected)
+        for note in rejected:
+            if note not in self._rejected_seen:
+                log.warning("bird.cfg rendered without a bad object: %s", note)
+                self.metrics.skipped.inc()
+        self._rejected_seen = current
 
     def _failed(self, state: str, message: str, sha: str | None) -> None:
         self.status.state = state
