@@ -43,6 +43,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Callable, Hashable, Iterable, Iterator, Mapping
 
+from calico_net.model.fields import show as _show
+
 __all__ = [
     "NAMESPACE_LABEL",
     "ORCHESTRATOR_LABEL",
@@ -114,9 +116,14 @@ class SelectorError(ValueError):
         if not rest.strip():
             where = "end of input"
         else:
-            snippet = rest if len(rest) <= 20 else rest[:20] + "..."
+            snippet = rest[:20] + ("..." if len(rest) > 20 else "")
             where = f"near {snippet!r}"
-        return f'selector "{self.text}": {self.reason} at position {self.position} ({where})'
+        # The text is the user's: printed as it is only while it is short and printable;
+        # otherwise escaped and cut short, so a message never carries line breaks,
+        # terminal escapes or megabytes.
+        text = (f'"{self.text}"' if len(self.text) <= 256 and self.text.isprintable()
+                else _show(self.text))
+        return f"selector {text}: {self.reason} at position {self.position} ({where})"
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.text, self.position, self.reason))
@@ -132,7 +139,7 @@ def is_valid_label_key(key: str) -> bool:
 
 def _check_key(key: object) -> None:
     if not isinstance(key, str) or not _KEY_FULL_RE.match(key):
-        raise ValueError(f"invalid label key for a selector: {key!r}")
+        raise ValueError(f"invalid label key for a selector: {_show(key)}")
 
 
 def _check_value(value: object) -> None:
@@ -141,7 +148,7 @@ def _check_value(value: object) -> None:
     if not isinstance(value, str):
         raise ValueError(f"selector values must be strings, not {type(value).__name__}")
     if '"' in value and "'" in value:
-        raise ValueError(f"a selector value cannot contain both quote characters: {value!r}")
+        raise ValueError(f"a selector value cannot contain both quote characters: {_show(value)}")
 
 
 def _quote(value: str) -> str:
@@ -806,7 +813,8 @@ class _Parser:
                     raise self.error(sep, "expected ',' or '}' after a set member")
             cls = In if op.kind == _IN else NotIn
             return cls(key, frozenset(values))
-        raise self.error(op, f"expected an operator after label {key!r} (==, !=, in, not in, "
+        shown = repr(key) if len(key) <= 40 else repr(key[:40]) + "..."  # a key is [A-Za-z0-9_./-]
+        raise self.error(op, f"expected an operator after label {shown} (==, !=, in, not in, "
                              "contains, starts with, ends with)")
 
 
