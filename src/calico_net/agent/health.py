@@ -81,8 +81,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 
 def serve(state: HealthState, host: str, port: int) -> http.server.ThreadingHTTPServer:
+    """`host` is HealthHost (Felix's default "localhost": 127.0.0.1); bound as Felix
+    binds it (metrics.listen_address)."""
+    from calico_net.agent.metrics import make_server
+
     handler = type("HealthHandler", (_Handler,), {"state": state})
-    server = http.server.ThreadingHTTPServer((host, port), handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, name="health-http", daemon=True).start()
-    return server
+    return make_server(host, port, handler, "health")

@@ -1,4 +1,12 @@
-"""Prometheus metrics of the agent, in the text exposition format, served on :9091.
+"""Prometheus metrics of the agent, in the text exposition format, served on port 9091.
+
+Where it listens is Felix's: `PrometheusMetricsHost` (FELIX_PROMETHEUSMETRICSHOST),
+default empty, and an empty host means what Felix does with it - Go's listen on
+"[]:9091", every address of the host, IPv6 and IPv4 alike. Metrics are off unless
+PrometheusMetricsEnabled; operators who enable them and want them on one address set
+the host (`127.0.0.1`, the node's address). `listen_address()` and `make_server()`
+below are shared with the health endpoint (HealthHost, default "localhost":
+127.0.0.1, the first IPv4 address Go would pick for the name).
 
 Written by hand (counters, gauges, one histogram; ~100 lines) rather than with
 `prometheus_client`: the agent needs only these, and a dependency fewer in the
@@ -14,8 +22,10 @@ from __future__ import annotations
 
 import bisect
 import http.server
+import ipaddress
 import logging
 import math
+import socket
 import threading
 from typing import Iterable
 
@@ -150,10 +160,84 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         log.debug("metrics: " + format, *args)
 
 
-def serve(metrics: Metrics, host: str, port: int) -> http.server.ThreadingHTTPServer:
-    """Start serving /metrics in a daemon thread; returns the server (`.shutdown()`)."""
-    handler = type("MetricsHandler", (_Handler,), {"metrics": metrics})
-    server = http.server.ThreadingHTTPServer((host, port), handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
+# --- where to listen (shared with health.py) ----------------------------------------
+
+
+def _ipv6_usable() -> bool:
+    if not socket.has_ipv6:
+        return False
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+def listen_address(host: str, port: int) -> tuple[socket.AddressFamily, tuple, bool]:
+    """(family, socket address, dual-stack) to listen on for a Felix `*Host` setting.
+
+    "" (or "[]"): every address - "::" accepting IPv4 too, or 0.0.0.0 on a host
+    without IPv6 (Go's "[]:port"). An IP literal, with or without brackets: that
+    address. A name: its first IPv4 address, else its first address (Go's Listen picks
+    one address of a name, IPv4 first). Raises OSError when a name does not resolve.
+    """
+    h = host.strip()
+    if h.startswith("[") and h.endswith("]"):
+        h = h[1:-1]
+    if h == "":
+        if _ipv6_usable():
+            return socket.AF_INET6, ("::", port, 0, 0), True
+        return socket.AF_INET, ("0.0.0.0", port), False
+    try:
+        ip = ipaddress.ip_address(h)
+    except ValueError:
+        infos = socket.getaddrinfo(h, port, type=socket.SOCK_STREAM)
+        if not infos:  # pragma: no cover - getaddrinfo raises instead
+            raise OSError(f"{h!r} does not resolve")
+        family, _, _, _, sockaddr = next((i for i in infos if i[0] == socket.AF_INET), infos[0])
+        return family, sockaddr, False
+    if ip.version == 6:
+        return socket.AF_INET6, (str(ip), port, 0, 0), False
+    return socket.AF_INET, (str(ip), port), False
+
+
+class _Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, family: socket.AddressFamily, address: tuple, dual_stack: bool,
+                 handler: type[http.server.BaseHTTPRequestHandler]) -> None:
+        self.address_family = family
+        self._dual_stack = dual_stack
+        super().__init__(address, handler)
+
+    def server_bind(self) -> None:
+        if self.address_family == socket.AF_INET6:
+            self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if self._dual_stack else 1)
+        # TCPServer's bind; not HTTPServer's, which looks the address up in DNS for a
+        # server name nothing here uses
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.socket.bind(self.server_address)
+        self.server_address = self.socket.getsockname()
+        self.server_name, self.server_port = str(self.server_address[0]), self.server_address[1]
+
+
+def make_server(host: str, port: int, handler: type[http.server.BaseHTTPRequestHandler],
+                what: str) -> http.server.ThreadingHTTPServer:
+    """An HTTP server listening where Felix would for `host` (see listen_address),
+    serving in a daemon thread named `what`-http; logs where it listens."""
+    family, address, dual = listen_address(host, port)
+    server = _Server(family, address, dual, handler)
+    bound = server.server_address
+    shown = "every address" if host.strip() in ("", "[]") else f"{host.strip()}"
+    log.info("%s listening on %s (%s port %d)", what, shown,
+             f"[{bound[0]}]" if family == socket.AF_INET6 else bound[0], bound[1])
+    threading.Thread(target=server.serve_forever, name=f"{what}-http", daemon=True).start()
     return server
+
+
+def serve(metrics: Metrics, host: str, port: int) -> http.server.ThreadingHTTPServer:
+    """Start serving /metrics in a daemon thread; returns the server (`.shutdown()`).
+    `host` is PrometheusMetricsHost: "" listens on every address, as Felix does."""
+    handler = type("MetricsHandler", (_Handler,), {"metrics": metrics})
+    return make_server(host, port, handler, "metrics")
