@@ -581,3 +581,233 @@ def test_to_dict_returns_a_copy() -> None:
     out["metadata"]["labels"]["c"] = "d"
     out["spec"]["nets"].append("198.18.1.0/24")
     assert res.metadata.labels == {"a": "b"} and res.spec.nets == ["198.18.0.0/24"]
+
+
+# --- strings are data: anchoring, escaping, bounds -------------------------------------------
+
+def test_show_is_bounded_and_escaped() -> None:
+    assert f.show("web") == '"web"' and f.show(5) == "5" and f.show(None) == "null"
+    shown = f.show("a\n\x00\x1b[31m\u202e" + "x" * 10_000_000)
+    assert len(shown) <= 80 and shown.endswith("...") and shown.isprintable()
+    assert shown.startswith('"a\\n\\u0000\\u001b[31m\\u202e')
+    assert f.show(float("nan")) == "NaN" and f.show(float("-inf")) == "-Infinity"
+    assert f.show(10**100_000).startswith("<an integer of")     # no int-to-text blow-up
+    nested: list = []
+    for _ in range(100_000):
+        nested = [nested]
+    assert len(f.show(nested)) <= 80                               # no recursion error
+    assert len(f.show({"k" * 1000: list(range(10**6))})) <= 80
+
+
+def test_deny_rule_net_with_trailing_newline_is_refused() -> None:
+    d = gnp({"action": "Deny", "source": {"nets": ["198.18.0.0/24\n"]}})
+    assert errors_of(d) == [("spec.ingress[0].source.nets[0]",
+                             '"198.18.0.0/24\\n" is not a valid CIDR')]
+    parse_resource(gnp({"action": "Deny", "source": {"nets": ["198.18.0.0/24"]}}))
+
+
+@pytest.mark.parametrize("type_,good", [
+    (f.Name, "web"), (f.Namespace, "web"), (f.MAC, "ee:ee:ee:ee:ee:ee"), (f.InterfaceName, "eth0"),
+    (f.HostInterfaceName, "eth0"), (f.Duration, "90s"), (f.Port, "http"), (f.Port, "80"),
+    (f.Port, "80:90"), (f.PortName, "http"), (f.PortRange, "80:90"), (f.PeerIP, "198.18.0.1"),
+    (f.PeerIP, "198.18.0.1:179"), (f.PeerIP, "[fd00::1]:179"), (f.CommunityValue, "64512:100"),
+    (f.ASNumber, "64512"), (f.ASNumber, "1.10"), (f.IP, "198.18.0.1"), (f.IP, "fd00::1"),
+    (f.Net, "198.18.0.0/24"), (f.Net, "fd00::/64"), (f.CIDR, "198.18.0.0/24"),
+    (f.IPv4Interface, "198.18.0.11/24"), (f.Timestamp, "2024-05-01T10:00:00Z"),
+    (f.ResourceVersion, "42"), (f.Protocol, "TCP"), (f.Selector, "all()"),
+    (f.InterfacePrefixList, "cali,tap"), (f.ContainerID, "3f1b2c4d5e6f"), (f.UID, "5e5a1c2e-0000"),
+])
+def test_every_pattern_refuses_a_trailing_newline_and_other_digits(type_: object, good: str) -> None:
+    assert accepts(type_, good)
+    if type_ is not f.Selector:   # whitespace between selector tokens is Calico's grammar
+        assert not accepts(type_, good + "\n"), "trailing newline"
+        assert not accepts(type_, good + "\r\n"), "trailing CRLF"
+    assert not accepts(type_, good + "\x00"), "NUL"
+    assert not accepts(type_, " " + good) or type_ is f.Selector, "leading space"
+    arabic = good.translate(str.maketrans("0123456789", "٠١٢٣٤٥٦٧٨٩"))
+    if arabic != good:
+        assert not accepts(type_, arabic), "digits of another script"
+
+
+@pytest.mark.parametrize("value", ["fd00::1%eth0", "fd00::1%a\";}", "fe80::1%1/64", "198.18.0.1 ",
+                                   "198.18.0.0/024", "[fd00::1%eth0]:179"])
+def test_address_text_is_only_address_characters(value: str) -> None:
+    for type_ in (f.IP, f.Net, f.IPv6Interface, f.PeerIP):
+        assert not accepts(type_, value)
+
+
+@pytest.mark.parametrize("value,ok", [
+    ("cali", True), ("cali,tap", True), ("tap-1_x", True), ("a" * 15, True),
+    ('*" accept; iifname "cali', False), ("", False), ("cali,", False), (",cali", False),
+    ("cali*", False), ("a" * 16, False), ("cali\n", False), (" cali", False), ("cali, tap", False),
+    ("cali.1", False), ('cali"', False), (5, False),
+])
+def test_interface_prefix_is_felix_iface_list(value: object, ok: bool) -> None:
+    felix = doc("FelixConfiguration", {"interfacePrefix": value}, name="default")
+    if ok:
+        parse_resource(felix)
+        assert f.iface_list_problem(value) is None
+    else:
+        errors = errors_of(felix)
+        assert [p for p, _ in errors] == ["spec.interfacePrefix"]
+        assert "is not a valid interface prefix list" in errors[0][1] or "not a string" in errors[0][1]
+
+
+@pytest.mark.parametrize("field,good,bad", [
+    ("interfaceExclude", "kube-ipvs0,/^veth.*$/", ["kube ipvs0", "/(/", '/a"b/', "/a;b/", "eth0\n"]),
+    ("logPrefix", "calico-packet %t", ['calico" drop', "a" * 128, "x\ny", "x;y"]),
+    ("healthHost", "127.0.0.1", ["localhost\n", "a b", "x" * 65]),
+    ("prometheusMetricsHost", "fd00::1", ["0.0.0.0;", "[::]"]),
+    ("metadataAddr", "metadata.lab", ["meta data", "meta\n"]),
+    ("openstackRegion", "region-1", ["Region1", "a" * 47]),
+    ("featureGates", "BPFConnectTimeLB=Enabled,X=1", ["a=b\nc=d", "a-b=c", 'a="b"']),
+    ("logFilePath", "/var/log/calico/felix.log", ["/var/log/x y", "/var/log/x\n", "/x;rm"]),
+    ("iptablesNATOutgoingInterfaceFilter", "eth+", ["eth+\n", "a" * 16, "eth*"]),
+    ("mtuIfacePattern", "^(en|eth).*", ["(", "a b", '"x"']),
+    ("chainInsertMode", "Append", ["Append\n", "append;"]),
+])
+def test_felix_text_settings_follow_calicos_grammar(field: str, good: str, bad: list[str]) -> None:
+    parse_resource(doc("FelixConfiguration", {field: good}, name="default"))
+    for value in bad:
+        errors = errors_of(doc("FelixConfiguration", {field: value}, name="default"))
+        assert [p for p, _ in errors] == [f"spec.{field}"], value
+
+
+def test_unknown_field_names_in_paths_are_shown_escaped() -> None:
+    errors = errors_of(doc("GlobalNetworkPolicy", {"\x1b[31mevil\n" + "x" * 5000: 1}))
+    assert len(errors) == 1
+    path, message = errors[0]
+    assert path.startswith('spec."\\u001b[31mevil\\n') and len(path) < 100
+    assert message == "unknown field"
+
+
+def test_error_header_shows_a_bad_name_escaped_and_short() -> None:
+    text = error_text(doc("Profile", {}, name="web\x1b[31m\n" + "x" * 1_000_000))
+    assert len(text) < 600 and text.isprintable()
+    assert text.startswith('Profile "web\\u001b[31m\\nxxx')
+
+
+def test_uid_and_resource_version_are_plain_tokens() -> None:
+    parse_resource(doc("Profile", {}, uid="5e5a1c2e-0000-4000-8000-000000000001",
+                       resourceVersion="42"))
+    assert [p for p, _ in errors_of(doc("Profile", {}, uid="a b"))] == ["metadata.uid"]
+    assert [p for p, _ in errors_of(doc("Profile", {}, resourceVersion=" 42\n"))] == [
+        "metadata.resourceVersion"]
+    assert [p for p, _ in errors_of(doc("Profile", {}, resourceVersion=-1))] == [
+        "metadata.resourceVersion"]
+
+
+def test_annotations_refuse_control_characters_but_keep_free_text() -> None:
+    assert accepts(f.Annotations, {"note": 'line one\nline two\t"quoted"; {x}'})
+    for bad in ("a\x00b", "a\x1b[31m", "a\x7f"):
+        assert "control character" in message(f.Annotations, {"note": bad})
+
+
+# --- never fail open -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf"), 10**400])
+def test_order_must_be_finite(value: object) -> None:
+    for d in (doc("GlobalNetworkPolicy", {"order": value}),
+              doc("NetworkPolicy", {"order": value}, namespace="web")):
+        errors = errors_of(d)
+        assert [p for p, _ in errors] == ["spec.order"]
+        assert "is not a finite number" in errors[0][1]
+
+
+def test_yaml_nan_and_inf_orders_are_refused_not_stored_as_null() -> None:
+    for word, shown in ((".nan", "NaN"), (".inf", "Infinity"), ("-.Inf", "-Infinity")):
+        text = f"apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata:\n  name: p\nspec:\n  order: {word}\n"
+        assert errors_of(parse_documents(text)[0]) == [
+            ("spec.order", f"{shown} is not a finite number (policy order: lower numbers apply first)")]
+    parse_resource(doc("GlobalNetworkPolicy", {"order": 1e300}))
+
+
+SA_REFUSED = "not supported by calico.net yet (the dataplane does not match service accounts)"
+
+
+@pytest.mark.parametrize("kind", ["GlobalNetworkPolicy", "NetworkPolicy"])
+def test_service_account_selector_is_refused(kind: str) -> None:
+    meta = {"namespace": "web"} if kind == "NetworkPolicy" else {}
+    d = doc(kind, {"selector": "all()", "serviceAccountSelector": "role == 'admin'"}, **meta)
+    assert errors_of(d) == [("spec.serviceAccountSelector", SA_REFUSED)]
+
+
+@pytest.mark.parametrize("kind", ["GlobalNetworkPolicy", "NetworkPolicy", "Profile"])
+@pytest.mark.parametrize("direction", ["ingress", "egress"])
+@pytest.mark.parametrize("side", ["source", "destination"])
+@pytest.mark.parametrize("match", [{"names": ["builder"]}, {"selector": "team == 'ci'"}, {}])
+def test_rule_service_accounts_are_refused(kind: str, direction: str, side: str, match: dict) -> None:
+    spec = {direction: [{"action": "Deny"}, {"action": "Allow", side: {"serviceAccounts": match}}]}
+    d = doc(kind, spec, namespace="web") if kind == "NetworkPolicy" else doc(kind, spec)
+    assert errors_of(d) == [(f"spec.{direction}[1].{side}.serviceAccounts", SA_REFUSED)]
+
+
+@pytest.mark.parametrize("flag,reason", [
+    ("preDNAT", "the dataplane has no pre-DNAT host endpoint policy"),
+    ("doNotTrack", "the dataplane has no untracked host endpoint policy"),
+    ("applyOnForward", "host endpoint policy covers traffic to and from the host, not forwarded traffic"),
+])
+def test_host_endpoint_policy_flags_are_refused(flag: str, reason: str) -> None:
+    errors = errors_of(doc("GlobalNetworkPolicy", {flag: True, "applyOnForward": True}))
+    assert (f"spec.{flag}", f"not supported by calico.net yet ({reason})") in errors
+    assert all("not supported by calico.net yet" in m for _, m in errors)
+    parse_resource(doc("GlobalNetworkPolicy", {flag: False}))   # false is what is enforced
+
+
+def test_host_endpoint_for_all_interfaces_or_by_address_only_is_refused() -> None:
+    hep = lambda **spec: doc("HostEndpoint", {"node": "node-1", **spec})  # noqa: E731
+    assert errors_of(hep(interfaceName="*")) == [
+        ("spec.interfaceName", 'not supported by calico.net yet ("*" (all of a host\'s interfaces); '
+                               "give each interface its own HostEndpoint)")]
+    assert errors_of(hep(expectedIPs=["198.18.0.11"])) == [
+        ("spec.interfaceName", "not supported by calico.net yet (a host endpoint found by its "
+                               "expectedIPs alone; name its interface)")]
+    parse_resource(hep(interfaceName="eth0", expectedIPs=["198.18.0.11"]))
+
+
+def test_failsafe_port_limited_to_a_network_is_refused() -> None:
+    spec = {"failsafeOutboundHostPorts": [{"protocol": "TCP", "port": 2379, "net": "198.18.0.0/24"}]}
+    errors = errors_of(doc("FelixConfiguration", spec, name="default"))
+    assert [p for p, _ in errors] == ["spec.failsafeOutboundHostPorts[0].net"]
+    assert errors[0][1].startswith("not supported by calico.net yet (")
+
+
+@pytest.mark.parametrize("nets,ok", [
+    (["198.19.0.5/32"], True), (["198.19.0.5"], True), (["fd00::5/128", "fd00::6"], True),
+    (["198.19.0.4/31"], False), (["0.0.0.0/0"], False), (["::/0"], False), (["fd00::/127"], False),
+])
+def test_workload_networks_are_single_addresses(nets: list[str], ok: bool) -> None:
+    d = doc("WorkloadEndpoint", {"node": "node-1", "interfaceName": "cali0123456789a",
+                                 "ipNetworks": nets}, namespace="web")
+    if ok:
+        parse_resource(d)
+    else:
+        errors = errors_of(d)
+        assert [p for p, _ in errors] == ["spec.ipNetworks[0]"]
+        assert "holds more than one address" in errors[0][1]
+
+
+def test_quick_check_never_accepts_a_refused_document() -> None:
+    from calico_net.model.quick import quick_valid
+    refused = [
+        gnp({"action": "Allow"}, serviceAccountSelector="all()"),
+        gnp({"action": "Allow", "source": {"serviceAccounts": {"names": ["a"]}}}),
+        gnp({"action": "Deny"}, preDNAT=True, applyOnForward=True),
+        gnp({"action": "Deny"}, doNotTrack=True, applyOnForward=True),
+        gnp({"action": "Deny"}, applyOnForward=True),
+        gnp({"action": "Deny", "source": {"nets": ["198.18.0.0/24\n"]}}),
+        gnp({"action": "Deny"}, order=float("nan")),
+        gnp({"action": "Deny"}, order=float("inf")),
+        doc("WorkloadEndpoint", {"node": "n", "interfaceName": "eth0@x", "ipNetworks": []}, namespace="w"),
+        doc("WorkloadEndpoint", {"node": "n", "ipNetworks": ["0.0.0.0/0"]}, namespace="w"),
+        doc("WorkloadEndpoint", {"node": "n", "workload": "Pod_1"}, namespace="w"),
+        doc("WorkloadEndpoint", {"node": "n", "containerID": "abc\n"}, namespace="w"),
+        doc("GlobalNetworkSet", {"nets": ["fd00::1%eth0"]}),
+        doc("GlobalNetworkSet", {"nets": []}, uid="a\nb"),
+        doc("GlobalNetworkSet", {"nets": []}, resourceVersion="1\n"),
+        doc("NetworkSet", {"nets": []}, namespace="web\n"),
+    ]
+    for d in refused:
+        assert not quick_valid(d), d
+        with pytest.raises(ValidationError):
+            parse_resource(d)
