@@ -76,3 +76,72 @@ def test_seconds():
     for bad in ("", "5x", "-1", "1m30", True):
         with pytest.raises(ValueError):
             parse_seconds(bad)
+
+
+# --- values that reach nft text: Felix's grammar, never applied when bad -------------
+
+INJECTION = '*" accept; iifname "cali'
+
+
+def test_interface_prefix_grammar(tmp_path):
+    cfg = Config("n1", env={"FELIX_INTERFACEPREFIX": "cali,tap"}, config_file=str(tmp_path / "x"))
+    assert cfg.InterfacePrefix == ("cali", "tap") and cfg.sources["InterfacePrefix"] == "environment"
+    cfg = Config("n1", env={}, config_file=str(tmp_path / "x"))
+    assert cfg.InterfacePrefix == ("cali",) and cfg.bad_total == 0
+
+
+@pytest.mark.parametrize("bad", [INJECTION, "cali\n", "cali,", "cali, tap", "cali*", "cali;x", "", "a" * 16,
+                                 "cali\x00", 'cali"', "cali{"])
+def test_bad_interface_prefix_from_every_source_is_never_applied(tmp_path, caplog, bad):
+    f = tmp_path / "felix.cfg"
+    f.write_text("[global]\nInterfacePrefix = %s\n" % bad.replace("\n", "").replace("\x00", "\\0")
+                 if bad not in ("", "cali\n") else "[global]\nInterfacePrefix = cali*\n")
+    with caplog.at_level(logging.ERROR):
+        cfg = Config("n1", env={"FELIX_INTERFACEPREFIX": bad}, config_file=str(f))
+        cfg.set_felix_configuration("node.n1", {"interfacePrefix": bad})
+        cfg.set_felix_configuration("default", {"interfacePrefix": bad})
+    # every source had a bad value: the default, never the bad one
+    assert cfg.InterfacePrefix == ("cali",) and cfg.sources["InterfacePrefix"] == "default"
+    msgs = [r.getMessage() for r in caplog.records if "InterfacePrefix" in r.getMessage()]
+    sources = {s for s in ("environment", "config file", "node.n1", "FelixConfiguration default")
+               if any(s in m for m in msgs)}
+    if bad == "":
+        assert sources == {"config file"}      # an empty value is "not set" (Calico's rule)
+    else:
+        assert sources == {"environment", "config file", "node.n1", "FelixConfiguration default"}
+    assert all("\n" not in m.split(": ", 1)[0] for m in msgs)
+    assert cfg.bad_total == len(sources)
+    # logged once per source and value, however often it is resolved again
+    n = len(msgs)
+    cfg.resolve()
+    cfg.set_felix_configuration("default", {"interfacePrefix": bad})
+    assert len([r for r in caplog.records if "InterfacePrefix" in r.getMessage()]) == n
+
+
+def test_bad_interface_prefix_falls_back_to_the_next_good_source(tmp_path):
+    cfg = Config("n1", env={"FELIX_INTERFACEPREFIX": INJECTION}, config_file=str(tmp_path / "x"))
+    cfg.set_felix_configuration("default", {"interfacePrefix": "tap"})
+    assert cfg.InterfacePrefix == ("tap",) and cfg.sources["InterfacePrefix"] == "FelixConfiguration default"
+    assert cfg.bad_total == 1
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "1e400", "-inf", float("nan"), float("inf")])
+def test_durations_must_be_finite(value):
+    with pytest.raises(ValueError):
+        parse_seconds(value)
+
+
+def test_failsafe_cidr_must_be_a_cidr():
+    assert parse_ports("tcp:198.18.0.5/24:22") == (Port("tcp", 22, "198.18.0.0/24"),)
+    for bad in ["tcp:x; y:22", "tcp:198.18.0.0/24\n:22", "tcp: 198.18.0.0/24:22"]:
+        with pytest.raises(ValueError):
+            parse_ports(bad)
+    with pytest.raises(ValueError):
+        parse_ports([{"protocol": "TCP", "port": 22, "net": "0.0.0.0/0 accept"}])
+
+
+def test_listener_hosts(tmp_path):
+    cfg = Config("n1", env={"FELIX_HEALTHHOST": "198.18.0.1", "FELIX_PROMETHEUSMETRICSHOST": "a b"},
+                 config_file=str(tmp_path / "x"))
+    assert cfg.HealthHost == "198.18.0.1" and cfg.PrometheusMetricsHost == ""
+    assert cfg.bad_total == 1

@@ -1,6 +1,7 @@
 """The daemon's loop with fakes for policy, kernel and syncer (calico_net.agent.daemon)."""
 from __future__ import annotations
 
+import logging
 import socket
 from dataclasses import dataclass, field
 
@@ -362,3 +363,108 @@ def test_fresh_host_lists_only_the_endpoints_links_then_looks_up_new_names(tmp_p
     d.loop_once(max_wait=0.01)
     assert listed == ["full"] and not d.links_partial and set(d.routes.links) == {"eth0", "cali1", "cali2"}
     assert d.metrics.errors.value == 0
+
+
+# --- endpoints and config values that must never widen the dataplane ----------------
+
+INJECTION = '*" accept; iifname "cali'
+
+
+def hep(name, iface, ips=("198.18.0.1",), rev=1):
+    doc = {"kind": "HostEndpoint", "metadata": {"name": name},
+           "spec": {"node": "n1", "interfaceName": iface, "expectedIPs": list(ips)}}
+    return P + f"hostendpoints/{name}", Resource("HostEndpoint", name, None, doc, rev)
+
+
+def doc_given(policy, name):
+    """Whether the policy dataplane got `name` as present (its last update)."""
+    return [u[3] for u in policy.updates if u[1] == name][-1]
+
+
+def test_endpoints_outside_the_prefixes_or_wider_than_a_host_are_refused(tmp_path, caplog):
+    d, kernel, policy = make(tmp_path, links=(Link(2, "eth0", True), Link(5, "cali1", True),
+                                              Link(6, "cali2", True)))
+    snap = dict([wep("good", "n1", "cali1", "198.19.0.1/32"),
+                 wep("takeover", "n1", "eth0", "0.0.0.0/0"),
+                 wep("hostif", "n1", "eth0", "198.19.0.3/32"),
+                 wep("wide", "n1", "cali2", "198.19.0.0/24"),
+                 wep("remote-wide", "other", "cali9", "::/0"),
+                 wep("remote", "other", "eth0", "198.19.0.5/32"),      # not this host's interface
+                 hep("star", "*"), hep("hep-wide", "eth0", ips=("198.18.0.0/16",)), hep("hep", "eth0")])
+    with caplog.at_level(logging.ERROR):
+        d.on_snapshot(snap, 5)
+        d.loop_once(max_wait=0.01)
+        assert kernel.table == {(V4, "198.19.0.1", 32): 5}
+        assert d.sysctls.ifaces == ["cali1"]
+        for name in ("takeover", "hostif", "wide", "remote-wide", "star", "hep-wide"):
+            assert doc_given(policy, name) is False, name
+        for name in ("good", "remote", "hep"):
+            assert doc_given(policy, name) is True, name
+        assert d.metrics.refused_endpoints_total.value == 6 and d.metrics.refused_endpoints.value == 6
+        # a resync with the same documents, and a re-put of one: counted and logged once
+        d.on_snapshot(dict(snap), 6)
+        d.on_update(*wep("takeover", "n1", "eth0", "0.0.0.0/0", rev=7))
+        d.loop_once(max_wait=0.01)
+    assert d.metrics.refused_endpoints_total.value == 6
+    assert len([r for r in caplog.records if "takeover" in r.getMessage()]) == 1
+    assert any("0.0.0.0/0" in r.getMessage() and "wider than a host" in r.getMessage() for r in caplog.records)
+    assert kernel.table == {(V4, "198.19.0.1", 32): 5}
+    # fixed: no longer refused, programmed
+    d.on_update(*wep("hostif", "n1", "cali2", "198.19.0.3/32", rev=8))
+    d.on_update(*wep("takeover", "n1", "eth0", "198.19.0.4/32", rev=9))   # another reason: logged again
+    d.loop_once(max_wait=0.01)
+    assert kernel.table == {(V4, "198.19.0.1", 32): 5, (V4, "198.19.0.3", 32): 6}
+    assert doc_given(policy, "hostif") is True
+    assert d.metrics.refused_endpoints_total.value == 7 and d.metrics.refused_endpoints.value == 5
+    # deleted: forgotten
+    d.on_update(wep("takeover", "n1", "eth0", "198.19.0.4/32")[0], None)
+    d.loop_once(max_wait=0.01)
+    assert d.metrics.refused_endpoints.value == 4
+
+
+def test_interface_prefix_from_the_first_snapshot_then_fixed(tmp_path, caplog):
+    d, kernel, policy = make(tmp_path, links=(Link(5, "cali1", True), Link(9, "tap1", True)))
+    # the FelixConfiguration sorts after the endpoint here: it is still taken first
+    snap = {**dict([wep("a", "n1", "tap1", "198.19.0.1/32"), wep("b", "n1", "cali1", "198.19.0.2/32")]),
+            **dict([fc("default", {"interfacePrefix": "tap"})])}
+    with caplog.at_level(logging.WARNING):
+        d.on_snapshot(snap, 5)
+        d.loop_once(max_wait=0.01)
+    assert not [r for r in caplog.records if "restart" in r.getMessage()]
+    assert d.iface_prefixes == ("tap",) and d.routes.iface_prefixes == ("tap",)
+    assert kernel.table == {(V4, "198.19.0.1", 32): 9}
+    assert d.metrics.refused_endpoints_total.value == 1          # b, on cali1
+    # a later change needs a restart: logged, not applied
+    with caplog.at_level(logging.WARNING):
+        d.on_update(*fc("default", {"interfacePrefix": "cali"}, rev=6))
+        d.loop_once(max_wait=0.01)
+    assert any("restart" in r.getMessage() for r in caplog.records)
+    assert d.iface_prefixes == ("tap",) and kernel.table == {(V4, "198.19.0.1", 32): 9}
+
+
+def test_bad_interface_prefix_in_etcd_is_counted_and_never_applied(tmp_path, caplog):
+    from calico_net.agent.felix.policy import FelixSettings
+    kernel = FakeKernel([Link(5, "cali1", True)])
+    policy = FakePolicy()
+    cfg = Config("n1", env={}, config_file=str(tmp_path / "none"))
+    d = Daemon("n1", cfg, None, policy=policy, settings_cls=FelixSettings, route_backend=kernel,
+               sysctls=NullSysctls(), watch_links=False, syncer_factory=NullSyncer, coalesce=0.001)
+    d.start()
+    with caplog.at_level(logging.ERROR):
+        d.on_snapshot(dict([fc("default", {"interfacePrefix": INJECTION, "logSeverityScreen": "Warning"}),
+                            wep("a", "n1", "cali1", "198.19.0.1/32")]), 5)
+        d.loop_once(max_wait=0.01)
+    assert d.iface_prefixes == ("cali",)
+    assert all(s.interface_prefixes == ("cali",) for s in policy.settings)
+    assert d.metrics.config_errors.value == 1
+    msg = [r.getMessage() for r in caplog.records if "InterfacePrefix" in r.getMessage()]
+    assert len(msg) == 1 and "FelixConfiguration default" in msg[0] and "accept" in msg[0]
+    assert kernel.table == {(V4, "198.19.0.1", 32): 5}
+
+
+def test_local_interfaces_for_the_sysctl_helper_only_match_the_prefixes():
+    from calico_net.agent.daemon import _local_interfaces
+    res = dict([wep("a", "n1", "cali1", "198.19.0.1/32"), wep("b", "n1", "eth0", "0.0.0.0/0"),
+                wep("c", "n1", "tap1", "fd00::1/128"), wep("d", "n2", "cali4", "198.19.0.4/32")])
+    assert _local_interfaces(res, "n1") == [("cali1", False)]
+    assert _local_interfaces(res, "n1", ("cali", "tap")) == [("cali1", False), ("tap1", True)]

@@ -114,3 +114,56 @@ def test_ipv4_replace_message_is_the_generic_encoding():
         body += r._attr(r.RTA_OIF, _struct.pack("=i", oif))
         body += r._attr(r.RTA_TABLE, _struct.pack("=I", table))
         assert got == (r.RTM_NEWROUTE, r.NLM_F_REPLACE | r.NLM_F_CREATE, body)
+
+
+# --- endpoints can never take over host interfaces or routes ------------------------
+
+def test_host_routes_only_host_addresses():
+    from calico_net.agent.felix.routes import host_routes
+    assert host_routes(["198.19.0.1/32", "198.19.0.2", "fd00::1/128"]) == (
+        [(V4, "198.19.0.1", 32), (V4, "198.19.0.2", 32), (V6, "fd00::1", 128)], None)
+    for wide in ("0.0.0.0/0", "::/0", "198.19.0.0/24", "198.19.0.0/31", "fd00::/127"):
+        routes, problem = host_routes(["198.19.0.1/32", wide])
+        assert routes == [(V4, "198.19.0.1", 32)] and wide in problem and "wider than a host" in problem
+    for junk in ("198.19.0.1/32\n", "198.19.0.1 /32", "x/32", 5):
+        routes, problem = host_routes([junk])
+        assert routes == [] and problem
+
+
+def test_interface_problem():
+    from calico_net.agent.felix.routes import interface_problem
+    assert interface_problem("cali1", ("cali",)) is None
+    assert interface_problem("tap1", ("cali", "tap")) is None
+    for bad in ("eth0", "lo", "cal", "", None, 3):
+        assert "interface prefix" in interface_problem(bad, ("cali", "tap"))
+
+
+def test_endpoint_on_a_host_interface_or_wider_than_a_host_is_refused():
+    k, rm = mk(links=(Link(1, "lo", True), Link(2, "eth0", True), Link(7, "cali1", True)))
+    assert rm.set_endpoint("a", "cali1", ["198.19.0.1/32"]) is None
+    assert "eth0" in rm.set_endpoint("b", "eth0", ["198.19.0.2/32"])
+    assert "0.0.0.0/0" in rm.set_endpoint("c", "cali1", ["0.0.0.0/0"])
+    assert "::/0" in rm.set_endpoint("d", "cali1", ["198.19.0.4/32", "::/0"])
+    rm.apply()
+    assert k.table == {(V4, "198.19.0.1", 32): 7}
+    assert set(rm.endpoints) == {"a"} and rm.local_interfaces() == {"cali1"}
+    assert [link.name for link, _ in rm.interfaces_to_configure()] == ["cali1"]
+    # a good endpoint turning bad is forgotten: its route goes
+    assert rm.set_endpoint("a", "eth0", ["198.19.0.1/32"])
+    rm.apply()
+    assert k.table == {} and rm.local_interfaces() == set()
+    # other prefixes
+    k, rm = mk(links=(Link(2, "eth0", True), Link(9, "tap9", True)))
+    rm.iface_prefixes = ("cali", "tap")
+    assert rm.set_endpoint("t", "tap9", ["198.19.0.9/32"]) is None
+    rm.apply()
+    assert k.table == {(V4, "198.19.0.9", 32): 9}
+
+
+def test_never_writes_anything_but_a_host_route_and_removes_wide_ones_found():
+    # a wide protocol-80 route (an older agent installed it) is removed, never re-added
+    k, rm = mk(links=(Link(2, "eth0", True), Link(7, "cali1", True)), table={(V4, "0.0.0.0", 0): 2})
+    rm.claims[(V4, "0.0.0.0", 0)] = {"x": "cali1"}     # even if the bookkeeping wanted it
+    rm.apply()
+    assert (V4, "0.0.0.0", 0) not in k.table
+    assert not [op for op in k.writes if op.op == "replace"]

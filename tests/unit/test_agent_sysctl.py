@@ -216,3 +216,20 @@ def test_a_failed_helper_falls_back_and_says_why(caplog):
         assert PendingConfigure(["x"], proc=failing(), fallback=lambda: ["inline"]).wait() == ["inline"]
         assert PendingConfigure(["x"], proc=failing()).wait() == ["x"]
     assert [r.getMessage() for r in caplog.records].count("sysctl helper failed (boom); writing inline") == 3
+
+
+def test_names_that_are_not_one_interface_are_never_written(tmp_path):
+    # "all" and "default" are directories of /proc/sys/net/ipv4/conf that configure
+    # every interface; the others are not one path component or one helper line
+    from calico_net.agent.felix.sysctl import _checked, _sendable
+    for bad in ("all", "default", "", ".", "..", "a/b", "a\nb", "a\tb", "a=b", "a b", "x" * 16):
+        assert not _sendable(bad)
+        with pytest.raises(ValueError):
+            _checked(bad)
+    assert _sendable("cali1") and _checked("cali1") == "cali1"
+    proc = tmp_path / "proc"
+    (proc / "net/ipv4/conf/all").mkdir(parents=True)
+    (proc / "net/ipv4/conf/all/proxy_arp").write_text("0\n")
+    s = Sysctls(str(proc))
+    failed = s.configure_interfaces([(Link(3, "all", True), False)])
+    assert failed == ["all"] and (proc / "net/ipv4/conf/all/proxy_arp").read_text() == "0\n"

@@ -48,7 +48,7 @@ from calico_net.model.selector import (
     parse_selector,
 )
 
-from .nftstr import NftStringError, ifname_text
+from .nftstr import NftStringError, ifname
 from .rules import (
     NS_LABEL_PREFIX,
     NS_NAME_LABEL,
@@ -567,7 +567,7 @@ def member_from_doc(kind: str, name: str, namespace: str | None, doc: Mapping[st
     iface = (spec.get("interfaceName") or None) if kind in ENDPOINT_KINDS else None
     if iface is not None:
         try:
-            ifname_text(iface)
+            ifname(iface)    # checked (and its quoted form kept for the maps)
         except NftStringError as exc:
             # "*" (all host interfaces) and names the kernel would refuse are not programmed
             log.warning("%s %s: interface name not supported (%s); endpoint not programmed",

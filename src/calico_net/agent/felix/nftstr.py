@@ -86,17 +86,31 @@ _COMMENT_RE = re.compile(r"[A-Za-z0-9 ._:/@+=,()-]*")
 _LOG_PREFIX_RE = re.compile(r"[A-Za-z0-9: /_.-]*")
 
 
+# Names we have checked, quoted (an endpoint's interface is written to two maps,
+# and again on every change of its chains): a dict hit instead of a regex.
+_QUOTED: dict[str, str] = {}
+_UNQUOTED: dict[str, bytes] = {}
+_CACHE_MAX = 1 << 17
+_ifname_fm = _IFNAME_RE.fullmatch
+
+
 def ifname(name: Any) -> str:
     """An interface name as an nft quoted string: ``"cali1234"``."""
-    return '"' + ifname_text(name) + '"'
+    q = _QUOTED.get(name) if type(name) is str else None
+    if q is None:
+        q = '"' + ifname_text(name) + '"'
+        if len(_QUOTED) >= _CACHE_MAX:
+            _QUOTED.clear()
+        _QUOTED[name] = q
+    return q
 
 
 def ifname_text(name: Any) -> str:
     """An interface name checked for nft (and the kernel), unquoted."""
-    if not isinstance(name, str) or not _IFNAME_RE.fullmatch(name):
+    if type(name) is not str or not _ifname_fm(name):
         raise _fail("interface name", name,
                     "1-15 characters from A-Z a-z 0-9 _ . @ : + -")
-    if name in (".", ".."):
+    if name == "." or name == "..":
         raise _fail("interface name", name, "'.' and '..' are not interface names")
     return name
 
@@ -112,12 +126,19 @@ def ifname_prefix(prefix: Any) -> str:
 def unquote_ifname(text: Any) -> bytes:
     """The interface-name bytes of a quoted (or bare) name as written by `ifname`
     (the netlink element encoder's input). Raises like `ifname` for anything else."""
+    raw = _UNQUOTED.get(text) if type(text) is str else None
+    if raw is not None:
+        return raw
     if not isinstance(text, str):
         raise _fail("interface name", text, "not a string")
     s = text.strip()
     if len(s) >= 2 and s[0] == '"' and s[-1] == '"':
         s = s[1:-1]
-    return ifname_text(s).encode("ascii")
+    raw = ifname_text(s).encode("ascii")
+    if len(_UNQUOTED) >= _CACHE_MAX:
+        _UNQUOTED.clear()
+    _UNQUOTED[text] = raw
+    return raw
 
 
 def ident(name: Any) -> str:
@@ -202,8 +223,10 @@ def number(value: Any, lo: int, hi: int) -> str:
 _RULE_BAD = re.compile(r"[;{}#\\\x00-\x1f\x7f]")
 # In an element list: the characters of quoted interface names, addresses,
 # CIDRs, services, protocol names, ' . ' concatenations, ' : ' verdicts and the
-# ', ' separators — nothing else.
-_ELEM_BAD = re.compile(r"[^A-Za-z0-9 ._:/@+\",-]")
+# ', ' separators — nothing else. (Checked with bytes.translate: ~1 ms a MB,
+# where a regex scan takes five times that.)
+_ELEM_CHARS = (b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+               b' ._:/@+",-')
 
 
 def check_rule_line(line: str) -> str:
@@ -218,7 +241,11 @@ def check_rule_line(line: str) -> str:
 def check_element_list(body: str, count: int) -> str:
     """`body` (elements joined with ", ") if it is exactly `count` elements made of
     element characters; NftStringError otherwise (a stray ',' would add elements)."""
-    if _ELEM_BAD.search(body) is not None:
+    try:
+        stray = body.encode("ascii").translate(None, _ELEM_CHARS)
+    except UnicodeEncodeError:
+        stray = b"?"
+    if stray:
         raise _fail("element list", body, "holds a character no element has")
     if body.count(",") != count - 1:
         raise _fail("element list", body, f"does not hold exactly {count} elements")

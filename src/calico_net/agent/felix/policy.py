@@ -161,7 +161,7 @@ class ApplyStats:
 
 class _EpProgram(NamedTuple):      # a tuple: 10,000 are made on a cold start
     kind: str
-    iface: str
+    iface: str      # as an nft map key: quoted by nftstr.ifname
     ingress: str    # chain name
     egress: str
 
@@ -629,7 +629,7 @@ class PolicyDataplane:
                     self.rs.set_chain(combo[0], combo[1])
                 if combo[2] not in chains:
                     self.rs.set_chain(combo[2], combo[3])
-            new = _EpProgram(member.key[0], member.iface, combo[0], combo[2])
+            new = _EpProgram(member.key[0], nftstr.ifname(member.iface), combo[0], combo[2])
         old = self._programs.get(ep)
         if old == new:
             return
@@ -684,9 +684,8 @@ class PolicyDataplane:
         return [(WL_FROM, p.iface), (WL_TO, p.iface)]
 
     def _write_slot(self, slot: tuple[str, str]) -> None:
-        mapname, iface = slot
+        mapname, key = slot     # the interface as _render_endpoint quoted it
         claims = self._iface_claims.get(slot)
-        key = nftstr.ifname(iface)
         if not claims:
             self._iface_claims.pop(slot, None)
             self.rs.remove_element(mapname, key)
@@ -694,7 +693,7 @@ class PolicyDataplane:
                 self.rs.remove_element(HEP_IFACES, key)
             return
         if len(claims) > 1:
-            log.warning("interface %s is claimed by several endpoints: %s", iface, sorted(
+            log.warning("interface %s is claimed by several endpoints: %s", key, sorted(
                 claims, key=lambda k: (k[0], k[1] or "", k[2])))
             owner = min(claims, key=lambda k: (k[0], k[1] or "", k[2]))
         else:

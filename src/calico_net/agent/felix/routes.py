@@ -669,12 +669,12 @@ class RouteManager:
         ops: list[RouteOp] = []
         for r in routes:
             want = self.wanted_oif(r)
-            have = self.programmed.get(r, 0)
-            if want == have:
-                continue
             if want and r[2] != _HOST_LEN.get(r[0]):
                 # never anything but a host route (set_endpoint refuses the rest)
                 log.error("not adding route %s/%d: not a host route", r[1], r[2])
+                want = 0
+            have = self.programmed.get(r, 0)
+            if want == have:
                 continue
             if want:
                 ops.append(RouteOp("replace", r, want))
