@@ -53,6 +53,8 @@ def run_role_pki(tmp: Path, client_port: int, peer_port: int) -> Path:
             {"ansible.builtin.import_role": {"name": "calico.net.etcd", "tasks_from": "preflight"}},
             {"ansible.builtin.template": {"src": str(ROLE / "templates/usr/local/sbin/calico-etcd-pki.j2"),
                                           "dest": str(tmp / "calico-etcd-pki"), "mode": "0755"}},
+            {"ansible.builtin.template": {"src": str(ROLE / "templates/etc/etcd/pki-spec.j2"),
+                                          "dest": str(tmp / "pki-spec")}},
             {"ansible.builtin.command": {
                 "argv": [str(tmp / "calico-etcd-pki"), str(ca_dir)],
                 "stdin": "{{ lookup('ansible.builtin.template', '%s') }}" % (ROLE / "templates/etc/etcd/pki-spec.j2")}},
@@ -216,3 +218,41 @@ def test_a_member_with_the_client_certificate_cannot_join(member):
         client.close()
     r = requests.get(member["client_url"] + "/health", cert=member["client"], verify=ca, timeout=5)
     assert r.json().get("health") == "true"
+
+
+def pki_helper(member, ca_dir: Path, *args: str) -> list[str]:
+    proc = subprocess.run([str(member["tmp"] / "calico-etcd-pki"), *args, str(ca_dir)],
+                          input=(member["tmp"] / "pki-spec").read_text(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return sorted(proc.stdout.split("\n")[:-1])
+
+
+def test_pki_helper_gives_a_cluster_made_before_the_peer_ca_one(member, tmp_path):
+    """A CA directory from before the peer CA (peer certificates signed by the clients'
+    CA): the helper makes the peer CA and reissues the peer certificates only."""
+    old = tmp_path / "ca"
+    shutil.copytree(member["ca_dir"], old)
+    for f in ("peer-ca.crt", "peer-ca.key", "peer-ca.srl"):
+        (old / f).unlink(missing_ok=True)
+    issued = old / "issued"
+    subprocess.run(["openssl", "req", "-new", "-key", str(issued / "m1-peer.key"), "-subj", "/CN=m1-peer",
+                    "-out", str(tmp_path / "peer.csr")], check=True, capture_output=True)
+    subprocess.run(["openssl", "x509", "-req", "-in", str(tmp_path / "peer.csr"), "-CA", str(old / "ca.crt"),
+                    "-CAkey", str(old / "ca.key"), "-CAcreateserial", "-days", "2", "-out", str(issued / "m1-peer.crt")],
+                   check=True, capture_output=True)
+    untouched = {n: (issued / n).read_bytes() for n in ("m1-server.crt", "client-calico.crt")}
+    ca = (old / "ca.crt").read_bytes()
+
+    assert pki_helper(member, old, "--check") == ["created peer-ca", "issued m1-peer"]
+    assert not (old / "peer-ca.crt").exists()
+    assert pki_helper(member, old) == ["created peer-ca", "issued m1-peer"]
+    assert pki_helper(member, old) == []  # idempotent
+    verify = subprocess.run(["openssl", "verify", "-CAfile", str(old / "peer-ca.crt"), str(issued / "m1-peer.crt")],
+                            capture_output=True, text=True)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    refused = subprocess.run(["openssl", "verify", "-CAfile", str(old / "peer-ca.crt"),
+                              str(issued / "client-calico.crt")], capture_output=True, text=True)
+    assert refused.returncode != 0
+    assert (old / "ca.crt").read_bytes() == ca
+    assert {n: (issued / n).read_bytes() for n in untouched} == untouched
+
