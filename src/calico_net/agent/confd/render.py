@@ -392,6 +392,12 @@ _LOG_CLASSES = {
 MAX_NAME_BYTES = 253
 
 
+def _short(name: object, limit: int = 80) -> str:
+    """A name for a note or log line: cut, so the reason after it stays visible."""
+    text = str(name)
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
 def _check_name(name: object, what: str) -> str:
     """A resource name that can stand in a BIRD string (descriptions)."""
     text = check_bird_string(name, what, MAX_NAME_BYTES)
@@ -493,7 +499,7 @@ class _Builder:
             except (ValueError, TypeError) as exc:
                 if name == node_name:
                     raise RenderError(f"Node {bird_comment(node_name)}: {exc}") from exc
-                self.reject(f"Node {name} skipped: {exc}")
+                self.reject(f"Node {_short(name)} skipped: {exc}")
         me = self.nodes.get(node_name)
         if me is None:
             raise RenderError(f"Node {node_name!r} not found")
@@ -616,7 +622,7 @@ class _Builder:
             try:
                 net = ipaddress.ip_network(str(spec.get("cidr", "")).strip(), strict=False)
             except ValueError:
-                self.reject(f"IPPool {_meta(res).get('name')} skipped: bad cidr")
+                self.reject(f"IPPool {_short(_meta(res).get('name'))} skipped: bad cidr")
                 continue
             export = not spec.get("disableBGPExport", False) and (
                 self.opts.export_disabled_pools or not spec.get("disabled", False)
@@ -681,7 +687,7 @@ class _Builder:
             try:
                 scope = self._applies_to_me(_spec(res))
             except Exception as exc:  # a bad selector breaks only this peer
-                self.reject(f"BGPPeer {_meta(res).get('name', '')} skipped: {exc}")
+                self.reject(f"BGPPeer {_short(_meta(res).get('name', ''))} skipped: {exc}")
                 continue
             if scope is None:
                 global_peers.append(res)
@@ -808,7 +814,8 @@ class _Builder:
     def _explicit_peer(self, res: Mapping[str, Any], kind: str, prefix: str) -> None:
         """Turn one BGPPeer that applies to this node into sessions (or notes)."""
         meta, spec = _meta(res), _spec(res)
-        what = f"BGPPeer {meta.get('name', '')}"
+        what = f"BGPPeer {meta.get('name', '')}"  # for the description
+        who = f"BGPPeer {_short(meta.get('name', ''))}"  # for notes
         try:
             _check_name(meta.get("name", ""), "BGPPeer name")
             # Targets: (address, port, AS, cluster id if the peer is one of our nodes,
@@ -857,7 +864,7 @@ class _Builder:
             peer_bfd = _parse_bool((meta.get("annotations") or {}).get(BFD_ANNOTATION))
             bfd = self.bfd if peer_bfd is None else peer_bfd
         except Exception as exc:  # a broken BGPPeer breaks only itself
-            self.reject(f"{what} skipped: {exc}")
+            self.reject(f"{who} skipped: {exc}")
             return
 
         for ip, port, peer_as, peer_cluster, label in targets:
@@ -865,11 +872,11 @@ class _Builder:
             my_ip = self.me.ip(fam)
             if not self.families[fam].enabled or my_ip is None:
                 self.notes.append(
-                    f"{what} -> {label} skipped: IPv{fam} is not enabled on this node"
+                    f"{who} -> {label} skipped: IPv{fam} is not enabled on this node"
                 )
                 continue
             if ip == my_ip:
-                self.notes.append(f"{what} -> {ip} skipped: that is this node's own address")
+                self.notes.append(f"{who} -> {ip} skipped: that is this node's own address")
                 continue
             rr_client, rr_cid = self.rr_flags(peer_as, peer_cluster)
             source = str(my_ip) if use_node_ip else None
@@ -877,7 +884,7 @@ class _Builder:
             try:
                 check_bird_string(description, "description")
             except BirdTextError as exc:
-                self.reject(f"{what} -> {label} skipped: {exc}")
+                self.reject(f"{who} -> {label} skipped: {exc}")
                 continue
             self.add(
                 Session(
