@@ -35,9 +35,10 @@ import orjson
 
 from calico_net.agent.watchloop import run_snapshot_watch
 from calico_net.datastore.errors import DatastoreError, DatastoreUnavailable
-from calico_net.datastore.etcd import KV, parse_range, prefix_end, range_tail
+from calico_net.datastore.etcd import KV, key_bytes, key_problem, parse_range, prefix_end, range_tail, show_key
 from calico_net.datastore.etcd_grpc import GrpcNotUsable, decode_range_response, range_response_tail
 from calico_net.datastore.store import RESOURCE_PREFIX, parse_key
+from calico_net.errors import printable
 from calico_net.model.quick import quick_valid
 
 # The snapshot's pages go over gRPC: grpcio (~0.1 s to import) is imported with
@@ -100,7 +101,12 @@ def model_kind(plural: str) -> str | None:
 def parse_kv(kv: KV, validate: Validator = model_validate,
              kind_of: Callable[[str], str | None] = model_kind) -> Resource:
     """Turn one etcd key/value into a Resource, or raise BadObject."""
-    parts = parse_key(kv.key)
+    key = kv.key
+    if not key.isascii():           # O(1): only a non-ASCII key is looked at further
+        problem = key_problem(key)
+        if problem:
+            raise BadObject(problem)
+    parts = parse_key(key)
     if parts is None:
         raise BadObject("not a resource key")
     kind = kind_of(parts.plural)
@@ -214,7 +220,8 @@ class Syncer:
             seen = self.bad.get(kv.key)
             new = seen is None or seen[0] != kv.mod_revision
             if new:
-                log.warning("skipping bad datastore object %s (revision %d): %s", kv.key, kv.mod_revision, reason)
+                log.warning("skipping bad datastore object %s (revision %d): %s",
+                            show_key(kv.key), kv.mod_revision, printable(reason, 2000))
             self.bad[kv.key] = (kv.mod_revision, reason)
             self.sink.on_bad_object(kv.key, reason, new)
             return None
@@ -287,7 +294,7 @@ class Syncer:
             return revision, iter((first,))
         pages: queue.SimpleQueue[Any] = queue.SimpleQueue()
         abandon = threading.Event()
-        start = first[-1].key.encode() + b"\0"
+        start = key_bytes(first[-1].key) + b"\0"
         limit = self.page_size
 
         def fetch() -> None:
@@ -306,14 +313,14 @@ class Syncer:
                         if tail is None:    # not found by the byte search: decode here
                             kvs, _, more_ = decode(raw)
                             pages.put(kvs)
-                            last = kvs[-1].key.encode() if kvs else None
+                            last = key_bytes(kvs[-1].key) if kvs else None
                         else:
                             pages.put((raw, tail))
                             last, more_ = tail
                     else:
                         kvs, _, more_ = get_range(start, end, revision=revision, limit=limit)
                         pages.put(kvs)
-                        last = kvs[-1].key.encode() if kvs else None
+                        last = key_bytes(kvs[-1].key) if kvs else None
                     if not more_ or last is None:
                         break
                     start = last + b"\0"
@@ -340,7 +347,7 @@ class Syncer:
                             kvs, _, more2 = decode(raw)
                         except ValueError as e:
                             raise DatastoreError(f"etcd range reply does not decode: {e}") from None
-                        if more2 != more_ or (kvs[-1].key.encode() if kvs else None) != last:
+                        if more2 != more_ or (key_bytes(kvs[-1].key) if kvs else None) != last:
                             # the tail search misread the reply: never guess
                             raise DatastoreError("etcd range reply: page boundary not as found; rereading")
                         item = kvs

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from calico_net.datastore.errors import (
+    BadStoredValue,
     DatastoreError,
     DatastoreUnavailable,
     ResourceAlreadyExists,
@@ -12,7 +13,7 @@ from calico_net.datastore.etcd import EtcdClient, EtcdConfig, WatchCompacted, co
 from calico_net.datastore.store import Datastore, parse_key, resource_key
 
 __all__ = [
-    "Datastore", "DatastoreError", "DatastoreUnavailable", "EtcdClient", "EtcdConfig",
+    "BadStoredValue", "Datastore", "DatastoreError", "DatastoreUnavailable", "EtcdClient", "EtcdConfig",
     "ResourceAlreadyExists", "ResourceConflict", "ResourceNotFound", "WatchCompacted",
     "connect", "parse_key", "resource_key",
 ]

@@ -20,3 +20,16 @@ class ResourceAlreadyExists(DatastoreError):
 
 class ResourceConflict(DatastoreError):
     """A compare-and-swap failed: someone else changed the resource since it was read."""
+
+
+class BadStoredValue(DatastoreError):
+    """A key in etcd that does not decode to a resource: a key that is not UTF-8, a
+    value that is not JSON, or JSON that is not an object. str() names the key
+    (escaped and bounded: its bytes came from etcd, not from us)."""
+
+    def __init__(self, key: str, reason: str) -> None:
+        from calico_net.datastore.etcd import show_key
+
+        self.key = key
+        self.reason = reason
+        super().__init__(f"etcd key {show_key(key)}: {reason}")

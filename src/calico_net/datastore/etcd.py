@@ -37,6 +37,7 @@ import etcd3gw
 from calico_net.datastore.errors import DatastoreError, DatastoreUnavailable
 from calico_net.datastore.etcd_grpc import GrpcRange, encode_range_request
 from calico_net.datastore.transport import check_config as _check_transport
+from calico_net.errors import printable
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ DEFAULT_TIMEOUT = 10.0
 
 def _b64(data: str | bytes) -> str:
     if isinstance(data, str):
-        data = data.encode()
+        data = data.encode("utf-8", "surrogateescape")
     return base64.b64encode(data).decode("ascii")
 
 
@@ -55,9 +56,35 @@ def _unb64(data: str | None) -> bytes:
     return base64.b64decode(data) if data else b""
 
 
+def key_bytes(key: str) -> bytes:
+    """A key as etcd stores it. Keys are read as UTF-8; one that is not (etcd keys are
+    any bytes) is read with `surrogateescape` (`KV.from_json`, `etcd_grpc`), so every
+    key, good or bad, comes back to its exact bytes here."""
+    return key.encode("utf-8", "surrogateescape")
+
+
+def key_problem(key: str) -> str | None:
+    """Why a key read from etcd cannot name a resource, or None. Only a key that is
+    not ASCII costs more than one `isascii` (O(1) in CPython)."""
+    if key.isascii():
+        return None
+    try:
+        key.encode()
+    except UnicodeEncodeError:
+        return "key is not valid UTF-8"
+    return None
+
+
+def show_key(key: str) -> str:
+    """A key as a log line or message shows it: as it is when it is printable, else
+    escaped (a byte that is not UTF-8 as \\xNN, control characters and ANSI escapes as
+    backslash escapes), and cut after 300 characters."""
+    return printable(key, 300)
+
+
 def prefix_end(prefix: str | bytes) -> bytes:
     """The range end that makes [prefix, end) cover every key starting with prefix."""
-    raw = bytearray(prefix.encode() if isinstance(prefix, str) else prefix)
+    raw = bytearray(key_bytes(prefix) if isinstance(prefix, str) else prefix)
     for i in range(len(raw) - 1, -1, -1):
         if raw[i] < 0xFF:
             raw[i] += 1
@@ -78,8 +105,15 @@ class KV(NamedTuple):
 
     @classmethod
     def from_json(cls, kv: Mapping[str, Any]) -> "KV":
+        raw = _unb64(kv.get("key"))
+        try:
+            key = raw.decode()
+        except UnicodeDecodeError:
+            # etcd keys are bytes: one that is not UTF-8 is kept (its exact bytes come
+            # back with key_bytes) for the reader to skip it (key_problem says why)
+            key = raw.decode("utf-8", "surrogateescape")
         return cls(
-            key=_unb64(kv.get("key")).decode(),
+            key=key,
             value=_unb64(kv.get("value")),
             mod_revision=int(kv.get("mod_revision", 0)),
             create_revision=int(kv.get("create_revision", 0)),
@@ -504,8 +538,8 @@ class EtcdClient:
         times cheaper for etcd and for us on big ranges (see etcd_grpc). Raises
         `etcd_grpc.GrpcNotUsable` when gRPC cannot be used (then read through the
         gateway), else the usual datastore errors."""
-        request = encode_range_request(key.encode() if isinstance(key, str) else key,
-                                       range_end.encode() if isinstance(range_end, str) else range_end,
+        request = encode_range_request(key_bytes(key) if isinstance(key, str) else key,
+                                       key_bytes(range_end) if isinstance(range_end, str) else range_end,
                                        limit=limit, revision=revision or 0)
         raw, _ = self._grpc.range(request, start=self._current, timeout=self.config.timeout)
         return raw

@@ -137,7 +137,14 @@ def _decode_kv(b: bytes, i: int, end: int, kv_cls: Any) -> Any:
             i = _skip(b, i, tag & 7)
     if i != end:
         raise ValueError("KeyValue overruns its length")
-    return kv_cls(key.decode(), value, _int64(mod), _int64(create), _int64(version))
+    try:
+        skey = key.decode()
+    except UnicodeDecodeError:
+        # etcd keys are bytes: one that is not UTF-8 is kept, its bytes recoverable
+        # (etcd.key_bytes), for the reader to skip it (etcd.key_problem); the
+        # valid keys around it still decode
+        skey = key.decode("utf-8", "surrogateescape")
+    return kv_cls(skey, value, _int64(mod), _int64(create), _int64(version))
 
 
 def _header_revision(b: bytes, i: int, end: int) -> int:

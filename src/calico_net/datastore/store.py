@@ -13,12 +13,14 @@ lands or none does.
 from __future__ import annotations
 
 import datetime as _dt
+import logging
 import uuid
 
 import orjson
-from typing import Any, Iterable, NamedTuple, Sequence
+from typing import Any, Callable, Iterable, NamedTuple, Sequence
 
 from calico_net.datastore.errors import (
+    BadStoredValue,
     DatastoreError,
     ResourceAlreadyExists,
     ResourceConflict,
@@ -28,9 +30,12 @@ from calico_net.datastore.etcd import (
     KV,
     EtcdClient,
     cmp_mod_revision,
+    key_problem,
     op_delete,
     op_put,
 )
+
+log = logging.getLogger(__name__)
 
 RESOURCE_PREFIX = "/calico/resources/v3/projectcalico.org/"
 SERVER_METADATA = ("uid", "creationTimestamp", "resourceVersion")
@@ -111,9 +116,42 @@ def stored_value(doc: dict[str, Any], existing: dict[str, Any] | None) -> bytes:
 
 
 def decode(kv: KV) -> dict[str, Any]:
-    doc = orjson.loads(kv.value)
-    doc.setdefault("metadata", {})["resourceVersion"] = str(kv.mod_revision)
+    """The stored document with its resourceVersion; BadStoredValue (naming the key)
+    when the key is not UTF-8, the value is not JSON, or the JSON is not an object."""
+    if not kv.key.isascii():
+        problem = key_problem(kv.key)
+        if problem:
+            raise BadStoredValue(kv.key, problem)
+    try:
+        doc = orjson.loads(kv.value)
+    except orjson.JSONDecodeError as e:
+        raise BadStoredValue(kv.key, f"value is not JSON ({e})") from None
+    if not isinstance(doc, dict):
+        raise BadStoredValue(kv.key, "value is not a JSON object")
+    md = doc.setdefault("metadata", {})
+    if not isinstance(md, dict):
+        raise BadStoredValue(kv.key, "metadata is not a JSON object")
+    md["resourceVersion"] = str(kv.mod_revision)
     return doc
+
+
+OnBad = Callable[[BadStoredValue], None]
+
+
+def _log_bad(err: BadStoredValue) -> None:
+    log.warning("skipping %s", err)
+
+
+def decode_each(kvs: Iterable[KV], on_bad: OnBad | None = None) -> list[dict[str, Any]]:
+    """`decode` of every KV that decodes; each one that does not is skipped and handed
+    to `on_bad` (default: a warning in the log), so one bad key never hides the rest."""
+    out = []
+    for kv in kvs:
+        try:
+            out.append(decode(kv))
+        except BadStoredValue as e:
+            (on_bad or _log_bad)(e)
+    return out
 
 
 class Datastore:
@@ -149,6 +187,15 @@ class Datastore:
             return None, 0
         return decode(kv), kv.mod_revision
 
+    def _read_for_write(self, key: str) -> tuple[dict[str, Any] | None, int]:
+        """`_read` for a write: a stored value that does not decode counts as present
+        with nothing to keep from it ({}), so apply, replace and delete can put it
+        right instead of failing on it."""
+        kv = self.client.get(key)
+        if kv is None:
+            return None, 0
+        return _decoded_or_empty(kv), kv.mod_revision
+
     # --- reads ---
     def get(self, kind: str, name: str, namespace: str | None = None) -> dict[str, Any]:
         info = kind_info(kind)
@@ -157,10 +204,15 @@ class Datastore:
             raise ResourceNotFound(f"{describe(info.kind, name, namespace if info.namespaced else None)} not found")
         return doc
 
-    def list(self, kind: str, namespace: str | None = None) -> tuple[list[dict[str, Any]], int]:
-        """Every resource of a kind (in one namespace, or all when None), and the revision."""
+    def list(self, kind: str, namespace: str | None = None, *,
+             on_bad: OnBad | None = None) -> tuple[list[dict[str, Any]], int]:
+        """Every resource of a kind (in one namespace, or all when None), and the revision.
+
+        A key that does not decode (see `decode`) is skipped and handed to `on_bad`
+        (default: a warning in the log naming it): the rest is listed, as Calico's
+        own etcd backend does when a value does not parse."""
         kvs, rev = self.client.get_prefix(kind_prefix(kind, namespace))
-        return [decode(kv) for kv in kvs], rev
+        return decode_each(kvs, on_bad), rev
 
     # --- writes ---
     def create(self, res: Any) -> dict[str, Any]:
@@ -210,7 +262,7 @@ class Datastore:
         doc = self._check(res)
         kind, name, ns = _ident(doc)
         key = resource_key(kind, name, ns)
-        existing, rev = self._read(key)
+        existing, rev = self._read_for_write(key)
         if existing is None:
             raise ResourceNotFound(f"{describe(kind, name, ns)} not found")
         expect = _wanted_revision(doc, rev)
@@ -268,7 +320,7 @@ class Datastore:
         out: dict[str, tuple[dict[str, Any], int]] = {}
         if len(keys) <= 8:
             for key in keys:
-                doc, rev = self._read(key)
+                doc, rev = self._read_for_write(key)
                 if doc is not None:
                     out[key] = (doc, rev)
             return out
@@ -278,7 +330,7 @@ class Datastore:
             kvs, _ = self.client.get_prefix(d)
             for kv in kvs:
                 if kv.key in wanted:
-                    out[kv.key] = (decode(kv), kv.mod_revision)
+                    out[kv.key] = (_decoded_or_empty(kv), kv.mod_revision)
         return out
 
     def delete(
@@ -287,9 +339,13 @@ class Datastore:
         info = kind_info(kind)
         ns = namespace if info.namespaced else None
         key = resource_key(info.kind, name, ns)
-        existing, rev = self._read(key)
+        existing, rev = self._read_for_write(key)
         if existing is None:
             raise ResourceNotFound(f"{describe(info.kind, name, ns)} not found")
+        if not existing:        # a value that did not decode: what is deleted is the key
+            existing = {"apiVersion": "projectcalico.org/v3", "kind": info.kind,
+                        "metadata": {"name": name, **({"namespace": ns} if ns else {}),
+                                     "resourceVersion": str(rev)}}
         expect = int(resource_version) if resource_version else rev
         if expect != rev:
             raise _conflict(info.kind, name, ns, expect, rev)
@@ -301,6 +357,14 @@ class Datastore:
     def watch(self, start_revision: int, kind: str | None = None, namespace: str | None = None):
         prefix = kind_prefix(kind, namespace) if kind else RESOURCE_PREFIX
         return self.client.watch_prefix(prefix, start_revision)
+
+
+def _decoded_or_empty(kv: KV) -> dict[str, Any]:
+    try:
+        return decode(kv)
+    except BadStoredValue as e:
+        log.warning("%s; the stored value is not kept", e)
+        return {}
 
 
 def _wanted_revision(doc: dict[str, Any], current: int) -> int:

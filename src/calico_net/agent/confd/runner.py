@@ -57,7 +57,7 @@ from calico_net.agent.confd.render import (
 )
 from calico_net.agent.metrics import Counter, Gauge, Histogram, Metric
 from calico_net.agent.watchloop import run_snapshot_watch
-from calico_net.datastore.etcd import KV
+from calico_net.datastore.etcd import KV, key_problem, show_key
 from calico_net.datastore.store import RESOURCE_PREFIX
 from calico_net.ipam import keys as ipam_keys
 
@@ -281,7 +281,7 @@ class BGPIndex:
         seen = self.bad.get(kv.key)
         if seen is None or seen[0] != kv.mod_revision:
             log.warning("skipping bad datastore value %s (revision %d): %s",
-                        kv.key, kv.mod_revision, reason)
+                        show_key(kv.key), kv.mod_revision, reason)
             if self.on_bad is not None:
                 self.on_bad(kv.key, reason)
         self.bad[kv.key] = (kv.mod_revision, reason)
@@ -289,6 +289,9 @@ class BGPIndex:
     def _put_locked(self, kv: KV) -> bool:
         """Apply one PUT; True when the renderable state changed."""
         key = kv.key
+        if not key.isascii() and key_problem(key):      # not UTF-8: never parsed, never held
+            self._note_bad(kv, key_problem(key) or "")
+            return False
         if key.startswith(RESOURCE_PREFIX):
             if self._parsed_rev.get(key) == kv.mod_revision and key in self._resources:
                 return False  # resync of a value we already hold
