@@ -28,6 +28,7 @@ class Context:
     _client: Any = None
     _datastore: Any = None
     out: Any = field(default_factory=lambda: sys.stdout)
+    err: Any = field(default_factory=lambda: sys.stderr)
 
     @property
     def client(self):
@@ -108,11 +109,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         from calico_net.errors import CalicoNetError
 
         if isinstance(e, (DatastoreError, CalicoNetError, OSError, ValueError)):
-            print(f"calicoctl: {e}", file=sys.stderr)
+            print(error_lines(f"calicoctl: {e}"), file=sys.stderr)
+            return EXIT_ERROR
+        if isinstance(e, (RecursionError, MemoryError)):
+            # input beyond what the readers bound: still one line, no traceback
+            print(error_lines(f"calicoctl: input too large or too deeply nested "
+                              f"({e.__class__.__name__})"), file=sys.stderr)
             return EXIT_ERROR
         logging.getLogger("calicoctl").exception("unexpected error")
-        print(f"calicoctl: internal error: {e.__class__.__name__}: {e}", file=sys.stderr)
+        print(error_lines(f"calicoctl: internal error: {e.__class__.__name__}: {e}"), file=sys.stderr)
         return EXIT_ERROR
+
+
+# One error line is at most this long; an error of several documents has one line each.
+MAX_ERROR_LINE = 4000
+
+
+def error_lines(text: str) -> str:
+    """An error as it reaches the terminal: each line bounded, anything unprintable
+    (ANSI escapes, control characters) escaped, whatever the message was built from."""
+    from calico_net.errors import printable
+
+    return "\n".join(printable(line, MAX_ERROR_LINE) for line in text.split("\n"))
 
 
 if __name__ == "__main__":

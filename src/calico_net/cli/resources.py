@@ -9,35 +9,31 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections import Counter
 from typing import Any, Iterable
 
 import orjson
 import yaml
 
-from calico_net.errors import ValidationError
+from calico_net.cli.manifest import parse_manifest, read_manifest
+from calico_net.errors import ValidationError, printable
 
 API_VERSION = "projectcalico.org/v3"
+# At most this many skipped keys are named one by one on stderr (then a count).
+MAX_SKIPPED_SHOWN = 20
 
 
 # --- reading manifests -----------------------------------------------------------
 
 
-def read_manifest(path: str) -> str:
-    if path == "-":
-        return sys.stdin.read()
-    with open(path, encoding="utf-8") as f:
-        return f.read()
-
-
 def load_documents(path: str, namespace: str | None) -> list[dict[str, Any]]:
-    """Parse and validate every document in the file; all problems in one error."""
-    from calico_net.model import parse_documents, parse_resource
+    """Parse and validate every document in the file; all problems in one error.
+    Reading is bounded (size, values after alias expansion, nesting: cli.manifest)."""
+    from calico_net.model import parse_resource
 
-    docs = parse_documents(read_manifest(path))
+    docs = parse_manifest(read_manifest(path))
     if not docs:
-        raise ValueError(f"{path}: no resources found")
+        raise ValueError(f"{printable(path, 200)}: no resources found")
     out, problems = [], []
     for doc in docs:
         if isinstance(doc, dict):
@@ -77,8 +73,8 @@ def _default_namespace(doc: dict[str, Any], namespace: str | None) -> None:
         return
     if namespace and md.get("namespace") and md["namespace"] != namespace:
         raise ValueError(
-            f'{info.kind} "{md.get("name")}": metadata.namespace "{md["namespace"]}" '
-            f'does not match --namespace "{namespace}"'
+            f'{info.kind} {printable(md.get("name"), quote=True)}: metadata.namespace '
+            f'{printable(md["namespace"], quote=True)} does not match --namespace {printable(namespace, quote=True)}'
         )
     md.setdefault("namespace", namespace or "default")
 
@@ -186,7 +182,12 @@ def cmd_get(args: argparse.Namespace, ctx) -> int:
         docs = [ctx.datastore.get(info.kind, n, ns) for n in args.names]
         revision = None
     else:
-        docs, revision = ctx.datastore.list(info.kind, ns)
+        # Keys that do not decode (not UTF-8, not JSON, not an object) are skipped
+        # and named on stderr; the listing of the rest succeeds (exit 0), as
+        # Calico's etcd backend lists what parses.
+        skipped: list[Any] = []
+        docs, revision = ctx.datastore.list(info.kind, ns, on_bad=skipped.append)
+        warn_skipped(skipped, info.kind, ctx.err)
     if args.selector:
         from calico_net.model.selector import parse_selector
 
@@ -212,6 +213,17 @@ def cmd_get(args: argparse.Namespace, ctx) -> int:
         raise ValueError(f'output format "{fmt}" is not supported (yaml, json, wide)')
     print_table(info, docs, wide=(fmt == "wide"), show_ns=info.namespaced and args.all_namespaces, out=ctx.out)
     return 0
+
+
+def warn_skipped(skipped: list[Any], kind: str, err: Any) -> None:
+    """One stderr line per skipped key (each named, escaped and bounded), at most
+    MAX_SKIPPED_SHOWN of them, then how many there were in all."""
+    for e in skipped[:MAX_SKIPPED_SHOWN]:
+        print(f"calicoctl: warning: skipped {e}", file=err)
+    if len(skipped) > MAX_SKIPPED_SHOWN:
+        print(f"calicoctl: warning: ... and {len(skipped) - MAX_SKIPPED_SHOWN} more", file=err)
+    if len(skipped) > 1:
+        print(f"calicoctl: warning: {len(skipped)} {kind} keys in etcd skipped", file=err)
 
 
 try:  # libyaml's emitter is ~10x faster for big lists
