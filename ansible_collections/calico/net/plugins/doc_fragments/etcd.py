@@ -41,4 +41,7 @@ notes:
     C(module_defaults) with C(group/calico.net.calico) sets the connection options once per play.
   - Calico's precedence applies to the connection settings - module option, then environment,
     then C(/etc/calico/calicoctl.cfg).
+  - An C(http://) endpoint is plaintext (no encryption, no authentication) - the module then returns a
+    warning naming it, and another when CA, certificate or key files were given, which an C(http://)
+    endpoint ignores. Use C(https://) endpoints with O(etcd_ca_cert_file), O(etcd_cert_file) and O(etcd_key_file).
 """
