@@ -126,3 +126,154 @@ def test_installer_is_idempotent(tmp_path):
     path, changed = install.install_conflist(tmp_path / "net.d", install.render_conflist("http://a:2379"))
     assert changed and path.name == "calico.conflist"
     assert install.install_conflist(tmp_path / "net.d", install.render_conflist("http://a:2379"))[1] is False
+
+
+# --- names that become file names, netlink names and etcd keys (issue 14) --------------
+
+
+@pytest.mark.parametrize("cid,ok", [
+    ("abc-123", True), ("a.b_c-d", True), ("x" * 256, True), ("x" * 257, False),
+    ("../etc", False), ("a/b", False), (".hidden", False), ("-x", False), ("a\n", False),
+    ("a\x00b", False), ("a b", False), ("ünï", False),
+])
+def test_container_id_is_libcni_shaped(cid, ok):
+    env = dict(ENV, CNI_CONTAINERID=cid)
+    if ok:
+        assert config.CNIEnv.from_environ(env).container_id == cid
+        return
+    with pytest.raises(CNIError) as e:
+        config.CNIEnv.from_environ(env)
+    assert e.value.code == 4 and "CNI_CONTAINERID" in e.value.msg
+    # DEL checks it too: the id names the IPAM handle and the endpoint it removes.
+    with pytest.raises(CNIError):
+        config.CNIEnv.from_environ(dict(env, CNI_COMMAND="DEL"))
+
+
+@pytest.mark.parametrize("ifname,ok", [
+    ("eth0", True), ("net1", True), ("a" * 15, True), ("a" * 16, False), ("", False),
+    (".", False), ("..", False), ("a/b", False), ("a:b", False), ("a b", False),
+    ("a\tb", False), ("a\nb", False), ("a\x00b", False), ("ééééééééé", False),
+])
+def test_interface_name_follows_linux(ifname, ok):
+    env = dict(ENV, CNI_IFNAME=ifname)
+    if ok:
+        assert config.CNIEnv.from_environ(env).ifname == ifname
+        return
+    with pytest.raises(CNIError) as e:
+        config.CNIEnv.from_environ(env)
+    assert e.value.code == 4 and "CNI_IFNAME" in e.value.msg
+
+
+@pytest.mark.parametrize("netns,ok", [
+    ("/var/run/netns/x", True), ("/proc/1234/ns/net", True), ("x", False),
+    ("netns/x", False), ("/var/run/netns/../../etc/passwd", False), ("/var/run/netns/x\n", False),
+    ("/var/run/netns/x\x00", False), ("/var/run/netns/é", False),
+])
+def test_netns_is_an_absolute_path(netns, ok):
+    env = dict(ENV, CNI_NETNS=netns)
+    if ok:
+        assert config.CNIEnv.from_environ(env).netns == netns
+        return
+    with pytest.raises(CNIError) as e:
+        config.CNIEnv.from_environ(env)
+    assert e.value.code == 4 and "CNI_NETNS" in e.value.msg
+    # DEL does not need the namespace: a bad one is dropped, not used.
+    assert config.CNIEnv.from_environ(dict(env, CNI_COMMAND="DEL")).netns == ""
+
+
+def test_dataplane_never_opens_a_relative_or_missing_netns(tmp_path, monkeypatch):
+    from calico_net.cni import dataplane
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "x").write_text("")  # a relative "x" exists here; it must not count
+    assert not dataplane._netns_exists("x")
+    with pytest.raises(CNIError) as e:
+        dataplane._open_netns("x")
+    assert e.value.code == 3
+
+
+@pytest.mark.parametrize("ns,ok", [
+    ("team-a", True), ("default", True), ("a" * 63, True), ("a" * 64, False), ("Team", False),
+    ("a/b", False), ("a\nb", False), ("-a", False), ("a.b", False),
+])
+def test_pod_namespace_is_a_namespace_name(ns, ok):
+    env = dict(ENV, CNI_ARGS=f"K8S_POD_NAMESPACE={ns}")
+    if ok:
+        assert config.CNIEnv.from_environ(env).namespace == ns
+        return
+    with pytest.raises(CNIError) as e:
+        config.CNIEnv.from_environ(env)
+    assert e.value.code == 4 and "K8S_POD_NAMESPACE" in e.value.msg
+
+
+@pytest.mark.parametrize("field,value", [
+    ("name", "../evil"), ("name", "a/b"), ("name", "cal\nico"), ("name", "a b"),
+    ("ipam", {"type": "../../bin/sh"}), ("ipam", {"type": "host-local\n"}), ("ipam", {"type": ".."}),
+])
+def test_network_and_plugin_names_are_single_components(field, value):
+    with pytest.raises(CNIError) as e:
+        config.NetConf.parse(conf(**{field: value}))
+    assert e.value.code == 7
+
+
+@pytest.mark.parametrize("name", ["a/b", "..", ".", "n1\n", "n\x00", ""])
+def test_node_name_from_config_or_file_is_checked(tmp_path, name):
+    if name:
+        with pytest.raises(CNIError) as e:
+            config.NetConf.parse(conf(nodename=name)).node_name()
+        assert e.value.code == 7 and "node name" in e.value.msg
+    f = tmp_path / "nodename"
+    f.write_text((name or "ok") + "x/y\n")
+    with pytest.raises(CNIError):
+        config.NetConf.parse(conf(nodename_file=str(f))).node_name()
+
+
+def test_delegate_refuses_a_path_as_plugin_type(tmp_path):
+    from calico_net.cni.ipam_plugin import delegate
+
+    env = config.CNIEnv.from_environ(dict(ENV, CNI_PATH=str(tmp_path)))
+    for bad in ("../x", "/bin/sh", "..", "a\n"):
+        with pytest.raises(CNIError) as e:
+            delegate(bad, "ADD", b"{}", env)
+        assert e.value.code == 7
+
+
+def test_installer_refuses_a_path_as_network_name(tmp_path):
+    with pytest.raises(CNIError):
+        install.install_conflist(tmp_path, install.render_conflist("http://a:2379", name="../x"))
+    assert not list(tmp_path.iterdir()) and not (tmp_path.parent / "x.conflist").exists()
+    lines = install.containers_conf_lines('/opt/we"ird')
+    assert 'cni_plugin_dirs = ["/opt/we\\"ird", ' in lines
+
+
+@pytest.mark.parametrize("node", ["a/b", "..", ".", "n\n", "n\x00", "", "../../etc/x"])
+def test_ipam_node_names_and_host_lock_refuse_paths(tmp_path, node):
+    from calico_net.ipam import keys
+    from calico_net.ipam.hostlock import HostLock
+
+    with pytest.raises(ValueError):
+        keys.check_node_name(node)
+    with pytest.raises(ValueError):
+        HostLock(str(tmp_path), node)
+    assert HostLock(str(tmp_path), "node-1").path == str(tmp_path / "ipam-node-1.lock")
+
+
+@pytest.mark.parametrize("hid,ok", [("calico.abc", True), ("a/b", False), ("a\n", False),
+                                    ("a\x00", False), ("", False), ("x" * 513, False)])
+def test_ipam_handle_ids(hid, ok):
+    from calico_net.ipam import keys
+
+    if ok:
+        assert keys.check_handle_id(hid) == hid
+    else:
+        with pytest.raises(ValueError):
+            keys.check_handle_id(hid)
+
+
+def test_ipam_key_parsers_are_anchored():
+    from calico_net.ipam import keys
+
+    assert keys.parse_affinity_key("/calico/ipam/v2/host/n1/ipv4/block/198.19.0.0-26") is not None
+    assert keys.parse_affinity_key("/calico/ipam/v2/host/n1/ipv4/block/198.19.0.0-26\n") is None
+    assert keys.parse_block_key("/calico/ipam/v2/assignment/ipv4/block/198.19.0.0-26\n") is None
+    assert keys.parse_handle_key("x/calico/ipam/v2/handle/h") is None

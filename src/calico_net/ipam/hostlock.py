@@ -37,10 +37,10 @@ class HostLock:
     other open files, including another IPAM object's in the same process)."""
 
     def __init__(self, directory: str, node: str) -> None:
+        self._fd: int | None = None
         # The node name is one file name component here: check_node_name refuses
         # "/", NUL, newline and the like (ValueError).
         self.path = os.path.join(directory, f"ipam-{check_node_name(node)}.lock")
-        self._fd: int | None = None
         self._pid = 0
         self._held = False
         self._failed = False
