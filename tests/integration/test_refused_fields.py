@@ -1,0 +1,232 @@
+"""Calico fields calico.net cannot enforce are refused before anything is stored.
+
+`serviceAccountSelector`, rule `serviceAccounts`, `preDNAT`, `doNotTrack`,
+`applyOnForward: true` and HostEndpoint `interfaceName: "*"` would otherwise be
+accepted and then not enforced (a policy that fails open). Here each one goes through
+what an operator uses, against the session's real etcd:
+
+* `calicoctl validate -f` and `calicoctl apply -f` (subprocesses, as run by hand) exit
+  non-zero with the field path and "not supported by calico.net yet" on one line, and
+  the etcd keyspace is byte for byte what it was;
+* the Ansible modules (`calico.net.global_network_policy`, `network_policy`, `profile`,
+  `host_endpoint`, through ansible-playbook) fail with the field path among their
+  `errors`, and write nothing.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+NOT_YET = "not supported by calico.net yet"
+TESTS = Path(__file__).resolve().parent.parent
+
+# (case, manifest, field path of the refusal)
+REFUSED = [
+    ("gnp-service-account-selector", """
+apiVersion: projectcalico.org/v3
+kind: GlobalNetworkPolicy
+metadata: {name: admins-only}
+spec:
+  selector: app == 'db'
+  serviceAccountSelector: role == 'admin'
+  ingress: [{action: Allow}]
+""", "spec.serviceAccountSelector"),
+    ("np-service-account-selector", """
+apiVersion: projectcalico.org/v3
+kind: NetworkPolicy
+metadata: {name: admins-only, namespace: web}
+spec:
+  selector: app == 'db'
+  serviceAccountSelector: role == 'admin'
+  ingress: [{action: Allow}]
+""", "spec.serviceAccountSelector"),
+    ("gnp-rule-source-service-accounts", """
+apiVersion: projectcalico.org/v3
+kind: GlobalNetworkPolicy
+metadata: {name: builders}
+spec:
+  ingress:
+    - action: Deny
+      source: {serviceAccounts: {names: [builder]}}
+""", "spec.ingress[0].source.serviceAccounts"),
+    ("profile-rule-destination-service-accounts", """
+apiVersion: projectcalico.org/v3
+kind: Profile
+metadata: {name: builders}
+spec:
+  egress:
+    - action: Allow
+      protocol: TCP
+      destination: {ports: [443], serviceAccounts: {selector: "team == 'ci'"}}
+""", "spec.egress[0].destination.serviceAccounts"),
+    ("gnp-prednat", """
+apiVersion: projectcalico.org/v3
+kind: GlobalNetworkPolicy
+metadata: {name: host-pre-dnat}
+spec:
+  selector: has(host-endpoint)
+  preDNAT: true
+  applyOnForward: true
+  ingress: [{action: Deny, source: {nets: [198.18.250.0/24]}}]
+""", "spec.preDNAT"),
+    ("gnp-do-not-track", """
+apiVersion: projectcalico.org/v3
+kind: GlobalNetworkPolicy
+metadata: {name: host-untracked}
+spec:
+  selector: has(host-endpoint)
+  doNotTrack: true
+  applyOnForward: true
+  ingress: [{action: Allow, protocol: UDP, destination: {ports: [53]}}]
+""", "spec.doNotTrack"),
+    ("gnp-apply-on-forward", """
+apiVersion: projectcalico.org/v3
+kind: GlobalNetworkPolicy
+metadata: {name: host-forward}
+spec:
+  selector: has(host-endpoint)
+  applyOnForward: true
+  ingress: [{action: Deny}]
+""", "spec.applyOnForward"),
+    ("hep-all-interfaces", """
+apiVersion: projectcalico.org/v3
+kind: HostEndpoint
+metadata: {name: node-1-all, labels: {host-endpoint: "true"}}
+spec:
+  node: node-1
+  interfaceName: "*"
+""", "spec.interfaceName"),
+]
+IDS = [case for case, _, _ in REFUSED]
+
+# A valid document that goes into the same manifests: apply is all-or-nothing.
+VALID = """
+apiVersion: projectcalico.org/v3
+kind: GlobalNetworkSet
+metadata: {name: lab-fabric}
+spec: {nets: [198.18.0.0/24]}
+"""
+
+
+@pytest.fixture
+def ctl(etcd, etcd_client):
+    env = etcd.env()
+    calicoctl = str(Path(sys.executable).parent / "calicoctl")
+
+    def run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run([calicoctl, *args], input=stdin, capture_output=True, text=True,
+                              env=env, timeout=60)
+
+    return run
+
+
+def keyspace(client) -> list[tuple[str, bytes, int]]:
+    kvs, _ = client.get_prefix("/")
+    return [(kv.key, kv.value, kv.mod_revision) for kv in kvs]
+
+
+def assert_refused(proc: subprocess.CompletedProcess, path: str) -> None:
+    assert proc.returncode != 0, proc.stdout
+    assert f"{path}: {NOT_YET}" in proc.stderr, proc.stderr
+    assert proc.stderr.count("\n") == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("case,manifest,path", REFUSED, ids=IDS)
+def test_calicoctl_validate_refuses(ctl, tmp_path, case, manifest, path):
+    f = tmp_path / f"{case}.yaml"
+    f.write_text(manifest)
+    assert_refused(ctl("validate", "-f", str(f)), path)
+
+
+@pytest.mark.parametrize("case,manifest,path", REFUSED, ids=IDS)
+def test_calicoctl_apply_refuses_and_writes_nothing(ctl, etcd_client, tmp_path, case, manifest, path):
+    # something stored already, so "nothing written" is a comparison, not an empty read
+    existing = ctl("apply", "-f", "-", stdin=VALID)
+    assert existing.returncode == 0, existing.stderr
+    before = keyspace(etcd_client)
+    f = tmp_path / f"{case}.yaml"
+    f.write_text(manifest)
+    assert_refused(ctl("apply", "-f", str(f)), path)
+    assert keyspace(etcd_client) == before
+    # with a valid document in the same manifest, neither is written
+    both = tmp_path / f"{case}-and-valid.yaml"
+    both.write_text(VALID.replace("lab-fabric", "second-set") + "---" + manifest)
+    assert_refused(ctl("apply", "-f", str(both)), path)
+    assert keyspace(etcd_client) == before
+    stored = yaml.safe_load(ctl("get", "globalnetworksets", "-o", "yaml").stdout)
+    names = [d["metadata"]["name"] for d in stored.get("items", [stored])]
+    assert names == ["lab-fabric"]
+
+
+# --- the Ansible modules ---------------------------------------------------------------------
+
+def _playbook_runner():
+    spec = importlib.util.spec_from_file_location("_refused_fields_playbook_runner",
+                                                  TESTS / "ansible" / "playbook_runner.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module     # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+# (register name, module, options, field path of the refusal)
+MODULE_CASES = [
+    ("gnp_prednat", "calico.net.global_network_policy",
+     {"name": "host-pre-dnat", "selector": "has(host-endpoint)", "pre_dnat": True,
+      "apply_on_forward": True, "ingress": [{"action": "Deny", "source": {"nets": ["198.18.250.0/24"]}}]},
+     "spec.preDNAT"),
+    ("gnp_do_not_track", "calico.net.global_network_policy",
+     {"name": "host-untracked", "selector": "has(host-endpoint)", "do_not_track": True,
+      "apply_on_forward": True, "ingress": [{"action": "Allow"}]},
+     "spec.doNotTrack"),
+    ("gnp_apply_on_forward", "calico.net.global_network_policy",
+     {"name": "host-forward", "selector": "has(host-endpoint)", "apply_on_forward": True,
+      "ingress": [{"action": "Deny"}]},
+     "spec.applyOnForward"),
+    ("np_service_account_selector", "calico.net.network_policy",
+     {"name": "admins-only", "namespace": "web", "selector": "app == 'db'",
+      "service_account_selector": "role == 'admin'", "ingress": [{"action": "Allow"}]},
+     "spec.serviceAccountSelector"),
+    ("profile_service_accounts", "calico.net.profile",
+     {"name": "builders", "ingress": [{"action": "Allow", "source": {"serviceAccounts": {"names": ["builder"]}}}]},
+     "spec.ingress[0].source.serviceAccounts"),
+    ("hep_all_interfaces", "calico.net.host_endpoint",
+     {"name": "node-1-all", "node": "node-1", "interface_name": "*"},
+     "spec.interfaceName"),
+]
+
+
+@pytest.mark.slow
+def test_modules_refuse_and_write_nothing(etcd, etcd_client, tmp_path):
+    runner = _playbook_runner()
+    before = keyspace(etcd_client)
+    out = tmp_path / "results.json"
+    tasks = []
+    for register, module, options, _ in MODULE_CASES:
+        tasks.append({"name": f"refused: {register}", module: options,
+                      "register": register, "ignore_errors": True})
+    results = {register: f"{{{{ {register} }}}}" for register, *_ in MODULE_CASES}
+    tasks.append({"name": "write the results", "ansible.builtin.copy": {
+        "content": "{{ results | to_json }}", "dest": str(out)}, "vars": {"results": results}})
+    playbook = tmp_path / "refused.yml"
+    playbook.write_text(yaml.safe_dump([{"name": "fields calico.net cannot enforce",
+                                         "hosts": "localhost", "gather_facts": False,
+                                         "tasks": tasks}], sort_keys=False))
+    run = runner.run_playbook(playbook, etcd.env(), tmp_path / "ansible")
+    assert run.returncode == 0, run.tail()
+    got = json.loads(out.read_text())
+    for register, module, _, path in MODULE_CASES:
+        result = got[register]
+        assert result.get("failed") is True, (register, result)
+        assert result.get("changed") is False, (register, result)
+        paths = [e["path"] for e in result.get("errors", [])]
+        assert path in paths, (register, result.get("msg"))
+        assert f"{path}: {NOT_YET}" in result["msg"], (register, result["msg"])
+    assert keyspace(etcd_client) == before
