@@ -441,3 +441,44 @@ def test_grpc_unavailable_but_gateway_answers_switches_to_the_gateway(caplog):
     _, res, rev = sink.next("snapshot")
     assert len(res) == 20 and rev == 100 and not s.use_grpc and c.pb_calls == 2
     assert "not over gRPC (cannot reach etcd over gRPC: handshake failed)" in caplog.text
+
+
+BAD_UTF8 = (P + "globalnetworkpolicies/").encode() + b"bad\xff\x1b[31m"
+
+
+def test_parse_kv_key_not_utf8_is_a_bad_object():
+    key = BAD_UTF8.decode("utf-8", "surrogateescape")      # as the datastore layer reads it
+    with pytest.raises(BadObject, match="key is not valid UTF-8"):
+        parse_kv(kv(key, gnp("bad"), 3))
+    # a non-ASCII key that is UTF-8 is judged like any other (here: a name mismatch)
+    with pytest.raises(BadObject, match="does not match"):
+        parse_kv(kv(P + "globalnetworkpolicies/caf\u00e9", gnp("cafe"), 3))
+
+
+def test_bad_keys_in_snapshot_and_watch_are_skipped_logged_escaped_and_counted(caplog):
+    key = BAD_UTF8.decode("utf-8", "surrogateescape")
+    c = FakeClient()
+    good = kv(P + "globalnetworkpolicies/a", gnp("a"), 10)
+    c.snapshots = [([kv(key, gnp("bad"), 9), good, kv(P + "globalnetworkpolicies/n", b"[1]", 11)], 20)]
+    later_bad = (P + "globalnetworkpolicies/").encode() + b"w\xfe"
+    c.watches = [[[WatchEvent("PUT", kv(later_bad.decode("utf-8", "surrogateescape"), b"\x00", 21), 21)],
+                  [WatchEvent("PUT", kv(P + "globalnetworkpolicies/c", gnp("c"), 22), 22)]]]
+    sink = Sink()
+    s = Syncer(c, sink, backoff_initial=0.01, probe_interval=60)
+    s.start()
+    try:
+        _, res, rev = sink.next("snapshot")
+        assert list(res) == [P + "globalnetworkpolicies/a"]
+        _, k, r = sink.next("update")            # the bad key: a deletion for the consumer
+        assert k == later_bad.decode("utf-8", "surrogateescape") and r is None
+        _, k, r = sink.next("update")            # the watch goes on
+        assert k.endswith("/c") and r.name == "c"
+        assert [k for k, new in sink.bad if new] == [key, P + "globalnetworkpolicies/n",
+                                                     later_bad.decode("utf-8", "surrogateescape")]
+        assert s.snapshots == 1 and s.connected
+    finally:
+        s.stop()
+    logged = [r.getMessage() for r in caplog.records if "skipping bad datastore object" in r.getMessage()]
+    assert len(logged) == 3 and all(m.isprintable() for m in logged)
+    assert any("globalnetworkpolicies/bad\\xff\\x1b[31m (revision 9): key is not valid UTF-8" in m
+               for m in logged), logged

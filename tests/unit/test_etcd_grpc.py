@@ -79,3 +79,41 @@ def test_request_fields():
         {1: b"/a/", 2: b"/a0", 3: 1000, 4: 2**35}
     # the varint itself, byte for byte: 1000 = 0xe8 0x07
     assert encode_range_request(b"k", b"l", limit=1000) == b"\x0a\x01k\x12\x01l\x18\xe8\x07"
+
+
+def test_a_key_that_is_not_utf8_decodes_with_its_bytes_kept():
+    """etcd keys are bytes: one that is not UTF-8 must not fail the page (it did:
+    every snapshot retry failed on it). It decodes with surrogateescape; key_bytes
+    gives back the exact bytes (where the next page starts), key_problem says why a
+    reader skips it. The same through the JSON gateway's decoder."""
+    import base64
+    import json
+
+    from calico_net.datastore.etcd import key_bytes, key_problem, parse_range, show_key
+    from etcd_pb import f_int
+
+    raw_key = b"/calico/resources/v3/projectcalico.org/globalnetworkpolicies/bad\xff\xfe\x1b"
+    good_key = b"/calico/resources/v3/projectcalico.org/globalnetworkpolicies/z\xc3\xa9"
+    raw = (f_bytes(1, f_int(3, 9))
+           + f_bytes(2, f_bytes(1, raw_key) + f_int(3, 7) + f_bytes(5, b"{not json"))
+           + f_bytes(2, f_bytes(1, good_key) + f_int(3, 8) + f_bytes(5, b"{}")))
+    gateway = json.dumps({"header": {"revision": "9"}, "kvs": [
+        {"key": base64.b64encode(k).decode(), "value": base64.b64encode(v).decode(), "mod_revision": str(r)}
+        for k, v, r in ((raw_key, b"{not json", 7), (good_key, b"{}", 8))]}).encode()
+    for kvs, rev, more in (decode_range_response(raw), parse_range(gateway)):
+        assert rev == 9 and not more
+        assert [key_bytes(k.key) for k in kvs] == [raw_key, good_key]
+        assert key_problem(kvs[0].key) == "key is not valid UTF-8"
+        assert key_problem(kvs[1].key) is None and kvs[1].key.endswith("z\u00e9")
+        assert show_key(kvs[0].key).endswith("globalnetworkpolicies/bad\\xff\\xfe\\x1b")
+        assert kvs[0].value == b"{not json" and kvs[1].mod_revision == 8
+    assert range_response_tail(raw) == (good_key, False)
+
+
+def test_show_key_is_bounded_and_escaped():
+    from calico_net.datastore.etcd import show_key
+
+    assert show_key("/calico/resources/v3/projectcalico.org/nodes/h1") == "/calico/resources/v3/projectcalico.org/nodes/h1"
+    shown = show_key("/calico/x/" + "\x1b[2J" * 1_000_000)
+    assert len(shown) < 2000 and shown.isprintable() and "\\x1b[2J" in shown
+    assert shown.endswith("... (4000010 characters)")
