@@ -534,3 +534,9 @@ def test_validator_that_cannot_run_is_retried(tmp_path: Path) -> None:
     assert not Path(confd.settings.bird_config).exists()
     confd.step()  # same text, but it was never judged: validated again, and installed
     assert len(calls) == 2 and confd.status.state == "ok" and bird.reloads == 1
+
+
+@pytest.mark.parametrize("name", ["a/b", "..", "n1\n", "n\x00"])
+def test_settings_refuse_a_node_name_that_is_not_one_key_component(name: str) -> None:
+    with pytest.raises(ValueError, match="node name"):
+        ConfdSettings.from_env({"NODENAME": name})

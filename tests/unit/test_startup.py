@@ -236,3 +236,13 @@ def test_list_interfaces_and_autodetect_in_a_netns() -> None:
         assert by_name == "198.18.3.31/24"
     finally:
         subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+@pytest.mark.parametrize("name", ["a/b", "..", "x/../../etc"])
+def test_main_refuses_a_node_name_that_is_not_one_key_component(name, monkeypatch, caplog):
+    from calico_net.agent import startup
+
+    monkeypatch.setenv("NODENAME", name)
+    monkeypatch.setenv("ETCD_ENDPOINTS", "http://198.18.255.254:2379")
+    assert startup.main([]) == 1
+    assert "cannot register node" in caplog.text

@@ -70,6 +70,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s [%(levelname)s][%(process)d] %(name)s: %(message)s",
     )
     name = node_name()
+    from calico_net.ipam.keys import check_node_name
+
+    try:
+        check_node_name(name)  # an etcd key component: no "/", NUL, newline, ".."
+    except ValueError as e:
+        log.error("NODENAME: %s", e)
+        return 2
     config = Config(name)
     logging.getLogger().setLevel(config.log_level)
     from calico_net.agent import health as health_mod

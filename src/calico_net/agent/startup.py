@@ -426,6 +426,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     env = os.environ
     nodename_file = env.get("CALICO_NODENAME_FILE") or NODENAME_FILE
     name = node_name(env, nodename_file)
+    from calico_net.ipam.keys import check_node_name
+
+    try:
+        check_node_name(name)  # an etcd key component: no "/", NUL, newline, ".."
+    except ValueError as exc:
+        log.error("cannot register node: %s", exc)
+        return 1
     try:
         client = EtcdClient(EtcdConfig.from_sources())
     except DatastoreError as exc:

@@ -134,7 +134,9 @@ class ConfdSettings:
         options = RenderOptions(router_id=router_id)
         status = env.get("CALICO_CONFD_STATUS_FILE", DEFAULT_STATUS_FILE)
         return cls(
-            node_name=env.get("NODENAME") or socket.gethostname(),
+            # The name is an etcd key component (this node's IPAM affinities): refuse
+            # "/", NUL, newline and the like here (ValueError: exit 2).
+            node_name=ipam_keys.check_node_name(env.get("NODENAME") or socket.gethostname()),
             bird_config=env.get("CALICO_BIRD_CONFIG") or DEFAULT_BIRD_CONFIG,
             bird_socket=env.get("CALICO_BIRD_SOCKET") or DEFAULT_BIRD_SOCKET,
             bird_binary=env.get("CALICO_BIRD_BINARY") or "bird",
