@@ -228,6 +228,8 @@ def _message(err: dict[str, Any], model: type[BaseModel], loc: tuple[Any, ...]) 
         field = str(loc[-1])
         if field in UNSUPPORTED_FIELDS:
             return not_supported(UNSUPPORTED_FIELDS[field])
+        if len(field) > 64:  # no field is called that; no hint worth the work
+            return "unknown field"
         close = difflib.get_close_matches(field, known, n=1, cutoff=0.6)
         for k in known:
             if k.lower() == field.lower():
