@@ -534,6 +534,11 @@ def test_workload_endpoint_checks() -> None:
     assert errors_of(wep(ipNetworks=["198.19.0.2/32"], ipNATs=[{"internalIP": "198.19.0.3",
                                                                "externalIP": "198.18.0.2"}])) == [
         ("spec.ipNATs[0].internalIP", '"198.19.0.3" is not in the endpoint\'s ipNetworks')]
+    # the CNI plugin's identifiers: podman container names ("web_1") and libcni container IDs
+    parse_resource(wep(orchestrator="cni", workload="web_1", containerID="cnfv.cni_01",
+                       endpoint="eth0", pod="web_1"))
+    for field in ("workload", "containerID", "pod", "endpoint", "orchestrator"):
+        assert [p for p, _ in errors_of(wep(**{field: "web 1"}))] == [f"spec.{field}"]
     assert [p for p, _ in errors_of(wep(ports=[{"name": "p", "protocol": "TCP", "port": 1,
                                                 "hostIP": "nope"}]))] == ["spec.ports[0].hostIP"]
 
@@ -800,7 +805,8 @@ def test_quick_check_never_accepts_a_refused_document() -> None:
         gnp({"action": "Deny"}, order=float("inf")),
         doc("WorkloadEndpoint", {"node": "n", "interfaceName": "eth0@x", "ipNetworks": []}, namespace="w"),
         doc("WorkloadEndpoint", {"node": "n", "ipNetworks": ["0.0.0.0/0"]}, namespace="w"),
-        doc("WorkloadEndpoint", {"node": "n", "workload": "Pod_1"}, namespace="w"),
+        doc("WorkloadEndpoint", {"node": "n", "workload": "pod 1"}, namespace="w"),
+        doc("WorkloadEndpoint", {"node": "n", "serviceAccountName": "Pod_1"}, namespace="w"),
         doc("WorkloadEndpoint", {"node": "n", "containerID": "abc\n"}, namespace="w"),
         doc("GlobalNetworkSet", {"nets": ["fd00::1%eth0"]}),
         doc("GlobalNetworkSet", {"nets": []}, uid="a\nb"),

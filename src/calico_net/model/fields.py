@@ -254,12 +254,15 @@ def pattern_type(pattern: str | re.Pattern[str], allowed: str, what: str, *, max
     return Annotated[str, AfterValidator(check)]
 
 
-# Calico's containerID rule; its other WorkloadEndpoint identifiers (orchestrator,
-# workload, pod, endpoint, serviceAccountName) are resource names.
-CONTAINER_ID_RE = re.compile(r"[a-zA-Z0-9]([-a-zA-Z0-9]*[a-zA-Z0-9])?\Z")
-CONTAINER_ID_MAX = 253
-ContainerID = pattern_type(CONTAINER_ID_RE, "at most 253 letters, digits and '-', starting and "
-                           "ending with a letter or digit", "container ID", max_len=CONTAINER_ID_MAX)
+# A WorkloadEndpoint's identifiers (containerID, workload, pod, endpoint, orchestrator):
+# libcni's container-ID rule, which Calico's own (containerID: letters, digits and '-';
+# the others: resource names) would narrow too far for the CNI plugin, whose workload
+# is podman's container name ("web_1"). Plain characters only, whatever the field.
+CONTAINER_ID_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*\Z")
+CONTAINER_ID_MAX = 256
+ContainerID = pattern_type(CONTAINER_ID_RE, "at most 256 letters, digits, '_', '.' and '-', "
+                           "starting with a letter or digit", "workload identifier",
+                           max_len=CONTAINER_ID_MAX)
 # Kubernetes gives object UIDs as UUIDs; calicoctl writes uuid4 text.
 UID_RE = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.:]*[A-Za-z0-9])?\Z")
 UID_MAX = 128

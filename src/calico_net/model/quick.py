@@ -58,8 +58,8 @@ API_VERSION = "projectcalico.org/v3"
 _TOP = frozenset({"apiVersion", "kind", "metadata", "spec"})
 _META = frozenset({"name", "namespace", "labels", "uid", "resourceVersion", "creationTimestamp"})
 # WorkloadEndpointSpec fields decided here and their checks
-_WEP_NAMES = frozenset({"orchestrator", "workload", "pod", "endpoint", "serviceAccountName"})
-_WEP = _WEP_NAMES | {"containerID", "node", "ipNetworks", "profiles", "interfaceName", "mac"}
+_WEP_IDS = frozenset({"orchestrator", "workload", "pod", "endpoint", "containerID"})
+_WEP = _WEP_IDS | {"serviceAccountName", "node", "ipNetworks", "profiles", "interfaceName", "mac"}
 _NETSET = frozenset({"nets"})
 _NAMESPACED = {"WorkloadEndpoint": True, "NetworkSet": True, "GlobalNetworkSet": False,
                "GlobalNetworkPolicy": False, "NetworkPolicy": True, "Profile": False}
@@ -170,13 +170,13 @@ def _metadata_ok(md: Any, namespaced: bool) -> bool:
 def _wep_spec_ok(spec: dict[str, Any]) -> bool:
     if not _WEP.issuperset(spec):
         return False
-    for k in _WEP_NAMES:
+    for k in _WEP_IDS:
         v = spec.get(k)
-        if v is not None and not _name_ok(v):
+        if v is not None and (type(v) is not str or len(v) > CONTAINER_ID_MAX
+                              or not CONTAINER_ID_RE.fullmatch(v)):
             return False
-    cid = spec.get("containerID")
-    if cid is not None and (type(cid) is not str or len(cid) > CONTAINER_ID_MAX
-                            or not CONTAINER_ID_RE.fullmatch(cid)):
+    sa = spec.get("serviceAccountName")
+    if sa is not None and not _name_ok(sa):
         return False
     node = spec.get("node")
     if node is not None and not _name_ok(node):

@@ -366,13 +366,13 @@ def _ports_errors(ports: list[EndpointPort] | None, path: str, ctx: CheckContext
 
 
 class WorkloadEndpointSpec(CalicoModel):
-    # Calico's validator: these identifiers are resource names, containerID its own rule.
-    orchestrator: Optional[Name] = None
-    workload: Optional[Name] = None
+    # identifiers: libcni's container-ID rule (model.fields.ContainerID)
+    orchestrator: Optional[ContainerID] = None
+    workload: Optional[ContainerID] = None
     node: Optional[Name] = None
     container_id: Optional[ContainerID] = Field(None, alias="containerID")
-    pod: Optional[Name] = None
-    endpoint: Optional[Name] = None
+    pod: Optional[ContainerID] = None
+    endpoint: Optional[ContainerID] = None
     service_account_name: Optional[Name] = None
     ip_networks: list[Net] = Field(default_factory=list)
     ip_nats: Optional[list[IPNAT]] = Field(None, alias="ipNATs")
