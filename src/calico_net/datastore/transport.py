@@ -63,7 +63,7 @@ def transport_warnings(
     names = ", ".join(_shown(ep) for ep in plain)
     lines = [
         f"INSECURE: etcd endpoint{'s' if len(plain) > 1 else ''} {names} "
-        f"{'are' if len(plain) > 1 else 'is'} plaintext http://: no encryption, no server "
+        f"{'are' if len(plain) > 1 else 'is'} plaintext: no encryption, no server "
         "or client authentication; anyone on the path can read and rewrite the cluster's "
         "network policy. Use https:// endpoints with a CA and a client certificate."
     ]
