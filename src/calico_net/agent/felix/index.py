@@ -920,12 +920,11 @@ class PolicyIndex:
         return labels
 
     def _policy_from_doc(self, key: Key, doc: Mapping[str, Any]) -> Policy | None:
+        # (doNotTrack, preDNAT, applyOnForward, serviceAccountSelector and rule
+        # serviceAccounts never get here: the model refuses them, and the syncer
+        # skips and counts such a document already in etcd)
         kind, ns, name = key
         spec = doc.get("spec") or {}
-        if kind == "GlobalNetworkPolicy" and (spec.get("doNotTrack") or spec.get("preDNAT")):
-            log.warning("GlobalNetworkPolicy %s: doNotTrack/preDNAT policies are not "
-                        "supported by this dataplane; ignored", name)
-            return None
         return Policy(
             key=key,
             order=_order(spec.get("order")),
