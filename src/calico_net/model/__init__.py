@@ -39,6 +39,17 @@ Decisions:
 * FelixConfiguration names must be "default" or "node.<nodename>"; only the
   "default" BGPConfiguration may carry the node-mesh password/restart time.
 * Overlap is checked between *enabled* pools only (`check_pool_overlap`).
+* Strings are data, never syntax: every string field has a grammar (Calico's where it
+  has one, else the plain characters such values are made of), matched whole (a
+  trailing newline never passes) and bounded in length; address text may hold only
+  address characters (no IPv6 zone). Only annotation values are free text, and even
+  they refuse NUL and other control characters. Messages show values through
+  `fields.show`: escaped and at most 80 characters.
+* Never fail open: a Calico field the dataplane does not enforce is refused with its
+  path and "not supported by calico.net yet" (`resources.not_supported`):
+  serviceAccountSelector, rule serviceAccounts, preDNAT / doNotTrack /
+  applyOnForward set to true, HostEndpoint interfaceName "*" or none, failsafe ports
+  limited to a net, rule http and services. docs/policy.md lists every policy field.
 """
 from __future__ import annotations
 

@@ -8,7 +8,12 @@ needs the meaning of a value calls the matching `parse_*` helper here
 
 Failures are raised as `PydanticCustomError("calico", ...)` carrying a finished,
 human message (`"TCPX" is not a protocol (TCP, UDP, ...)`); `model.validation`
-turns them into field-path errors.
+turns them into field-path errors. A message shows the value through `show`, so it is
+one bounded line whatever the value held.
+
+Every pattern is matched whole (`fullmatch`, or `\Z`), never with `$`, which also
+matches before a trailing newline; length limits are checked before any pattern or
+cache sees the value.
 """
 from __future__ import annotations
 
