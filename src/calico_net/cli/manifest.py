@@ -21,8 +21,8 @@ So a manifest is read like this:
   refused. The measure walks each node once, so a bomb is refused in microseconds;
 * composing needs memory in proportion to the values written out, so when a cheap
   count of YAML's indicator characters says the text could hold more than
-  `MAX_VALUES`, the values are counted from libyaml's event stream first (constant
-  memory), and the manifest is refused as soon as there are too many.
+  `MAX_VALUES`, libyaml's parser counts its events first (in C, nothing built), and
+  a text with more than twice `MAX_VALUES` events is refused before composing.
 
 Every refusal is one `ParseError` line naming the document. The documents that pass
 are those of `calico_net.model.parse_documents` (List documents expanded), with its
@@ -30,6 +30,7 @@ loader (duplicate keys are an error) and its messages for syntax errors.
 """
 from __future__ import annotations
 
+import gc
 import json
 import sys
 from typing import Any
@@ -38,10 +39,13 @@ import yaml
 
 from calico_net.errors import ParseError, printable
 
-MAX_MANIFEST_BYTES = 16 * 1024 * 1024
+# etcd takes one manifest in one transaction, and the calico.net etcd role's request
+# limit is 10 MiB (etcd's own default 1.5 MiB): a bigger manifest could not be applied.
+MAX_MANIFEST_BYTES = 8 * 1024 * 1024
 # Values (scalars, lists and mappings, after alias expansion) in one manifest. A
-# GlobalNetworkPolicy with two rules is ~40; 2,000,000 is a 16 MiB manifest of them.
-MAX_VALUES = 2_000_000
+# GlobalNetworkPolicy with two rules is ~50 values in ~440 bytes of YAML: 1,000,000
+# values is ~8 MiB of such policies. Composing 1,000,000 values costs ~350 MB at most.
+MAX_VALUES = 1_000_000
 # Nesting of lists and mappings. Calico resources nest 6-8 deep (a List's items[i]
 # .spec.ingress[j].destination.ports[k]); libyaml itself stops at 1,000.
 MAX_DEPTH = 64
@@ -179,7 +183,24 @@ def _values_bound(text: str) -> int:
 
 
 def _count_events(text: str, loader_cls: type) -> None:
-    """Refuse a YAML text with more than MAX_VALUES values before composing it."""
+    """Refuse a YAML text with more than MAX_VALUES values before composing it.
+
+    With libyaml, its parser counts the events in C (`raw_parse`: nothing is built;
+    ~0.6 us an event, 2.5-3 s for 8 MiB of the densest YAML). A value is one event, a
+    list or mapping two (start, end): a manifest of resources has ~1.3 events a value,
+    and more than 2 * MAX_VALUES events are more values than calicoctl reads — only a
+    text of nearly nothing but empty lists could be refused with fewer. Without
+    libyaml, the values themselves are counted from the event stream."""
+    raw_parse = getattr(loader_cls, "raw_parse", None)
+    if raw_parse is not None:
+        loader = loader_cls(text)
+        try:
+            events = raw_parse(loader)
+        finally:
+            loader.dispose()
+        if events > 2 * MAX_VALUES:
+            raise _too_many(None)
+        return
     count = 0
     nodes = (yaml.ScalarEvent, yaml.SequenceStartEvent, yaml.MappingStartEvent, yaml.AliasEvent)
     document = 1
@@ -224,6 +245,11 @@ def parse_manifest(text: str) -> list[dict[str, Any]]:
             return node
 
     numbered: list[tuple[int, Any]] = []
+    # Loading makes a great many objects and no cycles (a recursive alias is refused
+    # before construction): the cyclic collector would only walk them again and again
+    # (it more than doubles the time of a big manifest).
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
     try:
         if _values_bound(text) > MAX_VALUES:
             _count_events(text, _Loader)
@@ -240,4 +266,7 @@ def parse_manifest(text: str) -> list[dict[str, Any]]:
                          line=line, column=column) from None
     except RecursionError:  # a pure-Python YAML parser (no libyaml): deep nesting
         raise _too_deep(len(numbered) + 1) from None
+    finally:
+        if gc_was_enabled:
+            gc.enable()
     return _expand([(n, d) for n, d in numbered if d is not None])
