@@ -48,6 +48,7 @@ from calico_net.model.selector import (
     parse_selector,
 )
 
+from . import nftstr
 from .nftstr import NftStringError, ifname
 from .rules import (
     NS_LABEL_PREFIX,
@@ -523,7 +524,12 @@ def _port_entry(name: Any, protocol: Any, port: Any) -> tuple[str, int, int]:
 
 def _parse_port_entry(name: Any, protocol: Any, port: Any) -> tuple[str, int, int]:
     from calico_net.model.fields import parse_protocol
-    return (str(name), parse_protocol(protocol), int(port))
+    # the port becomes set element text ("addr . port"): a number in range, or
+    # ValueError (the port is left out)
+    if type(port) is not int:
+        raise ValueError(f"port {port!r} is not a number")
+    nftstr.number(port, 1, 65535)
+    return (str(name), parse_protocol(protocol), port)
 
 
 # endpoints repeat a handful of named ports: parse each distinct one once
@@ -730,7 +736,7 @@ class PolicyIndex:
                 (nat4 if net.version == 4 else nat6).append(net)
 
         def col(nets: list[Any]) -> set[str]:
-            return {str(n) for n in ipaddress.collapse_addresses(nets)} if nets else set()
+            return {nftstr.cidr(n) for n in ipaddress.collapse_addresses(nets)} if nets else set()
         return col(all4), col(all6), col(nat4), col(nat6)
 
     # -- recompute -------------------------------------------------------------

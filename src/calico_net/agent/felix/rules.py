@@ -391,7 +391,7 @@ def _collapse(nets: Iterable[Any]) -> list[str]:
 
 @lru_cache(maxsize=16384)
 def _collapse_cached(nets: tuple[Any, ...]) -> tuple[str, ...]:
-    return tuple(str(n) for n in ipaddress.collapse_addresses(nets))
+    return tuple(nftstr.cidr(n) for n in ipaddress.collapse_addresses(nets))
 
 
 def _port_text(p: tuple[int, int]) -> str:
