@@ -11,7 +11,7 @@ human message (`"TCPX" is not a protocol (TCP, UDP, ...)`); `model.validation`
 turns them into field-path errors. A message shows the value through `show`, so it is
 one bounded line whatever the value held.
 
-Every pattern is matched whole (`fullmatch`, or `\Z`), never with `$`, which also
+Every pattern is matched whole (`fullmatch`, or an end-of-text anchor), never with `$`, which also
 matches before a trailing newline; length limits are checked before any pattern or
 cache sees the value.
 """
