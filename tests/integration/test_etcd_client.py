@@ -358,3 +358,69 @@ def test_member_add_list_update_remove(own_etcd):
         client.member_remove(added["ID"])
     client.put("/calico/m/k", "still writable")
     client.close()
+
+
+def test_a_key_that_is_not_utf8_round_trips_through_every_read(etcd_client):
+    """etcd keys are bytes. One that is not UTF-8 (written here through the gateway
+    as the raw bytes) reads back from get, get_prefix, the raw and the gRPC ranges
+    and the watch without an error, with its exact bytes, and can be deleted."""
+    from calico_net.datastore.etcd import key_bytes, key_problem
+
+    raw = b"/calico/nu/bad\xff\xfe"
+    key = raw.decode("utf-8", "surrogateescape")
+    start = etcd_client.put("/calico/nu/a", "1")
+    etcd_client.put(key, "2")
+    etcd_client.put("/calico/nu/z", "3")
+    assert key_bytes(etcd_client.get(key).key) == raw
+    kvs, _ = etcd_client.get_prefix("/calico/nu/")
+    assert [key_bytes(kv.key) for kv in kvs] == [b"/calico/nu/a", raw, b"/calico/nu/z"]
+    assert key_problem(kvs[1].key) == "key is not valid UTF-8" and key_problem(kvs[0].key) is None
+    for reply, decode, tail in (
+            (etcd_client.get_range_raw("/calico/nu/", prefix_end("/calico/nu/"), limit=2), parse_range, range_tail),
+            (etcd_client.get_range_pb("/calico/nu/", prefix_end("/calico/nu/"), limit=2),
+             decode_range_response, range_response_tail)):
+        page, _, more = decode(reply)
+        assert more and [key_bytes(kv.key) for kv in page] == [b"/calico/nu/a", raw]
+        assert tail(reply) == (raw, True)
+    watch = etcd_client.watch_prefix("/calico/nu/", start)
+    seen = []
+    for batch in watch:
+        seen.extend(key_bytes(e.kv.key) for e in batch)
+        if len(seen) >= 3:
+            watch.cancel()
+            break
+    assert seen == [b"/calico/nu/a", raw, b"/calico/nu/z"]
+    assert etcd_client.delete(key) and etcd_client.get(key) is None
+
+
+def test_datastore_skips_and_names_values_that_do_not_decode(etcd_client, caplog):
+    from calico_net.datastore import BadStoredValue, Datastore
+
+    ds = Datastore(etcd_client)
+    gnps = "/calico/resources/v3/projectcalico.org/globalnetworkpolicies/"
+    ds.apply({"apiVersion": "projectcalico.org/v3", "kind": "GlobalNetworkPolicy",
+              "metadata": {"name": "good"}, "spec": {"order": 1, "selector": "all()"}})
+    etcd_client.put(gnps + "not-json", "{")
+    etcd_client.put(gnps + "array", "[]")
+    etcd_client.put(gnps + "\x1b[2J", "{\"metadata\": 1}")
+    etcd_client.put((gnps.encode() + b"raw\xff").decode("utf-8", "surrogateescape"), "{}")
+    bad: list[BadStoredValue] = []
+    docs, _ = ds.list("GlobalNetworkPolicy", on_bad=bad.append)
+    assert [d["metadata"]["name"] for d in docs] == ["good"]
+    assert sorted(str(e) for e in bad) == sorted([
+        f"etcd key {gnps}\\x1b[2J: metadata is not a JSON object",
+        f"etcd key {gnps}array: value is not a JSON object",
+        next(str(e) for e in bad if "not-json" in str(e)),
+        f"etcd key {gnps}raw\\xff: key is not valid UTF-8"])
+    assert any(str(e).startswith(f"etcd key {gnps}not-json: value is not JSON (") for e in bad)
+    # without on_bad: a warning each, and the rest all the same
+    docs, _ = ds.list("GlobalNetworkPolicy")
+    assert len(docs) == 1 and len([r for r in caplog.records if "skipping etcd key" in r.getMessage()]) == 4
+    with pytest.raises(BadStoredValue, match="not-json: value is not JSON"):
+        ds.get("GlobalNetworkPolicy", "not-json")
+    # a write puts it right
+    ds.apply({"apiVersion": "projectcalico.org/v3", "kind": "GlobalNetworkPolicy",
+              "metadata": {"name": "not-json"}, "spec": {"order": 2, "selector": "all()"}})
+    assert ds.get("GlobalNetworkPolicy", "not-json")["spec"]["order"] == 2
+    assert ds.delete("GlobalNetworkPolicy", "array")["metadata"]["name"] == "array"
+    assert etcd_client.get(gnps + "array") is None

@@ -214,3 +214,14 @@ def test_confd_skips_them_and_keeps_rendering(etcd, etcd_client, tmp_path):
         confd.stop()
         t.join(10)
     assert not t.is_alive()
+
+
+def test_calicoctl_table_never_prints_control_characters_from_etcd(etcd, etcd_client):
+    # written straight into etcd (calicoctl would refuse it): a selector with ANSI escapes
+    value = ('{"apiVersion": "projectcalico.org/v3", "kind": "GlobalNetworkPolicy", '
+             '"metadata": {"name": "ansi"}, "spec": {"order": 1, "selector": "\\u001b[2J\\u001b]0;x\\u0007"}}')
+    etcdctl(etcd, "put", GNPS + "ansi", value)
+    proc = ctl(etcd, "get", "gnp", "-o", "wide")
+    assert proc.returncode == 0, proc.stderr
+    assert "\x1b" not in proc.stdout and "\x07" not in proc.stdout
+    assert "\\x1b[2J\\x1b]0;x\\x07" in proc.stdout

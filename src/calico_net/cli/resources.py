@@ -319,6 +319,12 @@ COLUMNS: dict[str, tuple[list[tuple[str, str]], list[tuple[str, str]]]] = {
 }
 
 
+def _cell(text: str) -> str:
+    """A table cell: whatever etcd held, never a control character or an ANSI escape
+    on the terminal (escaped; not cut short)."""
+    return text if text.isprintable() else printable(text, len(text))
+
+
 def print_table(info, docs: list[dict[str, Any]], *, wide: bool, show_ns: bool, out) -> None:
     base, extra = COLUMNS.get(info.kind, ([("NAME", "metadata.name")], []))
     cols = list(base) + (list(extra) if wide else [])
@@ -326,7 +332,7 @@ def print_table(info, docs: list[dict[str, Any]], *, wide: bool, show_ns: bool, 
         cols.insert(0, ("NAMESPACE", "metadata.namespace"))
     rows = [[h for h, _ in cols]]
     for d in docs:
-        rows.append([_join(_get(d, p)) for _, p in cols])
+        rows.append([_cell(_join(_get(d, p))) for _, p in cols])
     widths = [max(len(r[i]) for r in rows) for i in range(len(cols))]
     for r in rows:
         out.write("   ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() + "\n")
