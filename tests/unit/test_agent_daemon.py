@@ -468,3 +468,5 @@ def test_local_interfaces_for_the_sysctl_helper_only_match_the_prefixes():
                 wep("c", "n1", "tap1", "fd00::1/128"), wep("d", "n2", "cali4", "198.19.0.4/32")])
     assert _local_interfaces(res, "n1") == [("cali1", False)]
     assert _local_interfaces(res, "n1", ("cali", "tap")) == [("cali1", False), ("tap1", True)]
+    res.update([wep("e", "n1", "cali5", "0.0.0.0/0"), wep("f", "n1", "cali6", "fd00::/64")])
+    assert _local_interfaces(res, "n1", ("cali", "tap")) == [("cali1", False), ("tap1", True)]

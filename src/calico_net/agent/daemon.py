@@ -695,7 +695,9 @@ def _local_interfaces(resources: dict[str, Resource], node: str,
                       prefixes: tuple[str, ...] = ("cali",)) -> list[tuple[str, bool]]:
     """(interface name, has an IPv6 network) of this node's WorkloadEndpoints whose
     interface starts with one of `prefixes` (no other interface is ever
-    configured), sorted."""
+    configured) and whose ipNetworks all look like host addresses, sorted. (A
+    string test only, on the cold start's critical path: an endpoint left out here
+    is configured after the link listing if the route manager accepts it.)"""
     out: dict[str, bool] = {}
     for res in resources.values():
         if res.kind != "WorkloadEndpoint":
@@ -708,11 +710,16 @@ def _local_interfaces(resources: dict[str, Resource], node: str,
             continue
         v6 = False
         for n in spec.get("ipNetworks") or ():
-            if isinstance(n, str) and ":" in n:
-                v6 = True
+            if not isinstance(n, str) or not n.endswith(_HOST_SUFFIXES):
                 break
-        out[name] = out.get(name, False) or v6
+            if ":" in n:
+                v6 = True
+        else:
+            out[name] = out.get(name, False) or v6
     return sorted(out.items())
+
+
+_HOST_SUFFIXES = ("/32", "/128")
 
 
 class _RouteThread(threading.Thread):
