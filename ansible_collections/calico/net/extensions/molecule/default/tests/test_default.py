@@ -98,6 +98,22 @@ def test_etcd_refuses_plaintext_and_anonymous_clients(host):
     assert "peerURLs" not in peer.stdout
 
 
+def test_etcd_peer_port_refuses_client_certificates(host):
+    """Peers are trusted through their own CA: a node's client certificate is no peer."""
+    if host.backend.hostname not in ETCD:
+        pytest.skip("not an etcd member")
+    ip = address(host.backend.hostname)
+    tls = f"--cacert {ETCD_PKI}/peer-ca.crt"
+    client = host.run(f"curl -s -m 5 {tls} --cert {CLIENT_PKI}/etcd-client.crt "
+                      f"--key {CLIENT_PKI}/etcd-client.key https://{ip}:2380/members")
+    assert client.rc != 0 and "peerURLs" not in client.stdout, client.stdout
+    # the same request with this member's own peer certificate is answered: the refusal
+    # above is about the certificate, not about the port
+    peer = run_ok(host, f"curl -s -m 5 {tls} --cert {ETCD_PKI}/peer.crt --key {ETCD_PKI}/peer.key "
+                        f"https://{ip}:2380/members")
+    assert "peerURLs" in peer, peer
+
+
 def test_etcd_runs_with_calicos_transaction_limit(host):
     if host.backend.hostname not in ETCD:
         pytest.skip("not an etcd member")
