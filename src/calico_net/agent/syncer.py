@@ -11,8 +11,9 @@ through a callback sink (the daemon puts what it gets on its queue):
 * `on_status(connected, reason)` — the datastore was lost or is back.
 
 Every key is parsed here (JSON, kind from the key, `calico_net.model` validation).
-A key that does not parse — garbage JSON, an invalid spec, an unknown kind — is
-logged once with its key, skipped, and counted; the agent never stops on bad data.
+A key that does not parse — a key that is not UTF-8, garbage JSON, JSON that is not
+an object, an invalid spec, an unknown kind — is logged once with its key (escaped:
+`etcd.show_key`), skipped, and counted; the agent never stops on bad data.
 If a key that was good turns bad, the consumer sees a deletion for it (the bad value
 is not applied, the old good one is not kept either, as Calico does).
 
