@@ -46,6 +46,7 @@ REQUIRED_PROGRAMS = {
     "etcd": "etcd-server", "etcdctl": "etcd-client", "bird": "bird2", "birdc": "bird2",
     "nft": "nftables", "ip": "iproute2", "ping": "iputils-ping", "nc": "netcat-openbsd",
     "podman": "podman", "unshare": "util-linux", "ssh": "openssh-client", "openssl": "openssl",
+    "conntrack": "conntrack",
 }
 REQUIRED_FILES = {
     "/bin/busybox": "busybox-static", "/usr/lib/cni/host-local": "containernetworking-plugins",

@@ -44,7 +44,7 @@ def dp(topo: PolicyTopology) -> Iterator[PolicyDataplane]:
     d = PolicyDataplane(NODE, nft=NftRunner(netns=HOST_NS))
     yield d
     sh("nft", "delete", "table", "inet", "calico", ns=HOST_NS, check=False)
-    sh("conntrack", "-F", ns=HOST_NS, check=False)
+    sh("conntrack", "-F", ns=HOST_NS)
 
 
 def wep_doc(w, labels: dict[str, str] | None = None, profiles: list[str] | None = None,

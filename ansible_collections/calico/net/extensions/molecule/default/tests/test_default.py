@@ -273,12 +273,12 @@ def sample_policy(workloads):
     playbook = COLLECTION / "playbooks" / "policy-example.yml"
     assert playbook.exists(), f"{playbook} is missing"
     # tiers on different nodes (frontend on the first, backend on the second, database on
-    # the last) when BGP carries routes between them, else all on the first node
-    spread = all(bird_running(node(n)) for n in NODES)
+    # the last): the policy is checked across BGP-carried routes
+    require_bgp()
     tiers = {
         "frontend": (NODES[0], [80, 5432]),
-        "backend": (NODES[1 % len(NODES)] if spread else NODES[0], [8080, 80]),
-        "database": (NODES[-1] if spread else NODES[0], [5432, 8080]),
+        "backend": (NODES[1 % len(NODES)], [8080, 80]),
+        "database": (NODES[-1], [5432, 8080]),
     }
     ips = {tier: workloads.start(on, f"molecule-{tier}", f"shop-{tier}", listen=ports)
            for tier, (on, ports) in tiers.items()}
