@@ -92,6 +92,8 @@ start_nodes() {
     for i in $(seq 1 "$N"); do
         name=$(node_name "$i")
         # privileged: nested podman, network namespaces, nftables and BGP need it.
+        # --cgroupns=private: without it every nested container lands in one cgroup, and
+        # the death of one (calico/node, say) takes the node's workloads down with it.
         # /var/lib/containers (the node's own podman storage) is a tmpfs: overlayfs cannot
         # stack on the node's overlay root, and a tmpfs loads images 3x faster than a
         # volume and goes away with the node at once. A restarted node container starts
@@ -99,7 +101,7 @@ start_nodes() {
         podman run -d --name "$name" --hostname "$name" \
             --label net.calico.lab="$LAB_NAME" \
             --network "$NET_NAME" --ip "$(node_ip "$i")" "${add_hosts[@]}" \
-            --privileged --systemd=always \
+            --privileged --systemd=always --cgroupns=private \
             --tmpfs /var/lib/containers:rw,mode=0700,size=8g \
             -v "$ARCHIVE_DIR:$NODE_IMAGES_DIR:ro" \
             "$NODE_IMAGE" >/dev/null

@@ -230,6 +230,34 @@ def test_workloads_on_different_nodes_reach_each_other(workloads):
                 assert reaches(src, f"molecule-wl-{i}", ips[dst], 7000), f"{src} -> {dst}:7000 refused"
 
 
+def test_workloads_survive_calico_node_being_killed(workloads):
+    """calico/node SIGKILLed on a node: its workloads keep running (each nested container
+    has a cgroup of its own), calico/node comes back by itself and the node's workload is
+    reachable from another node again."""
+    victim, victim_wl, src_wl = NODES[1 % len(NODES)], "molecule-wl-2", "molecule-wl-1"
+    host = node(victim)
+    fmt = "'{{.State.Pid}} {{.State.StartedAt}}'"
+    before_wl = run_ok(host, f"podman inspect --format {fmt} {victim_wl}").strip()
+    before_node = run_ok(host, f"podman inspect --format {fmt} calico-node").strip()
+    wl_ip = run_ok(host, f"podman exec {victim_wl} ip -4 -o addr show dev eth0").split()[3].split("/")[0]
+    run_ok(host, "podman kill --signal KILL calico-node")
+    deadline = time.monotonic() + 120  # hang guard
+    while True:
+        now_node = host.run(f"podman inspect --format {fmt} calico-node").stdout.strip()
+        ready = host.run("curl -s -m 2 -o /dev/null -w '%{http_code}' http://127.0.0.1:9099/readiness").stdout
+        if now_node and now_node != before_node and ready == "200":
+            break
+        assert time.monotonic() < deadline, f"calico-node did not come back ready: {now_node!r} {ready!r}"
+        time.sleep(1)
+    # the same workload process, never restarted
+    assert run_ok(host, f"podman inspect --format {fmt} {victim_wl}").strip() == before_wl
+    assert run_ok(host, f"podman inspect --format '{{{{.State.Running}}}}' {victim_wl}").strip() == "true"
+    if victim != NODES[0]:
+        require_bgp()
+    assert reaches(NODES[0], src_wl, wl_ip), f"{src_wl} -> {victim_wl} ({wl_ip}) after the kill"
+    assert reaches(NODES[0], src_wl, wl_ip, 7000), f"{src_wl} -> {victim_wl}:7000 after the kill"
+
+
 def test_tor_peer_learns_the_workload_blocks(workloads):
     """The calico.net.bird peer: a session with every node, their blocks in its kernel."""
     assert TORS, "the scenario's inventory has a route_reflectors host (calico-molecule-tor)"
