@@ -350,13 +350,13 @@ def test_undecodable_key_and_non_json_value_from_etcdctl_keep_the_agent_syncing(
         L.wait_for(lambda: reach(env, 3, [("x", 2, 8080)])["x"], 5, "w4 -> db:8080 allowed", env.agent)
         assert reach(env, 3, [("x", 2, 9090)]) == {"x": False}
 
-        # removed with etcdctl (the deletions come through the watch too): gone, and
-        # the agent goes on. (The felix_skipped_bad_objects gauge is not checked here:
-        # the daemon only sets it when a key is skipped, so it keeps 2 after both are
-        # deleted.)
+        # removed with etcdctl (the deletions come through the watch too): gone, the
+        # gauge of keys skipped right now goes back to 0, and the agent goes on.
         etcdctl(env, "del", BAD_KEY)
         etcdctl(env, "del", NOT_JSON_KEY)
         assert not {BAD_KEY, NOT_JSON_KEY.encode()} & gnp_keys(env)
+        L.wait_for(lambda: env.agent.metric("felix_skipped_bad_objects") == 0, 10,
+                   "the skipped-objects gauge back to 0", env.agent)
         env.ds.delete("GlobalNetworkPolicy", "db-from-other")
         L.wait_for(lambda: not reach(env, 3, [("x", 2, 8080)])["x"], 5, "w4 -> db:8080 denied again", env.agent)
         assert_enforced(env)

@@ -148,9 +148,12 @@ class Daemon:
 
     # --- Sink interface (called from the syncer thread) ---
     def on_snapshot(self, resources: dict[str, Resource], revision: int) -> None:
+        # a bad key that is gone (or good again) leaves the syncer's bad set silently
+        self.metrics.skipped.set(len(self.syncer.bad))
         self.events.put(("snapshot", resources, revision))
 
     def on_update(self, key: str, resource: Resource | None) -> None:
+        self.metrics.skipped.set(len(self.syncer.bad))
         self.events.put(("update", key, resource))
 
     def on_status(self, connected: bool, reason: str) -> None:
