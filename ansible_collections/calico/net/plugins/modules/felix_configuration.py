@@ -21,6 +21,8 @@ description:
   - Only the settings given are managed - settings left out keep their stored value, unless
     O(purge=true).
   - Changes are detected by meaning (C(90s) equals C(1m30s); failsafe ports in any order).
+  - A failsafe port with a C(net), given as an option or through O(settings), is refused with its field
+    path and C(not supported by calico.net yet), and nothing is written.
 author:
   - calico.net maintainers (@calico-net)
 extends_documentation_fragment:
@@ -109,7 +111,12 @@ options:
         type: int
         required: true
       net:
-        description: Only for this peer network.
+        description:
+          - Only for this peer network (Calico's C(net)).
+          - B(Refused today) with any value, which fails with the field path
+            C(spec.failsafeInboundHostPorts[N].net) and C(not supported by calico.net yet) - the dataplane
+            would open the port to every address, wider than written. The suboption is kept for
+            compatibility with Calico; leave it out to open the port to every address.
         type: str
   failsafe_outbound_host_ports:
     description: Host ports that stay open outbound (C(spec.failsafeOutboundHostPorts)). Replaces the stored list when given.
@@ -125,7 +132,12 @@ options:
         type: int
         required: true
       net:
-        description: Only for this peer network.
+        description:
+          - Only for this peer network (Calico's C(net)).
+          - B(Refused today) with any value, which fails with the field path
+            C(spec.failsafeOutboundHostPorts[N].net) and C(not supported by calico.net yet) - the dataplane
+            would open the port to every address, wider than written. The suboption is kept for
+            compatibility with Calico; leave it out to open the port to every address.
         type: str
   route_refresh_interval:
     description: How often routes are read back and repaired, a duration (C(spec.routeRefreshInterval)).

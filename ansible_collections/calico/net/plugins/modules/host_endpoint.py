@@ -13,8 +13,12 @@ module: host_endpoint
 short_description: Manage Calico host endpoints
 version_added: 0.1.0
 description:
-  - Create, update or delete a Calico C(HostEndpoint) - a host's interface (or all of its
-    interfaces, C(*)) that global network policy applies to, picked by its labels.
+  - Create, update or delete a Calico C(HostEndpoint) - a host's interface that global network
+    policy applies to, picked by its labels.
+  - calico.net never stores an endpoint its dataplane would not program. An endpoint for all of a
+    host's interfaces (O(interface_name=*)) and one found by O(expected_ips) alone, without
+    O(interface_name), are refused with the field path C(spec.interfaceName) and
+    C(not supported by calico.net yet), and nothing is written. Give each interface its own host endpoint.
   - The module declares the whole endpoint. The order of O(expected_ips) and O(ports) does not
     matter; the order of O(profiles) does (they apply in order).
   - Mind the failsafe ports (C(failsafe_inbound_host_ports) of M(calico.net.felix_configuration))
@@ -39,12 +43,20 @@ options:
     description: The node (host) the interface belongs to (C(spec.node)). Required when O(state=present).
     type: str
   interface_name:
-    description: The interface (C(spec.interfaceName)), or C(*) for all of the host's interfaces.
+    description:
+      - The interface (C(spec.interfaceName)). calico.net needs it whenever the endpoint is present;
+        Calico would accept O(expected_ips) instead.
+      - B(Refused today) for the value C(*) (Calico's all of the host's interfaces), which fails with the
+        field path C(spec.interfaceName) and C(not supported by calico.net yet) - such an endpoint would
+        not be programmed. Give each interface its own host endpoint.
     type: str
   expected_ips:
     description:
-      - The addresses the interface has (C(spec.expectedIPs)); used in policy selectors matching this
-        endpoint. One of O(interface_name) and O(expected_ips) is required.
+      - The addresses the interface has (C(spec.expectedIPs)); used by policy rules that select this
+        endpoint.
+      - B(Refused today) on its own. Calico finds an endpoint by its O(expected_ips) alone when
+        O(interface_name) is left out; calico.net refuses that with the field path C(spec.interfaceName)
+        and C(not supported by calico.net yet). Give O(interface_name) as well.
     type: list
     elements: str
   profiles:
