@@ -21,6 +21,7 @@ from collections.abc import Sequence
 
 from calico_net import __version__
 from calico_net.agent.config import DEFAULT_CONFIG_FILE, PARAMS, Config
+from calico_net.envhelp import datastore_env_help
 
 log = logging.getLogger("calico_net.agent")
 
@@ -35,12 +36,7 @@ def _environment_help() -> str:
     return f"""\
 environment:
   NODENAME                 this node's name (else FELIX_FELIXHOSTNAME, else the host name)
-  ETCD_ENDPOINTS           etcd URLs, comma-separated (else /etc/calico/calicoctl.cfg,
-                           else http://127.0.0.1:2379)
-  ETCD_CA_CERT_FILE        CA bundle for etcd's TLS certificate
-  ETCD_CERT_FILE           client certificate for etcd
-  ETCD_KEY_FILE            client key for etcd
-  DATASTORE_TYPE           only etcdv3
+{datastore_env_help(25)}
   FELIX_CONFIGFILE         Felix's config file (default {DEFAULT_CONFIG_FILE})
   FELIX_<PARAM>            a Felix parameter; the environment wins over the config
                            file, FelixConfiguration node.<NODENAME> and default:

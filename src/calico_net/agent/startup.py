@@ -43,6 +43,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Union
 
+from calico_net.envhelp import datastore_env_help
+
 log = logging.getLogger("calico_net.agent.startup")
 
 NODENAME_FILE = "/var/lib/calico/nodename"
@@ -376,7 +378,7 @@ def write_nodename(name: str, path: str = NODENAME_FILE) -> None:
     write_if_changed(path, name, mode=0o644)
 
 
-ENVIRONMENT_HELP = """\
+ENVIRONMENT_HELP = f"""\
 environment:
   NODENAME                  this node's name (else HOSTNAME, lower-cased, else the
                             nodename file from an earlier start, else the host name)
@@ -389,12 +391,7 @@ environment:
   IP6, IP6_AUTODETECTION_METHOD   likewise for IPv6 (unset: keep; none for a new Node)
   AS                        the Node's AS number (65010 or asdot 1.10; unset: keep)
   CALICO_NETWORKING_BACKEND "none" allows a Node without a BGP address (default bird)
-  ETCD_ENDPOINTS            etcd URLs, comma-separated (else /etc/calico/calicoctl.cfg,
-                            else http://127.0.0.1:2379)
-  ETCD_CA_CERT_FILE         CA bundle for etcd's TLS certificate
-  ETCD_CERT_FILE            client certificate for etcd
-  ETCD_KEY_FILE             client key for etcd
-  DATASTORE_TYPE            only etcdv3
+{datastore_env_help(26)}
 
 exit status: 0 registered, 1 cannot register, 2 bad usage or datastore settings."""
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 from calico_net import __version__
+from calico_net.envhelp import datastore_env_help
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -52,12 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="calicoctl",
         description="Manage calico.net resources (Calico v3 API on etcd).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="environment (wins over the config file):\n"
-               "  ETCD_ENDPOINTS      comma-separated etcd URLs, tried in turn\n"
-               "  ETCD_CA_CERT_FILE   CA bundle for https endpoints\n"
-               "  ETCD_CERT_FILE      client certificate\n"
-               "  ETCD_KEY_FILE       client key\n"
-               "  DATASTORE_TYPE      etcdv3 (the only type)",
+        epilog="environment (wins over the config file):\n" + datastore_env_help(20),
     )
     parser.add_argument("--version", action="version", version=f"calicoctl v{__version__}")
     parser.add_argument("-c", "--config", default=None,

@@ -27,16 +27,12 @@ import sys
 from collections.abc import Sequence
 
 from calico_net import __version__
+from calico_net.envhelp import datastore_env_help
 
-ENVIRONMENT_HELP = """\
+ENVIRONMENT_HELP = f"""\
 environment (docs/bgp.md has all of it):
   NODENAME                      this node (default: the host name)
-  ETCD_ENDPOINTS                etcd URLs, comma-separated (else /etc/calico/calicoctl.cfg,
-                                else http://127.0.0.1:2379)
-  ETCD_CA_CERT_FILE             CA bundle for etcd's TLS certificate
-  ETCD_CERT_FILE                client certificate for etcd
-  ETCD_KEY_FILE                 client key for etcd
-  DATASTORE_TYPE                only etcdv3
+{datastore_env_help(30)}
   CALICO_BIRD_CONFIG            bird.cfg to maintain (/etc/calico/confd/config/bird.cfg)
   CALICO_BIRD_SOCKET            BIRD's control socket (/var/run/calico/bird.ctl)
   CALICO_BIRD_BINARY            BIRD binary for `bird -p -c` (bird)
