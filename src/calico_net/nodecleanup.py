@@ -1,7 +1,7 @@
 """Remove everything the datastore holds for a node that leaves the cluster.
 
 What `calicoctl delete node NAME` does (as Calico's does for an etcd datastore), what
-`calico.net.node state=absent` and playbooks/remove-node.yml do. In this order, so
+`calico.net.node state=absent` and playbooks/remove_node.yml do. In this order, so
 nothing is left pointing at something already gone:
 
 1. the node's WorkloadEndpoints (`spec.node`);

@@ -5,12 +5,15 @@ The artifact is built from the checkout and installed into an empty collections 
 (no Galaxy server is reachable here; the collection has no dependencies, so the install
 needs none). Then, with only that path on ANSIBLE_COLLECTIONS_PATH: the roles, the
 playbooks and node_container are in it; ansible-doc reads the modules' and roles'
-documentation (meta/argument_specs.yml); site.yml passes --syntax-check through its FQCN
-`calico.net.site`; and a module of the installed copy (ip_pool) runs against the test
-session's etcd, twice, changed and then unchanged.
+documentation (meta/argument_specs.yml); every playbook in playbooks/ (found by listing
+the directory, so a new one is covered) has an identifier for a file name and passes
+--syntax-check through its FQCN `calico.net.<name>`, run from outside the checkout; and a
+module of the installed copy (ip_pool) runs against the test session's etcd, twice,
+changed and then unchanged.
 """
 from __future__ import annotations
 
+import keyword
 import subprocess
 import sys
 import tarfile
@@ -22,6 +25,12 @@ import yaml
 from playbook_runner import COLLECTION, VENV_BIN
 
 pytestmark = pytest.mark.slow
+
+PLAYBOOK_SUFFIXES = (".yml", ".yaml")
+PLAYBOOKS = sorted(p.name for p in (COLLECTION / "playbooks").iterdir()
+                   if p.is_file() and p.suffix in PLAYBOOK_SUFFIXES)
+# Extra variables a playbook's header says to pass, where its plays' `hosts` need them.
+PLAYBOOK_EXTRA_VARS = {"remove_node": ["-e", "calico_remove_node=n1"]}
 
 
 def run(cmd: list[str], env: dict[str, str] | None = None, cwd: Path | None = None) -> str:
@@ -95,6 +104,32 @@ def test_installed_site_playbook_passes_syntax_check(installed, tmp_path):
     play = tmp_path / "play.yml"
     play.write_text("- ansible.builtin.import_playbook: calico.net.site\n")
     run([str(VENV_BIN / "ansible-playbook"), "-i", str(inventory), "--syntax-check", str(play)], env=env)
+
+
+def test_playbook_file_names_are_identifiers():
+    """`ansible-playbook ns.coll.<name>` only finds playbooks/<name>.yml when <name> is a
+    Python identifier (not a keyword): `calico.net.remove-node` is "could not be found"."""
+    from ansible.utils.collection_loader import AnsibleCollectionRef
+
+    assert "site.yml" in PLAYBOOKS, PLAYBOOKS
+    bad = [name for name in PLAYBOOKS
+           if not (Path(name).stem.isidentifier() and not keyword.iskeyword(Path(name).stem)
+                   and AnsibleCollectionRef.is_valid_fqcr(f"calico.net.{Path(name).stem}", "playbook"))]
+    assert not bad, f"playbook file names that cannot be run by FQCN: {bad}"
+
+
+@pytest.mark.parametrize("playbook", PLAYBOOKS)
+def test_installed_playbook_passes_syntax_check_by_fqcn(installed, tmp_path, playbook):
+    _, path = installed
+    assert (path / "ansible_collections" / "calico" / "net" / "playbooks" / playbook).exists()
+    env = ansible_env(path, tmp_path)
+    inventory = tmp_path / "inventory.ini"
+    # two calico nodes: remove_node cleans the datastore from one that stays
+    inventory.write_text("[etcd]\nn1\n[calico_nodes]\nn1\nn2\n[route_reflectors]\nrr1\n")
+    name = Path(playbook).stem
+    out = run([str(VENV_BIN / "ansible-playbook"), "-i", str(inventory), "--syntax-check",
+               *PLAYBOOK_EXTRA_VARS.get(name, []), f"calico.net.{name}"], env=env, cwd=tmp_path)
+    assert "could not be found" not in out, out
 
 
 def test_installed_module_runs(installed, etcd, tmp_path):

@@ -1,4 +1,4 @@
-"""playbooks/policy-example.yml against the real agent, checked with real traffic.
+"""playbooks/policy_example.yml against the real agent, checked with real traffic.
 
 Uses the whole-agent FV environment of tests/fv/conftest.py (loaded by path; its
 fixtures `fv` and `clean` are re-exported here): a host namespace running calico-node
@@ -41,7 +41,7 @@ FV = _load_fv_conftest()
 fv = FV.fv          # re-exported fixtures
 clean = FV.clean
 
-PLAYBOOK = COLLECTION / "playbooks" / "policy-example.yml"
+PLAYBOOK = COLLECTION / "playbooks" / "policy_example.yml"
 PORTS = (53, 80, 443, 5432, 8080, 9090)
 ROLES = {"w1": "frontend", "w2": "backend", "w3": "database"}
 # (source, destination, port) that the policy declares; nothing else may connect.

@@ -8,7 +8,7 @@ connection comes from ETCD_* or /etc/calico/calicoctl.cfg). The work is
 endpoints, its IPAM addresses (by handle) and block affinities, the BGPPeers naming
 it, its per-node FelixConfiguration/BGPConfiguration and its Node. Prints one JSON
 object: {"changed": bool, "actions": [...]}. With --check it only reports what it
-would do. Used by playbooks/remove-node.yml.
+would do. Used by playbooks/remove_node.yml.
 """
 from __future__ import annotations
 

@@ -5,7 +5,7 @@ with a client certificate and refuses clients without one; calico/node runs and 
 and its Node is registered; BGP sessions to every other node are Established. Across
 hosts: workloads (podman containers on the `calico` CNI network inside the nodes) on
 different nodes reach each other, and the collection's sample policy
-(playbooks/policy-example.yml, in the `default` namespace because podman passes no pod
+(playbooks/policy_example.yml, in the `default` namespace because podman passes no pod
 namespace to CNI) allows frontend→backend:8080 and backend→database:5432 and denies the
 rest. The top-of-rack peer (calico.net.bird) has a session with every node and installs
 their workload blocks. Workloads and the policy are removed again by fixture finalizers.
@@ -298,7 +298,7 @@ def ansible_playbook(playbook: Path, *extra: str) -> None:
 
 @pytest.fixture(scope="module")
 def sample_policy(workloads):
-    playbook = COLLECTION / "playbooks" / "policy-example.yml"
+    playbook = COLLECTION / "playbooks" / "policy_example.yml"
     assert playbook.exists(), f"{playbook} is missing"
     # tiers on different nodes (frontend on the first, backend on the second, database on
     # the last): the policy is checked across BGP-carried routes

@@ -1,13 +1,13 @@
 """Day-2 checks on the converged stack, after test_default.py (file order matters here).
 
 1. `site.yml --check --diff` on the converged cluster reports no change.
-2. playbooks/etcd-backup.yml saves a snapshot and copies it to the controller.
-3. playbooks/remove-node.yml takes the last node out: calico/node gone from it, its Node,
+2. playbooks/etcd_backup.yml saves a snapshot and copies it to the controller.
+3. playbooks/remove_node.yml takes the last node out: calico/node gone from it, its Node,
    IPAM affinities and endpoints gone from etcd, and (it is an etcd member) the etcd
    cluster down to the other members.
-4. playbooks/add-node.yml --limit that node brings it back: etcd `member add` flow, the
+4. playbooks/add_node.yml --limit that node brings it back: etcd `member add` flow, the
    cluster healthy with every member, calico/node ready, BGP with the others again.
-5. playbooks/etcd-restore.yml restores the snapshot of step 2 into the whole cluster:
+5. playbooks/etcd_restore.yml restores the snapshot of step 2 into the whole cluster:
    healthy again, the data of before the removal back (the node's Node resource).
 """
 
@@ -82,14 +82,14 @@ def test_check_mode_on_the_converged_cluster_reports_no_change():
 
 
 def test_etcd_backup_saves_and_fetches_a_snapshot(snapshot_dir):
-    playbook(COLLECTION / "playbooks" / "etcd-backup.yml", "-e", f"etcd_backup_fetch_dir={snapshot_dir}")
+    playbook(COLLECTION / "playbooks" / "etcd_backup.yml", "-e", f"etcd_backup_fetch_dir={snapshot_dir}")
     snaps = sorted(snapshot_dir.glob("etcd-snapshot-*.db"))
     assert len(snaps) == 1 and snaps[0].stat().st_size > 0, snaps
     assert run_ok(node(ETCD[0]), "ls /var/backups/etcd").count("etcd-snapshot-") == 1
 
 
 def test_remove_node_cleans_host_and_datastore():
-    out = playbook(COLLECTION / "playbooks" / "remove-node.yml", "-e", f"calico_remove_node={LEAVING}")
+    out = playbook(COLLECTION / "playbooks" / "remove_node.yml", "-e", f"calico_remove_node={LEAVING}")
     assert "delete Node " + LEAVING in out, out[-4000:]
     leaving = node(LEAVING)
     assert leaving.run("podman container exists calico-node").rc != 0
@@ -107,7 +107,7 @@ def test_remove_node_cleans_host_and_datastore():
 
 
 def test_add_node_brings_it_back_through_member_add():
-    playbook(COLLECTION / "playbooks" / "add-node.yml", "--limit", LEAVING)
+    playbook(COLLECTION / "playbooks" / "add_node.yml", "--limit", LEAVING)
     if LEAVING in ETCD:
         members = etcd_members()
         assert sorted(m.get("name") for m in members) == sorted(ETCD), members
@@ -131,7 +131,7 @@ def test_add_node_brings_it_back_through_member_add():
 def test_etcd_restore_brings_back_the_snapshot(snapshot_dir):
     snaps = sorted(snapshot_dir.glob("etcd-snapshot-*.db"))
     assert snaps, "no snapshot (the backup check failed)"
-    playbook(COLLECTION / "playbooks" / "etcd-restore.yml", "-e", f"etcd_restore_snapshot_src={snaps[-1]}")
+    playbook(COLLECTION / "playbooks" / "etcd_restore.yml", "-e", f"etcd_restore_snapshot_src={snaps[-1]}")
     assert sorted(m["name"] for m in etcd_members()) == sorted(ETCD)
     run_ok(node(FIRST), f"etcdctl --endpoints https://{address(FIRST)}:2379 {CLIENT} endpoint health --cluster")
     # the snapshot predates the removal: the node's Node resource is there as it was then
