@@ -25,6 +25,15 @@ def etcd() -> Iterator[EtcdServer]:
         stop_etcd(server)
 
 
+@pytest.fixture(scope="session")
+def bird_binary() -> str:
+    """BIRD 2 for `bird -p` checks: installed by scripts/install-deps.sh, so missing is a
+    failure, not a skip."""
+    path = shutil.which("bird") or "/usr/sbin/bird"
+    assert os.access(path, os.X_OK), "bird2 is not installed (scripts/install-deps.sh installs it)"
+    return path
+
+
 @pytest.fixture
 def etcd_client(etcd):
     client = etcd.client()

@@ -21,7 +21,6 @@ from __future__ import annotations
 import fcntl
 import os
 import re
-import shutil
 import subprocess
 import time
 from pathlib import Path

@@ -10,7 +10,6 @@ with molecule and `make lab`).
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys

@@ -7,8 +7,6 @@ cnfv-pol-host nft -f -``); TCP connections and pings show what it enforces.
 """
 from __future__ import annotations
 
-import os
-import shutil
 from typing import Any, Iterator
 
 import pytest
@@ -17,11 +15,7 @@ from calico_net.agent.felix.nft import NftRunner
 from calico_net.agent.felix.policy import FelixSettings, PolicyDataplane
 from netns_util import EXT_NET, EXT_NS, HOST_EXT_IF, HOST_NS, PolicyTopology, sh
 
-pytestmark = [
-    pytest.mark.root,
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces, nftables)"),
-    pytest.mark.skipif(shutil.which("nft") is None, reason="needs nft"),
-]
+pytestmark = pytest.mark.root
 
 NODE = "fv-pol-node"
 ALL_PAIRS = {(a, b) for a in ("w1", "w2", "w3", "w4") for b in ("w1", "w2", "w3", "w4") if a != b}

@@ -32,7 +32,7 @@ from calico_net.agent.confd.render import (
 GOLDEN_DIR = Path(__file__).resolve().parent.parent / "data" / "confd"
 UPDATE = os.environ.get("UPDATE_GOLDEN") == "1"
 BIRD = shutil.which("bird") or "/usr/sbin/bird"
-needs_bird = pytest.mark.skipif(not os.access(BIRD, os.X_OK), reason="bird2 not installed")
+needs_bird = pytest.mark.usefixtures("bird_binary")
 
 BIRD_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
