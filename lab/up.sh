@@ -159,7 +159,7 @@ timed "up: wait for SSH" wait_ssh
     echo "ansible_ssh_common_args='-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null'"
     echo "ansible_python_interpreter=/usr/bin/python3"
     echo "ansible_host_key_checking=false"
-    echo "calico_lab_image_archive=$NODE_IMAGE_ARCHIVE"
+    echo "calico_node_image_archive=$NODE_IMAGE_ARCHIVE"
     echo "calico_lab_workload_image=$WORKLOAD_IMAGE"
     echo "calico_lab_workload_image_archive=$WORKLOAD_IMAGE_ARCHIVE"
     # Lab addresses only: workloads in 198.19.0.0/16 (inside 198.18.0.0/15), and no NAT
