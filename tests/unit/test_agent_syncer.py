@@ -164,25 +164,59 @@ def test_probe_notices_a_silent_dead_connection():
         s.stop()
 
 
+def wait_for(cond, timeout, what):
+    """Poll `cond` until true; the timeout is a hang guard, not a speed check."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.01)
+
+
+class RecordingStop(threading.Event):
+    """The syncer's stop event, recording the first `n` backoffs it asks to wait
+    for and returning at once (the backoff schedule is checked, not the clock);
+    after those it waits for the stop itself."""
+
+    def __init__(self, n):
+        super().__init__()
+        self.n = n
+        self.waits = []
+
+    def wait(self, timeout=None):
+        if timeout is not None and not self.is_set() and len(self.waits) < self.n:
+            self.waits.append(timeout)
+            return super().wait(0)
+        return super().wait()
+
+
 def test_backoff_is_capped_and_cheap():
     c = FakeClient()
     c.snapshots = [DatastoreUnavailable("refused")]
     sink = Sink()
     s = Syncer(c, sink, backoff_initial=0.01, backoff_max=0.1, probe_interval=60)
+    s._stop = stop = RecordingStop(10)
     calls = []
     orig = c.get_prefix
 
     def counting(prefix):
-        calls.append(time.monotonic())
+        calls.append(prefix)
         return orig(prefix)
 
     c.get_prefix = counting
     s.start()
-    time.sleep(1.0)
+    wait_for(lambda: len(stop.waits) >= 10, 30, "10 backoff waits")
     s.stop()
-    # 0.01, 0.02, 0.04, 0.08, then every ~0.05-0.1 s: it retries, and well under 30
-    # attempts a second (a starved thread on a busy machine makes fewer, not more).
-    assert 2 <= len(calls) <= 25
+    waits = list(stop.waits)
+    # Every failed attempt is followed by a backoff wait (no retry without one: a
+    # dead etcd costs next to nothing) ...
+    assert len(waits) == 10 and len(calls) == 11, (len(calls), waits)
+    # ... that doubles from backoff_initial and is capped at backoff_max, jittered
+    # to 0.5x..1x of the nominal delay.
+    nominal = [min(0.1, 0.01 * 2 ** i) for i in range(10)]
+    for i, (w, n) in enumerate(zip(waits, nominal)):
+        assert 0.5 * n <= w <= n, (i, w, n, waits)
+    assert nominal[-1] == 0.1 and max(waits) <= 0.1
 
 
 class PagedClient(FakeClient):
