@@ -99,7 +99,7 @@ class Monitor:
     what the monitors saw between the markers (markers removed) and whether each saw
     both markers."""
 
-    ROUTE_MARK = {"start": "192.0.2.201", "end": "192.0.2.202"}
+    ROUTE_MARK = {"start": "198.18.255.201", "end": "198.18.255.202"}
     NFT_MARK = {"start": "cnfv_mark_start", "end": "cnfv_mark_end"}
 
     def __init__(self, tmp):
