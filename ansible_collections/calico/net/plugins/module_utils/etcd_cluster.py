@@ -15,24 +15,76 @@ from __future__ import annotations
 import time
 from typing import Any, Callable
 
-# etcd refuses a membership change with "unhealthy cluster" while its strict
-# reconfiguration check fails - for a few seconds after a member has joined or restarted
-# (the leader wants every member connected for 5 s first). That passes by itself, so
-# membership calls wait it out, up to this long, before giving up with etcd's answer.
-UNHEALTHY_WAIT = 60.0
-UNHEALTHY_STEP = 1.0
+from ansible_collections.calico.net.plugins.module_utils.common import ModuleError
+
+# etcd refuses a membership change that its strict reconfiguration check finds unsafe:
+# "etcdserver: unhealthy cluster" while the member that got the request has not been
+# connected to enough peers for 5 s (a member just (re)started, or one is down), and
+# "re-configuration failed due to not enough started members" when too few members
+# would be started for the new quorum. Both pass once the members are up and connected,
+# so membership calls retry them - a bounded number of times, with a growing wait -
+# and give up with a message that says so. Any other error is raised at once.
+TRANSIENT = ("unhealthy cluster", "not enough started members")
+RETRIES = 10
+RETRY_DELAY = 1.0
+MAX_RETRY_DELAY = 10.0  # the wait doubles up to this (or up to retry_delay, if larger)
 
 
-def _retry(call: Callable[[], Any], *, wait: float | None = None) -> Any:
-    """Run a membership call, waiting out etcd's transient "unhealthy cluster" refusal."""
-    deadline = time.monotonic() + (UNHEALTHY_WAIT if wait is None else wait)
-    while True:
-        try:
-            return call()
-        except Exception as e:  # DatastoreError; its message carries etcd's reason
-            if "unhealthy cluster" not in str(e) or time.monotonic() >= deadline:
-                raise
-            time.sleep(UNHEALTHY_STEP)
+def is_transient(error: BaseException) -> bool:
+    text = str(error)
+    return any(t in text for t in TRANSIENT)
+
+
+def etcd_reason(error: BaseException) -> str:
+    """etcd's own words in a transient refusal ("etcdserver: unhealthy cluster"),
+    without the transport's framing (a 503 reads as "cannot reach etcd: ...")."""
+    text = str(error)
+    for t in TRANSIENT:
+        end = text.find(t)
+        if end >= 0:
+            start = text.rfind("etcdserver: ", 0, end)
+            return text[start if start >= 0 else end:end + len(t)]
+    return text
+
+
+class Retry:
+    """How a membership call retries etcd's transient refusal; counts the retries made."""
+
+    def __init__(self, retries: int = RETRIES, delay: float = RETRY_DELAY,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        if retries < 0:
+            raise ModuleError(f"retries must be 0 or more, not {retries}")
+        if delay < 0:
+            raise ModuleError(f"retry_delay must be 0 or more, not {delay}")
+        self.retries = retries
+        self.delay = float(delay)
+        self.sleep = sleep
+        self.retried = 0  # retries made by this policy's calls, in all
+
+    def wait(self, n: int) -> float:
+        """Seconds to wait before retry number n (0-based)."""
+        return min(self.delay * 2 ** min(n, 30), max(self.delay, MAX_RETRY_DELAY))
+
+    def __call__(self, what: str, call: Callable[[], Any]) -> Any:
+        started = time.monotonic()
+        n = 0
+        while True:
+            try:
+                return call()
+            except Exception as e:  # DatastoreError; its message carries etcd's reason
+                if not is_transient(e):
+                    raise
+                if n >= self.retries:
+                    raise ModuleError(
+                        f"etcd refused to {what} {n + 1} time{'s' if n else ''} in "
+                        f"{time.monotonic() - started:.0f} s (retries={self.retries}): {etcd_reason(e)}. etcd refuses a "
+                        "membership change while it would leave too few started, connected members for "
+                        "quorum, and for 5 s after a member (re)joins; start or reconnect the missing members "
+                        "and run again, or raise retries / retry_delay. Nothing was changed.",
+                        attempts=n + 1, etcd_error=str(e)) from e
+                self.sleep(self.wait(n))
+                n += 1
+                self.retried += 1
 
 
 def member_view(member: dict[str, Any]) -> dict[str, Any]:
@@ -52,16 +104,22 @@ def list_members(client: Any) -> list[dict[str, Any]]:
     return sorted((member_view(m) for m in client.members()), key=lambda m: (m["name"], m["peer_urls"]))
 
 
-def add_member(client: Any, peer_urls: list[str], learner: bool = False) -> dict[str, Any]:
-    return member_view(_retry(lambda: client.member_add(list(peer_urls), learner=learner))["member"])
+def add_member(client: Any, peer_urls: list[str], learner: bool = False, *,
+               retry: Retry | None = None) -> dict[str, Any]:
+    retry = retry or Retry()
+    answer = retry(f"add the member {', '.join(peer_urls)}",
+                   lambda: client.member_add(list(peer_urls), learner=learner))
+    return member_view(answer["member"])
 
 
-def update_member(client: Any, member_id: str, peer_urls: list[str]) -> None:
-    _retry(lambda: client.member_update(int(member_id, 16), list(peer_urls)))
+def update_member(client: Any, member_id: str, peer_urls: list[str], *, retry: Retry | None = None) -> None:
+    retry = retry or Retry()
+    retry(f"update the member {member_id}", lambda: client.member_update(int(member_id, 16), list(peer_urls)))
 
 
-def remove_member(client: Any, member_id: str) -> None:
-    _retry(lambda: client.member_remove(int(member_id, 16)))
+def remove_member(client: Any, member_id: str, *, retry: Retry | None = None) -> None:
+    retry = retry or Retry()
+    retry(f"remove the member {member_id}", lambda: client.member_remove(int(member_id, 16)))
 
 
 def initial_cluster(members: list[dict[str, Any]], new_name: str | None, new_urls: list[str]) -> str:

@@ -46,6 +46,24 @@ options:
     type: str
     choices: [present, absent]
     default: present
+  retries:
+    description:
+      - >-
+        How many times to retry an add, update or remove that etcd refuses with C(etcdserver: unhealthy cluster)
+        or C(re-configuration failed due to not enough started members). etcd gives these answers while the
+        change would leave too few started, connected members for quorum, and for 5 seconds after a member has
+        joined or restarted, so they often pass by themselves (typically while nodes are added one after another).
+      - After the last retry the module fails with etcd's answer, and nothing is changed. Other errors are never retried.
+      - V(0) disables retrying.
+    type: int
+    default: 10
+  retry_delay:
+    description:
+      - Seconds to wait before the first retry of O(retries). The wait doubles after each retry, up to
+        10 seconds (or up to O(retry_delay) when that is longer). With the defaults the module gives up after
+        about 75 seconds.
+    type: float
+    default: 1.0
 notes:
   - The etcd connection options point at the existing cluster, not at the member being added.
 seealso:
@@ -70,6 +88,14 @@ EXAMPLES = r"""
 - name: Start etcd3 with the cluster it joins
   ansible.builtin.debug:
     msg: "ETCD_INITIAL_CLUSTER={{ added.initial_cluster }} ETCD_INITIAL_CLUSTER_STATE=existing"
+
+- name: Add etcd4 while another member may still be restarting (etcd refuses until it is back)
+  calico.net.etcd_member:
+    name: etcd4
+    peer_urls: [https://198.18.0.14:2380]
+    etcd_endpoints: https://198.18.0.11:2379
+    retries: 20
+    retry_delay: 2
 
 - name: Remove a member that is being decommissioned
   calico.net.etcd_member:
@@ -120,6 +146,12 @@ members:
   returned: success
   type: list
   elements: dict
+retried:
+  description:
+    - How many times the change was retried after etcd refused it as unsafe for the cluster (see O(retries)).
+  returned: success
+  type: int
+  sample: 0
 initial_cluster:
   description:
     - For O(state=present) with O(name), the C(--initial-cluster) value the new member must start with -
@@ -138,7 +170,7 @@ diff:
 
 from ansible_collections.calico.net.plugins.module_utils.common import ModuleError, connect, run_module
 from ansible_collections.calico.net.plugins.module_utils.etcd_cluster import (
-    add_member, initial_cluster, list_members, remove_member, update_member,
+    Retry, add_member, initial_cluster, list_members, remove_member, update_member,
 )
 from ansible_collections.calico.net.plugins.module_utils.manager import to_yaml
 
@@ -153,6 +185,7 @@ def find(members, name, peer_urls):
 def handle(module):
     params = module.params
     name, urls, state = params.get("name"), params.get("peer_urls") or [], params["state"]
+    retry = Retry(params["retries"], params["retry_delay"])
     client = connect(params)
     before = list_members(client)
     after = [dict(m) for m in before]
@@ -196,13 +229,14 @@ def handle(module):
         after = [m for m in after if m["id"] != member["id"]]
     if action and not module.check_mode:
         if action == "add":
-            member = add_member(client, urls, learner=params["learner"])
+            member = add_member(client, urls, learner=params["learner"], retry=retry)
         elif action == "update":
-            update_member(client, member["id"], urls)
+            update_member(client, member["id"], urls, retry=retry)
         else:
-            remove_member(client, member["id"])
+            remove_member(client, member["id"], retry=retry)
         after = list_members(client)
-    result = dict(changed=action is not None, member=None if action == "remove" else member, members=after)
+    result = dict(changed=action is not None, member=None if action == "remove" else member, members=after,
+                  retried=retry.retried)
     if state == "present" and name:
         result["initial_cluster"] = initial_cluster(after, name, urls or (member or {}).get("peer_urls", []))
     if module._diff:
@@ -220,6 +254,8 @@ def main():
         peer_urls=dict(type="list", elements="str"),
         learner=dict(type="bool", default=False),
         state=dict(type="str", choices=["present", "absent"], default="present"),
+        retries=dict(type="int", default=10),
+        retry_delay=dict(type="float", default=1.0),
     )
     run_module(argument_spec, handle)
 

@@ -380,7 +380,8 @@ class NodeContainer:
         if p["state"] == "absent":
             if existing:
                 self.remove(existing)
-            return self.result(existing, None, before, None)
+            # Gone after the run (as documented), in check mode too.
+            return self.result(None, None, before, None)
         if not p["image"]:
             raise ContainerError("image is required unless state=absent")
 
