@@ -189,7 +189,7 @@ def test_settings_for_the_real_policy_dataplane(tmp_path):
     from calico_net.agent.daemon import felix_settings
     from calico_net.agent.felix.policy import FelixSettings
 
-    cfg = Config("n1", env={"FELIX_FAILSAFEINBOUNDHOSTPORTS": "tcp:22,udp:198.18.0.0/24:68",
+    cfg = Config("n1", env={"FELIX_FAILSAFEINBOUNDHOSTPORTS": "tcp:22,udp:68",
                             "FELIX_DEFAULTENDPOINTTOHOSTACTION": "accept"}, config_file=str(tmp_path / "x"))
     s = felix_settings(cfg, FelixSettings)
     assert s.failsafe_inbound == [("tcp", 22), ("udp", 68)]

@@ -643,7 +643,7 @@ def test_address_text_is_only_address_characters(value: str) -> None:
 
 @pytest.mark.parametrize("value,ok", [
     ("cali", True), ("cali,tap", True), ("tap-1_x", True), ("a" * 15, True),
-    ('*" accept; iifname "cali', False), ("", False), ("cali,", False), (",cali", False),
+    ('*" accept; iifname "cali', False), ("cali,", False), (",cali", False),
     ("cali*", False), ("a" * 16, False), ("cali\n", False), (" cali", False), ("cali, tap", False),
     ("cali.1", False), ('cali"', False), (5, False),
 ])
@@ -656,6 +656,19 @@ def test_interface_prefix_is_felix_iface_list(value: object, ok: bool) -> None:
         errors = errors_of(felix)
         assert [p for p, _ in errors] == ["spec.interfacePrefix"]
         assert "is not a valid interface prefix list" in errors[0][1] or "not a string" in errors[0][1]
+
+
+def test_felix_configuration_empty_strings_are_unset() -> None:
+    """FelixConfiguration's fields are `omitempty` in Calico: "" means not set (several
+    of Felix's defaults are ""), so a stored "" must not make the whole object invalid
+    (the agent would then drop every setting in it, failsafe ports included)."""
+    spec = {"interfacePrefix": "", "prometheusMetricsHost": "", "interfaceExclude": "",
+            "logFilePath": "", "failsafeInboundHostPorts": []}
+    stored = parse_resource(doc("FelixConfiguration", spec, name="default")).to_dict()["spec"]
+    assert stored == {"failsafeInboundHostPorts": []}
+    # a non-empty bad value is still refused with its path
+    errors = errors_of(doc("FelixConfiguration", {"prometheusMetricsHost": "a b"}, name="default"))
+    assert [p for p, _ in errors] == ["spec.prometheusMetricsHost"]
 
 
 @pytest.mark.parametrize("field,good,bad", [

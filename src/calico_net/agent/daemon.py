@@ -67,9 +67,8 @@ def felix_settings(cfg: Config, settings_cls: Any, prefixes: tuple[str, ...] | N
     `prefixes`: the interface prefixes in use (the daemon's, fixed once the first
     snapshot is in), else the config's."""
     def pairs(ports: Any) -> list[tuple[str, int]]:
-        # The policy dataplane takes (protocol, port); a failsafe entry limited to a
-        # CIDR ("tcp:198.18.0.0/24:22") is opened for every address (wider, never
-        # narrower, than asked: failsafes exist so no one locks themselves out).
+        # The policy dataplane takes (protocol, port); an entry limited to a net never
+        # gets here (agent.config refuses it, as the model does).
         return [(p.protocol, p.port) for p in ports]
 
     values = {

@@ -25,7 +25,7 @@ import math
 import typing
 from typing import Annotated, Any, ClassVar, Iterator, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, PlainValidator
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, model_validator
 from pydantic.alias_generators import to_camel
 
 from calico_net.model.fields import (
@@ -681,6 +681,15 @@ MTU = bounded(0, 65535, "MTU")
 
 class FelixConfigurationSpec(CalicoModel):
     """Felix's settings as FelixConfiguration fields; unset means "inherit"."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_strings_are_unset(cls, data: Any) -> Any:
+        # Calico's FelixConfiguration fields are `omitempty`: "" is the same as not set
+        # (several of Felix's own defaults are ""), so a stored "" is no error.
+        if isinstance(data, dict) and any(v == "" for v in data.values()):
+            return {k: v for k, v in data.items() if v != ""}
+        return data
 
     use_internal_dataplane_driver: Optional[bool] = None
     dataplane_driver: Optional[FilePath] = None
