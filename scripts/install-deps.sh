@@ -18,6 +18,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-# Before any test or lab node puts 198.18.0.0/15 addresses on this host: the guard route
-# that keeps such packets on the machine (lab/hostnet.sh says why).
-bash "$(dirname "$0")/../lab/hostnet.sh" guard
+# The host quirks without which podman cannot start a container on these machines
+# (cgroup hugetlb, ulimits), and the guard route that keeps 198.18.0.0/15 packets on the
+# machine (lab/hostnet.sh says why): before any test or lab node needs them.
+bash "$(dirname "$0")/../lab/bootstrap-host.sh"
