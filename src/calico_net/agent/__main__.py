@@ -19,9 +19,8 @@ import socket
 import sys
 from collections.abc import Sequence
 
-from calico_net import __version__
 from calico_net.agent.config import DEFAULT_CONFIG_FILE, PARAMS, Config
-from calico_net.envhelp import datastore_env_help
+from calico_net.envhelp import datastore_env_help, environment_only_parser
 
 log = logging.getLogger("calico_net.agent")
 
@@ -46,16 +45,12 @@ SIGTERM/SIGINT stop the agent and leave the dataplane in place."""
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="calico-node",
-        description="calico.net per-host agent (Felix's part): workload routes, proxy ARP,\n"
-                    "sysctls and nftables policy from etcd. It takes no arguments and is\n"
-                    "configured by the environment.",
-        epilog=_environment_help(),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--version", action="version", version=f"calico-node (calico.net) {__version__}")
-    return parser
+    return environment_only_parser(
+        "calico-node",
+        "calico.net per-host agent (Felix's part): workload routes, proxy ARP,\n"
+        "sysctls and nftables policy from etcd. It takes no arguments and is\n"
+        "configured by the environment.",
+        _environment_help())
 
 
 def main(argv: Sequence[str] | None = None) -> int:

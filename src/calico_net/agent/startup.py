@@ -43,7 +43,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Union
 
-from calico_net.envhelp import datastore_env_help
+from calico_net.envhelp import datastore_env_help, environment_only_parser
 
 log = logging.getLogger("calico_net.agent.startup")
 
@@ -397,19 +397,12 @@ exit status: 0 registered, 1 cannot register, 2 bad usage or datastore settings.
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from calico_net import __version__
-
-    parser = argparse.ArgumentParser(
-        prog="calico-node-startup",
-        description="calico.net start-up: register this host's Node (name, BGP addresses, AS)\n"
-                    "in etcd before the agent, confd and BIRD start. It takes no\n"
-                    "arguments and is configured by the environment.",
-        epilog=ENVIRONMENT_HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--version", action="version",
-                        version=f"calico-node-startup (calico.net) {__version__}")
-    return parser
+    return environment_only_parser(
+        "calico-node-startup",
+        "calico.net start-up: register this host's Node (name, BGP addresses, AS)\n"
+        "in etcd before the agent, confd and BIRD start. It takes no\n"
+        "arguments and is configured by the environment.",
+        ENVIRONMENT_HELP)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

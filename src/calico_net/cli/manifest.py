@@ -216,7 +216,7 @@ def _count_events(text: str, loader_cls: type) -> None:
 def parse_manifest(text: str) -> list[dict[str, Any]]:
     """The resource documents of a manifest, in order, with List documents expanded —
     `calico_net.model.parse_documents` within this module's bounds."""
-    from calico_net.model.validation import _expand, _Loader
+    from calico_net.model.validation import _expand, _Loader, yaml_syntax_error
 
     budget = _Budget()
     stripped = text.lstrip()
@@ -256,14 +256,10 @@ def parse_manifest(text: str) -> list[dict[str, Any]]:
         for number, doc in enumerate(yaml.load_all(text, Loader=Loader), 1):
             numbered.append((number, doc))
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        line = mark.line + 1 if mark is not None else None
-        column = mark.column + 1 if mark is not None else None
-        if "maximum nesting depth" in str(problem):       # libyaml's own limit (1,000)
-            raise _too_deep(len(numbered) + 1, line, column) from None
-        raise ParseError(f"YAML syntax error: {problem}", document=len(numbered) + 1,
-                         line=line, column=column) from None
+        error = yaml_syntax_error(exc, len(numbered) + 1)
+        if "maximum nesting depth" in error.message:    # libyaml's own limit (1,000)
+            raise _too_deep(error.document, error.line, error.column) from None
+        raise error from None
     except RecursionError:  # a pure-Python YAML parser (no libyaml): deep nesting
         raise _too_deep(len(numbered) + 1) from None
     finally:

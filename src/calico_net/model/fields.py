@@ -107,6 +107,17 @@ def fail(message: str) -> PydanticCustomError:
     return PydanticCustomError("calico", "{msg}", {"msg": message})
 
 
+def refuse_problem(problem: Callable[[str], str | None]) -> Callable[[str], str]:
+    """A field check built from a `*_problem` function: the value when `problem` finds
+    nothing, else the validation error with its message."""
+    def check(value: str) -> str:
+        message = problem(value)
+        if message:
+            raise fail(message)
+        return value
+    return check
+
+
 # --- names and labels ----------------------------------------------------------------
 #
 # Every pattern here is matched with `fullmatch` (or ends in \Z): Python's `$` also
@@ -144,11 +155,7 @@ def _name_problem(value: str, what: str) -> str | None:
     return None
 
 
-def check_name(value: str) -> str:
-    problem = name_problem(value)
-    if problem:
-        raise fail(problem)
-    return value
+check_name = refuse_problem(name_problem)
 
 
 def check_namespace(value: str) -> str:
@@ -564,11 +571,7 @@ def parse_iface_list(value: str) -> tuple[str, ...]:
 HostInterfaceName = Annotated[str, AfterValidator(lambda v: _check_interface_name(v, True))]
 
 
-def _check_iface_list(value: str) -> str:
-    problem = iface_list_problem(value)
-    if problem:
-        raise fail(problem)
-    return value
+_check_iface_list = refuse_problem(iface_list_problem)
 
 
 # FelixConfiguration.interfacePrefix
@@ -609,11 +612,7 @@ def iface_exclude_problem(value: Any) -> str | None:
     return None
 
 
-def _check_iface_exclude(value: str) -> str:
-    problem = iface_exclude_problem(value)
-    if problem:
-        raise fail(problem)
-    return value
+_check_iface_exclude = refuse_problem(iface_exclude_problem)
 
 
 # FelixConfiguration.interfaceExclude
@@ -730,11 +729,7 @@ def _check_port(value: Any) -> int | str:
 Port = Annotated[Union[int, str], PlainValidator(_check_port)]
 
 
-def _check_port_name(value: str) -> str:
-    problem = named_port_problem(value)
-    if problem:
-        raise fail(problem)
-    return value
+_check_port_name = refuse_problem(named_port_problem)
 
 
 PortName = Annotated[str, AfterValidator(_check_port_name)]
@@ -831,11 +826,7 @@ def selector_problem(text: str) -> str | None:
     return None
 
 
-def _check_selector(value: str) -> str:
-    problem = selector_problem(value)
-    if problem:
-        raise fail(problem)
-    return value
+_check_selector = refuse_problem(selector_problem)
 
 
 Selector = Annotated[str, AfterValidator(_check_selector)]
@@ -855,11 +846,7 @@ def community_problem(value: str) -> str | None:
             "with 32-bit numbers)")
 
 
-def _check_community_value(value: str) -> str:
-    problem = community_problem(value)
-    if problem:
-        raise fail(problem)
-    return value
+_check_community_value = refuse_problem(community_problem)
 
 
 CommunityValue = Annotated[str, AfterValidator(_check_community_value)]

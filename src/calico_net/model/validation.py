@@ -71,13 +71,17 @@ def parse_documents(text: str) -> list[dict[str, Any]]:
         for number, doc in enumerate(yaml.load_all(text, Loader=_Loader), 1):
             numbered.append((number, doc))
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        line = mark.line + 1 if mark is not None else None
-        column = mark.column + 1 if mark is not None else None
-        raise ParseError(f"YAML syntax error: {problem}", document=len(numbered) + 1,
-                         line=line, column=column) from None
+        raise yaml_syntax_error(exc, len(numbered) + 1) from None
     return _expand([(n, d) for n, d in numbered if d is not None])
+
+
+def yaml_syntax_error(exc: yaml.YAMLError, document: int) -> ParseError:
+    """The one-line error for a YAML syntax error in manifest document `document`."""
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    line = mark.line + 1 if mark is not None else None
+    column = mark.column + 1 if mark is not None else None
+    return ParseError(f"YAML syntax error: {problem}", document=document, line=line, column=column)
 
 
 def _expand(numbered: list[tuple[int, Any]]) -> list[dict[str, Any]]:

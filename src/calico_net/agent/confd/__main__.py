@@ -26,8 +26,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from calico_net import __version__
-from calico_net.envhelp import datastore_env_help
+from calico_net.envhelp import datastore_env_help, environment_only_parser
 
 ENVIRONMENT_HELP = f"""\
 environment (docs/bgp.md has all of it):
@@ -51,17 +50,12 @@ SIGTERM/SIGINT stop confd; BIRD keeps running with the config it has."""
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="calico-confd",
-        description="calico.net confd: keeps BIRD 2's configuration in step with etcd\n"
-                    "(render, `bird -p -c`, atomic swap, `configure`). It takes no\n"
-                    "arguments and is configured by the environment.",
-        epilog=ENVIRONMENT_HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--version", action="version",
-                        version=f"calico-confd (calico.net) {__version__}")
-    return parser
+    return environment_only_parser(
+        "calico-confd",
+        "calico.net confd: keeps BIRD 2's configuration in step with etcd\n"
+        "(render, `bird -p -c`, atomic swap, `configure`). It takes no\n"
+        "arguments and is configured by the environment.",
+        ENVIRONMENT_HELP)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
