@@ -1,6 +1,6 @@
 """Health endpoints of the agent: `/liveness` and `/readiness` on HealthHost:HealthPort.
 
-A stdlib `ThreadingHTTPServer` in a daemon thread answers from a `HealthState` the
+The shared server of `httpserve` (a daemon thread) answers from a `HealthState` the
 daemon updates:
 
 * `/liveness` — 200 while the main loop has ticked within `liveness_timeout`
@@ -12,11 +12,8 @@ daemon updates:
 from __future__ import annotations
 
 import http.server
-import logging
 import threading
 import time
-
-log = logging.getLogger(__name__)
 
 
 class HealthState:
@@ -57,33 +54,10 @@ class HealthState:
         return True, "ready"
 
 
-class _Handler(http.server.BaseHTTPRequestHandler):
-    state: HealthState
-
-    def do_GET(self) -> None:  # noqa: N802
-        path = self.path.split("?")[0]
-        if path == "/liveness":
-            ok, why = self.state.live()
-        elif path == "/readiness":
-            ok, why = self.state.ready()
-        else:
-            self.send_error(404)
-            return
-        body = (why + "\n").encode()
-        self.send_response(200 if ok else 503)
-        self.send_header("Content-Type", "text/plain; charset=utf-8")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
-        log.debug("health: " + format, *args)
-
-
 def serve(state: HealthState, host: str, port: int) -> http.server.ThreadingHTTPServer:
     """`host` is HealthHost (Felix's default "localhost": 127.0.0.1); bound as Felix
-    binds it (metrics.listen_address)."""
-    from calico_net.agent.metrics import make_server
+    binds it (httpserve.listen_address)."""
+    from calico_net.agent import httpserve
 
-    handler = type("HealthHandler", (_Handler,), {"state": state})
-    return make_server(host, port, handler, "health")
+    return httpserve.serve(host, port, {"/liveness": httpserve.probe(state.live),
+                                        "/readiness": httpserve.probe(state.ready)}, "health")

@@ -46,6 +46,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from calico_net.agent import httpserve
 from calico_net.agent.confd import birdctl
 from calico_net.agent.confd.render import (
     BirdConfigError,
@@ -573,38 +574,6 @@ class ConfdStatus:
         return doc
 
 
-class _HealthHandler(http.server.BaseHTTPRequestHandler):
-    confd: Confd
-
-    def do_GET(self) -> None:  # noqa: N802 - http.server's name
-        path = self.path.split("?")[0]
-        ctype = "text/plain; charset=utf-8"
-        if path == "/liveness":
-            ok, why = self.confd.live()
-            body = why + "\n"
-        elif path == "/readiness":
-            ok, why = self.confd.status.ready()
-            body = why + "\n"
-        elif path == "/metrics":
-            ok, body = True, self.confd.metrics.render()
-            ctype = "text/plain; version=0.0.4; charset=utf-8"
-        elif path == "/status":
-            ok, body = True, json.dumps(self.confd.status.to_json(), indent=2) + "\n"
-            ctype = "application/json"
-        else:
-            self.send_error(404)
-            return
-        data = body.encode()
-        self.send_response(200 if ok else 503)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
-        log.debug("health: " + format, *args)
-
-
 # -------------------------------------------------------------------------- confd
 
 
@@ -686,18 +655,19 @@ class Confd:
         s = self.settings
         if not s.health_enabled:
             return
-        handler = type("ConfdHealthHandler", (_HealthHandler,), {"confd": self})
+        status = self.status
+        routes = {
+            "/liveness": httpserve.probe(self.live),
+            "/readiness": httpserve.probe(status.ready),
+            "/metrics": lambda: (True, self.metrics.render(), httpserve.PROMETHEUS),
+            "/status": lambda: (True, json.dumps(status.to_json(), indent=2) + "\n",
+                                httpserve.JSON),
+        }
         try:
-            server = http.server.ThreadingHTTPServer((s.health_host, s.health_port), handler)
+            self._server = httpserve.serve(s.health_host, s.health_port, routes, "confd-health")
         except OSError as exc:
             log.error("cannot serve health on %s:%d (%s); continuing without it",
                       s.health_host, s.health_port, exc)
-            return
-        server.daemon_threads = True
-        threading.Thread(target=server.serve_forever, name="confd-health", daemon=True).start()
-        self._server = server
-        log.info("health and metrics on http://%s:%d/ (readiness, liveness, metrics, status)",
-                 s.health_host, server.server_address[1])
 
     @property
     def health_port(self) -> int | None:
