@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import socket
 
-from calico_net.agent.felix.routes import FakeKernel, Link, RouteManager, endpoint_routes
+from calico_net.agent.felix.routes import Link, RouteManager, endpoint_routes
+from fakes import FakeKernel
 
 V4 = socket.AF_INET
 V6 = socket.AF_INET6
@@ -104,16 +105,17 @@ def test_ipv4_replace_message_is_the_generic_encoding():
     # attribute-by-attribute encoding does (the IPv6 and delete paths use it).
     import struct as _struct
 
-    from calico_net.agent.felix import routes as r
+    from calico_net.agent.felix import netlink as n
+    from calico_net.agent.felix import rtnetlink as r
     for dst, ln, oif, table in (("198.19.0.1", 32, 7, 254), ("198.18.4.0", 30, 1 << 20, 1000)):
         op = r.RouteOp("replace", (socket.AF_INET, dst, ln), oif)
         got = r.route_message(op, 80, table)
         rtm_table = table if table < 256 else 252
         body = r._RTMSG.pack(socket.AF_INET, ln, 0, 0, rtm_table, 80, r.RT_SCOPE_LINK, r.RTN_UNICAST, 0)
-        body += r._attr(r.RTA_DST, socket.inet_pton(socket.AF_INET, dst))
-        body += r._attr(r.RTA_OIF, _struct.pack("=i", oif))
-        body += r._attr(r.RTA_TABLE, _struct.pack("=I", table))
-        assert got == (r.RTM_NEWROUTE, r.NLM_F_REPLACE | r.NLM_F_CREATE, body)
+        body += n.attr(r.RTA_DST, socket.inet_pton(socket.AF_INET, dst))
+        body += n.attr(r.RTA_OIF, _struct.pack("=i", oif))
+        body += n.attr(r.RTA_TABLE, _struct.pack("=I", table))
+        assert got == (r.RTM_NEWROUTE, n.NLM_F_REPLACE | n.NLM_F_CREATE, body)
 
 
 # --- endpoints can never take over host interfaces or routes ------------------------

@@ -6,7 +6,7 @@ import random
 import pytest
 
 from calico_net.agent.felix.index import PolicyIndex, SelectorMatcher
-from calico_net.agent.felix.nft import FakeNftRunner
+from fakes import FakeNftRunner
 from calico_net.agent.felix.policy import FelixSettings, PolicyDataplane, policy_chain
 from calico_net.agent.felix.rules import selector_hash
 from calico_net.model.selector import parse_selector

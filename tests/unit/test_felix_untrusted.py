@@ -9,9 +9,11 @@ import pytest
 
 from calico_net.agent.felix import nft_netlink
 from calico_net.agent.felix.index import PolicyIndex
-from calico_net.agent.felix.nft import FakeNftRunner, NftWriter, Ruleset
+from calico_net.agent.felix.nft_writer import NftWriter
+from calico_net.agent.felix.ruleset import Ruleset
 from calico_net.agent.felix.nftstr import NftStringError
 from calico_net.agent.felix.policy import FelixSettings, PolicyDataplane, policy_chain, profile_chain
+from fakes import FakeNftRunner
 
 NODE = "node1"
 INJECTION = '*" accept; iifname "cali'

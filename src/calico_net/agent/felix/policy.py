@@ -13,11 +13,7 @@ table) → `NftWriter` writes the dirty part as one ``nft -f`` transaction.
 
 Table layout (names are what you see in ``nft list table inet calico``):
 
-* base chains ``cali-prerouting`` (raw: strict reverse-path check on workload
-  interfaces, so a workload cannot spoof another's address), ``cali-forward``,
-  ``cali-input``, ``cali-output`` (filter) and ``cali-nat-postrouting`` (NAT
-  outgoing: ``ip saddr @cali-masq4 ip daddr != @cali-pools4 masquerade``);
-  established/related accepted first, invalid dropped.
+* base chains, dispatch chains, failsafe and pool sets: see `base_chains`.
 * dispatch by verdict maps, so an endpoint coming or going is element changes:
   ``cali-wl-from`` (iifname → egress chain of the workload), ``cali-wl-to``
   (oifname → its ingress chain), ``cali-hep-in``/``cali-hep-out`` for host endpoint
@@ -39,147 +35,45 @@ Writing: an apply whose changes are only set/map elements (endpoint added, remov
 relabelled within known policy combinations) goes out as one nfnetlink batch
 (`nft_netlink`), everything else as one ``nft -f`` transaction (small ones through
 libnftables in-process, see `libnft`); endpoint chains no
-longer used are deleted with the next nft transaction (or when 256 piled up), so
+longer used are deleted with the next nft transaction (or when many piled up), so
 endpoint removal stays element-only.  `refresh` and the restart check read the
 table back over netlink (rule and element counts, and the fingerprint in
 ``cali-meta``) instead of ``nft -j list table``.
 """
 from __future__ import annotations
 
-import gc
 import hashlib
 import logging
 import time
-from contextlib import contextmanager
-from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any, Callable, Iterable, Iterator, Mapping, NamedTuple
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, NamedTuple
 
 from . import nftstr
-from .index import ENDPOINT_KINDS, IndexChanges, Key, PolicyIndex
-from .nft import NftError, NftRunner, NftWriter, Ruleset
+from .base_chains import HEP_IFACES, HEP_IN, HEP_OUT, WL_FROM, WL_TO, placeholder_script, render_base, render_pools
+from .gcpause import GcPause
+from .index import IndexChanges, Key, PolicyIndex
+from .nft import NftError, NftRunner
+from .nft_writer import NftWriter
 from .nftstr import NftStringError
 from .rules import MARK_ALLOW, MARK_CLEAR_MASK, MARK_PASS, render_rule
+from .ruleset import Ruleset
+from .settings import (DEFAULT_FAILSAFE_INBOUND, DEFAULT_FAILSAFE_OUTBOUND, ApplyStats, FelixSettings,
+                       parse_failsafe_ports)
+
+if TYPE_CHECKING:
+    from .backends import NftBackend
 
 log = logging.getLogger(__name__)
 
 __all__ = ["FelixSettings", "ApplyStats", "PolicyDataplane", "DEFAULT_FAILSAFE_INBOUND",
-           "DEFAULT_FAILSAFE_OUTBOUND", "parse_failsafe_ports"]
-
-DEFAULT_FAILSAFE_INBOUND: tuple[tuple[str, int], ...] = (
-    ("tcp", 22), ("udp", 68), ("tcp", 179), ("tcp", 2379), ("tcp", 2380),
-    ("tcp", 5473), ("tcp", 6443), ("tcp", 6666), ("tcp", 6667))
-DEFAULT_FAILSAFE_OUTBOUND: tuple[tuple[str, int], ...] = (
-    ("udp", 53), ("udp", 67), ("tcp", 179), ("tcp", 2379), ("tcp", 2380),
-    ("tcp", 5473), ("tcp", 6443), ("tcp", 6666), ("tcp", 6667))
-
-_FAILSAFE_PROTOS = {"tcp": "tcp", "udp": "udp", "sctp": "sctp"}
+           "DEFAULT_FAILSAFE_OUTBOUND", "parse_failsafe_ports", "policy_chain", "profile_chain"]
 
 
-def parse_failsafe_ports(value: str | Iterable[Any]) -> list[tuple[str, int]]:
-    """Calico's failsafe syntax: ``"tcp:22, udp:68"`` or a list of such strings,
-    of (proto, port) pairs or of ``{protocol, port}`` dicts (FelixConfiguration)."""
-    items: Iterable[Any] = value.split(",") if isinstance(value, str) else value
-    out: list[tuple[str, int]] = []
-    for item in items:
-        if isinstance(item, Mapping):
-            proto, port = str(item.get("protocol", "tcp")), int(item["port"])
-        elif isinstance(item, (tuple, list)):
-            proto, port = str(item[0]), int(item[1])
-        else:
-            text = str(item).strip()
-            if not text or text.lower() == "none":
-                continue
-            proto, _, port_s = text.rpartition(":")
-            proto = proto or "tcp"
-            port = int(port_s)
-        proto = proto.lower()
-        if proto not in _FAILSAFE_PROTOS or not 0 < port < 65536:
-            raise ValueError(f"bad failsafe port {item!r} (want proto:port, proto tcp/udp/sctp)")
-        out.append((proto, port))
-    return out
-
-
-@dataclass
-class FelixSettings:
-    """The Felix parameters the policy dataplane uses (the runtime maps config onto it)."""
-
-    failsafe_inbound: list[tuple[str, int]] = field(
-        default_factory=lambda: list(DEFAULT_FAILSAFE_INBOUND))
-    failsafe_outbound: list[tuple[str, int]] = field(
-        default_factory=lambda: list(DEFAULT_FAILSAFE_OUTBOUND))
-    #: what happens to workload → host traffic after the workload's egress policy:
-    #: "Drop" (Calico's default), "Accept" or "Return" (leave it to other host rules)
-    default_endpoint_to_host_action: str = "Drop"
-    #: program NAT outgoing for IPPools with natOutgoing: true
-    nat_outgoing: bool = True
-    log_prefix: str = "calico-packet"
-    #: workload interface name prefixes (FELIX_INTERFACEPREFIX, comma separated
-    #: there; each one Felix's grammar, see `nftstr.ifname_prefix`). Only workload
-    #: endpoints whose interface starts with one of them are programmed.
-    interface_prefixes: tuple[str, ...] = ("cali",)
-    #: strict reverse-path check on workload interfaces (anti-spoofing)
-    anti_spoofing: bool = True
-
-    def __post_init__(self) -> None:
-        act = self.default_endpoint_to_host_action.capitalize()
-        if act not in ("Drop", "Accept", "Return"):
-            raise ValueError(f"defaultEndpointToHostAction {self.default_endpoint_to_host_action!r}"
-                             " is not Drop, Accept or Return")
-        self.default_endpoint_to_host_action = act
-        self.failsafe_inbound = parse_failsafe_ports(self.failsafe_inbound)
-        self.failsafe_outbound = parse_failsafe_ports(self.failsafe_outbound)
-        if isinstance(self.interface_prefixes, str):
-            self.interface_prefixes = tuple(self.interface_prefixes.split(","))
-        self.interface_prefixes = tuple(self.interface_prefixes)
-        if not self.interface_prefixes:
-            raise ValueError("interface_prefixes is empty")
-        for p in self.interface_prefixes:
-            nftstr.ifname_prefix(p)          # NftStringError (a ValueError) if bad
-        # (rules append ": " to it; nft log prefixes are at most 127 bytes)
-        nftstr.log_prefix(self.log_prefix + ": ")
-
-
-@dataclass
-class ApplyStats:
-    full: bool = False            # whole table (re)loaded
-    adopted: bool = False         # first apply found our exact table already loaded
-    skipped: bool = False         # nothing to write
-    netlink: bool = False         # element-only change sent as netlink messages, no nft run
-    seconds: float = 0.0
-    index_seconds: float = 0.0
-    render_seconds: float = 0.0
-    write_seconds: float = 0.0
-    endpoints: int = 0
-    policies: int = 0
-    chains_written: int = 0
-    chains_deleted: int = 0
-    elements_added: int = 0
-    elements_deleted: int = 0
-    script_lines: int = 0
-
-
-class _EpProgram(NamedTuple):      # a tuple: 10,000 are made on a cold start
+class _EpProgram(NamedTuple):      # a tuple: one per endpoint
     kind: str
     iface: str      # as an nft map key: quoted by nftstr.ifname
     ingress: str    # chain name
     egress: str
-
-
-@contextmanager
-def _gc_paused() -> Iterator[None]:
-    """No cyclic garbage collection inside the block.  An apply allocates millions of
-    long-lived containers on a cold start; the collector would otherwise walk the
-    growing heap again and again (about a third of the CPU time of a cold start)
-    while finding next to nothing to free.  Refcounting frees as usual; the
-    collector resumes (if it was on) when the block ends."""
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was:
-            gc.enable()
 
 
 def _short(*parts: object) -> str:
@@ -231,27 +125,12 @@ class _Ctx:
         return name
 
 
-def _failsafe_elem(proto: str, port: int) -> str:
-    """``tcp . 22``: the protocol from our own table, the port a checked number."""
-    return f"{_FAILSAFE_PROTOS[proto]} . {nftstr.number(port, 1, 65535)}"
-
-
-WL_FROM = "cali-wl-from"
-WL_TO = "cali-wl-to"
-HEP_IN = "cali-hep-in"
-HEP_OUT = "cali-hep-out"
-HEP_IFACES = "cali-hep-ifaces"
-FAILSAFE_IN = "cali-failsafe-in"
-FAILSAFE_OUT = "cali-failsafe-out"
-POOLS = {4: "cali-pools4", 6: "cali-pools6"}
-MASQ = {4: "cali-masq4", 6: "cali-masq6"}
-
 
 class PolicyDataplane:
     """Calico policy for one host in nftables; see the module docstring."""
 
     def __init__(self, node_name: str, settings: FelixSettings | None = None,
-                 nft: Any | None = None) -> None:
+                 nft: "NftBackend | None" = None) -> None:
         self.node_name = node_name
         self.settings = settings or FelixSettings()
         self.runner = nft if nft is not None else NftRunner()
@@ -317,23 +196,23 @@ class PolicyDataplane:
         `while_loading` is called exactly once: as soon as an nft process is loading
         the transaction (a full load: the caller can use the other CPU meanwhile),
         or else when this returns."""
-        runner = self.runner
-        hooked = while_loading is not None and hasattr(runner, "on_spawn")
-        if hooked:
-            runner.on_spawn = while_loading
-        try:
-            with _gc_paused():
+        if while_loading is None:
+            with GcPause():
                 return self._apply()
-        finally:
-            if while_loading is not None:
-                if hooked and runner.on_spawn is None:
-                    pass                          # the runner called it
-                else:
-                    if hooked:
-                        runner.on_spawn = None
-                    while_loading()
+        called: list[bool] = []
 
-    def _apply(self) -> ApplyStats:
+        def on_spawn() -> None:
+            called.append(True)
+            while_loading()
+
+        try:
+            with GcPause():
+                return self._apply(on_spawn)
+        finally:
+            if not called:
+                while_loading()
+
+    def _apply(self, on_spawn: Callable[[], None] | None = None) -> ApplyStats:
         t0 = time.perf_counter()
         stats = ApplyStats()
         changes = self.index.recompute()
@@ -357,7 +236,8 @@ class PolicyDataplane:
                 stats.adopted = stats.skipped = True
         if not stats.adopted:
             ws = self.writer.write(self.rs, over_placeholder=self._over_placeholder,
-                                   split_sets=self._late_sets() if self._over_placeholder else ())
+                                   split_sets=self._late_sets() if self._over_placeholder else (),
+                                   on_spawn=on_spawn)
             self._over_placeholder = False
             stats.full = ws.full
             stats.skipped = ws.skipped
@@ -399,20 +279,7 @@ class PolicyDataplane:
         state of "no policy yet". The agent loads it so that it can program routes
         while the real table is still being built; the first full load replaces it
         atomically (its content never matches our fingerprint, so it is not adopted)."""
-        T = "inet calico"
-        lines = [
-            f"add table {T}",
-            f"add chain {T} cali-forward {{ type filter hook forward priority filter; policy accept; }}",
-            f"add chain {T} cali-input {{ type filter hook input priority filter; policy accept; }}",
-            f"add rule {T} cali-forward ct state established,related accept",
-            f"add rule {T} cali-input ct state established,related accept",
-        ]
-        for p in self.settings.interface_prefixes:
-            w = nftstr.ifname_prefix(p)
-            lines += [f"add rule {T} cali-forward iifname {w} drop",
-                      f"add rule {T} cali-forward oifname {w} drop",
-                      f"add rule {T} cali-input iifname {w} drop"]
-        self.runner.run("\n".join(lines) + "\n")
+        self.runner.run(placeholder_script(self.settings.interface_prefixes))
         self._over_placeholder = True
 
     def refresh(self) -> bool:
@@ -458,11 +325,11 @@ class PolicyDataplane:
     def _render(self, ch: IndexChanges) -> None:
         rs, index = self.rs, self.index
         if self._base_dirty:
-            self._render_base()
+            render_base(self.rs, self.settings)
             ch.pools = True
             self._base_dirty = False
         if ch.pools:
-            self._render_pools()
+            render_pools(self.rs, self.index.pool_cidrs(), self.settings.nat_outgoing)
         if ch.policies:
             self._combo_cache.clear()
         for name in ch.sets:
@@ -709,74 +576,3 @@ class PolicyDataplane:
         if mapname == HEP_IN:
             self.rs.add_element(HEP_IFACES, key)
 
-    def _render_pools(self) -> None:
-        all4, all6, nat4, nat6 = self.index.pool_cidrs()
-        self.rs.replace_elements(POOLS[4], all4)
-        self.rs.replace_elements(POOLS[6], all6)
-        self.rs.replace_elements(MASQ[4], nat4 if self.settings.nat_outgoing else ())
-        self.rs.replace_elements(MASQ[6], nat6 if self.settings.nat_outgoing else ())
-
-    def _render_base(self) -> None:
-        s, rs = self.settings, self.rs
-        rs.ensure_set(WL_FROM, "type ifname : verdict", is_map=True)
-        rs.ensure_set(WL_TO, "type ifname : verdict", is_map=True)
-        rs.ensure_set(HEP_IN, "type ifname : verdict", is_map=True)
-        rs.ensure_set(HEP_OUT, "type ifname : verdict", is_map=True)
-        rs.ensure_set(HEP_IFACES, "type ifname")
-        rs.ensure_set(FAILSAFE_IN, "type inet_proto . inet_service")
-        rs.ensure_set(FAILSAFE_OUT, "type inet_proto . inet_service")
-        rs.replace_elements(FAILSAFE_IN, {_failsafe_elem(p, n) for p, n in s.failsafe_inbound})
-        rs.replace_elements(FAILSAFE_OUT, {_failsafe_elem(p, n) for p, n in s.failsafe_outbound})
-        for fam in (4, 6):
-            addr = "ipv4_addr" if fam == 4 else "ipv6_addr"
-            rs.ensure_set(POOLS[fam], f"type {addr}; flags interval")
-            rs.ensure_set(MASQ[fam], f"type {addr}; flags interval")
-        wl = [nftstr.ifname_prefix(p) for p in s.interface_prefixes]
-        allow = f"{MARK_ALLOW:#x}"
-        clear = f"meta mark set meta mark & {MARK_CLEAR_MASK:#010x}"
-        rs.set_chain("cali-from-wl", [
-            clear,
-            f"iifname vmap @{WL_FROM}",
-            f"meta mark & {allow} == 0 drop",   # unknown workload interface
-        ], comment="workload egress dispatch")
-        rs.set_chain("cali-to-wl", [
-            clear,
-            f"oifname vmap @{WL_TO}",
-            f"meta mark & {allow} == 0 drop",
-        ], comment="workload ingress dispatch")
-        pre: list[str] = []
-        if s.anti_spoofing:
-            for w in wl:
-                pre.append(f"iifname {w} ip saddr != 0.0.0.0 fib saddr . iif oif missing drop")
-                pre.append(f"iifname {w} ip6 saddr != :: ip6 saddr != fe80::/10 "
-                           "fib saddr . iif oif missing drop")
-        rs.set_chain("cali-prerouting", pre,
-                     hook="type filter hook prerouting priority raw; policy accept;")
-        fwd = ["ct state established,related accept", "ct state invalid drop"]
-        fwd += [f"iifname {w} jump cali-from-wl" for w in wl]
-        fwd += [f"oifname {w} jump cali-to-wl" for w in wl]
-        fwd += [f"iifname {w} accept" for w in wl]
-        fwd += [f"oifname {w} accept" for w in wl]
-        rs.set_chain("cali-forward", fwd,
-                     hook="type filter hook forward priority filter; policy accept;")
-        to_host = {"Drop": "drop", "Accept": "accept", "Return": None}[
-            s.default_endpoint_to_host_action]
-        inp = ["ct state established,related accept", "ct state invalid drop"]
-        for w in wl:
-            inp.append(f"iifname {w} jump cali-from-wl")
-            if to_host:
-                inp.append(f"iifname {w} {to_host}")
-        inp.append(f"iifname @{HEP_IFACES} meta l4proto . th dport @{FAILSAFE_IN} accept")
-        inp.append(f"iifname vmap @{HEP_IN}")
-        rs.set_chain("cali-input", inp,
-                     hook="type filter hook input priority filter; policy accept;")
-        out = ["ct state established,related accept", "ct state invalid drop"]
-        out += [f"oifname {w} accept" for w in wl]   # host → local workloads (as Calico)
-        out.append(f"oifname @{HEP_IFACES} meta l4proto . th dport @{FAILSAFE_OUT} accept")
-        out.append(f"oifname vmap @{HEP_OUT}")
-        rs.set_chain("cali-output", out,
-                     hook="type filter hook output priority filter; policy accept;")
-        rs.set_chain("cali-nat-postrouting", [
-            f"ip saddr @{MASQ[4]} ip daddr != @{POOLS[4]} masquerade",
-            f"ip6 saddr @{MASQ[6]} ip6 daddr != @{POOLS[6]} masquerade",
-        ], hook="type nat hook postrouting priority srcnat; policy accept;")
