@@ -7,9 +7,10 @@ from dataclasses import dataclass, field
 
 from calico_net.agent.config import Config
 from calico_net.agent.daemon import Daemon
-from calico_net.agent.felix.routes import FakeKernel, Link
+from calico_net.agent.felix.routes import Link
 from calico_net.agent.syncer import Resource
 from calico_net.datastore.store import RESOURCE_PREFIX as P
+from fakes import FakeKernel, FakeSysctls
 
 V4 = socket.AF_INET
 
@@ -34,16 +35,24 @@ class FakePolicy:
     def set_settings(self, s):
         self.settings.append(s)
 
-    def apply(self):
+    def apply(self, while_loading=None):
         if self.fail_next_apply:
             self.fail_next_apply = False
             raise RuntimeError("nft said no")
         self.applies += 1
+        if while_loading is not None:
+            while_loading()
         return {}
 
     def refresh(self):
         self.refreshes += 1
         return False
+
+    def table_exists(self):
+        return True       # our table is there: never the cold start's placeholder path
+
+    def load_placeholder(self):
+        raise AssertionError("no placeholder over an existing table")
 
 
 class NullSyncer:
@@ -55,18 +64,6 @@ class NullSyncer:
 
     def stop(self):
         pass
-
-
-class NullSysctls:
-    def __init__(self):
-        self.ifaces = []
-
-    def configure_host(self):
-        return 0
-
-    def configure_interfaces(self, ifaces):
-        self.ifaces += [link.name for link, _ in ifaces]
-        return []
 
 
 def wep(name, node, iface, ip, rev=1, ns="default"):
@@ -91,7 +88,7 @@ def make(tmp_path, links=(Link(5, "cali1", True), Link(6, "cali2", True))):
     policy = FakePolicy()
     cfg = Config("n1", env={}, config_file=str(tmp_path / "none"))
     d = Daemon("n1", cfg, None, policy=policy, settings_cls=FakeSettings, route_backend=kernel,
-               sysctls=NullSysctls(), watch_links=False, syncer_factory=NullSyncer, coalesce=0.001)
+               sysctls=FakeSysctls(), watch_links=False, syncer_factory=NullSyncer, coalesce=0.001)
     d.start()
     return d, kernel, policy
 
@@ -237,7 +234,7 @@ def _make_placeholder(tmp_path, exists):
     policy = PlaceholderPolicy(kernel, exists=exists)
     cfg = Config("n1", env={}, config_file=str(tmp_path / "none"))
     d = Daemon("n1", cfg, None, policy=policy, settings_cls=FakeSettings, route_backend=kernel,
-               sysctls=NullSysctls(), watch_links=False, syncer_factory=NullSyncer, coalesce=0.001)
+               sysctls=FakeSysctls(), watch_links=False, syncer_factory=NullSyncer, coalesce=0.001)
     d.start()
     return d, kernel, policy
 
@@ -346,7 +343,7 @@ def test_fresh_host_lists_only_the_endpoints_links_then_looks_up_new_names(tmp_p
     policy = PlaceholderPolicy(kernel)
     cfg = Config("n1", env={}, config_file=str(tmp_path / "none"))
     d = Daemon("n1", cfg, None, policy=policy, settings_cls=FakeSettings, route_backend=kernel,
-               sysctls=NullSysctls(), watch_links=False, syncer_factory=NullSyncer, coalesce=0.001)
+               sysctls=FakeSysctls(), watch_links=False, syncer_factory=NullSyncer, coalesce=0.001)
     d.start()
     d.on_snapshot(dict([wep("a", "n1", "cali1", "198.19.0.1/32")]), 10)
     d.loop_once(max_wait=0.01)
@@ -448,7 +445,7 @@ def test_bad_interface_prefix_in_etcd_is_counted_and_never_applied(tmp_path, cap
     policy = FakePolicy()
     cfg = Config("n1", env={}, config_file=str(tmp_path / "none"))
     d = Daemon("n1", cfg, None, policy=policy, settings_cls=FelixSettings, route_backend=kernel,
-               sysctls=NullSysctls(), watch_links=False, syncer_factory=NullSyncer, coalesce=0.001)
+               sysctls=FakeSysctls(), watch_links=False, syncer_factory=NullSyncer, coalesce=0.001)
     d.start()
     with caplog.at_level(logging.ERROR):
         d.on_snapshot(dict([fc("default", {"interfacePrefix": INJECTION, "logSeverityScreen": "Warning"}),
@@ -463,7 +460,7 @@ def test_bad_interface_prefix_in_etcd_is_counted_and_never_applied(tmp_path, cap
 
 
 def test_local_interfaces_for_the_sysctl_helper_only_match_the_prefixes():
-    from calico_net.agent.daemon import _local_interfaces
+    from calico_net.agent.felix.coldstart import local_interfaces as _local_interfaces
     res = dict([wep("a", "n1", "cali1", "198.19.0.1/32"), wep("b", "n1", "eth0", "0.0.0.0/0"),
                 wep("c", "n1", "tap1", "fd00::1/128"), wep("d", "n2", "cali4", "198.19.0.4/32")])
     assert _local_interfaces(res, "n1") == [("cali1", False)]

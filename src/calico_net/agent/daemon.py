@@ -7,17 +7,14 @@ One thread owns all state; everything else talks to it through one queue:
     stop() / signals ──(stop)─────────────────────┘
 
 The main loop takes an event, then keeps taking events while they keep coming —
-until the queue has been quiet for `quiet` (3 ms) or `coalesce` (20 ms) has passed
-since the first — so a burst (a manifest applied, CNI adds in a row, a resync)
-becomes one batch while a lone change waits only ~3 ms; then it applies: sysctls of
-new workload interfaces (many: in a helper process, beside the policy work), policy
+until the queue has been quiet for `quiet` or `coalesce` has passed since the
+first — so a burst (a manifest applied, CNI adds in a row, a resync) becomes one
+batch while a lone change waits only briefly; then it applies: sysctls of new
+workload interfaces (many: in a helper process, beside the policy work), policy
 (`PolicyDataplane.apply()`: one nft transaction of what changed), routes (only
-dirty ones; on a host without our table, after a placeholder table, while nft
-loads the real one; there the sysctls helper starts on the endpoints' interface
-names as soon as the first snapshot is in and looks them up first, and the route
-thread takes those look-ups as its link listing). Nothing is written before the
-first complete snapshot is in.
-Cyclic GC waits for the first apply, which then freezes what it built.
+dirty ones). Nothing is written before the first complete snapshot is in. On a
+host without our table the first apply is the cold start of `felix.coldstart`
+(placeholder table, routes and nft in parallel, sysctls beside them).
 
 A later snapshot is a *resync*: it is diffed against the cache of resources the
 daemon holds, and only differences are dispatched, so an outage followed by a
@@ -30,7 +27,6 @@ action); listener ports need a restart.
 from __future__ import annotations
 
 import dataclasses
-import gc
 import inspect
 import logging
 import queue
@@ -39,11 +35,13 @@ import time
 from typing import Any, Callable
 
 from calico_net.agent.config import Config
+from calico_net.agent.felix.backends import PolicyBackend, RouteBackend, SysctlBackend
+from calico_net.agent.felix.coldstart import (
+    ColdStart, LinkListing, finish_sysctls_by_name, start_sysctls,
+)
 from calico_net.agent.felix.nftstr import NftStringError, ifname_text
 from calico_net.agent.felix.policy import FelixSettings, PolicyDataplane
-from calico_net.agent.felix.routes import (
-    Link, LinkWatcher, Netlink, RouteBackend, RouteManager, host_routes,
-)
+from calico_net.agent.felix.routes import Link, LinkWatcher, Netlink, RouteManager, host_routes
 from calico_net.agent.felix.sysctl import Sysctls
 from calico_net.agent.health import HealthState
 from calico_net.agent.metrics import Metrics
@@ -58,7 +56,6 @@ DATAPLANE_KINDS = frozenset({"WorkloadEndpoint", "HostEndpoint", "Profile", "Net
 POLICY_KINDS = ("NetworkPolicy", "GlobalNetworkPolicy")
 IDLE_TICK = 1.0          # the loop wakes at least this often (liveness, timers)
 RETRY_AFTER_ERROR = 1.0  # a failed apply is retried after this long
-GC_HOLD_MAX = 120.0      # cyclic GC stays off at most this long waiting for the first apply
 
 
 def felix_settings(cfg: Config, settings_cls: Any, prefixes: tuple[str, ...] | None = None) -> Any:
@@ -91,10 +88,10 @@ class Daemon:
         config: Config,
         client: Any,
         *,
-        policy: Any = None,
+        policy: PolicyBackend | None = None,
         settings_cls: Any = None,
         route_backend: RouteBackend | None = None,
-        sysctls: Sysctls | None = None,
+        sysctls: SysctlBackend | None = None,
         watch_links: bool = True,
         metrics: Metrics | None = None,
         health: HealthState | None = None,
@@ -121,10 +118,14 @@ class Daemon:
             settings_cls = settings_cls or FelixSettings
             policy = PolicyDataplane(node_name, felix_settings(config, settings_cls, self.iface_prefixes))
         self.settings_cls = settings_cls
-        self.policy = policy
-        self.nl = route_backend if route_backend is not None else Netlink()
+        self.policy: PolicyBackend = policy
+        self.nl: RouteBackend = route_backend if route_backend is not None else Netlink()
         self.routes = RouteManager(self.nl, iface_prefixes=self.iface_prefixes)
-        self.sysctls = sysctls if sysctls is not None else Sysctls()
+        self.sysctls: SysctlBackend = sysctls if sysctls is not None else Sysctls()
+        self.links = LinkListing(self.nl, self.routes)
+        # the sysctl helper's interface look-ups stand for a link listing only
+        # when the routes go to this namespace's kernel (our own Netlink)
+        self.coldstart = ColdStart(self.policy, self.links, self.sysctls, lookups=route_backend is None)
         self.watch_links = watch_links
         self.link_watcher: LinkWatcher | None = None
         self.syncer = syncer_factory(client, self)
@@ -139,11 +140,11 @@ class Daemon:
         self.next_nft_refresh = now + self._interval("IptablesRefreshInterval")
         self._stop = threading.Event()
         self.apply_count = 0
-        self._gc_held = False
-        self._gc_hold_until = 0.0
-        self.links_listed = False    # the link listing is in RouteManager
-        self.links_partial = False   # ... only of the endpoints' interfaces (a fresh host's cold start)
-        self._by_name: Any = None    # the sysctl helper started on interface names, not yet collected
+
+    @property
+    def links_partial(self) -> bool:
+        """The link listing is only of the endpoints' interfaces (a fresh host's cold start)."""
+        return self.links.partial
 
     # --- Sink interface (called from the syncer thread) ---
     def on_snapshot(self, resources: dict[str, Resource], revision: int) -> None:
@@ -187,81 +188,12 @@ class Daemon:
             # Listen first, then list, so no link created in between is missed.
             self.link_watcher = LinkWatcher(self._on_link)
             self.link_watcher.start()
-        if not self._fresh_host():
-            self._list_links()
+        if not self.coldstart.fresh_host():
+            self.links.list_all()
         # else: on a fresh host the first apply lists the links in its route thread
-        # while nft loads the table (the main thread only waits then): the listing
-        # is ~0.4 s of Python at 10,000 interfaces, which here would compete with
-        # the snapshot's parse for the GIL. Link events that come meanwhile queue
-        # up and are handled after that listing, in order.
-
-    def _fresh_host(self) -> bool:
-        """True if the first apply will take the placeholder path (no table inet
-        calico at all); False on any doubt."""
-        if not hasattr(self.policy, "load_placeholder") or not hasattr(self.policy, "table_exists"):
-            return False
-        try:
-            return not self.policy.table_exists()
-        except Exception:  # noqa: BLE001 - then list now, as usual
-            return False
-
-    def _list_links(self, endpoints_only: bool = False) -> None:
-        """The link listing into RouteManager. `endpoints_only` (the route thread of
-        a fresh host's first apply, where it is on the critical path): only the
-        local endpoints' interfaces, looked up by name (~3x cheaper than the full
-        dump at 10,000 interfaces). Until the next full listing (the route
-        refresh), an endpoint naming an interface not known then is looked up by
-        name when it comes (`_learn_link`)."""
-        named = getattr(self.nl, "links_named", None)
-        if endpoints_only and named is not None:
-            self.routes.set_links(named(sorted(self.routes.if_endpoints)))
-            self.links_partial = True
-        else:
-            self.routes.set_links(self.nl.links())
-            self.links_partial = False
-        self.links_listed = True
-
-    def _set_links_found(self, found: list[tuple[str, int, bool]]) -> None:
-        """The endpoints' interfaces as the sysctl helper found them (name, index,
-        up): an endpoints-only listing, as `_list_links(endpoints_only=True)`."""
-        self.routes.set_links([Link(index, name, up) for name, index, up in found])
-        self.links_partial = True
-        self.links_listed = True
-
-    def _learn_link(self, ifname: str) -> None:
-        """After an endpoints-only listing: look up an interface nobody had then.
-        (The lookup is the current state; link events queued before it are handled
-        after it, each a link's state at its time, so the end state is current.)"""
-        try:
-            for link in self.nl.links_named([ifname]):
-                self.routes.link_update(link, False)
-        except OSError as e:
-            log.warning("cannot look up interface %s (%s); at the next route refresh", ifname, e)
-            self.next_route_refresh = min(self.next_route_refresh, time.monotonic() + RETRY_AFTER_ERROR)
-
-    # --- garbage collection ---
-    def _hold_gc(self) -> None:
-        """No cyclic GC until the first apply is done, then freeze what was built.
-
-        A cold start builds ~2 million long-lived objects (snapshot, index, ruleset)
-        and frees next to nothing cyclic: the collector would walk the growing heap
-        again and again (~0.7 s at 10,000 endpoints, single pauses of 0.2 s). After
-        the first apply, `gc.freeze()` moves everything built so far out of the
-        collector's sight, so later collections (and the tail latency of a change)
-        only see what was allocated since. Plain refcounting frees as usual
-        throughout. If the first apply does not come (etcd unreachable), GC is turned
-        back on after GC_HOLD_MAX."""
-        if gc.isenabled():
-            gc.disable()
-            self._gc_held = True
-            self._gc_hold_until = time.monotonic() + GC_HOLD_MAX
-
-    def _release_gc(self, freeze: bool) -> None:
-        if self._gc_held:
-            self._gc_held = False
-            if freeze:
-                gc.freeze()
-            gc.enable()
+        # while nft loads the table (the main thread only waits then): here the
+        # listing would compete with the snapshot's parse for the GIL. Link events
+        # that come meanwhile queue up and are handled after that listing, in order.
 
     def stop(self) -> None:
         self._stop.set()
@@ -275,13 +207,13 @@ class Daemon:
             self.link_watcher.stop()
 
     def run(self) -> None:
-        self._hold_gc()
+        self.coldstart.hold_gc()
         self.start()
         try:
             while not self._stop.is_set():
                 self.loop_once()
         finally:
-            self._release_gc(freeze=False)
+            self.coldstart.stopped()
             self.shutdown()
 
     # --- the loop ---
@@ -292,8 +224,7 @@ class Daemon:
     def loop_once(self, max_wait: float = IDLE_TICK) -> None:
         self.health.tick()
         now = time.monotonic()
-        if self._gc_held and now > self._gc_hold_until:
-            self._release_gc(freeze=False)
+        self.coldstart.tick(now)
         deadline = min(self.next_route_refresh, self.next_nft_refresh, now + max_wait)
         if self.retry_at is not None:
             deadline = min(deadline, self.retry_at)
@@ -343,7 +274,7 @@ class Daemon:
         if what == "link":
             _, link, deleted = ev
             if link.index == 0:  # lost events: list them all again
-                self._list_links()
+                self.links.list_all()
             else:
                 self.routes.link_update(link, deleted)
             return True
@@ -358,11 +289,8 @@ class Daemon:
                 if res.kind == "FelixConfiguration":
                     self._dispatch(key, res)
             self._fix_prefixes()
-        if first and not self.applied and self._by_name is None and self._fresh_host():
-            # A fresh host's cold start: the sysctl helper starts on the snapshot's
-            # interface names now, beside the dispatch below and the first apply.
-            self._by_name = self._start_sysctls_by_name(
-                _local_interfaces(resources, self.node_name, self.iface_prefixes))
+        if first and not self.applied:
+            self.coldstart.on_first_snapshot(resources, self.node_name, self.iface_prefixes)
         if not first:
             self.metrics.resyncs.inc()
         changed = 0
@@ -405,8 +333,10 @@ class Daemon:
                 # refuses (and forgets) an endpoint outside the interface prefixes
                 # or with an address wider than a host address
                 problem = self.routes.set_endpoint(key, ifname, spec.get("ipNetworks") or [])
-                if problem is None and self.links_partial and ifname and ifname not in self.routes.links:
-                    self._learn_link(ifname)
+                if problem is None and self.links.partial and ifname and ifname not in self.routes.links:
+                    if not self.links.learn(ifname):
+                        self.next_route_refresh = min(self.next_route_refresh,
+                                                      time.monotonic() + RETRY_AFTER_ERROR)
             else:
                 self.routes.remove_endpoint(key)
                 if doc is not None:
@@ -447,7 +377,7 @@ class Daemon:
         log.info("workload interface prefixes: %s", ",".join(self.iface_prefixes))
 
     def _count_config_errors(self) -> None:
-        n = getattr(self.config, "bad_total", 0)
+        n = self.config.bad_total
         if n > self._config_errors:
             self.metrics.config_errors.inc(n - self._config_errors)
             self._config_errors = n
@@ -477,19 +407,17 @@ class Daemon:
     def apply(self) -> None:
         """Write everything that changed: interface sysctls, policy, routes.
 
-        Policy goes before routes: on a fresh host the nft table must exist before
-        a route makes a workload reachable. On a host without our table at all, the
-        first apply loads a placeholder table (new connections of workload
-        interfaces dropped), so routes can be written by a helper thread while an
-        nft process loads the real table (mostly kernel time in big netlink
-        batches; the main thread only waits for nft then) — see `_early_routes`."""
+        Policy goes before routes: a route makes a workload reachable only once
+        its policy is in. The first apply on a host without our table is the cold
+        start (`felix.coldstart`): there a route thread writes the routes while
+        an nft process loads the real table over a placeholder."""
         t0 = time.monotonic()
         ok = True
-        early = self._early_routes()
-        # (not self.links_listed below: the route thread may be setting it now)
-        if early is None and not self.links_listed:
+        early = self.coldstart.begin() if not self.applied else None
+        # (not self.links.listed below: the route thread may be setting it now)
+        if early is None and not self.links.listed:
             try:
-                self._list_links()
+                self.links.list_all()
             except OSError:
                 log.exception("cannot list links; retrying in %.0f s", RETRY_AFTER_ERROR)
                 self.metrics.errors.inc()
@@ -501,11 +429,11 @@ class Daemon:
         if early is None or not early.list_links:
             # (else the route thread lists the links, then starts the sysctls)
             todo = self.routes.interfaces_to_configure()
-            by_name, self._by_name = self._by_name, None
+            by_name = self.coldstart.take_by_name()
             if by_name is not None:   # started with the snapshot, but no placeholder path
-                pending = self._finish_sysctls_by_name(by_name, todo, failed)
+                pending = finish_sysctls_by_name(self.sysctls, by_name, todo, failed)
             else:
-                pending = self._start_sysctls(todo, failed)
+                pending = start_sysctls(self.sysctls, todo, failed)
         t1 = time.monotonic()
         try:
             if early is not None:
@@ -519,11 +447,7 @@ class Daemon:
         if early is not None:
             early.go.set()
             if early.list_links:
-                early.join()        # its listing and sysctl start are needed below
-                todo, pending = early.todo, early.pending
-                failed |= early.failed
-                if early.by_name is not None:
-                    pending = self._finish_sysctls_by_name(early.by_name, todo, failed)
+                todo, pending = early.sysctls_started(failed)
         if pending is not None:
             try:
                 failed.update(pending.wait())
@@ -535,22 +459,17 @@ class Daemon:
                 self.routes.mark_configured(link.name)
         t2s = time.monotonic()
         try:
-            if early is not None:
-                early.join()
-                if early.error is not None:
-                    raise early.error
-                stats = early.stats
-                if self.routes.dirty:            # link events cannot arrive meanwhile,
-                    stats = self.routes.apply()  # but be exact: write what is left
-            else:
-                stats = self.routes.apply()
+            stats = early.routes_written() if early is not None else self.routes.apply()
             if stats.failed:
                 log.info("routes: %d added, %d removed, %d failed", stats.added, stats.removed, stats.failed)
         except OSError:
             log.exception("programming routes failed; retrying in %.0f s", RETRY_AFTER_ERROR)
             ok = False
         t3 = time.monotonic()
-        elapsed = t3 - t0
+        self._applied(ok, t3 - t0, t2 - t1, len(todo), (t1 - t0) + (t2s - t2), t3 - t2s)
+
+    def _applied(self, ok: bool, elapsed: float, policy_s: float, n_sysctls: int,
+                 sysctl_s: float, routes_s: float) -> None:
         self.metrics.apply_duration.observe(elapsed)
         self.metrics.active_local_endpoints.set(len(self.routes.endpoints))
         self.metrics.active_policies.set(self.policy_count)
@@ -559,103 +478,22 @@ class Daemon:
             self.retry_at = None
             if not self.applied:
                 self.applied = True
-                self._release_gc(freeze=True)
+                self.coldstart.applied()
                 self.health.set_applied()
                 log.info("dataplane programmed: %d local endpoints, %d policies in %.3f s "
                          "(policy %.3f s; sysctls of %d interfaces %.3f s more; routes %.3f s)",
                          len(self.routes.endpoints), self.policy_count, elapsed,
-                         t2 - t1, len(todo), (t1 - t0) + (t2s - t2), t3 - t2s)
+                         policy_s, n_sysctls, sysctl_s, routes_s)
         else:
             self.metrics.errors.inc()
             self.retry_at = time.monotonic() + RETRY_AFTER_ERROR
-
-    def _start_sysctls(self, todo: list[Any], failed: set[str]) -> Any:
-        """Write the sysctls of `todo`'s interfaces: a few inline (~0.02-0.05 ms a
-        value), many (a cold start) by the Sysctls helper process, beside the
-        policy work (a helper *thread* was GIL-starved); returns the pending helper
-        (collected before routes) or None. Failed names are added to `failed`."""
-        if not todo:
-            return None
-        try:
-            start = getattr(self.sysctls, "start_configure", None)
-            if start is not None:
-                return start(todo)
-            failed.update(self.sysctls.configure_interfaces(todo))
-        except Exception as e:  # noqa: BLE001 - retried on the next new link
-            log.warning("cannot configure workload interfaces: %s", e)
-            failed.update(link.name for link, _ in todo)
-        return None
-
-    def _start_sysctls_by_name(self, items: list[tuple[str, bool]] | None = None) -> Any:
-        """On a fresh host's first apply, before the link listing (the route thread
-        lists the links only while nft loads): start the Sysctls helper on the
-        local endpoints' interface names (`items`: (name, has IPv6); default: the
-        route manager's), so its writes run beside the policy's index and render
-        instead of after the listing. Only for many interfaces (else None: the
-        usual path after the listing, inline)."""
-        start = getattr(self.sysctls, "start_configure_names", None)
-        if start is None or not hasattr(self.sysctls, "finish_by_name"):
-            return None
-        if items is None:
-            v6 = self.routes.if_v6
-            items = [(name, name in v6) for name in sorted(self.routes.if_endpoints)]
-        if len(items) < getattr(self.sysctls, "HELPER_MIN", 0):
-            return None
-        try:
-            if isinstance(self.nl, Netlink):
-                # the kernel the routes go to is the one the helper looks at: it
-                # looks the interfaces up for the route thread first
-                return start(items, links=True)
-            return start(items)
-        except Exception as e:  # noqa: BLE001 - the usual path after the listing
-            log.warning("cannot start the sysctl helper (%s); after the link listing", e)
-            return None
-
-    def _finish_sysctls_by_name(self, by_name: Any, todo: list[Any], failed: set[str]) -> Any:
-        """Match the by-name helper's work with the link listing (`todo`): an
-        interface counts as configured when the helper found it with the index the
-        listing has; the others (not there then, or re-created since) are written
-        now as usual. Returns what is still pending, like `_start_sysctls`."""
-        try:
-            result = by_name.wait()
-            rest, bad = self.sysctls.finish_by_name(result, todo)
-        except Exception as e:  # noqa: BLE001 - retried on the next new link
-            log.warning("cannot configure workload interfaces: %s", e)
-            failed.update(link.name for link, _ in todo)
-            return None
-        failed.update(bad)
-        return self._start_sysctls(rest, failed)
-
-    def _early_routes(self) -> "_RouteThread | None":
-        """On the first apply, if table inet calico does not exist at all (a fresh
-        host): load the policy dataplane's placeholder table and start a helper
-        thread that writes the routes once the policy dataplane reports its
-        transaction under way (or done). Otherwise (our table or another version of
-        it is there: a restart, an upgrade) None, and routes follow the policy as usual."""
-        if self.applied or self.routes.synced or not hasattr(self.policy, "load_placeholder"):
-            return None
-        try:
-            if self.policy.table_exists():
-                return None
-            self.policy.load_placeholder()
-        except Exception as e:  # noqa: BLE001 - the usual order still works
-            log.warning("cannot load the placeholder table (%s); routes after the policy", e)
-            return None
-        by_name = None
-        if not self.links_listed:
-            by_name, self._by_name = self._by_name, None
-            if by_name is None:
-                by_name = self._start_sysctls_by_name()
-        t = _RouteThread(self, list_links=not self.links_listed, by_name=by_name)
-        t.start()
-        return t
 
     def _maybe_refresh(self) -> None:
         now = time.monotonic()
         if now >= self.next_route_refresh:
             self.next_route_refresh = now + self._interval("RouteRefreshInterval")
             try:
-                self._list_links()
+                self.links.list_all()
                 stats = self.routes.resync()
                 if stats:
                     log.warning("route refresh repaired drift: %d added, %d removed, %d failed",
@@ -691,78 +529,3 @@ def _host_endpoint_problem(doc: dict[str, Any] | None) -> str | None:
         except NftStringError as exc:
             return f"interfaceName: {exc}"
     return host_routes(spec.get("expectedIPs") or (), "expectedIPs")[1]
-
-
-def _local_interfaces(resources: dict[str, Resource], node: str,
-                      prefixes: tuple[str, ...] = ("cali",)) -> list[tuple[str, bool]]:
-    """(interface name, has an IPv6 network) of this node's WorkloadEndpoints whose
-    interface starts with one of `prefixes` (no other interface is ever
-    configured) and whose ipNetworks all look like host addresses, sorted. (A
-    string test only, on the cold start's critical path: an endpoint left out here
-    is configured after the link listing if the route manager accepts it.)"""
-    out: dict[str, bool] = {}
-    for res in resources.values():
-        if res.kind != "WorkloadEndpoint":
-            continue
-        spec = res.doc.get("spec") or {}
-        name = spec.get("interfaceName")
-        if spec.get("node") != node or not name or not isinstance(name, str):
-            continue
-        if not name.startswith(prefixes):
-            continue
-        v6 = False
-        for n in spec.get("ipNetworks") or ():
-            if not isinstance(n, str) or not n.endswith(_HOST_SUFFIXES):
-                break
-            if ":" in n:
-                v6 = True
-        else:
-            out[name] = out.get(name, False) or v6
-    return sorted(out.items())
-
-
-_HOST_SUFFIXES = ("/32", "/128")
-
-
-class _RouteThread(threading.Thread):
-    """`RouteManager.apply()` in a thread (the first apply on a fresh host); with
-    `list_links`, the link listing and the start of the sysctls helper first
-    (unless `by_name`, the helper already started on the endpoints' interface
-    names: then the listing is the helper's look-ups when it made them, else
-    `Netlink.links_named`, and the main thread matches the helper's result with
-    the listing)."""
-
-    def __init__(self, daemon: Daemon, list_links: bool = False, by_name: Any = None) -> None:
-        super().__init__(name="early-routes", daemon=True)
-        self.owner = daemon
-        self.routes = daemon.routes
-        self.list_links = list_links
-        self.go = threading.Event()       # set when nft is loading (or the apply ended)
-        self.stats: Any = None
-        self.error: BaseException | None = None
-        self.todo: list[Any] = []
-        self.pending: Any = None
-        self.failed: set[str] = set()
-        self.by_name = by_name
-
-    def run(self) -> None:
-        try:
-            self.go.wait()
-            found = None
-            if self.list_links and self.by_name is not None and hasattr(self.by_name, "links"):
-                # The sysctl helper looked the endpoints' interfaces up (index, up)
-                # before its writes: no ~20,000 ioctls here, each of which would
-                # give up the GIL and wait to get it back while the main thread
-                # encodes the verdict map elements.
-                found = self.by_name.links()
-            if self.list_links:
-                if found is not None:
-                    self.owner._set_links_found(found)
-                else:
-                    self.owner._list_links(endpoints_only=True)
-                self.todo = self.routes.interfaces_to_configure()
-                if self.by_name is None:
-                    self.pending = self.owner._start_sysctls(self.todo, self.failed)
-            self.stats = self.routes.apply()
-        except BaseException as e:  # noqa: BLE001 - handed to the main loop
-            self.error = e
