@@ -367,8 +367,8 @@ def _addr_kw(family: int, side: str) -> str:
 #: rule line per member, a negative list as a chain of ``!=`` terms.  Longer lists
 #: become a named interval set shared by every rule with the same list.  Anonymous
 #: sets (``{ a, b }``) are avoided on purpose: each one is a kernel set that every
-#: later nft command lists into its cache, and with ~1,000 of them a full load took
-#: 20 s instead of 2 s on the bench machine.
+#: later nft command lists into its cache, so a ruleset with many of them makes every
+#: nft command (a full load most of all) slow.
 INLINE_LIST_MAX = 4
 
 

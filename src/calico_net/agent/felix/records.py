@@ -1,0 +1,342 @@
+"""The records the policy index keeps, and how they are read from Calico v3 documents.
+
+It owns the immutable `Member` (an endpoint, local or remote, or a network set: its
+labels, profiles, addresses, named ports), `Policy` and `Profile` records, the
+`IndexChanges` a recompute returns, and the parsing that builds them
+(`member_from_doc`, `policy_from_doc`, `profile_from_doc`). Parsing never fails
+open: a member that cannot be used is absent; a policy or profile whose rules cannot
+be compiled denies instead.
+"""
+from __future__ import annotations
+
+import ipaddress
+import logging
+import socket
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any, Iterable, Mapping
+
+from calico_net.model.selector import NAMESPACE_LABEL, ORCHESTRATOR_LABEL, Selector
+
+from . import nftstr
+from .nftstr import NftStringError, ifname
+from .rules import (
+    NS_LABEL_PREFIX,
+    NS_NAME_LABEL,
+    CompiledRule,
+    compile_rules,
+    effective_types,
+    policy_applies_selector,
+)
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "member_from_doc",
+    "policy_from_doc",
+    "profile_from_doc",
+    "policy_sort_key",
+    "Member",
+    "Policy",
+    "Profile",
+    "IndexChanges",
+    "Key",
+    "DENY_ALL",
+    "ENDPOINT_KINDS",
+    "NETSET_KINDS",
+    "POLICY_KINDS",
+]
+
+ENDPOINT_KINDS = ("WorkloadEndpoint", "HostEndpoint")
+NETSET_KINDS = ("NetworkSet", "GlobalNetworkSet")
+POLICY_KINDS = ("NetworkPolicy", "GlobalNetworkPolicy")
+
+Key = tuple[str, "str | None", str]       # (kind, namespace or None, name)
+
+
+# ----------------------------------------------------------------- records
+
+
+@dataclass(frozen=True)
+class Member:
+    """Something that can be selected: an endpoint (local or remote) or a network set."""
+
+    key: Key
+    own_labels: Mapping[str, str]
+    profiles: tuple[str, ...] = ()
+    addrs4: tuple[str, ...] = ()
+    addrs6: tuple[str, ...] = ()
+    nets4: tuple[str, ...] = ()
+    nets6: tuple[str, ...] = ()
+    ports: tuple[tuple[str, int, int], ...] = ()   # (name, protocol number, port)
+    node: str | None = None
+    iface: str | None = None
+
+    @property
+    def kind(self) -> str:
+        return self.key[0]
+
+    @property
+    def namespace(self) -> str | None:
+        return self.key[1]
+
+    @property
+    def name(self) -> str:
+        return self.key[2]
+
+    @property
+    def is_endpoint(self) -> bool:
+        return self.key[0] in ENDPOINT_KINDS
+
+    def values(self) -> tuple[Any, ...]:
+        """What the member contributes to sets (compared to detect changes)."""
+        return (self.addrs4, self.addrs6, self.nets4, self.nets6, self.ports)
+
+
+@dataclass(frozen=True)
+class Policy:
+    key: Key
+    order: float | None
+    applies: Selector
+    types: tuple[str, ...]
+    ingress: tuple[CompiledRule, ...]
+    egress: tuple[CompiledRule, ...]
+    sort_key: tuple[Any, ...] = ()
+
+    def __post_init__(self) -> None:
+        kind, ns, name = self.key
+        full = f"{ns}/{name}" if ns else name
+        object.__setattr__(self, "sort_key", (self.order is None, self.order or 0.0, full, kind))
+
+    def rules(self) -> Iterable[CompiledRule]:
+        yield from self.ingress
+        yield from self.egress
+
+
+def policy_sort_key(p: Policy) -> tuple[Any, ...]:
+    """Calico's policy order: `order` ascending (missing: last), then the name."""
+    return p.sort_key
+
+
+#: the rules of a policy or profile whose own rules cannot be used (never fail open)
+DENY_ALL: tuple[CompiledRule, ...] = (CompiledRule(action="Deny"),)
+
+
+def _order(value: Any) -> float | None:
+    """A policy's `order` (None: last); a value that is not a finite number counts as
+    missing (the model refuses those)."""
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        return None
+    return f if f == f and f not in (float("inf"), float("-inf")) else None
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    labels_to_apply: Mapping[str, str]
+    ingress: tuple[CompiledRule, ...]
+    egress: tuple[CompiledRule, ...]
+
+    def rules(self) -> Iterable[CompiledRule]:
+        yield from self.ingress
+        yield from self.egress
+
+
+@dataclass
+class IndexChanges:
+    """What `recompute()` changed, for the dataplane to re-render."""
+
+    policies: set[Key] = field(default_factory=set)          # re-render or delete
+    profiles: set[str] = field(default_factory=set)          # re-render or delete
+    endpoints: set[Key] = field(default_factory=set)         # local endpoints to re-dispatch
+    sets: set[str] = field(default_factory=set)              # set names created or deleted
+    elements: dict[str, set[str]] = field(default_factory=dict)  # touched elements of s/n sets
+    cidr_sets: set[str] = field(default_factory=set)         # c sets whose contents changed
+    pools: bool = False
+
+    def __bool__(self) -> bool:
+        return bool(self.policies or self.profiles or self.endpoints or self.sets
+                    or self.elements or self.cidr_sets or self.pools)
+
+
+# ----------------------------------------------------------------- parsing
+
+
+def policy_from_doc(key: Key, doc: Mapping[str, Any]) -> Policy | None:
+    """The policy of a NetworkPolicy/GlobalNetworkPolicy document. One whose rules
+    cannot be compiled denies all traffic of the endpoints it selects in the
+    directions it names (its order kept); one whose selector or types cannot be read
+    is None (treated as absent)."""
+    # (doNotTrack, preDNAT, applyOnForward, serviceAccountSelector and rule
+    # serviceAccounts never get here: the model refuses them, and the syncer
+    # skips and counts such a document already in etcd)
+    kind, ns, _name = key
+    try:
+        spec = doc.get("spec") or {}
+        order = _order(spec.get("order"))
+        applies = policy_applies_selector(kind, ns, spec)
+        types = effective_types(spec)
+    except Exception as exc:  # noqa: BLE001 - one bad object must not poison the rest
+        log.error("%s %s: cannot use it (%s); treated as absent", kind, key, exc)
+        return None
+    try:
+        ingress = compile_rules(spec.get("ingress"), ns)
+        egress = compile_rules(spec.get("egress"), ns)
+    except Exception as exc:  # noqa: BLE001
+        log.error("%s %s: cannot use its rules (%s); it denies all traffic of the endpoints "
+                  "it selects instead", kind, key, exc)
+        ingress = DENY_ALL if "Ingress" in types else ()
+        egress = DENY_ALL if "Egress" in types else ()
+    return Policy(key=key, order=order, applies=applies, types=types,
+                  ingress=ingress, egress=egress)
+
+
+def profile_from_doc(name: str, doc: Mapping[str, Any]) -> Profile:
+    """The profile of a Profile document; one whose rules cannot be compiled denies
+    everything (its labels still apply)."""
+    spec = doc.get("spec") or {}
+    try:
+        return Profile(name=name, labels_to_apply=dict(spec.get("labelsToApply") or {}),
+                       ingress=compile_rules(spec.get("ingress")),
+                       egress=compile_rules(spec.get("egress")))
+    except Exception as exc:  # noqa: BLE001
+        log.error("Profile %s: cannot use its rules (%s); it denies everything instead",
+                  name, exc)
+        labels = spec.get("labelsToApply")
+        return Profile(name=name, labels_to_apply=dict(labels) if isinstance(
+            labels, Mapping) else {}, ingress=DENY_ALL, egress=DENY_ALL)
+
+
+_AF_INET = socket.AF_INET
+_pton, _ntop = socket.inet_pton, socket.inet_ntop
+
+
+def _split_ips(values: Iterable[str]) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+    """(IPv4 addresses, IPv6 addresses, IPv4 networks, IPv6 networks), each in its
+    canonical text: these strings become set elements in nft text, so nothing
+    that is not an address or a network gets through (unparseable ones are logged
+    and left out)."""
+    a4: list[str] = []
+    a6: list[str] = []
+    n4: list[str] = []
+    n6: list[str] = []
+    for v in values:
+        if not isinstance(v, str):
+            log.warning("ignoring address %r: not a string", v)
+            continue
+        if v.endswith("/32"):
+            # the common case ("a.b.c.d/32"): one inet_pton/inet_ntop round trip
+            # proves it a canonical dotted quad, far cheaper than ipaddress
+            a = v[:-3]
+            try:
+                if _ntop(_AF_INET, _pton(_AF_INET, a)) == a:
+                    a4.append(a)
+                    continue
+            except (OSError, ValueError):
+                pass
+        try:
+            net = ipaddress.ip_network(v, strict=False)
+        except ValueError:
+            log.warning("ignoring unparseable address %r", v)
+            continue
+        host = net.prefixlen == net.max_prefixlen
+        if net.version == 4:
+            (a4 if host else n4).append(str(net.network_address) if host else str(net))
+        else:
+            (a6 if host else n6).append(str(net.network_address) if host else str(net))
+    return _uniq_sorted(a4), _uniq_sorted(a6), _uniq_sorted(n4), _uniq_sorted(n6)
+
+
+def _uniq_sorted(values: list[Any]) -> tuple[Any, ...]:
+    """``tuple(sorted(set(values)))``; most endpoints have one address per family."""
+    if len(values) < 2:
+        return tuple(values)
+    return tuple(sorted(set(values)))
+
+
+def _ports(values: Iterable[Mapping[str, Any]] | None) -> tuple[tuple[str, int, int], ...]:
+    if not values:
+        return ()
+    out = []
+    for p in values:
+        try:
+            out.append(_port_entry(p["name"], p.get("protocol", "TCP"), p["port"]))
+        except (KeyError, ValueError, TypeError):
+            log.warning("ignoring malformed endpoint port %r", p)
+    return _uniq_sorted(out)
+
+
+def _port_entry(name: Any, protocol: Any, port: Any) -> tuple[str, int, int]:
+    try:
+        return _port_entry_cached(name, protocol, port)
+    except TypeError:        # unhashable field: parse it uncached (and fail as before)
+        return _parse_port_entry(name, protocol, port)
+
+
+def _parse_port_entry(name: Any, protocol: Any, port: Any) -> tuple[str, int, int]:
+    from calico_net.model.fields import parse_protocol
+    # the port becomes set element text ("addr . port"): a number in range, or
+    # ValueError (the port is left out)
+    if type(port) is not int:
+        raise ValueError(f"port {port!r} is not a number")
+    nftstr.number(port, 1, 65535)
+    return (str(name), parse_protocol(protocol), port)
+
+
+# endpoints repeat a handful of named ports: parse each distinct one once
+_port_entry_cached = lru_cache(maxsize=4096, typed=True)(_parse_port_entry)
+
+
+def member_from_doc(kind: str, name: str, namespace: str | None, doc: Mapping[str, Any]) -> Member:
+    """Build a Member from a validated Calico v3 document.
+
+    An endpoint's addresses must be host addresses (/32, /128, or a bare address),
+    as Calico's validation demands (libcalico-go's validateWorkloadEndpointSpec:
+    "IP network contains multiple addresses"): a wider one would put a whole
+    network into every selector set the endpoint is in. Such an endpoint raises
+    ValueError (the index treats it as absent). Its interface name must be one
+    the nft text can carry (`nftstr.ifname_text`), else it is not programmed."""
+    meta = doc.get("metadata") or {}
+    spec = doc.get("spec") or {}
+    if kind in ("HostEndpoint", "GlobalNetworkSet"):
+        namespace = None
+    else:
+        namespace = namespace or meta.get("namespace") or "default"
+    if kind == "WorkloadEndpoint":
+        ips = list(spec.get("ipNetworks") or ())
+    elif kind == "HostEndpoint":
+        ips = list(spec.get("expectedIPs") or ())
+    else:
+        ips = list(spec.get("nets") or ())
+    a4, a6, n4, n6 = _split_ips(ips)
+    if (n4 or n6) and kind in ENDPOINT_KINDS:
+        field_ = "ipNetworks" if kind == "WorkloadEndpoint" else "expectedIPs"
+        raise ValueError(f"{field_} {', '.join(n4 + n6)}: wider than a host address "
+                         "(/32 or /128, as Calico requires)")
+    profiles = tuple(spec.get("profiles") or ()) if kind in ENDPOINT_KINDS else ()
+    ports = _ports(spec.get("ports")) if kind in ENDPOINT_KINDS else ()
+    own = dict(meta.get("labels") or {})
+    if namespace is not None:
+        own[NAMESPACE_LABEL] = namespace
+        own[NS_LABEL_PREFIX + NS_NAME_LABEL] = namespace
+    if kind == "WorkloadEndpoint":
+        own[ORCHESTRATOR_LABEL] = str(spec.get("orchestrator") or "cni")
+    iface = (spec.get("interfaceName") or None) if kind in ENDPOINT_KINDS else None
+    if iface is not None:
+        try:
+            ifname(iface)    # checked (and its quoted form kept for the maps)
+        except NftStringError as exc:
+            # "*" (all host interfaces) and names the kernel would refuse are not programmed
+            log.warning("%s %s: interface name not supported (%s); endpoint not programmed",
+                        kind, name, exc)
+            iface = None
+    return Member(
+        key=(kind, namespace, name), own_labels=own, profiles=profiles,
+        addrs4=a4, addrs6=a6, nets4=n4, nets6=n6, ports=ports,
+        node=spec.get("node") if kind in ENDPOINT_KINDS else None,
+        iface=iface,
+    )

@@ -1,0 +1,247 @@
+"""`SelectorMatcher`: who matches whom between a family of selectors and a family of
+labelled items, kept incrementally.
+
+It owns the selectors, each selector's member set and each item's match set. A
+changed item is evaluated only against the selectors filed under its own labels (a
+prefilter built from what each selector cannot match without); a changed selector is
+re-selected through a `LabelIndex` (set algebra); a large batch of changed items, as
+on a cold start, re-selects every selector instead of evaluating item by item. It
+knows nothing about policies or endpoints: the policy index uses two of them.
+"""
+from __future__ import annotations
+
+from typing import Any, Hashable, Mapping
+
+from calico_net.model.selector import (
+    And,
+    Contains,
+    EndsWith,
+    Equals,
+    Has,
+    In,
+    LabelIndex,
+    Or,
+    Selector,
+    StartsWith,
+)
+
+__all__ = ["SelectorMatcher"]
+
+
+class SelectorMatcher:
+    """Who matches whom, between a family of selectors and a family of labelled items.
+
+    The items' labels live in a `LabelIndex`, which several matchers may share; a
+    matcher given a `universe` only considers the items in it (the policy matcher
+    shares the member index and restricts it to local endpoints)."""
+
+    #: above this many changed items, re-select every selector instead of evaluating
+    #: each changed item against each selector
+    BULK_ITEMS = 256
+
+    def __init__(self, index: LabelIndex | None = None, use_universe: bool = False) -> None:
+        self.index = index if index is not None else LabelIndex()
+        self._owns_index = index is None
+        self.universe: set[Hashable] | None = set() if use_universe else None
+        self.selectors: dict[Hashable, Selector] = {}
+        self.members: dict[Hashable, set[Hashable]] = {}
+        self.matches: dict[Hashable, set[Hashable]] = {}
+        self._dirty_items: set[Hashable] = set()
+        self._dirty_sels: set[Hashable] = set()
+        self._skip: set[Hashable] | frozenset[Hashable] = frozenset()
+        self._by_kv: dict[tuple[str, str], set[Hashable]] = {}
+        self._by_k: dict[str, set[Hashable]] = {}
+        self._always: set[Hashable] = set()
+
+    def set_item(self, item: Hashable, labels: Mapping[str, str] | None) -> None:
+        """A new label set for `item` (None: gone).  A matcher on a shared index
+        takes `labels` only as present/absent (the index owner updates the index)."""
+        if self._owns_index:
+            if labels is None:
+                self.index.remove(item)
+            else:
+                self.index.add(item, labels)
+        if self.universe is not None:
+            if labels is None:
+                self.universe.discard(item)
+            else:
+                self.universe.add(item)
+        self._dirty_items.add(item)
+
+    def set_selector(self, key: Hashable, sel: Selector | None) -> None:
+        if sel is None:
+            if key not in self.selectors and key not in self._dirty_sels:
+                return
+            old = self.selectors.pop(key, None)
+            if old is not None:
+                self._unregister(key, old)
+        else:
+            if self.selectors.get(key) == sel and key not in self._dirty_sels:
+                return
+            old = self.selectors.get(key)
+            if old is not None:
+                self._unregister(key, old)
+            self.selectors[key] = sel
+            self._register(key, sel)
+        self._dirty_sels.add(key)
+
+    # Prefilter for the one-item path: each selector is filed under a label it cannot
+    # match without (key=value, or key present); an item is evaluated only against
+    # the selectors filed under its own labels plus those with no such requirement.
+
+    def _register(self, key: Hashable, sel: Selector) -> None:
+        for kind, token in _requirements(sel):
+            bucket = self._by_kv if kind == "kv" else self._by_k if kind == "k" else None
+            if bucket is None:
+                self._always.add(key)
+            else:
+                bucket.setdefault(token, set()).add(key)
+
+    def _unregister(self, key: Hashable, sel: Selector) -> None:
+        for kind, token in _requirements(sel):
+            if kind == "always":
+                self._always.discard(key)
+                continue
+            bucket = self._by_kv if kind == "kv" else self._by_k
+            keys = bucket.get(token)
+            if keys is not None:
+                keys.discard(key)
+                if not keys:
+                    del bucket[token]
+
+    def _candidates(self, labels: Mapping[str, str]) -> set[Hashable]:
+        out = set(self._always)
+        by_kv, by_k = self._by_kv, self._by_k
+        for k, v in labels.items():
+            got = by_kv.get((k, v))
+            if got:
+                out |= got
+            got = by_k.get(k)
+            if got:
+                out |= got
+        return out
+
+    def members_of(self, key: Hashable) -> set[Hashable]:
+        return self.members.get(key, _NONE)  # type: ignore[return-value]
+
+    def matches_of(self, item: Hashable) -> set[Hashable]:
+        return self.matches.get(item, _NONE)  # type: ignore[return-value]
+
+    def _select(self, sel: Selector) -> set[Hashable]:
+        got = self.index.select(sel)
+        if self.universe is not None:
+            got &= self.universe
+        return got
+
+    def _diff(self, key: Hashable, old: set[Hashable], new: set[Hashable],
+              changes: list[tuple[Hashable, Hashable, bool]]) -> None:
+        matches = self.matches
+        skip = self._skip
+        if not old:
+            # the common bulk case (a selector's first selection, a cold start)
+            for it in new:
+                m = matches.get(it)
+                if m is None:
+                    matches[it] = {key}
+                else:
+                    m.add(key)
+            if skip:
+                changes.extend([(key, it, True) for it in new if it not in skip])
+            else:
+                changes.extend([(key, it, True) for it in new])
+            return
+        for it in (old - new) if new else old:
+            m = matches.get(it)
+            if m is not None:
+                m.discard(key)
+                if not m:
+                    del matches[it]
+            if it not in skip:
+                changes.append((key, it, False))
+        for it in (new - old) if old else new:
+            m = matches.get(it)
+            if m is None:
+                matches[it] = {key}
+            else:
+                m.add(key)
+            if it not in skip:
+                changes.append((key, it, True))
+
+    def recompute(self, skip: set[Hashable] | frozenset[Hashable] = frozenset()
+                  ) -> list[tuple[Hashable, Hashable, bool]]:
+        """Fold pending changes in; returns (selector key, item, matched now?) pairs,
+        leaving out items in `skip` (the caller handles those wholesale)."""
+        self._skip = skip
+        changes: list[tuple[Hashable, Hashable, bool]] = []
+        dirty_sels, self._dirty_sels = self._dirty_sels, set()
+        items, self._dirty_items = self._dirty_items, set()
+        for key in dirty_sels:
+            sel = self.selectors.get(key)
+            old = self.members.get(key, _NONE)
+            new = self._select(sel) if sel is not None else set()
+            self._diff(key, old, new, changes)  # type: ignore[arg-type]
+            if sel is None:
+                self.members.pop(key, None)
+            else:
+                self.members[key] = new
+        if not items:
+            return changes
+        if len(items) > self.BULK_ITEMS:
+            others = [(k, s) for k, s in self.selectors.items() if k not in dirty_sels]
+            for key, sel in others:
+                old = self.members.get(key, _NONE)
+                new = self._select(sel)
+                if new != old:
+                    self._diff(key, old, new, changes)  # type: ignore[arg-type]
+                    self.members[key] = new
+            return changes
+        index, universe = self.index, self.universe
+        for it in items:
+            old = {k for k in self.matches.get(it, ()) if k not in dirty_sels}
+            if it in index and (universe is None or it in universe):
+                labels = index.labels(it)
+                sels = self.selectors
+                new = {k for k in self._candidates(labels)
+                       if k not in dirty_sels and sels[k].evaluate(labels)}
+            else:
+                new = set()
+            for k in old - new:
+                self.members[k].discard(it)
+                self._diff(k, {it}, _NONE, changes)  # type: ignore[arg-type]
+            for k in new - old:
+                self.members[k].add(it)
+                self._diff(k, _NONE, {it}, changes)  # type: ignore[arg-type]
+        return changes
+
+
+_NONE: frozenset[Any] = frozenset()
+
+
+def _requirements(sel: Selector) -> list[tuple[str, Any]]:
+    """Labels without which `sel` cannot match: [("kv", (key, value)), ...] (any of
+    them), [("k", key)], or [("always", None)] when there is no such label."""
+    t = type(sel)
+    if t is Equals:
+        return [("kv", (sel.key, sel.value))]  # type: ignore[attr-defined]
+    if t is In:
+        return [("kv", (sel.key, v)) for v in sorted(sel.values)]  # type: ignore[attr-defined]
+    if t in (Has, Contains, StartsWith, EndsWith):
+        return [("k", sel.key)]  # type: ignore[attr-defined]
+    if t is And:
+        best: list[tuple[str, Any]] | None = None
+        for op in sel.operands:  # type: ignore[attr-defined]
+            req = _requirements(op)
+            if req[0][0] == "always":
+                continue
+            if best is None or (req[0][0] == "kv" and (best[0][0] != "kv" or len(req) < len(best))):
+                best = req
+        return best or [("always", None)]
+    if t is Or:
+        out: list[tuple[str, Any]] = []
+        for op in sel.operands:  # type: ignore[attr-defined]
+            req = _requirements(op)
+            if req[0][0] == "always":
+                return [("always", None)]
+            out.extend(req)
+        return out
+    return [("always", None)]
