@@ -176,7 +176,7 @@ def _is_str(ann: Any) -> bool:
 
 
 def _is_selector(meta: list[Any]) -> bool:
-    return any(isinstance(m, AfterValidator) and m.func is f._check_selector for m in meta)
+    return any(isinstance(m, AfterValidator) and m.func is f.check_selector for m in meta)
 
 
 Leaf = tuple[tuple[Any, ...], bool]   # (path, is it a selector)

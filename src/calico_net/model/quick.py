@@ -1,9 +1,9 @@
 """A quick validity check for the bulk kinds, for readers of many stored documents.
 
-What it is for: the agent reads every resource at start (10,000 WorkloadEndpoints
-and more) and must skip invalid ones. `parse_resource` (pydantic, then semantic
-checks) costs ~100-150 us per endpoint plus the schema build on first use;
-`quick_valid` decides the common shapes in a few microseconds.
+What it is for: the agent reads every resource at start (every WorkloadEndpoint of
+the cluster and more) and must skip invalid ones. `parse_resource` (pydantic, then
+semantic checks) is far slower per document and builds each kind's schema on first
+use; `quick_valid` decides the common shapes with plain dict and string checks.
 
 How it is built: `quick_valid(doc)` returns True only when `parse_resource(doc)` is
 certain to accept `doc`; False means "not decided here", and the caller must run
@@ -30,23 +30,25 @@ import math
 import socket
 from typing import Any
 
-from calico_net.model.fields import (
+from calico_net.model.fields.network import (
+    MAC_RE,
+    PORT_PROTOCOLS,
+    PROTOCOL_NUMBERS,
+    check_port,
+    cidr_problem,
+    interface_name_problem,
+    is_host_network,
+)
+from calico_net.model.fields.text import (
     CONTAINER_ID_MAX,
     CONTAINER_ID_RE,
     DNS1123_LABEL_RE,
-    PORT_PROTOCOLS,
-    PROTOCOL_NUMBERS,
     RESOURCE_VERSION_RE,
     UID_MAX,
     UID_RE,
-    _check_port,
-    _check_timestamp,
-    _cidr_problem,
-    _MAC_RE,
-    interface_name_problem,
-    is_host_network,
+    check_timestamp,
     label_key_problem,
-    _label_value_ok,
+    label_value_ok,
     name_problem,
     selector_problem,
 )
@@ -93,21 +95,21 @@ def _name_ok(v: Any) -> bool:
 
 
 def _net_ok(v: Any, host: bool = False) -> bool:
-    # model.fields.Net: _cidr(v) with its defaults; `host`: also one address, as a
-    # WorkloadEndpoint's ipNetworks must be
+    # model.fields.Net: cidr_problem with Net's settings; `host`: also one address, as
+    # a WorkloadEndpoint's ipNetworks must be
     if type(v) is not str:
         return False
     if v.endswith("/32"):
         # an IPv4 host route, the common case: a dotted quad that inet_pton takes and
-        # gives back unchanged is one _cidr accepts (no lru_cache churn for 10,000
-        # distinct addresses)
+        # gives back unchanged is one Net accepts (and distinct addresses, one per
+        # endpoint, would only churn cidr_problem's cache)
         a = v[:-3]
         try:
             if socket.inet_ntop(socket.AF_INET, socket.inet_pton(socket.AF_INET, a)) == a:
                 return True
         except OSError:
             pass
-    return _cidr_problem(v, None, True, False, "CIDR") is None and (not host or is_host_network(v))
+    return cidr_problem(v, None, True, False, "CIDR") is None and (not host or is_host_network(v))
 
 
 def _ifname_ok(v: Any) -> bool:
@@ -118,7 +120,7 @@ def _ifname_ok(v: Any) -> bool:
 @functools.lru_cache(maxsize=4096)
 def _timestamp_ok(ts: str) -> bool:
     try:
-        _check_timestamp(ts)
+        check_timestamp(ts)
     except Exception:  # noqa: BLE001 - the model's own check said no
         return False
     return True
@@ -135,7 +137,7 @@ def _labels_ok(labels: Any) -> bool:
             if len(_LABEL_OK) >= _CACHE_MAX:
                 _LABEL_OK.clear()
             ok = _LABEL_OK[(k, v)] = (label_key_problem(k) is None and len(v) <= 63
-                                      and bool(_label_value_ok(v)))
+                                      and bool(label_value_ok(v)))
         if not ok:
             return False
     return True
@@ -193,7 +195,7 @@ def _wep_spec_ok(spec: dict[str, Any]) -> bool:
     if ifname is not None and not _ifname_ok(ifname):
         return False
     mac = spec.get("mac")
-    if mac is not None and (type(mac) is not str or not _MAC_RE.fullmatch(mac)):
+    if mac is not None and (type(mac) is not str or not MAC_RE.fullmatch(mac)):
         return False
     return True
 
@@ -214,7 +216,7 @@ def _selector_ok(text: str) -> bool:
 
 
 def _protocol_number(v: Any) -> int | None:
-    """model.fields._check_protocol's accepted values as a number, else None."""
+    """The values model.fields.Protocol accepts, as a number; else None."""
     if type(v) is int:
         return v if 1 <= v <= 255 else None
     if type(v) is str:
@@ -226,7 +228,7 @@ def _port_ok(v: Any) -> bool:
     if type(v) is not int and type(v) is not str:
         return False
     try:
-        _check_port(v)
+        check_port(v)
     except Exception:  # noqa: BLE001 - the model's own check said no
         return False
     return True

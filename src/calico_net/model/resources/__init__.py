@@ -1,0 +1,120 @@
+"""Calico v3 resources (`apiVersion: projectcalico.org/v3`) as pydantic v2 models.
+
+One model per kind (`IPPool`, `GlobalNetworkPolicy`, ...) with `metadata` and a
+`...Spec`; field names are snake_case in Python and Calico's own JSON names on the
+wire (`ipipMode`, `ipNATs`, `peerIP`, ...). This package declares the twelve kinds
+(`RESOURCE_CLASSES`) from their specs, which live in one module per family: `policy`,
+`endpoints` (workload and host endpoints, nodes), `pools`, `bgp` and `felix`, on the
+shared ground of `base`.
+
+Validation happens in two passes:
+1. pydantic: structure, types and per-value checks (the types in `model.fields`);
+2. `Resource.semantic_errors()`: rules that tie several fields together (ports need a
+   port protocol, blockSize depends on the pool's family, peerSelector excludes peerIP,
+   ...). Each returns (field path, message) pairs.
+
+`Resource.to_dict()` dumps only what was written (exclude_unset + aliases), so a
+document survives YAML -> object -> JSON -> YAML unchanged; defaults are still
+readable as attributes (`pool.spec.block_size == 26` when the YAML did not say).
+Values are kept as written (CIDR text, "1000:2000", "64512.10"); `model.fields.parse_*`
+give their meaning.
+"""
+from __future__ import annotations
+
+import typing
+from typing import Any, Iterator, Literal, Optional
+
+from pydantic import Field
+
+from calico_net.model.fields.checks import show
+from calico_net.model.fields.text import name_problem
+from calico_net.model.resources.base import (
+    API_VERSION, NOT_SUPPORTED_YET, CalicoModel, CheckContext, Error, Metadata, Resource,
+    field_path, not_supported,
+)
+from calico_net.model.resources.bgp import (
+    BGPConfigurationSpec, BGPPassword, BGPPeerSpec, Community, LogSeverity, PrefixAdvertisement,
+    SecretKeyRef, ServiceIPBlock,
+)
+from calico_net.model.resources.endpoints import (
+    IPNAT, EndpointPort, HostEndpointSpec, NodeAddress, NodeBGPSpec, NodeSpec, NodeStatus,
+    NodeWireguardSpec, OrchestratorName, OrchRef, WorkloadEndpointPort, WorkloadEndpointSpec,
+)
+from calico_net.model.resources.felix import (
+    MTU, EnabledDisabled, FelixConfigurationSpec, HealthTimeoutOverride, Mark, ProtoPort,
+    RouteTableRange,
+)
+from calico_net.model.resources.policy import (
+    Action, EntityRule, GlobalNetworkPolicySpec, GlobalNetworkSetSpec, ICMPFields, IPVersion,
+    NetworkPolicySpec, NetworkSetSpec, Order, PolicyType, ProfileSpec, Rule, RuleMetadata,
+    ServiceAccountMatch,
+)
+from calico_net.model.resources.pools import (
+    BLOCK_SIZE_RANGE, DEFAULT_BLOCK_SIZE, EncapMode, IPPoolSpec,
+)
+
+def resource_kind(kind: str, spec: type[CalicoModel], doc: str, *, namespaced: bool = False,
+                  spec_required: bool = False, base: type[Resource] = Resource,
+                  more: dict[str, tuple[Any, Any]] | None = None) -> type[Resource]:
+    """The `Resource` subclass for `kind`: `kind` fixed to its name, `spec` a `spec`
+    model (an empty one when the document has none, unless `spec_required`), `more`
+    other top-level fields as name -> (type, default), `base` where a kind adds checks.
+    """
+    annotations: dict[str, Any] = {"kind": Literal[kind], "spec": spec}
+    namespace: dict[str, Any] = {
+        "__module__": __name__, "__qualname__": kind, "__doc__": doc,
+        "KIND": kind, "NAMESPACED": namespaced, "kind": kind,
+    }
+    if not spec_required:
+        namespace["spec"] = Field(default_factory=spec)
+    for name, (annotation, default) in (more or {}).items():
+        annotations[name] = annotation
+        namespace[name] = default
+    namespace["__annotations__"] = annotations
+    return typing.cast("type[Resource]", type(kind, (base,), namespace))
+
+
+class _NamedDefaultOrNode(Resource):
+    """FelixConfiguration's name rule: "default" for every node, "node.<name>" for one."""
+
+    def semantic_errors(self, path: str = "", ctx: CheckContext | None = None) -> Iterator[Error]:
+        name = self.metadata.name
+        if name != "default":
+            node = name[5:] if name.startswith("node.") else None
+            if not node or name_problem(node, "node name"):
+                yield (field_path(path, "metadata.name"),
+                       f"{show(name)} is not a FelixConfiguration name (\"default\" or \"node.<nodename>\")")
+        yield from super().semantic_errors(path, ctx)
+
+
+Node = resource_kind("Node", NodeSpec, "A host running calico/node: its BGP addresses and AS number.",
+                     more={"status": (Optional[NodeStatus], None)})
+IPPool = resource_kind("IPPool", IPPoolSpec, "A range workload addresses are allocated from, in "
+                       "blocks of 2^(32-blockSize).", spec_required=True)
+BGPConfiguration = resource_kind("BGPConfiguration", BGPConfigurationSpec,
+                                 "Cluster-wide (`default`) or per-node (`node.<name>`) BGP settings.")
+BGPPeer = resource_kind("BGPPeer", BGPPeerSpec,
+                        "A BGP peering for all nodes, one node or a selection of nodes.")
+FelixConfiguration = resource_kind("FelixConfiguration", FelixConfigurationSpec,
+                                   "Felix settings: `default` for every node, `node.<name>` for "
+                                   "one node.", base=_NamedDefaultOrNode)
+Profile = resource_kind("Profile", ProfileSpec,
+                        "Rules and labels shared by the endpoints that list the profile.")
+NetworkPolicy = resource_kind("NetworkPolicy", NetworkPolicySpec,
+                              "Policy for the workload endpoints of one namespace.", namespaced=True)
+GlobalNetworkPolicy = resource_kind("GlobalNetworkPolicy", GlobalNetworkPolicySpec,
+                                    "Policy for endpoints of every namespace and for host endpoints.")
+NetworkSet = resource_kind("NetworkSet", NetworkSetSpec, "Named, labelled networks of one namespace "
+                           "that policy selectors can match.", namespaced=True)
+GlobalNetworkSet = resource_kind("GlobalNetworkSet", GlobalNetworkSetSpec,
+                                 "Named, labelled networks that any policy's selectors can match.")
+WorkloadEndpoint = resource_kind("WorkloadEndpoint", WorkloadEndpointSpec, "A workload's interface: "
+                                 "node, host-side interface name, addresses, profiles.",
+                                 namespaced=True)
+HostEndpoint = resource_kind("HostEndpoint", HostEndpointSpec, "A host interface (or all of them, "
+                             "`*`) that policy applies to.", spec_required=True)
+
+RESOURCE_CLASSES: tuple[type[Resource], ...] = (
+    Node, IPPool, BGPConfiguration, BGPPeer, FelixConfiguration, Profile, NetworkPolicy,
+    GlobalNetworkPolicy, NetworkSet, GlobalNetworkSet, WorkloadEndpoint, HostEndpoint,
+)
