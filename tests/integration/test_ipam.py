@@ -285,7 +285,7 @@ def test_one_call_claims_several_blocks(ipam, datastore):
 def test_no_second_claim_when_the_node_just_got_a_block(datastore, etcd_client, etcd):
     # Two clients of one node both find its blocks full; the one that claims second
     # must use the block the first just claimed instead of claiming another.
-    from calico_net.ipam.client import _StaleView
+    from calico_net.ipam.records import StaleView
 
     datastore.create(pool("p", "198.19.0.0/24", blockSize=28))
     one = IPAM(etcd_client, datastore)
@@ -297,7 +297,7 @@ def test_no_second_claim_when_the_node_just_got_a_block(datastore, etcd_client, 
         view = two._view("node-a", True, (4,), for_claim=True)  # sees one full block
         one.auto_assign("one16", "node-a")  # claims the second block
         pools = two._eligible_pools(view, 4, None)
-        with pytest.raises(_StaleView):
+        with pytest.raises(StaleView):
             two._claim_free_block(view, pools, view.config)
         # through the public call: the block `one` claimed is used, nothing new claimed
         assert two.auto_assign("two0", "node-a")[0][0] in net("198.19.0.16/28")

@@ -13,7 +13,7 @@ Addresses are handed out from the front of `unallocated` and returned to its bac
 (as Calico does), so a just-released address is not reused at once. Attributes are
 shared by every address of the same handle and compacted when no address uses them.
 
-`AllocationBlock` mutates in memory; `calico_net.ipam.client` writes the result back
+`AllocationBlock` mutates in memory; `calico_net.ipam.assign` and `.release` write it back
 with a compare-and-swap. Everything here is unit-tested without etcd.
 """
 from __future__ import annotations

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 from calico_net.errors import CalicoNetError
 
+__all__ = [
+    "AddressInUseError", "BlockNotEmptyError", "IPAMConflictError", "IPAMError",
+    "NoPoolsError", "NotInPoolError", "PoolExhaustedError",
+]
+
 
 class IPAMError(CalicoNetError):
     """Base class for IPAM errors."""

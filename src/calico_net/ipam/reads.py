@@ -1,0 +1,238 @@
+"""What IPAM reads: the IPAM config, pools and node labels, the view an assignment
+decides on (cached, or read fresh in one transaction), blocks, affinities and
+handles. Nothing here writes to etcd.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from calico_net.datastore.errors import ResourceNotFound
+from calico_net.datastore.etcd import op_get, op_get_prefix
+from calico_net.datastore.store import decode, kind_prefix, resource_key
+from calico_net.ipam import keys
+from calico_net.ipam.block import AllocationBlock, IPAddress, IPNetwork, parse_cidr, parse_ip
+from calico_net.ipam.caches import IPAMCaches
+from calico_net.ipam.errors import NoPoolsError
+from calico_net.ipam.pools import Pool, needs_node_labels, pools_from_documents, select_pools
+from calico_net.ipam.records import (
+    Affinity,
+    Assignment,
+    IPAMConfig,
+    View,
+    affine_from_kvs,
+    affinity_state,
+    handle_blocks,
+    parse_block,
+    pool_revisions,
+)
+
+# Blocks read together in one request: when a fresh view is taken, and when a client
+# meets affine blocks it has not cached (a new CNI process on a node with many blocks).
+# etcd's default --max-txn-ops is 128.
+READ_BATCH = 16
+
+
+class IPAMReads(IPAMCaches):
+    """The reading half of `IPAM`."""
+
+    datastore: Any
+
+    # ------------------------------------------------------------------ config
+    def get_config(self) -> IPAMConfig:
+        kv = self.client.get(keys.CONFIG_KEY)
+        return IPAMConfig.from_kvs([kv] if kv else [])
+
+    # ------------------------------------------------------------------ pools and nodes
+    def pools(self) -> list[Pool]:
+        """Every IPPool, read now."""
+        docs, _ = self.datastore.list("IPPool")
+        return self._keep_pools(docs)[0]
+
+    def _keep_pools(self, docs: list[dict[str, Any]]) -> tuple[list[Pool], dict[str, int]]:
+        """Pools from IPPool documents with their revisions, cached."""
+        self._pool_cache = (pools_from_documents(docs), pool_revisions(docs))
+        return self._pool_cache
+
+    def node_labels(self, node: str) -> dict[str, str]:
+        """The Node's labels, read now; a node without a Node resource has none."""
+        return self._read_node(node)[0]
+
+    def _read_node(self, node: str) -> tuple[dict[str, str], int]:
+        try:
+            doc = self.datastore.get("Node", node)
+        except ResourceNotFound:
+            found: tuple[dict[str, str], int] = ({}, 0)
+        else:
+            md = doc.get("metadata") or {}
+            found = (dict(md.get("labels") or {}), int(md.get("resourceVersion") or 0))
+        self._node_cache[node] = found
+        return found
+
+    # ------------------------------------------------------------------ the view
+    def _view(self, node: str, fresh: bool, versions: Sequence[int] = (4, 6), *, for_claim: bool = False) -> View:
+        """Pools and node labels: from the cache, or read now (with the node's
+        affinities and affine blocks, see `_fresh_view`) when `fresh` or not cached."""
+        if fresh or self._pool_cache is None:
+            return self._fresh_view(node, versions, for_claim)
+        pools, revs = self._pool_cache
+        if needs_node_labels(pools):
+            labels, rev = self._node_cache[node] if node in self._node_cache else self._read_node(node)
+        else:
+            labels, rev = {}, 0
+        return View(pools, revs, node, labels, rev, False)
+
+    def _fresh_view(self, node: str, versions: Sequence[int], for_claim: bool = False) -> View:
+        """Read, in ONE transaction (so at one revision): the IPPools, the Node, the IPAM
+        config, the node's affinities of each version and the affine blocks this client
+        has cached (the one used last first, at most READ_BATCH); `for_claim` adds the
+        CIDR of every block (keys only). Every cache this touches is replaced; affine
+        blocks not re-read are dropped from the cache, so after a fresh view nothing the
+        node's assignment decides on is older than it."""
+        ops = [op_get_prefix(kind_prefix("IPPool")), op_get(resource_key("Node", node)), op_get(keys.CONFIG_KEY)]
+        for version in versions:
+            ops.append(op_get_prefix(keys.host_prefix(node, version)))
+        reread: list[IPNetwork] = []
+        for version in versions:
+            reread += self._last_first(node, version, list(self._affine_cache.get((node, version), [])))
+        reread = reread[:READ_BATCH]
+        ops += [op_get(keys.block_key(c)) for c in reread]
+        if for_claim:
+            ops += [op_get_prefix(keys.block_prefix(v), keys_only=True) for v in versions]
+        txn = self.client.txn([], ops)
+
+        pools, revs = self._keep_pools([decode(kv) for kv in txn.range_kvs(0)])
+        node_kvs = txn.range_kvs(1)
+        if node_kvs:
+            md = decode(node_kvs[0]).get("metadata") or {}
+            self._node_cache[node] = (dict(md.get("labels") or {}), node_kvs[0].mod_revision)
+        else:
+            self._node_cache[node] = ({}, 0)
+        cfg = IPAMConfig.from_kvs(txn.range_kvs(2))
+        for i, version in enumerate(versions):
+            affine = affine_from_kvs(txn.range_kvs(3 + i), version)
+            for old in self._affine_cache.get((node, version), []):
+                self._block_cache.pop(old, None)
+            self._affine_cache[(node, version)] = affine
+        first = 3 + len(versions)
+        for i, cidr in enumerate(reread):
+            blk, rev = parse_block(txn.range_kvs(first + i))
+            if cidr in self._affine_cache.get((node, cidr.version), ()):
+                self._keep_block(cidr, blk, rev)
+        block_cidrs: dict[int, set[IPNetwork]] = {}
+        if for_claim:
+            first += len(reread)
+            for i, version in enumerate(versions):
+                found = (keys.parse_block_key(kv.key) for kv in txn.range_kvs(first + i))
+                block_cidrs[version] = {c for c in found if c is not None}
+        labels, node_rev = self._node_cache[node]
+        if not needs_node_labels(pools):
+            labels, node_rev = {}, 0
+        return View(pools, revs, node, labels, node_rev, True, cfg, txn.revision, block_cidrs)
+
+    def _last_first(self, node: str, version: int, cidrs: list[IPNetwork]) -> list[IPNetwork]:
+        """`cidrs` with the block the node's last address came from moved to the front."""
+        last = self._last_block.get((node, version))
+        if last in cidrs:
+            cidrs.remove(last)
+            cidrs.insert(0, last)
+        return cidrs
+
+    def _eligible_pools(self, view: View, version: int, requested: Sequence[str] | None) -> list[Pool]:
+        chosen = select_pools(view.pools, version, view.node, view.node_labels, requested)
+        if not chosen:
+            have = [p for p in view.pools if p.version == version]
+            if not have:
+                raise NoPoolsError(f"no IPv{version} IPPool is configured")
+            if all(p.disabled for p in have):
+                raise NoPoolsError(f"every IPv{version} IPPool is disabled")
+            raise NoPoolsError(f'no enabled IPv{version} IPPool selects node "{view.node}"')
+        return chosen
+
+    # ------------------------------------------------------------------ blocks
+    def blocks(self, version: int | None = None) -> list[AllocationBlock]:
+        """Every allocation block (of one IP version, or both)."""
+        kvs, _ = self.client.get_prefix(keys.block_prefix(version))
+        out = []
+        for kv in kvs:
+            if keys.parse_block_key(kv.key) is not None and kv.value:
+                out.append(parse_block([kv])[0])
+        return out
+
+    def _block_cidrs(self, version: int) -> set[IPNetwork]:
+        kvs, _ = self.client.get_prefix(keys.block_prefix(version), keys_only=True)
+        return {c for c in (keys.parse_block_key(kv.key) for kv in kvs) if c is not None}
+
+    def _find_block_cidr(self, ip: IPAddress) -> IPNetwork | None:
+        """The CIDR of the existing block holding `ip`, if any."""
+        for cidr in self._block_cidrs(ip.version):
+            if ip in cidr:
+                return cidr
+        return None
+
+    def _load_blocks(self, cidrs: Sequence[IPNetwork]) -> None:
+        """Read blocks that are not cached, up to READ_BATCH in one transaction."""
+        missing = [c for c in cidrs if c not in self._block_cache][:READ_BATCH]
+        if len(missing) < 2:
+            return  # one block: `_take_block` reads it as cheaply
+        txn = self.client.txn([], [op_get(keys.block_key(c)) for c in missing])
+        for i, cidr in enumerate(missing):
+            blk, rev = parse_block(txn.range_kvs(i))
+            self._keep_block(cidr, blk, rev)
+
+    # ------------------------------------------------------------------ affinities
+    def affinities(self, node: str | None = None, version: int | None = None) -> list[Affinity]:
+        kvs, _ = self.client.get_prefix(keys.host_prefix(node, version if node else None))
+        out = []
+        for kv in kvs:
+            parsed = keys.parse_affinity_key(kv.key)
+            if parsed is None or (version and parsed[1].version != version):
+                continue
+            out.append(Affinity(parsed[0], parsed[1], affinity_state(kv.value), kv.mod_revision))
+        return out
+
+    def _affine_cidrs(self, node: str, version: int) -> list[IPNetwork]:
+        """The node's affine blocks of one version, in address order (cached)."""
+        ck = (node, version)
+        if ck not in self._affine_cache:
+            kvs, _ = self.client.get_prefix(keys.host_prefix(node, version))
+            self._affine_cache[ck] = affine_from_kvs(kvs, version)
+        return list(self._affine_cache[ck])
+
+    # ------------------------------------------------------------------ handles and addresses
+    def handles(self) -> dict[str, dict[str, int]]:
+        """handle id -> {block cidr: address count}."""
+        kvs, _ = self.client.get_prefix(keys.HANDLE_PREFIX)
+        out = {}
+        for kv in kvs:
+            hid = keys.parse_handle_key(kv.key)
+            if hid is not None:
+                out[hid] = handle_blocks(kv.value)
+        return out
+
+    def get_handle(self, handle_id: str) -> dict[str, int] | None:
+        kv = self.client.get(keys.handle_key(keys.check_handle_id(handle_id)))
+        if kv is None:
+            return None
+        return handle_blocks(kv.value)
+
+    def ips_by_handle(self, handle_id: str) -> list[IPAddress]:
+        blocks = self.get_handle(handle_id) or {}
+        out: list[IPAddress] = []
+        for cidr in blocks:
+            blk, _ = self._read_block(parse_cidr(cidr))
+            if blk is not None:
+                out.extend(blk.ips_for_handle(handle_id))
+        return out
+
+    def get_assignment(self, ip: str | IPAddress) -> Assignment | None:
+        addr = parse_ip(ip)
+        cidr = self._find_block_cidr(addr)
+        if cidr is None:
+            return None
+        blk, _ = self._read_block(cidr)
+        if blk is None:
+            return None
+        attr = blk.attribute_of(addr)
+        if attr is None:
+            return None
+        return Assignment(addr, blk.cidr, attr.get("handle_id"), dict(attr.get("secondary") or {}), blk.host)
