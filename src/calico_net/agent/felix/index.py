@@ -83,7 +83,6 @@ class PolicyIndex:
         self._pools_dirty = False
 
     # -- input -----------------------------------------------------------------
-    # -- input -----------------------------------------------------------------
 
     def update(self, kind: str, name: str, namespace: str | None,
                doc: Mapping[str, Any] | None) -> None:
@@ -159,9 +158,6 @@ class PolicyIndex:
 
     def set_elements(self, name: str) -> set[str]:
         return self.sets.elements(name)
-
-    def cidr_set_elements(self, name: str) -> set[str]:
-        return self.sets.cidr_elements(name)
 
     def element_present(self, name: str, elem: str) -> bool:
         return self.sets.element_present(name, elem)
