@@ -1,32 +1,28 @@
 """nft transactions through libnftables in this process (ctypes), without the nft CLI.
 
-What it is for: an incremental change that is not element-only (a policy edited, a
-new policy combination) is a small ``nft -f`` script, but the nft CLI pays for a
-fork/exec, its own start and a full cache read of our table before it commits
-(measured at 10,000 endpoints, idle machine: 36-65 ms per policy-chain rewrite).
-The same script given to libnftables in the agent's process takes 14-25 ms: no new
-process, and ctypes releases the GIL for the call, so other threads keep running.
+Owns `LibNft`, one libnftables context, and `load`, which finds the library. Why:
+an incremental change that is not element-only (a policy edited, a new policy
+combination) is a small ``nft -f`` script, but the nft CLI pays for a fork/exec,
+its own start and a full cache read of our table before it commits. The same
+script given to libnftables in the agent's process skips the new process, and
+ctypes releases the GIL for the call, so other threads keep running.
 
-How it is built: one `nft_ctx` per `LibNft`, output and errors buffered (read back
-for the error message), the script passed whole to `nft_run_cmd_from_buffer` — one
-transaction, exactly as ``nft -f -``. With a network namespace the calling thread
-enters it (setns) around context creation and every call, then returns. Full
-loads of the whole table stay with the CLI (`NftRunner` decides): libnftables'
-parser peaks at ~100 MB for the 10,000-endpoint table, which would stay in the
-agent's resident set.
+One `nft_ctx` per `LibNft`, output and errors buffered (read back for the error
+message), the script passed whole to `nft_run_cmd_from_buffer` — one transaction,
+exactly as ``nft -f -``. With a network namespace the calling thread enters it
+(`netlink.in_netns`) around context creation and every call. Full loads of the
+whole table stay with the CLI (`NftRunner` decides): libnftables' parser needs a
+lot of memory for a big table, which would stay in the agent's resident set.
 """
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import os
 import threading
-from contextlib import contextmanager
-from typing import Iterator
+
+from .netlink import in_netns
 
 __all__ = ["LibNft", "load"]
-
-CLONE_NEWNET = 0x40000000
 
 _lib: ctypes.CDLL | None = None
 _lib_error: str | None = None
@@ -60,27 +56,6 @@ def load() -> ctypes.CDLL | None:
         return lib
 
 
-@contextmanager
-def _in_netns(netns: str | None) -> Iterator[None]:
-    if not netns:
-        yield
-        return
-    libc = ctypes.CDLL(None, use_errno=True)
-    target = os.open(f"/run/netns/{netns}", os.O_RDONLY | os.O_CLOEXEC)
-    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        if libc.setns(target, CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), f"setns({netns})")
-        try:
-            yield
-        finally:
-            if libc.setns(home, CLONE_NEWNET) != 0:  # pragma: no cover - cannot fail back
-                raise OSError(ctypes.get_errno(), "could not return to the original netns")
-    finally:
-        os.close(target)
-        os.close(home)
-
-
 class LibNft:
     """One libnftables context; `run(script)` is one atomic transaction."""
 
@@ -90,7 +65,7 @@ class LibNft:
             raise OSError(f"libnftables not available: {_lib_error}")
         self._lib = lib
         self.netns = netns
-        with _in_netns(netns):
+        with in_netns(netns):
             ctx = lib.nft_ctx_new(0)          # NFT_CTX_DEFAULT: opens its netlink socket now
         if not ctx:
             raise OSError("nft_ctx_new failed")
@@ -100,7 +75,7 @@ class LibNft:
 
     def run(self, script: str) -> str | None:
         """Run `script`; None on success, else nft's error text."""
-        with _in_netns(self.netns):
+        with in_netns(self.netns):
             rc = self._lib.nft_run_cmd_from_buffer(self._ctx, script.encode())
         err = self._lib.nft_ctx_get_error_buffer(self._ctx) or b""
         self._lib.nft_ctx_get_output_buffer(self._ctx)   # drop (and reset) any output

@@ -1,45 +1,56 @@
-"""Set-element changes for ``table inet calico`` sent as raw nfnetlink messages.
+"""Set elements of ``table inet calico`` written and read as raw nfnetlink messages.
 
-What it is for: every nft CLI (or libnftables) command first reads the table's
-chains and sets into its cache; with ~3,000 chains and ~1,500 sets that read
-costs hundreds of milliseconds per command (DESIGN.md measured 0.16-0.26 s on an
-idle machine), however small the change.  The frequent changes — an endpoint
-coming, going or changing labels — are, with our layout, only set/map element
-changes, and the kernel takes those directly: one NEWSETELEM/DELSETELEM batch in a
-single netlink transaction, a few milliseconds.
+Owns `NetlinkSetWriter` (element adds/deletes as one transaction), `NetlinkReader`
+(dumps of the table: chains with their rule counts, sets with their element
+counts, one set's elements), the element encoders and `NftError`, the error every
+nft path raises. Why: every nft CLI (or libnftables) command first reads the
+table's chains and sets into its cache, which on a big table costs far more than
+a small change; the frequent changes — an endpoint coming, going or changing
+labels — are, with our layout, only set/map element changes, which the kernel
+takes directly: one NEWSETELEM/DELSETELEM batch in a single netlink transaction.
 
-How it is built: plain `socket(AF_NETLINK, NETLINK_NETFILTER)` and `struct`; a
-batch is BATCH_BEGIN, one message per (verb, set) group, BATCH_END, sent with one
-sendmsg; every element message asks for an ACK and any error fails the whole
-batch (the kernel aborts the transaction), so the caller can fall back to nft.
-Keys are encoded from the same element text the nft scripts use, for the set types
-this dataplane has on its fast path: ``ipv4_addr``, ``ipv6_addr``, ``ifname``,
-``inet_proto``, ``inet_service`` and concatenations of those (each field padded
-to 4 bytes, as nft does), and verdict map values ``jump <chain>``/``goto``/
-``accept``/``drop``.  Interval sets are not on the fast path (their elements are
-ranges with end markers; those changes go through nft).  A network namespace can be
-given: the socket is opened inside it (setns on this thread, then back).
+A batch is BATCH_BEGIN, one message per (verb, set) group, BATCH_END, sent with one
+sendmsg (codec: `netlink`); every element message asks for an ACK and any error
+fails the whole batch (the kernel aborts the transaction), so the caller can fall
+back to nft. Keys are encoded from the same element text the nft scripts use, for
+the set types this dataplane has on its fast path: ``ipv4_addr``, ``ipv6_addr``,
+``ifname``, ``inet_proto``, ``inet_service`` and concatenations of those (each
+field padded to 4 bytes, as nft does), and verdict map values ``jump <chain>``/
+``goto``/``accept``/``drop``. Interval sets are not on the fast path (their
+elements are ranges with end markers; those changes go through nft). A network
+namespace can be given: the socket is opened inside it (`netlink.in_netns`).
 
-Measured on the bench table (10,000 endpoints, ~2,800 chains, 2 loaded CPUs): a
-batch that only touches plain sets commits in ~1 ms; one that adds ``jump``
-elements to a verdict map costs ~30 ms, all of it in the kernel, which re-validates
-every chain reachable from the map (loop detection) at commit.  That is the floor of
-"one endpoint added"; several endpoints added in one batch share it.
+A batch that adds ``jump`` elements to a verdict map costs more than one that only
+touches plain sets, all of it in the kernel, which re-validates every chain
+reachable from the map (loop detection) at commit: that is the floor of "one
+endpoint added"; several endpoints added in one batch share it.
 """
 from __future__ import annotations
 
-import ctypes
 import errno
 import functools
 import os
 import socket
 import struct
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
-from .nft import FAMILY, TABLE, NftError
+from .netlink import (
+    NLA_F_NESTED, NLM_F_ACK, NLM_F_CREATE, NLM_F_REQUEST, NLATTR, NetlinkError, NetlinkSocket,
+    attr as _attr, attr_list, attrs as _attrs, cstr as _str, grow_sndbuf, nested as _nested,
+    open_socket, seq_at, strz as _strz,
+)
 from .nftstr import ident, unquote_ifname
 
-__all__ = ["NetlinkSetWriter", "PreparedBatch", "encodable", "encode_key"]
+__all__ = ["NetlinkSetWriter", "NetlinkReader", "NftError", "PreparedBatch", "TABLE", "encodable",
+           "encode_key"]
+
+#: the table every nft path of the agent writes (``table inet calico``)
+TABLE = "calico"
+
+
+class NftError(RuntimeError):
+    """nft rejected a script or could not be run."""
+
 
 NETLINK_NETFILTER = 12
 NFNL_SUBSYS_NFTABLES = 10
@@ -47,12 +58,6 @@ NFNL_MSG_BATCH_BEGIN = 16
 NFNL_MSG_BATCH_END = 17
 NFT_MSG_NEWSETELEM = 12
 NFT_MSG_DELSETELEM = 14
-NLM_F_REQUEST = 0x1
-NLM_F_ACK = 0x4
-NLM_F_CREATE = 0x400
-NLMSG_ERROR = 2
-NLMSG_DONE = 3
-NLA_F_NESTED = 0x8000
 NFPROTO_INET = 1
 NFTA_SET_ELEM_LIST_TABLE = 1
 NFTA_SET_ELEM_LIST_SET = 2
@@ -65,10 +70,10 @@ NFTA_DATA_VERDICT = 2
 NFTA_VERDICT_CODE = 1
 NFTA_VERDICT_CHAIN = 2
 _VERDICTS = {"accept": 1, "drop": 0, "continue": -1, "return": -5, "jump": -3, "goto": -4}
-CLONE_NEWNET = 0x40000000
 IFNAMSIZ = 16
 _PROTOS = {"tcp": 6, "udp": 17, "icmp": 1, "sctp": 132, "udplite": 136, "icmpv6": 58}
 _FIELDS = ("ipv4_addr", "ipv6_addr", "ifname", "inet_proto", "inet_service")
+_NFGENMSG = struct.Struct("=BBH")
 
 
 def _types(decl: str) -> tuple[list[str], bool] | None:
@@ -129,19 +134,6 @@ def encode_key(decl: str, text: str) -> bytes:
     return out
 
 
-def _attr(atype: int, payload: bytes) -> bytes:
-    length = 4 + len(payload)
-    return struct.pack("=HH", length, atype) + payload + b"\0" * (-length % 4)
-
-
-def _nested(atype: int, *attrs: bytes) -> bytes:
-    return _attr(atype | NLA_F_NESTED, b"".join(attrs))
-
-
-def _strz(s: str) -> bytes:
-    return s.encode() + b"\0"
-
-
 @functools.lru_cache(maxsize=16384)
 def _verdict(text: str) -> bytes:
     words = text.split()
@@ -175,7 +167,7 @@ def _encoder(verb: str, decl: str) -> Callable[[str, str | None], bytes] | None:
         inet_pton, af = socket.inet_pton, socket.AF_INET
         return lambda key, value: _V4_ELEM + inet_pton(af, key.strip())
     if fields == ["ifname"] and with_value:
-        pack, head, verdict = struct.Struct("=HH").pack, NFTA_LIST_ELEM | NLA_F_NESTED, _verdict
+        pack, head, verdict = NLATTR.pack, NFTA_LIST_ELEM | NLA_F_NESTED, _verdict
 
         def ifname_verdict(key: str, value: str | None) -> bytes:
             raw = unquote_ifname(key)
@@ -198,16 +190,17 @@ def _encoder(verb: str, decl: str) -> Callable[[str, str | None], bytes] | None:
 
 #: below this a batch fits the default netlink send buffer (net.core.wmem_default)
 _DEFAULT_SNDBUF = 160 * 1024
-SO_SNDBUFFORCE = 32
+#: the nfgenmsg of BATCH_BEGIN/BATCH_END: the subsystem (nf_tables) in res_id
+_BATCH_BODY = _NFGENMSG.pack(0, 0, socket.htons(NFNL_SUBSYS_NFTABLES))
 
 
-def _grow_sndbuf(sock: socket.socket, size: int) -> None:
-    """Raise the socket's send buffer to `size` bytes (past net.core.wmem_max with
-    CAP_NET_ADMIN, as nft does for its big batches)."""
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, size)
-    except OSError:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
+def _socket(netns: str | None, **opts: Any) -> NetlinkSocket:
+    return NetlinkSocket(open_socket(NETLINK_NETFILTER, netns=netns, **opts))
+
+
+def _set_attrs(name: str) -> bytes:
+    """The attributes naming set `name` of our table in an element message."""
+    return _attr(NFTA_SET_ELEM_LIST_TABLE, _strz(TABLE)) + _attr(NFTA_SET_ELEM_LIST_SET, _strz(name))
 
 
 class PreparedBatch:
@@ -220,28 +213,18 @@ class PreparedBatch:
         self.count = count
 
 
+
 class NetlinkSetWriter:
     """Sends element adds/deletes for sets of table inet calico in one netlink batch."""
 
     def __init__(self, netns: str | None = None) -> None:
         self.netns = netns
-        self._sock: socket.socket | None = None
-        self._seq = 1
+        self._nl: NetlinkSocket | None = None
 
     def close(self) -> None:
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
-
-    def _socket(self) -> socket.socket:
-        if self._sock is None:
-            if self.netns:
-                self._sock = _socket_in_netns(self.netns)
-            else:
-                self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
-            self._sock.bind((0, 0))
-            self._sock.settimeout(5.0)
-        return self._sock
+        if self._nl is not None:
+            self._nl.close()
+            self._nl = None
 
     def write(self, ops: Iterable[tuple[str, str, str, str, str | None]]) -> int:
         """Apply (verb "add"|"delete", set name, set decl, element key text, map value
@@ -278,9 +261,7 @@ class NetlinkSetWriter:
         bodies: list[tuple[int, int, bytes]] = []
         for verb, name in order:
             elems = groups[(verb, name)]
-            head = (struct.pack("=BBH", NFPROTO_INET, 0, 0)
-                    + _attr(NFTA_SET_ELEM_LIST_TABLE, _strz(TABLE))
-                    + _attr(NFTA_SET_ELEM_LIST_SET, _strz(name)))
+            head = _NFGENMSG.pack(NFPROTO_INET, 0, 0) + _set_attrs(name)
             mtype = (NFNL_SUBSYS_NFTABLES << 8) | (
                 NFT_MSG_NEWSETELEM if verb == "add" else NFT_MSG_DELSETELEM)
             flags = NLM_F_REQUEST | NLM_F_ACK | (NLM_F_CREATE if verb == "add" else 0)
@@ -293,92 +274,32 @@ class NetlinkSetWriter:
         Raises NftError (nothing applied) if the kernel refuses any of it."""
         if not batch.count:
             return 0
-        msgs = [self._msg(NFNL_MSG_BATCH_BEGIN, 0, struct.pack("=BBH", 0, 0, socket.htons(NFNL_SUBSYS_NFTABLES)))]
-        acks: set[int] = set()
-        for mtype, flags, body in batch.bodies:
-            seq = self._next_seq()
-            acks.add(seq)
-            msgs.append(self._msg(mtype, flags, body, seq))
-        msgs.append(self._msg(NFNL_MSG_BATCH_END, 0, struct.pack("=BBH", 0, 0, socket.htons(NFNL_SUBSYS_NFTABLES))))
-        data = b"".join(msgs)
-        sock = self._socket()
+        bodies = batch.bodies
+        msgs = [(NFNL_MSG_BATCH_BEGIN, 0, _BATCH_BODY), *bodies, (NFNL_MSG_BATCH_END, 0, _BATCH_BODY)]
+        size = sum(len(body) for _t, _f, body in msgs) + 16 * len(msgs)
         try:
-            if len(data) > _DEFAULT_SNDBUF:
+            if self._nl is None:
+                self._nl = _socket(self.netns, timeout=5.0)
+            nl = self._nl
+            if size > _DEFAULT_SNDBUF:
                 # one batch is one sendmsg: the socket's send buffer must hold it
-                _grow_sndbuf(sock, 2 * len(data))
-            sock.sendall(data)
-            self._wait_acks(sock, acks)
-        except NftError:
-            raise
+                grow_sndbuf(nl.sock, 2 * size)
+            first = nl.send(msgs)
+            # the element messages (between BEGIN and END) are the ones acknowledged
+            errors = nl.wait_acks({seq_at(first, i) for i in range(1, len(bodies) + 1)}, settle=0.2)
         except OSError as exc:
             self.close()
             raise NftError(f"netlink element batch failed: {exc}") from exc
-        return batch.count
-
-    def _next_seq(self) -> int:
-        self._seq = (self._seq + 1) & 0x7FFFFFFF or 1
-        return self._seq
-
-    def _msg(self, mtype: int, flags: int, body: bytes, seq: int | None = None) -> bytes:
-        if seq is None:
-            seq = self._next_seq()
-        return struct.pack("=IHHII", 16 + len(body), mtype, flags | NLM_F_REQUEST, seq, 0) + body
-
-    def _wait_acks(self, sock: socket.socket, pending: set[int]) -> None:
-        errors: list[str] = []
-        while pending:
-            try:
-                data = sock.recv(65536)
-            except socket.timeout:
-                if errors:
-                    break       # an aborted batch need not ack the rest
-                raise
-            finally:
-                if errors:
-                    sock.settimeout(0.2)
-            off = 0
-            while off + 16 <= len(data):
-                length, mtype, _flags, seq, _pid = struct.unpack_from("=IHHII", data, off)
-                if length < 16:
-                    break
-                if mtype == NLMSG_ERROR:
-                    (err,) = struct.unpack_from("=i", data, off + 16)
-                    pending.discard(seq)
-                    if err != 0:
-                        errors.append(os.strerror(-err) if err < 0 else str(err))
-                elif mtype == NLMSG_DONE:
-                    pending.discard(seq)
-                off += (length + 3) & ~3
-            if errors and not pending:
-                break
-        sock.settimeout(5.0)
         if errors:
             # the kernel aborted the whole batch
             self.close()      # drop any late replies with the socket
-            raise NftError("netlink element batch refused: " + "; ".join(sorted(set(errors))))
-
-
-def _socket_in_netns(netns: str) -> socket.socket:
-    libc = ctypes.CDLL(None, use_errno=True)
-    target = os.open(f"/run/netns/{netns}", os.O_RDONLY | os.O_CLOEXEC)
-    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        if libc.setns(target, CLONE_NEWNET) != 0:
-            e = ctypes.get_errno()
-            raise NftError(f"setns({netns}): {os.strerror(e)}")
-        try:
-            return socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
-        finally:
-            if libc.setns(home, CLONE_NEWNET) != 0:   # pragma: no cover - cannot fail back
-                raise OSError(errno.EPERM, "could not return to the original netns")
-    finally:
-        os.close(target)
-        os.close(home)
+            raise NftError("netlink element batch refused: " + "; ".join(
+                sorted({os.strerror(e) if e > 0 else str(-e) for e in errors.values()})))
+        return batch.count
 
 
 # ----------------------------------------------------------------- read-back (dumps)
 
-NLM_F_DUMP = 0x300
 NFT_MSG_GETCHAIN = 4
 NFT_MSG_GETRULE = 7
 NFT_MSG_GETSET = 10
@@ -393,34 +314,6 @@ NFTA_SET_TABLE = 1
 NFTA_SET_NAME = 2
 
 
-def _attrs(data: bytes, off: int, end: int) -> dict[int, bytes]:
-    out: dict[int, bytes] = {}
-    while off + 4 <= end:
-        length, atype = struct.unpack_from("=HH", data, off)
-        if length < 4:
-            break
-        out[atype & 0x7FFF] = data[off + 4:off + length]
-        off += (length + 3) & ~3
-    return out
-
-
-def _list(data: bytes) -> list[bytes]:
-    """Payloads of the attributes of a nested attribute, in order."""
-    out = []
-    off = 0
-    while off + 4 <= len(data):
-        length, _t = struct.unpack_from("=HH", data, off)
-        if length < 4:
-            break
-        out.append(data[off + 4:off + length])
-        off += (length + 3) & ~3
-    return out
-
-
-def _str(b: bytes | None) -> str:
-    return (b or b"").split(b"\0", 1)[0].decode()
-
-
 class NetlinkReader:
     """Dumps of table inet calico over netlink: chains with their rule counts, sets
     with their element counts, one set's elements.  Much cheaper than ``nft -j list
@@ -428,102 +321,76 @@ class NetlinkReader:
 
     def __init__(self, netns: str | None = None) -> None:
         self.netns = netns
-        self._seq = 1
 
-    def _open(self) -> socket.socket:
-        sock = (_socket_in_netns(self.netns) if self.netns else
-                socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER))
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-        sock.bind((0, 0))
-        sock.settimeout(10.0)
-        return sock
+    def _open(self) -> NetlinkSocket:
+        return _socket(self.netns, rcvbuf=4 << 20, timeout=10.0)
 
-    def _dump(self, sock: socket.socket, msg: int, attrs: bytes) -> list[dict[int, bytes]]:
+    def _dump(self, nl: NetlinkSocket, msg: int, attrs: bytes) -> list[dict[int, bytes]]:
         """One dump request; the attribute maps of every reply message."""
-        self._seq = (self._seq + 1) & 0x7FFFFFFF or 1
-        seq = self._seq
-        body = struct.pack("=BBH", NFPROTO_INET, 0, 0) + attrs
-        sock.sendall(struct.pack("=IHHII", 16 + len(body), (NFNL_SUBSYS_NFTABLES << 8) | msg,
-                                 NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + body)
-        out: list[dict[int, bytes]] = []
-        while True:
-            data = sock.recv(1 << 20)
-            off = 0
-            while off + 16 <= len(data):
-                length, mtype, _f, mseq, _pid = struct.unpack_from("=IHHII", data, off)
-                if length < 16:
-                    raise NftError("malformed netlink reply")
-                if mseq == seq:
-                    if mtype == NLMSG_DONE:
-                        return out
-                    if mtype == NLMSG_ERROR:
-                        (err,) = struct.unpack_from("=i", data, off + 16)
-                        if err == -errno.ENOENT:
-                            raise FileNotFoundError(os.strerror(-err))
-                        if err:
-                            raise NftError(f"netlink dump failed: {os.strerror(-err)}")
-                        return out
-                    out.append(_attrs(data, off + 20, off + length))
-                off += (length + 3) & ~3
+        body = _NFGENMSG.pack(NFPROTO_INET, 0, 0) + attrs
+        try:
+            # each reply's body is an nfgenmsg (4 bytes), then the attributes
+            return [_attrs(data, off + 4, end)
+                    for _t, data, off, end in nl.dump((NFNL_SUBSYS_NFTABLES << 8) | msg, body, 1 << 20)]
+        except NetlinkError as exc:
+            if exc.errno == errno.ENOENT:
+                raise FileNotFoundError(exc.strerror) from None
+            raise NftError(f"netlink dump failed: {exc.strerror}") from None
 
-    def table_exists(self, sock: socket.socket) -> bool:
-        for a in self._dump(sock, NFT_MSG_GETTABLE, b""):
+    def table_exists(self, nl: NetlinkSocket) -> bool:
+        for a in self._dump(nl, NFT_MSG_GETTABLE, b""):
             if _str(a.get(NFTA_TABLE_NAME)) == TABLE:
                 return True
         return False
 
     def exists(self) -> bool:
         """Whether table inet calico exists."""
-        sock = self._open()
+        nl = self._open()
         try:
-            return self.table_exists(sock)
+            return self.table_exists(nl)
         finally:
-            sock.close()
+            nl.close()
 
     def counts(self) -> tuple[dict[str, int], dict[str, int]] | None:
         """({chain: rule count}, {set or map: element count}) of table inet calico,
         None if the table does not exist."""
-        sock = self._open()
+        nl = self._open()
         try:
-            if not self.table_exists(sock):
+            if not self.table_exists(nl):
                 return None
             chains: dict[str, int] = {}
-            for a in self._dump(sock, NFT_MSG_GETCHAIN, b""):
+            for a in self._dump(nl, NFT_MSG_GETCHAIN, b""):
                 if _str(a.get(NFTA_CHAIN_TABLE)) == TABLE:
                     chains[_str(a.get(NFTA_CHAIN_NAME))] = 0
-            for a in self._dump(sock, NFT_MSG_GETRULE, _attr(NFTA_RULE_TABLE, _strz(TABLE))):
+            for a in self._dump(nl, NFT_MSG_GETRULE, _attr(NFTA_RULE_TABLE, _strz(TABLE))):
                 if _str(a.get(NFTA_RULE_TABLE)) == TABLE:
                     name = _str(a.get(NFTA_RULE_CHAIN))
                     chains[name] = chains.get(name, 0) + 1
             sets: dict[str, int] = {}
             names = [_str(a.get(NFTA_SET_NAME))
-                     for a in self._dump(sock, NFT_MSG_GETSET, _attr(NFTA_SET_TABLE, _strz(TABLE)))
+                     for a in self._dump(nl, NFT_MSG_GETSET, _attr(NFTA_SET_TABLE, _strz(TABLE)))
                      if _str(a.get(NFTA_SET_TABLE)) == TABLE]
             for name in names:
-                attrs = (_attr(NFTA_SET_ELEM_LIST_TABLE, _strz(TABLE))
-                         + _attr(NFTA_SET_ELEM_LIST_SET, _strz(name)))
-                sets[name] = sum(len(_list(a.get(NFTA_SET_ELEM_LIST_ELEMENTS, b"")))
-                                 for a in self._dump(sock, NFT_MSG_GETSETELEM, attrs))
+                sets[name] = sum(len(attr_list(a.get(NFTA_SET_ELEM_LIST_ELEMENTS, b"")))
+                                 for a in self._dump(nl, NFT_MSG_GETSETELEM, _set_attrs(name)))
             return chains, sets
         finally:
-            sock.close()
+            nl.close()
 
-    def _elements(self, sock: socket.socket, name: str) -> list[bytes]:
-        attrs = _attr(NFTA_SET_ELEM_LIST_TABLE, _strz(TABLE)) + _attr(NFTA_SET_ELEM_LIST_SET, _strz(name))
+    def _elements(self, nl: NetlinkSocket, name: str) -> list[bytes]:
         keys: list[bytes] = []
-        for a in self._dump(sock, NFT_MSG_GETSETELEM, attrs):
-            for elem in _list(a.get(NFTA_SET_ELEM_LIST_ELEMENTS, b"")):
-                ea = _attrs(elem, 0, len(elem))
-                key = _attrs(ea.get(NFTA_SET_ELEM_KEY, b""), 0, len(ea.get(NFTA_SET_ELEM_KEY, b"")))
-                keys.append(key.get(NFTA_DATA_VALUE, b""))
+        for a in self._dump(nl, NFT_MSG_GETSETELEM, _set_attrs(name)):
+            for elem in attr_list(a.get(NFTA_SET_ELEM_LIST_ELEMENTS, b"")):
+                key = _attrs(elem, 0, len(elem)).get(NFTA_SET_ELEM_KEY, b"")
+                keys.append(_attrs(key, 0, len(key)).get(NFTA_DATA_VALUE, b""))
         return keys
 
     def string_elements(self, name: str) -> list[str] | None:
         """Elements of an ifname/string-typed set (e.g. cali-meta), None if absent."""
-        sock = self._open()
+        nl = self._open()
         try:
-            return [_str(k) for k in self._elements(sock, name)]
+            return [_str(k) for k in self._elements(nl, name)]
         except (FileNotFoundError, NftError):
             return None
         finally:
-            sock.close()
+            nl.close()
