@@ -155,3 +155,14 @@ class FakeSysctls:
         return rest, [link.name for link, _ in items
                       if link.name in result and result[link.name][0] == link.index
                       and result[link.name][1]]
+
+
+def sys_class_net(path: Any, indexes: dict[str, int]) -> str:
+    """A directory laid out as /sys/class/net (for `Sysctls(sys_class_net=...)`)
+    holding the interfaces of `indexes` (name → index), each up."""
+    for name, index in indexes.items():
+        d = path / name
+        d.mkdir(parents=True)
+        (d / "ifindex").write_text(f"{index}\n")
+        (d / "flags").write_text("0x1003\n")
+    return str(path)

@@ -10,7 +10,7 @@ from calico_net.agent.daemon import Daemon
 from calico_net.agent.felix.routes import Link
 from calico_net.agent.syncer import Resource
 from calico_net.datastore.store import RESOURCE_PREFIX as P
-from fakes import FakeKernel, FakeSysctls
+from fakes import FakeKernel, FakeSysctls, sys_class_net
 
 V4 = socket.AF_INET
 
@@ -279,12 +279,9 @@ def test_fresh_host_sysctls_start_by_name_before_the_link_listing(tmp_path, monk
         for f in ("proxy_arp", "route_localnet", "forwarding"):
             (proc / f"net/ipv4/conf/{n}/{f}").write_text("0\n")
         (proc / f"net/ipv4/neigh/{n}/proxy_delay").write_text("80\n")
-    index_dir = tmp_path / "ifindex"
-    index_dir.mkdir()
-    (index_dir / "cali1").write_text("5")
-    (index_dir / "cali2").write_text("60")
+    net = sys_class_net(tmp_path / "class-net", {"cali1": 5, "cali2": 60})
     monkeypatch.setattr(Sysctls, "HELPER_MIN", 2)
-    sysctls = Sysctls(str(proc), ifindex_dir=str(index_dir))
+    sysctls = Sysctls(str(proc), sys_class_net=net)
     started = []
     real_start = sysctls.start_configure_names
 

@@ -11,6 +11,7 @@ import pytest
 
 from calico_net.agent.felix.routes import Link
 from calico_net.agent.felix.sysctl import PendingByName, PendingConfigure, Sysctls
+from fakes import sys_class_net
 
 
 def fake_proc(tmp_path, ifaces, ipv6=True):
@@ -126,11 +127,8 @@ def test_by_name_helper_writes_what_the_listing_path_writes(tmp_path, monkeypatc
     full = {n: {"proxy_arp": 0, "route_localnet": 0, "forwarding": 1, **vals} for n, vals in states.items()}
     links = [(Link(10 + i, n, True, conf(**full[n])), n in v6) for i, n in enumerate(states)]
     assert Sysctls(str(roots[0])).start_configure(links).wait() == []
-    index_dir = tmp_path / "ifindex"
-    index_dir.mkdir()
-    for i, n in enumerate(states):
-        (index_dir / n).write_text(str(10 + i))
-    s = Sysctls(str(roots[1]), ifindex_dir=str(index_dir))
+    net = sys_class_net(tmp_path / "class-net", {n: 10 + i for i, n in enumerate(states)})
+    s = Sysctls(str(roots[1]), sys_class_net=net)
     result = s.start_configure_names([(n, n in v6) for n in states]).wait()
     assert result == {n: (10 + i, 0, "") for i, n in enumerate(states)}
     assert _tree(roots[0]) == _tree(roots[1])
@@ -141,13 +139,10 @@ def test_by_name_helper_writes_what_the_listing_path_writes(tmp_path, monkeypatc
 
 def test_by_name_helper_missing_and_failing_interfaces(tmp_path, caplog):
     root = fake_proc(tmp_path / "proc", ["cali1", "cali2", "cali3"], ipv6=False)
-    index_dir = tmp_path / "ifindex"
-    index_dir.mkdir()
-    for n, i in (("cali1", 5), ("cali2", 6), ("cali3", 7), ("nodir", 8)):
-        (index_dir / n).write_text(str(i))
+    net = sys_class_net(tmp_path / "class-net", {"cali1": 5, "cali2": 6, "cali3": 7, "nodir": 8})
     (root / "net/ipv4/conf/cali3/route_localnet").unlink()
     (root / "net/ipv4/conf/cali3/route_localnet").mkdir()          # refuses the open: EISDIR
-    s = Sysctls(str(root), ifindex_dir=str(index_dir))
+    s = Sysctls(str(root), sys_class_net=net)
     names = ["cali1", "cali2", "cali3", "nodir", "absent", "a/b", "bad\tname"]
     result = s.start_configure_names([(n, False) for n in names]).wait()
     assert set(result) == {"cali1", "cali2", "cali3", "nodir", "absent"}      # the others are never sent
@@ -171,7 +166,7 @@ def test_by_name_helper_missing_and_failing_interfaces(tmp_path, caplog):
 
 @pytest.mark.parametrize("links", [False, True])
 def test_by_name_helper_asks_the_kernel_for_indexes(tmp_path, links):
-    # No index directory: the real lookup (SIOCGIFINDEX) in this network namespace;
+    # The default sys_class_net: the real lookup (SIOCGIFINDEX) in this network namespace;
     # with `links`, the lookups (index and up flag) come first, before any write.
     root = fake_proc(tmp_path, ["lo"], ipv6=False)
     pending = Sysctls(str(root)).start_configure_names([("lo", False), ("calinosuchif0", False)], links=links)
@@ -188,14 +183,11 @@ def test_by_name_helper_lookups_first_then_writes(tmp_path):
     # The lookups are reported before the helper writes anything, and whether or not
     # they are read, the result of the writes is the same.
     names = ["cali1", "Lcali2", "absent"]
-    index_dir = tmp_path / "ifindex"
-    index_dir.mkdir()
-    (index_dir / "cali1").write_text("5")
-    (index_dir / "Lcali2").write_text("6")
+    net = sys_class_net(tmp_path / "class-net", {"cali1": 5, "Lcali2": 6})
     results = []
     for read_links in (True, False):
         root = fake_proc(tmp_path / f"proc-{read_links}", names[:2], ipv6=False)
-        pending = Sysctls(str(root), ifindex_dir=str(index_dir)).start_configure_names(
+        pending = Sysctls(str(root), sys_class_net=net).start_configure_names(
             [(n, False) for n in names], links=True)
         if read_links:
             found = pending.links()
