@@ -656,3 +656,72 @@ def test_ipv6_only_node_with_hashed_router_id_is_valid() -> None:
     assert "protocol bgp Mesh_2001_db8_18__12" in text
     assert "ipv4" not in text
     validate_bird_config(text, bird_binary=BIRD)
+
+
+# ------------------------------------------- values read as the model reads them
+
+# (value, what the model's rule makes of it: seconds, or None when it refuses it).
+# The first eight are where confd's own duration parser used to disagree with the
+# model's: a bare number, a non-string, the ns/us/µs units, surrounding whitespace,
+# a value over 64 characters.
+DURATIONS = [
+    ("120", None), (120, None), (120.5, None), ("5ns", 0), ("1500us", 0), ("2µs", 0),
+    (" 2m ", None), ("1s" * 33, None),
+    ("1m30s", 90), ("0s", 0), ("500ms", 0), ("1.5h", 5400), ("1h1h", 7200), ("garbage", None),
+    ("-1s", None),
+]
+
+
+def _model_accepts(doc: dict[str, Any]) -> bool:
+    from calico_net import model
+    from calico_net.errors import ValidationError
+
+    try:
+        model.parse_resource(doc)
+    except ValidationError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("value,seconds", DURATIONS)
+def test_restart_times_agree_with_the_model(value: Any, seconds: int | None) -> None:
+    from calico_net.model.fields import parse_duration
+
+    tor = peer("tor", peerIP="198.18.2.1", asNumber=65001, maxRestartTime=value)
+    assert _model_accepts(tor) is (seconds is not None)
+    m = build_bird_model("node-a", three_nodes(), [], [tor], POOLS, [])
+    cfg = bgp_config(nodeMeshMaxRestartTime=value)
+    assert _model_accepts(cfg) is (seconds is not None)
+    if seconds is None:
+        assert "Global_198_18_2_1" not in sessions(m)
+        assert any(r.startswith("BGPPeer tor skipped") for r in m.rejected), m.rejected
+        with pytest.raises(RenderError, match="nodeMeshMaxRestartTime"):
+            build_bird_model("node-a", three_nodes(), [cfg], [], POOLS, [])
+    else:
+        assert int(parse_duration(value)) == seconds
+        assert sessions(m)["Global_198_18_2_1"].restart_time == seconds
+        mesh = build_bird_model("node-a", three_nodes(), [cfg], [], POOLS, [])
+        assert {s.restart_time for s in sessions(mesh).values()} == {seconds}
+
+
+# (value, the AS number, or None when the model refuses it).
+AS_NUMBERS = [
+    (65000, 65000), ("65000", 65000), ("1.10", 65546), ("0.5", 5), ("00065000", 65000),
+    ("4294967295", 4294967295), ("0", None), ("0.0", None), ("4294967296", None),
+    (True, None), ("sixty-five", None), ("65536.0", None), (" 65000", None), (-1, None),
+    (65000.0, None),
+]
+
+
+@pytest.mark.parametrize("value,asn", AS_NUMBERS)
+def test_as_numbers_agree_with_the_model(value: Any, asn: int | None) -> None:
+    from calico_net.model.fields import parse_asn
+
+    tor = peer("tor", peerIP="198.18.2.1", asNumber=value)
+    assert _model_accepts(tor) is (asn is not None)
+    m = build_bird_model("node-a", three_nodes(), [], [tor], POOLS, [])
+    if asn is None:
+        assert "Global_198_18_2_1" not in sessions(m)
+    else:
+        assert parse_asn(value) == asn
+        assert sessions(m)["Global_198_18_2_1"].as_number == asn

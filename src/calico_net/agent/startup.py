@@ -288,10 +288,10 @@ def desired_bgp(
             bgp.pop(field_name, None)
     as_text = env.get("AS", "").strip()
     if as_text:
-        from calico_net.agent.confd.render import _parse_as
+        from calico_net.agent.confd.values import as_number
 
         try:
-            bgp["asNumber"] = _parse_as(as_text)
+            bgp["asNumber"] = as_number(as_text)
         except ValueError as exc:
             raise StartupError(f"AS={as_text!r}: {exc}") from None
     return bgp

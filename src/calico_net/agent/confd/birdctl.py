@@ -28,12 +28,21 @@ DEFAULT_SOCKET = "/var/run/calico/bird.ctl"
 DEFAULT_TIMEOUT = 10.0
 
 
-class BirdCtlError(RuntimeError):
-    """BIRD answered with an error, or the socket failed."""
+class BirdError(RuntimeError):
+    """BIRD said no, or could not be asked; ``number`` is what BIRD's answer points at
+    (a reply code, a line of the configuration), when it has one."""
 
-    def __init__(self, message: str, code: int | None = None) -> None:
+    def __init__(self, message: str, number: int | None = None) -> None:
         super().__init__(message)
-        self.code = code
+        self.number = number
+
+
+class BirdCtlError(BirdError):
+    """BIRD answered with an error (``code``: its reply code), or the socket failed."""
+
+    @property
+    def code(self) -> int | None:
+        return self.number
 
 
 @dataclass(frozen=True)
@@ -210,7 +219,7 @@ class BirdControl:
         reply = self._read_reply()
         last = reply[-1]
         if last.code >= 8000:
-            raise BirdCtlError(last.text, code=last.code)
+            raise BirdCtlError(last.text, last.code)
         return reply
 
 
@@ -348,7 +357,7 @@ def configure(
         reply = ctl.command(cmd)
     last = reply[-1]
     if last.code not in _CONFIGURE_OK:
-        raise BirdCtlError(f"BIRD did not reconfigure: {last.text}", code=last.code)
+        raise BirdCtlError(f"BIRD did not reconfigure: {last.text}", last.code)
     return ConfigureResult(last.code, last.text)
 
 
