@@ -17,7 +17,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import requests
+import ssl
+import urllib.error
+import urllib.request
 
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
@@ -83,15 +85,24 @@ def start_etcd(listen_host: str = "127.0.0.1", extra_args: list[str] | None = No
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"etcd exited: {open(os.path.join(data_dir, 'etcd.log')).read()[-2000:]}")
-        try:
-            kw = {"verify": tls["ca"], "cert": (tls["client_cert"], tls["client_key"])} if tls else {}
-            if requests.get(client_url + "/health", timeout=1, **kw).ok:
-                return EtcdServer(client_url, data_dir, proc)
-        except requests.RequestException:
-            pass
+        if _healthy(client_url, tls):
+            return EtcdServer(client_url, data_dir, proc)
         time.sleep(0.1)
     stop_etcd(EtcdServer(client_url, data_dir, proc))
     raise RuntimeError("etcd did not become healthy in 30 s")
+
+
+def _healthy(client_url: str, tls: dict[str, str] | None) -> bool:
+    handlers: list[urllib.request.BaseHandler] = [urllib.request.ProxyHandler({})]
+    if tls:
+        context = ssl.create_default_context(cafile=tls["ca"])
+        context.load_cert_chain(tls["client_cert"], tls["client_key"])
+        handlers.append(urllib.request.HTTPSHandler(context=context))
+    try:
+        with urllib.request.build_opener(*handlers).open(client_url + "/health", timeout=1) as resp:
+            return resp.status == 200
+    except (OSError, urllib.error.URLError):
+        return False
 
 
 def stop_etcd(server: EtcdServer) -> None:

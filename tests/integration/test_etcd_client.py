@@ -17,11 +17,9 @@ from calico_net.datastore.etcd import (
     cmp_mod_revision,
     op_get,
     op_put,
-    parse_range,
     prefix_end,
-    range_tail,
 )
-from calico_net.datastore.etcd_grpc import decode_range_response, range_response_tail
+from calico_net.datastore.etcdpb import rpc_pb2 as pb
 
 
 def test_prefix_end():
@@ -41,35 +39,34 @@ def test_put_get_prefix_and_revision(etcd_client):
     assert etcd_client.get("/calico/missing") is None
 
 
-def test_raw_range_pages_and_their_tails(etcd_client):
-    # A paged reader asks for the next page from range_tail (a byte search of the
-    # undecoded reply); it must agree with the decoded reply on every page, for
-    # keys whose base64 has '+', '/' and '=' and values that look like JSON.
+def test_range_pages_and_read_prefix(etcd_client):
+    # A paged reader asks for the next page from the last key of the one before; the
+    # pages together are the whole prefix, for keys that are not ASCII and values
+    # that look like JSON. read_prefix pages the same keys at one revision.
     keys = [f"/calico/rt/k{i:02d}-{chr(0xe9)}?>" for i in range(7)]
     for i, k in enumerate(keys):
         etcd_client.put(k, '{"key":"x","more":true}' * (i + 1))
     start, end = b"/calico/rt/", prefix_end("/calico/rt/")
     seen = []
     while True:
-        raw = etcd_client.get_range_raw(start, end, limit=3)
-        kvs, rev, more = parse_range(raw)
-        assert etcd_client.get_range(start, end, limit=3) == (kvs, rev, more)
-        assert range_tail(raw) == (kvs[-1].key.encode(), more)
+        kvs, rev, more = etcd_client.get_range(start, end, limit=3)
         seen += [kv.key for kv in kvs]
         if not more:
             break
         start = kvs[-1].key.encode() + b"\0"
     assert seen == keys
-    empty = etcd_client.get_range_raw(b"/calico/rt-none/", prefix_end("/calico/rt-none/"))
-    assert range_tail(empty) == (None, False) and parse_range(empty)[0] == []
-    assert range_tail(b'{"kvs":[{"key":"not base64!"}],"more":true}') is None
+    rev, pages = etcd_client.read_prefix("/calico/rt/", 4)
+    pages = list(pages)
+    assert [kv.key for page in pages for kv in page] == keys and [len(p) for p in pages] == [1, 4, 2]
+    assert rev == etcd_client.revision()
+    assert etcd_client.get_range(b"/calico/rt-none/", prefix_end("/calico/rt-none/")) == ([], rev, False)
+    assert etcd_client.read_prefix("/calico/rt-none/", 4) [0] == rev
 
 
-def test_grpc_range_pages_equal_the_gateways(etcd_client):
-    # The snapshot's pages over gRPC (hand-decoded protobuf): the same keys,
-    # values, revisions and `more` as the gateway's JSON, page for page, and the
-    # tail the next page starts from. Keys and values with bytes that are not
-    # ASCII, a value that is empty, one that is long.
+def test_range_pages_equal_one_read(etcd_client):
+    # The snapshot's pages: the same keys, values, revisions as one read of the
+    # whole prefix, page for page. Keys and values with bytes that are not ASCII,
+    # a value that is empty, one that is long.
     keys = [f"/calico/gr/k{i:02d}-{chr(0xe9)}" for i in range(8)]
     for i, k in enumerate(keys):
         etcd_client.put(k, "" if i == 3 else "v" * (300 * i) + '{"json":true}')
@@ -77,44 +74,39 @@ def test_grpc_range_pages_equal_the_gateways(etcd_client):
     start, end = b"/calico/gr/", prefix_end("/calico/gr/")
     seen = []
     while True:
-        raw = etcd_client.get_range_pb(start, end, limit=3)
-        got = decode_range_response(raw)
-        want = etcd_client.get_range(start, end, limit=3)
-        assert got == want
-        kvs, _, more = got
-        assert range_response_tail(raw) == (kvs[-1].key.encode(), more)
+        kvs, _, more = etcd_client.get_range(start, end, limit=3)
         seen += kvs
         if not more:
             break
         start = kvs[-1].key.encode() + b"\0"
+    assert (seen, etcd_client.revision()) == etcd_client.get_prefix("/calico/gr/")
     assert [kv.key for kv in seen] == keys
     assert seen[0].version == 2 and seen[0].create_revision < seen[0].mod_revision
     assert seen[3].value == b""
     rev = etcd_client.revision()
-    assert decode_range_response(etcd_client.get_range_pb(b"/calico/gr-none/", prefix_end("/calico/gr-none/"))) \
-        == ([], rev, False)
+    assert etcd_client.get_range(b"/calico/gr-none/", prefix_end("/calico/gr-none/")) == ([], rev, False)
 
 
-def test_grpc_range_at_a_revision_and_after_compaction(etcd_client):
+def test_range_at_a_revision_and_after_compaction(etcd_client):
     r1 = etcd_client.put("/calico/gc/k", "1")
     etcd_client.put("/calico/gc/k", "2")
-    old = decode_range_response(etcd_client.get_range_pb("/calico/gc/", prefix_end("/calico/gc/"), revision=r1))
+    old = etcd_client.get_range("/calico/gc/", prefix_end("/calico/gc/"), revision=r1)
     assert [kv.value for kv in old[0]] == [b"1"]
     r3 = etcd_client.put("/calico/gc/k", "3")
     etcd_client.compact(r3)
     with pytest.raises(DatastoreError, match="compacted"):
-        etcd_client.get_range_pb("/calico/gc/", prefix_end("/calico/gc/"), revision=r1)
+        etcd_client.get_range("/calico/gc/", prefix_end("/calico/gc/"), revision=r1)
 
 
-def test_grpc_range_fails_over_and_names_unreachable_endpoints(etcd):
+def test_range_fails_over_and_names_unreachable_endpoints(etcd):
     client = EtcdClient(EtcdConfig(endpoints=["http://127.0.0.1:1", etcd.endpoints], timeout=2))
     client.put("/calico/gf/k", "v")
-    kvs, _, _ = decode_range_response(client.get_range_pb("/calico/gf/", prefix_end("/calico/gf/")))
+    kvs, _, _ = client.get_range("/calico/gf/", prefix_end("/calico/gf/"))
     assert [kv.value for kv in kvs] == [b"v"]
     client.close()
     dead = EtcdClient(EtcdConfig(endpoints=["http://127.0.0.1:1", "http://127.0.0.1:2"], timeout=1))
     with pytest.raises(DatastoreUnavailable) as err:
-        dead.get_range_pb("/calico/", prefix_end("/calico/"))
+        dead.get_range("/calico/", prefix_end("/calico/"))
     assert "127.0.0.1:1" in str(err.value) and "127.0.0.1:2" in str(err.value)
     dead.close()
 
@@ -222,38 +214,8 @@ def _empty_cfg(tmp_path):
 # --- the keep-alive transport --------------------------------------------------
 
 
-def test_requests_reuse_one_connection(etcd_client):
-    etcd_client.put("/calico/k/a", "1")
-    conn = etcd_client._transport._local.conns[0][1]
-    sock = conn.sock
-    for i in range(5):
-        etcd_client.put(f"/calico/k/{i}", str(i))
-    assert etcd_client._transport._local.conns[0][1].sock is sock
-
-
-def test_connection_closed_by_the_server_is_reopened(etcd_client):
-    etcd_client.put("/calico/k/a", "1")
-    # What an idle timeout on etcd's side looks like to us: the peer has gone.
-    etcd_client._transport._local.conns[0][1].sock.shutdown(2)
-    assert etcd_client.get("/calico/k/a").value == b"1"
-    etcd_client.put("/calico/k/a", "2")
-    assert etcd_client.get("/calico/k/a").value == b"2"
-
-
-def test_request_on_a_connection_that_died_unnoticed_is_sent_again(etcd_client, monkeypatch):
-    import calico_net.datastore.etcd as etcd_mod
-
-    etcd_client.put("/calico/k/a", "1")
-    # the liveness check before reuse can lose a race with the server's close
-    monkeypatch.setattr(etcd_mod, "_dropped", lambda sock: False)
-    etcd_client._transport._local.conns[0][1].sock.shutdown(2)
-    etcd_client.put("/calico/k/a", "2")
-    assert etcd_client.get("/calico/k/a").value == b"2"
-
-
-def test_threads_get_their_own_connections(etcd_client):
+def test_threads_share_the_client(etcd_client):
     errors: list[BaseException] = []
-    socks = set()
 
     def work(n: int) -> None:
         try:
@@ -261,7 +223,6 @@ def test_threads_get_their_own_connections(etcd_client):
                 key = f"/calico/th/{n}/{i}"
                 etcd_client.put(key, f"{n}.{i}")
                 assert etcd_client.get(key).value == f"{n}.{i}".encode()
-            socks.add(id(etcd_client._transport._local.conns[0][1].sock))
         except BaseException as e:  # noqa: BLE001 - reported below
             errors.append(e)
 
@@ -271,12 +232,11 @@ def test_threads_get_their_own_connections(etcd_client):
     for t in threads:
         t.join(60)
     assert not errors, errors
-    assert len(socks) == 6
     kvs, _ = etcd_client.get_prefix("/calico/th/")
     assert len(kvs) == 6 * 30
 
 
-def test_forked_child_does_not_share_the_parents_socket(etcd_client):
+def test_forked_child_does_not_share_the_parents_channel(etcd_client):
     etcd_client.put("/calico/fork/parent", "p")
     pid = os.fork()
     if pid == 0:  # child: its own connection, then exit without running pytest's teardown
@@ -288,7 +248,7 @@ def test_forked_child_does_not_share_the_parents_socket(etcd_client):
             os._exit(code)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
-    # the parent's kept-alive connection still works
+    # the parent's channel still works
     assert etcd_client.get("/calico/fork/child").value == b"c"
 
 
@@ -305,7 +265,7 @@ def test_proxy_variables_are_ignored(etcd, monkeypatch):
 
 def test_error_status_is_a_datastore_error(etcd_client):
     with pytest.raises(DatastoreError, match="etcd rejected the request"):
-        etcd_client._post("kv/range", {"key": "not base64!"})
+        etcd_client._post("kv/range", pb.RangeRequest(key=b""))     # etcd needs a key
 
 
 def test_close_then_use_again(etcd_client):
@@ -361,8 +321,8 @@ def test_member_add_list_update_remove(own_etcd):
 
 
 def test_a_key_that_is_not_utf8_round_trips_through_every_read(etcd_client):
-    """etcd keys are bytes. One that is not UTF-8 (written here through the gateway
-    as the raw bytes) reads back from get, get_prefix, the raw and the gRPC ranges
+    """etcd keys are bytes. One that is not UTF-8 (written here as
+    its raw bytes) reads back from get, get_prefix, the paged ranges
     and the watch without an error, with its exact bytes, and can be deleted."""
     from calico_net.datastore.etcd import key_bytes, key_problem
 
@@ -375,13 +335,10 @@ def test_a_key_that_is_not_utf8_round_trips_through_every_read(etcd_client):
     kvs, _ = etcd_client.get_prefix("/calico/nu/")
     assert [key_bytes(kv.key) for kv in kvs] == [b"/calico/nu/a", raw, b"/calico/nu/z"]
     assert key_problem(kvs[1].key) == "key is not valid UTF-8" and key_problem(kvs[0].key) is None
-    for reply, decode, tail in (
-            (etcd_client.get_range_raw("/calico/nu/", prefix_end("/calico/nu/"), limit=2), parse_range, range_tail),
-            (etcd_client.get_range_pb("/calico/nu/", prefix_end("/calico/nu/"), limit=2),
-             decode_range_response, range_response_tail)):
-        page, _, more = decode(reply)
-        assert more and [key_bytes(kv.key) for kv in page] == [b"/calico/nu/a", raw]
-        assert tail(reply) == (raw, True)
+    page, _, more = etcd_client.get_range("/calico/nu/", prefix_end("/calico/nu/"), limit=2)
+    assert more and [key_bytes(kv.key) for kv in page] == [b"/calico/nu/a", raw]
+    _, pages = etcd_client.read_prefix("/calico/nu/", 4)
+    assert [key_bytes(kv.key) for page in pages for kv in page] == [b"/calico/nu/a", raw, b"/calico/nu/z"]
     watch = etcd_client.watch_prefix("/calico/nu/", start)
     seen = []
     for batch in watch:

@@ -1,6 +1,6 @@
-"""The etcd client's own TLS transport: keep-alive over TLS, server verification
-against the configured CA with host-name checking, and no influence from the
-environment variables that requests or OpenSSL would otherwise honour."""
+"""The etcd client's TLS: one kept channel, server verification against the
+configured CA with host-name checking, and no influence from the CA and proxy
+environment variables that other HTTP clients or OpenSSL would honour."""
 from __future__ import annotations
 
 import subprocess
@@ -51,13 +51,13 @@ def _client(endpoint: str, pki: dict[str, str], ca: str | None = None) -> EtcdCl
                                  cert_file=pki["client_cert"], key_file=pki["client_key"], timeout=5))
 
 
-def test_tls_connection_is_kept_alive(tls_etcd, pki):
+def test_tls_channel_is_kept(tls_etcd, pki):
     client = _client(tls_etcd.endpoints, pki)
     client.put("/calico/tlsk/0", "v")
-    sock = client._transport._local.conns[0][1].sock
+    stubs = client._channels.stubs(0)
     for i in range(20):
         client.put(f"/calico/tlsk/{i}", str(i))
-    assert client._transport._local.conns[0][1].sock is sock
+    assert client._channels.stubs(0) is stubs
     assert client.get("/calico/tlsk/19").value == b"19"
     client.close()
 
@@ -95,17 +95,16 @@ def test_unreadable_client_key_is_a_tls_error(tls_etcd, pki, tmp_path):
         client.get("/calico/tlsk/0")
 
 
-def test_grpc_range_over_tls_with_a_client_certificate(tls_etcd, pki):
+def test_range_over_tls_with_a_client_certificate(tls_etcd, pki):
     from calico_net.datastore.etcd import prefix_end
-    from calico_net.datastore.etcd_grpc import decode_range_response
 
     client = _client(tls_etcd.endpoints, pki)
     client.put("/calico/tlsg/a", "1")
-    kvs, _, more = decode_range_response(client.get_range_pb("/calico/tlsg/", prefix_end("/calico/tlsg/")))
+    kvs, _, more = client.get_range("/calico/tlsg/", prefix_end("/calico/tlsg/"))
     assert [(kv.key, kv.value) for kv in kvs] == [("/calico/tlsg/a", b"1")] and not more
     client.close()
-    # a server signed by a CA we do not trust: unreachable, as on the gateway path
+    # a server signed by a CA we do not trust: unreachable
     wrong = _client(tls_etcd.endpoints, pki, ca=pki["other_ca"])
     with pytest.raises(DatastoreUnavailable):
-        wrong.get_range_pb("/calico/tlsg/", prefix_end("/calico/tlsg/"))
+        wrong.get_range("/calico/tlsg/", prefix_end("/calico/tlsg/"))
     wrong.close()

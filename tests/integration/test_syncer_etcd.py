@@ -1,5 +1,5 @@
-"""The agent's snapshot read against a real etcd: over gRPC and through the JSON
-gateway it delivers the same resources at the same revision."""
+"""The agent's snapshot read against a real etcd: read in pages or in one read it
+delivers the same resources at the same revision."""
 from __future__ import annotations
 
 import queue
@@ -25,35 +25,31 @@ class Sink:
         pass
 
 
-def test_snapshot_over_grpc_equals_the_gateways(etcd_client):
+def test_paged_snapshot_equals_one_read(etcd_client):
     ds = Datastore(etcd_client)
     ds.apply_all([{"apiVersion": "projectcalico.org/v3", "kind": "GlobalNetworkPolicy",
                    "metadata": {"name": f"p{i:03d}"}, "spec": {"order": i, "selector": "all()"}}
                   for i in range(45)])
     etcd_client.put("/calico/resources/v3/projectcalico.org/globalnetworkpolicies/bad", "{not json")
-    calls = {"pb": 0, "raw": 0}
-    real_pb, real_raw = etcd_client.get_range_pb, etcd_client.get_range_raw
+    calls = []
+    real = etcd_client._post
 
-    def pb(*a, **kw):
-        calls["pb"] += 1
-        return real_pb(*a, **kw)
+    def post(call, request):
+        calls.append((call, request.limit, request.revision))
+        return real(call, request)
 
-    def raw(*a, **kw):
-        calls["raw"] += 1
-        return real_raw(*a, **kw)
-
-    etcd_client.get_range_pb, etcd_client.get_range_raw = pb, raw
+    etcd_client._post = post
     got = {}
-    for use_grpc in (True, False):
+    for page_size in (8, 0):
         sink = Sink()
-        s = Syncer(etcd_client, sink, page_size=8, use_grpc=use_grpc)
+        s = Syncer(etcd_client, sink, page_size=page_size)
         s.snapshot()
-        assert s.read_over == ("gRPC" if use_grpc else "the JSON gateway")
-        got[use_grpc] = sink.q.get_nowait()
+        got[page_size] = sink.q.get_nowait()
         assert len(s.bad) == 1
-    # 46 keys: a first page of 2, then 6 of 8; each read all over gRPC or all
-    # through the gateway (its first page too: get_range reads raw)
-    assert calls["pb"] == calls["raw"] == 1 + 6
-    (res_pb, rev_pb), (res_gw, rev_gw) = got[True], got[False]
-    assert rev_pb == rev_gw and len(res_pb) == 45
-    assert res_pb == res_gw
+    etcd_client._post = real
+    # 46 keys: a first page of 2, then 6 of 8 at the first page's revision; then one read
+    (res_paged, rev_paged), (res_one, rev_one) = got[8], got[0]
+    assert [c[:2] for c in calls] == [("kv/range", 2)] + [("kv/range", 8)] * 6 + [("kv/range", 0)]
+    assert all(c[2] == rev_paged for c in calls[1:7])
+    assert rev_paged == rev_one and len(res_paged) == 45
+    assert res_paged == res_one

@@ -92,17 +92,14 @@ class Sink:
         self.bad.append((key, reason, new))
 
 
-@pytest.mark.parametrize("use_grpc", [True, False], ids=["grpc", "gateway"])
-def test_syncer_skips_undecodable_keys_and_keeps_syncing(etcd, etcd_client, caplog, use_grpc):
+def test_syncer_skips_undecodable_keys_and_keeps_syncing(etcd, etcd_client, caplog):
     names = seed_gnps(etcd, etcd_client)
     caplog.set_level(logging.WARNING, logger="calico_net.agent.syncer")
     sink = Sink()
-    s = Syncer(etcd_client, sink, page_size=4, use_grpc=use_grpc,
-               backoff_initial=0.05, probe_interval=0.5)
+    s = Syncer(etcd_client, sink, page_size=4, backoff_initial=0.05, probe_interval=0.5)
     s.start()
     try:
         resources, _ = sink.snapshots.get(timeout=15)
-        assert s.read_over == ("gRPC" if use_grpc else "the JSON gateway")
         # the snapshot holds every valid key, the bad ones are skipped and counted
         assert sorted(resources) == [GNPS + n for n in names]
         reasons = {k: r for k, r, new in sink.bad if new}

@@ -1,6 +1,6 @@
 """An independent protobuf encoder for etcd's RangeResponse, written from the
-wire-format rules, for tests of calico_net.datastore.etcd_grpc and of the syncer's
-gRPC pages."""
+wire-format rules, for tests of the generated etcd messages
+(calico_net.datastore.etcdpb) as calico_net reads them."""
 from __future__ import annotations
 
 import random

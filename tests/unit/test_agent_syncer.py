@@ -8,7 +8,8 @@ import time
 
 from calico_net.agent.syncer import Syncer, parse_kv, BadObject
 from calico_net.datastore.errors import DatastoreError, DatastoreUnavailable
-from calico_net.datastore.etcd import KV, WatchCompacted, WatchEvent
+from calico_net.datastore.etcd import KV, EtcdClient, EtcdConfig, WatchCompacted, WatchEvent
+from calico_net.datastore.etcdpb import kv_pb2, rpc_pb2
 from calico_net.datastore.store import RESOURCE_PREFIX
 
 import pytest
@@ -45,19 +46,22 @@ class FakeWatch:
 
 
 class FakeClient:
+    """The datastore reader (etcd.PrefixReader), scripted: each snapshot is one page."""
+
     def __init__(self):
         self.snapshots = []     # list of (kvs, rev) or Exception, consumed in order
         self.watches = []       # list of scripts
         self.watch_starts = []
         self.reachable = True
 
-    def get_prefix(self, prefix):
+    def read_prefix(self, prefix, page_size):
         item = self.snapshots.pop(0) if len(self.snapshots) > 1 else self.snapshots[0]
         if isinstance(item, Exception):
             raise item
-        return item
+        kvs, revision = item
+        return revision, iter((kvs,))
 
-    def watch_prefix(self, prefix, start):
+    def watch_prefix(self, prefix, start, *, read_timeout=None):
         self.watch_starts.append(start)
         return FakeWatch(self.watches.pop(0) if self.watches else [])
 
@@ -197,13 +201,13 @@ def test_backoff_is_capped_and_cheap():
     s = Syncer(c, sink, backoff_initial=0.01, backoff_max=0.1, probe_interval=60)
     s._stop = stop = RecordingStop(10)
     calls = []
-    orig = c.get_prefix
+    orig = c.read_prefix
 
-    def counting(prefix):
+    def counting(prefix, page_size):
         calls.append(prefix)
-        return orig(prefix)
+        return orig(prefix, page_size)
 
-    c.get_prefix = counting
+    c.read_prefix = counting
     s.start()
     wait_for(lambda: len(stop.waits) >= 10, 30, "10 backoff waits")
     s.stop()
@@ -219,12 +223,19 @@ def test_backoff_is_capped_and_cheap():
     assert nominal[-1] == 0.1 and max(waits) <= 0.1
 
 
-class PagedClient(FakeClient):
-    """A fake etcd with a revision history and `get_range`: a write between two
-    pages must not show in a snapshot read at revision R."""
+class PagedClient(EtcdClient):
+    """The real client's paged read (`EtcdClient.read_prefix`) over a fake etcd with
+    a revision history: a write between two pages must not show in a snapshot read
+    at revision R. The watch and the probe are FakeClient's."""
+
+    watch_prefix = FakeClient.watch_prefix
+    revision = FakeClient.revision
 
     def __init__(self, keys):
-        super().__init__()
+        super().__init__(EtcdConfig(endpoints=["https://etcd.invalid:2379"]))
+        self.watches = []
+        self.watch_starts = []
+        self.reachable = True
         self.rev = 100
         self.history = {k: [(self.rev, v)] for k, v in keys.items()}   # key -> [(rev, value|None)]
         self.calls = []          # (start, revision, limit)
@@ -239,9 +250,10 @@ class PagedClient(FakeClient):
         self.rev += 1
         self.history[key].append((self.rev, None))
 
-    def get_range(self, key, range_end, *, revision=None, limit=0):
-        key = key.encode() if isinstance(key, str) else key
-        range_end = range_end.encode() if isinstance(range_end, str) else range_end
+    def _post(self, call, request):
+        assert call == "kv/range"
+        key, range_end, limit = request.key, request.range_end, request.limit
+        revision = request.revision or None
         self.calls.append((key, revision, limit))
         if self.fail_at is not None and len(self.calls) == self.fail_at:
             raise DatastoreUnavailable("connection reset mid-snapshot")
@@ -258,7 +270,10 @@ class PagedClient(FakeClient):
         header = self.rev
         if len(self.calls) == 1 and self.after_first is not None:
             self.after_first()
-        return page, header, more
+        return rpc_pb2.RangeResponse(
+            header=rpc_pb2.ResponseHeader(revision=header), more=more, count=len(out),
+            kvs=[kv_pb2.KeyValue(key=x.key.encode(), value=x.value, mod_revision=x.mod_revision,
+                                 create_revision=x.create_revision, version=x.version) for x in page])
 
 
 def test_paged_snapshot_is_one_revision_and_watches_from_next():
@@ -322,74 +337,9 @@ def test_paged_snapshot_small_prefix_is_one_read():
         s.stop()
 
 
-class RawPagedClient(PagedClient):
-    """PagedClient whose pages also come undecoded, in the gateway's JSON."""
-
-    def get_range_raw(self, key, range_end, *, revision=None, limit=0):
-        import base64
-        import json
-        kvs, header, more = self.get_range(key, range_end, revision=revision, limit=limit)
-        b64 = lambda b: base64.b64encode(b if isinstance(b, bytes) else b.encode()).decode()  # noqa: E731
-        body = {"header": {"revision": str(header)},
-                "kvs": [{"key": b64(kv.key), "value": b64(kv.value), "mod_revision": str(kv.mod_revision),
-                         "create_revision": str(kv.create_revision), "version": str(kv.version)} for kv in kvs]}
-        if more:
-            body["more"] = True
-        return json.dumps(body, separators=(",", ":")).encode()
-
-
-def test_raw_pages_read_ahead_and_a_misread_tail_fails_the_read(monkeypatch):
-    import calico_net.agent.syncer as syncer_mod
+def test_pages_read_ahead_at_one_revision():
     names = [f"p{i:03d}" for i in range(30)]
-    c = RawPagedClient({P + f"globalnetworkpolicies/{n}": gnp(n) for n in names})
-    c.watches = [[], []]
-    real_tail = syncer_mod.range_tail
-    misread = []
-
-    def tail(raw):
-        got = real_tail(raw)
-        if not misread and got is not None:
-            misread.append(got)
-            return (b"/elsewhere", got[1])      # once: a wrong last key
-        return got
-
-    monkeypatch.setattr(syncer_mod, "range_tail", tail)
-    sink = Sink()
-    s = Syncer(c, sink, backoff_initial=0.01, probe_interval=60, page_size=8)
-    s.start()
-    try:
-        _, res, rev = sink.next("snapshot")     # the misread read failed; the retry is whole
-        assert sorted(res) == sorted(P + f"globalnetworkpolicies/{n}" for n in names) and rev == 100
-        assert misread and s.snapshots == 1
-        # every page after the first asked for from the tail of the one before
-        starts = [k for k, r, lim in c.calls if r == 100]
-        assert (P + "globalnetworkpolicies/p001").encode() + b"\0" in starts
-    finally:
-        s.stop()
-
-
-class PbPagedClient(PagedClient):
-    """PagedClient whose pages come over "gRPC": protobuf RangeResponses (or, with
-    `grpc_error`, the error a client without usable gRPC raises)."""
-
-    def __init__(self, keys):
-        super().__init__(keys)
-        self.pb_calls = 0
-        self.grpc_error = None
-        self.grpc_error_at = 1     # the pb call that raises grpc_error
-
-    def get_range_pb(self, key, range_end, *, revision=None, limit=0):
-        from etcd_pb import response
-        self.pb_calls += 1
-        if self.grpc_error is not None and self.pb_calls >= self.grpc_error_at:
-            raise self.grpc_error
-        kvs, header, more = self.get_range(key, range_end, revision=revision, limit=limit)
-        return response(kvs, header, more, unknown=True)
-
-
-def test_grpc_pages_read_ahead_at_one_revision():
-    names = [f"p{i:03d}" for i in range(30)]
-    c = PbPagedClient({P + f"globalnetworkpolicies/{n}": gnp(n) for n in names})
+    c = PagedClient({P + f"globalnetworkpolicies/{n}": gnp(n) for n in names})
     c.watches = [[]]
     sink = Sink()
     s = Syncer(c, sink, backoff_initial=0.01, probe_interval=60, page_size=8)
@@ -398,83 +348,21 @@ def test_grpc_pages_read_ahead_at_one_revision():
         _, res, rev = sink.next("snapshot")
         assert sorted(res) == sorted(P + f"globalnetworkpolicies/{n}" for n in names) and rev == 100
         assert res[P + "globalnetworkpolicies/p007"].doc["spec"]["order"] == 1
-        assert c.pb_calls == len(c.calls) == 1 + -(-(30 - 2) // 8)   # every page over gRPC
+        assert len(c.calls) == 1 + -(-(30 - 2) // 8)
         assert c.calls[1][0] == (P + "globalnetworkpolicies/p001").encode() + b"\0"
-        assert all(r == 100 for _, r, _ in c.calls[1:]) and s.use_grpc
+        assert all(r == 100 for _, r, _ in c.calls[1:])
     finally:
         s.stop()
 
 
-@pytest.mark.parametrize("at", [1, 2])
-def test_grpc_not_usable_falls_back_to_the_gateway_for_good(at, caplog):
-    from calico_net.datastore.etcd_grpc import GrpcNotUsable
-    names = [f"p{i:03d}" for i in range(30)]
-    c = PbPagedClient({P + f"globalnetworkpolicies/{n}": gnp(n) for n in names})
-    c.grpc_error = GrpcNotUsable("grpcio is not installed")
-    c.grpc_error_at = at            # on the first page, or on a later one
+def test_page_size_zero_is_one_read_of_the_whole_prefix():
+    c = PagedClient({P + f"globalnetworkpolicies/p{i}": gnp(f"p{i}") for i in range(30)})
     c.watches = [[]]
     sink = Sink()
-    s = Syncer(c, sink, backoff_initial=0.01, probe_interval=60, page_size=8)
-    with caplog.at_level("INFO", logger="calico_net.agent.syncer"):
-        s.start()
-        try:
-            _, res, rev = sink.next("snapshot")
-            assert len(res) == 30 and rev == 100 and not s.use_grpc
-            assert c.pb_calls == at
-            assert "JSON gateway: grpcio is not installed" in caplog.text
-            pb_before = c.pb_calls
-            s.snapshot()                # a later resync does not try gRPC again
-            assert c.pb_calls == pb_before
-        finally:
-            s.stop()
-
-
-def test_grpc_page_that_does_not_decode_fails_the_read():
-    names = [f"p{i:03d}" for i in range(30)]
-    c = PbPagedClient({P + f"globalnetworkpolicies/{n}": gnp(n) for n in names})
-    real = c.get_range_pb
-    cut = []
-
-    def truncated(*a, **kw):
-        raw = real(*a, **kw)
-        if len(cut) < 2 and c.pb_calls == 2:
-            cut.append(1)
-            return raw[:-7]            # the second page, once per read: cut short
-        return raw
-
-    c.get_range_pb = truncated
-    c.watches = [[], []]
-    sink = Sink()
-    s = Syncer(c, sink, backoff_initial=0.01, probe_interval=60, page_size=8)
-    with pytest.raises(DatastoreError, match="does not decode"):
-        s.snapshot()
-    s.start()                           # the watch loop's read: retried until whole
-    try:
-        _, res, _ = sink.next("snapshot")
-        assert len(res) == 30 and s.use_grpc
-    finally:
-        s.stop()
-
-
-def test_grpc_unavailable_but_gateway_answers_switches_to_the_gateway(caplog):
-    # gRPC not getting through (say a TLS or proxy problem of its own) while the
-    # gateway answers: the read goes on through the gateway, and stays there.
-    # With both unreachable it is just an outage: gRPC is kept for the retry.
-    names = [f"p{i:03d}" for i in range(20)]
-    c = PbPagedClient({P + f"globalnetworkpolicies/{n}": gnp(n) for n in names})
-    c.grpc_error = DatastoreUnavailable("cannot reach etcd over gRPC: handshake failed")
-    sink = Sink()
-    s = Syncer(c, sink, page_size=8)
-    c.fail_at = 1                                   # the gateway down too
-    with pytest.raises(DatastoreUnavailable):
-        s.snapshot()
-    assert s.use_grpc and c.pb_calls == 1
-    c.fail_at = None
-    with caplog.at_level("WARNING", logger="calico_net.agent.syncer"):
-        s.snapshot()
-    _, res, rev = sink.next("snapshot")
-    assert len(res) == 20 and rev == 100 and not s.use_grpc and c.pb_calls == 2
-    assert "not over gRPC (cannot reach etcd over gRPC: handshake failed)" in caplog.text
+    s = Syncer(c, sink, probe_interval=60, page_size=0)
+    assert s.snapshot() == 100
+    _, res, _ = sink.next("snapshot")
+    assert len(res) == 30 and c.calls == [(P.encode(), None, 0)]
 
 
 BAD_UTF8 = (P + "globalnetworkpolicies/").encode() + b"bad\xff\x1b[31m"

@@ -27,27 +27,18 @@ from __future__ import annotations
 
 import functools
 import logging
-import queue
 import threading
 import time
-from typing import Any, Callable, Iterator, NamedTuple, Protocol
+from typing import Any, Callable, NamedTuple, Protocol
 
 import orjson
 
 from calico_net.agent.watchloop import run_snapshot_watch
-from calico_net.datastore.errors import DatastoreError, DatastoreUnavailable
-from calico_net.datastore.etcd import KV, key_bytes, key_problem, parse_range, prefix_end, range_tail, show_key
-from calico_net.datastore.etcd_grpc import GrpcNotUsable, decode_range_response, range_response_tail
+from calico_net.datastore.errors import DatastoreUnavailable
+from calico_net.datastore.etcd import KV, PrefixReader, key_problem, show_key
 from calico_net.datastore.store import RESOURCE_PREFIX, parse_key
 from calico_net.errors import printable
 from calico_net.model.quick import quick_valid
-
-# The snapshot's pages go over gRPC: grpcio (~0.1 s to import) is imported with
-# the agent, not on its first read; calicoctl and the CNI plugin never import it.
-try:
-    import grpc  # noqa: F401
-except ImportError:  # pragma: no cover - then the pages come through the gateway
-    pass
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +142,7 @@ class Syncer:
 
     def __init__(
         self,
-        client: Any,
+        client: PrefixReader,
         sink: Sink,
         *,
         prefix: str = RESOURCE_PREFIX,
@@ -161,7 +152,6 @@ class Syncer:
         backoff_max: float = 5.0,
         probe_interval: float = 5.0,
         page_size: int = 1000,
-        use_grpc: bool = True,
     ) -> None:
         self.client = client
         self.sink = sink
@@ -172,9 +162,6 @@ class Syncer:
         self.backoff_max = backoff_max
         self.probe_interval = probe_interval
         self.page_size = page_size
-        # snapshot pages over gRPC while that works (see _read_pages)
-        self.use_grpc = use_grpc
-        self.read_over = "etcd"     # how the last snapshot was read (for the log)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._watch: Any = None
@@ -240,137 +227,10 @@ class Syncer:
                 log.warning("datastore lost: %s", reason)
             self.sink.on_status(connected, reason)
 
-    def _read_pages(self) -> tuple[int, Iterator[list[KV]]]:
-        """The prefix at one revision R, as (R, pages of KVs in key order).
-
-        With a client that has `get_range` (the real one): the first page (small,
-        so parsing starts early) is read here at the current revision, which fixes
-        R; a helper thread reads the following pages at revision R, each asked for
-        as soon as the previous one is in, while this thread parses what has
-        arrived. Every page is of revision R, so the pages together are one
-        consistent snapshot (a compaction of R meanwhile fails the read: a new
-        snapshot is taken). Pages come over gRPC (`get_range_pb`: etcd's own
-        protobuf reply, several times cheaper for etcd and for us than its JSON
-        gateway) unless gRPC is not usable here, then through the gateway
-        (`get_range_raw`); either way the helper thread only finds where the next
-        page starts and this thread decodes (see docs/agent.md). Without
-        `get_range` (fakes), or with `page_size` 0: one `get_prefix`."""
-        get_range = getattr(self.client, "get_range", None)
-        if get_range is None or self.page_size <= 0:
-            kvs, revision = self.client.get_prefix(self.prefix)
-            return revision, iter((kvs,))
-        end = prefix_end(self.prefix)
-        first_limit = max(1, self.page_size // 4)
-        # fetch(start, revision, limit) -> a reply; tail(reply) -> (last key, more),
-        # or None if it cannot tell; decode(reply) -> (kvs, revision, more)
-        fetch_raw: Callable[..., Any] | None = None
-        tail_of: Callable[[Any], Any] = range_tail
-        decode: Callable[[Any], tuple[list[KV], int, bool]] = parse_range
-        get_pb = getattr(self.client, "get_range_pb", None) if self.use_grpc else None
-        first = None
-        if get_pb is not None:
-            try:
-                first, revision, more = decode_range_response(get_pb(self.prefix, end, limit=first_limit))
-            except GrpcNotUsable as e:
-                log.info("reading the datastore through etcd's JSON gateway: %s", e)
-                self.use_grpc = False
-            except DatastoreUnavailable as e:
-                # etcd down, or only gRPC not getting through (a TLS or proxy
-                # problem of its own): the gateway decides which
-                first, revision, more = get_range(self.prefix, end, limit=first_limit)
-                log.warning("etcd answers through its JSON gateway but not over gRPC (%s); "
-                            "reading the datastore through the gateway from now on", e)
-                self.use_grpc = False
-            except ValueError as e:
-                raise DatastoreError(f"etcd range reply over gRPC does not decode: {e}") from None
-            else:
-                fetch_raw, tail_of, decode = get_pb, range_response_tail, decode_range_response
-                self.read_over = "gRPC"
-        if fetch_raw is None:
-            self.read_over = "the JSON gateway"
-            if first is None:
-                first, revision, more = get_range(self.prefix, end, limit=first_limit)
-            fetch_raw = getattr(self.client, "get_range_raw", None)
-        if not more or not first:
-            return revision, iter((first,))
-        pages: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        abandon = threading.Event()
-        start = key_bytes(first[-1].key) + b"\0"
-        limit = self.page_size
-
-        def fetch() -> None:
-            # With a raw read, this thread only finds where the next page starts
-            # (a field walk of the protobuf reply, or a byte search of the
-            # gateway's JSON) and asks for it at once; the reading thread decodes.
-            # etcd then works on page i+1 all the while page i is decoded and
-            # parsed, instead of waiting for this thread to win the GIL from the
-            # parser and decode first.
-            nonlocal start
-            try:
-                while not abandon.is_set():
-                    if fetch_raw is not None:
-                        raw = fetch_raw(start, end, revision=revision, limit=limit)
-                        tail = tail_of(raw)
-                        if tail is None:    # not found by the byte search: decode here
-                            kvs, _, more_ = decode(raw)
-                            pages.put(kvs)
-                            last = key_bytes(kvs[-1].key) if kvs else None
-                        else:
-                            pages.put((raw, tail))
-                            last, more_ = tail
-                    else:
-                        kvs, _, more_ = get_range(start, end, revision=revision, limit=limit)
-                        pages.put(kvs)
-                        last = key_bytes(kvs[-1].key) if kvs else None
-                    if not more_ or last is None:
-                        break
-                    start = last + b"\0"
-            except BaseException as e:  # noqa: BLE001 - re-raised in the reading thread
-                pages.put(e)
-            pages.put(None)
-
-        threading.Thread(target=fetch, name="syncer-pages", daemon=True).start()
-
-        def gen() -> Iterator[list[KV]]:
-            try:
-                yield first
-                while True:
-                    item = pages.get()
-                    if item is None:
-                        return
-                    if isinstance(item, BaseException):
-                        if isinstance(item, ValueError):
-                            raise DatastoreError(f"etcd range reply does not decode: {item}")
-                        raise item
-                    if isinstance(item, tuple):
-                        raw, (last, more_) = item
-                        try:
-                            kvs, _, more2 = decode(raw)
-                        except ValueError as e:
-                            raise DatastoreError(f"etcd range reply does not decode: {e}") from None
-                        if more2 != more_ or (key_bytes(kvs[-1].key) if kvs else None) != last:
-                            # the tail search misread the reply: never guess
-                            raise DatastoreError("etcd range reply: page boundary not as found; rereading")
-                        item = kvs
-                    yield item
-            finally:
-                abandon.set()
-
-        return revision, gen()
-
     def snapshot(self) -> int:
-        """One full read; delivers it and returns its revision."""
-        try:
-            return self._snapshot()
-        except GrpcNotUsable as e:      # found out after the first page: read again
-            if not self.use_grpc:
-                raise
-            log.info("reading the datastore through etcd's JSON gateway: %s", e)
-            self.use_grpc = False
-            return self._snapshot()
-
-    def _snapshot(self) -> int:
-        revision, pages = self._read_pages()
+        """One full read (`read_prefix`: pages at one revision, the next one read
+        while this thread parses); delivers it and returns its revision."""
+        revision, pages = self.client.read_prefix(self.prefix, self.page_size)
         resources: dict[str, Resource] = {}
         present = set()
         parse = self._parse
@@ -390,8 +250,7 @@ class Syncer:
                 del table[key]
         self.snapshots += 1
         self.revision = revision
-        self._set_connected(True, f"snapshot at revision {revision}, {len(resources)} resources, "
-                                  f"read over {self.read_over}")
+        self._set_connected(True, f"snapshot at revision {revision}, {len(resources)} resources")
         self.sink.on_snapshot(resources, revision)
         return revision
 

@@ -1,64 +1,46 @@
-"""A small synchronous etcd v3 client for everything in calico_net.
+"""calico_net's etcd v3 client: `EtcdClient` and the values it deals in (KV,
+WatchEvent, transaction building blocks), over etcd's gRPC API (`etcd_grpc`).
 
-Built on `etcd3gw` (OpenStack's maintained client for etcd's v3 JSON gateway): it
-gives us a `requests` session with TLS client certificates, API-path discovery and
-error mapping. On top of it this module adds what Calico needs and etcd3gw lacks:
+What it adds to etcd's calls is what Calico needs:
 
 * several endpoints with fail-over (`ETCD_ENDPOINTS=https://a:2379,https://b:2379`);
 * ranges and transactions that return the store revision of the read, so callers
-  can snapshot at revision R and watch from R+1;
-* a watch that reports compaction and lost connections as exceptions instead of
-  swallowing them in a worker thread (etcd3gw's own watcher does that).
+  can snapshot at revision R and watch from R+1 (`read_prefix` reads a big prefix
+  in pages, all at one revision, the next page on its way while the caller parses);
+* a watch that reports compaction and lost connections as exceptions, and that
+  `cancel()` ends from any thread.
 
-See docs/etcd-client.md for why this client and not aetcd or python-etcd3.
+Keys are str; a key that is not UTF-8 (etcd keys are any bytes) is read with
+`surrogateescape`, so its exact bytes come back with `key_bytes`.
 """
 from __future__ import annotations
 
-import base64
-import http.client
-import json
-import logging
-import os
-import select
-import socket
-import ssl
+import operator
+import queue
 import threading
-import weakref
-from dataclasses import dataclass, field
-from typing import Any, Iterator, Mapping, NamedTuple, Sequence
-from urllib.parse import urlsplit
+from dataclasses import dataclass
+from typing import Any, Iterable, Iterator, NamedTuple, Protocol, Sequence
 
-import orjson
-import requests
-import yaml
+import grpc
 
-import etcd3gw
-
+from calico_net.datastore import etcd_grpc
+from calico_net.datastore.config import DEFAULT_ENDPOINTS, EtcdConfig
 from calico_net.datastore.errors import DatastoreError, DatastoreUnavailable
-from calico_net.datastore.etcd_grpc import GrpcRange, encode_range_request
+from calico_net.datastore.etcdpb import rpc_pb2 as pb
 from calico_net.datastore.transport import check_config as _check_transport
 from calico_net.errors import printable
 
-log = logging.getLogger(__name__)
-
-DEFAULT_ENDPOINTS = "http://127.0.0.1:2379"
-DEFAULT_CONFIG_FILE = "/etc/calico/calicoctl.cfg"
-DEFAULT_TIMEOUT = 10.0
-
-
-def _b64(data: str | bytes) -> str:
-    if isinstance(data, str):
-        data = data.encode("utf-8", "surrogateescape")
-    return base64.b64encode(data).decode("ascii")
-
-
-def _unb64(data: str | None) -> bytes:
-    return base64.b64decode(data) if data else b""
+__all__ = [
+    "DEFAULT_ENDPOINTS", "EtcdClient", "EtcdConfig", "KV", "PrefixReader", "TxnResult", "Watch",
+    "WatchCompacted", "WatchEvent", "cmp_absent", "cmp_mod_revision", "cmp_prefix_unchanged_since",
+    "connect", "key_bytes", "key_problem", "op_delete", "op_get", "op_get_prefix", "op_put",
+    "prefix_end", "show_key",
+]
 
 
 def key_bytes(key: str) -> bytes:
     """A key as etcd stores it. Keys are read as UTF-8; one that is not (etcd keys are
-    any bytes) is read with `surrogateescape` (`KV.from_json`, `etcd_grpc`), so every
+    any bytes) is read with `surrogateescape` (`kvs_of`), so every
     key, good or bad, comes back to its exact bytes here."""
     return key.encode("utf-8", "surrogateescape")
 
@@ -94,8 +76,8 @@ def prefix_end(prefix: str | bytes) -> bytes:
 
 class KV(NamedTuple):
     """One key with its value and revisions, as etcd returns it. (A NamedTuple:
-    immutable like a frozen dataclass, and ~1 us cheaper to make — a snapshot
-    makes one per key.)"""
+    immutable like a frozen dataclass, and cheaper to make — a snapshot makes one
+    per key.)"""
 
     key: str
     value: bytes
@@ -103,46 +85,21 @@ class KV(NamedTuple):
     create_revision: int
     version: int
 
-    @classmethod
-    def from_json(cls, kv: Mapping[str, Any]) -> "KV":
-        raw = _unb64(kv.get("key"))
+
+def kvs_of(kvs: Iterable[Any]) -> list[KV]:
+    """KVs from etcd's `mvccpb.KeyValue` messages, in order."""
+    out: list[KV] = []
+    append = out.append
+    for kv in kvs:
+        raw = kv.key
         try:
             key = raw.decode()
         except UnicodeDecodeError:
             # etcd keys are bytes: one that is not UTF-8 is kept (its exact bytes come
             # back with key_bytes) for the reader to skip it (key_problem says why)
             key = raw.decode("utf-8", "surrogateescape")
-        return cls(
-            key=key,
-            value=_unb64(kv.get("value")),
-            mod_revision=int(kv.get("mod_revision", 0)),
-            create_revision=int(kv.get("create_revision", 0)),
-            version=int(kv.get("version", 0)),
-        )
-
-
-def parse_range(content: bytes) -> tuple[list[KV], int, bool]:
-    """A kv/range reply: (kvs, the header's revision, more)."""
-    resp = orjson.loads(content)
-    kvs = [KV.from_json(kv) for kv in resp.get("kvs") or []]
-    return kvs, int(resp["header"]["revision"]), bool(resp.get("more", False))
-
-
-def range_tail(content: bytes) -> tuple[bytes | None, bool] | None:
-    """(the last key of a kv/range reply, more) without decoding the reply, or None
-    if it cannot tell. The gateway's JSON is compact; no base64 text contains a
-    quote, so the last `"key":"` is the last KV's key."""
-    i = content.rfind(b'"key":"')
-    more = content.rfind(b'"more":true') >= 0
-    if i < 0:
-        return None if more else (None, False)
-    j = content.find(b'"', i + 7)
-    if j < 0:
-        return None
-    try:
-        return base64.b64decode(content[i + 7:j], validate=True), more
-    except ValueError:
-        return None
+        append(KV(key, kv.value, kv.mod_revision, kv.create_revision, kv.version))
+    return out
 
 
 @dataclass(frozen=True)
@@ -162,14 +119,25 @@ class WatchCompacted(DatastoreError):
         self.compact_revision = compact_revision
 
 
-# --- transaction building blocks (the JSON gateway's request shapes) ----------------
+class PrefixReader(Protocol):
+    """What the agent's syncer and confd's watcher need from the datastore."""
+
+    def read_prefix(self, prefix: str, page_size: int) -> tuple[int, Iterator[list[KV]]]: ...
+    def watch_prefix(self, prefix: str, start_revision: int, *,
+                     read_timeout: float | None = None) -> "Watch": ...
+    def revision(self) -> int: ...
+
+
+# --- transaction building blocks --------------------------------------------------
+# Each is the keyword arguments of etcd's `Compare` or `RequestOp` message (a plain
+# dict: callers may look at which operation it is); `EtcdClient.txn` builds them.
 
 
 def cmp_mod_revision(key: str, revision: int) -> dict[str, Any]:
     """Compare: the key was last modified at `revision` (0 = the key does not exist)."""
     if revision == 0:
-        return {"key": _b64(key), "target": "CREATE", "result": "EQUAL", "create_revision": "0"}
-    return {"key": _b64(key), "target": "MOD", "result": "EQUAL", "mod_revision": str(revision)}
+        return {"key": key_bytes(key), "target": "CREATE", "result": "EQUAL", "create_revision": 0}
+    return {"key": key_bytes(key), "target": "MOD", "result": "EQUAL", "mod_revision": revision}
 
 
 def cmp_absent(key: str) -> dict[str, Any]:
@@ -179,333 +147,105 @@ def cmp_absent(key: str) -> dict[str, Any]:
 def cmp_prefix_unchanged_since(prefix: str, revision: int) -> dict[str, Any]:
     """Compare: no key under `prefix` was created or modified after `revision` (true for
     an empty prefix; a key deleted since is not noticed)."""
-    return {"key": _b64(prefix), "range_end": _b64(prefix_end(prefix)), "target": "MOD",
-            "result": "LESS", "mod_revision": str(revision + 1)}
+    return {"key": key_bytes(prefix), "range_end": prefix_end(prefix), "target": "MOD",
+            "result": "LESS", "mod_revision": revision + 1}
+
+
+def _value_bytes(value: bytes | str) -> bytes:
+    return value.encode("utf-8", "surrogateescape") if isinstance(value, str) else value
 
 
 def op_put(key: str, value: bytes | str) -> dict[str, Any]:
-    return {"request_put": {"key": _b64(key), "value": _b64(value)}}
+    return {"request_put": {"key": key_bytes(key), "value": _value_bytes(value)}}
 
 
 def op_delete(key: str) -> dict[str, Any]:
-    return {"request_delete_range": {"key": _b64(key)}}
+    return {"request_delete_range": {"key": key_bytes(key)}}
 
 
 def op_get(key: str) -> dict[str, Any]:
-    return {"request_range": {"key": _b64(key)}}
+    return {"request_range": {"key": key_bytes(key)}}
 
 
 def op_get_prefix(prefix: str, *, keys_only: bool = False) -> dict[str, Any]:
     """Read every key under `prefix` inside a transaction (several ranges read in one
     transaction see one revision)."""
-    body: dict[str, Any] = {"key": _b64(prefix), "range_end": _b64(prefix_end(prefix))}
-    if keys_only:
-        body["keys_only"] = True
-    return {"request_range": body}
+    return {"request_range": {"key": key_bytes(prefix), "range_end": prefix_end(prefix),
+                              "keys_only": keys_only}}
 
 
 @dataclass
 class TxnResult:
     succeeded: bool
     revision: int
-    responses: list[dict[str, Any]]
+    responses: list[Any]        # etcd's ResponseOp messages, one per operation run
 
     def range_kvs(self, index: int) -> list[KV]:
         """KVs returned by the `op_get` at position `index` of the branch that ran."""
-        resp = self.responses[index].get("response_range", {})
-        return [KV.from_json(kv) for kv in resp.get("kvs", [])]
+        return kvs_of(self.responses[index].response_range.kvs)
 
 
-# --- configuration -------------------------------------------------------------
+def _as_bytes(key: str | bytes) -> bytes:
+    return key_bytes(key) if isinstance(key, str) else key
 
 
-@dataclass
-class EtcdConfig:
-    """Where etcd is and how to authenticate, as Calico's tools read it."""
-
-    endpoints: list[str] = field(default_factory=lambda: [DEFAULT_ENDPOINTS])
-    ca_cert_file: str | None = None
-    cert_file: str | None = None
-    key_file: str | None = None
-    timeout: float = DEFAULT_TIMEOUT
-
-    @classmethod
-    def from_sources(
-        cls,
-        env: Mapping[str, str] | None = None,
-        config_file: str | None = None,
-        **overrides: Any,
-    ) -> "EtcdConfig":
-        """Calico's precedence: explicit overrides, then environment, then the file.
-
-        `config_file` defaults to /etc/calico/calicoctl.cfg when that exists; a file
-        named explicitly must exist.
-        """
-        env = os.environ if env is None else env
-        values: dict[str, Any] = {}
-        path = config_file
-        if path is None and os.path.exists(DEFAULT_CONFIG_FILE):
-            path = DEFAULT_CONFIG_FILE
-        if path:
-            values.update(_read_calicoctl_cfg(path))
-        env_map = {
-            "ETCD_ENDPOINTS": "endpoints",
-            "ETCD_CA_CERT_FILE": "ca_cert_file",
-            "ETCD_CERT_FILE": "cert_file",
-            "ETCD_KEY_FILE": "key_file",
-        }
-        for var, attr in env_map.items():
-            if env.get(var):
-                values[attr] = env[var]
-        dstype = env.get("DATASTORE_TYPE")
-        if dstype and dstype != "etcdv3":
-            raise DatastoreError(f'DATASTORE_TYPE "{dstype}" is not supported (only etcdv3)')
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        eps = values.get("endpoints", DEFAULT_ENDPOINTS)
-        if isinstance(eps, str):
-            eps = [e.strip() for e in eps.split(",") if e.strip()]
-        values["endpoints"] = list(eps)
-        cfg = cls(**values)
-        cfg.check()
-        return cfg
-
-    def check(self) -> None:
-        if not self.endpoints:
-            raise DatastoreError("no etcd endpoints configured (ETCD_ENDPOINTS)")
-        for ep in self.endpoints:
-            parts = urlsplit(ep)
-            if parts.scheme not in ("http", "https") or not parts.hostname:
-                raise DatastoreError(
-                    f'etcd endpoint "{ep}" is not a URL like https://198.18.0.11:2379'
-                )
-        if bool(self.cert_file) != bool(self.key_file):
-            raise DatastoreError("etcd client TLS needs both a certificate and a key file")
-        for what in ("ca_cert_file", "cert_file", "key_file"):
-            path = getattr(self, what)
-            if path and not os.path.isfile(path):
-                raise DatastoreError(f'{what.replace("_", " ")} "{path}" does not exist')
+def _member_dicts(members: Iterable[Any]) -> list[dict[str, Any]]:
+    return [_as_dict(m) for m in members]
 
 
-def _read_calicoctl_cfg(path: str) -> dict[str, Any]:
-    try:
-        with open(path, encoding="utf-8") as f:
-            doc = yaml.safe_load(f) or {}
-    except OSError as e:
-        raise DatastoreError(f"cannot read config file {path}: {e.strerror}") from e
-    except yaml.YAMLError as e:
-        raise DatastoreError(f"config file {path} is not valid YAML: {e}") from e
-    if not isinstance(doc, dict) or doc.get("kind") != "CalicoAPIConfig":
-        raise DatastoreError(f"config file {path}: kind must be CalicoAPIConfig")
-    spec = doc.get("spec") or {}
-    dstype = spec.get("datastoreType", "etcdv3")
-    if dstype != "etcdv3":
-        raise DatastoreError(f'config file {path}: spec.datastoreType "{dstype}" is not supported (only etcdv3)')
-    mapping = {
-        "etcdEndpoints": "endpoints",
-        "etcdCACertFile": "ca_cert_file",
-        "etcdCertFile": "cert_file",
-        "etcdKeyFile": "key_file",
-    }
-    return {attr: spec[k] for k, attr in mapping.items() if spec.get(k)}
+def _as_dict(message: Any) -> dict[str, Any]:
+    """A reply as etcd's JSON gateway writes it (etcd's field names, uint64 as a
+    decimal string, default values left out): the shape cluster tooling reads."""
+    from google.protobuf import json_format
+
+    return json_format.MessageToDict(message, preserving_proto_field_name=True)
 
 
-# --- the unary transport ------------------------------------------------------
-
-API_PATH = "/v3/"
-_HEADERS = {"Content-Type": "application/json"}
-# What a failed exchange with one endpoint raises: the next endpoint is tried.
-_TRANSPORT_ERRORS = (OSError, http.client.HTTPException)
-_RESEND_ERRORS = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError)
-
-
-class _Transport:
-    """Unary POSTs on plain `http.client` keep-alive connections.
-
-    etcd3gw sends through a `requests` session, which costs ~2 ms of CPU per call in
-    request preparation, adapters and header merging; a kept-alive `http.client`
-    connection costs ~0.6 ms. Each thread gets its own connection per endpoint (an
-    HTTPConnection is not thread-safe), remembered with the pid that opened it so a
-    forked child never shares its parent's socket. Only our settings apply: no proxy
-    variables, no REQUESTS_CA_BUNDLE; TLS verifies the server against
-    `ca_cert_file` (else certifi's bundle, as requests did) with host-name checking,
-    and presents the client certificate when one is configured.
-    """
-
-    def __init__(self, config: EtcdConfig) -> None:
-        self._config = config
-        self._targets = []
-        for ep in config.endpoints:
-            parts = urlsplit(ep)
-            self._targets.append((parts.scheme, parts.hostname or "127.0.0.1", parts.port or 2379))
-        self._ssl_context: ssl.SSLContext | None = None
-        self._local = threading.local()
-        self._open: "weakref.WeakSet[http.client.HTTPConnection]" = weakref.WeakSet()
-        self._lock = threading.Lock()
-
-    def _tls(self) -> ssl.SSLContext:
-        with self._lock:
-            if self._ssl_context is None:
-                cfg = self._config
-                cafile = cfg.ca_cert_file
-                if not cafile:
-                    try:
-                        import certifi
-
-                        cafile = certifi.where()
-                    except ImportError:  # pragma: no cover - requests depends on certifi
-                        cafile = None
-                ctx = ssl.create_default_context(cafile=cafile)
-                if cfg.cert_file and cfg.key_file:
-                    ctx.load_cert_chain(cfg.cert_file, cfg.key_file)
-                self._ssl_context = ctx
-            return self._ssl_context
-
-    def _connection(self, idx: int, fresh: bool) -> tuple[http.client.HTTPConnection, bool]:
-        """This thread's connection to endpoint `idx`, and whether it was used before."""
-        conns: dict[int, tuple[int, http.client.HTTPConnection]] | None = getattr(self._local, "conns", None)
-        if conns is None:
-            conns = self._local.conns = {}
-        pid = os.getpid()
-        hit = conns.get(idx)
-        if hit is not None:
-            owner, conn = hit
-            if owner != pid:  # inherited over fork: leave the parent's socket alone
-                conn.sock = None
-                hit = None
-            elif fresh or conn.sock is None or _dropped(conn.sock):
-                conn.close()
-                hit = None
-            else:
-                return conn, True
-        scheme, host, port = self._targets[idx]
-        timeout = self._config.timeout
-        if scheme == "https":
-            conn = http.client.HTTPSConnection(host, port, timeout=timeout, context=self._tls())
-        else:
-            conn = http.client.HTTPConnection(host, port, timeout=timeout)
-        conns[idx] = (pid, conn)
-        self._open.add(conn)
-        return conn, False
-
-    def post(self, idx: int, path: str, data: bytes) -> tuple[int, str, bytes]:
-        """POST `data`; returns (status, reason, body). Raises one of _TRANSPORT_ERRORS."""
-        conn, reused = self._connection(idx, fresh=False)
-        for resend in (True, False):
-            try:
-                conn.request("POST", path, body=data, headers=_HEADERS)
-                resp = conn.getresponse()
-                content = resp.read()
-                if resp.will_close:
-                    conn.close()
-                return resp.status, resp.reason, content
-            except _RESEND_ERRORS:
-                conn.close()
-                # etcd may close an idle kept-alive connection just as we reuse it:
-                # send once more on a new connection (a request that had been
-                # processed is a repeated put or a compare-and-swap that now fails).
-                if not (reused and resend):
-                    raise
-                conn, reused = self._connection(idx, fresh=True)
-            except BaseException:
-                conn.close()
-                raise
-        raise AssertionError("unreachable")
-
-    def close(self) -> None:
-        for conn in list(self._open):
-            conn.close()
-
-
-def _dropped(sock: socket.socket) -> bool:
-    """True when an idle kept-alive socket was closed by the server (it is readable:
-    EOF, or unexpected bytes)."""
-    try:
-        poller = select.poll()
-        poller.register(sock, select.POLLIN)
-        return bool(poller.poll(0))
-    except (OSError, ValueError):
-        return True
-
-
-# --- the client ----------------------------------------------------------------
+# The unary calls by the names etcd's JSON gateway gives them; `EtcdClient._post`
+# sends every one of them.
+_CALLS = {
+    "kv/range": operator.attrgetter("kv.Range"),
+    "kv/put": operator.attrgetter("kv.Put"),
+    "kv/deleterange": operator.attrgetter("kv.DeleteRange"),
+    "kv/txn": operator.attrgetter("kv.Txn"),
+    "kv/compaction": operator.attrgetter("kv.Compact"),
+    "cluster/member/list": operator.attrgetter("cluster.MemberList"),
+    "cluster/member/add": operator.attrgetter("cluster.MemberAdd"),
+    "cluster/member/update": operator.attrgetter("cluster.MemberUpdate"),
+    "cluster/member/remove": operator.attrgetter("cluster.MemberRemove"),
+    "maintenance/status": operator.attrgetter("maintenance.Status"),
+}
 
 
 class EtcdClient:
-    """Thread-safe: unary requests use one keep-alive connection per thread and endpoint."""
+    """Thread-safe: every thread shares one gRPC channel per endpoint."""
 
     def __init__(self, config: EtcdConfig) -> None:
         self.config = config
         _check_transport(config)  # http:// endpoints, ignored TLS files: a warning, once
-        # etcd3gw clients: the Watch's streaming requests session per endpoint.
-        self._clients = [self._make(ep) for ep in config.endpoints]
-        self._transport = _Transport(config)
-        self._grpc = GrpcRange(config.endpoints, ca_cert_file=config.ca_cert_file,
-                               cert_file=config.cert_file, key_file=config.key_file)
-        self._current = 0
-        self._lock = threading.Lock()
+        self._channels = etcd_grpc.Channels(
+            config.endpoints, ca_cert_file=config.ca_cert_file, cert_file=config.cert_file,
+            key_file=config.key_file, timeout=config.timeout)
 
-    def _make(self, endpoint: str) -> etcd3gw.Etcd3Client:
-        parts = urlsplit(endpoint)
-        client = etcd3gw.Etcd3Client(
-            host=parts.hostname or "127.0.0.1",
-            port=parts.port or 2379,
-            protocol=parts.scheme,
-            ca_cert=self.config.ca_cert_file,
-            cert_key=self.config.key_file,
-            cert_cert=self.config.cert_file,
-            timeout=self.config.timeout,
-            api_path=API_PATH,
-        )
-        # requests would otherwise let REQUESTS_CA_BUNDLE/CURL_CA_BUNDLE replace our CA
-        # and send etcd traffic through HTTP(S)_PROXY; etcd settings come from us only.
-        client.session.trust_env = False
-        return client
-
-    # All unary requests go through here: fail over to the next endpoint on connection
-    # errors. The body goes out and comes back through orjson: a 10,000-key range is
-    # megabytes.
-    def _post(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
-        return orjson.loads(self._post_raw(path, body))
-
-    def _post_raw(self, path: str, body: Mapping[str, Any]) -> bytes:
-        """POST `body`; the reply's JSON text (HTTP 200), after failover."""
-        errors: list[str] = []
-        n = len(self._clients)
-        start = self._current
-        data = orjson.dumps(body)
-        url_path = API_PATH + path
-        for i in range(n):
-            idx = (start + i) % n
-            try:
-                status, reason, content = self._transport.post(idx, url_path, data)
-            except _TRANSPORT_ERRORS as e:
-                errors.append(f"{self.config.endpoints[idx]}: {_short(e)}")
-                continue
-            if status in (502, 503, 504):
-                errors.append(f"{self.config.endpoints[idx]}: HTTP {status} {_short_body(content, reason)}")
-                continue
-            if status != 200:
-                raise DatastoreError(f"etcd rejected the request: {_short_body(content, reason)}")
-            self._current = idx
-            return content
-        raise DatastoreUnavailable("cannot reach etcd: " + "; ".join(errors))
+    def _post(self, call: str, request: Any) -> Any:
+        """Send one unary request (`call` as in `_CALLS`), failing over across the
+        endpoints; etcd's reply message."""
+        return self._channels.call(_CALLS[call], request)
 
     # --- reads ---
     def get(self, key: str) -> KV | None:
-        resp = self._post("kv/range", {"key": _b64(key)})
-        kvs = resp.get("kvs") or []
-        return KV.from_json(kvs[0]) if kvs else None
+        kvs = self._post("kv/range", pb.RangeRequest(key=key_bytes(key))).kvs
+        return kvs_of(kvs)[0] if kvs else None
 
     def get_prefix(self, prefix: str, *, revision: int | None = None, keys_only: bool = False) -> tuple[list[KV], int]:
         """All keys under prefix, and the store revision this read saw."""
-        body: dict[str, Any] = {"key": _b64(prefix), "range_end": _b64(prefix_end(prefix))}
-        if revision:
-            body["revision"] = str(revision)
-        if keys_only:
-            body["keys_only"] = True
-        resp = self._post("kv/range", body)
-        kvs = [KV.from_json(kv) for kv in resp.get("kvs") or []]
-        return kvs, int(resp["header"]["revision"])
+        reply = self._post("kv/range", pb.RangeRequest(
+            key=key_bytes(prefix), range_end=prefix_end(prefix), revision=revision or 0, keys_only=keys_only))
+        return kvs_of(reply.kvs), reply.header.revision
+
+    def _range(self, key: bytes, range_end: bytes, *, revision: int | None = None, limit: int = 0) -> Any:
+        return self._post("kv/range", pb.RangeRequest(key=key, range_end=range_end, revision=revision or 0,
+                                                      limit=max(limit, 0)))
 
     def get_range(self, key: str | bytes, range_end: str | bytes, *, revision: int | None = None,
                   limit: int = 0) -> tuple[list[KV], int, bool]:
@@ -516,60 +256,89 @@ class EtcdClient:
         With `revision` the read is of that revision; a compacted one raises
         DatastoreError. The header revision is the store's current revision either
         way, so a paged read learns R from its first (revision-less) page."""
-        return parse_range(self.get_range_raw(key, range_end, revision=revision, limit=limit))
+        reply = self._range(_as_bytes(key), _as_bytes(range_end), revision=revision, limit=limit)
+        return kvs_of(reply.kvs), reply.header.revision, reply.more
 
-    def get_range_raw(self, key: str | bytes, range_end: str | bytes, *, revision: int | None = None,
-                      limit: int = 0) -> bytes:
-        """`get_range`'s reply undecoded (`parse_range` decodes it, `range_tail`
-        finds where the next page starts): a paged reader can ask for the next
-        page before it decodes this one."""
-        body: dict[str, Any] = {"key": _b64(key), "range_end": _b64(range_end)}
-        if revision:
-            body["revision"] = str(revision)
-        if limit > 0:
-            body["limit"] = str(limit)
-        return self._post_raw("kv/range", body)
+    def read_prefix(self, prefix: str, page_size: int = 1000) -> tuple[int, Iterator[list[KV]]]:
+        """The keys under `prefix` at one revision R, as (R, pages of KVs in key order).
 
-    def get_range_pb(self, key: str | bytes, range_end: str | bytes, *, revision: int | None = None,
-                     limit: int = 0) -> bytes:
-        """`get_range_raw` over gRPC instead of the JSON gateway: the RangeResponse's
-        protobuf bytes (`etcd_grpc.decode_range_response` decodes them,
-        `etcd_grpc.range_response_tail` finds where the next page starts). Several
-        times cheaper for etcd and for us on big ranges (see etcd_grpc). Raises
-        `etcd_grpc.GrpcNotUsable` when gRPC cannot be used (then read through the
-        gateway), else the usual datastore errors."""
-        request = encode_range_request(key_bytes(key) if isinstance(key, str) else key,
-                                       key_bytes(range_end) if isinstance(range_end, str) else range_end,
-                                       limit=limit, revision=revision or 0)
-        raw, _ = self._grpc.range(request, start=self._current, timeout=self.config.timeout)
-        return raw
+        The first page is small (so the caller starts parsing early) and is read
+        here at the current revision, which fixes R. A helper thread reads the
+        following pages, `page_size` keys each, at revision R, each asked for as
+        soon as the previous one is in, while the caller turns the ones that
+        arrived into KVs and parses them: etcd works on page i+1 while page i is
+        parsed. Every page is of revision R, so together they are one consistent
+        snapshot (a compaction of R meanwhile fails the read with DatastoreError:
+        read again). `page_size` 0 or less: one read, one page."""
+        if page_size <= 0:
+            kvs, revision = self.get_prefix(prefix)
+            return revision, iter((kvs,))
+        end = prefix_end(prefix)
+        first = self._range(key_bytes(prefix), end, limit=max(1, page_size // 4))
+        revision = first.header.revision
+        if not first.more or not first.kvs:
+            return revision, iter((kvs_of(first.kvs),))
+        return revision, self._pages(first, end, revision, page_size)
+
+    def _pages(self, first: Any, end: bytes, revision: int, limit: int) -> Iterator[list[KV]]:
+        replies: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        abandon = threading.Event()
+
+        def fetch(start: bytes) -> None:
+            try:
+                while not abandon.is_set():
+                    reply = self._range(start, end, revision=revision, limit=limit)
+                    replies.put(reply)
+                    if not reply.more or not reply.kvs:
+                        break
+                    start = reply.kvs[-1].key + b"\0"
+            except BaseException as e:  # noqa: BLE001 - re-raised in the reading thread
+                replies.put(e)
+            replies.put(None)
+
+        threading.Thread(target=fetch, args=(first.kvs[-1].key + b"\0",), name="etcd-pages",
+                         daemon=True).start()
+
+        def pages() -> Iterator[list[KV]]:
+            try:
+                yield kvs_of(first.kvs)
+                while True:
+                    item = replies.get()
+                    if item is None:
+                        return
+                    if isinstance(item, BaseException):
+                        raise item
+                    yield kvs_of(item.kvs)
+            finally:
+                abandon.set()
+
+        return pages()
 
     def revision(self) -> int:
-        resp = self._post("kv/range", {"key": _b64("\0"), "count_only": True})
-        return int(resp["header"]["revision"])
+        return self._post("kv/range", pb.RangeRequest(key=b"\0", count_only=True)).header.revision
 
     # --- writes ---
     def put(self, key: str, value: bytes | str) -> int:
-        resp = self._post("kv/put", {"key": _b64(key), "value": _b64(value)})
-        return int(resp["header"]["revision"])
+        return self._post("kv/put", pb.PutRequest(key=key_bytes(key), value=_value_bytes(value))).header.revision
 
     def delete(self, key: str) -> bool:
-        resp = self._post("kv/deleterange", {"key": _b64(key)})
-        return int(resp.get("deleted", 0)) > 0
+        return self._post("kv/deleterange", pb.DeleteRangeRequest(key=key_bytes(key))).deleted > 0
 
     def delete_prefix(self, prefix: str) -> int:
-        resp = self._post("kv/deleterange", {"key": _b64(prefix), "range_end": _b64(prefix_end(prefix))})
-        return int(resp.get("deleted", 0))
+        return self._post("kv/deleterange", pb.DeleteRangeRequest(
+            key=key_bytes(prefix), range_end=prefix_end(prefix))).deleted
 
     def txn(
         self,
-        compare: Sequence[Mapping[str, Any]],
-        success: Sequence[Mapping[str, Any]],
-        failure: Sequence[Mapping[str, Any]] = (),
+        compare: Sequence[dict[str, Any]],
+        success: Sequence[dict[str, Any]],
+        failure: Sequence[dict[str, Any]] = (),
     ) -> TxnResult:
-        body = {"compare": list(compare), "success": list(success), "failure": list(failure)}
+        request = pb.TxnRequest(compare=[pb.Compare(**c) for c in compare],
+                                success=[pb.RequestOp(**op) for op in success],
+                                failure=[pb.RequestOp(**op) for op in failure])
         try:
-            resp = self._post("kv/txn", body)
+            reply = self._post("kv/txn", request)
         except DatastoreError as e:
             if "too many operations" in str(e):
                 raise DatastoreError(
@@ -577,171 +346,186 @@ class EtcdClient:
                     "--max-txn-ops (the calico.net etcd role sets it) or split the input"
                 ) from e
             raise
-        return TxnResult(
-            succeeded=bool(resp.get("succeeded", False)),
-            revision=int(resp["header"]["revision"]),
-            responses=list(resp.get("responses") or []),
-        )
+        return TxnResult(succeeded=reply.succeeded, revision=reply.header.revision,
+                         responses=list(reply.responses))
 
     def compact(self, revision: int) -> None:
-        self._post("kv/compaction", {"revision": str(revision), "physical": True})
+        self._post("kv/compaction", pb.CompactionRequest(revision=revision, physical=True))
 
     # --- cluster ---
     def status(self) -> dict[str, Any]:
-        return self._post("maintenance/status", {})
+        return _as_dict(self._post("maintenance/status", pb.StatusRequest()))
 
     def members(self) -> list[dict[str, Any]]:
-        return list(self._post("cluster/member/list", {}).get("members") or [])
+        return _member_dicts(self._post("cluster/member/list", pb.MemberListRequest()).members)
 
     def member_list(self) -> list[dict[str, Any]]:
-        """The cluster's members as the gateway returns them (`ID` a decimal string,
-        `name` empty for a member that was added but has not started yet)."""
+        """The cluster's members (`ID` a decimal string, `name` absent for a member
+        that was added but has not started yet)."""
         return self.members()
 
     def member_add(self, peer_urls: Sequence[str], *, learner: bool = False) -> dict[str, Any]:
-        """Add a member; returns the gateway's answer (`member`, `members`, `header`)."""
-        body: dict[str, Any] = {"peerURLs": list(peer_urls)}
-        if learner:
-            body["isLearner"] = True
-        return self._post("cluster/member/add", body)
+        """Add a member; returns etcd's answer (`member`, `members`, `header`)."""
+        return _as_dict(self._post("cluster/member/add", pb.MemberAddRequest(
+            peerURLs=list(peer_urls), isLearner=learner)))
 
     def member_update(self, member_id: int | str, peer_urls: Sequence[str]) -> dict[str, Any]:
         """Change a member's peer URLs. `member_id` is the uint64 ID (an int, or the
-        decimal string the gateway returns)."""
-        return self._post("cluster/member/update", {"ID": str(int(member_id)), "peerURLs": list(peer_urls)})
+        decimal string `member_list` gives)."""
+        return _as_dict(self._post("cluster/member/update", pb.MemberUpdateRequest(
+            ID=int(member_id), peerURLs=list(peer_urls))))
 
     def member_remove(self, member_id: int | str) -> dict[str, Any]:
-        """Remove a member by its uint64 ID (an int, or the gateway's decimal string)."""
-        return self._post("cluster/member/remove", {"ID": str(int(member_id))})
+        """Remove a member by its uint64 ID (an int, or `member_list`'s decimal string)."""
+        return _as_dict(self._post("cluster/member/remove", pb.MemberRemoveRequest(ID=int(member_id))))
 
     # --- watch ---
     def watch_prefix(self, prefix: str, start_revision: int, *, read_timeout: float | None = None) -> "Watch":
         return Watch(self, prefix, start_revision, read_timeout=read_timeout)
 
     def close(self) -> None:
-        self._transport.close()
-        self._grpc.close()
-        for c in self._clients:
-            c.session.close()
+        """Close the channels (a later call opens them again)."""
+        self._channels.close()
 
 
 class Watch:
-    """Iterate over changes under a prefix from a revision.
+    """Iterate over changes under a prefix from a revision: lists of WatchEvent, one
+    per etcd watch response.
 
     Ends by raising: `WatchCompacted` when the start revision is gone,
-    `DatastoreUnavailable` when the stream breaks. `cancel()` ends it quietly.
+    `DatastoreUnavailable` when the stream breaks (or, with `read_timeout`, stays
+    silent that long; etcd's progress notifications keep a healthy one talking).
+    `cancel()`, from any thread, ends it quietly.
     """
 
     def __init__(self, client: EtcdClient, prefix: str, start_revision: int, *, read_timeout: float | None) -> None:
-        self._client = client
+        self._channels = client._channels
+        self._timeout = client.config.timeout
         self._prefix = prefix
         self.start_revision = start_revision
         self._read_timeout = read_timeout
-        self._resp: requests.Response | None = None
+        self._lock = threading.Lock()
         self._cancelled = False
+        self._call: Any = None
+        self._done = threading.Event()      # ends the request stream of the open call
 
-    def _open(self) -> requests.Response:
-        body = {
-            "create_request": {
-                "key": _b64(self._prefix),
-                "range_end": _b64(prefix_end(self._prefix)),
-                "start_revision": str(self.start_revision),
-                "progress_notify": True,
-            }
-        }
-        errors = []
-        cl = self._client
-        for i in range(len(cl._clients)):
-            idx = (cl._current + i) % len(cl._clients)
-            c = cl._clients[idx]
+    def _requests(self, done: threading.Event) -> Iterator[Any]:
+        yield pb.WatchRequest(create_request=pb.WatchCreateRequest(
+            key=key_bytes(self._prefix), range_end=prefix_end(self._prefix),
+            start_revision=self.start_revision, progress_notify=True))
+        # gRPC reads this in its own thread: our half of the stream stays open
+        # until the watch ends
+        done.wait()
+
+    def _next(self, call: Any, timeout: float | None) -> Any:
+        """The call's next response, None when the stream ended. With `timeout`, a
+        call silent for that long is cancelled and raises _Silent."""
+        timer = None
+        fired = threading.Event()
+        if timeout:
+            def expire() -> None:
+                fired.set()
+                call.cancel()
+            timer = threading.Timer(timeout, expire)
+            timer.daemon = True
+            timer.start()
+        try:
+            return next(call, None)
+        except grpc.RpcError:
+            if fired.is_set():
+                raise _Silent(timeout) from None
+            raise
+        finally:
+            if timer is not None:
+                timer.cancel()
+
+    def _open(self) -> tuple[Any, Any] | None:
+        """(the call, its first response) on the first endpoint that answers, None
+        if cancelled meanwhile."""
+        ch = self._channels
+        n = len(ch.endpoints)
+        start = ch.current
+        errors: list[str] = []
+        for k in range(n):
+            idx = (start + k) % n
+            done = threading.Event()
+            call = ch.stubs(idx).watch.Watch(self._requests(done))
+            with self._lock:
+                self._call, self._done = call, done
+                cancelled = self._cancelled
+            if cancelled:
+                done.set()
+                call.cancel()
+                return None
             try:
-                resp = c.session.post(
-                    c.get_url("watch"), json=body, stream=True,
-                    timeout=(cl.config.timeout, self._read_timeout),
-                )
-            except requests.exceptions.RequestException as e:
-                errors.append(f"{cl.config.endpoints[idx]}: {e}")
+                first = self._next(call, self._timeout)
+            except _Silent as e:
+                errors.append(f"{ch.endpoints[idx]}: {e}")
+                done.set()
                 continue
-            if resp.status_code != 200:
-                errors.append(f"{cl.config.endpoints[idx]}: HTTP {resp.status_code}")
-                resp.close()
+            except grpc.RpcError as e:
+                done.set()
+                if self._cancelled:
+                    return None
+                if etcd_grpc.try_next(e):
+                    errors.append(f"{ch.endpoints[idx]}: {etcd_grpc.failure_text(e, self._timeout)}")
+                    continue
+                raise DatastoreUnavailable(f"etcd watch failed: {etcd_grpc.failure_text(e)}") from None
+            if first is None:
+                done.set()
+                errors.append(f"{ch.endpoints[idx]}: the watch stream ended at once")
                 continue
-            return resp
+            return call, first
         raise DatastoreUnavailable("cannot open etcd watch: " + "; ".join(errors))
 
     def __iter__(self) -> Iterator[list[WatchEvent]]:
         """Yields batches of events (one batch per etcd watch response)."""
-        self._resp = self._open()
+        opened = self._open()
+        if opened is None:
+            return
+        call, reply = opened
         try:
-            for line in self._resp.iter_lines(chunk_size=None):
+            while reply is not None:
                 if self._cancelled:
                     return
-                if not line or not line.strip():
-                    continue
-                msg = json.loads(line)
-                if "error" in msg:
-                    raise DatastoreUnavailable(f"etcd watch failed: {msg['error'].get('message', msg['error'])}")
-                result = msg.get("result", {})
-                compact = int(result.get("compact_revision", 0) or 0)
-                if compact:
-                    raise WatchCompacted(compact)
-                if result.get("canceled"):
-                    raise DatastoreUnavailable(f"etcd cancelled the watch: {result.get('cancel_reason', '')}")
-                events = result.get("events")
-                if not events:
-                    continue
-                batch = []
-                for ev in events:
-                    kv = KV.from_json(ev.get("kv", {}))
-                    batch.append(WatchEvent(ev.get("type", "PUT"), kv, kv.mod_revision))
-                self.start_revision = batch[-1].revision + 1
-                yield batch
-        except (requests.exceptions.RequestException, ConnectionError, OSError) as e:
+                if reply.compact_revision:
+                    raise WatchCompacted(reply.compact_revision)
+                if reply.canceled:
+                    raise DatastoreUnavailable(f"etcd cancelled the watch: {reply.cancel_reason}")
+                events = reply.events
+                if events:
+                    kvs = kvs_of([ev.kv for ev in events])
+                    batch = [WatchEvent("DELETE" if ev.type else "PUT", kv, kv.mod_revision)
+                             for ev, kv in zip(events, kvs)]
+                    self.start_revision = batch[-1].revision + 1
+                    yield batch
+                reply = self._next(call, self._read_timeout)
+        except _Silent as e:
             if self._cancelled:
                 return
-            raise DatastoreUnavailable(f"etcd watch connection lost: {e}") from e
-        except AttributeError:
-            # requests raises this when cancel() closes the stream underneath us
+            raise DatastoreUnavailable(f"etcd watch {e}") from None
+        except grpc.RpcError as e:
             if self._cancelled:
                 return
-            raise
+            raise DatastoreUnavailable(f"etcd watch connection lost: {etcd_grpc.failure_text(e)}") from None
         finally:
-            if self._resp is not None:
-                self._resp.close()
+            self._done.set()
+            call.cancel()
         if not self._cancelled:
             raise DatastoreUnavailable("etcd watch stream ended")
 
     def cancel(self) -> None:
-        self._cancelled = True
-        resp = self._resp
-        if resp is not None:
-            try:
-                resp.raw._fp.fp.raw._sock.shutdown(2)  # type: ignore[union-attr]
-            except Exception:  # noqa: BLE001 - best effort to wake the reader
-                pass
-            resp.close()
+        with self._lock:
+            self._cancelled = True
+            call = self._call
+        self._done.set()
+        if call is not None:
+            call.cancel()
 
 
-def _short_body(content: bytes, reason: str = "") -> str:
-    try:
-        detail = orjson.loads(content)
-        return str(detail.get("error") or detail.get("message") or detail)[:400]
-    except Exception:  # noqa: BLE001 - not JSON
-        return (content.decode("utf-8", "replace") or reason or "")[:400]
-
-
-def _short(e: Exception) -> str:
-    if isinstance(e, ssl.SSLError):  # args: (errno, message)
-        return ("TLS error: " + str(e.args[-1] if e.args else e.__class__.__name__))[:400]
-    text = getattr(e, "detail_text", None) or " ".join(str(a) for a in e.args if a) or e.__class__.__name__
-    if "SSL" in text or "certificate" in text.lower():
-        text = "TLS error: " + text
-    try:
-        detail = json.loads(text)
-        text = detail.get("error") or detail.get("message") or text
-    except Exception:  # noqa: BLE001 - not JSON: keep the text
-        pass
-    return text[:400]
+class _Silent(Exception):
+    def __init__(self, timeout: float | None) -> None:
+        super().__init__(f"timed out: nothing from etcd for {timeout:g} s")
 
 
 def connect(config: EtcdConfig | None = None, **kwargs: Any) -> EtcdClient:

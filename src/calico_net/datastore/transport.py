@@ -23,8 +23,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from typing import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 from urllib.parse import urlsplit
+
+if TYPE_CHECKING:
+    from calico_net.datastore.config import EtcdConfig
 
 log = logging.getLogger(__name__)
 
@@ -102,14 +105,10 @@ def check_transport(
     return lines
 
 
-def check_config(config: object) -> list[str]:
-    """`check_transport()` for an `EtcdConfig` (or anything with its four attributes)."""
-    return check_transport(
-        list(getattr(config, "endpoints", None) or []),
-        getattr(config, "ca_cert_file", None),
-        getattr(config, "cert_file", None),
-        getattr(config, "key_file", None),
-    )
+def check_config(config: "EtcdConfig") -> list[str]:
+    """`check_transport()` for an `EtcdConfig`."""
+    return check_transport(list(config.endpoints or []), config.ca_cert_file, config.cert_file,
+                           config.key_file)
 
 
 @contextlib.contextmanager
