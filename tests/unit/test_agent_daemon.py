@@ -18,7 +18,9 @@ V4 = socket.AF_INET
 @dataclass
 class FakeSettings:
     failsafe_inbound: list = field(default_factory=list)
+    failsafe_outbound: list = field(default_factory=list)
     default_endpoint_to_host_action: str = "Drop"
+    interface_prefixes: tuple = ("cali",)
 
 
 @dataclass

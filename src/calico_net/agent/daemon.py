@@ -26,8 +26,6 @@ action); listener ports need a restart.
 """
 from __future__ import annotations
 
-import dataclasses
-import inspect
 import logging
 import queue
 import threading
@@ -59,26 +57,20 @@ RETRY_AFTER_ERROR = 1.0  # a failed apply is retried after this long
 
 
 def felix_settings(cfg: Config, settings_cls: Any, prefixes: tuple[str, ...] | None = None) -> Any:
-    """Build the policy dataplane's settings object from the resolved config,
-    passing only the fields that class has (it is owned by the policy code).
-    `prefixes`: the interface prefixes in use (the daemon's, fixed once the first
-    snapshot is in), else the config's."""
+    """Build the policy dataplane's settings object (`settings_cls`, by default
+    `FelixSettings`) from the resolved config. `prefixes`: the interface prefixes
+    in use (the daemon's, fixed once the first snapshot is in), else the config's."""
     def pairs(ports: Any) -> list[tuple[str, int]]:
         # The policy dataplane takes (protocol, port); an entry limited to a net never
         # gets here (agent.config refuses it, as the model does).
         return [(p.protocol, p.port) for p in ports]
 
-    values = {
-        "failsafe_inbound": pairs(cfg.values["FailsafeInboundHostPorts"]),
-        "failsafe_outbound": pairs(cfg.values["FailsafeOutboundHostPorts"]),
-        "default_endpoint_to_host_action": cfg.values["DefaultEndpointToHostAction"],
-        "interface_prefixes": tuple(prefixes if prefixes is not None else cfg.values["InterfacePrefix"]),
-    }
-    if dataclasses.is_dataclass(settings_cls):
-        accepted = {f.name for f in dataclasses.fields(settings_cls)}
-    else:
-        accepted = set(inspect.signature(settings_cls).parameters)
-    return settings_cls(**{k: v for k, v in values.items() if k in accepted})
+    return settings_cls(
+        failsafe_inbound=pairs(cfg.values["FailsafeInboundHostPorts"]),
+        failsafe_outbound=pairs(cfg.values["FailsafeOutboundHostPorts"]),
+        default_endpoint_to_host_action=cfg.values["DefaultEndpointToHostAction"],
+        interface_prefixes=tuple(prefixes if prefixes is not None else cfg.values["InterfacePrefix"]),
+    )
 
 
 class Daemon:

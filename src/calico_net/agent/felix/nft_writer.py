@@ -357,18 +357,7 @@ class NftWriter:
             new_s = rs.sets.get(name)
             if new_s is None or name not in self.written_sets or name in handled:
                 continue   # a set created in this transaction is declared with its elements
-            written = self.written_elems.get(name, {})
-            dels = []
-            adds = []
-            for k in keys:
-                want = new_s.elements.get(k, _MISSING)
-                have = written.get(k, _MISSING)
-                if want == have:
-                    continue
-                if have is not _MISSING:
-                    dels.append((k, None))
-                if want is not _MISSING:
-                    adds.append((k, want))
+            dels, adds = _key_diff(self.written_elems.get(name, {}), new_s.elements, keys)
             elem_del.extend(self._elem_cmds("delete", name, dels))
             elem_add.extend(self._elem_cmds("add", name, adds))
             st.elements_added += len(adds)
@@ -434,15 +423,9 @@ class NftWriter:
             keys = rs.dirty_elems.get(name)
             if keys is None or name in rs.dirty_sets:   # re-made within this apply
                 keys = set(written) | set(new_s.elements)
-            for k in keys:
-                want = new_s.elements.get(k, _MISSING)
-                have = written.get(k, _MISSING)
-                if want == have:
-                    continue
-                if have is not _MISSING:
-                    dels.append((name, k, None))
-                if want is not _MISSING:
-                    adds.append((name, k, want))
+            d, a = _key_diff(written, new_s.elements, keys)
+            dels += [(name, k, None) for k, _ in d]
+            adds += [(name, k, v) for k, v in a]
         return dels, adds
 
     def _write_fast(self, rs: Ruleset) -> bool:
@@ -514,3 +497,21 @@ class _Missing:
 
 
 _MISSING: Any = _Missing()
+
+
+def _key_diff(written: dict[str, str | None], want: dict[str, str | None], keys: Iterable[str]
+              ) -> tuple[list[tuple[str, None]], list[tuple[str, str | None]]]:
+    """For `keys`: the elements to delete (written, and now gone or different) and
+    to add (wanted, and not written so)."""
+    dels: list[tuple[str, None]] = []
+    adds: list[tuple[str, str | None]] = []
+    for k in keys:
+        w = want.get(k, _MISSING)
+        have = written.get(k, _MISSING)
+        if w == have:
+            continue
+        if have is not _MISSING:
+            dels.append((k, None))
+        if w is not _MISSING:
+            adds.append((k, w))
+    return dels, adds
