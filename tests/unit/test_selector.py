@@ -40,7 +40,7 @@ from calico_net.model.selector import (  # noqa: I001
     parse_selector,
     validate_selector,
 )
-from calico_net.model.selector import _CodeGen
+from calico_net.model.selector.nodes import _CodeGen
 
 # ------------------------------------------------------------------ parse: constructs
 

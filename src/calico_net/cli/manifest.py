@@ -31,7 +31,6 @@ loader (duplicate keys are an error) and its messages for syntax errors.
 from __future__ import annotations
 
 import gc
-import json
 import sys
 from typing import Any
 
@@ -216,23 +215,19 @@ def _count_events(text: str, loader_cls: type) -> None:
 def parse_manifest(text: str) -> list[dict[str, Any]]:
     """The resource documents of a manifest, in order, with List documents expanded —
     `calico_net.model.parse_documents` within this module's bounds."""
-    from calico_net.model.validation import _expand, _Loader, yaml_syntax_error
+    from calico_net.model.validation import (
+        ManifestLoader, expand_lists, json_documents, yaml_syntax_error,
+    )
 
     budget = _Budget()
-    stripped = text.lstrip()
-    if stripped.startswith(("{", "[")):
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError:
-            pass  # maybe YAML flow style; the YAML parser reports the error if not
-        except RecursionError:
-            raise _too_deep(1) from None
-        else:
-            _measure_data(data, budget)
-            docs = data if isinstance(data, list) else [data]
-            return _expand(list(enumerate(docs, 1)))
+    try:
+        docs = json_documents(text, lambda data: _measure_data(data, budget))
+    except RecursionError:
+        raise _too_deep(1) from None
+    if docs is not None:
+        return docs
 
-    class Loader(_Loader):  # type: ignore[misc, valid-type]
+    class Loader(ManifestLoader):  # type: ignore[misc, valid-type]
         """The model's loader, measuring each composed document before constructing it."""
 
         document = 0
@@ -252,7 +247,7 @@ def parse_manifest(text: str) -> list[dict[str, Any]]:
     gc.disable()
     try:
         if _values_bound(text) > MAX_VALUES:
-            _count_events(text, _Loader)
+            _count_events(text, ManifestLoader)
         for number, doc in enumerate(yaml.load_all(text, Loader=Loader), 1):
             numbered.append((number, doc))
     except yaml.YAMLError as exc:
@@ -265,4 +260,4 @@ def parse_manifest(text: str) -> list[dict[str, Any]]:
     finally:
         if gc_was_enabled:
             gc.enable()
-    return _expand([(n, d) for n, d in numbered if d is not None])
+    return expand_lists([(n, d) for n, d in numbered if d is not None])

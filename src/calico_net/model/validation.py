@@ -15,7 +15,7 @@ import difflib
 import json
 import re
 import typing
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import yaml
 from pydantic import BaseModel
@@ -26,7 +26,8 @@ from calico_net.model.fields import name_problem, show
 from calico_net.model.kinds import KINDS
 from calico_net.model.resources import API_VERSION, IPPool, Resource, not_supported
 
-class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+
+class ManifestLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
     """YAML's safe loader (libyaml's when present) that refuses duplicate keys.
 
     PyYAML keeps the last of two equal keys silently; a manifest with two `spec:` or
@@ -50,29 +51,39 @@ def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[
     return loader.construct_mapping(node)
 
 
-_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+ManifestLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
 # --- manifests -----------------------------------------------------------------------------
 
 def parse_documents(text: str) -> list[dict[str, Any]]:
     """The resource documents of a manifest, in order, with List documents expanded."""
-    stripped = text.lstrip()
-    if stripped.startswith(("{", "[")):
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError:
-            pass  # maybe YAML flow style; the YAML parser reports the error if not
-        else:
-            docs = data if isinstance(data, list) else [data]
-            return _expand(list(enumerate(docs, 1)))
+    docs = json_documents(text)
+    if docs is not None:
+        return docs
     numbered: list[tuple[int, Any]] = []
     try:
-        for number, doc in enumerate(yaml.load_all(text, Loader=_Loader), 1):
+        for number, doc in enumerate(yaml.load_all(text, Loader=ManifestLoader), 1):
             numbered.append((number, doc))
     except yaml.YAMLError as exc:
         raise yaml_syntax_error(exc, len(numbered) + 1) from None
-    return _expand([(n, d) for n, d in numbered if d is not None])
+    return expand_lists([(n, d) for n, d in numbered if d is not None])
+
+
+def json_documents(text: str, check: Callable[[Any], None] | None = None,
+                   ) -> list[dict[str, Any]] | None:
+    """The documents of a manifest written in JSON (an object or an array of them), or
+    None when `text` is not JSON. `check(data)` sees the decoded data first."""
+    if not text.lstrip().startswith(("{", "[")):
+        return None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        return None  # maybe YAML flow style; the YAML parser reports the error if not
+    if check is not None:
+        check(data)
+    docs = data if isinstance(data, list) else [data]
+    return expand_lists(list(enumerate(docs, 1)))
 
 
 def yaml_syntax_error(exc: yaml.YAMLError, document: int) -> ParseError:
@@ -84,7 +95,9 @@ def yaml_syntax_error(exc: yaml.YAMLError, document: int) -> ParseError:
     return ParseError(f"YAML syntax error: {problem}", document=document, line=line, column=column)
 
 
-def _expand(numbered: list[tuple[int, Any]]) -> list[dict[str, Any]]:
+def expand_lists(numbered: list[tuple[int, Any]]) -> list[dict[str, Any]]:
+    """The resources of (document number, document) pairs, with the items of `List`
+    and `<Kind>List` documents in their place; ParseError for anything else."""
     out: list[dict[str, Any]] = []
     for number, doc in numbered:
         if not isinstance(doc, dict):
