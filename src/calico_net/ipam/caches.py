@@ -13,11 +13,12 @@ it depends on, so a stale entry costs one failed compare, never a wrong answer.
   whose affinity this object changed, and for affine blocks a fresh view did not
   re-read.
 * `_affine_cache` {(node, IP version): [block CIDR]}: a node's affine blocks in
-  address order. Replaced by every fresh view; extended by this object's own claims
-  and by a hint naming a block another process just claimed; dropped when this
-  object claims or releases an affinity outside an assignment.
+  address order, read on first use. Replaced by every fresh view; extended by this
+  object's own claims and by a hint naming a block another process just claimed;
+  dropped when this object claims or releases an affinity outside an assignment.
 * `_last_block` {(node, IP version): block CIDR}: the block an address came from
-  last, tried first next time (so one block fills before the next is touched).
+  last (here or, through the hint, in another process of the node), tried first next
+  time so that one block fills before the next is touched.
 * `_pool_cache` ([Pool], {pool name: mod revision}): the IPPools, replaced on every
   read of them (`pools()` and fresh views); a view decided on it is guarded by the
   pools' revisions.
