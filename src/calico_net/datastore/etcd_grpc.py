@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 import grpc
 
 from calico_net.datastore.errors import DatastoreError, DatastoreUnavailable
+from calico_net.datastore.etcdpb import cluster_pb2_grpc as cluster_rpc
 from calico_net.datastore.etcdpb import rpc_pb2_grpc as rpc
 
 # Statuses after which the next endpoint is tried: this one is down, unreachable,
@@ -36,8 +37,8 @@ class Stubs(NamedTuple):
 
     kv: rpc.KVStub
     watch: rpc.WatchStub
-    cluster: rpc.ClusterStub
-    maintenance: rpc.MaintenanceStub
+    cluster: cluster_rpc.ClusterStub
+    maintenance: cluster_rpc.MaintenanceStub
 
 
 class Channels:
@@ -70,7 +71,7 @@ class Channels:
                 return hit[2]
             channel = self._channel(self.endpoints[idx])
             stubs = Stubs(rpc.KVStub(channel), rpc.WatchStub(channel),
-                          rpc.ClusterStub(channel), rpc.MaintenanceStub(channel))
+                          cluster_rpc.ClusterStub(channel), cluster_rpc.MaintenanceStub(channel))
             self._open[idx] = (pid, channel, stubs)
             return stubs
 
