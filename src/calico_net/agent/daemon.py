@@ -74,6 +74,10 @@ def felix_settings(cfg: Config, settings_cls: Any, prefixes: tuple[str, ...] | N
 
 
 class Daemon:
+    """The main loop of the module docstring. `policy`, `route_backend` and
+    `sysctls` default to the real dataplane (`PolicyDataplane`, `Netlink`,
+    `Sysctls`); tests pass stand-ins implementing the same Protocols."""
+
     def __init__(
         self,
         node_name: str,

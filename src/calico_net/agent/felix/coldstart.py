@@ -4,6 +4,9 @@ sysctls it shares with every later apply.
 A fresh host is one without table inet calico at all. There the first apply runs
 routes, nft and sysctls side by side instead of one after the other:
 
+0. At the agent's start (`ColdStart.fresh_host`) the links are not listed: the
+   route thread lists them later, while nft loads (here the listing would compete
+   with the snapshot's parse for the GIL).
 1. When the first snapshot is in (`ColdStart.on_first_snapshot`), with many local
    endpoints, the sysctl helper process starts on the endpoints' interface names
    (`Sysctls.start_configure_names`): it looks every name up (index, up flag),
@@ -18,9 +21,9 @@ routes, nft and sysctls side by side instead of one after the other:
    helper's look-ups when it made them, else `links_named`), starts the sysctls
    if the helper was not started in step 1, and writes the routes.
 5. The daemon takes the listing and the sysctl work from the thread
-   (`RouteThread.sysctls`): the helper's result is matched with the listing, an
-   interface not there then (or re-created since) is configured as usual; then
-   it takes the route result (`RouteThread.routes`).
+   (`RouteThread.sysctls_started`): the helper's result is matched with the
+   listing, an interface not there then (or re-created since) is configured as
+   usual; then it takes the route result (`RouteThread.routes_written`).
 
 Policy goes before routes on every host: on a fresh host the placeholder table is
 there before a route makes a workload reachable. On any other host (our table,
@@ -267,7 +270,7 @@ class ColdStart:
         """Step 1: on a fresh host, the sysctl helper starts on the snapshot's
         interface names now."""
         if self._by_name is None and self.fresh_host():
-            self._by_name = self._start_by_name(local_interfaces(resources, node, prefixes))
+            self._by_name = self.start_by_name(local_interfaces(resources, node, prefixes))
 
     def take_by_name(self) -> "PendingLookups | None":
         """The helper started on names (step 1), to be collected by the caller."""
@@ -291,12 +294,12 @@ class ColdStart:
         if not self.links.listed:
             by_name = self.take_by_name()
             if by_name is None:
-                by_name = self._start_by_name()
+                by_name = self.start_by_name()
         t = RouteThread(self.links, self.sysctls, list_links=not self.links.listed, by_name=by_name)
         t.start()
         return t
 
-    def _start_by_name(self, items: list[tuple[str, bool]] | None = None) -> "PendingLookups | None":
+    def start_by_name(self, items: list[tuple[str, bool]] | None = None) -> "PendingLookups | None":
         """Start the sysctl helper on the local endpoints' interface names
         (`items`: (name, has IPv6); default: the route manager's), so its writes
         run beside the policy's index and render instead of after the listing.
