@@ -17,7 +17,7 @@ The selector language lives in `calico_net.model.selector`.
 
 Decisions:
 
-* pydantic v2: the twelve kinds are ~60 nested record types with Calico's camelCase
+* pydantic v2: the twelve kinds are dozens of nested record types with Calico's camelCase
   names; declaring them once gives parsing, unknown-field rejection (extra="forbid"),
   strict types (a quoted "true" is not a boolean, as in Calico's Go structs), aliases,
   exclude_unset dumps (the round-trip guarantee) and error locations for field paths,
