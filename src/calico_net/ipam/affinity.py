@@ -5,6 +5,8 @@ compare-and-swap transaction, so a block never shows half a claim.
 """
 from __future__ import annotations
 
+from typing import Any
+
 from calico_net.datastore.etcd import cmp_mod_revision, op_delete, op_put
 from calico_net.ipam import keys
 from calico_net.ipam.assign import IPAMAssign
@@ -52,12 +54,11 @@ class IPAMAffinity(IPAMAssign):
                 return False
             else:  # unaffine block, or our block whose affinity key went missing
                 blk.affinity = f"host:{node}"
-            txn = self.client.txn(
+            if self._affinity_txn(
+                node, cidr,
                 [cmp_mod_revision(bkey, brev), cmp_mod_revision(akey, akv.mod_revision if akv else 0)],
                 [op_put(bkey, dumps(blk.to_json())), op_put(akey, AFFINITY_VALUE)],
-            )
-            if txn.succeeded:
-                self._forget_affinity(node, cidr)
+            ):
                 return True
             backoff(attempt)
         raise IPAMConflictError(f"could not claim {cidr} for {node}: it kept changing; try again")
@@ -86,12 +87,19 @@ class IPAMAffinity(IPAMAssign):
                         raise BlockNotEmptyError(f"block {net} of node {node} still has {blk.in_use} address(es) in use")
                     blk.affinity = None
                     ops.append(op_put(bkey, dumps(blk.to_json())))
-            txn = self.client.txn(compare, ops)
-            if txn.succeeded:
-                self._forget_affinity(node, net)
+            if self._affinity_txn(node, net, compare, ops):
                 return True
             backoff(attempt)
         raise IPAMConflictError(f"could not release {node}'s affinity to {net}: it kept changing; try again")
+
+    def _affinity_txn(self, node: str, cidr: IPNetwork, compare: list[dict[str, Any]],
+                      ops: list[dict[str, Any]]) -> bool:
+        """Commit a change to a block and its affinity key for `node` when `compare`
+        holds; what is cached about the block is dropped once it went through."""
+        if not self.client.txn(compare, ops).succeeded:
+            return False
+        self._forget_affinity(node, cidr)
+        return True
 
     def release_host_affinities(self, node: str, *, must_be_empty: bool = False) -> list[IPNetwork]:
         """Drop every block affinity of a node (when the node is removed). Returns the
