@@ -333,11 +333,7 @@ class PolicyDataplane:
         if ch.policies:
             self._combo_cache.clear()
         for name in ch.sets:
-            if index.set_exists(name):
-                rs.ensure_set(name, index.set_type(name))
-                rs.replace_elements(name, index.set_elements(name))
-            else:
-                rs.delete_set(name)
+            self._render_set(name)
         for name, elems in ch.elements.items():
             if name not in rs.sets or name in ch.sets:
                 continue
@@ -347,13 +343,8 @@ class PolicyDataplane:
                 else:
                     rs.remove_element(name, e)
         for name in ch.cidr_sets:
-            if name in ch.sets:
-                continue
-            if index.set_exists(name):
-                rs.ensure_set(name, index.set_type(name))
-                rs.replace_elements(name, index.set_elements(name))
-            else:
-                rs.delete_set(name)
+            if name not in ch.sets:
+                self._render_set(name)
         for key in ch.policies:
             pol = index.policies.get(key)
             for direction, rules in (("Ingress", pol.ingress if pol else ()),
@@ -379,6 +370,15 @@ class PolicyDataplane:
         for ep in ch.endpoints:
             self._render_endpoint(ep)
         self._collect_garbage()
+
+    def _render_set(self, name: str) -> None:
+        """A selector or CIDR set whole, as the index has it (gone: deleted)."""
+        index = self.index
+        if index.set_exists(name):
+            self.rs.ensure_set(name, index.set_type(name))
+            self.rs.replace_elements(name, index.set_elements(name))
+        else:
+            self.rs.delete_set(name)
 
     #: unused endpoint chains tolerated before they are deleted on their own
     GARBAGE_MAX = 256
