@@ -405,11 +405,16 @@ def build_parser() -> argparse.ArgumentParser:
         ENVIRONMENT_HELP)
 
 
+def parse_then_log(parser: argparse.ArgumentParser, argv: Sequence[str] | None, fmt: str,
+                   level: int = logging.INFO) -> None:
+    """How calico/node's helper programs (start-up, confd) begin: arguments first, so
+    --help/--version and a wrong argument do nothing else, then logging to stderr."""
+    parser.parse_args(sys.argv[1:] if argv is None else list(argv))
+    logging.basicConfig(level=level, stream=sys.stderr, format=fmt)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    # Arguments first: --help/--version (and a wrong argument) must do nothing else.
-    build_parser().parse_args(sys.argv[1:] if argv is None else list(argv))
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s [%(levelname)s] startup: %(message)s")
+    parse_then_log(build_parser(), argv, "%(asctime)s [%(levelname)s] startup: %(message)s")
     from calico_net.datastore import Datastore, DatastoreError
     from calico_net.datastore.etcd import EtcdClient, EtcdConfig
 

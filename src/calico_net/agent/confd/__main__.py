@@ -59,13 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    # Arguments first: --help/--version (and a wrong argument) must start nothing.
-    build_parser().parse_args(sys.argv[1:] if argv is None else list(argv))
-    level = os.environ.get("CALICO_CONFD_LOGSEVERITY", "INFO").upper()
-    logging.basicConfig(
-        level=getattr(logging, level, logging.INFO), stream=sys.stderr,
-        format="%(asctime)s [%(levelname)s][%(process)d] confd %(name)s: %(message)s",
-    )
+    from calico_net.agent.startup import parse_then_log
+
+    severity = os.environ.get("CALICO_CONFD_LOGSEVERITY", "INFO").upper()
+    parse_then_log(build_parser(), argv,
+                   "%(asctime)s [%(levelname)s][%(process)d] confd %(name)s: %(message)s",
+                   logging.getLevelNamesMapping().get(severity, logging.INFO))
     log = logging.getLogger("calico_net.agent.confd")
     from calico_net.agent.confd.runner import Confd, ConfdSettings
     from calico_net.datastore import DatastoreError

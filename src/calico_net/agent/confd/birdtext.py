@@ -30,7 +30,7 @@ value's role), and the caller skips the object that carried it.
 BIRD 2 (2.0.12, Debian 12) has no escape sequences in strings: ``"`` always ends
 one and a backslash is kept as it is (later BIRD versions may read it as an escape),
 so both are refused rather than escaped. Strings of 4096 bytes or more crash its
-parser (tried: ``bird -p`` aborts in realloc), hence the 1024-byte cap.
+parser (``bird -p`` aborts in realloc), hence the 1024-byte cap.
 """
 
 from __future__ import annotations

@@ -62,18 +62,18 @@ class ConfdStatus:
     bird_reload_error: str | None = None
 
     def ready(self) -> tuple[bool, str]:
-        if not self.datastore_connected:
-            return False, f"datastore lost: {self.datastore_reason}"
-        if not self.synced:
-            return False, "waiting for the first datastore snapshot"
-        if self.state == "rejected":
-            return False, f"rendered config rejected by bird -p, running the last good one: {self.error}"
-        if self.state == "render-error":
-            return False, f"cannot render bird.cfg: {self.error}"
-        if self.state != "ok":
-            return False, "waiting for the first render"
-        if not self.bird_reloaded:
-            return False, f"BIRD has not taken the config yet: {self.bird_reload_error}"
+        # The first condition that does not hold is the reason given.
+        for holds, why in (
+            (self.datastore_connected, f"datastore lost: {self.datastore_reason}"),
+            (self.synced, "waiting for the first datastore snapshot"),
+            (self.state != "rejected",
+             f"rendered config rejected by bird -p, running the last good one: {self.error}"),
+            (self.state != "render-error", f"cannot render bird.cfg: {self.error}"),
+            (self.state == "ok", "waiting for the first render"),
+            (self.bird_reloaded, f"BIRD has not taken the config yet: {self.bird_reload_error}"),
+        ):
+            if not holds:
+                return False, why
         return True, "ready"
 
     def to_json(self) -> dict[str, Any]:
