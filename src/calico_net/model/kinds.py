@@ -34,7 +34,7 @@ def _info(model: type[r.Resource], plural: str, *aliases: str) -> KindInfo:
                     aliases=aliases, model=model)
 
 
-# Aliases as calicoctl's resourcemgr registers them (calicoctl/resourcemgr/*.go).
+# Aliases as calicoctl's resource manager registers them, so the same names work here.
 KINDS: dict[str, KindInfo] = {
     info.kind: info
     for info in (

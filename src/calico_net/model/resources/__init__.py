@@ -118,3 +118,19 @@ RESOURCE_CLASSES: tuple[type[Resource], ...] = (
     Node, IPPool, BGPConfiguration, BGPPeer, FelixConfiguration, Profile, NetworkPolicy,
     GlobalNetworkPolicy, NetworkSet, GlobalNetworkSet, WorkloadEndpoint, HostEndpoint,
 )
+
+__all__ = [
+    "API_VERSION", "Action", "BGPConfiguration", "BGPConfigurationSpec", "BGPPassword", "BGPPeer",
+    "BGPPeerSpec", "BLOCK_SIZE_RANGE", "CalicoModel", "CheckContext", "Community",
+    "DEFAULT_BLOCK_SIZE", "EnabledDisabled", "EncapMode", "EndpointPort", "EntityRule", "Error",
+    "FelixConfiguration", "FelixConfigurationSpec", "GlobalNetworkPolicy",
+    "GlobalNetworkPolicySpec", "GlobalNetworkSet", "GlobalNetworkSetSpec",
+    "HealthTimeoutOverride", "HostEndpoint", "HostEndpointSpec", "ICMPFields", "IPNAT", "IPPool",
+    "IPPoolSpec", "IPVersion", "LogSeverity", "MTU", "Mark", "Metadata", "NOT_SUPPORTED_YET",
+    "NetworkPolicy", "NetworkPolicySpec", "NetworkSet", "NetworkSetSpec", "Node", "NodeAddress",
+    "NodeBGPSpec", "NodeSpec", "NodeStatus", "NodeWireguardSpec", "OrchRef", "OrchestratorName",
+    "Order", "PolicyType", "PrefixAdvertisement", "Profile", "ProfileSpec", "ProtoPort",
+    "RESOURCE_CLASSES", "Resource", "RouteTableRange", "Rule", "RuleMetadata", "SecretKeyRef",
+    "ServiceAccountMatch", "ServiceIPBlock", "WorkloadEndpoint", "WorkloadEndpointPort",
+    "WorkloadEndpointSpec", "field_path", "not_supported", "resource_kind",
+]
