@@ -141,15 +141,15 @@ class BirdModel:
     rejected: list[str] = field(default_factory=list)
 
 
-def _meta(res: Mapping[str, Any]) -> Mapping[str, Any]:
+def meta_of(res: Mapping[str, Any]) -> Mapping[str, Any]:
     return res.get("metadata") or {}
 
 
-def _spec(res: Mapping[str, Any]) -> Mapping[str, Any]:
+def spec_of(res: Mapping[str, Any]) -> Mapping[str, Any]:
     return res.get("spec") or {}
 
 
-def _one_line(text: object) -> str:
+def one_line(text: object) -> str:
     """Text safe to put in a BIRD comment (one line, however hostile the input)."""
     return str(bird_comment(text))
 
@@ -163,7 +163,7 @@ def protocol_name(prefix: str, ip: IPAddress, port: int | None = None) -> str:
     return name
 
 
-def _resolve_password(
+def resolve_password(
     ref: Mapping[str, Any], passwords: PasswordSource | None
 ) -> str | None:
     if passwords is None:
@@ -173,20 +173,20 @@ def _resolve_password(
     return passwords.get(f"{ref.get('name', '')}/{ref.get('key', '')}")
 
 
-def _hash_router_id(node_name: str) -> str:
+def hash_router_id(node_name: str) -> str:
     digest = hashlib.sha256(node_name.encode()).digest()
     n = int.from_bytes(digest[:4], "big") or 1
     return str(ipaddress.IPv4Address(n))
 
 
-def _subnets_pattern(net: IPNetwork) -> str | None:
+def subnets_pattern(net: IPNetwork) -> str | None:
     """BIRD prefix pattern for everything strictly more specific than ``net``."""
     if net.prefixlen >= net.max_prefixlen:
         return None
     return f"{net}{{{net.prefixlen + 1},{net.max_prefixlen}}}"
 
 
-_LOG_CLASSES = {
+LOG_CLASSES = {
     "debug": "all",
     "info": "{ info, remote, warning, error, auth, fatal, bug }",
     "warning": "{ warning, error, auth, fatal, bug }",
@@ -199,13 +199,13 @@ _LOG_CLASSES = {
 MAX_NAME_BYTES = 253
 
 
-def _short(name: object, limit: int = 80) -> str:
+def short_name(name: object, limit: int = 80) -> str:
     """A name for a note or log line: cut, so the reason after it stays visible."""
     text = str(name)
     return text if len(text) <= limit else text[:limit] + "…"
 
 
-def _check_name(name: object, what: str) -> str:
+def check_name(name: object, what: str) -> str:
     """A resource name that can stand in a BIRD string (descriptions)."""
     text = check_bird_string(name, what, MAX_NAME_BYTES)
     if not text:

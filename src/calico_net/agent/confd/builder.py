@@ -12,10 +12,10 @@ from typing import Any
 
 from calico_net.agent.confd import birdtext, values
 from calico_net.agent.confd.birdmodel import (
-    _LOG_CLASSES,
     BFD_ANNOTATION,
     DEFAULT_AS_NUMBER,
     DEFAULT_RESTART_TIME,
+    LOG_CLASSES,
     BirdModel,
     FamilyModel,
     IPAddress,
@@ -25,15 +25,15 @@ from calico_net.agent.confd.birdmodel import (
     RenderError,
     RenderOptions,
     Session,
-    _check_name,
-    _hash_router_id,
-    _meta,
-    _one_line,
-    _resolve_password,
-    _short,
-    _spec,
-    _subnets_pattern,
+    check_name,
+    hash_router_id,
+    meta_of,
+    one_line,
     protocol_name,
+    resolve_password,
+    short_name,
+    spec_of,
+    subnets_pattern,
 )
 from calico_net.agent.confd.birdtext import (
     BirdTextError,
@@ -44,11 +44,11 @@ from calico_net.agent.confd.birdtext import (
 
 
 def _node_info(res: Mapping[str, Any]) -> NodeInfo:
-    meta, spec = _meta(res), _spec(res)
+    meta, spec = meta_of(res), spec_of(res)
     bgp = spec.get("bgp") or {}
     asn = bgp.get("asNumber")
     return NodeInfo(
-        name=_check_name(meta.get("name", ""), "Node name"),
+        name=check_name(meta.get("name", ""), "Node name"),
         labels=dict(meta.get("labels") or {}),
         ipv4=values.host_address(bgp.get("ipv4Address"), 4),  # type: ignore[arg-type]
         ipv6=values.host_address(bgp.get("ipv6Address"), 6),  # type: ignore[arg-type]
@@ -156,7 +156,7 @@ class _Builder:
         self.rejected: list[str] = []
         self.selectors = _Selectors(options.selector_parser)
         try:
-            _check_name(node_name, "this node's name")
+            check_name(node_name, "this node's name")
         except BirdTextError as exc:
             raise RenderError(str(exc)) from None
 
@@ -164,13 +164,13 @@ class _Builder:
         # sessions); a malformed own node is an error.
         self.nodes: dict[str, NodeInfo] = {}
         for res in nodes:
-            name = str(_meta(res).get("name", ""))
+            name = str(meta_of(res).get("name", ""))
             try:
                 self.nodes[name] = _node_info(res)
             except (ValueError, TypeError) as exc:
                 if name == node_name:
                     raise RenderError(f"Node {bird_comment(node_name)}: {exc}") from exc
-                self.reject(f"Node {_short(name)} skipped: {exc}")
+                self.reject(f"Node {short_name(name)} skipped: {exc}")
         me = self.nodes.get(node_name)
         if me is None:
             raise RenderError(f"Node {node_name!r} not found")
@@ -182,10 +182,10 @@ class _Builder:
                     self.node_by_ip[ip] = n
 
         # BGPConfiguration: "default", then "node.<name>" for the per-node fields.
-        self.cfg_by_name = {str(_meta(c).get("name", "")): c for c in bgp_configs}
+        self.cfg_by_name = {str(meta_of(c).get("name", "")): c for c in bgp_configs}
         self.default_cfg = self.cfg_by_name.get("default", {})
         self.node_cfg = self.cfg_by_name.get(f"node.{node_name}", {})
-        self.dspec = _spec(self.default_cfg)
+        self.dspec = spec_of(self.default_cfg)
         try:
             self.default_as = values.as_number(self.dspec.get("asNumber", DEFAULT_AS_NUMBER))
         except ValueError as exc:
@@ -219,7 +219,7 @@ class _Builder:
         if self.opts.bfd is not None:
             return self.opts.bfd
         for cfg in (self.node_cfg, self.default_cfg):
-            val = values.switch((_meta(cfg).get("annotations") or {}).get(BFD_ANNOTATION))
+            val = values.switch((meta_of(cfg).get("annotations") or {}).get(BFD_ANNOTATION))
             if val is not None:
                 return val
         return False
@@ -228,7 +228,7 @@ class _Builder:
         ref = (self.dspec.get("nodeMeshPassword") or {}).get("secretKeyRef")
         if not ref:
             return None
-        password = _resolve_password(ref, self.passwords)
+        password = resolve_password(ref, self.passwords)
         try:
             # Every node reads the same secret; peering without it would only leave
             # sessions down on both ends, so keep the last good configuration instead.
@@ -240,7 +240,7 @@ class _Builder:
 
     def _router_id(self) -> str:
         if self.opts.router_id == "hash":
-            return _hash_router_id(self.node_name)
+            return hash_router_id(self.node_name)
         if self.opts.router_id:
             try:
                 return str(ipaddress.IPv4Address(self.opts.router_id))
@@ -256,11 +256,11 @@ class _Builder:
         )
 
     def _severity(self) -> str:
-        nspec = _spec(self.node_cfg)
+        nspec = spec_of(self.node_cfg)
         severity = str(
             nspec.get("logSeverityScreen") or self.dspec.get("logSeverityScreen") or "Info"
         ).lower()
-        return severity if severity in _LOG_CLASSES else "info"
+        return severity if severity in LOG_CLASSES else "info"
 
     def node_as(self, n: NodeInfo) -> int:
         return n.as_number or self.default_as
@@ -272,7 +272,7 @@ class _Builder:
             return self._listen_ports[name]
         port: int | None = None
         for cfg_name in (f"node.{name}", "default"):
-            raw = _spec(self.cfg_by_name.get(cfg_name, {})).get("listenPort")
+            raw = spec_of(self.cfg_by_name.get(cfg_name, {})).get("listenPort")
             if not raw:
                 continue
             try:
@@ -289,11 +289,11 @@ class _Builder:
     ) -> dict[int, FamilyModel]:
         pool_nets: dict[int, list[tuple[IPNetwork, bool]]] = {4: [], 6: []}
         for res in pools:
-            spec = _spec(res)
+            spec = spec_of(res)
             try:
                 net = ipaddress.ip_network(str(spec.get("cidr", "")).strip(), strict=False)
             except ValueError:
-                self.reject(f"IPPool {_short(_meta(res).get('name'))} skipped: bad cidr")
+                self.reject(f"IPPool {short_name(meta_of(res).get('name'))} skipped: bad cidr")
                 continue
             export = not spec.get("disableBGPExport", False) and (
                 self.opts.export_disabled_pools or not spec.get("disabled", False)
@@ -322,7 +322,7 @@ class _Builder:
                 accept_pools=[str(n) for n, _ in pool_nets[fam]],
                 skipped_pools=[str(n) for n, exp in pool_nets[fam] if not exp],
                 blocks=[str(b) for b in blocks[fam]],
-                block_subnets=[p for b in blocks[fam] if (p := _subnets_pattern(b))],
+                block_subnets=[p for b in blocks[fam] if (p := subnets_pattern(b))],
             )
         return families
 
@@ -354,11 +354,11 @@ class _Builder:
         # Explicit BGPPeers: node-specific ones first, then global ones.
         node_specific: list[Mapping[str, Any]] = []
         global_peers: list[Mapping[str, Any]] = []
-        for res in sorted(peers, key=lambda r: str(_meta(r).get("name", ""))):
+        for res in sorted(peers, key=lambda r: str(meta_of(r).get("name", ""))):
             try:
-                scope = self._applies_to_me(_spec(res))
+                scope = self._applies_to_me(spec_of(res))
             except Exception as exc:  # a bad selector breaks only this peer
-                self.reject(f"BGPPeer {_short(_meta(res).get('name', ''))} skipped: {exc}")
+                self.reject(f"BGPPeer {short_name(meta_of(res).get('name', ''))} skipped: {exc}")
                 continue
             if scope is None:
                 global_peers.append(res)
@@ -389,7 +389,7 @@ class _Builder:
             rr_cluster_id=self.me.rr_cluster_id,
             listen_port=self.listen_port_of(self.node_name),
             log_target=opts.log_target,
-            log_classes=_LOG_CLASSES[severity],
+            log_classes=LOG_CLASSES[severity],
             debug_protocols="all" if severity == "debug" else "{ states }",
             graceful_restart=opts.graceful_restart,
             default_restart_time=DEFAULT_RESTART_TIME,
@@ -400,8 +400,8 @@ class _Builder:
             kernel_metric=opts.kernel_metric,
             direct_interfaces=self._direct_interfaces(),
             families=[self.families[4], self.families[6]],
-            notes=[_one_line(n) for n in dict.fromkeys(self.notes)],  # dedup, in order
-            rejected=[_one_line(n) for n in dict.fromkeys(self.rejected)],
+            notes=[one_line(n) for n in dict.fromkeys(self.notes)],  # dedup, in order
+            rejected=[one_line(n) for n in dict.fromkeys(self.rejected)],
         )
 
     def _direct_interfaces(self) -> list[tuple[bool, str]]:
@@ -484,11 +484,11 @@ class _Builder:
 
     def _explicit_peer(self, res: Mapping[str, Any], kind: str, prefix: str) -> None:
         """Turn one BGPPeer that applies to this node into sessions (or notes)."""
-        meta, spec = _meta(res), _spec(res)
+        meta, spec = meta_of(res), spec_of(res)
         what = f"BGPPeer {meta.get('name', '')}"  # for the description
-        who = f"BGPPeer {_short(meta.get('name', ''))}"  # for notes
+        who = f"BGPPeer {short_name(meta.get('name', ''))}"  # for notes
         try:
-            _check_name(meta.get("name", ""), "BGPPeer name")
+            check_name(meta.get("name", ""), "BGPPeer name")
             # Targets: (address, port, AS, cluster id if the peer is one of our nodes,
             # label for the comment).
             targets: list[tuple[IPAddress, int | None, int, str, str]] = []
@@ -519,7 +519,7 @@ class _Builder:
             password = None
             ref = (spec.get("password") or {}).get("secretKeyRef")
             if ref:
-                password = _resolve_password(ref, self.passwords)
+                password = resolve_password(ref, self.passwords)
                 if password is None:
                     raise ValueError("its password secret cannot be read")
                 password = check_password(password, "its password")

@@ -16,17 +16,11 @@ import jinja2
 
 from calico_net.agent.confd import birdtext
 from calico_net.agent.confd.birdmodel import (
-    _LOG_CLASSES,
+    LOG_CLASSES,
     BFD_ANNOTATION,
-    DEFAULT_AS_NUMBER,
-    DEFAULT_RESTART_TIME,
     BirdModel,
-    FamilyModel,
-    NodeInfo,
-    PasswordSource,
     RenderError,
     RenderOptions,
-    Session,
     protocol_name,
 )
 from calico_net.agent.confd.birdtext import BirdTextError
@@ -36,10 +30,9 @@ from calico_net.agent.confd.install import BirdConfigError, validate_bird_config
 TEMPLATE_DIR = Path(__file__).parent / "templates"
 
 __all__ = [
-    "BFD_ANNOTATION", "DEFAULT_AS_NUMBER", "DEFAULT_RESTART_TIME", "TEMPLATE_DIR",
-    "BirdConfigError", "BirdModel", "FamilyModel", "NodeInfo", "PasswordSource",
-    "RenderError", "RenderOptions", "Session", "build_bird_model", "protocol_name",
-    "render_bird_config", "render_model", "validate_bird_config", "write_if_changed",
+    "BFD_ANNOTATION", "TEMPLATE_DIR", "BirdConfigError", "BirdModel", "RenderError",
+    "RenderOptions", "build_bird_model", "protocol_name", "render_bird_config", "render_model",
+    "validate_bird_config", "write_if_changed",
 ]
 
 _env: jinja2.Environment | None = None
@@ -69,7 +62,7 @@ def _environment() -> jinja2.Environment:
             "prefix_pattern": birdtext.bird_prefix_pattern,
             "iface": birdtext.bird_iface_pattern,
             "log_target": birdtext.bird_log_target,
-            "log_classes": lambda v: birdtext.bird_keyword(v, _LOG_CLASSES.values(), "log classes"),
+            "log_classes": lambda v: birdtext.bird_keyword(v, LOG_CLASSES.values(), "log classes"),
             "debug_protocols": lambda v: birdtext.bird_keyword(v, ("all", "{ states }"), "debug"),
         })
         _env = env
