@@ -27,7 +27,7 @@ from calico_net.model.kinds import KINDS
 from calico_net.model.resources import API_VERSION, IPPool, Resource, not_supported
 
 
-class ManifestLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+class ManifestLoader(yaml.CSafeLoader if yaml.__with_libyaml__ else yaml.SafeLoader):  # type: ignore[misc]
     """YAML's safe loader (libyaml's when present) that refuses duplicate keys.
 
     PyYAML keeps the last of two equal keys silently; a manifest with two `spec:` or
@@ -88,8 +88,11 @@ def json_documents(text: str, check: Callable[[Any], None] | None = None,
 
 def yaml_syntax_error(exc: yaml.YAMLError, document: int) -> ParseError:
     """The one-line error for a YAML syntax error in manifest document `document`."""
-    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    mark, problem = None, None
+    if isinstance(exc, yaml.MarkedYAMLError):   # the scanner's, parser's and composer's
+        mark = exc.problem_mark or exc.context_mark
+        problem = exc.problem
+    problem = problem or str(exc).splitlines()[0]
     line = mark.line + 1 if mark is not None else None
     column = mark.column + 1 if mark is not None else None
     return ParseError(f"YAML syntax error: {problem}", document=document, line=line, column=column)
