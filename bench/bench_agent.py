@@ -312,7 +312,7 @@ def inner(args: argparse.Namespace) -> int:
         timed(d.syncer, "snapshot", "etcd read + parse")
         timed(d.syncer.client, "get_prefix", "etcd read")
         # the paged snapshot: pages read by a helper thread while the syncer parses
-        timed(d.syncer.client, "get_range", "etcd pages")
+        timed(d.syncer.client, "_range", "etcd pages")
         timed(d, "_resync", "dispatch")
         timed(d, "start", "start")
         timed(d, "_start_sysctls_by_name", "sysctl helper start")

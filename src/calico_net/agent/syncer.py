@@ -1,7 +1,9 @@
 """The agent's datastore watcher: snapshot at revision R, then watch from R+1.
 
-Built as one thread that owns the etcd conversation and talks to the daemon only
-through a callback sink (the daemon puts what it gets on its queue):
+Built as one thread that owns the etcd conversation (through the datastore's
+`PrefixReader`: `read_prefix` for a snapshot, `watch_prefix`, `revision` for the
+probe) and talks to the daemon only through a callback sink (the daemon puts what
+it gets on its queue):
 
 * `on_snapshot(resources, revision)` — the complete, parsed state of
   `/calico/resources/v3/projectcalico.org/` at `revision`. The first one is the
@@ -64,12 +66,12 @@ def model_validate(doc: dict[str, Any]) -> dict[str, Any]:
     """Validate with calico_net.model; raise ValidationError, or return `doc` itself.
 
     The model keeps every value as the user wrote it (`Resource.to_dict()` is the
-    document as written), so the stored JSON *is* the validated document; skipping
-    to_dict() saves ~25 % of a cold start's parsing at 10,000 endpoints.
+    document as written), so the stored JSON *is* the validated document and
+    to_dict() (a copy of every key's document on a cold start) is skipped.
 
     Endpoints and network sets of the common shapes are decided by
-    `model.quick.quick_valid` (a few microseconds instead of ~100-150 us, and no
-    pydantic schema build at start); whatever it does not accept outright goes
+    `model.quick.quick_valid` (far cheaper than a pydantic model, and no pydantic
+    schema build at start); whatever it does not accept outright goes
     through `parse_resource`, which also gives the reason for a bad one."""
     if quick_valid(doc):
         return doc
@@ -238,7 +240,7 @@ class Syncer:
             for i, kv in enumerate(page):
                 if not i & 63:
                     # let the page fetcher have the GIL at once when its reply is
-                    # in (else it waits up to the 5 ms switch interval per socket
+                    # in (else it waits up to a whole switch interval per socket
                     # read while etcd sits idle)
                     time.sleep(0)
                 present.add(kv.key)
