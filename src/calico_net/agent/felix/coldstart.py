@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from .gcpause import GcPause
 from .routes import Link, RouteManager
@@ -309,12 +309,11 @@ class ColdStart:
             items = [(name, name in v6) for name in sorted(self.routes.if_endpoints)]
         if len(items) < self.sysctls.HELPER_MIN:
             return None
-        start: Callable[..., "PendingLookups"] = self.sysctls.start_configure_names
         try:
             if self.lookups:
                 # it looks the interfaces up for the route thread first
-                return start(items, links=True)
-            return start(items)
+                return self.sysctls.start_configure_names(items, links=True)
+            return self.sysctls.start_configure_names(items)
         except Exception as e:  # noqa: BLE001 - the usual path after the listing
             log.warning("cannot start the sysctl helper (%s); after the link listing", e)
             return None
