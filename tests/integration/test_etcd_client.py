@@ -172,6 +172,23 @@ def test_failover_to_second_endpoint(etcd):
     client.delete_prefix("/calico/f/")
 
 
+def test_watch_fails_over_to_second_endpoint(etcd):
+    client = EtcdClient(EtcdConfig(endpoints=["http://127.0.0.1:1", etcd.endpoints], timeout=2))
+    start = client.put("/calico/fw/k", "v")
+    watch = client.watch_prefix("/calico/fw/", start)
+    for batch in watch:
+        assert [(e.type, e.kv.key) for e in batch] == [("PUT", "/calico/fw/k")]
+        watch.cancel()
+    client.close()
+
+
+def test_watch_read_timeout_ends_a_silent_watch(etcd_client):
+    watch = etcd_client.watch_prefix("/calico/silent/", etcd_client.revision() + 1, read_timeout=0.5)
+    with pytest.raises(DatastoreUnavailable, match="timed out"):
+        for _ in watch:
+            pass
+
+
 def test_unreachable_names_every_endpoint():
     client = EtcdClient(EtcdConfig(endpoints=["http://127.0.0.1:1", "http://127.0.0.1:2"], timeout=1))
     with pytest.raises(DatastoreUnavailable) as err:

@@ -1,4 +1,6 @@
-"""The etcd v3 datastore: connection settings, a small client, and Calico v3 resources on it."""
+"""The etcd v3 datastore: connection settings (`config`), a small client (`etcd`) over
+etcd's gRPC API (`etcd_grpc`, generated messages in `etcdpb`), and Calico v3
+resources on it (`store`)."""
 from __future__ import annotations
 
 from calico_net.datastore.errors import (
@@ -9,11 +11,11 @@ from calico_net.datastore.errors import (
     ResourceConflict,
     ResourceNotFound,
 )
-from calico_net.datastore.etcd import EtcdClient, EtcdConfig, WatchCompacted, connect
+from calico_net.datastore.etcd import EtcdClient, EtcdConfig, PrefixReader, WatchCompacted, connect
 from calico_net.datastore.store import Datastore, parse_key, resource_key
 
 __all__ = [
     "BadStoredValue", "Datastore", "DatastoreError", "DatastoreUnavailable", "EtcdClient", "EtcdConfig",
-    "ResourceAlreadyExists", "ResourceConflict", "ResourceNotFound", "WatchCompacted",
+    "PrefixReader", "ResourceAlreadyExists", "ResourceConflict", "ResourceNotFound", "WatchCompacted",
     "connect", "parse_key", "resource_key",
 ]

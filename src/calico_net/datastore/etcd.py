@@ -517,8 +517,8 @@ class Watch:
     def cancel(self) -> None:
         with self._lock:
             self._cancelled = True
-            call = self._call
-        self._done.set()
+            call, done = self._call, self._done
+        done.set()
         if call is not None:
             call.cancel()
 

@@ -17,7 +17,7 @@ import logging
 import uuid
 
 import orjson
-from typing import Any, Callable, Iterable, NamedTuple, Sequence
+from typing import Any, Callable, Iterable, Mapping, NamedTuple, Sequence
 
 from calico_net.datastore.errors import (
     BadStoredValue,
@@ -96,7 +96,8 @@ def describe(kind: str, name: str, namespace: str | None = None) -> str:
 
 
 def to_document(res: Any) -> dict[str, Any]:
-    return res.to_dict() if hasattr(res, "to_dict") else dict(res)
+    """A resource given as a document (a mapping) or as a model object, as a new dict."""
+    return dict(res) if isinstance(res, Mapping) else res.to_dict()
 
 
 def _ident(doc: dict[str, Any]) -> tuple[str, str, str | None]:
