@@ -1,9 +1,11 @@
 """confd: BIRD 2 configuration from the datastore, and BIRD's control socket.
 
-Pure parts (no datastore access): :mod:`.render` builds ``bird.cfg`` from Calico v3
-resources given as dicts, validates it with ``bird -p`` and installs it atomically;
-:mod:`.birdctl` talks to BIRD's control socket (``configure``, ``show protocols``).
-The watcher that feeds render from etcd lives beside them.
+Pure parts, no datastore access: :mod:`.values` reads datastore values by the model's
+rules, :mod:`.builder` decides the configuration into :mod:`.birdmodel`'s data,
+:mod:`.render` prints it through :mod:`.birdtext`, :mod:`.install` checks it with
+``bird -p`` and swaps it in, :mod:`.birdctl` talks to BIRD's control socket. The live
+parts: :mod:`.settings`, :mod:`.index` (the datastore view), :mod:`.watcher` (etcd),
+:mod:`.status` (metrics and status) and :mod:`.runner` (the render loop).
 """
 
 from __future__ import annotations
