@@ -123,7 +123,7 @@ def _prefix_keys(sel: Selector, prefix: str) -> Selector:
         return sel
     if t is Has:
         return Has(prefix + sel.key)  # type: ignore[attr-defined]
-    if issubclass(t, _sel._KeyValue):
+    if issubclass(t, _sel.KeyValue):
         return t(prefix + sel.key, sel.value)  # type: ignore[attr-defined, call-arg]
     if t in (In, NotIn):
         return t(prefix + sel.key, sel.values)  # type: ignore[attr-defined, call-arg]

@@ -23,9 +23,6 @@ from calico_net.model.selector.nodes import (
 )
 from calico_net.model.selector.parse import SelectorError, parse_selector, validate_selector
 
-# The name felix.rules reads for the key/value node base; KeyValue is its public name.
-_KeyValue = KeyValue
-
 __all__ = [
     "NAMESPACE_LABEL",
     "ORCHESTRATOR_LABEL",
