@@ -189,10 +189,6 @@ def _as_bytes(key: str | bytes) -> bytes:
     return key_bytes(key) if isinstance(key, str) else key
 
 
-def _member_dicts(members: Iterable[Any]) -> list[dict[str, Any]]:
-    return [_as_dict(m) for m in members]
-
-
 def _as_dict(message: Any) -> dict[str, Any]:
     """A reply as etcd's JSON gateway writes it (etcd's field names, uint64 as a
     decimal string, default values left out): the shape cluster tooling reads."""
@@ -357,7 +353,7 @@ class EtcdClient:
         return _as_dict(self._post("maintenance/status", pb.StatusRequest()))
 
     def members(self) -> list[dict[str, Any]]:
-        return _member_dicts(self._post("cluster/member/list", pb.MemberListRequest()).members)
+        return [_as_dict(m) for m in self._post("cluster/member/list", pb.MemberListRequest()).members]
 
     def member_list(self) -> list[dict[str, Any]]:
         """The cluster's members (`ID` a decimal string, `name` absent for a member
@@ -400,7 +396,6 @@ class Watch:
 
     def __init__(self, client: EtcdClient, prefix: str, start_revision: int, *, read_timeout: float | None) -> None:
         self._channels = client._channels
-        self._timeout = client.config.timeout
         self._prefix = prefix
         self.start_revision = start_revision
         self._read_timeout = read_timeout
@@ -419,7 +414,7 @@ class Watch:
 
     def _next(self, call: Any, timeout: float | None) -> Any:
         """The call's next response, None when the stream ended. With `timeout`, a
-        call silent for that long is cancelled and raises _Silent."""
+        call silent for that long is cancelled and fails as DEADLINE_EXCEEDED."""
         timer = None
         fired = threading.Event()
         if timeout:
@@ -433,54 +428,39 @@ class Watch:
             return next(call, None)
         except grpc.RpcError:
             if fired.is_set():
-                raise _Silent(timeout) from None
+                raise _StreamFailed(grpc.StatusCode.DEADLINE_EXCEEDED, "no message") from None
             raise
         finally:
             if timer is not None:
                 timer.cancel()
 
-    def _open(self) -> tuple[Any, Any] | None:
-        """(the call, its first response) on the first endpoint that answers, None
-        if cancelled meanwhile."""
-        ch = self._channels
-        n = len(ch.endpoints)
-        start = ch.current
-        errors: list[str] = []
-        for k in range(n):
-            idx = (start + k) % n
+    def _start(self, stubs: etcd_grpc.Stubs) -> Any:
+        """For `Channels.call`: open the stream on this endpoint and read etcd's
+        first response; (the call, that response), or None if cancelled meanwhile."""
+        def start(_request: None, timeout: float) -> tuple[Any, Any] | None:
             done = threading.Event()
-            call = ch.stubs(idx).watch.Watch(self._requests(done))
+            call = stubs.watch.Watch(self._requests(done))
             with self._lock:
                 self._call, self._done = call, done
                 cancelled = self._cancelled
-            if cancelled:
-                done.set()
-                call.cancel()
-                return None
             try:
-                first = self._next(call, self._timeout)
-            except _Silent as e:
-                errors.append(f"{ch.endpoints[idx]}: {e}")
-                done.set()
-                continue
-            except grpc.RpcError as e:
-                done.set()
-                if self._cancelled:
-                    return None
-                if etcd_grpc.try_next(e):
-                    errors.append(f"{ch.endpoints[idx]}: {etcd_grpc.failure_text(e, self._timeout)}")
-                    continue
-                raise DatastoreUnavailable(f"etcd watch failed: {etcd_grpc.failure_text(e)}") from None
-            if first is None:
-                done.set()
-                errors.append(f"{ch.endpoints[idx]}: the watch stream ended at once")
-                continue
-            return call, first
-        raise DatastoreUnavailable("cannot open etcd watch: " + "; ".join(errors))
+                first = None if cancelled else self._next(call, timeout)
+            except grpc.RpcError:
+                first = None
+                if not self._cancelled:
+                    raise
+            finally:
+                if first is None:
+                    done.set()
+                    call.cancel()
+            if first is None and not self._cancelled:
+                raise _StreamFailed(grpc.StatusCode.UNAVAILABLE, "the watch stream ended at once")
+            return None if first is None else (call, first)
+        return start
 
     def __iter__(self) -> Iterator[list[WatchEvent]]:
         """Yields batches of events (one batch per etcd watch response)."""
-        opened = self._open()
+        opened = self._channels.call(self._start, None)
         if opened is None:
             return
         call, reply = opened
@@ -500,14 +480,11 @@ class Watch:
                     self.start_revision = batch[-1].revision + 1
                     yield batch
                 reply = self._next(call, self._read_timeout)
-        except _Silent as e:
-            if self._cancelled:
-                return
-            raise DatastoreUnavailable(f"etcd watch {e}") from None
         except grpc.RpcError as e:
             if self._cancelled:
                 return
-            raise DatastoreUnavailable(f"etcd watch connection lost: {etcd_grpc.failure_text(e)}") from None
+            raise DatastoreUnavailable(
+                f"etcd watch connection lost: {etcd_grpc.failure_text(e, self._read_timeout)}") from None
         finally:
             self._done.set()
             call.cancel()
@@ -523,9 +500,20 @@ class Watch:
             call.cancel()
 
 
-class _Silent(Exception):
-    def __init__(self, timeout: float | None) -> None:
-        super().__init__(f"timed out: nothing from etcd for {timeout:g} s")
+class _StreamFailed(grpc.RpcError):
+    """A watch stream that failed on our side (silent too long, ended at once),
+    told to the fail-over loop in gRPC's terms."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(details)
+        self._code = code
+        self._details = details
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return self._details
 
 
 def connect(config: EtcdConfig | None = None, **kwargs: Any) -> EtcdClient:

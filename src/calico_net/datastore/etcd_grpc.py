@@ -93,8 +93,7 @@ class Channels:
             raise DatastoreError(f"cannot read the etcd TLS files: {e}") from None
         return grpc.secure_channel(target, creds, options=options)
 
-    def call(self, method: Callable[[Stubs], Any], request: Any, *,
-             timeout: float | None = None) -> Any:
+    def call(self, method: Callable[[Stubs], Any], request: Any) -> Any:
         """`method(stubs)(request)` on the endpoints in turn, from the one that
         answered last; the reply. DatastoreUnavailable naming every endpoint when
         none answers, DatastoreError when etcd refuses the request."""
@@ -104,10 +103,10 @@ class Channels:
         for k in range(n):
             idx = (start + k) % n
             try:
-                reply = method(self.stubs(idx))(request, timeout=timeout or self.timeout)
+                reply = method(self.stubs(idx))(request, timeout=self.timeout)
             except grpc.RpcError as e:
-                if e.code() in _TRY_NEXT:
-                    errors.append(f"{self.endpoints[idx]}: {failure_text(e, timeout or self.timeout)}")
+                if try_next(e):
+                    errors.append(f"{self.endpoints[idx]}: {failure_text(e, self.timeout)}")
                     continue
                 raise refused(e) from None
             self.current = idx
@@ -144,10 +143,6 @@ def refused(e: grpc.RpcError) -> DatastoreError:
     if e.code() == grpc.StatusCode.INTERNAL and "deserializ" in text:
         return DatastoreError(f"etcd reply does not decode: {text}")
     return DatastoreError(f"etcd rejected the request: {text}")
-
-
-def is_cancelled(e: grpc.RpcError) -> bool:
-    return e.code() == grpc.StatusCode.CANCELLED
 
 
 def try_next(e: grpc.RpcError) -> bool:
