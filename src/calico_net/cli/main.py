@@ -66,20 +66,53 @@ def build_parser() -> argparse.ArgumentParser:
     from calico_net.cli import resources
 
     resources.register(sub)
-    for name in ("node", "ipam"):
+    for name in ("patch", "node", "ipam", "datastore"):
         try:
             module = __import__(f"calico_net.cli.{name}", fromlist=["register"])
         except ImportError:  # noun not built into this installation
             continue
         module.register(sub)
 
-    v = sub.add_parser("version", help="print the client version")
+    v = sub.add_parser("version", help="print the client version and the cluster's",
+                       description="Print calicoctl's version, then the cluster's as recorded in "
+                                   "ClusterInformation \"default\" (\"unknown\" when it is not there).")
+    v.add_argument("--client", action="store_true", help="only the client version; do not read the datastore")
     v.set_defaults(func=_version)
     return parser
 
 
+# Where Calico keeps ClusterInformation "default"; read as stored, never written here.
+CLUSTER_INFO_KEY = "/calico/resources/v3/projectcalico.org/clusterinformations/default"
+
+
+def cluster_information(ctx: Context) -> dict[str, Any]:
+    """The spec of ClusterInformation "default", or {} when there is none."""
+    import orjson
+
+    kv = ctx.client.get(CLUSTER_INFO_KEY)
+    if kv is None:
+        return {}
+    try:
+        doc = orjson.loads(kv.value)
+    except orjson.JSONDecodeError:
+        raise ValueError(f"{CLUSTER_INFO_KEY} does not hold JSON") from None
+    spec = doc.get("spec") if isinstance(doc, dict) else None
+    return spec if isinstance(spec, dict) else {}
+
+
 def _version(args: argparse.Namespace, ctx: Context) -> int:
     print(f"Client Version:    v{__version__}", file=ctx.out)
+    if args.client:
+        return EXIT_OK
+    spec = cluster_information(ctx)
+
+    def field_(name: str) -> str:
+        value = spec.get(name)
+        return "unknown" if value in (None, "") else error_lines(str(value))
+
+    print(f"Cluster Version:   {field_('calicoVersion')}", file=ctx.out)
+    print(f"Cluster Type:      {field_('clusterType')}", file=ctx.out)
+    print(f"Cluster GUID:      {field_('clusterGUID')}", file=ctx.out)
     print("Datastore:         etcdv3", file=ctx.out)
     return EXIT_OK
 

@@ -172,35 +172,50 @@ def _delete_node(ctx, name: str, rv: str | None) -> None:
 def cmd_get(args: argparse.Namespace, ctx) -> int:
     from calico_net.model import resolve_kind
 
-    info = resolve_kind(args.kind)
     if args.all_namespaces and args.namespace:
         raise ValueError("give either -n NAMESPACE or -A, not both")
-    ns = None
-    if info.namespaced and not args.all_namespaces:
-        ns = args.namespace or "default"
-    if args.names:
-        docs = [ctx.datastore.get(info.kind, n, ns) for n in args.names]
-        revision = None
+    columns = output_columns(args.output)
+    if args.filename:
+        if args.kind:
+            raise ValueError("give either -f FILE or KIND [NAME...], not both")
+        docs = [ctx.datastore.get(d["kind"], d["metadata"]["name"], d["metadata"].get("namespace"))
+                for d in load_documents(args.filename, args.namespace)]
+        groups: dict[str, list[dict[str, Any]]] = {}
+        for d in docs:
+            groups.setdefault(d["kind"], []).append(d)
+        kinds = [resolve_kind(k) for k in groups]
+        single, revision = len(docs) == 1, None
     else:
-        # Keys that do not decode (not UTF-8, not JSON, not an object) are skipped
-        # and named on stderr; the listing of the rest succeeds (exit 0), as
-        # Calico's etcd backend lists what parses.
-        skipped: list[Any] = []
-        docs, revision = ctx.datastore.list(info.kind, ns, on_bad=skipped.append)
-        warn_skipped(skipped, info.kind, ctx.err)
-    if args.selector:
-        from calico_net.model.selector import parse_selector
+        if not args.kind:
+            raise ValueError("get needs KIND [NAME...] or -f FILE")
+        info = resolve_kind(args.kind)
+        ns = None
+        if info.namespaced and not args.all_namespaces:
+            ns = args.namespace or "default"
+        if args.names:
+            docs = [ctx.datastore.get(info.kind, n, ns) for n in args.names]
+            revision = None
+        else:
+            # Keys that do not decode (not UTF-8, not JSON, not an object) are skipped
+            # and named on stderr; the listing of the rest succeeds (exit 0), as
+            # Calico's etcd backend lists what parses.
+            skipped: list[Any] = []
+            docs, revision = ctx.datastore.list(info.kind, ns, on_bad=skipped.append)
+            warn_skipped(skipped, info.kind, ctx.err)
+        if args.selector:
+            from calico_net.model.selector import parse_selector
 
-        sel = parse_selector(args.selector)
-        docs = [d for d in docs if sel.evaluate((d.get("metadata") or {}).get("labels") or {})]
+            sel = parse_selector(args.selector)
+            docs = [d for d in docs if sel.evaluate((d.get("metadata") or {}).get("labels") or {})]
+        kinds, groups, single = [info], {info.kind: docs}, bool(args.names) and len(docs) == 1
     fmt = args.output
-    if fmt in ("yaml", "json"):
-        if args.names and len(docs) == 1:
+    if fmt in ("yaml", "yml", "json"):
+        if single:
             body: Any = docs[0]
         else:
             body = {
                 "apiVersion": API_VERSION,
-                "kind": f"{info.kind}List",
+                "kind": f"{kinds[0].kind}List" if len(kinds) == 1 else "List",
                 "metadata": {"resourceVersion": str(revision)} if revision else {},
                 "items": docs,
             }
@@ -209,10 +224,30 @@ def cmd_get(args: argparse.Namespace, ctx) -> int:
         else:
             ctx.out.write(yaml.dump(body, Dumper=_Dumper, default_flow_style=False, sort_keys=False))
         return 0
-    if fmt not in ("ps", "wide"):
-        raise ValueError(f'output format "{fmt}" is not supported (yaml, json, wide)')
-    print_table(info, docs, wide=(fmt == "wide"), show_ns=info.namespaced and args.all_namespaces, out=ctx.out)
+    for i, info in enumerate(kinds):
+        if i:
+            ctx.out.write("\n")
+        show_ns = info.namespaced and (args.all_namespaces or bool(args.filename))
+        print_table(info, groups[info.kind], wide=(fmt == "wide"), show_ns=show_ns, out=ctx.out, columns=columns)
     return 0
+
+
+def output_columns(fmt: str) -> list[str] | None:
+    """The columns `-o custom-columns=...` asks for (None for the other formats);
+    ValueError for a format calicoctl does not know or calico.net does not do."""
+    if fmt in ("yaml", "yml", "json", "ps", "wide"):
+        return None
+    key, _, value = fmt.partition("=")
+    if key == "custom-columns":
+        cols = [c for c in value.split(",") if c]
+        if not cols:
+            raise ValueError("need to specify at least one column")
+        return cols
+    if key in ("go-template", "go-template-file"):
+        raise ValueError(f"-o {key} is not supported by calico.net yet (Calico's templates address "
+                         f"its Go types); use -o json or -o custom-columns=...")
+    raise ValueError(f"unrecognized output format '{printable(fmt, 200)}' "
+                     f"(yaml, json, ps, wide, custom-columns=...)")
 
 
 def warn_skipped(skipped: list[Any], kind: str, err: Any) -> None:
@@ -325,14 +360,43 @@ def _cell(text: str) -> str:
     return text if text.isprintable() else printable(text, len(text))
 
 
-def print_table(info, docs: list[dict[str, Any]], *, wide: bool, show_ns: bool, out) -> None:
+def table_columns(info, wide: bool, show_ns: bool, custom: list[str] | None) -> list[tuple[str, str]]:
+    """(heading, path) per column. A custom column is a heading of the kind's table
+    (as Calico's custom-columns) or HEADING:.path (as kubectl's, simple paths only)."""
     base, extra = COLUMNS.get(info.kind, ([("NAME", "metadata.name")], []))
-    cols = list(base) + (list(extra) if wide else [])
-    if show_ns:
-        cols.insert(0, ("NAMESPACE", "metadata.namespace"))
+    if custom is None:
+        cols = list(base) + (list(extra) if wide else [])
+        if show_ns:
+            cols.insert(0, ("NAMESPACE", "metadata.namespace"))
+        return cols
+    known = dict([("NAMESPACE", "metadata.namespace"), ("NAME", "metadata.name")] + list(base) + list(extra))
+    cols = []
+    for spec in custom:
+        heading, sep, path = spec.partition(":")
+        if sep:
+            path = path.strip()
+            if path.startswith("{") and path.endswith("}"):
+                path = path[1:-1]
+            path = path[1:] if path.startswith(".") else path
+            if not path or not all(p and p.replace("-", "").replace("_", "").isalnum() for p in path.split(".")):
+                raise ValueError(f'custom column "{printable(spec, 200)}": only simple paths like '
+                                 f'.metadata.name or .spec.cidr are supported')
+            cols.append((heading, path))
+        elif heading.upper() in known:
+            cols.append((heading.upper(), known[heading.upper()]))
+        else:
+            raise ValueError(f'{info.kind} has no column "{printable(heading, 100)}" '
+                             f'({", ".join(known)}; or HEADING:.path)')
+    return cols
+
+
+def print_table(info, docs: list[dict[str, Any]], *, wide: bool, show_ns: bool, out,
+                columns: list[str] | None = None) -> None:
+    cols = table_columns(info, wide, show_ns, columns)
     rows = [[h for h, _ in cols]]
+    missing = "<none>" if columns else ""
     for d in docs:
-        rows.append([_cell(_join(_get(d, p))) for _, p in cols])
+        rows.append([_cell(_join(_get(d, p, missing))) for _, p in cols])
     widths = [max(len(r[i]) for r in rows) for i in range(len(cols))]
     for r in rows:
         out.write("   ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() + "\n")
@@ -364,9 +428,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_delete)
 
     p = sub.add_parser("get", help="show resources")
-    p.add_argument("kind", help="resource kind (e.g. gnp, ippools, workloadendpoints)")
+    p.add_argument("kind", nargs="?", help="resource kind (e.g. gnp, ippools, workloadendpoints)")
     p.add_argument("names", nargs="*")
-    p.add_argument("-o", "--output", default="ps", help="yaml, json or wide (default: a table)")
+    p.add_argument("-f", "--filename", default=None,
+                   help="show the resources a manifest names (YAML or JSON file, or - for stdin)")
+    p.add_argument("-o", "--output", default="ps",
+                   help="yaml, json, ps (default: a table), wide, or custom-columns=COL,... where COL "
+                        "is a heading of the table (NAME, CIDR, ...) or HEADING:.path (e.g. NAME:.metadata.name)")
     p.add_argument("-n", "--namespace", default=None)
     p.add_argument("-A", "--all-namespaces", action="store_true")
     p.add_argument("-l", "--selector", default=None, help="only resources whose labels match this selector")
