@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	# pip.conf on these machines names index folders that may not exist: drop that noise
 	$(PY) -m pip install -q --upgrade pip 2>&1 | { grep -v '^WARNING: Location' || true; }
-	$(PY) -m pip install -q -e '.[test,ansible]' 2>&1 | { grep -v '^WARNING: Location' || true; }
+	$(PY) -m pip install -q -e '.[agent,cni,test,ansible]' 2>&1 | { grep -v '^WARNING: Location' || true; }
 	touch $@
 
 venv: $(VENV)/.installed

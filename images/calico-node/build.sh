@@ -54,7 +54,10 @@ wheels() {
         >"$plog" 2>&1 || { tail -30 "$plog" >&2; return 1; }
     if [[ ! -e $deps/.complete ]]; then
         rm -rf "$deps"
-        "${PIP[@]}" wheel -q --disable-pip-version-check -w "$deps" "$CTX"/wheels/calico_net-*.whl \
+        local whl=("$CTX"/wheels/calico_net-*.whl)
+        # the agent's and the CNI plugin's extras too: calico/node runs the one and
+        # hosts install the other from these wheels
+        "${PIP[@]}" wheel -q --disable-pip-version-check -w "$deps" "${whl[0]}[agent,cni]" \
             >"$plog" 2>&1 || { tail -30 "$plog" >&2; return 1; }
         rm -f "$deps"/calico_net-*.whl
         touch "$deps/.complete"

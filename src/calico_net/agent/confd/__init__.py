@@ -6,48 +6,7 @@ rules, :mod:`.builder` decides the configuration into :mod:`.birdmodel`'s data,
 ``bird -p`` and swaps it in, :mod:`.birdctl` talks to BIRD's control socket. The live
 parts: :mod:`.settings`, :mod:`.index` (the datastore view), :mod:`.watcher` (etcd),
 :mod:`.status` (metrics and status) and :mod:`.runner` (the render loop).
+
+The package imports nothing itself, so a caller that needs only the control socket
+(the `bgp_status_info` module, `calicoctl node status`) does not load Jinja2.
 """
-
-from __future__ import annotations
-
-from calico_net.agent.confd.birdctl import (
-    BGPSession,
-    BirdCtlError,
-    ConfigureResult,
-    Protocol,
-    bgp_sessions,
-    configure,
-    peer_type,
-    show_protocols,
-)
-from calico_net.agent.confd.render import (
-    BFD_ANNOTATION,
-    BirdConfigError,
-    BirdModel,
-    RenderError,
-    RenderOptions,
-    build_bird_model,
-    render_bird_config,
-    validate_bird_config,
-    write_if_changed,
-)
-
-__all__ = [
-    "BFD_ANNOTATION",
-    "BGPSession",
-    "BirdConfigError",
-    "BirdCtlError",
-    "BirdModel",
-    "ConfigureResult",
-    "Protocol",
-    "RenderError",
-    "RenderOptions",
-    "bgp_sessions",
-    "build_bird_model",
-    "configure",
-    "peer_type",
-    "render_bird_config",
-    "show_protocols",
-    "validate_bird_config",
-    "write_if_changed",
-]
