@@ -161,3 +161,95 @@ def test_version_shows_the_cluster_information_when_present(ctl, etcd_client):
     out = ctl("version").stdout
     assert "Cluster Version:   v3.27.0" in out
     assert "Cluster Type:      bgp,etcd" in out and "Cluster GUID:      abc123" in out
+
+
+# --- ipam check -o FILE / release --from-report ----------------------------------------
+
+
+@pytest.fixture
+def leaky(datastore, etcd_client):
+    from calico_net.ipam import IPAM
+
+    datastore.create({"apiVersion": "projectcalico.org/v3", "kind": "IPPool",
+                      "metadata": {"name": "rep-pool"}, "spec": {"cidr": "198.19.8.0/24"}})
+    datastore.create({"apiVersion": "projectcalico.org/v3", "kind": "Node", "metadata": {"name": "node-a"}, "spec": {}})
+    ipam = IPAM(etcd_client, datastore)
+    used, _ = ipam.auto_assign("calico.used", "node-a")
+    leaked, _ = ipam.auto_assign("calico.leaked", "node-a", num_v4=2)
+    datastore.create({
+        "apiVersion": "projectcalico.org/v3", "kind": "WorkloadEndpoint",
+        "metadata": {"name": "node-a-cni-used-eth0", "namespace": "default"},
+        "spec": {"node": "node-a", "orchestrator": "cni", "workload": "used", "containerID": "used",
+                 "endpoint": "eth0", "interfaceName": "cali0123456789a",
+                 "ipNetworks": [f"{used[0]}/32"], "profiles": ["calico"]},
+    })
+    return ipam, str(used[0]), sorted(str(a) for a in leaked)
+
+
+def test_release_from_report_frees_exactly_the_leaked_addresses(ctl, leaky, tmp_path, etcd_client):
+    ipam, used, leaked = leaky
+    report = tmp_path / "report.json"
+    proc = ctl("ipam", "check", "-o", str(report), ok=False)
+    assert proc.returncode == 1 and "Report written" in proc.stdout
+    doc = json.loads(report.read_text())
+    assert doc["allocations"][used][0]["inUse"] is True
+    assert sorted(ip for ip, e in doc["allocations"].items() if not e[0]["inUse"]) == leaked
+    assert doc["allocations"][leaked[0]][0]["handle"] == "calico.leaked"
+    out = ctl("ipam", "release", "--from-report", str(report)).stdout
+    assert "Released 2 IPs successfully" in out
+    assert all(ipam.get_assignment(a) is None for a in leaked)
+    assert ipam.get_assignment(used).handle_id == "calico.used"
+    assert etcd_client.get("/calico/ipam/v2/handle/calico.leaked") is None
+
+
+def test_release_from_a_stale_report_is_refused(ctl, leaky, tmp_path, etcd_client):
+    ipam, used, leaked = leaky
+    report = tmp_path / "report.json"
+    ctl("ipam", "check", "-o", str(report), ok=False)
+    ipam.auto_assign("calico.new", "node-a")  # IPAM moved on since the report
+    before = keyspace(etcd_client)
+    proc = ctl("ipam", "release", "--from-report", str(report), ok=False)
+    assert proc.returncode != 0 and "changed since the report" in proc.stderr
+    assert keyspace(etcd_client) == before
+    # a report of another cluster is refused even with --force
+    ctl("ipam", "check", "-o", str(report), ok=False)
+    doc = json.loads(report.read_text())
+    doc["clusterGUID"] = "another-cluster"
+    report.write_text(json.dumps(doc))
+    proc = ctl("ipam", "release", "--from-report", str(report), "--force", ok=False)
+    assert proc.returncode != 0 and "mismatched cluster GUID" in proc.stderr
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"hello": 1}')
+    proc = ctl("ipam", "release", "--from-report", str(bad), ok=False)
+    assert proc.returncode != 0 and "not an IPAM report" in proc.stderr
+    assert keyspace(etcd_client) == before
+
+
+# --- ipam split ----------------------------------------------------------------------
+
+
+def test_split_replaces_a_disabled_unused_pool(ctl, etcd_client):
+    ctl("apply", "-f", "-", stdin=POOL)
+    before = keyspace(etcd_client)
+    proc = ctl("ipam", "split", "--cidr", "10.70.0.0/16", "4", ok=False)
+    assert proc.returncode != 0 and "not disabled" in proc.stderr
+    proc = ctl("ipam", "split", "--cidr", "10.70.0.0/16", "3", ok=False)
+    assert proc.returncode != 0 and "power of 2" in proc.stderr
+    assert keyspace(etcd_client) == before
+    ctl("patch", "ippool", "pool-a", "-p", '{"spec":{"disabled":true}}')
+    out = ctl("ipam", "split", "--cidr", "10.70.0.0/16", "4").stdout
+    assert "split into 4 smaller pools" in out
+    assert etcd_client.get(POOL_KEY) is None
+    pools = {stored(etcd_client, f"{POOL_KEY[:-len('pool-a')]}split-pool-a-{i}")["spec"]["cidr"]: i for i in range(4)}
+    assert pools == {"10.70.0.0/18": 0, "10.70.64.0/18": 1, "10.70.128.0/18": 2, "10.70.192.0/18": 3}
+    child = stored(etcd_client, f"{POOL_KEY[:-len('pool-a')]}split-pool-a-0")
+    assert child["spec"]["disabled"] is False and child["spec"]["natOutgoing"] is True
+    assert child["spec"]["blockSize"] == 26
+
+
+def test_split_refuses_a_pool_with_allocations(ctl, leaky, etcd_client):
+    ctl("patch", "ippool", "rep-pool", "-p", '{"spec":{"disabled":true}}')
+    before = keyspace(etcd_client)
+    proc = ctl("ipam", "split", "--name", "rep-pool", "2", ok=False)
+    assert proc.returncode != 0 and "3 allocated address(es)" in proc.stderr
+    assert keyspace(etcd_client) == before

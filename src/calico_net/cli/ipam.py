@@ -1,8 +1,9 @@
 """`calicoctl ipam`: show, check, release and configure IPAM.
 
     calicoctl ipam show [--show-blocks] [--ip ADDR] [-o table|json]
-    calicoctl ipam check [--show-problem-ips] [-o table|json]
-    calicoctl ipam release (--ip ADDR ... | --handle ID) [--force]
+    calicoctl ipam check [--show-problem-ips] [-o table|json|FILE]
+    calicoctl ipam release (--ip ADDR ... | --handle ID | --from-report FILE) [--force]
+    calicoctl ipam split (--cidr CIDR | --name NAME) NUMBER
     calicoctl ipam configure --strictaffinity true|false
 
 `show` prints each IPPool's size and use (the same table as Calico's), the use per
@@ -11,6 +12,8 @@ node, and with `--show-blocks` one row per block with the node it is affine to.
 `calico_net.ipam.check`) and exits 1 when it finds a problem, 0 when clean — unlike
 Calico's, which always exits 0 — so scripts and tests can rely on it. `release`
 refuses an address that a WorkloadEndpoint still carries unless `--force` is given.
+`check -o FILE` also writes Calico's report, which `release --from-report` acts on,
+and `split` divides a pool (both in `calico_net.cli.ipamreport`).
 
 Handlers take (args, ctx); ctx gives `.client` (EtcdClient), `.datastore` and `.out`.
 Errors are raised and turned into exit codes by `calico_net.cli.main`.
@@ -41,15 +44,26 @@ def register(subparsers: Any) -> None:
 
     chk = sub.add_parser("check", help="find leaked addresses, unallocated endpoint addresses, stale affinities")
     chk.add_argument("--show-problem-ips", action="store_true", help="list every problem address")
-    chk.add_argument("-o", "--output", choices=("table", "json"), default="table")
+    chk.add_argument("-o", "--output", default="table",
+                     help="table (default), json, or a FILE to write the report "
+                          "`ipam release --from-report` reads (the table is printed too)")
     chk.set_defaults(func=cmd_check)
 
     rel = sub.add_parser("release", help="release addresses by address or by handle")
     what = rel.add_mutually_exclusive_group(required=True)
     what.add_argument("--ip", action="append", help="an address to release (repeatable)")
     what.add_argument("--handle", help="release every address of this handle")
-    rel.add_argument("--force", action="store_true", help="release even when a WorkloadEndpoint carries the address")
+    what.add_argument("--from-report", metavar="FILE",
+                      help="release the addresses a report of `ipam check -o FILE` lists as leaked "
+                           "(refused when IPAM or endpoints changed since)")
+    rel.add_argument("--force", action="store_true",
+                     help="release even when a WorkloadEndpoint carries the address; with --from-report, "
+                          "accept a report of another calicoctl version")
     rel.set_defaults(func=cmd_release)
+
+    from calico_net.cli.ipamreport import register_split
+
+    register_split(sub)
 
     conf = sub.add_parser("configure", help="set cluster-wide IPAM options")
     conf.add_argument("--strictaffinity", choices=("true", "false"), type=str.lower,
@@ -154,7 +168,17 @@ def _show_ip(ipam: Any, args: argparse.Namespace, ctx: Any) -> int:
 def cmd_check(args: argparse.Namespace, ctx: Any) -> int:
     from calico_net.ipam.check import check
 
-    report = check(_ipam(ctx))
+    ipam = _ipam(ctx)
+    to_file = args.output not in ("table", "json")
+    if to_file:
+        from calico_net.cli.ipamreport import build_report, ipam_revision, write_report
+        from calico_net.cli.main import cluster_information
+
+        before = ipam_revision(ctx.client)
+    report = check(ipam)
+    if to_file:
+        write_report(args.output, build_report(ipam, report, ctx.client, cluster_information(ctx), before))
+        print(f"Report written to {args.output}", file=ctx.out)
     if args.output == "json":
         print(json.dumps(report.to_json(), indent=2), file=ctx.out)
         return EXIT_OK if report.clean else EXIT_PROBLEMS
@@ -196,6 +220,10 @@ def cmd_release(args: argparse.Namespace, ctx: Any) -> int:
     from calico_net.ipam.check import endpoints_using
 
     ipam = _ipam(ctx)
+    if args.from_report:
+        from calico_net.cli.ipamreport import release_from_report
+
+        return release_from_report(args, ctx, ipam)
     if args.handle:
         ips = ipam.ips_by_handle(args.handle)
         if ipam.get_handle(args.handle) is None:
