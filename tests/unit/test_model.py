@@ -53,8 +53,12 @@ def test_valid_files_round_trip_yaml_object_json_yaml(path: Path) -> None:
 
 
 def test_all_kinds_manifest_has_every_kind() -> None:
+    # all-kinds.yaml holds one document of every kind calicoctl's round-trip test
+    # applies; the IPAM kinds have their own manifest (Calico's reference samples).
     docs = parse_documents((DATA / "valid" / "all-kinds.yaml").read_text())
-    assert {d["kind"] for d in docs} == set(KINDS)
+    ipam = parse_documents((DATA / "valid" / "ipam-kinds.yaml").read_text())
+    assert {d["kind"] for d in docs} == set(KINDS) - {"IPReservation", "IPAMConfiguration"}
+    assert {d["kind"] for d in ipam} == {"IPReservation", "IPAMConfiguration"}
 
 
 def test_store_metadata_is_added_and_kept() -> None:
@@ -127,6 +131,10 @@ def test_policy_defaults() -> None:
     ("felixconfigurations", "FelixConfiguration"), ("bgpp", "BGPPeer"), ("bp", "BGPPeer"),
     ("node", "Node"), ("no", "Node"), ("pro", "Profile"), ("netsets", "NetworkSet"),
     ("globalnetworksets", "GlobalNetworkSet"),
+    ("ipreservation", "IPReservation"), ("IPReservations", "IPReservation"),
+    ("reservations", "IPReservation"), ("ipamconfig", "IPAMConfiguration"),
+    ("ipamconfigs", "IPAMConfiguration"), ("IPAMConfiguration", "IPAMConfiguration"),
+    ("ipamconfigurations", "IPAMConfiguration"),
 ])
 def test_resolve_kind_aliases(alias: str, kind: str) -> None:
     assert resolve_kind(alias).kind == kind
@@ -146,7 +154,8 @@ def test_kind_plurals_and_scope() -> None:
         "Profile": "profiles", "NetworkPolicy": "networkpolicies",
         "GlobalNetworkPolicy": "globalnetworkpolicies", "NetworkSet": "networksets",
         "GlobalNetworkSet": "globalnetworksets", "WorkloadEndpoint": "workloadendpoints",
-        "HostEndpoint": "hostendpoints"}
+        "HostEndpoint": "hostendpoints", "IPReservation": "ipreservations",
+        "IPAMConfiguration": "ipamconfigurations"}
     assert {k for k, v in KINDS.items() if v.namespaced} == {
         "NetworkPolicy", "NetworkSet", "WorkloadEndpoint"}
 
@@ -830,3 +839,39 @@ def test_quick_check_never_accepts_a_refused_document() -> None:
         assert not quick_valid(d), d
         with pytest.raises(ValidationError):
             parse_resource(d)
+
+
+# --- IPAM kinds ----------------------------------------------------------------------------
+
+def test_ipam_configuration_defaults_and_name() -> None:
+    res = parse_resource(doc("IPAMConfiguration", {}, name="default"))
+    assert res.spec.strict_affinity is False and res.spec.auto_allocate_blocks is True
+    assert res.spec.max_blocks_per_host == 0
+    assert res.to_dict()["spec"] == {}
+    assert error_text(doc("IPAMConfiguration", {}, name="cluster")) == (
+        'IPAMConfiguration "cluster": metadata.name: "cluster" is not an IPAMConfiguration name '
+        '(it must be "default")')
+
+
+@pytest.mark.parametrize("spec,path,message", [
+    ({"maxBlocksPerHost": -1}, "spec.maxBlocksPerHost", "-1 must be between 0 and 1000000"),
+    ({"maxBlocksPerHost": 1000001}, "spec.maxBlocksPerHost", "1000001 must be between 0 and 1000000"),
+    ({"ipCooldownSeconds": 30}, "spec.ipCooldownSeconds", "not supported by calico.net yet"),
+    ({"ipCooldownSeconds": 1201}, "spec.ipCooldownSeconds", "1201 must be between 0 and 1200"),
+    ({"kubeVirtVMAddressPersistence": "Enabled"}, "spec.kubeVirtVMAddressPersistence",
+     "not supported by calico.net yet"),
+    ({"strictAffinity": "true"}, "spec.strictAffinity", ""),
+    ({"maxBlocksPerHost": 4.5}, "spec.maxBlocksPerHost", ""),
+])
+def test_ipam_configuration_refusals_name_the_field(spec: dict, path: str, message: str) -> None:
+    text = error_text(doc("IPAMConfiguration", spec, name="default"))
+    assert f"{path}: " in text and message in text
+
+
+def test_ip_reservation_cidrs() -> None:
+    res = parse_resource(doc("IPReservation", {"reservedCIDRs": ["198.19.0.5", "198.19.1.0/30", "fd00::/126"]}))
+    assert res.spec.reserved_cidrs == ["198.19.0.5", "198.19.1.0/30", "fd00::/126"]
+    assert res.to_dict()["spec"] == {"reservedCIDRs": ["198.19.0.5", "198.19.1.0/30", "fd00::/126"]}
+    text = error_text(doc("IPReservation", {"reservedCIDRs": ["198.19.0.0/33"]}))
+    assert "spec.reservedCIDRs[0]: " in text
+    assert "spec.reservedCIDRs" in error_text(doc("IPReservation", {"reservedCIDRs": "198.19.0.5"}))

@@ -13,13 +13,22 @@ How an address is found for `auto_assign(handle, node)`:
    is claimed by exactly one node, and no half-claimed state is ever visible (Calico
    writes "pending" first because its Kubernetes backend has no multi-key transactions);
 3. when the pools have no free block left: borrow a free address from another node's
-   block — unless strict affinity is on (`/calico/ipam/v2/config`) or the block has
+   block — unless strict affinity is on (the IPAMConfiguration) or the block has
    `strictAffinity`.
+
+The IPAMConfiguration's `maxBlocksPerHost` (0: no limit) stops step 2 once the node
+holds that many blocks of the IP version; the assignment then fails without
+borrowing, as Calico's does. The claim transaction requires that no affinity of the
+node appeared since the count was taken, so racing processes of one node never claim
+past the limit. Addresses an IPReservation covers are passed over in steps 1 and 3,
+and blocks it covers whole are neither used nor claimed; `assign_ip` ignores
+reservations, as Calico's AssignIP does, but under strict affinity it refuses an
+address in another node's block, as Calico's does.
 """
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Mapping, Sequence
+from typing import AbstractSet, Any, Callable, Mapping, Sequence
 
 from calico_net.datastore.etcd import cmp_mod_revision, cmp_prefix_unchanged_since, op_get, op_get_prefix, op_put
 from calico_net.ipam import keys
@@ -35,13 +44,26 @@ from calico_net.ipam.block import (
 )
 from calico_net.ipam.errors import (
     AddressInUseError,
+    AffinityMismatchError,
+    BlockLimitError,
     IPAMConflictError,
     NoPoolsError,
     NotInPoolError,
     PoolExhaustedError,
 )
 from calico_net.ipam.pools import Pool, pool_for
-from calico_net.ipam.records import AFFINITY_VALUE, Handle, IPAMConfig, StaleView, View, backoff, dumps, parse_block
+from calico_net.ipam.records import (
+    AFFINITY_VALUE,
+    Guard,
+    Handle,
+    IPAMConfig,
+    StaleView,
+    View,
+    backoff,
+    broken_guard,
+    dumps,
+    parse_block,
+)
 from calico_net.ipam.release import IPAMRelease
 
 log = logging.getLogger(__name__)
@@ -58,7 +80,7 @@ class IPAMAssign(IPAMRelease):
         handle: Handle | None = None,
         *,
         handle_change: Callable[[Handle, Any], None] | None = None,
-        guards: Sequence[tuple[str, int]] = (),
+        guards: Sequence[Guard] = (),
         use_cache: bool = True,
     ) -> tuple[Any, AllocationBlock | None]:
         """Read-modify-write one block (and optionally its handle) until it sticks.
@@ -66,8 +88,8 @@ class IPAMAssign(IPAMRelease):
         `change(block)` mutates the block and returns a result; returning None means
         "nothing to write" (no transaction is made). `handle_change(handle, result)`
         updates the handle to match; block and handle go in one transaction, which
-        also requires every `(key, mod_revision)` of `guards` to be unchanged
-        (`StaleView` is raised when one of them changed).
+        also requires every guard of `guards` to hold (`StaleView` is raised when one
+        of them broke).
         """
         bkey = keys.block_key(cidr)
         blk, rev = self._take_block(cidr, use_cache)
@@ -86,9 +108,9 @@ class IPAMAssign(IPAMRelease):
                 compare.append(cmp_mod_revision(handle.key, handle.rev))  # type: ignore[union-attr]
                 success.extend(handle.write_ops())  # type: ignore[union-attr]
                 failure.append(op_get(handle.key))  # type: ignore[union-attr]
-            for gkey, grev in guards:
-                compare.append(cmp_mod_revision(gkey, grev))
-                failure.append(op_get(gkey))
+            for guard in guards:
+                compare.append(guard.compare())
+                failure.append(guard.read())
             txn = self.client.txn(compare, success, failure)
             if txn.succeeded:
                 self._wrote(cidr, blk, value, txn.revision)
@@ -100,11 +122,7 @@ class IPAMAssign(IPAMRelease):
             blk, rev = parse_block(txn.range_kvs(0))
             if with_handle:
                 handle.load(txn.range_kvs(1))  # type: ignore[union-attr]
-            first_guard = 2 if with_handle else 1
-            for i, (gkey, grev) in enumerate(guards):
-                kvs = txn.range_kvs(first_guard + i)
-                if (kvs[0].mod_revision if kvs else 0) != grev:
-                    raise StaleView(gkey)
+            broken_guard(guards, txn, 2 if with_handle else 1)
             backoff(attempt)
         raise IPAMConflictError(f"block {cidr} kept changing underneath ({self.max_attempts} attempts); try again")
 
@@ -202,15 +220,17 @@ class IPAMAssign(IPAMRelease):
             return blk.host == node
 
         # 1. affine blocks, the one used last first.
+        reservations = view.reservations
         cidrs = self._last_first(node, version, [c for c in self._affine_cidrs(node, version)
-                                                 if pool_for(pools, c) is not None])
+                                                 if pool_for(pools, c) is not None and not reservations.covers(c)])
         for i, cidr in enumerate(cidrs):
             if len(got) >= num:
                 return
             if cidr not in self._block_cache:
                 self._load_blocks(cidrs[i:])
             ips = self._assign_from(cidr, num - len(got), handle, secondary, affine_to_node,
-                                    view.guards(pool_for(pools, cidr)), use_cache=True)
+                                    view.guards(pool_for(pools, cidr)), reservations.skipped(cidr),
+                                    use_cache=True)
             if ips:
                 got += ips
                 self._last_block[(node, version)] = cidr
@@ -219,15 +239,21 @@ class IPAMAssign(IPAMRelease):
         if not view.fresh:
             raise StaleView("claim")  # claim and borrow decide on a view read now
 
-        # 2. claim new blocks.
+        # 2. claim new blocks, up to the node's block limit.
         cfg = view.config or self.get_config()
+        limit = cfg.max_blocks_per_host
         while len(got) < num and cfg.auto_allocate_blocks:
+            if limit and len(self._affine_cache.get((node, version), ())) >= limit:
+                # as Calico: no borrowing once the limit is reached (the caller undoes `got`)
+                raise BlockLimitError(
+                    f'node "{node}" holds {limit} IPv{version} block(s), the maxBlocksPerHost '
+                    f"limit of the IPAMConfiguration, and they are full; no block is borrowed")
             claimed = self._claim_free_block(view, pools, cfg)
             if claimed is None:
                 break
             pool, cidr = claimed
             ips = self._assign_from(cidr, num - len(got), handle, secondary, affine_to_node,
-                                    view.guards(pool), use_cache=True)
+                                    view.guards(pool), view.reservations.skipped(cidr), use_cache=True)
             got += ips
             self._last_block[(node, version)] = cidr
 
@@ -250,14 +276,16 @@ class IPAMAssign(IPAMRelease):
         handle: Handle,
         secondary: dict[str, str],
         eligible: Callable[[AllocationBlock], bool],
-        guards: Sequence[tuple[str, int]],
+        guards: Sequence[Guard],
+        skip: AbstractSet[int],
         *,
         use_cache: bool,
     ) -> list[IPAddress]:
+        """Up to `num` addresses of one block, passing over the ordinals in `skip`."""
         def change(blk: AllocationBlock | None):
             if blk is None or not eligible(blk) or blk.free == 0:
                 return None
-            return blk.assign(num, handle.handle_id, secondary) or None
+            return blk.assign(num, handle.handle_id, secondary, skip) or None
 
         def handle_change(h: Handle, ips: list[IPAddress]) -> None:
             h.add(cidr, len(ips))
@@ -278,9 +306,9 @@ class IPAMAssign(IPAMRelease):
             if len(existing) >= block_count(pool.cidr, pool.block_size):
                 continue
             for cidr in iter_blocks(pool.cidr, pool.block_size):
-                if cidr in existing:
+                if cidr in existing or view.reservations.covers(cidr):
                     continue
-                claimed_at = self._create_affine_block(view.node, cidr, cfg, view.guards(pool), view.revision)
+                claimed_at = self._create_affine_block(view.node, cidr, cfg, view.claim_guards(pool), view.revision)
                 if claimed_at:
                     # our own new affinity is not news: later claims in this call compare from here
                     view.revision = max(view.revision, claimed_at)
@@ -292,7 +320,7 @@ class IPAMAssign(IPAMRelease):
         return None
 
     def _create_affine_block(self, node: str, cidr: IPNetwork, cfg: IPAMConfig,
-                             guards: Sequence[tuple[str, int]] = (), affinities_since: int = 0) -> int:
+                             guards: Sequence[Guard] = (), affinities_since: int = 0) -> int:
         """Create a block affine to `node`, with its affinity key, in one transaction
         that requires both to be absent. Returns the revision it was created at, 0 when
         the block or the affinity exists.
@@ -305,8 +333,8 @@ class IPAMAssign(IPAMRelease):
         bkey, akey = keys.block_key(cidr), keys.affinity_key(node, cidr)
         aprefix = keys.host_prefix(node, cidr.version)
         value = dumps(blk.to_json())
-        compare = [cmp_mod_revision(bkey, 0), cmp_mod_revision(akey, 0)] + [cmp_mod_revision(k, r) for k, r in guards]
-        failure = [op_get(k) for k, _ in guards]
+        compare = [cmp_mod_revision(bkey, 0), cmp_mod_revision(akey, 0)] + [g.compare() for g in guards]
+        failure = [g.read() for g in guards]
         if affinities_since:
             compare.append(cmp_prefix_unchanged_since(aprefix, affinities_since))
             failure.append(op_get_prefix(aprefix, keys_only=True))
@@ -319,10 +347,7 @@ class IPAMAssign(IPAMRelease):
             self._wrote(cidr, blk, value, txn.revision)
             log.info("node %s claimed block %s", node, cidr)
             return txn.revision
-        for i, (gkey, grev) in enumerate(guards):
-            kvs = txn.range_kvs(i)
-            if (kvs[0].mod_revision if kvs else 0) != grev:
-                raise StaleView(gkey)
+        broken_guard(guards, txn, 0)
         if affinities_since and any(kv.mod_revision > affinities_since for kv in txn.range_kvs(len(guards))):
             raise StaleView("affinity")
         return 0
@@ -330,6 +355,7 @@ class IPAMAssign(IPAMRelease):
     def _borrow(self, view: View, version: int, num: int, pools: list[Pool], handle: Handle,
                 secondary: dict[str, str], got: list[IPAddress]) -> None:
         node = view.node
+        reservations = view.reservations
 
         def borrowable(blk: AllocationBlock) -> bool:
             return not blk.strict_affinity and blk.host != node and pool_for(pools, blk.cidr) is not None
@@ -337,9 +363,10 @@ class IPAMAssign(IPAMRelease):
         for blk in self.blocks(version):
             if len(got) >= num:
                 break
-            if borrowable(blk) and blk.free:
+            if borrowable(blk) and blk.free and not reservations.covers(blk.cidr):
                 ips = self._assign_from(blk.cidr, num - len(got), handle, secondary, borrowable,
-                                        view.guards(pool_for(pools, blk.cidr)), use_cache=False)
+                                        view.guards(pool_for(pools, blk.cidr)), reservations.skipped(blk.cidr),
+                                        use_cache=False)
                 if ips:
                     log.info("node %s borrowed %s from block %s (affine to %s)",
                              node, [str(i) for i in ips], blk.cidr, blk.host)
@@ -362,13 +389,16 @@ class IPAMAssign(IPAMRelease):
         secondary = dict(attrs or {})
         secondary.setdefault(ATTR_NODE, node)
         handle = self._read_handle(handle_id)
-        cfg: IPAMConfig | None = None
+        cfg = view.config or self.get_config()
         for _ in range(self.max_attempts):
             taken: list[dict[str, Any]] = []
 
             def change(blk: AllocationBlock | None):
                 if blk is None:
                     return None
+                if cfg.strict_affinity and blk.host not in (None, node):
+                    raise AffinityMismatchError(
+                        f"{addr} is in block {cidr}, affine to node {blk.host!r}, and strict affinity is on")
                 attr = blk.attribute_of(addr)
                 if attr is not None:
                     taken.append(attr)
@@ -381,7 +411,7 @@ class IPAMAssign(IPAMRelease):
 
             try:
                 result, blk = self._update_block(cidr, change, handle, handle_change=handle_change,
-                                                 guards=view.guards(pool), use_cache=False)
+                                                 guards=view.guards(pool, reserved=False), use_cache=False)
             except StaleView:
                 raise IPAMConflictError(f"IPPool {pool.name} changed while assigning {addr}; try again") from None
             if result:
@@ -389,6 +419,5 @@ class IPAMAssign(IPAMRelease):
             if taken:
                 raise AddressInUseError(f"{addr} is already assigned (handle {taken[0].get('handle_id')})")
             if blk is None:  # nobody holds the block yet: claim it for this node, then assign
-                cfg = cfg or self.get_config()
                 self._create_affine_block(node, cidr, cfg)
         raise IPAMConflictError(f"could not assign {addr}: block {cidr} kept changing; try again")

@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Mapping, Union
+from itertools import islice
+from typing import AbstractSet, Any, Iterator, Mapping, Union
 
 IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
@@ -228,9 +229,14 @@ class AllocationBlock:
         self.attributes.append(want)
         return len(self.attributes) - 1
 
-    def assign(self, num: int, handle_id: str | None, secondary: Mapping[str, str] | None = None) -> list[IPAddress]:
-        """Take up to `num` free addresses (fewer when the block runs out)."""
-        take = self.unallocated[:num]
+    def assign(self, num: int, handle_id: str | None, secondary: Mapping[str, str] | None = None,
+               skip: AbstractSet[int] = frozenset()) -> list[IPAddress]:
+        """Take up to `num` free addresses (fewer when the block runs out), passing over
+        the ordinals in `skip` (reserved addresses), which stay free in their place."""
+        if skip:
+            take = list(islice((o for o in self.unallocated if o not in skip), num))
+        else:
+            take = self.unallocated[:num]
         if not take:
             return []
         idx = self._attribute_index(handle_id, secondary)
@@ -238,7 +244,11 @@ class AllocationBlock:
         for ordinal in take:
             self.allocations[ordinal] = idx
             self.sequence_for_allocation[str(ordinal)] = seq
-        del self.unallocated[: len(take)]
+        if skip:
+            taken = set(take)
+            self.unallocated = [o for o in self.unallocated if o not in taken]
+        else:
+            del self.unallocated[: len(take)]
         return [self.ip_at(o) for o in take]
 
     def assign_ip(self, ip: IPAddress, handle_id: str | None, secondary: Mapping[str, str] | None = None) -> None:

@@ -1,5 +1,5 @@
 """What one `IPAM` object remembers between operations, and when it forgets it: the
-five caches, the host lock that hands the block written last from one process of a
+six caches, the host lock that hands the block written last from one process of a
 node to the next, and the methods that fill and invalidate them.
 
 The caches only save reads. Every write compares the etcd mod revision of each key
@@ -24,6 +24,9 @@ it depends on, so a stale entry costs one failed compare, never a wrong answer.
   pools' revisions.
 * `_node_cache` {node: (labels, mod revision)}: a Node's labels, replaced on every
   read of the Node; consulted only when a pool has a nodeSelector.
+* `_reservations` (`Reservations`): the IPReservations with the revision they were
+  read at, replaced by every fresh view; an assignment decided on them requires that
+  no reservation changed since, so a new reservation sends it to a fresh view.
 """
 from __future__ import annotations
 
@@ -38,6 +41,7 @@ from calico_net.ipam.block import AllocationBlock, IPNetwork
 from calico_net.ipam.hostlock import HostLock
 from calico_net.ipam.pools import Pool
 from calico_net.ipam.records import parse_block
+from calico_net.ipam.reservations import Reservations
 
 
 class IPAMCaches:
@@ -51,6 +55,7 @@ class IPAMCaches:
         self._last_block: dict[tuple[str, int], IPNetwork] = {}
         self._pool_cache: tuple[list[Pool], dict[str, int]] | None = None
         self._node_cache: dict[str, tuple[dict[str, str], int]] = {}
+        self._reservations: Reservations | None = None
         self.host_lock_dir = host_lock_dir
         self._host_locks: dict[str, HostLock] = {}
         self._written: tuple[IPNetwork, int, bytes] | None = None  # the block written last

@@ -1,8 +1,10 @@
 """`IPAM`: Calico-style block IPAM on etcd with host affinity, as libcalico-go's
 lib/ipam does it. This module is the public face; the work is split by job:
 
-* `caches`: the five caches one `IPAM` object keeps, and the host lock;
-* `reads`: config, pools, node labels, the assignment's view, blocks, handles;
+* `caches`: the six caches one `IPAM` object keeps, and the host lock;
+* `reads`: config, pools, node labels, reservations, the assignment's view, blocks,
+  handles;
+* `reservations`: which addresses and blocks the IPReservations keep from assignment;
 * `release`: freeing addresses by address or by handle;
 * `assign`: `auto_assign`, `assign_ip` and the compare-and-swap core;
 * `affinity`: claiming and releasing blocks for a node, and a node's removal;
@@ -23,15 +25,28 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
+
 from calico_net.datastore.etcd import EtcdClient, cmp_mod_revision, op_put
+from calico_net.datastore.store import stored_value
 from calico_net.ipam import keys
 from calico_net.ipam.affinity import IPAMAffinity
 from calico_net.ipam.block import ATTR_NODE, block_count
-from calico_net.ipam.errors import IPAMConflictError
+from calico_net.ipam.errors import IPAMConflictError, IPAMError
 from calico_net.ipam.pools import pool_for
-from calico_net.ipam.records import MAX_ATTEMPTS, Affinity, Assignment, IPAMConfig, dumps
+from calico_net.ipam.records import MAX_ATTEMPTS, Affinity, Assignment, IPAMConfig
 
 __all__ = ["IPAM", "Affinity", "Assignment", "IPAMConfig"]
+
+
+def _check_config(cfg: IPAMConfig) -> None:
+    """Calico's SetIPAMConfig rules (calicoctl ipam configure refuses the same)."""
+    if not cfg.strict_affinity and not cfg.auto_allocate_blocks:
+        raise IPAMError("cannot disable both strict affinity and auto_allocate_blocks")
+    if cfg.max_blocks_per_host < 0:
+        raise IPAMError("maxBlocksPerHost must be 0 (no limit) or more")
+    if cfg.max_blocks_per_host > 0 and not cfg.strict_affinity:
+        raise IPAMError("maxBlocksPerHost requires strict affinity to be enabled")
 
 
 class IPAM(IPAMAffinity):
@@ -59,17 +74,27 @@ class IPAM(IPAMAffinity):
         super().__init__(host_lock_dir)
 
     # ------------------------------------------------------------------ config
-    def set_config(self, *, strict_affinity: bool | None = None, auto_allocate_blocks: bool | None = None) -> IPAMConfig:
+    def set_config(self, *, strict_affinity: bool | None = None, auto_allocate_blocks: bool | None = None,
+                   max_blocks_per_host: int | None = None) -> IPAMConfig:
+        """Change the IPAMConfiguration resource "default" (created when missing), with
+        the rules of Calico's SetIPAMConfig; fields of the resource this does not set
+        are kept."""
         for _ in range(self.max_attempts):
             kv = self.client.get(keys.CONFIG_KEY)
-            cfg = IPAMConfig.from_kvs([kv] if kv else [])
+            doc = orjson.loads(kv.value) if kv and kv.value else {
+                "apiVersion": "projectcalico.org/v3", "kind": "IPAMConfiguration", "metadata": {"name": "default"}}
+            cfg = IPAMConfig.from_document(doc)
             if strict_affinity is not None:
                 cfg.strict_affinity = strict_affinity
             if auto_allocate_blocks is not None:
                 cfg.auto_allocate_blocks = auto_allocate_blocks
+            if max_blocks_per_host is not None:
+                cfg.max_blocks_per_host = max_blocks_per_host
+            _check_config(cfg)
+            doc["spec"] = {**(doc.get("spec") or {}), **cfg.spec()}
             txn = self.client.txn(
                 [cmp_mod_revision(keys.CONFIG_KEY, kv.mod_revision if kv else 0)],
-                [op_put(keys.CONFIG_KEY, dumps(cfg.to_json()))],
+                [op_put(keys.CONFIG_KEY, stored_value(doc, doc))],
             )
             if txn.succeeded:
                 return cfg

@@ -5,8 +5,8 @@ from __future__ import annotations
 from calico_net.errors import CalicoNetError
 
 __all__ = [
-    "AddressInUseError", "BlockNotEmptyError", "IPAMConflictError", "IPAMError",
-    "NoPoolsError", "NotInPoolError", "PoolExhaustedError",
+    "AddressInUseError", "AffinityMismatchError", "BlockLimitError", "BlockNotEmptyError",
+    "IPAMConflictError", "IPAMError", "NoPoolsError", "NotInPoolError", "PoolExhaustedError",
 ]
 
 
@@ -21,6 +21,15 @@ class NoPoolsError(IPAMError):
 
 class PoolExhaustedError(IPAMError):
     """The pools have no free address left for this node."""
+
+
+class BlockLimitError(PoolExhaustedError):
+    """The node's affine blocks are full and it holds the IPAMConfiguration's
+    maxBlocksPerHost blocks already: no block is claimed and none borrowed (as Calico)."""
+
+
+class AffinityMismatchError(IPAMError):
+    """Strict affinity is on and a specific address lies in another node's block."""
 
 
 class AddressInUseError(IPAMError):

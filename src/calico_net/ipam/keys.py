@@ -3,21 +3,26 @@
     /calico/ipam/v2/assignment/ipv4/block/198.19.0.0-26       AllocationBlock JSON
     /calico/ipam/v2/host/<node>/ipv4/block/198.19.0.0-26      {"state": "confirmed", "deleted": false}
     /calico/ipam/v2/handle/<handle id>                        {"block": {"198.19.0.0/26": 2}, "deleted": false}
-    /calico/ipam/v2/config                                    {"strict_affinity": false, "auto_allocate_blocks": true}
 
 A block's CIDR is written with its "/" replaced by "-", as Calico does.
+
+The IPAM configuration is the IPAMConfiguration resource "default" at its resource
+key (`CONFIG_KEY`), not libcalico-go's separate `/calico/ipam/v2/config`: on etcd,
+Calico keeps the two apart (calicoctl apply writes the resource, IPAM reads the
+other), here one key is both.
 """
 from __future__ import annotations
 
 import re
 
+from calico_net.datastore.store import RESOURCE_PREFIX
 from calico_net.ipam.block import IPNetwork, cidr_from_key_part, cidr_key_part
 
 IPAM_PREFIX = "/calico/ipam/v2/"
 BLOCK_PREFIX = IPAM_PREFIX + "assignment/"
 HOST_PREFIX = IPAM_PREFIX + "host/"
 HANDLE_PREFIX = IPAM_PREFIX + "handle/"
-CONFIG_KEY = IPAM_PREFIX + "config"
+CONFIG_KEY = RESOURCE_PREFIX + "ipamconfigurations/default"
 
 AFFINITY_CONFIRMED = "confirmed"
 AFFINITY_PENDING = "pending"

@@ -1,6 +1,6 @@
-"""What IPAM reads: the IPAM config, pools and node labels, the view an assignment
-decides on (cached, or read fresh in one transaction), blocks, affinities and
-handles. Nothing here writes to etcd.
+"""What IPAM reads: the IPAM config, pools and node labels, the IPReservations,
+the view an assignment decides on (cached, or read fresh in one transaction),
+blocks, affinities and handles. Nothing here writes to etcd.
 """
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ from calico_net.ipam.records import (
     parse_block,
     pool_revisions,
 )
+from calico_net.ipam.reservations import RESERVATION_PREFIX, Reservations
 
 # Blocks read together in one request: when a fresh view is taken, and when a client
 # meets affine blocks it has not cached (a new CNI process on a node with many blocks).
@@ -72,23 +73,24 @@ class IPAMReads(IPAMCaches):
     def _view(self, node: str, fresh: bool, versions: Sequence[int] = (4, 6), *, for_claim: bool = False) -> View:
         """Pools and node labels: from the cache, or read now (with the node's
         affinities and affine blocks, see `_fresh_view`) when `fresh` or not cached."""
-        if fresh or self._pool_cache is None:
+        if fresh or self._pool_cache is None or self._reservations is None:
             return self._fresh_view(node, versions, for_claim)
         pools, revs = self._pool_cache
         if needs_node_labels(pools):
             labels, rev = self._node_cache[node] if node in self._node_cache else self._read_node(node)
         else:
             labels, rev = {}, 0
-        return View(pools, revs, node, labels, rev, False)
+        return View(pools, revs, node, labels, rev, False, self._reservations)
 
     def _fresh_view(self, node: str, versions: Sequence[int], for_claim: bool = False) -> View:
         """Read, in ONE transaction (so at one revision): the IPPools, the Node, the IPAM
-        config, the node's affinities of each version and the affine blocks this client
+        config, the IPReservations, the node's affinities of each version and the affine blocks this client
         has cached (the one used last first, at most READ_BATCH); `for_claim` adds the
         CIDR of every block (keys only). Every cache this touches is replaced; affine
         blocks not re-read are dropped from the cache, so after a fresh view nothing the
         node's assignment decides on is older than it."""
-        ops = [op_get_prefix(kind_prefix("IPPool")), op_get(resource_key("Node", node)), op_get(keys.CONFIG_KEY)]
+        ops = [op_get_prefix(kind_prefix("IPPool")), op_get(resource_key("Node", node)), op_get(keys.CONFIG_KEY),
+               op_get_prefix(RESERVATION_PREFIX)]
         for version in versions:
             ops.append(op_get_prefix(keys.host_prefix(node, version)))
         reread: list[IPNetwork] = []
@@ -107,13 +109,15 @@ class IPAMReads(IPAMCaches):
             self._node_cache[node] = (dict(md.get("labels") or {}), node_kvs[0].mod_revision)
         else:
             self._node_cache[node] = ({}, 0)
-        cfg = IPAMConfig.from_kvs(txn.range_kvs(2))
+        cfg_kvs = txn.range_kvs(2)
+        cfg = IPAMConfig.from_kvs(cfg_kvs)
+        reservations = self._reservations = Reservations.from_kvs(txn.range_kvs(3), txn.revision)
         for i, version in enumerate(versions):
-            affine = affine_from_kvs(txn.range_kvs(3 + i), version)
+            affine = affine_from_kvs(txn.range_kvs(4 + i), version)
             for old in self._affine_cache.get((node, version), []):
                 self._block_cache.pop(old, None)
             self._affine_cache[(node, version)] = affine
-        first = 3 + len(versions)
+        first = 4 + len(versions)
         for i, cidr in enumerate(reread):
             blk, rev = parse_block(txn.range_kvs(first + i))
             if cidr in self._affine_cache.get((node, cidr.version), ()):
@@ -127,7 +131,8 @@ class IPAMReads(IPAMCaches):
         labels, node_rev = self._node_cache[node]
         if not needs_node_labels(pools):
             labels, node_rev = {}, 0
-        return View(pools, revs, node, labels, node_rev, True, cfg, txn.revision, block_cidrs)
+        return View(pools, revs, node, labels, node_rev, True, reservations, cfg,
+                    cfg_kvs[0].mod_revision if cfg_kvs else 0, txn.revision, block_cidrs)
 
     def _last_first(self, node: str, version: int, cidrs: list[IPNetwork]) -> list[IPNetwork]:
         """`cidrs` with the block the node's last address came from moved to the front."""

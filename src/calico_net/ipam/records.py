@@ -1,21 +1,25 @@
 """The values IPAM works with and their etcd encodings: the IPAM config, an
-assignment, an affinity, a handle, the pool/node view an assignment decides on, and
-the small readers that turn etcd key-values into them. No etcd calls here.
+assignment, an affinity, a handle, the view an assignment decides on and the guards
+its writes carry, and the small readers that turn etcd key-values into them. No etcd
+calls here.
 """
 from __future__ import annotations
 
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import orjson
 
-from calico_net.datastore.etcd import KV, op_delete, op_put
+from calico_net.datastore.etcd import (
+    KV, cmp_mod_revision, cmp_prefix_unchanged_since, op_delete, op_get, op_get_prefix, op_put,
+)
 from calico_net.datastore.store import resource_key
 from calico_net.ipam import keys
 from calico_net.ipam.block import ATTR_NODE, AllocationBlock, IPAddress, IPNetwork
 from calico_net.ipam.pools import Pool
+from calico_net.ipam.reservations import RESERVATION_PREFIX, Reservations
 
 MAX_ATTEMPTS = 200
 
@@ -75,25 +79,32 @@ def pool_revisions(docs: list[dict[str, Any]]) -> dict[str, int]:
 
 @dataclass
 class IPAMConfig:
-    """`/calico/ipam/v2/config`. A missing key means Calico's defaults."""
+    """The IPAMConfiguration resource "default" (`keys.CONFIG_KEY`), the one place the
+    IPAM configuration lives: `calicoctl apply` of the resource and `set_config` write
+    it, IPAM reads it. A missing key means Calico's defaults."""
 
     strict_affinity: bool = False
     auto_allocate_blocks: bool = True
+    max_blocks_per_host: int = 0  # 0: no limit
 
     @classmethod
-    def from_json(cls, doc: Mapping[str, Any]) -> "IPAMConfig":
+    def from_document(cls, doc: Mapping[str, Any]) -> "IPAMConfig":
+        spec = doc.get("spec") or {}
         return cls(
-            strict_affinity=bool(doc.get("strict_affinity", False)),
-            auto_allocate_blocks=bool(doc.get("auto_allocate_blocks", True)),
+            strict_affinity=bool(spec.get("strictAffinity", False)),
+            auto_allocate_blocks=bool(spec.get("autoAllocateBlocks", True)),
+            max_blocks_per_host=int(spec.get("maxBlocksPerHost") or 0),
         )
 
     @classmethod
     def from_kvs(cls, kvs: list[KV]) -> "IPAMConfig":
         """The config from a range result of its key (empty: the defaults)."""
-        return cls.from_json(orjson.loads(kvs[0].value)) if kvs and kvs[0].value else cls()
+        return cls.from_document(orjson.loads(kvs[0].value)) if kvs and kvs[0].value else cls()
 
-    def to_json(self) -> dict[str, Any]:
-        return {"strict_affinity": self.strict_affinity, "auto_allocate_blocks": self.auto_allocate_blocks}
+    def spec(self) -> dict[str, Any]:
+        """The resource's spec, with Calico's field names."""
+        return {"strictAffinity": self.strict_affinity, "autoAllocateBlocks": self.auto_allocate_blocks,
+                "maxBlocksPerHost": self.max_blocks_per_host}
 
 
 @dataclass
@@ -157,16 +168,47 @@ class Handle:
 
 
 class StaleView(Exception):
-    """A pool or the node changed since the view an assignment was decided on."""
+    """A pool, the node or a reservation changed since the view an assignment was decided on."""
+
+
+class Guard(NamedTuple):
+    """A write's condition on what its decision read: the key `key` still has etcd mod
+    revision `rev` (0: still absent), or, with `prefix`, no key under `key` was created
+    or changed after revision `rev`."""
+
+    key: str
+    rev: int
+    prefix: bool = False
+
+    def compare(self) -> dict[str, Any]:
+        return cmp_prefix_unchanged_since(self.key, self.rev) if self.prefix else cmp_mod_revision(self.key, self.rev)
+
+    def read(self) -> dict[str, Any]:
+        """The read that tells, after a failed write, whether this guard failed."""
+        return op_get_prefix(self.key, keys_only=True) if self.prefix else op_get(self.key)
+
+    def broken(self, kvs: list[KV]) -> bool:
+        if self.prefix:
+            return any(kv.mod_revision > self.rev for kv in kvs)
+        return (kvs[0].mod_revision if kvs else 0) != self.rev
+
+
+def broken_guard(guards: Sequence[Guard], txn: Any, first: int) -> None:
+    """Raise `StaleView` naming the first guard a failed transaction broke; the guards'
+    reads are its failure results from index `first` on."""
+    for i, guard in enumerate(guards):
+        if guard.broken(txn.range_kvs(first + i)):
+            raise StaleView(guard.key)
 
 
 @dataclass
 class View:
-    """The pools and the node's labels an assignment decides on, with the etcd mod
-    revisions of their keys. Writes that depend on them carry those revisions as
-    compare conditions (a deleted key compares as revision 0), so a decision made on
-    a cached view can never commit after the pool was disabled, deleted or narrowed
-    by its nodeSelector, or after the node's labels changed."""
+    """The pools, the node's labels and the IPReservations an assignment decides on,
+    with the etcd revisions they were read at. Writes that depend on them carry those
+    revisions as compare conditions (a deleted key compares as revision 0), so a
+    decision made on a cached view can never commit after the pool was disabled,
+    deleted or narrowed by its nodeSelector, after the node's labels changed, or after
+    a reservation was made or changed."""
 
     pools: list[Pool]
     pool_revs: dict[str, int]
@@ -174,14 +216,22 @@ class View:
     node_labels: dict[str, str]
     node_rev: int
     fresh: bool
+    reservations: Reservations
     config: IPAMConfig | None = None  # read with a fresh view
+    config_rev: int = 0  # the mod revision of the IPAMConfiguration, with `config`
     revision: int = 0  # the etcd revision a fresh view was read at
     block_cidrs: dict[int, set[IPNetwork]] = field(default_factory=dict)  # every block, when read with the view
 
-    def guards(self, pool: Pool | None) -> list[tuple[str, int]]:
+    def guards(self, pool: Pool | None, *, reserved: bool = True) -> list[Guard]:
         if pool is None:
             return []
-        out = [(resource_key("IPPool", pool.name), self.pool_revs.get(pool.name, 0))]
+        out = [Guard(resource_key("IPPool", pool.name), self.pool_revs.get(pool.name, 0))]
         if not pool.selects_all:
-            out.append((resource_key("Node", self.node), self.node_rev))
+            out.append(Guard(resource_key("Node", self.node), self.node_rev))
+        if reserved:
+            out.append(Guard(RESERVATION_PREFIX, self.reservations.revision, prefix=True))
         return out
+
+    def claim_guards(self, pool: Pool) -> list[Guard]:
+        """A claim's guards: also the IPAMConfiguration its block limit was read from."""
+        return [*self.guards(pool), Guard(keys.CONFIG_KEY, self.config_rev)]

@@ -55,6 +55,10 @@ KINDS: dict[str, KindInfo] = {
         _info(r.WorkloadEndpoint, "workloadendpoints",
               "workloadendpoint", "workloadendpoints", "wep", "weps"),
         _info(r.HostEndpoint, "hostendpoints", "hostendpoint", "hostendpoints", "hep", "heps"),
+        _info(r.IPReservation, "ipreservations",
+              "ipreservation", "ipreservations", "reservation", "reservations"),
+        _info(r.IPAMConfiguration, "ipamconfigurations",
+              "ipamconfiguration", "ipamconfigurations", "ipamconfig", "ipamconfigs"),
     )
 }
 

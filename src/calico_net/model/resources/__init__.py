@@ -2,10 +2,10 @@
 
 One model per kind (`IPPool`, `GlobalNetworkPolicy`, ...) with `metadata` and a
 `...Spec`; field names are snake_case in Python and Calico's own JSON names on the
-wire (`ipipMode`, `ipNATs`, `peerIP`, ...). This package declares the twelve kinds
+wire (`ipipMode`, `ipNATs`, `peerIP`, ...). This package declares the kinds
 (`RESOURCE_CLASSES`) from their specs, which live in one module per family: `policy`,
-`endpoints` (workload and host endpoints, nodes), `pools`, `bgp` and `felix`, on the
-shared ground of `base`.
+`endpoints` (workload and host endpoints, nodes), `pools`, `ipam` (IP reservations and
+the IPAM configuration), `bgp` and `felix`, on the shared ground of `base`.
 
 Validation happens in two passes:
 1. pydantic: structure, types and per-value checks (the types in `model.fields`);
@@ -49,6 +49,7 @@ from calico_net.model.resources.policy import (
     NetworkPolicySpec, NetworkSetSpec, Order, PolicyType, ProfileSpec, Rule, RuleMetadata,
     ServiceAccountMatch,
 )
+from calico_net.model.resources.ipam import IPAM_CONFIG_NAME, IPAMConfigurationSpec, IPReservationSpec
 from calico_net.model.resources.pools import (
     BLOCK_SIZE_RANGE, DEFAULT_BLOCK_SIZE, EncapMode, IPPoolSpec,
 )
@@ -72,6 +73,16 @@ def resource_kind(kind: str, spec: type[CalicoModel], doc: str, *, namespaced: b
         namespace[name] = default
     namespace["__annotations__"] = annotations
     return typing.cast("type[Resource]", type(kind, (base,), namespace))
+
+
+class _NamedDefault(Resource):
+    """IPAMConfiguration's name rule: the one configuration is called "default"."""
+
+    def semantic_errors(self, path: str = "", ctx: CheckContext | None = None) -> Iterator[Error]:
+        if self.metadata.name != IPAM_CONFIG_NAME:
+            yield (field_path(path, "metadata.name"),
+                   f"{show(self.metadata.name)} is not an IPAMConfiguration name (it must be \"default\")")
+        yield from super().semantic_errors(path, ctx)
 
 
 class _NamedDefaultOrNode(Resource):
@@ -113,10 +124,16 @@ WorkloadEndpoint = resource_kind("WorkloadEndpoint", WorkloadEndpointSpec, "A wo
                                  namespaced=True)
 HostEndpoint = resource_kind("HostEndpoint", HostEndpointSpec, "A host interface (or all of them, "
                              "`*`) that policy applies to.", spec_required=True)
+IPReservation = resource_kind("IPReservation", IPReservationSpec, "Addresses and CIDRs that IPAM "
+                              "never hands out automatically.")
+IPAMConfiguration = resource_kind("IPAMConfiguration", IPAMConfigurationSpec, "The cluster's IPAM "
+                                  "settings (named `default`): strict affinity, block limits.",
+                                  base=_NamedDefault)
 
 RESOURCE_CLASSES: tuple[type[Resource], ...] = (
     Node, IPPool, BGPConfiguration, BGPPeer, FelixConfiguration, Profile, NetworkPolicy,
     GlobalNetworkPolicy, NetworkSet, GlobalNetworkSet, WorkloadEndpoint, HostEndpoint,
+    IPReservation, IPAMConfiguration,
 )
 
 __all__ = [
@@ -125,8 +142,9 @@ __all__ = [
     "DEFAULT_BLOCK_SIZE", "EnabledDisabled", "EncapMode", "EndpointPort", "EntityRule", "Error",
     "FelixConfiguration", "FelixConfigurationSpec", "GlobalNetworkPolicy",
     "GlobalNetworkPolicySpec", "GlobalNetworkSet", "GlobalNetworkSetSpec",
-    "HealthTimeoutOverride", "HostEndpoint", "HostEndpointSpec", "ICMPFields", "IPNAT", "IPPool",
-    "IPPoolSpec", "IPVersion", "LogSeverity", "MTU", "Mark", "Metadata", "NOT_SUPPORTED_YET",
+    "HealthTimeoutOverride", "HostEndpoint", "HostEndpointSpec", "ICMPFields", "IPAMConfiguration",
+    "IPAMConfigurationSpec", "IPAM_CONFIG_NAME", "IPNAT", "IPPool", "IPPoolSpec", "IPReservation",
+    "IPReservationSpec", "IPVersion", "LogSeverity", "MTU", "Mark", "Metadata", "NOT_SUPPORTED_YET",
     "NetworkPolicy", "NetworkPolicySpec", "NetworkSet", "NetworkSetSpec", "Node", "NodeAddress",
     "NodeBGPSpec", "NodeSpec", "NodeStatus", "NodeWireguardSpec", "OrchRef", "OrchestratorName",
     "Order", "PolicyType", "PrefixAdvertisement", "Profile", "ProfileSpec", "ProtoPort",
