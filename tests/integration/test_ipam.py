@@ -1,6 +1,7 @@
 """calico_net.ipam against the session's real etcd: affinity, claiming, borrowing,
-strict affinity, disabled pools, nodeSelector, IPv6, exact release by handle, and the
-revision guards that keep a cached pool view honest."""
+strict affinity, disabled pools, nodeSelector, IPv6, exact release by handle, the
+revision guards that keep a cached pool view honest, IPReservations and the
+IPAMConfiguration resource (strictAffinity, maxBlocksPerHost)."""
 from __future__ import annotations
 
 import ipaddress
@@ -11,7 +12,10 @@ import pytest
 from calico_net.ipam import (
     IPAM,
     AddressInUseError,
+    AffinityMismatchError,
+    BlockLimitError,
     BlockNotEmptyError,
+    IPAMError,
     NoPoolsError,
     NotInPoolError,
     PoolExhaustedError,
@@ -451,3 +455,175 @@ def test_damaged_host_lock_hint_costs_nothing_but_a_retry(datastore, etcd_client
     [blk] = one.blocks()
     assert blk.in_use == 2 and set(one.handles()) == {"h1", "h2"}
     one.close()
+
+
+# --- IPReservation -------------------------------------------------------------------------
+
+def reservation(name, *cidrs):
+    return {"apiVersion": "projectcalico.org/v3", "kind": "IPReservation", "metadata": {"name": name},
+            "spec": {"reservedCIDRs": list(cidrs)}}
+
+
+def ipam_config(**spec):
+    return {"apiVersion": "projectcalico.org/v3", "kind": "IPAMConfiguration",
+            "metadata": {"name": "default"}, "spec": spec}
+
+
+class CountingClient:
+    """The etcd client, counting the requests made through it."""
+
+    def __init__(self, client):
+        self._client = client
+        self.calls = 0
+
+    def __getattr__(self, name):
+        attr = getattr(self._client, name)
+        if name in ("get", "get_prefix", "txn", "put", "delete", "delete_prefix"):
+            def counted(*a, **kw):
+                self.calls += 1
+                return attr(*a, **kw)
+            return counted
+        return attr
+
+
+def test_reserved_addresses_are_never_auto_assigned(ipam, datastore, etcd_client):
+    datastore.create(pool("p", "198.19.0.0/26"))
+    datastore.create(reservation("r", "198.19.0.0/30", "198.19.0.6", "198.19.0.9/32"))
+    got = [ipam.auto_assign(f"h{i}", "node-a")[0][0] for i in range(10)]
+    reserved = {ip("198.19.0.0"), ip("198.19.0.1"), ip("198.19.0.2"), ip("198.19.0.3"),
+                ip("198.19.0.6"), ip("198.19.0.9")}
+    assert not reserved & set(got)
+    assert got[:3] == [ip("198.19.0.4"), ip("198.19.0.5"), ip("198.19.0.7")]
+    # reserved addresses stay free, in their place: a reservation only blocks new allocations
+    block = raw(etcd_client, "/calico/ipam/v2/assignment/ipv4/block/198.19.0.0-26")
+    assert block["unallocated"][:5] == [0, 1, 2, 3, 6]
+    assert all(block["allocations"][o] is None for o in (0, 1, 2, 3, 6, 9))
+
+
+def test_a_block_reserved_whole_is_not_claimed(ipam, datastore):
+    datastore.create(pool("p", "198.19.0.0/25"))
+    datastore.create(reservation("r", "198.19.0.0/26"))
+    v4, _ = ipam.auto_assign("h", "node-a")
+    assert v4[0] in net("198.19.0.64/26")
+    assert [str(b.cidr) for b in ipam.blocks()] == ["198.19.0.64/26"]
+    ipam.release_by_handle("h")
+    datastore.create(reservation("r2", "198.19.0.64/26"))
+    with pytest.raises(PoolExhaustedError):
+        ipam.auto_assign("h2", "node-b")
+    assert [str(b.cidr) for b in ipam.blocks()] == ["198.19.0.64/26"]
+
+
+def test_a_new_reservation_reaches_a_cached_client_with_no_extra_round_trip(datastore, etcd_client):
+    counting = CountingClient(etcd_client)
+    cached = IPAM(counting, datastore)
+    datastore.create(pool("p", "198.19.0.0/26"))
+    cached.auto_assign("h0", "node-a")
+    # nothing changed: one transaction per allocation, reservations included
+    for i in (1, 2):
+        before = counting.calls
+        v4, _ = cached.auto_assign(f"h{i}", "node-a")
+        assert v4 == [ip(f"198.19.0.{i}")]
+        assert counting.calls - before == 1
+    # another client reserves the next addresses: the cached client's write is refused
+    # and decided again on what the reservations say now
+    datastore.create(reservation("r", "198.19.0.3", "198.19.0.4/31"))
+    v4, _ = cached.auto_assign("h3", "node-a")
+    assert v4 == [ip("198.19.0.6")]
+
+
+def test_borrowing_skips_reserved_addresses(ipam, datastore):
+    datastore.create(pool("p", "198.19.0.0/26"))
+    ipam.auto_assign("a", "node-a")  # node-a holds the pool's only block
+    datastore.create(reservation("r", "198.19.0.1/32", "198.19.0.2/31", "198.19.0.4/30"))
+    v4, _ = ipam.auto_assign("b", "node-b")
+    assert v4 == [ip("198.19.0.8")]
+    assert ipam.get_assignment(v4[0]).block_affinity == "node-a"
+
+
+def test_assign_ip_of_a_reserved_address_is_allowed_as_in_calico(ipam, datastore):
+    datastore.create(pool("p", "198.19.0.0/26"))
+    datastore.create(reservation("r", "198.19.0.5"))
+    assert ipam.assign_ip("198.19.0.5", "h", "node-a") == ip("198.19.0.5")
+    assert ipam.get_assignment("198.19.0.5").handle_id == "h"
+
+
+def test_ipv6_reservations(ipam, datastore):
+    datastore.create(pool("p6", "fd00:198:19::/120"))
+    datastore.create(reservation("r", "fd00:198:19::/126"))
+    _, v6 = ipam.auto_assign("h", "node-a", num_v4=0, num_v6=2)
+    assert v6 == [ip("fd00:198:19::4"), ip("fd00:198:19::5")]
+
+
+# --- IPAMConfiguration ---------------------------------------------------------------------
+
+def test_ipam_configuration_resource_is_the_ipam_config(ipam, datastore):
+    assert ipam.get_config().strict_affinity is False
+    datastore.apply(ipam_config(strictAffinity=True, maxBlocksPerHost=2))
+    cfg = ipam.get_config()
+    assert (cfg.strict_affinity, cfg.auto_allocate_blocks, cfg.max_blocks_per_host) == (True, True, 2)
+    # set_config changes the same resource, keeping its metadata
+    before = datastore.get("IPAMConfiguration", "default")
+    ipam.set_config(max_blocks_per_host=3)
+    after = datastore.get("IPAMConfiguration", "default")
+    assert after["spec"] == {"strictAffinity": True, "autoAllocateBlocks": True, "maxBlocksPerHost": 3}
+    assert after["metadata"]["uid"] == before["metadata"]["uid"]
+    assert ipam.get_config().max_blocks_per_host == 3
+
+
+def test_set_config_refuses_what_calico_refuses(ipam, datastore):
+    with pytest.raises(IPAMError, match="requires strict affinity"):
+        ipam.set_config(max_blocks_per_host=2)
+    with pytest.raises(IPAMError, match="cannot disable both"):
+        ipam.set_config(auto_allocate_blocks=False)
+    assert datastore.list("IPAMConfiguration")[0] == []
+
+
+def test_strict_affinity_from_the_resource_never_borrows(ipam, datastore):
+    datastore.create(pool("p", "198.19.0.0/26"))
+    datastore.apply(ipam_config(strictAffinity=True))
+    ipam.auto_assign("a", "node-a")
+    with pytest.raises(PoolExhaustedError, match="strict affinity"):
+        ipam.auto_assign("b", "node-b")
+
+
+def test_assign_ip_in_another_nodes_block_under_strict_affinity(ipam, datastore):
+    datastore.create(pool("p", "198.19.0.0/26"))
+    ipam.auto_assign("a", "node-a")
+    assert ipam.assign_ip("198.19.0.9", "b", "node-b") == ip("198.19.0.9")  # borrowing allowed
+    datastore.apply(ipam_config(strictAffinity=True))
+    with pytest.raises(AffinityMismatchError, match="affine to node 'node-a'"):
+        ipam.assign_ip("198.19.0.10", "c", "node-b")
+    assert ipam.get_assignment("198.19.0.10") is None
+    assert ipam.assign_ip("198.19.0.11", "d", "node-a") == ip("198.19.0.11")
+
+
+def test_max_blocks_per_host_stops_claims_and_borrowing(ipam, datastore):
+    datastore.create(pool("p", "198.19.0.0/24", blockSize=28))
+    datastore.apply(ipam_config(strictAffinity=False, maxBlocksPerHost=2))
+    got = [ipam.auto_assign(f"a{i}", "node-a")[0][0] for i in range(32)]
+    assert len(set(got)) == 32
+    assert len(ipam.affinities("node-a")) == 2
+    ipam.auto_assign("b", "node-b")  # other nodes' blocks have room: still not borrowed
+    with pytest.raises(BlockLimitError, match='node "node-a" holds 2 IPv4 block'):
+        ipam.auto_assign("a-more", "node-a")
+    assert ipam.get_handle("a-more") is None
+    assert len(ipam.affinities("node-a")) == 2
+    ipam.release_by_handle("a0")
+    assert ipam.auto_assign("a-again", "node-a")[0] == [got[0]]
+    # 0: no limit
+    datastore.apply(ipam_config(strictAffinity=False, maxBlocksPerHost=0))
+    ipam.auto_assign("a-third", "node-a")
+    assert len(ipam.affinities("node-a")) == 3
+
+
+def test_max_blocks_per_host_counts_each_ip_version(ipam, datastore):
+    datastore.create(pool("p", "198.19.0.0/24", blockSize=28))
+    datastore.create(pool("p6", "fd00:198:19::/120", blockSize=124))
+    datastore.apply(ipam_config(strictAffinity=True, maxBlocksPerHost=1))
+    for i in range(16):
+        ipam.auto_assign(f"h{i}", "node-a", num_v4=1, num_v6=1)
+    with pytest.raises(BlockLimitError, match="IPv6"):
+        ipam.auto_assign("h-more", "node-a", num_v4=0, num_v6=1)
+    with pytest.raises(BlockLimitError, match="IPv4"):
+        ipam.auto_assign("h-more", "node-a", num_v4=1, num_v6=0)
+
