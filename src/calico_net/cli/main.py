@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     from calico_net.cli import resources
 
     resources.register(sub)
-    for name in ("patch", "node", "ipam", "datastore"):
+    for name in ("patch", "node", "ipam", "migrate"):
         try:
             module = __import__(f"calico_net.cli.{name}", fromlist=["register"])
         except ImportError:  # noun not built into this installation
