@@ -14,7 +14,7 @@ pytestmark = pytest.mark.root
 
 PROBE = r"""
 import json, sys
-from calico_net.agent.felix.routes import Netlink
+from calico_net.agent.felix.rtnetlink import Netlink
 nl = Netlink()
 names = json.loads(sys.argv[1])
 full = {l.name: (l.index, l.up) for l in nl.links()}

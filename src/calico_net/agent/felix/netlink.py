@@ -180,8 +180,9 @@ def grow_sndbuf(sock: socket.socket, size: int) -> None:
 
 
 def seq_at(first: int, i: int) -> int:
-    """The sequence number of the i-th message of a batch numbered from `first`."""
-    return (first + i) & _SEQ_MASK or 1
+    """The sequence number of the i-th message of a batch numbered from `first`
+    (numbers run 1 … 2**32-1 and wrap to 1: 0 is never used)."""
+    return (first - 1 + i) % _SEQ_MASK + 1
 
 
 class NetlinkSocket:

@@ -4,8 +4,8 @@ Owns `RouteManager` — pure bookkeeping of what must exist (endpoints → addre
 interface) and what we believe exists; `apply()` writes only the differences of
 what was marked dirty, `resync()` dumps the kernel's routes and repairs drift —
 and the checks that keep an endpoint to host routes on its own interface
-(`host_routes`, `interface_problem`). The kernel side is a `RouteBackend`: the
-rtnetlink one (`rtnetlink.Netlink`) or, in unit tests, a fake with the same methods.
+(`host_routes`, `interface_problem`). The kernel side is a `backends.RouteBackend`:
+the rtnetlink one (`rtnetlink.Netlink`) or, in unit tests, a fake with the same methods.
 
 Only routes with our protocol number (`RTPROT_FELIX = 80`) in the main table are
 ever read as ours, changed or deleted. 80 is what Calico's Felix uses; it is not in
@@ -22,7 +22,7 @@ import logging
 import os
 import socket
 from dataclasses import dataclass, field
-from typing import Iterable, Protocol
+from typing import TYPE_CHECKING, Iterable
 
 # Link, LinkWatcher, Netlink, RouteOp and the rest live in rtnetlink; importers of
 # routes still find them here.
@@ -31,14 +31,10 @@ from .rtnetlink import (  # noqa: F401
     parse_link, route_message,
 )
 
+if TYPE_CHECKING:
+    from .backends import RouteBackend
+
 log = logging.getLogger(__name__)
-
-
-class RouteBackend(Protocol):
-    def links(self) -> list[Link]: ...
-    def links_named(self, names: Iterable[str]) -> list[Link]: ...
-    def routes(self, protocol: int = ..., table: int = ...) -> dict[Route, int]: ...
-    def write(self, ops: list[RouteOp], protocol: int = ..., table: int = ...) -> None: ...
 
 
 _AF_INET, _AF_INET6 = socket.AF_INET, socket.AF_INET6
