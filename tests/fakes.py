@@ -11,9 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 from calico_net.agent.felix.nft import NftError, counts_from_json
-from calico_net.agent.felix.routes import RT_TABLE_MAIN, RTPROT_FELIX, Link, RouteOp
-
-Route = tuple[int, str, int]
+from calico_net.agent.felix.rtnetlink import RT_TABLE_MAIN, RTPROT_FELIX, Link, Route, RouteOp
 
 
 class FakeNftRunner:

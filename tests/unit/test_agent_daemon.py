@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from calico_net.agent.config import Config
 from calico_net.agent.daemon import Daemon
-from calico_net.agent.felix.routes import Link
+from calico_net.agent.felix.rtnetlink import Link
 from calico_net.agent.syncer import Resource
 from calico_net.datastore.store import RESOURCE_PREFIX as P
 from fakes import FakeKernel, FakeSysctls, sys_class_net

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from calico_net.agent.felix.routes import Link
+from calico_net.agent.felix.rtnetlink import Link
 from calico_net.agent.felix.sysctl import PendingByName, PendingConfigure, Sysctls
 from fakes import sys_class_net
 

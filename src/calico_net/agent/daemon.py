@@ -39,7 +39,8 @@ from calico_net.agent.felix.coldstart import (
 )
 from calico_net.agent.felix.nftstr import NftStringError, ifname_text
 from calico_net.agent.felix.policy import FelixSettings, PolicyDataplane
-from calico_net.agent.felix.routes import Link, LinkWatcher, Netlink, RouteManager, host_routes
+from calico_net.agent.felix.routes import RouteManager, host_routes
+from calico_net.agent.felix.rtnetlink import Link, LinkWatcher, Netlink
 from calico_net.agent.felix.sysctl import Sysctls
 from calico_net.agent.health import HealthState
 from calico_net.agent.metrics import Metrics

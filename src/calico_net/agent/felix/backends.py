@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Protocol
 
 if TYPE_CHECKING:
-    from .routes import Link, Route, RouteOp
+    from .rtnetlink import Link, Route, RouteOp
 
 __all__ = ["RouteBackend", "ElementWriter", "NftBackend", "PendingSysctls", "PendingLookups",
            "SysctlBackend", "PolicyBackend"]

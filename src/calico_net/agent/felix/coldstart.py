@@ -38,7 +38,8 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from .gcpause import GcPause
-from .routes import Link, RouteManager
+from .routes import RouteManager
+from .rtnetlink import Link
 
 if TYPE_CHECKING:
     from .backends import PendingLookups, PendingSysctls, PolicyBackend, RouteBackend, SysctlBackend
