@@ -1,13 +1,13 @@
 # -*- coding: utf-8 -*-
 # Copyright: calico.net contributors
 # Apache License 2.0 (see https://www.apache.org/licenses/LICENSE-2.0)
-"""etcd cluster membership through the v3 JSON gateway (`/v3/cluster/member/*`).
+"""etcd cluster membership: adding, updating and removing members, with retries.
 
 `calico_net.datastore.EtcdClient` lists members; adding, updating and removing them
 is only needed by the `etcd_member` module (and so the etcd role), so those small
 calls live here, on the client's `member_*` methods (its endpoint fail-over and TLS
-settings). Member IDs are uint64s that the gateway sends as decimal
-strings; etcdctl shows them in hex, and so do the results here.
+settings, over etcd's gRPC Cluster service). Member IDs are uint64s; etcdctl shows
+them in hex, and so do the results here.
 """
 
 from __future__ import annotations
