@@ -299,3 +299,82 @@ def test_migrate_import_refuses_a_bad_stream_and_writes_nothing(ctl, etcd_client
     proc = ctl("datastore", "migrate", "import", "-f", str(dup), ok=False)
     assert proc.returncode != 0 and "appears twice" in proc.stderr
     assert keyspace(etcd_client) == []
+
+
+# --- node checksystem / diags ----------------------------------------------------------
+
+
+def _calicoctl(*args: str, env: dict | None = None):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    exe = str(Path(sys.executable).parent / "calicoctl")
+    return subprocess.run([exe, *args], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, **(env or {})})
+
+
+def test_checksystem_reports_each_check(tmp_path):
+    from calico_net.cli.nodecheck import MODULES, run_checks
+
+    proc = _calicoctl("node", "checksystem")
+    lines = proc.stdout.splitlines()
+    for mod, _, _ in MODULES:
+        assert any(line.split() and line.split()[0] == mod for line in lines), mod
+    assert "Checking programs..." in proc.stdout
+    failed = [r for r in run_checks() if r[2].startswith("FAIL")]
+    assert (proc.returncode != 0) == bool(failed)
+    # a PATH without nft or bird: each named as a failure, and the exit says so
+    bare = tmp_path / "bin"
+    bare.mkdir()
+    proc = _calicoctl("node", "checksystem", env={"PATH": str(bare)})
+    assert proc.returncode != 0 and "minimum requirements" in proc.stderr
+    nft = next(line for line in proc.stdout.splitlines() if line.split()[:1] == ["nft"])
+    assert "FAIL: not found on PATH" in nft
+
+
+def test_diags_collects_into_a_tarball(tmp_path):
+    import subprocess
+    import tarfile
+
+    logs, conf, out = tmp_path / "logs", tmp_path / "conf", tmp_path / "out"
+    for d in (logs, conf, out):
+        d.mkdir()
+    (logs / "calico-node.log").write_text("felix started\n")
+    (conf / "calicoctl.cfg").write_text("kind: CalicoAPIConfig\n")
+    (conf / "etcd.key").write_text("-----BEGIN PRIVATE KEY-----\nxx\n")
+    def routes() -> set[str]:
+        return set(subprocess.run(["ip", "route"], capture_output=True, text=True, check=True).stdout.splitlines())
+
+    before = routes()
+    proc = _calicoctl("node", "diags", "--log-dir", str(logs), "--config-dir", str(conf),
+                      "--output-dir", str(out), "--bird-socket", str(tmp_path / "no-bird.ctl"))
+    assert proc.returncode == 0, proc.stderr
+    [tarball] = list(out.iterdir())
+    assert str(tarball) in proc.stdout
+    with tarfile.open(tarball) as tar:
+        files = {m.name.split("/", 1)[1]: tar.extractfile(m).read().decode() for m in tar.getmembers() if m.isfile()}
+    assert files["logs/calico-node.log"] == "felix started\n"
+    assert files["config/calicoctl.cfg"] == "kind: CalicoAPIConfig\n"
+    assert "config/etcd.key" not in files
+    # other tests may add and remove routes meanwhile: the ones there throughout must be in it
+    stable = before & routes()
+    assert stable and stable <= set(files["ip-route.txt"].splitlines())
+    assert "nft-ruleset.txt" in files and "ip-6-route.txt" in files
+    assert "birdc -s" in files["failures.txt"] and "etcd.key: holds a private key" in files["failures.txt"]
+
+
+@pytest.mark.parametrize("args, why", [
+    (["--log-dir=-rf"], "not a usable path"),
+    (["--bird-socket", "a\nb"], "not a usable path"),
+    (["--output-dir", "/nonexistent/dir"], "not a directory"),
+])
+def test_diags_refuses_bad_paths_and_writes_nothing(tmp_path, args, why):
+    out = tmp_path / "out"
+    out.mkdir()
+    full = ["--output-dir", str(out)] + args if "--output-dir" not in args else args
+    proc = _calicoctl("node", "diags", *full)
+    assert proc.returncode != 0 and why in proc.stderr
+    assert [line for line in proc.stderr.splitlines() if line.startswith("calicoctl:")][0]
+    assert list(out.iterdir()) == []

@@ -1,7 +1,8 @@
-"""`calicoctl node status`: this host's BGP sessions, read from BIRD's control socket.
+"""`calicoctl node`: verbs about this host. `status` shows its BGP sessions, read from
+BIRD's control socket; `checksystem` and `diags` are in `calico_net.cli.nodecheck`.
 
-Like Calico's, it runs on the node itself (or inside the calico/node container) and
-needs no datastore: everything comes from BIRD (`birdctl.bgp_sessions`).
+Like Calico's, they run on the node itself (or inside the calico/node container) and
+need no datastore: the sessions come from BIRD (`birdctl.bgp_sessions`).
 """
 from __future__ import annotations
 
@@ -50,7 +51,7 @@ def cmd_status(args: argparse.Namespace, ctx) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    node = sub.add_parser("node", help="this node's BGP status")
+    node = sub.add_parser("node", help="this node: BGP status, system check, diagnostics")
     nsub = node.add_subparsers(dest="node_command", metavar="SUBCOMMAND")
     nsub.required = True
     st = nsub.add_parser("status", help="BGP sessions of this node, from BIRD")
@@ -58,3 +59,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                     help=f"BIRD control socket (default {DEFAULT_SOCKET}, or $CALICO_BIRD_SOCKET)")
     st.add_argument("-o", "--output", default="table", choices=["table", "json"])
     st.set_defaults(func=cmd_status)
+
+    from calico_net.cli import nodecheck
+
+    nodecheck.register(nsub, DEFAULT_SOCKET)
