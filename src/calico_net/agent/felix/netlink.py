@@ -20,7 +20,7 @@ from typing import Any, Iterator, Sequence
 
 __all__ = [
     "NetlinkError", "NetlinkSocket", "open_socket", "in_netns", "grow_sndbuf",
-    "align", "attr", "nested", "strz", "attrs", "attr_list", "find_attr", "cstr",
+    "attr", "nested", "strz", "attrs", "attr_list", "find_attr", "cstr",
 ]
 
 NLMSG_ERROR = 2
@@ -49,10 +49,6 @@ class NetlinkError(OSError):
 
 
 # ------------------------------------------------------------------ attributes
-
-def align(n: int) -> int:
-    return (n + 3) & ~3
-
 
 def attr(kind: int, payload: bytes) -> bytes:
     """One attribute: header, payload, padding to 4 bytes."""
