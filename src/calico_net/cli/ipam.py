@@ -31,10 +31,10 @@ EXIT_PROBLEMS = 1
 
 
 def register(subparsers: Any) -> None:
-    ipam = subparsers.add_parser("ipam", help="IP address management: show, check, release, configure",
-                                 description="IP address management.")
-    sub = ipam.add_subparsers(dest="ipam_command", metavar="SUBCOMMAND")
-    sub.required = True
+    from calico_net.cli.main import add_noun
+
+    sub = add_noun(subparsers, "ipam", "IP address management: show, check, release, configure, split",
+                   description="IP address management.")
 
     show = sub.add_parser("show", help="show pools, per-node use, blocks or one address")
     show.add_argument("--ip", help="show who holds this address")

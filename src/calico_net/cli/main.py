@@ -48,6 +48,15 @@ class Context:
         return self._datastore
 
 
+def add_noun(sub: argparse._SubParsersAction, name: str, help_: str, **kw: Any) -> argparse._SubParsersAction:
+    """A command that only groups subcommands (`ipam`, `node`, `datastore migrate`):
+    its parser, with a subcommand required."""
+    p = sub.add_parser(name, help=help_, **kw)
+    nested = p.add_subparsers(dest=f"{name}_command", metavar="SUBCOMMAND")
+    nested.required = True
+    return nested
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="calicoctl",
@@ -63,14 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    from calico_net.cli import resources
+    from calico_net.cli import ipam, migrate, node, patch, resources
 
-    resources.register(sub)
-    for name in ("patch", "node", "ipam", "migrate"):
-        try:
-            module = __import__(f"calico_net.cli.{name}", fromlist=["register"])
-        except ImportError:  # noun not built into this installation
-            continue
+    for module in (resources, patch, node, ipam, migrate):
         module.register(sub)
 
     v = sub.add_parser("version", help="print the client version and the cluster's",
@@ -121,7 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
-        level=getattr(logging, str(args.log_level).upper(), logging.WARNING),
+        level=logging.getLevelNamesMapping().get(str(args.log_level).upper(), logging.WARNING),
         format="%(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )

@@ -161,12 +161,10 @@ def cmd_import(args: argparse.Namespace, ctx) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    ds = sub.add_parser("datastore", help="export and import the whole datastore")
-    dsub = ds.add_subparsers(dest="datastore_command", metavar="SUBCOMMAND")
-    dsub.required = True
-    mig = dsub.add_parser("migrate", help="export or import every resource and the IPAM state")
-    msub = mig.add_subparsers(dest="migrate_command", metavar="SUBCOMMAND")
-    msub.required = True
+    from calico_net.cli.main import add_noun
+
+    dsub = add_noun(sub, "datastore", "export and import the whole datastore")
+    msub = add_noun(dsub, "migrate", "export or import every resource and the IPAM state")
     ex = msub.add_parser("export", help="write every resource and the IPAM state as one YAML stream",
                          description="Write every v3 resource and the IPAM state (blocks, affinities, "
                                      "handles), read at one etcd revision, as YAML.")

@@ -50,16 +50,20 @@ def cmd_status(args: argparse.Namespace, ctx) -> int:
     return 0
 
 
+def add_bird_socket(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--bird-socket", default=os.environ.get("CALICO_BIRD_SOCKET", DEFAULT_SOCKET),
+                        help=f"BIRD control socket (default {DEFAULT_SOCKET}, or $CALICO_BIRD_SOCKET)")
+
+
 def register(sub: argparse._SubParsersAction) -> None:
-    node = sub.add_parser("node", help="this node: BGP status, system check, diagnostics")
-    nsub = node.add_subparsers(dest="node_command", metavar="SUBCOMMAND")
-    nsub.required = True
+    from calico_net.cli.main import add_noun
+
+    nsub = add_noun(sub, "node", "this node: BGP status, system check, diagnostics")
     st = nsub.add_parser("status", help="BGP sessions of this node, from BIRD")
-    st.add_argument("--bird-socket", default=os.environ.get("CALICO_BIRD_SOCKET", DEFAULT_SOCKET),
-                    help=f"BIRD control socket (default {DEFAULT_SOCKET}, or $CALICO_BIRD_SOCKET)")
+    add_bird_socket(st)
     st.add_argument("-o", "--output", default="table", choices=["table", "json"])
     st.set_defaults(func=cmd_status)
 
     from calico_net.cli import nodecheck
 
-    nodecheck.register(nsub, DEFAULT_SOCKET)
+    nodecheck.register(nsub, add_bird_socket)

@@ -24,7 +24,7 @@ import shutil
 import subprocess
 import tarfile
 import time
-from typing import Any
+from typing import Any, Callable
 
 MIN_KERNEL = (4, 18)  # nftables with the expressions the ruleset uses
 # (module, its kernel config option, required): the tunnel drivers only matter with
@@ -229,7 +229,7 @@ def cmd_diags(args: argparse.Namespace, ctx) -> int:
     return 0
 
 
-def register(nsub: Any, default_socket: str) -> None:
+def register(nsub: Any, add_bird_socket: Callable[[argparse.ArgumentParser], None]) -> None:
     cs = nsub.add_parser("checksystem", help="check this host can run calico-node",
                          description="Check the kernel version, kernel modules, sysctls and programs "
                                      "calico-node needs; exits non-zero when one is missing.")
@@ -241,6 +241,5 @@ def register(nsub: Any, default_socket: str) -> None:
     dg.add_argument("--log-dir", default="/var/log/calico", help="calico-node's log directory (default /var/log/calico)")
     dg.add_argument("--config-dir", default="/etc/calico", help="configuration directory (default /etc/calico)")
     dg.add_argument("--output-dir", default="/tmp", help="where to write the tarball (default /tmp)")
-    dg.add_argument("--bird-socket", default=os.environ.get("CALICO_BIRD_SOCKET", default_socket),
-                    help=f"BIRD control socket (default {default_socket}, or $CALICO_BIRD_SOCKET)")
+    add_bird_socket(dg)
     dg.set_defaults(func=cmd_diags)

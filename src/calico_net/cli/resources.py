@@ -261,7 +261,7 @@ def warn_skipped(skipped: list[Any], kind: str, err: Any) -> None:
         print(f"calicoctl: warning: {len(skipped)} {kind} keys in etcd skipped", file=err)
 
 
-try:  # libyaml's emitter is ~10x faster for big lists
+try:  # libyaml's C emitter: big lists are dumped in C, not Python
     _Dumper = yaml.CSafeDumper  # type: ignore[attr-defined]
 except AttributeError:  # pragma: no cover
     _Dumper = yaml.SafeDumper
