@@ -124,6 +124,8 @@ def test_get_f_shows_the_resources_a_manifest_names(ctl, tmp_path):
     missing.write_text(POOL.replace("pool-a", "pool-z"))
     proc = ctl("get", "-f", str(missing), ok=False)
     assert proc.returncode != 0 and "not found" in proc.stderr
+    proc = ctl("get", "-f", str(manifest), "-l", "a == 'b'", ok=False)
+    assert proc.returncode != 0 and "not both" in proc.stderr
 
 
 def test_custom_columns(ctl):
@@ -188,10 +190,13 @@ def leaky(datastore, etcd_client):
 
 def test_release_from_report_frees_exactly_the_leaked_addresses(ctl, leaky, tmp_path, etcd_client):
     ipam, used, leaked = leaky
+    orphan = "/calico/ipam/v2/handle/calico.orphan"  # a handle no allocation names
+    etcd_client.put(orphan, b'{"block": {}, "deleted": false}')
     report = tmp_path / "report.json"
     proc = ctl("ipam", "check", "-o", str(report), ok=False)
     assert proc.returncode == 1 and "Report written" in proc.stdout
     doc = json.loads(report.read_text())
+    assert [h["id"] for h in doc["leakedHandles"]] == ["calico.orphan"]
     assert doc["allocations"][used][0]["inUse"] is True
     assert sorted(ip for ip, e in doc["allocations"].items() if not e[0]["inUse"]) == leaked
     assert doc["allocations"][leaked[0]][0]["handle"] == "calico.leaked"
@@ -200,6 +205,8 @@ def test_release_from_report_frees_exactly_the_leaked_addresses(ctl, leaky, tmp_
     assert all(ipam.get_assignment(a) is None for a in leaked)
     assert ipam.get_assignment(used).handle_id == "calico.used"
     assert etcd_client.get("/calico/ipam/v2/handle/calico.leaked") is None
+    assert etcd_client.get(orphan) is None and "Released 1 handles" in out
+    assert etcd_client.get("/calico/ipam/v2/handle/calico.used") is not None
 
 
 def test_release_from_a_stale_report_is_refused(ctl, leaky, tmp_path, etcd_client):

@@ -8,7 +8,8 @@ report with a datastore lock; calico.net has none, so the report also records
 from (highest mod revision and count of each), and a release refuses when it no
 longer matches: any allocation, release or endpoint change since invalidates the
 report. Only addresses the report lists as not in use are released, and only while
-they still belong to the handle the report names.
+they still belong to the handle the report names; a leaked handle (one no allocation
+names) is deleted only while it is at the revision the report saw.
 
 `split` divides an IPPool into a power-of-two number of equal pools named
 `split-<name>-<i>`, as Calico's. Calico requires a locked datastore; here the pool
@@ -43,7 +44,10 @@ def ipam_revision(client) -> str:
 
 def build_report(ipam, report, client, cluster: dict[str, Any], revision_before: str) -> dict[str, Any]:
     """Calico's report document from a `calico_net.ipam.check` report; `revision_before`
-    is `ipam_revision` taken before the check read anything."""
+    is `ipam_revision` taken before the check read anything. A handle no allocation
+    names is leaked (Calico's `leakedHandles`), listed with its mod revision."""
+    from calico_net.ipam import keys
+
     leaked = {x.ip for x in report.allocations_without_endpoints}
     allocations: dict[str, list[dict[str, Any]]] = {}
     for blk in ipam.blocks():
@@ -52,6 +56,10 @@ def build_report(ipam, report, client, cluster: dict[str, Any], revision_before:
                 "ip": str(a), "handle": attr.get("handle_id"), "block": str(blk.cidr),
                 "node": (attr.get("secondary") or {}).get("node") or blk.host,
                 "inUse": str(a) not in leaked})
+    held = {e["handle"] for entries in allocations.values() for e in entries if e["handle"]}
+    handle_kvs, _ = client.get_prefix(keys.HANDLE_PREFIX)
+    leaked_handles = [{"id": hid, "revision": str(kv.mod_revision)} for kv in handle_kvs
+                      if (hid := keys.parse_handle_key(kv.key)) is not None and hid not in held]
     revision = ipam_revision(client)
     if revision != revision_before:
         # The check's reads are not one snapshot; a report of a moving IPAM could
@@ -64,7 +72,7 @@ def build_report(ipam, report, client, cluster: dict[str, Any], revision_before:
         "datastoreLocked": cluster.get("datastoreReady") is False,
         "ipamRevision": revision,
         "allocations": allocations,
-        "leakedHandles": [],
+        "leakedHandles": leaked_handles,
     }
 
 
@@ -124,9 +132,44 @@ def release_from_report(args: argparse.Namespace, ctx, ipam) -> int:
     if now != doc["ipamRevision"]:
         raise IPAMError(f"IPAM or workload endpoints changed since the report ({path}) was made "
                         f"(revision {doc['ipamRevision']}, now {now}); generate a new report and retry")
-    if not leaked:
+    handles = leaked_handles_in(doc, path)
+    if leaked:
+        release_leaked_ips(leaked, ctx, ipam)
+    else:
         print("Report didn't contain any leaked IPs to clean up.", file=ctx.out)
-        return 0
+    if handles:
+        delete_leaked_handles(handles, ctx)
+    else:
+        print("Report didn't contain any handles to clean up.", file=ctx.out)
+    return 0
+
+
+def leaked_handles_in(doc: dict[str, Any], path: str) -> list[tuple[str, int]]:
+    out = []
+    for h in doc.get("leakedHandles") or []:
+        try:
+            out.append((str(h["id"]), int(h["revision"])))
+        except (KeyError, TypeError, ValueError):
+            raise ValueError(f"{path}: a leakedHandles entry needs an id and a numeric revision") from None
+    return out
+
+
+def delete_leaked_handles(handles: list[tuple[str, int]], ctx) -> None:
+    """Delete each handle only if it is still the version the report saw (a compare
+    on its mod revision), as Calico skips a handle that changed or is gone."""
+    from calico_net.datastore.etcd import cmp_mod_revision, op_delete
+    from calico_net.ipam import keys
+
+    print(f"Deleting {len(handles)} handles...", file=ctx.out)
+    deleted = 0
+    for hid, revision in handles:
+        key = keys.handle_key(keys.check_handle_id(hid))
+        if ctx.client.txn([cmp_mod_revision(key, revision)], [op_delete(key)]).succeeded:
+            deleted += 1
+    print(f"Released {deleted} handles; {len(handles) - deleted} skipped; 0 errors.", file=ctx.out)
+
+
+def release_leaked_ips(leaked: dict[str, str | None], ctx, ipam) -> None:
     todo = []
     for ip, handle in sorted(leaked.items()):
         a = ipam.get_assignment(ip)
@@ -138,7 +181,6 @@ def release_from_report(args: argparse.Namespace, ctx, ipam) -> int:
     gone = len(leaked) - len(todo) + len(not_allocated)
     if gone:
         print(f"{gone} addresses marked as leaked in the report had already been cleaned up.", file=ctx.out)
-    return 0
 
 
 # --- split ---------------------------------------------------------------------------

@@ -24,6 +24,7 @@ import orjson
 import yaml
 
 from calico_net.cli.manifest import parse_manifest, read_manifest
+from calico_net.cli.resources import YAML_DUMPER
 from calico_net.errors import printable
 
 IPAM_API = "crd.projectcalico.org/v1"
@@ -82,7 +83,8 @@ def read_state(client) -> list:
 def cmd_export(args: argparse.Namespace, ctx) -> int:
     out = ctx.out if args.output in (None, "-") else open(args.output, "w", encoding="utf-8")
     try:
-        yaml.safe_dump_all(exported(read_state(ctx.client)), out, default_flow_style=False, sort_keys=False)
+        yaml.dump_all(exported(read_state(ctx.client)), out, Dumper=YAML_DUMPER,
+                      default_flow_style=False, sort_keys=False)
     finally:
         if out is not ctx.out:
             out.close()

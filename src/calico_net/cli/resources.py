@@ -176,8 +176,8 @@ def cmd_get(args: argparse.Namespace, ctx) -> int:
         raise ValueError("give either -n NAMESPACE or -A, not both")
     columns = output_columns(args.output)
     if args.filename:
-        if args.kind:
-            raise ValueError("give either -f FILE or KIND [NAME...], not both")
+        if args.kind or args.selector:
+            raise ValueError("give either -f FILE or KIND [NAME...] [-l SELECTOR], not both")
         docs = [ctx.datastore.get(d["kind"], d["metadata"]["name"], d["metadata"].get("namespace"))
                 for d in load_documents(args.filename, args.namespace)]
         groups: dict[str, list[dict[str, Any]]] = {}
@@ -222,7 +222,7 @@ def cmd_get(args: argparse.Namespace, ctx) -> int:
         if fmt == "json":
             ctx.out.write(orjson.dumps(body, option=orjson.OPT_INDENT_2).decode() + "\n")
         else:
-            ctx.out.write(yaml.dump(body, Dumper=_Dumper, default_flow_style=False, sort_keys=False))
+            ctx.out.write(yaml.dump(body, Dumper=YAML_DUMPER, default_flow_style=False, sort_keys=False))
         return 0
     for i, info in enumerate(kinds):
         if i:
@@ -262,9 +262,9 @@ def warn_skipped(skipped: list[Any], kind: str, err: Any) -> None:
 
 
 try:  # libyaml's C emitter: big lists are dumped in C, not Python
-    _Dumper = yaml.CSafeDumper  # type: ignore[attr-defined]
+    YAML_DUMPER = yaml.CSafeDumper  # type: ignore[attr-defined]
 except AttributeError:  # pragma: no cover
-    _Dumper = yaml.SafeDumper
+    YAML_DUMPER = yaml.SafeDumper
 
 
 def cmd_label(args: argparse.Namespace, ctx) -> int:
