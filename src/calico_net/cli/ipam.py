@@ -1,4 +1,4 @@
-"""`calicoctl ipam`: show, check, release and configure IPAM.
+"""`calicoctl ipam`: show, check, release, configure and split IPAM.
 
     calicoctl ipam show [--show-blocks] [--ip ADDR] [-o table|json]
     calicoctl ipam check [--show-problem-ips] [-o table|json|FILE]
