@@ -184,8 +184,8 @@ def _values_bound(text: str) -> int:
 def _count_events(text: str, loader_cls: type) -> None:
     """Refuse a YAML text with more than MAX_VALUES values before composing it.
 
-    With libyaml, its parser counts the events in C (`raw_parse`: nothing is built;
-    ~0.6 us an event, 2.5-3 s for 8 MiB of the densest YAML). A value is one event, a
+    With libyaml, its parser counts the events in C (`raw_parse`: nothing is built, so
+    the count costs a small part of composing). A value is one event, a
     list or mapping two (start, end): a manifest of resources has ~1.3 events a value,
     and more than 2 * MAX_VALUES events are more values than calicoctl reads — only a
     text of nearly nothing but empty lists could be refused with fewer. Without
