@@ -315,11 +315,11 @@ def inner(args: argparse.Namespace) -> int:
         timed(d.syncer.client, "_range", "etcd pages")
         timed(d, "_resync", "dispatch")
         timed(d, "start", "start")
-        timed(d, "_start_sysctls_by_name", "sysctl helper start")
+        timed(d.coldstart, "start_by_name", "sysctl helper start")
         from calico_net.agent.felix.sysctl import PendingByName
         timed(PendingByName, "wait", "sysctl helper wait")
         timed(d.sysctls, "configure_host", "host sysctls")
-        timed(d, "_early_routes", "placeholder + sysctl helper start")
+        timed(d.coldstart, "begin", "placeholder + sysctl helper start")
         timed(d.policy, "table_exists", "table check")
         timed(d.policy.writer, "full_script", "nft script")
         timed(d.policy.writer, "_remember_all", "nft bookkeeping")

@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 
 from calico_net.agent.confd.runner import Confd, ConfdSettings

@@ -11,7 +11,7 @@ import socket
 import pytest
 import requests
 
-from calico_net.agent import health, metrics
+from calico_net.agent import health, httpserve, metrics
 from calico_net.agent.config import Config
 
 
@@ -34,7 +34,7 @@ def test_environment_chooses_the_hosts():
 
 
 def test_empty_host_listens_on_every_address_ipv6_and_ipv4():
-    family, address, dual = metrics.listen_address("", 9091)
+    family, address, dual = httpserve.listen_address("", 9091)
     assert (family, address[:2], dual) == (socket.AF_INET6, ("::", 9091), True)
     srv = metrics.serve(metrics.Metrics(), "", 0)
     try:
@@ -65,7 +65,7 @@ def test_an_address_listens_there_only():
 
 def test_ipv6_literal_with_or_without_brackets():
     for host in ("::1", "[::1]"):
-        family, address, dual = metrics.listen_address(host, 9091)
+        family, address, dual = httpserve.listen_address(host, 9091)
         assert (family, address[:2], dual) == (socket.AF_INET6, ("::1", 9091), False)
     srv = metrics.serve(metrics.Metrics(), "::1", 0)
     try:
@@ -80,7 +80,7 @@ def test_ipv6_literal_with_or_without_brackets():
 
 
 def test_health_on_localhost_is_the_ipv4_loopback():
-    family, address, _ = metrics.listen_address("localhost", 9099)
+    family, address, _ = httpserve.listen_address("localhost", 9099)
     assert (family, address) == (socket.AF_INET, ("127.0.0.1", 9099))
     srv = health.serve(health.HealthState(), "localhost", 0)
     try:
@@ -94,4 +94,4 @@ def test_health_on_localhost_is_the_ipv4_loopback():
 
 def test_a_name_that_does_not_resolve_is_an_oserror():
     with pytest.raises(OSError):
-        metrics.listen_address("no-such-host.invalid", 9091)
+        httpserve.listen_address("no-such-host.invalid", 9091)

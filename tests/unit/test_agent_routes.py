@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import socket
 
-from calico_net.agent.felix.routes import Link, RouteManager, endpoint_routes
+from calico_net.agent.felix.routes import RouteManager, endpoint_routes
+from calico_net.agent.felix.rtnetlink import Link
 from fakes import FakeKernel
 
 V4 = socket.AF_INET

@@ -7,7 +7,7 @@ import threading
 import time
 
 from calico_net.agent.syncer import Syncer, parse_kv, BadObject
-from calico_net.datastore.errors import DatastoreError, DatastoreUnavailable
+from calico_net.datastore.errors import DatastoreUnavailable
 from calico_net.datastore.etcd import KV, EtcdClient, EtcdConfig, WatchCompacted, WatchEvent
 from calico_net.datastore.etcdpb import kv_pb2, rpc_pb2
 from calico_net.datastore.store import RESOURCE_PREFIX

@@ -51,6 +51,8 @@ BASE: dict[str, dict[str, Any]] = {
                          "spec": {"node": "node-1", "interfaceName": "cali0123456789a",
                                   "ipNetworks": ["198.18.0.1/32"]}},
     "HostEndpoint": {"metadata": {"name": "hep"}, "spec": {"node": "node-1", "interfaceName": "eth0"}},
+    "IPReservation": {"metadata": {"name": "reserved"}, "spec": {}},
+    "IPAMConfiguration": {"metadata": {"name": "default"}, "spec": {}},
 }
 
 # Required fields of nested records, filled in when a field inside one is planted.
@@ -101,9 +103,11 @@ REFUSED = {
     r"spec\.serviceAccountSelector": "spec.serviceAccountSelector",
     r"(spec\.(ingress|egress)\[0\]\.(source|destination))\.serviceAccounts\..*": r"\1.serviceAccounts",
     r"spec\.failsafe(In|Out)boundHostPorts\[0\]\.net": r"\g<0>",
+    r"spec\.kubeVirtVMAddressPersistence": r"\g<0>",
 }
 SAMPLE_FOR.update({"spec.failsafeInboundHostPorts[0].net": "198.18.0.0/24",
-                   "spec.failsafeOutboundHostPorts[0].net": "198.18.0.0/24"})
+                   "spec.failsafeOutboundHostPorts[0].net": "198.18.0.0/24",
+                   "spec.kubeVirtVMAddressPersistence": "Enabled"})
 # metadata.namespace exists on every kind's metadata but a kind that is not namespaced
 # refuses any namespace (with this message at metadata.namespace).
 NOT_NAMESPACED = "is not namespaced"

@@ -27,7 +27,6 @@ warn about what needs a restart (health and metrics listeners).
 from __future__ import annotations
 
 import configparser
-import ipaddress
 import logging
 import math
 import os

@@ -26,8 +26,7 @@ import math
 import threading
 from typing import Iterable
 
-# listen_address and make_server are the agent's, shared with health.py and confd.
-from calico_net.agent.httpserve import PROMETHEUS, listen_address, make_server  # noqa: F401
+from calico_net.agent.httpserve import PROMETHEUS
 from calico_net.agent.httpserve import serve as serve_routes
 
 

@@ -8,7 +8,6 @@ the first failure.
 from __future__ import annotations
 
 import argparse
-import json
 from collections import Counter
 from typing import Any, Iterable
 

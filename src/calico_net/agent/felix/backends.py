@@ -1,7 +1,7 @@
 """What the agent needs from its kernel-facing backends, as `typing.Protocol`s.
 
 The daemon, the cold start, the policy dataplane and the nft writer program the
-host only through these: `RouteBackend` (links and routes: `routes.Netlink`),
+host only through these: `RouteBackend` (links and routes: `rtnetlink.Netlink`),
 `NftBackend` (nft transactions and read-back: `nft.NftRunner`) with its
 `ElementWriter` (netlink element batches: `nft_netlink.NetlinkSetWriter`),
 `SysctlBackend` (interface and host sysctls: `sysctl.Sysctls`) and

@@ -4,8 +4,9 @@
 in-process, see `libnft`; optionally inside a network namespace) and reads the
 live table back (rule and element counts, the fingerprint in ``cali-meta``) with
 netlink dumps (`nft_netlink.NetlinkReader`), falling back to ``nft -j list
-table``. The table's names (`FAMILY`, `TABLE`, `META_SET`) and `NftError` live
-here, for the ruleset model, the writer and the netlink codec.
+table``. `FAMILY` and `META_SET` live here, for the ruleset model and the writer;
+`TABLE` and `NftError` come from `nft_netlink`, so every nft path raises the one
+error class the fallbacks catch.
 """
 from __future__ import annotations
 
@@ -15,18 +16,15 @@ import struct
 import subprocess
 from typing import Any, Callable
 
+from .nft_netlink import TABLE, NetlinkReader, NetlinkSetWriter, NftError
+
 log = logging.getLogger(__name__)
 
 __all__ = ["FAMILY", "TABLE", "META_SET", "NftError", "NftRunner", "counts_from_json"]
 
 FAMILY = "inet"
-TABLE = "calico"
 #: set holding the fingerprint of the table's content (one ifname-typed element)
 META_SET = "cali-meta"
-
-
-class NftError(RuntimeError):
-    """nft rejected a script or could not be run."""
 
 
 # ----------------------------------------------------------------- runner
@@ -118,14 +116,12 @@ class NftRunner:
         """A netlink writer for element-only transactions (see nft_netlink), or None."""
         if not self.fast_elements:
             return None
-        from .nft_netlink import NetlinkSetWriter
         return NetlinkSetWriter(self.netns)
 
     def read_counts(self) -> tuple[dict[str, int], dict[str, int]] | None:
         """({chain: rules}, {set: elements}) of the live table, None if it is absent.
         Netlink dumps; ``nft -j list table`` if those fail."""
         try:
-            from .nft_netlink import NetlinkReader
             return NetlinkReader(self.netns).counts()
         except (OSError, NftError, struct.error) as exc:
             log.info("netlink read-back failed (%s); using nft -j list", exc)
@@ -134,7 +130,6 @@ class NftRunner:
     def table_exists(self) -> bool:
         """Whether table inet calico exists (whatever it holds)."""
         try:
-            from .nft_netlink import NetlinkReader
             return NetlinkReader(self.netns).exists()
         except (OSError, NftError, struct.error):
             proc = subprocess.run(self._argv("list", "table", FAMILY, TABLE, "-t"),
@@ -144,7 +139,6 @@ class NftRunner:
     def read_fingerprint(self) -> str | None:
         """The element of ``cali-meta`` (our fingerprint), None if absent."""
         try:
-            from .nft_netlink import NetlinkReader
             elems = NetlinkReader(self.netns).string_elements(META_SET)
             return elems[0] if elems else None
         except (OSError, NftError, struct.error):

@@ -21,15 +21,10 @@ import ipaddress
 import logging
 import os
 import socket
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterable
 
-# Link, LinkWatcher, Netlink, RouteOp and the rest live in rtnetlink; importers of
-# routes still find them here.
-from .rtnetlink import (  # noqa: F401
-    RT_TABLE_MAIN, RTPROT_FELIX, Link, LinkWatcher, Netlink, NetlinkError, Route, RouteOp,
-    parse_link, route_message,
-)
+from .rtnetlink import RT_TABLE_MAIN, RTPROT_FELIX, Link, Route, RouteOp
 
 if TYPE_CHECKING:
     from .backends import RouteBackend
@@ -324,37 +319,3 @@ class RouteManager:
                     stats.failed += 1
                     log.warning("cannot delete route %s/%d: %s", op.route[1], op.route[2], os.strerror(op.error))
         return stats
-
-
-@dataclass
-class FakeKernel:
-    """An in-memory stand-in for `Netlink` (unit tests, dry runs)."""
-
-    link_list: list[Link] = field(default_factory=list)
-    table: dict[Route, int] = field(default_factory=dict)
-    writes: list[RouteOp] = field(default_factory=list)
-
-    def links(self) -> list[Link]:
-        return list(self.link_list)
-
-    def links_named(self, names: Iterable[str]) -> list[Link]:
-        want = set(names)
-        return [Link(l.index, l.name, l.up) for l in self.link_list if l.name in want]
-
-    def routes(self, protocol: int = RTPROT_FELIX, table: int = RT_TABLE_MAIN) -> dict[Route, int]:
-        return dict(self.table)
-
-    def write(self, ops: list[RouteOp], protocol: int = RTPROT_FELIX, table: int = RT_TABLE_MAIN) -> None:
-        up = {l.index for l in self.link_list if l.up}
-        for op in ops:
-            self.writes.append(op)
-            if op.op == "replace":
-                if op.oif not in up:
-                    op.error = errno.ENETDOWN
-                else:
-                    self.table[op.route] = op.oif
-            elif op.route in self.table:
-                del self.table[op.route]
-            else:
-                op.error = errno.ESRCH
-

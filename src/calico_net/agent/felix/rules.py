@@ -50,7 +50,6 @@ from calico_net.model.selector import (
     Has,
     In,
     Not,
-    NotEquals,
     NotIn,
     Or,
     Selector,

@@ -35,7 +35,7 @@ the listing (an interface not there yet, or re-created since, is configured as
 usual after it).
 
 How it is written, all per network namespace: the interface's current IPv4 values
-come with the link listing (IFLA_INET_CONF, see routes.parse_link), so only values
+come with the link listing (IFLA_INET_CONF, see rtnetlink.parse_link), so only values
 that differ are written, and an interface whose values are all ours already (an
 agent restart) is not touched. Writes go through /proc/sys (one open + write
 each). Not rtnetlink: RTM_SETLINK with IFLA_INET_CONF fires link-change notifiers
@@ -96,7 +96,7 @@ class Sysctls:
     HELPER_MIN = 256
 
     def configure_interfaces(self, items: Iterable[tuple[Any, bool]]) -> list[str]:
-        """Configure workload interfaces: (routes.Link, needs IPv6) each. Writes only
+        """Configure workload interfaces: (rtnetlink.Link, needs IPv6) each. Writes only
         values that differ from the link's reported devconf. Returns the names that
         could not be configured (gone meanwhile, or refused)."""
         failed: list[str] = []
