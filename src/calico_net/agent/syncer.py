@@ -35,7 +35,7 @@ from typing import Any, Callable, NamedTuple, Protocol
 
 import orjson
 
-from calico_net.agent.watchloop import run_snapshot_watch
+from calico_net.agent.watchloop import SnapshotWatcher
 from calico_net.datastore.errors import DatastoreUnavailable
 from calico_net.datastore.etcd import KV, PrefixReader, key_problem, show_key
 from calico_net.datastore.store import RESOURCE_PREFIX, parse_key
@@ -139,8 +139,10 @@ class Sink(Protocol):
     def on_bad_object(self, key: str, reason: str, new: bool) -> None: ...
 
 
-class Syncer:
-    """Snapshot + watch loop in a daemon thread. `stop()` ends it."""
+class Syncer(SnapshotWatcher):
+    """Snapshot + watch of the resources prefix in a daemon thread. `stop()` ends it."""
+
+    thread_name = "syncer"
 
     def __init__(
         self,
@@ -155,45 +157,18 @@ class Syncer:
         probe_interval: float = 5.0,
         page_size: int = 1000,
     ) -> None:
+        super().__init__(backoff_initial=backoff_initial, backoff_max=backoff_max,
+                         probe_interval=probe_interval)
         self.client = client
         self.sink = sink
         self.prefix = prefix
         self.validate = validate
         self.kind_of = kind_of
-        self.backoff_initial = backoff_initial
-        self.backoff_max = backoff_max
-        self.probe_interval = probe_interval
         self.page_size = page_size
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._watch: Any = None
-        self._watch_lock = threading.Lock()
         # key -> (mod_revision, reason) of values we skipped: each is logged once.
         self.bad: dict[str, tuple[int, str]] = {}
         self.parsed: dict[str, Resource] = {}
-        self.connected = False
-        self.snapshots = 0
         self.revision = 0
-
-    # --- lifecycle ---
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="syncer", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._cancel_watch()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-    def _cancel_watch(self) -> None:
-        with self._watch_lock:
-            w = self._watch
-        if w is not None:
-            try:
-                w.cancel()
-            except Exception:  # noqa: BLE001 - best effort
-                pass
 
     # --- parsing ---
     def _parse(self, kv: KV) -> Resource | None:
@@ -220,13 +195,8 @@ class Syncer:
         return res
 
     # --- the loop ---
-    def _set_connected(self, connected: bool, reason: str) -> None:
-        if connected != self.connected:
-            self.connected = connected
-            if connected:
-                log.info("datastore connected (%s)", reason)
-            else:
-                log.warning("datastore lost: %s", reason)
+    def _report(self, connected: bool, reason: str, changed: bool) -> None:
+        if changed:
             self.sink.on_status(connected, reason)
 
     def snapshot(self) -> int:
@@ -256,15 +226,9 @@ class Syncer:
         self.sink.on_snapshot(resources, revision)
         return revision
 
-    def _run(self) -> None:
-        run_snapshot_watch(self._stop, self.snapshot, self._watch_from, self._set_connected,
-                           what="datastore watcher", backoff_initial=self.backoff_initial,
-                           backoff_max=self.backoff_max)
-
     def _watch_from(self, start: int) -> None:
         watch = self.client.watch_prefix(self.prefix, start)
-        with self._watch_lock:
-            self._watch = watch
+        self._track([watch])
         probe = threading.Thread(target=self._probe, args=(watch,), name="syncer-probe", daemon=True)
         probe.start()
         try:
@@ -284,8 +248,7 @@ class Syncer:
             if not self._stop.is_set():
                 raise DatastoreUnavailable("etcd watch ended")
         finally:
-            with self._watch_lock:
-                self._watch = None
+            self._track([])
             probe.join(timeout=0)
 
     def _probe(self, watch: Any) -> None:
@@ -293,9 +256,8 @@ class Syncer:
 
         A closed socket ends the watch by itself; this catches the silent case."""
         while not self._stop.wait(self.probe_interval):
-            with self._watch_lock:
-                if self._watch is not watch:
-                    return
+            if not self._tracking(watch):
+                return
             try:
                 self.client.revision()
             except Exception as e:  # noqa: BLE001

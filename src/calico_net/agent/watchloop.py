@@ -1,4 +1,5 @@
-"""The snapshot-then-watch loop shared by the agent's syncer and confd's watcher.
+"""The snapshot-then-watch loop shared by the agent's syncer and confd's watcher,
+and `SnapshotWatcher`, the thread both run it in.
 
 Each round reads a snapshot at some revision R, then watches from R+1 until the
 watch fails. Any failure ends the round: the datastore is reported lost (with the
@@ -12,7 +13,7 @@ from __future__ import annotations
 import logging
 import random
 import threading
-from typing import Callable
+from typing import Any, Callable
 
 from calico_net.datastore.errors import DatastoreError, DatastoreUnavailable
 from calico_net.datastore.etcd import WatchCompacted
@@ -62,3 +63,78 @@ def run_snapshot_watch(
             break
         stop.wait(delay * (0.5 + random.random() / 2))
         delay = min(backoff_max, delay * 2)
+
+
+class SnapshotWatcher:
+    """`run_snapshot_watch` in a daemon thread of its own, until `stop()`.
+
+    A subclass reads (`snapshot() -> revision`), follows (`_watch_from(revision)`,
+    registering the watches it opens with `_track` so that `stop()` and the end of
+    each round cancel them) and hears of the connection through `_report`."""
+
+    thread_name = "watcher"
+    #: exceptions that end a watch in an expected way (see run_snapshot_watch)
+    ended: tuple[type[BaseException], ...] = ()
+
+    def __init__(self, *, backoff_initial: float, backoff_max: float, probe_interval: float) -> None:
+        self.backoff_initial = backoff_initial
+        self.backoff_max = backoff_max
+        self.probe_interval = probe_interval
+        self.connected = False
+        self.snapshots = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._watches: list[Any] = []
+        self._watch_lock = threading.Lock()
+
+    def snapshot(self) -> int:
+        raise NotImplementedError
+
+    def _watch_from(self, start: int) -> None:
+        raise NotImplementedError
+
+    def _report(self, connected: bool, reason: str, changed: bool) -> None:
+        """Told on every status (`changed`: it differs from the last one)."""
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name=self.thread_name, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._cancel_watches()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def _track(self, watches: list[Any]) -> None:
+        with self._watch_lock:
+            self._watches = list(watches)
+
+    def _tracking(self, watch: Any) -> bool:
+        with self._watch_lock:
+            return any(w is watch for w in self._watches)
+
+    def _cancel_watches(self) -> None:
+        with self._watch_lock:
+            watches, self._watches = self._watches, []
+        for w in watches:
+            try:
+                w.cancel()
+            except Exception:  # noqa: BLE001 - best effort: the round is over either way
+                pass
+
+    def _set_connected(self, connected: bool, reason: str) -> None:
+        changed = connected != self.connected
+        if changed:
+            self.connected = connected
+            if connected:
+                log.info("%s: datastore in sync (%s)", self.thread_name, reason)
+            else:
+                log.warning("%s: datastore lost: %s", self.thread_name, reason)
+        self._report(connected, reason, changed)
+
+    def _run(self) -> None:
+        run_snapshot_watch(self._stop, self.snapshot, self._watch_from, self._set_connected,
+                           what=self.thread_name, backoff_initial=self.backoff_initial,
+                           backoff_max=self.backoff_max, ended=self.ended,
+                           after_round=self._cancel_watches)

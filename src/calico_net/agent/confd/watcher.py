@@ -2,7 +2,7 @@
 prefix at one revision, then watches each from the next revision, in a thread of its
 own; it only writes into a :class:`~.index.BGPIndex` and calls back on change and on
 connection status. Errors, compaction and a silent etcd start a fresh snapshot after
-a backoff (:func:`calico_net.agent.watchloop.run_snapshot_watch`).
+a backoff (:class:`calico_net.agent.watchloop.SnapshotWatcher`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from calico_net.agent.confd.index import BGPIndex
-from calico_net.agent.watchloop import run_snapshot_watch
+from calico_net.agent.watchloop import SnapshotWatcher
 from calico_net.datastore.etcd import KV
 
 log = logging.getLogger(__name__)
@@ -25,7 +25,7 @@ class _WatchEnded(Exception):
     pass
 
 
-class Watcher:
+class Watcher(SnapshotWatcher):
     """Snapshot + watch of :func:`watched_prefixes` in a daemon thread.
 
     The snapshot reads every prefix at one revision R (the first read fixes R, the
@@ -34,6 +34,9 @@ class Watcher:
     written from this watcher's main thread. Any error cancels every watch and starts
     over with a fresh snapshot after a backoff.
     """
+
+    thread_name = "confd-watcher"
+    ended = (_WatchEnded,)
 
     def __init__(
         self,
@@ -47,47 +50,15 @@ class Watcher:
         backoff_max: float = 5.0,
         probe_interval: float = 5.0,
     ) -> None:
+        super().__init__(backoff_initial=backoff_initial, backoff_max=backoff_max,
+                         probe_interval=probe_interval)
         self.client = client
         self.index = index
         self.prefixes = prefixes
         self.on_change = on_change
         self.on_status = on_status
-        self.backoff_initial = backoff_initial
-        self.backoff_max = backoff_max
-        self.probe_interval = probe_interval
-        self.snapshots = 0
-        self.connected = False
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._watches: list[Any] = []
-        self._lock = threading.Lock()
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="confd-watcher", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._cancel_all()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-    def _cancel_all(self) -> None:
-        with self._lock:
-            watches, self._watches = self._watches, []
-        for w in watches:
-            try:
-                w.cancel()
-            except Exception:  # noqa: BLE001 - best effort
-                pass
-
-    def _set_connected(self, connected: bool, reason: str) -> None:
-        if connected != self.connected:
-            self.connected = connected
-            if connected:
-                log.info("datastore in sync (%s)", reason)
-            else:
-                log.warning("datastore lost: %s", reason)
+    def _report(self, connected: bool, reason: str, changed: bool) -> None:
         if self.on_status is not None:
             self.on_status(connected, reason)
 
@@ -106,17 +77,10 @@ class Watcher:
             self.on_change()
         return revision
 
-    def _run(self) -> None:
-        run_snapshot_watch(self._stop, self.snapshot, self._watch_from, self._set_connected,
-                           what="confd watcher", backoff_initial=self.backoff_initial,
-                           backoff_max=self.backoff_max, ended=(_WatchEnded,),
-                           after_round=self._cancel_all)
-
     def _watch_from(self, start: int) -> None:
         events: queue.Queue[tuple[str, Any]] = queue.Queue()
         watches = [self.client.watch_prefix(p, start) for p in self.prefixes]
-        with self._lock:
-            self._watches = list(watches)
+        self._track(watches)
 
         def pump(watch: Any) -> None:
             try:
