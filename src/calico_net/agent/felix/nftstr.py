@@ -18,7 +18,7 @@ Validation further up (the model, `agent.config`) should already have refused ba
 values, with a better message; these checks are the last barrier, so a value that
 slipped past validation still cannot become syntax.
 
-The writer (`nft.NftWriter`) additionally checks the assembled pieces it pastes
+The writer (`nft_writer.NftWriter`) additionally checks the assembled pieces it pastes
 together — each rule line and each element list — with `check_rule_line` and
 `check_element_list`: one C-level scan per chain or set, no per-element regex.
 """
