@@ -100,9 +100,6 @@ SAMPLE_FOR = {
 # Fields calico.net refuses whatever their value (the dataplane cannot enforce them):
 # a valid sample is refused with NOT_YET at the path given.
 REFUSED = {
-    r"spec\.serviceAccountSelector": "spec.serviceAccountSelector",
-    r"(spec\.(ingress|egress)\[0\]\.(source|destination))\.serviceAccounts\..*": r"\1.serviceAccounts",
-    r"spec\.failsafe(In|Out)boundHostPorts\[0\]\.net": r"\g<0>",
     r"spec\.kubeVirtVMAddressPersistence": r"\g<0>",
 }
 SAMPLE_FOR.update({"spec.failsafeInboundHostPorts[0].net": "198.18.0.0/24",

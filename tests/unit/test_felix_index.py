@@ -123,6 +123,68 @@ def test_implicit_labels():
     assert len(idx.policies_for(("WorkloadEndpoint", "ns1", "a"), "Ingress")) == 1
 
 
+def sa_wep(name, sa, ip, ns="ns1", node=NODE):
+    """An endpoint as Calico's pod conversion writes one with a service account: its
+    serviceAccountName and the ksa.<namespace>.<name> profile."""
+    d = wep(name, ns=ns, ip=ip, node=node, profiles=[f"kns.{ns}"] + ([f"ksa.{ns}.{sa}"] if sa else []))
+    if sa:
+        d["spec"]["serviceAccountName"] = sa
+    return d
+
+
+def sa_profile(ns, sa, labels):
+    """The profile Calico derives from a service account: its labels and its name, pcsa.-prefixed."""
+    return profile(f"ksa.{ns}.{sa}", labels={**{f"pcsa.{k}": v for k, v in labels.items()},
+                                             "pcsa.projectcalico.org/name": sa})
+
+
+def test_service_accounts_select_endpoints():
+    idx = PolicyIndex(NODE)
+    put(idx, "WorkloadEndpoint", "a", "ns1", sa_wep("a", "builder", "198.19.0.1"))
+    put(idx, "WorkloadEndpoint", "b", "ns1", sa_wep("b", "runner", "198.19.0.2"))
+    put(idx, "WorkloadEndpoint", "c", "ns1", sa_wep("c", None, "198.19.0.3"))
+    put(idx, "WorkloadEndpoint", "r", "ns2", sa_wep("r", "builder", "198.19.1.1", ns="ns2", node="n2"))
+    put(idx, "Profile", "ksa.ns1.builder", None, sa_profile("ns1", "builder", {"team": "ci"}))
+    put(idx, "Profile", "ksa.ns1.runner", None, sa_profile("ns1", "runner", {"team": "ops"}))
+    put(idx, "Profile", "ksa.ns2.builder", None, sa_profile("ns2", "builder", {"team": "ci"}))
+    put(idx, "GlobalNetworkPolicy", "by-sa", None, gnp("by-sa", serviceAccountSelector="team == 'ci'"))
+    put(idx, "GlobalNetworkPolicy", "any-sa", None, gnp("any-sa", serviceAccountSelector="all()"))
+    put(idx, "NetworkPolicy", "np", "ns1", np("np", "ns1", ingress=[
+        {"action": "Allow", "source": {"serviceAccounts": {"names": ["builder"]}}},
+        {"action": "Allow", "source": {"serviceAccounts": {"selector": "team == 'ops'"}}},
+        {"action": "Allow", "source": {"serviceAccounts": {"names": ["builder"]},
+                                       "namespaceSelector": "all()"}},
+    ]))
+    idx.recompute()
+
+    def applied(name):
+        return [p.key[2] for p in idx.policies_for(("WorkloadEndpoint", "ns1", name), "Ingress")]
+
+    assert (applied("a"), applied("b"), applied("c")) == (["any-sa", "by-sa", "np"], ["any-sa", "np"], ["np"])
+    sa = "projectcalico.org/serviceaccount"
+    assert s4(idx, f"{sa} in {{'builder'}} && projectcalico.org/namespace == 'ns1'") == {"198.19.0.1"}
+    assert s4(idx, "pcsa.team == 'ops' && projectcalico.org/namespace == 'ns1'") == {"198.19.0.2"}
+    assert s4(idx, f"{sa} in {{'builder'}} && has(projectcalico.org/namespace)") == \
+        {"198.19.0.1", "198.19.1.1"}
+    # the service account changes: one element moves, the policy follows
+    put(idx, "WorkloadEndpoint", "c", "ns1", sa_wep("c", "builder", "198.19.0.3"))
+    ch = idx.recompute()
+    assert s4(idx, f"{sa} in {{'builder'}} && projectcalico.org/namespace == 'ns1'") == \
+        {"198.19.0.1", "198.19.0.3"}
+    assert ("WorkloadEndpoint", "ns1", "c") in ch.endpoints
+    assert applied("c") == ["any-sa", "by-sa", "np"]
+
+
+def test_service_account_label_needs_a_short_name():
+    idx = PolicyIndex(NODE)
+    put(idx, "WorkloadEndpoint", "a", "ns1", sa_wep("a", "x" * 63, "198.19.0.1"))
+    put(idx, "WorkloadEndpoint", "b", "ns1", sa_wep("b", "y" * 62, "198.19.0.2"))
+    put(idx, "GlobalNetworkPolicy", "p", None, gnp("p", "has(projectcalico.org/serviceaccount)"))
+    idx.recompute()
+    assert idx.policies_for(("WorkloadEndpoint", "ns1", "a"), "Ingress") == []
+    assert len(idx.policies_for(("WorkloadEndpoint", "ns1", "b"), "Ingress")) == 1
+
+
 # ---------------------------------------------------------------- rule selectors → sets
 
 

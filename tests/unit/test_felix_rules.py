@@ -159,7 +159,72 @@ def test_icmp():
 def test_unsupported_matches_never_widen_allow():
     rule = {"action": "Allow", "http": {"methods": ["GET"]}}
     assert r(rule) == []
-    assert r({"action": "Deny", "source": {"serviceAccounts": {"names": ["x"]}}}) == ["drop"]
+    assert r({"action": "Deny", "source": {"services": {"name": "x", "namespace": "y"}}}) == ["drop"]
+
+
+def sa_side(ent, ns=None):
+    sel = compile_rule({"action": "Allow", "source": ent}, ns).src.selector
+    return None if sel is None else str(sel)
+
+
+def canon(text):
+    return str(parse_selector(text))
+
+
+def test_rule_service_accounts_become_selectors_as_calico_builds_them():
+    sa = "projectcalico.org/serviceaccount"
+    # names: the implicit service-account label; selector: the pcsa.-prefixed labels
+    assert sa_side({"serviceAccounts": {"names": ["a", "b"]}}) == canon(f"{sa} in {{'a', 'b'}}")
+    assert sa_side({"serviceAccounts": {"selector": "team == 'ci' || !has(x)"}}) == \
+        canon("pcsa.team == 'ci' || !has(pcsa.x)")
+    # both: ANDed, then ANDed with the rule's selector and scoped to the policy's namespace
+    assert sa_side({"serviceAccounts": {"names": ["a"], "selector": "team == 'ci'"},
+                    "selector": "app == 'w'"}, "ns1") == \
+        canon(f"pcsa.team == 'ci' && {sa} in {{'a'}} && app == 'w' && projectcalico.org/namespace == 'ns1'")
+    # a namespaceSelector replaces the namespace scoping, as for a plain selector
+    assert sa_side({"serviceAccounts": {"names": ["a"]},
+                    "namespaceSelector": "projectcalico.org/name == 'ns2'"}, "ns1") == \
+        canon(f"{sa} in {{'a'}} && pcns.projectcalico.org/name == 'ns2'")
+    # selector all(): every endpoint (Calico's prefixing keeps all()), in the namespace
+    assert sa_side({"serviceAccounts": {"selector": "all()"}}) == "all()"
+    assert sa_side({"serviceAccounts": {"selector": "all()"}}, "ns1") == \
+        canon("projectcalico.org/namespace == 'ns1'")
+    # an empty match adds nothing (Calico's empty selector)
+    assert sa_side({"serviceAccounts": {}}) is None
+    assert sa_side({"serviceAccounts": {}, "nets": ["10.0.0.0/8"]}, "ns1") is None
+    # rendered as any selector: the addresses of the matching endpoints, per family
+    rule = {"action": "Allow", "source": {"serviceAccounts": {"names": ["a"]}}}
+    h_sa = h(f"{sa} in {{'a'}}")
+    assert r(rule) == [f"ip saddr @s4_{h_sa} {ALLOW}", f"ip6 saddr @s6_{h_sa} {ALLOW}"]
+    # named ports resolve against the side's whole selector, service accounts included
+    rule = {"action": "Allow", "protocol": "TCP",
+            "destination": {"serviceAccounts": {"names": ["a"]}, "ports": ["http"]}}
+    assert str(compile_rule(rule).dst.port_selector) == canon(f"{sa} in {{'a'}}")
+
+
+def test_service_account_selector_narrows_the_policy_as_calico_does():
+    sa = "projectcalico.org/serviceaccount"
+    gnp = "GlobalNetworkPolicy"
+    # global: ANDed over pcsa. labels, and every all() becomes "has a service account"
+    assert str(policy_applies_selector(gnp, None, {"serviceAccountSelector": "role == 'x'"})) == \
+        canon("pcsa.role == 'x'")
+    assert str(policy_applies_selector(gnp, None, {"selector": "all()",
+                                                   "serviceAccountSelector": "role == 'x'"})) == \
+        canon(f"has({sa}) && pcsa.role == 'x'")
+    assert str(policy_applies_selector(gnp, None, {"serviceAccountSelector": "all()"})) == \
+        canon(f"has({sa})")
+    assert str(policy_applies_selector(gnp, None, {
+        "selector": "app == 'w'", "namespaceSelector": "all()",
+        "serviceAccountSelector": "!has(role)"})) == \
+        canon("app == 'w' && has(projectcalico.org/namespace) && !has(pcsa.role)")
+    # namespaced: the namespace, then the prefixed selector; all() stays all()
+    assert str(policy_applies_selector("NetworkPolicy", "ns1", {
+        "selector": "app == 'w'", "serviceAccountSelector": "role in {'a', 'b'}"})) == \
+        canon("app == 'w' && projectcalico.org/namespace == 'ns1' && pcsa.role in {'a', 'b'}")
+    assert str(policy_applies_selector("NetworkPolicy", "ns1", {"serviceAccountSelector": "all()"})) == \
+        canon("projectcalico.org/namespace == 'ns1'")
+    # without one, nothing changes
+    assert str(policy_applies_selector(gnp, None, {"selector": "all()"})) == "all()"
 
 
 def test_effective_types():

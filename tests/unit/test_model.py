@@ -749,24 +749,25 @@ def test_yaml_nan_and_inf_orders_are_refused_not_stored_as_null() -> None:
     parse_resource(doc("GlobalNetworkPolicy", {"order": 1e300}))
 
 
-SA_REFUSED = "not supported by calico.net yet (the dataplane does not match service accounts)"
-
-
 @pytest.mark.parametrize("kind", ["GlobalNetworkPolicy", "NetworkPolicy"])
-def test_service_account_selector_is_refused(kind: str) -> None:
+def test_service_account_selector_is_accepted(kind: str) -> None:
     meta = {"namespace": "web"} if kind == "NetworkPolicy" else {}
     d = doc(kind, {"selector": "all()", "serviceAccountSelector": "role == 'admin'"}, **meta)
-    assert errors_of(d) == [("spec.serviceAccountSelector", SA_REFUSED)]
+    parsed = parse_resource(d).to_dict()
+    assert parsed["spec"]["serviceAccountSelector"] == "role == 'admin'"
+    bad = doc(kind, {"serviceAccountSelector": "role == "}, **meta)
+    assert [p for p, _ in errors_of(bad)] == ["spec.serviceAccountSelector"]
 
 
 @pytest.mark.parametrize("kind", ["GlobalNetworkPolicy", "NetworkPolicy", "Profile"])
 @pytest.mark.parametrize("direction", ["ingress", "egress"])
 @pytest.mark.parametrize("side", ["source", "destination"])
 @pytest.mark.parametrize("match", [{"names": ["builder"]}, {"selector": "team == 'ci'"}, {}])
-def test_rule_service_accounts_are_refused(kind: str, direction: str, side: str, match: dict) -> None:
+def test_rule_service_accounts_are_accepted(kind: str, direction: str, side: str, match: dict) -> None:
     spec = {direction: [{"action": "Deny"}, {"action": "Allow", side: {"serviceAccounts": match}}]}
     d = doc(kind, spec, namespace="web") if kind == "NetworkPolicy" else doc(kind, spec)
-    assert errors_of(d) == [(f"spec.{direction}[1].{side}.serviceAccounts", SA_REFUSED)]
+    parsed = parse_resource(d).to_dict()
+    assert parsed["spec"][direction][1][side]["serviceAccounts"] == match
 
 
 @pytest.mark.parametrize("flag,reason", [
@@ -792,11 +793,12 @@ def test_host_endpoint_for_all_interfaces_or_by_address_only_is_refused() -> Non
     parse_resource(hep(interfaceName="eth0", expectedIPs=["198.18.0.11"]))
 
 
-def test_failsafe_port_limited_to_a_network_is_refused() -> None:
+def test_failsafe_port_limited_to_a_network_is_accepted() -> None:
     spec = {"failsafeOutboundHostPorts": [{"protocol": "TCP", "port": 2379, "net": "198.18.0.0/24"}]}
-    errors = errors_of(doc("FelixConfiguration", spec, name="default"))
-    assert [p for p, _ in errors] == ["spec.failsafeOutboundHostPorts[0].net"]
-    assert errors[0][1].startswith("not supported by calico.net yet (")
+    assert errors_of(doc("FelixConfiguration", spec, name="default")) == []
+    bad = {"failsafeInboundHostPorts": [{"protocol": "TCP", "port": 22, "net": "198.18.0.5/24"}]}
+    assert [p for p, _ in errors_of(doc("FelixConfiguration", bad, name="default"))] == [
+        "spec.failsafeInboundHostPorts[0].net"]
 
 
 @pytest.mark.parametrize("nets,ok", [
@@ -817,8 +819,8 @@ def test_workload_networks_are_single_addresses(nets: list[str], ok: bool) -> No
 def test_quick_check_never_accepts_a_refused_document() -> None:
     from calico_net.model.quick import quick_valid
     refused = [
-        gnp({"action": "Allow"}, serviceAccountSelector="all()"),
-        gnp({"action": "Allow", "source": {"serviceAccounts": {"names": ["a"]}}}),
+        gnp({"action": "Allow"}, serviceAccountSelector="role == "),
+        gnp({"action": "Allow", "source": {"serviceAccounts": {"names": ["Not_A_Name"]}}}),
         gnp({"action": "Deny"}, preDNAT=True, applyOnForward=True),
         gnp({"action": "Deny"}, doNotTrack=True, applyOnForward=True),
         gnp({"action": "Deny"}, applyOnForward=True),

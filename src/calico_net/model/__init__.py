@@ -47,7 +47,7 @@ Decisions:
   `fields.show`: escaped and at most 80 characters.
 * Never fail open: a Calico field the dataplane does not enforce is refused with its
   path and "not supported by calico.net yet" (`resources.not_supported`):
-  serviceAccountSelector, rule serviceAccounts, preDNAT / doNotTrack /
+  preDNAT / doNotTrack /
   applyOnForward set to true, HostEndpoint interfaceName "*" or none, failsafe ports
   limited to a net, rule http and services. docs/policy.md lists every policy field.
 """

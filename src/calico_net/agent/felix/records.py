@@ -23,6 +23,7 @@ from .nftstr import NftStringError, ifname
 from .rules import (
     NS_LABEL_PREFIX,
     NS_NAME_LABEL,
+    SA_NAME_LABEL,
     CompiledRule,
     compile_rules,
     effective_types,
@@ -171,9 +172,8 @@ def policy_from_doc(key: Key, doc: Mapping[str, Any]) -> Policy | None:
     cannot be compiled denies all traffic of the endpoints it selects in the
     directions it names (its order kept); one whose selector or types cannot be read
     is None (treated as absent)."""
-    # (doNotTrack, preDNAT, applyOnForward, serviceAccountSelector and rule
-    # serviceAccounts never get here: the model refuses them, and the syncer
-    # skips and counts such a document already in etcd)
+    # (doNotTrack, preDNAT and applyOnForward never get here: the model refuses
+    # them, and the syncer skips and counts such a document already in etcd)
     kind, ns, _name = key
     try:
         spec = doc.get("spec") or {}
@@ -325,6 +325,11 @@ def member_from_doc(kind: str, name: str, namespace: str | None, doc: Mapping[st
         own[NS_LABEL_PREFIX + NS_NAME_LABEL] = namespace
     if kind == "WorkloadEndpoint":
         own[ORCHESTRATOR_LABEL] = str(spec.get("orchestrator") or "cni")
+        sa = spec.get("serviceAccountName")
+        # as Calico's pod conversion: the label only for a name shorter than 63
+        # characters (a label value holds at most 63)
+        if sa and isinstance(sa, str) and len(sa) < 63:
+            own[SA_NAME_LABEL] = sa
     iface = (spec.get("interfaceName") or None) if kind in ENDPOINT_KINDS else None
     if iface is not None:
         try:

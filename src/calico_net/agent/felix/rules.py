@@ -13,7 +13,12 @@ How it is built:
   NetworkSet carries (``pcns.projectcalico.org/name`` = its namespace, plus whatever
   a profile's labelsToApply adds); named ports become (selector, protocol, name)
   keys, resolved against the endpoints the same side's selector picks (``all()`` when
-  the side has none), like Calico's named-port IP sets.
+  the side has none), like Calico's named-port IP sets.  Service accounts become
+  selectors the same way Calico's update processors build them: rule
+  `serviceAccounts` names match the implicit ``projectcalico.org/serviceaccount``
+  label and its `selector` the ``pcsa.``-prefixed labels a ``ksa.<ns>.<name>``
+  profile applies, ANDed with the side's selector; a policy's
+  `serviceAccountSelector` is ANDed into the selector it applies by.
 * `render_rule` emits one nft line per alternative.  nft has no OR inside a rule, so
   a rule whose selector set also has a CIDR companion set (NetworkSet nets), or that
   mixes numeric and named ports, becomes several lines with the same verdict.  Rules
@@ -64,6 +69,8 @@ __all__ = [
     "MARK_CLEAR_MASK",
     "NS_LABEL_PREFIX",
     "NS_NAME_LABEL",
+    "SA_LABEL_PREFIX",
+    "SA_NAME_LABEL",
     "SideMatch",
     "CompiledRule",
     "NamedPortKey",
@@ -89,6 +96,11 @@ MARK_CLEAR_MASK = 0xFFFFFFFF & ~(MARK_ALLOW | MARK_PASS)
 NS_LABEL_PREFIX = "pcns."
 #: Namespace "label" every namespace has: its own name.
 NS_NAME_LABEL = "projectcalico.org/name"
+#: Prefix under which service-account labels reach endpoints (through the labelsToApply
+#: of the ``ksa.<namespace>.<name>`` profile an endpoint lists), as Calico.
+SA_LABEL_PREFIX = "pcsa."
+#: Implicit label of a workload endpoint with a service account: the account's name.
+SA_NAME_LABEL = "projectcalico.org/serviceaccount"
 
 # Protocols with a port header, by number → nft header keyword.
 _PORT_HEADERS = {6: "tcp", 17: "udp", 132: "sctp", 136: "udplite"}
@@ -112,12 +124,12 @@ def proto_name(proto: int) -> str:
 # ------------------------------------------------------------------ selector scoping
 
 
-def _prefix_keys(sel: Selector, prefix: str) -> Selector:
-    """`sel` with every label key prefixed (Calico's namespaceSelector translation)."""
+def _prefix_keys(sel: Selector, prefix: str, all_as: Selector | None = None) -> Selector:
+    """`sel` with every label key prefixed and every ``all()`` replaced by `all_as`
+    (kept when None): Calico's namespaceSelector and service-account translations."""
     t = type(sel)
     if t is All:
-        # namespaceSelector all(): every namespace, i.e. every namespaced member.
-        return Has(NAMESPACE_LABEL)
+        return sel if all_as is None else all_as
     if t is Global:
         return sel
     if t is Has:
@@ -127,15 +139,37 @@ def _prefix_keys(sel: Selector, prefix: str) -> Selector:
     if t in (In, NotIn):
         return t(prefix + sel.key, sel.values)  # type: ignore[attr-defined, call-arg]
     if t is Not:
-        return Not(_prefix_keys(sel.operand, prefix))  # type: ignore[attr-defined]
+        return Not(_prefix_keys(sel.operand, prefix, all_as))  # type: ignore[attr-defined]
     if t in (And, Or):
-        return t(tuple(_prefix_keys(op, prefix) for op in sel.operands))  # type: ignore[attr-defined, call-arg]
+        return t(tuple(_prefix_keys(op, prefix, all_as) for op in sel.operands))  # type: ignore[attr-defined, call-arg]
     raise TypeError(f"unknown selector node {sel!r}")  # pragma: no cover
 
 
 def namespace_selector_to_endpoint_selector(text: str) -> Selector:
-    """A namespaceSelector as a selector over members' (``pcns.``-prefixed) labels."""
-    return _prefix_keys(parse_selector(text), NS_LABEL_PREFIX)
+    """A namespaceSelector as a selector over members' (``pcns.``-prefixed) labels;
+    its ``all()`` means every namespace, i.e. every namespaced member."""
+    return _prefix_keys(parse_selector(text), NS_LABEL_PREFIX, _HAS_NAMESPACE)
+
+
+_HAS_NAMESPACE = Has(NAMESPACE_LABEL)
+_HAS_SERVICE_ACCOUNT = Has(SA_NAME_LABEL)
+
+
+def service_account_selector(text: str) -> Selector:
+    """A service-account selector over endpoints' (``pcsa.``-prefixed) labels;
+    its ``all()`` stays ``all()``, as Calico's prefixing leaves it."""
+    return _prefix_keys(parse_selector(text), SA_LABEL_PREFIX)
+
+
+def _service_accounts_match(sam: Mapping[str, Any]) -> Selector | None:
+    """A rule's `serviceAccounts` as one selector: the prefixed `selector` AND the
+    account name in `names` (Calico's parseServiceAccounts); None when both are empty."""
+    text = _opt(sam.get("selector"))
+    names = sam.get("names")
+    if not text and not names:
+        return None
+    return _conj(service_account_selector(text) if text else All(),
+                 In(SA_NAME_LABEL, names) if names else None)
 
 
 def _ns_only(namespace: str) -> Selector:
@@ -143,7 +177,8 @@ def _ns_only(namespace: str) -> Selector:
 
 
 def _conj(*parts: Selector | None) -> Selector:
-    """Conjunction that drops all() and None operands (canonical, shortest form)."""
+    """Conjunction that drops all() and None operands (canonical, shortest form;
+    all() when nothing is left)."""
     ops = [p for p in parts if p is not None and type(p) is not All]
     return and_(*ops)
 
@@ -156,15 +191,25 @@ def _opt(text: Any) -> str | None:
 
 
 def policy_applies_selector(kind: str, namespace: str | None, spec: Mapping[str, Any]) -> Selector:
-    """Which endpoints a policy applies to, as one selector over endpoint labels."""
-    base = parse_selector(_opt(spec.get("selector")) or "all()")
-    parts = [base]
+    """Which endpoints a policy applies to, as one selector over endpoint labels.
+
+    A `serviceAccountSelector` is ANDed in over ``pcsa.`` labels. For a
+    GlobalNetworkPolicy Calico then rewrites every ``all()`` of the combined selector
+    (the policy's own included) to "has a service account"; a NetworkPolicy keeps
+    its ``all()`` (so ``serviceAccountSelector: all()`` narrows nothing there)."""
+    sel_text = _opt(spec.get("selector"))
+    parts: list[Selector] = [parse_selector(sel_text)] if sel_text else []
     if kind == "NetworkPolicy":
         parts.append(_ns_only(namespace or "default"))
     else:
         ns_text = _opt(spec.get("namespaceSelector"))
         if ns_text:
             parts.append(namespace_selector_to_endpoint_selector(ns_text))
+    sa_text = _opt(spec.get("serviceAccountSelector"))
+    if sa_text:
+        parts.append(service_account_selector(sa_text))
+        if kind != "NetworkPolicy":
+            parts = [_prefix_keys(p, "", _HAS_SERVICE_ACCOUNT) for p in parts]
     return _conj(*parts)
 
 
@@ -217,7 +262,7 @@ class CompiledRule:
     not_icmp: tuple[int | None, int | None] | None = None
     src: SideMatch = field(default_factory=SideMatch)
     dst: SideMatch = field(default_factory=SideMatch)
-    #: the rule uses match fields we cannot enforce (http, serviceAccounts, services)
+    #: the rule uses match fields we cannot enforce (http, services)
     unsupported: bool = False
 
     def selectors(self) -> Iterator[Selector]:
@@ -273,16 +318,21 @@ def _side(ent: Mapping[str, Any] | None, namespace: str | None) -> tuple[SideMat
     """Compile one EntityRule; also says whether it used unsupported fields."""
     if not ent:
         return SideMatch(), False
-    unsupported = bool(ent.get("serviceAccounts") or ent.get("services"))
+    unsupported = bool(ent.get("services"))
     sel_text = _opt(ent.get("selector"))
     not_text = _opt(ent.get("notSelector"))
     ns_text = _opt(ent.get("namespaceSelector"))
+    sam = ent.get("serviceAccounts")
+    sa = _service_accounts_match(sam) if sam else None
+    # the endpoints the side names: its selector AND its service accounts
+    own: Selector | None = None
+    if sel_text or sa is not None:
+        own = _conj(sa, parse_selector(sel_text) if sel_text else None)
     selector: Selector | None = None
     if ns_text:
-        selector = _conj(parse_selector(sel_text) if sel_text else None,
-                         namespace_selector_to_endpoint_selector(ns_text))
-    elif sel_text:
-        selector = parse_selector(sel_text)
+        selector = _conj(own, namespace_selector_to_endpoint_selector(ns_text))
+    elif own is not None:
+        selector = own
         if namespace is not None:
             selector = _conj(selector, _ns_only(namespace))
     not_selector: Selector | None = None

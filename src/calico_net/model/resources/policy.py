@@ -3,7 +3,7 @@ NetworkPolicy, GlobalNetworkPolicy and Profile, and the network sets they select
 
 The cross-field rules are Calico's (ports need a port protocol, ICMP matches need
 ICMP, `types` must cover the rules given) plus the refusals of what the dataplane
-does not enforce (service accounts, pre-DNAT, untracked and forwarded host policy).
+does not enforce (pre-DNAT, untracked and forwarded host policy).
 """
 from __future__ import annotations
 
@@ -35,8 +35,6 @@ def _order(value: Any) -> Union[int, float]:
 
 
 Order = Annotated[Union[int, float], PlainValidator(_order)]
-
-_NO_SERVICE_ACCOUNTS = not_supported("the dataplane does not match service accounts")
 
 # --- policy rules --------------------------------------------------------------------------
 
@@ -78,8 +76,6 @@ class EntityRule(CalicoModel):
     service_accounts: Optional[ServiceAccountMatch] = None
 
     def semantic_errors(self, path: str, ctx: CheckContext) -> Iterator[Error]:
-        if self.service_accounts is not None:
-            yield field_path(path, "serviceAccounts"), _NO_SERVICE_ACCOUNTS
         for field in ("selector", "not_selector"):
             text = getattr(self, field)
             if text and "global(" in text.replace(" ", ""):
@@ -179,8 +175,6 @@ class _PolicySpecBase(CalicoModel):
         return ["Ingress"]
 
     def semantic_errors(self, path: str, ctx: CheckContext) -> Iterator[Error]:
-        if self.service_account_selector is not None:
-            yield field_path(path, "serviceAccountSelector"), _NO_SERVICE_ACCOUNTS
         yield from _rules_errors(self, path, ctx)
         if self.types is not None:
             seen: set[str] = set()
