@@ -757,6 +757,9 @@ def test_service_account_selector_is_accepted(kind: str) -> None:
     assert parsed["spec"]["serviceAccountSelector"] == "role == 'admin'"
     bad = doc(kind, {"serviceAccountSelector": "role == "}, **meta)
     assert [p for p, _ in errors_of(bad)] == ["spec.serviceAccountSelector"]
+    # as Calico: global() only in a rule's namespaceSelector
+    assert errors_of(doc(kind, {"serviceAccountSelector": "global()"}, **meta)) == [
+        ("spec.serviceAccountSelector", '"global()": global() may only be used in a namespaceSelector')]
 
 
 @pytest.mark.parametrize("kind", ["GlobalNetworkPolicy", "NetworkPolicy", "Profile"])
@@ -795,7 +798,8 @@ def test_host_endpoint_for_all_interfaces_or_by_address_only_is_refused() -> Non
 
 def test_failsafe_port_limited_to_a_network_is_accepted() -> None:
     spec = {"failsafeOutboundHostPorts": [{"protocol": "TCP", "port": 2379, "net": "198.18.0.0/24"}]}
-    assert errors_of(doc("FelixConfiguration", spec, name="default")) == []
+    res = parse_resource(doc("FelixConfiguration", spec, name="default"))
+    assert res.spec.failsafe_outbound_host_ports[0].net == "198.18.0.0/24"
     bad = {"failsafeInboundHostPorts": [{"protocol": "TCP", "port": 22, "net": "198.18.0.5/24"}]}
     assert [p for p, _ in errors_of(doc("FelixConfiguration", bad, name="default"))] == [
         "spec.failsafeInboundHostPorts[0].net"]

@@ -175,6 +175,10 @@ class _PolicySpecBase(CalicoModel):
         return ["Ingress"]
 
     def semantic_errors(self, path: str, ctx: CheckContext) -> Iterator[Error]:
+        sa_text = self.service_account_selector
+        if sa_text and "global(" in sa_text.replace(" ", ""):
+            yield (field_path(path, "serviceAccountSelector"),
+                   f"{show(sa_text)}: global() may only be used in a namespaceSelector")
         yield from _rules_errors(self, path, ctx)
         if self.types is not None:
             seen: set[str] = set()
