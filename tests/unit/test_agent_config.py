@@ -130,18 +130,24 @@ def test_durations_must_be_finite(value):
         parse_seconds(value)
 
 
-def test_failsafe_net_is_refused_not_widened():
-    """The failsafe sets match protocol and port only: an entry limited to a net would
-    be opened to every address, so it is refused (the next source is used)."""
+def test_failsafe_net_is_parsed_and_bad_ones_refused():
+    """A failsafe entry may be limited to a network (env/file `proto:net:port`, or
+    `net` in a FelixConfiguration entry); a value that is not a CIDR is refused and
+    the next source is used."""
     for bad in ["tcp:198.18.0.5/24:22", "tcp:x; y:22", "tcp:198.18.0.0/24\n:22", "tcp: 198.18.0.0/24:22"]:
         with pytest.raises(ValueError):
             parse_ports(bad)
-    with pytest.raises(ValueError, match="not supported by calico.net yet"):
-        parse_ports([{"protocol": "TCP", "port": 22, "net": "198.18.0.0/24"}])
-    cfg = Config("n1", env={"FELIX_FAILSAFEINBOUNDHOSTPORTS": "tcp:198.18.0.0/24:22"}, config_file="/nonexistent")
+    with pytest.raises(ValueError):
+        parse_ports([{"protocol": "TCP", "port": 22, "net": "198.18.0.5/24"}])
+    assert parse_ports([{"protocol": "TCP", "port": 22, "net": "198.18.0.0/24"}]) == (
+        Port("tcp", 22, "198.18.0.0/24"),)
+    cfg = Config("n1", env={"FELIX_FAILSAFEINBOUNDHOSTPORTS": "tcp:198.18.0.0/24:22,udp:68"},
+                 config_file="/nonexistent")
+    assert cfg.bad_total == 0
+    assert cfg.FailsafeInboundHostPorts == (Port("tcp", 22, "198.18.0.0/24"), Port("udp", 68))
+    cfg = Config("n1", env={"FELIX_FAILSAFEINBOUNDHOSTPORTS": "tcp:198.18.0.5/24:22"}, config_file="/nonexistent")
     assert cfg.bad_total == 1
     assert Port("tcp", 22) in cfg.FailsafeInboundHostPorts  # the default list, not a widened entry
-    assert all(p.net is None for p in cfg.FailsafeInboundHostPorts)
 
 
 def test_listener_hosts(tmp_path):

@@ -466,3 +466,12 @@ def test_local_interfaces_for_the_sysctl_helper_only_match_the_prefixes():
     assert _local_interfaces(res, "n1", ("cali", "tap")) == [("cali1", False), ("tap1", True)]
     res.update([wep("e", "n1", "cali5", "0.0.0.0/0"), wep("f", "n1", "cali6", "fd00::/64")])
     assert _local_interfaces(res, "n1", ("cali", "tap")) == [("cali1", False), ("tap1", True)]
+
+
+def test_failsafe_entries_limited_to_a_network_reach_the_settings(tmp_path):
+    from calico_net.agent.daemon import felix_settings
+    from calico_net.agent.felix.policy import FelixSettings
+
+    cfg = Config("n1", env={"FELIX_FAILSAFEINBOUNDHOSTPORTS": "tcp:22,tcp:198.18.0.0/24:2222"},
+                 config_file=str(tmp_path / "x"))
+    assert felix_settings(cfg, FelixSettings).failsafe_inbound == [("tcp", 22), ("tcp", 2222, "198.18.0.0/24")]

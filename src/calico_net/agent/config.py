@@ -34,7 +34,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
-from calico_net.model.fields import parse_iface_list
+from calico_net.model.fields import cidr_problem, parse_iface_list
 
 log = logging.getLogger(__name__)
 
@@ -167,15 +167,16 @@ def parse_ports(v: Any) -> tuple[Port, ...]:
 
 
 def _failsafe_net(net: Any) -> str | None:
-    """A failsafe entry's optional CIDR: none is accepted yet. The failsafe sets match
-    protocol and port only, so an entry limited to a net would be opened to every
-    address; the model refuses it in FelixConfiguration, and the environment and the
-    config file get the same answer (the value is refused, the next source is used)."""
+    """A failsafe entry's optional network, as the model takes it (a CIDR without
+    host bits, or a bare address): the entry then accepts only from (inbound) or to
+    (outbound) that network. Anything else is refused, so the next source is used."""
     if net is None or net == "":
         return None
-    shown = repr(net) if len(repr(net)) <= 60 else repr(net)[:57] + "..."
-    raise ValueError(f"failsafe port limited to the net {shown}: not supported by calico.net yet "
-                     "(it would be opened to every address)")
+    problem = cidr_problem(net, None, True, False, "failsafe net") if isinstance(net, str) \
+        else f"{net!r} is not a string"
+    if problem:
+        raise ValueError(problem)
+    return net
 
 
 def parse_iface_prefixes(v: Any) -> tuple[str, ...]:

@@ -61,10 +61,10 @@ def felix_settings(cfg: Config, settings_cls: Any, prefixes: tuple[str, ...] | N
     """Build the policy dataplane's settings object (`settings_cls`, by default
     `FelixSettings`) from the resolved config. `prefixes`: the interface prefixes
     in use (the daemon's, fixed once the first snapshot is in), else the config's."""
-    def pairs(ports: Any) -> list[tuple[str, int]]:
-        # The policy dataplane takes (protocol, port); an entry limited to a net never
-        # gets here (agent.config refuses it, as the model does).
-        return [(p.protocol, p.port) for p in ports]
+    def pairs(ports: Any) -> list[tuple]:
+        # The policy dataplane takes (protocol, port), or (protocol, port, net) for
+        # an entry limited to a network.
+        return [(p.protocol, p.port, p.net) if p.net else (p.protocol, p.port) for p in ports]
 
     return settings_cls(
         failsafe_inbound=pairs(cfg.values["FailsafeInboundHostPorts"]),

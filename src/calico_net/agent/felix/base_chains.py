@@ -11,20 +11,28 @@ and masquerade sets behind NAT outgoing.
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from . import nftstr
 from .nft import FAMILY, TABLE
 from .rules import MARK_ALLOW, MARK_CLEAR_MASK
 from .ruleset import Ruleset
 from .settings import FAILSAFE_PROTOS, FelixSettings
 
-__all__ = ["WL_FROM", "WL_TO", "HEP_IN", "HEP_OUT", "HEP_IFACES", "FAILSAFE_IN", "FAILSAFE_OUT",
-           "POOLS", "MASQ", "render_base", "render_pools", "placeholder_script"]
+__all__ = ["WL_FROM", "WL_TO", "HEP_IN", "HEP_OUT", "HEP_IFACES", "HEP_FWD_IN", "HEP_FWD_OUT",
+           "HEP_PRE", "HEP_RAW_IN", "HEP_RAW_OUT", "FAILSAFE_IN", "FAILSAFE_OUT", "POOLS", "MASQ",
+           "HepLayout", "render_base", "render_pools", "placeholder_script"]
 
 WL_FROM = "cali-wl-from"
 WL_TO = "cali-wl-to"
 HEP_IN = "cali-hep-in"
 HEP_OUT = "cali-hep-out"
 HEP_IFACES = "cali-hep-ifaces"
+HEP_FWD_IN = "cali-hep-fwd-in"
+HEP_FWD_OUT = "cali-hep-fwd-out"
+HEP_PRE = "cali-hep-pre"
+HEP_RAW_IN = "cali-hep-raw-in"
+HEP_RAW_OUT = "cali-hep-raw-out"
 FAILSAFE_IN = "cali-failsafe-in"
 FAILSAFE_OUT = "cali-failsafe-out"
 POOLS = {4: "cali-pools4", 6: "cali-pools6"}
@@ -65,8 +73,40 @@ def placeholder_script(prefixes: tuple[str, ...]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render_base(rs: Ruleset, s: FelixSettings) -> None:
-    """The base chains, dispatch chains and fixed sets for settings `s`."""
+class HepLayout(NamedTuple):
+    """Which host-protection hooks are in use, from `hostprotect`: the base chains
+    dispatch to them only then, so a host without such policy keeps the plain layout."""
+
+    forward: bool = False     # maps HEP_FWD_IN/HEP_FWD_OUT exist (applyOnForward policy)
+    pre: bool = False         # map HEP_PRE exists (preDNAT policy)
+    raw: bool = False         # maps HEP_RAW_IN/HEP_RAW_OUT exist (doNotTrack policy)
+    #: the all-interfaces ("*") host endpoint's chains by hook: in, out, fwd-in,
+    #: fwd-out, pre, raw-in, raw-out (a hook without policy for it is left out)
+    star: tuple[tuple[str, str], ...] = ()
+
+
+def _failsafe_rules(s: FelixSettings, cond: str, entries: str, port: str,
+                    addr: str) -> list[str]:
+    """Accept rules for one failsafe list: the set of entries without a network, then
+    one rule per entry limited to a network. `entries` is "in" or "out", `port` the
+    port matched ("dport", or "sport" for replies), `addr` the address the network
+    is matched against ("saddr"/"daddr")."""
+    cond = cond + " " if cond else ""
+    name, items = ((FAILSAFE_IN, s.failsafe_inbound) if entries == "in"
+                   else (FAILSAFE_OUT, s.failsafe_outbound))
+    out = [f"{cond}meta l4proto . th {port} @{name} accept"]
+    for entry in items:
+        if len(entry) > 2:
+            proto, num, net = entry
+            fam = "ip6" if ":" in net else "ip"
+            out.append(f"{cond}{fam} {addr} {net} meta l4proto {FAILSAFE_PROTOS[proto]} "
+                       f"th {port} {nftstr.number(num, 1, 65535)} accept")
+    return out
+
+
+def render_base(rs: Ruleset, s: FelixSettings, hep: HepLayout = HepLayout()) -> None:
+    """The base chains, dispatch chains and fixed sets for settings `s` and the
+    host-protection hooks in use."""
     rs.ensure_set(WL_FROM, "type ifname : verdict", is_map=True)
     rs.ensure_set(WL_TO, "type ifname : verdict", is_map=True)
     rs.ensure_set(HEP_IN, "type ifname : verdict", is_map=True)
@@ -74,8 +114,8 @@ def render_base(rs: Ruleset, s: FelixSettings) -> None:
     rs.ensure_set(HEP_IFACES, "type ifname")
     rs.ensure_set(FAILSAFE_IN, "type inet_proto . inet_service")
     rs.ensure_set(FAILSAFE_OUT, "type inet_proto . inet_service")
-    rs.replace_elements(FAILSAFE_IN, {_failsafe_elem(p, n) for p, n in s.failsafe_inbound})
-    rs.replace_elements(FAILSAFE_OUT, {_failsafe_elem(p, n) for p, n in s.failsafe_outbound})
+    rs.replace_elements(FAILSAFE_IN, {_failsafe_elem(*e) for e in s.failsafe_inbound if len(e) == 2})
+    rs.replace_elements(FAILSAFE_OUT, {_failsafe_elem(*e) for e in s.failsafe_outbound if len(e) == 2})
     for fam in (4, 6):
         addr = "ipv4_addr" if fam == 4 else "ipv6_addr"
         rs.ensure_set(POOLS[fam], f"type {addr}; flags interval")
@@ -83,6 +123,26 @@ def render_base(rs: Ruleset, s: FelixSettings) -> None:
     wl = [nftstr.ifname_prefix(p) for p in s.interface_prefixes]
     allow = f"{MARK_ALLOW:#x}"
     clear = f"meta mark set meta mark & {MARK_CLEAR_MASK:#010x}"
+    star = dict(hep.star)
+    # the "*" endpoint covers every interface that is neither a named host
+    # endpoint's nor a workload's
+    not_wl_in = " ".join(f"iifname != {w}" for w in wl)
+    not_wl_out = " ".join(f"oifname != {w}" for w in wl)
+    star_in = f"iifname != @{HEP_IFACES} {not_wl_in}"
+    star_out = f"oifname != @{HEP_IFACES} {not_wl_out}"
+    # failsafe traffic: on named host endpoint interfaces, or with a "*" endpoint
+    # on every interface but the workloads'
+    fs_in = not_wl_in if star else f"iifname @{HEP_IFACES}"
+    fs_out = not_wl_out if star else f"oifname @{HEP_IFACES}"
+
+    def dispatch(key: str, mapname: str, hook: str, cond: str = "") -> list[str]:
+        """`key` ("iifname"/"oifname") looked up in `mapname`; then the "*" endpoint's
+        chain for `hook` for the interfaces not in it."""
+        lines = [f"{cond}{key} vmap @{mapname}"]
+        if hook in star:
+            lines.append(f"{cond}{star_in if key == 'iifname' else star_out} jump {star[hook]}")
+        return lines
+
     rs.set_chain("cali-from-wl", [
         clear,
         f"iifname vmap @{WL_FROM}",
@@ -99,11 +159,46 @@ def render_base(rs: Ruleset, s: FelixSettings) -> None:
             pre.append(f"iifname {w} ip saddr != 0.0.0.0 fib saddr . iif oif missing drop")
             pre.append(f"iifname {w} ip6 saddr != :: ip6 saddr != fe80::/10 "
                        "fib saddr . iif oif missing drop")
+    if hep.pre or hep.raw:
+        pre.append(clear)      # the accept bit carries the raw/pre-DNAT verdict onwards
+    if hep.raw:
+        # untracked policy: failsafe traffic and its replies go on to conntrack first
+        pre += _failsafe_rules(s, fs_in, "in", "dport", "saddr")
+        pre += _failsafe_rules(s, fs_in, "out", "sport", "saddr")
+        pre += dispatch("iifname", HEP_RAW_IN, "raw-in")
     rs.set_chain("cali-prerouting", pre,
                  hook="type filter hook prerouting priority raw; policy accept;")
+    if hep.raw:
+        rs.set_chain("cali-raw-output", [
+            clear,
+            *_failsafe_rules(s, fs_out, "out", "dport", "daddr"),
+            *_failsafe_rules(s, fs_out, "in", "sport", "daddr"),
+            *dispatch("oifname", HEP_RAW_OUT, "raw-out"),
+        ], hook="type filter hook output priority raw; policy accept;")
+    else:
+        rs.delete_chain("cali-raw-output")
+    accepted = [f"meta mark & {allow} == {allow} accept"] if hep.pre or hep.raw else []
+    if hep.pre:
+        # before the nat table's DNAT (priority dstnat), as Felix's mangle PREROUTING
+        rs.set_chain("cali-mangle-prerouting", [
+            "ct state established,related accept",
+            *accepted,
+            *_failsafe_rules(s, fs_in, "in", "dport", "saddr"),
+            *dispatch("iifname", HEP_PRE, "pre"),
+        ], hook="type filter hook prerouting priority mangle; policy accept;")
+    else:
+        rs.delete_chain("cali-mangle-prerouting")
     fwd = ["ct state established,related accept", "ct state invalid drop"]
+    if hep.forward:
+        # host endpoint ingress for forwarded traffic first (unless pre-DNAT or
+        # untracked policy accepted it), workload egress and ingress next, then the
+        # outgoing host endpoint's forward egress
+        skip = f"meta mark & {allow} == 0 " if accepted else ""
+        fwd += dispatch("iifname", HEP_FWD_IN, "fwd-in", skip)
     fwd += [f"iifname {w} jump cali-from-wl" for w in wl]
     fwd += [f"oifname {w} jump cali-to-wl" for w in wl]
+    if hep.forward:
+        fwd += dispatch("oifname", HEP_FWD_OUT, "fwd-out")
     fwd += [f"iifname {w} accept" for w in wl]
     fwd += [f"oifname {w} accept" for w in wl]
     rs.set_chain("cali-forward", fwd,
@@ -115,14 +210,16 @@ def render_base(rs: Ruleset, s: FelixSettings) -> None:
         inp.append(f"iifname {w} jump cali-from-wl")
         if to_host:
             inp.append(f"iifname {w} {to_host}")
-    inp.append(f"iifname @{HEP_IFACES} meta l4proto . th dport @{FAILSAFE_IN} accept")
-    inp.append(f"iifname vmap @{HEP_IN}")
+    inp += accepted
+    inp += _failsafe_rules(s, fs_in, "in", "dport", "saddr")
+    inp += dispatch("iifname", HEP_IN, "in")
     rs.set_chain("cali-input", inp,
                  hook="type filter hook input priority filter; policy accept;")
     out = ["ct state established,related accept", "ct state invalid drop"]
+    out += accepted
     out += [f"oifname {w} accept" for w in wl]   # host → local workloads (as Calico)
-    out.append(f"oifname @{HEP_IFACES} meta l4proto . th dport @{FAILSAFE_OUT} accept")
-    out.append(f"oifname vmap @{HEP_OUT}")
+    out += _failsafe_rules(s, fs_out, "out", "dport", "daddr")
+    out += dispatch("oifname", HEP_OUT, "out")
     rs.set_chain("cali-output", out,
                  hook="type filter hook output priority filter; policy accept;")
     rs.set_chain("cali-nat-postrouting", [

@@ -2,13 +2,14 @@
 failsafe port syntax, and what one apply did (`ApplyStats`)."""
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
 from . import nftstr
 
 __all__ = ["FelixSettings", "ApplyStats", "DEFAULT_FAILSAFE_INBOUND", "DEFAULT_FAILSAFE_OUTBOUND",
-           "FAILSAFE_PROTOS", "parse_failsafe_ports"]
+           "FAILSAFE_PROTOS", "Failsafe", "parse_failsafe_ports"]
 
 DEFAULT_FAILSAFE_INBOUND: tuple[tuple[str, int], ...] = (
     ("tcp", 22), ("udp", 68), ("tcp", 179), ("tcp", 2379), ("tcp", 2380),
@@ -20,27 +21,48 @@ DEFAULT_FAILSAFE_OUTBOUND: tuple[tuple[str, int], ...] = (
 FAILSAFE_PROTOS = {"tcp": "tcp", "udp": "udp", "sctp": "sctp"}
 
 
-def parse_failsafe_ports(value: str | Iterable[Any]) -> list[tuple[str, int]]:
-    """Calico's failsafe syntax: ``"tcp:22, udp:68"`` or a list of such strings,
-    of (proto, port) pairs or of ``{protocol, port}`` dicts (FelixConfiguration)."""
+#: a failsafe entry: (proto, port), or (proto, port, net) when limited to a network
+Failsafe = tuple  # tuple[str, int] | tuple[str, int, str]
+
+
+def _failsafe_net(net: Any) -> str | None:
+    """A failsafe entry's network in canonical text (it becomes nft rule text, so
+    only what ipaddress prints gets through); a bare address is a host network."""
+    if net is None or net == "":
+        return None
+    try:
+        return str(ipaddress.ip_network(str(net), strict=True))
+    except ValueError:
+        raise ValueError(f"bad failsafe net {net!r} (want a CIDR without host bits)") from None
+
+
+def parse_failsafe_ports(value: str | Iterable[Any]) -> list[Failsafe]:
+    """Calico's failsafe syntax: ``"tcp:22, udp:68, tcp:198.18.0.0/24:2379"`` or a
+    list of such strings, of (proto, port[, net]) tuples or of ``{protocol, port,
+    net}`` dicts (FelixConfiguration). An entry without a net is a (proto, port)
+    pair; one limited to a network is (proto, port, net)."""
     items: Iterable[Any] = value.split(",") if isinstance(value, str) else value
-    out: list[tuple[str, int]] = []
+    out: list[Failsafe] = []
     for item in items:
+        net: Any = None
         if isinstance(item, Mapping):
-            proto, port = str(item.get("protocol", "tcp")), int(item["port"])
+            proto, port, net = str(item.get("protocol", "tcp")), int(item["port"]), item.get("net")
         elif isinstance(item, (tuple, list)):
             proto, port = str(item[0]), int(item[1])
+            net = item[2] if len(item) > 2 else None
         else:
             text = str(item).strip()
             if not text or text.lower() == "none":
                 continue
-            proto, _, port_s = text.rpartition(":")
+            head, _, port_s = text.rpartition(":")
+            proto, _, net = head.partition(":")
             proto = proto or "tcp"
             port = int(port_s)
         proto = proto.lower()
         if proto not in FAILSAFE_PROTOS or not 0 < port < 65536:
             raise ValueError(f"bad failsafe port {item!r} (want proto:port, proto tcp/udp/sctp)")
-        out.append((proto, port))
+        cidr = _failsafe_net(net)
+        out.append((proto, port, cidr) if cidr else (proto, port))
     return out
 
 
@@ -48,9 +70,9 @@ def parse_failsafe_ports(value: str | Iterable[Any]) -> list[tuple[str, int]]:
 class FelixSettings:
     """The Felix parameters the policy dataplane uses (the runtime maps config onto it)."""
 
-    failsafe_inbound: list[tuple[str, int]] = field(
+    failsafe_inbound: list[Failsafe] = field(
         default_factory=lambda: list(DEFAULT_FAILSAFE_INBOUND))
-    failsafe_outbound: list[tuple[str, int]] = field(
+    failsafe_outbound: list[Failsafe] = field(
         default_factory=lambda: list(DEFAULT_FAILSAFE_OUTBOUND))
     #: what happens to workload → host traffic after the workload's egress policy:
     #: "Drop" (Calico's default), "Accept" or "Return" (leave it to other host rules)

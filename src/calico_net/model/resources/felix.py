@@ -18,7 +18,7 @@ from calico_net.model.fields.settings import (
     Region, regexp_type,
 )
 from calico_net.model.resources.base import (
-    CalicoModel, CheckContext, Error, field_path, not_supported,
+    CalicoModel, CheckContext, Error, field_path,
 )
 from calico_net.model.resources.bgp import LogSeverity
 
@@ -31,12 +31,6 @@ class ProtoPort(CalicoModel):
     protocol: enum_before(("TCP", "UDP", "SCTP", "tcp", "udp", "sctp"), "failsafe protocol")
     port: PortNumber
     net: Optional[Net] = None
-
-    def semantic_errors(self, path: str, ctx: CheckContext) -> Iterator[Error]:
-        if self.net is not None:
-            yield field_path(path, "net"), not_supported(
-                "a failsafe port limited to a network; the dataplane would open it to every "
-                "address, so leave net out to say so")
 
 
 class RouteTableRange(CalicoModel):
@@ -186,10 +180,6 @@ class FelixConfigurationSpec(CalicoModel):
     wireguard_persistent_keep_alive: Optional[Duration] = None
 
     def semantic_errors(self, path: str, ctx: CheckContext) -> Iterator[Error]:
-        for alias, ports in (("failsafeInboundHostPorts", self.failsafe_inbound_host_ports),
-                             ("failsafeOutboundHostPorts", self.failsafe_outbound_host_ports)):
-            for i, port in enumerate(ports or ()):
-                yield from port.semantic_errors(field_path(path, f"{alias}[{i}]"), ctx)
         if self.route_table_range is not None:
             yield from self.route_table_range.semantic_errors(field_path(path, "routeTableRange"), ctx)
         for i, rng in enumerate(self.route_table_ranges or ()):
