@@ -8,8 +8,11 @@ plus ours: `labels` (a map put on every endpoint of the network) and `profiles`
 (the profiles endpoints get instead of the default, a profile named after the
 network). CNI_ARGS may add labels as `LABEL_<key>=<value>` entries, a fixed address
 as `IP=<addr>` (several comma-separated, as Calico's calico-ipam reads it), and
-carries `K8S_POD_NAMESPACE` (the endpoint's namespace, default "default") and
-`K8S_POD_NAME` (the workload name; podman sets it to the container name).
+carries `K8S_POD_NAMESPACE` (the endpoint's namespace, default "default"),
+`K8S_POD_NAME` (the workload name; podman sets it to the container name) and
+`K8S_POD_SERVICE_ACCOUNT` (the workload's service account: Calico's CNI reads it from
+the Kubernetes pod, which calico.net has not; podman's CNI backend passes the
+`CNI_ARGS` of its own environment on to the plugin).
 
 Derived names, all stable across ADD, CHECK and DEL of one attachment:
 
@@ -51,6 +54,9 @@ _ID_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.\-]*", re.ASCII)
 MAX_CONTAINER_ID = 256
 #: A Kubernetes namespace name (DNS-1123 label), as Calico validates it.
 _NAMESPACE_RE = re.compile(r"[a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?", re.ASCII)
+#: A service account name (DNS-1123 subdomain, at most 253 characters).
+_SUBDOMAIN_RE = re.compile(r"[a-z0-9](?:[-a-z0-9]*[a-z0-9])?(?:\.[a-z0-9](?:[-a-z0-9]*[a-z0-9])?)*",
+                           re.ASCII)
 
 
 def check_container_id(value: str) -> str:
@@ -313,6 +319,10 @@ class CNIEnv:
         if ns is not None and ns != "" and not _NAMESPACE_RE.fullmatch(ns):
             raise CNIError(INVALID_ENVIRONMENT, f"CNI_ARGS K8S_POD_NAMESPACE {ns!r:.80} is not a "
                            "namespace name ([a-z0-9]([-a-z0-9]*[a-z0-9])?, at most 63 characters)")
+        sa = out.args.get("K8S_POD_SERVICE_ACCOUNT")
+        if sa and (len(sa) > 253 or not _SUBDOMAIN_RE.fullmatch(sa)):
+            raise CNIError(INVALID_ENVIRONMENT, f"CNI_ARGS K8S_POD_SERVICE_ACCOUNT {sa!r:.80} is not "
+                           "a service account name (a DNS-1123 subdomain, at most 253 characters)")
         return out
 
     @property
@@ -322,6 +332,10 @@ class CNIEnv:
     @property
     def workload(self) -> str:
         return self.args.get("K8S_POD_NAME") or self.container_id
+
+    @property
+    def service_account(self) -> str | None:
+        return self.args.get("K8S_POD_SERVICE_ACCOUNT") or None
 
     def arg_labels(self) -> dict[str, str]:
         return {k[len("LABEL_"):]: v for k, v in self.args.items() if k.startswith("LABEL_") and len(k) > 6}

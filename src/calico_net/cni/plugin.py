@@ -10,7 +10,11 @@ ADD leaves no address without an endpoint and no dangling veth:
    `labelsToApply`) and all egress, so workloads of one network talk to each other
    and nothing else gets in until policy says so;
 3. the veth pair and the container's addresses and routes (`cni.dataplane`);
-4. the WorkloadEndpoint `<node>-cni-<container id>-<ifname>`.
+4. the WorkloadEndpoint `<node>-cni-<container id>-<ifname>`; with a service account
+   (CNI_ARGS `K8S_POD_SERVICE_ACCOUNT`) it gets `serviceAccountName` and, after the
+   network's profiles, the `ksa.<namespace>.<name>` profile through which Calico gives
+   endpoints their service account's labels (skipped by the agent while it does not
+   exist).
 
 An ADD for an attachment whose endpoint exists and whose interfaces are intact
 returns the existing result; when the endpoint exists but the interfaces do not
@@ -98,7 +102,11 @@ def build_endpoint(conf: NetConf, env: CNIEnv, node: str, ips: list, wiring: dat
     labels.update(env.arg_labels())
     labels[NAMESPACE_LABEL] = env.namespace
     labels[ORCHESTRATOR_LABEL] = ORCHESTRATOR
-    return {
+    profiles = _profiles(conf)
+    sa = env.service_account
+    if sa:
+        profiles.append(f"ksa.{env.namespace}.{sa}")
+    wep: dict[str, Any] = {
         "apiVersion": API_VERSION,
         "kind": "WorkloadEndpoint",
         "metadata": {"name": wep_name(node, env), "namespace": env.namespace, "labels": labels},
@@ -111,9 +119,12 @@ def build_endpoint(conf: NetConf, env: CNIEnv, node: str, ips: list, wiring: dat
             "interfaceName": wiring.host_ifname,
             "mac": wiring.container_mac,
             "ipNetworks": [f"{a}/{32 if a.version == 4 else 128}" for a in ips],
-            "profiles": _profiles(conf),
+            "profiles": profiles,
         },
     }
+    if sa:
+        wep["spec"]["serviceAccountName"] = sa
+    return wep
 
 
 def build_result(conf: NetConf, env: CNIEnv, ips: list, host_ifname: str, container_mac: str) -> dict[str, Any]:
