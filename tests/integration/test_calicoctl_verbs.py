@@ -18,7 +18,7 @@ kind: IPPool
 metadata:
   name: pool-a
 spec:
-  cidr: 10.70.0.0/16
+  cidr: 198.19.0.0/16
   blockSize: 26
   natOutgoing: true
 """
@@ -47,7 +47,7 @@ def test_patch_merges_into_the_stored_resource(ctl, etcd_client):
     after = stored(etcd_client, POOL_KEY)
     assert after["spec"]["disabled"] is True
     assert "natOutgoing" not in after["spec"] or after["spec"]["natOutgoing"] is False
-    assert after["spec"]["cidr"] == "10.70.0.0/16" and after["spec"]["blockSize"] == 26
+    assert after["spec"]["cidr"] == "198.19.0.0/16" and after["spec"]["blockSize"] == 26
     assert after["metadata"]["uid"] == before["metadata"]["uid"]
     # YAML patches work too, and a namespaced kind takes -n
     ctl("apply", "-f", "-", stdin="""
@@ -108,16 +108,16 @@ def test_patch_loses_to_a_concurrent_change(etcd_client, datastore):
 
 def test_get_f_shows_the_resources_a_manifest_names(ctl, tmp_path):
     ctl("apply", "-f", "-", stdin=POOL)
-    ctl("apply", "-f", "-", stdin=POOL.replace("pool-a", "pool-b").replace("10.70.", "10.71."))
+    ctl("apply", "-f", "-", stdin=POOL.replace("pool-a", "pool-b").replace("198.19.", "198.18."))
     manifest = tmp_path / "m.yaml"
     manifest.write_text(POOL)
     doc = yaml.safe_load(ctl("get", "-f", str(manifest), "-o", "yaml").stdout)
     assert doc["kind"] == "IPPool" and doc["metadata"]["name"] == "pool-a"
     table = ctl("get", "-f", str(manifest)).stdout.splitlines()
     assert table[0].split() == ["NAME", "CIDR", "SELECTOR"]
-    assert table[1].split()[:2] == ["pool-a", "10.70.0.0/16"] and len(table) == 2
+    assert table[1].split()[:2] == ["pool-a", "198.19.0.0/16"] and len(table) == 2
     both = tmp_path / "both.yaml"
-    both.write_text(POOL + "---" + POOL.replace("pool-a", "pool-b").replace("10.70.", "10.71."))
+    both.write_text(POOL + "---" + POOL.replace("pool-a", "pool-b").replace("198.19.", "198.18."))
     lst = json.loads(ctl("get", "-f", str(both), "-o", "json").stdout)
     assert [i["metadata"]["name"] for i in lst["items"]] == ["pool-a", "pool-b"]
     missing = tmp_path / "missing.yaml"
@@ -132,7 +132,7 @@ def test_custom_columns(ctl):
     ctl("apply", "-f", "-", stdin=POOL)
     lines = ctl("get", "ippools", "-o", "custom-columns=NAME,CIDR,NAT").stdout.splitlines()
     assert lines[0].split() == ["NAME", "CIDR", "NAT"]
-    assert lines[1].split() == ["pool-a", "10.70.0.0/16", "true"]
+    assert lines[1].split() == ["pool-a", "198.19.0.0/16", "true"]
     lines = ctl("get", "ippools", "-o",
                 "custom-columns=POOL:.metadata.name,BS:{.spec.blockSize},X:.spec.nothing").stdout.splitlines()
     assert lines[0].split() == ["POOL", "BS", "X"]
@@ -173,7 +173,7 @@ def leaky(datastore, etcd_client):
     from calico_net.ipam import IPAM
 
     datastore.create({"apiVersion": "projectcalico.org/v3", "kind": "IPPool",
-                      "metadata": {"name": "rep-pool"}, "spec": {"cidr": "100.64.8.0/24"}})
+                      "metadata": {"name": "rep-pool"}, "spec": {"cidr": "198.18.248.0/24"}})
     datastore.create({"apiVersion": "projectcalico.org/v3", "kind": "Node", "metadata": {"name": "node-a"}, "spec": {}})
     ipam = IPAM(etcd_client, datastore)
     used, _ = ipam.auto_assign("calico.used", "node-a")
@@ -238,17 +238,17 @@ def test_release_from_a_stale_report_is_refused(ctl, leaky, tmp_path, etcd_clien
 def test_split_replaces_a_disabled_unused_pool(ctl, etcd_client):
     ctl("apply", "-f", "-", stdin=POOL)
     before = keyspace(etcd_client)
-    proc = ctl("ipam", "split", "--cidr", "10.70.0.0/16", "4", ok=False)
+    proc = ctl("ipam", "split", "--cidr", "198.19.0.0/16", "4", ok=False)
     assert proc.returncode != 0 and "not disabled" in proc.stderr
-    proc = ctl("ipam", "split", "--cidr", "10.70.0.0/16", "3", ok=False)
+    proc = ctl("ipam", "split", "--cidr", "198.19.0.0/16", "3", ok=False)
     assert proc.returncode != 0 and "power of 2" in proc.stderr
     assert keyspace(etcd_client) == before
     ctl("patch", "ippool", "pool-a", "-p", '{"spec":{"disabled":true}}')
-    out = ctl("ipam", "split", "--cidr", "10.70.0.0/16", "4").stdout
+    out = ctl("ipam", "split", "--cidr", "198.19.0.0/16", "4").stdout
     assert "split into 4 smaller pools" in out
     assert etcd_client.get(POOL_KEY) is None
     pools = {stored(etcd_client, f"{POOL_KEY[:-len('pool-a')]}split-pool-a-{i}")["spec"]["cidr"]: i for i in range(4)}
-    assert pools == {"10.70.0.0/18": 0, "10.70.64.0/18": 1, "10.70.128.0/18": 2, "10.70.192.0/18": 3}
+    assert pools == {"198.19.0.0/18": 0, "198.19.64.0/18": 1, "198.19.128.0/18": 2, "198.19.192.0/18": 3}
     child = stored(etcd_client, f"{POOL_KEY[:-len('pool-a')]}split-pool-a-0")
     assert child["spec"]["disabled"] is False and child["spec"]["natOutgoing"] is True
     assert child["spec"]["blockSize"] == 26
