@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import pytest
 
+from calico_net.agent.felix.records import effective_types
 from calico_net.agent.felix.rules import (
     compile_rule,
-    effective_types,
     named_port_hash,
     policy_applies_selector,
     render_rule,

@@ -26,7 +26,6 @@ from .rules import (
     SA_NAME_LABEL,
     CompiledRule,
     compile_rules,
-    effective_types,
     policy_applies_selector,
 )
 
@@ -37,6 +36,7 @@ __all__ = [
     "policy_from_doc",
     "profile_from_doc",
     "policy_sort_key",
+    "effective_types",
     "Member",
     "Policy",
     "Profile",
@@ -165,6 +165,20 @@ class IndexChanges:
 
 
 # ----------------------------------------------------------------- parsing
+
+
+def effective_types(spec: Mapping[str, Any]) -> tuple[str, ...]:
+    """Calico's policy `types`, defaulted as documented when omitted: Ingress if there
+    are no egress rules; Egress if only egress rules; both if both."""
+    types = spec.get("types")
+    if types:
+        return tuple(types)
+    ing, eg = bool(spec.get("ingress")), bool(spec.get("egress"))
+    if eg and ing:
+        return ("Ingress", "Egress")
+    if eg:
+        return ("Egress",)
+    return ("Ingress",)
 
 
 def policy_from_doc(key: Key, doc: Mapping[str, Any]) -> Policy | None:

@@ -14,11 +14,8 @@ How it is built:
   a profile's labelsToApply adds); named ports become (selector, protocol, name)
   keys, resolved against the endpoints the same side's selector picks (``all()`` when
   the side has none), like Calico's named-port IP sets.  Service accounts become
-  selectors the same way Calico's update processors build them: rule
-  `serviceAccounts` names match the implicit ``projectcalico.org/serviceaccount``
-  label and its `selector` the ``pcsa.``-prefixed labels a ``ksa.<ns>.<name>``
-  profile applies, ANDed with the side's selector; a policy's
-  `serviceAccountSelector` is ANDed into the selector it applies by.
+  selectors as Calico builds them: `names` over the implicit
+  ``projectcalico.org/serviceaccount`` label, `selector` over ``pcsa.`` labels.
 * `render_rule` emits one nft line per alternative.  nft has no OR inside a rule, so
   a rule whose selector set also has a CIDR companion set (NetworkSet nets), or that
   mixes numeric and named ports, becomes several lines with the same verdict.  Rules
@@ -77,7 +74,6 @@ __all__ = [
     "RenderContext",
     "compile_rule",
     "compile_rules",
-    "effective_types",
     "namespace_selector_to_endpoint_selector",
     "policy_applies_selector",
     "render_rule",
@@ -148,11 +144,7 @@ def _prefix_keys(sel: Selector, prefix: str, all_as: Selector | None = None) -> 
 def namespace_selector_to_endpoint_selector(text: str) -> Selector:
     """A namespaceSelector as a selector over members' (``pcns.``-prefixed) labels;
     its ``all()`` means every namespace, i.e. every namespaced member."""
-    return _prefix_keys(parse_selector(text), NS_LABEL_PREFIX, _HAS_NAMESPACE)
-
-
-_HAS_NAMESPACE = Has(NAMESPACE_LABEL)
-_HAS_SERVICE_ACCOUNT = Has(SA_NAME_LABEL)
+    return _prefix_keys(parse_selector(text), NS_LABEL_PREFIX, Has(NAMESPACE_LABEL))
 
 
 def service_account_selector(text: str) -> Selector:
@@ -191,12 +183,9 @@ def _opt(text: Any) -> str | None:
 
 
 def policy_applies_selector(kind: str, namespace: str | None, spec: Mapping[str, Any]) -> Selector:
-    """Which endpoints a policy applies to, as one selector over endpoint labels.
-
-    A `serviceAccountSelector` is ANDed in over ``pcsa.`` labels. For a
-    GlobalNetworkPolicy Calico then rewrites every ``all()`` of the combined selector
-    (the policy's own included) to "has a service account"; a NetworkPolicy keeps
-    its ``all()`` (so ``serviceAccountSelector: all()`` narrows nothing there)."""
+    """Which endpoints a policy applies to, as one selector over endpoint labels. A
+    `serviceAccountSelector` is ANDed in; in a GlobalNetworkPolicy Calico then makes
+    every ``all()`` "has a service account" (a NetworkPolicy keeps its ``all()``)."""
     sel_text = _opt(spec.get("selector"))
     parts: list[Selector] = [parse_selector(sel_text)] if sel_text else []
     if kind == "NetworkPolicy":
@@ -209,22 +198,8 @@ def policy_applies_selector(kind: str, namespace: str | None, spec: Mapping[str,
     if sa_text:
         parts.append(service_account_selector(sa_text))
         if kind != "NetworkPolicy":
-            parts = [_prefix_keys(p, "", _HAS_SERVICE_ACCOUNT) for p in parts]
+            parts = [_prefix_keys(p, "", Has(SA_NAME_LABEL)) for p in parts]
     return _conj(*parts)
-
-
-def effective_types(spec: Mapping[str, Any]) -> tuple[str, ...]:
-    """Calico's policy `types`, defaulted as documented when omitted: Ingress if there
-    are no egress rules; Egress if only egress rules; both if both."""
-    types = spec.get("types")
-    if types:
-        return tuple(types)
-    ing, eg = bool(spec.get("ingress")), bool(spec.get("egress"))
-    if eg and ing:
-        return ("Ingress", "Egress")
-    if eg:
-        return ("Egress",)
-    return ("Ingress",)
 
 
 # ------------------------------------------------------------------ compiled rules
