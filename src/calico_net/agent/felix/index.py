@@ -7,10 +7,11 @@ labels, the profiles, the policies and the IP pools, and from those
 * for each *local* endpoint (``spec.node == node_name``) the policies that apply to
   it, ordered as Calico orders them (``order`` ascending, missing = last, then name),
   matched by a `SelectorMatcher` of policy selectors × local endpoints;
-* for each selector used by a rule (``selector``/``notSelector``/``namespaceSelector``,
-  already scoped by `rules.compile_rule`) the nft sets of the addresses of every
-  member it matches, kept by `SelectorSets` over a `SelectorMatcher` of rule
-  selectors × all members (both matchers share one label index).
+* for each selector used by a rule (``selector``/``notSelector``/``namespaceSelector``/
+  ``serviceAccounts``, already scoped by `rules.compile_rule`) the nft sets of the
+  addresses of every member it matches, kept by `SelectorSets` over a
+  `SelectorMatcher` of rule selectors × all members (both matchers share one label
+  index).
 
 `update()` only records the new document and marks it dirty; `recompute()` folds all
 pending changes in, step by step, and returns an `IndexChanges` naming what the
@@ -21,7 +22,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from typing import Any, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 from calico_net.model.selector import Selector
 
@@ -252,11 +253,7 @@ class PolicyIndex:
         rules feed selector usage; appearing or vanishing changes the class chains of
         their local endpoints."""
         pending, self._pending_profiles = self._pending_profiles, {}
-        for name, doc in pending.items():
-            old = self.profiles.get(name)
-            new = profile_from_doc(name, doc) if doc is not None else None
-            if new == old:
-                continue
+        for name, old, new in _changed(pending, self.profiles, profile_from_doc):
             ch.profiles.add(name)
             if (old is None) != (new is None):
                 # class chains list only existing profiles
@@ -305,11 +302,7 @@ class PolicyIndex:
         to, or one whose order or types changed, are to be re-dispatched."""
         pending, self._pending_policies = self._pending_policies, {}
         matcher = self.policy_matcher
-        for key, doc in pending.items():
-            old = self.policies.get(key)
-            new = policy_from_doc(key, doc) if doc is not None else None
-            if new == old:
-                continue
+        for key, old, new in _changed(pending, self.policies, policy_from_doc):
             ch.policies.add(key)
             self.sets.move_uses(("policy", key), old.rules() if old else (),
                                 new.rules() if new else ())
@@ -328,3 +321,14 @@ class PolicyIndex:
         is to be re-dispatched (those already marked are skipped)."""
         for _pol, ep, _added in self.policy_matcher.recompute(skip=ch.endpoints):
             ch.endpoints.add(ep)  # type: ignore[arg-type]
+
+
+def _changed(pending: Mapping[Any, Mapping[str, Any] | None], current: Mapping[Any, Any],
+             parse: Callable[[Any, Mapping[str, Any]], Any]) -> Iterator[tuple[Any, Any, Any]]:
+    """(key, old record, new record) of each pending document (None: deleted) whose
+    record differs from the current one."""
+    for key, doc in pending.items():
+        old = current.get(key)
+        new = parse(key, doc) if doc is not None else None
+        if new != old:
+            yield key, old, new
