@@ -467,18 +467,17 @@ def test_types_cover_rules() -> None:
     assert res.spec.effective_types() == ["Egress"]  # Calico: egress rules only → Egress only
 
 
-PREDNAT_REFUSED = ("spec.preDNAT", "not supported by calico.net yet (the dataplane has no "
-                                   "pre-DNAT host endpoint policy)")
-FORWARD_REFUSED = ("spec.applyOnForward", "not supported by calico.net yet (host endpoint policy "
-                                          "covers traffic to and from the host, not forwarded traffic)")
-
-
-def test_prednat_rules_are_checked_besides_the_refusal() -> None:
+def test_prednat_rules_are_checked() -> None:
     assert errors_of(doc("GlobalNetworkPolicy", {"preDNAT": True, "applyOnForward": True,
                                                  "types": ["Egress"]})) == [
-        PREDNAT_REFUSED, FORWARD_REFUSED, ("spec.types", "preDNAT policy cannot have type Egress")]
+        ("spec.types", "preDNAT policy cannot have type Egress")]
     assert errors_of(doc("GlobalNetworkPolicy", {"preDNAT": True})) == [
-        PREDNAT_REFUSED, ("spec.applyOnForward", "must be true when preDNAT is true")]
+        ("spec.applyOnForward", "must be true when preDNAT is true")]
+    assert errors_of(doc("GlobalNetworkPolicy", {"doNotTrack": True})) == [
+        ("spec.applyOnForward", "must be true when doNotTrack is true")]
+    assert errors_of(doc("GlobalNetworkPolicy", {"preDNAT": True, "doNotTrack": True,
+                                                 "applyOnForward": True})) == [
+        ("spec.preDNAT", "preDNAT and doNotTrack cannot both be true")]
 
 
 def test_networkpolicy_has_no_global_only_fields() -> None:
@@ -773,23 +772,16 @@ def test_rule_service_accounts_are_accepted(kind: str, direction: str, side: str
     assert parsed["spec"][direction][1][side]["serviceAccounts"] == match
 
 
-@pytest.mark.parametrize("flag,reason", [
-    ("preDNAT", "the dataplane has no pre-DNAT host endpoint policy"),
-    ("doNotTrack", "the dataplane has no untracked host endpoint policy"),
-    ("applyOnForward", "host endpoint policy covers traffic to and from the host, not forwarded traffic"),
-])
-def test_host_endpoint_policy_flags_are_refused(flag: str, reason: str) -> None:
-    errors = errors_of(doc("GlobalNetworkPolicy", {flag: True, "applyOnForward": True}))
-    assert (f"spec.{flag}", f"not supported by calico.net yet ({reason})") in errors
-    assert all("not supported by calico.net yet" in m for _, m in errors)
-    parse_resource(doc("GlobalNetworkPolicy", {flag: False}))   # false is what is enforced
+@pytest.mark.parametrize("flag", ["preDNAT", "doNotTrack", "applyOnForward"])
+def test_host_endpoint_policy_flags_are_accepted(flag: str) -> None:
+    res = parse_resource(doc("GlobalNetworkPolicy", {flag: True, "applyOnForward": True}))
+    assert res.to_dict()["spec"][flag] is True
+    parse_resource(doc("GlobalNetworkPolicy", {flag: False}))
 
 
-def test_host_endpoint_for_all_interfaces_or_by_address_only_is_refused() -> None:
+def test_host_endpoint_for_all_interfaces_is_accepted_by_address_only_refused() -> None:
     hep = lambda **spec: doc("HostEndpoint", {"node": "node-1", **spec})  # noqa: E731
-    assert errors_of(hep(interfaceName="*")) == [
-        ("spec.interfaceName", 'not supported by calico.net yet ("*" (all of a host\'s interfaces); '
-                               "give each interface its own HostEndpoint)")]
+    assert parse_resource(hep(interfaceName="*")).spec.interface_name == "*"
     assert errors_of(hep(expectedIPs=["198.18.0.11"])) == [
         ("spec.interfaceName", "not supported by calico.net yet (a host endpoint found by its "
                                "expectedIPs alone; name its interface)")]
@@ -825,9 +817,9 @@ def test_quick_check_never_accepts_a_refused_document() -> None:
     refused = [
         gnp({"action": "Allow"}, serviceAccountSelector="role == "),
         gnp({"action": "Allow", "source": {"serviceAccounts": {"names": ["Not_A_Name"]}}}),
-        gnp({"action": "Deny"}, preDNAT=True, applyOnForward=True),
-        gnp({"action": "Deny"}, doNotTrack=True, applyOnForward=True),
-        gnp({"action": "Deny"}, applyOnForward=True),
+        gnp({"action": "Deny"}, preDNAT=True),
+        gnp({"action": "Deny"}, doNotTrack=True),
+        gnp({"action": "Deny"}, preDNAT=True, doNotTrack=True, applyOnForward=True),
         gnp({"action": "Deny", "source": {"nets": ["198.18.0.0/24\n"]}}),
         gnp({"action": "Deny"}, order=float("nan")),
         gnp({"action": "Deny"}, order=float("inf")),

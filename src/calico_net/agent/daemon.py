@@ -34,9 +34,7 @@ from typing import Any, Callable
 
 from calico_net.agent.config import Config
 from calico_net.agent.felix.backends import PolicyBackend, RouteBackend, SysctlBackend
-from calico_net.agent.felix.coldstart import (
-    ColdStart, LinkListing, finish_sysctls_by_name, start_sysctls,
-)
+from calico_net.agent.felix.coldstart import ApplyResult, ColdStart, LinkListing, ordered_apply
 from calico_net.agent.felix.nftstr import NftStringError, ifname_text
 from calico_net.agent.felix.policy import FelixSettings, PolicyDataplane
 from calico_net.agent.felix.routes import RouteManager, host_routes
@@ -406,72 +404,27 @@ class Daemon:
 
         Policy goes before routes: a route makes a workload reachable only once
         its policy is in. The first apply on a host without our table is the cold
-        start (`felix.coldstart`): there a route thread writes the routes while
-        an nft process loads the real table over a placeholder."""
+        start (`ColdStart.first_apply`); every other one is `ordered_apply`."""
         t0 = time.monotonic()
-        ok = True
-        early = self.coldstart.begin() if not self.applied else None
-        # (not self.links.listed below: the route thread may be setting it now)
-        if early is None and not self.links.listed:
-            try:
-                self.links.list_all()
-            except OSError:
-                log.exception("cannot list links; retrying in %.0f s", RETRY_AFTER_ERROR)
-                self.metrics.errors.inc()
-                self.retry_at = time.monotonic() + RETRY_AFTER_ERROR
-                return
-        todo: list[Any] = []
-        failed: set[str] = set()
-        pending = None
-        if early is None or not early.list_links:
-            # (else the route thread lists the links, then starts the sysctls)
-            todo = self.routes.interfaces_to_configure()
-            by_name = self.coldstart.take_by_name()
-            if by_name is not None:   # started with the snapshot, but no placeholder path
-                pending = finish_sysctls_by_name(self.sysctls, by_name, todo, failed)
-            else:
-                pending = start_sysctls(self.sysctls, todo, failed)
-        t1 = time.monotonic()
-        try:
-            if early is not None:
-                self.policy.apply(while_loading=early.go.set)
-            else:
-                self.policy.apply()
-        except Exception:  # noqa: BLE001 - retried; the agent keeps running
-            log.exception("applying policy failed; retrying in %.0f s", RETRY_AFTER_ERROR)
-            ok = False
-        t2 = time.monotonic()
-        if early is not None:
-            early.go.set()
-            if early.list_links:
-                todo, pending = early.sysctls_started(failed)
-        if pending is not None:
-            try:
-                failed.update(pending.wait())
-            except Exception as e:  # noqa: BLE001 - retried on the next new link
-                log.warning("cannot configure workload interfaces: %s", e)
-                failed.update(link.name for link, _ in todo)
-        for link, _ in todo:
-            if link.name not in failed:
-                self.routes.mark_configured(link.name)
-        t2s = time.monotonic()
-        try:
-            stats = early.routes_written() if early is not None else self.routes.apply()
-            if stats.failed:
-                log.info("routes: %d added, %d removed, %d failed", stats.added, stats.removed, stats.failed)
-        except OSError:
-            log.exception("programming routes failed; retrying in %.0f s", RETRY_AFTER_ERROR)
-            ok = False
-        t3 = time.monotonic()
-        self._applied(ok, t3 - t0, t2 - t1, len(todo), (t1 - t0) + (t2s - t2), t3 - t2s)
+        result = self.coldstart.first_apply() if not self.applied else None
+        if result is None:
+            if not self.links.listed:
+                try:
+                    self.links.list_all()
+                except OSError:
+                    log.exception("cannot list links; retrying in %.0f s", RETRY_AFTER_ERROR)
+                    self.metrics.errors.inc()
+                    self.retry_at = time.monotonic() + RETRY_AFTER_ERROR
+                    return
+            result = ordered_apply(self.policy, self.links, self.sysctls, self.coldstart.take_by_name())
+        self._applied(result, time.monotonic() - t0)
 
-    def _applied(self, ok: bool, elapsed: float, policy_s: float, n_sysctls: int,
-                 sysctl_s: float, routes_s: float) -> None:
+    def _applied(self, result: ApplyResult, elapsed: float) -> None:
         self.metrics.apply_duration.observe(elapsed)
         self.metrics.active_local_endpoints.set(len(self.routes.endpoints))
         self.metrics.active_policies.set(self.policy_count)
         self.apply_count += 1
-        if ok:
+        if result.ok:
             self.retry_at = None
             if not self.applied:
                 self.applied = True
@@ -480,7 +433,7 @@ class Daemon:
                 log.info("dataplane programmed: %d local endpoints, %d policies in %.3f s "
                          "(policy %.3f s; sysctls of %d interfaces %.3f s more; routes %.3f s)",
                          len(self.routes.endpoints), self.policy_count, elapsed,
-                         policy_s, n_sysctls, sysctl_s, routes_s)
+                         result.policy_s, result.n_sysctls, result.sysctl_s, result.routes_s)
         else:
             self.metrics.errors.inc()
             self.retry_at = time.monotonic() + RETRY_AFTER_ERROR
@@ -512,15 +465,13 @@ class Daemon:
 
 def _host_endpoint_problem(doc: dict[str, Any] | None) -> str | None:
     """Why a HostEndpoint cannot be programmed (None: it can): an interface name nft
-    cannot carry ("*", every interface, is not supported yet), or an expected IP
-    that is not a host address."""
+    cannot carry ("*", every host interface, is one endpoint for all of them), or an
+    expected IP that is not a host address."""
     if doc is None:
         return None
     spec = doc.get("spec") or {}
     iface = spec.get("interfaceName")
-    if iface == "*":
-        return 'interfaceName "*" (every host interface) is not supported by calico.net yet'
-    if iface:
+    if iface and iface != "*":
         try:
             ifname_text(iface)
         except NftStringError as exc:

@@ -46,10 +46,9 @@ Decisions:
   they refuse NUL and other control characters. Messages show values through
   `fields.show`: escaped and at most 80 characters.
 * Never fail open: a Calico field the dataplane does not enforce is refused with its
-  path and "not supported by calico.net yet" (`resources.not_supported`):
-  preDNAT / doNotTrack /
-  applyOnForward set to true, HostEndpoint interfaceName "*" or none, failsafe ports
-  limited to a net, rule http and services. docs/policy.md lists every policy field.
+  path and "not supported by calico.net yet" (`resources.not_supported`): a
+  HostEndpoint without interfaceName (found by its expectedIPs alone), rule http and
+  services. docs/policy.md lists every policy field.
 """
 from __future__ import annotations
 

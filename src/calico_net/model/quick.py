@@ -17,8 +17,8 @@ only in a namespaceSelector, types must cover the rules given and not repeat,
 source and destination nets must share an IP version, an endpoint's ipNetworks are
 single addresses, a policy order is finite); anything else — another
 kind, a field not listed (endpoint ports, ipNATs, annotations, icmp, ipVersion,
-serviceAccountSelector, rule serviceAccounts, doNotTrack and the other fields
-calico.net refuses, ...), a snake_case name, a value of another type — is left to
+serviceAccountSelector, rule serviceAccounts, doNotTrack, preDNAT, applyOnForward,
+the fields calico.net refuses, ...), a snake_case name, a value of another type — is left to
 `parse_resource`. So it can only make a valid document cheaper, never let a bad
 one through (the agent's unit tests compare the two on the invalid corpus and on
 mutated documents).

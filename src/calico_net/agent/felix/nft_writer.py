@@ -343,6 +343,10 @@ class NftWriter:
                 handled.add(name)
                 continue
             if old is not None:
+                if old[1] and self.written_elems.get(name):
+                    # its verdicts may name chains deleted in this transaction: they
+                    # must be gone before those chains are
+                    elem_del.append(f"flush map {T} {ident(name)}")
                 set_del.append(f"delete {'map' if old[1] else 'set'} {T} {ident(name)}")
             if new is not None:
                 if old is not None:

@@ -49,8 +49,9 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, NamedTuple
 
 from . import nftstr
-from .base_chains import HEP_IFACES, HEP_IN, HEP_OUT, WL_FROM, WL_TO, placeholder_script, render_base, render_pools
+from .base_chains import HEP_IN, HEP_OUT, WL_FROM, WL_TO, placeholder_script, render_base, render_pools
 from .gcpause import GcPause
+from .hostprotect import STAR, STAR_IFACE, HostProtect, star_endpoint
 from .index import IndexChanges, Key, PolicyIndex
 from .nft import NftError, NftRunner
 from .nft_writer import NftWriter
@@ -138,6 +139,7 @@ class PolicyDataplane:
         self.rs = Ruleset()
         self.writer = NftWriter(self.runner)
         self._ctx = _Ctx(self.index, self.settings.log_prefix)
+        self.hp = HostProtect(self.rs, policy_chain)
         self._programs: dict[Key, _EpProgram] = {}
         self._iface_claims: dict[tuple[str, str], set[Key]] = {}   # (map, iface) → endpoints
         self._chain_refs: dict[str, int] = {}                      # endpoint chain → users
@@ -170,6 +172,10 @@ class PolicyDataplane:
     def update(self, kind: str, name: str, namespace: str | None,
                doc: Mapping[str, Any] | None) -> None:
         """Record one resource's new version (None: deleted).  Bookkeeping only."""
+        if kind == "GlobalNetworkPolicy":
+            self.hp.note_policy((kind, None, name), doc)
+        elif kind == "HostEndpoint":
+            doc = star_endpoint(doc)
         self.index.update(kind, name, namespace, doc)
 
     def set_settings(self, settings: FelixSettings) -> None:
@@ -216,6 +222,12 @@ class PolicyDataplane:
         t0 = time.perf_counter()
         stats = ApplyStats()
         changes = self.index.recompute()
+        if self.hp.flag_changes:
+            # the policy records do not carry these flags: the index saw no change
+            for key in self.hp.flag_changes:
+                changes.endpoints |= self.index.policy_matcher.members_of(key)
+            self.hp.flag_changes.clear()
+            self._combo_cache.clear()
         t1 = time.perf_counter()
         if self._rerender_all:
             changes.policies |= set(self.index.policies)
@@ -271,6 +283,8 @@ class PolicyDataplane:
             s = self.rs.sets.get(m)
             if s is not None and s.elements:
                 return []
+        if self.hp.layout.star:
+            return []
         return [n for n in self.rs.sets if n.startswith(("s4_", "s6_"))]
 
     def load_placeholder(self) -> None:
@@ -325,7 +339,7 @@ class PolicyDataplane:
     def _render(self, ch: IndexChanges) -> None:
         rs, index = self.rs, self.index
         if self._base_dirty:
-            render_base(self.rs, self.settings)
+            render_base(self.rs, self.settings, self.hp.layout)
             ch.pools = True
             self._base_dirty = False
         if ch.pools:
@@ -369,6 +383,8 @@ class PolicyDataplane:
                 rs.set_chain(chain, lines, comment=_chain_comment(f"Profile {name}"))
         for ep in ch.endpoints:
             self._render_endpoint(ep)
+        if self.hp.finish():
+            render_base(self.rs, self.settings, self.hp.layout)
         self._collect_garbage()
 
     def _render_set(self, name: str) -> None:
@@ -481,7 +497,7 @@ class PolicyDataplane:
             ck = (frozenset(index.policy_matcher.matches_of(ep)), profs)
             combo = self._combo_cache.get(ck)
             if combo is None:
-                pols = index.ordered_policies(ep)
+                pols = self.hp.normal(index.ordered_policies(ep))
                 ing = self._endpoint_chain(
                     "Ingress", tuple(p.key for p in pols if "Ingress" in p.types), profs)
                 eg = self._endpoint_chain(
@@ -496,7 +512,10 @@ class PolicyDataplane:
                     self.rs.set_chain(combo[0], combo[1])
                 if combo[2] not in chains:
                     self.rs.set_chain(combo[2], combo[3])
-            new = _EpProgram(member.key[0], nftstr.ifname(member.iface), combo[0], combo[2])
+            new = _EpProgram(member.key[0], STAR if member.iface == STAR_IFACE else nftstr.ifname(member.iface),
+                             combo[0], combo[2])
+        if ep[0] == "HostEndpoint":
+            self.hp.render_endpoint(ep, self.index.ordered_policies(ep) if new else None)
         old = self._programs.get(ep)
         if old == new:
             return
@@ -553,26 +572,23 @@ class PolicyDataplane:
     def _write_slot(self, slot: tuple[str, str]) -> None:
         mapname, key = slot     # the interface as _render_endpoint quoted it
         claims = self._iface_claims.get(slot)
+        owner = None
         if not claims:
             self._iface_claims.pop(slot, None)
-            self.rs.remove_element(mapname, key)
-            if mapname == HEP_IN:
-                self.rs.remove_element(HEP_IFACES, key)
-            return
-        if len(claims) > 1:
+        elif len(claims) > 1:
             log.warning("interface %s is claimed by several endpoints: %s", key, sorted(
                 claims, key=lambda k: (k[0], k[1] or "", k[2])))
             owner = min(claims, key=lambda k: (k[0], k[1] or "", k[2]))
         else:
             (owner,) = claims
-        prog = self._programs[owner]
+        prog = self._programs[owner] if owner is not None else None
         # workloads: traffic from the interface is the endpoint's egress;
         # host endpoints: traffic from the interface is the endpoint's ingress
-        if mapname == WL_FROM or mapname == HEP_OUT:
-            chain = prog.egress
+        chain = None if prog is None else (
+            prog.egress if mapname == WL_FROM or mapname == HEP_OUT else prog.ingress)
+        if mapname == HEP_IN or mapname == HEP_OUT:
+            self.hp.write_slot(mapname, key, owner, chain)
+        elif chain is None:
+            self.rs.remove_element(mapname, key)
         else:
-            chain = prog.ingress
-        self.rs.add_element(mapname, key, f"jump {chain}")
-        if mapname == HEP_IN:
-            self.rs.add_element(HEP_IFACES, key)
-
+            self.rs.add_element(mapname, key, f"jump {chain}")

@@ -105,9 +105,6 @@ class HostEndpointSpec(CalicoModel):
         elif not self.interface_name:
             yield field_path(path, "interfaceName"), not_supported(
                 "a host endpoint found by its expectedIPs alone; name its interface")
-        elif self.interface_name == "*":
-            yield field_path(path, "interfaceName"), not_supported(
-                "\"*\" (all of a host's interfaces); give each interface its own HostEndpoint")
         yield from _ports_errors(self.ports, path, ctx)
 
 

@@ -2,8 +2,8 @@
 NetworkPolicy, GlobalNetworkPolicy and Profile, and the network sets they select.
 
 The cross-field rules are Calico's (ports need a port protocol, ICMP matches need
-ICMP, `types` must cover the rules given) plus the refusals of what the dataplane
-does not enforce (pre-DNAT, untracked and forwarded host policy).
+ICMP, `types` must cover the rules given, preDNAT and doNotTrack need
+applyOnForward).
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from calico_net.model.fields.network import (
 )
 from calico_net.model.fields.text import Annotations, Labels, Name, Selector
 from calico_net.model.resources.base import (
-    CalicoModel, CheckContext, Error, field_path, not_supported,
+    CalicoModel, CheckContext, Error, field_path,
 )
 
 def _order(value: Any) -> Union[int, float]:
@@ -209,17 +209,7 @@ class GlobalNetworkPolicySpec(_PolicySpecBase):
 
     def semantic_errors(self, path: str, ctx: CheckContext) -> Iterator[Error]:
         yield from super().semantic_errors(path, ctx)
-        if self.pre_dnat:
-            yield field_path(path, "preDNAT"), not_supported(
-                "the dataplane has no pre-DNAT host endpoint policy")
-        if self.do_not_track:
-            yield field_path(path, "doNotTrack"), not_supported(
-                "the dataplane has no untracked host endpoint policy")
-        if self.apply_on_forward:
-            yield field_path(path, "applyOnForward"), not_supported(
-                "host endpoint policy covers traffic to and from the host, not forwarded traffic")
-        # Calico's own rules for these flags, reported as well so a document fixed for
-        # one message does not meet the next.
+        # Calico's own rules for the host protection flags
         if self.do_not_track and self.pre_dnat:
             yield field_path(path, "preDNAT"), "preDNAT and doNotTrack cannot both be true"
         if (self.do_not_track or self.pre_dnat) and not self.apply_on_forward:
