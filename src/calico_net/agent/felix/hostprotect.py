@@ -192,41 +192,38 @@ class HostProtect:
         `owner`'s `chain`, or nothing (owner None). HEP_IN also carries the
         interface into HEP_IFACES and the owner's extra chains into their maps."""
         inbound = mapname == HEP_IN
+        self._dispatch(mapname, iface, "in" if inbound else "out", chain)
+        if not inbound:
+            return
+        if iface != STAR:
+            if chain is None:
+                self.rs.remove_element(HEP_IFACES, iface)
+            else:
+                self.rs.add_element(HEP_IFACES, iface)
+        if owner is None:
+            self._owner.pop(iface, None)
+        else:
+            self._owner[iface] = owner
+        self._write_extra(iface, self.extra.get(owner, _NONE) if owner is not None else _NONE)
+
+    def _write_extra(self, iface: str, chains: HepChains) -> None:
+        for mapname, field, hook in _EXTRA:
+            self._dispatch(mapname, iface, hook, getattr(chains, field))
+
+    def _dispatch(self, mapname: str, iface: str, hook: str, chain: str | None) -> None:
+        """Interface key `iface` to `chain` (None: nothing) in `mapname`; for the
+        "*" endpoint, its chain for `hook` in the base chains instead."""
         if iface == STAR:
-            hook = "in" if inbound else "out"
             if chain is None:
                 self._star.pop(hook, None)
             else:
                 self._star[hook] = chain
         elif chain is None:
             self.rs.remove_element(mapname, iface)
-            if inbound:
-                self.rs.remove_element(HEP_IFACES, iface)
         else:
+            if mapname not in self.rs.sets:
+                self.rs.ensure_set(mapname, "type ifname : verdict", is_map=True)
             self.rs.add_element(mapname, iface, f"jump {chain}")
-            if inbound:
-                self.rs.add_element(HEP_IFACES, iface)
-        if inbound:
-            if owner is None:
-                self._owner.pop(iface, None)
-            else:
-                self._owner[iface] = owner
-            self._write_extra(iface, self.extra.get(owner, _NONE) if owner is not None else _NONE)
-
-    def _write_extra(self, iface: str, chains: HepChains) -> None:
-        for mapname, field, hook in _EXTRA:
-            chain = getattr(chains, field)
-            if iface == STAR:
-                if chain is None:
-                    self._star.pop(hook, None)
-                else:
-                    self._star[hook] = chain
-            elif chain is None:
-                self.rs.remove_element(mapname, iface)
-            else:
-                if mapname not in self.rs.sets:
-                    self.rs.ensure_set(mapname, "type ifname : verdict", is_map=True)
-                self.rs.add_element(mapname, iface, f"jump {chain}")
 
     def finish(self) -> bool:
         """After a render: keep the extra maps of the hooks in use (a pair for the
