@@ -6,8 +6,13 @@ Names are what ``nft list table inet calico`` shows: base chains
 ``cali-forward``, ``cali-input``, ``cali-output`` and ``cali-nat-postrouting``;
 the dispatch chains ``cali-from-wl``/``cali-to-wl`` with their verdict maps
 ``cali-wl-from``/``cali-wl-to`` (and ``cali-hep-in``/``cali-hep-out`` for host
-endpoints); the failsafe sets, checked before any host endpoint policy; the pool
-and masquerade sets behind NAT outgoing.
+endpoints); the failsafe sets (and one rule per failsafe entry limited to a
+network), checked before any host endpoint policy; the pool and masquerade sets
+behind NAT outgoing. While host endpoints use them (`HepLayout`, from
+`hostprotect`): forward dispatch for applyOnForward policy in ``cali-forward``,
+``cali-mangle-prerouting`` (pre-DNAT policy, before the nat table's DNAT), untracked
+policy in ``cali-prerouting`` and ``cali-raw-output`` (raw priority, before
+conntrack), and the all-interfaces host endpoint's jumps.
 """
 from __future__ import annotations
 

@@ -17,7 +17,8 @@ Table layout (names are what you see in ``nft list table inet calico``):
 * dispatch by verdict maps, so an endpoint coming or going is element changes:
   ``cali-wl-from`` (iifname → egress chain of the workload), ``cali-wl-to``
   (oifname → its ingress chain), ``cali-hep-in``/``cali-hep-out`` for host endpoint
-  interfaces.  Workload-to-workload traffic on one host runs the source's egress
+  interfaces (forward, pre-DNAT and untracked host policy and the all-interfaces
+  host endpoint: `hostprotect`).  Workload-to-workload traffic on one host runs the source's egress
   and then the destination's ingress.  Traffic from an unknown ``cali*`` interface
   is dropped.  Host-to-workload traffic is allowed (as Calico).
 * endpoint chains ``cali-fw-<h>`` (egress) / ``cali-tw-<h>`` (ingress): the policy
