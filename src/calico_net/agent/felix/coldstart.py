@@ -14,16 +14,19 @@ routes, nft and sysctls side by side instead of one after the other:
 2. The first apply (`ColdStart.begin`) loads the placeholder table (new
    connections of workload interfaces dropped: "no policy yet") and starts a
    route thread, which waits.
-3. The daemon runs the policy apply with `RouteThread.go` as its `while_loading`
-   callback: the route thread is released as soon as an nft process loads the
-   real table (the main thread then only waits for nft), else when the apply ends.
+3. The policy apply runs with `RouteThread.go` as its `while_loading` callback:
+   the route thread is released as soon as an nft process loads the real table
+   (the main thread then only waits for nft), else when the apply ends.
 4. The route thread lists the links (only the endpoints' interfaces: the
    helper's look-ups when it made them, else `links_named`), starts the sysctls
    if the helper was not started in step 1, and writes the routes.
-5. The daemon takes the listing and the sysctl work from the thread
+5. The main thread takes the listing and the sysctl work from the thread
    (`RouteThread.sysctls_started`): the helper's result is matched with the
    listing, an interface not there then (or re-created since) is configured as
    usual; then it takes the route result (`RouteThread.routes_written`).
+
+Steps 2-5 are `ColdStart.first_apply`, which the daemon's first apply calls; every
+other apply is `ordered_apply` (policy, sysctls, routes, in the main thread).
 
 Policy goes before routes on every host: on a fresh host the placeholder table is
 there before a route makes a workload reachable. On any other host (our table,
@@ -35,6 +38,8 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .gcpause import GcPause
@@ -47,8 +52,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ColdStart", "LinkListing", "RouteThread", "local_interfaces", "start_sysctls",
-           "finish_sysctls_by_name"]
+__all__ = ["ApplyResult", "ColdStart", "LinkListing", "RouteThread", "local_interfaces",
+           "ordered_apply", "start_sysctls", "finish_sysctls_by_name"]
 
 #: cyclic GC stays off at most this long waiting for the first apply
 GC_HOLD_MAX = 120.0
@@ -125,6 +130,79 @@ def finish_sysctls_by_name(sysctls: "SysctlBackend", by_name: "PendingLookups", 
         return None
     failed.update(bad)
     return start_sysctls(sysctls, rest, failed)
+
+
+def collect_sysctls(routes: RouteManager, pending: "PendingSysctls | None", todo: list[Any],
+                    failed: set[str]) -> None:
+    """Wait for the sysctl work started for `todo` and mark each interface that did
+    not fail as configured (a failed one is retried on the next new link)."""
+    if pending is not None:
+        try:
+            failed.update(pending.wait())
+        except Exception as e:  # noqa: BLE001 - retried on the next new link
+            log.warning("cannot configure workload interfaces: %s", e)
+            failed.update(link.name for link, _ in todo)
+    for link, _ in todo:
+        if link.name not in failed:
+            routes.mark_configured(link.name)
+
+
+@dataclass
+class ApplyResult:
+    """One apply: whether it all went in, and where its time went (seconds)."""
+
+    ok: bool
+    policy_s: float
+    sysctl_s: float       # the sysctl work the main thread started and waited for
+    routes_s: float
+    n_sysctls: int        # interfaces configured
+
+
+def _apply_policy(policy: "PolicyBackend", while_loading: Any = None) -> bool:
+    try:
+        if while_loading is None:
+            policy.apply()
+        else:
+            policy.apply(while_loading=while_loading)
+    except Exception:  # noqa: BLE001 - retried; the agent keeps running
+        log.exception("applying policy failed; retrying")
+        return False
+    return True
+
+
+def _routes_done(write: Any) -> bool:
+    try:
+        stats = write()
+        if stats.failed:
+            log.info("routes: %d added, %d removed, %d failed", stats.added, stats.removed, stats.failed)
+    except OSError:
+        log.exception("programming routes failed; retrying")
+        return False
+    return True
+
+
+def ordered_apply(policy: "PolicyBackend", links: LinkListing, sysctls: "SysctlBackend",
+                  by_name: "PendingLookups | None") -> ApplyResult:
+    """Every apply but a fresh host's first: the links are listed (the caller saw
+    to it), sysctls of new interfaces start, the policy goes in, the sysctls are
+    collected, then the routes. (`by_name`: a helper started on the snapshot's
+    interface names whose work is matched with the listing.)"""
+    routes = links.routes
+    t0 = time.monotonic()
+    failed: set[str] = set()
+    todo = routes.interfaces_to_configure()
+    if by_name is not None:
+        pending = finish_sysctls_by_name(sysctls, by_name, todo, failed)
+    else:
+        pending = start_sysctls(sysctls, todo, failed)
+    t1 = time.monotonic()
+    ok = _apply_policy(policy)
+    t2 = time.monotonic()
+    collect_sysctls(routes, pending, todo, failed)
+    t2s = time.monotonic()
+    ok &= _routes_done(routes.apply)
+    t3 = time.monotonic()
+    return ApplyResult(ok, t2 - t1, (t1 - t0) + (t2s - t2), t3 - t2s, len(todo))
 
 
 _HOST_SUFFIXES = ("/32", "/128")
@@ -277,6 +355,37 @@ class ColdStart:
         """The helper started on names (step 1), to be collected by the caller."""
         by_name, self._by_name = self._by_name, None
         return by_name
+
+    def first_apply(self) -> ApplyResult | None:
+        """Steps 2-5 on a fresh host: the placeholder, the policy apply with the
+        route thread released while nft loads, the sysctls, the routes. None when
+        this is not a fresh host (then `ordered_apply` is the first apply)."""
+        early = self.begin()
+        if early is None:
+            return None
+        t0 = time.monotonic()
+        todo: list[Any] = []
+        failed: set[str] = set()
+        pending = None
+        if not early.list_links:
+            # the links were listed already: the sysctls start here, as usual
+            todo = self.routes.interfaces_to_configure()
+            by_name = self.take_by_name()
+            if by_name is not None:
+                pending = finish_sysctls_by_name(self.sysctls, by_name, todo, failed)
+            else:
+                pending = start_sysctls(self.sysctls, todo, failed)
+        t1 = time.monotonic()
+        ok = _apply_policy(self.policy, while_loading=early.go.set)
+        t2 = time.monotonic()
+        early.go.set()
+        if early.list_links:
+            todo, pending = early.sysctls_started(failed)
+        collect_sysctls(self.routes, pending, todo, failed)
+        t2s = time.monotonic()
+        ok &= _routes_done(early.routes_written)
+        t3 = time.monotonic()
+        return ApplyResult(ok, t2 - t1, (t1 - t0) + (t2s - t2), t3 - t2s, len(todo))
 
     def begin(self) -> RouteThread | None:
         """Step 2, at the first apply: if table inet calico does not exist at all,
