@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any, Iterable, Mapping, NamedTuple
 
-from .base_chains import (HEP_FWD_IN, HEP_FWD_OUT, HEP_IFACES, HEP_IN, HEP_OUT, HEP_PRE, HEP_RAW_IN,
+from .base_chains import (HEP_FWD_IN, HEP_FWD_OUT, HEP_IFACES, HEP_IN, HEP_PRE, HEP_RAW_IN,
                           HEP_RAW_OUT, HepLayout)
 from .rules import MARK_ALLOW, MARK_CLEAR_MASK, MARK_PASS
 from .ruleset import Ruleset
