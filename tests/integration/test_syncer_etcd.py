@@ -12,6 +12,9 @@ class Sink:
     def __init__(self):
         self.q = queue.Queue()
 
+    def known(self, key):
+        return None
+
     def on_snapshot(self, resources, revision):
         self.q.put((resources, revision))
 

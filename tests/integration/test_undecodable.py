@@ -78,6 +78,9 @@ class Sink:
         self.bad: list[tuple[str, str, bool]] = []
         self.status: list[bool] = []
 
+    def known(self, key):
+        return None
+
     def on_snapshot(self, resources, revision):
         self.snapshots.put((resources, revision))
 

@@ -142,6 +142,11 @@ class Daemon:
         return self.links.partial
 
     # --- Sink interface (called from the syncer thread) ---
+    def known(self, key: str) -> Resource | None:
+        """What the daemon holds for `key` (the syncer reuses it on a resync: the
+        datastore's documents are held here, once)."""
+        return self.cache.get(key)
+
     def on_snapshot(self, resources: dict[str, Resource], revision: int) -> None:
         # a bad key that is gone (or good again) leaves the syncer's bad set silently
         self.metrics.skipped.set(len(self.syncer.bad))

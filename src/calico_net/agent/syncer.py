@@ -133,6 +133,11 @@ def parse_kv(kv: KV, validate: Validator = model_validate,
 
 
 class Sink(Protocol):
+    """The syncer's consumer (the daemon). `known` is read from the syncer's thread:
+    the resource the consumer holds for a key (one dict lookup), so that a resync
+    reuses what was validated before instead of keeping a second copy here."""
+
+    def known(self, key: str) -> Resource | None: ...
     def on_snapshot(self, resources: dict[str, Resource], revision: int) -> None: ...
     def on_update(self, key: str, resource: Resource | None) -> None: ...
     def on_status(self, connected: bool, reason: str) -> None: ...
@@ -167,21 +172,19 @@ class Syncer(SnapshotWatcher):
         self.page_size = page_size
         # key -> (mod_revision, reason) of values we skipped: each is logged once.
         self.bad: dict[str, tuple[int, str]] = {}
-        self.parsed: dict[str, Resource] = {}
         self.revision = 0
 
     # --- parsing ---
     def _parse(self, kv: KV) -> Resource | None:
-        # A resync re-reads every key: values we validated before (same key, same
+        # A resync re-reads every key: values the consumer holds (same key, same
         # mod revision) are not validated again.
-        cached = self.parsed.get(kv.key)
+        cached = self.sink.known(kv.key)
         if cached is not None and cached.revision == kv.mod_revision:
             return cached
         try:
             res = parse_kv(kv, self.validate, self.kind_of)
         except BadObject as e:
             reason = str(e)
-            self.parsed.pop(kv.key, None)
             seen = self.bad.get(kv.key)
             new = seen is None or seen[0] != kv.mod_revision
             if new:
@@ -191,7 +194,6 @@ class Syncer(SnapshotWatcher):
             self.sink.on_bad_object(kv.key, reason, new)
             return None
         self.bad.pop(kv.key, None)
-        self.parsed[kv.key] = res
         return res
 
     # --- the loop ---
@@ -217,9 +219,8 @@ class Syncer(SnapshotWatcher):
                 res = parse(kv)
                 if res is not None:
                     resources[kv.key] = res
-        for table in (self.bad, self.parsed):
-            for key in [k for k in table if k not in present]:
-                del table[key]
+        for key in [k for k in self.bad if k not in present]:
+            del self.bad[key]
         self.snapshots += 1
         self.revision = revision
         self._set_connected(True, f"snapshot at revision {revision}, {len(resources)} resources")
@@ -239,7 +240,6 @@ class Syncer(SnapshotWatcher):
                     self.revision = ev.revision
                     if ev.type == "DELETE":
                         self.bad.pop(ev.kv.key, None)
-                        self.parsed.pop(ev.kv.key, None)
                         self.sink.on_update(ev.kv.key, None)
                         continue
                     res = self._parse(ev.kv)
