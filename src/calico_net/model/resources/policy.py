@@ -11,7 +11,6 @@ import math
 from typing import Annotated, Any, Iterator, Literal, Optional, Union
 
 from pydantic import Field, PlainValidator
-from pydantic.alias_generators import to_camel
 
 from calico_net.model.fields.checks import bounded, enum_before, fail, show
 from calico_net.model.fields.network import (
@@ -65,6 +64,12 @@ class ServiceAccountMatch(CalicoModel):
     selector: Optional[Selector] = None
 
 
+def _no_global(path: str, alias: str, text: Optional[str]) -> Iterator[Error]:
+    """Calico allows global() only in a namespaceSelector."""
+    if text and "global(" in text.replace(" ", ""):
+        yield field_path(path, alias), f"{show(text)}: global() may only be used in a namespaceSelector"
+
+
 class EntityRule(CalicoModel):
     nets: Optional[list[Net]] = None
     selector: Optional[Selector] = None
@@ -76,12 +81,8 @@ class EntityRule(CalicoModel):
     service_accounts: Optional[ServiceAccountMatch] = None
 
     def semantic_errors(self, path: str, ctx: CheckContext) -> Iterator[Error]:
-        for field in ("selector", "not_selector"):
-            text = getattr(self, field)
-            if text and "global(" in text.replace(" ", ""):
-                alias = to_camel(field)
-                yield (field_path(path, alias),
-                       f"{show(text)}: global() may only be used in a namespaceSelector")
+        yield from _no_global(path, "selector", self.selector)
+        yield from _no_global(path, "notSelector", self.not_selector)
 
 
 class RuleMetadata(CalicoModel):
@@ -175,10 +176,7 @@ class _PolicySpecBase(CalicoModel):
         return ["Ingress"]
 
     def semantic_errors(self, path: str, ctx: CheckContext) -> Iterator[Error]:
-        sa_text = self.service_account_selector
-        if sa_text and "global(" in sa_text.replace(" ", ""):
-            yield (field_path(path, "serviceAccountSelector"),
-                   f"{show(sa_text)}: global() may only be used in a namespaceSelector")
+        yield from _no_global(path, "serviceAccountSelector", self.service_account_selector)
         yield from _rules_errors(self, path, ctx)
         if self.types is not None:
             seen: set[str] = set()
