@@ -21,13 +21,13 @@ options:
         C(ipVersion) (4 or 6), C(icmp) and C(notICMP) (with C(type) and C(code)), C(source) and
         C(destination), C(metadata) (with C(annotations))."
       - "C(source) and C(destination) take C(nets), C(notNets), C(selector), C(notSelector),
-        C(namespaceSelector), C(ports) and C(notPorts) (numbers, C(lo:hi) ranges or named ports;
-        they need a protocol with ports)."
-      - "B(Refused today) - Calico's rule key C(http) and the C(source)/C(destination) keys
-        C(serviceAccounts) (with C(names) and C(selector)) and C(services) fail with their field path,
-        such as C(spec.ingress[0].source.serviceAccounts), and C(not supported by calico.net yet), and
-        nothing is written - the dataplane does not match service accounts, HTTP requests or Kubernetes
-        Services, and a rule it cannot enforce is never stored as if it were."
+        C(namespaceSelector), C(serviceAccounts) (with C(names) and C(selector), matched as Calico
+        matches them), C(ports) and C(notPorts) (numbers, C(lo:hi) ranges or named ports; they need a
+        protocol with ports)."
+      - "B(Refused today) - Calico's rule key C(http) and the C(source)/C(destination) key
+        C(services) fail with their field path, such as C(spec.ingress[0].source.services), and
+        C(not supported by calico.net yet), and nothing is written - the dataplane does not match HTTP
+        requests or Kubernetes Services, and a rule it cannot enforce is never stored as if it were."
       - Rules are validated by the library; an error names the field path, such as
         C(spec.ingress[0].protocol).
       - The order of rules matters and is kept; within a rule the order of nets, ports and

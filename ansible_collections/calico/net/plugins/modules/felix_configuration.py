@@ -21,8 +21,6 @@ description:
   - Only the settings given are managed - settings left out keep their stored value, unless
     O(purge=true).
   - Changes are detected by meaning (C(90s) equals C(1m30s); failsafe ports in any order).
-  - A failsafe port with a C(net), given as an option or through O(settings), is refused with its field
-    path and C(not supported by calico.net yet), and nothing is written.
 author:
   - calico.net maintainers (@calico-net)
 extends_documentation_fragment:
@@ -112,11 +110,8 @@ options:
         required: true
       net:
         description:
-          - Only for this peer network (Calico's C(net)).
-          - B(Refused today) with any value, which fails with the field path
-            C(spec.failsafeInboundHostPorts[N].net) and C(not supported by calico.net yet) - the dataplane
-            would open the port to every address, wider than written. The suboption is kept for
-            compatibility with Calico; leave it out to open the port to every address.
+          - Only for this peer network (Calico's C(net)) - the port is open only from its
+            addresses. Left out, the port is open from every address.
         type: str
   failsafe_outbound_host_ports:
     description: Host ports that stay open outbound (C(spec.failsafeOutboundHostPorts)). Replaces the stored list when given.
@@ -133,11 +128,8 @@ options:
         required: true
       net:
         description:
-          - Only for this peer network (Calico's C(net)).
-          - B(Refused today) with any value, which fails with the field path
-            C(spec.failsafeOutboundHostPorts[N].net) and C(not supported by calico.net yet) - the dataplane
-            would open the port to every address, wider than written. The suboption is kept for
-            compatibility with Calico; leave it out to open the port to every address.
+          - Only for this peer network (Calico's C(net)) - the port is open only to its
+            addresses. Left out, the port is open to every address.
         type: str
   route_refresh_interval:
     description: How often routes are read back and repaired, a duration (C(spec.routeRefreshInterval)).

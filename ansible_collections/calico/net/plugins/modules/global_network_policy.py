@@ -22,11 +22,9 @@ description:
     made outside Ansible are replaced.
   - Changes are detected by meaning - rule order matters, but C(types) left out equals the types
     Calico derives from the rules, ports C(80) and C("80") are the same, and so are nets in any order.
-  - calico.net never stores a policy its dataplane would not enforce. O(service_account_selector),
-    O(pre_dnat=true), O(do_not_track=true), O(apply_on_forward=true) and the rule keys C(serviceAccounts),
-    C(http) and C(services) are refused with the field path and C(not supported by calico.net yet),
-    and nothing is written. The options stay for compatibility with Calico's fields, but cannot be used
-    yet (V(false) is accepted for the three flags).
+  - calico.net never stores a policy its dataplane would not enforce. The rule keys C(http) and
+    C(services) are refused with the field path and C(not supported by calico.net yet), and nothing
+    is written.
 author:
   - calico.net maintainers (@calico-net)
 extends_documentation_fragment:
@@ -55,11 +53,9 @@ options:
     type: str
   service_account_selector:
     description:
-      - Only endpoints whose service account matches (C(spec.serviceAccountSelector)).
-      - B(Refused today) with any value, even an empty one, which fails with the field path
-        C(spec.serviceAccountSelector) and C(not supported by calico.net yet) - the dataplane does not
-        match service accounts, so the policy would apply to every endpoint O(selector) picks. The option
-        is kept for compatibility with Calico but cannot be used yet; leave it out.
+      - Only endpoints whose service account matches (C(spec.serviceAccountSelector)), as Calico
+        matches it - ANDed with O(selector), over the account's labels (C(pcsa.)-prefixed, from the
+        C(ksa.<namespace>.<name>) profile the endpoint lists).
     type: str
   types:
     description:
@@ -71,26 +67,18 @@ options:
   do_not_track:
     description:
       - Apply to untracked traffic, before connection tracking (C(spec.doNotTrack)); host endpoints only.
-        In Calico it needs O(apply_on_forward).
-      - B(Refused today) when V(true), which fails with the field path C(spec.doNotTrack) and
-        C(not supported by calico.net yet) - the dataplane has no untracked host endpoint policy. V(false),
-        the default, is accepted. The option is kept for compatibility with Calico.
+        Needs O(apply_on_forward=true), as in Calico. An Allow does not create connection state, so the
+        replies need a rule of their own.
     type: bool
   pre_dnat:
     description:
-      - Apply before DNAT (C(spec.preDNAT)); host endpoints only, ingress only. In Calico it needs
-        O(apply_on_forward).
-      - B(Refused today) when V(true), which fails with the field path C(spec.preDNAT) and
-        C(not supported by calico.net yet) - the dataplane has no pre-DNAT host endpoint policy. V(false),
-        the default, is accepted. The option is kept for compatibility with Calico.
+      - Apply before DNAT (C(spec.preDNAT)); host endpoints only, ingress only (no egress rules).
+        Needs O(apply_on_forward=true), as in Calico.
     type: bool
   apply_on_forward:
     description:
-      - Apply to traffic forwarded through host endpoints too (C(spec.applyOnForward)).
-      - B(Refused today) when V(true), which fails with the field path C(spec.applyOnForward) and
-        C(not supported by calico.net yet) - host endpoint policy covers traffic to and from the host, not
-        traffic the host forwards. V(false), the default, is accepted. The option is kept for
-        compatibility with Calico.
+      - Apply to traffic forwarded through host endpoints too (C(spec.applyOnForward)), in Felix's
+        order with workload policy.
     type: bool
 seealso:
   - module: calico.net.network_policy

@@ -15,10 +15,9 @@ version_added: 0.1.0
 description:
   - Create, update or delete a Calico C(HostEndpoint) - a host's interface that global network
     policy applies to, picked by its labels.
-  - calico.net never stores an endpoint its dataplane would not program. An endpoint for all of a
-    host's interfaces (O(interface_name=*)) and one found by O(expected_ips) alone, without
-    O(interface_name), are refused with the field path C(spec.interfaceName) and
-    C(not supported by calico.net yet), and nothing is written. Give each interface its own host endpoint.
+  - calico.net never stores an endpoint its dataplane would not program. One found by O(expected_ips)
+    alone, without O(interface_name), is refused with the field path C(spec.interfaceName) and
+    C(not supported by calico.net yet), and nothing is written.
   - The module declares the whole endpoint. The order of O(expected_ips) and O(ports) does not
     matter; the order of O(profiles) does (they apply in order).
   - Mind the failsafe ports (C(failsafe_inbound_host_ports) of M(calico.net.felix_configuration))
@@ -46,9 +45,8 @@ options:
     description:
       - The interface (C(spec.interfaceName)). calico.net needs it whenever the endpoint is present;
         Calico would accept O(expected_ips) instead.
-      - B(Refused today) for the value C(*) (Calico's all of the host's interfaces), which fails with the
-        field path C(spec.interfaceName) and C(not supported by calico.net yet) - such an endpoint would
-        not be programmed. Give each interface its own host endpoint.
+      - C(*) is Calico's all-interfaces host endpoint - traffic to and from the host on every
+        interface that is neither a named host endpoint's nor a workload's, failsafe ports first.
     type: str
   expected_ips:
     description:

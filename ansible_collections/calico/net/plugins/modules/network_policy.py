@@ -19,10 +19,9 @@ description:
     made outside Ansible are replaced.
   - Changes are detected by meaning - rule order matters, but C(types) left out equals the types
     Calico derives from the rules, ports C(80) and C("80") are the same, and so are nets in any order.
-  - calico.net never stores a policy its dataplane would not enforce. O(service_account_selector) and the
-    rule keys C(serviceAccounts), C(http) and C(services) are refused with the field path and
-    C(not supported by calico.net yet), and nothing is written. The option stays for compatibility
-    with Calico's fields, but cannot be used yet.
+  - calico.net never stores a policy its dataplane would not enforce. The rule keys C(http) and
+    C(services) are refused with the field path and C(not supported by calico.net yet), and nothing
+    is written.
 author:
   - calico.net maintainers (@calico-net)
 extends_documentation_fragment:
@@ -60,11 +59,9 @@ options:
     choices: [Ingress, Egress]
   service_account_selector:
     description:
-      - Only endpoints whose service account matches (C(spec.serviceAccountSelector)).
-      - B(Refused today) with any value, even an empty one, which fails with the field path
-        C(spec.serviceAccountSelector) and C(not supported by calico.net yet) - the dataplane does not
-        match service accounts, so the policy would apply to every endpoint O(selector) picks. The option
-        is kept for compatibility with Calico but cannot be used yet; leave it out.
+      - Only endpoints whose service account matches (C(spec.serviceAccountSelector)), as Calico
+        matches it - ANDed with O(selector), over the account's labels (C(pcsa.)-prefixed, from the
+        C(ksa.<namespace>.<name>) profile the endpoint lists).
     type: str
 seealso:
   - module: calico.net.global_network_policy
