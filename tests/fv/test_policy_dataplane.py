@@ -42,18 +42,18 @@ def dp(topo: PolicyTopology) -> Iterator[PolicyDataplane]:
 
 
 def wep_doc(w, labels: dict[str, str] | None = None, profiles: list[str] | None = None,
-            ports: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+            ports: list[dict[str, Any]] | None = None, namespace: str = "fv") -> dict[str, Any]:
     return {
         "apiVersion": "projectcalico.org/v3", "kind": "WorkloadEndpoint",
-        "metadata": {"name": w.name, "namespace": "fv", "labels": {"name": w.name, **(labels or {})}},
+        "metadata": {"name": w.name, "namespace": namespace, "labels": {"name": w.name, **(labels or {})}},
         "spec": {"node": NODE, "orchestrator": "cni", "workload": w.name, "endpoint": "eth0",
                  "interfaceName": w.iface, "ipNetworks": [f"{w.ip}/32"],
                  "profiles": list(profiles or []), "ports": list(ports or [])},
     }
 
 
-def put_wep(dp: PolicyDataplane, w, **kw: Any) -> None:
-    dp.update("WorkloadEndpoint", w.name, "fv", wep_doc(w, **kw))
+def put_wep(dp: PolicyDataplane, w, namespace: str = "fv", **kw: Any) -> None:
+    dp.update("WorkloadEndpoint", w.name, namespace, wep_doc(w, namespace=namespace, **kw))
 
 
 def profile_doc(name: str, ingress=(), egress=()) -> dict[str, Any]:
@@ -202,6 +202,24 @@ def test_same_host_traffic_is_checked_both_ways(topo, dp):
         ingress=[{"action": "Deny", "source": {"selector": "name == 'w3'"}}, {"action": "Allow"}]))
     dp.apply()
     assert topo.tcp_matrix() == ALL_PAIRS - {("w1", "w2"), ("w3", "w4")}
+
+
+def test_namespaced_not_selector_stays_in_the_policy_namespace(topo, dp):
+    # A NetworkPolicy in "fv" allowing ingress to w4 from `notSelector: name == 'w3'`:
+    # as in Calico that is "endpoints of fv except w3", so w2 connects (the paired
+    # allow to the same server), w3 does not, and w1 - in another namespace - does not
+    # either (the notSelector must not let in everything outside fv).
+    dp.update("Profile", "allow-all", None, profile_doc("allow-all", ALLOW, ALLOW))
+    w1, w2, w3, w4 = topo.workloads
+    put_wep(dp, w1, namespace="other", profiles=["allow-all"])
+    for w in (w2, w3, w4):
+        put_wep(dp, w, profiles=["allow-all"])
+    dp.update("NetworkPolicy", "not-w3", "fv", {
+        "kind": "NetworkPolicy", "metadata": {"name": "not-w3", "namespace": "fv"},
+        "spec": {"selector": "name == 'w4'", "types": ["Ingress"],
+                 "ingress": [{"action": "Allow", "source": {"notSelector": "name == 'w3'"}}]}})
+    dp.apply()
+    assert topo.tcp_matrix() == ALL_PAIRS - {("w1", "w4"), ("w3", "w4")}
 
 
 def test_pass_skips_to_profiles_and_order(topo, dp):

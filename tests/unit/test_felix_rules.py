@@ -114,8 +114,17 @@ def test_namespaced_rule_selector_is_scoped():
         f"ip saddr @s4_{h(sel)} {ALLOW}"
     rule = compile_rule({"action": "Allow", "source": {"namespaceSelector": "team == 'a'"}}, "ns1")
     assert str(rule.src.selector) == 'pcns.team == "a"'
+    # a notSelector alone: the side is the policy's namespace minus the notSelector's
+    # endpoints, as Calico builds it (not "everything but those in ns1", which would
+    # let in other namespaces and addresses that are no endpoint)
     rule = compile_rule({"action": "Allow", "source": {"notSelector": "x == '1'"}}, "ns1")
-    assert str(rule.src.not_selector) == 'x == "1" && projectcalico.org/namespace == "ns1"'
+    assert str(rule.src.selector) == 'projectcalico.org/namespace == "ns1"'
+    assert str(rule.src.not_selector) == 'x == "1"'
+    with_ns = compile_rule({"action": "Allow", "source": {"namespaceSelector": "team == 'a'",
+                                                          "notSelector": "x == '1'"}}, "ns1")
+    assert str(with_ns.src.selector) == 'pcns.team == "a"' and str(with_ns.src.not_selector) == 'x == "1"'
+    glob = compile_rule({"action": "Allow", "source": {"notSelector": "x == '1'"}}, None)
+    assert glob.src.selector is None and str(glob.src.not_selector) == 'x == "1"'
 
 
 def test_absent_ipv6_sets_drop_the_ipv6_variants():

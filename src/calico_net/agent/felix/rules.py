@@ -310,11 +310,13 @@ def _side(ent: Mapping[str, Any] | None, namespace: str | None) -> tuple[SideMat
         selector = own
         if namespace is not None:
             selector = _conj(selector, _ns_only(namespace))
-    not_selector: Selector | None = None
-    if not_text:
-        not_selector = parse_selector(not_text)
-        if namespace is not None and not ns_text:
-            not_selector = _conj(not_selector, _ns_only(namespace))
+    elif not_text and namespace is not None:
+        # As Calico: in a namespaced policy a notSelector alone still limits the side
+        # to the policy's namespace (the positive part carries it; the notSelector
+        # stays as written), so "not these" never reaches other namespaces or
+        # addresses that are no endpoint at all.
+        selector = _ns_only(namespace)
+    not_selector = parse_selector(not_text) if not_text else None
     ports, named = _ports(ent.get("ports"))
     not_ports, not_named = _ports(ent.get("notPorts"))
     port_selector: Selector | None = None
