@@ -1,16 +1,16 @@
 """Calico fields calico.net cannot enforce are refused before anything is stored.
 
-`serviceAccountSelector`, rule `serviceAccounts`, `preDNAT`, `doNotTrack`,
-`applyOnForward: true` and HostEndpoint `interfaceName: "*"` would otherwise be
-accepted and then not enforced (a policy that fails open). Here each one goes through
-what an operator uses, against the session's real etcd:
+A rule's `http` match, `services` in a rule's source or destination, a HostEndpoint
+found by its `expectedIPs` alone and IPAMConfiguration's KubeVirt and cool-down
+settings would otherwise be accepted and then not enforced (a policy that fails open).
+Here each one goes through what an operator uses, against the session's real etcd:
 
 * `calicoctl validate -f` and `calicoctl apply -f` (subprocesses, as run by hand) exit
   non-zero with the field path and "not supported by calico.net yet" on one line, and
   the etcd keyspace is byte for byte what it was;
 * the Ansible modules (`calico.net.global_network_policy`, `network_policy`, `profile`,
-  `host_endpoint`, through ansible-playbook) fail with the field path among their
-  `errors`, and write nothing.
+  `host_endpoint`, `resource`, through ansible-playbook) fail with the field path among
+  their `errors`, and write nothing.
 """
 from __future__ import annotations
 
@@ -28,80 +28,59 @@ TESTS = Path(__file__).resolve().parent.parent
 
 # (case, manifest, field path of the refusal)
 REFUSED = [
-    ("gnp-service-account-selector", """
+    ("gnp-rule-http", """
 apiVersion: projectcalico.org/v3
 kind: GlobalNetworkPolicy
-metadata: {name: admins-only}
+metadata: {name: web-get-only}
 spec:
-  selector: app == 'db'
-  serviceAccountSelector: role == 'admin'
-  ingress: [{action: Allow}]
-""", "spec.serviceAccountSelector"),
-    ("np-service-account-selector", """
-apiVersion: projectcalico.org/v3
-kind: NetworkPolicy
-metadata: {name: admins-only, namespace: web}
-spec:
-  selector: app == 'db'
-  serviceAccountSelector: role == 'admin'
-  ingress: [{action: Allow}]
-""", "spec.serviceAccountSelector"),
-    ("gnp-rule-source-service-accounts", """
-apiVersion: projectcalico.org/v3
-kind: GlobalNetworkPolicy
-metadata: {name: builders}
-spec:
+  selector: app == 'web'
   ingress:
-    - action: Deny
-      source: {serviceAccounts: {names: [builder]}}
-""", "spec.ingress[0].source.serviceAccounts"),
-    ("profile-rule-destination-service-accounts", """
-apiVersion: projectcalico.org/v3
-kind: Profile
-metadata: {name: builders}
-spec:
-  egress:
     - action: Allow
       protocol: TCP
-      destination: {ports: [443], serviceAccounts: {selector: "team == 'ci'"}}
-""", "spec.egress[0].destination.serviceAccounts"),
-    ("gnp-prednat", """
+      http: {methods: [GET]}
+""", "spec.ingress[0].http"),
+    ("np-rule-destination-services", """
 apiVersion: projectcalico.org/v3
-kind: GlobalNetworkPolicy
-metadata: {name: host-pre-dnat}
+kind: NetworkPolicy
+metadata: {name: to-dns, namespace: web}
 spec:
-  selector: has(host-endpoint)
-  preDNAT: true
-  applyOnForward: true
-  ingress: [{action: Deny, source: {nets: [198.18.250.0/24]}}]
-""", "spec.preDNAT"),
-    ("gnp-do-not-track", """
+  selector: app == 'db'
+  egress:
+    - action: Allow
+      destination: {services: {name: kube-dns, namespace: kube-system}}
+""", "spec.egress[0].destination.services"),
+    ("profile-rule-source-services", """
 apiVersion: projectcalico.org/v3
-kind: GlobalNetworkPolicy
-metadata: {name: host-untracked}
+kind: Profile
+metadata: {name: from-frontend}
 spec:
-  selector: has(host-endpoint)
-  doNotTrack: true
-  applyOnForward: true
-  ingress: [{action: Allow, protocol: UDP, destination: {ports: [53]}}]
-""", "spec.doNotTrack"),
-    ("gnp-apply-on-forward", """
-apiVersion: projectcalico.org/v3
-kind: GlobalNetworkPolicy
-metadata: {name: host-forward}
-spec:
-  selector: has(host-endpoint)
-  applyOnForward: true
-  ingress: [{action: Deny}]
-""", "spec.applyOnForward"),
-    ("hep-all-interfaces", """
+  ingress:
+    - action: Allow
+      source: {services: {name: frontend, namespace: web}}
+""", "spec.ingress[0].source.services"),
+    ("hep-expected-ips-only", """
 apiVersion: projectcalico.org/v3
 kind: HostEndpoint
-metadata: {name: node-1-all, labels: {host-endpoint: "true"}}
+metadata: {name: node-1-by-ip, labels: {host-endpoint: "true"}}
 spec:
   node: node-1
-  interfaceName: "*"
+  expectedIPs: [198.18.0.11]
 """, "spec.interfaceName"),
+    ("ipamconfig-kubevirt", """
+apiVersion: projectcalico.org/v3
+kind: IPAMConfiguration
+metadata: {name: default}
+spec:
+  strictAffinity: false
+  kubeVirtVMAddressPersistence: Enabled
+""", "spec.kubeVirtVMAddressPersistence"),
+    ("ipamconfig-cooldown", """
+apiVersion: projectcalico.org/v3
+kind: IPAMConfiguration
+metadata: {name: default}
+spec:
+  ipCooldownSeconds: 30
+""", "spec.ipCooldownSeconds"),
 ]
 IDS = [case for case, _, _ in REFUSED]
 
@@ -178,28 +157,24 @@ def _playbook_runner():
 
 # (register name, module, options, field path of the refusal)
 MODULE_CASES = [
-    ("gnp_prednat", "calico.net.global_network_policy",
-     {"name": "host-pre-dnat", "selector": "has(host-endpoint)", "pre_dnat": True,
-      "apply_on_forward": True, "ingress": [{"action": "Deny", "source": {"nets": ["198.18.250.0/24"]}}]},
-     "spec.preDNAT"),
-    ("gnp_do_not_track", "calico.net.global_network_policy",
-     {"name": "host-untracked", "selector": "has(host-endpoint)", "do_not_track": True,
-      "apply_on_forward": True, "ingress": [{"action": "Allow"}]},
-     "spec.doNotTrack"),
-    ("gnp_apply_on_forward", "calico.net.global_network_policy",
-     {"name": "host-forward", "selector": "has(host-endpoint)", "apply_on_forward": True,
-      "ingress": [{"action": "Deny"}]},
-     "spec.applyOnForward"),
-    ("np_service_account_selector", "calico.net.network_policy",
-     {"name": "admins-only", "namespace": "web", "selector": "app == 'db'",
-      "service_account_selector": "role == 'admin'", "ingress": [{"action": "Allow"}]},
-     "spec.serviceAccountSelector"),
-    ("profile_service_accounts", "calico.net.profile",
-     {"name": "builders", "ingress": [{"action": "Allow", "source": {"serviceAccounts": {"names": ["builder"]}}}]},
-     "spec.ingress[0].source.serviceAccounts"),
-    ("hep_all_interfaces", "calico.net.host_endpoint",
-     {"name": "node-1-all", "node": "node-1", "interface_name": "*"},
+    ("gnp_rule_http", "calico.net.global_network_policy",
+     {"name": "web-get-only", "selector": "app == 'web'",
+      "ingress": [{"action": "Allow", "protocol": "TCP", "http": {"methods": ["GET"]}}]},
+     "spec.ingress[0].http"),
+    ("np_rule_services", "calico.net.network_policy",
+     {"name": "to-dns", "namespace": "web", "selector": "app == 'db'",
+      "egress": [{"action": "Allow", "destination": {"services": {"name": "kube-dns", "namespace": "kube-system"}}}]},
+     "spec.egress[0].destination.services"),
+    ("profile_rule_services", "calico.net.profile",
+     {"name": "from-frontend", "ingress": [{"action": "Allow", "source": {"services": {"name": "frontend", "namespace": "web"}}}]},
+     "spec.ingress[0].source.services"),
+    ("hep_expected_ips_only", "calico.net.host_endpoint",
+     {"name": "node-1-by-ip", "node": "node-1", "expected_ips": ["198.18.0.11"]},
      "spec.interfaceName"),
+    ("ipamconfig_cooldown", "calico.net.resource",
+     {"definition": {"apiVersion": "projectcalico.org/v3", "kind": "IPAMConfiguration",
+                     "metadata": {"name": "default"}, "spec": {"ipCooldownSeconds": 30}}},
+     "spec.ipCooldownSeconds"),
 ]
 
 
