@@ -22,11 +22,10 @@ description:
     are written in one etcd transaction, so either all of them land or none does. With
     O(state=absent) the documents are deleted one by one.
   - Documents are validated as C(calicoctl apply) validates them. Fields the dataplane cannot enforce
-    yet - C(serviceAccountSelector), rule C(serviceAccounts), C(http) and C(services), C(preDNAT),
-    C(doNotTrack) and C(applyOnForward) set to true, host endpoints with C(interfaceName) C(*) or
-    without C(interfaceName), failsafe ports with a C(net) - are refused with their field path and
-    C(not supported by calico.net yet), and a workload endpoint's C(ipNetworks) must be single
-    addresses (C(/32), C(/128)).
+    yet - rule C(http) and C(services), host endpoints without C(interfaceName), IPAMConfiguration
+    C(kubeVirtVMAddressPersistence) and a non-zero C(ipCooldownSeconds) - are refused with their field
+    path and C(not supported by calico.net yet), and a workload endpoint's C(ipNetworks) must be
+    single addresses (C(/32), C(/128)).
   - Documents are compared with what is stored by meaning (defaults filled in, order ignored
     where Calico ignores it), so an unchanged manifest reports no change.
   - Each document replaces the stored resource as a whole, as C(calicoctl apply) does.
