@@ -186,8 +186,8 @@ def policy_from_doc(key: Key, doc: Mapping[str, Any]) -> Policy | None:
     cannot be compiled denies all traffic of the endpoints it selects in the
     directions it names (its order kept); one whose selector or types cannot be read
     is None (treated as absent)."""
-    # (doNotTrack, preDNAT and applyOnForward never get here: the model refuses
-    # them, and the syncer skips and counts such a document already in etcd)
+    # (doNotTrack, preDNAT and applyOnForward are not part of the record:
+    # PolicyDataplane.update reads them and hostprotect decides the chains from them)
     kind, ns, _name = key
     try:
         spec = doc.get("spec") or {}
