@@ -50,10 +50,11 @@ class HepChains(NamedTuple):
 
 
 _NONE = HepChains()
-# (map, field of HepChains, hook name of the "*" endpoint in HepLayout.star)
-_EXTRA = ((HEP_FWD_IN, "fwd_in", "fwd-in"), (HEP_FWD_OUT, "fwd_out", "fwd-out"),
-          (HEP_PRE, "pre", "pre"), (HEP_RAW_IN, "raw_in", "raw-in"),
-          (HEP_RAW_OUT, "raw_out", "raw-out"))
+#: (verdict map, hook name of the "*" endpoint in HepLayout.star) of each HepChains
+#: field, in the tuple's order
+_EXTRA = ((HEP_FWD_IN, "fwd-in"), (HEP_FWD_OUT, "fwd-out"), (HEP_PRE, "pre"),
+          (HEP_RAW_IN, "raw-in"), (HEP_RAW_OUT, "raw-out"))
+assert len(_EXTRA) == len(HepChains._fields)
 
 
 def star_endpoint(doc: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
@@ -207,8 +208,8 @@ class HostProtect:
         self._write_extra(iface, self.extra.get(owner, _NONE) if owner is not None else _NONE)
 
     def _write_extra(self, iface: str, chains: HepChains) -> None:
-        for mapname, field, hook in _EXTRA:
-            self._dispatch(mapname, iface, hook, getattr(chains, field))
+        for (mapname, hook), chain in zip(_EXTRA, chains):
+            self._dispatch(mapname, iface, hook, chain)
 
     def _dispatch(self, mapname: str, iface: str, hook: str, chain: str | None) -> None:
         """Interface key `iface` to `chain` (None: nothing) in `mapname`; for the
