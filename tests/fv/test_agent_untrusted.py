@@ -8,9 +8,8 @@ real nftables in network namespaces, real traffic.
 * WorkloadEndpoints naming a host interface (eth0, a dummy) or claiming networks
   wider than a host address (0.0.0.0/0, a /24 that holds a denied workload):
   nothing changes on the host — routes, sysctls, nft — and the rest keeps working;
-* the fields calico.net cannot enforce yet (preDNAT, doNotTrack, applyOnForward,
-  serviceAccountSelector, rule serviceAccounts, HostEndpoint interfaceName "*"):
-  skipped and counted, and a later valid policy change is still enforced;
+* the fields calico.net cannot enforce yet (a rule's http or services match, a
+  HostEndpoint found by its expectedIPs alone): skipped and counted, and a later valid policy change is still enforced;
 * a key that is not UTF-8 and a value that is not JSON, written with etcdctl while
   the agent runs: skipped (logged with the key escaped, counted), the watch goes on
   (no resync), later policy changes are enforced, and a restart with them in etcd
@@ -234,18 +233,14 @@ def test_unenforceable_fields_are_skipped_counted_and_later_changes_enforced(cle
     base = reported(env)
     deny_db = {"order": 1, "selector": "role == 'db'", "types": ["Ingress"], "ingress": [{"action": "Deny"}]}
     bad = {
-        P + "globalnetworkpolicies/pre-dnat": gnp("pre-dnat", {**deny_db, "preDNAT": True,
-                                                               "applyOnForward": True}),
-        P + "globalnetworkpolicies/no-track": gnp("no-track", {**deny_db, "doNotTrack": True,
-                                                               "applyOnForward": True}),
-        P + "globalnetworkpolicies/on-forward": gnp("on-forward", {**deny_db, "applyOnForward": True}),
-        P + "globalnetworkpolicies/sa-selector": gnp("sa-selector", {**deny_db,
-                                                                     "serviceAccountSelector": "x == 'y'"}),
-        P + "globalnetworkpolicies/sa-rule": gnp("sa-rule", {
-            **deny_db, "ingress": [{"action": "Deny", "source": {"serviceAccounts": {"names": ["a"]}}}]}),
-        P + "hostendpoints/star": {"apiVersion": "projectcalico.org/v3", "kind": "HostEndpoint",
-                                   "metadata": {"name": "star", "labels": {"hep": "all"}},
-                                   "spec": {"node": L.NODE, "interfaceName": "*"}},
+        P + "globalnetworkpolicies/http-rule": gnp("http-rule", {
+            **deny_db, "ingress": [{"action": "Deny", "protocol": "TCP", "http": {"methods": ["GET"]}}]}),
+        P + "globalnetworkpolicies/services-rule": gnp("services-rule", {
+            **deny_db, "ingress": [{"action": "Deny",
+                                    "source": {"services": {"name": "web", "namespace": "default"}}}]}),
+        P + "hostendpoints/by-ip": {"apiVersion": "projectcalico.org/v3", "kind": "HostEndpoint",
+                                    "metadata": {"name": "by-ip", "labels": {"hep": "all"}},
+                                    "spec": {"node": L.NODE, "expectedIPs": ["198.18.0.11"]}},
     }
     for key, doc in bad.items():
         put_raw(env, key, doc)
@@ -254,7 +249,7 @@ def test_unenforceable_fields_are_skipped_counted_and_later_changes_enforced(cle
     for key, doc in bad.items():
         assert doc["metadata"]["name"] in log, key
     ruleset = L.nft_ruleset()
-    for name in ("pre-dnat", "no-track", "on-forward", "sa-selector", "sa-rule"):
+    for name in ("http-rule", "services-rule"):
         assert f"GlobalNetworkPolicy {name}" not in ruleset, name
     assert_enforced(env)
     # a later valid change is still enforced: "other" may reach the db on 8080 now
