@@ -7,6 +7,8 @@ IPReservation is created under them: no reserved address is handed out, no node 
 more blocks than the limit."""
 from __future__ import annotations
 
+import contextlib
+
 import ipaddress
 import multiprocessing as mp
 import subprocess
@@ -50,31 +52,43 @@ def _wep(node: str, handle: str, ip: str) -> dict:
     }
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("host_lock", [False, True], ids=["racing", "host-lock"])
-def test_eight_processes_allocate_distinct_addresses(etcd, datastore, host_lock, tmp_path):
-    datastore.create({"apiVersion": "projectcalico.org/v3", "kind": "IPPool",
-                      "metadata": {"name": "conc"}, "spec": {"cidr": "198.19.0.0/16", "blockSize": 26}})
-    nodes = [f"conc-node-{i}" for i in range(NODES)]
+@contextlib.contextmanager
+def _allocators(target, endpoints: list[str], nodes: list[str], lock_dir: str | None):
+    """PROCS processes running `target`, released together by a barrier; yields a
+    function that waits for their results. They are joined (killed if hung) on exit."""
     ctx = mp.get_context("fork")
     start = ctx.Barrier(PROCS)
     out = ctx.Queue()
-    lock_dir = str(tmp_path / "locks") if host_lock else None
-    procs = [ctx.Process(target=_worker, args=(etcd.endpoints, i, nodes[i % NODES], lock_dir, start, out))
+    procs = [ctx.Process(target=target, args=(endpoints, i, nodes[i % NODES], lock_dir, start, out))
              for i in range(PROCS)]
     for p in procs:
         p.start()
     try:
-        results = [out.get(timeout=280) for _ in procs]
+        yield lambda: [out.get(timeout=280) for _ in procs]
     finally:
         for p in procs:
             p.join(10)
             if p.is_alive():
                 p.kill()
                 p.join()
+
+
+def _allocations(results: list) -> list[tuple]:
+    """Every (handle, node, address) the workers handed out; fails on a worker's error."""
     errors = [r for r in results if r[0] != "ok"]
     assert not errors, errors
-    allocs = [a for r in results for a in r[2]]
+    return [a for r in results for a in r[2]]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("host_lock", [False, True], ids=["racing", "host-lock"])
+def test_eight_processes_allocate_distinct_addresses(etcd, datastore, host_lock, tmp_path):
+    datastore.create({"apiVersion": "projectcalico.org/v3", "kind": "IPPool",
+                      "metadata": {"name": "conc"}, "spec": {"cidr": "198.19.0.0/16", "blockSize": 26}})
+    nodes = [f"conc-node-{i}" for i in range(NODES)]
+    lock_dir = str(tmp_path / "locks") if host_lock else None
+    with _allocators(_worker, etcd.endpoints, nodes, lock_dir) as results:
+        allocs = _allocations(results())
     ips = [a[2] for a in allocs]
     assert len(ips) == PROCS * ALLOCS
     assert len(set(ips)) == PROCS * ALLOCS, "duplicate addresses handed out"
@@ -153,16 +167,9 @@ def test_reservations_and_block_limit_hold_under_eight_allocators(etcd, datastor
     datastore.create({"apiVersion": "projectcalico.org/v3", "kind": "IPReservation",
                       "metadata": {"name": "static"}, "spec": {"reservedCIDRs": STATIC_RESERVED}})
     nodes = [f"fill-node-{i}" for i in range(NODES)]
-    ctx = mp.get_context("fork")
-    start = ctx.Barrier(PROCS)
-    out = ctx.Queue()
     lock_dir = str(tmp_path / "locks") if host_lock else None
-    procs = [ctx.Process(target=_fill_worker, args=(etcd.endpoints, i, nodes[i % NODES], lock_dir, start, out))
-             for i in range(PROCS)]
-    for p in procs:
-        p.start()
     client = datastore.client
-    try:
+    with _allocators(_fill_worker, etcd.endpoints, nodes, lock_dir) as results:
         # reserve more while the processes are part-way through
         deadline = time.monotonic() + 120
         while len(client.get_prefix(keys.HANDLE_PREFIX, keys_only=True)[0]) < 30:
@@ -171,16 +178,7 @@ def test_reservations_and_block_limit_hold_under_eight_allocators(etcd, datastor
         late = datastore.create({"apiVersion": "projectcalico.org/v3", "kind": "IPReservation",
                                  "metadata": {"name": "late"}, "spec": {"reservedCIDRs": LATE_RESERVED}})
         late_rev = int(late["metadata"]["resourceVersion"])
-        results = [out.get(timeout=280) for _ in procs]
-    finally:
-        for p in procs:
-            p.join(10)
-            if p.is_alive():
-                p.kill()
-                p.join()
-    errors = [r for r in results if r[0] != "ok"]
-    assert not errors, errors
-    allocs = [a for r in results for a in r[2]]
+        allocs = _allocations(results())
     ips = [a[2] for a in allocs]
     assert len(set(ips)) == len(ips), "duplicate addresses handed out"
 
