@@ -200,7 +200,7 @@ def test_rule_service_accounts_become_selectors_as_calico_builds_them():
         canon("projectcalico.org/namespace == 'ns1'")
     # an empty match adds nothing (Calico's empty selector)
     assert sa_side({"serviceAccounts": {}}) is None
-    assert sa_side({"serviceAccounts": {}, "nets": ["10.0.0.0/8"]}, "ns1") is None
+    assert sa_side({"serviceAccounts": {}, "nets": ["198.18.0.0/16"]}, "ns1") is None
     # rendered as any selector: the addresses of the matching endpoints, per family
     rule = {"action": "Allow", "source": {"serviceAccounts": {"names": ["a"]}}}
     h_sa = h(f"{sa} in {{'a'}}")

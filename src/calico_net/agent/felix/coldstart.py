@@ -132,6 +132,17 @@ def finish_sysctls_by_name(sysctls: "SysctlBackend", by_name: "PendingLookups", 
     return start_sysctls(sysctls, rest, failed)
 
 
+def sysctls_for_new_interfaces(routes: RouteManager, sysctls: "SysctlBackend",
+                               by_name: "PendingLookups | None",
+                               failed: set[str]) -> tuple[list[Any], "PendingSysctls | None"]:
+    """The interfaces still to configure (from the link listing) and the sysctl work
+    started for them: the by-name helper's, matched with the listing, when it ran."""
+    todo = routes.interfaces_to_configure()
+    if by_name is not None:
+        return todo, finish_sysctls_by_name(sysctls, by_name, todo, failed)
+    return todo, start_sysctls(sysctls, todo, failed)
+
+
 def collect_sysctls(routes: RouteManager, pending: "PendingSysctls | None", todo: list[Any],
                     failed: set[str]) -> None:
     """Wait for the sysctl work started for `todo` and mark each interface that did
@@ -190,11 +201,7 @@ def ordered_apply(policy: "PolicyBackend", links: LinkListing, sysctls: "SysctlB
     routes = links.routes
     t0 = time.monotonic()
     failed: set[str] = set()
-    todo = routes.interfaces_to_configure()
-    if by_name is not None:
-        pending = finish_sysctls_by_name(sysctls, by_name, todo, failed)
-    else:
-        pending = start_sysctls(sysctls, todo, failed)
+    todo, pending = sysctls_for_new_interfaces(routes, sysctls, by_name, failed)
     t1 = time.monotonic()
     ok = _apply_policy(policy)
     t2 = time.monotonic()
@@ -369,12 +376,8 @@ class ColdStart:
         pending = None
         if not early.list_links:
             # the links were listed already: the sysctls start here, as usual
-            todo = self.routes.interfaces_to_configure()
-            by_name = self.take_by_name()
-            if by_name is not None:
-                pending = finish_sysctls_by_name(self.sysctls, by_name, todo, failed)
-            else:
-                pending = start_sysctls(self.sysctls, todo, failed)
+            todo, pending = sysctls_for_new_interfaces(self.routes, self.sysctls,
+                                                       self.take_by_name(), failed)
         t1 = time.monotonic()
         ok = _apply_policy(self.policy, while_loading=early.go.set)
         t2 = time.monotonic()
