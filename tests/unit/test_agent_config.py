@@ -155,3 +155,53 @@ def test_listener_hosts(tmp_path):
                  config_file=str(tmp_path / "x"))
     assert cfg.HealthHost == "198.18.0.1" and cfg.PrometheusMetricsHost == ""
     assert cfg.bad_total == 1
+
+
+# --- the overlay's parameters (agent/encap) -------------------------------------------
+
+
+def test_overlay_defaults_are_calicos(tmp_path):
+    cfg = Config("n1", env={}, config_file=str(tmp_path / "none.cfg"))
+    assert (cfg.VXLANVNI, cfg.VXLANPort, cfg.VXLANMTU, cfg.VXLANMTUV6, cfg.IPIPMTU) == (4096, 4789, 0, 0, 0)
+    assert cfg.MTUIfacePattern == r"^((en|wl|ww|sl|ib)[opsx].*|(eth|wlan|wwan).*)"
+    assert cfg.MTUFilePath == "/var/lib/calico/mtu"
+    assert cfg.AllowIPIPPacketsFromWorkloads is False and cfg.AllowVXLANPacketsFromWorkloads is False
+
+
+def test_overlay_params_from_each_source_and_live(tmp_path):
+    f = tmp_path / "felix.cfg"
+    f.write_text("[global]\nVXLANPort = 8472\nMTUFilePath = /run/calico-mtu\n")
+    cfg = Config("n1", env={"FELIX_IPINIPMTU": "1400", "FELIX_ALLOWVXLANPACKETSFROMWORKLOADS": "true"},
+                 config_file=str(f))
+    assert cfg.IPIPMTU == 1400 and cfg.sources["IPIPMTU"] == "environment"   # Felix's env spelling
+    assert cfg.VXLANPort == 8472 and cfg.MTUFilePath == "/run/calico-mtu"
+    assert cfg.AllowVXLANPacketsFromWorkloads is True
+    changed = cfg.set_felix_configuration("default", {
+        "vxlanVNI": 5000, "vxlanMTU": 1410, "vxlanMTUV6": 1390, "mtuIfacePattern": "^ens",
+        "allowIPIPPacketsFromWorkloads": True, "ipipMTU": 1300})
+    assert sorted(changed) == ["AllowIPIPPacketsFromWorkloads", "MTUIfacePattern", "VXLANMTU",
+                               "VXLANMTUV6", "VXLANVNI"]   # ipipMTU: the environment wins
+    assert (cfg.VXLANVNI, cfg.VXLANMTU, cfg.VXLANMTUV6, cfg.MTUIfacePattern) == (5000, 1410, 1390, "^ens")
+    cfg2 = Config("n1", env={}, config_file=str(tmp_path / "none.cfg"))
+    cfg2.set_felix_configuration("default", {"ipipMTU": 1300})
+    assert cfg2.IPIPMTU == 1300
+
+
+def test_overlay_bad_values_fall_back(tmp_path, caplog):
+    env = {"FELIX_VXLANVNI": "0", "FELIX_VXLANPORT": "70000", "FELIX_VXLANMTU": "50",
+           "FELIX_VXLANMTUV6": "1000", "FELIX_IPIPMTU": "big", "FELIX_MTUIFACEPATTERN": "(unclosed",
+           "FELIX_MTUFILEPATH": "relative/mtu", "FELIX_ALLOWIPIPPACKETSFROMWORKLOADS": "maybe"}
+    with caplog.at_level(logging.ERROR):
+        cfg = Config("n1", env=env, config_file=str(tmp_path / "none.cfg"))
+    assert (cfg.VXLANVNI, cfg.VXLANPort, cfg.VXLANMTU, cfg.VXLANMTUV6, cfg.IPIPMTU) == (4096, 4789, 0, 0, 0)
+    assert cfg.MTUIfacePattern.startswith("^((en") and cfg.MTUFilePath == "/var/lib/calico/mtu"
+    assert cfg.AllowIPIPPacketsFromWorkloads is False
+    assert cfg.bad_total == len(env)
+    cfg.set_felix_configuration("default", {"vxlanVNI": 16777216, "vxlanPort": True})
+    assert cfg.VXLANVNI == 4096 and cfg.VXLANPort == 4789 and cfg.bad_total == len(env) + 2
+
+
+def test_mtu_file_path_is_never_taken_from_the_datastore(tmp_path):
+    cfg = Config("n1", env={}, config_file=str(tmp_path / "none.cfg"))
+    assert cfg.set_felix_configuration("default", {"mtuFilePath": "/etc/passwd"}) == []
+    assert cfg.MTUFilePath == "/var/lib/calico/mtu"

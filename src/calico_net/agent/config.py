@@ -21,8 +21,10 @@ values are the v3 API's JSON (`"90s"`, `[{"protocol": "TCP", "port": 22}]`, `tru
 
 `Config` is a plain object: `resolve()` recomputes `values` from the sources it holds,
 and returns the names whose value changed, so the daemon can re-apply what it can
-live (log level, failsafe ports, refresh intervals, endpoint-to-host action) and
-warn about what needs a restart (health and metrics listeners).
+live (log level, failsafe ports, refresh intervals, endpoint-to-host action, the
+overlay's VXLAN/IPIP/MTU parameters) and warn about what needs a restart (health and
+metrics listeners). A parameter may have other spellings Calico accepts
+(`Param.aliases`: Felix reads `ipipMTU` as FELIX_IPINIPMTU).
 """
 from __future__ import annotations
 
@@ -198,12 +200,58 @@ def parse_host(v: Any) -> str:
     return v
 
 
+def _int_range(lo: int, hi: int, what: str, zero_ok: bool = False) -> Callable[[Any], int]:
+    """An integer in lo..hi (or 0 when `zero_ok`: Calico's "auto" for MTUs)."""
+    def parse(v: Any) -> int:
+        if isinstance(v, bool):
+            raise ValueError(f"{v!r} is not {what}")
+        try:
+            n = int(str(v).strip())
+        except ValueError:
+            raise ValueError(f"{v!r} is not {what}") from None
+        if not (lo <= n <= hi or (zero_ok and n == 0)):
+            raise ValueError(f"{v!r} is not {what} ({'0 or ' if zero_ok else ''}{lo}-{hi})")
+        return n
+
+    return parse
+
+
+def parse_mtu_file_path(v: Any) -> str:
+    """An absolute file path (MTUFilePath): the agent writes the workload MTU there."""
+    if not isinstance(v, str) or not v.startswith("/") or "\0" in v or len(v) > 4096 \
+            or v.endswith("/"):
+        raise ValueError(f"{v!r} is not an absolute file path")
+    return v
+
+
+def parse_regex(v: Any) -> str:
+    """A regular expression (MTUIfacePattern); kept as its text, which compiles."""
+    if not isinstance(v, str) or not v or len(v) > 1000:
+        raise ValueError(f"{v!r} is not a regular expression")
+    try:
+        re.compile(v)
+    except re.error as e:
+        raise ValueError(f"{v!r} is not a regular expression: {e}") from None
+    return v
+
+
+# Felix's default (config_params.go): the host's physical interfaces by their
+# predictable and legacy names; never workload (cali*) or tunnel devices.
+DEFAULT_MTU_IFACE_PATTERN = r"^((en|wl|ww|sl|ib)[opsx].*|(eth|wlan|wwan).*)"
+DEFAULT_MTU_FILE = "/var/lib/calico/mtu"
+
+
 @dataclass(frozen=True)
 class Param:
     name: str            # Calico's name, e.g. "RouteRefreshInterval"
     parse: Callable[[Any], Any]
     default: Any         # raw default, parsed like any other value
     live: bool = True    # False: a change needs a restart
+    #: other spellings Calico accepts (Felix's env name FELIX_IPINIPMTU for ipipMTU)
+    aliases: tuple[str, ...] = ()
+    #: only from the environment and the config file, never from the datastore (a
+    #: path the agent writes as root is the host's business, not etcd's)
+    local: bool = False
 
     @property
     def api_field(self) -> str:
@@ -225,6 +273,16 @@ PARAMS: tuple[Param, ...] = (
     Param("PrometheusMetricsEnabled", parse_bool, False, live=False),
     Param("PrometheusMetricsHost", parse_host, "", live=False),
     Param("PrometheusMetricsPort", parse_int_port, 9091, live=False),
+    # The overlay (agent/encap): all live, the encap controller recomputes on change.
+    Param("VXLANVNI", _int_range(1, 2**24 - 1, "a VXLAN VNI"), 4096),
+    Param("VXLANPort", _int_range(1, 65535, "a UDP port"), 4789),
+    Param("VXLANMTU", _int_range(68, 65535, "an MTU", zero_ok=True), 0),
+    Param("VXLANMTUV6", _int_range(1280, 65535, "an IPv6 MTU", zero_ok=True), 0),
+    Param("IPIPMTU", _int_range(68, 65535, "an MTU", zero_ok=True), 0, aliases=("IpInIpMtu",)),
+    Param("MTUIfacePattern", parse_regex, DEFAULT_MTU_IFACE_PATTERN),
+    Param("MTUFilePath", parse_mtu_file_path, DEFAULT_MTU_FILE, local=True),
+    Param("AllowIPIPPacketsFromWorkloads", parse_bool, False),
+    Param("AllowVXLANPacketsFromWorkloads", parse_bool, False),
 )
 PARAMS_BY_LOWER = {p.name.lower(): p for p in PARAMS}
 
@@ -307,7 +365,7 @@ class Config:
         lower_node = {k.lower(): v for k, v in self.node_spec.items()}
         lower_default = {k.lower(): v for k, v in self.default_spec.items()}
         for p in PARAMS:
-            key = p.name.lower()
+            keys = (p.name.lower(),) + tuple(a.lower() for a in p.aliases)
             candidates = (
                 ("environment", self.env),
                 ("config file", self.file),
@@ -316,14 +374,17 @@ class Config:
             )
             value, source = None, "default"
             found = False
-            for src, table in candidates:
-                if key not in table or table[key] is None or table[key] == "":
-                    continue
-                try:
-                    value, source, found = p.parse(table[key]), src, True
+            for src, table in candidates[:2] if p.local else candidates:
+                for key in keys:
+                    if key not in table or table[key] is None or table[key] == "":
+                        continue
+                    try:
+                        value, source, found = p.parse(table[key]), src, True
+                        break
+                    except (ValueError, TypeError) as e:
+                        self._bad(src, p, table[key], e)
+                if found:
                     break
-                except (ValueError, TypeError) as e:
-                    self._bad(src, p, table[key], e)
             if not found:
                 value = p.parse(p.default)
             if self.values.get(p.name, _MISSING) != value:
