@@ -256,7 +256,31 @@ def case_bfd_on() -> str:
     )
 
 
+def encap_pools() -> list[dict[str, Any]]:
+    """One pool of every encapsulation mode, both families."""
+    return [
+        pool("ipip-always", "198.19.0.0/18", ipipMode="Always"),
+        pool("ipip-cross", "198.19.64.0/18", ipipMode="CrossSubnet", vxlanMode="Never"),
+        pool("vxlan-always", "198.19.128.0/18", vxlanMode="Always"),
+        pool("vxlan-cross", "198.19.192.0/19", vxlanMode="CrossSubnet"),
+        pool("plain", "198.19.224.0/19", ipipMode="Never", vxlanMode="Never"),
+        pool("plain-default", "198.19.255.0/24"),  # no mode fields: Never
+        pool("v6-vxlan", "2001:db8:19::/48", vxlanMode="Always"),
+        pool("v6-plain", "2001:db8:1a::/48"),
+    ]
+
+
+def case_encap_modes() -> str:
+    nodes = [node("node-a", "198.18.0.11", ipv6="2001:db8:18::11"),
+             node("node-b", "198.18.0.12", ipv6="2001:db8:18::12")]
+    return render_bird_config(
+        "node-a", nodes, [bgp_config()], [peer("tor", peerIP="198.18.2.1", asNumber=65001)],
+        encap_pools(), ["198.19.0.0/26", "198.19.128.0/26", "2001:db8:19::/122"],
+    )
+
+
 GOLDEN_CASES = {
+    "encap_modes": case_encap_modes,
     "mesh_3node": case_mesh_3node,
     "mesh_100node": case_mesh_100node,
     "rr_client": case_rr_client,
@@ -725,3 +749,78 @@ def test_as_numbers_agree_with_the_model(value: Any, asn: int | None) -> None:
     else:
         assert parse_asn(value) == asn
         assert sessions(m)["Global_198_18_2_1"].as_number == asn
+
+
+# ------------------------------------------------------------------ IP-in-IP / VXLAN pools
+
+
+def _kernel_filter(text: str, family: int) -> str:
+    m = re.search(rf"^filter calico_kernel_export_v{family}\n\{{\n(.*?)^\}}", text, re.M | re.S)
+    assert m, text
+    return m.group(1)
+
+
+def test_encapsulated_pools_are_not_written_into_the_kernel() -> None:
+    nodes = [node("node-a", "198.18.0.11", ipv6="2001:db8:18::11"),
+             node("node-b", "198.18.0.12", ipv6="2001:db8:18::12")]
+    m = build_bird_model("node-a", nodes, [], [], encap_pools(), [])
+    f4, f6 = m.families
+    # Always and CrossSubnet alike, IPIP and VXLAN alike; Never and unset are not.
+    assert f4.encap_pools == ["198.19.0.0/18", "198.19.64.0/18", "198.19.128.0/18",
+                              "198.19.192.0/19"]
+    assert f6.encap_pools == ["2001:db8:19::/48"]
+    # Advertised and accepted exactly as before: BGP still carries every block.
+    assert f4.export_pools == f4.accept_pools == [
+        "198.19.0.0/18", "198.19.64.0/18", "198.19.128.0/18", "198.19.192.0/19",
+        "198.19.224.0/19", "198.19.255.0/24"]
+    assert f6.export_pools == ["2001:db8:19::/48", "2001:db8:1a::/48"]
+    text = render_bird_config("node-a", nodes, [], [], encap_pools(), [])
+    k4, k6 = _kernel_filter(text, 4), _kernel_filter(text, 6)
+    reject4 = ("if net ~ [ 198.19.0.0/18+, 198.19.64.0/18+, 198.19.128.0/18+, "
+               "198.19.192.0/19+ ] then reject;")
+    assert reject4 in k4
+    assert "if net ~ [ 2001:db8:19::/48+ ] then reject;" in k6
+    # Own blocks' blackholes are still written (the agent programs only remote
+    # blocks, always with a gateway); the rejection comes after them and before the
+    # accept of BGP routes, or it would not stop anything.
+    own = k4.index('if proto = "calico_blocks_v4" then accept;')
+    learned = k4.index("if source = RTS_BGP && calico_in_pool_v4() then accept;")
+    assert own < k4.index(reject4) < learned
+    # The BGP export filter has no such rejection.
+    bgp = re.search(r"^filter calico_export_bgp_v4\n\{\n(.*?)^\}", text, re.M | re.S)
+    assert bgp and "198.19.0.0/18" not in bgp.group(1)
+
+
+def test_no_encapsulated_pool_leaves_the_kernel_filter_as_it_was() -> None:
+    text = render_bird_config("node-a", three_nodes(), [], [], POOLS, ["198.19.1.0/26"])
+    assert _kernel_filter(text, 4) == (
+        '  if proto = "calico_blocks_v4" then accept;\n'
+        "  if source = RTS_BGP && calico_in_pool_v4() then accept;\n"
+        "  reject;\n")
+
+
+@pytest.mark.parametrize("spec", [
+    {"ipipMode": "always"},          # calicoctl refuses the wrong case too
+    {"vxlanMode": "Sometimes"},
+    {"vxlanMode": 1},
+    {"ipipMode": ""},
+    {"ipipMode": "Never", "vxlanMode": ["Always"]},
+])
+def test_pool_with_unknown_mode_is_skipped_and_the_rest_renders(spec: dict[str, Any]) -> None:
+    pools = [pool("bad-mode", "198.19.0.0/17", **spec),
+             pool("good", "198.19.128.0/17", vxlanMode="Always")]
+    m = build_bird_model("node-a", three_nodes(), [], [], pools, [])
+    f4 = m.families[0]
+    assert f4.accept_pools == f4.export_pools == f4.encap_pools == ["198.19.128.0/17"]
+    assert len(m.rejected) == 1 and m.rejected[0].startswith("IPPool bad-mode skipped: ")
+    text = render_bird_config("node-a", three_nodes(), [], [], pools, [])
+    assert "IPPool bad-mode skipped: " in text
+
+
+@needs_bird
+def test_encap_filter_with_hostile_pool_name_parses() -> None:
+    # The pool's name reaches bird.cfg only inside a comment (the skip note).
+    pools = [pool('x"; reject; }\nprotocol', "198.19.0.0/17", ipipMode="Nope"),
+             pool("good", "198.19.128.0/17", ipipMode="CrossSubnet")]
+    text = render_bird_config("node-a", three_nodes(), [], [], pools, ["198.19.128.0/26"])
+    validate_bird_config(text, bird_binary=BIRD)

@@ -112,6 +112,9 @@ class FamilyModel:
     skipped_pools: list[str]  # disableBGPExport pools, for the comment
     blocks: list[str]
     block_subnets: list[str]  # "<block>{len+1,max}": prefixes below a block
+    #: IP-in-IP / VXLAN pools: the agent programs their routes, BIRD writes none of
+    #: the routes it learns inside them into the kernel
+    encap_pools: list[str] = field(default_factory=list)
     sessions: list[Session] = field(default_factory=list)
 
 

@@ -111,7 +111,11 @@ def build_bird_model(
       IPPool.
     * the kernel protocol programs BGP-learned pool routes and the own-block blackholes
       (``proto bird``); it learns only non-pool kernel routes (the underlay, so multihop
-      next hops resolve), never the workload routes Felix programs.
+      next hops resolve), never the workload routes Felix programs. Routes learned
+      inside an IP-in-IP or VXLAN pool (``ipipMode``/``vxlanMode`` not ``Never``) are
+      not written: the agent programs those through the tunnel (BIRD 2 has no
+      ``krt_tunnel``), as Calico's confd leaves VXLAN routes to Felix. They are still
+      advertised over BGP exactly as in a plain pool.
 
     Strings are data, never syntax: every value from the datastore or the environment
     reaches ``bird.cfg`` through one function of :mod:`.birdtext` (quoted strings refuse
@@ -287,7 +291,8 @@ class _Builder:
     def _families(
         self, pools: Sequence[Mapping[str, Any]], affine_blocks: Iterable[str]
     ) -> dict[int, FamilyModel]:
-        pool_nets: dict[int, list[tuple[IPNetwork, bool]]] = {4: [], 6: []}
+        # (pool, exported over BGP, encapsulated: the agent programs its routes)
+        pool_nets: dict[int, list[tuple[IPNetwork, bool, bool]]] = {4: [], 6: []}
         for res in pools:
             spec = spec_of(res)
             try:
@@ -295,10 +300,15 @@ class _Builder:
             except ValueError:
                 self.reject(f"IPPool {short_name(meta_of(res).get('name'))} skipped: bad cidr")
                 continue
+            try:
+                encap = values.pool_encapsulated(spec.get("ipipMode"), spec.get("vxlanMode"))
+            except ValueError as exc:
+                self.reject(f"IPPool {short_name(meta_of(res).get('name'))} skipped: {exc}")
+                continue
             export = not spec.get("disableBGPExport", False) and (
                 self.opts.export_disabled_pools or not spec.get("disabled", False)
             )
-            pool_nets[net.version].append((net, export))
+            pool_nets[net.version].append((net, export, encap))
         blocks: dict[int, list[IPNetwork]] = {4: [], 6: []}
         for cidr in affine_blocks:
             try:
@@ -318,9 +328,10 @@ class _Builder:
                 # IPv6 only with an address on this node and at least one IPv6 pool.
                 enabled=my_ip is not None and (fam == 4 or bool(pool_nets[6])),
                 source_address=str(my_ip) if my_ip is not None else None,
-                export_pools=[str(n) for n, exp in pool_nets[fam] if exp],
-                accept_pools=[str(n) for n, _ in pool_nets[fam]],
-                skipped_pools=[str(n) for n, exp in pool_nets[fam] if not exp],
+                export_pools=[str(n) for n, exp, _ in pool_nets[fam] if exp],
+                accept_pools=[str(n) for n, _, _ in pool_nets[fam]],
+                skipped_pools=[str(n) for n, exp, _ in pool_nets[fam] if not exp],
+                encap_pools=[str(n) for n, _, enc in pool_nets[fam] if enc],
                 blocks=[str(b) for b in blocks[fam]],
                 block_subnets=[p for b in blocks[fam] if (p := subnets_pattern(b))],
             )

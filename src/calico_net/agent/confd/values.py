@@ -130,3 +130,22 @@ def rr_cluster_id(value: object) -> str:
     if re.fullmatch(r"[0-9]{1,10}", text):
         return str(ipaddress.IPv4Address(int(text)))
     return str(ipaddress.IPv4Address(text))
+
+
+#: An IPPool's ipipMode / vxlanMode values, Calico's names (as ``calicoctl apply``
+#: accepts them: exact case).
+ENCAP_MODES = ("Never", "Always", "CrossSubnet")
+
+
+def pool_encapsulated(ipip_mode: object, vxlan_mode: object) -> bool:
+    """Whether an IPPool's routes are encapsulated (ipipMode or vxlanMode not Never);
+    a missing mode is Never. Any other value raises: a pool whose mode is not known
+    cannot be routed correctly by BIRD or by the agent, so it is skipped whole."""
+    encap = False
+    for what, mode in (("ipipMode", ipip_mode), ("vxlanMode", vxlan_mode)):
+        if mode is None:
+            continue
+        if not isinstance(mode, str) or mode not in ENCAP_MODES:
+            raise ValueError(f"{what} {mode!r} is not one of {', '.join(ENCAP_MODES)}")
+        encap = encap or mode != "Never"
+    return encap
