@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
 """Entrypoint of the calico/node image: a small process supervisor for the agent, confd and BIRD.
 
-It starts the per-host agent (``calico-node``) and, unless ``CALICO_NETWORKING_BACKEND``
-is ``none``, confd (``calico-confd``, its own process as in Calico) and BIRD in the
-foreground once confd has written BIRD's config.
+It starts the per-host agent (``calico-node``) and, when ``CALICO_NETWORKING_BACKEND``
+is ``bird`` (the default), confd (``calico-confd``, its own process as in Calico) and BIRD
+in the foreground once confd has written BIRD's config. ``vxlan`` and ``none`` run the
+agent alone, as calico/node does: with ``vxlan`` the agent routes every block through
+VXLAN and nothing speaks BGP. Any other value is refused (exit 2) rather than guessed.
 A child that exits is restarted with exponential backoff, up to a limit; a child that
 stays up for a while earns its restarts back. SIGTERM and SIGINT are forwarded to the
 children, which get a grace period before SIGKILL, and the supervisor then exits 0. When
@@ -16,7 +18,8 @@ that no signal is lost between checks.
 
 Environment (all optional):
   CALICO_AGENT_CMD            agent command line (default ``calico-node``)
-  CALICO_NETWORKING_BACKEND   ``bird`` (default) or ``none`` (no confd, no BIRD)
+  CALICO_NETWORKING_BACKEND   ``bird`` (default), ``vxlan`` or ``none`` (the last two:
+                              no confd, no BIRD)
   CALICO_CONFD_CMD            confd command line (default ``calico-confd``)
   CALICO_BIRD_CONFIG          BIRD config (default /etc/calico/confd/config/bird.cfg)
   CALICO_BIRD_SOCKET          BIRD control socket (default /var/run/calico/bird.ctl)
@@ -207,12 +210,31 @@ class Supervisor:
         return 0
 
 
+#: CALICO_NETWORKING_BACKEND values, calico/node's: which run BIRD (and confd)
+BACKENDS = {"bird": True, "vxlan": False, "none": False}
+
+
+class ConfigError(Exception):
+    """A setting the supervisor refuses to start with."""
+
+
+def networking_backend(env: dict[str, str]) -> str:
+    """CALICO_NETWORKING_BACKEND, lower-cased; unset or empty is ``bird``. An unknown
+    value is refused: starting BIRD (or not) on a misspelt value would silently give
+    the node a different network than the one asked for."""
+    backend = env.get("CALICO_NETWORKING_BACKEND", "").strip().lower() or "bird"
+    if backend not in BACKENDS:
+        raise ConfigError(
+            f"CALICO_NETWORKING_BACKEND={backend!r} is not one of {', '.join(BACKENDS)}")
+    return backend
+
+
 def build_children(env: dict[str, str]) -> list[Child]:
     agent_cmd = shlex.split(env.get("CALICO_AGENT_CMD", "") or "calico-node")
     children = [Child("agent", agent_cmd)]
-    backend = env.get("CALICO_NETWORKING_BACKEND", "bird").strip().lower() or "bird"
-    if backend == "none":
-        log("CALICO_NETWORKING_BACKEND=none: not starting confd and BIRD")
+    backend = networking_backend(env)
+    if not BACKENDS[backend]:
+        log(f"CALICO_NETWORKING_BACKEND={backend}: not starting confd and BIRD")
         return children
     children.append(Child("confd", shlex.split(env.get("CALICO_CONFD_CMD", "") or "calico-confd")))
     config = env.get("CALICO_BIRD_CONFIG", "") or DEFAULT_BIRD_CONFIG
@@ -231,8 +253,13 @@ def main(argv: list[str]) -> int:
         # `podman run calico/node bird --version`: run that instead of supervising.
         os.execvp(argv[0], argv)
     env = dict(os.environ)
+    try:
+        children = build_children(env)
+    except ConfigError as exc:
+        log(f"refusing to start: {exc}")
+        return 2
     sup = Supervisor(
-        build_children(env),
+        children,
         max_restarts=int(_env_float("CALICO_SUPERVISOR_MAX_RESTARTS", 5)),
         backoff=_env_float("CALICO_SUPERVISOR_BACKOFF", 1.0),
         backoff_max=_env_float("CALICO_SUPERVISOR_BACKOFF_MAX", 30.0),

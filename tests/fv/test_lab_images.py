@@ -177,6 +177,41 @@ def test_backend_none_runs_no_bird(sup, tmp_path: Path) -> None:
     assert "not starting confd and BIRD" in out
 
 
+@pytest.mark.parametrize("backend", ["vxlan", "VXLAN"])
+def test_backend_vxlan_runs_the_agent_without_confd_and_bird(sup, tmp_path: Path, backend: str) -> None:
+    # bird.cfg exists, so only the backend keeps BIRD from starting.
+    (tmp_path / "bird.cfg").write_text("")
+    s = sup({"CALICO_NETWORKING_BACKEND": backend})
+    _wait_for(lambda: s.pids("agent"), "agent start")
+    _wait_for(lambda: "not starting confd and BIRD" in s.output(), "the backend to be logged")
+    assert "CALICO_NETWORKING_BACKEND=vxlan: not starting confd and BIRD" in s.output()
+    s.proc.send_signal(signal.SIGTERM)
+    rc, out = s.wait()
+    assert rc == 0, out
+    assert s.pids("bird") == [] and s.pids("confd") == []
+
+
+@pytest.mark.parametrize("backend", ["bird", "BIRD", ""])
+def test_backend_bird_runs_confd_and_bird(sup, tmp_path: Path, backend: str) -> None:
+    (tmp_path / "bird.cfg").write_text("")
+    s = sup({"CALICO_NETWORKING_BACKEND": backend})
+    _wait_for(lambda: s.pids("agent") and s.pids("confd") and s.pids("bird"), "all three to start")
+    s.proc.send_signal(signal.SIGTERM)
+    rc, out = s.wait()
+    assert rc == 0, out
+    assert "not starting" not in out
+
+
+@pytest.mark.parametrize("backend", ["gobgp", "vxlan-v6", "bird,vxlan"])
+def test_unknown_backend_is_refused(sup, tmp_path: Path, backend: str) -> None:
+    (tmp_path / "bird.cfg").write_text("")
+    s = sup({"CALICO_NETWORKING_BACKEND": backend})
+    rc, out = s.wait()
+    assert rc == 2, out
+    assert f"refusing to start: CALICO_NETWORKING_BACKEND={backend!r} is not one of bird, vxlan, none" in out
+    assert s.pids("agent") == [] and s.pids("confd") == [] and s.pids("bird") == []
+
+
 def test_child_restarted_with_backoff_then_gives_up(sup) -> None:
     s = sup(
         {
