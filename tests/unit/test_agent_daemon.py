@@ -21,6 +21,8 @@ class FakeSettings:
     failsafe_outbound: list = field(default_factory=list)
     default_endpoint_to_host_action: str = "Drop"
     interface_prefixes: tuple = ("cali",)
+    allow_ipip_from_workloads: bool = False
+    allow_vxlan_from_workloads: bool = False
 
 
 @dataclass
@@ -30,6 +32,7 @@ class FakePolicy:
     settings: list = field(default_factory=list)
     refreshes: int = 0
     fail_next_apply: bool = False
+    encap: list = field(default_factory=list)
 
     def update(self, kind, name, namespace, doc):
         self.updates.append((kind, name, namespace, doc is not None))
@@ -55,6 +58,9 @@ class FakePolicy:
 
     def load_placeholder(self):
         raise AssertionError("no placeholder over an existing table")
+
+    def set_encap_hosts(self, ipip, vxlan, vxlan_port):
+        self.encap.append((ipip, vxlan, vxlan_port))
 
 
 class NullSyncer:

@@ -12,13 +12,15 @@ behind NAT outgoing. While host endpoints use them (`HepLayout`, from
 `hostprotect`): forward dispatch for applyOnForward policy in ``cali-forward``,
 ``cali-mangle-prerouting`` (pre-DNAT policy, before the nat table's DNAT), untracked
 policy in ``cali-prerouting`` and ``cali-raw-output`` (raw priority, before
-conntrack), and the all-interfaces host endpoint's jumps.
+conntrack), and the all-interfaces host endpoint's jumps. While an overlay is in
+use (`EncapLayout`), its rules and host sets from `encap_rules`.
 """
 from __future__ import annotations
 
 from typing import NamedTuple
 
 from . import nftstr
+from .encap_rules import EncapLayout, from_workload_rules, input_rules, output_rules, render_sets
 from .nft import FAMILY, TABLE
 from .rules import MARK_ALLOW, MARK_CLEAR_MASK
 from .ruleset import Ruleset
@@ -109,9 +111,11 @@ def _failsafe_rules(s: FelixSettings, cond: str, entries: str, port: str,
     return out
 
 
-def render_base(rs: Ruleset, s: FelixSettings, hep: HepLayout = HepLayout()) -> None:
-    """The base chains, dispatch chains and fixed sets for settings `s` and the
-    host-protection hooks in use."""
+def render_base(rs: Ruleset, s: FelixSettings, hep: HepLayout = HepLayout(),
+                encap: EncapLayout = EncapLayout()) -> None:
+    """The base chains, dispatch chains and fixed sets for settings `s`, the
+    host-protection hooks and the encapsulations in use."""
+    render_sets(rs, encap)
     rs.ensure_set(WL_FROM, "type ifname : verdict", is_map=True)
     rs.ensure_set(WL_TO, "type ifname : verdict", is_map=True)
     rs.ensure_set(HEP_IN, "type ifname : verdict", is_map=True)
@@ -150,6 +154,7 @@ def render_base(rs: Ruleset, s: FelixSettings, hep: HepLayout = HepLayout()) -> 
 
     rs.set_chain("cali-from-wl", [
         clear,
+        *from_workload_rules(encap, s.allow_ipip_from_workloads, s.allow_vxlan_from_workloads),
         f"iifname vmap @{WL_FROM}",
         f"meta mark & {allow} == 0 drop",   # unknown workload interface
     ], comment="workload egress dispatch")
@@ -210,7 +215,9 @@ def render_base(rs: Ruleset, s: FelixSettings, hep: HepLayout = HepLayout()) -> 
                  hook="type filter hook forward priority filter; policy accept;")
     to_host = {"Drop": "drop", "Accept": "accept", "Return": None}[
         s.default_endpoint_to_host_action]
-    inp = ["ct state established,related accept", "ct state invalid drop"]
+    # the overlay's rules first: nothing else may accept tunnel packets from
+    # hosts that are not ours (conntrack would, for IP-in-IP a host once answered)
+    inp = [*input_rules(encap), "ct state established,related accept", "ct state invalid drop"]
     for w in wl:
         inp.append(f"iifname {w} jump cali-from-wl")
         if to_host:
@@ -223,6 +230,7 @@ def render_base(rs: Ruleset, s: FelixSettings, hep: HepLayout = HepLayout()) -> 
     out = ["ct state established,related accept", "ct state invalid drop"]
     out += accepted
     out += [f"oifname {w} accept" for w in wl]   # host → local workloads (as Calico)
+    out += output_rules(encap)
     out += _failsafe_rules(s, fs_out, "out", "dport", "daddr")
     out += dispatch("oifname", HEP_OUT, "out")
     rs.set_chain("cali-output", out,

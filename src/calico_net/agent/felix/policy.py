@@ -13,19 +13,19 @@ table) → `NftWriter` writes the dirty part as one ``nft -f`` transaction.
 
 Table layout (names are what you see in ``nft list table inet calico``):
 
-* base chains, dispatch chains, failsafe and pool sets: see `base_chains`.
+* base chains, dispatch chains, failsafe and pool sets: see `base_chains`; the
+  overlay's host sets and rules (`set_encap_hosts`): see `encap_rules`.
 * dispatch by verdict maps, so an endpoint coming or going is element changes:
-  ``cali-wl-from`` (iifname → egress chain of the workload), ``cali-wl-to``
-  (oifname → its ingress chain), ``cali-hep-in``/``cali-hep-out`` for host endpoint
-  interfaces (forward, pre-DNAT and untracked host policy and the all-interfaces
-  host endpoint: `hostprotect`).  Workload-to-workload traffic on one host runs the source's egress
+  ``cali-wl-from`` (iifname → egress chain of the workload), ``cali-wl-to`` (oifname
+  → its ingress chain), ``cali-hep-in``/``cali-hep-out`` for host endpoint interfaces
+  (forward, pre-DNAT and untracked host policy and the all-interfaces host endpoint:
+  `hostprotect`).  Workload-to-workload traffic on one host runs the source's egress
   and then the destination's ingress.  Traffic from an unknown ``cali*`` interface
   is dropped.  Host-to-workload traffic is allowed (as Calico).
 * endpoint chains ``cali-fw-<h>`` (egress) / ``cali-tw-<h>`` (ingress): the policy
-  chains in order, then the profile chains.  They are named by a hash of their
-  content, so endpoints with the same policies and profiles share one chain, and
-  one endpoint added is two map elements plus set elements — no chain written
-  unless its policy combination is new.
+  chains in order, then the profile chains, named by a hash of their content, so
+  endpoints with the same policies and profiles share one chain, and one endpoint
+  added is two map elements plus set elements (no chain unless its combination is new).
 * policy chains ``cali-pi-<h>``/``cali-po-<h>`` and profile chains
   ``cali-pri-<h>``/``cali-pro-<h>`` (ingress/egress, comment = the resource name).
 * selector sets ``s4_/s6_<h>`` (+ ``c4_/c6_`` CIDRs, ``n4_/n6_`` named ports), see
@@ -35,11 +35,10 @@ Table layout (names are what you see in ``nft list table inet calico``):
 Writing: an apply whose changes are only set/map elements (endpoint added, removed,
 relabelled within known policy combinations) goes out as one nfnetlink batch
 (`nft_netlink`), everything else as one ``nft -f`` transaction (small ones through
-libnftables in-process, see `libnft`); endpoint chains no
-longer used are deleted with the next nft transaction (or when many piled up), so
-endpoint removal stays element-only.  `refresh` and the restart check read the
-table back over netlink (rule and element counts, and the fingerprint in
-``cali-meta``) instead of ``nft -j list table``.
+libnftables in-process, see `libnft`); endpoint chains no longer used are deleted
+with the next nft transaction (or when many piled up), so endpoint removal stays
+element-only.  `refresh` and the restart check read the table back over netlink
+(rule and element counts, and the fingerprint in ``cali-meta``), not ``nft -j list``.
 """
 from __future__ import annotations
 
@@ -51,6 +50,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, NamedTuple
 
 from . import nftstr
 from .base_chains import HEP_IN, HEP_OUT, WL_FROM, WL_TO, placeholder_script, render_base, render_pools
+from .encap_rules import EncapHosts
 from .gcpause import GcPause
 from .hostprotect import STAR, STAR_IFACE, HostProtect, star_endpoint
 from .index import IndexChanges, Key, PolicyIndex
@@ -83,9 +83,8 @@ def _short(*parts: object) -> str:
 
 
 def _chain_comment(text: str) -> str | None:
-    """A chain comment naming a resource, cut to what nft takes (128 characters);
-    None if it cannot be a comment (it is only for people reading the table: the
-    chain is written without one rather than not at all)."""
+    """A chain comment naming a resource, cut to what nft takes (128 characters); None
+    if it cannot be one (it is only for people: the chain is written without one)."""
     if len(text) > nftstr.COMMENT_MAX:
         text = text[:nftstr.COMMENT_MAX - 3] + "..."
     try:
@@ -127,7 +126,6 @@ class _Ctx:
         return name
 
 
-
 class PolicyDataplane:
     """Calico policy for one host in nftables; see the module docstring."""
 
@@ -141,6 +139,7 @@ class PolicyDataplane:
         self.writer = NftWriter(self.runner)
         self._ctx = _Ctx(self.index, self.settings.log_prefix)
         self.hp = HostProtect(self.rs, policy_chain)
+        self.encap = EncapHosts()
         self._programs: dict[Key, _EpProgram] = {}
         self._iface_claims: dict[tuple[str, str], set[Key]] = {}   # (map, iface) → endpoints
         self._chain_refs: dict[str, int] = {}                      # endpoint chain → users
@@ -148,9 +147,8 @@ class PolicyDataplane:
         # share a combination, so this saves re-rendering and re-hashing
         self._ep_chain_cache: dict[tuple[Any, ...], tuple[str, list[str]]] = {}
         # (policies matching an endpoint, its existing profiles) → its (ingress, egress)
-        # chains with their bodies; thousands of endpoints share a few hundred
-        # combinations, so the ordering and chain lookup is done once per combination.
-        # Valid while no policy changes (order and types feed it): cleared when one does.
+        # chains with bodies: thousands of endpoints share a few hundred combinations, so
+        # ordering and lookup happen once per combination; cleared when a policy changes.
         self._combo_cache: dict[tuple[frozenset[Key], tuple[str, ...]],
                                 tuple[str, list[str], str, list[str]]] = {}
         self._chain_literals: dict[str, set[str]] = {}             # policy chain → literal sets
@@ -159,8 +157,7 @@ class PolicyDataplane:
         self._base_dirty = True
         self._first = True
         self._rerender_all = False
-        #: workload interfaces we program start with one of these (Felix: only
-        #: interfaces that match the interface prefix are ever touched)
+        #: workload interfaces we program start with one of these (as Felix)
         self._wl_prefixes = tuple(self.settings.interface_prefixes)
         self._rerender_endpoints = False
         self._refused: dict[Key, str] = {}         # endpoint → interface not programmed
@@ -190,6 +187,13 @@ class PolicyDataplane:
             if prefixes != self._wl_prefixes:
                 self._wl_prefixes = prefixes
                 self._rerender_endpoints = True
+
+    def set_encap_hosts(self, ipip: frozenset[str] | None, vxlan: frozenset[str] | None,
+                        vxlan_port: int) -> None:
+        """Hosts IP-in-IP / VXLAN may come from (None: not in use, no rules); written with
+        the next apply, as set elements unless an encapsulation starts, stops or changes port."""
+        if self.encap.set(ipip, vxlan, vxlan_port):
+            self._base_dirty = True
 
     def endpoint_count(self) -> int:
         return len(self._programs)
@@ -280,11 +284,8 @@ class PolicyDataplane:
         only while no host endpoint is programmed. Their rules are reached only
         through an endpoint chain, and until the maps are filled no workload
         interface has one; a host endpoint's chains would be live at once."""
-        for m in (HEP_IN, HEP_OUT):
-            s = self.rs.sets.get(m)
-            if s is not None and s.elements:
-                return []
-        if self.hp.layout.star:
+        if self.hp.layout.star or any(self.rs.sets[m].elements for m in (HEP_IN, HEP_OUT)
+                                      if m in self.rs.sets):
             return []
         return [n for n in self.rs.sets if n.startswith(("s4_", "s6_"))]
 
@@ -340,9 +341,10 @@ class PolicyDataplane:
     def _render(self, ch: IndexChanges) -> None:
         rs, index = self.rs, self.index
         if self._base_dirty:
-            render_base(self.rs, self.settings, self.hp.layout)
+            render_base(self.rs, self.settings, self.hp.layout, self.encap.layout)
             ch.pools = True
             self._base_dirty = False
+        self.encap.render(self.rs)
         if ch.pools:
             render_pools(self.rs, self.index.pool_cidrs(), self.settings.nat_outgoing)
         if ch.policies:
@@ -385,7 +387,7 @@ class PolicyDataplane:
         for ep in ch.endpoints:
             self._render_endpoint(ep)
         if self.hp.finish():
-            render_base(self.rs, self.settings, self.hp.layout)
+            render_base(self.rs, self.settings, self.hp.layout, self.encap.layout)
         self._collect_garbage()
 
     def _render_set(self, name: str) -> None:

@@ -86,6 +86,11 @@ class FelixSettings:
     interface_prefixes: tuple[str, ...] = ("cali",)
     #: strict reverse-path check on workload interfaces (anti-spoofing)
     anti_spoofing: bool = True
+    #: while IP-in-IP (VXLAN) is in use, accept encapsulated packets workloads send
+    #: (FelixConfiguration allowIPIPPacketsFromWorkloads / allowVXLANPacketsFromWorkloads;
+    #: off: dropped before egress policy, a tunnel could carry traffic past it)
+    allow_ipip_from_workloads: bool = False
+    allow_vxlan_from_workloads: bool = False
 
     def __post_init__(self) -> None:
         act = self.default_endpoint_to_host_action.capitalize()
