@@ -49,11 +49,19 @@ options:
   ipip_mode:
     description:
       - When to encapsulate workload traffic in IP-in-IP (C(spec.ipipMode)). Calico's default is C(Never).
+      - Enforced - calico/node routes other nodes' blocks of the pool through C(tunl0) (V(Always)), or
+        only those of nodes outside its own subnet (V(CrossSubnet) - a node in the same subnet, by its
+        C(spec.bgp.ipv4Address) prefix, is reached by a plain route over the underlay).
+      - IPv4 pools only; at most one of O(ipip_mode) and O(vxlan_mode) may be other than V(Never).
     type: str
     choices: [Never, Always, CrossSubnet]
   vxlan_mode:
     description:
       - When to encapsulate workload traffic in VXLAN (C(spec.vxlanMode)). Calico's default is C(Never).
+      - Enforced - calico/node routes other nodes' blocks of the pool through C(vxlan.calico)
+        (C(vxlan-v6.calico) for IPv6; VNI 4096, UDP 4789), always or (V(CrossSubnet)) only to nodes
+        outside its own subnet, as for O(ipip_mode). Needed for the V(vxlan) networking backend,
+        which runs no BGP.
     type: str
     choices: [Never, Always, CrossSubnet]
   nat_outgoing:
@@ -89,6 +97,14 @@ EXAMPLES = r"""
     cidr: 198.19.0.0/16
     block_size: 26
     ipip_mode: CrossSubnet
+    nat_outgoing: true
+
+- name: Workload pool with VXLAN to every other node (the vxlan backend, no BGP)
+  calico.net.ip_pool:
+    name: pool-vxlan
+    cidr: 198.19.0.0/16
+    vxlan_mode: Always
+    ipip_mode: Never
     nat_outgoing: true
 
 - name: Pool only for the racks labelled rack=r1
