@@ -5,8 +5,11 @@ WorkloadEndpoints — and cross-checks them in memory:
 
 * allocations without endpoints: an allocated address no WorkloadEndpoint carries
   (leaked by a runtime that never called DEL). Tunnel addresses (`type` attribute
-  `*TunnelAddress`) belong to their node, not to an endpoint, and count as leaked only
-  when the node is gone;
+  `*TunnelAddress`) belong to their node, not to an endpoint: one is in use when its
+  node exists and the Node's field for that type (`spec.bgp.ipv4IPIPTunnelAddr`,
+  `spec.ipv4VXLANTunnelAddr`, ...) holds exactly that address, and leaked otherwise
+  (the node is gone, or its Node no longer refers to it: calico/node assigned
+  another), listed with its handle so `ipam release --from-report` frees it;
 * endpoints without allocations: an endpoint address inside an IPPool that IPAM does
   not have allocated (addresses outside every pool came from another IPAM and are
   not ours to judge);
@@ -90,6 +93,42 @@ def _wep_name(doc: dict[str, Any]) -> str:
     return f"{md.get('namespace', '')}/{md.get('name', '')}"
 
 
+#: where a Node keeps each kind of tunnel address (Calico's `type` attribute values;
+#: the path is under the Node's spec)
+TUNNEL_FIELDS: dict[str, tuple[str, ...]] = {
+    "ipipTunnelAddress": ("bgp", "ipv4IPIPTunnelAddr"),
+    "vxlanTunnelAddress": ("ipv4VXLANTunnelAddr",),
+    "vxlanV6TunnelAddress": ("ipv6VXLANTunnelAddr",),
+    "wireguardTunnelAddress": ("wireguard", "interfaceIPv4Address"),
+    "wireguardV6TunnelAddress": ("wireguard", "interfaceIPv6Address"),
+}
+
+
+def _tunnel_addresses(doc: dict[str, Any]) -> dict[str, IPAddress]:
+    """`type` -> the address the Node's field for it holds (fields that do not parse
+    as an address hold none)."""
+    out: dict[str, IPAddress] = {}
+    for attr_type, path in TUNNEL_FIELDS.items():
+        value: Any = doc.get("spec") or {}
+        for part in path:
+            value = value.get(part) if isinstance(value, dict) else None
+        if isinstance(value, str) and value:
+            try:
+                out[attr_type] = ipaddress.ip_address(value.strip())
+            except ValueError:
+                continue
+    return out
+
+
+def _tunnel_in_use(a: IPAddress, attr_type: str, holder: str | None,
+                   node_docs: dict[str, dict[str, Any]]) -> bool:
+    if holder not in node_docs:
+        return False
+    if attr_type not in TUNNEL_FIELDS:
+        return True  # a kind we do not know the field of: its node's, while the node exists
+    return _tunnel_addresses(node_docs[holder]).get(attr_type) == a
+
+
 def check(ipam: IPAM) -> CheckReport:
     ds = ipam.datastore
     report = CheckReport()
@@ -97,7 +136,8 @@ def check(ipam: IPAM) -> CheckReport:
     affinities = ipam.affinities()
     handles = ipam.handles()
     pools = ipam.pools()
-    nodes = {d["metadata"]["name"] for d in ds.list("Node")[0]}
+    node_docs = {d["metadata"]["name"]: d for d in ds.list("Node")[0]}
+    nodes = set(node_docs)
     weps, _ = ds.list("WorkloadEndpoint")
     report.blocks, report.endpoints, report.nodes = len(blocks), len(weps), len(nodes)
 
@@ -125,7 +165,8 @@ def check(ipam: IPAM) -> CheckReport:
             if a in by_ip:
                 continue
             holder = sec.get(ATTR_NODE) or blk.host
-            if str(sec.get(ATTR_TYPE, "")).endswith("TunnelAddress") and holder in nodes:
+            attr_type = str(sec.get(ATTR_TYPE, ""))
+            if attr_type.endswith("TunnelAddress") and _tunnel_in_use(a, attr_type, holder, node_docs):
                 continue
             report.allocations_without_endpoints.append(Leak(str(a), hid, holder, str(blk.cidr)))
 
