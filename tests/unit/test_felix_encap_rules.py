@@ -12,8 +12,8 @@ from test_felix_index import NODE
 from calico_net.agent.felix.encap_rules import ENCAP_SETS
 from calico_net.agent.felix.policy import FelixSettings, PolicyDataplane
 
-H1, H2, H3 = "198.19.170.1", "198.19.170.2", "198.19.170.3"
-H6 = "fd00:198:19:170::6"
+H1, H2, H3 = "198.19.176.1", "198.19.176.2", "198.19.176.3"
+H6 = "fd00:198:19:176::6"
 IPIP_ACCEPT4 = "meta l4proto 4 ip saddr @cali-ipip-hosts4 fib daddr type local accept"
 IPIP_ACCEPT6 = "meta l4proto 4 ip6 saddr @cali-ipip-hosts6 fib daddr type local accept"
 VXLAN_ACCEPT4 = "udp dport 4789 ip saddr @cali-vxlan-hosts4 fib daddr type local accept"
@@ -155,7 +155,7 @@ def test_an_empty_host_set_still_drops():
 
 def test_bad_addresses_are_left_out_and_the_rest_kept(caplog):
     dp, fake = _dp()
-    bad = {"198.19.170.300", "x\n} flush ruleset", "", "198.19.170.0/24"}
+    bad = {"198.19.176.300", "x\n} flush ruleset", "", "198.19.176.0/24"}
     with caplog.at_level(logging.ERROR):
         dp.set_encap_hosts(frozenset({H1, *bad}), frozenset({H2, "fd00::zz"}), 4789)
         dp.apply()
@@ -167,7 +167,7 @@ def test_bad_addresses_are_left_out_and_the_rest_kept(caplog):
 
 def test_non_canonical_addresses_are_written_canonical():
     dp, _ = _dp()
-    dp.set_encap_hosts(frozenset({"FD00:198:19:170:0:0:0:6"}), None, 4789)
+    dp.set_encap_hosts(frozenset({"FD00:198:19:176:0:0:0:6"}), None, 4789)
     dp.apply()
     assert _elements(dp, "cali-ipip-hosts6") == {H6}
 
