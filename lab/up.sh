@@ -9,6 +9,10 @@
 # lab/.state/ssh_config. Any lab left by an earlier (possibly killed) run is removed first.
 # Names, subnet and state directory change with CALICO_LAB_NAME / CALICO_LAB_SUBNET (see
 # lab/lib.sh), for a second lab beside this one.
+# CALICO_LAB_ENCAP picks the overlay of the default pool the inventory asks for: none
+# (default: plain BGP routes), ipip (ipipMode Always) or vxlan (vxlanMode Always and
+# calico_node_networking_backend=vxlan: no BIRD). The lab's nodes share one subnet, so
+# CrossSubnet would look exactly like none here and is not offered.
 # Usage: up.sh [N] [--no-preload] [--no-build]     (N defaults to $CALICO_LAB_NODES or 3)
 set -euo pipefail
 LOG_TAG=up
@@ -29,6 +33,11 @@ for a in "$@"; do
     esac
 done
 ((N >= 1 && N <= 50)) || die "N must be 1..50"
+ENCAP=${CALICO_LAB_ENCAP:-none}
+case $ENCAP in
+none | ipip | vxlan) ;;
+*) die "CALICO_LAB_ENCAP=$ENCAP: use none, ipip or vxlan" ;;
+esac
 # etcd members: 3 when there are 3 or more nodes, else 1 (an odd-sized cluster either way)
 ETCD_COUNT=${CALICO_LAB_ETCD_COUNT:-$((N >= 3 ? 3 : 1))}
 
@@ -43,6 +52,20 @@ fi
 for img in "$NODE_IMAGE" "$CALICO_NODE_IMAGE" "$WORKLOAD_IMAGE"; do
     podman image exists "$img" || die "$img missing (run lab/build-images.sh)"
 done
+# The nodes are containers on this kernel and cannot load modules: the tunnel device the
+# overlay needs must be possible here, or calico/node would fail inside every node. Tried
+# in a throw-away network namespace (gone with the command).
+encap_probe() {
+    case $ENCAP in
+    ipip) unshare --net sh -c 'ip link show tunl0 >/dev/null 2>&1 || ip link add tunl0 type ipip' ;;
+    vxlan) unshare --net ip link add vxlan.calico type vxlan id 4096 dstport 4789 nolearning ;;
+    esac
+}
+if [[ $ENCAP != none ]]; then
+    modprobe -q "$ENCAP" 2>/dev/null || true # built in on some kernels: no module to load
+    encap_probe || die "CALICO_LAB_ENCAP=$ENCAP: this kernel cannot make the $ENCAP device"
+    log "overlay: $ENCAP"
+fi
 
 # The archives every node sees at /opt/calico/images (read-only bind mount of
 # $STATE_DIR/images). Each is re-saved only when its image changed (the image ID is kept
@@ -166,6 +189,14 @@ timed "up: wait for SSH" wait_ssh
     # out of the lab (site.yml's product defaults are Calico's own pool, with NAT).
     echo "calico_ipv4_pool_cidr=198.19.0.0/16"
     echo "calico_ipv4_pool_nat_outgoing=false"
+    # CALICO_LAB_ENCAP: the default pool's overlay (and, for vxlan, no BIRD at all).
+    case $ENCAP in
+    ipip) echo "calico_ipv4_pool_ipip_mode=Always" ;;
+    vxlan)
+        echo "calico_ipv4_pool_vxlan_mode=Always"
+        echo "calico_node_networking_backend=vxlan"
+        ;;
+    esac
 } >"$INVENTORY.tmp"
 mv "$INVENTORY.tmp" "$INVENTORY"
 {
