@@ -254,13 +254,17 @@ class NetConf:
             raise CNIError(INVALID_NETWORK_CONFIG, f"invalid node name: {e}") from None
 
     def effective_mtu(self) -> int:
+        """The config's "mtu"; without one, what the agent wrote to its MTU file (the
+        underlay's MTU less the encapsulation's overhead), else 1500. A file value
+        out of range is not taken."""
         if self.mtu:
             return self.mtu
         try:
             with open(DEFAULT_MTU_FILE, encoding="utf-8") as f:
-                return int(f.read().strip())
+                mtu = int(f.read(32).strip())
         except (OSError, ValueError):
             return DEFAULT_MTU
+        return mtu if 576 <= mtu <= 65535 else DEFAULT_MTU
 
 
 def _str_list(value: Any, what: str) -> list[str]:

@@ -2,7 +2,7 @@
 
     python -m calico_net.cni.install --etcd-endpoints http://198.18.0.11:2379 \\
         [--bin-dir /usr/lib/cni] [--conf-dir /etc/cni/net.d] [--name calico] [--nodename N] \\
-        [--mtu 1500] [--ipv6] [--pool NAME_OR_CIDR ...] [--etcd-ca-cert-file F --etcd-cert-file F --etcd-key-file F]
+        [--mtu 1450] [--ipv6] [--pool NAME_OR_CIDR ...] [--etcd-ca-cert-file F --etcd-cert-file F --etcd-key-file F]
 
 writes two things, idempotently (a file is rewritten only when its bytes change):
 
@@ -38,7 +38,7 @@ def render_conflist(
     *,
     name: str = "calico",
     nodename: str | None = None,
-    mtu: int = 1500,
+    mtu: int | None = None,
     ipv4: bool = True,
     ipv6: bool = False,
     pools_v4: Sequence[str] = (),
@@ -55,13 +55,16 @@ def render_conflist(
         "etcd_endpoints": etcd_endpoints,
         "log_level": log_level,
         "log_file_path": log_file_path,
-        "mtu": mtu,
         "ipam": {
             "type": "calico-ipam",
             "assign_ipv4": "true" if ipv4 else "false",
             "assign_ipv6": "true" if ipv6 else "false",
         },
     }
+    if mtu:
+        # pinned; without it the plugin takes the agent's MTU file (the underlay's MTU
+        # less the encapsulation's overhead), so the conflist never goes stale
+        plugin["mtu"] = mtu
     if pools_v4:
         plugin["ipam"]["ipv4_pools"] = list(pools_v4)
     if pools_v6:
@@ -139,7 +142,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--conf-dir", default=DEFAULT_CONF_DIR)
     ap.add_argument("--name", default="calico", help="network name (and default profile)")
     ap.add_argument("--nodename", default=None, help="default: /var/lib/calico/nodename, then the hostname")
-    ap.add_argument("--mtu", type=int, default=1500)
+    ap.add_argument("--mtu", type=int, default=None,
+                    help="pin the workloads' MTU (576-65535); default: the agent's /var/lib/calico/mtu, "
+                         "else 1500")
     ap.add_argument("--ipv6", action="store_true", help="also assign an IPv6 address")
     ap.add_argument("--pool", action="append", default=[], help="restrict IPv4 assignment to this pool")
     ap.add_argument("--containers-conf", action="store_true",
@@ -152,6 +157,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_network_name(args.name)
     except CNIError as e:
         ap.error(e.msg)
+    if args.mtu is not None and not 576 <= args.mtu <= 65535:
+        ap.error(f"--mtu {args.mtu} is out of range (576-65535)")
     if args.containers_conf:
         print(containers_conf_lines(args.bin_dir), end="")
         return 0
