@@ -18,6 +18,7 @@ from calico_net.agent.startup import (
     StartupError,
     autodetect,
     desired_bgp,
+    networking_backend,
     node_name,
     register_node,
     resolve_address,
@@ -171,6 +172,70 @@ def test_register_without_any_address(datastore) -> None:
     doc = register_node(datastore, "n1", {"IP": "none", "CALICO_NETWORKING_BACKEND": "none"},
                         interfaces=lambda: HOST)
     assert "bgp" not in doc["spec"]
+
+
+def test_networking_backend_values() -> None:
+    assert networking_backend({}) == "bird"
+    assert networking_backend({"CALICO_NETWORKING_BACKEND": " "}) == "bird"
+    assert networking_backend({"CALICO_NETWORKING_BACKEND": "VXLAN"}) == "vxlan"
+    assert networking_backend({"CALICO_NETWORKING_BACKEND": "none"}) == "none"
+    for bad in ("bgp", "vxlan,bird", "ipip"):
+        with pytest.raises(StartupError, match=f"CALICO_NETWORKING_BACKEND='{bad}' is not one of bird, vxlan, none"):
+            networking_backend({"CALICO_NETWORKING_BACKEND": bad})
+
+
+def test_register_with_the_vxlan_backend(datastore) -> None:
+    # vxlan needs the node address as bird does (the tunnels end at it) ...
+    with pytest.raises(StartupError, match="VXLAN needs one"):
+        register_node(datastore, "n1", {"IP": "none", "CALICO_NETWORKING_BACKEND": "vxlan"},
+                      interfaces=lambda: HOST)
+    doc = register_node(datastore, "n1", {"IP": "autodetect", "CALICO_NETWORKING_BACKEND": "vxlan"},
+                        interfaces=lambda: HOST)
+    # ... and implies no BGP settings of its own
+    assert doc["spec"]["bgp"] == {"ipv4Address": "198.18.0.11/24"}
+    with pytest.raises(StartupError, match="is not one of"):
+        register_node(datastore, "n2", {"CALICO_NETWORKING_BACKEND": "flannel"}, interfaces=lambda: HOST)
+    from calico_net.datastore.errors import ResourceNotFound
+
+    with pytest.raises(ResourceNotFound):
+        datastore.get("Node", "n2")
+
+
+def pool_doc(name: str, cidr: str, **spec: Any) -> dict[str, Any]:
+    return {"apiVersion": "projectcalico.org/v3", "kind": "IPPool", "metadata": {"name": name},
+            "spec": {"cidr": cidr, **spec}}
+
+
+def test_main_assigns_tunnel_addresses(etcd, etcd_client, datastore, tmp_path) -> None:
+    datastore.create(pool_doc("vx", "198.19.168.0/24", vxlanMode="Always"))
+    env = etcd.env()
+    env.update({"NODENAME": "tun-node", "IP": "198.18.0.22/24", "CALICO_NETWORKING_BACKEND": "vxlan",
+                "CALICO_NODENAME_FILE": str(tmp_path / "nodename")})
+    p = subprocess.run([sys.executable, "-m", "calico_net.agent.startup"], env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    spec = datastore.get("Node", "tun-node")["spec"]
+    assert ipaddress.ip_address(spec["ipv4VXLANTunnelAddr"]) in ipaddress.ip_network("198.19.168.0/24")
+    assert spec["vxlanTunnelMACAddr"] and "ipv4IPIPTunnelAddr" not in spec["bgp"]
+    assert f"ipv4VXLANTunnelAddr {spec['ipv4VXLANTunnelAddr']}" in p.stderr
+
+
+def test_main_does_not_fail_on_an_ipam_problem(etcd, etcd_client, datastore, tmp_path) -> None:
+    from calico_net.ipam import IPAM
+
+    # a 4-address pool a workload has used up: no tunnel address to be had
+    datastore.create(pool_doc("tiny", "198.19.169.0/30", ipipMode="Always", blockSize=30))
+    IPAM(etcd_client, datastore).auto_assign("wl", "other", num_v4=4)
+    env = etcd.env()
+    env.update({"NODENAME": "tun-node", "IP": "198.18.0.23/24",
+                "CALICO_NODENAME_FILE": str(tmp_path / "nodename")})
+    p = subprocess.run([sys.executable, "-m", "calico_net.agent.startup"], env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert "tunnel addresses of node tun-node not reconciled yet" in p.stderr
+    assert (tmp_path / "nodename").read_text() == "tun-node"
+    spec = datastore.get("Node", "tun-node")["spec"]
+    assert spec["bgp"] == {"ipv4Address": "198.18.0.23/24"}
 
 
 def test_main_registers_and_writes_nodename(etcd, etcd_client, tmp_path) -> None:

@@ -19,7 +19,13 @@ agent, confd and BIRD (``python -m calico_net.agent.startup``):
 * ``spec.bgp.asNumber`` from ``AS`` (unset: keep; the cluster default applies);
 * every other field of an existing Node (labels, annotations, reflector cluster id,
   …) is kept; the update is a compare-and-swap, retried on conflict;
-* another Node already using the same address is an error (exit 1), as in Calico.
+* another Node already using the same address is an error (exit 1), as in Calico;
+* ``CALICO_NETWORKING_BACKEND``: ``bird`` (default) and ``vxlan`` need a node address
+  (BGP peers with it; VXLAN and IP-in-IP tunnels end at it), ``none`` does not; any
+  other value is refused;
+* then this node's tunnel addresses (IP-in-IP, VXLAN) are reconciled once
+  (`calico_net.agent.encap.addrs`), so the agent and confd start with them; an IPAM
+  problem there is logged and does not fail start-up: the agent's allocator retries.
 
 How it is built: :func:`list_interfaces` (pyroute2) and :func:`route_source` are the
 only I/O on the host; :func:`autodetect` and :func:`desired_bgp` are pure and take
@@ -48,6 +54,10 @@ from calico_net.envhelp import datastore_env_help, environment_only_parser
 log = logging.getLogger("calico_net.agent.startup")
 
 NODENAME_FILE = "/var/lib/calico/nodename"
+
+#: CALICO_NETWORKING_BACKEND values: bird (BGP), vxlan (no BIRD; the agent programs
+#: every route), none (no routing by calico-node)
+BACKENDS = ("bird", "vxlan", "none")
 
 #: Calico's DEFAULT_INTERFACES_TO_EXCLUDE for first-found (regexes, searched). Go's
 #: ``$`` is the end of the text; Python's also matches before a final newline, so
@@ -317,6 +327,15 @@ def _address_conflict(nodes: Sequence[Mapping[str, Any]], name: str, bgp: Mappin
     return None
 
 
+def networking_backend(env: Mapping[str, str]) -> str:
+    """``CALICO_NETWORKING_BACKEND`` (lower-cased; unset or empty is bird)."""
+    raw = env.get("CALICO_NETWORKING_BACKEND", "")
+    backend = raw.strip().lower() or "bird"
+    if backend not in BACKENDS:
+        raise StartupError(f"CALICO_NETWORKING_BACKEND={raw!r} is not one of {', '.join(BACKENDS)}")
+    return backend
+
+
 def register_node(
     datastore: Any,
     name: str,
@@ -333,7 +352,7 @@ def register_node(
         ResourceNotFound,
     )
 
-    backend = env.get("CALICO_NETWORKING_BACKEND", "bird").strip().lower() or "bird"
+    backend = networking_backend(env)
     for _ in range(attempts):
         try:
             existing: dict[str, Any] | None = datastore.get("Node", name)
@@ -343,9 +362,10 @@ def register_node(
         bgp = desired_bgp(spec.get("bgp"), env, interfaces, route_source=route_source)
         if not bgp.get("ipv4Address") and not bgp.get("ipv6Address"):
             if backend != "none":
+                need = "BGP" if backend == "bird" else "VXLAN"
                 raise StartupError(
                     "this node has no IPv4 or IPv6 address (IP=none and IP6 unset/none); "
-                    "BGP needs one (or set CALICO_NETWORKING_BACKEND=none)")
+                    f"{need} needs one (or set CALICO_NETWORKING_BACKEND=none)")
             spec.pop("bgp", None)
         else:
             spec["bgp"] = bgp
@@ -372,6 +392,19 @@ def register_node(
     raise StartupError(f"Node {name} kept changing underneath; gave up after {attempts} attempts")
 
 
+def assign_tunnel_addresses(datastore: Any, ipam: Any, name: str) -> dict[str, str | None] | None:
+    """Reconcile this node's tunnel addresses once; None (logged) when that fails:
+    start-up goes on, and the agent's allocator retries."""
+    from calico_net.agent.encap.addrs import reconcile
+
+    try:
+        return reconcile(datastore, ipam, name)
+    except Exception as exc:  # noqa: BLE001 - IPAM or datastore trouble must not stop the node
+        log.warning("tunnel addresses of node %s not reconciled yet: %s (the agent retries)", name, exc)
+        log.debug("tunnel address failure", exc_info=True)
+        return None
+
+
 def write_nodename(name: str, path: str = NODENAME_FILE) -> None:
     from calico_net.agent.confd.render import write_if_changed
 
@@ -390,7 +423,8 @@ environment:
                             skip-interface=REGEX[,REGEX], can-reach=DEST, cidr=CIDR[,CIDR]
   IP6, IP6_AUTODETECTION_METHOD   likewise for IPv6 (unset: keep; none for a new Node)
   AS                        the Node's AS number (65010 or asdot 1.10; unset: keep)
-  CALICO_NETWORKING_BACKEND "none" allows a Node without a BGP address (default bird)
+  CALICO_NETWORKING_BACKEND bird (default) or vxlan need a node address; "none" allows
+                            a Node without one
 {datastore_env_help(26)}
 
 exit status: 0 registered, 1 cannot register, 2 bad usage or datastore settings."""
@@ -434,8 +468,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("%s", exc)
         return 2
     try:
-        doc = register_node(Datastore(client), name, env)
+        datastore = Datastore(client)
+        doc = register_node(datastore, name, env)
         write_nodename(name, nodename_file)
+        from calico_net.ipam import IPAM
+
+        tunnels = assign_tunnel_addresses(datastore, IPAM(client, datastore), name) or {}
     except StartupError as exc:
         log.error("%s", exc)
         return 1
@@ -448,6 +486,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.info("node %s registered: IPv4 %s, IPv6 %s, AS %s", name,
              bgp.get("ipv4Address", "none"), bgp.get("ipv6Address", "none"),
              bgp.get("asNumber", "cluster default"))
+    held = {k: v for k, v in tunnels.items() if v}
+    if held:
+        log.info("node %s tunnel addresses: %s", name, ", ".join(f"{k} {v}" for k, v in held.items()))
     return 0
 
 
