@@ -3,7 +3,7 @@ which pools give a node an IP-in-IP or VXLAN address, the IPAM handle and attrib
 it is held with, the Node fields it lands in, release when the pools change, the
 compare-and-swap retry, idempotence, and `ipam check`'s view of tunnel addresses.
 
-Addresses: pools in 198.19.160.0/21 (nodes at 198.19.167.x), IPv6 in fd00:198:19:a0::/64.
+Addresses: pools in 198.19.96.0/21 (nodes at 198.19.103.x), IPv6 in fd00:198:19:a0::/64.
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def pool(name, cidr, **spec):
             "spec": {"cidr": cidr, "blockSize": 26 if ":" not in cidr else 122, **spec}}
 
 
-def node(name, addr="198.19.167.1/24", labels=None):
+def node(name, addr="198.19.103.1/24", labels=None):
     return {"apiVersion": "projectcalico.org/v3", "kind": "Node",
             "metadata": {"name": name, "labels": labels or {}},
             "spec": {"bgp": {"ipv4Address": addr}}}
@@ -53,13 +53,13 @@ def mac_is_local_unicast(mac: str) -> bool:
 
 def test_ipip_pool_gives_an_address_held_by_calicos_handle(datastore, ipam):
     datastore.create(node("n1"))
-    datastore.create(pool("ipip", "198.19.160.0/22", ipipMode="Always"))
+    datastore.create(pool("ipip", "198.19.96.0/22", ipipMode="Always"))
     out = reconcile(datastore, ipam, "n1")
     addr = out["ipv4IPIPTunnelAddr"]
-    assert addr is not None and ip(addr) in net("198.19.160.0/22")
+    assert addr is not None and ip(addr) in net("198.19.96.0/22")
     assert out["ipv4VXLANTunnelAddr"] is None and out["vxlanTunnelMACAddr"] is None
     spec = spec_of(datastore)
-    assert spec["bgp"] == {"ipv4Address": "198.19.167.1/24", "ipv4IPIPTunnelAddr": addr}
+    assert spec["bgp"] == {"ipv4Address": "198.19.103.1/24", "ipv4IPIPTunnelAddr": addr}
     a = ipam.get_assignment(addr)
     assert a.handle_id == "ipip-tunnel-addr-n1"
     assert a.attributes == {"node": "n1", "type": "ipipTunnelAddress"}
@@ -68,10 +68,10 @@ def test_ipip_pool_gives_an_address_held_by_calicos_handle(datastore, ipam):
 
 def test_vxlan_pools_give_addresses_and_local_unicast_macs(datastore, ipam):
     datastore.create(node("n1"))
-    datastore.create(pool("vx", "198.19.164.0/23", vxlanMode="CrossSubnet"))
+    datastore.create(pool("vx", "198.19.100.0/23", vxlanMode="CrossSubnet"))
     datastore.create(pool("vx6", "fd00:198:19:a0::/116", vxlanMode="Always"))
     out = reconcile(datastore, ipam, "n1")
-    assert ip(out["ipv4VXLANTunnelAddr"]) in net("198.19.164.0/23")
+    assert ip(out["ipv4VXLANTunnelAddr"]) in net("198.19.100.0/23")
     assert ip(out["ipv6VXLANTunnelAddr"]) in net("fd00:198:19:a0::/116")
     assert out["ipv4IPIPTunnelAddr"] is None
     assert mac_is_local_unicast(out["vxlanTunnelMACAddr"])
@@ -94,34 +94,34 @@ def test_random_mac_bits():
 
 def test_node_selector_decides(datastore, ipam):
     datastore.create(node("n1", labels={"rack": "a"}))
-    datastore.create(pool("ipip", "198.19.160.0/22", ipipMode="Always", nodeSelector="rack == 'b'"))
+    datastore.create(pool("ipip", "198.19.96.0/22", ipipMode="Always", nodeSelector="rack == 'b'"))
     out = reconcile(datastore, ipam, "n1")
     assert out["ipv4IPIPTunnelAddr"] is None
     assert ipam.get_handle("ipip-tunnel-addr-n1") is None
     doc = datastore.get("Node", "n1")
     doc["metadata"]["labels"] = {"rack": "b"}
     datastore.replace(doc)
-    assert ip(reconcile(datastore, ipam, "n1")["ipv4IPIPTunnelAddr"]) in net("198.19.160.0/22")
+    assert ip(reconcile(datastore, ipam, "n1")["ipv4IPIPTunnelAddr"]) in net("198.19.96.0/22")
 
 
 def test_disabled_and_never_pools_give_nothing(datastore, ipam):
     datastore.create(node("n1"))
-    datastore.create(pool("off", "198.19.160.0/22", ipipMode="Always", disabled=True))
-    datastore.create(pool("plain", "198.19.164.0/23", vxlanMode="Never"))
+    datastore.create(pool("off", "198.19.96.0/22", ipipMode="Always", disabled=True))
+    datastore.create(pool("plain", "198.19.100.0/23", vxlanMode="Never"))
     assert reconcile(datastore, ipam, "n1") == dict.fromkeys(addrs.RESULT_FIELDS)
     assert ipam.handles() == {}
 
 
 def test_switch_from_ipip_to_vxlan_releases_and_reassigns(datastore, ipam, etcd_client):
     datastore.create(node("n1"))
-    datastore.create(pool("p", "198.19.160.0/22", ipipMode="Always"))
+    datastore.create(pool("p", "198.19.96.0/22", ipipMode="Always"))
     old = reconcile(datastore, ipam, "n1")["ipv4IPIPTunnelAddr"]
     doc = datastore.get("IPPool", "p")
     doc["spec"]["ipipMode"], doc["spec"]["vxlanMode"] = "Never", "Always"
     datastore.replace(doc)
     out = reconcile(datastore, ipam, "n1")
     assert out["ipv4IPIPTunnelAddr"] is None
-    assert ip(out["ipv4VXLANTunnelAddr"]) in net("198.19.160.0/22")
+    assert ip(out["ipv4VXLANTunnelAddr"]) in net("198.19.96.0/22")
     assert "ipv4IPIPTunnelAddr" not in spec_of(datastore)["bgp"]
     assert ipam.get_handle("ipip-tunnel-addr-n1") is None
     a = ipam.get_assignment(old)
@@ -131,21 +131,21 @@ def test_switch_from_ipip_to_vxlan_releases_and_reassigns(datastore, ipam, etcd_
 
 def test_pool_deleted_releases_and_clears_the_fields(datastore, ipam):
     datastore.create(node("n1"))
-    datastore.create(pool("vx", "198.19.164.0/23", vxlanMode="Always"))
+    datastore.create(pool("vx", "198.19.100.0/23", vxlanMode="Always"))
     out = reconcile(datastore, ipam, "n1")
     assert out["ipv4VXLANTunnelAddr"] and out["vxlanTunnelMACAddr"]
     datastore.delete("IPPool", "vx")
     assert reconcile(datastore, ipam, "n1") == dict.fromkeys(addrs.RESULT_FIELDS)
     spec = spec_of(datastore)
     assert "ipv4VXLANTunnelAddr" not in spec and "vxlanTunnelMACAddr" not in spec
-    assert spec["bgp"] == {"ipv4Address": "198.19.167.1/24"}  # the rest is kept
+    assert spec["bgp"] == {"ipv4Address": "198.19.103.1/24"}  # the rest is kept
     assert ipam.get_assignment(out["ipv4VXLANTunnelAddr"]) is None
     assert ipam.handles() == {}
 
 
 def test_second_run_writes_nothing(datastore, ipam, etcd_client):
     datastore.create(node("n1"))
-    datastore.create(pool("ipip", "198.19.160.0/22", ipipMode="Always"))
+    datastore.create(pool("ipip", "198.19.96.0/22", ipipMode="Always"))
     datastore.create(pool("vx6", "fd00:198:19:a0::/116", vxlanMode="Always"))
     first = reconcile(datastore, ipam, "n1")
     rev = revision(etcd_client)
@@ -163,19 +163,19 @@ def test_nothing_needed_writes_nothing(datastore, ipam, etcd_client):
 
 def test_allowed_uses_without_tunnel_is_not_used(datastore, ipam):
     datastore.create(node("n1"))
-    datastore.create(pool("wl", "198.19.160.0/22", ipipMode="Always", allowedUses=["Workload"]))
+    datastore.create(pool("wl", "198.19.96.0/22", ipipMode="Always", allowedUses=["Workload"]))
     assert reconcile(datastore, ipam, "n1")["ipv4IPIPTunnelAddr"] is None
-    datastore.create(pool("both", "198.19.164.0/23", ipipMode="Always", allowedUses=["Workload", "Tunnel"]))
-    assert ip(reconcile(datastore, ipam, "n1")["ipv4IPIPTunnelAddr"]) in net("198.19.164.0/23")
+    datastore.create(pool("both", "198.19.100.0/23", ipipMode="Always", allowedUses=["Workload", "Tunnel"]))
+    assert ip(reconcile(datastore, ipam, "n1")["ipv4IPIPTunnelAddr"]) in net("198.19.100.0/23")
 
 
 def test_an_address_ipam_does_not_hold_is_replaced(datastore, ipam):
-    datastore.create(pool("ipip", "198.19.160.0/22", ipipMode="Always"))
+    datastore.create(pool("ipip", "198.19.96.0/22", ipipMode="Always"))
     doc = node("n1")
-    doc["spec"]["bgp"]["ipv4IPIPTunnelAddr"] = "198.19.160.77"  # set by hand, never assigned
+    doc["spec"]["bgp"]["ipv4IPIPTunnelAddr"] = "198.19.96.77"  # set by hand, never assigned
     datastore.create(doc)
     out = reconcile(datastore, ipam, "n1")["ipv4IPIPTunnelAddr"]
-    assert out != "198.19.160.77"
+    assert out != "198.19.96.77"
     assert ipam.get_assignment(out).handle_id == "ipip-tunnel-addr-n1"
     # a workload's address written into the field is not taken over (nor freed)
     wl, _ = ipam.auto_assign("wl-1", "n1", attrs={"pod": "p"})
@@ -189,7 +189,7 @@ def test_an_address_ipam_does_not_hold_is_replaced(datastore, ipam):
 
 def test_ipam_check_knows_tunnel_addresses(datastore, ipam):
     datastore.create(node("n1"))
-    datastore.create(pool("ipip", "198.19.160.0/22", ipipMode="Always"))
+    datastore.create(pool("ipip", "198.19.96.0/22", ipipMode="Always"))
     addr = reconcile(datastore, ipam, "n1")["ipv4IPIPTunnelAddr"]
     report = check(ipam)
     assert report.clean, report.to_json()
@@ -203,7 +203,7 @@ def test_ipam_check_knows_tunnel_addresses(datastore, ipam):
         (addr, "ipip-tunnel-addr-n1", "n1")]
     # the Node holding another address than the allocation is a leak as well
     doc = datastore.get("Node", "n1")
-    doc["spec"]["bgp"]["ipv4IPIPTunnelAddr"] = "198.19.160.200"
+    doc["spec"]["bgp"]["ipv4IPIPTunnelAddr"] = "198.19.96.200"
     datastore.replace(doc)
     assert [x.ip for x in check(ipam).allocations_without_endpoints] == [addr]
     # reconcile puts it right, and the check is clean again
@@ -216,7 +216,7 @@ def test_ipam_check_knows_tunnel_addresses(datastore, ipam):
 
 def test_ipam_check_vxlan_fields(datastore, ipam):
     datastore.create(node("n1"))
-    datastore.create(pool("vx", "198.19.164.0/23", vxlanMode="Always"))
+    datastore.create(pool("vx", "198.19.100.0/23", vxlanMode="Always"))
     datastore.create(pool("vx6", "fd00:198:19:a0::/116", vxlanMode="Always"))
     out = reconcile(datastore, ipam, "n1")
     assert check(ipam).clean
@@ -251,7 +251,7 @@ class ConflictOnce:
 
 def test_a_concurrent_node_update_is_retried_and_kept(datastore, ipam):
     datastore.create(node("n1"))
-    datastore.create(pool("ipip", "198.19.160.0/22", ipipMode="Always"))
+    datastore.create(pool("ipip", "198.19.96.0/22", ipipMode="Always"))
     racer = ConflictOnce(datastore)
     out = reconcile(racer, ipam, "n1")
     assert racer.conflicts == 1
@@ -266,16 +266,16 @@ def test_bad_pool_is_skipped_and_the_rest_still_works(datastore, ipam, etcd_clie
     import json
 
     datastore.create(node("n1"))
-    datastore.create(pool("good", "198.19.164.0/23", vxlanMode="Always"))
-    bad = pool("bad", "198.19.160.0/22", ipipMode="Always", nodeSelector="rack ==")
+    datastore.create(pool("good", "198.19.100.0/23", vxlanMode="Always"))
+    bad = pool("bad", "198.19.96.0/22", ipipMode="Always", nodeSelector="rack ==")
     etcd_client.put("/calico/resources/v3/projectcalico.org/ippools/bad", json.dumps(bad))
     out = reconcile(datastore, ipam, "n1")
     assert out["ipv4IPIPTunnelAddr"] is None
-    assert ip(out["ipv4VXLANTunnelAddr"]) in net("198.19.164.0/23")
+    assert ip(out["ipv4VXLANTunnelAddr"]) in net("198.19.100.0/23")
 
 
 def test_missing_node_is_an_error_and_assigns_nothing(datastore, ipam):
-    datastore.create(pool("ipip", "198.19.160.0/22", ipipMode="Always"))
+    datastore.create(pool("ipip", "198.19.96.0/22", ipipMode="Always"))
     with pytest.raises(TunnelAddrError, match="does not exist"):
         reconcile(datastore, ipam, "n1")
     assert ipam.handles() == {}
@@ -298,11 +298,11 @@ def test_a_failed_write_releases_what_the_pass_assigned(datastore, ipam):
             raise DatastoreError("refused")
 
     datastore.create(node("n1"))
-    datastore.create(pool("ipip", "198.19.160.0/22", ipipMode="Always"))
+    datastore.create(pool("ipip", "198.19.96.0/22", ipipMode="Always"))
     with pytest.raises(Exception, match="refused"):
         reconcile(RefuseWrites(datastore), ipam, "n1")
     assert ipam.handles() == {}
-    assert ip(reconcile(datastore, ipam, "n1")["ipv4IPIPTunnelAddr"]) in net("198.19.160.0/22")
+    assert ip(reconcile(datastore, ipam, "n1")["ipv4IPIPTunnelAddr"]) in net("198.19.96.0/22")
 
 
 def wait_for(cond, timeout=10.0):
@@ -325,11 +325,11 @@ def test_allocator_thread_follows_pokes_and_retries(datastore, etcd_client):
         datastore.create(node("n1"))
         wait_for(lambda: alloc.runs >= 1)
         assert alloc.last == dict.fromkeys(addrs.RESULT_FIELDS)
-        datastore.create(pool("vx", "198.19.164.0/23", vxlanMode="Always"))
+        datastore.create(pool("vx", "198.19.100.0/23", vxlanMode="Always"))
         t0 = time.monotonic()
         alloc.poke()
         got = wait_for(lambda: spec_of(datastore).get("ipv4VXLANTunnelAddr"))
-        assert ip(got) in net("198.19.164.0/23")
+        assert ip(got) in net("198.19.100.0/23")
         assert time.monotonic() - t0 >= alloc.DEBOUNCE * 0.9  # debounced, not immediate
         # a burst of pokes is one pass
         runs = alloc.runs
@@ -341,3 +341,16 @@ def test_allocator_thread_follows_pokes_and_retries(datastore, etcd_client):
     finally:
         alloc.stop()
     assert alloc._thread is not None and not alloc._thread.is_alive()
+
+
+def test_removal_frees_an_address_whose_handle_record_is_gone(datastore, ipam, etcd_client):
+    from calico_net.ipam import keys
+
+    datastore.create(node("n1"))
+    datastore.create(pool("vx", "198.19.100.0/23", vxlanMode="Always"))
+    addr = reconcile(datastore, ipam, "n1")["ipv4VXLANTunnelAddr"]
+    etcd_client.delete(keys.handle_key("vxlan-tunnel-addr-n1"))  # lost by hand
+    datastore.delete("IPPool", "vx")
+    reconcile(datastore, ipam, "n1")
+    assert ipam.get_assignment(addr) is None
+    assert "ipv4VXLANTunnelAddr" not in spec_of(datastore)

@@ -207,7 +207,7 @@ def pool_doc(name: str, cidr: str, **spec: Any) -> dict[str, Any]:
 
 
 def test_main_assigns_tunnel_addresses(etcd, etcd_client, datastore, tmp_path) -> None:
-    datastore.create(pool_doc("vx", "198.19.168.0/24", vxlanMode="Always"))
+    datastore.create(pool_doc("vx", "198.19.104.0/24", vxlanMode="Always"))
     env = etcd.env()
     env.update({"NODENAME": "tun-node", "IP": "198.18.0.22/24", "CALICO_NETWORKING_BACKEND": "vxlan",
                 "CALICO_NODENAME_FILE": str(tmp_path / "nodename")})
@@ -215,7 +215,7 @@ def test_main_assigns_tunnel_addresses(etcd, etcd_client, datastore, tmp_path) -
                        capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stderr
     spec = datastore.get("Node", "tun-node")["spec"]
-    assert ipaddress.ip_address(spec["ipv4VXLANTunnelAddr"]) in ipaddress.ip_network("198.19.168.0/24")
+    assert ipaddress.ip_address(spec["ipv4VXLANTunnelAddr"]) in ipaddress.ip_network("198.19.104.0/24")
     assert spec["vxlanTunnelMACAddr"] and "ipv4IPIPTunnelAddr" not in spec["bgp"]
     assert f"ipv4VXLANTunnelAddr {spec['ipv4VXLANTunnelAddr']}" in p.stderr
 
@@ -224,7 +224,7 @@ def test_main_does_not_fail_on_an_ipam_problem(etcd, etcd_client, datastore, tmp
     from calico_net.ipam import IPAM
 
     # a 4-address pool a workload has used up: no tunnel address to be had
-    datastore.create(pool_doc("tiny", "198.19.169.0/30", ipipMode="Always", blockSize=30))
+    datastore.create(pool_doc("tiny", "198.19.105.0/30", ipipMode="Always", blockSize=30))
     IPAM(etcd_client, datastore).auto_assign("wl", "other", num_v4=4)
     env = etcd.env()
     env.update({"NODENAME": "tun-node", "IP": "198.18.0.23/24",
