@@ -44,6 +44,8 @@ RTM_DELROUTE = 25
 RTM_GETROUTE = 26
 RTA_DST = 1
 RTA_OIF = 4
+RTA_GATEWAY = 5
+RTA_MULTIPATH = 9
 RTA_TABLE = 15
 IFLA_IFNAME = 3
 IFLA_AF_SPEC = 26
@@ -139,7 +141,13 @@ class Netlink:
         return out
 
     def routes(self, protocol: int = RTPROT_FELIX, table: int = RT_TABLE_MAIN) -> dict[Route, int]:
-        """Our routes in the kernel: {(family, dst, len): oif}."""
+        """Our routes in the kernel: {(family, dst, len): oif}.
+
+        Routes of this protocol that carry a gateway (RTA_GATEWAY, or next hops in
+        RTA_MULTIPATH) are left out: workload routes never have one, while the
+        overlay's routes to other nodes' blocks (`encap.kernel`, also protocol 80,
+        as Felix's are) always do. Leaving them out here is what keeps the
+        RouteManager's resync from deleting routes it does not own."""
         with self.lock:
             out: dict[Route, int] = {}
             for family in (socket.AF_INET, socket.AF_INET6):
@@ -159,7 +167,7 @@ class Netlink:
                     a = attrs(buf, off + _RTMSG.size, end)
                     if RTA_TABLE in a:
                         (tbl,) = struct.unpack("=I", a[RTA_TABLE][:4])
-                    if tbl != table or RTA_DST not in a:
+                    if tbl != table or RTA_DST not in a or RTA_GATEWAY in a or RTA_MULTIPATH in a:
                         continue
                     dst = socket.inet_ntop(fam, a[RTA_DST])
                     oif = struct.unpack("=i", a[RTA_OIF][:4])[0] if RTA_OIF in a else 0
