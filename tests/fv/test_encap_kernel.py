@@ -315,3 +315,54 @@ def test_a_missing_parent_does_not_stop_the_rest(hosts):
     assert "vxlan.calico" not in {link["ifname"] for link in ipj("a", "link", "show")}
     # after an error the next apply reads the kernel again, and finds the rest right
     assert again["dumps"] == 1 and changes(again) == 0 and again["counts"]["errors"] >= 1
+
+
+def test_changed_vxlan_parameters_and_remotes_converge(hosts):
+    apply("a", vxlan("a"))
+    moved = vxlan("a")
+    moved["devices"][0]["vni"] = 4097
+    # the remote node got a new MAC and a new underlay address
+    moved["neighbours"][0]["mac"] = "66:cb:00:00:00:09"
+    moved["fdb"][0] = {"dev": "vxlan.calico", "mac": "66:cb:00:00:00:09", "dst": "198.18.147.9"}
+    (res,) = apply("a", moved)
+    c = res["counts"]
+    # a new device: the old one's neighbours and FDB entries went with it
+    assert c["errors"] == 0 and c["devices_changed"] == 1 and c["devices_added"] == 0, c
+    (link,) = ipj("a", "-d", "link", "show", "vxlan.calico")
+    assert link["linkinfo"]["info_data"]["id"] == 4097
+    # same device, remote changed: the neighbour and FDB entry are rewritten in place
+    moved["neighbours"][0]["mac"] = MAC["b"]
+    moved["fdb"][0] = {"dev": "vxlan.calico", "mac": MAC["b"], "dst": UNDERLAY["b"]}
+    (res,) = apply("a", moved)
+    c = res["counts"]
+    assert (c["errors"], c["devices_changed"], c["neighbours_changed"], c["fdb_added"], c["fdb_removed"]) == (
+        0, 0, 1, 1, 1), c
+    neigh = ipj("a", "neigh", "show", "dev", "vxlan.calico")
+    assert [(n["dst"], n["lladdr"]) for n in neigh] == [(TUNNEL["b"], MAC["b"])]
+    fdb = [(f["mac"], f["dst"]) for f in json.loads(sh("bridge", "-j", "fdb", "show", "dev", "vxlan.calico",
+                                                      ns=ns_name("a"))) if f.get("dst")]
+    assert fdb == [(MAC["b"], UNDERLAY["b"])]
+    # the remote's underlay address changes, its MAC stays: one FDB entry changed
+    moved["fdb"][0]["dst"] = "198.18.147.9"
+    (res,) = apply("a", moved)
+    assert (res["counts"]["fdb_changed"], res["counts"]["fdb_added"], res["counts"]["fdb_removed"]) == (1, 0, 0)
+
+
+def test_bad_entries_are_skipped_and_the_rest_applied(hosts):
+    d = vxlan("a")
+    d["routes"] += [{"dst": "198.19.152.0/26", "gateway": "not-an-ip", "dev": "vxlan.calico", "onlink": True},
+                    {"dst": "198.19.152.1/26", "gateway": TUNNEL["b"], "dev": "vxlan.calico", "onlink": True},
+                    {"dst": "198.19.153.0/26", "gateway": TUNNEL["b"], "dev": "eth0; reboot", "onlink": True}]
+    d["neighbours"].append({"dev": "vxlan.calico", "ip": "198.19.147.70", "mac": "not-a-mac"})
+    d["fdb"].append({"dev": "eth0", "mac": "66:cb:00:00:00:07", "dst": UNDERLAY["b"]})
+    d["devices"].append({"name": "cnfvevil0", "kind": "vxlan", "address": None, "mtu": 1450,
+                         "vni": 7, "port": 4789, "parent": "eth0"})
+    (res,) = apply("a", d)
+    c = res["counts"]
+    assert c["errors"] == 6, c
+    assert (c["devices_added"], c["routes_added"], c["neighbours_added"], c["fdb_added"]) == (1, 1, 1, 1), c
+    assert {r["dst"] for r in routes("a", protocol="80")} == {BLOCK["b"]}
+    assert "cnfvevil0" not in {link["ifname"] for link in ipj("a", "link", "show")}
+    assert ping("a", timeout=1) is False      # host b has no overlay yet
+    apply("b", vxlan("b"))
+    assert ping("a")
