@@ -385,7 +385,7 @@ class EncapKernel:
                 replaced.append(key)
         if not deletes and not replaces:
             return
-        errs = self._batch(deletes + replaces, counts)
+        errs = self._batch(deletes + replaces)
         for err in errs[:len(deletes)]:
             if err in (0, errno.ESRCH):      # ESRCH: already gone (its device went down)
                 counts["routes_removed"] += 1
@@ -400,7 +400,7 @@ class EncapKernel:
             else:
                 counts["routes_changed" if key in present else "routes_added"] += 1
 
-    def _batch(self, msgs: list[tuple[int, int, bytes]], counts: dict[str, int]) -> list[int]:
+    def _batch(self, msgs: list[tuple[int, int, bytes]]) -> list[int]:
         """Send the messages in batches; the errno of each (a failed send fails all)."""
         if not msgs:
             return []
@@ -458,7 +458,7 @@ class EncapKernel:
             if (index, ip) not in right:
                 msgs.append(kc.neigh_msg(kc.RTM_NEWNEIGH, family, index, ip, mac))
                 kinds.append("neighbours_changed" if (index, ip) in present else "neighbours_added")
-        self._count(self._batch(msgs, counts), kinds, counts, "neighbour")
+        self._count(self._batch(msgs), kinds, counts, "neighbour")
 
     def _fdb(self, desired: t.Desired, ifindex: dict[str, int], counts: dict[str, int]) -> None:
         want: dict[tuple[int, bytes], bytes] = {}    # (ifindex, mac) -> remote address
@@ -500,7 +500,7 @@ class EncapKernel:
         # changed (deletes go first, so the add then creates the entry afresh)
         kinds = ["" if k in want else "fdb_removed" for k, _ in deletes]
         kinds += ["fdb_changed" if k in had else "fdb_added" for k, _ in adds]
-        errs = self._batch([m for _, m in deletes] + [m for _, m in adds], counts)
+        errs = self._batch([m for _, m in deletes] + [m for _, m in adds])
         self._count(errs, kinds, counts, "FDB entry")
 
     @staticmethod
