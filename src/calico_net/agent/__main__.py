@@ -6,6 +6,9 @@ Reads `NODENAME` (default: the hostname), the etcd connection (`ETCD_ENDPOINTS`,
 metrics listeners and runs the daemon until SIGTERM/SIGINT. Stopping leaves the
 dataplane as it is, so workloads keep their connectivity across a restart.
 
+The overlay (IP-in-IP / VXLAN: `encap.controller`) is built here with its real
+pieces: the kernel layer, the block affinity watch and the tunnel address allocator.
+
 `--help` and `--version` answer and exit before anything starts; any other argument
 is a usage error (exit 2).
 """
@@ -18,9 +21,13 @@ import signal
 import socket
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from calico_net.agent.config import DEFAULT_CONFIG_FILE, PARAMS, Config
 from calico_net.envhelp import datastore_env_help, environment_only_parser
+
+if TYPE_CHECKING:
+    from calico_net.agent.encap.controller import EncapController
 
 log = logging.getLogger("calico_net.agent")
 
@@ -48,9 +55,23 @@ def build_parser() -> argparse.ArgumentParser:
     return environment_only_parser(
         "calico-node",
         "calico.net per-host agent (Felix's part): workload routes, proxy ARP,\n"
-        "sysctls and nftables policy from etcd. It takes no arguments and is\n"
-        "configured by the environment.",
+        "sysctls, nftables policy and IP-in-IP/VXLAN overlays from etcd. It\n"
+        "takes no arguments and is configured by the environment.",
         _environment_help())
+
+
+def _overlay(name: str, config: Config, etcd: object) -> "EncapController":
+    """The overlay's real pieces: the kernel layer is made (pyroute2 imported) and the
+    affinity watch started only once a pool is encapsulated; the tunnel address
+    allocator shares the agent's etcd client."""
+    from calico_net.agent.encap.addrs import TunnelAddrAllocator
+    from calico_net.agent.encap.controller import EncapController
+    from calico_net.agent.encap.watch import AffinityWatcher
+
+    def watcher(on_snapshot, on_update):  # type: ignore[no-untyped-def]
+        return AffinityWatcher(etcd, on_snapshot=on_snapshot, on_update=on_update)
+
+    return EncapController(name, config, watcher_factory=watcher, allocator=TunnelAddrAllocator(etcd, name))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -93,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as e:
         log.error("cannot listen for health/metrics: %s", e)
         return 2
-    daemon = Daemon(name, config, etcd, metrics=metrics, health=state)
+    daemon = Daemon(name, config, etcd, metrics=metrics, health=state, encap=_overlay(name, config, etcd))
 
     def stop(signum: int, _frame: object) -> None:
         log.info("received signal %d, stopping (the dataplane is left in place)", signum)

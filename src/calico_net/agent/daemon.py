@@ -3,7 +3,8 @@
 One thread owns all state; everything else talks to it through one queue:
 
     Syncer thread ──(snapshot | update | status)──┐
-    LinkWatcher thread ──(link event)─────────────┼──► queue ──► main loop
+    LinkWatcher thread ──(link event)─────────────┤
+    AffinityWatcher thread ──(encap event)────────┼──► queue ──► main loop
     stop() / signals ──(stop)─────────────────────┘
 
 The main loop takes an event, then keeps taking events while they keep coming —
@@ -22,7 +23,12 @@ resync deletes nothing that still exists. Periodic refreshes (`RouteRefreshInter
 `IptablesRefreshInterval`, Calico's names; 0 disables) read the kernel back and
 repair drift. FelixConfiguration `default` / `node.<NODENAME>` changes are applied
 live where possible (log level, failsafe ports, refresh intervals, endpoint-to-host
-action); listener ports need a restart.
+action, the overlay's parameters); listener ports need a restart.
+
+The overlay (IP-in-IP / VXLAN, `encap.controller.EncapController`, when one is
+given) gets IPPool, Node and FelixConfiguration changes and the affinity watcher's
+events forwarded; its apply steps run around the policy and route writes, and a
+failure there is logged, counted and retried without holding those up.
 """
 from __future__ import annotations
 
@@ -33,6 +39,7 @@ import time
 from typing import Any, Callable
 
 from calico_net.agent.config import Config
+from calico_net.agent.encap.controller import EncapController
 from calico_net.agent.felix.backends import PolicyBackend, RouteBackend, SysctlBackend
 from calico_net.agent.felix.coldstart import ApplyResult, ColdStart, LinkListing, ordered_apply
 from calico_net.agent.felix.nftstr import NftStringError, ifname_text
@@ -69,6 +76,8 @@ def felix_settings(cfg: Config, settings_cls: Any, prefixes: tuple[str, ...] | N
         failsafe_outbound=pairs(cfg.values["FailsafeOutboundHostPorts"]),
         default_endpoint_to_host_action=cfg.values["DefaultEndpointToHostAction"],
         interface_prefixes=tuple(prefixes if prefixes is not None else cfg.values["InterfacePrefix"]),
+        allow_ipip_from_workloads=cfg.values["AllowIPIPPacketsFromWorkloads"],
+        allow_vxlan_from_workloads=cfg.values["AllowVXLANPacketsFromWorkloads"],
     )
 
 
@@ -93,6 +102,7 @@ class Daemon:
         coalesce: float = 0.020,
         quiet: float = 0.003,
         syncer_factory: Callable[..., Syncer] = Syncer,
+        encap: EncapController | None = None,
     ) -> None:
         self.node_name = node_name
         self.config = config
@@ -135,6 +145,10 @@ class Daemon:
         self.next_nft_refresh = now + self._interval("IptablesRefreshInterval")
         self._stop = threading.Event()
         self.apply_count = 0
+        #: the overlay (None: not run, as in tests of the rest)
+        self.encap = encap
+        if encap is not None:
+            encap.attach(self.policy, self.events.put)
 
     @property
     def links_partial(self) -> bool:
@@ -205,6 +219,8 @@ class Daemon:
         self.syncer.stop()
         if self.link_watcher is not None:
             self.link_watcher.stop()
+        if self.encap is not None:
+            self.encap.stop()
 
     def run(self) -> None:
         self.coldstart.hold_gc()
@@ -271,6 +287,8 @@ class Daemon:
             _, resources, revision = ev
             self._resync(resources, revision)
             return True
+        if what == "encap":
+            return self.encap is not None and self.encap.on_event(ev)
         if what == "link":
             _, link, deleted = ev
             if link.index == 0:  # lost events: list them all again
@@ -325,6 +343,8 @@ class Daemon:
             self._felix_configuration(cur.name, res.doc.get("spec") if res is not None else None)
             return True
         doc = res.doc if res is not None else None
+        if self.encap is not None and kind in ("IPPool", "Node"):
+            self.encap.resource(kind, cur.name, (doc.get("spec") or {}) if doc is not None else None)
         if kind == "WorkloadEndpoint":
             spec = (doc.get("spec") or {}) if doc is not None else {}
             problem = None
@@ -392,6 +412,8 @@ class Daemon:
             return
         if "LogSeverityScreen" in changed:
             logging.getLogger().setLevel(self.config.log_level)
+        if self.encap is not None:
+            self.encap.settings_changed(changed)
         now = time.monotonic()
         if "RouteRefreshInterval" in changed:
             self.next_route_refresh = now + self._interval("RouteRefreshInterval")
@@ -421,8 +443,34 @@ class Daemon:
                     self.metrics.errors.inc()
                     self.retry_at = time.monotonic() + RETRY_AFTER_ERROR
                     return
+            encap_ok = self._encap_step("before_policy")
             result = ordered_apply(self.policy, self.links, self.sysctls, self.coldstart.take_by_name())
+            encap_ok &= self._encap_step("after_routes")
+        else:
+            # the cold start wrote policy and routes; the overlay follows, and its
+            # allowed hosts go into the policy at the next apply, at once
+            hosts = self.encap.hosts if self.encap is not None else None
+            encap_ok = self._encap_step("before_policy") and self._encap_step("after_routes")
+            if self.encap is not None and self.encap.hosts != hosts:
+                self.events.put(("encap", "hosts"))
+        if not encap_ok:
+            result.ok = False
         self._applied(result, time.monotonic() - t0)
+
+    def _encap_step(self, step: str) -> bool:
+        """One of the overlay's apply steps; a failure is logged and counted (by the
+        caller's retry), never raised: policy and workload routes go on regardless."""
+        if self.encap is None:
+            return True
+        try:
+            if step == "before_policy":
+                self.encap.before_policy()
+            else:
+                self.encap.after_routes()
+            return True
+        except Exception:  # noqa: BLE001 - the overlay must not stop the agent
+            log.exception("overlay: %s failed; retrying in %.0f s", step, RETRY_AFTER_ERROR)
+            return False
 
     def _applied(self, result: ApplyResult, elapsed: float) -> None:
         self.metrics.apply_duration.observe(elapsed)
@@ -457,6 +505,9 @@ class Daemon:
             except OSError:
                 log.exception("route refresh failed")
                 self.metrics.errors.inc()
+            if self.encap is not None:
+                self.encap.refresh()
+                self.retry_at = now   # the next loop pass applies the overlay's refresh
         if now >= self.next_nft_refresh:
             self.next_nft_refresh = now + self._interval("IptablesRefreshInterval")
             try:
