@@ -46,13 +46,21 @@ class FakeKernel:
     def __init__(self):
         self.applied: list[t.Desired] = []
         self.fail = 0
+        self.refuse = 0
+        self.invalidated = 0
 
     def apply(self, want):
         if self.fail:
             self.fail -= 1
             raise OSError("netlink said no")
         self.applied.append(want)
+        if self.refuse:
+            self.refuse -= 1
+            return {"routes": len(want.routes), "errors": 1}
         return {"routes": len(want.routes)}
+
+    def invalidate(self):
+        self.invalidated += 1
 
 
 class FakeAllocator:
@@ -278,6 +286,42 @@ def test_kernel_failure_propagates_and_is_retried(tmp_path):
         h.c.after_routes()
     h.apply()                              # the retry: nothing changed, but the write is due
     assert len(h.kernel.applied) == 1 and len(h.kernel.applied[0].routes) == 2
+
+
+def test_kernel_refusal_keeps_the_write_due(tmp_path):
+    h = Harness(tmp_path)
+    h.load(IPIP)
+    h.apply()
+    h.watchers[0].on_snapshot({k: set(v) for k, v in AFF.items()})
+    h.deliver()
+    h.kernel.refuse = 1
+    h.c.before_policy()
+    assert h.c.after_routes() is False
+    h.c.before_policy()
+    assert h.c.after_routes() is True and len(h.kernel.applied) == 2
+    h.c.before_policy()
+    assert h.c.after_routes() is True and len(h.kernel.applied) == 2
+
+
+def test_link_events(tmp_path):
+    h = Harness(tmp_path)
+    h.load(IPIP)
+    h.apply()
+    h.watchers[0].on_snapshot({k: set(v) for k, v in AFF.items()})
+    h.deliver()
+    h.apply()
+    n = len(h.kernel.applied)
+    assert h.c.link_event("cali123", True, False) is False       # a workload's: not ours
+    assert h.c.link_event("tunl0", True, False) is False         # ours, up: our own write's echo
+    h.apply()
+    assert len(h.kernel.applied) == n
+    assert h.c.link_event("tunl0", False, True) is True          # ours, deleted: read back, rewrite
+    h.apply()
+    assert len(h.kernel.applied) == n + 1 and h.kernel.invalidated == 1
+    h.links = [LinkFacts("eth0", 1400, True, ("198.19.175.1",))]
+    assert h.c.link_event("eth0", True, False) is True           # the underlay: its MTU
+    h.apply()
+    assert h.kernel.applied[-1].devices["tunl0"].mtu == 1380 and h.mtu_path.read_text() == "1380\n"
 
 
 def test_settings_are_live(tmp_path):

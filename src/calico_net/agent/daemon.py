@@ -293,8 +293,12 @@ class Daemon:
             _, link, deleted = ev
             if link.index == 0:  # lost events: list them all again
                 self.links.list_all()
+                if self.encap is not None:
+                    self.encap.refresh()
             else:
                 self.routes.link_update(link, deleted)
+                if self.encap is not None:
+                    self.encap.link_event(link.name, link.up, deleted)
             return True
         return False
 
@@ -465,9 +469,11 @@ class Daemon:
         try:
             if step == "before_policy":
                 self.encap.before_policy()
-            else:
-                self.encap.after_routes()
-            return True
+                return True
+            if self.encap.after_routes():
+                return True
+            log.warning("overlay: the kernel refused part of it; retrying in %.0f s", RETRY_AFTER_ERROR)
+            return False
         except Exception:  # noqa: BLE001 - the overlay must not stop the agent
             log.exception("overlay: %s failed; retrying in %.0f s", step, RETRY_AFTER_ERROR)
             return False

@@ -43,6 +43,7 @@ SETTINGS_PARAMS = ("VXLANVNI", "VXLANPort", "VXLANMTU", "VXLANMTUV6", "IPIPMTU",
 
 class Kernel(Protocol):
     def apply(self, want: t.Desired) -> dict[str, int]: ...
+    def invalidate(self) -> None: ...
 
 
 class Allocator(Protocol):
@@ -264,30 +265,54 @@ class EncapController:
             self.policy.set_encap_hosts(*hosts)
             self.hosts = hosts
 
-    def after_routes(self) -> None:
+    def after_routes(self) -> bool:
+        """False when the kernel layer refused something (it logged what): the write
+        stays due and the daemon retries it."""
         want = self.desired
         if want is None:
-            return
+            return True
         if self.kernel_dirty and (self.encapsulated or self.made):
             if self.encapsulated and self.watcher_factory is not None and not self.affinities_synced:
-                return   # not before the affinities are in: routes still right would go
+                return True   # not before the affinities are in: routes still right would go
             if self.kernel is None:
                 self.kernel = self.kernel_factory()
             self.made = True
             counts = self.kernel.apply(want)
             self.kernel_applies += 1
-            self.applied = want
-            self.kernel_dirty = False
             if any(counts.values()):
                 log.info("overlay programmed: %s", ", ".join(f"{k} {v}" for k, v in sorted(counts.items()) if v))
+            if counts.get("errors"):
+                return False
+            self.applied = want
+            self.kernel_dirty = False
         elif self.kernel_dirty:
             self.kernel_dirty = False   # nothing encapsulated, nothing made: nothing to write
         if want.workload_mtu and self._mtu_file.write(want.workload_mtu):
             self.mtu_writes += 1
+        return True
 
     def refresh(self) -> None:
         """The periodic refresh: the underlay MTU may have changed, and the kernel
-        layer repairs drift on a write."""
+        layer reads the kernel back and repairs drift."""
         self.dirty = True
         if self.made:
             self.kernel_dirty = True
+            if self.kernel is not None:
+                self.kernel.invalidate()
+
+    def link_event(self, name: str, up: bool, deleted: bool) -> bool:
+        """A link changed. One of our devices deleted or down (not by us: we only
+        bring them up), or any change of the underlay's (its MTU), makes a
+        recompute and a kernel read-back due. Our own writes' events (a device
+        made, brought up) are not reacted to, so they cannot loop."""
+        under = self.underlay
+        if name in t.TUNNEL_DEVICES:
+            if up and not deleted:
+                return False
+        elif under is None or name not in (under.iface, under.iface_v6):
+            return False
+        if not (self.made or self.encapsulated):
+            self.dirty = True   # only the workload MTU can change
+            return True
+        self.refresh()
+        return True
