@@ -9,6 +9,7 @@ and stops the processes it started by PID, also when a test fails):
                                   cnfv-enp-host 198.18.176.1/24, table inet calico
                                         vxlan.calico 198.19.177.129/25 (VNI 4096, UDP 4789)
                                         cali<11 hex> ══ eth0 198.19.177.5/32  cnfv-enp-w1
+                                                        vxlan.calico .141/25 (to p1)
 
 VXLAN: real vxlan devices; the peers reach the host's VXLAN address only through them.
 IP-in-IP: this kernel has no ipip driver (no tunl0), so the IP-in-IP endpoints are raw
@@ -45,7 +46,7 @@ HOST, P1, P2, W1 = PREFIX + "host", PREFIX + "p1", PREFIX + "p2", PREFIX + "w1"
 NODE = "fv-enp-node"
 HOST_IP, P1_IP, P2_IP = "198.18.176.1", "198.18.176.11", "198.18.176.12"
 HOST_VX, P1_VX, P2_VX = "198.19.177.129", "198.19.177.139", "198.19.177.140"
-W1_IP = "198.19.177.5"
+W1_IP, W1_VX = "198.19.177.5", "198.19.177.141"
 W1_IFACE = "cali" + hashlib.sha1(W1.encode()).hexdigest()[:11]
 VNI, PORT = 4096, 4789
 TOOL_PATH = Path("/tmp") / f"cnfv-enp-tool-{os.getpid()}.py"
@@ -168,6 +169,13 @@ def build() -> None:
     sh("ip", "link", "set", "eth0", "up", ns=W1)
     sh("ip", "route", "add", "169.254.1.1", "dev", "eth0", "scope", "link", ns=W1)
     sh("ip", "route", "add", "default", "via", "169.254.1.1", "dev", "eth0", "onlink", ns=W1)
+    # a VXLAN tunnel the workload builds to p1 (over its eth0, through the host)
+    sh("ip", "link", "add", "vxlan.calico", "type", "vxlan", "id", str(VNI), "dstport", str(PORT),
+       "local", W1_IP, "dev", "eth0", ns=W1)
+    sh("ip", "addr", "add", f"{W1_VX}/25", "dev", "vxlan.calico", ns=W1)
+    sh("ip", "link", "set", "vxlan.calico", "up", ns=W1)
+    sh("bridge", "fdb", "append", "00:00:00:00:00:00", "dev", "vxlan.calico", "dst", P1_IP, ns=W1)
+    sh("bridge", "fdb", "append", "00:00:00:00:00:00", "dev", "vxlan.calico", "dst", W1_IP, ns=P1)
 
 
 @pytest.fixture(scope="module")
@@ -313,3 +321,18 @@ def test_workload_ipip_passes_while_ipip_is_not_in_use(dp):
     sh("conntrack", "-F", ns=HOST)      # the flow above is established: forget it
     allowed(W1, P1_IP)
     dropped(W1, P1_IP, ipip=True)
+
+
+def test_workload_vxlan_dropped_unless_allowed(dp):
+    dp.set_encap_hosts(None, frozenset({P1_IP, P2_IP}), PORT)
+    dp.apply()
+    allowed(W1, P1_IP)
+    dropped(W1, P1_VX)
+    dp.set_settings(FelixSettings(allow_vxlan_from_workloads=True))
+    dp.apply()
+    allowed(W1, P1_VX)
+    # the IP-in-IP flag is another one
+    dp.set_settings(FelixSettings(allow_ipip_from_workloads=True))
+    dp.apply()
+    sh("conntrack", "-F", ns=HOST)
+    dropped(W1, P1_VX)
