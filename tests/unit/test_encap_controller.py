@@ -459,3 +459,31 @@ def test_affinity_watcher_snapshot_and_updates(etcd_client):
         assert w.held[_aff_key(C, "198.19.176.128/26")] == (C, "198.19.176.128/26")
     finally:
         w.stop()
+
+
+def test_unwritable_mtu_file_is_logged_once_not_retried(tmp_path, caplog):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    h = Harness(tmp_path, env={"FELIX_MTUFILEPATH": str(blocker / "mtu")})   # under a file
+    h.load(PLAIN, {ME: node_spec("198.19.175.1/26")})
+    h.c.before_policy()
+    assert h.c.after_routes() is True
+    h.c.refresh()
+    h.c.before_policy()
+    assert h.c.after_routes() is True
+    assert len([r for r in caplog.records if "cannot write the workload MTU" in r.getMessage()]) == 1
+
+
+def test_garbage_specs_do_not_break_the_rest(tmp_path):
+    h = Harness(tmp_path)
+    h.c.resource("IPPool", "weird", ["not", "a", "dict"])   # first: looked at before the good one
+    h.c.resource("Node", ME, "nonsense")
+    h.apply()
+    assert h.watchers == [] and h.kernels_made == 0
+    h.load(IPIP)
+    h.c.resource("Node", "weird", "nonsense")
+    h.apply()
+    h.watchers[0].on_snapshot({**{k: set(v) for k, v in AFF.items()}, "weird": {"198.19.177.0/26"}})
+    h.deliver()
+    h.apply()
+    assert {r.dst for r in h.kernel.applied[-1].routes} == {"198.19.176.64/26", "198.19.176.128/26"}

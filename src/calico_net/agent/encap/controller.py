@@ -67,7 +67,8 @@ WatcherFactory = Callable[[Callable[[dict[str, set[str]]], None], Callable[[str,
 
 
 def pool_encapsulated(spec: Mapping[str, Any] | None) -> bool:
-    return bool(spec) and (spec.get("ipipMode") in ENCAP_MODES or spec.get("vxlanMode") in ENCAP_MODES)
+    return isinstance(spec, Mapping) and (spec.get("ipipMode") in ENCAP_MODES
+                                          or spec.get("vxlanMode") in ENCAP_MODES)
 
 
 def _default_kernel() -> Kernel:
@@ -128,6 +129,7 @@ class EncapController:
         self.kernel_applies = 0
         self.mtu_writes = 0
         self._mtu_file = MtuFile(config.values["MTUFilePath"])
+        self._mtu_error: tuple[str, int | None] | None = None
 
     # --- wiring ---
     def attach(self, policy: EncapPolicy, post: Callable[[tuple], None]) -> None:
@@ -204,8 +206,11 @@ class EncapController:
         if self.allocator is None:
             return
         if not self.allocator_started:
-            me = self.nodes.get(self.node_name) or {}
-            holds = any(me.get(f) for f in TUNNEL_FIELDS) or bool((me.get("bgp") or {}).get("ipv4IPIPTunnelAddr"))
+            me = self.nodes.get(self.node_name)
+            me = me if isinstance(me, Mapping) else {}
+            bgp = me.get("bgp")
+            holds = any(me.get(f) for f in TUNNEL_FIELDS) or (
+                isinstance(bgp, Mapping) and bool(bgp.get("ipv4IPIPTunnelAddr")))
             if not (self.encapsulated or holds):
                 return    # nothing to allocate, nothing to release
             self.allocator.start()   # its first pass runs at start
@@ -226,7 +231,8 @@ class EncapController:
 
     # --- the apply steps (the daemon's thread) ---
     def _my_addresses(self) -> tuple[str | None, str | None]:
-        bgp = (self.nodes.get(self.node_name) or {}).get("bgp") or {}
+        me = self.nodes.get(self.node_name)
+        bgp = me.get("bgp") if isinstance(me, Mapping) else None
         if not isinstance(bgp, Mapping):
             return None, None
         return (_host_ip(bgp.get("ipv4Address"), ipaddress.IPv4Interface),
@@ -287,8 +293,17 @@ class EncapController:
             self.kernel_dirty = False
         elif self.kernel_dirty:
             self.kernel_dirty = False   # nothing encapsulated, nothing made: nothing to write
-        if want.workload_mtu and self._mtu_file.write(want.workload_mtu):
-            self.mtu_writes += 1
+        if want.workload_mtu:
+            try:
+                if self._mtu_file.write(want.workload_mtu):
+                    self.mtu_writes += 1
+                self._mtu_error = None
+            except OSError as e:
+                # a host problem (a read-only or wrong MTUFilePath), not one a retry
+                # every second mends: logged once per error, tried again on changes
+                if self._mtu_error != (self._mtu_file.path, e.errno):
+                    self._mtu_error = (self._mtu_file.path, e.errno)
+                    log.error("cannot write the workload MTU to %s: %s", self._mtu_file.path, e)
         return True
 
     def refresh(self) -> None:

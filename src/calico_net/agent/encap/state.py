@@ -128,6 +128,9 @@ def _mode(value: Any) -> str:
 def _parse_pools(pools: Mapping[str, Mapping[str, Any]], ctx: _Ctx) -> list[_Pool]:
     out = []
     for name, spec in sorted(pools.items()):
+        if not isinstance(spec, Mapping):
+            ctx.problems.report(f"IPPool {name}", "spec is not an object")
+            continue
         try:
             net = ipaddress.ip_network(str(spec.get("cidr")), strict=False)
         except ValueError:
@@ -166,8 +169,11 @@ def _mac(value: Any) -> str:
 def _parse_node(name: str, spec: Mapping[str, Any], ctx: _Ctx) -> _Node:
     """The node's facts; each bad field is reported and left out, not the node."""
     n = _Node()
-    bgp = spec.get("bgp") or {}
     key = f"Node {name}"
+    if not isinstance(spec, Mapping):
+        ctx.problems.report(key, "spec is not an object")
+        return n
+    bgp = spec.get("bgp") or {}
     if not isinstance(bgp, Mapping):
         ctx.problems.report(key, "spec.bgp is not an object")
         bgp = {}
