@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The end of `make lab`: sample workloads on every node (podman containers on the
 # `calico` CNI network inside the nodes), a sample policy, then `calicoctl node status`
-# and a connectivity matrix between all workloads.
+# (or, with an overlay, its device and routes) and a connectivity matrix between all
+# workloads.
 #
 # Workloads: on node i, `demo-frontend-i` (role=frontend) and `demo-db-i` (role=db).
 # The network's profile lets workloads of the network talk to each other; the sample
@@ -81,9 +82,26 @@ spec:
 EOF
 sleep 2
 
+# The overlay up.sh wrote into the inventory (CALICO_LAB_ENCAP): its device and the
+# routes calico/node programs through it (protocol 80, the ones with a gateway).
+ENCAP=none
+grep -q '^calico_ipv4_pool_ipip_mode=Always' "$INVENTORY" && ENCAP=ipip
+grep -q '^calico_ipv4_pool_vxlan_mode=Always' "$INVENTORY" && ENCAP=vxlan
+
 echo
-echo "== calicoctl node status ($FIRST)"
-on "$FIRST" 'podman exec calico-node calicoctl node status' || true
+if [[ $ENCAP == vxlan ]]; then
+    echo "== calicoctl node status ($FIRST): skipped, the vxlan backend runs no BIRD"
+else
+    echo "== calicoctl node status ($FIRST)"
+    on "$FIRST" 'podman exec calico-node calicoctl node status' || true
+fi
+if [[ $ENCAP != none ]]; then
+    dev=tunl0
+    [[ $ENCAP == vxlan ]] && dev=vxlan.calico
+    echo
+    echo "== overlay $ENCAP ($FIRST): $dev and the routes to other nodes' blocks"
+    on "$FIRST" "ip -d link show $dev; ip route show proto 80 | grep ' via '" || true
+fi
 
 mapfile -t NAMES < <(printf '%s\n' "${!IP[@]}" | sort -t- -k3,3n -k2,2)
 echo
