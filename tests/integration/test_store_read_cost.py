@@ -170,3 +170,42 @@ def test_cas_revisions_from_the_batched_read_still_guard_the_write(counting, etc
     fresh = [dict(d, metadata={k: v for k, v in d["metadata"].items() if k != "resourceVersion"}) for d in stale]
     ds.apply_all(fresh)
     assert ds.get("WorkloadEndpoint", "v05", "ns1")["metadata"]["labels"] == {}
+
+
+# --- IPAM: finding the block that holds an address -------------------------------------
+
+def test_finding_an_addresses_block_reads_no_other_block(etcd_client):
+    """`assign_ip` of a given address and `get_assignment` find its block by counting
+    the few keys it can have (one per block size), not by listing every block key:
+    512 unrelated block keys are never returned."""
+    from calico_net.ipam.client import IPAM
+    from calico_net.ipam.reads import BLOCK_PREFIXES
+
+    from calico_net.model.resources.pools import BLOCK_SIZE_RANGE
+
+    # the IPAM side keeps its own copy of the pool block sizes: they must agree
+    assert {v: (r.start, r.stop - 1) for v, r in BLOCK_PREFIXES.items()} == BLOCK_SIZE_RANGE
+
+    Datastore(etcd_client).create({"apiVersion": "projectcalico.org/v3", "kind": "IPPool",
+                                   "metadata": {"name": "p"}, "spec": {"cidr": "198.19.48.0/21"}})
+    others = [f"/calico/ipam/v2/assignment/ipv4/block/{net.network_address}-30"
+              for net in ipaddress.ip_network("198.19.56.0/21").subnets(new_prefix=30)]
+    etcd_client.txn([], [op_put(k, b"{}") for k in others])
+    client = KeyCountingClient(etcd_client.config)
+    try:
+        ipam = IPAM(client, Datastore(client))
+        got = ipam.assign_ip("198.19.48.5", "h.one", "node-a")
+        assert str(got) == "198.19.48.5"
+        assert not set(client.returned) & set(others)
+        client.reset()
+        found = ipam.get_assignment("198.19.48.5")
+        assert found is not None and str(found.block) == "198.19.48.0/26" and found.handle_id == "h.one"
+        assert client.returned == ["/calico/ipam/v2/assignment/ipv4/block/198.19.48.0-26"]
+        client.reset()
+        assert ipam.get_assignment("198.19.49.5") is None     # no block there yet
+        assert client.returned == []
+        # an address inside one of the unrelated blocks: that block is found, nothing else read
+        assert ipam._find_block_cidrs([ipaddress.ip_address("198.19.56.6")]) == {
+            ipaddress.ip_address("198.19.56.6"): ipaddress.ip_network("198.19.56.4/30")}
+    finally:
+        client.close()

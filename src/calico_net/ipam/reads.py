@@ -4,10 +4,11 @@ blocks, affinities and handles. Nothing here writes to etcd.
 """
 from __future__ import annotations
 
+import ipaddress
 from typing import Any, Sequence
 
 from calico_net.datastore.errors import ResourceNotFound
-from calico_net.datastore.etcd import op_get, op_get_prefix
+from calico_net.datastore.etcd import key_bytes, op_get, op_get_prefix
 from calico_net.datastore.store import decode, kind_prefix, resource_key
 from calico_net.ipam import keys
 from calico_net.ipam.block import AllocationBlock, IPAddress, IPNetwork, parse_cidr, parse_ip
@@ -31,6 +32,19 @@ from calico_net.ipam.reservations import RESERVATION_PREFIX, Reservations
 # meets affine blocks it has not cached (a new CNI process on a node with many blocks).
 # etcd's default --max-txn-ops is 128.
 READ_BATCH = 16
+# Keys counted in one transaction when looking for the blocks that hold addresses:
+# etcd's default --max-txn-ops.
+FIND_BATCH = 128
+
+# The prefix lengths a block can have: the IPPool blockSize range (the model's
+# BLOCK_SIZE_RANGE, Calico's too; not imported from there so that IPAM does not pull
+# in pydantic).
+BLOCK_PREFIXES = {4: range(20, 33), 6: range(116, 129)}
+
+
+def op_count(key: str) -> dict[str, Any]:
+    """A transaction operation saying whether `key` exists (its count, no value)."""
+    return {"request_range": {"key": key_bytes(key), "count_only": True}}
 
 
 class IPAMReads(IPAMCaches):
@@ -169,10 +183,30 @@ class IPAMReads(IPAMCaches):
 
     def _find_block_cidr(self, ip: IPAddress) -> IPNetwork | None:
         """The CIDR of the existing block holding `ip`, if any."""
-        for cidr in self._block_cidrs(ip.version):
-            if ip in cidr:
-                return cidr
-        return None
+        return self._find_block_cidrs([ip])[ip]
+
+    def _find_block_cidrs(self, ips: Sequence[IPAddress]) -> dict[IPAddress, IPNetwork | None]:
+        """The CIDR of the existing block holding each address (None: no block).
+
+        Blocks are aligned to their size, so the only blocks that can hold an address
+        are the one of each block size around it: those keys are counted (count-only
+        single-key ranges, at most FIND_BATCH per transaction) instead of listing every
+        block of the cluster, so finding a block costs the same with 10 or 100,000
+        blocks. Should several exist (data no IPAM writes), the smallest wins."""
+        around: dict[IPAddress, list[IPNetwork]] = {}
+        wanted: dict[str, IPNetwork] = {}
+        for ip in ips:
+            nets = [ipaddress.ip_network((ip, p), strict=False) for p in reversed(BLOCK_PREFIXES[ip.version])]
+            around[ip] = nets
+            for net in nets:
+                wanted.setdefault(keys.block_key(net), net)
+        present: set[IPNetwork] = set()
+        probe = list(wanted)
+        for start in range(0, len(probe), FIND_BATCH):
+            batch = probe[start:start + FIND_BATCH]
+            txn = self.client.txn([], [op_count(k) for k in batch])
+            present.update(wanted[k] for i, k in enumerate(batch) if txn.responses[i].response_range.count)
+        return {ip: next((n for n in nets if n in present), None) for ip, nets in around.items()}
 
     def _load_blocks(self, cidrs: Sequence[IPNetwork]) -> None:
         """Read blocks that are not cached, up to READ_BATCH in one transaction."""
