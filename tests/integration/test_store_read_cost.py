@@ -175,7 +175,7 @@ def test_cas_revisions_from_the_batched_read_still_guard_the_write(counting, etc
 # --- IPAM: finding the block that holds an address -------------------------------------
 
 def test_finding_an_addresses_block_reads_no_other_block(etcd_client):
-    """`assign_ip` of a given address and `get_assignment` find its block by counting
+    """`assign_ip` of a given address, `get_assignment` and `release_ips` find its block by counting
     the few keys it can have (one per block size), not by listing every block key:
     512 unrelated block keys are never returned."""
     from calico_net.ipam.client import IPAM
@@ -204,6 +204,11 @@ def test_finding_an_addresses_block_reads_no_other_block(etcd_client):
         client.reset()
         assert ipam.get_assignment("198.19.49.5") is None     # no block there yet
         assert client.returned == []
+        # releasing reads the address's own block only (not the block list)
+        client.reset()
+        assert ipam.release_ips(["198.19.48.5", "198.19.49.5"]) == [ipaddress.ip_address("198.19.49.5")]
+        assert not set(client.returned) & set(others)
+        assert ipam.get_assignment("198.19.48.5") is None
         # an address inside one of the unrelated blocks: that block is found, nothing else read
         assert ipam._find_block_cidrs([ipaddress.ip_address("198.19.56.6")]) == {
             ipaddress.ip_address("198.19.56.6"): ipaddress.ip_network("198.19.56.4/30")}
