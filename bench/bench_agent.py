@@ -434,7 +434,8 @@ def inner(args: argparse.Namespace) -> int:
         real = {}
         for phase in ("cold", "restart"):
             env = dict(os.environ, NODENAME=NODE, ETCD_ENDPOINTS=etcd.endpoints, FELIX_HEALTHHOST="127.0.0.1",
-                       FELIX_HEALTHPORT="9099", FELIX_LOGSEVERITYSCREEN="Info")
+                       FELIX_HEALTHPORT="9099", FELIX_LOGSEVERITYSCREEN="Info",
+                       FELIX_MTUFILEPATH=f"/tmp/bench-agent-{phase}.mtu")
             logf = open(f"/tmp/bench-agent-{phase}.log", "w")
             t = time.perf_counter()
             proc = subprocess.Popen([str(Path(sys.executable).parent / "calico-node")], env=env,

@@ -386,6 +386,8 @@ def fv(tmp_path_factory) -> Iterator[Env]:
             "FELIX_PROMETHEUSMETRICSENABLED": "true", "FELIX_PROMETHEUSMETRICSPORT": "9091",
             "FELIX_IPTABLESREFRESHINTERVAL": "2", "FELIX_ROUTEREFRESHINTERVAL": "2",
             "FELIX_LOGSEVERITYSCREEN": "Info", "FELIX_CONFIGFILE": str(tmp / "felix.cfg"),
+            # the agent writes the workload MTU for the CNI plugin; never the host's file
+            "FELIX_MTUFILEPATH": str(tmp / "mtu"),
             "PATH": f"{VENV_BIN}:{os.environ.get('PATH', '')}",
         })
         for k in ("ETCD_CA_CERT_FILE", "ETCD_CERT_FILE", "ETCD_KEY_FILE"):
