@@ -55,7 +55,8 @@ for d in json.loads(sys.stdin.read()):
         devices={x["name"]: t.TunnelDevice(**x) for x in d.get("devices", [])},
         routes={t.TunnelRoute(**x) for x in d.get("routes", [])},
         neighbours={t.Neighbour(**x) for x in d.get("neighbours", [])},
-        fdb={t.FdbEntry(**x) for x in d.get("fdb", [])})
+        fdb={t.FdbEntry(**x) for x in d.get("fdb", [])},
+        blackholes=set(d.get("blackholes", [])))
     before = dumps[0]
     counts = k.apply(desired)
     out.append({"counts": counts, "dumps": dumps[0] - before})
@@ -299,6 +300,28 @@ def test_empty_desired_removes_only_what_the_overlay_made(hosts):
     assert "UP" not in ipj("a", "link", "show", "tunl0")[0]["flags"]
     assert routes("a", dst="198.19.148.5", protocol="80", dev="cnfvkeep0")
     assert routes("a", dst="198.19.148.128/26", protocol="static", gateway=UNDERLAY["b"])
+
+
+def test_own_block_blackholes_are_ours_and_the_workload_reader_leaves_them(hosts):
+    """With no BIRD (backend vxlan), this node's own blocks are blackholed by the
+    overlay: an address of the block with no workload is dropped here. The
+    blackhole is protocol 80 without a gateway, like a workload route, yet the
+    workload route reader does not take it (and so never deletes it), and the
+    overlay removes it when it is no longer desired."""
+    ns = ns_name("a")
+    want = dict(vxlan("a"), blackholes=[BLOCK["a"]])
+    (made,) = apply("a", want)
+    assert made["counts"]["errors"] == 0 and made["counts"]["routes_added"] == 2, made
+    holes = [r for r in ipj("a", "route", "show", "proto", "80") if r.get("type") == "blackhole"]
+    assert [r["dst"] for r in holes] == [BLOCK["a"]]
+    probe = json.loads(sh(sys.executable, "-c", PROBE_ROUTES, ns=ns))
+    assert BLOCK["a"] not in probe["seen"] and probe["removed"] == 0, probe
+    assert [r for r in ipj("a", "route", "show", "proto", "80") if r.get("type") == "blackhole"]
+    (again,) = apply("a", want)
+    assert changes(again) == 0, again
+    (gone,) = apply("a", vxlan("a"))
+    assert gone["counts"]["routes_removed"] == 1, gone
+    assert not [r for r in ipj("a", "route", "show", "proto", "80") if r.get("type") == "blackhole"]
 
 
 def test_a_missing_parent_does_not_stop_the_rest(hosts):

@@ -231,3 +231,15 @@ def test_cross_subnet_without_underlay_interface_is_reported_not_routed(caplog):
         d = desired("a", {"p": pool(ipip="CrossSubnet")}, NODES, AFF, SETTINGS, Underlay(mtu=1500), problems)
     assert routes(d) == {BLOCK_C: ("198.19.170.65", "tunl0", True)}
     assert any("underlay" in k for k, _ in problems.current)
+
+
+def test_own_blocks_are_blackholed_only_without_bird():
+    pools = {"p": pool(vxlan="Always")}
+    aff = dict(AFF, a={BLOCK_A, "198.19.180.0/26", "not-a-cidr"})   # one outside every pool
+    with_bird = desired("a", pools, NODES, aff, SETTINGS, UNDERLAY)
+    assert with_bird.blackholes == set()          # BIRD writes them (protocol bird)
+    alone = desired("a", pools, NODES, aff, EncapSettings(own_blackholes=True), UNDERLAY)
+    assert alone.blackholes == {BLOCK_A}
+    assert BLOCK_A not in routes(alone) and routes(alone).keys() == {BLOCK_B, BLOCK_C}
+    # no encapsulated pool: nothing of the overlay's, blackholes included
+    assert desired("a", {"p": pool()}, NODES, aff, EncapSettings(own_blackholes=True), UNDERLAY).blackholes == set()

@@ -71,7 +71,10 @@ def _overlay(name: str, config: Config, etcd: object) -> "EncapController":
     def watcher(on_snapshot, on_update):  # type: ignore[no-untyped-def]
         return AffinityWatcher(etcd, on_snapshot=on_snapshot, on_update=on_update)
 
-    return EncapController(name, config, watcher_factory=watcher, allocator=TunnelAddrAllocator(etcd, name))
+    # BIRD writes blackholes for this node's blocks; without it the agent does (Felix's way)
+    backend = os.environ.get("CALICO_NETWORKING_BACKEND", "bird").strip().lower() or "bird"
+    return EncapController(name, config, watcher_factory=watcher, allocator=TunnelAddrAllocator(etcd, name),
+                           own_blackholes=backend != "bird")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -87,7 +87,8 @@ def _host_ip(value: Any, cls: Any) -> str | None:
 class EncapController:
     """See the module docstring. `kernel_factory`, `watcher_factory`, `allocator`
     and `links_reader` are the real pieces by default or when __main__ passes them;
-    tests pass fakes."""
+    tests pass fakes. `own_blackholes`: no BIRD runs (backend vxlan or none), so the
+    overlay blackholes this node's own blocks."""
 
     def __init__(
         self,
@@ -98,6 +99,7 @@ class EncapController:
         watcher_factory: WatcherFactory | None = None,
         allocator: Allocator | None = None,
         links_reader: Callable[[], list[LinkFacts]] = read_links,
+        own_blackholes: bool = False,
     ) -> None:
         self.node_name = node_name
         self.config = config
@@ -111,7 +113,8 @@ class EncapController:
         self.nodes: dict[str, dict[str, Any]] = {}
         self.affinities: dict[str, set[str]] = {}
         self.affinities_synced = False
-        self.settings = EncapSettings.from_values(config.values)
+        self.own_blackholes = own_blackholes
+        self.settings = EncapSettings.from_values(config.values, own_blackholes)
         self.problems = Problems()
         self.kernel: Kernel | None = None
         self.watcher: Watcher | None = None
@@ -171,7 +174,7 @@ class EncapController:
         """Config parameters changed: recompute when one of the overlay's did."""
         if not any(name in SETTINGS_PARAMS for name in changed):
             return False
-        self.settings = EncapSettings.from_values(self.config.values)
+        self.settings = EncapSettings.from_values(self.config.values, self.own_blackholes)
         if self._mtu_file.path != self.config.values["MTUFilePath"]:
             self._mtu_file = MtuFile(self.config.values["MTUFilePath"])
         self.dirty = True

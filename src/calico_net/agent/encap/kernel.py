@@ -5,9 +5,10 @@ desired — and nothing else.
 What counts as ours (so a restart, which has no memory, still converges):
 
 * devices: Calico's names, `tunl0`, `vxlan.calico`, `vxlan-v6.calico`;
-* routes: main table, protocol 80 (RTPROT_FELIX) *with a gateway*. Workload routes
-  share protocol 80 but never carry a gateway, which is how the two owners tell
-  their routes apart (`felix.rtnetlink.Netlink.routes` skips ours the same way);
+* routes: main table, protocol 80 (RTPROT_FELIX) *with a gateway*, and blackholes
+  of protocol 80 (this node's own blocks, when no BIRD writes them). Workload routes
+  share protocol 80 but are unicast without a gateway, which is how the two owners
+  tell their routes apart (`felix.rtnetlink.Netlink.routes` skips ours the same way);
 * neighbours and FDB entries: the permanent ones on our VXLAN devices (the others
   are the kernel's cache and expire by themselves).
 
@@ -63,6 +64,9 @@ COUNT_KEYS = tuple(f"{k}_{v}" for k in _KINDS for v in _VERBS) + ("errors",)
 
 _KERNEL_ERRORS = (PyrouteError, OSError)
 
+#: the wanted-route value of a blackhole (this node's own block, no BIRD to write it)
+_BLACKHOLE = (b"", 0, False)
+
 
 @dataclass(frozen=True)
 class _Snapshot:
@@ -72,11 +76,12 @@ class _Snapshot:
     routes: frozenset[t.TunnelRoute]
     neighbours: frozenset[t.Neighbour]
     fdb: frozenset[t.FdbEntry]
+    blackholes: frozenset[str]
 
     @classmethod
     def of(cls, d: t.Desired) -> "_Snapshot":
         return cls(tuple(sorted(d.devices.items())), frozenset(d.routes),
-                   frozenset(d.neighbours), frozenset(d.fdb))
+                   frozenset(d.neighbours), frozenset(d.fdb), frozenset(d.blackholes))
 
 
 class EncapKernel:
@@ -356,6 +361,16 @@ class EncapKernel:
                 log.warning("route %s: more than one next hop desired; keeping one", r.dst)
                 continue
             want[key] = (gateway, oif, r.onlink)
+        for dst in sorted(desired.blackholes):
+            try:
+                net = ipaddress.ip_network(dst)
+            except ValueError:
+                log.error("not blackholing %r: not a CIDR", dst)
+                counts["errors"] += 1
+                continue
+            key = (socket.AF_INET if net.version == 4 else socket.AF_INET6, net.network_address.packed,
+                   net.prefixlen)
+            want.setdefault(key, _BLACKHOLE)
         return want
 
     def _routes(self, desired: t.Desired, ifindex: dict[str, int], counts: dict[str, int]) -> None:
@@ -371,17 +386,18 @@ class EncapKernel:
         present: set[kc.RouteKey] = set()
         for kr in have:
             w = want.get(kr.key)
-            if w is not None and kr.gateway is not None and kc.is_default_priority(kr.key[0], kr.priority):
+            if w is not None and (kr.gateway is not None or kr.blackhole) \
+                    and kc.is_default_priority(kr.key[0], kr.priority):
                 present.add(kr.key)          # the slot a replace overwrites
-                if (kr.gateway, kr.oif, kr.onlink) == w:
+                if (w is _BLACKHOLE) == kr.blackhole and (kr.blackhole or (kr.gateway, kr.oif, kr.onlink) == w):
                     right.add(kr.key)
                 continue
             deletes.append(kc.route_delete(kr))
         replaces: list[tuple[int, int, bytes]] = []
         replaced: list[kc.RouteKey] = []
-        for key, (gateway, oif, onlink) in want.items():
+        for key, w in want.items():
             if key not in right:
-                replaces.append(kc.route_replace(key, gateway, oif, onlink))
+                replaces.append(kc.route_blackhole(key) if w is _BLACKHOLE else kc.route_replace(key, *w))
                 replaced.append(key)
         if not deletes and not replaces:
             return

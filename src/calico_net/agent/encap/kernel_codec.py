@@ -3,7 +3,8 @@ them, dump them, parse them (the agent's own codec, `felix.netlink`, as the
 workload routes use; `kernel.EncapKernel` decides what to send).
 
 Ours, as this module reads the kernel: routes in the main table of protocol 80
-(RTPROT_FELIX) that carry a gateway (workload routes never do); neighbours and
+(RTPROT_FELIX) that carry a gateway (workload routes never do), and blackholes of
+protocol 80 (this node's own blocks when no BIRD writes them); neighbours and
 FDB entries of one device, as the kernel reports them (the caller keeps the
 permanent ones). Pure functions except the three `dump_*`, which take the socket.
 """
@@ -21,6 +22,8 @@ from ..felix.rtnetlink import (
     RT_TABLE_MAIN, RTA_DST, RTA_GATEWAY, RTA_MULTIPATH, RTA_OIF, RTA_TABLE, RTM_DELROUTE,
     RTM_GETROUTE, RTM_NEWROUTE, RTN_UNICAST, RTPROT_FELIX,
 )
+
+RTN_BLACKHOLE = 6
 
 RTA_PRIORITY = 6
 RT_SCOPE_UNIVERSE = 0
@@ -52,10 +55,11 @@ Message = tuple[int, int, bytes]           # type, flags, body (Netlink.request_
 @dataclass(frozen=True)
 class KernelRoute:
     key: RouteKey
-    gateway: bytes | None      # None: a multipath route
+    gateway: bytes | None      # None: a multipath route, or a blackhole
     oif: int
     onlink: bool
     priority: int
+    blackhole: bool = False
 
 
 def ip(text: object, family: int) -> bytes | None:
@@ -86,20 +90,21 @@ def is_default_priority(family: int, priority: int) -> bool:
 
 def parse_route(buf: bytes, off: int, end: int) -> KernelRoute | None:
     """The route in an RTM_NEWROUTE body buf[off:end] if it is ours, else None."""
-    fam, dst_len, _sl, _tos, tbl, proto, _scope, _rtype, flags = RTMSG.unpack_from(buf, off)
+    fam, dst_len, _sl, _tos, tbl, proto, _scope, rtype, flags = RTMSG.unpack_from(buf, off)
     if proto != RTPROT_FELIX or flags & RTM_F_CLONED:
         return None
     a = attrs(buf, off + RTMSG.size, end)
     if RTA_TABLE in a:
         (tbl,) = struct.unpack("=I", a[RTA_TABLE][:4])
-    if tbl != RT_TABLE_MAIN or (RTA_GATEWAY not in a and RTA_MULTIPATH not in a):
+    blackhole = rtype == RTN_BLACKHOLE
+    if tbl != RT_TABLE_MAIN or (not blackhole and RTA_GATEWAY not in a and RTA_MULTIPATH not in a):
         return None    # another table's, or a workload route
     size = 4 if fam == socket.AF_INET else 16
     dst = bytes(a[RTA_DST]) if RTA_DST in a else b"\0" * size
     oif = struct.unpack("=i", a[RTA_OIF][:4])[0] if RTA_OIF in a else 0
     prio = struct.unpack("=I", a[RTA_PRIORITY][:4])[0] if RTA_PRIORITY in a else 0
     gw = bytes(a[RTA_GATEWAY]) if RTA_GATEWAY in a and RTA_MULTIPATH not in a else None
-    return KernelRoute((fam, dst, dst_len), gw, oif, bool(flags & RTNH_F_ONLINK), prio)
+    return KernelRoute((fam, dst, dst_len), gw, oif, bool(flags & RTNH_F_ONLINK), prio, blackhole)
 
 
 def dump_routes(nls: NetlinkSocket) -> list[KernelRoute]:
@@ -127,6 +132,13 @@ def route_replace(key: RouteKey, gateway: bytes, oif: int, onlink: bool) -> Mess
                       RTNH_F_ONLINK if onlink else 0)
     body += attr(RTA_DST, dst) + attr(RTA_GATEWAY, gateway) + attr(RTA_OIF, struct.pack("=i", oif))
     body += attr(RTA_TABLE, struct.pack("=I", RT_TABLE_MAIN))
+    return RTM_NEWROUTE, NLM_F_REPLACE | NLM_F_CREATE, body
+
+
+def route_blackhole(key: RouteKey) -> Message:
+    family, dst, dst_len = key
+    body = RTMSG.pack(family, dst_len, 0, 0, RT_TABLE_MAIN, RTPROT_FELIX, RT_SCOPE_UNIVERSE, RTN_BLACKHOLE, 0)
+    body += attr(RTA_DST, dst) + attr(RTA_TABLE, struct.pack("=I", RT_TABLE_MAIN))
     return RTM_NEWROUTE, NLM_F_REPLACE | NLM_F_CREATE, body
 
 

@@ -63,11 +63,14 @@ class EncapSettings:
     vxlan_mtu: int = 0
     vxlan_mtu_v6: int = 0
     ipip_mtu: int = 0
+    #: blackhole this node's own blocks (no BIRD does it: backend vxlan or none)
+    own_blackholes: bool = False
 
     @classmethod
-    def from_values(cls, values: Mapping[str, Any]) -> "EncapSettings":
+    def from_values(cls, values: Mapping[str, Any], own_blackholes: bool = False) -> "EncapSettings":
         return cls(vni=values["VXLANVNI"], port=values["VXLANPort"], vxlan_mtu=values["VXLANMTU"],
-                   vxlan_mtu_v6=values["VXLANMTUV6"], ipip_mtu=values["IPIPMTU"])
+                   vxlan_mtu_v6=values["VXLANMTUV6"], ipip_mtu=values["IPIPMTU"],
+                   own_blackholes=own_blackholes)
 
 
 class Problems:
@@ -288,7 +291,11 @@ def _desired(ctx: _Ctx, pools: Mapping[str, Mapping[str, Any]], nodes: Mapping[s
 
     for name, blocks in sorted(affinities.items()):
         if name == ctx.node_name:
-            continue   # own blocks: the workload routes of this host
+            # own blocks: the workload routes of this host, and a blackhole for the
+            # rest of each block when BIRD does not write one
+            if settings.own_blackholes:
+                out.blackholes.update(_own_blocks(ctx, blocks))
+            continue
         n = facts.get(name)
         for raw in sorted(blocks):
             try:
@@ -305,6 +312,19 @@ def _desired(ctx: _Ctx, pools: Mapping[str, Mapping[str, Any]], nodes: Mapping[s
             route = _route(ctx, name, n, net, pool, me, underlay)
             if route is not None:
                 out.routes.add(route)
+    return out
+
+
+def _own_blocks(ctx: _Ctx, blocks: Iterable[str]) -> list[str]:
+    out = []
+    for raw in blocks:
+        try:
+            net = ipaddress.ip_network(str(raw), strict=True)
+        except ValueError:
+            ctx.problems.report(f"affinity {ctx.node_name}/{raw!r:.60}", "not a block CIDR")
+            continue
+        if _pool_of(net, ctx.pools) is not None:
+            out.append(str(net))
     return out
 
 

@@ -86,6 +86,10 @@ class Desired:
     routes: set[TunnelRoute] = field(default_factory=set)
     neighbours: set[Neighbour] = field(default_factory=set)
     fdb: set[FdbEntry] = field(default_factory=set)
+    #: this node's own blocks in encapsulated pools, as blackhole routes, when no
+    #: BIRD writes them (CALICO_NETWORKING_BACKEND vxlan or none): an address of
+    #: the block with no workload behind it is dropped here, not sent back out
+    blackholes: set[str] = field(default_factory=set)
     #: underlay addresses IP-in-IP may come from (None: no IPIP pool, no rule at all)
     ipip_sources: frozenset[str] | None = None
     #: underlay addresses VXLAN may come from (None: no VXLAN pool)

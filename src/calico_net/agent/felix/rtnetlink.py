@@ -146,8 +146,9 @@ class Netlink:
         Routes of this protocol that carry a gateway (RTA_GATEWAY, or next hops in
         RTA_MULTIPATH) are left out: workload routes never have one, while the
         overlay's routes to other nodes' blocks (`encap.kernel`, also protocol 80,
-        as Felix's are) always do. Leaving them out here is what keeps the
-        RouteManager's resync from deleting routes it does not own."""
+        as Felix's are) always do; so are routes that are not unicast (the overlay's
+        blackholes of this node's own blocks). Leaving them out here is what keeps
+        the RouteManager's resync from deleting routes it does not own."""
         with self.lock:
             out: dict[Route, int] = {}
             for family in (socket.AF_INET, socket.AF_INET6):
@@ -161,8 +162,8 @@ class Netlink:
                 for mtype, buf, off, end in msgs:
                     if mtype != RTM_NEWROUTE:
                         continue
-                    fam, dst_len, _sl, _tos, tbl, proto, _scope, _rtype, _fl = _RTMSG.unpack_from(buf, off)
-                    if proto != protocol:
+                    fam, dst_len, _sl, _tos, tbl, proto, _scope, rtype, _fl = _RTMSG.unpack_from(buf, off)
+                    if proto != protocol or rtype != RTN_UNICAST:
                         continue
                     a = attrs(buf, off + _RTMSG.size, end)
                     if RTA_TABLE in a:
