@@ -15,6 +15,9 @@ transaction, B's agent's etcd watch, its recomputation and the netlink write. Th
 affinity is then released and the route's removal is timed the same way (the second
 figure), before the next sample starts.
 
+The cluster's namespaces are named ``cnbench-enc-*`` (uplink 198.18.166.0/24), not the
+FV tests' ``cnfv-enc-*``, so the bench may run while those tests do.
+
 Run as root: ``.venv/bin/python bench/bench_encap_routes.py [--samples 50]``.
 Prints figures; asserts nothing (target: p99 <= 1 s for the new route).
 """
@@ -40,6 +43,12 @@ import bgp_util as bu  # noqa: E402
 import encap_util as eu  # noqa: E402
 from bench_bgp import fmt_ms, pct  # noqa: E402
 
+# The bench's own names and uplink subnet, so a run next to the overlay FV tests (which
+# clean up every namespace named cnfv-enc-*) neither breaks them nor is broken by them.
+BENCH_PREFIX = "cnbench-enc-"
+BENCH_ROOT_IF = "cnbenchenc0"
+BENCH_UPLINK = "198.18.166"
+
 MARKER = "198.18.249.0/24"  # a throw-away blackhole route that proves the monitor listens
 ROUTE_TYPES = {"unicast", "blackhole", "unreachable", "prohibit", "local", "broadcast",
                "multicast", "throw", "anycast", "nat"}
@@ -60,12 +69,18 @@ class RouteMonitor:
         self.proc = subprocess.Popen(["ip", "netns", "exec", ns, "ip", "-o", "monitor", "route"],
                                      stdout=subprocess.PIPE, text=True, bufsize=1)
         threading.Thread(target=self._read, daemon=True).start()
-        bu.sh("ip", "route", "add", "blackhole", MARKER, ns=ns)
-        try:
-            if self.wait_for(lambda e: e[1] and e[2] == MARKER, 0, 10) is None:
-                raise RuntimeError(f"ip monitor in {ns} saw nothing")
-        finally:
+        # `ip monitor` subscribes some time after it starts: add the marker again until
+        # an addition is seen (an event before the subscription is simply lost).
+        deadline = time.monotonic() + 10
+        while True:
+            bu.sh("ip", "route", "replace", "blackhole", MARKER, ns=ns)
+            seen = self.wait_for(lambda e: e[1] and e[2] == MARKER, 0, 0.5)
             bu.sh("ip", "route", "del", "blackhole", MARKER, ns=ns, check=False)
+            if seen is not None:
+                break
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"ip monitor in {ns} saw nothing")
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
@@ -102,6 +117,16 @@ class RouteMonitor:
 
     def stop(self) -> None:
         bu.stop_process(self.proc, grace=2)
+
+
+def isolate() -> None:
+    """Give the harness (tests/fv/encap_util.py, whose names are module constants) the
+    bench's names. Everything it builds and removes is found through these."""
+    eu.PREFIX = BENCH_PREFIX
+    eu.RT_NS = BENCH_PREFIX + "rt"
+    eu.ROOT_IF = BENCH_ROOT_IF
+    eu.UPLINK = BENCH_UPLINK
+    eu.TOOL = Path("/tmp") / f"cnbench-enc-tool-{os.getpid()}.py"
 
 
 def free_blocks(c: eu.Cluster, count: int) -> list[str]:
@@ -186,6 +211,7 @@ def main() -> int:
         print("needs root (network namespaces)", file=sys.stderr)
         return 2
 
+    isolate()
     tmp = Path(tempfile.mkdtemp(prefix="bench-encap-"))
     c = eu.Cluster(tmp)
     mon = None
