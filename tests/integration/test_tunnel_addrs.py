@@ -16,6 +16,7 @@ from calico_net.agent.encap import addrs
 from calico_net.agent.encap.addrs import TunnelAddrAllocator, TunnelAddrError, reconcile
 from calico_net.ipam import IPAM
 from calico_net.ipam.check import check
+from tests.integration.test_calicoctl import ctl  # noqa: F401 - fixture
 
 net = ipaddress.ip_network
 ip = ipaddress.ip_address
@@ -354,3 +355,25 @@ def test_removal_frees_an_address_whose_handle_record_is_gone(datastore, ipam, e
     reconcile(datastore, ipam, "n1")
     assert ipam.get_assignment(addr) is None
     assert "ipv4VXLANTunnelAddr" not in spec_of(datastore)
+
+
+def test_release_from_report_frees_a_tunnel_address_its_node_dropped(ctl, datastore, ipam, tmp_path):
+    import json
+
+    datastore.create(node("n1"))
+    datastore.create(node("n2", addr="198.19.103.2/24"))
+    datastore.create(pool("ipip", "198.19.96.0/22", ipipMode="Always"))
+    kept = reconcile(datastore, ipam, "n2")["ipv4IPIPTunnelAddr"]
+    dropped = reconcile(datastore, ipam, "n1")["ipv4IPIPTunnelAddr"]
+    doc = datastore.get("Node", "n1")
+    del doc["spec"]["bgp"]["ipv4IPIPTunnelAddr"]
+    datastore.replace(doc)
+    report = tmp_path / "report.json"
+    ctl("ipam", "check", "-o", str(report), ok=False)
+    allocs = json.loads(report.read_text())["allocations"]
+    assert allocs[dropped][0]["inUse"] is False and allocs[dropped][0]["handle"] == "ipip-tunnel-addr-n1"
+    assert allocs[kept][0]["inUse"] is True
+    assert "Released 1 IPs successfully" in ctl("ipam", "release", "--from-report", str(report)).stdout
+    assert ipam.get_assignment(dropped) is None
+    assert ipam.get_assignment(kept).handle_id == "ipip-tunnel-addr-n2"
+    assert ctl("ipam", "check").returncode == 0
