@@ -377,3 +377,26 @@ def test_release_from_report_frees_a_tunnel_address_its_node_dropped(ctl, datast
     assert ipam.get_assignment(dropped) is None
     assert ipam.get_assignment(kept).handle_id == "ipip-tunnel-addr-n2"
     assert ctl("ipam", "check").returncode == 0
+
+
+def test_pools_with_a_spec_of_the_wrong_shape_are_skipped(datastore, ipam, etcd_client):
+    import json
+
+    datastore.create(node("n1"))
+    datastore.create(pool("good", "198.19.100.0/23", vxlanMode="Always"))
+    bad = pool("bad-uses", "198.19.96.0/22", ipipMode="Always", allowedUses="Tunnel")
+    etcd_client.put("/calico/resources/v3/projectcalico.org/ippools/bad-uses", json.dumps(bad))
+    out = reconcile(datastore, ipam, "n1")
+    assert out["ipv4IPIPTunnelAddr"] is None
+    assert ip(out["ipv4VXLANTunnelAddr"]) in net("198.19.100.0/23")
+
+
+def test_tunnel_pools_skips_documents_of_the_wrong_shape():
+    # (pure: IPAM itself refuses a pool list holding such a document, so through
+    # reconcile it cannot be reached)
+    docs = [{"kind": "IPPool", "metadata": {"name": "s"}, "spec": "x"},
+            {"kind": "IPPool", "metadata": [], "spec": {"cidr": "198.19.98.0/24", "vxlanMode": "Always"}},
+            {"kind": "IPPool", "metadata": {"name": "c"}, "spec": {"vxlanMode": "Always"}},
+            pool("ok", "198.19.100.0/23", vxlanMode="Always")]
+    assert [p.name for p in addrs.tunnel_pools(docs, {}, addrs.VXLAN)] == ["", "ok"]
+    assert addrs.tunnel_pools(docs, {}, addrs.IPIP) == []

@@ -108,8 +108,12 @@ def tunnel_pools(pool_docs: Sequence[Mapping[str, Any]], labels: Mapping[str, st
 
     out = []
     for doc in pool_docs:
-        name = (doc.get("metadata") or {}).get("name", "?")
+        meta = doc.get("metadata")
+        name = meta.get("name", "?") if isinstance(meta, dict) else "?"
         spec = doc.get("spec") or {}
+        if not isinstance(spec, dict):
+            log.warning("IPPool %r: spec is not an object; skipped for tunnel addresses", name)
+            continue
         if spec.get(kind.mode_field) not in ENCAP_ON:
             continue
         try:
@@ -119,10 +123,10 @@ def tunnel_pools(pool_docs: Sequence[Mapping[str, Any]], labels: Mapping[str, st
             continue
         if pool.version != kind.version or pool.disabled:
             continue
-        if (doc.get("metadata") or {}).get("deletionTimestamp"):
+        if isinstance(meta, dict) and meta.get("deletionTimestamp"):
             continue  # being deleted counts as disabled, as in Calico
         uses = spec.get("allowedUses")
-        if uses and "Tunnel" not in uses:
+        if uses and (not isinstance(uses, list) or "Tunnel" not in uses):
             continue
         try:
             if not pool.selects(labels):
@@ -251,8 +255,12 @@ def reconcile(datastore: Any, ipam: Any, node_name: str) -> dict[str, str | None
             except ResourceNotFound:
                 raise TunnelAddrError(f"Node {node_name} does not exist (yet)") from None
             pool_docs, _ = datastore.list("IPPool")
-            labels = dict((node.get("metadata") or {}).get("labels") or {})
+            meta = node.get("metadata") or {}
             old_spec = node.get("spec") or {}
+            labels = meta.get("labels") or {} if isinstance(meta, dict) else {}
+            if not isinstance(old_spec, dict) or not isinstance(labels, dict):
+                raise TunnelAddrError(f"Node {node_name}: spec or labels are not objects")
+            labels = {str(k): str(v) for k, v in labels.items()}
             spec = {k: (dict(v) if isinstance(v, dict) else v) for k, v in old_spec.items()}
             for kind in KINDS:
                 pools = tunnel_pools(pool_docs, labels, kind)
