@@ -1,17 +1,18 @@
 """A three-host cluster on two routed subnets, for the overlay (IP-in-IP / VXLAN) FV
-tests and bench. Every name starts with ``cnfv-enc-``; :meth:`Cluster.teardown`
-removes all of it, :func:`cleanup_leftovers` what a killed earlier run left.
+tests and bench. Every name starts with ``cnfv-enc-<pid>-`` (the root-ns link: ``cnenc<pid>``);
+:meth:`Cluster.teardown` removes all of it, :func:`cleanup_leftovers` what a killed
+earlier run left.
 
-    root ns  cnfvenc0 198.18.160.1/24  (etcd listens here)
+    root ns  cnenc<pid> 198.18.160.1/24  (etcd listens here)
                  ║ veth
-    cnfv-enc-rt  up0 198.18.160.2/24 (masquerade out of up0: the root ns needs no
+    …-rt         up0 198.18.160.2/24 (masquerade out of up0: the root ns needs no
                  │                    route to the host subnets)
                  ├ bra 198.18.161.1/24 (bridge, subnet A)   ├ brb 198.18.162.1/24 (bridge, subnet B)
             ╔════╩═══════════╗                           ║
-    cnfv-enc-h1          cnfv-enc-h2                cnfv-enc-h3
+    …-h1                 …-h2                       …-h3
     eth0 198.18.161.11   eth0 198.18.161.12         eth0 198.18.162.13
       ║ cali<11 hex>
-    cnfv-enc-h1-w1  eth0 198.19.160.x/32 (IPAM address of a block affine to h1)
+    …-h1-w1         eth0 198.19.160.x/32 (IPAM address of a block affine to h1)
 
 The router namespace knows only the connected host subnets and the uplink: no pod
 routes, no default route, no BGP — pod traffic between the subnets only flows when
@@ -44,9 +45,16 @@ from typing import Any
 import bgp_util as bu
 from bgp_util import sh, stop_process, wait_for
 
-PREFIX = "cnfv-enc-"
+# Names carry this run's PID, so two runs on one machine never tear down each other's
+# namespaces; what a run whose process is gone left is removed at start. (A bench may
+# set these module names to its own before building a Cluster: everything here reads
+# them when it runs.)
+RUN = os.getpid() % 100000
+BASE = "cnfv-enc-"
+PREFIX = f"{BASE}{RUN}-"
 RT_NS = PREFIX + "rt"
-ROOT_IF = "cnfvenc0"
+ROOT_BASE = "cnenc"
+ROOT_IF = f"{ROOT_BASE}{RUN}"
 UPLINK = "198.18.160"
 SUBNETS = {"a": "198.18.161", "b": "198.18.162"}
 POOL_NAME = "enc-pool"
@@ -121,18 +129,55 @@ else:
 """
 
 
+def _run_gone(run: str) -> bool:
+    """Is the run that named things with ``run`` (its PID) over? Never ours."""
+    if not run.isdigit() or int(run) == RUN:
+        return False
+    try:
+        os.kill(int(run), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    try:
+        return b"python" not in Path(f"/proc/{run}/cmdline").read_bytes()
+    except OSError:
+        return True
+
+
 def cleanup_leftovers() -> None:
-    """Remove our namespaces (and what still runs in them) and our root-ns link."""
+    """Remove our namespaces (and what still runs in them) and our root-ns link, and
+    those of runs whose process is gone; never another live run's."""
     for line in sh("ip", "netns", "list", check=False).splitlines():
         name = line.split()[0] if line.strip() else ""
-        if name.startswith(PREFIX):
+        left = name.startswith(BASE) and _run_gone(name[len(BASE):].split("-", 1)[0])
+        if name.startswith(PREFIX) or left:
             for pid in sh("ip", "netns", "pids", name, check=False).split():
                 try:
                     os.kill(int(pid), signal.SIGKILL)
                 except (ProcessLookupError, ValueError):
                     pass
             sh("ip", "netns", "del", name, check=False)
-    sh("ip", "link", "del", ROOT_IF, check=False)
+    for line in sh("ip", "-o", "link", "show", check=False).splitlines():
+        parts = line.split(":")
+        ifname = parts[1].strip().split("@")[0] if len(parts) > 1 else ""
+        if ifname == ROOT_IF or (ifname.startswith(ROOT_BASE) and _run_gone(ifname[len(ROOT_BASE):])):
+            sh("ip", "link", "del", ifname, check=False)
+
+
+def kernel_has_link_kind(kind: str) -> bool:
+    """Can this kernel make a ``kind`` device (``ipip``, ``vxlan``)? Tried in a scratch
+    namespace, so nothing of the answer stays behind."""
+    ns = PREFIX + "kindprobe"
+    sh("ip", "netns", "add", ns)
+    try:
+        args = {"ipip": ["type", "ipip", "remote", "any"],
+                "vxlan": ["type", "vxlan", "id", "1", "dstport", "4789"]}[kind]
+        p = subprocess.run(["ip", "netns", "exec", ns, "ip", "link", "add", "probe0", *args],
+                           capture_output=True, text=True, timeout=30)
+        return p.returncode == 0
+    finally:
+        sh("ip", "netns", "del", ns, check=False)
 
 
 @dataclass
@@ -200,7 +245,8 @@ class EncHost(bu.Host):
         return links[0] if links else None
 
     def addrs(self, name: str) -> list[str]:
-        out = sh("ip", "-j", "addr", "show", "dev", name, ns=self.ns, check=False)
+        """The device's IPv4 addresses (an IPv6 link-local one is the kernel's business)."""
+        out = sh("ip", "-4", "-j", "addr", "show", "dev", name, ns=self.ns, check=False)
         return [a["local"] for link in json.loads(out or "[]") for a in link.get("addr_info", [])]
 
     def neighbours(self, dev: str) -> list[dict[str, Any]]:
@@ -367,10 +413,13 @@ class Cluster(bu.Fabric):
         return True
 
     def stop_bgp(self) -> None:
-        """Stop BIRD and confd everywhere (a clean BIRD stop withdraws its kernel routes)."""
+        """Stop BIRD and confd everywhere, and remove BIRD's routes: Calico's kernel
+        protocol is `persist` (BIRD leaves its routes when it stops), and the VXLAN
+        backend's hosts must look like hosts that never ran BIRD."""
         for h in self.hosts:
             stop_process(h.bird)
             stop_process(h.confd)
+            sh("ip", "route", "flush", "proto", "bird", ns=h.ns, check=False)
         wait_for(lambda: not any(h.routes("bird") for h in self.hosts), 30,
                  "no BIRD route left after BIRD stopped", self.diag)
 
@@ -537,8 +586,12 @@ class Cluster(bu.Fabric):
         """tcpdump on ``h``'s ``iface`` into a pcap for the duration of the block."""
         pcap = self.tmp / f"{h.name}-{iface}-{time.monotonic_ns()}.pcap"
         proc = subprocess.Popen(
-            ["ip", "netns", "exec", h.ns, "tcpdump", "-i", iface, "-n", "-U", "-s", "128",
-             "-w", str(pcap)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            # -Z root: tcpdump otherwise drops to its own user before opening the file,
+            # and pytest's tmp dir is root's alone. --immediate-mode: with -w, packets
+            # otherwise wait in the kernel's ring for a buffer timeout and a stop
+            # before it loses them.
+            ["ip", "netns", "exec", h.ns, "tcpdump", "-Z", "root", "--immediate-mode", "-i", iface, "-n", "-U",
+             "-s", "128", "-w", str(pcap)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         try:
             assert proc.stderr is not None
             line = proc.stderr.readline()   # "tcpdump: listening on eth0, ..."
@@ -554,11 +607,15 @@ class Cluster(bu.Fabric):
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait()
+            if not pcap.exists():
+                raise RuntimeError(f"tcpdump wrote no {pcap}: {proc.stderr.read() if proc.stderr else ''}")
 
     @staticmethod
     def pcap_lines(pcap: Path, bpf: str) -> list[str]:
         p = subprocess.run(["tcpdump", "-r", str(pcap), "-n", bpf], capture_output=True,
                            text=True, timeout=30)
+        if p.returncode != 0:
+            raise RuntimeError(f"tcpdump -r {pcap} '{bpf}': {p.stderr.strip()}")
         return [line for line in p.stdout.splitlines() if line.strip()]
 
     # -- helpers for the checks

@@ -2,8 +2,8 @@
 two subnets joined by a router that knows only the host subnets (tests/fv/encap_util.py).
 
 One cluster per module; the tests switch its one pool between modes (no restart of
-anything), in file order: plain with BIRD, IP-in-IP with BIRD, policy over IP-in-IP,
-IP-in-IP CrossSubnet; then the VXLAN backend (no BIRD anywhere): VXLAN Always, VXLAN
+anything), in file order: plain with BIRD, IP-in-IP with BIRD, IP-in-IP CrossSubnet;
+then the VXLAN backend (no BIRD anywhere): VXLAN Always, policy over VXLAN, VXLAN
 CrossSubnet, the IPIP -> VXLAN switch and the pool's deletion. Each test sets the
 backend and the pool mode it needs first, so any one runs alone too.
 """
@@ -126,3 +126,278 @@ def test_plain_pool_crosses_no_subnet(cluster: eu.Cluster) -> None:
     assert not any(v for k, v in r1.items() if k.startswith(p3.name)), r1
     assert not any(v for k, v in r2.items() if k.startswith(p3.name)), r2
     assert not any(r3.values()), r3
+
+
+def require_ipip() -> None:
+    """IP-in-IP needs the kernel's ipip driver (CONFIG_NET_IPIP): without it tunl0
+    cannot exist and no IP-in-IP test can pass here. Fail at once and say so, instead
+    of a minute of timeouts."""
+    assert eu.kernel_has_link_kind("ipip"), (
+        "this kernel cannot make an ipip device (CONFIG_NET_IPIP off / module missing): "
+        "IP-in-IP cannot be tested on this machine")
+
+
+def bird_has_route(h: eu.EncHost, block: str) -> bool:
+    """BIRD's own table (not the kernel) holds ``block``: it still learns it over BGP."""
+    out = bu.sh("birdc", "-s", h.sock, "show", "route", "for", block, "all", ns=h.ns, check=False)
+    return block in out and "BGP" in out
+
+
+def assert_tunnel_addr(c: eu.Cluster, h: eu.EncHost, dev: str, field_path: tuple[str, ...]) -> str:
+    spec: dict = c.node(h)["spec"]
+    for k in field_path:
+        spec = spec.get(k) or {}
+    addr = spec if isinstance(spec, str) else ""
+    assert addr and eu.in_pool(addr), (h.name, field_path, c.node(h)["spec"])
+    assert h.addrs(dev) == [addr], (h.name, dev, h.addrs(dev), addr)
+    return addr
+
+
+# ------------------------------------------------------------ 2. IP-in-IP, BIRD
+
+
+def test_ipip_always_with_bird(cluster: eu.Cluster) -> None:
+    """ipipMode Always: every pod reaches every pod (TCP and ICMP) across the router;
+    h1's remote blocks are the agent's routes via tunl0 onlink, none is BIRD's in the
+    kernel although BIRD still learns them."""
+    require_ipip()
+    c = cluster
+    c.set_backend("bird")
+    c.set_pool("Always", "Never")
+    wait_overlay_routes(c, ipip_routes)
+    took = c.wait_all_connected(CONVERGE)
+    print(f"\nipip Always: full matrix after {took:.2f} s of probing")
+    h1 = c.host("h1")
+    print(bu.sh("ip", "route", "show", "proto", "80", ns=h1.ns))
+    for h in c.hosts:
+        assert_tunnel_addr(c, h, "tunl0", ("bgp", "ipv4IPIPTunnelAddr"))
+        assert (h.link("tunl0") or {}).get("operstate") in ("UNKNOWN", "UP"), h.link("tunl0")
+    assert c.mesh_up(), c.diag()
+    for h in c.hosts:
+        kernel_bird = h.routes("bird")
+        for block in c.remote_blocks(h):
+            assert block not in kernel_bird, (h.name, block, kernel_bird)
+            assert bird_has_route(h, block), (h.name, block, "BIRD no longer learns it")
+
+
+# ---------------------------------------------------------- 4. CrossSubnet
+
+
+def check_cross_subnet(c: eu.Cluster, encap_bpf: str) -> None:
+    """tcpdump on h1's underlay: h1-pod -> h2-pod (same subnet) travels plain, with no
+    ``encap_bpf`` packet; h1-pod -> h3-pod (other subnet) is encapsulated."""
+    h1, h2, h3 = c.hosts
+    p1, p2, p3 = pod(c, "h1"), pod(c, "h2"), pod(c, "h3")
+    with c.capture(h1) as same_pcap:
+        r = c.probe(p1, targets(p2, 8080, 0))
+    assert r[f"{p2.name}|8080"] == p1.ip and r[f"{p2.name}|icmp"], r
+    with c.capture(h1) as cross_pcap:
+        r = c.probe(p1, targets(p3, 8080, 0))
+    assert r[f"{p3.name}|8080"] == p1.ip and r[f"{p3.name}|icmp"], r
+
+    plain_same = c.pcap_lines(same_pcap, f"icmp and host {p1.ip} and host {p2.ip}")
+    encap_same = c.pcap_lines(same_pcap, encap_bpf)
+    encap_cross = c.pcap_lines(cross_pcap, f"{encap_bpf} and host {h1.ip} and host {h3.ip}")
+    plain_cross = c.pcap_lines(cross_pcap, f"host {p3.ip}")
+    print(f"\nsame subnet ({p1.ip} -> {p2.ip}) on {h1.name} eth0: {len(plain_same)} plain ICMP, "
+          f"{len(encap_same)} encapsulated")
+    print("\n".join(plain_same[:4]))
+    print(f"cross subnet ({p1.ip} -> {p3.ip}) on {h1.name} eth0: {len(encap_cross)} encapsulated, "
+          f"{len(plain_cross)} plain")
+    print("\n".join(encap_cross[:4]))
+    assert len(plain_same) >= 2, plain_same        # echo request and reply
+    assert encap_same == [], encap_same
+    assert len(encap_cross) >= 4, encap_cross      # ICMP both ways + the TCP exchange
+    assert plain_cross == [], plain_cross
+
+
+def test_ipip_cross_subnet(cluster: eu.Cluster) -> None:
+    require_ipip()
+    c = cluster
+    c.set_backend("bird")
+    c.set_pool("CrossSubnet", "Never")
+    wait_overlay_routes(c, lambda c, h: ipip_routes(c, h, cross_subnet=True))
+    c.wait_all_connected(CONVERGE)
+    check_cross_subnet(c, "ip proto 4")
+
+
+# ------------------------------------------- 3. VXLAN backend, no BIRD at all
+
+
+def bird_processes(c: eu.Cluster) -> list[tuple[str, int]]:
+    out = []
+    for h in c.hosts:
+        for pid in bu.sh("ip", "netns", "pids", h.ns, check=False).split():
+            try:
+                comm = Path(f"/proc/{pid}/comm").read_text().strip()
+            except OSError:
+                continue
+            if comm == "bird":
+                out.append((h.name, int(pid)))
+    return out
+
+
+def test_vxlan_always_without_bird(cluster: eu.Cluster) -> None:
+    """CALICO_NETWORKING_BACKEND=vxlan: no BIRD anywhere; vxlanMode Always connects
+    every pod; vxlan.calico has Calico's VNI 4096 and port 4789, the agent's routes go
+    via the remote tunnel addresses, with permanent ARP and FDB entries."""
+    c = cluster
+    c.set_backend("vxlan")
+    c.set_pool("Never", "Always")
+    assert bird_processes(c) == []
+    wait_overlay_routes(c, vxlan_routes)
+    took = c.wait_all_connected(CONVERGE)
+    print(f"\nvxlan Always: full matrix after {took:.2f} s of probing")
+    assert bird_processes(c) == []
+    for h in c.hosts:
+        info = (h.link("vxlan.calico") or {}).get("linkinfo", {})
+        data = info.get("info_data", {})
+        assert info.get("info_kind") == "vxlan", (h.name, info)
+        assert data.get("id") == 4096 and data.get("port") == 4789, (h.name, data)
+        assert data.get("local") == h.ip, (h.name, data)
+        assert_tunnel_addr(c, h, "vxlan.calico", ("ipv4VXLANTunnelAddr",))
+        mac = c.node(h)["spec"].get("vxlanTunnelMACAddr")
+        assert mac and h.link("vxlan.calico")["address"] == mac.lower(), (h.name, mac)
+        neigh = {(n["dst"], n.get("lladdr")) for n in h.neighbours("vxlan.calico")
+                 if "PERMANENT" in n.get("state", [])}
+        fdb = {(f["mac"], f.get("dst")) for f in h.fdb("vxlan.calico")}
+        for o in c.hosts:
+            if o is h:
+                continue
+            ospec = c.node(o)["spec"]
+            omac = ospec["vxlanTunnelMACAddr"].lower()
+            assert (ospec["ipv4VXLANTunnelAddr"], omac) in neigh, (h.name, neigh)
+            assert (omac, o.ip) in fdb, (h.name, fdb)
+
+
+# ------------------------------------------------------ 5. policy over VXLAN
+
+
+def test_policy_applies_to_vxlan_traffic(cluster: eu.Cluster) -> None:
+    """A GlobalNetworkPolicy denying TCP 8080 from h1's pod to h3's pod holds for
+    tunnelled traffic (vxlanMode Always, h1 and h3 on different subnets); 9090 from
+    h1's pod and 8080 from h2's pod still pass."""
+    c = cluster
+    c.set_backend("vxlan")
+    c.set_pool("Never", "Always")
+    wait_overlay_routes(c, vxlan_routes)
+    p1, p2, p3 = pod(c, "h1"), pod(c, "h2"), pod(c, "h3")
+    c.wait_all_connected(CONVERGE)
+    c.ds.apply({
+        "apiVersion": "projectcalico.org/v3", "kind": "GlobalNetworkPolicy",
+        "metadata": {"name": "enc-deny-8080"},
+        "spec": {"order": 10, "selector": f"pod == '{p3.name}'", "types": ["Ingress"],
+                 "ingress": [
+                     {"action": "Deny", "protocol": "TCP",
+                      "source": {"selector": f"pod == '{p1.name}'"},
+                      "destination": {"ports": [8080]}},
+                     {"action": "Allow"}]},
+    })
+    try:
+        last: list = []
+
+        def denied_with_controls() -> bool:
+            r1, r2 = c.probe_round([(p1.ns, targets(p3, 8080, 9090, 0)),
+                                    (p2.ns, targets(p3, 8080))])
+            last[:] = [r1, r2]
+            return (r1[f"{p3.name}|9090"] == p1.ip and r1[f"{p3.name}|icmp"]
+                    and r2[f"{p3.name}|8080"] == p2.ip and not r1[f"{p3.name}|8080"])
+        bu.wait_for(denied_with_controls, CONVERGE, "8080 denied from h1's pod, 9090 and h2's 8080 allowed",
+                    lambda: f"last round {last}\n{c.diag()}", interval=0.2)
+        # the source address the server saw is the pod's own: no SNAT in the tunnel
+        assert last[0][f"{p3.name}|9090"] == p1.ip
+    finally:
+        c.delete("GlobalNetworkPolicy", "enc-deny-8080")
+    bu.wait_for(lambda: c.probe(p1, targets(p3, 8080))[f"{p3.name}|8080"] == p1.ip, CONVERGE,
+                "8080 from h1's pod allowed again once the policy is gone", c.diag)
+
+
+def test_vxlan_cross_subnet(cluster: eu.Cluster) -> None:
+    c = cluster
+    c.set_backend("vxlan")
+    c.set_pool("Never", "CrossSubnet")
+    wait_overlay_routes(c, lambda c, h: vxlan_routes(c, h, cross_subnet=True))
+    c.wait_all_connected(CONVERGE)
+    check_cross_subnet(c, "udp port 4789")
+
+
+# ------------------------------------------------ 6. IPIP -> VXLAN at runtime
+
+
+def test_switch_ipip_to_vxlan(cluster: eu.Cluster) -> None:
+    """The pool goes from ipipMode Always to vxlanMode Always with traffic flowing:
+    it recovers within 5 s; afterwards no route uses tunl0 and tunl0 has no address."""
+    require_ipip()
+    c = cluster
+    c.set_backend("vxlan")
+    c.set_pool("Always", "Never")
+    wait_overlay_routes(c, ipip_routes)
+    c.wait_all_connected(CONVERGE)
+    print("\n--- before the switch (ipipMode Always) ---\n" + c.tables())
+    p1, p2, p3 = pod(c, "h1"), pod(c, "h2"), pod(c, "h3")
+    pairs = [(p1, p3), (p3, p2), (p2, p1)]
+    seconds = 9.0
+    watchers = [c.watch(s, d.ip, seconds) for s, d in pairs]
+    time.sleep(1.5)
+    switched = time.time()
+    c.set_pool("Never", "Always")
+    recoveries = []
+    for (s, d), w in zip(pairs, watchers):
+        out, _ = w.communicate(timeout=seconds + 30)
+        samples = [(float(t), ok == "1") for t, ok in (line.split() for line in out.splitlines())]
+        before = [ok for t, ok in samples if t < switched]
+        after = [(t, ok) for t, ok in samples if t >= switched]
+        assert before and all(before), (s.name, d.name, "not flowing before the switch", samples)
+        assert after and after[-1][1], (s.name, d.name, "not flowing at the end", samples)
+        failures = [t for t, ok in after if not ok]
+        recovered = next((t for t, ok in after if ok and (not failures or t > failures[-1])), None)
+        rec = 0.0 if not failures else recovered - switched
+        recoveries.append(rec)
+        print(f"{s.name} -> {d.name}: {len(failures)} failed connects after the switch, "
+              f"recovered {rec:.2f} s after it")
+    print(f"IPIP -> VXLAN recovery: worst {max(recoveries):.2f} s (bound {RECOVERY_MAX} s)")
+    wait_overlay_routes(c, vxlan_routes)
+    print("--- after the switch (vxlanMode Always) ---\n" + c.tables())
+    assert max(recoveries) <= RECOVERY_MAX, recoveries
+    for h in c.hosts:
+        via_tunl0 = bu.sh("ip", "route", "show", "dev", "tunl0", ns=h.ns, check=False) \
+            if h.link("tunl0") is not None else ""
+        assert via_tunl0.strip() == "", (h.name, via_tunl0)
+        assert h.addrs("tunl0") == [], (h.name, h.addrs("tunl0"))
+        assert "ipv4IPIPTunnelAddr" not in (c.node(h)["spec"].get("bgp") or {}), c.node(h)["spec"]
+    c.wait_all_connected(CONVERGE)
+
+
+# ------------------------------------------------------- 7. deleting the pool
+
+
+def test_delete_pool_removes_the_overlay(cluster: eu.Cluster) -> None:
+    """Once its pods are gone, deleting the VXLAN pool removes vxlan.calico and the
+    agent's overlay routes everywhere; routes the agent did not make stay, even one
+    inside the pool's range."""
+    c = cluster
+    c.set_backend("vxlan")
+    c.set_pool("Never", "Always")
+    wait_overlay_routes(c, vxlan_routes)
+    h1 = c.host("h1")
+    mine = {"198.19.175.0/24": ("via", "198.18.161.1", "dev", "eth0", "proto", "static"),
+            "198.18.163.0/24": ("via", "198.18.161.1", "dev", "eth0", "proto", "boot")}
+    for dst, rest in mine.items():
+        bu.sh("ip", "route", "replace", dst, *rest, ns=h1.ns)
+    for p in list(c.pods()):
+        c.remove_pod(p)
+    c.delete("IPPool", eu.POOL_NAME)
+    bu.wait_for(lambda: all(h.link("vxlan.calico") is None and not gateway_routes(h) for h in c.hosts),
+                CONVERGE, "vxlan.calico and the overlay routes gone on every host", c.diag)
+    print("\n--- after deleting the pool ---\n" + c.tables())
+    table = json.loads(bu.sh("ip", "-j", "route", "show", ns=h1.ns))
+    dsts = {r["dst"]: r for r in table}
+    for dst, rest in mine.items():
+        assert dst in dsts and dsts[dst].get("gateway") == "198.18.161.1", (dst, table)
+    # and no Node keeps a tunnel address (released to IPAM, MAC cleared too)
+    bu.wait_for(lambda: not any({"ipv4VXLANTunnelAddr", "vxlanTunnelMACAddr"} & set(c.node(h)["spec"])
+                                for h in c.hosts),
+                CONVERGE, "the Nodes' VXLAN tunnel fields cleared", c.diag)
+    held = {hd: n for hd, n in c.ipam.handles().items()
+            if hd.startswith("vxlan-tunnel-addr-") and any(n.values())}
+    assert held == {}, held
