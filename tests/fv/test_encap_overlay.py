@@ -10,8 +10,8 @@ backend and the pool mode it needs first, so any one runs alone too.
 
 from __future__ import annotations
 
+import ipaddress
 import json
-import subprocess
 import time
 from pathlib import Path
 from typing import Iterator
@@ -269,6 +269,21 @@ def test_vxlan_always_without_bird(cluster: eu.Cluster) -> None:
             assert (ospec["ipv4VXLANTunnelAddr"], omac) in neigh, (h.name, neigh)
             assert (omac, o.ip) in fdb, (h.name, fdb)
 
+    # A block newly claimed by h3 is routed by h1 and h2 (no BGP involved).
+    h3 = c.host("h3")
+    taken = {str(b.cidr) for b in c.ipam.blocks(4)} | set(c.remote_blocks(h3))
+    new = next(str(n) for n in ipaddress.ip_network(eu.POOL_CIDR).subnets(new_prefix=26)
+               if str(n) not in taken)
+    t0 = time.monotonic()
+    c.ipam.claim_affinity(h3.name, new)
+    try:
+        wait_overlay_routes(c, vxlan_routes)
+        print(f"new block {new} of h3 routed on h1 and h2 after {time.monotonic() - t0:.2f} s")
+        assert new in gateway_routes(c.host("h1")), c.tables()
+    finally:
+        c.ipam.release_affinity(h3.name, new)
+    wait_overlay_routes(c, vxlan_routes)
+
 
 # ------------------------------------------------------ 5. policy over VXLAN
 
@@ -341,30 +356,34 @@ def test_switch_ipip_to_vxlan(cluster: eu.Cluster) -> None:
     time.sleep(1.5)
     switched = time.time()
     c.set_pool("Never", "Always")
-    recoveries = []
+    recoveries: list[float | None] = []
     for (s, d), w in zip(pairs, watchers):
         out, _ = w.communicate(timeout=seconds + 30)
         samples = [(float(t), ok == "1") for t, ok in (line.split() for line in out.splitlines())]
         before = [ok for t, ok in samples if t < switched]
         after = [(t, ok) for t, ok in samples if t >= switched]
         assert before and all(before), (s.name, d.name, "not flowing before the switch", samples)
-        assert after and after[-1][1], (s.name, d.name, "not flowing at the end", samples)
         failures = [t for t, ok in after if not ok]
+        # recovered: the first success after the last failure (None: still failing)
         recovered = next((t for t, ok in after if ok and (not failures or t > failures[-1])), None)
-        rec = 0.0 if not failures else recovered - switched
+        rec = 0.0 if not failures else (None if recovered is None else recovered - switched)
         recoveries.append(rec)
-        print(f"{s.name} -> {d.name}: {len(failures)} failed connects after the switch, "
-              f"recovered {rec:.2f} s after it")
-    print(f"IPIP -> VXLAN recovery: worst {max(recoveries):.2f} s (bound {RECOVERY_MAX} s)")
+        print(f"{s.name} -> {d.name}: {len(failures)} of {len(after)} connects failed after the "
+              f"switch; recovered {'never' if rec is None else f'{rec:.2f} s'} after it")
+    worst = None if None in recoveries else max(r for r in recoveries if r is not None)
+    print(f"IPIP -> VXLAN recovery: worst {'never' if worst is None else f'{worst:.2f} s'} "
+          f"(bound {RECOVERY_MAX} s)")
     wait_overlay_routes(c, vxlan_routes)
     print("--- after the switch (vxlanMode Always) ---\n" + c.tables())
-    assert max(recoveries) <= RECOVERY_MAX, recoveries
-    for h in c.hosts:
+    assert worst is not None and worst <= RECOVERY_MAX, recoveries
+
+    def no_ipip_left(h: eu.EncHost) -> bool:
         via_tunl0 = bu.sh("ip", "route", "show", "dev", "tunl0", ns=h.ns, check=False) \
             if h.link("tunl0") is not None else ""
-        assert via_tunl0.strip() == "", (h.name, via_tunl0)
-        assert h.addrs("tunl0") == [], (h.name, h.addrs("tunl0"))
-        assert "ipv4IPIPTunnelAddr" not in (c.node(h)["spec"].get("bgp") or {}), c.node(h)["spec"]
+        return (via_tunl0.strip() == "" and h.addrs("tunl0") == []
+                and "ipv4IPIPTunnelAddr" not in (c.node(h)["spec"].get("bgp") or {}))
+    bu.wait_for(lambda: all(no_ipip_left(h) for h in c.hosts), CONVERGE,
+                "no route via tunl0, no address on it, no IP-in-IP address in any Node", c.diag)
     c.wait_all_connected(CONVERGE)
 
 
