@@ -6,7 +6,8 @@ one compare-and-swap transaction.
 How an address is found for `auto_assign(handle, node)`:
 
 1. the node's affine blocks (`/calico/ipam/v2/host/<node>/...`) in the enabled pools
-   that select the node, the block used last by this client first;
+   that select the node and allow the intended use (Workload or Tunnel, see
+   `pools.select_pools`), the block used last by this client first;
 2. when they are full (checked again against fresh reads), claim a free block of an
    eligible pool: ONE transaction creates the block with `affinity: host:<node>` and the
    affinity key in state "confirmed", on condition that neither exists — so a block
@@ -51,7 +52,7 @@ from calico_net.ipam.errors import (
     NotInPoolError,
     PoolExhaustedError,
 )
-from calico_net.ipam.pools import Pool, pool_for
+from calico_net.ipam.pools import WORKLOAD, Pool, check_use, pool_for
 from calico_net.ipam.records import (
     AFFINITY_VALUE,
     Guard,
@@ -136,16 +137,21 @@ class IPAMAssign(IPAMRelease):
         pools_v4: Sequence[str] | None = None,
         pools_v6: Sequence[str] | None = None,
         attrs: Mapping[str, str] | None = None,
+        intended_use: str = WORKLOAD,
     ) -> tuple[list[IPAddress], list[IPAddress]]:
         """Assign `num_v4` IPv4 and `num_v6` IPv6 addresses to a handle on a node.
 
-        `pools_v4`/`pools_v6` restrict the pools (names or CIDRs). All or nothing: if
-        any part fails, what was assigned is released again and the error raised.
+        `pools_v4`/`pools_v6` restrict the pools (names or CIDRs). `intended_use` is
+        Calico's IntendedUse: "Workload" (the CNI plugin, the default) or "Tunnel" (a
+        node's tunnel address); only pools whose allowedUses has it (unset: both) are
+        used. All or nothing: if any part fails, what was assigned is released again
+        and the error raised.
         """
         keys.check_handle_id(handle_id)
         keys.check_node_name(node)
+        check_use(intended_use)
         with self._node_lock(node):
-            return self._auto_assign(handle_id, node, num_v4, num_v6, pools_v4, pools_v6, attrs)
+            return self._auto_assign(handle_id, node, num_v4, num_v6, pools_v4, pools_v6, attrs, intended_use)
 
     def _auto_assign(
         self,
@@ -156,6 +162,7 @@ class IPAMAssign(IPAMRelease):
         pools_v4: Sequence[str] | None,
         pools_v6: Sequence[str] | None,
         attrs: Mapping[str, str] | None,
+        use: str,
     ) -> tuple[list[IPAddress], list[IPAddress]]:
         secondary = dict(attrs or {})
         secondary.setdefault(ATTR_NODE, node)
@@ -173,7 +180,7 @@ class IPAMAssign(IPAMRelease):
                 view = self._view(node, fresh, versions, for_claim=for_claim)
                 for version, num, requested in ((4, num_v4, pools_v4), (6, num_v6, pools_v6)):
                     if num > 0:
-                        pools = self._eligible_pools(view, version, requested)
+                        pools = self._eligible_pools(view, version, requested, use)
                         self._auto_assign_version(handle, view, version, num, pools, secondary, got[version])
                 return got[4], got[6]
             except (StaleView, NoPoolsError, PoolExhaustedError) as e:

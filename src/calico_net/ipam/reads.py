@@ -9,12 +9,22 @@ from typing import Any, Sequence
 
 from calico_net.datastore.errors import ResourceNotFound
 from calico_net.datastore.etcd import key_bytes, op_get, op_get_prefix
-from calico_net.datastore.store import decode, kind_prefix, resource_key
+from calico_net.datastore.errors import BadStoredValue
+from calico_net.datastore.store import decode, decode_each, kind_prefix, resource_key
 from calico_net.ipam import keys
 from calico_net.ipam.block import AllocationBlock, IPAddress, IPNetwork, parse_cidr, parse_ip
 from calico_net.ipam.caches import IPAMCaches
 from calico_net.ipam.errors import NoPoolsError
-from calico_net.ipam.pools import Pool, needs_node_labels, pools_from_documents, select_pools
+from calico_net.ipam.pools import (
+    WORKLOAD,
+    Pool,
+    SkippedPool,
+    needs_node_labels,
+    pools_from_documents,
+    select_pools,
+    skipped_pools,
+    skipped_value,
+)
 from calico_net.ipam.records import (
     Affinity,
     Assignment,
@@ -59,13 +69,21 @@ class IPAMReads(IPAMCaches):
 
     # ------------------------------------------------------------------ pools and nodes
     def pools(self) -> list[Pool]:
-        """Every IPPool, read now."""
-        docs, _ = self.datastore.list("IPPool")
-        return self._keep_pools(docs)[0]
+        """Every usable IPPool, read now (an unusable one is logged once and skipped)."""
+        bad: list[SkippedPool] = []
+        docs, _ = self.datastore.list("IPPool", on_bad=lambda e: bad.append(_skipped(e)))
+        return self._keep_pools(docs, bad)[0]
 
-    def _keep_pools(self, docs: list[dict[str, Any]]) -> tuple[list[Pool], dict[str, int]]:
-        """Pools from IPPool documents with their revisions, cached."""
-        self._pool_cache = (pools_from_documents(docs), pool_revisions(docs))
+    def _keep_pools(self, docs: list[dict[str, Any]],
+                    skipped: Sequence[SkippedPool] = ()) -> tuple[list[Pool], dict[str, int]]:
+        """Pools from IPPool documents with their revisions, cached. A document that
+        is not a usable pool is skipped (see `pools.pools_from_documents`): one bad
+        IPPool must not stop assignments from the others."""
+        pools = pools_from_documents(docs, skipped)
+        names = {p.name for p in pools}
+        # revisions of the usable pools only: a skipped document may lack a name
+        revs = pool_revisions([d for d in docs if d["metadata"].get("name") in names])
+        self._pool_cache = (pools, revs)
         return self._pool_cache
 
     def node_labels(self, node: str) -> dict[str, str]:
@@ -116,7 +134,9 @@ class IPAMReads(IPAMCaches):
             ops += [op_get_prefix(keys.block_prefix(v), keys_only=True) for v in versions]
         txn = self.client.txn([], ops)
 
-        pools, revs = self._keep_pools([decode(kv) for kv in txn.range_kvs(0)])
+        bad: list[SkippedPool] = []
+        pool_docs = decode_each(txn.range_kvs(0), lambda e: bad.append(_skipped(e)))
+        pools, revs = self._keep_pools(pool_docs, bad)
         node_kvs = txn.range_kvs(1)
         if node_kvs:
             md = decode(node_kvs[0]).get("metadata") or {}
@@ -156,15 +176,23 @@ class IPAMReads(IPAMCaches):
             cidrs.insert(0, last)
         return cidrs
 
-    def _eligible_pools(self, view: View, version: int, requested: Sequence[str] | None) -> list[Pool]:
-        chosen = select_pools(view.pools, version, view.node, view.node_labels, requested)
+    def _eligible_pools(self, view: View, version: int, requested: Sequence[str] | None,
+                        use: str = WORKLOAD) -> list[Pool]:
+        chosen = select_pools(view.pools, version, view.node, view.node_labels, requested, use)
         if not chosen:
+            skipped = skipped_pools(view.pools)
+            also = (f" ({len(skipped)} IPPool(s) skipped as invalid: "
+                    + "; ".join(s.describe() for s in list(skipped.values())[:3]) + ")") if skipped else ""
             have = [p for p in view.pools if p.version == version]
             if not have:
-                raise NoPoolsError(f"no IPv{version} IPPool is configured")
+                raise NoPoolsError(f"no IPv{version} IPPool is configured{also}")
             if all(p.disabled for p in have):
-                raise NoPoolsError(f"every IPv{version} IPPool is disabled")
-            raise NoPoolsError(f'no enabled IPv{version} IPPool selects node "{view.node}"')
+                raise NoPoolsError(f"every IPv{version} IPPool is disabled{also}")
+            if not any(p.allows(use) for p in have if not p.disabled):
+                raise NoPoolsError(f"no enabled IPv{version} IPPool allows automatic {use} assignment "
+                                   f"(allowedUses / assignmentMode){also}")
+            raise NoPoolsError(f'no enabled IPv{version} IPPool for {use} addresses selects node '
+                               f'"{view.node}"{also}')
         return chosen
 
     # ------------------------------------------------------------------ blocks
@@ -275,3 +303,8 @@ class IPAMReads(IPAMCaches):
         if attr is None:
             return None
         return Assignment(addr, blk.cidr, attr.get("handle_id"), dict(attr.get("secondary") or {}), blk.host)
+
+
+def _skipped(err: BadStoredValue) -> SkippedPool:
+    """An IPPool key whose value does not decode: logged once, remembered as skipped."""
+    return skipped_value(err.key, err.reason)

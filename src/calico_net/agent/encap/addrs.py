@@ -102,41 +102,33 @@ def _valid_mac(text: Any) -> bool:
 def tunnel_pools(pool_docs: Sequence[Mapping[str, Any]], labels: Mapping[str, str],
                  kind: TunnelKind) -> list[Any]:
     """The IPPools (as `calico_net.ipam.Pool`) a `kind` address may come from, by name.
-    A pool document that does not parse, or whose selector does not, is logged and
-    skipped: one bad pool must not cost the node its other tunnel addresses."""
-    from calico_net.ipam.pools import Pool
+    A pool document that is not a usable pool (`Pool.from_document` says why) is
+    logged once and skipped: one bad pool must not cost the node its other tunnel
+    addresses."""
+    from calico_net.ipam.pools import TUNNEL, Pool, pool_or_skip
 
     out = []
     for doc in pool_docs:
-        meta = doc.get("metadata")
-        name = meta.get("name", "?") if isinstance(meta, dict) else "?"
-        spec = doc.get("spec") or {}
-        if not isinstance(spec, dict):
-            log.warning("IPPool %r: spec is not an object; skipped for tunnel addresses", name)
+        spec = doc.get("spec")
+        if not isinstance(spec, dict) or spec.get(kind.mode_field) not in ENCAP_ON:
+            continue  # (a spec of the wrong shape is reported by pool_or_skip below when it matters)
+        pool = pool_or_skip(doc)
+        if not isinstance(pool, Pool):
             continue
-        if spec.get(kind.mode_field) not in ENCAP_ON:
+        if pool.version != kind.version or pool.disabled or not pool.allows(TUNNEL):
             continue
-        try:
-            pool = Pool.from_document(doc)
-        except (ValueError, TypeError) as exc:
-            log.warning("IPPool %r is not usable for tunnel addresses: %s", name, exc)
-            continue
-        if pool.version != kind.version or pool.disabled:
-            continue
-        if isinstance(meta, dict) and meta.get("deletionTimestamp"):
+        if doc["metadata"].get("deletionTimestamp"):
             continue  # being deleted counts as disabled, as in Calico
-        uses = spec.get("allowedUses")
-        if uses and (not isinstance(uses, list) or "Tunnel" not in uses):
-            continue
-        try:
-            if not pool.selects(labels):
-                continue
-        except Exception as exc:  # noqa: BLE001 - a selector that does not parse: skip that pool only
-            log.warning("IPPool %r: nodeSelector %r: %s; skipped for tunnel addresses",
-                        name, pool.node_selector, exc)
-            continue
-        out.append(pool)
+        if pool.selects(labels):  # (the selector was parsed by from_document)
+            out.append(pool)
     return sorted(out, key=lambda p: p.name)
+
+
+def _skip_bad_pool(err: Any) -> None:
+    """An IPPool key whose value does not decode: logged once (not on every pass)."""
+    from calico_net.ipam.pools import skipped_value
+
+    skipped_value(err.key, err.reason)
 
 
 def _get_field(spec: Mapping[str, Any], kind: TunnelKind) -> Any:
@@ -211,7 +203,7 @@ def _ensure(ipam: Any, spec: dict[str, Any], kind: TunnelKind, node: str, pools:
         v4, v6 = ipam.auto_assign(handle, node, 1 if kind.version == 4 else 0, 1 if kind.version == 6 else 0,
                                   pools_v4=names if kind.version == 4 else None,
                                   pools_v6=names if kind.version == 6 else None,
-                                  attrs={"node": node, "type": kind.attr_type})
+                                  attrs={"node": node, "type": kind.attr_type}, intended_use="Tunnel")
         current = (v4 or v6)[0]
         assigned[kind.attr_type] = str(current)
         log.info("node %s: %s tunnel address %s (pools %s)", node, kind.attr_type, current, ", ".join(names))
@@ -254,7 +246,7 @@ def reconcile(datastore: Any, ipam: Any, node_name: str) -> dict[str, str | None
                 node = datastore.get("Node", node_name)
             except ResourceNotFound:
                 raise TunnelAddrError(f"Node {node_name} does not exist (yet)") from None
-            pool_docs, _ = datastore.list("IPPool")
+            pool_docs, _ = datastore.list("IPPool", on_bad=_skip_bad_pool)
             meta = node.get("metadata") or {}
             old_spec = node.get("spec") or {}
             labels = meta.get("labels") or {} if isinstance(meta, dict) else {}
