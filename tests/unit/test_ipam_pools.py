@@ -1,14 +1,27 @@
-"""Pool selection of calico_net.ipam.pools: versions, disabled, nodeSelector, requested."""
+"""Pool selection of calico_net.ipam.pools: versions, disabled, nodeSelector, requested,
+intended use (allowedUses), and documents that are not usable pools (skipped)."""
 from __future__ import annotations
 
 import ipaddress
+import logging
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from calico_net.ipam.errors import NoPoolsError
-from calico_net.ipam.pools import Pool, needs_node_labels, pool_for, select_pools
+from calico_net.ipam.pools import (
+    POOL_KEY_PREFIX,
+    Pool,
+    PoolList,
+    SkippedPool,
+    needs_node_labels,
+    pool_for,
+    pools_from_documents,
+    report_skipped,
+    select_pools,
+    skipped_value,
+)
 
 
 def doc(name, cidr, **spec):
@@ -23,6 +36,9 @@ POOLS = [
     Pool.from_document(doc("v6", "2001:2::/64")),
     Pool.from_document(doc("tunnel", "198.19.4.0/24", allowedUses=["Tunnel"])),
     Pool.from_document(doc("manual", "198.19.5.0/24", assignmentMode="Manual")),
+    Pool.from_document(doc("workload", "198.19.6.0/24", allowedUses=["Workload"])),
+    Pool.from_document(doc("both", "198.19.7.0/24", allowedUses=["Tunnel", "Workload"])),
+    Pool.from_document(doc("lb", "198.19.8.0/24", allowedUses=["LoadBalancer"])),
 ]
 
 
@@ -34,7 +50,7 @@ def test_defaults():
 
 def test_select_enabled_pools_of_version_in_name_order():
     chosen = select_pools(POOLS, 4, "n1", {})
-    assert [p.name for p in chosen] == ["a-pool", "b-pool"]
+    assert [p.name for p in chosen] == ["a-pool", "b-pool", "both", "workload"]
     assert [p.name for p in select_pools(POOLS, 6, "n1", {})] == ["v6"]
 
 
@@ -54,12 +70,79 @@ def test_requested_pools_by_name_or_cidr_in_given_order():
     ("off", "is disabled"),
     ("v6", "is an IPv6 pool"),
     ("rack1", "does not select node"),
-    ("tunnel", "not for automatic"),
-    ("manual", "not for automatic"),
+    ("tunnel", r'"tunnel" \(198.19.4.0/24\) is not for automatic Workload assignment \(allowedUses \[Tunnel\]\)'),
+    ("manual", "not for automatic assignment \\(assignmentMode Manual\\)"),
+    ("lb", r"not for automatic Workload assignment \(allowedUses \[LoadBalancer\]\)"),
 ])
 def test_requested_pool_errors_are_explicit(want, msg):
     with pytest.raises(NoPoolsError, match=msg):
         select_pools(POOLS, 4, "n1", {}, [want])
+
+
+def test_intended_use_picks_pools_by_allowed_uses():
+    # unset allowedUses means Workload and Tunnel (Calico's default); Manual pools never
+    tunnel = [p.name for p in select_pools(POOLS, 4, "n1", {}, use="Tunnel")]
+    assert tunnel == ["a-pool", "b-pool", "both", "tunnel"]
+    workload = [p.name for p in select_pools(POOLS, 4, "n1", {}, use="Workload")]
+    assert workload == ["a-pool", "b-pool", "both", "workload"]
+    assert select_pools(POOLS, 4, "n1", {}, ["tunnel"], use="Tunnel")[0].name == "tunnel"
+    with pytest.raises(NoPoolsError, match=r'"workload" \(198.19.6.0/24\) is not for automatic Tunnel '
+                                           r"assignment \(allowedUses \[Workload\]\)"):
+        select_pools(POOLS, 4, "n1", {}, ["both", "workload"], use="Tunnel")
+    with pytest.raises(ValueError, match="intended use"):
+        select_pools(POOLS, 4, "n1", {}, use="LoadBalancer")
+
+
+@pytest.mark.parametrize("spec,why", [
+    ({"vxlanMode": "Always"}, "no spec.cidr"),
+    ({"cidr": 7}, "spec.cidr is not a string"),
+    ({"cidr": "198.19.9.0/33"}, "198.19.9.0/33"),
+    ({"cidr": "198.19.9.0/24", "blockSize": "26"}, "blockSize"),
+    ({"cidr": "198.19.9.0/24", "blockSize": 40}, "blockSize"),
+    ({"cidr": "198.19.9.0/24", "disabled": "false"}, "spec.disabled is not a boolean"),
+    ({"cidr": "198.19.9.0/24", "nodeSelector": "rack =="}, "nodeSelector does not parse"),
+    ({"cidr": "198.19.9.0/24", "nodeSelector": ["all()"]}, "nodeSelector is not a string"),
+    ({"cidr": "198.19.9.0/24", "allowedUses": "Tunnel"}, "allowedUses is not a list"),
+    ({"cidr": "198.19.9.0/24", "assignmentMode": 1}, "assignmentMode is not a string"),
+    ("not an object", "spec is not an object"),
+])
+def test_unusable_documents_are_refused_with_the_reason(spec, why):
+    with pytest.raises(ValueError, match=why):
+        Pool.from_document({"kind": "IPPool", "metadata": {"name": "bad"}, "spec": spec})
+
+
+def test_unusable_pools_are_skipped_and_named_when_requested(caplog):
+    docs = [doc("good", "198.19.0.0/24"),
+            {"kind": "IPPool", "metadata": {"name": "no-cidr-unit"}, "spec": {"ipipMode": "Always"}},
+            {"kind": "IPPool", "metadata": {}, "spec": {"cidr": "198.19.1.0/24"}}]
+    with caplog.at_level(logging.WARNING, logger="calico_net.ipam.pools"):
+        for _ in range(2):  # read again: not logged again
+            undecodable = skipped_value(POOL_KEY_PREFIX + "garbage-unit\x1b[31m", "value is not JSON")
+            pools = pools_from_documents(docs, [undecodable])
+    assert isinstance(pools, PoolList) and [p.name for p in pools] == ["good"]
+    assert sorted(pools.skipped) == ["", "garbage-unit\x1b[31m", "no-cidr-unit"]
+    assert [p.name for p in select_pools(pools, 4, "n1", {})] == ["good"]
+    with pytest.raises(NoPoolsError, match=r'requested pool "no-cidr-unit" cannot be used: IPPool key '
+                                           r"/calico/\S+/ippools/no-cidr-unit is not a usable pool: "
+                                           r"it has no spec.cidr"):
+        select_pools(pools, 4, "n1", {}, ["no-cidr-unit"])
+    with pytest.raises(NoPoolsError, match="does not exist"):
+        select_pools(pools, 4, "n1", {}, ["nowhere"])
+    lines = [r.getMessage() for r in caplog.records]
+    assert sum("no-cidr-unit" in m for m in lines) == 1
+    assert sum("garbage-unit" in m for m in lines) == 1
+    assert sum("without a metadata.name" in m for m in lines) <= 1
+    # the key came from etcd: it is shown escaped, never with a raw escape character
+    assert not any("\x1b" in m for m in lines)
+    assert any("garbage-unit\\x1b[31m" in m for m in lines)
+
+
+def test_a_new_reason_for_the_same_key_is_logged(caplog):
+    with caplog.at_level(logging.WARNING, logger="calico_net.ipam.pools"):
+        report_skipped(SkippedPool(POOL_KEY_PREFIX + "flip-unit", "one"))
+        report_skipped(SkippedPool(POOL_KEY_PREFIX + "flip-unit", "one"))
+        report_skipped(SkippedPool(POOL_KEY_PREFIX + "flip-unit", "two"))
+    assert [r.getMessage().rsplit(": ", 1)[1] for r in caplog.records] == ["one", "two"]
 
 
 def test_pool_for_picks_the_containing_pool():
