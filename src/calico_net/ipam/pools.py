@@ -238,13 +238,15 @@ def pool_or_skip(doc: Mapping[str, Any], key: str | None = None) -> Pool | Skipp
         return s
 
 
-def pools_from_documents(docs: Iterable[Mapping[str, Any]], skipped: Iterable[SkippedPool] = ()) -> PoolList:
+def pools_from_documents(docs: Iterable[Mapping[str, Any]], skipped: Iterable[SkippedPool] = (),
+                         keys: Sequence[str] | None = None) -> PoolList:
     """The usable pools of `docs`; each unusable one is logged (once) and skipped.
-    `skipped`: keys already found unusable (values that did not decode)."""
+    `skipped`: keys already found unusable (values that did not decode). `keys`: the
+    etcd key of each document, when known (a document's name may not match it)."""
     good: list[Pool] = []
     bad = list(skipped)
-    for d in docs:
-        got = pool_or_skip(d)
+    for i, d in enumerate(docs):
+        got = pool_or_skip(d, keys[i] if keys is not None else None)
         if isinstance(got, Pool):
             good.append(got)
         else:
@@ -300,12 +302,12 @@ def select_pools(
             if pool.version != version:
                 raise NoPoolsError(f'the requested IPv{version} pool "{want}" is an IPv{pool.version} pool')
             if pool.disabled:
-                raise NoPoolsError(f'the requested pool "{want}" ({pool.cidr}) is disabled')
+                raise NoPoolsError(f"the requested pool {_named(want, pool)} is disabled")
             if pool.manual:
-                raise NoPoolsError(f'the requested pool "{want}" ({pool.cidr}) is not for automatic '
+                raise NoPoolsError(f"the requested pool {_named(want, pool)} is not for automatic "
                                    "assignment (assignmentMode Manual)")
             if not pool.allows(use):
-                raise NoPoolsError(f'the requested pool "{want}" ({pool.cidr}) is not for automatic {use} '
+                raise NoPoolsError(f"the requested pool {_named(want, pool)} is not for automatic {use} "
                                    f"assignment (allowedUses {pool.uses_text})")
             if not pool.selects(labels):
                 raise NoPoolsError(
@@ -319,6 +321,11 @@ def select_pools(
         (p for p in pools if p.version == version and not p.disabled and p.allows(use) and p.selects(labels)),
         key=lambda p: p.name,
     )
+
+
+def _named(want: str, pool: Pool) -> str:
+    """A requested pool as an error names it: as asked, and the pool's name or CIDR."""
+    return f'"{want}" ({pool.cidr})' if want == pool.name else f'"{want}" (IPPool "{pool.name}")'
 
 
 def _find_pool(pools: Sequence[Pool], want: str) -> Pool | None:

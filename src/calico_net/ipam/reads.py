@@ -7,10 +7,9 @@ from __future__ import annotations
 import ipaddress
 from typing import Any, Sequence
 
-from calico_net.datastore.errors import ResourceNotFound
-from calico_net.datastore.etcd import key_bytes, op_get, op_get_prefix
-from calico_net.datastore.errors import BadStoredValue
-from calico_net.datastore.store import decode, decode_each, kind_prefix, resource_key
+from calico_net.datastore.errors import BadStoredValue, ResourceNotFound
+from calico_net.datastore.etcd import KV, key_bytes, op_get, op_get_prefix
+from calico_net.datastore.store import decode, kind_prefix, resource_key
 from calico_net.ipam import keys
 from calico_net.ipam.block import AllocationBlock, IPAddress, IPNetwork, parse_cidr, parse_ip
 from calico_net.ipam.caches import IPAMCaches
@@ -70,16 +69,25 @@ class IPAMReads(IPAMCaches):
     # ------------------------------------------------------------------ pools and nodes
     def pools(self) -> list[Pool]:
         """Every usable IPPool, read now (an unusable one is logged once and skipped)."""
-        bad: list[SkippedPool] = []
-        docs, _ = self.datastore.list("IPPool", on_bad=lambda e: bad.append(_skipped(e)))
-        return self._keep_pools(docs, bad)[0]
+        kvs, _ = self.client.get_prefix(kind_prefix("IPPool"))
+        return self._keep_pools(kvs)[0]
 
-    def _keep_pools(self, docs: list[dict[str, Any]],
-                    skipped: Sequence[SkippedPool] = ()) -> tuple[list[Pool], dict[str, int]]:
-        """Pools from IPPool documents with their revisions, cached. A document that
-        is not a usable pool is skipped (see `pools.pools_from_documents`): one bad
-        IPPool must not stop assignments from the others."""
-        pools = pools_from_documents(docs, skipped)
+    def _keep_pools(self, kvs: Sequence[KV]) -> tuple[list[Pool], dict[str, int]]:
+        """Pools from the IPPool keys with their revisions, cached. A key that does not
+        decode or is not a usable pool is skipped, logged once with its key (see
+        `pools.pools_from_documents`): one bad IPPool must not stop assignments from
+        the others."""
+        docs: list[dict[str, Any]] = []
+        doc_keys: list[str] = []
+        bad: list[SkippedPool] = []
+        for kv in kvs:
+            try:
+                docs.append(decode(kv))
+            except BadStoredValue as e:
+                bad.append(skipped_value(e.key, e.reason))
+                continue
+            doc_keys.append(kv.key)
+        pools = pools_from_documents(docs, bad, doc_keys)
         names = {p.name for p in pools}
         # revisions of the usable pools only: a skipped document may lack a name
         revs = pool_revisions([d for d in docs if d["metadata"].get("name") in names])
@@ -134,9 +142,7 @@ class IPAMReads(IPAMCaches):
             ops += [op_get_prefix(keys.block_prefix(v), keys_only=True) for v in versions]
         txn = self.client.txn([], ops)
 
-        bad: list[SkippedPool] = []
-        pool_docs = decode_each(txn.range_kvs(0), lambda e: bad.append(_skipped(e)))
-        pools, revs = self._keep_pools(pool_docs, bad)
+        pools, revs = self._keep_pools(txn.range_kvs(0))
         node_kvs = txn.range_kvs(1)
         if node_kvs:
             md = decode(node_kvs[0]).get("metadata") or {}
@@ -304,7 +310,3 @@ class IPAMReads(IPAMCaches):
             return None
         return Assignment(addr, blk.cidr, attr.get("handle_id"), dict(attr.get("secondary") or {}), blk.host)
 
-
-def _skipped(err: BadStoredValue) -> SkippedPool:
-    """An IPPool key whose value does not decode: logged once, remembered as skipped."""
-    return skipped_value(err.key, err.reason)
