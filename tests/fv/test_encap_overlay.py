@@ -88,6 +88,13 @@ def vxlan_routes(c: eu.Cluster, h: eu.EncHost, cross_subnet: bool = False) -> di
     return out
 
 
+def mtu_of(h: eu.EncHost) -> str | None:
+    try:
+        return h.mtu_file.read_text().strip()
+    except OSError:
+        return None
+
+
 # --------------------------------------------------------------- 1. plain pool
 
 
@@ -106,8 +113,11 @@ def test_plain_pool_crosses_no_subnet(cluster: eu.Cluster) -> None:
         routes = h.routes("bird")
         for block in c.blocks_of(o):
             assert routes.get(block, {}).get("gateway") == o.ip, (h.name, block, routes)
-    # The agent makes no overlay route for a plain pool.
+    # The agent makes no overlay route for a plain pool, and workloads get the
+    # underlay's whole MTU.
     assert not any(gateway_routes(h) for h in c.hosts), c.tables()
+    bu.wait_for(lambda: all(mtu_of(h) == "1500" for h in c.hosts), CONVERGE,
+                "MTU file 1500 on every host", lambda: str({h.name: mtu_of(h) for h in c.hosts}))
 
     # One round: every cross-subnet probe, and for every server probed, an allowed
     # probe to it (from its own host, or from the same-subnet pod).
@@ -268,6 +278,13 @@ def test_vxlan_always_without_bird(cluster: eu.Cluster) -> None:
             omac = ospec["vxlanTunnelMACAddr"].lower()
             assert (ospec["ipv4VXLANTunnelAddr"], omac) in neigh, (h.name, neigh)
             assert (omac, o.ip) in fdb, (h.name, fdb)
+
+    # Workload MTU: the underlay's 1500 less VXLAN's 50 bytes, in the MTU file the CNI
+    # plugin reads (FELIX_MTUFILEPATH, a file of this test) and on the device.
+    bu.wait_for(lambda: all(mtu_of(h) == "1450" for h in c.hosts), CONVERGE,
+                "MTU file 1450 on every host", lambda: str({h.name: mtu_of(h) for h in c.hosts}))
+    for h in c.hosts:
+        assert h.link("vxlan.calico")["mtu"] == 1450, h.link("vxlan.calico")
 
     # A block newly claimed by h3 is routed by h1 and h2 (no BGP involved).
     h3 = c.host("h3")
