@@ -88,7 +88,9 @@ class Etcd:
                      "--data-dir", os.path.join(self.data_dir, "data"),
                      "--listen-client-urls", self.endpoints, "--advertise-client-urls", self.endpoints,
                      "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-                     "--initial-cluster", f"drill={peer}", "--log-level", "warn", "--logger", "zap"]
+                     "--initial-cluster", f"drill={peer}", "--log-level", "warn", "--logger", "zap",
+                     # as the etcd role configures it: a bulk create is one transaction
+                     "--max-txn-ops", "20000", "--max-request-bytes", str(32 * 1024 * 1024)]
         self.proc: subprocess.Popen | None = None
         self.frozen = False
 
@@ -321,7 +323,8 @@ def bird_routes() -> list[str]:
 def ruleset(handles: bool = True) -> str:
     """table inet calico as nft lists it ("" when absent); with handles, a rule or
     set rewritten with the same text still shows as a change."""
-    args = ["nft", "-a", "list", "table", "inet", "calico"] if handles else ["nft", "list", "table", "inet", "calico"]
+    # without handles, stateless (-s): counters differ between two agents' runs
+    args = ["nft", "-a", "list", "table", "inet", "calico"] if handles else ["nft", "-s", "list", "table", "inet", "calico"]
     return sh(*args, ns=HOST_NS, check=False)
 
 

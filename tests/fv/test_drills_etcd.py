@@ -219,3 +219,118 @@ def test_etcd_cut_by_an_nft_drop_rule(drill):
     finally:
         restore()
     assert DROP_TABLE not in du.sh("nft", "list", "tables", ns=du.HOST_NS)
+
+
+def _snapshots_logged(d: Drill, since: int) -> int:
+    """How many snapshots the agent's syncer took since log byte `since`."""
+    return d.agent.log_path.read_text()[since:].count("syncer: datastore in sync (snapshot")
+
+
+def test_agent_started_while_etcd_is_down(drill):
+    d = drill
+    for w in d.workloads:
+        du.wait_for(lambda: _route_of(w), 60, f"route of {w.name}", d.logs)
+    d.agent.stop()
+    before = du.Dataplane.read()
+    d.etcd.stop()          # down: the port refuses connections
+    try:
+        mark = len(d.agent.log_path.read_text())
+        d.agent.start()
+        t_start = time.monotonic()
+        code, text = du.wait_for(lambda: (lambda r: r if r[0] == 503 else None)(du.readiness()),
+                                 NOTICE_GUARD, "the agent's health answering, not ready", d.logs)
+        assert "datastore lost" in text
+        # The outage lasts a few of the syncer's back-off rounds (0.1 s doubling) and
+        # gRPC's reconnect back-off (1 s growing by 1.6x): the return is then met by
+        # a client that has been failing for a while, not by its first try.
+        du.wait_for(lambda: time.monotonic() - t_start > 4, 10, "four seconds of outage")
+        code, text = du.readiness()
+        assert code == 503 and "datastore lost" in text
+        print(f"[down at start] readiness {code}: {text.strip()}")
+        # nothing was read, so nothing may be removed: a restart without a datastore
+        # leaves the dataplane as the last agent left it
+        during = du.Dataplane.read()
+        assert d.agent.running()
+    finally:
+        d.etcd.start()
+    t0 = time.monotonic()
+    assert during.routes == before.routes and during.nft == before.nft
+    d.wait_agent_ready(RECOVER_GUARD)
+    t_ready = time.monotonic() - t0
+    snaps = _snapshots_logged(d, mark)
+    print(f"[down at start] ready {t_ready:.1f} s after etcd's return, after {snaps} snapshot(s); "
+          f"resyncs {du.metric('felix_resyncs_total')}")
+    # "ready within one snapshot of etcd's return": the first snapshot it got made it ready
+    assert snaps == 1, d.agent.log_tail()
+    assert du.metric("felix_resyncs_total") == 0
+    for w in d.workloads:
+        assert _route_of(w), f"{w.name} lost its route"
+    d.wait_confd_ready(RECOVER_GUARD)
+
+
+def _bulk(n_policies: int, n_remote: int) -> list[dict]:
+    """Policies that each select a local workload and allow from a label group of
+    remote endpoints, so the ruleset has many chains and sets to load."""
+    docs: list[dict] = []
+    net = ipaddress.ip_network("198.18.186.0/23")
+    for i in range(n_remote):
+        ip = net[i + 1]
+        docs.append({"apiVersion": "projectcalico.org/v3", "kind": "WorkloadEndpoint",
+                     "metadata": {"name": f"drl-other-k8s-r{i}-eth0", "namespace": "default",
+                                  "labels": {"projectcalico.org/namespace": "default",
+                                             "projectcalico.org/orchestrator": "k8s", "role": f"r{i % 40}"}},
+                     "spec": {"node": "drl-other", "orchestrator": "k8s", "workload": f"r{i}", "endpoint": "eth0",
+                              "interfaceName": f"cali{i:011d}", "ipNetworks": [f"{ip}/32"], "profiles": []}})
+    for i in range(n_policies):
+        docs.append({"apiVersion": "projectcalico.org/v3", "kind": "GlobalNetworkPolicy",
+                     "metadata": {"name": f"drl-gnp-{i}"},
+                     "spec": {"order": i, "selector": "app in {'w1', 'w2', 'xsi', 'xnf'}",
+                              "types": ["Ingress", "Egress"],
+                              "ingress": [{"action": "Allow", "protocol": "TCP",
+                                           "source": {"selector": f"role == 'r{i % 40}'"},
+                                           "destination": {"ports": [1000 + i]}}],
+                              "egress": [{"action": "Allow", "protocol": "UDP",
+                                          "destination": {"nets": [f"198.19.{i % 250}.0/24"], "ports": [53]}}]}})
+    return docs
+
+
+def test_agent_sigkilled_in_cold_start_converges(drill):
+    d = drill
+    d.agent.stop()
+    d.ds.create_all(_bulk(400, 400))
+    gone = d.workloads[1]                # its endpoint is deleted while the agent is down
+    d.ds.delete("WorkloadEndpoint", gone.wep()["metadata"]["name"], "default")
+
+    # The reference: a clean cold start on this data.
+    du.sh("nft", "delete", "table", "inet", "calico", ns=du.HOST_NS)
+    d.agent.start()
+    d.wait_agent_ready(RECOVER_GUARD)
+    du.wait_for(lambda: not _route_of(gone), 60, f"{gone.name}'s route removed by a clean start", d.logs)
+    ref_nft, ref_routes = du.ruleset(handles=False), du.agent_routes()
+    assert ref_nft.count("drl-gnp-") >= 400 or ref_nft.count("chain ") > 400, "the big ruleset is not loaded"
+    d.agent.stop()
+
+    # The drill: cold start again (no table), with the stale route a previous agent
+    # left for the deleted endpoint, and SIGKILL as soon as the table exists.
+    du.sh("nft", "delete", "table", "inet", "calico", ns=du.HOST_NS)
+    du.sh("ip", "route", "add", f"{gone.ip}/32", "dev", gone.iface, "proto", "80", "scope", "link", ns=du.HOST_NS)
+    d.agent.start()
+    t0 = time.monotonic()
+    du.wait_for(du.table_exists, 60, "table inet calico created by the starting agent", d.logs, interval=0.002)
+    d.agent.kill()
+    t_kill = time.monotonic() - t0
+    at_kill_rules = du.ruleset(handles=False)
+    print(f"[sigkill] killed {t_kill:.2f} s after start; the table then held {at_kill_rules.count(chr(10))} lines "
+          f"(a clean start makes {ref_nft.count(chr(10))}); routes then: {len(du.agent_routes())}")
+    assert at_kill_rules != ref_nft, "the kill came after the whole ruleset was in: no mid-start window was drilled"
+
+    d.agent.start()
+    d.wait_agent_ready(RECOVER_GUARD)
+    du.wait_for(lambda: du.ruleset(handles=False) == ref_nft and du.agent_routes() == ref_routes, 60,
+                "the restarted agent's ruleset and routes equal a clean start's", d.logs)
+    # and they stay so (no duplicate rule added by a later refresh)
+    nft = du.ruleset(handles=False)
+    assert nft == ref_nft and du.agent_routes() == ref_routes
+    assert not _route_of(gone), "the stale route of a deleted endpoint is still there"
+    lines = [ln.strip() for ln in nft.splitlines() if ln.strip() and not ln.strip().startswith(("chain", "}", "set", "map", "type", "flags", "elements", "policy", "table"))]
+    print(f"[sigkill] converged: {len(lines)} rule lines, {len(ref_routes)} routes")
