@@ -29,6 +29,7 @@ WorkloadEndpoints go to etcd so the agent programs their /32 routes and policy.
 from __future__ import annotations
 
 import contextlib
+import functools
 import ipaddress
 import json
 import os
@@ -323,6 +324,11 @@ class Cluster(bu.Fabric):
             wait_for(h.agent_ready, 60, f"{h.name}: agent ready", self.diag)
         return self
 
+    @functools.cached_property
+    def has_ipip(self) -> bool:
+        """The kernel can make IP-in-IP devices (CONFIG_NET_IPIP)."""
+        return kernel_has_link_kind("ipip")
+
     def _network(self) -> None:
         sh("ip", "netns", "add", RT_NS)
         sh("ip", "link", "set", "lo", "up", ns=RT_NS)
@@ -355,6 +361,11 @@ class Cluster(bu.Fabric):
             # for addresses routed out of another interface), as on a real host.
             sh("ip", "route", "add", "default", "via", h.gateway, ns=h.ns)
             sh("sysctl", "-qw", "net.ipv4.ip_forward=1", ns=h.ns)
+            if not self.has_ipip:
+                # No ipip driver in this kernel: a tun device named tunl0 stands in for
+                # the fallback device, so the agent's IP-in-IP programming (address,
+                # routes via tunl0 onlink) is still exercised; it encapsulates nothing.
+                sh("ip", "tuntap", "add", "dev", "tunl0", "mode", "tun", ns=h.ns)
 
     def register(self, h: bu.Host, **extra: str) -> None:
         """The real start-up code in the host's namespace (tunnel addresses too)."""
