@@ -137,8 +137,12 @@ class ResourceManager:
                 plans.append(_Plan(want, key, before, revision, desired, True, stored))
         return plans
 
-    def run(self, wants: list[Want]) -> dict[str, Any]:
+    def run(self, wants: list[Want], before_write: Callable[[bool], bool] | None = None) -> dict[str, Any]:
+        """`before_write(check_mode)` runs after every document validated and before
+        etcd is written (a BGP secret file the documents name); True means it changed
+        something on the host, which makes the task changed."""
         plans = self.plan(wants)
+        host_changed = before_write(self.check_mode) if before_write else False
         written: dict[str, dict[str, Any]] = {}
         if not self.check_mode:
             to_write = []
@@ -158,7 +162,10 @@ class ResourceManager:
                 if p.changed and p.after is None:
                     self.datastore.delete(p.want.kind, p.want.name, p.want.namespace,
                                           resource_version=p.revision)
-        return self._result(plans, written)
+        result = self._result(plans, written)
+        if host_changed:
+            result["changed"] = True
+        return result
 
     def _result(self, plans: list[_Plan], written: dict[str, dict[str, Any]]) -> dict[str, Any]:
         resources = []
@@ -190,10 +197,11 @@ class ResourceManager:
         return result
 
 
-def run_wants(module: Any, datastore: Any, wants: list[Want]) -> dict[str, Any]:
+def run_wants(module: Any, datastore: Any, wants: list[Want],
+              before_write: Callable[[bool], bool] | None = None) -> dict[str, Any]:
     """For modules about one resource: the result with `resource` (None when absent)."""
     manager = ResourceManager(datastore, check_mode=module.check_mode, diff=module._diff)
-    result = manager.run(wants)
+    result = manager.run(wants, before_write)
     if len(wants) == 1:
         result["resource"] = result.pop("resources")[0]
     return result
@@ -245,7 +253,7 @@ def cidr_blocks(values: list[str]) -> list[dict[str, str]]:
     return [{"cidr": v} for v in values]
 
 
-def _spec_from(params: dict[str, Any], fields: dict[str, str],
+def spec_from(params: dict[str, Any], fields: dict[str, str],
                converters: dict[str, Callable[[Any], Any]] | None) -> dict[str, Any]:
     spec = camel_spec(params, fields)
     for field, convert in (converters or {}).items():
@@ -274,7 +282,7 @@ def declared_handler(kind: str, fields: dict[str, str], *, namespaced: bool = Fa
 
         def build(stored: dict[str, Any] | None) -> dict[str, Any]:
             doc = new_document(kind, params["name"], ns)
-            doc["spec"] = _spec_from(params, fields, converters)
+            doc["spec"] = spec_from(params, fields, converters)
             return metadata_from(params, doc)
 
         want = Want(kind, params["name"], ns, params["state"], build)
@@ -304,7 +312,7 @@ def merged_handler(kind: str, fields: dict[str, str], *,
             doc = json_copy(doc)
             doc.setdefault("metadata", {})
             spec = {} if params.get("purge") else dict(doc.get("spec") or {})
-            given = _spec_from(params, fields, converters)
+            given = spec_from(params, fields, converters)
             for field, value in given.items():
                 section = (nested or {}).get(field)
                 if section:

@@ -17,7 +17,13 @@ description:
     (O(node)) or the nodes a selector picks (O(node_selector)), to one address (O(peer_ip) and
     O(as_number)) or to the nodes another selector picks (O(peer_selector), route reflectors).
   - The module declares the whole peer - options left out are unset, and settings made outside
-    Ansible are replaced.
+    Ansible are replaced; the one exception is the MD5 password (C(spec.password)), kept as stored
+    unless O(password) or O(password_secret) is given.
+  - O(password) writes the secret file calico/node reads (O(password_secrets_dir)/<name>/<key>) on the
+    host the module runs on, then stores the peer with C(spec.password.secretKeyRef) naming it.
+    Every calico/node host that has the session needs that file - run the task on each of them, or
+    give the file to them with the C(calico.net.calico_node) role (C(calico_node_bgp_secrets)) and set
+    only O(password_secret) here.
   - Changes are detected by meaning (C(64513) equals C("64513"), C(90s) equals C(1m30s)).
 author:
   - calico.net maintainers (@calico-net)
@@ -83,6 +89,35 @@ options:
     description: Names of BGP filters to apply, in order (C(spec.filters)).
     type: list
     elements: str
+  password:
+    description:
+      - The TCP-MD5 password of the session. Written to the secret file O(password_secrets_dir)/<name>/<key>
+        (O(password_secret)) on the managed host (directory mode 0700, file mode 0600), and the peer's
+        C(spec.password.secretKeyRef) names that secret.
+      - 1 to 80 bytes; C(") and C(\) and control characters are refused, as confd refuses them (BIRD 2's strings
+        have no escapes). The same password must be set on the other end (for the C(calico.net.bird) role,
+        C(bird_password)).
+      - Never shown in the task's result, diff or errors.
+      - An empty string removes C(spec.password) (the secret file is left as it is).
+      - Left out (and O(password_secret) too), a password already stored is kept.
+    type: str
+  password_secret:
+    description:
+      - The secret that holds the password (C(spec.password.secretKeyRef)). Without O(password) the
+        module only sets the reference; the file must then exist on every calico/node host.
+    type: dict
+    suboptions:
+      name:
+        description: Secret name, a directory under O(password_secrets_dir).
+        type: str
+        default: bgp-secrets
+      key:
+        description: Key in the secret, the file name. Default - the peer's name.
+        type: str
+  password_secrets_dir:
+    description: Where calico/node reads BGP secrets (C(CALICO_BGP_SECRETS_DIR) in the container).
+    type: path
+    default: /etc/calico/bgp-secrets
 seealso:
   - module: calico.net.bgp_configuration
   - module: calico.net.bgp_status_info
@@ -109,6 +144,15 @@ EXAMPLES = r"""
     peer_ip: 198.18.1.1:1790
     as_number: 64600
     max_restart_time: 90s
+
+- name: A ToR session with an MD5 password (run on every calico/node host, so each has the secret file)
+  calico.net.bgp_peer:
+    name: tor-r2
+    node_selector: rack == "r2"
+    peer_ip: 198.18.0.253
+    as_number: 64513
+    password: "{{ vault_tor_r2_password }}"
+    password_secret: {name: bgp-secrets, key: tor-r2}
 
 - name: Remove a peer
   calico.net.bgp_peer:
@@ -139,6 +183,10 @@ diff:
       description: The document after the change (empty when deleted).
       type: str
       returned: always
+secret_changed:
+  description: Whether the secret file was (or in check mode would be) written.
+  returned: success
+  type: bool
 errors:
   description: On a validation failure, each problem with its Calico field path and the module option to fix.
   returned: failure
@@ -146,8 +194,11 @@ errors:
   elements: dict
 """
 
-from ansible_collections.calico.net.plugins.module_utils.common import METADATA_ARGUMENT_SPEC, run_module
-from ansible_collections.calico.net.plugins.module_utils.manager import as_number, declared_handler, option_paths
+from ansible_collections.calico.net.plugins.module_utils.bgp_secret import password_options, password_plan
+from ansible_collections.calico.net.plugins.module_utils.common import METADATA_ARGUMENT_SPEC, datastore, run_module
+from ansible_collections.calico.net.plugins.module_utils.manager import (
+    Want, as_number, metadata_from, new_document, option_paths, run_wants, spec_from,
+)
 
 FIELDS = dict(
     node="node",
@@ -169,6 +220,24 @@ FIELDS = dict(
 CONVERTERS = dict(asNumber=as_number, localASNumber=as_number)
 
 
+def handle(module):
+    params = module.params
+    secret = password_plan(params, "password", "password", default_key=params["name"])
+
+    def build(stored):
+        doc = new_document("BGPPeer", params["name"])
+        doc["spec"] = spec_from(params, FIELDS, CONVERTERS)
+        secret.apply((stored or {}).get("spec"), doc["spec"])
+        return metadata_from(params, doc)
+
+    present = params["state"] == "present"
+    want = Want("BGPPeer", params["name"], None, params["state"], build)
+    # The file first: confd skips a peer whose secret it cannot read.
+    result = run_wants(module, datastore(params), [want], secret.write if present else None)
+    result["secret_changed"] = secret.changed
+    return result
+
+
 def main():
     argument_spec = dict(
         name=dict(type="str", required=True),
@@ -188,10 +257,11 @@ def main():
         reachable_by=dict(type="str"),
         local_as_number=dict(type="str"),
         filters=dict(type="list", elements="str"),
+        **password_options("password"),
         **METADATA_ARGUMENT_SPEC,
     )
-    run_module(argument_spec, declared_handler("BGPPeer", FIELDS, converters=CONVERTERS),
-               option_paths=option_paths(FIELDS),
+    run_module(argument_spec, handle,
+               option_paths=option_paths(FIELDS, **{"spec.password": "password_secret"}),
                mutually_exclusive=[("node", "node_selector"), ("peer_ip", "peer_selector")])
 
 
