@@ -10,8 +10,9 @@ a failed call for a write that did happen.
 The client is given two endpoints, the proxy first and etcd itself second, as a
 client of a multi-member cluster is: the transport (`etcd_grpc.Channels.call`)
 fails over and sends the same request again to the other endpoint. These tests
-show what that re-send does to an IPAM assignment (`IPAM.auto_assign` with a
-handle) and to `Datastore.create`, and what a caller with one endpoint sees.
+show that the re-send neither gives an IPAM handle a second address
+(`IPAM.auto_assign`) nor makes `Datastore.create` report its own resource as
+already existing, and what a caller with one endpoint sees.
 
 Every test asserts the proxy really dropped a reply after etcd committed, so none
 can pass because the drill did not happen.
@@ -207,12 +208,10 @@ def _assert_drilled(proxy: LostReplyProxy) -> None:
     assert proxy.cut.is_set() and proxy.dropped_bytes > 0, "no reply was dropped after the commit"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: etcd_grpc.Channels.call re-sends a write (kv/txn) to the next endpoint after "
-    "UNAVAILABLE/DEADLINE_EXCEEDED, though the first may have committed; the re-sent block "
-    "CAS fails, _update_block re-reads the block (which already holds the first address for "
-    "the handle) and assigns a second address to the same handle"))
 def test_assign_whose_reply_is_lost_allocates_one_address(drill):
+    """The re-sent block transaction fails its compare; IPAM recognises its own
+    committed write (the block and handle hold exactly what it wrote) instead of
+    taking it for a conflict and assigning the handle a second address."""
     make, direct = drill
     direct.create(_pool())
     direct.create(_node())
@@ -233,11 +232,10 @@ def test_assign_whose_reply_is_lost_allocates_one_address(drill):
     assert report.clean, report.to_json()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: etcd_grpc.Channels.call re-sends the committed create transaction to the next "
-    "endpoint; its compare (mod_revision == 0) now fails and Datastore.create "
-    "(store.py, create) raises ResourceAlreadyExists for the resource it created itself"))
 def test_create_whose_reply_is_lost_succeeds_once(drill):
+    """The re-sent create fails its "does not exist" compare; the key holds exactly
+    the value this create wrote (its own fresh uid), so create succeeds instead of
+    reporting its own resource as already existing."""
     make, direct = drill
     marker = "drl-" + uuid.uuid4().hex
     proxy, client = make(marker)

@@ -123,6 +123,13 @@ def stored_value(doc: dict[str, Any], existing: dict[str, Any] | None) -> bytes:
     return orjson.dumps(out)
 
 
+def _own_write(txn: Any, values: Sequence[bytes]) -> bool:
+    """A failed create whose keys all hold exactly what it wrote (a fresh uid each) was
+    our own, committed: the client re-sent the transaction to another endpoint after
+    its reply was lost, and the re-send's "does not exist yet" compare failed."""
+    return all((kvs := txn.range_kvs(i)) and kvs[0].value == v for i, v in enumerate(values))
+
+
 def decode(kv: KV) -> dict[str, Any]:
     """The stored document with its resourceVersion; BadStoredValue (naming the key)
     when the key is not UTF-8, the value is not JSON, or the JSON is not an object."""
@@ -228,8 +235,9 @@ class Datastore:
         kind, name, ns = _ident(doc)
         self._check_pools([doc])
         key = resource_key(kind, name, ns)
-        txn = self.client.txn([cmp_mod_revision(key, 0)], [op_put(key, stored_value(doc, None))])
-        if not txn.succeeded:
+        value = stored_value(doc, None)
+        txn = self.client.txn([cmp_mod_revision(key, 0)], [op_put(key, value)], [op_get(key)])
+        if not txn.succeeded and not _own_write(txn, [value]):
             raise ResourceAlreadyExists(f"{describe(kind, name, ns)} already exists")
         return self.get(kind, name, ns)
 
@@ -246,9 +254,11 @@ class Datastore:
             raise ResourceAlreadyExists(f"{describe(kind, name, ns)} already exists{more}; nothing was created")
         todo = [(d, k) for d, k in zip(docs, keys) if k not in existing]
         if todo:
+            values = [stored_value(d, None) for d, _ in todo]
             txn = self.client.txn([cmp_mod_revision(k, 0) for _, k in todo],
-                                  [op_put(k, stored_value(d, None)) for d, k in todo])
-            if not txn.succeeded:
+                                  [op_put(k, v) for (_, k), v in zip(todo, values)],
+                                  [op_get(k) for _, k in todo])
+            if not txn.succeeded and not _own_write(txn, values):
                 raise ResourceAlreadyExists("a resource was created by someone else meanwhile; nothing was created")
         return [d for d, _ in todo]
 

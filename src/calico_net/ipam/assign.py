@@ -70,6 +70,19 @@ from calico_net.ipam.release import IPAMRelease
 log = logging.getLogger(__name__)
 
 
+
+def _own_write(txn: Any, value: bytes, with_handle: bool, wrote_handle: bytes | None) -> bool:
+    """The failed transaction's block (and handle) hold exactly what it wrote: it was
+    ours, committed, and re-sent after its reply was lost. A block's JSON names its
+    allocations and their handles, so no other writer leaves the same bytes."""
+    cur = txn.range_kvs(0)
+    if not cur or cur[0].value != value:
+        return False
+    if not with_handle:
+        return True
+    h = txn.range_kvs(1)
+    return (h[0].value if h else None) == wrote_handle
+
 class IPAMAssign(IPAMRelease):
     """The assigning part of `IPAM`."""
 
@@ -112,11 +125,21 @@ class IPAMAssign(IPAMRelease):
             for guard in guards:
                 compare.append(guard.compare())
                 failure.append(guard.read())
+            wrote_handle = handle.value() if with_handle and handle.live else None  # type: ignore[union-attr]
             txn = self.client.txn(compare, success, failure)
             if txn.succeeded:
                 self._wrote(cidr, blk, value, txn.revision)
                 if with_handle:
                     handle.rev = txn.revision if handle.live else 0  # type: ignore[union-attr]
+                return result, blk
+            if _own_write(txn, value, with_handle, wrote_handle):
+                # Our write committed and its reply was lost: the client re-sent the
+                # transaction to another endpoint, whose compare then failed. Taking
+                # that for a conflict would assign a second address to the handle.
+                blk, rev = parse_block(txn.range_kvs(0))
+                self._wrote(cidr, blk, value, rev)  # type: ignore[arg-type]
+                if with_handle:
+                    handle.load(txn.range_kvs(1))  # type: ignore[union-attr]
                 return result, blk
             # Someone else got in first: start again from what is there now. The handle
             # is reloaded too, so a retried increment is never counted twice.
