@@ -161,3 +161,26 @@ def test_a_password_bird_cannot_hold_is_refused_without_showing_it(clean_etcd, t
         assert client.get("/calico/resources/v3/projectcalico.org/bgppeers/rr-a") is None
     finally:
         client.close()
+
+
+def test_node_mesh_password(clean_etcd, tmp_path):
+    password = secrets.token_urlsafe(24)
+    secrets_dir = tmp_path / "bgp-secrets"
+    mesh = {"name": "mesh", "register": "r", "calico.net.bgp_configuration": {
+        "node_mesh_password": password, "node_mesh_password_secrets_dir": str(secrets_dir)}}
+    rc, out = play(tmp_path, clean_etcd.env(), [
+        dict(mesh, check_mode=True),
+        assert_task("r.changed", "r.secret_changed"),
+        mesh,
+        assert_task("r.changed", "r.secret_changed",
+                    "r.resource.spec.nodeMeshPassword.secretKeyRef == {'name': 'bgp-secrets', 'key': 'node-mesh'}"),
+        mesh,
+        assert_task("not r.changed"),
+        {"name": "other settings keep the password", "register": "r",
+         "calico.net.bgp_configuration": {"as_number": "64512"}},
+        assert_task("r.changed", "r.resource.spec.nodeMeshPassword.secretKeyRef.key == 'node-mesh'"),
+    ])
+    assert rc == 0, out
+    assert password not in out
+    assert "nodeMeshPassword" in out
+    assert (secrets_dir / "bgp-secrets" / "node-mesh").read_text() == password

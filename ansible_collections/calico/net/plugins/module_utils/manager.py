@@ -306,46 +306,54 @@ def merged_handler(kind: str, fields: dict[str, str], *,
 
     def handle(module: Any) -> dict[str, Any]:
         params = module.params
-
-        def build(stored: dict[str, Any] | None) -> dict[str, Any]:
-            doc = stored if stored is not None else new_document(kind, params["name"])
-            doc = json_copy(doc)
-            doc.setdefault("metadata", {})
-            spec = {} if params.get("purge") else dict(doc.get("spec") or {})
-            given = spec_from(params, fields, converters)
-            for field, value in given.items():
-                section = (nested or {}).get(field)
-                if section:
-                    sub = dict(spec.get(section) or {})
-                    if value == "":
-                        sub.pop(field, None)
-                    else:
-                        sub[field] = value
-                    if sub:
-                        spec[section] = sub
-                    else:
-                        spec.pop(section, None)
-                else:
-                    spec[field] = value
-            for field, value in (params.get("settings") or {}).items():
-                if value is None:
-                    spec.pop(field, None)
-                else:
-                    spec[field] = value
-            doc["spec"] = spec
-            md = doc["metadata"]
-            for what in ("labels", "annotations"):
-                if params.get(what) is None:
-                    continue
-                new = {str(k): _label_value(v) for k, v in params[what].items()}
-                merged = new if params.get("purge_labels") and what == "labels" else dict(md.get(what) or {}, **new)
-                md[what] = {k: v for k, v in merged.items() if v is not None}
-            return doc
-
+        build = merged_build(kind, params, fields, converters=converters, nested=nested)
         want = Want(kind, params["name"], None, params["state"], build)
         return run_wants(module, datastore(params), [want])
 
     return handle
+
+
+def merged_build(kind: str, params: dict[str, Any], fields: dict[str, str], *,
+                 converters: dict[str, Callable[[Any], Any]] | None = None,
+                 nested: dict[str, str] | None = None) -> Callable[[dict[str, Any] | None], dict[str, Any]]:
+    """The document builder of `merged_handler` (for a module that adds to it)."""
+
+    def build(stored: dict[str, Any] | None) -> dict[str, Any]:
+        doc = stored if stored is not None else new_document(kind, params["name"])
+        doc = json_copy(doc)
+        doc.setdefault("metadata", {})
+        spec = {} if params.get("purge") else dict(doc.get("spec") or {})
+        given = spec_from(params, fields, converters)
+        for field, value in given.items():
+            section = (nested or {}).get(field)
+            if section:
+                sub = dict(spec.get(section) or {})
+                if value == "":
+                    sub.pop(field, None)
+                else:
+                    sub[field] = value
+                if sub:
+                    spec[section] = sub
+                else:
+                    spec.pop(section, None)
+            else:
+                spec[field] = value
+        for field, value in (params.get("settings") or {}).items():
+            if value is None:
+                spec.pop(field, None)
+            else:
+                spec[field] = value
+        doc["spec"] = spec
+        md = doc["metadata"]
+        for what in ("labels", "annotations"):
+            if params.get(what) is None:
+                continue
+            new = {str(k): _label_value(v) for k, v in params[what].items()}
+            merged = new if params.get("purge_labels") and what == "labels" else dict(md.get(what) or {}, **new)
+            md[what] = {k: v for k, v in merged.items() if v is not None}
+        return doc
+
+    return build
 
 
 def json_copy(value: Any) -> Any:

@@ -104,6 +104,32 @@ options:
     description: Interface name patterns BIRD must not use for direct routes (C(spec.ignoredInterfaces)).
     type: list
     elements: str
+  node_mesh_password:
+    description:
+      - The TCP-MD5 password of every node-to-node mesh session (only in C(default), with the mesh on).
+        Written to the secret file O(node_mesh_password_secrets_dir)/<name>/<key> (O(node_mesh_password_secret))
+        on the managed host (directory mode 0700, file mode 0600); C(spec.nodeMeshPassword.secretKeyRef)
+        names it. Every calico/node host needs that file - run the task on each, or give the file to them
+        with the C(calico.net.calico_node) role (C(calico_node_bgp_secrets)) and set only
+        O(node_mesh_password_secret) here.
+      - 1 to 80 bytes; C(") and C(\) and control characters are refused, as confd refuses them. Never shown
+        in the task's result, diff or errors. An empty string removes C(spec.nodeMeshPassword).
+    type: str
+  node_mesh_password_secret:
+    description: The secret that holds the mesh password (C(spec.nodeMeshPassword.secretKeyRef)).
+    type: dict
+    suboptions:
+      name:
+        description: Secret name, a directory under O(node_mesh_password_secrets_dir).
+        type: str
+        default: bgp-secrets
+      key:
+        description: Key in the secret, the file name. Default - C(node-mesh).
+        type: str
+  node_mesh_password_secrets_dir:
+    description: Where calico/node reads BGP secrets (C(CALICO_BGP_SECRETS_DIR) in the container).
+    type: path
+    default: /etc/calico/bgp-secrets
 seealso:
   - module: calico.net.bgp_peer
   - module: calico.net.node
@@ -128,6 +154,10 @@ EXAMPLES = r"""
       - {name: services, value: "64512:300"}
     prefix_advertisements:
       - {cidr: 198.18.96.0/20, communities: [services]}
+
+- name: MD5 on every mesh session (run on every calico/node host, so each has the secret file)
+  calico.net.bgp_configuration:
+    node_mesh_password: "{{ vault_mesh_password }}"
 
 - name: A per-node setting
   calico.net.bgp_configuration:
@@ -158,6 +188,10 @@ diff:
       description: The document after the change (empty when deleted).
       type: str
       returned: always
+secret_changed:
+  description: Whether the mesh password's secret file was (or in check mode would be) written.
+  returned: success
+  type: bool
 errors:
   description: On a validation failure, each problem with its Calico field path and the module option to fix.
   returned: failure
@@ -165,9 +199,10 @@ errors:
   elements: dict
 """
 
-from ansible_collections.calico.net.plugins.module_utils.common import run_module
+from ansible_collections.calico.net.plugins.module_utils.bgp_secret import password_options, password_plan
+from ansible_collections.calico.net.plugins.module_utils.common import datastore, run_module
 from ansible_collections.calico.net.plugins.module_utils.manager import (
-    as_number, cidr_blocks, merged_handler, option_paths,
+    Want, as_number, cidr_blocks, merged_build, option_paths, run_wants,
 )
 
 FIELDS = dict(
@@ -190,6 +225,25 @@ CONVERTERS = dict(
     serviceExternalIPs=cidr_blocks,
     serviceLoadBalancerIPs=cidr_blocks,
 )
+
+
+def handle(module):
+    params = module.params
+    secret = password_plan(params, "node_mesh_password", "nodeMeshPassword", default_key="node-mesh")
+    merged = merged_build("BGPConfiguration", params, FIELDS, converters=CONVERTERS)
+
+    def build(stored):
+        doc = merged(stored)
+        if secret.mode != "keep":  # kept as stored by the merge already (or purged)
+            secret.apply((stored or {}).get("spec"), doc["spec"])
+        return doc
+
+    present = params["state"] == "present"
+    want = Want("BGPConfiguration", params["name"], None, params["state"], build)
+    # The file first: confd keeps its last configuration while the secret is unreadable.
+    result = run_wants(module, datastore(params), [want], secret.write if present else None)
+    result["secret_changed"] = secret.changed
+    return result
 
 
 def main():
@@ -215,9 +269,10 @@ def main():
             communities=dict(type="list", elements="str", required=True),
         )),
         ignored_interfaces=dict(type="list", elements="str"),
+        **password_options("node_mesh_password"),
     )
-    run_module(argument_spec, merged_handler("BGPConfiguration", FIELDS, converters=CONVERTERS),
-               option_paths=option_paths(FIELDS))
+    run_module(argument_spec, handle,
+               option_paths=option_paths(FIELDS, **{"spec.nodeMeshPassword": "node_mesh_password_secret"}))
 
 
 if __name__ == "__main__":
