@@ -166,7 +166,24 @@ class DockerHost:
         log = open(self.dir / "plugin.log", "a")
         self.plugin = subprocess.Popen(["ip", "netns", "exec", self.ns, str(VENV_BIN / "calico-libnetwork")],
                                        env=env, stdout=log, stderr=subprocess.STDOUT)
-        wait_for(lambda: (self.plugins / "calico.sock").exists(), 15, "plugin socket")
+        wait_for(self._plugin_answers, 15, "plugin answering Plugin.Activate")
+
+    def _plugin_answers(self) -> bool:
+        import http.client
+        import socket
+
+        s = socket.socket(socket.AF_UNIX)
+        try:
+            s.settimeout(2)
+            s.connect(str(self.plugins / "calico.sock"))
+            s.sendall(b"POST /Plugin.Activate HTTP/1.0\r\nContent-Length: 0\r\n\r\n")
+            resp = http.client.HTTPResponse(s)
+            resp.begin()
+            return resp.status == 200 and json.loads(resp.read())["Implements"] == ["NetworkDriver", "IpamDriver"]
+        except OSError:
+            return False
+        finally:
+            s.close()
 
     def stop_plugin(self) -> None:
         _stop(self.plugin)
@@ -336,10 +353,13 @@ def test_plugin_restart_loses_nothing(host, net):
     assert len(set(ips)) == len(ips), f"duplicate address after a plugin restart: {ips}"
     wait_for(lambda: _labelled(host, c4), 10, "c4 labelled")
     wait_for(lambda: host.ping_from(c4, net["containers"]["c3"].ip), 15, "c4 -> c3")
+    assert host.ping_from(net["containers"]["c3"], c4.ip), "c3 -> c4"
     from calico_net.ipam import IPAM
+    from calico_net.ipam.check import check
 
-    held = IPAM(host.ds.client, host.ds).ips_by_handle  # noqa: F841 - handles are per address
     assert len(host.weps()) == 4
+    report = check(IPAM(host.ds.client, host.ds))
+    assert report.clean and report.allocations == 4 and report.endpoints == 4, report.to_json()
 
 
 def test_etcd_unreachable_gives_a_clear_error_and_makes_nothing(host, net):
@@ -362,11 +382,12 @@ def test_rm_releases_addresses_and_endpoints(host, net):
     from calico_net.ipam import IPAM
     from calico_net.ipam.check import check
 
+    ipam = IPAM(host.ds.client, host.ds)
+    assert check(ipam).allocations == 4
     names = list(net["containers"])
     host.docker("rm", "-f", *names, timeout=120)
     wait_for(lambda: not host.weps(), 10, "endpoints removed")
     assert host.cali_links() == []
-    ipam = IPAM(host.ds.client, host.ds)
     report = check(ipam)
     assert report.clean, report.to_json()
     assert report.allocations == 0

@@ -132,6 +132,8 @@ class IpamDriver:
         except ValueError:
             log.warning("ReleaseAddress of %r: not an address; nothing released", text[:80])
             return {}
-        released = self.ctx.ipam().release_ips([addr])
-        log.info("ReleaseAddress %s: %s", addr, "released" if released else "was not assigned")
+        if addr.is_unspecified:
+            return {}   # Docker releasing the dummy gateway 0.0.0.0 of RequestPool's answer
+        not_allocated = self.ctx.ipam().release_ips([addr])
+        log.info("ReleaseAddress %s: %s", addr, "was not assigned" if not_allocated else "released")
         return {}

@@ -171,6 +171,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         srv.serve_forever(poll_interval=0.2)
     finally:
         srv.server_close()
+        # a socket left behind would make Docker wait on a dead plugin, not fail over
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
         ctx.client.close()
     return 0
 
