@@ -4,7 +4,7 @@
 set -euo pipefail
 pkgs=(etcd-server etcd-client bird2 nftables iproute2 iputils-ping netcat-openbsd
       procps podman debootstrap uidmap fuse-overlayfs slirp4netns openssh-client
-      busybox-static openssl conntrack containernetworking-plugins tcpdump)
+      busybox-static openssl conntrack containernetworking-plugins tcpdump docker.io)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

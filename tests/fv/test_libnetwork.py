@@ -275,6 +275,7 @@ POOL = "198.19.120.0/24"
 
 @pytest.fixture(scope="module")
 def host() -> Iterator[DockerHost]:
+    assert shutil.which("dockerd"), "dockerd is missing: scripts/install-deps.sh installs docker.io"
     h = DockerHost(NET, POOL)
     try:
         yield h.start()
