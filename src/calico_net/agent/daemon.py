@@ -4,6 +4,7 @@ One thread owns all state; everything else talks to it through one queue:
 
     Syncer thread ──(snapshot | update | status)──┐
     LinkWatcher thread ──(link event)─────────────┤
+    TamperWatcher thread ──(tamper)───────────────┤
     AffinityWatcher thread ──(encap event)────────┼──► queue ──► main loop
     stop() / signals ──(stop)─────────────────────┘
 
@@ -21,7 +22,10 @@ A later snapshot is a *resync*: it is diffed against the cache of resources the
 daemon holds, and only differences are dispatched, so an outage followed by a
 resync deletes nothing that still exists. Periodic refreshes (`RouteRefreshInterval`,
 `IptablesRefreshInterval`, Calico's names; 0 disables) read the kernel back and
-repair drift. FelixConfiguration `default` / `node.<NODENAME>` changes are applied
+repair drift; they are the backstop of the tamper watch (`felix.tamper`), which hears
+another process delete a workload route or change table inet calico and has it
+repaired at once: the route re-added by the next apply, the nft refresh (check,
+then rewrite) brought forward. FelixConfiguration `default` / `node.<NODENAME>` changes are applied
 live where possible (log level, failsafe ports, refresh intervals, endpoint-to-host
 action, the overlay's parameters); listener ports need a restart.
 
@@ -42,11 +46,14 @@ from calico_net.agent.config import Config
 from calico_net.agent.encap.controller import EncapController
 from calico_net.agent.felix.backends import PolicyBackend, RouteBackend, SysctlBackend
 from calico_net.agent.felix.coldstart import ApplyResult, ColdStart, LinkListing, ordered_apply
+from calico_net.agent.felix.nft import NftRunner
+from calico_net.agent.felix.nft_netlink import OwnGenerations
 from calico_net.agent.felix.nftstr import NftStringError, ifname_text
 from calico_net.agent.felix.policy import FelixSettings, PolicyDataplane
 from calico_net.agent.felix.routes import RouteManager, host_routes
 from calico_net.agent.felix.rtnetlink import Link, LinkWatcher, Netlink
 from calico_net.agent.felix.sysctl import Sysctls
+from calico_net.agent.felix.tamper import Tamper, TamperWatcher
 from calico_net.agent.health import HealthState
 from calico_net.agent.metrics import Metrics
 from calico_net.agent.syncer import Resource, Syncer
@@ -97,6 +104,7 @@ class Daemon:
         route_backend: RouteBackend | None = None,
         sysctls: SysctlBackend | None = None,
         watch_links: bool = True,
+        watch_tamper: bool = True,
         metrics: Metrics | None = None,
         health: HealthState | None = None,
         coalesce: float = 0.020,
@@ -119,12 +127,24 @@ class Daemon:
         self.health = health or HealthState()
         self.coalesce = coalesce
         self.quiet = quiet
+        #: the generations our own nft writes commit (None: nftables is not watched,
+        #: as with a stand-in policy backend)
+        self.generations: OwnGenerations | None = None
         if policy is None:
             settings_cls = settings_cls or FelixSettings
-            policy = PolicyDataplane(node_name, felix_settings(config, settings_cls, self.iface_prefixes))
+            if watch_tamper:
+                self.generations = OwnGenerations()
+            policy = PolicyDataplane(node_name, felix_settings(config, settings_cls, self.iface_prefixes),
+                                     nft=NftRunner(generations=self.generations))
         self.settings_cls = settings_cls
         self.policy: PolicyBackend = policy
-        self.nl: RouteBackend = route_backend if route_backend is not None else Netlink()
+        #: port ids of our route sockets (None: routes go to a stand-in, not watched)
+        self._route_ports: frozenset[int] | None = None
+        if route_backend is None:
+            own_nl = Netlink()
+            self._route_ports = frozenset({own_nl.port()})
+            route_backend = own_nl
+        self.nl: RouteBackend = route_backend
         self.routes = RouteManager(self.nl, iface_prefixes=self.iface_prefixes)
         self.sysctls: SysctlBackend = sysctls if sysctls is not None else Sysctls()
         self.links = LinkListing(self.nl, self.routes)
@@ -133,6 +153,9 @@ class Daemon:
         self.coldstart = ColdStart(self.policy, self.links, self.sysctls, lookups=route_backend is None)
         self.watch_links = watch_links
         self.link_watcher: LinkWatcher | None = None
+        self.watch_tamper = watch_tamper and self._route_ports is not None
+        self.tamper_watcher: TamperWatcher | None = None
+        self.tampers = 0             # tamper reports handled
         self.syncer = syncer_factory(client, self)
         self.events: queue.Queue[tuple] = queue.Queue()
         self.cache: dict[str, Resource] = {}
@@ -185,6 +208,9 @@ class Daemon:
     def _on_link(self, link: Link, deleted: bool) -> None:
         self.events.put(("link", link, deleted))
 
+    def _on_tamper(self, tamper: Tamper) -> None:
+        self.events.put(("tamper", tamper))
+
     # --- lifecycle ---
     def start(self) -> None:
         """Start the helpers (not the loop): datastore, host sysctls, links."""
@@ -202,6 +228,13 @@ class Daemon:
             # Listen first, then list, so no link created in between is missed.
             self.link_watcher = LinkWatcher(self._on_link)
             self.link_watcher.start()
+        if self.watch_tamper and self._route_ports is not None:
+            # before the first apply reads or writes anything: no change is missed
+            try:
+                self.tamper_watcher = TamperWatcher(self._on_tamper, self._route_ports, self.generations)
+                self.tamper_watcher.start()
+            except OSError as e:
+                log.error("cannot watch for tampering (the refreshes still repair): %s", e)
         if not self.coldstart.fresh_host():
             self.links.list_all()
         # else: on a fresh host the first apply lists the links in its route thread
@@ -219,6 +252,8 @@ class Daemon:
         self.syncer.stop()
         if self.link_watcher is not None:
             self.link_watcher.stop()
+        if self.tamper_watcher is not None:
+            self.tamper_watcher.stop()
         if self.encap is not None:
             self.encap.stop()
 
@@ -287,6 +322,8 @@ class Daemon:
             _, resources, revision = ev
             self._resync(resources, revision)
             return True
+        if what == "tamper":
+            return self._tamper(ev[1])
         if what == "encap":
             return self.encap is not None and self.encap.on_event(ev)
         if what == "link":
@@ -301,6 +338,23 @@ class Daemon:
                     self.encap.link_event(link.name, link.up, deleted)
             return True
         return False
+
+    def _tamper(self, t: Tamper) -> bool:
+        """Another process deleted routes or changed our table: repair now rather
+        than at the next refresh. True if routes must be written."""
+        self.tampers += 1
+        now = time.monotonic()
+        n = self.routes.forget(t.routes) if t.routes else 0
+        if n:
+            log.warning("tamper: %d workload routes deleted by another process; re-adding", n)
+            self.metrics.route_repairs.inc(n)
+        if t.routes_lost:
+            log.warning("tamper watch: route events lost; re-reading the routes")
+            self.next_route_refresh = now
+        if t.nft:
+            log.warning("tamper: %s; checking it now", t.nft)
+            self.next_nft_refresh = now
+        return n > 0
 
     def _resync(self, resources: dict[str, Resource], revision: int) -> None:
         first = not self.synced

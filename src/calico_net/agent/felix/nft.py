@@ -6,7 +6,9 @@ live table back (rule and element counts, the fingerprint in ``cali-meta``) with
 netlink dumps (`nft_netlink.NetlinkReader`), falling back to ``nft -j list
 table``. `FAMILY` and `META_SET` live here, for the ruleset model and the writer;
 `TABLE` and `NftError` come from `nft_netlink`, so every nft path raises the one
-error class the fallbacks catch.
+error class the fallbacks catch. With an `OwnGenerations` every transaction it
+runs (and every element batch of its element writer) is recorded as the agent's
+own, so the tamper watch does not take it for another process's change.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ import struct
 import subprocess
 from typing import Any, Callable
 
-from .nft_netlink import TABLE, NetlinkReader, NetlinkSetWriter, NftError
+from .nft_netlink import TABLE, NetlinkReader, NetlinkSetWriter, NftError, OwnGenerations
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +40,11 @@ class NftRunner:
     LIB_MAX_BYTES = 256 * 1024
 
     def __init__(self, netns: str | None = None, nft: str = "nft",
-                 fast_elements: bool = True, use_lib: bool = True) -> None:
+                 fast_elements: bool = True, use_lib: bool = True,
+                 generations: OwnGenerations | None = None) -> None:
         self.netns = netns
+        #: records the generations our transactions commit (None: not tracked)
+        self.generations = generations
         self.nft = nft
         self.calls = 0
         self.lib_calls = 0
@@ -73,6 +78,14 @@ class NftRunner:
         loads the script (after `on_spawn`), or after the transaction when there
         is no such process."""
         self.calls += 1
+        if self.generations is None:
+            self._run(script, meanwhile, on_spawn)
+            return
+        with self.generations.transaction():
+            self._run(script, meanwhile, on_spawn)
+
+    def _run(self, script: str, meanwhile: Callable[[], None] | None,
+             on_spawn: Callable[[], None] | None) -> None:
         if len(script) <= self.LIB_MAX_BYTES and self._libnft() is not None:
             self.lib_calls += 1
             err = self._lib.run(script)
@@ -116,7 +129,7 @@ class NftRunner:
         """A netlink writer for element-only transactions (see nft_netlink), or None."""
         if not self.fast_elements:
             return None
-        return NetlinkSetWriter(self.netns)
+        return NetlinkSetWriter(self.netns, self.generations)
 
     def read_counts(self) -> tuple[dict[str, int], dict[str, int]] | None:
         """({chain: rules}, {set: elements}) of the live table, None if it is absent.

@@ -2,7 +2,9 @@
 
 Owns `NetlinkSetWriter` (element adds/deletes as one transaction), `NetlinkReader`
 (dumps of the table: chains with their rule counts, sets with their element
-counts, one set's elements), the element encoders and `NftError`, the error every
+counts, one set's elements), `OwnGenerations` (which nftables generations the
+agent's own writes committed: how the tamper watch tells its own transactions
+from another process's), the element encoders and `NftError`, the error every
 nft path raises. Why: every nft CLI (or libnftables) command first reads the
 table's chains and sets into its cache, which on a big table costs far more than
 a small change; the frequent changes — an endpoint coming, going or changing
@@ -27,12 +29,15 @@ endpoint added"; several endpoints added in one batch share it.
 """
 from __future__ import annotations
 
+import collections
+import contextlib
 import errno
 import functools
 import os
 import socket
 import struct
-from typing import Any, Callable, Iterable
+import threading
+from typing import Any, Callable, Iterable, Iterator
 
 from .netlink import (
     NLA_F_NESTED, NLM_F_ACK, NLM_F_CREATE, NLM_F_REQUEST, NLATTR, NetlinkError, NetlinkSocket,
@@ -41,8 +46,8 @@ from .netlink import (
 )
 from .nftstr import ident, unquote_ifname
 
-__all__ = ["NetlinkSetWriter", "NetlinkReader", "NftError", "PreparedBatch", "TABLE", "encodable",
-           "encode_key"]
+__all__ = ["NetlinkSetWriter", "NetlinkReader", "NftError", "OwnGenerations", "PreparedBatch", "TABLE",
+           "encodable", "encode_key", "read_generation"]
 
 #: the table every nft path of the agent writes (``table inet calico``)
 TABLE = "calico"
@@ -217,9 +222,11 @@ class PreparedBatch:
 class NetlinkSetWriter:
     """Sends element adds/deletes for sets of table inet calico in one netlink batch."""
 
-    def __init__(self, netns: str | None = None) -> None:
+    def __init__(self, netns: str | None = None, generations: "OwnGenerations | None" = None) -> None:
         self.netns = netns
         self._nl: NetlinkSocket | None = None
+        #: where each batch's generation is recorded as ours (None: not tracked)
+        self.generations = generations
 
     def close(self) -> None:
         if self._nl is not None:
@@ -274,6 +281,12 @@ class NetlinkSetWriter:
         Raises NftError (nothing applied) if the kernel refuses any of it."""
         if not batch.count:
             return 0
+        if self.generations is None:
+            return self._send(batch)
+        with self.generations.transaction():
+            return self._send(batch)
+
+    def _send(self, batch: "PreparedBatch") -> int:
         bodies = batch.bodies
         msgs = [(NFNL_MSG_BATCH_BEGIN, 0, _BATCH_BODY), *bodies, (NFNL_MSG_BATCH_END, 0, _BATCH_BODY)]
         size = sum(len(body) for _t, _f, body in msgs) + 16 * len(msgs)
@@ -394,3 +407,112 @@ class NetlinkReader:
             return None
         finally:
             nl.close()
+
+
+# ----------------------------------------------------------------- our own generations
+
+NFT_MSG_NEWGEN = 15
+NFT_MSG_GETGEN = 16
+NFTA_GEN_ID = 1
+#: where nf_tables notifies every committed change (table, chain, rule, set, element, generation)
+NFNLGRP_NFTABLES = 7
+
+
+def read_generation(nl: NetlinkSocket) -> int:
+    """The kernel's current nftables generation (NFT_MSG_GETGEN): it goes up by
+    one with every committed transaction, anyone's."""
+    seq = nl.next_seq()
+    body = _NFGENMSG.pack(socket.AF_UNSPEC, 0, 0)
+    nl.sock.sendall(struct.pack("=IHHII", 16 + len(body), (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETGEN,
+                                NLM_F_REQUEST, seq, 0) + body)
+    while True:
+        data = nl.sock.recv(4096)
+        off = 0
+        while off + 16 <= len(data):
+            length, mtype, _f, rseq, _pid = struct.unpack_from("=IHHII", data, off)
+            if length < 16:
+                break
+            if rseq == seq:
+                if mtype == 2:       # NLMSG_ERROR: the kernel refused
+                    (err,) = struct.unpack_from("=i", data, off + 16)
+                    raise NftError(f"nftables generation: {os.strerror(-err)}")
+                if mtype == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWGEN:
+                    gen = _attrs(data, off + 20, off + length).get(NFTA_GEN_ID)
+                    if gen is None:
+                        raise NftError("nftables generation: no NFTA_GEN_ID in the reply")
+                    return struct.unpack("!I", gen[:4])[0]
+            off += (length + 3) & ~3
+
+
+class OwnGenerations:
+    """Which nftables generations were committed by this process's writes.
+
+    Why: the tamper watch (`tamper`) hears every transaction on our table, the
+    agent's own included, and must tell them apart without reading the table back
+    (that read would cost at every apply). Every write of the agent (`NftRunner.run`,
+    `NetlinkSetWriter.send`: one transaction each) runs inside `transaction()`,
+    which reads the generation before and after: when it rose by exactly one, that
+    generation is ours; when it rose by more, someone else committed meanwhile and
+    the generations between are *ambiguous* (the watch then has the table checked).
+    Notifications of a commit are queued to listeners before the writer gets its
+    ACK, so the watch may see a generation before its write is recorded here: such
+    a generation is *pending* until the write ends."""
+
+    OWN, FOREIGN, AMBIGUOUS, PENDING = "own", "foreign", "ambiguous", "pending"
+
+    def __init__(self, netns: str | None = None, keep: int = 4096) -> None:
+        self.netns = netns
+        self._nl: NetlinkSocket | None = None
+        self._lock = threading.Lock()
+        #: (before, after) of recent writes; before/after None: not readable
+        self._done: collections.deque[tuple[int | None, int | None]] = collections.deque(maxlen=keep)
+        self._inflight: dict[int, int | None] = {}
+        self._token = 0
+
+    def current(self) -> int | None:
+        """The current generation, None if it cannot be read."""
+        with self._lock:
+            try:
+                if self._nl is None:
+                    self._nl = _socket(self.netns, timeout=5.0)
+                return read_generation(self._nl)
+            except (OSError, NftError, struct.error):
+                if self._nl is not None:
+                    self._nl.close()
+                    self._nl = None
+                return None
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Around one write of ours (at most one committed transaction)."""
+        before = self.current()
+        with self._lock:
+            self._token += 1
+            token = self._token
+            self._inflight[token] = before
+        try:
+            yield
+        finally:
+            after = self.current()
+            with self._lock:
+                del self._inflight[token]
+                self._done.append((before, after))
+
+    def classify(self, gen: int) -> str:
+        """OWN, FOREIGN, AMBIGUOUS or PENDING (see the class docstring) for a
+        generation the watch saw committed."""
+        with self._lock:
+            for before in self._inflight.values():
+                if before is None or _gen_after(gen, before):
+                    return self.PENDING
+            for before, after in reversed(self._done):
+                if before is None or after is None:
+                    return self.AMBIGUOUS     # a write whose window is unknown
+                if _gen_after(gen, before) and not _gen_after(gen, after):
+                    return self.OWN if (after - before) & 0xFFFFFFFF == 1 else self.AMBIGUOUS
+            return self.FOREIGN
+
+
+def _gen_after(a: int, b: int) -> bool:
+    """a comes after b in the kernel's 32-bit generation count (which wraps)."""
+    return 0 < (a - b) & 0xFFFFFFFF < 0x80000000

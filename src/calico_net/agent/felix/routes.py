@@ -229,6 +229,20 @@ class RouteManager:
         for key in users:
             self.dirty.update(self.endpoints[key].routes)
 
+    def forget(self, deleted: dict[Route, int]) -> int:
+        """Routes another process deleted (route → the interface index it had):
+        those we had programmed through that interface are no longer in the kernel,
+        and are marked dirty so that the next `apply` writes what is wanted (the
+        tamper watch's repair). Returns how many were ours."""
+        n = 0
+        for r, oif in deleted.items():
+            have = self.programmed.get(r)
+            if have is not None and (have == oif or not oif):
+                del self.programmed[r]
+                self.dirty.add(r)
+                n += 1
+        return n
+
     # --- desired state ---
     def interface_of(self, route: Route) -> str | None:
         c = self.claims.get(route)

@@ -101,6 +101,11 @@ class Netlink:
         self.nl.close()
         self.ioctl_sock.close()
 
+    def port(self) -> int:
+        """The port id of this object's netlink socket: route notifications caused
+        by its requests carry it (the tamper watch leaves those out)."""
+        return int(self.nl.sock.getsockname()[0])
+
     def links(self) -> list[Link]:
         with self.lock:
             out = []
