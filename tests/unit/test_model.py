@@ -506,7 +506,11 @@ def test_bgp_peer_rules() -> None:
 def test_felix_rules() -> None:
     felix = lambda name="default", **spec: doc("FelixConfiguration", spec, name=name)  # noqa: E731
     parse_resource(felix(name="node.node-1"))
-    for bad in ("node.", "node.Node_1", "defaults", "node-1"):
+    # Calico stores a FelixConfiguration of any valid name (only default and
+    # node.<name> have an effect: the field registry warns about the others).
+    for stored in ("defaults", "node-1"):
+        parse_resource(felix(name=stored))
+    for bad in ("node.", "node.Node_1"):
         assert [p for p, _ in errors_of(felix(name=bad))] == ["metadata.name"]
     assert errors_of(felix(routeTableRange={"min": 10, "max": 5})) == [
         ("spec.routeTableRange.min", "10 is greater than max 5")]
@@ -873,3 +877,29 @@ def test_ip_reservation_cidrs() -> None:
     text = error_text(doc("IPReservation", {"reservedCIDRs": ["198.19.0.0/33"]}))
     assert "spec.reservedCIDRs[0]: " in text
     assert "spec.reservedCIDRs" in error_text(doc("IPReservation", {"reservedCIDRs": "198.19.0.5"}))
+
+
+def test_felix_enums_are_case_blind_as_calico() -> None:
+    """Calico's validator matches these FelixConfiguration enums with (?i) patterns."""
+    spec = {"chainInsertMode": "append", "defaultEndpointToHostAction": "ACCEPT",
+            "logSeverityScreen": "debug", "iptablesBackend": "nft", "routeSource": "workloadips"}
+    res = parse_resource(doc("FelixConfiguration", spec, name="default"))
+    assert res.to_dict()["spec"] == spec  # kept as written
+    assert [p for p, _ in errors_of(doc("FelixConfiguration", {"chainInsertMode": "appendx"},
+                                        name="default"))] == ["spec.chainInsertMode"]
+
+
+def test_standard_object_metadata_is_accepted() -> None:
+    md = {"name": "p1", "generateName": "p-", "deletionTimestamp": "2024-01-02T03:04:05Z",
+          "deletionGracePeriodSeconds": 30, "selfLink": "/apis/projectcalico.org/v3/ippools/p1",
+          "generation": 3, "finalizers": ["example.com/cleanup"], "clusterName": "c1",
+          "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment", "name": "web",
+                               "uid": "0b3c6f1e-1111-2222-3333-444455556666", "controller": True,
+                               "blockOwnerDeletion": True}]}
+    d = {"apiVersion": "projectcalico.org/v3", "kind": "GlobalNetworkSet", "metadata": md,
+         "spec": {"nets": ["198.18.250.0/24"]}}
+    assert parse_resource(d).to_dict()["metadata"] == md
+    for field, bad in (("generation", -1), ("finalizers", ["a b"]), ("selfLink", "x\n"),
+                       ("ownerReferences", [{"kind": "X"}])):
+        wrong = dict(d, metadata={"name": "p1", field: bad})
+        assert all(p.startswith(f"metadata.{field}") for p, _ in errors_of(wrong)), field

@@ -36,8 +36,10 @@ Decisions:
   ports need protocol TCP, UDP, SCTP or UDPLite, as in Calico.
 * Namespaced kinds may omit metadata.namespace (the caller - calicoctl's `-n` or
   "default" - fills it in); a namespace on a global kind is an error.
-* FelixConfiguration names must be "default" or "node.<nodename>"; only the
-  "default" BGPConfiguration may carry the node-mesh password/restart time.
+* FelixConfiguration and BGPConfiguration take any name, as in Calico (only
+  "default" and "node.<nodename>" have an effect: `model.registry` warns about the
+  others); only the "default" BGPConfiguration may carry the node-mesh
+  password/restart time.
 * Overlap is checked between *enabled* pools only (`check_pool_overlap`).
 * Strings are data, never syntax: every string field has a grammar (Calico's where it
   has one, else the plain characters such values are made of), matched whole (a

@@ -172,3 +172,15 @@ def enum_before(allowed: tuple[str, ...], what: str) -> Any:
                     hint = f" - did you mean {a}?"
         raise fail(f"{show(value)} is not a valid {what} ({', '.join(allowed)}){hint}")
     return Annotated[str, PlainValidator(check)]
+
+
+def enum_ci(allowed: tuple[str, ...], what: str) -> Any:
+    """A string field limited to `allowed` in any case, kept as written: Calico's
+    validator matches these with `(?i)` patterns and Felix reads them case-blind."""
+    lowered = {a.lower() for a in allowed}
+
+    def check(value: Any) -> str:
+        if isinstance(value, str) and value.lower() in lowered:
+            return value
+        raise fail(f"{show(value)} is not a valid {what} ({', '.join(allowed)}, in any case)")
+    return Annotated[str, PlainValidator(check)]

@@ -27,7 +27,6 @@ from typing import Any, Iterator, Literal, Optional
 from pydantic import Field
 
 from calico_net.model.fields.checks import show
-from calico_net.model.fields.text import name_problem
 from calico_net.model.resources.base import (
     API_VERSION, NOT_SUPPORTED_YET, CalicoModel, CheckContext, Error, Metadata, Resource,
     field_path, not_supported,
@@ -85,19 +84,6 @@ class _NamedDefault(Resource):
         yield from super().semantic_errors(path, ctx)
 
 
-class _NamedDefaultOrNode(Resource):
-    """FelixConfiguration's name rule: "default" for every node, "node.<name>" for one."""
-
-    def semantic_errors(self, path: str = "", ctx: CheckContext | None = None) -> Iterator[Error]:
-        name = self.metadata.name
-        if name != "default":
-            node = name[5:] if name.startswith("node.") else None
-            if not node or name_problem(node, "node name"):
-                yield (field_path(path, "metadata.name"),
-                       f"{show(name)} is not a FelixConfiguration name (\"default\" or \"node.<nodename>\")")
-        yield from super().semantic_errors(path, ctx)
-
-
 Node = resource_kind("Node", NodeSpec, "A host running calico/node: its BGP addresses and AS number.",
                      more={"status": (Optional[NodeStatus], None)})
 IPPool = resource_kind("IPPool", IPPoolSpec, "A range workload addresses are allocated from, in "
@@ -106,9 +92,11 @@ BGPConfiguration = resource_kind("BGPConfiguration", BGPConfigurationSpec,
                                  "Cluster-wide (`default`) or per-node (`node.<name>`) BGP settings.")
 BGPPeer = resource_kind("BGPPeer", BGPPeerSpec,
                         "A BGP peering for all nodes, one node or a selection of nodes.")
+# Any name is stored, as Calico does; only `default` and `node.<name>` are read by
+# Felix, and the field registry (`model.registry`) warns about any other name.
 FelixConfiguration = resource_kind("FelixConfiguration", FelixConfigurationSpec,
                                    "Felix settings: `default` for every node, `node.<name>` for "
-                                   "one node.", base=_NamedDefaultOrNode)
+                                   "one node.")
 Profile = resource_kind("Profile", ProfileSpec,
                         "Rules and labels shared by the endpoints that list the profile.")
 NetworkPolicy = resource_kind("NetworkPolicy", NetworkPolicySpec,

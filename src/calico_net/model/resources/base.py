@@ -13,6 +13,7 @@ from typing import Any, ClassVar, Iterator, Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
+from calico_net.model.fields.checks import bounded, pattern_type
 from calico_net.model.fields.text import (
     UID, Annotations, Labels, Name, Namespace, ResourceVersion, Timestamp,
 )
@@ -67,8 +68,39 @@ def not_supported(reason: str) -> str:
 # --- metadata ----------------------------------------------------------------------------
 
 
+# The grammars of the ObjectMeta fields Calico's validator passes through unchanged:
+# generateName is a name prefix (it may end in '-'), selfLink an API path, a finalizer
+# a qualified name ("example.com/cleanup"), ownerReferences name Kubernetes objects.
+GenerateName = pattern_type(r"[a-z0-9]([-a-z0-9.]*)?", "lower-case letters, digits, '-' and '.', "
+                            "at most 253", "generateName", max_len=253)
+SelfLink = pattern_type(r"/[A-Za-z0-9/._-]*", "an API path of letters, digits, '/', '.', '_' and '-'",
+                        "selfLink", max_len=1024)
+Finalizer = pattern_type(r"[A-Za-z0-9]([-A-Za-z0-9_./]*[A-Za-z0-9])?", "a qualified name such as "
+                         "example.com/cleanup", "finalizer", max_len=316)
+APIVersionText = pattern_type(r"[A-Za-z0-9]([-A-Za-z0-9_./]*[A-Za-z0-9])?", "group/version, e.g. "
+                              "apps/v1", "apiVersion", max_len=253)
+KindText = pattern_type(r"[A-Za-z][A-Za-z0-9]*", "letters and digits", "kind", max_len=63)
+
+
+class OwnerReference(CalicoModel):
+    """A Kubernetes owner reference, kept as written (no garbage collector reads it here)."""
+
+    api_version: APIVersionText = Field(alias="apiVersion")
+    kind: KindText
+    name: Name
+    uid: UID
+    controller: Optional[bool] = None
+    block_owner_deletion: Optional[bool] = None
+
+
 class Metadata(CalicoModel):
-    """The parts of Kubernetes ObjectMeta that Calico's v3 resources use."""
+    """Kubernetes ObjectMeta as Calico's v3 resources carry it.
+
+    Beyond name/namespace/labels/annotations and the server's uid, creationTimestamp
+    and resourceVersion, the other standard fields are accepted because Calico accepts
+    them (documents exported from a Kubernetes-backed cluster carry them); the field
+    registry (`model.registry`) flags the ones that mean nothing without Kubernetes.
+    """
 
     name: Name
     namespace: Optional[Namespace] = None
@@ -77,6 +109,14 @@ class Metadata(CalicoModel):
     uid: Optional[UID] = None
     creation_timestamp: Optional[Timestamp] = None
     resource_version: Optional[ResourceVersion] = None
+    generate_name: Optional[GenerateName] = None
+    deletion_timestamp: Optional[Timestamp] = None
+    deletion_grace_period_seconds: Optional[bounded(0, 2**63 - 1, "grace period")] = None
+    owner_references: Optional[list[OwnerReference]] = None
+    self_link: Optional[SelfLink] = None
+    generation: Optional[bounded(0, 2**63 - 1, "generation")] = None
+    finalizers: Optional[list[Finalizer]] = None
+    cluster_name: Optional[Name] = None
 
 
 

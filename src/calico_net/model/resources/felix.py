@@ -8,7 +8,7 @@ from typing import Any, Iterator, Optional
 from pydantic import Field, model_validator
 
 from calico_net.model.fields.bgp import Duration
-from calico_net.model.fields.checks import bounded, enum_before
+from calico_net.model.fields.checks import bounded, enum_before, enum_ci
 from calico_net.model.fields.network import (
     IP, InterfaceExcludeList, InterfaceName, InterfacePrefixList, IPv4, IPv6, Net, PortNumber,
     PortRange,
@@ -20,7 +20,10 @@ from calico_net.model.fields.settings import (
 from calico_net.model.resources.base import (
     CalicoModel, CheckContext, Error, field_path,
 )
-from calico_net.model.resources.bgp import LogSeverity
+
+# Felix's log levels, matched case-blind as Calico's validator does (BGPConfiguration's
+# logSeverityScreen keeps the BGP model's own rule).
+LogSeverity = enum_ci(("Trace", "Debug", "Info", "Warning", "Error", "Fatal"), "log severity")
 
 # --- Felix ---------------------------------------------------------------------------------
 
@@ -80,12 +83,12 @@ class FelixConfigurationSpec(CalicoModel):
     floating_ips: Optional[EnabledDisabled] = Field(None, alias="floatingIPs")
     ipsets_refresh_interval: Optional[Duration] = None
     max_ipset_size: Optional[bounded(1, 2**31 - 1, "ipset size")] = None
-    iptables_backend: Optional[enum_before(("Legacy", "NFT", "Auto"), "iptables backend")] = None
+    iptables_backend: Optional[enum_ci(("Legacy", "NFT", "Auto"), "iptables backend")] = None
     nftables_mode: Optional[enum_before(("Disabled", "Enabled", "Auto"), "nftables mode")] = None
     nftables_refresh_interval: Optional[Duration] = None
-    nftables_filter_allow_action: Optional[enum_before(("Accept", "Return"), "action")] = None
-    nftables_mangle_allow_action: Optional[enum_before(("Accept", "Return"), "action")] = None
-    nftables_filter_deny_action: Optional[enum_before(("Drop", "Reject"), "action")] = None
+    nftables_filter_allow_action: Optional[enum_ci(("Accept", "Return"), "action")] = None
+    nftables_mangle_allow_action: Optional[enum_ci(("Accept", "Return"), "action")] = None
+    nftables_filter_deny_action: Optional[enum_ci(("Drop", "Reject"), "action")] = None
     nftables_mark_mask: Optional[Mark] = None
     xdp_refresh_interval: Optional[Duration] = Field(None, alias="xdpRefreshInterval")
     netlink_timeout: Optional[Duration] = None
@@ -94,11 +97,11 @@ class FelixConfigurationSpec(CalicoModel):
     openstack_region: Optional[Region] = None
     interface_prefix: Optional[InterfacePrefixList] = None
     interface_exclude: Optional[InterfaceExcludeList] = None
-    chain_insert_mode: Optional[enum_before(("Insert", "Append"), "chain insert mode")] = None
-    default_endpoint_to_host_action: Optional[enum_before(("Drop", "Return", "Accept"), "action")] = None
-    iptables_filter_allow_action: Optional[enum_before(("Accept", "Return"), "action")] = None
-    iptables_mangle_allow_action: Optional[enum_before(("Accept", "Return"), "action")] = None
-    iptables_filter_deny_action: Optional[enum_before(("Drop", "Reject"), "action")] = None
+    chain_insert_mode: Optional[enum_ci(("Insert", "Append"), "chain insert mode")] = None
+    default_endpoint_to_host_action: Optional[enum_ci(("Drop", "Return", "Accept"), "action")] = None
+    iptables_filter_allow_action: Optional[enum_ci(("Accept", "Return"), "action")] = None
+    iptables_mangle_allow_action: Optional[enum_ci(("Accept", "Return"), "action")] = None
+    iptables_filter_deny_action: Optional[enum_ci(("Drop", "Reject"), "action")] = None
     log_prefix: Optional[LogPrefix] = None
     log_file_path: Optional[FilePath] = None
     log_severity_file: Optional[LogSeverity] = None
@@ -153,17 +156,17 @@ class FelixConfigurationSpec(CalicoModel):
     generic_xdp_enabled: Optional[bool] = Field(None, alias="genericXDPEnabled")
     bpf_enabled: Optional[bool] = None
     bpf_disable_unprivileged: Optional[bool] = None
-    bpf_log_level: Optional[enum_before(("Off", "Info", "Debug"), "BPF log level")] = None
+    bpf_log_level: Optional[enum_ci(("Off", "Info", "Debug"), "BPF log level")] = None
     bpf_data_iface_pattern: Optional[regexp_type("interface pattern")] = None
     bpf_connect_time_load_balancing_enabled: Optional[bool] = None
-    bpf_external_service_mode: Optional[enum_before(("Tunnel", "DSR"), "BPF external service mode")] = None
+    bpf_external_service_mode: Optional[enum_ci(("Tunnel", "DSR"), "BPF external service mode")] = None
     bpf_kube_proxy_iptables_cleanup_enabled: Optional[bool] = None
-    route_source: Optional[enum_before(("CalicoIPAM", "WorkloadIPs"), "route source")] = None
+    route_source: Optional[enum_ci(("CalicoIPAM", "WorkloadIPs"), "route source")] = None
     route_table_range: Optional[RouteTableRange] = None
     route_table_ranges: Optional[list[RouteTableRange]] = None
     route_sync_disabled: Optional[bool] = None
-    service_loop_prevention: Optional[enum_before(("Drop", "Reject", "Disabled"), "value")] = None
-    workload_source_spoofing: Optional[enum_before(("Disabled", "Any"), "value")] = None
+    service_loop_prevention: Optional[enum_ci(("Drop", "Reject", "Disabled"), "value")] = None
+    workload_source_spoofing: Optional[enum_ci(("Disabled", "Any"), "value")] = None
     mtu_iface_pattern: Optional[regexp_type("interface pattern")] = None
     ip_forwarding: Optional[EnabledDisabled] = Field(None, alias="ipForwarding")
     aws_src_dst_check: Optional[enum_before(("DoNothing", "Enable", "Disable"), "value")] = None
