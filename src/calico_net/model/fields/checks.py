@@ -182,5 +182,5 @@ def enum_ci(allowed: tuple[str, ...], what: str) -> Any:
     def check(value: Any) -> str:
         if isinstance(value, str) and value.lower() in lowered:
             return value
-        raise fail(f"{show(value)} is not a valid {what} ({', '.join(allowed)}, in any case)")
+        raise fail(f"{show(value)} is not a valid {what} ({', '.join(allowed)}) in any letter case")
     return Annotated[str, PlainValidator(check)]
