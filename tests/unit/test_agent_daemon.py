@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import time
 from dataclasses import dataclass, field
 
 from calico_net.agent.config import Config
@@ -188,6 +189,35 @@ def test_refresh_repairs_routes(tmp_path):
     d.loop_once(max_wait=0.01)
     assert kernel.table == {(V4, "198.19.0.1", 32): 5}
     assert d.metrics.route_repairs.value == 1 and policy.refreshes == 1
+
+
+def test_tamper_report_repairs_at_once_not_at_the_refresh(tmp_path):
+    from calico_net.agent.felix.tamper import Tamper
+    d, kernel, policy = make(tmp_path)
+    d.on_snapshot(dict([wep("a", "n1", "cali1", "198.19.0.1/32")]), 3)
+    d.loop_once(max_wait=0.01)
+    # another process deleted the route: re-added by the next pass, no refresh needed
+    del kernel.table[(V4, "198.19.0.1", 32)]
+    d.next_route_refresh = d.next_nft_refresh = float("inf")
+    d._on_tamper(Tamper(routes={(V4, "198.19.0.1", 32): 5}))
+    d.loop_once(max_wait=0.01)
+    assert kernel.table == {(V4, "198.19.0.1", 32): 5}
+    assert d.metrics.route_repairs.value == 1 and policy.refreshes == 0
+    # a deleted route that was not ours (another interface, another address) changes nothing
+    writes = len(kernel.writes)
+    d._on_tamper(Tamper(routes={(V4, "198.19.0.1", 32): 6, (V4, "198.19.0.9", 32): 5}))
+    d.loop_once(max_wait=0.01)
+    assert len(kernel.writes) == writes and d.metrics.route_repairs.value == 1
+    # our table changed by someone else: the nft check runs now; the periodic one
+    # is due a whole interval (90 s) later
+    d._on_tamper(Tamper(nft="another process changed table inet calico"))
+    d.loop_once(max_wait=0.01)
+    assert policy.refreshes == 1 and d.next_nft_refresh > time.monotonic() + 60
+    # lost route events: every route is read back
+    kernel.table.clear()
+    d._on_tamper(Tamper(routes_lost=True))
+    d.loop_once(max_wait=0.01)
+    assert kernel.table == {(V4, "198.19.0.1", 32): 5} and d.tampers == 4
 
 
 def test_settings_for_the_real_policy_dataplane(tmp_path):

@@ -170,3 +170,18 @@ def test_never_writes_anything_but_a_host_route_and_removes_wide_ones_found():
     rm.apply()
     assert (V4, "0.0.0.0", 0) not in k.table
     assert not [op for op in k.writes if op.op == "replace"]
+
+
+def test_forget_marks_only_our_routes_for_rewriting():
+    k, rm = mk()
+    rm.set_endpoint("a", "cali1", ["198.19.0.1/32", "fd00::1/128"])
+    rm.apply()
+    del k.table[(V4, "198.19.0.1", 32)]          # another process deleted it
+    # the route through another interface, or one we never had, is not ours
+    assert rm.forget({(V4, "198.19.0.1", 32): 8, (V4, "198.19.0.7", 32): 7}) == 0
+    assert not rm.apply()
+    assert rm.forget({(V4, "198.19.0.1", 32): 7}) == 1
+    k.writes.clear()
+    st = rm.apply()
+    assert (st.added, st.removed) == (1, 0) and len(k.writes) == 1
+    assert k.table == {(V4, "198.19.0.1", 32): 7, (V6, "fd00::1", 128): 7}
