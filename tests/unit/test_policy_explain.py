@@ -178,3 +178,41 @@ def test_uncompilable_policy_denies():
 def test_rule_matches_terms(rule, pkt, want):
     cl = Cluster([])
     assert rule_matches(compile_rule(rule), pkt, cl.index("n")) is want
+
+
+class _Store:
+    def __init__(self, docs):
+        self.docs = docs
+
+    def list(self, kind, namespace=None, **_kw):
+        return [d for d in self.docs if d["kind"] == kind], 1
+
+
+def _cli(docs, *argv):
+    import io
+    import types
+
+    from calico_net.cli.main import build_parser
+
+    args = build_parser().parse_args(["policy", "explain", *argv])
+    ctx = types.SimpleNamespace(datastore=_Store(docs), out=io.StringIO(), err=io.StringIO())
+    rc = args.func(args, ctx)
+    return rc, ctx.out.getvalue()
+
+
+def test_cli_text_json_and_errors():
+    import json
+
+    docs = stars_docs()
+    rc, text = _cli(docs, "--from", "cl", "--to", "fe", "--port", "9090")
+    assert rc == 0
+    assert text.startswith("Verdict:     Deny\nDecided by:  ingress of WorkloadEndpoint stars/fe")
+    assert "rule 2 MATCHED: {\"action\":\"Deny\"" in text and "nft: meta l4proto 6 tcp dport 9090 drop" in text
+    rc, out = _cli(docs, "--from", "198.18.77.3", "--to", "be", "-n", "stars", "--port", "6379", "-o", "json")
+    body = json.loads(out)
+    assert body["verdict"] == "Allow" and body["source"]["name"] == "cl"
+    assert body["steps"][1]["by"] == "NetworkPolicy stars/backend rule 0"
+    with pytest.raises(ValueError, match="no workload or host endpoint"):
+        _cli(docs, "--from", "nope", "--to", "fe", "--port", "1")
+    with pytest.raises(ValueError, match="out of range"):
+        _cli(docs, "--from", "cl", "--to", "fe", "--port", "70000")

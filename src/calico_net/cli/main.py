@@ -72,9 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    from calico_net.cli import ipam, migrate, node, patch, resources
+    from calico_net.cli import explain, ipam, migrate, node, patch, resources
 
-    for module in (resources, patch, node, ipam, migrate):
+    for module in (resources, patch, node, ipam, migrate, explain):
         module.register(sub)
 
     v = sub.add_parser("version", help="print the client version and the cluster's",
