@@ -64,6 +64,10 @@ class RenderOptions:
     export_disabled_pools: bool = True
     #: Parser for label selectors; None imports calico_net.model.selector.parse_selector.
     selector_parser: Callable[[str], Any] | None = None
+    #: Glob of the host side of workload interfaces (Felix's InterfacePrefix + "*"): a
+    #: kernel route through one to an address outside this node's blocks is a borrowed
+    #: address, which BIRD learns and advertises as a /32 (/128).
+    workload_interfaces: str = "cali*"
 
 
 @dataclass(frozen=True)
@@ -116,6 +120,10 @@ class FamilyModel:
     #: the routes it learns inside them into the kernel
     encap_pools: list[str] = field(default_factory=list)
     sessions: list[Session] = field(default_factory=list)
+    #: service CIDRs every node advertises (BGPConfiguration service*IPs)
+    services: list[str] = field(default_factory=list)
+    #: prefixAdvertisements: .advertise.CommunityRule, in order
+    communities: list[Any] = field(default_factory=list)
 
 
 @dataclass
@@ -142,6 +150,7 @@ class BirdModel:
     #: The notes about objects skipped because a value in them is invalid (a subset
     #: of ``notes``); confd logs and counts these.
     rejected: list[str] = field(default_factory=list)
+    workload_interfaces: str = "cali*"
 
 
 def meta_of(res: Mapping[str, Any]) -> Mapping[str, Any]:

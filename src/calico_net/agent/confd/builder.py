@@ -10,7 +10,7 @@ import ipaddress
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
-from calico_net.agent.confd import birdtext, values
+from calico_net.agent.confd import advertise, birdtext, values
 from calico_net.agent.confd.birdmodel import (
     BFD_ANNOTATION,
     DEFAULT_AS_NUMBER,
@@ -105,10 +105,12 @@ def build_bird_model(
       per remote address and port: node-specific beats global beats reflector beats mesh.
     * exported routes: only this node's affine blocks (a ``blackhole`` static route per
       block, so unused addresses are dropped locally and the block is the one route
-      advertised) and, for reflectors and eBGP peers, BGP routes learned from others — all
-      only when inside an IPPool whose BGP export is enabled. Anything more specific than an
-      own block (workload /32s) is never exported. Imports accept only prefixes inside an
-      IPPool.
+      advertised), /32s (/128s) of borrowed addresses (a workload route through a
+      workload interface to an address outside our blocks, learned from the kernel as
+      Calico's BIRD does) and, for reflectors and eBGP peers, BGP routes learned from
+      others — all only inside an IPPool whose BGP export is enabled; nothing more
+      specific than an own block. Service CIDRs and communities: :mod:`.advertise`.
+      Imports accept only prefixes inside an IPPool.
     * the kernel protocol programs BGP-learned pool routes and the own-block blackholes
       (``proto bird``); it learns only non-pool kernel routes (the underlay, so multihop
       next hops resolve), never the workload routes Felix programs. Routes learned
@@ -207,6 +209,7 @@ class _Builder:
             raise RenderError(f"BGPConfiguration default: {exc}") from exc
         self._listen_ports: dict[str, int | None] = {}
 
+        self.adv = advertise.advertisements(self.dspec, self.reject)
         self.families = self._families(pools, affine_blocks)
         # The first claim on (family, address, port) wins.
         self.claimed: dict[tuple[int, IPAddress, int | None], str] = {}
@@ -334,6 +337,8 @@ class _Builder:
                 encap_pools=[str(n) for n, _, enc in pool_nets[fam] if enc],
                 blocks=[str(b) for b in blocks[fam]],
                 block_subnets=[p for b in blocks[fam] if (p := subnets_pattern(b))],
+                services=self.adv.services[fam],
+                communities=self.adv.communities[fam],
             )
         return families
 
@@ -413,6 +418,7 @@ class _Builder:
             families=[self.families[4], self.families[6]],
             notes=[one_line(n) for n in dict.fromkeys(self.notes)],  # dedup, in order
             rejected=[one_line(n) for n in dict.fromkeys(self.rejected)],
+            workload_interfaces=opts.workload_interfaces,
         )
 
     def _direct_interfaces(self) -> list[tuple[bool, str]]:

@@ -50,6 +50,8 @@ class BGPConfigurationSpec(CalicoModel):
     service_load_balancer_ips: Optional[list[ServiceIPBlock]] = Field(None, alias="serviceLoadBalancerIPs")
     service_external_ips: Optional[list[ServiceIPBlock]] = Field(None, alias="serviceExternalIPs")
     service_cluster_ips: Optional[list[ServiceIPBlock]] = Field(None, alias="serviceClusterIPs")
+    service_load_balancer_aggregation: Optional[
+        enum_before(("Enabled", "Disabled"), "aggregation mode")] = None
     communities: Optional[list[Community]] = None
     prefix_advertisements: Optional[list[PrefixAdvertisement]] = None
     listen_port: Optional[PortNumber] = None

@@ -1,0 +1,272 @@
+"""Calico BGP features on the multi-host fabric (tests/fv/bgp_util.py) with real
+etcd, the real confd process and BIRD on every host and a BIRD top-of-rack router
+(AS 65001): borrowed addresses advertised as /32s by the node that holds them, the
+BGPConfiguration service CIDRs from every node, and communities from
+prefixAdvertisements as the ToR sees them (``birdc show route all``).
+
+One fabric for the module; the tests run in file order and each one puts the
+datastore back the way it found it. Service CIDRs: 198.18.200.0/24-198.18.203.0/24; a small IPPool 198.18.244.0/25.
+"""
+
+from __future__ import annotations
+
+import statistics
+import subprocess
+import time
+from typing import Iterator
+
+import pytest
+
+import bgp_util as bu
+
+pytestmark = [pytest.mark.root]
+
+CONVERGE = 60  # seconds: a generous deadline on a loaded 2-core CI machine
+CLUSTER_CIDR = "198.18.200.0/24"
+EXTERNAL_CIDR = "198.18.201.0/24"
+LB_CIDR = "198.18.202.0/24"
+BENCH_CIDR = "198.18.203.{}/32"
+TCP_PORT = 8080
+SMALL_POOL = "198.18.244.0/25"
+
+
+@pytest.fixture(scope="module")
+def fabric(tmp_path_factory) -> Iterator[bu.Fabric]:
+    f = bu.Fabric(tmp_path_factory.mktemp("bgpfeat"), 3)
+    try:
+        f.setup()
+        for h in f.hosts:
+            f.add_workload(h)
+        f.start_tor()
+        f.apply({"apiVersion": "projectcalico.org/v3", "kind": "BGPPeer",
+                 "metadata": {"name": "tor"},
+                 "spec": {"peerIP": bu.TOR_IP, "asNumber": bu.TOR_AS}})
+        bu.wait_for(lambda: all(_tor_established(f, h) for h in f.hosts), CONVERGE,
+                    "ToR sessions Established", f.diag)
+        yield f
+    except BaseException:
+        print(f.diag())
+        raise
+    finally:
+        f.teardown()
+
+
+def _tor_established(f: bu.Fabric, h: bu.Host) -> bool:
+    return f"host_{h.name}" in bu.established(f.tor_sock)
+
+
+def birdc(sock: str, *args: str) -> str:
+    return subprocess.run(["birdc", "-s", sock, *args], capture_output=True, text=True,
+                          timeout=15).stdout
+
+
+def tor_route_all(f: bu.Fabric, prefix: str) -> str:
+    return birdc(f.tor_sock, "show", "route", "all", "for", prefix)
+
+
+def tor_next_hops(f: bu.Fabric, prefix: str) -> set[str]:
+    """The hosts' addresses the ToR has a BGP route for exactly ``prefix`` from."""
+    out = birdc(f.tor_sock, "show", "route", prefix, "all")
+    hops = set()
+    for line in out.splitlines():
+        line = line.strip()
+        if line.startswith("BGP.next_hop:"):
+            hops.add(line.split(":", 1)[1].strip())
+    return hops
+
+
+def _default_cfg(f: bu.Fabric) -> dict:
+    return f.ds.get("BGPConfiguration", "default")
+
+
+def _set_default_spec(f: bu.Fabric, **spec: object) -> None:
+    doc = _default_cfg(f)
+    for k, v in spec.items():
+        if v is None:
+            doc["spec"].pop(k, None)
+        else:
+            doc["spec"][k] = v
+    f.ds.replace(doc)
+
+
+def _tcp_server(w: bu.Workload) -> subprocess.Popen:
+    code = ("import socket\n"
+            "s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+            f"s.bind(('0.0.0.0', {TCP_PORT})); s.listen(8); print('up', flush=True)\n"
+            "while True:\n"
+            "    c, _ = s.accept(); c.sendall(b'hello'); c.close()\n")
+    p = subprocess.Popen(["ip", "netns", "exec", w.ns, bu.PYTHON, "-c", code],
+                         stdout=subprocess.PIPE, text=True)
+    assert p.stdout is not None and p.stdout.readline().strip() == "up"
+    return p
+
+
+def _tcp_ok(src: bu.Workload, ip: str) -> bool:
+    code = (f"import socket; c = socket.create_connection(({ip!r}, {TCP_PORT}), timeout=2); "
+            "assert c.recv(5) == b'hello'")
+    return subprocess.run(["ip", "netns", "exec", src.ns, bu.PYTHON, "-c", code],
+                          capture_output=True, timeout=15).returncode == 0
+
+
+def _remove_workload(f: bu.Fabric, w: bu.Workload) -> None:
+    bu.sh("ip", "link", "del", w.iface, ns=w.host.ns, check=False)
+    bu.sh("ip", "netns", "del", w.ns, check=False)
+    w.host.workloads.remove(w)
+
+
+def _in(ip: str, cidr: str) -> bool:
+    import ipaddress
+
+    return ipaddress.ip_address(ip) in ipaddress.ip_network(cidr)
+
+
+# ------------------------------------------------------------------ borrowed addresses
+
+
+def test_borrowed_address_is_advertised_by_its_node_and_withdrawn(fabric: bu.Fabric) -> None:
+    f = fabric
+    h1, h2, h3 = f.hosts
+    f.ipam.set_config(strict_affinity=False)
+    # A pool of two blocks, the only enabled one: h1 and h3 claim one each, so h2
+    # finds no free block and borrows an address from one of theirs.
+    f.apply({"apiVersion": "projectcalico.org/v3", "kind": "IPPool",
+             "metadata": {"name": "fv-feat-small"},
+             "spec": {"cidr": SMALL_POOL, "blockSize": 26}})
+    _set_pool_disabled(f, "fv-pool", True)
+    made: list[bu.Workload] = []
+    try:
+        made += [f.add_workload(h1, "sa"), f.add_workload(h3, "sb")]
+        w = f.add_workload(h2, "borrow")
+        made.append(w)
+        assert not any(_in(w.ip, b) for b in f.blocks_of(h2)), (w.ip, f.blocks_of(h2))
+        owner = next(h for h in (h1, h3) if any(_in(w.ip, b) for b in f.blocks_of(h)))
+        third = h3 if owner is h1 else h1
+        host32 = f"{w.ip}/32"
+
+        # The holder advertises the /32; the block owner, the third node and the ToR
+        # route it to h2, while the owner's block route stays aggregated.
+        bu.wait_for(lambda: f.tor_routes().get(w.ip) and all(
+            o.routes().get(w.ip) for o in (owner, third)), CONVERGE,
+            f"{host32} routed at the ToR, {owner.name} and {third.name}", f.diag)
+        # (Other nodes pass on what they learned to the eBGP ToR too, as Calico's
+        # nodes do; the path from h2 itself must be there.)
+        assert h2.ip in tor_next_hops(f, host32)
+        for o in (owner, third):
+            assert o.routes()[w.ip].get("gateway") == h2.ip, o.routes()[w.ip]
+        (block,) = [b for b in f.blocks_of(owner) if _in(w.ip, b)]
+        assert owner.ip in tor_next_hops(f, block)
+
+        src = third.workloads[0]
+        server = _tcp_server(w)
+        try:
+            assert bu.wait_for(lambda: f.ping(src, w.ip), 20, f"ping {third.name} -> {w.ip}")
+            assert _tcp_ok(src, w.ip)
+            # The owner's workload in the same block stays reachable beside it.
+            assert f.ping(src, owner.workloads[-1].ip)
+        finally:
+            server.kill()
+            server.wait()
+
+        _remove_workload(f, w)
+        made.remove(w)
+        bu.wait_for(lambda: w.ip not in f.tor_routes() and all(
+            w.ip not in o.routes() for o in (owner, third)), CONVERGE,
+            f"{host32} withdrawn everywhere", f.diag)
+        assert not f.ping(src, w.ip)  # gone: the owner's blackhole drops it
+        assert f.ping(src, owner.workloads[-1].ip)  # and the block still works
+    finally:
+        for m in made:
+            _remove_workload(f, m)
+        for handle in ("fv-h1-sa", "fv-h3-sb", "fv-h2-borrow"):
+            _release_handle(f, handle)
+        _set_pool_disabled(f, "fv-pool", False)
+        for h in f.hosts:
+            for b in f.blocks_of(h):
+                if _in(b.split("/")[0], SMALL_POOL):
+                    f.ipam.release_affinity(h.name, b)
+        f.delete("IPPool", "fv-feat-small")
+
+
+def _set_pool_disabled(f: bu.Fabric, name: str, disabled: bool) -> None:
+    doc = f.ds.get("IPPool", name)
+    doc["spec"]["disabled"] = disabled
+    f.ds.replace(doc)
+
+
+def _release_handle(f: bu.Fabric, handle: str) -> None:
+    from calico_net.ipam import errors
+
+    try:
+        f.ipam.release_by_handle(handle)
+    except errors.IPAMError:
+        pass
+
+
+# ------------------------------------------------------------------ services + communities
+
+
+def test_service_cidrs_from_every_node_with_communities(fabric: bu.Fabric) -> None:
+    f = fabric
+    hosts = {h.ip for h in f.hosts}
+    try:
+        _set_default_spec(
+            f,
+            serviceClusterIPs=[{"cidr": CLUSTER_CIDR}],
+            serviceExternalIPs=[{"cidr": EXTERNAL_CIDR}],
+            serviceLoadBalancerIPs=[{"cidr": LB_CIDR}],
+            communities=[{"name": "lb", "value": "65001:100"},
+                         {"name": "lb-large", "value": "64512:300:7"}],
+            prefixAdvertisements=[
+                {"cidr": LB_CIDR, "communities": ["lb", "lb-large"]},
+                {"cidr": bu.POOL_CIDR, "communities": ["65001:200"]},
+            ],
+        )
+        for cidr in (CLUSTER_CIDR, EXTERNAL_CIDR, LB_CIDR):
+            bu.wait_for(lambda c=cidr: tor_next_hops(f, c) >= hosts, CONVERGE,
+                        f"{cidr} at the ToR from every node", f.diag)
+        lb = tor_route_all(f, LB_CIDR)
+        assert "BGP.community: (65001,100)" in lb, lb
+        assert "BGP.large_community: (64512, 300, 7)" in lb, lb
+        cluster = tor_route_all(f, CLUSTER_CIDR)
+        assert "(65001,100)" not in cluster and "community" not in cluster, cluster
+        # The pool's prefixAdvertisement community rides on the nodes' block routes.
+        block = sorted(b for b in f.blocks_of(f.hosts[0]) if _in(b.split("/")[0], bu.POOL_CIDR))[0]
+        bu.wait_for(lambda: "BGP.community: (65001,200)" in tor_route_all(f, block),
+                    CONVERGE, f"community on {block}", f.diag)
+        # Never written into a node's kernel (they are only advertised).
+        for h in f.hosts:
+            assert not any(d.startswith("198.18.20") for d in h.routes()), h.routes()
+
+        # Aggregation Disabled: no LoadBalancer CIDR (Calico would send per-Service
+        # /32s, and there are no Services); the other CIDRs stay.
+        _set_default_spec(f, serviceLoadBalancerAggregation="Disabled")
+        bu.wait_for(lambda: not tor_next_hops(f, LB_CIDR), CONVERGE, "LB CIDR withdrawn",
+                    f.diag)
+        assert tor_next_hops(f, CLUSTER_CIDR) >= hosts
+    finally:
+        _set_default_spec(f, serviceClusterIPs=None, serviceExternalIPs=None,
+                          serviceLoadBalancerIPs=None, communities=None,
+                          prefixAdvertisements=None, serviceLoadBalancerAggregation=None)
+    bu.wait_for(lambda: not tor_next_hops(f, CLUSTER_CIDR), CONVERGE, "services withdrawn",
+                f.diag)
+
+
+def test_bench_service_cidr_to_tor(fabric: bu.Fabric) -> None:
+    """Time from a serviceClusterIPs change in etcd to the route at the ToR."""
+    f = fabric
+    samples = []
+    try:
+        for i in range(1, 9):
+            cidr = BENCH_CIDR.format(i)
+            t0 = time.monotonic()
+            _set_default_spec(f, serviceClusterIPs=[{"cidr": cidr}])
+            bu.wait_for(lambda c=cidr: c.split("/")[0] in f.tor_routes(), CONVERGE,
+                        f"{cidr} at the ToR", f.diag, interval=0.01)
+            samples.append(time.monotonic() - t0)
+    finally:
+        _set_default_spec(f, serviceClusterIPs=None)
+    samples.sort()
+    p50 = statistics.median(samples)
+    p99 = samples[-1]
+    print(f"\nbench service CIDR -> ToR kernel: n={len(samples)} "
+          f"p50={p50 * 1000:.0f} ms p99={p99 * 1000:.0f} ms")
