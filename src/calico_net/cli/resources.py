@@ -84,11 +84,23 @@ def _summary(verb: str, docs: Iterable[dict[str, Any]]) -> str:
     return f"Successfully {verb} {kinds} resource(s)"
 
 
+def warn_no_effect(docs: Iterable[dict[str, Any]], err) -> None:
+    """One stderr line per field a document sets that calico.net stores without effect
+    (kind, name, field path, reason: `model.registry`). The documents are still
+    written, as Calico writes them; the warning is so nothing is ignored silently."""
+    from calico_net.model.registry import warning_lines
+
+    for doc in docs:
+        for line in warning_lines(doc):
+            print(line, file=err)
+
+
 # --- verbs ------------------------------------------------------------------------
 
 
 def cmd_create(args: argparse.Namespace, ctx) -> int:
     docs = load_documents(args.filename, args.namespace)
+    warn_no_effect(docs, ctx.err)
     ctx.datastore.create_all(docs, skip_exists=args.skip_exists)
     print(_summary("created", docs), file=ctx.out)
     return 0
@@ -96,6 +108,7 @@ def cmd_create(args: argparse.Namespace, ctx) -> int:
 
 def cmd_apply(args: argparse.Namespace, ctx) -> int:
     docs = load_documents(args.filename, args.namespace)
+    warn_no_effect(docs, ctx.err)
     ctx.datastore.apply_all(docs, validated=True)
     print(_summary("applied", docs), file=ctx.out)
     return 0
@@ -103,6 +116,7 @@ def cmd_apply(args: argparse.Namespace, ctx) -> int:
 
 def cmd_replace(args: argparse.Namespace, ctx) -> int:
     docs = load_documents(args.filename, args.namespace)
+    warn_no_effect(docs, ctx.err)
     for doc in docs:
         ctx.datastore.replace(doc)
     print(_summary("replaced", docs), file=ctx.out)
@@ -111,6 +125,7 @@ def cmd_replace(args: argparse.Namespace, ctx) -> int:
 
 def cmd_validate(args: argparse.Namespace, ctx) -> int:
     docs = load_documents(args.filename, args.namespace)
+    warn_no_effect(docs, ctx.err)
     from calico_net.model import check_pool_overlap, parse_resource
 
     pools = [parse_resource(d) for d in docs if d["kind"] == "IPPool"]

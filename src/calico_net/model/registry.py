@@ -1,0 +1,643 @@
+"""The field registry: what calico.net does with every field of every kind the model
+accepts — enforced (and by which code), refused (and why), or stored with no effect
+(and why) — and the warnings for documents that set a no-effect field.
+
+Why it exists: "existing Calico YAML works unchanged" is only honest if a field that
+validates and is then ignored says so. Calico stores such fields; so does calico.net,
+but `calicoctl apply/create/replace/validate` (and the Ansible modules, through
+`no_effect_fields`) name each one a document sets, with the reason.
+
+Paths are Calico's JSON names from the document root, `[]` standing for any list
+index: `spec.ingress[].source.nets`. An entry may cover a whole subtree
+(`metadata.ownerReferences` covers its items' fields). Rule fields are declared once
+(`_RULE`) and mounted under each policy kind's `ingress[]` / `egress[]`; BGP kinds are
+listed by path here, so their model module (`resources/bgp.py`) need not know of this.
+
+`model_paths(cls)` walks a kind's pydantic models by alias, recursively; the unit test
+(tests/unit/test_field_registry.py) fails naming any model field without an entry, so
+a field added to the model must be classified here. `docs/compatibility.md` is
+generated from this table (`python -m calico_net.model.registry > docs/compatibility.md`).
+
+An "enforced" pointer names the module that acts on the field; only fields found read
+by code are enforced. `quiet` values of a no-effect field are those where calico.net
+already behaves as the value asks (`bpfEnabled: false`): no warning for them.
+
+Not imported by `calico_net.model` itself: the agent does not pay for it at start.
+"""
+from __future__ import annotations
+
+import re
+import sys
+import typing
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+from pydantic import BaseModel
+
+ENFORCED = "enforced"
+NO_EFFECT = "no_effect"
+REFUSED = "refused"
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One field's status; `where` is the enforcing module, or the reason."""
+
+    status: str
+    where: str
+    quiet: tuple[Any, ...] = ()
+
+
+def E(where: str) -> Entry:  # noqa: N802 - the table reads better with short names
+    return Entry(ENFORCED, where)
+
+
+def N(reason: str, *quiet: Any) -> Entry:  # noqa: N802
+    return Entry(NO_EFFECT, reason, quiet)
+
+
+def R(reason: str) -> Entry:  # noqa: N802
+    return Entry(REFUSED, reason)
+
+
+# --- reasons shared by many fields ------------------------------------------------------
+
+STORED = "calico_net/datastore/store.py (stored and shown as written; Calico gives it no other meaning)"
+NO_K8S = "no Kubernetes API server: nothing reads it"
+NO_BPF = "eBPF dataplane not provided by calico.net (nftables only)"
+NO_XDP = "XDP acceleration not provided by calico.net"
+NO_WG = "WireGuard encryption not provided by calico.net"
+NO_IPTABLES = "calico.net programs nftables (table inet calico), never iptables"
+NO_OPENSTACK = "OpenStack integration not provided by calico.net"
+NOT_YET = "not implemented by calico.net's agent yet"
+NOT_YET_BGP = "not implemented by calico.net's confd yet"
+FELIX_CFG = "calico_net/agent/config.py (PARAMS)"
+ENCAP = "calico_net/agent/encap (overlay controller)"
+RULES = "calico_net/agent/felix/rules.py"
+CONFD = "calico_net/agent/confd/builder.py"
+ADVERTISE = "calico_net/agent/confd/advertise.py"
+
+# --- per-kind tables ------------------------------------------------------------------------
+
+_METADATA: dict[str, Entry] = {
+    "metadata.name": E("calico_net/datastore/store.py (the resource's key)"),
+    "metadata.namespace": E("calico_net/datastore/store.py (the key; policy scope in "
+                            "calico_net/agent/felix/rules.py)"),
+    "metadata.labels": E("calico_net/agent/felix/selector_sets.py (selectors match them; on "
+                         "Nodes also calico_net/agent/confd/builder.py and calico_net/ipam/pools.py)"),
+    "metadata.annotations": E(STORED),
+    "metadata.uid": E("calico_net/datastore/store.py (set on create, kept on update)"),
+    "metadata.creationTimestamp": E("calico_net/datastore/store.py (set on create)"),
+    "metadata.resourceVersion": E("calico_net/datastore/store.py (etcd mod revision: "
+                                  "compare-and-swap on replace/delete)"),
+    "metadata.generateName": N("calicoctl generates no names: metadata.name is used"),
+    "metadata.deletionTimestamp": N("no graceful deletion: delete removes the resource at once"),
+    "metadata.deletionGracePeriodSeconds": N("no graceful deletion: delete removes the resource at once"),
+    "metadata.ownerReferences": N(NO_K8S + " (no garbage collector follows owners)"),
+    "metadata.selfLink": N(NO_K8S),
+    "metadata.generation": N("not maintained by the etcd datastore (resourceVersion is)"),
+    "metadata.finalizers": N("no finalizers run: delete removes the resource at once"),
+    "metadata.clusterName": N(NO_K8S),
+}
+
+_RULE: dict[str, Entry] = {
+    "action": E(RULES),
+    "ipVersion": E(RULES),
+    "protocol": E(RULES),
+    "notProtocol": E(RULES),
+    "icmp.type": E(RULES),
+    "icmp.code": E(RULES),
+    "notICMP.type": E(RULES),
+    "notICMP.code": E(RULES),
+    "metadata.annotations": N("rule annotations are not written as nftables rule comments"),
+}
+for _side in ("source", "destination"):
+    for _f in ("nets", "notNets", "selector", "notSelector", "namespaceSelector", "ports",
+               "notPorts", "serviceAccounts.names", "serviceAccounts.selector"):
+        _RULE[f"{_side}.{_f}"] = E(RULES)
+
+
+def _rules() -> dict[str, Entry]:
+    out = {}
+    for direction in ("ingress", "egress"):
+        for path, entry in _RULE.items():
+            out[f"spec.{direction}[].{path}"] = entry
+    return out
+
+
+_POLICY_COMMON = {
+    **_rules(),
+    "spec.tier": E("calico_net/agent/felix/policy.py (only the default tier exists; "
+                   "the model accepts only \"default\")"),
+    "spec.order": E("calico_net/agent/felix/policy.py"),
+    "spec.selector": E(RULES),
+    "spec.types": E("calico_net/agent/felix/policy.py"),
+    "spec.serviceAccountSelector": E(RULES),
+    "spec.performanceHints": N("a scheduling hint for Felix's calculation graph; "
+                               "calico.net computes every policy the same way"),
+}
+
+_FELIX_ENFORCED = {
+    "logSeverityScreen", "failsafeInboundHostPorts", "failsafeOutboundHostPorts",
+    "routeRefreshInterval", "iptablesRefreshInterval", "defaultEndpointToHostAction",
+    "interfacePrefix", "healthEnabled", "healthHost", "healthPort",
+    "prometheusMetricsEnabled", "prometheusMetricsHost", "prometheusMetricsPort",
+    "vxlanVNI", "vxlanPort", "vxlanMTU", "vxlanMTUV6", "ipipMTU", "mtuIfacePattern",
+    "allowIPIPPacketsFromWorkloads", "allowVXLANPacketsFromWorkloads",
+}
+_FELIX_WHERE = {
+    "vxlanVNI": ENCAP, "vxlanPort": ENCAP, "vxlanMTU": ENCAP, "vxlanMTUV6": ENCAP,
+    "ipipMTU": ENCAP, "mtuIfacePattern": ENCAP + " (calico_net/agent/encap/mtu.py)",
+    "allowIPIPPacketsFromWorkloads": "calico_net/agent/felix/encap_rules.py",
+    "allowVXLANPacketsFromWorkloads": "calico_net/agent/felix/encap_rules.py",
+    "failsafeInboundHostPorts": "calico_net/agent/felix/base_chains.py",
+    "failsafeOutboundHostPorts": "calico_net/agent/felix/base_chains.py",
+    "defaultEndpointToHostAction": "calico_net/agent/felix/base_chains.py",
+    "interfacePrefix": "calico_net/agent/felix/base_chains.py",
+    "routeRefreshInterval": "calico_net/agent/daemon.py",
+    "iptablesRefreshInterval": "calico_net/agent/daemon.py (the nftables refresh)",
+    "healthEnabled": "calico_net/agent/health.py", "healthHost": "calico_net/agent/health.py",
+    "healthPort": "calico_net/agent/health.py",
+    "prometheusMetricsEnabled": "calico_net/agent/metrics.py",
+    "prometheusMetricsHost": "calico_net/agent/metrics.py",
+    "prometheusMetricsPort": "calico_net/agent/metrics.py",
+}
+
+# FelixConfiguration fields with no effect, with the reason and the values calico.net
+# already honours by what it is (quiet: no warning).
+_FELIX_NO_EFFECT: dict[str, Entry] = {
+    "useInternalDataplaneDriver": N("calico.net's agent is the dataplane driver", True),
+    "dataplaneDriver": N("calico.net's agent is the dataplane driver"),
+    "dataplaneWatchdogTimeout": N(NOT_YET),
+    "ipv6Support": N("IPv6 is always handled where addresses and pools are IPv6", True),
+    "interfaceRefreshInterval": N("interfaces are watched through netlink, not polled"),
+    "iptablesPostWriteCheckInterval": N(NO_IPTABLES),
+    "iptablesLockFilePath": N(NO_IPTABLES),
+    "iptablesLockTimeout": N(NO_IPTABLES),
+    "iptablesLockProbeInterval": N(NO_IPTABLES),
+    "featureDetectOverride": N("calico.net detects no iptables/kernel features to override"),
+    "featureGates": N(NOT_YET),
+    "floatingIPs": N(NO_OPENSTACK, "Disabled"),
+    "ipsetsRefreshInterval": N("no ipsets: selectors are nftables sets refreshed with the table"),
+    "maxIpsetSize": N("no ipsets: nftables sets have no such limit here"),
+    "iptablesBackend": N(NO_IPTABLES, "NFT", "nft", "Auto", "auto"),
+    "nftablesMode": N("calico.net always programs nftables", "Enabled", "Auto"),
+    "nftablesRefreshInterval": N(NOT_YET + " (iptablesRefreshInterval sets the refresh)"),
+    "nftablesFilterAllowAction": N(NOT_YET + " (allowed packets are accepted by mark)"),
+    "nftablesMangleAllowAction": N(NOT_YET),
+    "nftablesFilterDenyAction": N(NOT_YET + " (denied packets are dropped)", "Drop", "drop"),
+    "nftablesMarkMask": N(NOT_YET + " (fixed mark bits 0x10000/0x20000)"),
+    "xdpRefreshInterval": N(NO_XDP),
+    "netlinkTimeout": N(NOT_YET),
+    "metadataAddr": N(NO_OPENSTACK),
+    "metadataPort": N(NO_OPENSTACK),
+    "openstackRegion": N(NO_OPENSTACK),
+    "interfaceExclude": N(NOT_YET),
+    "chainInsertMode": N("calico.net's table has base chains of its own and hooks "
+                         "no other chain", "Insert", "insert"),
+    "iptablesFilterAllowAction": N(NO_IPTABLES),
+    "iptablesMangleAllowAction": N(NO_IPTABLES),
+    "iptablesFilterDenyAction": N(NO_IPTABLES),
+    "logPrefix": N(NOT_YET + " (Log rules use the prefix calico-packet)", "calico-packet"),
+    "logFilePath": N(NOT_YET + " (the agent logs to stderr)", "none"),
+    "logSeverityFile": N(NOT_YET + " (the agent logs to stderr)"),
+    "logSeveritySys": N(NOT_YET + " (the agent does not log to syslog)"),
+    "logDebugFilenameRegex": N(NOT_YET),
+    "ipipEnabled": N("IP-in-IP follows the IPPools' ipipMode"),
+    "vxlanEnabled": N("VXLAN follows the IPPools' vxlanMode"),
+    "reportingInterval": N("no endpoint status reporting", "0s", "0"),
+    "reportingTTL": N("no endpoint status reporting"),
+    "endpointReportingEnabled": N("no endpoint status reporting", False),
+    "endpointReportingDelay": N("no endpoint status reporting"),
+    "iptablesMarkMask": N(NO_IPTABLES),
+    "disableConntrackInvalidCheck": N(NOT_YET + " (ct state invalid is always dropped)", False),
+    "healthTimeoutOverrides": N(NOT_YET),
+    "prometheusGoMetricsEnabled": N("calico.net is not written in Go", False),
+    "prometheusProcessMetricsEnabled": N(NOT_YET),
+    "prometheusWireGuardMetricsEnabled": N(NO_WG, False),
+    "kubeNodePortRanges": N("no kube-proxy integration: " + NO_K8S),
+    "policySyncPathPrefix": N("no policy sync API (application-layer policy) in calico.net"),
+    "usageReportingEnabled": N("calico.net reports no usage", False),
+    "usageReportingInitialDelay": N("calico.net reports no usage"),
+    "usageReportingInterval": N("calico.net reports no usage"),
+    "natPortRange": N(NOT_YET),
+    "natOutgoingAddress": N(NOT_YET),
+    "deviceRouteSourceAddress": N(NOT_YET),
+    "deviceRouteSourceAddressIPv6": N(NOT_YET),
+    "deviceRouteProtocol": N(NOT_YET),
+    "removeExternalRoutes": N(NOT_YET),
+    "externalNodesCIDRList": N(NOT_YET),
+    "debugMemoryProfilePath": N("a Go profiler setting"),
+    "debugDisableLogDropping": N(NOT_YET),
+    "iptablesNATOutgoingInterfaceFilter": N(NO_IPTABLES),
+    "sidecarAccelerationEnabled": N("sidecar acceleration (eBPF) not provided by calico.net", False),
+    "xdpEnabled": N(NO_XDP, False),
+    "genericXDPEnabled": N(NO_XDP, False),
+    "bpfEnabled": N(NO_BPF, False),
+    "bpfDisableUnprivileged": N(NO_BPF),
+    "bpfLogLevel": N(NO_BPF),
+    "bpfDataIfacePattern": N(NO_BPF),
+    "bpfConnectTimeLoadBalancingEnabled": N(NO_BPF, False),
+    "bpfExternalServiceMode": N(NO_BPF),
+    "bpfKubeProxyIptablesCleanupEnabled": N(NO_BPF, False),
+    "routeSource": N(NOT_YET + " (routes come from workload endpoints)", "WorkloadIPs", "workloadips"),
+    "routeTableRange": N(NOT_YET + " (routes go to the main table)"),
+    "routeTableRanges": N(NOT_YET + " (routes go to the main table)"),
+    "routeSyncDisabled": N(NOT_YET, False),
+    "serviceLoopPrevention": N("no Kubernetes Services: " + NO_K8S),
+    "workloadSourceSpoofing": N(NOT_YET + " (spoofed sources are always dropped)", "Disabled",
+                                "disabled"),
+    "ipForwarding": N(NOT_YET + " (the host's forwarding sysctls are left as they are)"),
+    "awsSrcDstCheck": N("no AWS integration in calico.net", "DoNothing"),
+    "wireguardEnabled": N(NO_WG, False),
+    "wireguardEnabledV6": N(NO_WG, False),
+    "wireguardListeningPort": N(NO_WG),
+    "wireguardListeningPortV6": N(NO_WG),
+    "wireguardRoutingRulePriority": N(NO_WG),
+    "wireguardInterfaceName": N(NO_WG),
+    "wireguardInterfaceNameV6": N(NO_WG),
+    "wireguardMTU": N(NO_WG),
+    "wireguardMTUV6": N(NO_WG),
+    "wireguardHostEncryptionEnabled": N(NO_WG, False),
+    "wireguardPersistentKeepAlive": N(NO_WG),
+}
+
+
+def _felix() -> dict[str, Entry]:
+    out = {f"spec.{f}": E(_FELIX_WHERE.get(f, FELIX_CFG)) for f in _FELIX_ENFORCED}
+    for f, entry in _FELIX_NO_EFFECT.items():
+        out[f"spec.{f}"] = entry
+    out["spec.failsafeInboundHostPorts"] = out["spec.failsafeOutboundHostPorts"] = E(
+        "calico_net/agent/felix/base_chains.py")
+    return out
+
+
+_ENDPOINT_PORTS = {
+    "spec.ports[].name": E("calico_net/agent/felix/selector_sets.py (named ports)"),
+    "spec.ports[].protocol": E("calico_net/agent/felix/selector_sets.py (named ports)"),
+    "spec.ports[].port": E("calico_net/agent/felix/selector_sets.py (named ports)"),
+}
+
+REGISTRY: dict[str, dict[str, Entry]] = {
+    "Node": {
+        "spec.bgp.asNumber": E(CONFD),
+        "spec.bgp.ipv4Address": E(CONFD + "; calico_net/agent/encap (tunnel endpoints)"),
+        "spec.bgp.ipv6Address": E(CONFD + "; calico_net/agent/encap (tunnel endpoints)"),
+        "spec.bgp.ipv4IPIPTunnelAddr": E("calico_net/agent/encap/addrs.py"),
+        "spec.bgp.routeReflectorClusterID": E(CONFD),
+        "spec.ipv4VXLANTunnelAddr": E("calico_net/agent/encap/addrs.py"),
+        "spec.vxlanTunnelMACAddr": E("calico_net/agent/encap/addrs.py"),
+        "spec.ipv6VXLANTunnelAddr": E("calico_net/agent/encap/addrs.py"),
+        "spec.vxlanTunnelMACAddrV6": E("calico_net/agent/encap/addrs.py"),
+        "spec.orchRefs": N("no Kubernetes node controller: " + NO_K8S),
+        "spec.wireguard": N(NO_WG),
+        "spec.addresses": N(NOT_YET + " (node addresses come from spec.bgp)"),
+        "status.wireguardPublicKey": N(NO_WG),
+        "status.wireguardPublicKeyV6": N(NO_WG),
+        "status.podCIDRs": N(NO_K8S),
+    },
+    "IPPool": {
+        "spec.cidr": E("calico_net/ipam/pools.py; calico_net/agent/felix/base_chains.py; "
+                       "calico_net/agent/confd/builder.py"),
+        "spec.vxlanMode": E(ENCAP + "; " + CONFD),
+        "spec.ipipMode": E(ENCAP + "; " + CONFD),
+        "spec.natOutgoing": E("calico_net/agent/felix/base_chains.py (masquerade sets)"),
+        "spec.disabled": E("calico_net/ipam/pools.py; " + CONFD),
+        "spec.disableBGPExport": E(CONFD),
+        "spec.blockSize": E("calico_net/ipam/pools.py"),
+        "spec.nodeSelector": E("calico_net/ipam/pools.py; calico_net/agent/encap/addrs.py"),
+        "spec.allowedUses": E("calico_net/ipam/pools.py"),
+        "spec.assignmentMode": E("calico_net/ipam/pools.py"),
+    },
+    "BGPConfiguration": {
+        "spec.logSeverityScreen": E(CONFD),
+        "spec.nodeToNodeMeshEnabled": E(CONFD),
+        "spec.asNumber": E(CONFD),
+        "spec.listenPort": E(CONFD),
+        "spec.nodeMeshPassword.secretKeyRef.name": E(CONFD),
+        "spec.nodeMeshPassword.secretKeyRef.key": E(CONFD),
+        "spec.nodeMeshPassword.secretKeyRef.optional": N(NOT_YET_BGP),
+        "spec.nodeMeshMaxRestartTime": E(CONFD),
+        "spec.serviceLoadBalancerIPs[].cidr": E(ADVERTISE),
+        "spec.serviceExternalIPs[].cidr": E(ADVERTISE),
+        "spec.serviceClusterIPs[].cidr": E(ADVERTISE),
+        "spec.serviceLoadBalancerAggregation": E(ADVERTISE),
+        "spec.communities[].name": E(ADVERTISE),
+        "spec.communities[].value": E(ADVERTISE),
+        "spec.prefixAdvertisements[].cidr": E(ADVERTISE),
+        "spec.prefixAdvertisements[].communities": E(ADVERTISE),
+        "spec.bindMode": N(NOT_YET_BGP, "None"),
+        "spec.ignoredInterfaces": N(NOT_YET_BGP),
+        "spec.localWorkloadPeeringIPV4": N(NOT_YET_BGP),
+        "spec.localWorkloadPeeringIPV6": N(NOT_YET_BGP),
+        "spec.programClusterRoutes": N(NOT_YET_BGP, "Enabled"),
+    },
+    "BGPPeer": {
+        "spec.node": E(CONFD),
+        "spec.nodeSelector": E(CONFD),
+        "spec.peerIP": E(CONFD),
+        "spec.asNumber": E(CONFD),
+        "spec.peerSelector": E(CONFD),
+        "spec.keepOriginalNextHop": E(CONFD),
+        "spec.nextHopMode": N(NOT_YET_BGP, "Auto"),
+        "spec.password.secretKeyRef.name": E(CONFD),
+        "spec.password.secretKeyRef.key": E(CONFD),
+        "spec.password.secretKeyRef.optional": N(NOT_YET_BGP),
+        "spec.sourceAddress": E(CONFD),
+        "spec.maxRestartTime": E(CONFD),
+        "spec.numAllowedLocalASNumbers": E(CONFD),
+        "spec.ttlSecurity": E(CONFD),
+        "spec.reachableBy": N(NOT_YET_BGP),
+        "spec.filters": N(NOT_YET_BGP + " (no BGPFilter kind)"),
+        "spec.keepaliveTime": N(NOT_YET_BGP),
+        "spec.localASNumber": N(NOT_YET_BGP),
+        "spec.localWorkloadSelector": N(NOT_YET_BGP),
+        "spec.reversePeering": N(NOT_YET_BGP, "Auto"),
+    },
+    "FelixConfiguration": _felix(),
+    "Profile": {
+        **_rules(),
+        "spec.labelsToApply": E("calico_net/agent/felix/records.py"),
+    },
+    "NetworkPolicy": dict(_POLICY_COMMON),
+    "GlobalNetworkPolicy": {
+        **_POLICY_COMMON,
+        "spec.doNotTrack": E("calico_net/agent/felix/hostprotect.py"),
+        "spec.preDNAT": E("calico_net/agent/felix/hostprotect.py"),
+        "spec.applyOnForward": E("calico_net/agent/felix/hostprotect.py"),
+        "spec.namespaceSelector": E(RULES),
+    },
+    "NetworkSet": {"spec.nets": E("calico_net/agent/felix/selector_sets.py")},
+    "GlobalNetworkSet": {"spec.nets": E("calico_net/agent/felix/selector_sets.py")},
+    "WorkloadEndpoint": {
+        "spec.orchestrator": E("calico_net/agent/felix/records.py (the orchestrator label)"),
+        "spec.workload": E(STORED),
+        "spec.node": E("calico_net/agent/felix/records.py (programmed on that node only)"),
+        "spec.containerID": E("calico_net/cni/plugin.py (the endpoint's identity)"),
+        "spec.pod": E("calico_net/cni/plugin.py (the endpoint's identity)"),
+        "spec.endpoint": E("calico_net/cni/plugin.py (the endpoint's identity)"),
+        "spec.serviceAccountName": E("calico_net/agent/felix/records.py (service-account label)"),
+        "spec.ipNetworks": E("calico_net/agent/felix/routes.py; calico_net/agent/felix/selector_sets.py"),
+        "spec.ipNATs[].internalIP": N(NOT_YET + " (no 1:1 NAT is set up)"),
+        "spec.ipNATs[].externalIP": N(NOT_YET + " (no 1:1 NAT is set up)"),
+        "spec.ipv4Gateway": E(STORED),
+        "spec.ipv6Gateway": E(STORED),
+        "spec.profiles": E("calico_net/agent/felix/policy.py (profile chains)"),
+        "spec.interfaceName": E("calico_net/agent/felix/records.py (the interface's dispatch)"),
+        "spec.mac": E(STORED),
+        **_ENDPOINT_PORTS,
+        "spec.ports[].hostPort": N(NOT_YET + " (no host port forwarding)"),
+        "spec.ports[].hostIP": N(NOT_YET + " (no host port forwarding)"),
+        "spec.allowSpoofedSourcePrefixes": N(NOT_YET + " (the reverse-path check drops them)"),
+    },
+    "HostEndpoint": {
+        "spec.node": E("calico_net/agent/felix/records.py (programmed on that node only)"),
+        "spec.interfaceName": E("calico_net/agent/felix/hostprotect.py (refused when absent: "
+                                "a host endpoint found by its expectedIPs alone)"),
+        "spec.expectedIPs": E("calico_net/agent/felix/selector_sets.py"),
+        "spec.profiles": E("calico_net/agent/felix/policy.py (profile chains)"),
+        **_ENDPOINT_PORTS,
+    },
+    "IPReservation": {"spec.reservedCIDRs": E("calico_net/ipam/reservations.py")},
+    "IPAMConfiguration": {
+        "spec.strictAffinity": E("calico_net/ipam/affinity.py"),
+        "spec.maxBlocksPerHost": E("calico_net/ipam/assign.py"),
+        "spec.autoAllocateBlocks": E("calico_net/ipam/assign.py"),
+        "spec.kubeVirtVMAddressPersistence": R("calico.net runs no KubeVirt workloads"),
+        "spec.ipCooldownSeconds": R("released addresses are reused in FIFO order, without a "
+                                    "cool-down (0 is accepted)"),
+    },
+}
+for _table in REGISTRY.values():
+    for _path, _entry in _METADATA.items():
+        _table.setdefault(_path, _entry)
+    _table.setdefault("apiVersion", E("calico_net/model/validation.py (projectcalico.org/v3)"))
+    _table.setdefault("kind", E("calico_net/model/kinds.py"))
+
+#: Calico fields the model refuses outright (not model fields): path -> reason.
+REFUSED_UNMODELLED: dict[str, dict[str, str]] = {
+    kind: {f"spec.{d}[].{p}": reason for d in ("ingress", "egress") for p, reason in (
+        ("http", "HTTP matches need Calico's application-layer policy"),
+        ("source.services", "Kubernetes Service matches need a Kubernetes datastore"),
+        ("destination.services", "Kubernetes Service matches need a Kubernetes datastore"))}
+    for kind in ("NetworkPolicy", "GlobalNetworkPolicy", "Profile")
+}
+
+#: Names a configuration kind is read under; any other name is stored without effect.
+_EFFECTIVE_NAMES = {"FelixConfiguration": re.compile(r"default|node\..+"),
+                    "BGPConfiguration": re.compile(r"default|node\..+")}
+
+
+# --- walking the models -----------------------------------------------------------------------
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _is_list(annotation: Any) -> bool:
+    if typing.get_origin(annotation) is list:
+        return True
+    return any(_is_list(a) for a in typing.get_args(annotation)
+               if typing.get_origin(a) is not None and typing.get_origin(a) is not dict)
+
+
+def _walk(model: type[BaseModel], prefix: str) -> Iterator[str]:
+    model.model_rebuild()  # models defer their build; field annotations need resolving
+    for name, info in model.model_fields.items():
+        path = prefix + (info.alias or name)
+        sub = _model_in(info.annotation)
+        if sub is None:
+            yield path
+        else:
+            yield from _walk(sub, path + ("[]." if _is_list(info.annotation) else "."))
+
+
+def model_paths(cls: type[BaseModel]) -> list[str]:
+    """Every leaf field path of a kind's model, by Calico's JSON names."""
+    return list(_walk(cls, ""))
+
+
+def entry_for(kind: str, path: str) -> tuple[str, Entry] | None:
+    """The entry covering `path` (itself or its nearest registered ancestor)."""
+    table = REGISTRY.get(kind, {})
+    probe = path
+    while True:
+        if probe in table:
+            return probe, table[probe]
+        cut = max(probe.rfind("."), probe.rfind("[]"))
+        if cut <= 0:
+            return None
+        probe = probe[:cut]
+
+
+def coverage_problems(classes: Any = None) -> list[str]:
+    """Model fields without an entry, fields covered twice, entries naming no field."""
+    from calico_net.model.resources import RESOURCE_CLASSES
+
+    problems = []
+    for cls in classes or RESOURCE_CLASSES:
+        table = REGISTRY.get(cls.KIND)
+        if table is None:
+            problems.append(f"{cls.KIND}: the kind has no registry table")
+            continue
+        used = set()
+        for path in model_paths(cls):
+            found = entry_for(cls.KIND, path)
+            if found is None:
+                problems.append(f"{cls.KIND}: {path} has no registry entry")
+            else:
+                used.add(found[0])
+            if found and found[0] != path and path in table:
+                problems.append(f"{cls.KIND}: {path} has two entries")
+        for path in sorted(set(table) - used):
+            problems.append(f"{cls.KIND}: registry entry {path} names no model field")
+    return problems
+
+
+# --- what a document sets ------------------------------------------------------------------
+
+
+def _set_leaves(value: Any, path: str, shown: str) -> Iterator[tuple[str, str, Any]]:
+    """(registry path, shown path, value) of every field a document sets."""
+    if isinstance(value, dict) and value:
+        for key, sub in value.items():
+            yield from _set_leaves(sub, f"{path}.{key}" if path else str(key),
+                                   f"{shown}.{key}" if shown else str(key))
+    elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+        for i, item in enumerate(value):
+            yield from _set_leaves(item, path + "[]", f"{shown}[{i}]")
+    if path:
+        yield path, shown, value
+
+
+def field_statuses(doc: dict[str, Any]) -> list[tuple[str, str, Entry | None]]:
+    """(field path, registry path, entry) for every field `doc` sets, innermost
+    first; entry None for a path the registry does not know."""
+    kind = str(doc.get("kind", ""))
+    out = []
+    for path, shown, _value in _set_leaves(doc, "", ""):
+        found = entry_for(kind, path)
+        out.append((shown, found[0] if found else path, found[1] if found else None))
+    return out
+
+
+def no_effect_fields(doc: dict[str, Any]) -> list[tuple[str, str]]:
+    """(field path, reason) for each field a valid document sets that calico.net stores
+    without effect; a configuration named so that nothing reads it is one entry for
+    `metadata.name`. For calicoctl and the Ansible modules (their `warnings`)."""
+    kind = str(doc.get("kind", ""))
+    name = (doc.get("metadata") or {}).get("name") if isinstance(doc.get("metadata"), dict) else None
+    effective = _EFFECTIVE_NAMES.get(kind)
+    if effective is not None and isinstance(name, str) and not effective.fullmatch(name):
+        return [("metadata.name", f"only {kind}s named \"default\" or \"node.<nodename>\" are "
+                                  "read; this one is stored without effect")]
+    out: list[tuple[str, str]] = []
+    seen: set[str] = set()
+    table = REGISTRY.get(kind, {})
+    for path, shown, value in _set_leaves(doc, "", ""):
+        if path not in table:
+            continue  # an ancestor's entry speaks for the subtree once, below
+        entry = table[path]
+        if entry.status != NO_EFFECT or shown in seen:
+            continue
+        if _is_quiet(entry, value):
+            continue
+        seen.add(shown)
+        out.append((shown, entry.where))
+    # Parents were yielded after their children; show fields in document order.
+    return sorted(out, key=lambda item: _order_key(doc, item[0]))
+
+
+def _is_quiet(entry: Entry, value: Any) -> bool:
+    return any(type(q) is type(value) and q == value for q in entry.quiet)
+
+
+def _order_key(doc: dict[str, Any], shown: str) -> list[int]:
+    """The position of `shown` in the document, so warnings read top to bottom."""
+    key: list[int] = []
+    node: Any = doc
+    for part in re.findall(r"[^.\[\]]+|\[\d+\]", shown):
+        if part.startswith("["):
+            idx = int(part[1:-1])
+            key.append(idx)
+            node = node[idx] if isinstance(node, list) and idx < len(node) else None
+        elif isinstance(node, dict):
+            keys = list(node)
+            key.append(keys.index(part) if part in keys else len(keys))
+            node = node.get(part)
+    return key
+
+
+def warning_lines(doc: dict[str, Any]) -> list[str]:
+    """calicoctl's stderr lines for `doc`'s no-effect fields."""
+    from calico_net.errors import printable
+
+    kind = str(doc.get("kind", ""))
+    md = doc.get("metadata") if isinstance(doc.get("metadata"), dict) else {}
+    where = f'{printable(md.get("namespace"), 100)}/' if md.get("namespace") else ""
+    label = f'{kind} "{where}{printable(md.get("name"), 200)}"'
+    return [f"Warning: {label}: {path}: no effect in calico.net: {reason}"
+            for path, reason in no_effect_fields(doc)]
+
+
+# --- the compatibility document --------------------------------------------------------------
+
+_STATUS_TEXT = {ENFORCED: "enforced", NO_EFFECT: "**no effect** (warned)", REFUSED: "**refused**"}
+
+
+def compatibility_markdown() -> str:
+    """docs/compatibility.md, generated from the registry."""
+    from calico_net.model.resources import RESOURCE_CLASSES
+
+    lines = [
+        "<!-- Generated from src/calico_net/model/registry.py; do not edit. Regenerate with:",
+        "     .venv/bin/python -m calico_net.model.registry > docs/compatibility.md -->",
+        "# Calico field compatibility",
+        "",
+        "Every field of every kind calico.net accepts, and what calico.net does with it:",
+        "",
+        "- **enforced**: read by the code named (a module under `src/`);",
+        "- **no effect** (warned): validated and stored, as Calico stores it, but nothing in "
+        "calico.net acts on it; `calicoctl apply`/`create`/`replace`/`validate` print a "
+        "warning naming the field and this reason (not for the values listed as quiet, which "
+        "are what calico.net does anyway);",
+        "- **refused**: the document is refused with the field path and this reason.",
+        "",
+        "`[]` stands for any list index. A FelixConfiguration or BGPConfiguration named other "
+        "than `default` or `node.<nodename>` is stored and has no effect (warned).",
+        "",
+    ]
+    for cls in RESOURCE_CLASSES:
+        kind = cls.KIND
+        lines += [f"## {kind}", "", "| Field | Status | Where / why |", "|---|---|---|"]
+        rows: dict[str, Entry] = {}
+        for path in model_paths(cls):
+            found = entry_for(kind, path)
+            if found is not None:
+                rows.setdefault(found[0], found[1])
+        for path, entry in rows.items():
+            where = entry.where
+            if entry.quiet:
+                where += " (quiet for: " + ", ".join(f"`{_yaml(q)}`" for q in entry.quiet) + ")"
+            lines.append(f"| `{path}` | {_STATUS_TEXT[entry.status]} | {where} |")
+        for path, reason in REFUSED_UNMODELLED.get(kind, {}).items():
+            lines.append(f"| `{path}` | {_STATUS_TEXT[REFUSED]} | {reason} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _yaml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+if __name__ == "__main__":
+    sys.stdout.write(compatibility_markdown())
