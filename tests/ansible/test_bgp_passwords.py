@@ -10,6 +10,7 @@ pass by matching nothing.
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import stat
 import subprocess
@@ -24,13 +25,14 @@ from playbook_runner import VENV_BIN, ansible_env
 pytestmark = pytest.mark.slow
 
 
-def play(tmp: Path, env: dict[str, str], tasks: list[dict], *, extra: tuple[str, ...] = ()) -> tuple[int, str]:
+def play(tmp: Path, env: dict[str, str], tasks: list[dict], *, extra: tuple[str, ...] = (),
+         **play_keys) -> tuple[int, str]:
     tmp.mkdir(parents=True, exist_ok=True)
     inventory = tmp / "inventory.ini"
     inventory.write_text(f"localhost ansible_connection=local ansible_python_interpreter={sys.executable}\n")
     playbook = tmp / "play.yml"
-    playbook.write_text(yaml.safe_dump([{"hosts": "localhost", "gather_facts": False, "tasks": tasks}],
-                                       sort_keys=False))
+    playbook.write_text(yaml.safe_dump([{"hosts": "localhost", "gather_facts": False, **play_keys,
+                                         "tasks": tasks}], sort_keys=False))
     proc = subprocess.run([str(VENV_BIN / "ansible-playbook"), "-i", str(inventory), str(playbook),
                            "--diff", "-vvv", *extra],
                           env=ansible_env(env, tmp), cwd=tmp, stdout=subprocess.PIPE,
@@ -184,3 +186,93 @@ def test_node_mesh_password(clean_etcd, tmp_path):
     assert password not in out
     assert "nodeMeshPassword" in out
     assert (secrets_dir / "bgp-secrets" / "node-mesh").read_text() == password
+
+
+# --- the roles -------------------------------------------------------------------------
+
+
+def bird_play(tmp: Path, bird_vars: dict, *, check: bool = False) -> tuple[int, str]:
+    """The bird role's argument validation, preflight and bird.conf (tags; apt and the
+    service are not run here), with the config file in `tmp`. `_bird_started` stands for
+    the role's own service task, which is skipped: a fresh start needs no reload."""
+    return play(tmp, dict(os.environ), [], extra=("--tags", "bird_preflight,bird_configure",
+                                                  *(("--check",) if check else ())),
+                roles=[{"role": "calico.net.bird", "bird_config_file": str(tmp / "bird.conf"),
+                        "bird_address": "198.18.212.1", **bird_vars}],
+                vars={"_bird_started": {"changed": True}})
+
+
+@pytest.mark.root
+def test_bird_role_diff_never_prints_the_passwords(tmp_path):
+    password, neighbour_password = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
+    bird_vars = {"bird_password": password, "bird_neighbors": [
+        {"name": "node-a", "address": "198.18.212.2", "rr_client": True},
+        {"name": "node-b", "address": "198.18.212.3", "rr_client": True, "password": neighbour_password}]}
+    for run, check in (("check", True), ("real", False)):
+        rc, out = bird_play(tmp_path / run, bird_vars, check=check)
+        assert rc == 0, out
+        assert "Write bird.conf" in out and "changed: [localhost]" in out, out
+        assert password not in out and neighbour_password not in out
+    conf = (tmp_path / "real" / "bird.conf").read_text()
+    assert f'password "{password}";' in conf
+    assert f'password "{neighbour_password}";' in conf
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("bad", ['"', "\\", "\n", "x" * 60])
+def test_bird_role_refuses_a_password_bird_conf_cannot_hold(tmp_path, bad):
+    marker = secrets.token_hex(8)
+    for where in ("bird_password", "neighbour"):
+        password = marker + bad + marker
+        bird_vars = ({"bird_password": password, "bird_neighbors": [{"name": "node-a", "address": "198.18.212.2"}]}
+                     if where == "bird_password" else
+                     {"bird_neighbors": [{"name": "node-a", "address": "198.18.212.2", "password": password}]})
+        rc, out = bird_play(tmp_path / where, bird_vars)
+        assert rc != 0, out
+        assert "Check the MD5 passwords" in out and "BIRD 2 strings cannot escape them" in out, out
+        assert ("bird_password" if where == "bird_password" else "neighbour node-a") in out
+        assert marker not in out
+        assert not (tmp_path / where / "bird.conf").exists()
+    # the same play with a good password passes: the refusal was the password's
+    rc, out = bird_play(tmp_path / "good", {"bird_password": marker * 2,
+                                            "bird_neighbors": [{"name": "node-a", "address": "198.18.212.2"}]})
+    assert rc == 0, out
+
+
+def calico_node_play(tmp: Path, role_vars: dict, *, check: bool = False) -> tuple[int, str]:
+    """The calico_node role's BGP secrets step only (and its always-tagged checks)."""
+    return play(tmp, dict(os.environ), [], extra=("--tags", "calico_node_bgp_secrets",
+                                                  *(("--check",) if check else ())),
+                roles=[{"role": "calico.net.calico_node", "calico_node_etcd_endpoints": ["https://198.18.212.9:2379"],
+                        "calico_node_etcd_pki_ca_host": "localhost",
+                        "calico_node_bgp_secrets_dir": str(tmp / "bgp-secrets"), **role_vars}])
+
+
+@pytest.mark.root
+def test_calico_node_role_writes_the_secrets_confd_reads(tmp_path):
+    from calico_net.agent.confd.settings import SecretReader
+
+    cluster, tor = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
+    role_vars = {"calico_node_bgp_password": cluster,
+                 "calico_node_bgp_secrets": [{"name": "tor", "key": "r1", "password": tor}]}
+    rc, out = calico_node_play(tmp_path / "check", role_vars, check=True)
+    assert rc == 0, out
+    assert not (tmp_path / "check" / "bgp-secrets").exists()
+    for run in ("first", "again"):
+        rc, out = calico_node_play(tmp_path / "real", role_vars)
+        assert rc == 0, out
+        assert cluster not in out and tor not in out
+    assert "changed=0" in out  # the second run
+    secrets_dir = tmp_path / "real" / "bgp-secrets"
+    assert stat.S_IMODE(secrets_dir.stat().st_mode) == 0o700
+    assert stat.S_IMODE((secrets_dir / "tor" / "r1").stat().st_mode) == 0o600
+    # what confd itself reads from that directory
+    reader = SecretReader(str(secrets_dir), env={})
+    assert reader({"name": "bgp-secrets", "key": "calico-bgp-password"}) == cluster
+    assert reader({"name": "tor", "key": "r1"}) == tor
+
+    rc, out = calico_node_play(tmp_path / "bad", {"calico_node_bgp_secrets": [
+        {"key": "r2", "password": tor + '"'}]})
+    assert rc != 0, out
+    assert "BGP secrets bgp-secrets/r2" in out, out
+    assert tor not in out
