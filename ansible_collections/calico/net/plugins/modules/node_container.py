@@ -99,9 +99,32 @@ options:
     description: PID namespace mode (for example C(host)). Omitted means the container's own.
     type: str
   privileged:
-    description: Run privileged (calico/node programs routes, nftables and sysctls of the host).
+    description:
+      - Run privileged (calico/node programs routes, nftables and sysctls of the host).
+      - Under docker on a host whose capability bounding set lacks one that docker grants a
+        privileged container (for example C(CAP_SYS_RESOURCE) inside another container),
+        the container does not start (C(unable to apply caps)); give O(capabilities) and
+        O(security_opts) instead.
     type: bool
     default: false
+  capabilities:
+    description:
+      - Capabilities added to the container's default set (C(--cap-add)), with or without the
+        C(CAP_) prefix, in any case; for calico/node without O(privileged) typically
+        C(NET_ADMIN), C(NET_RAW), C(SYS_ADMIN) and C(SYS_MODULE).
+      - Part of the declared configuration: a change recreates the container.
+    type: list
+    elements: str
+    default: []
+  security_opts:
+    description:
+      - Security options (C(--security-opt)), for example C(systempaths=unconfined) so the
+        agent may write the host's C(/proc/sys) without O(privileged), C(apparmor=unconfined),
+        C(seccomp=unconfined).
+      - Part of the declared configuration: a change recreates the container.
+    type: list
+    elements: str
+    default: []
   labels:
     description: Labels for the container.
     type: dict
@@ -154,6 +177,24 @@ EXAMPLES = r"""
       - /var/lib/calico:/var/lib/calico
       - /etc/calico:/etc/calico:ro
 
+- name: Run calico/node under docker with an explicit capability set instead of --privileged
+  calico.net.node_container:
+    name: calico-node
+    image: localhost/calico/node:latest
+    runtime: docker
+    pull: never
+    network: host
+    capabilities: [NET_ADMIN, NET_RAW, SYS_ADMIN, SYS_MODULE]
+    security_opts: [systempaths=unconfined, apparmor=unconfined, seccomp=unconfined]
+    env:
+      NODENAME: "{{ inventory_hostname }}"
+      ETCD_ENDPOINTS: https://198.18.0.11:2379
+    volumes:
+      - /var/run/calico:/var/run/calico
+      - /var/lib/calico:/var/lib/calico
+      - /run/docker/plugins:/run/docker/plugins
+      - /var/run/docker.sock:/var/run/docker.sock
+
 - name: Restart it after a certificate it reads changed (handler)
   calico.net.node_container:
     name: calico-node
@@ -205,12 +246,14 @@ runtime:
 import hashlib
 import json
 import os
+import re
 import tarfile
 from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
 
 SPEC_LABEL = "net.calico.node-container.spec"
+CAPABILITY_RE = re.compile(r"[A-Z][A-Z0-9_]{0,40}\Z")
 HASH_LABEL = "net.calico.node-container.hash"
 
 
@@ -226,6 +269,19 @@ def _strip_digest(image_id: str | None) -> str | None:
     if not image_id:
         return None
     return image_id.split(":", 1)[1] if image_id.startswith("sha256:") else image_id
+
+
+def capability_names(values: list[str]) -> list[str]:
+    """Upper case without CAP_, sorted and once each: how docker and podman take them,
+    and one spelling per set, so `cap_net_admin` and `NET_ADMIN` compare equal."""
+    out = set()
+    for v in values:
+        name = str(v).strip().upper()
+        name = name[4:] if name.startswith("CAP_") else name
+        if not CAPABILITY_RE.match(name):
+            raise ContainerError(f"capability {str(v)[:60]!r} is not a capability name like NET_ADMIN")
+        out.add(name)
+    return sorted(out)
 
 
 def archive_image_id(path: str) -> str:
@@ -308,7 +364,7 @@ class NodeContainer:
     # --- the declared configuration -------------------------------------------------------
     def wanted_spec(self, image_id: str | None) -> dict[str, Any]:
         p = self.p
-        return dict(
+        spec = dict(
             image=p["image"],
             image_id=image_id,
             command=p["command"],
@@ -321,6 +377,14 @@ class NodeContainer:
             restart_policy=p["restart_policy"],
             stop_timeout=p["stop_timeout"],
         )
+        # Only when given: containers declared before these options existed keep their
+        # configuration hash, so an upgrade of the collection does not recreate them.
+        caps = capability_names(p["capabilities"] or [])
+        if caps:
+            spec["capabilities"] = caps
+        if p["security_opts"]:
+            spec["security_opts"] = [str(o) for o in p["security_opts"]]
+        return spec
 
     @staticmethod
     def spec_hash(spec: dict[str, Any]) -> str:
@@ -333,6 +397,10 @@ class NodeContainer:
             args.append("--privileged")
         if spec["pid"]:
             args += ["--pid", spec["pid"]]
+        for cap in spec.get("capabilities", []):
+            args += ["--cap-add", cap]
+        for opt in spec.get("security_opts", []):
+            args += ["--security-opt", opt]
         for k, v in spec["env"].items():
             args += ["--env", f"{k}={v}"]
         for v in spec["volumes"]:
@@ -384,6 +452,7 @@ class NodeContainer:
             return self.result(None, None, before, None)
         if not p["image"]:
             raise ContainerError("image is required unless state=absent")
+        capability_names(p["capabilities"] or [])   # refused before any image is loaded or pulled
 
         image_id = self.ensure_image()
         spec = self.wanted_spec(image_id)
@@ -445,6 +514,8 @@ def main() -> None:
             network=dict(type="str", default="host"),
             pid=dict(type="str"),
             privileged=dict(type="bool", default=False),
+            capabilities=dict(type="list", elements="str", default=[]),
+            security_opts=dict(type="list", elements="str", default=[]),
             labels=dict(type="dict", default={}),
             restart_policy=dict(type="str", default="always"),
             stop_timeout=dict(type="int", default=10),
