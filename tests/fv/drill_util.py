@@ -328,6 +328,23 @@ def ruleset(handles: bool = True) -> str:
     return sh(*args, ns=HOST_NS, check=False)
 
 
+def placeholder_rules(listing: str) -> list[str]:
+    """The placeholder table's own rules in chain cali-forward (`base_chains.
+    placeholder_script`: drop every new connection of a workload interface) still
+    in a listing. The real cali-forward sends those interfaces to their chains and
+    never has them, so any left means the placeholder was kept or the real table
+    was loaded on top of it rather than replacing it."""
+    marks = ('iifname "cali*" drop', 'oifname "cali*" drop')
+    out, chain = [], ""
+    for raw in listing.splitlines():
+        line = raw.strip()
+        if line.startswith("chain "):
+            chain = line.split()[1]
+        elif chain == "cali-forward" and line in marks:
+            out.append(line)
+    return out
+
+
 def table_exists() -> bool:
     return "table inet calico" in sh("nft", "list", "tables", ns=HOST_NS, check=False)
 

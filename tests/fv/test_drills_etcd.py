@@ -52,6 +52,7 @@ class Drill:
         self.ds = None
         self.ipam = None
         self.workloads: list[du.Workload] = []
+        self.routed: list[du.Workload] = []   # those with a WorkloadEndpoint
 
     def logs(self) -> str:
         return "\n".join(p.log_tail() for p in (self.agent, self.confd, self.bird))
@@ -110,6 +111,7 @@ def drill(tmp_path_factory) -> Iterator[Drill]:
         for name in ("w1", "w2"):
             w = d.new_workload(name)
             d.ds.create(w.wep())
+            d.routed.append(w)
         d.confd.start()
         du.wait_for((d.tmp / "bird.cfg").exists, 60, "confd writes bird.cfg", d.logs)
         d.bird.start()
@@ -137,7 +139,7 @@ def _route_of(w: du.Workload) -> bool:
 def _cut_and_recover(d: Drill, cut, restore, label: str) -> None:
     """The common drill: cut etcd off (`cut`), see both notice, compare the dataplane,
     restore, write a WorkloadEndpoint and a BGPPeer at once, see both applied."""
-    for w in d.workloads:
+    for w in d.routed:
         du.wait_for(lambda: _route_of(w), 60, f"route of {w.name}", d.logs)
     before = du.Dataplane.read(d.tmp)
     assert before.routes and "table inet calico" in before.nft and before.bird and before.bird_cfg
@@ -167,6 +169,7 @@ def _cut_and_recover(d: Drill, cut, restore, label: str) -> None:
     t1 = time.monotonic()
     # the changes are written the moment etcd answers again
     d.ds.create(extra.wep())
+    d.routed.append(extra)
     d.ds.create(_peer(f"drl-{label}", peer_ip))
     assert during.routes == before.routes, "the agent's routes changed while etcd was cut off"
     assert during.nft == before.nft, "the ruleset changed while etcd was cut off"
@@ -228,7 +231,7 @@ def _snapshots_logged(d: Drill, since: int) -> int:
 
 def test_agent_started_while_etcd_is_down(drill):
     d = drill
-    for w in d.workloads:
+    for w in d.routed:
         du.wait_for(lambda: _route_of(w), 60, f"route of {w.name}", d.logs)
     d.agent.stop()
     before = du.Dataplane.read()
@@ -263,7 +266,7 @@ def test_agent_started_while_etcd_is_down(drill):
     # "ready within one snapshot of etcd's return": the first snapshot it got made it ready
     assert snaps == 1, d.agent.log_tail()
     assert du.metric("felix_resyncs_total") == 0
-    for w in d.workloads:
+    for w in d.routed:
         assert _route_of(w), f"{w.name} lost its route"
     d.wait_confd_ready(RECOVER_GUARD)
 
@@ -298,7 +301,7 @@ def test_agent_sigkilled_in_cold_start_converges(drill):
     d = drill
     d.agent.stop()
     d.ds.create_all(_bulk(400, 400))
-    gone = d.workloads[1]                # its endpoint is deleted while the agent is down
+    gone = d.routed.pop(1)               # its endpoint is deleted while the agent is down
     d.ds.delete("WorkloadEndpoint", gone.wep()["metadata"]["name"], "default")
 
     # The reference: a clean cold start on this data.
@@ -307,6 +310,8 @@ def test_agent_sigkilled_in_cold_start_converges(drill):
     d.wait_agent_ready(RECOVER_GUARD)
     du.wait_for(lambda: not _route_of(gone), 60, f"{gone.name}'s route removed by a clean start", d.logs)
     ref_nft, ref_routes = du.ruleset(handles=False), du.agent_routes()
+    # the reference is made by the same code, so it is checked on its own too
+    assert du.placeholder_rules(ref_nft) == [], "a clean start left the placeholder's rules in its table"
     assert ref_nft.count("drl-gnp-") >= 400 or ref_nft.count("chain ") > 400, "the big ruleset is not loaded"
     d.agent.stop()
 
@@ -323,6 +328,7 @@ def test_agent_sigkilled_in_cold_start_converges(drill):
     print(f"[sigkill] killed {t_kill:.2f} s after start; the table then held {at_kill_rules.count(chr(10))} lines "
           f"(a clean start makes {ref_nft.count(chr(10))}); routes then: {len(du.agent_routes())}")
     assert at_kill_rules != ref_nft, "the kill came after the whole ruleset was in: no mid-start window was drilled"
+    print(f"[sigkill] placeholder rules at the kill: {len(du.placeholder_rules(at_kill_rules))}")
 
     d.agent.start()
     d.wait_agent_ready(RECOVER_GUARD)
@@ -331,6 +337,7 @@ def test_agent_sigkilled_in_cold_start_converges(drill):
     # and they stay so (no duplicate rule added by a later refresh)
     nft = du.ruleset(handles=False)
     assert nft == ref_nft and du.agent_routes() == ref_routes
+    assert du.placeholder_rules(nft) == []
     assert not _route_of(gone), "the stale route of a deleted endpoint is still there"
     lines = [ln.strip() for ln in nft.splitlines() if ln.strip() and not ln.strip().startswith(("chain", "}", "set", "map", "type", "flags", "elements", "policy", "table"))]
     print(f"[sigkill] converged: {len(lines)} rule lines, {len(ref_routes)} routes")
