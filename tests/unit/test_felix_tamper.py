@@ -23,7 +23,7 @@ def msg(mtype: int, body: bytes, port: int) -> bytes:
 def route_body(route, oif=7, protocol=80, table=254, gateway=False) -> bytes:
     _t, _f, body = route_message(RouteOp("replace", route, oif), protocol, table)
     if gateway:
-        body += attr(5, socket.inet_pton(route[0], "198.18.9.1" if route[0] == V4 else "fd00::9"))
+        body += attr(5, socket.inet_pton(route[0], "198.18.88.1" if route[0] == V4 else "fd00::9"))
     return body
 
 
@@ -49,7 +49,7 @@ def watcher(gens: OwnGenerations | None = None) -> tuple[TamperWatcher, Reports]
 
 
 def test_only_routes_shaped_like_ours_count():
-    r = (V4, "198.18.40.1", 32)
+    r = (V4, "198.19.88.1", 32)
     body = route_body(r)
     assert parse_delroute(body, 0, len(body)) == (r, 7)
     r6 = (V6, "fd00::1", 128)
@@ -62,7 +62,7 @@ def test_only_routes_shaped_like_ours_count():
 def test_route_deletes_by_others_reported_once_per_burst():
     w, got = watcher()
     try:
-        a, b, c = ((V4, f"198.18.40.{i}", 32) for i in (1, 2, 3))
+        a, b, c = ((V4, f"198.19.88.{i}", 32) for i in (1, 2, 3))
         w._routes(msg(RTM_DELROUTE, route_body(a), port=777)
                   + msg(RTM_DELROUTE, route_body(b), port=OWN_PORT)     # our own delete
                   + msg(RTM_DELROUTE, route_body(c), port=0)            # the kernel's (link gone)

@@ -205,10 +205,18 @@ class TamperWatcher:
                         self._touched = False
                     self._event()
                     continue
-                if s is self.route_sock:
-                    self._routes(data)
-                else:
-                    self._nft(data)
+                try:
+                    if s is self.route_sock:
+                        self._routes(data)
+                    else:
+                        self._nft(data)
+                except (struct.error, IndexError, ValueError, OSError):
+                    # a message we cannot read must not end the watch: have both
+                    # sides checked, as after lost events
+                    log.exception("tamper watch: unreadable netlink message")
+                    self._pending.routes_lost = True
+                    self._pending.nft = "an unreadable nftables or route event"
+                    self._event()
             if self._first and time.monotonic() >= min(self._last + self.quiet, self._first + self.max_delay):
                 self._flush()
 
@@ -225,7 +233,8 @@ class TamperWatcher:
             if length < HDRLEN:
                 break
             # port 0: the kernel's own delete (a link went down or away)
-            if mtype == RTM_DELROUTE and port != 0 and port not in self.own_ports:
+            if (mtype == RTM_DELROUTE and port != 0 and port not in self.own_ports
+                    and length >= HDRLEN + _RTMSG.size):
                 got = parse_delroute(data, off + HDRLEN, off + length)
                 if got is not None:
                     self._pending.routes[got[0]] = got[1]
@@ -240,7 +249,9 @@ class TamperWatcher:
             if length < HDRLEN:
                 break
             body = off + HDRLEN
-            if mtype == newgen:
+            if length < HDRLEN + 4:      # no nfgenmsg: not a notification we know
+                pass
+            elif mtype == newgen:
                 if self._touched:
                     self._touched = False
                     gen = attrs(data, body + 4, off + length).get(NFTA_GEN_ID)
