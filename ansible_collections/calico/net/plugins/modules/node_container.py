@@ -112,7 +112,7 @@ options:
       - Capabilities added to the container's default set (C(--cap-add)), with or without the
         C(CAP_) prefix, in any case; for calico/node without O(privileged) typically
         C(NET_ADMIN), C(NET_RAW), C(SYS_ADMIN) and C(SYS_MODULE).
-      - Part of the declared configuration: a change recreates the container.
+      - Part of the declared configuration, so a change recreates the container.
     type: list
     elements: str
     default: []
@@ -121,7 +121,7 @@ options:
       - Security options (C(--security-opt)), for example C(systempaths=unconfined) so the
         agent may write the host's C(/proc/sys) without O(privileged), C(apparmor=unconfined),
         C(seccomp=unconfined).
-      - Part of the declared configuration: a change recreates the container.
+      - Part of the declared configuration, so a change recreates the container.
     type: list
     elements: str
     default: []
