@@ -25,6 +25,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -66,6 +67,12 @@ def wait_for(cond: Callable[[], Any], timeout: float, what: str,
             raise AssertionError(f"timed out after {timeout} s waiting for {what}"
                                  + (f"\n{extra()}" if extra else ""))
         time.sleep(interval)
+
+
+def hold(seconds: float) -> None:
+    """Keep a drill's condition (etcd cut off) for `seconds`: the length of the
+    outage is part of the drill, it is not a wait for a state (those use wait_for)."""
+    threading.Event().wait(seconds)
 
 
 def _free_port(host: str) -> int:
