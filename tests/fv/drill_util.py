@@ -87,9 +87,9 @@ class Etcd:
     touched)."""
 
     def __init__(self) -> None:
-        self.data_dir = tempfile.mkdtemp(prefix="cnfv-drl-etcd-")
         self.port = _free_port(ETCD_IP)
         peer = f"http://127.0.0.1:{_free_port('127.0.0.1')}"
+        self.data_dir = tempfile.mkdtemp(prefix="cnfv-drl-etcd-")   # after what can fail
         self.endpoints = f"http://{ETCD_IP}:{self.port}"
         self.argv = [shutil.which("etcd") or "/usr/bin/etcd", "--name", "drill",
                      "--data-dir", os.path.join(self.data_dir, "data"),
