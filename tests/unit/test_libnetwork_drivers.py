@@ -239,3 +239,41 @@ def test_unreachable_etcd_is_a_clear_error(tmp_path):
     assert routes["Plugin.Activate"]({}) == {"Implements": ["NetworkDriver", "IpamDriver"]}
     assert routes["NetworkDriver.GetCapabilities"]({})["Scope"] == "local"
     c.client.close()
+
+
+def test_create_endpoint_undoes_the_veth_when_etcd_fails(ctx, datastore, monkeypatch):
+    """The order of CreateEndpoint's steps and its undo (the kernel side is the FV
+    test's): a failed endpoint write removes the pair it made, nothing is left."""
+    from calico_net.datastore.errors import DatastoreUnavailable
+
+    made, removed = [], []
+    monkeypatch.setattr(network, "make_pair", lambda ep, mtu, mac: made.append(ep) or "02:00:00:00:00:02")
+    monkeypatch.setattr(network, "remove_pair", lambda ep: removed.append(ep) or True)
+    real_create = ctx.datastore.create
+
+    def create(doc):
+        if doc["kind"] == "WorkloadEndpoint":
+            raise DatastoreUnavailable("cannot reach etcd: test")
+        return real_create(doc)
+
+    monkeypatch.setattr(ctx.datastore, "create", create)
+    routes = build_routes(ctx)
+    ctx.labeller = None
+    req = {"NetworkID": NET_ID, "EndpointID": EP_ID, "Interface": {"Address": "198.19.121.7/26"}}
+    with pytest.raises(PluginError, match="etcd is unreachable"):
+        routes["NetworkDriver.CreateEndpoint"](req)
+    assert made == [EP_ID] and removed == [EP_ID]
+    assert datastore.list("WorkloadEndpoint")[0] == []
+    monkeypatch.setattr(ctx.datastore, "create", real_create)
+    resp = routes["NetworkDriver.CreateEndpoint"](req)
+    assert resp == {"Interface": {"MacAddress": "02:00:00:00:00:02"}}
+    wep = datastore.get("WorkloadEndpoint", wep_name(ctx.node, EP_ID), "libnetwork")
+    assert wep["spec"]["ipNetworks"] == ["198.19.121.7/32"] and wep["spec"]["mac"] == "02:00:00:00:00:02"
+    assert wep["spec"]["profiles"] == [profile_name(NET_ID)]
+    # a Docker-chosen MAC is not answered back (Docker refuses a changed MAC)
+    routes["NetworkDriver.DeleteEndpoint"]({"NetworkID": NET_ID, "EndpointID": EP_ID})
+    req["Interface"]["MacAddress"] = "02:00:00:00:00:09"
+    assert routes["NetworkDriver.CreateEndpoint"](req) == {"Interface": {}}
+    routes["NetworkDriver.DeleteEndpoint"]({"NetworkID": NET_ID, "EndpointID": EP_ID})
+    routes["NetworkDriver.DeleteEndpoint"]({"NetworkID": NET_ID, "EndpointID": EP_ID})   # twice: no error
+    assert datastore.list("WorkloadEndpoint")[0] == []

@@ -413,13 +413,16 @@ class Labeller:
         weps, _ = self.ctx.datastore.list("WorkloadEndpoint", NAMESPACE)
         n = 0
         for wep in weps:
-            spec = wep.get("spec") or {}
-            nid = ((wep.get("metadata") or {}).get("annotations") or {}).get(NETWORK_ID_ANNOTATION)
+            spec, meta = wep.get("spec"), wep.get("metadata")
+            if not isinstance(spec, dict) or not isinstance(meta, dict):
+                continue   # not one of ours (ours always have both); the agent reports it
+            notes = meta.get("annotations")
+            nid = notes.get(NETWORK_ID_ANNOTATION) if isinstance(notes, dict) else None
             if spec.get("node") != self.ctx.node or spec.get("containerID") or not nid:
                 continue
             try:
                 self.start(check_id(nid, "network id"), check_id(spec.get("endpoint"), "endpoint id"))
                 n += 1
             except PluginError as e:
-                log.warning("endpoint %s: %s", (wep.get("metadata") or {}).get("name"), e)
+                log.warning("endpoint %s: %s", meta.get("name"), e)
         return n
