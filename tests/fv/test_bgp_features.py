@@ -2,7 +2,8 @@
 etcd, the real confd process and BIRD on every host and a BIRD top-of-rack router
 (AS 65001): borrowed addresses advertised as /32s by the node that holds them, the
 BGPConfiguration service CIDRs from every node, and communities from
-prefixAdvertisements as the ToR sees them (``birdc show route all``).
+prefixAdvertisements as the ToR sees them (``birdc show route all``), a BGPFilter on
+one peer and a per-peer localASNumber (a second router, ext2).
 
 One fabric for the module; the tests run in file order and each one puts the
 datastore back the way it found it. Service CIDRs: 198.18.200.0/24-198.18.203.0/24; a small IPPool 198.18.244.0/25.
@@ -10,6 +11,7 @@ datastore back the way it found it. Service CIDRs: 198.18.200.0/24-198.18.203.0/
 
 from __future__ import annotations
 
+import re
 import statistics
 import subprocess
 import time
@@ -249,6 +251,57 @@ def test_service_cidrs_from_every_node_with_communities(fabric: bu.Fabric) -> No
                           prefixAdvertisements=None, serviceLoadBalancerAggregation=None)
     bu.wait_for(lambda: not tor_next_hops(f, CLUSTER_CIDR), CONVERGE, "services withdrawn",
                 f.diag)
+
+
+def test_filter_keeps_a_prefix_off_one_peer_and_local_as_per_peer(fabric: bu.Fabric) -> None:
+    """A BGPFilter on the ToR's BGPPeer rejects the LoadBalancer CIDR there only: a second
+    router (ext2, peering with h1 through a BGPPeer with localASNumber 65010) still gets it,
+    and its session runs with h1 in AS 65010."""
+    f = fabric
+    h1 = f.hosts[0]
+    local_as = 65010
+    if bu.EXT2_NS not in bu.sh("ip", "netns", "list"):
+        f._attach(bu.EXT2_NS, "ext2", [f"{bu.EXT2_IP}/24"])
+    cfg = f.router_config(bu.EXT2_IP, bu.EXT2_AS, [h1]).replace(
+        f"as {bu.CLUSTER_AS};", f"as {local_as};")
+    f.ext2 = f._start_router(bu.EXT2_NS, "ext2", cfg)
+    try:
+        f.apply({"apiVersion": "projectcalico.org/v3", "kind": "BGPFilter",
+                 "metadata": {"name": "no-lb"},
+                 "spec": {"exportV4": [{"cidr": LB_CIDR, "matchOperator": "Equal",
+                                        "action": "Reject"}]}})
+        f.apply({"apiVersion": "projectcalico.org/v3", "kind": "BGPPeer",
+                 "metadata": {"name": "ext2"},
+                 "spec": {"node": h1.name, "peerIP": bu.EXT2_IP, "asNumber": bu.EXT2_AS,
+                          "localASNumber": local_as}})
+        _set_default_spec(f, serviceClusterIPs=[{"cidr": CLUSTER_CIDR}],
+                          serviceLoadBalancerIPs=[{"cidr": LB_CIDR}])
+        # Before the filter: the ToR has the LB CIDR (the allowed half of the pair).
+        bu.wait_for(lambda: tor_next_hops(f, LB_CIDR), CONVERGE, "LB CIDR at the ToR", f.diag)
+        tor_peer = f.ds.get("BGPPeer", "tor")
+        tor_peer["spec"]["filters"] = ["no-lb"]
+        f.ds.replace(tor_peer)
+
+        bu.wait_for(lambda: "host_h1" in bu.established(f.ext2_sock), CONVERGE,
+                    "ext2 session with h1 Established", f.diag)
+        proto = birdc(f.ext2_sock, "show", "protocols", "all", "host_h1")
+        assert re.search(rf"Neighbor AS:\s+{local_as}\n", proto), proto
+        bu.wait_for(lambda: not tor_next_hops(f, LB_CIDR), CONVERGE,
+                    "LB CIDR gone from the ToR", f.diag)
+        ext2 = birdc(f.ext2_sock, "show", "route", "all", "for", LB_CIDR)
+        assert f"BGP.next_hop: {h1.ip}" in ext2 and f"BGP.as_path: {local_as}" in ext2, ext2
+        # The same filter lets everything else through to the ToR.
+        assert tor_next_hops(f, CLUSTER_CIDR) >= {h.ip for h in f.hosts}
+        assert all(h.ip in tor_next_hops(f, b) for h in f.hosts for b in f.blocks_of(h)
+                   if _in(b.split("/")[0], bu.POOL_CIDR))
+    finally:
+        tor_peer = f.ds.get("BGPPeer", "tor")
+        tor_peer["spec"].pop("filters", None)
+        f.ds.replace(tor_peer)
+        f.delete("BGPPeer", "ext2")
+        f.delete("BGPFilter", "no-lb")
+        _set_default_spec(f, serviceClusterIPs=None, serviceLoadBalancerIPs=None)
+        bu.stop_process(f.ext2)
 
 
 def test_bench_service_cidr_to_tor(fabric: bu.Fabric) -> None:

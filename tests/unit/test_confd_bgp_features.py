@@ -71,7 +71,7 @@ def test_borrowed_addresses_learned_from_workload_routes_outside_own_blocks() ->
     # blocks' workloads (those stay aggregated in the block route).
     assert ('if net.len = 32 && ifname ~ "cali*" && !(net ~ [ 198.19.1.0/26{27,32} ]) '
             'then accept;') in imp
-    exp = section(text, "filter calico_export_bgp_v4")
+    exp = section(text, "function calico_export_v4()")
     lines = [ln.strip() for ln in exp.splitlines()]
     # The own-block reject comes before the kernel accept: own /32s never leave.
     assert lines.index("if net ~ [ 198.19.1.0/26{27,32} ] then reject;") < lines.index(
@@ -105,7 +105,7 @@ def test_service_cidrs_every_kind_and_lb_aggregation() -> None:
     for c in ("198.18.200.0/24", "198.18.201.0/24", "198.18.202.0/24"):
         assert f"route {c} blackhole;" in static
     assert "2001:db8" not in static  # the v6 CIDR is in the v6 family only
-    exp = section(text, "filter calico_export_bgp_v4")
+    exp = section(text, "function calico_export_v4()")
     assert 'if proto = "calico_services_v4" then accept;' in exp
     # Never into the kernel: the kernel export accepts only blocks and BGP pool routes.
     assert "calico_services" not in section(text, "filter calico_kernel_export_v4")
@@ -155,7 +155,7 @@ def test_prefix_advertisements_attach_standard_and_large_communities() -> None:
             "    bgp_community.add((65001, 5));\n"
             "    bgp_large_community.add((64512, 300, 7));\n  }") in fn
     assert "if net ~ 198.19.0.0/16 then {\n    bgp_community.add((65001, 200));" in fn
-    assert section(text, "filter calico_export_bgp_v4").splitlines()[2].strip() == \
+    assert section(text, "function calico_export_v4()").splitlines()[2].strip() == \
         "calico_communities_v4();"
     assert rejected == []
     validate_bird_config(text, bird_binary=BIRD)
@@ -171,3 +171,173 @@ def test_bad_community_entries_are_skipped_with_a_note() -> None:
     assert any("communities[0]" in r for r in rejected)
     assert any("prefixAdvertisements[0]" in r for r in rejected)
     assert "bgp_community.add((65001, 1));" in text
+
+
+# ------------------------------------------------------------------ BGPPeer fields
+
+
+def tor(**spec: Any) -> dict[str, Any]:
+    return peer("tor", peerIP="198.18.0.254", asNumber=65001, **spec)
+
+
+def session_block(text: str, name: str) -> str:
+    return section(text, f"protocol bgp {name} ")
+
+
+@needs_bird
+def test_every_peer_field_renders_with_calicos_meaning() -> None:
+    rejected: list[str] = []
+    text = render([cfg(bindMode="NodeIP")], [tor(
+        keepaliveTime="20s", nextHopMode="Self", localASNumber=65010, ttlSecurity=2,
+        numAllowedLocalASNumbers=3, maxRestartTime="300s")], rejected=rejected)
+    assert rejected == []
+    s = session_block(text, "Global_198_18_0_254")
+    for line in ("neighbor 198.18.0.254 as 65001;", "keepalive time 20;", "next hop self;",
+                 "local as 65010;", "ttl security on;", "multihop 2;", "allow local as 3;",
+                 "graceful restart time 300;", "strict bind on;",
+                 "source address 198.18.0.11;"):
+        assert line in s, (line, s)
+    validate_bird_config(text, bird_binary=BIRD)
+
+    s = session_block(render(peers=[tor(nextHopMode="Keep", sourceAddress="None")]),
+                      "Global_198_18_0_254")
+    assert "next hop keep;" in s and "source address" not in s and "strict bind" not in s
+    # keepOriginalNextHop: Keep towards eBGP only; towards iBGP BIRD keeps it anyway.
+    assert "next hop keep;" in session_block(render(peers=[tor(keepOriginalNextHop=True)]),
+                                             "Global_198_18_0_254")
+    ibgp = peer("ibgp", peerIP="198.18.0.250", asNumber=64512, keepOriginalNextHop=True)
+    assert "next hop keep" not in session_block(render(peers=[ibgp]), "Global_198_18_0_250")
+    # A local AS per peer makes even a same-AS peer eBGP for keepOriginalNextHop.
+    ebgp = peer("ibgp", peerIP="198.18.0.250", asNumber=64512, keepOriginalNextHop=True,
+                localASNumber=65010)
+    assert "next hop keep;" in session_block(render(peers=[ebgp]), "Global_198_18_0_250")
+
+
+def test_bad_peer_values_skip_only_that_peer() -> None:
+    for bad in (dict(keepaliveTime="soon"), dict(keepaliveTime="10m"), dict(nextHopMode="Off"),
+                dict(localASNumber="x"), dict(filters=["missing"])):
+        rejected: list[str] = []
+        text = render(peers=[tor(**bad), peer("ok", peerIP="198.18.0.250", asNumber=65001)],
+                      rejected=rejected)
+        assert "Global_198_18_0_254" not in text.split("# ----")[-1], bad
+        assert "protocol bgp Global_198_18_0_250" in text
+        assert len(rejected) == 1 and "BGPPeer tor skipped" in rejected[0], (bad, rejected)
+
+
+@needs_bird
+def test_ignored_interfaces_excluded_from_direct() -> None:
+    text = render([cfg(ignoredInterfaces=["eth9", "vxlan*"])])
+    assert 'interface -"eth9", -"vxlan*", -"cali*", -"kube-ipvs*", "*";' in text
+    validate_bird_config(text, bird_binary=BIRD)
+
+
+def test_listen_port_per_node_over_default() -> None:
+    m = model([cfg(listenPort=1790), cfg("node.node-a", listenPort=1791)])
+    assert m.listen_port == 1791
+    assert {s.port for s in m.families[0].sessions} == {1790}  # node-b's port
+
+
+def _labelled(name: str, ip: str, role: str) -> dict[str, Any]:
+    n = node(name, ip)
+    n["metadata"]["labels"] = {"role": role}
+    return n
+
+
+def test_reverse_peering_auto_and_manual() -> None:
+    nodes = [_labelled("node-a", "198.18.0.11", "edge"), _labelled("node-b", "198.18.0.12", "core")]
+    p = peer("edge-core", nodeSelector="role == 'edge'", peerSelector="role == 'core'")
+    m_b = build_bird_model("node-b", nodes, [cfg(nodeToNodeMeshEnabled=False)], [p], POOLS, [])
+    assert [s.name for s in m_b.families[0].sessions] == ["Node_198_18_0_11"]
+    p["spec"]["reversePeering"] = "Manual"
+    m_b = build_bird_model("node-b", nodes, [cfg(nodeToNodeMeshEnabled=False)], [p], POOLS, [])
+    assert m_b.families[0].sessions == []
+    m_a = build_bird_model("node-a", nodes, [cfg(nodeToNodeMeshEnabled=False)], [p], POOLS, [])
+    assert [s.name for s in m_a.families[0].sessions] == ["Node_198_18_0_12"]
+
+
+# ------------------------------------------------------------------ BGPFilter
+
+
+def bgp_filter(name: str, **spec: Any) -> dict[str, Any]:
+    return {"apiVersion": "projectcalico.org/v3", "kind": "BGPFilter",
+            "metadata": {"name": name}, "spec": spec}
+
+
+FILTERS = [
+    bgp_filter("no-lb", exportV4=[
+        {"cidr": "198.18.202.0/24", "matchOperator": "Equal", "action": "Reject"},
+        {"cidr": "198.19.0.0/16", "matchOperator": "In", "prefixLength": {"min": 32},
+         "action": "Reject"},
+        {"cidr": "198.18.200.0/24", "matchOperator": "NotIn", "source": "RemotePeers",
+         "action": "Reject"},
+        {"interface": "eth*", "action": "Accept"},
+    ], importV4=[{"cidr": "198.19.9.0/24", "matchOperator": "NotEqual", "action": "Accept"}]),
+    bgp_filter("v6.only", importV6=[{"cidr": "2001:db8::/32", "matchOperator": "In",
+                                     "action": "Reject"}]),
+]
+
+
+@needs_bird
+def test_bgp_filter_functions_and_per_peer_use() -> None:
+    from calico_net.agent.confd.peers import function_name
+
+    exp, imp = function_name("no-lb", "export", 4), function_name("no-lb", "import", 4)
+    assert exp.startswith("bgp_no_lb_") and exp.endswith("_exportFilterV4")
+    assert function_name("no.lb", "export", 4) != exp  # names that differ stay apart
+    assert function_name("nolb", "export", 4) == "bgp_nolb_exportFilterV4"
+    rejected: list[str] = []
+    text = render_bird_config("node-a", NODES, [cfg()], [tor(filters=["no-lb", "v6.only"]),
+                              peer("other", peerIP="198.18.0.250", asNumber=65001)],
+                              POOLS, BLOCKS, rejected=rejected, filters=FILTERS)
+    assert rejected == []
+    fn = section(text, f"function {exp}()")
+    assert "  if (net = 198.18.202.0/24) then reject;" in fn
+    assert "  if (net ~ [ 198.19.0.0/16{32,32} ]) then reject;" in fn
+    assert "  if (net !~ 198.18.200.0/24) && (source = RTS_BGP) then reject;" in fn
+    assert '  if (ifname ~ "eth*") then accept;' in fn
+    assert "if (net != 198.19.9.0/24) then accept;" in section(text, f"function {imp}()")
+    s = session_block(text, "Global_198_18_0_254")
+    # The v6 filter has nothing to do on a v4 session.
+    assert f"export filter {{ {exp}(); calico_export_v4(); }};" in s
+    assert f"import filter {{ {imp}(); calico_import_v4(); }};" in s
+    assert "filter {" not in session_block(text, "Global_198_18_0_250")
+    validate_bird_config(text, bird_binary=BIRD)
+
+
+def test_bad_filter_is_skipped_and_its_peers_with_it() -> None:
+    bad = bgp_filter("bad", exportV4=[{"cidr": "2001:db8::/32", "matchOperator": "In",
+                                       "action": "Reject"}])
+    rejected: list[str] = []
+    text = render_bird_config("node-a", NODES, [cfg()], [tor(filters=["bad"])], POOLS, BLOCKS,
+                              rejected=rejected, filters=[bad, *FILTERS])
+    assert any("BGPFilter bad skipped" in r for r in rejected)
+    assert any("BGPPeer tor skipped" in r for r in rejected)
+    assert "_exportFilterV4()" in text
+
+
+@needs_bird
+def test_bird_parse_rejects_a_bad_render_without_touching_the_running_config(tmp_path) -> None:
+    """A filter whose text slips past the builder but not BIRD's parser: bird -p
+    refuses it and write-if-valid leaves the file as it was."""
+    from calico_net.agent.confd.peers import Condition, FilterFunc, FilterRule
+
+    m = model(peers=[tor()])
+    # A rule BIRD cannot parse: a prefix pattern longer than the family allows.
+    m.families[0].filter_funcs = [FilterFunc("bgp_x_exportFilterV4", "x", "export", 4, (
+        FilterRule((Condition("net", "In", "198.19.0.0/16{16,24}", pattern=True),), False),))]
+    m.families[0].sessions[0].export_filters = ["bgp_x_exportFilterV4", "bgp_missing"]
+    from calico_net.agent.confd.render import render_model
+
+    from calico_net.agent.confd.render import write_if_changed
+
+    good = render(peers=[tor()])
+    validate_bird_config(good, bird_binary=BIRD)
+    running = tmp_path / "bird.cfg"
+    write_if_changed(running, good)
+    text = render_model(m)
+    # confd's order (runner.step): bird -p first, the file only when BIRD accepts it.
+    with pytest.raises(BirdConfigError) as err:
+        validate_bird_config(text, bird_binary=BIRD)
+        write_if_changed(running, text)
+    assert "bgp_missing" in str(err.value) or "line" in str(err.value)
+    assert running.read_text() == good

@@ -43,6 +43,7 @@ KINDS: dict[str, KindInfo] = {
         _info(r.BGPConfiguration, "bgpconfigurations",
               "bgpconfiguration", "bgpconfigurations", "bgpconfig", "bgpconfigs"),
         _info(r.BGPPeer, "bgppeers", "bgppeer", "bgppeers", "bgpp", "bgpps", "bp", "bps"),
+        _info(r.BGPFilter, "bgpfilters", "bgpfilter", "bgpfilters"),
         _info(r.FelixConfiguration, "felixconfigurations",
               "felixconfiguration", "felixconfigurations", "felixconfig", "felixconfigs"),
         _info(r.Profile, "profiles", "profile", "profiles", "pro", "pros"),

@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Union
 
+from calico_net.agent.confd import values
 from calico_net.agent.confd.birdtext import BirdTextError, bird_comment, check_bird_string
 
 DEFAULT_AS_NUMBER = 64512
@@ -104,6 +105,13 @@ class Session:
     ttl_security_hops: int | None = None
     allow_local_as: int | None = None
     bfd: bool = False
+    next_hop_self: bool = False
+    keepalive_time: int | None = None
+    local_as: int | None = None  # BGPPeer localASNumber: this session's own AS
+    strict_bind: bool = False
+    #: BGPFilter functions (.peers.FilterFunc names of this family), in order
+    import_filters: list[str] = field(default_factory=list)
+    export_filters: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -124,6 +132,8 @@ class FamilyModel:
     services: list[str] = field(default_factory=list)
     #: prefixAdvertisements: .advertise.CommunityRule, in order
     communities: list[Any] = field(default_factory=list)
+    #: .peers.FilterFunc of every valid BGPFilter in this family
+    filter_funcs: list[Any] = field(default_factory=list)
 
 
 @dataclass
@@ -224,3 +234,23 @@ def check_name(name: object, what: str) -> str:
         raise BirdTextError(f"{what} is empty")
     return text
 
+
+def node_info(res: Mapping[str, Any]) -> NodeInfo:
+    meta, spec = meta_of(res), spec_of(res)
+    bgp = spec.get("bgp") or {}
+    asn = bgp.get("asNumber")
+    return NodeInfo(
+        name=check_name(meta.get("name", ""), "Node name"),
+        labels=dict(meta.get("labels") or {}),
+        ipv4=values.host_address(bgp.get("ipv4Address"), 4),  # type: ignore[arg-type]
+        ipv6=values.host_address(bgp.get("ipv6Address"), 6),  # type: ignore[arg-type]
+        as_number=values.as_number(asn) if asn not in (None, "") else None,
+        rr_cluster_id=values.rr_cluster_id(bgp.get("routeReflectorClusterID")),
+    )
+
+
+def sort_ip(ip: IPAddress | None) -> tuple[int, int]:
+    return (0, 0) if ip is None else (ip.version, int(ip))
+
+
+KIND_ORDER = {"node": 0, "global": 1, "reflector": 2, "reflector-client": 2, "mesh": 3}

@@ -7,10 +7,10 @@ exported and accepted — with no I/O.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
-from calico_net.agent.confd import advertise, birdtext, values
+from calico_net.agent.confd import advertise, birdtext, peers, values
 from calico_net.agent.confd.birdmodel import (
     BFD_ANNOTATION,
     DEFAULT_AS_NUMBER,
@@ -21,17 +21,20 @@ from calico_net.agent.confd.birdmodel import (
     IPAddress,
     IPNetwork,
     NodeInfo,
+    node_info,
     PasswordSource,
     RenderError,
     RenderOptions,
     Session,
     check_name,
     hash_router_id,
+    KIND_ORDER,
     meta_of,
     one_line,
     protocol_name,
     resolve_password,
     short_name,
+    sort_ip,
     spec_of,
     subnets_pattern,
 )
@@ -41,38 +44,6 @@ from calico_net.agent.confd.birdtext import (
     check_bird_string,
     check_password,
 )
-
-
-def _node_info(res: Mapping[str, Any]) -> NodeInfo:
-    meta, spec = meta_of(res), spec_of(res)
-    bgp = spec.get("bgp") or {}
-    asn = bgp.get("asNumber")
-    return NodeInfo(
-        name=check_name(meta.get("name", ""), "Node name"),
-        labels=dict(meta.get("labels") or {}),
-        ipv4=values.host_address(bgp.get("ipv4Address"), 4),  # type: ignore[arg-type]
-        ipv6=values.host_address(bgp.get("ipv6Address"), 6),  # type: ignore[arg-type]
-        as_number=values.as_number(asn) if asn not in (None, "") else None,
-        rr_cluster_id=values.rr_cluster_id(bgp.get("routeReflectorClusterID")),
-    )
-
-
-class _Selectors:
-    """Parses each selector text once."""
-
-    def __init__(self, parser: Callable[[str], Any] | None) -> None:
-        self._parser = parser
-        self._cache: dict[str, Any] = {}
-
-    def matches(self, text: str, labels: Mapping[str, str]) -> bool:
-        sel = self._cache.get(text)
-        if sel is None:
-            if self._parser is None:
-                from calico_net.model.selector import parse_selector
-
-                self._parser = parse_selector
-            sel = self._cache[text] = self._parser(text)
-        return bool(sel.evaluate(dict(labels)))
 
 
 def build_bird_model(
@@ -85,6 +56,7 @@ def build_bird_model(
     *,
     passwords: PasswordSource | None = None,
     options: RenderOptions | None = None,
+    filters: Sequence[Mapping[str, Any]] = (),
 ) -> BirdModel:
     """Decide everything the configuration says.
 
@@ -129,15 +101,8 @@ def build_bird_model(
     """
     return _Builder(
         node_name, nodes, bgp_configs, pools, affine_blocks,
-        passwords=passwords, options=options or RenderOptions(),
+        passwords=passwords, options=options or RenderOptions(), filters=filters,
     ).build(peers)
-
-
-def _sort_ip(ip: IPAddress | None) -> tuple[int, int]:
-    return (0, 0) if ip is None else (ip.version, int(ip))
-
-
-_KIND_ORDER = {"node": 0, "global": 1, "reflector": 2, "reflector-client": 2, "mesh": 3}
 
 
 class _Builder:
@@ -154,13 +119,14 @@ class _Builder:
         *,
         passwords: PasswordSource | None,
         options: RenderOptions,
+        filters: Sequence[Mapping[str, Any]] = (),
     ) -> None:
         self.node_name = node_name
         self.opts = options
         self.passwords = passwords
         self.notes: list[str] = []
         self.rejected: list[str] = []
-        self.selectors = _Selectors(options.selector_parser)
+        self.selectors = peers.Selectors(options.selector_parser)
         try:
             check_name(node_name, "this node's name")
         except BirdTextError as exc:
@@ -172,7 +138,7 @@ class _Builder:
         for res in nodes:
             name = str(meta_of(res).get("name", ""))
             try:
-                self.nodes[name] = _node_info(res)
+                self.nodes[name] = node_info(res)
             except (ValueError, TypeError) as exc:
                 if name == node_name:
                     raise RenderError(f"Node {bird_comment(node_name)}: {exc}") from exc
@@ -208,6 +174,12 @@ class _Builder:
         except ValueError as exc:
             raise RenderError(f"BGPConfiguration default: {exc}") from exc
         self._listen_ports: dict[str, int | None] = {}
+        # bindMode NodeIP: BIRD binds each session's socket to the node's address.
+        self.bind_node_ip = (spec_of(self.node_cfg).get("bindMode")
+                             or self.dspec.get("bindMode")) == "NodeIP"
+        self.filters, notes = peers.bgp_filters(list(filters))
+        for note in notes:
+            self.reject(note)
 
         self.adv = advertise.advertisements(self.dspec, self.reject)
         self.families = self._families(pools, affine_blocks)
@@ -338,6 +310,7 @@ class _Builder:
                 blocks=[str(b) for b in blocks[fam]],
                 block_subnets=[p for b in blocks[fam] if (p := subnets_pattern(b))],
                 services=self.adv.services[fam],
+                filter_funcs=[f for fs in self.filters.values() for f in fs if f.family == fam],
                 communities=self.adv.communities[fam],
             )
         return families
@@ -384,6 +357,18 @@ class _Builder:
             self._explicit_peer(res, "node", "Node")
         for res in global_peers:
             self._explicit_peer(res, "global", "Global")
+        # reversePeering Auto (Calico's default): a node a peerSelector picks peers
+        # back with the nodes the BGPPeer is for; Manual leaves that to another BGPPeer.
+        for res in sorted(peers, key=lambda r: str(meta_of(r).get("name", ""))):
+            spec = spec_of(res)
+            if not spec.get("peerSelector") or spec.get("reversePeering") == "Manual":
+                continue
+            try:
+                picked = self.selectors.matches(str(spec["peerSelector"]), self.me.labels)
+            except Exception:  # noqa: BLE001 - noted when the forward side was read
+                continue
+            if picked:
+                self._explicit_peer(res, "node", "Node", reverse=True)
 
         for fam in (4, 6):
             if self.families[fam].enabled:
@@ -394,7 +379,7 @@ class _Builder:
                     self._mesh_sessions(fam)
 
         for fm in self.families.values():
-            fm.sessions.sort(key=lambda s: _KIND_ORDER[s.kind])  # stable: keeps IP order
+            fm.sessions.sort(key=lambda s: KIND_ORDER[s.kind])  # stable: keeps IP order
 
         opts = self.opts
         return BirdModel(
@@ -423,10 +408,21 @@ class _Builder:
 
     def _direct_interfaces(self) -> list[tuple[bool, str]]:
         try:
-            return [birdtext.parse_iface_pattern(p, "direct_interfaces entry")
-                    for p in self.opts.direct_interfaces]
+            out = [birdtext.parse_iface_pattern(p, "direct_interfaces entry")
+                   for p in self.opts.direct_interfaces]
         except BirdTextError as exc:
             raise RenderError(str(exc)) from None
+        # BGPConfiguration ignoredInterfaces (node.<name> over default): excluded
+        # before the option's own entries, as Calico puts them before its "*".
+        ignored = (spec_of(self.node_cfg).get("ignoredInterfaces")
+                   or self.dspec.get("ignoredInterfaces") or [])
+        extra = []
+        for i, glob in enumerate(ignored if isinstance(ignored, list) else []):
+            try:
+                extra.append((True, birdtext.parse_iface_pattern(str(glob), "ignoredInterfaces")[1]))
+            except BirdTextError as exc:
+                self.reject(f"BGPConfiguration ignoredInterfaces[{i}] skipped: {exc}")
+        return extra + out
 
     def _applies_to_me(self, spec: Mapping[str, Any]) -> bool | None:
         """True/False for node-specific peers, None for global ones."""
@@ -441,7 +437,7 @@ class _Builder:
         ``fam``, in address order."""
         my_ip = self.me.ip(fam)
         assert my_ip is not None
-        for other in sorted(self.nodes.values(), key=lambda n: _sort_ip(n.ip(fam))):
+        for other in sorted(self.nodes.values(), key=lambda n: sort_ip(n.ip(fam))):
             oip = other.ip(fam)
             if other.name == self.node_name or oip is None:
                 continue
@@ -499,40 +495,48 @@ class _Builder:
             bfd=self.bfd,
         )
 
-    def _explicit_peer(self, res: Mapping[str, Any], kind: str, prefix: str) -> None:
+    def _peer_targets(self, spec: Mapping[str, Any], reverse: bool) -> list[tuple[IPAddress, int | None, int, str, str]]:
+        """(address, port, AS, cluster id if one of our nodes, label) of each remote end.
+        ``reverse``: this node matched the peerSelector, so the remote ends are the
+        nodes the peering is for (node / nodeSelector; every node for a global one)."""
+        out: list[tuple[IPAddress, int | None, int, str, str]] = []
+        if spec.get("peerSelector"):
+            for other in sorted(self.nodes.values(), key=lambda n: n.name):
+                if other.name == self.node_name:
+                    continue
+                if reverse:
+                    if spec.get("node"):
+                        match = spec["node"] == other.name
+                    elif spec.get("nodeSelector"):
+                        match = self.selectors.matches(str(spec["nodeSelector"]), other.labels)
+                    else:
+                        match = True
+                else:
+                    match = self.selectors.matches(str(spec["peerSelector"]), other.labels)
+                if match:
+                    out += [(ip, self.listen_port_of(other.name), self.node_as(other),
+                             other.rr_cluster_id, f"node {other.name}")
+                            for ip in (other.ipv4, other.ipv6) if ip is not None]
+        elif spec.get("peerIP"):
+            ip, port = values.peer_address(str(spec["peerIP"]))
+            if spec.get("asNumber") in (None, ""):
+                raise ValueError("asNumber is required with peerIP")
+            known = self.node_by_ip.get(ip)
+            out.append((ip, port, values.as_number(spec["asNumber"]),
+                        known.rr_cluster_id if known else "", str(ip)))
+        else:
+            raise ValueError("neither peerIP nor peerSelector is set")
+        return out
+
+    def _explicit_peer(self, res: Mapping[str, Any], kind: str, prefix: str,
+                       reverse: bool = False) -> None:
         """Turn one BGPPeer that applies to this node into sessions (or notes)."""
         meta, spec = meta_of(res), spec_of(res)
         what = f"BGPPeer {meta.get('name', '')}"  # for the description
         who = f"BGPPeer {short_name(meta.get('name', ''))}"  # for notes
         try:
             check_name(meta.get("name", ""), "BGPPeer name")
-            # Targets: (address, port, AS, cluster id if the peer is one of our nodes,
-            # label for the comment).
-            targets: list[tuple[IPAddress, int | None, int, str, str]] = []
-            if spec.get("peerSelector"):
-                for other in sorted(self.nodes.values(), key=lambda n: n.name):
-                    if other.name == self.node_name:
-                        continue
-                    if not self.selectors.matches(str(spec["peerSelector"]), other.labels):
-                        continue
-                    for ip in (other.ipv4, other.ipv6):
-                        if ip is not None:
-                            targets.append(
-                                (ip, self.listen_port_of(other.name), self.node_as(other),
-                                 other.rr_cluster_id, f"node {other.name}")
-                            )
-            elif spec.get("peerIP"):
-                ip, port = values.peer_address(str(spec["peerIP"]))
-                if spec.get("asNumber") in (None, ""):
-                    raise ValueError("asNumber is required with peerIP")
-                known = self.node_by_ip.get(ip)
-                targets.append(
-                    (ip, port, values.as_number(spec["asNumber"]),
-                     known.rr_cluster_id if known else "", str(ip))
-                )
-            else:
-                raise ValueError("neither peerIP nor peerSelector is set")
-
+            targets = self._peer_targets(spec, reverse)
             password = None
             ref = (spec.get("password") or {}).get("secretKeyRef")
             if ref:
@@ -540,15 +544,12 @@ class _Builder:
                 if password is None:
                     raise ValueError("its password secret cannot be read")
                 password = check_password(password, "its password")
-            restart = spec.get("maxRestartTime")
-            restart_time = (values.restart_time(restart, "maxRestartTime")
-                            if restart else None)
-            ttl = spec.get("ttlSecurity")
-            ttl_hops = values.small_int(ttl, "ttlSecurity", 1, 255) if ttl else None
-            allow_local = spec.get("numAllowedLocalASNumbers")
-            allow_local_as = (values.small_int(allow_local, "numAllowedLocalASNumbers", 1, 2**31 - 1)
-                              if allow_local else None)
-            use_node_ip = str(spec.get("sourceAddress") or "UseNodeIP") != "None"
+            po = peers.peer_options(spec, password)
+            funcs = []
+            for name in po.filters:
+                if name not in self.filters:
+                    raise ValueError(f"its filter {short_name(name)} does not exist or is invalid")
+                funcs += self.filters[name]
             peer_bfd = values.switch((meta.get("annotations") or {}).get(BFD_ANNOTATION))
             bfd = self.bfd if peer_bfd is None else peer_bfd
         except Exception as exc:  # a broken BGPPeer breaks only itself
@@ -559,15 +560,14 @@ class _Builder:
             fam = ip.version
             my_ip = self.me.ip(fam)
             if not self.families[fam].enabled or my_ip is None:
-                self.notes.append(
-                    f"{who} -> {label} skipped: IPv{fam} is not enabled on this node"
-                )
+                self.notes.append(f"{who} -> {label} skipped: IPv{fam} is not enabled on this node")
                 continue
             if ip == my_ip:
                 self.notes.append(f"{who} -> {ip} skipped: that is this node's own address")
                 continue
+            local_as = po.local_as if po.local_as is not None else self.my_as
             rr_client, rr_cid = self.rr_flags(peer_as, peer_cluster)
-            source = str(my_ip) if use_node_ip else None
+            source = str(my_ip) if po.use_node_ip else None
             description = f"{what} ({label})"
             try:
                 check_bird_string(description, "description")
@@ -576,23 +576,21 @@ class _Builder:
                 continue
             self.add(
                 Session(
-                    name=protocol_name(prefix, ip, port),
-                    kind=kind,
-                    family=fam,
-                    neighbor=str(ip),
-                    port=port,
-                    as_number=peer_as,
-                    description=description,
-                    source_address=source,
-                    rr_client=rr_client,
-                    rr_cluster_id=rr_cid,
-                    password=password,
-                    # Calico keeps the next hop only towards eBGP peers (iBGP keeps it
-                    # anyway).
-                    next_hop_keep=bool(spec.get("keepOriginalNextHop")) and peer_as != self.my_as,
-                    restart_time=restart_time,
-                    ttl_security_hops=ttl_hops,
-                    allow_local_as=allow_local_as,
+                    name=protocol_name(prefix, ip, port), kind=kind, family=fam,
+                    neighbor=str(ip), port=port, as_number=peer_as, description=description,
+                    source_address=source, rr_client=rr_client, rr_cluster_id=rr_cid,
+                    password=po.password,
+                    # nextHopMode Keep; keepOriginalNextHop only towards eBGP peers, as
+                    # Calico does (iBGP keeps it anyway).
+                    next_hop_keep=po.next_hop_mode == "Keep" or (
+                        po.keep_original and peer_as != local_as),
+                    next_hop_self=po.next_hop_mode == "Self",
+                    restart_time=po.restart_time, ttl_security_hops=po.ttl_hops,
+                    allow_local_as=po.allow_local_as, keepalive_time=po.keepalive,
+                    local_as=po.local_as,
+                    strict_bind=self.bind_node_ip and source is not None,
+                    import_filters=[f.name for f in funcs if (f.family, f.direction) == (fam, "import")],
+                    export_filters=[f.name for f in funcs if (f.family, f.direction) == (fam, "export")],
                     # BIRD needs a fixed local address for multihop BFD.
                     bfd=bfd and source is not None,
                 ),

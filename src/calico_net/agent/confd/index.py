@@ -25,6 +25,7 @@ RESOURCE_PLURALS = {
     "bgpconfigurations": "BGPConfiguration",
     "bgppeers": "BGPPeer",
     "ippools": "IPPool",
+    "bgpfilters": "BGPFilter",
 }
 
 
@@ -50,6 +51,7 @@ class RenderInput:
     peers: list[dict[str, Any]]
     pools: list[dict[str, Any]]
     blocks: list[str]
+    filters: list[dict[str, Any]]
     revision: int
 
 
@@ -205,5 +207,6 @@ class BGPIndex:
                 peers=by_kind["BGPPeer"],
                 pools=by_kind["IPPool"],
                 blocks=sorted(set(self._blocks.values())),
+                filters=by_kind["BGPFilter"],
                 revision=self.revision,
             )

@@ -222,7 +222,7 @@ class Confd:
             text = render_bird_config(
                 self.settings.node_name, inp.nodes, inp.bgp_configs, inp.peers, inp.pools,
                 inp.blocks, passwords=self.passwords, options=self.settings.options,
-                rejected=rejected,
+                rejected=rejected, filters=inp.filters,
             )
         except RenderError as exc:
             self._failed("render-error", str(exc), None)

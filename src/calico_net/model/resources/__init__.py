@@ -32,8 +32,8 @@ from calico_net.model.resources.base import (
     field_path, not_supported,
 )
 from calico_net.model.resources.bgp import (
-    BGPConfigurationSpec, BGPPassword, BGPPeerSpec, Community, LogSeverity, PrefixAdvertisement,
-    SecretKeyRef, ServiceIPBlock,
+    BGPConfigurationSpec, BGPFilterSpec, BGPPassword, BGPPeerSpec, Community, LogSeverity,
+    PrefixAdvertisement, SecretKeyRef, ServiceIPBlock,
 )
 from calico_net.model.resources.endpoints import (
     IPNAT, EndpointPort, HostEndpointSpec, NodeAddress, NodeBGPSpec, NodeSpec, NodeStatus,
@@ -92,6 +92,8 @@ BGPConfiguration = resource_kind("BGPConfiguration", BGPConfigurationSpec,
                                  "Cluster-wide (`default`) or per-node (`node.<name>`) BGP settings.")
 BGPPeer = resource_kind("BGPPeer", BGPPeerSpec,
                         "A BGP peering for all nodes, one node or a selection of nodes.")
+BGPFilter = resource_kind("BGPFilter", BGPFilterSpec,
+                          "Import and export rules a BGPPeer applies through its `filters`.")
 # Any name is stored, as Calico does; only `default` and `node.<name>` are read by
 # Felix, and the field registry (`model.registry`) warns about any other name.
 FelixConfiguration = resource_kind("FelixConfiguration", FelixConfigurationSpec,
@@ -121,11 +123,12 @@ IPAMConfiguration = resource_kind("IPAMConfiguration", IPAMConfigurationSpec, "T
 RESOURCE_CLASSES: tuple[type[Resource], ...] = (
     Node, IPPool, BGPConfiguration, BGPPeer, FelixConfiguration, Profile, NetworkPolicy,
     GlobalNetworkPolicy, NetworkSet, GlobalNetworkSet, WorkloadEndpoint, HostEndpoint,
-    IPReservation, IPAMConfiguration,
+    IPReservation, IPAMConfiguration, BGPFilter,
 )
 
 __all__ = [
-    "API_VERSION", "Action", "BGPConfiguration", "BGPConfigurationSpec", "BGPPassword", "BGPPeer",
+    "API_VERSION", "Action", "BGPConfiguration", "BGPConfigurationSpec", "BGPFilter",
+    "BGPFilterSpec", "BGPPassword", "BGPPeer",
     "BGPPeerSpec", "BLOCK_SIZE_RANGE", "CalicoModel", "CheckContext", "Community",
     "DEFAULT_BLOCK_SIZE", "EnabledDisabled", "EncapMode", "EndpointPort", "EntityRule", "Error",
     "FelixConfiguration", "FelixConfigurationSpec", "GlobalNetworkPolicy",

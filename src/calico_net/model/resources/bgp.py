@@ -1,9 +1,10 @@
 """BGP kinds' specs: BGPConfiguration (mesh, AS number, advertised service ranges and
-communities) and BGPPeer (who peers with whom, passwords, timers).
+communities), BGPPeer (who peers with whom, passwords, timers) and BGPFilter (import
+and export rules a BGPPeer applies through ``filters``).
 """
 from __future__ import annotations
 
-from typing import Iterator, Optional
+from typing import ClassVar, Iterator, Optional
 
 from pydantic import Field
 
@@ -122,3 +123,72 @@ class BGPPeerSpec(CalicoModel):
                    f"{show(self.next_hop_mode)} contradicts keepOriginalNextHop: true")
 
 
+
+
+# --- BGPFilter ----------------------------------------------------------------------------
+
+MatchOperator = enum_before(("Equal", "NotEqual", "In", "NotIn"), "match operator")
+FilterAction = enum_before(("Accept", "Reject"), "filter action")
+
+
+class BGPFilterPrefixLengthV4(CalicoModel):
+    min: Optional[bounded(0, 32, "IPv4 prefix length")] = None
+    max: Optional[bounded(0, 32, "IPv4 prefix length")] = None
+
+
+class BGPFilterPrefixLengthV6(CalicoModel):
+    min: Optional[bounded(0, 128, "IPv6 prefix length")] = None
+    max: Optional[bounded(0, 128, "IPv6 prefix length")] = None
+
+
+class _BGPFilterRule(CalicoModel):
+    cidr: Optional[CIDR] = None
+    source: Optional[enum_before(("RemotePeers",), "filter source")] = None
+    interface: Optional[IgnoredInterface] = None
+    match_operator: Optional[MatchOperator] = None
+    action: FilterAction
+
+    FAMILY: ClassVar[int] = 4
+
+    def semantic_errors(self, path: str, ctx: CheckContext) -> Iterator[Error]:
+        import ipaddress
+
+        if bool(self.cidr) != bool(self.match_operator):
+            yield (field_path(path, "matchOperator" if self.cidr else "cidr"),
+                   "cidr and matchOperator must be set together")
+        if self.cidr and ipaddress.ip_network(self.cidr, strict=False).version != self.FAMILY:
+            yield field_path(path, "cidr"), f"{show(self.cidr)} is not an IPv{self.FAMILY} CIDR"
+        plen = self.prefix_length  # type: ignore[attr-defined]
+        if plen is not None:
+            if self.match_operator not in ("In", "NotIn"):
+                yield (field_path(path, "prefixLength"),
+                       "requires cidr with matchOperator In or NotIn")
+            elif self.cidr:
+                own = ipaddress.ip_network(self.cidr, strict=False).prefixlen
+                lo = own if plen.min is None else plen.min
+                hi = (32 if self.FAMILY == 4 else 128) if plen.max is None else plen.max
+                if not own <= lo <= hi:
+                    yield (field_path(path, "prefixLength"),
+                           f"min {lo} and max {hi} must satisfy {own} (the cidr's length) <= min <= max")
+
+
+class BGPFilterRuleV4(_BGPFilterRule):
+    prefix_length: Optional[BGPFilterPrefixLengthV4] = None
+
+
+class BGPFilterRuleV6(_BGPFilterRule):
+    prefix_length: Optional[BGPFilterPrefixLengthV6] = None
+    FAMILY: ClassVar[int] = 6
+
+
+class BGPFilterSpec(CalicoModel):
+    export_v4: Optional[list[BGPFilterRuleV4]] = Field(None, alias="exportV4")
+    import_v4: Optional[list[BGPFilterRuleV4]] = Field(None, alias="importV4")
+    export_v6: Optional[list[BGPFilterRuleV6]] = Field(None, alias="exportV6")
+    import_v6: Optional[list[BGPFilterRuleV6]] = Field(None, alias="importV6")
+
+    def semantic_errors(self, path: str, ctx: CheckContext) -> Iterator[Error]:
+        for alias, rules in (("exportV4", self.export_v4), ("importV4", self.import_v4),
+                             ("exportV6", self.export_v6), ("importV6", self.import_v6)):
+            for i, rule in enumerate(rules or ()):
+                yield from rule.semantic_errors(field_path(path, f"{alias}[{i}]"), ctx)
