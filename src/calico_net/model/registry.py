@@ -260,6 +260,8 @@ _FELIX_NO_EFFECT: dict[str, Entry] = {
     "wireguardMTUV6": N(NO_WG),
     "wireguardHostEncryptionEnabled": N(NO_WG, False),
     "wireguardPersistentKeepAlive": N(NO_WG),
+    "nodeSelector": N("the agent reads only the FelixConfigurations named default and "
+                      "node.<nodename>, never one chosen by a selector"),
 }
 
 
@@ -521,8 +523,11 @@ def field_statuses(doc: dict[str, Any]) -> list[tuple[str, str, Entry | None]]:
     """(field path, registry path, entry) for every field `doc` sets, innermost
     first; entry None for a path the registry does not know."""
     kind = str(doc.get("kind", ""))
+    table = REGISTRY.get(kind, {})
     out = []
-    for path, shown, _value in _set_leaves(doc, "", ""):
+    for path, shown, value in _set_leaves(doc, "", ""):
+        if path not in table and _is_container(value):
+            continue  # its fields are listed themselves
         found = entry_for(kind, path)
         out.append((shown, found[0] if found else path, found[1] if found else None))
     return out
@@ -553,6 +558,11 @@ def no_effect_fields(doc: dict[str, Any]) -> list[tuple[str, str]]:
         out.append((shown, entry.where))
     # Parents were yielded after their children; show fields in document order.
     return sorted(out, key=lambda item: _order_key(doc, item[0]))
+
+
+def _is_container(value: Any) -> bool:
+    return (isinstance(value, dict) and bool(value)) or (
+        isinstance(value, list) and bool(value) and all(isinstance(v, dict) for v in value))
 
 
 def _is_quiet(entry: Entry, value: Any) -> bool:
