@@ -39,6 +39,7 @@ DEFAULT_SOCKET = "/run/docker/plugins/calico.sock"
 NODENAME_FILE = "/var/lib/calico/nodename"
 DEFAULT_MTU_FILE = "/var/lib/calico/mtu"
 DEFAULT_MTU = 1500
+LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 
 def node_name(env: dict[str, str]) -> str:
@@ -142,7 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Docker's calico network driver and calico-ipam IPAM driver (a remote plugin on a "
                     "unix socket; settings from the environment, see docs/libnetwork.md).").parse_args(argv)
     env = dict(os.environ)
-    level = getattr(logging, (env.get("CALICO_LIBNETWORK_LOG_LEVEL") or "info").upper(), logging.INFO)
+    level = LOG_LEVELS.get((env.get("CALICO_LIBNETWORK_LOG_LEVEL") or "info").lower(), logging.INFO)
     logging.basicConfig(level=level, format="%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s")
     try:
         ctx = Context(env)

@@ -42,7 +42,6 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from calico_net.cni import dataplane
-from calico_net.libnetwork.ipam import GATEWAY_KEY
 from calico_net.libnetwork.server import PluginError
 
 log = logging.getLogger(__name__)
