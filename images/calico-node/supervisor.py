@@ -24,7 +24,8 @@ Environment (all optional):
   CALICO_BIRD_CONFIG          BIRD config (default /etc/calico/confd/config/bird.cfg)
   CALICO_BIRD_SOCKET          BIRD control socket (default /var/run/calico/bird.ctl)
   CALICO_BIRD_CMD             BIRD command line; ``{config}`` and ``{socket}`` are
-                              substituted (default ``bird -f -c {config} -s {socket}``)
+                              substituted (default ``bird -f -R -c {config} -s {socket}``:
+                              ``-R``, graceful-restart recovery, as calico/node runs it)
   CALICO_SUPERVISOR_MAX_RESTARTS   restarts allowed per child (default 5)
   CALICO_SUPERVISOR_BACKOFF        first backoff in seconds, doubled each time (default 1)
   CALICO_SUPERVISOR_BACKOFF_MAX    backoff cap in seconds (default 30)
@@ -45,7 +46,14 @@ from typing import Callable
 
 DEFAULT_BIRD_CONFIG = "/etc/calico/confd/config/bird.cfg"
 DEFAULT_BIRD_SOCKET = "/var/run/calico/bird.ctl"
-DEFAULT_BIRD_CMD = "bird -f -c {config} -s {socket}"
+# -R (graceful-restart recovery), as Calico's calico/node starts BIRD: a BIRD that comes
+# back after a crash then keeps the kernel routes its last run left (persist) until BGP
+# has refilled its table, instead of pruning them at start, and tells its peers it kept
+# forwarding (restart and forwarding bits), so they keep its routes until its End-of-RIB
+# instead of flushing them when the session comes back. Without it, a calico/node crash
+# drops every route to other nodes on this node and this node's blocks on its peers for
+# up to a second.
+DEFAULT_BIRD_CMD = "bird -f -R -c {config} -s {socket}"
 WATCHED = {signal.SIGCHLD, signal.SIGTERM, signal.SIGINT}
 POLL = 0.5  # seconds between checks while waiting for BIRD's config or a backoff
 
