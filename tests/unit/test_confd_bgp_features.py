@@ -341,3 +341,16 @@ def test_bird_parse_rejects_a_bad_render_without_touching_the_running_config(tmp
         write_if_changed(running, text)
     assert "bgp_missing" in str(err.value) or "line" in str(err.value)
     assert running.read_text() == good
+
+
+def test_node_prefix_advertisements_replace_the_defaults() -> None:
+    m = model([cfg(communities=[{"name": "a", "value": "65001:1"}],
+                   prefixAdvertisements=[{"cidr": "198.19.0.0/16", "communities": ["a"]}]),
+               cfg("node.node-a", prefixAdvertisements=[
+                   {"cidr": "198.19.1.0/24", "communities": ["a", "65001:2"]}])])
+    (rule,) = m.families[0].communities
+    assert (rule.prefix, rule.standard) == ("198.19.1.0/24", ((65001, 1), (65001, 2)))
+    other = build_bird_model("node-b", NODES, [cfg(prefixAdvertisements=[
+        {"cidr": "198.19.0.0/16", "communities": ["65001:9"]}]), cfg("node.node-a")], [],
+        POOLS, [])
+    assert [r.prefix for r in other.families[0].communities] == ["198.19.0.0/16"]

@@ -81,8 +81,13 @@ def _cidrs(items: object, what: str, reject: Callable[[str], None]) -> list[ipad
     return out
 
 
-def advertisements(dspec: Mapping[str, Any], reject: Callable[[str], None]) -> Advertisements:
-    """What the BGPConfiguration ``default`` spec ``dspec`` adds to every node's exports."""
+def advertisements(dspec: Mapping[str, Any], reject: Callable[[str], None],
+                   nspec: Mapping[str, Any] | None = None) -> Advertisements:
+    """What the BGPConfiguration ``default`` spec ``dspec`` adds to every node's exports;
+    ``nspec``, this node's ``node.<name>`` spec, replaces the default's
+    prefixAdvertisements when it has some (as Calico's confd prefers the node's), its
+    communities naming values beside the default's."""
+    nspec = nspec or {}
     adv = Advertisements()
     nets = _cidrs(dspec.get("serviceClusterIPs"), "serviceClusterIPs", reject)
     nets += _cidrs(dspec.get("serviceExternalIPs"), "serviceExternalIPs", reject)
@@ -93,14 +98,16 @@ def advertisements(dspec: Mapping[str, Any], reject: Callable[[str], None]) -> A
         adv.services[net.version].append(str(net))
 
     named: dict[str, tuple[int, ...]] = {}
-    for i, c in enumerate(dspec.get("communities") or ()):
+    own = bool(nspec.get("prefixAdvertisements"))
+    defined = list(dspec.get("communities") or ()) + list((nspec if own else {}).get("communities") or ())
+    for i, c in enumerate(defined):
         try:
             if not isinstance(c, Mapping) or not isinstance(c.get("name"), str):
                 raise ValueError("not a {name, value} mapping")
             named[c["name"]] = parse_community(c.get("value"))
         except ValueError as exc:
             reject(f"BGPConfiguration default communities[{i}] skipped: {exc}")
-    for i, pa in enumerate(dspec.get("prefixAdvertisements") or ()):
+    for i, pa in enumerate((nspec if own else dspec).get("prefixAdvertisements") or ()):
         try:
             if not isinstance(pa, Mapping):
                 raise ValueError("not a mapping")

@@ -181,7 +181,7 @@ class _Builder:
         for note in notes:
             self.reject(note)
 
-        self.adv = advertise.advertisements(self.dspec, self.reject)
+        self.adv = advertise.advertisements(self.dspec, self.reject, spec_of(self.node_cfg))
         self.families = self._families(pools, affine_blocks)
         # The first claim on (family, address, port) wins.
         self.claimed: dict[tuple[int, IPAddress, int | None], str] = {}
