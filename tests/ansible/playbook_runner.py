@@ -78,6 +78,23 @@ def run_playbook(playbook: Path | str, env: dict[str, str], tmp: Path, *, extra_
     return PlaybookRun(proc.returncode, proc.stdout)
 
 
+def run_tasks(tmp: Path, env: dict[str, str], tasks: list[dict], *, extra: tuple[str, ...] = (),
+              **play_keys) -> tuple[int, str]:
+    """A one-play playbook of `tasks` (plus play keywords: roles, vars) on localhost, run
+    with `--diff -vvv` - all an operator could see of a converge - and its output."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    inventory = tmp / "inventory.ini"
+    inventory.write_text(f"localhost ansible_connection=local ansible_python_interpreter={sys.executable}\n")
+    playbook = tmp / "play.yml"
+    playbook.write_text(yaml.safe_dump([{"hosts": "localhost", "gather_facts": False, **play_keys,
+                                         "tasks": tasks}], sort_keys=False))
+    proc = subprocess.run([str(VENV_BIN / "ansible-playbook"), "-i", str(inventory), str(playbook),
+                           "--diff", "-vvv", *extra],
+                          env=ansible_env(env, tmp), cwd=tmp, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, timeout=300)
+    return proc.returncode, proc.stdout
+
+
 def run_target(target: str, env: dict[str, str], tmp: Path, *, extra_vars: dict[str, Any] | None = None,
                tasks_from: str = "main") -> PlaybookRun:
     """Apply the integration target `target` (a role) to localhost; `tasks_from` picks

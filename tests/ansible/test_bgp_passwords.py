@@ -13,31 +13,13 @@ import json
 import os
 import secrets
 import stat
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
-from playbook_runner import VENV_BIN, ansible_env
+from playbook_runner import run_tasks as play
 
 pytestmark = pytest.mark.slow
-
-
-def play(tmp: Path, env: dict[str, str], tasks: list[dict], *, extra: tuple[str, ...] = (),
-         **play_keys) -> tuple[int, str]:
-    tmp.mkdir(parents=True, exist_ok=True)
-    inventory = tmp / "inventory.ini"
-    inventory.write_text(f"localhost ansible_connection=local ansible_python_interpreter={sys.executable}\n")
-    playbook = tmp / "play.yml"
-    playbook.write_text(yaml.safe_dump([{"hosts": "localhost", "gather_facts": False, **play_keys,
-                                         "tasks": tasks}], sort_keys=False))
-    proc = subprocess.run([str(VENV_BIN / "ansible-playbook"), "-i", str(inventory), str(playbook),
-                           "--diff", "-vvv", *extra],
-                          env=ansible_env(env, tmp), cwd=tmp, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True, timeout=300)
-    return proc.returncode, proc.stdout
 
 
 @pytest.fixture
