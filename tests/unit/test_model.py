@@ -155,7 +155,7 @@ def test_kind_plurals_and_scope() -> None:
         "GlobalNetworkPolicy": "globalnetworkpolicies", "NetworkSet": "networksets",
         "GlobalNetworkSet": "globalnetworksets", "WorkloadEndpoint": "workloadendpoints",
         "HostEndpoint": "hostendpoints", "IPReservation": "ipreservations",
-        "IPAMConfiguration": "ipamconfigurations"}
+        "IPAMConfiguration": "ipamconfigurations", "BGPFilter": "bgpfilters"}
     assert {k for k, v in KINDS.items() if v.namespaced} == {
         "NetworkPolicy", "NetworkSet", "WorkloadEndpoint"}
 

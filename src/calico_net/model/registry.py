@@ -76,6 +76,7 @@ ENCAP = "calico_net/agent/encap (overlay controller)"
 RULES = "calico_net/agent/felix/rules.py"
 CONFD = "calico_net/agent/confd/builder.py"
 ADVERTISE = "calico_net/agent/confd/advertise.py"
+PEERS = "calico_net/agent/confd/peers.py"
 
 # --- per-kind tables ------------------------------------------------------------------------
 
@@ -328,8 +329,8 @@ REGISTRY: dict[str, dict[str, Entry]] = {
         "spec.communities[].value": E(ADVERTISE),
         "spec.prefixAdvertisements[].cidr": E(ADVERTISE),
         "spec.prefixAdvertisements[].communities": E(ADVERTISE),
-        "spec.bindMode": N(NOT_YET_BGP, "None"),
-        "spec.ignoredInterfaces": N(NOT_YET_BGP),
+        "spec.bindMode": E(CONFD),
+        "spec.ignoredInterfaces": E(CONFD),
         "spec.localWorkloadPeeringIPV4": N(NOT_YET_BGP),
         "spec.localWorkloadPeeringIPV6": N(NOT_YET_BGP),
         "spec.programClusterRoutes": N(NOT_YET_BGP, "Enabled"),
@@ -341,20 +342,26 @@ REGISTRY: dict[str, dict[str, Entry]] = {
         "spec.asNumber": E(CONFD),
         "spec.peerSelector": E(CONFD),
         "spec.keepOriginalNextHop": E(CONFD),
-        "spec.nextHopMode": N(NOT_YET_BGP, "Auto"),
+        "spec.nextHopMode": E(PEERS),
         "spec.password.secretKeyRef.name": E(CONFD),
         "spec.password.secretKeyRef.key": E(CONFD),
         "spec.password.secretKeyRef.optional": N(NOT_YET_BGP),
-        "spec.sourceAddress": E(CONFD),
-        "spec.maxRestartTime": E(CONFD),
-        "spec.numAllowedLocalASNumbers": E(CONFD),
-        "spec.ttlSecurity": E(CONFD),
+        "spec.sourceAddress": E(PEERS),
+        "spec.maxRestartTime": E(PEERS),
+        "spec.numAllowedLocalASNumbers": E(PEERS),
+        "spec.ttlSecurity": E(PEERS),
         "spec.reachableBy": N(NOT_YET_BGP),
-        "spec.filters": N(NOT_YET_BGP + " (no BGPFilter kind)"),
-        "spec.keepaliveTime": N(NOT_YET_BGP),
-        "spec.localASNumber": N(NOT_YET_BGP),
+        "spec.filters": E(PEERS),
+        "spec.keepaliveTime": E(PEERS),
+        "spec.localASNumber": E(PEERS),
         "spec.localWorkloadSelector": N(NOT_YET_BGP),
-        "spec.reversePeering": N(NOT_YET_BGP, "Auto"),
+        "spec.reversePeering": E(CONFD),
+    },
+    "BGPFilter": {
+        f"spec.{d}[].{f}": E(PEERS)
+        for d in ("exportV4", "importV4", "exportV6", "importV6")
+        for f in ("cidr", "source", "interface", "matchOperator", "action", "prefixLength.min",
+                  "prefixLength.max")
     },
     "FelixConfiguration": _felix(),
     "Profile": {
