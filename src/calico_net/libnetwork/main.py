@@ -31,6 +31,7 @@ import sys
 import threading
 from typing import Any, Callable, Sequence
 
+from calico_net.envhelp import datastore_env_help
 from calico_net.libnetwork.server import Handler, PluginError, make_server
 
 log = logging.getLogger("calico_net.libnetwork")
@@ -132,16 +133,39 @@ def _ipam_socket(path: str) -> None:
         os.symlink("calico.sock", link)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    import argparse
+ENVIRONMENT_HELP = f"""\
+environment (docs/libnetwork.md has all of it):
+  NODENAME                      this node (else /var/lib/calico/nodename, else the host name)
+{datastore_env_help(30)}
+  ETCD_TIMEOUT                  seconds per etcd request (5)
+  CALICO_LIBNETWORK_SOCKET      plugin socket (/run/docker/plugins/calico.sock; a
+                                calico-ipam.sock symlink is made beside it)
+  DOCKER_HOST                   Docker API, for container labels (unix:///var/run/docker.sock)
+  CALICO_LIBNETWORK_IFPREFIX    container interface prefix (cali)
+  CALICO_LIBNETWORK_VETH_MTU    veth MTU (else the agent's FELIX_MTUFILEPATH file, else 1500)
+  CALICO_LIBNETWORK_LABEL_POLL_TIMEOUT  seconds to wait for Docker to name a container (5)
+  CALICO_LIBNETWORK_LOCK_DIR    IPAM's per-host lock files (/var/run/calico)
+  CALICO_LIBNETWORK_LOG_LEVEL   debug, info (default), warning, error
 
+SIGTERM/SIGINT stop the plugin; endpoints and addresses stay in etcd."""
+
+
+def build_parser():
+    from calico_net.envhelp import environment_only_parser
+
+    return environment_only_parser(
+        "calico-libnetwork",
+        "calico.net's Docker drivers: the `calico` network driver and the\n"
+        "`calico-ipam` IPAM driver, one remote plugin on a unix socket. It takes\n"
+        "no arguments and is configured by the environment.",
+        ENVIRONMENT_HELP)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
     from calico_net.libnetwork.dockerapi import DockerAPI
     from calico_net.libnetwork.network import Labeller
 
-    argparse.ArgumentParser(
-        prog="calico-libnetwork",
-        description="Docker's calico network driver and calico-ipam IPAM driver (a remote plugin on a "
-                    "unix socket; settings from the environment, see docs/libnetwork.md).").parse_args(argv)
+    build_parser().parse_args(argv)
     env = dict(os.environ)
     level = LOG_LEVELS.get((env.get("CALICO_LIBNETWORK_LOG_LEVEL") or "info").lower(), logging.INFO)
     logging.basicConfig(level=level, format="%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s")
