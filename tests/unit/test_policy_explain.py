@@ -216,3 +216,31 @@ def test_cli_text_json_and_errors():
         _cli(docs, "--from", "nope", "--to", "fe", "--port", "1")
     with pytest.raises(ValueError, match="out of range"):
         _cli(docs, "--from", "cl", "--to", "fe", "--port", "70000")
+
+
+def test_trace_parsing_and_decisions():
+    from calico_net.agent.felix import explain_live as live
+
+    assert "ip saddr 198.18.77.3/32 ip daddr 198.18.77.1/32 meta l4proto 6 th dport 9090 meta nftrace set 1" \
+        in live.trace_script(Packet("198.18.77.3", "198.18.77.1", 6, 9090))
+    lines = [
+        "trace id aa inet calico cali-forward rule iifname \"cali*\" jump cali-from-wl # handle 9 (verdict jump x)",
+        "trace id aa inet calico cali-pi-0123456789abcdef rule meta l4proto tcp log prefix \"p\" # handle 5 "
+        "(verdict continue)",
+        "trace id aa inet calico cali-po-0123456789abcdef rule meta mark set meta mark | 0x00010000 return "
+        "# handle 6 (verdict return)",
+        "trace id aa inet calico cali-fw-0123456789abcdef rule meta mark & 0x00010000 == 0x00010000 return "
+        "# handle 7 (verdict return)",
+        "trace id aa inet calico cali-pi-0123456789abcdef rule tcp dport 9090 drop # handle 8 (verdict drop)",
+        "trace id bb inet calico cali-pi-0123456789abcdef rule tcp dport 9090 drop # handle 8 (verdict drop)",
+        "trace id aa inet other cali-pi-0123456789abcdef rule drop # handle 1 (verdict drop)",
+    ]
+    hits = []
+    for line in lines:
+        m = live._RULE.match(line)
+        if m and m.group(2) == "inet" and m.group(3) == "calico":
+            hits.append(live.Hit(m.group(1), m.group(4), int(m.group(6)), m.group(7), m.group(5)))
+    got = [(h.chain[:7], h.handle, h.verdict) for h in live.decisions(hits)]
+    assert got == [("cali-po", 6, "return"), ("cali-pi", 8, "drop")]
+    with pytest.raises(ValueError):
+        live.rule_positions("cali-pi-0123; flush ruleset")

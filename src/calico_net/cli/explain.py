@@ -70,11 +70,21 @@ def cmd_explain(args: argparse.Namespace, ctx: Any) -> int:
     pkt = Packet(src_ip, dst_ip, proto, args.port if proto in (6, 17, 132) else None, args.source_port,
                  args.icmp_type if proto in (1, 58) else None, args.icmp_code if proto in (1, 58) else None)
     res = explain(cl, src, dst, pkt)
+    live = None
+    if args.live:
+        from calico_net.agent.felix.explain_live import compare, trace_flow
+
+        if not 0 < args.live_wait <= 600:
+            raise ValueError("--live-wait is seconds, 1 to 600")
+        ctx.err.write(f"tracing the flow on this host for {args.live_wait:g} s: send it now\n")
+        live = compare(res, trace_flow(pkt, wait=args.live_wait))
     body = {"verdict": res["verdict"], "decidedBy": res["decidedBy"],
             "flow": {"protocol": args.protocol, "sourcePort": pkt.sport, "port": pkt.dport,
                      "icmpType": pkt.icmp_type},
             "source": endpoint_summary(src, src_ip), "destination": endpoint_summary(dst, dst_ip),
             "tier": res["tier"], "policies": res["policies"], "steps": res["steps"]}
+    if live is not None:
+        body["live"] = live
     if args.output == "json":
         import orjson
 
@@ -144,6 +154,19 @@ def _print_text(body: dict[str, Any], out: Any) -> None:
         for skipped in st.get("notEvaluated", ()):
             out.write(printable(f"  not evaluated (pre-DNAT/untracked): {skipped}", 400) + "\n")
         out.write(printable(f"  => {st['verdict']}: {st['by']}", 400) + "\n")
+    live = body.get("live")
+    if live is not None:
+        out.write("\nLive (nft trace on this host): ")
+        if not live["traced"]:
+            out.write("no packet of the flow was seen\n")
+        elif live["kernel"] is None:
+            out.write("the flow passed no policy or profile decision here\n")
+        else:
+            k = live["kernel"]
+            out.write(printable(f"decided in {k['chain']} at rule {k['position']} ({k['verdict']}): {k['rule']}",
+                                600) + "\n")
+            out.write("  the same rule as explained\n" if live["agrees"] else
+                      "  NOT the rule explained (the datastore and this host's ruleset differ?)\n")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -169,5 +192,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-n", "--namespace", default=None,
                    help="namespace of the workload endpoints named (default: any, if unique)")
     p.add_argument("--to-namespace", default=None, help="namespace of --to, when it differs")
+    p.add_argument("--live", action="store_true",
+                   help="also trace the flow through this host's ruleset (nft trace, needs root; run "
+                        "it on the endpoint's node and send the traffic meanwhile) and compare the rule "
+                        "that decided with the one explained")
+    p.add_argument("--live-wait", type=float, default=10.0, help="seconds to trace (default 10)")
     p.add_argument("-o", "--output", default="text", choices=["text", "yaml", "json"])
     p.set_defaults(func=cmd_explain)

@@ -42,6 +42,7 @@ from typing import Any, Iterable, Mapping
 from . import hostprotect
 from .index import PolicyIndex
 from .nftstr import NftStringError
+from .policy import policy_chain, profile_chain
 from .records import DENY_ALL, ENDPOINT_KINDS, Key, Member, policy_sort_key
 from .rules import (
     _PORT_HEADERS,
@@ -211,14 +212,17 @@ def _rule_entries(rules: tuple[CompiledRule, ...], raw: list[Any] | None, pkt: P
     try:
         rendered = [render_rule(r, ctx, in_profile=in_profile) for r in rules]
     except NftStringError as exc:
-        return [{"index": None, "rule": None, "nft": ["drop"], "matched": True,
+        return [{"index": None, "rule": None, "nft": ["drop"], "position": 0, "matched": True,
                  "action": "Deny", "note": f"a rule cannot be written ({exc}): the chain drops"}], "Deny"
     same = raw is not None and len(raw) == len(rules) and rules is not DENY_ALL
     out: list[dict[str, Any]] = []
+    position = 0        # of the rule's first line in the chain (the chain is all lines in order)
     for i, (r, lines) in enumerate(zip(rules, rendered)):
         matched = bool(lines) and rule_matches(r, pkt, ctx.index)
         ent: dict[str, Any] = {"index": i, "rule": raw[i] if same else {"action": r.action},
-                               "nft": lines, "matched": matched, "action": r.action}
+                               "nft": lines, "position": position, "matched": matched,
+                               "action": r.action}
+        position += len(lines)
         if not same:
             ent["note"] = "the rules cannot be compiled: the agent denies instead"
         if not lines:
@@ -227,6 +231,12 @@ def _rule_entries(rules: tuple[CompiledRule, ...], raw: list[Any] | None, pkt: P
         if matched and r.action in ("Allow", "Deny", "Pass"):
             return out, r.action
     return out, None
+
+
+def _where(chain: str, ent: dict[str, Any]) -> dict[str, Any]:
+    """Where the deciding rule sits in the ruleset: its chain and the positions of its
+    lines there (one rule may be several nft lines; any of them can decide)."""
+    return {"chain": chain, "positions": list(range(ent["position"], ent["position"] + len(ent["nft"])))}
 
 
 def _raw_rules(doc: Mapping[str, Any] | None, direction: str) -> list[Any] | None:
@@ -326,10 +336,12 @@ def _endpoint_chain(cl: Cluster, member: Member, direction: str, pkt: Packet) ->
         entries, action = _rule_entries(p.ingress if direction == "Ingress" else p.egress,
                                         _raw_rules(cl.policy_doc(p.key), direction), pkt, ctx, False)
         kind, ns, name = p.key
+        chain = policy_chain(p.key, direction)
         step["policies"].append({"kind": kind, "namespace": ns, "name": name, "order": p.order,
-                                 "rules": entries, "result": action or "no match"})
+                                 "chain": chain, "rules": entries, "result": action or "no match"})
         if action in ("Allow", "Deny"):
-            decided = {"verdict": action, "by": f"{_key_text(p.key)} rule {entries[-1]['index']}"}
+            decided = {"verdict": action, "by": f"{_key_text(p.key)} rule {entries[-1]['index']}",
+                       "rule": _where(chain, entries[-1])}
             break
         if action == "Pass":
             passed = True
@@ -343,9 +355,12 @@ def _endpoint_chain(cl: Cluster, member: Member, direction: str, pkt: Packet) ->
             prof = index.profiles[name]
             entries, action = _rule_entries(prof.ingress if direction == "Ingress" else prof.egress,
                                             _raw_rules(cl.profile_doc(name), direction), pkt, ctx, True)
-            step["profiles"].append({"name": name, "rules": entries, "result": action or "no match"})
+            chain = profile_chain(name, direction)
+            step["profiles"].append({"name": name, "chain": chain, "rules": entries,
+                                     "result": action or "no match"})
             if action in ("Allow", "Deny"):
-                decided = {"verdict": action, "by": f"Profile {name} rule {entries[-1]['index']}"}
+                decided = {"verdict": action, "by": f"Profile {name} rule {entries[-1]['index']}",
+                           "rule": _where(chain, entries[-1])}
                 break
     if decided is None:
         decided = {"verdict": "Deny", "by": "no policy or profile allowed it (default deny)"
