@@ -436,3 +436,39 @@ def test_a_resync_reuses_what_the_consumer_holds_and_validates_only_the_rest():
     assert sorted(validated) == ["moved", "new"]
     assert res[held.key] is first[held.key]            # the consumer's own object, not a copy
     assert res[moved.key].revision == 12 and res[new.key].revision == 13
+
+
+class ReasonSink(Sink):
+    def on_status(self, connected, reason):
+        self.q.put(("status", connected, reason))
+
+
+def test_started_while_etcd_is_down_says_why():
+    """The first status is news even when it is "not connected" again: an agent
+    started while etcd is down reports the reason instead of staying silent."""
+    c = FakeClient()
+    c.snapshots = [DatastoreUnavailable("connection refused")]
+    sink = ReasonSink()
+    s = Syncer(c, sink, backoff_initial=0.01, backoff_max=0.05, probe_interval=60)
+    s.start()
+    try:
+        _, connected, reason = sink.next("status")
+        assert connected is False and "connection refused" in reason
+    finally:
+        s.stop()
+
+
+def test_a_probe_failure_is_the_reason_given():
+    c = FakeClient()
+    c.snapshots = [([], 5)]
+    c.watches = [[]]
+    sink = ReasonSink()
+    s = Syncer(c, sink, backoff_initial=0.01, probe_interval=0.05)
+    s.start()
+    try:
+        sink.next("snapshot")
+        c.reachable = False
+        _, connected, reason = sink.next("status")
+        assert connected is False and "did not answer" in reason, reason
+    finally:
+        s.stop()

@@ -173,6 +173,8 @@ class Syncer(SnapshotWatcher):
         # key -> (mod_revision, reason) of values we skipped: each is logged once.
         self.bad: dict[str, tuple[int, str]] = {}
         self.revision = 0
+        #: why the probe cancelled the current watch (the status reason then)
+        self._probe_failure: str | None = None
 
     # --- parsing ---
     def _parse(self, kv: KV) -> Resource | None:
@@ -229,6 +231,7 @@ class Syncer(SnapshotWatcher):
 
     def _watch_from(self, start: int) -> None:
         watch = self.client.watch_prefix(self.prefix, start)
+        self._probe_failure = None
         self._track([watch])
         probe = threading.Thread(target=self._probe, args=(watch,), name="syncer-probe", daemon=True)
         probe.start()
@@ -246,7 +249,7 @@ class Syncer(SnapshotWatcher):
                     # A key that turned bad is dropped: the consumer deletes it.
                     self.sink.on_update(ev.kv.key, res)
             if not self._stop.is_set():
-                raise DatastoreUnavailable("etcd watch ended")
+                raise DatastoreUnavailable(self._probe_failure or "etcd watch ended")
         finally:
             self._track([])
             probe.join(timeout=0)
@@ -262,11 +265,13 @@ class Syncer(SnapshotWatcher):
                 self.client.revision()
             except Exception as e:  # noqa: BLE001
                 log.warning("etcd probe failed while watching (%s); restarting the watch", e)
+                self._probe_failure = f"etcd did not answer while watching: {e}"
                 self._cancel_watch_broken(watch)
                 return
 
     def _cancel_watch_broken(self, watch: Any) -> None:
-        # cancel() makes the iterator end quietly; flag it so _watch_from raises.
+        # cancel() makes the iterator end quietly; _watch_from then raises with the
+        # probe's reason (set before this call).
         try:
             watch.cancel()
         except Exception:  # noqa: BLE001

@@ -81,6 +81,7 @@ class SnapshotWatcher:
         self.backoff_max = backoff_max
         self.probe_interval = probe_interval
         self.connected = False
+        self._reported = False   # no status told yet: the first one is news either way
         self.snapshots = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -124,7 +125,10 @@ class SnapshotWatcher:
                 pass
 
     def _set_connected(self, connected: bool, reason: str) -> None:
-        changed = connected != self.connected
+        # The first status is always news: an agent started while etcd is down must
+        # say why it is not ready, not stay at "not connected yet".
+        changed = connected != self.connected or not self._reported
+        self._reported = True
         if changed:
             self.connected = connected
             if connected:

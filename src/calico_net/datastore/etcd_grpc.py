@@ -80,7 +80,11 @@ class Channels:
         host = parts.hostname or "127.0.0.1"
         port = parts.port or 2379
         target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        options = [("grpc.max_receive_message_length", -1), ("grpc.enable_http_proxy", 0)]
+        # gRPC's reconnect backoff grows to 120 s by default: after a long etcd outage
+        # the channel would come back that late, long after etcd did. Capped at the
+        # watchers' own backoff cap, so recovery follows etcd's return.
+        options = [("grpc.max_receive_message_length", -1), ("grpc.enable_http_proxy", 0),
+                   ("grpc.max_reconnect_backoff_ms", 5000)]
         if parts.scheme != "https":
             return grpc.insecure_channel(target, options=options)
         with_cert = bool(self.cert_file and self.key_file)
