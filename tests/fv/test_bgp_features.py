@@ -3,7 +3,8 @@ etcd, the real confd process and BIRD on every host and a BIRD top-of-rack route
 (AS 65001): borrowed addresses advertised as /32s by the node that holds them, the
 BGPConfiguration service CIDRs from every node, and communities from
 prefixAdvertisements as the ToR sees them (``birdc show route all``), a BGPFilter on
-one peer and a per-peer localASNumber (a second router, ext2).
+one peer and a per-peer localASNumber (a second router, ext2), nextHopMode Keep through
+a route reflector.
 
 One fabric for the module; the tests run in file order and each one puts the
 datastore back the way it found it. Service CIDRs: 198.18.200.0/24-198.18.203.0/24; a small IPPool 198.18.244.0/25.
@@ -302,6 +303,44 @@ def test_filter_keeps_a_prefix_off_one_peer_and_local_as_per_peer(fabric: bu.Fab
         f.delete("BGPFilter", "no-lb")
         _set_default_spec(f, serviceClusterIPs=None, serviceLoadBalancerIPs=None)
         bu.stop_process(f.ext2)
+
+
+def _path_next_hop(f: bu.Fabric, prefix: str, proto: str) -> str | None:
+    """BGP.next_hop of the ToR's path for ``prefix`` learned through ``proto``."""
+    out = birdc(f.tor_sock, "show", "route", "for", prefix, "protocol", proto, "all")
+    m = re.search(r"BGP\.next_hop:\s+(\S+)", out)
+    return m.group(1) if m else None
+
+
+def test_next_hop_keep_through_a_reflector(fabric: bu.Fabric) -> None:
+    """Mesh off, h1 a route reflector: h2's block reaches the ToR through h1 with
+    next hop h1 under nextHopMode Auto (eBGP sets itself), with next hop h2 under Keep."""
+    f = fabric
+    h1, h2, _ = f.hosts
+    (block,) = sorted(b for b in f.blocks_of(h2) if _in(b.split("/")[0], bu.POOL_CIDR))[:1]
+    node_peer = {"apiVersion": "projectcalico.org/v3", "kind": "BGPPeer",
+                 "metadata": {"name": "tor-h1"},
+                 "spec": {"node": h1.name, "peerIP": bu.TOR_IP, "asNumber": bu.TOR_AS,
+                          "nextHopMode": "Auto"}}
+    try:
+        _set_default_spec(f, nodeToNodeMeshEnabled=False)
+        f.update_node(h1, lambda d: d["spec"]["bgp"].update(routeReflectorClusterID="198.18.255.1"))
+        f.apply(node_peer)
+        rr = "RRClient_" + h2.ip.replace(".", "_")
+        bu.wait_for(lambda: rr in h1.established(), CONVERGE, "h1 reflects for h2", f.diag)
+        bu.wait_for(lambda: _path_next_hop(f, block, "host_h1") == h1.ip, CONVERGE,
+                    f"{block} from h1 with next hop h1 (Auto)", f.diag)
+        node_peer["spec"]["nextHopMode"] = "Keep"
+        f.apply(node_peer)
+        bu.wait_for(lambda: _path_next_hop(f, block, "host_h1") == h2.ip, CONVERGE,
+                    f"{block} from h1 with next hop h2 (Keep)", f.diag)
+        assert "next hop keep;" in h1.bird_cfg.read_text()
+    finally:
+        f.delete("BGPPeer", "tor-h1")
+        f.update_node(h1, lambda d: d["spec"]["bgp"].pop("routeReflectorClusterID", None))
+        _set_default_spec(f, nodeToNodeMeshEnabled=True)
+    bu.wait_for(lambda: all(_tor_established(f, h) for h in f.hosts), CONVERGE,
+                "ToR sessions back", f.diag)
 
 
 def test_bench_service_cidr_to_tor(fabric: bu.Fabric) -> None:
