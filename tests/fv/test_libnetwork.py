@@ -345,6 +345,28 @@ def test_policy_on_container_labels(host, net):
     wait_for(lambda: host.ping_from(c["c1"], c["c2"].ip, timeout=0.5), 15, "c1 -> c2 again without the policy")
 
 
+def test_stop_and_start_leave_and_join_again(host, net):
+    from calico_net.ipam import IPAM
+    from calico_net.ipam.check import check
+
+    c3 = net["containers"]["c3"]
+    host.docker("stop", "-t", "0", "c3")
+    wait_for(lambda: c3.endpoint not in host.weps(), 10, "c3's endpoint removed on stop")
+    assert "cali" + c3.endpoint[:11] not in host.cali_links()
+    report = check(IPAM(host.ds.client, host.ds))
+    assert report.clean and report.allocations == 2, report.to_json()
+    host.docker("start", "c3")
+    info = json.loads(host.docker("inspect", "c3").stdout)[0]
+    again = Container("c3", c3.cid, info["State"]["Pid"], info["NetworkSettings"]["Networks"][net["name"]]["IPAddress"],
+                      info["NetworkSettings"]["Networks"][net["name"]]["EndpointID"])
+    net["containers"]["c3"] = again
+    wait_for(lambda: _labelled(host, again), 10, "c3's new endpoint labelled")
+    wait_for(lambda: host.ping_from(again, net["containers"]["c2"].ip), 15, "c3 -> c2 after a restart")
+    assert host.ping_from(net["containers"]["c1"], again.ip), "c1 -> c3 after a restart"
+    report = check(IPAM(host.ds.client, host.ds))
+    assert report.clean and report.allocations == 3 and report.endpoints == 3, report.to_json()
+
+
 def test_plugin_restart_loses_nothing(host, net):
     host.stop_plugin()
     host.start_plugin()

@@ -57,6 +57,7 @@ DUMMY_GATEWAY = {"0.0.0.0/0", "::/0"}
 KNOWN_OPTIONS = {"com.docker.network.enable_ipv6"}
 ROUTE_CONNECTED = 1
 _ID_RE = re.compile(r"[0-9a-f]{12,64}\Z")
+_MAC_RE = re.compile(r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}\Z")
 
 
 def check_id(value: Any, what: str) -> str:
@@ -118,7 +119,7 @@ def make_pair(endpoint_id: str, mtu: int, mac: str | None) -> str:
                 ipr.link("set", index=tmp_idx, address=mac)
             ipr.link("set", index=host_idx, state="up")
             return ipr.get_links(tmp_idx)[0].get_attr("IFLA_ADDRESS")
-        except (NetlinkError, IndexError) as e:
+        except (NetlinkError, IndexError, ValueError) as e:
             remove_pair(endpoint_id)
             raise PluginError(f"could not create veth {host}: {e}") from None
 
@@ -245,7 +246,7 @@ class NetworkDriver:
         if not ips:
             raise PluginError("No address assigned for endpoint")
         mac_wanted = iface.get("MacAddress") or None
-        if mac_wanted is not None and not re.fullmatch(r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}", str(mac_wanted)):
+        if mac_wanted is not None and not _MAC_RE.match(str(mac_wanted)):
             raise PluginError(f"MacAddress {str(mac_wanted)[:40]!r} is not a MAC address")
         name = wep_name(self.ctx.node, endpoint_id)
         # Read first: with etcd away this fails before anything is made.
@@ -290,7 +291,9 @@ class NetworkDriver:
         spec = wep.get("spec") or {}
         if not pair_exists(endpoint_id):
             # a Join after a Leave (which removes the pair): make it again, same MAC
-            make_pair(endpoint_id, self.ctx.mtu(), spec.get("mac") or None)
+            # (when the stored one is a MAC at all; else the kernel picks one)
+            mac = spec.get("mac")
+            make_pair(endpoint_id, self.ctx.mtu(), mac if isinstance(mac, str) and _MAC_RE.match(mac) else None)
         nets = [ipaddress.ip_interface(n) for n in spec.get("ipNetworks") or []]
         resp: dict[str, Any] = {
             "InterfaceName": {"SrcName": temp_ifname(endpoint_id), "DstPrefix": self.ctx.if_prefix},
