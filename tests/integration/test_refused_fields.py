@@ -11,6 +11,10 @@ Here each one goes through what an operator uses, against the session's real etc
 * the Ansible modules (`calico.net.global_network_policy`, `network_policy`, `profile`,
   `host_endpoint`, `resource`, through ansible-playbook) fail with the field path among
   their `errors`, and write nothing.
+
+Fields Calico accepts and calico.net stores without effect go the other way: calicoctl
+`validate`, `apply` and `replace` name each one on stderr (kind, name, path, reason from
+`model.registry`), exit 0, and the documents are stored with them, as Calico stores them.
 """
 from __future__ import annotations
 
@@ -205,3 +209,80 @@ def test_modules_refuse_and_write_nothing(etcd, etcd_client, tmp_path):
         assert path in paths, (register, result.get("msg"))
         assert f"{path}: {NOT_YET}" in result["msg"], (register, result["msg"])
     assert keyspace(etcd_client) == before
+
+
+# --- fields stored without effect: warned about, still stored --------------------------------
+
+NO_EFFECT_MANIFEST = """
+apiVersion: projectcalico.org/v3
+kind: FelixConfiguration
+metadata: {name: default}
+spec:
+  ipipMTU: 1440
+  bpfEnabled: false
+  wireguardEnabled: true
+  natPortRange: "32768:65535"
+---
+apiVersion: projectcalico.org/v3
+kind: FelixConfiguration
+metadata: {name: global}
+spec: {logSeverityScreen: Debug}
+---
+apiVersion: projectcalico.org/v3
+kind: GlobalNetworkPolicy
+metadata:
+  name: annotated
+  finalizers: [example.com/keep]
+spec:
+  selector: app == 'web'
+  ingress:
+    - action: Allow
+      source: {nets: [198.19.213.0/24]}
+      metadata: {annotations: {why: ticket-1}}
+"""
+NO_EFFECT_WARNINGS = [
+    # in the model's field order: the order calicoctl stores the document in
+    'Warning: FelixConfiguration "default": spec.natPortRange: no effect in calico.net: ',
+    'Warning: FelixConfiguration "default": spec.wireguardEnabled: no effect in calico.net: ',
+    'Warning: FelixConfiguration "global": metadata.name: no effect in calico.net: ',
+    'Warning: GlobalNetworkPolicy "annotated": metadata.finalizers: no effect in calico.net: ',
+    'Warning: GlobalNetworkPolicy "annotated": spec.ingress[0].metadata.annotations: no effect in calico.net: ',
+]
+
+
+def assert_warned(stderr: str) -> None:
+    # (the etcd transport's own notice about a plaintext endpoint is another line)
+    lines = [line for line in stderr.splitlines() if line.startswith("Warning: ")]
+    assert len(lines) == len(NO_EFFECT_WARNINGS), stderr
+    for line, start in zip(lines, NO_EFFECT_WARNINGS):
+        assert line.startswith(start) and len(line) > len(start), (line, start)
+
+
+def test_no_effect_fields_are_warned_about_and_stored(ctl, etcd_client, tmp_path):
+    f = tmp_path / "no-effect.yaml"
+    f.write_text(NO_EFFECT_MANIFEST)
+    before = keyspace(etcd_client)
+    checked = ctl("validate", "-f", str(f))
+    assert checked.returncode == 0, checked.stderr
+    assert_warned(checked.stderr)
+    assert keyspace(etcd_client) == before  # validate writes nothing
+    try:
+        applied = ctl("apply", "-f", str(f))
+        assert applied.returncode == 0, applied.stderr
+        assert_warned(applied.stderr)
+        felix = yaml.safe_load(ctl("get", "felixconfiguration", "default", "-o", "yaml").stdout)
+        assert felix["spec"]["wireguardEnabled"] is True  # stored, as Calico stores it
+        assert felix["spec"]["natPortRange"] == "32768:65535"
+        other = yaml.safe_load(ctl("get", "felixconfiguration", "global", "-o", "yaml").stdout)
+        assert other["spec"] == {"logSeverityScreen": "Debug"}
+        gnp = yaml.safe_load(ctl("get", "globalnetworkpolicy", "annotated", "-o", "yaml").stdout)
+        assert gnp["metadata"]["finalizers"] == ["example.com/keep"]
+        assert gnp["spec"]["ingress"][0]["metadata"] == {"annotations": {"why": "ticket-1"}}
+        # replace warns the same way; a document without such fields warns about nothing
+        replaced = ctl("replace", "-f", str(f))
+        assert replaced.returncode == 0, replaced.stderr
+        assert_warned(replaced.stderr)
+        quiet = ctl("apply", "-f", "-", stdin=VALID)
+        assert quiet.returncode == 0 and "Warning: " not in quiet.stderr, quiet.stderr
+    finally:
+        ctl("delete", "-f", str(f))
