@@ -244,3 +244,37 @@ def test_trace_parsing_and_decisions():
     assert got == [("cali-po", 6, "return"), ("cali-pi", 8, "drop")]
     with pytest.raises(ValueError):
         live.rule_positions("cali-pi-0123; flush ruleset")
+
+
+HEP = {"kind": "HostEndpoint", "metadata": {"name": "node-a-eth0", "labels": {"hep": "eth0"}},
+       "spec": {"node": NODE_A, "interfaceName": "eth0", "expectedIPs": ["198.18.77.10"]}}
+HEP_POLICY = gnp("host-web", "hep == 'eth0'", types=["Ingress"],
+                 ingress=[{"action": "Allow", "protocol": "TCP", "destination": {"ports": [80]}}])
+
+
+def test_host_endpoint_ingress_failsafe_and_endpoint_to_host_action():
+    docs = [HEP, HEP_POLICY, FE, profile("kns.stars", ALLOW_ALL, ALLOW_ALL)]
+    cl = Cluster(docs)
+    (hep,) = find_endpoints(cl, "198.18.77.10")
+    ext = "198.18.78.1"
+    r = explain(cl, None, hep, Packet(ext, "198.18.77.10", 6, 80))
+    assert r["verdict"] == "Allow" and r["decidedBy"].endswith("GlobalNetworkPolicy host-web rule 0")
+    r = explain(cl, None, hep, Packet(ext, "198.18.77.10", 6, 81))
+    assert r["verdict"] == "Deny" and "end of tier" in r["decidedBy"]
+    r = explain(cl, None, hep, Packet(ext, "198.18.77.10", 6, 22))     # failsafe inbound ssh
+    assert r["verdict"] == "Allow" and r["decidedBy"] == "failsafe inbound port"
+    (fe,) = find_endpoints(cl, "fe", "stars")
+    r = explain(cl, fe, hep, Packet("198.18.77.1", "198.18.77.10", 6, 80))
+    assert r["verdict"] == "Deny" and "defaultEndpointToHostAction Drop" in r["decidedBy"]
+    # the node's FelixConfiguration wins over the default one, as in the agent
+    fc = [{"kind": "FelixConfiguration", "metadata": {"name": "default"},
+           "spec": {"defaultEndpointToHostAction": "Drop", "failsafeInboundHostPorts": []}},
+          {"kind": "FelixConfiguration", "metadata": {"name": f"node.{NODE_A}"},
+           "spec": {"defaultEndpointToHostAction": "Accept"}}]
+    cl = Cluster(docs + fc)
+    (fe,) = find_endpoints(cl, "fe", "stars")
+    (hep,) = find_endpoints(cl, "node-a-eth0")
+    r = explain(cl, fe, hep, Packet("198.18.77.1", "198.18.77.10", 6, 80))
+    assert r["verdict"] == "Allow" and "Accept" in r["decidedBy"]
+    r = explain(cl, None, hep, Packet(ext, "198.18.77.10", 6, 22))     # no failsafe ports now
+    assert r["verdict"] == "Deny"

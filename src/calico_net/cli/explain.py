@@ -14,9 +14,10 @@ from typing import Any
 
 from calico_net.errors import printable
 
-# What the agent feeds its policy dataplane (daemon.DATAPLANE_KINDS)
+# What the agent feeds its policy dataplane (daemon.DATAPLANE_KINDS), and the
+# FelixConfigurations its settings come from
 KINDS = ("WorkloadEndpoint", "HostEndpoint", "Profile", "NetworkPolicy", "GlobalNetworkPolicy",
-         "NetworkSet", "GlobalNetworkSet", "IPPool")
+         "NetworkSet", "GlobalNetworkSet", "IPPool", "FelixConfiguration")
 
 
 def _resolve(cl: Any, ref: str, namespace: str | None, what: str) -> tuple[Any, str]:

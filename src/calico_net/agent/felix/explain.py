@@ -29,8 +29,9 @@ action first); traffic from a host endpoint's address the same way outbound.
 Calico has tiers; this agent programs one (``default``), reported as such.
 Not modelled: pre-DNAT, untracked and apply-on-forward host endpoint policy (named
 in the result when one selects an endpoint of the flow), Felix configuration
-overrides (the FelixSettings defaults are used unless given), conntrack (the first
-packet of a connection is explained).
+set on the host itself (environment, felix.cfg: the settings come from the
+FelixConfigurations as the agent resolves them), conntrack (the first packet of a
+connection is explained).
 """
 from __future__ import annotations
 
@@ -250,15 +251,11 @@ def _key_text(key: Key) -> str:
     return f"{kind} {ns}/{name}" if ns else f"{kind} {name}"
 
 
-@dataclass
 class Cluster:
     """The documents the agent would be fed, and one `PolicyIndex` per node asked for."""
 
-    docs: dict[tuple[str, str | None, str], Mapping[str, Any]]
-    settings: FelixSettings
-
     def __init__(self, docs: Iterable[Mapping[str, Any]], settings: FelixSettings | None = None) -> None:
-        self.docs = {}
+        self.docs: dict[tuple[str, str | None, str], Mapping[str, Any]] = {}
         for d in docs:
             meta = d.get("metadata") or {}
             kind, name = d.get("kind"), meta.get("name")
@@ -266,10 +263,36 @@ class Cluster:
                 log.warning("skipping a document without kind or name")
                 continue
             ns = None if kind in ("GlobalNetworkPolicy", "HostEndpoint", "GlobalNetworkSet",
-                                  "Profile", "IPPool") else (meta.get("namespace") or "default")
+                                  "Profile", "IPPool", "FelixConfiguration") else (meta.get("namespace") or "default")
             self.docs[(kind, ns, name)] = d
-        self.settings = settings or FelixSettings()
+        self._settings = settings
+        self._node_settings: dict[str, FelixSettings] = {}
         self._indexes: dict[str, PolicyIndex] = {}
+
+    def settings(self, node: str | None) -> FelixSettings:
+        """The Felix settings of `node`: those given, else its FelixConfigurations
+        (``node.<name>`` over ``default``) as the agent resolves them; the host's
+        environment and config file cannot be seen from here."""
+        if self._settings is not None:
+            return self._settings
+        node = node or ""
+        s = self._node_settings.get(node)
+        if s is None:
+            from calico_net.agent.config import Config
+            from calico_net.agent.daemon import felix_settings
+
+            cfg = Config(node, env={}, config_file="")
+            for name in ("default", f"node.{node}"):
+                doc = self.docs.get(("FelixConfiguration", None, name))
+                if doc is not None:
+                    cfg.set_felix_configuration(name, doc.get("spec") or {})
+            try:
+                s = felix_settings(cfg, FelixSettings)
+            except ValueError as exc:
+                log.error("Felix settings of node %s: %s; the defaults are used", node, exc)
+                s = FelixSettings()
+            self._node_settings[node] = s
+        return s
 
     def index(self, node: str) -> PolicyIndex:
         idx = self._indexes.get(node)
@@ -320,7 +343,7 @@ def policy_selection(cl: Cluster, src: Member | None, dst: Member | None) -> lis
 def _endpoint_chain(cl: Cluster, member: Member, direction: str, pkt: Packet) -> dict[str, Any]:
     """The walk through one endpoint chain (see the module docstring)."""
     index = cl.index(member.node or "")
-    ctx = _RenderCtx(index, cl.settings.log_prefix)
+    ctx = _RenderCtx(index, cl.settings(member.node).log_prefix)
     ordered = index.ordered_policies(member.key)
     skipped = [_key_text(p.key) for p in ordered if cl.flags(p.key) & (hostprotect.PRE_DNAT
                                                                        | hostprotect.DO_NOT_TRACK)]
@@ -388,7 +411,6 @@ def explain(cl: Cluster, src: Member | None, dst: Member | None, pkt: Packet) ->
     """The verdict for `pkt` from `src` to `dst` (None: an address no endpoint
     has) and each step of the path that decided it."""
     steps: list[dict[str, Any]] = []
-    s = cl.settings
 
     def done(verdict: str, by: str) -> dict[str, Any]:
         return {"verdict": verdict, "decidedBy": by, "tier": TIER,
@@ -400,14 +422,14 @@ def explain(cl: Cluster, src: Member | None, dst: Member | None, pkt: Packet) ->
         if step["verdict"] != "Allow":
             return done("Deny", f"egress of {step['endpoint']}: {step['by']}")
         if dst is not None and dst.kind == "HostEndpoint" and dst.node == src.node:
-            act = s.default_endpoint_to_host_action
+            act = cl.settings(src.node).default_endpoint_to_host_action
             steps.append({"endpointToHost": act})
             if act == "Drop":
                 return done("Deny", "workload to its own host: defaultEndpointToHostAction Drop")
             if act == "Accept":
                 return done("Allow", "workload to its own host: defaultEndpointToHostAction Accept")
     elif src is not None and src.kind == "HostEndpoint":
-        if _failsafe(s.failsafe_outbound, pkt, pkt.dst):
+        if _failsafe(cl.settings(src.node).failsafe_outbound, pkt, pkt.dst):
             steps.append({"failsafe": "outbound"})
         else:
             step = _endpoint_chain(cl, src, "Egress", pkt)
@@ -421,7 +443,7 @@ def explain(cl: Cluster, src: Member | None, dst: Member | None, pkt: Packet) ->
             return done("Deny", f"ingress of {step['endpoint']}: {step['by']}")
         return done("Allow", f"ingress of {step['endpoint']}: {step['by']}")
     if dst is not None and dst.kind == "HostEndpoint":
-        if _failsafe(s.failsafe_inbound, pkt, pkt.src):
+        if _failsafe(cl.settings(dst.node).failsafe_inbound, pkt, pkt.src):
             steps.append({"failsafe": "inbound"})
             return done("Allow", "failsafe inbound port")
         step = _endpoint_chain(cl, dst, "Ingress", pkt)
