@@ -278,3 +278,14 @@ def test_host_endpoint_ingress_failsafe_and_endpoint_to_host_action():
     assert r["verdict"] == "Allow" and "Accept" in r["decidedBy"]
     r = explain(cl, None, hep, Packet(ext, "198.18.77.10", 6, 22))     # no failsafe ports now
     assert r["verdict"] == "Deny"
+
+
+def test_endpoint_the_agent_does_not_program():
+    bad = wep("bad", "stars", "198.18.77.5", {"role": "frontend"}, ["kns.stars"])
+    bad["spec"]["interfaceName"] = "eth7"          # not a workload interface prefix
+    docs = [bad, FE, profile("kns.stars", ALLOW_ALL, ALLOW_ALL)]
+    r = run(docs, FE, bad, tcp(FE, bad, 80))
+    assert r["verdict"] == "Deny" and "not programmed" in r["decidedBy"]
+    assert run(docs, bad, FE, tcp(bad, FE, 80))["verdict"] == "Deny"
+    good = dict(bad, spec=dict(bad["spec"], interfaceName="calibad0000000"[:15]))
+    assert run([good, FE, profile("kns.stars", ALLOW_ALL, ALLOW_ALL)], FE, good, tcp(FE, good, 80))["verdict"] == "Allow"

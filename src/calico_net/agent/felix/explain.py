@@ -343,14 +343,26 @@ def policy_selection(cl: Cluster, src: Member | None, dst: Member | None) -> lis
 def _endpoint_chain(cl: Cluster, member: Member, direction: str, pkt: Packet) -> dict[str, Any]:
     """The walk through one endpoint chain (see the module docstring)."""
     index = cl.index(member.node or "")
+    step0: dict[str, Any] = {"endpoint": _key_text(member.key), "node": member.node,
+                             "direction": direction, "tier": TIER, "policies": [], "profiles": []}
+    prefixes = cl.settings(member.node).interface_prefixes
+    if member.iface is None or (member.kind == "WorkloadEndpoint" and not member.iface.startswith(prefixes)):
+        # `PolicyDataplane._render_endpoint` leaves such an endpoint out of the maps:
+        # a workload's interface is then unknown (dropped), a host endpoint has no policy
+        if member.kind == "WorkloadEndpoint":
+            step0.update(verdict="Deny", by="the endpoint is not programmed (no interface name, or one "
+                                            "outside the interface prefixes): its traffic is dropped")
+        else:
+            step0.update(verdict="Allow", by="the host endpoint is not programmed (no usable interface "
+                                             "name): no host endpoint policy applies")
+        return step0
     ctx = _RenderCtx(index, cl.settings(member.node).log_prefix)
     ordered = index.ordered_policies(member.key)
     skipped = [_key_text(p.key) for p in ordered if cl.flags(p.key) & (hostprotect.PRE_DNAT
                                                                        | hostprotect.DO_NOT_TRACK)]
     pols = [p for p in ordered if not cl.flags(p.key) & (hostprotect.PRE_DNAT | hostprotect.DO_NOT_TRACK)
             and direction in p.types]
-    step: dict[str, Any] = {"endpoint": _key_text(member.key), "node": member.node,
-                            "direction": direction, "tier": TIER, "policies": [], "profiles": []}
+    step = step0
     if skipped:
         step["notEvaluated"] = skipped
     decided: dict[str, Any] | None = None
