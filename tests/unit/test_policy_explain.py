@@ -289,3 +289,15 @@ def test_endpoint_the_agent_does_not_program():
     assert run(docs, bad, FE, tcp(bad, FE, 80))["verdict"] == "Deny"
     good = dict(bad, spec=dict(bad["spec"], interfaceName="calibad0000000"[:15]))
     assert run([good, FE, profile("kns.stars", ALLOW_ALL, ALLOW_ALL)], FE, good, tcp(FE, good, 80))["verdict"] == "Allow"
+
+
+def test_bad_documents_are_skipped_the_rest_explained():
+    wide = wep("wide", "stars", "198.18.77.6", {"role": "client"}, ["kns.stars"])
+    wide["spec"]["ipNetworks"] = ["198.18.77.0/24"]          # refused by the agent: absent here too
+    docs = [wide, {"kind": "WorkloadEndpoint", "metadata": ["junk"]}, "junk", FE,
+            profile("kns.stars", [{"action": "Deny", "source": {"selector": "role == 'client'"}}] + ALLOW_ALL)]
+    cl = Cluster(docs)
+    assert find_endpoints(cl, "wide", "stars") == []
+    (fe,) = find_endpoints(cl, "fe", "stars")
+    r = explain(cl, None, fe, Packet("198.18.77.6", "198.18.77.1", 6, 80))
+    assert r["verdict"] == "Allow" and r["steps"][0]["by"] == "Profile kns.stars rule 1"

@@ -257,8 +257,8 @@ class Cluster:
     def __init__(self, docs: Iterable[Mapping[str, Any]], settings: FelixSettings | None = None) -> None:
         self.docs: dict[tuple[str, str | None, str], Mapping[str, Any]] = {}
         for d in docs:
-            meta = d.get("metadata") or {}
-            kind, name = d.get("kind"), meta.get("name")
+            meta = d.get("metadata") if isinstance(d, Mapping) else None
+            kind, name = (d.get("kind"), meta.get("name")) if isinstance(meta, Mapping) else (None, None)
             if not isinstance(kind, str) or not isinstance(name, str):
                 log.warning("skipping a document without kind or name")
                 continue
