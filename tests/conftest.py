@@ -55,7 +55,7 @@ REQUIRED_PROGRAMS = {
     "etcd": "etcd-server", "etcdctl": "etcd-client", "bird": "bird2", "birdc": "bird2",
     "nft": "nftables", "ip": "iproute2", "ping": "iputils-ping", "nc": "netcat-openbsd",
     "podman": "podman", "unshare": "util-linux", "ssh": "openssh-client", "openssl": "openssl",
-    "conntrack": "conntrack",
+    "conntrack": "conntrack", "dockerd": "docker.io", "tcpdump": "tcpdump",
 }
 REQUIRED_FILES = {
     "/bin/busybox": "busybox-static", "/usr/lib/cni/host-local": "containernetworking-plugins",

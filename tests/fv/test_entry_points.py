@@ -32,6 +32,7 @@ HANG_GUARD = 20.0  # seconds; --help needs well under 2 s on this machine kind
 SCRIPTS: dict[str, tuple[str, ...]] = {
     "calicoctl": ("ETCD_ENDPOINTS",),
     "calico-node": ("NODENAME", "ETCD_ENDPOINTS", "ETCD_CA_CERT_FILE", "FELIX_HEALTHPORT"),
+    "calico-libnetwork": ("NODENAME", "ETCD_ENDPOINTS", "CALICO_LIBNETWORK_SOCKET", "DOCKER_HOST"),
     "calico-confd": ("NODENAME", "ETCD_ENDPOINTS", "CALICO_BIRD_CONFIG", "CALICO_CONFD_HEALTHPORT"),
     "calico-node-startup": ("NODENAME", "IP_AUTODETECTION_METHOD", "AS", "ETCD_ENDPOINTS"),
     "calico": ("CNI_COMMAND", "CNI_NETNS", "CNI_IFNAME", "CNI_ARGS", "ETCD_ENDPOINTS"),
