@@ -114,18 +114,12 @@ start_nodes() {
     local i name
     for i in $(seq 1 "$N"); do
         name=$(node_name "$i")
-        # privileged: nested podman, network namespaces, nftables and BGP need it.
-        # --cgroupns=private: without it every nested container lands in one cgroup, and
-        # the death of one (calico/node, say) takes the node's workloads down with it.
-        # /var/lib/containers (the node's own podman storage) is a tmpfs: overlayfs cannot
-        # stack on the node's overlay root, and a tmpfs loads images 3x faster than a
-        # volume and goes away with the node at once. A restarted node container starts
-        # with no images, as a freshly installed host would.
+        # NODE_RUN_OPTS (lib.sh says why each is there). A restarted node container
+        # starts with no images (its podman storage is a tmpfs), as a fresh host would.
         podman run -d --name "$name" --hostname "$name" \
             --label net.calico.lab="$LAB_NAME" \
             --network "$NET_NAME" --ip "$(node_ip "$i")" "${add_hosts[@]}" \
-            --privileged --systemd=always --cgroupns=private \
-            --tmpfs /var/lib/containers:rw,mode=0700,size=8g \
+            "${NODE_RUN_OPTS[@]}" \
             -v "$ARCHIVE_DIR:$NODE_IMAGES_DIR:ro" \
             "$NODE_IMAGE" >/dev/null
         podman exec -i "$name" sh -c 'umask 077; cat > /root/.ssh/authorized_keys' <"$SSH_KEY.pub"

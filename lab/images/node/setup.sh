@@ -48,6 +48,9 @@ install -d -m 0700 /root/.ssh
 
 # podman inside the node: the same sandbox quirk as on the host (see lab/bootstrap-host.sh).
 install -m 0644 "$HERE/containers.conf" /etc/containers/containers.conf
+# ...and its OCI runtime goes through a wrapper that mounts cgroup hierarchies the kernel
+# gained after the node started (containers.conf names it; the script says why).
+install -m 0755 "$HERE/calico-lab-crun" /usr/local/sbin/calico-lab-crun
 # The lab uses 198.18.0.0/15 only: Debian's podman ships its default CNI bridge "podman"
 # on 10.88.0.0/16; move it to 198.18.128.0/24 (calico workloads do not use it).
 sed -i -e 's|"10.88.0.0/16"|"198.18.128.0/24"|' -e 's|"10.88.0.1"|"198.18.128.1"|' \
