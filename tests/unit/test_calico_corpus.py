@@ -1,6 +1,6 @@
 """Calico's own example manifests (tests/data/calico_corpus, see its README): each one
 validates, is stored as written, and every field it sets is enforced or warned about
-by the field registry; nothing is silently dropped. The documents in `refused/` are
+by the field registry; nothing is silently dropped. The documents in `invalid/` are
 refused with the field path and reason their `# expect-refused:` line names.
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ from calico_net.model.registry import ENFORCED, NO_EFFECT
 
 CORPUS = Path(__file__).resolve().parent.parent / "data" / "calico_corpus"
 VALID = sorted(CORPUS.glob("*.yaml"))
-REFUSED = sorted((CORPUS / "refused").glob("*.yaml"))
+REFUSED = sorted((CORPUS / "invalid").glob("*.yaml"))
 
 
 def load(path: Path) -> dict:

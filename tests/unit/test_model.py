@@ -900,6 +900,6 @@ def test_standard_object_metadata_is_accepted() -> None:
          "spec": {"nets": ["198.18.250.0/24"]}}
     assert parse_resource(d).to_dict()["metadata"] == md
     for field, bad in (("generation", -1), ("finalizers", ["a b"]), ("selfLink", "x\n"),
-                       ("ownerReferences", [{"kind": "X"}])):
+                       ("ownerReferences", [{"kind": "X Y"}]), ("ownerReferences", [{"size": 1}])):
         wrong = dict(d, metadata={"name": "p1", field: bad})
         assert all(p.startswith(f"metadata.{field}") for p, _ in errors_of(wrong)), field

@@ -83,12 +83,13 @@ KindText = pattern_type(r"[A-Za-z][A-Za-z0-9]*", "letters and digits", "kind", m
 
 
 class OwnerReference(CalicoModel):
-    """A Kubernetes owner reference, kept as written (no garbage collector reads it here)."""
+    """A Kubernetes owner reference, kept as written (no garbage collector reads it here).
+    Every field is optional, as in Calico, whose JSON decoding requires none of them."""
 
-    api_version: APIVersionText = Field(alias="apiVersion")
-    kind: KindText
-    name: Name
-    uid: UID
+    api_version: Optional[APIVersionText] = Field(None, alias="apiVersion")
+    kind: Optional[KindText] = None
+    name: Optional[Name] = None
+    uid: Optional[UID] = None
     controller: Optional[bool] = None
     block_owner_deletion: Optional[bool] = None
 

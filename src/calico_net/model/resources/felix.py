@@ -182,15 +182,12 @@ class FelixConfigurationSpec(CalicoModel):
     wireguard_mtu_v6: Optional[MTU] = Field(None, alias="wireguardMTUV6")
     wireguard_host_encryption_enabled: Optional[bool] = None
     wireguard_persistent_keep_alive: Optional[Duration] = None
-    # Calico's newer per-selection FelixConfiguration: which nodes it applies to.
+    # Calico's newer per-selection FelixConfiguration: which nodes it applies to. Its
+    # "not on default/node.*" rule is a Kubernetes CRD rule, which an etcd-backed
+    # calicoctl does not apply either; the agent never reads the field (registry).
     node_selector: Optional[Selector] = None
 
     def semantic_errors(self, path: str, ctx: CheckContext) -> Iterator[Error]:
-        if self.node_selector is not None and (ctx.name == "default" or
-                                               (ctx.name or "").startswith("node.")):
-            # Calico's CRD rule: such a configuration already says where it applies.
-            yield (field_path(path, "nodeSelector"), "must not be set on the \"default\" or "
-                   "per-node (\"node.*\") FelixConfiguration")
         if self.route_table_range is not None:
             yield from self.route_table_range.semantic_errors(field_path(path, "routeTableRange"), ctx)
         for i, rng in enumerate(self.route_table_ranges or ()):
