@@ -289,8 +289,10 @@ def test_filter_keeps_a_prefix_off_one_peer_and_local_as_per_peer(fabric: bu.Fab
         assert re.search(rf"Neighbor AS:\s+{local_as}\n", proto), proto
         bu.wait_for(lambda: not tor_next_hops(f, LB_CIDR), CONVERGE,
                     "LB CIDR gone from the ToR", f.diag)
-        ext2 = birdc(f.ext2_sock, "show", "route", "all", "for", LB_CIDR)
-        assert f"BGP.next_hop: {h1.ip}" in ext2 and f"BGP.as_path: {local_as}" in ext2, ext2
+        ext2 = bu.wait_for(lambda: (lambda out: out if f"BGP.next_hop: {h1.ip}" in out else "")(
+            birdc(f.ext2_sock, "show", "route", "all", "for", LB_CIDR)), CONVERGE,
+            "LB CIDR at ext2 from h1", f.diag)
+        assert f"BGP.as_path: {local_as}" in ext2, ext2
         # The same filter lets everything else through to the ToR.
         assert tor_next_hops(f, CLUSTER_CIDR) >= {h.ip for h in f.hosts}
         assert all(h.ip in tor_next_hops(f, b) for h in f.hosts for b in f.blocks_of(h)
