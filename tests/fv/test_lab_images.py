@@ -202,6 +202,24 @@ def test_backend_bird_runs_confd_and_bird(sup, tmp_path: Path, backend: str) -> 
     assert "not starting" not in out
 
 
+def test_bird_runs_with_graceful_restart_recovery_by_default(tmp_path: Path) -> None:
+    """BIRD starts with -R, as in Calico's calico/node: without it a restarted calico/node
+    pruned the node's BGP routes and its peers flushed its block (the lab crash drill)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("calico_node_supervisor", SUPERVISOR)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # its dataclasses look their module up there
+    try:
+        spec.loader.exec_module(mod)
+    finally:
+        del sys.modules[spec.name]
+    env = {"CALICO_BIRD_CONFIG": str(tmp_path / "bird.cfg"), "CALICO_BIRD_SOCKET": str(tmp_path / "bird.ctl")}
+    bird = [c for c in mod.build_children(env) if c.name == "bird"]
+    assert bird and bird[0].argv == ["bird", "-f", "-R", "-c", env["CALICO_BIRD_CONFIG"],
+                                     "-s", env["CALICO_BIRD_SOCKET"]]
+
+
 @pytest.mark.parametrize("backend", ["gobgp", "vxlan-v6", "bird,vxlan"])
 def test_unknown_backend_is_refused(sup, tmp_path: Path, backend: str) -> None:
     (tmp_path / "bird.cfg").write_text("")
