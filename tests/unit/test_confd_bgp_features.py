@@ -354,3 +354,46 @@ def test_node_prefix_advertisements_replace_the_defaults() -> None:
         {"cidr": "198.19.0.0/16", "communities": ["65001:9"]}]), cfg("node.node-a")], [],
         POOLS, [])
     assert [r.prefix for r in other.families[0].communities] == ["198.19.0.0/16"]
+
+
+@needs_bird
+def test_confd_keeps_the_running_config_when_a_filter_renders_invalid(tmp_path, monkeypatch) -> None:
+    """The real render loop with the real ``bird -p``: a BGPFilter whose function name
+    collides with one of the template's own (as a naming bug would make it) is refused
+    by BIRD, and bird.cfg stays the last good one until a good render comes."""
+    import json
+    from pathlib import Path
+
+    from calico_net.agent.confd import peers as peers_mod
+    from calico_net.agent.confd.runner import Confd
+    from calico_net.agent.confd.settings import ConfdSettings
+    from calico_net.datastore.etcd import KV
+    from calico_net.datastore.store import RESOURCE_PREFIX
+
+    settings = ConfdSettings(
+        node_name="node-a", bird_config=str(tmp_path / "bird.cfg"),
+        bird_socket=str(tmp_path / "bird.ctl"), secrets_dir=str(tmp_path / "secrets"),
+        status_file=str(tmp_path / "status.json"), health_enabled=False, bird_binary=BIRD)
+    reloads: list[int] = []
+    confd = Confd(settings, None, reload=lambda: reloads.append(1))
+    docs = [("nodes", n) for n in NODES] + [("ippools", POOLS[0]), ("bgppeers", tor(filters=["f"])),
+            ("bgpfilters", bgp_filter("f", exportV4=[{"cidr": "198.18.202.0/24",
+                                                     "matchOperator": "Equal",
+                                                     "action": "Reject"}]))]
+    confd.index.load([KV(f"{RESOURCE_PREFIX}{plural}/{d['metadata']['name']}",
+                         json.dumps(d).encode(), 5, 5, 1) for plural, d in docs], 5)
+    confd.step()
+    good = Path(settings.bird_config).read_text()
+    assert "function bgp_f_exportFilterV4()" in good and confd.status.state == "ok"
+
+    monkeypatch.setattr(peers_mod, "function_name", lambda *a: "calico_export_v4")
+    confd.step()
+    assert confd.status.state == "rejected", confd.status.error
+    assert "calico_export_v4" in (confd.status.error or "") or "defined" in (confd.status.error or ""), \
+        confd.status.error
+    assert Path(settings.bird_config).read_text() == good
+    assert reloads == [1]
+
+    monkeypatch.undo()
+    confd.step()
+    assert confd.status.state == "ok" and Path(settings.bird_config).read_text() == good
