@@ -397,3 +397,19 @@ def test_confd_keeps_the_running_config_when_a_filter_renders_invalid(tmp_path, 
     monkeypatch.undo()
     confd.step()
     assert confd.status.state == "ok" and Path(settings.bird_config).read_text() == good
+
+
+def test_keepalive_time_bounds_in_the_model_and_in_confd() -> None:
+    from calico_net import model
+    from calico_net.errors import ValidationError
+
+    def apply(value: str) -> None:
+        model.parse_resource(peer("p", peerIP="198.18.0.254", asNumber=65001, keepaliveTime=value))
+
+    apply("240s")
+    apply("1m")
+    for bad in ("241s", "500ms", "0"):
+        with pytest.raises(ValidationError) as err:
+            apply(bad)
+        assert "spec.keepaliveTime" in str(err.value)
+    assert "keepalive time 240;" in render(peers=[tor(keepaliveTime="4m")])

@@ -87,8 +87,8 @@ def peer_options(spec: Mapping[str, Any], password: str | None) -> PeerOptions:
             secs = values.duration_seconds(spec["keepaliveTime"])
         except ValueError as exc:
             raise ValueError(f"keepaliveTime: {exc}") from None
-        # BIRD's keepalive is whole seconds, at least 1, and below its 240 s hold time.
-        opts.keepalive = values.small_int(max(1, int(secs)), "keepaliveTime (seconds)", 1, 239)
+        # BIRD's keepalive is whole seconds, 1 up to its hold time (240 s).
+        opts.keepalive = values.small_int(int(secs), "keepaliveTime (seconds)", 1, 240)
     mode = spec.get("nextHopMode") or "Auto"
     if mode not in NEXT_HOP_MODES:
         raise ValueError(f"nextHopMode {birdtext.bird_comment(mode)!r} is not one of "

@@ -118,6 +118,13 @@ class BGPPeerSpec(CalicoModel):
                 yield field_path(path, "peerIP"), "required with asNumber (or use peerSelector)"
             elif self.as_number is None:
                 yield field_path(path, "asNumber"), "required with peerIP"
+        if self.keepalive_time is not None:
+            from calico_net.model.fields.bgp import parse_duration
+
+            if not 1 <= parse_duration(self.keepalive_time) <= 240:
+                yield (field_path(path, "keepaliveTime"),
+                       f"{show(self.keepalive_time)} is outside 1s-240s (BIRD's keepalive is "
+                       "whole seconds and at most its 240 s hold time)")
         if self.keep_original_next_hop and self.next_hop_mode not in (None, "Keep"):
             yield (field_path(path, "nextHopMode"),
                    f"{show(self.next_hop_mode)} contradicts keepOriginalNextHop: true")
