@@ -12,6 +12,7 @@ for tampering: no tamper report, no repair.
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -190,3 +191,43 @@ def test_own_writes_are_not_taken_for_tampering(env):
     assert len(reports) == 1 and "another process changed table inet calico" in reports[0], reports
     assert env.agent.metric("felix_nft_repairs_total") == nft_before + 1
     assert env.agent.metric("felix_route_repairs_total") == routes_before
+
+
+FILTER_CHECK = r"""
+import json, socket, subprocess, time
+from calico_net.agent.felix.rtnetlink import Netlink, RouteOp
+from calico_net.agent.felix.tamper import TamperWatcher
+subprocess.run("ip link add cali0 type veth peer name x0 && ip link set cali0 up && ip link set x0 up",
+               shell=True, check=True)
+idx = socket.if_nametoindex("cali0")
+nl = Netlink()
+w = TamperWatcher(lambda t: None, frozenset({nl.port()}), None)
+routes = [RouteOp("replace", (2, f"198.19.88.{i}", 32), idx) for i in range(1, 201)]
+nl.write(routes)                                                     # our adds
+nl.write([RouteOp("delete", r.route, idx) for r in routes[:100]])   # our deletes
+subprocess.run("ip route add 198.19.89.1/32 dev cali0 proto 12 && ip route del 198.19.89.1/32 && "
+               "ip route del 198.19.88.150/32 && ip link set cali0 down", shell=True, check=True)
+w.route_sock.setblocking(False)
+seen = []
+while True:
+    try:
+        data = w.route_sock.recv(1 << 16)
+    except BlockingIOError:
+        break
+    w._routes(data)
+    seen.append(len(data))
+print(json.dumps({"datagrams": len(seen), "routes": [list(r) for r in w._pending.routes]}))
+"""
+
+
+def test_route_socket_hears_only_foreign_deletes_of_our_routes():
+    """The kernel-side filter: of 200 route adds and 100 deletes by the agent's
+    socket, a foreign protocol-12 route, the kernel's deletes when a link goes down
+    and one foreign delete of a protocol-80 route, only the last reaches the socket."""
+    ns = f"cntamper-{os.getpid()}"
+    L.sh("ip", "netns", "add", ns)
+    try:
+        out = json.loads(L.sh(sys.executable, "-c", FILTER_CHECK, ns=ns))
+    finally:
+        L.sh("ip", "netns", "del", ns, check=False)
+    assert out == {"datagrams": 1, "routes": [[2, "198.19.88.150", 32]]}

@@ -25,9 +25,9 @@ second and keep the refreshes as a backstop.
   daemon then re-reads that side of the kernel.
 
 Cost: a socket filter (classic BPF, in the kernel) lets only RTM_DELROUTE of
-protocol 80 through to the route socket (route notifications come one per
-message), so the agent's own route writes — 10,000 at a cold start — and every
-other daemon's never wake the thread; the nftables socket hears every committed
+protocol 80 asked for by another process through to the route socket (route
+notifications come one per message), so the agent's own route writes and deletes
+— 10,000 at a cold start — and every other daemon's never wake the thread; the nftables socket hears every committed
 change of the namespace, read a header at a time (only the first message of a
 transaction is looked into until it names our table).
 
@@ -86,19 +86,27 @@ class Tamper:
 
 
 SO_ATTACH_FILTER = 26
-_BPF_LDB, _BPF_JEQ, _BPF_RET = 0x30, 0x15, 0x06     # ld byte [k]; jeq #k; ret #k
+_BPF_LDB, _BPF_LDW, _BPF_JEQ, _BPF_RET = 0x30, 0x20, 0x15, 0x06   # ld byte/word [k]; jeq #k; ret #k
 
 
-def _delroute_filter() -> list[tuple[int, int, int, int]]:
+def _delroute_filter(skip_ports: frozenset[int] = frozenset()) -> list[tuple[int, int, int, int]]:
     """Classic BPF over a route notification: accept it only if it is RTM_DELROUTE
     (nlmsg_type, host byte order, at offset 4) of protocol 80 (rtm_protocol, the
-    rtmsg's sixth byte, after the 16-byte header). Byte loads: BPF's wider loads
-    are big-endian, the header is in host order."""
+    rtmsg's sixth byte, after the 16-byte header) and was not asked for by one of
+    `skip_ports` or the kernel (nlmsg_pid at offset 12; port 0). Byte loads for
+    the type: BPF's wider loads are big-endian, the header is in host order; the
+    port is compared as the big-endian load sees it."""
     low, high = (4, 5) if sys.byteorder == "little" else (5, 4)
-    return [(_BPF_LDB, 0, 0, low), (_BPF_JEQ, 0, 5, RTM_DELROUTE & 0xFF),
-            (_BPF_LDB, 0, 0, high), (_BPF_JEQ, 0, 3, RTM_DELROUTE >> 8),
-            (_BPF_LDB, 0, 0, HDRLEN + 5), (_BPF_JEQ, 0, 1, RTPROT_FELIX),
-            (_BPF_RET, 0, 0, 0xFFFFFFFF), (_BPF_RET, 0, 0, 0)]
+    ports = [0] + sorted(skip_ports)
+    seen = [int.from_bytes(p.to_bytes(4, sys.byteorder), "big") for p in ports]
+    n = 8 + len(ports)          # the index of the final "drop"
+    prog = [(_BPF_LDB, 0, 0, low), (_BPF_JEQ, 0, n - 2, RTM_DELROUTE & 0xFF),
+            (_BPF_LDB, 0, 0, high), (_BPF_JEQ, 0, n - 4, RTM_DELROUTE >> 8),
+            (_BPF_LDB, 0, 0, HDRLEN + 5), (_BPF_JEQ, 0, n - 6, RTPROT_FELIX),
+            (_BPF_LDW, 0, 0, 12)]
+    for i, port in enumerate(seen):
+        prog.append((_BPF_JEQ, n - (8 + i), 0, port))
+    return prog + [(_BPF_RET, 0, 0, 0xFFFFFFFF), (_BPF_RET, 0, 0, 0)]
 
 
 def attach_filter(sock: socket.socket, prog: list[tuple[int, int, int, int]]) -> None:
@@ -142,7 +150,7 @@ class TamperWatcher:
         self.route_sock = open_socket(socket.NETLINK_ROUTE, groups=RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE,
                                       rcvbuf=4 << 20)
         try:
-            attach_filter(self.route_sock, _delroute_filter())
+            attach_filter(self.route_sock, _delroute_filter(own_ports))
         except OSError as e:   # the check below stays: only the thread's cost changes
             log.warning("tamper watch: no socket filter (%s); reading every route event", e)
         self.nft_sock: socket.socket | None = None
