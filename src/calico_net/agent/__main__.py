@@ -118,6 +118,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("cannot listen for health/metrics: %s", e)
         return 2
     daemon = Daemon(name, config, etcd, metrics=metrics, health=state, encap=_overlay(name, config, etcd))
+    if config.values["PrometheusMetricsEnabled"]:
+        # Felix's cluster-wide counts and resync figures, read from the daemon per scrape
+        metrics.add_collector(metrics_mod.DaemonCollector(daemon, metrics))
 
     def stop(signum: int, _frame: object) -> None:
         log.info("received signal %d, stopping (the dataplane is left in place)", signum)
