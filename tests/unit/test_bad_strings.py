@@ -53,11 +53,14 @@ BASE: dict[str, dict[str, Any]] = {
     "HostEndpoint": {"metadata": {"name": "hep"}, "spec": {"node": "node-1", "interfaceName": "eth0"}},
     "IPReservation": {"metadata": {"name": "reserved"}, "spec": {}},
     "IPAMConfiguration": {"metadata": {"name": "default"}, "spec": {}},
+    "BGPFilter": {"metadata": {"name": "filter"}, "spec": {}},
 }
 
 # Required fields of nested records, filled in when a field inside one is planted.
 FILL: dict[str, dict[str, Any]] = {
     "Rule": {"action": "Allow"},
+    "BGPFilterRuleV4": {"action": "Accept"},
+    "BGPFilterRuleV6": {"action": "Accept"},
     "EndpointPort": {"name": "web", "protocol": "TCP", "port": 80},
     "WorkloadEndpointPort": {"name": "web", "protocol": "TCP", "port": 80},
     "IPNAT": {"internalIP": "198.18.0.1", "externalIP": "198.18.0.2"},
@@ -105,6 +108,10 @@ REFUSED = {
 SAMPLE_FOR.update({"spec.failsafeInboundHostPorts[0].net": "198.18.0.0/24",
                    "spec.failsafeOutboundHostPorts[0].net": "198.18.0.0/24",
                    "spec.kubeVirtVMAddressPersistence": "Enabled"})
+for _rules in ("exportV4", "importV4", "exportV6", "importV6"):
+    SAMPLE_FOR[f"spec.{_rules}[0].source"] = "RemotePeers"
+    SAMPLE_FOR[f"spec.{_rules}[0].matchOperator"] = "Equal"
+    SAMPLE_FOR[f"spec.{_rules}[0].cidr"] = "198.18.0.0/24" if _rules.endswith("4") else "fd00:198:18::/64"
 # metadata.namespace exists on every kind's metadata but a kind that is not namespaced
 # refuses any namespace (with this message at metadata.namespace).
 NOT_NAMESPACED = "is not namespaced"
@@ -276,6 +283,12 @@ def _context(doc: dict[str, Any], path: str) -> None:
         doc["spec"][m.group(1)][0]["protocol"] = "TCP"
     if doc["kind"] == "BGPPeer" and path == "spec.peerSelector":
         del doc["spec"]["peerIP"], doc["spec"]["asNumber"]
+    m = re.match(r"spec\.((?:ex|im)portV([46]))\[0\]\.(cidr|matchOperator)$", path)
+    if doc["kind"] == "BGPFilter" and m:
+        # a BGPFilter rule takes cidr and matchOperator together, of the rule's family
+        rule = doc["spec"][m.group(1)][0]
+        rule.setdefault("matchOperator", "Equal")
+        rule.setdefault("cidr", "198.18.0.0/24" if m.group(2) == "4" else "fd00:198:18::/64")
 
 
 def refusal_path(path: str) -> str | None:

@@ -245,7 +245,8 @@ def kv(key: str, value: Any, rev: int = 5) -> KV:
 
 def test_watched_prefixes() -> None:
     assert watched_prefixes("h1") == [
-        NODES, CONFIGS, PEERS, POOLS, "/calico/ipam/v2/host/h1/"]
+        NODES, CONFIGS, PEERS, POOLS, "/calico/resources/v3/projectcalico.org/bgpfilters/",
+        "/calico/ipam/v2/host/h1/"]
 
 
 def test_index_snapshot_events_and_render_input() -> None:
