@@ -156,3 +156,15 @@ def test_changelog_rst_is_what_generate_renders(tmp_path):
     # generate normalises changelog.yaml too: the committed one must already be in that form
     assert filecmp.cmp(copy / "changelogs" / "changelog.yaml", COLLECTION / "changelogs" / "changelog.yaml",
                        shallow=False), "changelogs/changelog.yaml is not in antsibull-changelog's normal form"
+
+
+def test_readme_lists_every_module_role_and_playbook():
+    readme = (COLLECTION / "README.md").read_text()
+    modules = [p.stem for p in (COLLECTION / "plugins" / "modules").glob("*.py") if p.stem != "__init__"]
+    roles = [p.name for p in (COLLECTION / "roles").iterdir() if (p / "tasks" / "main.yml").exists()]
+    playbooks = [p.stem for p in (COLLECTION / "playbooks").glob("*.yml")]
+    assert modules and roles and playbooks
+    missing = ([m for m in modules if f"| `{m}` |" not in readme]
+               + [r for r in roles if f"| `calico.net.{r}` |" not in readme]
+               + [p for p in playbooks if f"| `calico.net.{p}` |" not in readme])
+    assert not missing, f"README.md's tables lack {missing}"
