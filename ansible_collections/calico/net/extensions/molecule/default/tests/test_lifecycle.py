@@ -50,9 +50,12 @@ def run_ok(host, cmd: str) -> str:
     return r.stdout
 
 
-def playbook(path: Path, *args: str) -> str:
+def playbook(path: Path | str, *args: str) -> str:
+    """Run a playbook file, or one of the collection's by its FQCN (calico.net.<name>), as
+    an operator runs it; the collection resolves from this checkout."""
     env = dict(os.environ)
     env.setdefault("ANSIBLE_CONFIG", str(Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / "ansible.cfg"))
+    env.setdefault("ANSIBLE_COLLECTIONS_PATH", str(COLLECTION.parents[2]))
     proc = subprocess.run(["ansible-playbook", "-i", INVENTORY, str(path), *args], env=env,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=900, check=False)
     assert proc.returncode == 0, proc.stdout[-5000:]
@@ -82,14 +85,14 @@ def test_check_mode_on_the_converged_cluster_reports_no_change():
 
 
 def test_etcd_backup_saves_and_fetches_a_snapshot(snapshot_dir):
-    playbook(COLLECTION / "playbooks" / "etcd_backup.yml", "-e", f"etcd_backup_fetch_dir={snapshot_dir}")
+    playbook("calico.net.etcd_backup", "-e", f"etcd_backup_fetch_dir={snapshot_dir}")
     snaps = sorted(snapshot_dir.glob("etcd-snapshot-*.db"))
     assert len(snaps) == 1 and snaps[0].stat().st_size > 0, snaps
     assert run_ok(node(ETCD[0]), "ls /var/backups/etcd").count("etcd-snapshot-") == 1
 
 
 def test_remove_node_cleans_host_and_datastore():
-    out = playbook(COLLECTION / "playbooks" / "remove_node.yml", "-e", f"calico_remove_node={LEAVING}")
+    out = playbook("calico.net.remove_node", "-e", f"calico_remove_node={LEAVING}")
     assert "delete Node " + LEAVING in out, out[-4000:]
     leaving = node(LEAVING)
     assert leaving.run("podman container exists calico-node").rc != 0
@@ -107,7 +110,7 @@ def test_remove_node_cleans_host_and_datastore():
 
 
 def test_add_node_brings_it_back_through_member_add():
-    playbook(COLLECTION / "playbooks" / "add_node.yml", "--limit", LEAVING)
+    playbook("calico.net.add_node", "--limit", LEAVING)
     if LEAVING in ETCD:
         members = etcd_members()
         assert sorted(m.get("name") for m in members) == sorted(ETCD), members
@@ -131,7 +134,7 @@ def test_add_node_brings_it_back_through_member_add():
 def test_etcd_restore_brings_back_the_snapshot(snapshot_dir):
     snaps = sorted(snapshot_dir.glob("etcd-snapshot-*.db"))
     assert snaps, "no snapshot (the backup check failed)"
-    playbook(COLLECTION / "playbooks" / "etcd_restore.yml", "-e", f"etcd_restore_snapshot_src={snaps[-1]}")
+    playbook("calico.net.etcd_restore", "-e", f"etcd_restore_snapshot_src={snaps[-1]}")
     assert sorted(m["name"] for m in etcd_members()) == sorted(ETCD)
     run_ok(node(FIRST), f"etcdctl --endpoints https://{address(FIRST)}:2379 {CLIENT} endpoint health --cluster")
     # the snapshot predates the removal: the node's Node resource is there as it was then
