@@ -254,7 +254,7 @@ def cidr_blocks(values: list[str]) -> list[dict[str, str]]:
 
 
 def spec_from(params: dict[str, Any], fields: dict[str, str],
-               converters: dict[str, Callable[[Any], Any]] | None) -> dict[str, Any]:
+              converters: dict[str, Callable[[Any], Any]] | None) -> dict[str, Any]:
     spec = camel_spec(params, fields)
     for field, convert in (converters or {}).items():
         if field in spec:
