@@ -13,7 +13,8 @@ X is 200 + pid % 50: clear of the lab's 198.18.0.0/24 podman network, and two ru
 on one machine (names carry the pytest PID) do not collide.
 Each workload runs the small `FVTOOL_SOURCE` script's `serve` (TCP listeners on
 8080 and 9090); connectivity is checked by its `probe` run in the source namespace
-(TCP connect and ICMP echo to every target in parallel, 0.5 s timeout).
+(TCP connect and ICMP echo to every target in parallel, `PROBE_TIMEOUT` each: long
+enough that a starved machine cannot make an allowed connection look denied).
 """
 from __future__ import annotations
 
@@ -303,7 +304,13 @@ def wait_for(cond: Callable[[], Any], timeout: float, what: str, agent: Agent | 
         time.sleep(interval)
 
 
-def probe(src: Workload, targets: list[tuple[str, str, int]], timeout: float = 0.5) -> dict[str, bool]:
+# Per-target probe timeout, seconds. A deny is only as good as this: at 0.5 s a
+# loaded 2-core machine could fail an allowed connect and pass a "denied" check.
+# Targets are probed in parallel, so a round takes about this long, not n times it.
+PROBE_TIMEOUT = 2.0
+
+
+def probe(src: Workload, targets: list[tuple[str, str, int]], timeout: float = PROBE_TIMEOUT) -> dict[str, bool]:
     """targets: (label, ip, port); port 0 = ICMP echo. Returns {label: reachable}."""
     arg = json.dumps([[lbl, ip, port] for lbl, ip, port in targets])
     out = sh(sys.executable, str(FVTOOL), "probe", str(timeout), arg, ns=src.ns)
@@ -322,7 +329,7 @@ def matrix(workloads: list[Workload], port: int = 8080) -> set[tuple[str, str, s
             targets.append((f"{dst.name}/icmp", dst.ip, 0))
         arg = json.dumps([[a, b, c] for a, b, c in targets])
         procs.append((src, subprocess.Popen(["ip", "netns", "exec", src.ns, sys.executable, str(FVTOOL), "probe",
-                                             "0.5", arg], stdout=subprocess.PIPE, text=True)))
+                                             str(PROBE_TIMEOUT), arg], stdout=subprocess.PIPE, text=True)))
     ok = set()
     for src, p in procs:
         out, _ = p.communicate(timeout=20)
