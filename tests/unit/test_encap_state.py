@@ -243,3 +243,73 @@ def test_own_blocks_are_blackholed_only_without_bird():
     assert BLOCK_A not in routes(alone) and routes(alone).keys() == {BLOCK_B, BLOCK_C}
     # no encapsulated pool: nothing of the overlay's, blackholes included
     assert desired("a", {"p": pool()}, NODES, aff, EncapSettings(own_blackholes=True), UNDERLAY).blackholes == set()
+
+
+# --- borrowed addresses (Felix's route resolver) ---
+
+def ep(node_name: str, *addrs: str) -> tuple:
+    import ipaddress
+    return (node_name, tuple(ipaddress.ip_address(a) for a in addrs))
+
+
+def test_borrowed_address_gets_a_host_route_to_the_endpoints_node():
+    # b's workload holds .10 from a's block (borrowed) and .70 from its own block
+    eps = {"wep-b": ep("b", "198.19.172.10", "198.19.172.70"),
+           "wep-c": ep("c", "198.19.172.140")}     # inside c's own block: nothing extra
+    d = desired("c", {"p": pool(vxlan="Always")}, NODES, AFF, SETTINGS, UNDERLAY, endpoints=eps)
+    assert routes(d) == {BLOCK_A: ("198.19.172.2", "vxlan.calico", True),
+                         BLOCK_B: ("198.19.172.66", "vxlan.calico", True),
+                         "198.19.172.10/32": ("198.19.172.66", "vxlan.calico", True)}
+    # the block's owner routes it onward the same way; CrossSubnet on the same subnet: plain
+    d = desired("a", {"p": pool(vxlan="CrossSubnet")}, NODES, AFF, SETTINGS, UNDERLAY, endpoints=eps)
+    assert routes(d)["198.19.172.10/32"] == ("198.19.170.2", "eth0", False)
+    d = desired("a", {"p": pool(ipip="Always")}, NODES, AFF, SETTINGS, UNDERLAY, endpoints=eps)
+    assert routes(d)["198.19.172.10/32"] == ("198.19.170.2", "tunl0", True)
+    # the hosting node itself: its workload route, nothing from the overlay
+    d = desired("b", {"p": pool(vxlan="Always")}, NODES, AFF, SETTINGS, UNDERLAY, endpoints=eps)
+    assert "198.19.172.10/32" not in routes(d)
+
+
+def test_borrowed_from_an_unaffine_block_and_outside_pools():
+    eps = {"w1": ep("b", "198.19.173.5"),        # a block nobody claims (released affinity)
+           "w2": ep("b", "198.19.180.5"),        # in no pool
+           "w3": ep("b", "198.19.172.200")}
+    plain_inside = {"p": pool(vxlan="Always"), "q": pool(cidr="198.19.172.192/26")}
+    d = desired("a", plain_inside, NODES, AFF, SETTINGS, UNDERLAY, endpoints=eps)
+    r = routes(d)
+    assert r["198.19.173.5/32"] == ("198.19.172.66", "vxlan.calico", True)
+    assert "198.19.180.5/32" not in r
+    # .200 is in the /23 VXLAN pool (the plain /26 pool is not encapsulated: not a pool here)
+    assert r["198.19.172.200/32"] == ("198.19.172.66", "vxlan.calico", True)
+    # no encapsulated pool: no route at all
+    assert desired("a", {"p": pool()}, NODES, AFF, SETTINGS, UNDERLAY, endpoints=eps).routes == set()
+
+
+def test_borrowed_v6_and_unknown_node(caplog):
+    nodes = dict(NODES, b=node("198.19.170.2/26", ip6="fd00:198:19:170::2/64", vx6="fd00:198:19:172::66",
+                               mac6="66:00:00:00:01:0b"))
+    nodes["a"] = node("198.19.170.1/26", ip6="fd00:198:19:170::1/64", vx6="fd00:198:19:172::2",
+                      mac6="66:00:00:00:01:0a")
+    aff = {"a": {"fd00:198:19:172::/122"}, "b": {"fd00:198:19:172::40/122"}}
+    eps = {"w6": ep("b", "fd00:198:19:172::5"), "ghost": ep("zz", "fd00:198:19:172::6")}
+    problems = Problems()
+    with caplog.at_level(logging.ERROR):
+        d = desired("a", {"p": pool(vxlan="Always", cidr="fd00:198:19:172::/64")}, nodes, aff, SETTINGS,
+                    UNDERLAY, problems, endpoints=eps)
+    r = routes(d)
+    assert r["fd00:198:19:172::5/128"] == ("fd00:198:19:172::66", "vxlan-v6.calico", True)
+    assert "fd00:198:19:172::6/128" not in r
+    assert any("ghost" in k for k, _ in problems.current)
+    assert len(r) == 2   # b's block and the borrowed /128
+
+
+def test_borrowed_recompute_at_10k_endpoints_is_cheap():
+    import time
+    eps = {f"wep-{i}": ep("b", f"198.19.{172 + (i >> 8) % 2}.{i % 256}") for i in range(10_000)}
+    start = time.perf_counter()
+    d = desired("c", {"p": pool(vxlan="Always")}, NODES, AFF, SETTINGS, UNDERLAY, endpoints=eps)
+    took = time.perf_counter() - start
+    print(f"desired() with 10,000 remote endpoints: {took * 1000:.1f} ms")
+    # 512 distinct addresses; those in b's own block (64) are covered by its block route
+    assert len(d.routes) == 2 + 512 - 64
+    assert took < 1.0

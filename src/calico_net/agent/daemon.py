@@ -401,8 +401,10 @@ class Daemon:
             self._felix_configuration(cur.name, res.doc.get("spec") if res is not None else None)
             return True
         doc = res.doc if res is not None else None
-        if self.encap is not None and kind in ("IPPool", "Node"):
-            self.encap.resource(kind, cur.name, (doc.get("spec") or {}) if doc is not None else None)
+        if self.encap is not None and kind in ("IPPool", "Node", "WorkloadEndpoint"):
+            # endpoints by key (names repeat across namespaces): borrowed addresses' routes
+            self.encap.resource(kind, key if kind == "WorkloadEndpoint" else cur.name,
+                                (doc.get("spec") or {}) if doc is not None else None)
         if kind == "WorkloadEndpoint":
             spec = (doc.get("spec") or {}) if doc is not None else {}
             problem = None

@@ -1,6 +1,8 @@
 """The overlay's controller: holds the inputs (IPPools, Nodes, block affinities, the
 Felix parameters), recomputes `state.desired()` when one of them changed, and hands
-the result to the kernel layer, the policy dataplane and the MTU file. The daemon
+the result to the kernel layer, the policy dataplane and the MTU file. It also keeps
+each remote WorkloadEndpoint's node and host addresses (no more: 10,000 endpoints
+stay small), for the routes of borrowed addresses. The daemon
 only forwards to it (`resource`, `settings_changed`, `on_event`) and calls its two
 apply steps from its own apply, in its one thread:
 
@@ -24,11 +26,12 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+from dataclasses import replace
 from typing import Any, Callable, Mapping, Protocol
 
 from calico_net.agent.encap import types as t
 from calico_net.agent.encap.mtu import LinkFacts, MtuFile, read_links, underlay
-from calico_net.agent.encap.state import EncapSettings, Problems, Underlay, desired
+from calico_net.agent.encap.state import Endpoint, EncapSettings, Problems, Resolver, Underlay, compute
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +87,22 @@ def _host_ip(value: Any, cls: Any) -> str | None:
         return None   # state.desired reports it
 
 
+def _host_addresses(nets: Any) -> tuple[Any, ...]:
+    """The host addresses (/32, /128) of an endpoint's ipNetworks; anything else is
+    left out here (the daemon logs and counts the endpoint's bad address)."""
+    if not isinstance(nets, list):
+        return ()
+    out = []
+    for raw in nets:
+        try:
+            iface = ipaddress.ip_interface(str(raw))
+        except ValueError:
+            continue
+        if iface.network.prefixlen == iface.max_prefixlen:
+            out.append(iface.ip)
+    return tuple(out)
+
+
 class EncapController:
     """See the module docstring. `kernel_factory`, `watcher_factory`, `allocator`
     and `links_reader` are the real pieces by default or when __main__ passes them;
@@ -112,6 +131,16 @@ class EncapController:
         self.pools: dict[str, dict[str, Any]] = {}
         self.nodes: dict[str, dict[str, Any]] = {}
         self.affinities: dict[str, set[str]] = {}
+        #: remote WorkloadEndpoints: key -> (node, host addresses)
+        self.endpoints: dict[str, Endpoint] = {}
+        #: the borrowed-address routes per endpoint key (only endpoints with some),
+        #: the state without them, and the resolver of the last full computation: an
+        #: endpoint change recomputes that endpoint only (a full computation at
+        #: 10,000 endpoints costs tens of ms; see docs/encapsulation.md)
+        self.borrowed: dict[str, tuple[t.TunnelRoute, ...]] = {}
+        self.base: t.Desired | None = None
+        self.resolver: Resolver | None = None
+        self.endpoints_dirty: set[str] = set()
         self.affinities_synced = False
         self.own_blackholes = own_blackholes
         self.settings = EncapSettings.from_values(config.values, own_blackholes)
@@ -129,6 +158,7 @@ class EncapController:
         self.hosts: tuple = (None, None, t.DEFAULT_VXLAN_PORT)
         self.underlay: Underlay | None = None
         self.computes = 0
+        self.endpoint_computes = 0
         self.kernel_applies = 0
         self.mtu_writes = 0
         self._mtu_file = MtuFile(config.values["MTUFilePath"])
@@ -152,7 +182,10 @@ class EncapController:
 
     # --- inputs (the daemon's thread) ---
     def resource(self, kind: str, name: str, spec: dict[str, Any] | None) -> bool:
-        """An IPPool or Node changed (None: deleted). True when the overlay cares."""
+        """An IPPool, Node or WorkloadEndpoint changed (None: deleted; `name` is the
+        endpoint's key). True when the overlay cares."""
+        if kind == "WorkloadEndpoint":
+            return self._endpoint(name, spec)
         table = self.pools if kind == "IPPool" else self.nodes if kind == "Node" else None
         if table is None:
             return False
@@ -169,6 +202,26 @@ class EncapController:
         if kind == "IPPool" or name == self.node_name:
             self._allocator_poke()
         return True
+
+    def _endpoint(self, key: str, spec: Mapping[str, Any] | None) -> bool:
+        node = spec.get("node") if spec is not None else None
+        entry = None
+        if isinstance(node, str) and node and node != self.node_name:
+            entry = (node, _host_addresses(spec.get("ipNetworks")))   # type: ignore[union-attr]
+            if not entry[1]:
+                entry = None
+        old = self.endpoints.get(key)
+        if entry == old:
+            return False
+        if entry is None:
+            del self.endpoints[key]
+        else:
+            self.endpoints[key] = entry
+        # without an encapsulated pool no route can follow; the pool's arrival recomputes
+        if self.encapsulated:
+            self.endpoints_dirty.add(key)
+            return True
+        return False
 
     def settings_changed(self, changed: list[str]) -> bool:
         """Config parameters changed: recompute when one of the overlay's did."""
@@ -257,13 +310,29 @@ class EncapController:
             self._start_watch()
             if not self.allocator_started:
                 self._allocator_poke()
-        if not self.dirty:
+        if self.dirty:
+            self.underlay = self._detect_underlay()
+            self.base, self.resolver, self.borrowed = compute(
+                self.node_name, self.pools, self.nodes, self.affinities, self.settings,
+                self.underlay, self.problems, self.endpoints)
+            self.computes += 1
+        elif self.endpoints_dirty and self.resolver is not None:
+            for key in self.endpoints_dirty:
+                ep = self.endpoints.get(key)
+                routes = self.resolver.routes(key, ep) if ep is not None else ()
+                if routes:
+                    self.borrowed[key] = routes
+                else:
+                    self.borrowed.pop(key, None)
+            self.endpoint_computes += 1
+        else:
+            self.endpoints_dirty.clear()
             return
-        self.underlay = self._detect_underlay()
-        want = desired(self.node_name, self.pools, self.nodes, self.affinities, self.settings,
-                       self.underlay, self.problems)
-        self.computes += 1
         self.dirty = False
+        self.endpoints_dirty.clear()
+        base = self.base
+        assert base is not None
+        want = replace(base, routes=base.routes.union(*self.borrowed.values()))
         if want != self.desired:
             self.desired = want
             self.kernel_dirty = True

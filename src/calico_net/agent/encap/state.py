@@ -9,6 +9,11 @@ programming the routes (BIRD 2 has no krt_tunnel; see docs/encapsulation.md):
   VXLAN `via <remote tunnel address> dev vxlan.calico onlink`; with `CrossSubnet`
   and the remote node inside this node's subnet (its `spec.bgp.ipv4Address` prefix,
   IPv6: `ipv6Address`) a plain route `via <node IP> dev <underlay interface>`;
+* a remote WorkloadEndpoint's address inside such a pool but not inside a block
+  affine to the endpoint's own node (IPAM borrowed it: strict affinity off, that
+  node's blocks full) gets a /32 (/128) route to the endpoint's node, built exactly
+  like a block route, as Felix's route resolver does; the longer prefix beats the
+  block owner's block route, and the owner routes it onward the same way;
 * every remote node with a VXLAN tunnel address and MAC gets a permanent neighbour
   (tunnel address -> MAC) and FDB entry (MAC -> node IP) on the device, whether or
   not it has blocks (Felix's VTEPs); a node without them yet gets nothing, its
@@ -37,6 +42,8 @@ log = logging.getLogger(__name__)
 
 IPNet = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddr = ipaddress.IPv4Address | ipaddress.IPv6Address
+#: a remote WorkloadEndpoint as the overlay keeps it: (its node, its host addresses)
+Endpoint = tuple[str, tuple[IPAddr, ...]]
 
 #: the underlay MTU assumed while none is known (Felix's fallback)
 FALLBACK_UNDERLAY_MTU = 1500
@@ -221,26 +228,56 @@ def desired(
     settings: EncapSettings,
     underlay: Underlay,
     problems: Problems | None = None,
+    endpoints: Mapping[str, Endpoint] | None = None,
 ) -> t.Desired:
-    """What the kernel should hold on `node_name` (see the module docstring)."""
+    """What the kernel should hold on `node_name` (see the module docstring).
+    `endpoints`: the remote WorkloadEndpoints, key -> (node, host addresses)."""
+    out, _, borrowed = compute(node_name, pools, nodes, affinities, settings, underlay, problems,
+                               endpoints or {})
+    for routes in borrowed.values():
+        out.routes.update(routes)
+    return out
+
+
+def compute(
+    node_name: str,
+    pools: Mapping[str, Mapping[str, Any]],
+    nodes: Mapping[str, Mapping[str, Any]],
+    affinities: Mapping[str, Iterable[str]],
+    settings: EncapSettings,
+    underlay: Underlay,
+    problems: Problems | None,
+    endpoints: Mapping[str, Endpoint],
+) -> tuple[t.Desired, "Resolver", dict[str, tuple[t.TunnelRoute, ...]]]:
+    """`desired()` in parts, for a caller that updates borrowed routes one endpoint
+    at a time: the state without the borrowed routes, the `Resolver` that computes
+    an endpoint's borrowed routes from the same inputs, and those routes per
+    endpoint key (only endpoints that have some)."""
     problems = problems if problems is not None else Problems()
     problems.begin()
     try:
-        return _desired(_Ctx(node_name, problems), pools, nodes, affinities, settings, underlay)
+        ctx = _Ctx(node_name, problems)
+        out, resolver = _desired(ctx, pools, nodes, affinities, settings, underlay)
+        borrowed = {}
+        for key, ep in endpoints.items():
+            routes = resolver.routes(key, ep)
+            if routes:
+                borrowed[key] = routes
+        return out, resolver, borrowed
     finally:
         problems.end()
 
 
 def _desired(ctx: _Ctx, pools: Mapping[str, Mapping[str, Any]], nodes: Mapping[str, Mapping[str, Any]],
              affinities: Mapping[str, Iterable[str]], settings: EncapSettings,
-             underlay: Underlay) -> t.Desired:
+             underlay: Underlay) -> tuple[t.Desired, "Resolver"]:
     out = t.Desired(vxlan_port=settings.port, workload_mtu=underlay.mtu)
     ctx.pools = _parse_pools(pools, ctx)
     has_ipip = any(p.kind == "ipip" for p in ctx.pools)
     has_vx4 = any(p.kind == "vxlan" and p.net.version == 4 for p in ctx.pools)
     has_vx6 = any(p.kind == "vxlan" and p.net.version == 6 for p in ctx.pools)
     if not ctx.pools:
-        return out
+        return out, Resolver(ctx, {}, {}, _Node(), underlay)
     facts = {name: _parse_node(name, spec or {}, ctx) for name, spec in sorted(nodes.items())}
     me = facts.get(ctx.node_name) or _Node()
     umtu = underlay.mtu
@@ -289,6 +326,9 @@ def _desired(ctx: _Ctx, pools: Mapping[str, Mapping[str, Any]], nodes: Mapping[s
             out.neighbours.add(t.Neighbour(t.VXLAN_V6_DEVICE, n.vxlan6, n.mac6))
             out.fdb.add(t.FdbEntry(t.VXLAN_V6_DEVICE, n.mac6, str(n.ip6.ip)))
 
+    #: (node, IP version, prefix length) -> the blocks' network numbers, for the
+    #: borrowed-address test: integers, so 10,000 endpoints cost a few set lookups each
+    owned: dict[tuple[str, int, int], set[int]] = {}
     for name, blocks in sorted(affinities.items()):
         if name == ctx.node_name:
             # own blocks: the workload routes of this host, and a blackhole for the
@@ -306,13 +346,62 @@ def _desired(ctx: _Ctx, pools: Mapping[str, Mapping[str, Any]], nodes: Mapping[s
             pool = _pool_of(net, ctx.pools)
             if pool is None:
                 continue
+            owned.setdefault((name, net.version, net.prefixlen), set()).add(
+                int(net.network_address) >> (net.max_prefixlen - net.prefixlen))
             if n is None:
                 ctx.problems.report(f"affinity {name}/{net}", "no Node of that name")
                 continue
-            route = _route(ctx, name, n, net, pool, me, underlay)
+            route = _route(ctx, name, n, str(net), net.version, pool, me, underlay)
             if route is not None:
                 out.routes.add(route)
-    return out
+    return out, Resolver(ctx, owned, facts, me, underlay)
+
+
+class Resolver:
+    """The borrowed-address routes of one endpoint (Felix's route resolver): each of
+    its addresses in an encapsulated pool but in no block affine to the endpoint's
+    node gets a /32 (/128) route to that node. Built from one computation's inputs;
+    a change of any of them needs a new one. Pools and own blocks are compared as
+    integers, so an address costs a few set lookups, not a walk of every block."""
+
+    def __init__(self, ctx: _Ctx, owned: Mapping[tuple[str, int, int], set[int]],
+                 facts: Mapping[str, _Node], me: _Node, underlay: Underlay) -> None:
+        self.ctx, self.facts, self.me, self.underlay = ctx, facts, me, underlay
+        #: most specific first, as ctx.pools: (version, host bits, network number, pool)
+        self.pools = [(p.net.version, p.net.max_prefixlen - p.net.prefixlen,
+                       int(p.net.network_address) >> (p.net.max_prefixlen - p.net.prefixlen), p)
+                      for p in ctx.pools]
+        self.own: dict[str, list[tuple[int, int, set[int]]]] = {}
+        for (name, version, plen), nets in owned.items():
+            bits = 32 if version == 4 else 128
+            self.own.setdefault(name, []).append((version, bits - plen, nets))
+
+    def routes(self, key: str, ep: Endpoint) -> tuple[t.TunnelRoute, ...]:
+        node, addrs = ep
+        if node == self.ctx.node_name or not self.pools:
+            return ()    # local: the workload routes
+        out = []
+        for addr in addrs:
+            version, value = addr.version, int(addr)
+            pool = None
+            for v, host_bits, net, p in self.pools:
+                if v == version and value >> host_bits == net:
+                    pool = p
+                    break
+            if pool is None:
+                continue
+            if any(v == version and value >> host_bits in nets for v, host_bits, nets in self.own.get(node, ())):
+                continue    # inside its node's own block: the block route covers it
+            n = self.facts.get(node)
+            if n is None:
+                self.ctx.problems.report(f"WorkloadEndpoint {key}", f"no Node {node!r:.60}: its "
+                                         "borrowed addresses get no route")
+                continue
+            route = _route(self.ctx, node, n, f"{addr}/{addr.max_prefixlen}", version, pool,
+                           self.me, self.underlay)
+            if route is not None:
+                out.append(route)
+        return tuple(out)
 
 
 def _own_blocks(ctx: _Ctx, blocks: Iterable[str]) -> list[str]:
@@ -328,24 +417,25 @@ def _own_blocks(ctx: _Ctx, blocks: Iterable[str]) -> list[str]:
     return out
 
 
-def _route(ctx: _Ctx, name: str, n: _Node, net: IPNet, pool: _Pool, me: _Node,
+def _route(ctx: _Ctx, name: str, n: _Node, dst: str, version: int, pool: _Pool, me: _Node,
            underlay: Underlay) -> t.TunnelRoute | None:
-    v6 = net.version == 6
+    """The route to `dst` (a block, or a borrowed /32 or /128) on node `name`."""
+    v6 = version == 6
     remote = n.ip6 if v6 else n.ip4
     if remote is None:
-        ctx.problems.report(f"Node {name}", f"no bgp.ipv{net.version}Address: its blocks get no route")
+        ctx.problems.report(f"Node {name}", f"no bgp.ipv{version}Address: its blocks get no route")
         return None
     mine = me.ip6 if v6 else me.ip4
     if pool.cross_subnet and mine is not None and remote.ip in mine.network:
         dev = (underlay.iface_v6 or underlay.iface) if v6 else underlay.iface
         if dev is None:
-            ctx.problems.report("underlay", f"no interface holds this node's IPv{net.version} address")
+            ctx.problems.report("underlay", f"no interface holds this node's IPv{version} address")
             return None
-        return t.TunnelRoute(str(net), str(remote.ip), dev, False)
+        return t.TunnelRoute(dst, str(remote.ip), dev, False)
     if pool.kind == "ipip":
-        return t.TunnelRoute(str(net), str(remote.ip), t.IPIP_DEVICE, True)
+        return t.TunnelRoute(dst, str(remote.ip), t.IPIP_DEVICE, True)
     tunnel = n.vxlan6 if v6 else n.vxlan4
     mac = n.mac6 if v6 else n.mac4
     if not tunnel or not mac:
         return None    # its allocator has not written them yet: no route until then
-    return t.TunnelRoute(str(net), tunnel, t.VXLAN_V6_DEVICE if v6 else t.VXLAN_DEVICE, True)
+    return t.TunnelRoute(dst, tunnel, t.VXLAN_V6_DEVICE if v6 else t.VXLAN_DEVICE, True)
