@@ -7,6 +7,9 @@ cnfv-pol-host nft -f -``); TCP connections and pings show what it enforces.
 """
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from typing import Any, Iterator
 
 import pytest
@@ -18,6 +21,9 @@ from netns_util import EXT_NET, EXT_NS, HOST_EXT_IF, HOST_NS, PolicyTopology, sh
 pytestmark = pytest.mark.root
 
 NODE = "fv-pol-node"
+# Per-target probe timeout, seconds: long enough that a starved machine cannot make
+# an allowed connection look denied. Targets of a round are probed in parallel.
+PROBE_TIMEOUT = 2.0
 ALL_PAIRS = {(a, b) for a in ("w1", "w2", "w3", "w4") for b in ("w1", "w2", "w3", "w4") if a != b}
 HOST_IP = f"{EXT_NET}.1"
 EXT_IP = f"{EXT_NET}.2"
@@ -73,13 +79,57 @@ def gnp_doc(name: str, selector: str, ingress=(), egress=(), types=None, order=N
 ALLOW = [{"action": "Allow"}]
 
 
+def probe_round(topo: PolicyTopology, rounds: list[tuple[str, list[tuple[str, str, int]]]]) -> list[dict[str, Any]]:
+    """One probe per (netns, [(label, ip, port)]), all at once; port 0 = ping. TCP
+    results are the source address the server saw, or False."""
+    procs = [subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, str(topo.tool), "probe",
+                               str(PROBE_TIMEOUT), json.dumps([list(t) for t in targets])],
+                              stdout=subprocess.PIPE, text=True)
+             for ns, targets in rounds]
+    out = []
+    for (ns, _), p in zip(rounds, procs):
+        text, _ = p.communicate(timeout=60)
+        assert p.returncode == 0, f"probe from {ns} failed"
+        out.append(json.loads(text))
+    return out
+
+
+def reach(topo: PolicyTopology, *ports: int) -> dict[int, set[tuple[str, str]]]:
+    """For each port (0 = ping): every (src, dst) workload pair that connects, all
+    pairs probed at once. In the same round the host probes every workload on the
+    same ports (host -> workload is always allowed, as in Calico, and passes the
+    placeholder as an established reply): if any of those fails the round proves
+    nothing and the test fails, so a missing pair is a deny by the dataplane, never
+    a server that is down or a dataplane that drops everything."""
+    rounds = [(src.ns, [(f"{dst.name}/{port}", dst.ip, port) for dst in topo.workloads if dst is not src
+                        for port in ports]) for src in topo.workloads]
+    rounds.append((HOST_NS, [(f"{dst.name}/{port}", dst.ip, port) for dst in topo.workloads for port in ports]))
+    *results, control = probe_round(topo, rounds)
+    assert all(control.values()), f"host -> workloads failed, a deny would prove nothing: {control}"
+    got: dict[int, set[tuple[str, str]]] = {port: set() for port in ports}
+    for src, res in zip(topo.workloads, results):
+        for label, ok in res.items():
+            if ok:
+                dst, port = label.split("/")
+                got[int(port)].add((src.name, dst))
+    return got
+
+
+def tcp_matrix(topo: PolicyTopology, port: int = 8080) -> set[tuple[str, str]]:
+    return reach(topo, port)[port]
+
+
+def tcp_and_ping(topo: PolicyTopology) -> tuple[set[tuple[str, str]], set[tuple[str, str]]]:
+    r = reach(topo, 8080, 0)
+    return r[8080], r[0]
+
+
 def test_no_policy_no_profile_denies(topo, dp):
     for w in topo.workloads:
         put_wep(dp, w)
     st = dp.apply()
     assert st.full and dp.endpoint_count() == 4
-    assert topo.tcp_matrix() == set()
-    assert topo.ping_matrix() == set()
+    assert tcp_and_ping(topo) == (set(), set())
 
 
 def test_profile_allowing_all_connects_everyone(topo, dp):
@@ -87,8 +137,7 @@ def test_profile_allowing_all_connects_everyone(topo, dp):
     for w in topo.workloads:
         put_wep(dp, w, profiles=["allow-all"])
     dp.apply()
-    assert topo.tcp_matrix() == ALL_PAIRS
-    assert topo.ping_matrix() == ALL_PAIRS
+    assert tcp_and_ping(topo) == (ALL_PAIRS, ALL_PAIRS)
 
 
 @pytest.mark.parametrize("split", [False, True], ids=["one-transaction", "maps-over-netlink"])
@@ -105,7 +154,7 @@ def test_placeholder_table_drops_workload_traffic_until_the_full_load(topo, dp, 
         real_fill = dp.writer._fill_split
 
         def fill(maps, batch):
-            between.append((sorted(maps), topo.tcp_matrix(), topo.ping_matrix()))
+            between.append((sorted(maps), *tcp_and_ping(topo)))
             return real_fill(maps, batch)
 
         monkeypatch.setattr(dp.writer, "_fill_split", fill)
@@ -113,8 +162,7 @@ def test_placeholder_table_drops_workload_traffic_until_the_full_load(topo, dp, 
     assert not dp.table_exists()
     dp.load_placeholder()
     assert dp.table_exists()
-    assert topo.tcp_matrix() == set()
-    assert topo.ping_matrix() == set()
+    assert tcp_and_ping(topo) == (set(), set())
     dp.update("Profile", "allow-all", None, profile_doc("allow-all", ALLOW, ALLOW))
     dp.update("GlobalNetworkPolicy", "from-peers", None, gnp_doc(
         "from-peers", "all()", ingress=[{"action": "Allow", "source": {"selector": "has(peer)"}}]))
@@ -122,7 +170,7 @@ def test_placeholder_table_drops_workload_traffic_until_the_full_load(topo, dp, 
         put_wep(dp, w, profiles=["allow-all"], labels={"peer": "yes"})
     st = dp.apply()
     assert st.full and not st.adopted           # the placeholder is replaced, not adopted
-    assert topo.tcp_matrix() == ALL_PAIRS
+    assert tcp_matrix(topo) == ALL_PAIRS
     assert dp.writer.check(dp.runner.read_counts()) == []   # nothing of the placeholder left
     if split:
         [(names, tcp, ping)] = between
@@ -134,7 +182,7 @@ def test_placeholder_table_drops_workload_traffic_until_the_full_load(topo, dp, 
     # the next apply is an ordinary one: a new label is one element change
     put_wep(dp, topo.workloads[0], profiles=["allow-all"], labels={"peer": "yes", "x": "y"})
     st = dp.apply()
-    assert not st.full and topo.tcp_matrix() == ALL_PAIRS
+    assert not st.full and tcp_matrix(topo) == ALL_PAIRS
 
 
 def test_unknown_workload_interface_is_dropped(topo, dp):
@@ -142,7 +190,7 @@ def test_unknown_workload_interface_is_dropped(topo, dp):
     for w in topo.workloads[:3]:
         put_wep(dp, w, profiles=["allow-all"])
     dp.apply()
-    got = topo.tcp_matrix()
+    got = tcp_matrix(topo)
     assert got == {p for p in ALL_PAIRS if "w4" not in p}
 
 
@@ -161,27 +209,26 @@ def test_gnp_allows_only_tcp_8080_from_frontends_and_follows_labels(topo, dp):
                   "source": {"selector": "role == 'frontend'"}, "destination": {"ports": [8080]}}]))
     dp.apply()
     want = {("w1", "w3"), ("w1", "w4"), ("w2", "w3"), ("w2", "w4")}
-    assert topo.tcp_matrix(8080) == want
-    assert topo.tcp_matrix(9090) == set()
-    assert topo.ping_matrix() == set()
+    r = reach(topo, 8080, 9090, 0)
+    assert (r[8080], r[9090], r[0]) == (want, set(), set())
 
     # w2 becomes a backend: it leaves the source selector and gains the policy
     _frontend_backend(topo, dp, w2_role="backend")
     st = dp.apply()
     assert not st.full
-    assert topo.tcp_matrix(8080) == {("w1", "w2"), ("w1", "w3"), ("w1", "w4")}
+    assert tcp_matrix(topo) == {("w1", "w2"), ("w1", "w3"), ("w1", "w4")}
 
     # and back
     _frontend_backend(topo, dp, w2_role="frontend")
     dp.apply()
-    assert topo.tcp_matrix(8080) == want
+    assert tcp_matrix(topo) == want
 
     # deleting the policy reverts to the profile alone (no ingress at all)
     lib_calls = dp.runner.lib_calls
     dp.update("GlobalNetworkPolicy", "backend-in", None, None)
     st = dp.apply()
     assert not st.full and not st.netlink
-    assert topo.tcp_matrix(8080) == set()
+    assert tcp_matrix(topo) == set()
     assert dp.policy_count() == 0
     # that incremental transaction went through libnftables, inside the host namespace
     assert dp.runner.lib_calls == lib_calls + 1
@@ -201,7 +248,7 @@ def test_same_host_traffic_is_checked_both_ways(topo, dp):
         "w4-in", "name == 'w4'",
         ingress=[{"action": "Deny", "source": {"selector": "name == 'w3'"}}, {"action": "Allow"}]))
     dp.apply()
-    assert topo.tcp_matrix() == ALL_PAIRS - {("w1", "w2"), ("w3", "w4")}
+    assert tcp_matrix(topo) == ALL_PAIRS - {("w1", "w2"), ("w3", "w4")}
 
 
 def test_namespaced_not_selector_stays_in_the_policy_namespace(topo, dp):
@@ -219,7 +266,7 @@ def test_namespaced_not_selector_stays_in_the_policy_namespace(topo, dp):
         "spec": {"selector": "name == 'w4'", "types": ["Ingress"],
                  "ingress": [{"action": "Allow", "source": {"notSelector": "name == 'w3'"}}]}})
     dp.apply()
-    assert topo.tcp_matrix() == ALL_PAIRS - {("w1", "w4"), ("w3", "w4")}
+    assert tcp_matrix(topo) == ALL_PAIRS - {("w1", "w4"), ("w3", "w4")}
 
 
 def test_pass_skips_to_profiles_and_order(topo, dp):
@@ -234,7 +281,7 @@ def test_pass_skips_to_profiles_and_order(topo, dp):
     dp.update("GlobalNetworkPolicy", "b-deny", None, gnp_doc(
         "b-deny", "name in {'w3', 'w4'}", order=2, ingress=[{"action": "Deny"}]))
     dp.apply()
-    got = topo.tcp_matrix()
+    got = tcp_matrix(topo)
     # into w3: only w1 (passed to allow-all profile); into w4: nobody (deny-all profile)
     assert {p for p in got if p[1] in ("w3", "w4")} == {("w1", "w3")}
     assert {p for p in got if p[1] in ("w1", "w2")} == {
@@ -255,8 +302,8 @@ def test_named_port_and_network_set(topo, dp):
         ingress=[{"action": "Allow", "protocol": "TCP", "source": {"selector": "trust == 'yes'"},
                   "destination": {"ports": ["http"]}}]))
     dp.apply()
-    assert topo.tcp_matrix(8080) == {("w1", "w3")}
-    assert topo.tcp_matrix(9090) == set()
+    r = reach(topo, 8080, 9090)
+    assert (r[8080], r[9090]) == ({("w1", "w3")}, set())
 
 
 def test_workload_to_host_default_action(topo, dp):
@@ -264,17 +311,20 @@ def test_workload_to_host_default_action(topo, dp):
     w1 = topo.by_name("w1")
     put_wep(dp, w1, profiles=["allow-all"])
     dp.apply()
-    # default (Drop): workload → host is dropped even though egress allows it
-    assert topo.probe(w1.ns, [("h", HOST_IP, 8080)]) == {"h": False}
+    # default (Drop): workload → host is dropped even though egress allows it; in the
+    # same round the external namespace reaches the same host server (it is up), and
     # host → workload is always allowed
-    assert topo.probe(HOST_NS, [("w", w1.ip, 8080)])["w"]
+    got, control, back = probe_round(topo, [(w1.ns, [("h", HOST_IP, 8080)]), (EXT_NS, [("h", HOST_IP, 8080)]),
+                                            (HOST_NS, [("w", w1.ip, 8080)])])
+    assert (got, control) == ({"h": False}, {"h": EXT_IP})
+    assert back["w"]
     dp.set_settings(FelixSettings(default_endpoint_to_host_action="Accept"))
     dp.apply()
-    assert topo.probe(w1.ns, [("h", HOST_IP, 8080)])["h"]
+    assert topo.probe(w1.ns, [("h", HOST_IP, 8080)], timeout=PROBE_TIMEOUT)["h"]
 
 
 def test_host_endpoint_deny_all_keeps_failsafe_ssh(topo, dp):
-    assert topo.probe(EXT_NS, [("ssh", HOST_IP, 22), ("web", HOST_IP, 8080)]) == {
+    assert topo.probe(EXT_NS, [("ssh", HOST_IP, 22), ("web", HOST_IP, 8080)], timeout=PROBE_TIMEOUT) == {
         "ssh": EXT_IP, "web": EXT_IP}
     dp.update("HostEndpoint", "host-ext", None, {
         "kind": "HostEndpoint", "metadata": {"name": "host-ext", "labels": {"hep": "ext"}},
@@ -283,10 +333,15 @@ def test_host_endpoint_deny_all_keeps_failsafe_ssh(topo, dp):
         "deny-host", "hep == 'ext'", types=["Ingress", "Egress"],
         ingress=[{"action": "Deny"}], egress=[{"action": "Deny"}]))
     dp.apply()
-    got = topo.probe(EXT_NS, [("ssh", HOST_IP, 22), ("web", HOST_IP, 8080), ("ping", HOST_IP, 0)])
+    # "web" and "ping" denied while "ssh" (the same server process, same address) answers
+    # the same probe; and the host's own outbound traffic through the interface is
+    # denied too, while in the same round the external server answers locally (it is
+    # up: nothing but the host endpoint policy stands between them).
+    got, out, local = probe_round(topo, [
+        (EXT_NS, [("ssh", HOST_IP, 22), ("web", HOST_IP, 8080), ("ping", HOST_IP, 0)]),
+        (HOST_NS, [("out", EXT_IP, 8080)]), (EXT_NS, [("local", EXT_IP, 8080)])])
     assert got == {"ssh": EXT_IP, "web": False, "ping": False}
-    # the host's own outbound traffic through the interface is denied too
-    assert topo.probe(HOST_NS, [("out", EXT_IP, 8080)]) == {"out": False}
+    assert (out, local) == ({"out": False}, {"local": EXT_IP})
 
 
 def test_nat_outgoing_masquerades_pool_traffic(topo, dp):
@@ -296,8 +351,10 @@ def test_nat_outgoing_masquerades_pool_traffic(topo, dp):
     dp.update("IPPool", "pool", None, {"kind": "IPPool", "metadata": {"name": "pool"},
                                        "spec": {"cidr": "198.19.0.0/16", "natOutgoing": False}})
     dp.apply()
-    # the external namespace has no route back to the pool: without NAT, no reply
-    assert topo.probe(w1.ns, [("ext", EXT_IP, 8080)]) == {"ext": False}
+    # the external namespace has no route back to the pool: without NAT, no reply;
+    # in the same round the host reaches the same external server
+    got, control = probe_round(topo, [(w1.ns, [("ext", EXT_IP, 8080)]), (HOST_NS, [("ext", EXT_IP, 8080)])])
+    assert (got, control) == ({"ext": False}, {"ext": HOST_IP})
     dp.update("IPPool", "pool", None, {"kind": "IPPool", "metadata": {"name": "pool"},
                                        "spec": {"cidr": "198.19.0.0/16", "natOutgoing": True}})
     dp.apply()
@@ -305,12 +362,12 @@ def test_nat_outgoing_masquerades_pool_traffic(topo, dp):
     assert "ip saddr @cali-masq4 ip daddr != @cali-pools4 masquerade" in table
     assert "198.19.0.0/16" in table
     # the external side sees the host's address
-    assert topo.probe(w1.ns, [("ext", EXT_IP, 8080)]) == {"ext": HOST_IP}
+    assert topo.probe(w1.ns, [("ext", EXT_IP, 8080)], timeout=PROBE_TIMEOUT) == {"ext": HOST_IP}
     # traffic inside the pool is not masqueraded
     w2 = topo.by_name("w2")
     put_wep(dp, w2, profiles=["allow-all"])
     dp.apply()
-    assert topo.probe(w1.ns, [("w2", w2.ip, 8080)]) == {"w2": w1.ip}
+    assert topo.probe(w1.ns, [("w2", w2.ip, 8080)], timeout=PROBE_TIMEOUT) == {"w2": w1.ip}
 
 
 def test_flushed_table_is_repaired_by_refresh(topo, dp):
@@ -321,11 +378,11 @@ def test_flushed_table_is_repaired_by_refresh(topo, dp):
         "p", "name == 'w2'", ingress=[{"action": "Deny", "source": {"selector": "name == 'w1'"}}]))
     dp.apply()
     assert dp.refresh() is False
-    assert topo.tcp_matrix() == {("w2", "w1")}
+    assert tcp_matrix(topo) == {("w2", "w1")}
     sh("nft", "flush", "table", "inet", "calico", ns=HOST_NS)
     assert dp.refresh() is True
     assert dp.refresh() is False
-    assert topo.tcp_matrix() == {("w2", "w1")}
+    assert tcp_matrix(topo) == {("w2", "w1")}
     # a deleted element is drift too
     sh("nft", "flush", "map", "inet", "calico", "cali-wl-to", ns=HOST_NS)
     assert dp.refresh() is True
