@@ -5,6 +5,7 @@
     calicoctl ipam release (--ip ADDR ... | --handle ID | --from-report FILE) [--force]
     calicoctl ipam split (--cidr CIDR | --name NAME) NUMBER
     calicoctl ipam configure --strictaffinity true|false
+    calicoctl ipam gc [--apply] [--grace 10m] [--node-local] [-o table|json|yaml]
 
 `show` prints each IPPool's size and use (the same table as Calico's), the use per
 node, and with `--show-blocks` one row per block with the node it is affine to.
@@ -13,7 +14,8 @@ node, and with `--show-blocks` one row per block with the node it is affine to.
 Calico's, which always exits 0 — so scripts and tests can rely on it. `release`
 refuses an address that a WorkloadEndpoint still carries unless `--force` is given.
 `check -o FILE` also writes Calico's report, which `release --from-report` acts on,
-and `split` divides a pool (both in `calico_net.cli.ipamreport`).
+and `split` divides a pool (both in `calico_net.cli.ipamreport`); `gc` collects
+leaked objects (`calico_net.cli.ipamgc`).
 
 Handlers take (args, ctx); ctx gives `.client` (EtcdClient), `.datastore` and `.out`.
 Errors are raised and turned into exit codes by `calico_net.cli.main`.
@@ -64,6 +66,10 @@ def register(subparsers: Any) -> None:
     from calico_net.cli.ipamreport import register_split
 
     register_split(sub)
+
+    from calico_net.cli.ipamgc import register_gc
+
+    register_gc(sub)
 
     conf = sub.add_parser("configure", help="set cluster-wide IPAM options")
     conf.add_argument("--strictaffinity", choices=("true", "false"), type=str.lower,
