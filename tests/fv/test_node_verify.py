@@ -1,0 +1,193 @@
+"""`calicoctl node verify` on the BGP fabric (tests/fv/bgp_util.py): three hosts, each
+with its own confd and BIRD, a workload per host with its WorkloadEndpoint in etcd.
+
+The command runs inside a host namespace with confd's environment, as on a node. It
+passes on the healthy fabric; after each injected fault (BIRD killed on one node, a
+block route deleted on a host, a block affinity moved to the wrong node, a workload
+MTU above the underlay's) it exits 1 and names that fault; and it passes again once
+the fault is repaired (each fault paired with a pass on the same hosts). The harness
+runs no agent, so the readiness check is pointed at confd's own /readiness.
+"""
+from __future__ import annotations
+
+import ipaddress
+import json
+import subprocess
+from typing import Any, Iterator
+
+import pytest
+
+import bgp_util as bu
+
+pytestmark = [pytest.mark.root]
+
+CONVERGE = 60
+
+
+@pytest.fixture(scope="module")
+def fabric(tmp_path_factory) -> Iterator[bu.Fabric]:
+    f = bu.Fabric(tmp_path_factory.mktemp("verifyfv"), 3)
+    try:
+        f.setup()
+        for h in f.hosts:
+            w = f.add_workload(h)
+            f.ds.apply({
+                "apiVersion": "projectcalico.org/v3", "kind": "WorkloadEndpoint",
+                "metadata": {"name": f"{h.name}-k8s-{w.name}-eth0", "namespace": "default",
+                             "labels": {"projectcalico.org/namespace": "default",
+                                        "projectcalico.org/orchestrator": "k8s"}},
+                "spec": {"node": h.name, "orchestrator": "k8s", "workload": w.name,
+                         "pod": w.name, "endpoint": "eth0", "interfaceName": w.iface,
+                         "ipNetworks": [f"{w.ip}/32"]},
+            })
+        wait_healthy(f)
+        yield f
+    except BaseException:
+        print(f.diag())
+        raise
+    finally:
+        f.teardown()
+
+
+def wait_healthy(f: bu.Fabric) -> None:
+    def ok() -> bool:
+        for h in f.hosts:
+            others = set().union(*(f.blocks_of(o) for o in f.hosts if o is not h))
+            names = {"Mesh_" + o.ip.replace(".", "_") for o in f.hosts if o is not h}
+            if not names <= h.established() or not others <= set(h.routes()):
+                return False
+        return True
+
+    bu.wait_for(ok, CONVERGE, "full mesh Established and every block routed", f.diag, interval=0.2)
+
+
+def verify(f: bu.Fabric, h: bu.Host, mtu_file: str | None = None) -> tuple[int, dict[str, Any]]:
+    env = dict(h.confd_env)
+    env["FELIX_MTUFILEPATH"] = mtu_file or str(f.tmp / f"{h.name}-no-mtu-file")
+    p = subprocess.run(
+        ["ip", "netns", "exec", h.ns, str(bu.VENV_BIN / "calicoctl"), "node", "verify", "-o", "json",
+         "--readiness-url", "http://127.0.0.1:9098/readiness"],
+        env=env, capture_output=True, text=True, timeout=60)
+    assert p.stdout, (p.returncode, p.stderr)
+    return p.returncode, json.loads(p.stdout)
+
+
+def failures(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {c["check"]: c for c in report["checks"] if c["status"] == "fail"}
+
+
+def assert_passes(f: bu.Fabric, h: bu.Host) -> dict[str, Any]:
+    rc, report = verify(f, h)
+    assert rc == 0 and report["ok"] and not failures(report), json.dumps(report, indent=1)
+    return report
+
+
+def wait_passes(f: bu.Fabric, h: bu.Host) -> None:
+    last: list[Any] = []
+
+    def ok() -> bool:
+        rc, report = verify(f, h)
+        last[:] = [report]
+        return rc == 0
+
+    bu.wait_for(ok, CONVERGE, f"verify passes on {h.name}", lambda: json.dumps(last, indent=1), interval=1)
+
+
+def test_healthy_fabric_passes(fabric: bu.Fabric) -> None:
+    for h in fabric.hosts:
+        report = assert_passes(fabric, h)
+        by = {c["check"]: c for c in report["checks"]}
+        assert report["node"] == h.name
+        assert by["bgp-sessions"]["status"] == "ok" and "2 session(s)" in by["bgp-sessions"]["detail"]
+        assert by["block-routes"]["status"] == "ok"
+        assert by["workload-routes"]["detail"].startswith("1 local endpoint")
+        assert by["ipam"]["status"] == "ok" and by["etcd-members"]["status"] == "ok"
+
+
+def test_table_output_and_exit_code(fabric: bu.Fabric) -> None:
+    h = fabric.hosts[0]
+    p = subprocess.run(["ip", "netns", "exec", h.ns, str(bu.VENV_BIN / "calicoctl"), "node", "verify",
+                        "--readiness-url", "http://127.0.0.1:1/readiness"],
+                       env=h.confd_env, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 1
+    rows = {line.split()[0]: line.split()[1] for line in p.stdout.splitlines()[1:8] if line.strip()}
+    assert rows["agent-readiness"] == "FAIL" and rows["bgp-sessions"] == "OK", p.stdout
+    assert "FIX agent-readiness:" in p.stdout and "FAILED: 1 failed check(s) on h1" in p.stdout
+
+
+def test_bird_stopped_on_one_node(fabric: bu.Fabric) -> None:
+    h1, h2 = fabric.hosts[0], fabric.hosts[1]
+    assert_passes(fabric, h1)
+    fabric.kill_bird(h2)
+    try:
+        rc, report = verify(fabric, h2)
+        assert rc == 1
+        assert "BIRD is not answering" in failures(report)["bgp-sessions"]["detail"]
+        mesh_h2 = "Mesh_" + h2.ip.replace(".", "_")
+        bu.wait_for(lambda: mesh_h2 not in h1.established(), 30, "h1 sees h2's session down")
+        rc, report = verify(fabric, h1)
+        assert rc == 1
+        bad = failures(report)["bgp-sessions"]
+        assert mesh_h2 in bad["detail"] and bad["fix"]
+    finally:
+        fabric.start_bird(h2)
+    wait_healthy(fabric)
+    assert_passes(fabric, h1)
+    assert_passes(fabric, h2)
+
+
+def test_block_route_deleted(fabric: bu.Fabric) -> None:
+    h1, h3 = fabric.hosts[0], fabric.hosts[2]
+    assert_passes(fabric, h1)
+    block = sorted(fabric.blocks_of(h3))[0]
+    bu.sh("ip", "route", "del", block, "proto", "bird", ns=h1.ns)
+    rc, report = verify(fabric, h1)
+    if block in h1.routes():
+        pytest.fail("BIRD restored the route before verify read the kernel; rerun")
+    assert rc == 1
+    bad = failures(report)
+    assert set(bad) == {"block-routes"}, bad
+    assert block in bad["block-routes"]["detail"] and "h3" in bad["block-routes"]["detail"]
+    # BIRD's kernel scan puts it back; verify passes again
+    bu.wait_for(lambda: block in h1.routes(), 30, "BIRD restores the deleted route", fabric.diag)
+    assert_passes(fabric, h1)
+
+
+def test_block_affinity_corrupted(fabric: bu.Fabric) -> None:
+    from calico_net.ipam import keys as ipam_keys
+
+    h1, h2, h3 = fabric.hosts
+    assert_passes(fabric, h1)
+    block = sorted(fabric.blocks_of(h2))[0]
+    net = ipaddress.ip_network(block)
+    good_key = ipam_keys.affinity_key(h2.name, net)
+    bad_key = ipam_keys.affinity_key(h3.name, net)
+    kv = fabric.client.get(good_key)
+    assert kv is not None
+    # The corruption: the affinity key moved to h3 while the block says h2.
+    fabric.client.delete(good_key)
+    fabric.client.put(bad_key, kv.value)
+    try:
+        rc, report = verify(fabric, h1)
+        assert rc == 1
+        bad = failures(report)
+        assert "ipam" in bad, report
+        assert block in bad["ipam"]["detail"] and "affinit" in bad["ipam"]["detail"]
+    finally:
+        fabric.client.delete(bad_key)
+        fabric.client.put(good_key, kv.value)
+    wait_healthy(fabric)
+    wait_passes(fabric, h1)
+
+
+def test_mtu_above_underlay(fabric: bu.Fabric) -> None:
+    h1 = fabric.hosts[0]
+    path = fabric.tmp / "h1-mtu"
+    path.write_text("1500\n")
+    rc, report = verify(fabric, h1, str(path))
+    assert rc == 0, report
+    path.write_text("9000\n")
+    rc, report = verify(fabric, h1, str(path))
+    assert rc == 1
+    bad = failures(report)
+    assert set(bad) == {"mtu"} and "9000" in bad["mtu"]["detail"] and "1500" in bad["mtu"]["detail"]
