@@ -34,7 +34,10 @@ def ctl(etcd, etcd_client, monkeypatch, capsys):
     def run(*argv: str) -> tuple[int, str]:
         capsys.readouterr()
         code = main(list(argv))
-        return code, capsys.readouterr().out
+        out, err = capsys.readouterr()
+        if code:
+            print(err)  # shown when the test fails
+        return code, out
 
     return run
 
@@ -222,3 +225,32 @@ def test_real_cni_adds_during_gc_apply_lose_nothing(etcd, cluster, datastore, et
     assert all(fresh.get_assignment(ip) is None for ip in leaks)
     applied = {f.name for r in results for f in r.applied}
     assert applied == set(leaks)
+
+
+def test_many_leaks_in_one_block_go_in_several_transactions(cluster, etcd_client, datastore, monkeypatch):
+    ipam, live = cluster
+    leaks = [assign(ipam, f"k8s-pod-network.many{i}", "node-a") for i in range(5)]
+    monkeypatch.setattr(gc, "MAX_PER_TXN", 2)
+    result = gc.collect(etcd_client, datastore, apply=True)
+    assert {f.name for f in result.applied} == set(leaks) and result.skipped == []
+    assert IPAM(etcd_client, datastore).get_assignment(live["used"]) is not None
+
+
+def test_bad_data_is_logged_and_skipped(ctl, cluster, etcd_client, datastore, caplog):
+    ipam, live = cluster
+    leaked = assign(ipam, "k8s-pod-network.leaked", "node-a")
+    bad = json.loads(etcd_client.get(
+        "/calico/resources/v3/projectcalico.org/workloadendpoints/default/used").value)
+    bad["metadata"]["name"] = "bad-iface"
+    bad["spec"]["interfaceName"] = "not an/interface"
+    bad["spec"]["ipNetworks"] = []
+    bad["spec"]["node"] = "node-local"
+    datastore.create({"apiVersion": "projectcalico.org/v3", "kind": "Node", "metadata": {"name": "node-local"},
+                      "spec": {}})
+    etcd_client.put("/calico/resources/v3/projectcalico.org/workloadendpoints/default/bad-iface", json.dumps(bad))
+    code, out = ctl("ipam", "gc", "--node-local", "--node", "node-local", "--apply", "-o", "json")
+    doc = json.loads(out)
+    assert code == 0 and kinds(doc["applied"]) == {("Allocation", leaked)}, doc
+    assert "not an interface name" in caplog.text
+    assert etcd_client.get("/calico/resources/v3/projectcalico.org/workloadendpoints/default/bad-iface")
+    assert IPAM(etcd_client, datastore).get_assignment(live["used"]) is not None

@@ -36,6 +36,7 @@ from __future__ import annotations
 import datetime as _dt
 import logging
 import socket
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,7 +54,11 @@ from calico_net.ipam.records import Handle, dumps, handle_blocks
 log = logging.getLogger(__name__)
 
 WEP_PREFIX = kind_prefix("WorkloadEndpoint")
-MAX_PASSES = 6
+MAX_PASSES = 100
+MAX_STALLED = 3
+# addresses released per block transaction: with their handles it stays under etcd's
+# default --max-txn-ops (128) on both compares and operations
+MAX_PER_TXN = 60
 DEFAULT_GRACE = 600.0
 
 
@@ -115,12 +120,15 @@ def _age(text: Any, now: _dt.datetime) -> float | None:
     return None if t is None else max(0.0, (now - t).total_seconds())
 
 
+def valid_interface_name(name: Any) -> bool:
+    return (isinstance(name, str) and 0 < len(name) <= 15 and name not in (".", "..")
+            and not any(c in "/\0" or c.isspace() for c in name))
+
+
 def interface_present(name: str) -> bool:
     """Whether this network namespace has an interface `name` (if_nametoindex asks the
     kernel of the caller's namespace; /sys/class/net would answer for the namespace
     sysfs was mounted in)."""
-    if not name or len(name) > 15 or "/" in name or "\0" in name:
-        return False
     try:
         socket.if_nametoindex(name)
         return True
@@ -166,7 +174,12 @@ def _plan_endpoints(ipam: IPAM, snap: _Snapshot, now: _dt.datetime, local_node: 
             continue
         if node not in snap.nodes:
             reason = f"node {node} does not exist"
-        elif local_node and node == local_node and isinstance(iface, str) and not interface_present(iface):
+        elif local_node and node == local_node and iface is not None and not valid_interface_name(iface):
+            # bad data is not proof of a dead container: leave the endpoint alone
+            log.warning("WorkloadEndpoint %s/%s: interfaceName %r is not an interface name; not judged",
+                        md.get("namespace"), md.get("name"), iface)
+            continue
+        elif local_node and node == local_node and iface is not None and not interface_present(iface):
             reason = f"interface {iface} is not on this host (its container is gone)"
         else:
             continue
@@ -184,7 +197,8 @@ def _plan_endpoints(ipam: IPAM, snap: _Snapshot, now: _dt.datetime, local_node: 
             compares.append(node_cmp)
         f = Finding("WorkloadEndpoint", f"{md['namespace']}/{md['name']}", reason,
                     _age(md.get("creationTimestamp"), now),
-                    detail={"node": node, "ipNetworks": list(spec.get("ipNetworks") or [])},
+                    detail={"node": node, "ipNetworks": [str(n) for n in spec.get("ipNetworks") or []
+                                                         if isinstance(n, str)]},
                     compares=compares, ops=[op_delete(key)])
         _protect(f, grace)
         out.append(f)
@@ -244,6 +258,9 @@ def _block_releases(snap: _Snapshot, by_block: dict[str, list[Finding]]) -> list
         blk, brev = _block_at(snap, cidr)
         live = [f for f in findings if not f.protected]
         out += findings
+        for f in live[MAX_PER_TXN:]:
+            f.detail["deferred"] = True  # released by a later pass
+        live = live[:MAX_PER_TXN]
         if blk is None or not live:
             continue
         freed, _ = blk.release([parse_ip(f.name) for f in live])
@@ -343,8 +360,10 @@ def collect(client: EtcdClient, datastore: Any, *, apply: bool = False, grace: f
     deletes what is still garbage at its revision (an endpoint's deletion leaks its
     addresses for the next pass, a release empties a block for the next; a failed
     compare means something moved, so the next pass decides again from fresh reads).
-    At most `MAX_PASSES`; what the last pass could not do is reported as skipped."""
+    Ends when nothing is left, or after `MAX_STALLED` passes in a row that deleted
+    nothing; what the last pass could not do is reported as skipped."""
     result = GCResult(dry_run=not apply, grace=grace)
+    stalled = 0
     for n in range(MAX_PASSES if apply else 1):
         findings = plan(IPAM(client, datastore), grace=grace, local_node=local_node, now=now)
         if n == 0:
@@ -352,18 +371,28 @@ def collect(client: EtcdClient, datastore: Any, *, apply: bool = False, grace: f
         if not apply:
             break
         todo = [f for f in findings if not f.protected]
+        if not todo:
+            result.skipped = []
+            break
         failed: list[Finding] = []
         outcome: dict[str, bool] = {}
+        progress = False
         for f in todo:
             if f.ops:
                 ok = client.txn(f.compares, f.ops).succeeded
                 outcome[f.name] = ok
+            elif "releasedWith" in f.detail:
+                ok = outcome.get(str(f.detail["releasedWith"]), False)
             else:
-                ok = outcome.get(str(f.detail.get("releasedWith")), False)
+                continue  # deferred to a later pass (too many for one transaction)
+            progress = progress or ok
             (result.applied if ok else failed).append(f)
         result.skipped = failed
-        if not failed and not any(f.kind in ("WorkloadEndpoint", "BlockAffinity") for f in todo):
-            break  # nothing this pass did can have made new garbage for the next
-        if not todo:
+        # a failed compare means something moved under gc: decide again from fresh
+        # reads, and give up after a few passes in a row that achieved nothing
+        stalled = 0 if progress else stalled + 1
+        if stalled >= MAX_STALLED:
             break
+        if stalled:
+            time.sleep(0.1 * stalled)
     return result
