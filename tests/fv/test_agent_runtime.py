@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -188,9 +189,12 @@ def test_interface_created_after_its_endpoint(clean):
                    "the late endpoint counted", clean.agent)
         # ... and wrote no route for it: its interface does not exist yet.
         assert w.ip not in L.our_routes()
+        t0 = time.monotonic()
         L.wire_workload(w)
         L.wait_for(lambda: L.our_routes().get(w.ip) == w.iface, CONVERGE, "route to the late interface",
                    clean.agent)
+        # printed, not asserted: how fast is bench/'s business, the wait is a hang guard
+        print(f"route for the late interface after {time.monotonic() - t0:.3f} s")
         out = L.sh("sysctl", "-n", f"net.ipv4.conf.{w.iface}.proxy_arp", f"net.ipv4.neigh.{w.iface}.proxy_delay",
                    f"net.ipv4.conf.{w.iface}.route_localnet", f"net.ipv4.conf.{w.iface}.forwarding", ns=L.HOST_NS)
         assert out.split() == ["1", "0", "1", "1"]
@@ -270,12 +274,15 @@ def test_tamper_is_repaired(clean):
     setup_policy(env)
     want_nft = nft_objects(L.sh("nft", "list", "table", "inet", "calico", ns=L.HOST_NS))
     want_routes = L.our_routes()
+    t0 = time.monotonic()
     L.sh("nft", "flush", "table", "inet", "calico", ns=L.HOST_NS)
     L.sh("ip", "route", "del", f"{env.workloads[0].ip}/32", ns=L.HOST_NS)
     assert L.our_routes() != want_routes
     L.wait_for(lambda: nft_objects(L.sh("nft", "list", "table", "inet", "calico", ns=L.HOST_NS)) == want_nft,
                CONVERGE, "nft table repaired", env.agent, interval=0.1)
+    t_nft = time.monotonic() - t0
     L.wait_for(lambda: L.our_routes() == want_routes, CONVERGE, "route repaired", env.agent, interval=0.1)
+    print(f"tamper repaired: table after {t_nft:.2f} s, route after {time.monotonic() - t0:.2f} s (not asserted)")
     assert allowed(env, 0, 2) and denied(env, 3, 2)
     assert env.agent.metric("felix_route_repairs_total") >= 1
 
@@ -337,9 +344,13 @@ def test_etcd_outage_keeps_dataplane_and_resyncs(clean):
         assert "datastore" in reason
         assert env.agent.metric("felix_datastore_connected") == 0
         # The outage lasts OUTAGE_SECONDS (the scenario, not a wait for a state): the
-        # agent must not exit during it. (Its CPU use meanwhile is bench/'s figure.)
+        # agent must not exit during it. Its CPU meanwhile is printed, not asserted (a
+        # figure that depends on the machine is no pass/fail line).
+        cpu0, t0 = env.agent.cpu_seconds(), time.monotonic()
         with pytest.raises(subprocess.TimeoutExpired):
             env.agent.proc.wait(OUTAGE_SECONDS)
+        cpu = (env.agent.cpu_seconds() - cpu0) / (time.monotonic() - t0)
+        print(f"agent CPU during a {OUTAGE_SECONDS:.0f} s etcd outage: {cpu * 100:.1f} % of one core")
         assert env.agent.readiness()[0] == 503
         assert L.our_routes() == routes and L.nft_ruleset() == nft
         assert allowed(env, 0, 2) and denied(env, 3, 2)
