@@ -223,3 +223,21 @@ def test_mtu_above_underlay(fabric: bu.Fabric) -> None:
     assert rc == 1
     bad = failures(report)
     assert set(bad) == {"mtu"} and "9000" in bad["mtu"]["detail"] and "1500" in bad["mtu"]["detail"]
+
+
+def test_etcd_member_down(fabric: bu.Fabric) -> None:
+    """A member in the cluster's list that does not answer (added as a learner, so the
+    one-member cluster keeps its quorum, and never started) fails etcd-members."""
+    h1 = fabric.hosts[0]
+    added = fabric.client.member_add(["http://198.18.224.1:1"], learner=True)
+    member_id = added["member"]["ID"]
+    try:
+        rc, report = verify(fabric, h1)
+        assert rc == 1
+        bad = failures(report)
+        assert set(bad) == {"etcd-members"}, bad
+        assert "1 of 2 member(s) unhealthy" in bad["etcd-members"]["detail"]
+        assert "not started" in bad["etcd-members"]["detail"] and "member remove" in bad["etcd-members"]["fix"]
+    finally:
+        fabric.client.member_remove(member_id)
+    assert_passes(fabric, h1)
