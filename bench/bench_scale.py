@@ -157,8 +157,8 @@ class Agent:
 
     def __init__(self, etcd_endpoints: str, tag: str) -> None:
         env = dict(os.environ, NODENAME=NODE, ETCD_ENDPOINTS=etcd_endpoints, FELIX_HEALTHHOST="127.0.0.1",
-                   FELIX_HEALTHPORT="9099", FELIX_LOGSEVERITYSCREEN="Warning",
-                   FELIX_MTUFILEPATH=f"/tmp/bench-scale-{tag}.mtu")
+                   FELIX_HEALTHPORT="9099", FELIX_LOGSEVERITYSCREEN=os.environ.get("BENCH_AGENT_LOG", "Warning"),
+                   FELIX_MTUFILEPATH=f"/tmp/bench-scale-{tag}.mtu", PYTHONFAULTHANDLER="1")
         self.log = f"/tmp/bench-scale-{tag}.log"
         self.t0 = time.perf_counter()
         self.proc = subprocess.Popen([str(Path(sys.executable).parent / "calico-node")], env=env,
@@ -292,6 +292,11 @@ def churn(etcd, agent: Agent, args, first_remote: int) -> dict:
     t_all = (max(mon.seen.values()) if mon.seen else time.perf_counter()) - t0
     acpu, ecpu = proc_cpu_s(agent.pid) - a0, proc_cpu_s(etcd.proc.pid) - e0
     mon.stop()
+    if len(mon.seen) < n:
+        # the agent missed changes: its threads' stacks into its log (faulthandler)
+        print(f"only {len(mon.seen)} of {n} changes reached nft; agent stacks in {agent.log}", flush=True)
+        agent.proc.send_signal(6)
+        agent.proc.wait(30)
     lat = [(mon.seen[ip] - t) * 1000 for ip, t in written.items() if ip in mon.seen]
     fig = dict(n=n, seen=len(lat), rate_written=n / t_writes, rate_applied=len(lat) / max(t_all, 1e-9),
                p50=pct(lat, 50), p99=pct(lat, 99), max=max(lat) if lat else float("nan"),

@@ -29,12 +29,14 @@ from __future__ import annotations
 
 import functools
 import logging
+import sys
 import threading
 import time
 from typing import Any, Callable, NamedTuple, Protocol
 
 import orjson
 
+from calico_net.agent.felix.records import shared_labels
 from calico_net.agent.watchloop import SnapshotWatcher
 from calico_net.datastore.errors import DatastoreUnavailable
 from calico_net.datastore.etcd import KV, PrefixReader, key_problem, show_key
@@ -129,7 +131,37 @@ def parse_kv(kv: KV, validate: Validator = model_validate,
     except Exception as e:  # noqa: BLE001 - a validator bug must not stop the agent
         raise BadObject(f"validation failed: {e.__class__.__name__}: {e}") from None
     valid.setdefault("metadata", {})["resourceVersion"] = str(kv.mod_revision)
+    if kind in _COMPACTED:
+        _compact(valid)
     return Resource(kind, parts.name, parts.namespace, valid, kv.mod_revision)
+
+
+# The kinds a cluster has by the ten thousand (every endpoint, cluster-wide, is held
+# by every agent): their documents are made to share what they have in common.
+_COMPACTED = frozenset(("WorkloadEndpoint", "HostEndpoint"))
+_SHARED_STRINGS = {"metadata": ("namespace",), "spec": ("node", "orchestrator", "endpoint")}
+
+
+def _compact(doc: dict[str, Any]) -> None:
+    """Share, between documents, the values that repeat across a cluster's endpoints:
+    the label set (one dict per distinct set, `felix.records.shared_labels`) and the
+    namespace, node, orchestrator and endpoint names (interned strings); the
+    document stays equal to what was read. Held documents are never changed in
+    place (an update is a new document), so sharing is safe."""
+    doc["apiVersion"] = sys.intern(doc["apiVersion"]) if type(doc["apiVersion"]) is str else doc["apiVersion"]
+    doc["kind"] = sys.intern(doc["kind"])
+    for part, fields in _SHARED_STRINGS.items():
+        sub = doc.get(part)
+        if type(sub) is not dict:
+            continue
+        for f in fields:
+            v = sub.get(f)
+            if type(v) is str:
+                sub[f] = sys.intern(v)
+    md = doc["metadata"]
+    labels = md.get("labels")
+    if type(labels) is dict:
+        md["labels"] = shared_labels(labels)
 
 
 class Sink(Protocol):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import socket
+import weakref
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Iterable, Mapping
@@ -42,6 +43,7 @@ __all__ = [
     "Profile",
     "IndexChanges",
     "Key",
+    "shared_labels",
     "DENY_ALL",
     "ENDPOINT_KINDS",
     "NETSET_KINDS",
@@ -53,6 +55,40 @@ NETSET_KINDS = ("NetworkSet", "GlobalNetworkSet")
 POLICY_KINDS = ("NetworkPolicy", "GlobalNetworkPolicy")
 
 Key = tuple[str, "str | None", str]       # (kind, namespace or None, name)
+
+
+# ----------------------------------------------------------- shared label sets
+
+
+class SharedLabels(dict):
+    """A label set shared by every holder of the same labels: read-only by
+    convention (no holder changes a label set in place, each builds a new one).
+    A dict subclass only so that the share table can hold it weakly."""
+
+    __slots__ = ("__weakref__",)
+
+
+# (key, value) pairs in the holder's order -> the one shared dict. Weak: a label
+# set that no member or document holds any longer leaves the table with it, so
+# label churn does not grow it.
+_SHARED: "weakref.WeakValueDictionary[tuple[tuple[Any, Any], ...], SharedLabels]" = \
+    weakref.WeakValueDictionary()
+
+
+def shared_labels(labels: Mapping[str, str]) -> dict[str, str]:
+    """The shared dict equal to `labels`. In a cluster most endpoints share their
+    label set with many others (the pods of one deployment); one dict per distinct
+    set, instead of one per endpoint, is most of what a remote endpoint costs in
+    labels. Unhashable values (bad data: validation passes only strings) are not
+    shared."""
+    items = tuple(labels.items())
+    try:
+        got = _SHARED.get(items)
+    except TypeError:
+        return dict(labels)
+    if got is None:
+        got = _SHARED[items] = SharedLabels(items)
+    return got
 
 
 # ----------------------------------------------------------------- records
@@ -354,7 +390,7 @@ def member_from_doc(kind: str, name: str, namespace: str | None, doc: Mapping[st
                         kind, name, exc)
             iface = None
     return Member(
-        key=(kind, namespace, name), own_labels=own, profiles=profiles,
+        key=(kind, namespace, name), own_labels=shared_labels(own), profiles=profiles,
         addrs4=a4, addrs6=a6, nets4=n4, nets6=n6, ports=ports,
         node=spec.get("node") if kind in ENDPOINT_KINDS else None,
         iface=iface,
