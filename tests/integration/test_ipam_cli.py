@@ -100,6 +100,24 @@ def test_check_finds_handle_and_affinity_damage(ctl, setup, etcd_client):
         "block 198.19.0.0/26 is affine to node-a but node-a has no affinity key"]
 
 
+def test_an_unreadable_block_is_reported_and_the_rest_still_checked(ctl, setup, etcd_client):
+    """A block key holding garbage neither stops `ipam check` nor goes unnoticed: it is
+    a problem of its own, and the good blocks are checked as before."""
+    ipam, used, leaked = setup
+    bad = "/calico/ipam/v2/assignment/ipv4/block/198.19.9.0-26"
+    etcd_client.put(bad, b"{not json")
+    try:
+        code, out, _ = ctl("ipam", "check", "-o", "json")
+        report = json.loads(out)
+        assert code == 1
+        assert [x["key"] for x in report["unreadableBlocks"]] == [bad]
+        assert [x["ip"] for x in report["allocationsWithoutEndpoints"]] == [leaked]
+        code, out, _ = ctl("ipam", "check")
+        assert "Found 1 blocks whose value cannot be read" in out and bad in out
+    finally:
+        etcd_client.delete(bad)
+
+
 def test_release_refuses_addresses_in_use(ctl, setup):
     ipam, used, leaked = setup
     code, _, err = ctl("ipam", "release", "--ip", used)

@@ -202,6 +202,8 @@ def cmd_check(args: argparse.Namespace, ctx: Any) -> int:
             f"{x['block']}  node {x['node']}  ({x['inUse']} in use)" for x in report.blocks_of_missing_nodes]),
         ("affinity inconsistencies", report.affinity_mismatches),
         ("handle inconsistencies", report.handle_mismatches),
+        ("blocks whose value cannot be read (left out of every count)", [
+            f"{x['key']}  {x['reason']}" for x in report.unreadable_blocks]),
     ]
     for title, lines in sections:
         print(f"Found {len(lines)} {title}.", file=out)

@@ -27,6 +27,7 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Any
 
+from calico_net.datastore.etcd import show_key
 from calico_net.ipam.block import ATTR_NODE, ATTR_TYPE, IPAddress, parse_ip
 from calico_net.ipam.client import IPAM
 from calico_net.ipam.pools import pool_for
@@ -52,12 +53,14 @@ class CheckReport:
     blocks_of_missing_nodes: list[dict[str, str]] = field(default_factory=list)
     affinity_mismatches: list[str] = field(default_factory=list)
     handle_mismatches: list[str] = field(default_factory=list)
+    unreadable_blocks: list[dict[str, str]] = field(default_factory=list)
 
     @property
     def problems(self) -> int:
         return (len(self.allocations_without_endpoints) + len(self.endpoints_without_allocations)
                 + len(self.duplicate_endpoint_ips) + len(self.blocks_of_missing_nodes)
-                + len(self.affinity_mismatches) + len(self.handle_mismatches))
+                + len(self.affinity_mismatches) + len(self.handle_mismatches)
+                + len(self.unreadable_blocks))
 
     @property
     def clean(self) -> bool:
@@ -73,6 +76,7 @@ class CheckReport:
             "blocksOfMissingNodes": self.blocks_of_missing_nodes,
             "affinityMismatches": self.affinity_mismatches,
             "handleMismatches": self.handle_mismatches,
+            "unreadableBlocks": self.unreadable_blocks,
         }
 
 
@@ -132,7 +136,9 @@ def _tunnel_in_use(a: IPAddress, attr_type: str, holder: str | None,
 def check(ipam: IPAM) -> CheckReport:
     ds = ipam.datastore
     report = CheckReport()
-    blocks = ipam.blocks()
+    unreadable: list[tuple[str, str]] = []
+    blocks = ipam.blocks(unreadable=unreadable)
+    report.unreadable_blocks = [{"key": show_key(k), "reason": r} for k, r in unreadable]
     affinities = ipam.affinities()
     handles = ipam.handles()
     pools = ipam.pools()

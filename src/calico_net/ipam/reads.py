@@ -5,10 +5,11 @@ blocks, affinities and handles. Nothing here writes to etcd.
 from __future__ import annotations
 
 import ipaddress
+import logging
 from typing import Any, Sequence
 
 from calico_net.datastore.errors import BadStoredValue, ResourceNotFound
-from calico_net.datastore.etcd import KV, key_bytes, op_get, op_get_prefix
+from calico_net.datastore.etcd import KV, key_bytes, op_get, op_get_prefix, show_key
 from calico_net.datastore.store import decode, kind_prefix, resource_key
 from calico_net.ipam import keys
 from calico_net.ipam.block import AllocationBlock, IPAddress, IPNetwork, parse_cidr, parse_ip
@@ -36,6 +37,8 @@ from calico_net.ipam.records import (
     pool_revisions,
 )
 from calico_net.ipam.reservations import RESERVATION_PREFIX, Reservations
+
+log = logging.getLogger(__name__)
 
 # Blocks read together in one request: when a fresh view is taken, and when a client
 # meets affine blocks it has not cached (a new CNI process on a node with many blocks).
@@ -202,13 +205,27 @@ class IPAMReads(IPAMCaches):
         return chosen
 
     # ------------------------------------------------------------------ blocks
-    def blocks(self, version: int | None = None) -> list[AllocationBlock]:
-        """Every allocation block (of one IP version, or both)."""
+    def blocks(self, version: int | None = None,
+               unreadable: list[tuple[str, str]] | None = None) -> list[AllocationBlock]:
+        """Every allocation block (of one IP version, or both). A block key whose value
+        cannot be read (not JSON, wrong shape) is logged and left out — one bad key
+        must not stop every reader — and, when `unreadable` is given, listed there as
+        (key, reason) for the caller to report."""
         kvs, _ = self.client.get_prefix(keys.block_prefix(version))
         out = []
         for kv in kvs:
-            if keys.parse_block_key(kv.key) is not None and kv.value:
-                out.append(parse_block([kv])[0])
+            if keys.parse_block_key(kv.key) is None or not kv.value:
+                continue
+            try:
+                blk = parse_block([kv])[0]
+            except (ValueError, TypeError, KeyError, AttributeError) as e:
+                reason = f"{e.__class__.__name__}: {str(e)[:200]}"
+                log.warning("skipping IPAM block %s: unreadable value (%s)", show_key(kv.key), reason)
+                if unreadable is not None:
+                    unreadable.append((kv.key, reason))
+                continue
+            if blk is not None:
+                out.append(blk)
         return out
 
     def _block_cidrs(self, version: int) -> set[IPNetwork]:
