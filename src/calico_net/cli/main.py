@@ -76,9 +76,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     for module in (resources, patch, node, ipam, migrate, explain):
         module.register(sub)
-    from calico_net.cli import verify
-
-    verify.register(sub)  # `node verify`: added under the node noun registered above
 
     v = sub.add_parser("version", help="print the client version and the cluster's",
                        description="Print calicoctl's version, then the cluster's as recorded in "

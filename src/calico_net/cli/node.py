@@ -67,3 +67,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     from calico_net.cli import nodecheck
 
     nodecheck.register(nsub, add_bird_socket)
+    from calico_net.cli import verify
+
+    verify.register(nsub)

@@ -59,11 +59,9 @@ def cmd_verify(args: argparse.Namespace, ctx: Any) -> int:
     return 1 if failed else 0
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    """Add `verify` under the `node` noun registered by calico_net.cli.node."""
-    node_parser = sub.choices["node"]
-    nested = [a for a in node_parser._actions if isinstance(a, argparse._SubParsersAction)][0]
-    p = nested.add_parser("verify", help="check this host's fabric: etcd, BGP, routes, agent, MTU, IPAM",
+def register(nsub: argparse._SubParsersAction) -> None:
+    """Add `verify` under the `node` noun (calico_net.cli.node passes its subparsers)."""
+    p = nsub.add_parser("verify", help="check this host's fabric: etcd, BGP, routes, agent, MTU, IPAM",
                           description="Verify this host against the datastore; exit 1 on any failure, "
                                       "each with its fix.")
     p.add_argument("-o", "--output", default="table", choices=["table", "json"])
