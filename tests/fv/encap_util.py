@@ -478,13 +478,14 @@ class Cluster(bu.Fabric):
     # -- pods
 
     def add_pod(self, h: EncHost, name: str | None = None,
-                labels: dict[str, str] | None = None) -> Pod:
-        """An IPAM address from a block affine to ``h``, wired like the CNI plugin, its
+                labels: dict[str, str] | None = None, pools: list[str] | None = None) -> Pod:
+        """An IPAM address from a block affine to ``h`` (or borrowed, when ``pools``
+        has none free and strict affinity is off), wired like the CNI plugin, its
         WorkloadEndpoint in etcd (the agent then routes it and applies policy)."""
         self._workload_seq += 1
         name = name or f"{h.name}-w{self._workload_seq}"
         handle = f"enc-{name}"
-        v4, _ = self.ipam.auto_assign(handle, h.name, num_v4=1)
+        v4, _ = self.ipam.auto_assign(handle, h.name, num_v4=1, pools_v4=pools)
         ip = str(v4[0])
         ns = f"{h.ns}-{name.split('-', 1)[-1]}"
         iface = bu.iface_name(ns)

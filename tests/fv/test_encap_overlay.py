@@ -150,12 +150,18 @@ def bird_has_route(h: eu.EncHost, block: str) -> bool:
 
 
 def assert_tunnel_addr(c: eu.Cluster, h: eu.EncHost, dev: str, field_path: tuple[str, ...]) -> str:
-    spec: dict = c.node(h)["spec"]
-    for k in field_path:
-        spec = spec.get(k) or {}
-    addr = spec if isinstance(spec, str) else ""
-    assert addr and eu.in_pool(addr), (h.name, field_path, c.node(h)["spec"])
-    assert h.addrs(dev) == [addr], (h.name, dev, h.addrs(dev), addr)
+    def node_addr() -> str:
+        spec: dict = c.node(h)["spec"]
+        for k in field_path:
+            spec = spec.get(k) or {}
+        return spec if isinstance(spec, str) else ""
+    # The routes (via node IPs for IP-in-IP) can be in before the allocator has
+    # written the Node and the agent has put the address on the device: wait for it.
+    bu.wait_for(lambda: (a := node_addr()) != "" and h.addrs(dev) == [a], CONVERGE,
+                f"{h.name}'s tunnel address in its Node and on {dev}",
+                lambda: str((h.name, dev, h.addrs(dev), c.node(h)["spec"])))
+    addr = node_addr()
+    assert eu.in_pool(addr), (h.name, field_path, c.node(h)["spec"])
     return addr
 
 
@@ -435,6 +441,87 @@ def test_switch_ipip_to_vxlan(cluster: eu.Cluster) -> None:
     bu.wait_for(lambda: all(no_ipip_left(h) for h in c.hosts), CONVERGE,
                 "no route via tunl0, no address on it, no IP-in-IP address in any Node", c.diag)
     c.wait_all_connected(CONVERGE)
+
+
+# ------------------------------------------- 6b. a borrowed address over VXLAN
+
+#: a VXLAN pool of two /26 blocks for workloads only (no tunnel address comes from it):
+#: h1 and h3 claim one each, so h2 finds no free block and borrows from theirs
+SMALL_POOL = "198.19.179.0/25"
+
+
+def test_vxlan_borrowed_address_routed_to_its_node(cluster: eu.Cluster) -> None:
+    """Strict affinity off, h2 without a free block: its workload's address comes from
+    a block affine to h1 or h3. Every other node routes that /32 via vxlan.calico to
+    h2's tunnel address (the block's owner too, beside its block route), every pod
+    reaches it (TCP and ICMP), and deleting the workload removes the /32 everywhere."""
+    c = cluster
+    c.set_backend("vxlan")
+    c.set_pool("Never", "Always")
+    wait_overlay_routes(c, vxlan_routes)
+    h1, h2, h3 = c.host("h1"), c.host("h2"), c.host("h3")
+    c.ipam.set_config(strict_affinity=False)
+    c.apply({"apiVersion": "projectcalico.org/v3", "kind": "IPPool", "metadata": {"name": "enc-small"},
+             "spec": {"cidr": SMALL_POOL, "blockSize": 26, "vxlanMode": "Always",
+                      "allowedUses": ["Workload"]}})
+    made: list[eu.Pod] = []
+    try:
+        made += [c.add_pod(h1, "h1-sa", pools=[SMALL_POOL]), c.add_pod(h3, "h3-sb", pools=[SMALL_POOL])]
+        t0 = time.monotonic()
+        w = c.add_pod(h2, "h2-borrow", pools=[SMALL_POOL])
+        made.append(w)
+        assert eu.in_pool(w.ip, SMALL_POOL) and not any(eu.in_pool(w.ip, b) for b in c.blocks_of(h2)), \
+            (w.ip, c.blocks_of(h2))
+        owner = next(h for h in (h1, h3) if any(eu.in_pool(w.ip, b) for b in c.blocks_of(h)))
+        (block,) = [b for b in c.blocks_of(owner) if eu.in_pool(w.ip, b)]
+        tunnel = c.node(h2)["spec"]["ipv4VXLANTunnelAddr"]
+        others = [h for h in c.hosts if h is not h2]
+
+        def routed() -> bool:
+            return all(simplify(gateway_routes(h)).get(w.ip) == (tunnel, "vxlan.calico", True)
+                       for h in others)
+        bu.wait_for(routed, CONVERGE, f"{w.ip}/32 via {tunnel} dev vxlan.calico on h1 and h3", c.diag)
+        print(f"\nborrowed {w.ip} (block {block} of {owner.name}) routed on h1 and h3 after "
+              f"{time.monotonic() - t0:.2f} s")
+        print(f"--- {h3.name} ---\n{h3.route_table()}")
+        # the owner keeps its block route aggregated on the others; h2 has only its
+        # workload route (no gateway) for the address
+        third = h3 if owner is h1 else h1
+        assert gateway_routes(third).get(block, {}).get("dev") == "vxlan.calico", c.tables()
+        assert w.ip not in gateway_routes(h2) and w.ip in h2.routes("80"), h2.route_table()
+
+        sources = [p for p in c.pods() if p is not w]
+        rounds = [(p.ns, targets(w, 8080, 0)) for p in sources]
+
+        def all_reach() -> bool:
+            return all(all(r.values()) for r in c.probe_round(rounds))
+        bu.wait_for(all_reach, CONVERGE, f"every pod reaches {w.ip} (TCP and ICMP)",
+                    lambda: str(c.probe_round(rounds)))
+        for p, r in zip(sources, c.probe_round(rounds)):
+            assert r[f"{w.name}|8080"] == p.ip, (p.name, r)   # not masqueraded on the way
+
+        # deleted: the /32 goes everywhere; the owner's other workload in the block
+        # stays reachable (the allowed probe beside the now failing one)
+        t0 = time.monotonic()
+        c.remove_pod(w)
+        made.remove(w)
+        bu.wait_for(lambda: all(w.ip not in gateway_routes(h) for h in c.hosts), CONVERGE,
+                    f"{w.ip}/32 gone from every host", c.diag)
+        print(f"{w.ip}/32 removed everywhere {time.monotonic() - t0:.2f} s after the workload's removal "
+              "began (endpoint deleted first, then its address, server and namespace)")
+        neighbour = next(p for p in made if p.host is owner)
+        src = pod(c, third.name)
+        r = c.probe(src, [("gone", w.ip, 0), ("kept", neighbour.ip, 0), ("kept|8080", neighbour.ip, 8080)])
+        assert r == {"gone": False, "kept": True, "kept|8080": src.ip}, r
+    finally:
+        for p in made:
+            c.remove_pod(p)
+        for h in c.hosts:
+            for b in c.blocks_of(h):
+                if eu.in_pool(b, SMALL_POOL):
+                    c.ipam.release_affinity(h.name, b)
+        c.delete("IPPool", "enc-small")
+    wait_overlay_routes(c, vxlan_routes)
 
 
 # ------------------------------------------------------- 7. deleting the pool

@@ -390,7 +390,8 @@ class Resolver:
                     break
             if pool is None:
                 continue
-            if any(v == version and value >> host_bits in nets for v, host_bits, nets in self.own.get(node, ())):
+            if any(v == version and value >> host_bits in nets
+                   for v, host_bits, nets in self.own.get(node, ())):
                 continue    # inside its node's own block: the block route covers it
             n = self.facts.get(node)
             if n is None:
