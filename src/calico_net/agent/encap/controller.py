@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import sys
 from dataclasses import replace
 from typing import Any, Callable, Mapping, Protocol
 
@@ -207,7 +208,8 @@ class EncapController:
         node = spec.get("node") if spec is not None else None
         entry = None
         if isinstance(node, str) and node and node != self.node_name:
-            entry = (node, _host_addresses(spec.get("ipNetworks")))   # type: ignore[union-attr]
+            # one string per node name, not one per endpoint
+            entry = (sys.intern(node), _host_addresses(spec.get("ipNetworks")))  # type: ignore[union-attr]
             if not entry[1]:
                 entry = None
         old = self.endpoints.get(key)
