@@ -99,3 +99,38 @@ def test_remote_label_change_touches_only_the_sets_it_enters_or_leaves():
     assert set(ch.elements) <= {name[2]}
     assert not ch.policies and not ch.profiles and not ch.endpoints and not ch.sets
     assert {k: idx.set_elements(n) for k, n in name.items()} == before
+
+
+def test_grouped_labels_index_each_distinct_label_set_once_and_select_like_a_label_index():
+    import random
+
+    from calico_net.agent.felix.selector_matcher import GroupedLabels
+    from calico_net.model.selector import LabelIndex
+
+    rnd = random.Random(22)
+    grouped, plain = GroupedLabels(), LabelIndex()
+    sels = [parse_selector(t) for t in ("app == 'a1'", "has(role)", "app != 'a2'", "role in {'r0', 'r1'}",
+                                        "!has(app) || role == 'r2'", "all()")]
+    for step in range(3000):
+        item = rnd.randrange(400)
+        if rnd.random() < 0.1:
+            grouped.remove(item)
+            plain.remove(item)
+            continue
+        labels = {"app": f"a{rnd.randrange(4)}"} if rnd.random() < 0.9 else {}
+        if rnd.random() < 0.7:
+            labels["role"] = f"r{rnd.randrange(3)}"
+        grouped.add(item, labels)
+        plain.add(item, labels)
+        if step % 250 == 0:
+            for sel in sels:
+                assert grouped.select(sel) == plain.select(sel), sel
+    for sel in sels:
+        assert grouped.select(sel) == plain.select(sel) == grouped.select_brute_force(sel)
+    assert len(grouped) == len(plain)
+    assert all(grouped.labels(i) == plain.labels(i) for i in plain)
+    # at most 4 apps (or none) x 3 roles (or none): the label sets, not the 400 items
+    assert len(grouped.sets) <= 20 < len(grouped)
+    for i in list(plain):
+        grouped.remove(i)
+    assert len(grouped.sets) == 0 and not grouped.select(parse_selector("all()"))

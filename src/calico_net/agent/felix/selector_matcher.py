@@ -7,6 +7,11 @@ prefilter built from what each selector cannot match without); a changed selecto
 re-selected through a `LabelIndex` (set algebra); a large batch of changed items, as
 on a cold start, re-selects every selector instead of evaluating item by item. It
 knows nothing about policies or endpoints: the policy index uses two of them.
+
+The items' labels are held by `GroupedLabels`: each distinct label set is indexed
+once, with the items that carry it. In a cluster 100,000 endpoints carry a few
+hundred distinct label sets (the pods of one deployment share theirs), so the
+inverted index grows with the label sets, not with the endpoints.
 """
 from __future__ import annotations
 
@@ -25,13 +30,91 @@ from calico_net.model.selector import (
     StartsWith,
 )
 
-__all__ = ["SelectorMatcher"]
+__all__ = ["SelectorMatcher", "GroupedLabels"]
+
+Group = tuple[Any, ...]
+
+
+class GroupedLabels:
+    """Items' label sets, each distinct set indexed once in a `LabelIndex` (its id
+    is the set's (key, value) pairs in order), with the items that carry it.
+
+    Same queries as a `LabelIndex` over the items: ``select`` expands the matching
+    label sets into their items."""
+
+    def __init__(self) -> None:
+        self.sets = LabelIndex()                       # label-set id -> labels
+        self._group: dict[Hashable, Group] = {}        # item -> its label-set id
+        # label-set id -> (that id, the items carrying the set)
+        self._items: dict[Group, tuple[Group, set[Hashable]]] = {}
+
+    def __len__(self) -> int:
+        return len(self._group)
+
+    def __contains__(self, item: object) -> bool:
+        return item in self._group
+
+    def labels(self, item: Hashable) -> Mapping[str, str]:
+        """The label set of ``item`` (KeyError if unknown)."""
+        return self.sets.labels(self._group[item])
+
+    def add(self, item: Hashable, labels: Mapping[str, str]) -> None:
+        """Add ``item`` or replace its labels."""
+        gid: Group = tuple(labels.items())
+        try:
+            hash(gid)
+        except TypeError:
+            # unhashable values (bad data): a label set of its own; (None, item)
+            # cannot equal a tuple of (key, value) pairs
+            gid = (None, item)
+        old = self._group.get(item)
+        if old == gid:
+            return
+        if old is not None:
+            self._leave(item, old)
+        entry = self._items.get(gid)
+        if entry is None:
+            entry = self._items[gid] = (gid, set())
+            self.sets.add(gid, labels)
+        # the label set's own id, not this call's equal copy: one per distinct set
+        self._group[item] = entry[0]
+        entry[1].add(item)
+
+    def remove(self, item: Hashable) -> None:
+        """Forget ``item``; unknown items are ignored."""
+        old = self._group.pop(item, None)
+        if old is not None:
+            self._leave(item, old)
+
+    def _leave(self, item: Hashable, gid: Group) -> None:
+        items = self._items[gid][1]
+        items.discard(item)
+        if not items:
+            del self._items[gid]
+            self.sets.remove(gid)
+
+    def select(self, sel: Selector | str) -> set[Hashable]:
+        """The items whose labels match ``sel``; the set is the caller's."""
+        return self._expand(self.sets.select(sel))
+
+    def select_brute_force(self, sel: Selector | str) -> set[Hashable]:
+        """Reference implementation (tests): ``evaluate`` on every label set."""
+        return self._expand(self.sets.select_brute_force(sel))
+
+    def _expand(self, gids: set[Hashable]) -> set[Hashable]:
+        items = self._items
+        if len(gids) == 1:
+            return set(items[next(iter(gids))][1])  # type: ignore[index]
+        out: set[Hashable] = set()
+        for g in gids:
+            out |= items[g][1]  # type: ignore[index]
+        return out
 
 
 class SelectorMatcher:
     """Who matches whom, between a family of selectors and a family of labelled items.
 
-    The items' labels live in a `LabelIndex`, which several matchers may share; a
+    The items' labels live in a `GroupedLabels`, which several matchers may share; a
     matcher given a `universe` only considers the items in it (the policy matcher
     shares the member index and restricts it to local endpoints)."""
 
@@ -39,8 +122,8 @@ class SelectorMatcher:
     #: each changed item against each selector
     BULK_ITEMS = 256
 
-    def __init__(self, index: LabelIndex | None = None, use_universe: bool = False) -> None:
-        self.index = index if index is not None else LabelIndex()
+    def __init__(self, index: GroupedLabels | None = None, use_universe: bool = False) -> None:
+        self.index = index if index is not None else GroupedLabels()
         self._owns_index = index is None
         self.universe: set[Hashable] | None = set() if use_universe else None
         self.selectors: dict[Hashable, Selector] = {}
