@@ -366,8 +366,10 @@ def test_mesh_password_from_secret_file(fabric: bu.Fabric) -> None:
     before = {h.name: {n: s.since for n, s in h.sessions().items() if n.startswith("Mesh_")}
               for h in f.hosts}
     # BIRD's "since" has one-second resolution here: a session that came up in the same
-    # second as its restart would look unchanged. Restart it in a later second.
-    time.sleep(1.1)
+    # second as its restart would look unchanged. Restart it in a later second: the
+    # condition is the clock's second moving past the one `before` was read in.
+    taken = int(time.time())
+    bu.wait_for(lambda: int(time.time()) > taken, CONVERGE, "the next clock second")
     f.apply({"apiVersion": "projectcalico.org/v3", "kind": "BGPConfiguration",
              "metadata": {"name": "default"},
              "spec": {"nodeToNodeMeshEnabled": True, "asNumber": bu.CLUSTER_AS,
