@@ -93,7 +93,7 @@ class Sink:
 
     def next(self, what):
         while True:
-            ev = self.q.get(timeout=5)
+            ev = self.q.get(timeout=60)   # a hang guard, not a speed check
             if ev[0] == what:
                 return ev
 

@@ -203,7 +203,8 @@ def make(tmp_path: Path, etcd: FakeEtcd | None = None, **kw: Any) -> tuple[Confd
     return confd, bird
 
 
-def wait(cond, timeout: float = 10, what: str = "condition") -> Any:
+def wait(cond, timeout: float = 60, what: str = "condition") -> Any:
+    """Poll `cond` until true; the timeout is a hang guard, not a speed check."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         v = cond()
