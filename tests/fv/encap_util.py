@@ -611,7 +611,8 @@ class Cluster(bu.Fabric):
                 raise RuntimeError(f"tcpdump did not start: {line}")
             yield pcap
         finally:
-            time.sleep(0.3)  # the last packets of the block reach the file
+            # the probes are answered, so their packets crossed the interface; tcpdump
+            # writes each at once (-U, --immediate-mode) and flushes on SIGINT
             if proc.poll() is None:
                 proc.send_signal(signal.SIGINT)
                 try:

@@ -65,7 +65,7 @@ def setup_policy(env):
 
 def reach(env, src: int, targets: list[tuple[str, int, int]]) -> dict[str, bool]:
     s = env.workloads[src]
-    return L.probe(s, [(label, env.workloads[dst].ip, port) for label, dst, port in targets], timeout=0.4)
+    return L.probe(s, [(label, env.workloads[dst].ip, port) for label, dst, port in targets], timeout=2.0)
 
 
 def enforced(env) -> dict[str, bool]:
