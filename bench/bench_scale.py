@@ -265,7 +265,27 @@ def churn(etcd, agent: Agent, args, first_remote: int) -> dict:
 
     client = etcd.client()
     mon = Monitor()
-    time.sleep(0.5)    # the monitor subscribed before the first write
+    # `nft monitor` reads the whole ruleset before it reports (seconds at 100k set
+    # elements): a change it reports says it is listening; one made before then is
+    # missed, so the change is made again (to another set) every 2 s until seen
+    i = first_remote + args.remote - 1
+    mon.want(addr(i))
+    t = time.perf_counter()
+    k = 0
+    while addr(i) not in mon.seen and time.perf_counter() - t < 120:
+        d = wep(i, remote_node(i, args.nodes), args.profiles, role_shift=2 + k % 2)
+        client.put(resource_key("WorkloadEndpoint", d["metadata"]["name"], d["metadata"]["namespace"]),
+                   orjson.dumps(d))
+        k += 1
+        t_put = time.perf_counter()
+        while addr(i) not in mon.seen and time.perf_counter() - t_put < 2:
+            time.sleep(0.02)
+    if addr(i) not in mon.seen:
+        print("nft monitor saw no change in 120 s", flush=True)
+    print(f"nft monitor listening after {time.perf_counter() - t:.1f} s ({k} warm-up changes)", flush=True)
+    with mon.lock:
+        mon.seen.clear()
+        mon.wanted.clear()
     n = int(args.churn * args.churn_seconds)
     step = max(1, args.remote // max(1, n))
     written: dict[str, float] = {}
