@@ -134,3 +134,24 @@ def test_grouped_labels_index_each_distinct_label_set_once_and_select_like_a_lab
     for i in list(plain):
         grouped.remove(i)
     assert len(grouped.sets) == 0 and not grouped.select(parse_selector("all()"))
+
+
+def test_items_that_match_alike_share_one_match_set():
+    idx = PolicyIndex(NODE)
+    for k in range(2):
+        idx.update("GlobalNetworkPolicy", f"p{k}", None, {
+            "kind": "GlobalNetworkPolicy", "metadata": {"name": f"p{k}"},
+            "spec": {"selector": "all()", "ingress": [{"action": "Allow", "source": {"selector": f"role == 'r{k}'"}}]}})
+    docs = [wep(i, {"role": "r0"}) for i in range(1, 4)]
+    for d in docs:
+        idx.update("WorkloadEndpoint", d["metadata"]["name"], "ns1", d)
+    idx.recompute()
+    m = idx.rule_matcher
+    keys = [("WorkloadEndpoint", "ns1", d["metadata"]["name"]) for d in docs]
+    assert len(m.matches_of(keys[0])) == 1
+    assert m.matches_of(keys[0]) is m.matches_of(keys[1]) is m.matches_of(keys[2])
+    d = wep(2, {"role": "r1"})          # one moves: its own (shared) set, the others' unchanged
+    idx.update("WorkloadEndpoint", d["metadata"]["name"], "ns1", d)
+    idx.recompute()
+    assert m.matches_of(keys[0]) is m.matches_of(keys[2])
+    assert m.matches_of(keys[1]) != m.matches_of(keys[0]) and len(m.matches_of(keys[1])) == 1

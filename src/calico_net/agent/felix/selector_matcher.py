@@ -128,7 +128,14 @@ class SelectorMatcher:
         self.universe: set[Hashable] | None = set() if use_universe else None
         self.selectors: dict[Hashable, Selector] = {}
         self.members: dict[Hashable, set[Hashable]] = {}
-        self.matches: dict[Hashable, set[Hashable]] = {}
+        # item -> the selectors it matches: one shared frozenset per distinct match
+        # set (items with one label set match alike), reached through transition
+        # caches (a frozenset caches its hash, so a lookup costs a tuple)
+        self.matches: dict[Hashable, frozenset[Hashable]] = {}
+        self._one: dict[Hashable, frozenset[Hashable]] = {}
+        self._plus: dict[tuple[frozenset[Hashable], Hashable], frozenset[Hashable]] = {}
+        self._minus: dict[tuple[frozenset[Hashable], Hashable], frozenset[Hashable]] = {}
+        self._shared: dict[frozenset[Hashable], frozenset[Hashable]] = {}
         self._dirty_items: set[Hashable] = set()
         self._dirty_sels: set[Hashable] = set()
         self._skip: set[Hashable] | frozenset[Hashable] = frozenset()
@@ -222,12 +229,9 @@ class SelectorMatcher:
         skip = self._skip
         if not old:
             # the common bulk case (a selector's first selection, a cold start)
+            plus = self._plus_one
             for it in new:
-                m = matches.get(it)
-                if m is None:
-                    matches[it] = {key}
-                else:
-                    m.add(key)
+                matches[it] = plus(matches.get(it), key)
             if skip:
                 changes.extend([(key, it, True) for it in new if it not in skip])
             else:
@@ -236,25 +240,55 @@ class SelectorMatcher:
         for it in (old - new) if new else old:
             m = matches.get(it)
             if m is not None:
-                m.discard(key)
-                if not m:
+                m = self._minus_one(m, key)
+                if m:
+                    matches[it] = m
+                else:
                     del matches[it]
             if it not in skip:
                 changes.append((key, it, False))
         for it in (new - old) if old else new:
-            m = matches.get(it)
-            if m is None:
-                matches[it] = {key}
-            else:
-                m.add(key)
+            matches[it] = self._plus_one(matches.get(it), key)
             if it not in skip:
                 changes.append((key, it, True))
+
+    def _plus_one(self, m: frozenset[Hashable] | None, key: Hashable) -> frozenset[Hashable]:
+        """The shared match set `m` ∪ {key}."""
+        if m is None:
+            got = self._one.get(key)
+            if got is None:
+                got = self._one[key] = frozenset((key,))
+            return got
+        t = (m, key)
+        got = self._plus.get(t)
+        if got is None:
+            new = m | {key}
+            got = self._plus[t] = self._shared.setdefault(new, new)
+        return got
+
+    def _minus_one(self, m: frozenset[Hashable], key: Hashable) -> frozenset[Hashable]:
+        """The shared match set `m` - {key}."""
+        t = (m, key)
+        got = self._minus.get(t)
+        if got is None:
+            new = m - {key}
+            got = self._minus[t] = self._shared.setdefault(new, new)
+        return got
+
+    #: the transition caches are dropped past this size (they hold sets no item
+    #: may use any more; dropping them costs only sharing for later changes)
+    CACHE_LIMIT = 1 << 16
 
     def recompute(self, skip: set[Hashable] | frozenset[Hashable] = frozenset()
                   ) -> list[tuple[Hashable, Hashable, bool]]:
         """Fold pending changes in; returns (selector key, item, matched now?) pairs,
         leaving out items in `skip` (the caller handles those wholesale)."""
         self._skip = skip
+        if len(self._plus) + len(self._minus) + len(self._shared) > self.CACHE_LIMIT:
+            self._plus.clear()
+            self._minus.clear()
+            self._shared.clear()
+            self._one.clear()
         changes: list[tuple[Hashable, Hashable, bool]] = []
         dirty_sels, self._dirty_sels = self._dirty_sels, set()
         items, self._dirty_items = self._dirty_items, set()
