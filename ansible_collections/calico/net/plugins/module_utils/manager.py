@@ -35,6 +35,7 @@ try:
     from calico_net.datastore import ResourceNotFound
     from calico_net.errors import ValidationError
     from calico_net.model import parse_resource, resolve_kind
+    from calico_net.model.registry import warning_lines
 except ImportError:  # reported by common.run_module
     pass
 
@@ -182,6 +183,12 @@ class ResourceManager:
             changed=any(p.changed for p in plans),
             resources=resources,
         )
+        # Fields calico.net stores without effect: named, as calicoctl names them on
+        # stderr, so nothing a task sets is ignored silently.
+        warnings = [line[len("Warning: "):] for p in plans if p.after is not None
+                    for line in warning_lines(p.after)]
+        if warnings:
+            result["warnings"] = warnings
         if self.diff:
             if len(plans) == 1:
                 p = plans[0]
