@@ -13,6 +13,7 @@ other), here one key is both.
 """
 from __future__ import annotations
 
+import json
 import re
 
 from calico_net.datastore.store import RESOURCE_PREFIX
@@ -76,6 +77,25 @@ def parse_affinity_key(key: str) -> tuple[str, IPNetwork] | None:
         return m.group(1), cidr_from_key_part(m.group(2))
     except ValueError:
         return None
+
+
+def live_affinity(key: str, value: bytes | None) -> tuple[str, IPNetwork] | None:
+    """(node, block) of an affinity key that holds the block (confirmed, or pending as
+    Calico writes it first); None when the affinity is on its way out (pending
+    deletion, deleted). Raises ValueError for a key or value that is not an affinity."""
+    parsed = parse_affinity_key(key)
+    if parsed is None:
+        raise ValueError("not an affinity key")
+    try:
+        doc = json.loads(value or b"{}")
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"value is not JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise ValueError("value is not a JSON object")
+    state = doc.get("state", AFFINITY_CONFIRMED)
+    if state == AFFINITY_PENDING_DELETION or doc.get("deleted") is True:
+        return None
+    return parsed
 
 
 def parse_handle_key(key: str) -> str | None:

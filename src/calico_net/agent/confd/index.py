@@ -112,16 +112,8 @@ class BGPIndex:
         parsed = ipam_keys.parse_affinity_key(kv.key)
         if parsed is None or parsed[0] != self.node_name:
             raise ValueError("not an affinity key of this node")
-        try:
-            value = json.loads(kv.value or b"{}")
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ValueError(f"value is not JSON: {exc}") from None
-        if not isinstance(value, dict):
-            raise ValueError("value is not a JSON object")
-        state = value.get("state", ipam_keys.AFFINITY_CONFIRMED)
-        if state == ipam_keys.AFFINITY_PENDING_DELETION or value.get("deleted") is True:
-            return None
-        return str(parsed[1])
+        live = ipam_keys.live_affinity(kv.key, kv.value)
+        return None if live is None else str(live[1])
 
     # -- updates
 

@@ -11,7 +11,6 @@ turns bad or pending-deletion is a removal.
 """
 from __future__ import annotations
 
-import json
 import logging
 import queue
 import threading
@@ -35,19 +34,8 @@ class _WatchEnded(Exception):
 def parse_affinity(kv: KV) -> tuple[str, str] | None:
     """(node, block CIDR) of a live affinity; None when the affinity is on its way
     out. Raises ValueError for a bad key or value."""
-    parsed = ipam_keys.parse_affinity_key(kv.key)
-    if parsed is None:
-        raise ValueError("not an affinity key")
-    try:
-        value = json.loads(kv.value or b"{}")
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ValueError(f"value is not JSON: {exc}") from None
-    if not isinstance(value, dict):
-        raise ValueError("value is not a JSON object")
-    state = value.get("state", ipam_keys.AFFINITY_CONFIRMED)
-    if state == ipam_keys.AFFINITY_PENDING_DELETION or value.get("deleted") is True:
-        return None
-    return parsed[0], str(parsed[1])
+    live = ipam_keys.live_affinity(kv.key, kv.value)
+    return None if live is None else (live[0], str(live[1]))
 
 
 class AffinityWatcher(SnapshotWatcher):
