@@ -15,6 +15,9 @@ annotation of BGPConfiguration ``default``) and measures:
    kernel. With BFD (300 ms × 5) B notices within 1.5 s; without BFD graceful restart
    keeps A's routes as stale for 120 s (measured up to ``--no-bfd-cap`` seconds with
    ``--compare-no-bfd``).
+3. service CIDR: BGPConfiguration ``default`` gets a new ``serviceClusterIPs`` entry →
+   the route is in a top-of-rack BIRD's kernel (it peers with every host). Timed from
+   the etcd write to the ``ip monitor route`` event in the ToR's namespace.
 
 Run as root: ``.venv/bin/python bench/bench_bgp.py [--trials 20] [--kill-trials 3]``.
 Prints figures; asserts nothing (targets: p99 ≤ 2 s, routes gone ≤ 10 s with BFD).
@@ -146,6 +149,33 @@ def kill_trials(f: bu.Fabric, a: bu.Host, b: bu.Host, mon: RouteMonitor, trials:
     return out
 
 
+def service_cidr_trials(f: bu.Fabric, trials: int) -> list[float]:
+    """serviceClusterIPs written -> the CIDR in the ToR's kernel (BIRD's route)."""
+    f.start_tor()
+    f.apply({"apiVersion": "projectcalico.org/v3", "kind": "BGPPeer", "metadata": {"name": "tor"},
+             "spec": {"peerIP": bu.TOR_IP, "asNumber": bu.TOR_AS}})
+    bu.wait_for(lambda: all(f"host_{h.name}" in bu.established(f.tor_sock) for h in f.hosts), 120,
+                "ToR sessions Established", f.diag)
+    mon = RouteMonitor(bu.TOR_NS)
+    lat = []
+    try:
+        for i in range(trials):
+            cidr = f"198.18.203.{i % 250 + 1}/32"
+            doc = f.ds.get("BGPConfiguration", "default")
+            doc["spec"]["serviceClusterIPs"] = [{"cidr": cidr}]
+            t0 = time.monotonic()
+            f.ds.replace(doc)
+            t = mon.wait_for(lambda e, c=cidr: e[1] and e[2] == c.split("/")[0] and "proto bird" in e[3],
+                             t0, 30)
+            if t is None:
+                print(f"  trial {i}: {cidr} never reached the ToR\n{f.diag()}", file=sys.stderr)
+                continue
+            lat.append(t - t0)
+    finally:
+        mon.stop()
+    return lat
+
+
 def set_bfd(f: bu.Fabric, on: bool) -> None:
     doc = f.ds.get("BGPConfiguration", "default")
     doc["metadata"].setdefault("annotations", {})["calico-net.io/bfd"] = "true" if on else "false"
@@ -196,6 +226,12 @@ def main() -> int:
                   f"mean {fmt_ms(statistics.mean(lat))} (target p99 <= 2 s)")
             print(f"  of which the IPAM auto_assign call (claim + 64 addresses): "
                   f"p50 {fmt_ms(pct(ipam_t, 50))}, max {fmt_ms(max(ipam_t))}")
+
+        svc = service_cidr_trials(f, args.trials)
+        if svc:
+            print(f"serviceClusterIPs change -> route in the ToR's kernel, {len(svc)} trials: "
+                  f"p50 {fmt_ms(pct(svc, 50))}, p90 {fmt_ms(pct(svc, 90))}, "
+                  f"p99 {fmt_ms(pct(svc, 99))}, max {fmt_ms(max(svc))}")
 
         kills = kill_trials(f, a, b, mon, args.kill_trials, args.kill_cap)
         shown = ", ".join(f"{k:.2f} s" if k is not None else f"> {args.kill_cap:.0f} s"

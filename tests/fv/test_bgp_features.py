@@ -13,9 +13,7 @@ datastore back the way it found it. Service CIDRs: 198.18.200.0/24-198.18.203.0/
 from __future__ import annotations
 
 import re
-import statistics
 import subprocess
-import time
 from typing import Iterator
 
 import pytest
@@ -28,7 +26,6 @@ CONVERGE = 60  # seconds: a generous deadline on a loaded 2-core CI machine
 CLUSTER_CIDR = "198.18.200.0/24"
 EXTERNAL_CIDR = "198.18.201.0/24"
 LB_CIDR = "198.18.202.0/24"
-BENCH_CIDR = "198.18.203.{}/32"
 TCP_PORT = 8080
 SMALL_POOL = "198.18.244.0/25"
 
@@ -343,24 +340,3 @@ def test_next_hop_keep_through_a_reflector(fabric: bu.Fabric) -> None:
         _set_default_spec(f, nodeToNodeMeshEnabled=True)
     bu.wait_for(lambda: all(_tor_established(f, h) for h in f.hosts), CONVERGE,
                 "ToR sessions back", f.diag)
-
-
-def test_bench_service_cidr_to_tor(fabric: bu.Fabric) -> None:
-    """Time from a serviceClusterIPs change in etcd to the route at the ToR."""
-    f = fabric
-    samples = []
-    try:
-        for i in range(1, 9):
-            cidr = BENCH_CIDR.format(i)
-            t0 = time.monotonic()
-            _set_default_spec(f, serviceClusterIPs=[{"cidr": cidr}])
-            bu.wait_for(lambda c=cidr: c.split("/")[0] in f.tor_routes(), CONVERGE,
-                        f"{cidr} at the ToR", f.diag, interval=0.01)
-            samples.append(time.monotonic() - t0)
-    finally:
-        _set_default_spec(f, serviceClusterIPs=None)
-    samples.sort()
-    p50 = statistics.median(samples)
-    p99 = samples[-1]
-    print(f"\nbench service CIDR -> ToR kernel: n={len(samples)} "
-          f"p50={p50 * 1000:.0f} ms p99={p99 * 1000:.0f} ms")
