@@ -107,7 +107,15 @@ class Channels:
         for k in range(n):
             idx = (start + k) % n
             try:
-                reply = method(self.stubs(idx))(request, timeout=self.timeout)
+                try:
+                    reply = method(self.stubs(idx))(request, timeout=self.timeout)
+                except grpc.RpcError as e:
+                    if not _not_sent_after_fork(e):
+                        raise
+                    # gRPC's fork handling can fail a forked child's first send on a new
+                    # channel ("Wrong file descriptor generation"): nothing was sent, so
+                    # sending once more is safe, even for a write
+                    reply = method(self.stubs(idx))(request, timeout=self.timeout)
             except grpc.RpcError as e:
                 if try_next(e):
                     errors.append(f"{self.endpoints[idx]}: {failure_text(e, self.timeout)}")
@@ -124,6 +132,10 @@ class Channels:
         for owner, channel, _ in channels.values():
             if owner == pid:
                 channel.close()
+
+
+def _not_sent_after_fork(e: grpc.RpcError) -> bool:
+    return "Wrong file descriptor generation" in (e.details() or "")
 
 
 def failure_text(e: grpc.RpcError, timeout: float | None = None) -> str:
