@@ -31,7 +31,7 @@ MOLECULE_ARGS :=
 endif
 
 test: deps venv
-	$(PY) -m pytest -q -p no:cacheprovider $(MOLECULE_ARGS) $(PYTEST_ARGS) tests
+	$(PY) -m pytest -q -p no:cacheprovider --durations=25 $(MOLECULE_ARGS) $(PYTEST_ARGS) tests
 
 test-molecule: deps venv
 	$(PY) -m pytest -q -p no:cacheprovider tests/ansible/test_molecule.py
