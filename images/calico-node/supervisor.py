@@ -6,6 +6,13 @@ is ``bird`` (the default), confd (``calico-confd``, its own process as in Calico
 in the foreground once confd has written BIRD's config. ``vxlan`` and ``none`` run the
 agent alone, as calico/node does: with ``vxlan`` the agent routes every block through
 VXLAN and nothing speaks BGP. Any other value is refused (exit 2) rather than guessed.
+
+Docker hosts: ``CALICO_LIBNETWORK_ENABLED=true`` adds the libnetwork plugin
+(``calico-libnetwork``: Docker's ``calico`` network and ``calico-ipam`` IPAM drivers on
+/run/docker/plugins/calico.sock) as a further child, as calico/node v2 ran it; the
+argument ``libnetwork`` instead runs the plugin alone, supervised the same way - the
+separate plugin container, as Calico shipped calico/libnetwork-plugin (mount
+/run/docker/plugins and the Docker socket; see docs/libnetwork.md).
 A child that exits is restarted with exponential backoff, up to a limit; a child that
 stays up for a while earns its restarts back. SIGTERM and SIGINT are forwarded to the
 children, which get a grace period before SIGKILL, and the supervisor then exits 0. When
@@ -21,6 +28,8 @@ Environment (all optional):
   CALICO_NETWORKING_BACKEND   ``bird`` (default), ``vxlan`` or ``none`` (the last two:
                               no confd, no BIRD)
   CALICO_CONFD_CMD            confd command line (default ``calico-confd``)
+  CALICO_LIBNETWORK_ENABLED   ``true``: run the libnetwork plugin too (default ``false``)
+  CALICO_LIBNETWORK_CMD       the plugin's command line (default ``calico-libnetwork``)
   CALICO_BIRD_CONFIG          BIRD config (default /etc/calico/confd/config/bird.cfg)
   CALICO_BIRD_SOCKET          BIRD control socket (default /var/run/calico/bird.ctl)
   CALICO_BIRD_CMD             BIRD command line; ``{config}`` and ``{socket}`` are
@@ -237,9 +246,34 @@ def networking_backend(env: dict[str, str]) -> str:
     return backend
 
 
-def build_children(env: dict[str, str]) -> list[Child]:
+#: CALICO_LIBNETWORK_ENABLED values
+BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+#: the entrypoint argument that runs the libnetwork plugin alone
+LIBNETWORK_MODE = "libnetwork"
+
+
+def libnetwork_enabled(env: dict[str, str]) -> bool:
+    """CALICO_LIBNETWORK_ENABLED: unset or empty is false; a value that is not a boolean
+    is refused, as a misspelt backend is."""
+    raw = env.get("CALICO_LIBNETWORK_ENABLED", "").strip().lower()
+    if not raw:
+        return False
+    if raw not in BOOLEANS:
+        raise ConfigError(f"CALICO_LIBNETWORK_ENABLED={raw!r} is not true or false")
+    return BOOLEANS[raw]
+
+
+def libnetwork_child(env: dict[str, str]) -> Child:
+    return Child("libnetwork", shlex.split(env.get("CALICO_LIBNETWORK_CMD", "") or "calico-libnetwork"))
+
+
+def build_children(env: dict[str, str], mode: str = "node") -> list[Child]:
+    if mode == LIBNETWORK_MODE:
+        return [libnetwork_child(env)]
     agent_cmd = shlex.split(env.get("CALICO_AGENT_CMD", "") or "calico-node")
     children = [Child("agent", agent_cmd)]
+    if libnetwork_enabled(env):
+        children.append(libnetwork_child(env))
     backend = networking_backend(env)
     if not BACKENDS[backend]:
         log(f"CALICO_NETWORKING_BACKEND={backend}: not starting confd and BIRD")
@@ -257,12 +291,16 @@ def build_children(env: dict[str, str]) -> list[Child]:
 
 
 def main(argv: list[str]) -> int:
-    if argv:
+    mode = "node"
+    if argv == [LIBNETWORK_MODE]:
+        # `docker run calico/node libnetwork`: the plugin alone, supervised
+        mode = LIBNETWORK_MODE
+    elif argv:
         # `podman run calico/node bird --version`: run that instead of supervising.
         os.execvp(argv[0], argv)
     env = dict(os.environ)
     try:
-        children = build_children(env)
+        children = build_children(env, mode)
     except ConfigError as exc:
         log(f"refusing to start: {exc}")
         return 2
