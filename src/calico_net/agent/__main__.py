@@ -6,6 +6,11 @@ Reads `NODENAME` (default: the hostname), the etcd connection (`ETCD_ENDPOINTS`,
 metrics listeners and runs the daemon until SIGTERM/SIGINT. Stopping leaves the
 dataplane as it is, so workloads keep their connectivity across a restart.
 
+Logs go to stderr at LogSeverityScreen and, while LogFilePath is a path (Felix's
+`none`, the built-in default here, turns it off), also to that file at
+LogSeverityFile (`LogSetup`: the file is reopened when it is moved away, as by
+logrotate; both follow a FelixConfiguration change without a restart).
+
 The overlay (IP-in-IP / VXLAN: `encap.controller`) is built here with its real
 pieces: the kernel layer, the block affinity watch and the tunnel address allocator.
 
@@ -16,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import logging.handlers
 import os
 import signal
 import socket
@@ -60,6 +66,63 @@ def build_parser() -> argparse.ArgumentParser:
         _environment_help())
 
 
+LOG_FORMAT = "%(asctime)s [%(levelname)s][%(process)d] %(name)s: %(message)s"
+
+
+class LogSetup:
+    """The agent's log handlers from the config: the screen (stderr) at
+    LogSeverityScreen; the file LogFilePath (None: none) at LogSeverityFile. `apply`
+    is a `Config` listener, so a changed FelixConfiguration takes effect at once."""
+
+    def __init__(self, config: Config, screen: logging.Handler) -> None:
+        self.config = config
+        self.screen = screen
+        self.file: logging.Handler | None = None
+        self.path: str | None = None
+        self.failed: str | None = None   # the path that could not be opened (logged once)
+
+    def apply(self, _changed: object = None) -> None:
+        root = logging.getLogger()
+        path = self.config.values["LogFilePath"]
+        if path != self.path:
+            self.path = path
+            if self.file is not None:
+                root.removeHandler(self.file)
+                self.file.close()
+                self.file = None
+            if path is not None:
+                try:
+                    os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+                    handler = logging.handlers.WatchedFileHandler(path, encoding="utf-8")
+                except OSError as e:
+                    # as Felix: a log file that cannot be opened leaves the screen log
+                    if self.failed != path:
+                        log.error("cannot log to %r: %s; logging to stderr only", path, e)
+                    self.failed = path
+                else:
+                    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+                    root.addHandler(handler)
+                    self.file = handler
+                    self.failed = None
+        self.screen.setLevel(self.config.screen_level)
+        if self.file is not None:
+            self.file.setLevel(self.config.file_level)
+        root.setLevel(min(self.config.screen_level, self.config.file_level) if self.file is not None
+                      else self.config.screen_level)
+
+
+def felix_settings_factory(config: Config):  # type: ignore[no-untyped-def]
+    """The policy dataplane's settings class for the daemon, with the NAT-outgoing
+    parameters (NATOutgoingAddress, NATPortRange) taken from `config` as well."""
+    from calico_net.agent.felix.settings import FelixSettings
+
+    def make(**kw: object) -> FelixSettings:
+        return FelixSettings(**kw, nat_outgoing_address=config.values["NATOutgoingAddress"],  # type: ignore[arg-type]
+                             nat_port_range=config.values["NATPortRange"])
+
+    return make
+
+
 def _overlay(name: str, config: Config, etcd: object) -> "EncapController":
     """The overlay's real pieces: the kernel layer is made (pyroute2 imported) and the
     affinity watch started only once a pool is encapsulated; the tunnel address
@@ -80,10 +143,10 @@ def _overlay(name: str, config: Config, etcd: object) -> "EncapController":
 def main(argv: Sequence[str] | None = None) -> int:
     # Arguments first: --help/--version (and a wrong argument) must start nothing.
     build_parser().parse_args(sys.argv[1:] if argv is None else list(argv))
-    logging.basicConfig(
-        level=logging.INFO, stream=sys.stderr,
-        format="%(asctime)s [%(levelname)s][%(process)d] %(name)s: %(message)s",
-    )
+    screen = logging.StreamHandler(sys.stderr)
+    screen.setFormatter(logging.Formatter(LOG_FORMAT))
+    logging.getLogger().addHandler(screen)
+    logging.getLogger().setLevel(logging.INFO)
     name = node_name()
     from calico_net.ipam.keys import check_node_name
 
@@ -93,7 +156,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("NODENAME: %s", e)
         return 2
     config = Config(name)
-    logging.getLogger().setLevel(config.log_level)
+    logsetup = LogSetup(config, screen)
+    logsetup.apply()
+    config.listeners.append(logsetup.apply)
     from calico_net.agent import health as health_mod
     from calico_net.agent import metrics as metrics_mod
     from calico_net.agent.daemon import Daemon
@@ -117,7 +182,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as e:
         log.error("cannot listen for health/metrics: %s", e)
         return 2
-    daemon = Daemon(name, config, etcd, metrics=metrics, health=state, encap=_overlay(name, config, etcd))
+    daemon = Daemon(name, config, etcd, metrics=metrics, health=state, encap=_overlay(name, config, etcd),
+                    settings_cls=felix_settings_factory(config))
     if config.values["PrometheusMetricsEnabled"]:
         # Felix's cluster-wide counts and resync figures, read from the daemon per scrape
         metrics.add_collector(metrics_mod.DaemonCollector(daemon, metrics))

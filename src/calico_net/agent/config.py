@@ -29,6 +29,7 @@ metrics listeners). A parameter may have other spellings Calico accepts
 from __future__ import annotations
 
 import configparser
+import ipaddress
 import logging
 import math
 import os
@@ -235,6 +236,65 @@ def parse_regex(v: Any) -> str:
     return v
 
 
+def parse_nat_address(v: Any) -> str | None:
+    """NATOutgoingAddress: an IPv4 address (Felix's `ipv4` parameter), or empty/none
+    for masquerade (the outgoing interface's address)."""
+    if v is None or (isinstance(v, str) and v.strip().lower() in ("", "none")):
+        return None
+    if not isinstance(v, str):
+        raise ValueError(f"{v!r} is not an IPv4 address")
+    try:
+        return str(ipaddress.IPv4Address(v.strip()))
+    except ValueError:
+        raise ValueError(f"{v!r} is not an IPv4 address") from None
+
+
+def parse_port_range(v: Any) -> tuple[int, int] | None:
+    """NATPortRange: Felix's port range, a port `n` or `n:m` (numorstring.Port), as
+    (min, max); empty (the default) is no range. A range with max 0 is none, as in
+    Felix (`MaxPort > 0` turns it on)."""
+    if v is None or v == "":
+        return None
+    if isinstance(v, bool):
+        raise ValueError(f"{v!r} is not a port range (n or n:m)")
+    s = str(v).strip()
+    m = re.fullmatch(r"(\d{1,5})(?::(\d{1,5}))?", s)
+    if not m:
+        raise ValueError(f"{v!r} is not a port range (n or n:m, 0-65535)")
+    lo = int(m.group(1))
+    hi = int(m.group(2)) if m.group(2) is not None else lo
+    if not 0 <= lo <= hi <= 65535:
+        raise ValueError(f"{v!r} is not a port range (n:m with 0 <= n <= m <= 65535)")
+    return None if hi == 0 else (lo, hi)
+
+
+#: where a LogFilePath from a FelixConfiguration (etcd) may point: the agent opens it
+#: as root, so the datastore may only choose a file under the log directory; the
+#: environment and felix.cfg (the host's own configuration) may name any absolute path
+DATASTORE_LOG_DIR = "/var/log/"
+
+
+def parse_log_file_path(v: Any) -> str | None:
+    """LogFilePath: an absolute file path, or `none` (Felix's word: no file logging)."""
+    if not isinstance(v, str):
+        raise ValueError(f"{v!r} is not an absolute file path or none")
+    if v.strip().lower() == "none":
+        return None
+    if not v.startswith("/") or "\0" in v or "\n" in v or len(v) > 4096 or v.endswith("/") \
+            or ".." in v.split("/") or os.path.normpath(v) != v:
+        raise ValueError(f"{v!r} is not a normalised absolute file path or none")
+    return v
+
+
+def parse_log_file_path_datastore(v: Any) -> str | None:
+    """LogFilePath from a FelixConfiguration: `none`, or a file under /var/log/."""
+    path = parse_log_file_path(v)
+    if path is not None and not path.startswith(DATASTORE_LOG_DIR):
+        raise ValueError(f"{v!r} is not under {DATASTORE_LOG_DIR} (a FelixConfiguration may only "
+                         "choose a log file there; FELIX_LOGFILEPATH or felix.cfg may name any path)")
+    return path
+
+
 # Felix's default (config_params.go): the host's physical interfaces by their
 # predictable and legacy names; never workload (cali*) or tunnel devices.
 DEFAULT_MTU_IFACE_PATTERN = r"^((en|wl|ww|sl|ib)[opsx].*|(eth|wlan|wwan).*)"
@@ -252,6 +312,8 @@ class Param:
     #: only from the environment and the config file, never from the datastore (a
     #: path the agent writes as root is the host's business, not etcd's)
     local: bool = False
+    #: the parser for values from a FelixConfiguration, when stricter than `parse`
+    datastore_parse: Callable[[Any], Any] | None = None
 
     @property
     def api_field(self) -> str:
@@ -261,6 +323,13 @@ class Param:
 
 PARAMS: tuple[Param, ...] = (
     Param("LogSeverityScreen", parse_log_level, "Info"),
+    # file logging (agent/__main__.py LogSetup): off by default here (Felix's default is
+    # /var/log/calico/felix.log); the node image's stderr is the agent's log
+    Param("LogSeverityFile", parse_log_level, "Info"),
+    Param("LogFilePath", parse_log_file_path, "none", datastore_parse=parse_log_file_path_datastore),
+    # NAT outgoing (felix/base_chains.py cali-nat-postrouting)
+    Param("NATOutgoingAddress", parse_nat_address, ""),
+    Param("NATPortRange", parse_port_range, ""),
     Param("FailsafeInboundHostPorts", parse_ports, DEFAULT_FAILSAFE_IN),
     Param("FailsafeOutboundHostPorts", parse_ports, DEFAULT_FAILSAFE_OUT),
     Param("RouteRefreshInterval", parse_seconds, 90),
@@ -330,6 +399,9 @@ class Config:
         #: non-live parameters still taken as they change, without a restart
         #: (the agent's InterfacePrefix until its first snapshot is in)
         self.until_start: set[str] = set()
+        #: called with the changed names after each resolve that changed something
+        #: (the agent's log setup follows LogFilePath/LogSeverity* this way)
+        self.listeners: list[Callable[[list[str]], None]] = []
         self.resolve()
 
     def __getattr__(self, name: str) -> Any:
@@ -378,8 +450,10 @@ class Config:
                 for key in keys:
                     if key not in table or table[key] is None or table[key] == "":
                         continue
+                    parse = p.datastore_parse if p.datastore_parse and src.startswith(
+                        "FelixConfiguration") else p.parse
                     try:
-                        value, source, found = p.parse(table[key]), src, True
+                        value, source, found = parse(table[key]), src, True
                         break
                     except (ValueError, TypeError) as e:
                         self._bad(src, p, table[key], e)
@@ -400,11 +474,29 @@ class Config:
                 log.warning("%s changed to %r: it takes effect when the agent restarts", name, self.values[name])
             else:
                 log.info("%s changed to %r (from %s)", name, self.values[name], self.sources[name])
+        if changed:
+            for listener in list(self.listeners):
+                try:
+                    listener(changed)
+                except Exception:  # noqa: BLE001 - a listener's failure is not the config's
+                    log.exception("applying the changed settings %s failed", ",".join(changed))
         return changed
 
     @property
     def log_level(self) -> int:
+        """The root logger's level: the lower of the screen's and (while file logging
+        is on) the file's; each handler filters to its own (`screen_level`, `file_level`)."""
+        if self.values.get("LogFilePath"):
+            return min(self.screen_level, self.file_level)
+        return self.screen_level
+
+    @property
+    def screen_level(self) -> int:
         return LOG_LEVELS[self.values["LogSeverityScreen"].lower()]
+
+    @property
+    def file_level(self) -> int:
+        return LOG_LEVELS[self.values["LogSeverityFile"].lower()]
 
 
 _MISSING = object()

@@ -235,7 +235,27 @@ def render_base(rs: Ruleset, s: FelixSettings, hep: HepLayout = HepLayout(),
     out += dispatch("oifname", HEP_OUT, "out")
     rs.set_chain("cali-output", out,
                  hook="type filter hook output priority filter; policy accept;")
-    rs.set_chain("cali-nat-postrouting", [
-        f"ip saddr @{MASQ[4]} ip daddr != @{POOLS[4]} masquerade",
-        f"ip6 saddr @{MASQ[6]} ip6 daddr != @{POOLS[6]} masquerade",
-    ], hook="type nat hook postrouting priority srcnat; policy accept;")
+    rs.set_chain("cali-nat-postrouting", nat_outgoing_rules(s),
+                 hook="type nat hook postrouting priority srcnat; policy accept;")
+
+
+def nat_outgoing_rules(s: FelixSettings) -> list[str]:
+    """NAT outgoing as Felix's NATOutgoingChain (felix/rules/nat.go): traffic from a
+    natOutgoing pool to anywhere outside the pools is masqueraded, or with
+    natOutgoingAddress SNATed to that address (IPv4; Felix's parameter is IPv4 only);
+    with natPortRange, TCP and UDP get source ports from that range first, and other
+    protocols the plain rule. (NAT statements end the chain in nftables, so Felix's
+    RETURN rules after the port-range ones are not needed.)"""
+    out = []
+    for fam, ip in ((4, "ip"), (6, "ip6")):
+        match = f"{ip} saddr @{MASQ[fam]} {ip} daddr != @{POOLS[fam]}"
+        addr = s.nat_outgoing_address if fam == 4 else None
+        if addr is not None:
+            addr = nftstr.ipv4(addr)
+        if s.nat_port_range is not None:
+            lo, hi = (nftstr.number(p, 0, 65535) for p in s.nat_port_range)
+            ports = f"{lo}-{hi}"
+            action = f"snat ip to {addr}:{ports}" if addr else f"masquerade to :{ports}"
+            out += [f"{match} meta l4proto tcp {action}", f"{match} meta l4proto udp {action}"]
+        out.append(f"{match} snat ip to {addr}" if addr else f"{match} masquerade")
+    return out

@@ -79,6 +79,12 @@ class FelixSettings:
     default_endpoint_to_host_action: str = "Drop"
     #: program NAT outgoing for IPPools with natOutgoing: true
     nat_outgoing: bool = True
+    #: NATOutgoingAddress: SNAT IPv4 NAT-outgoing traffic to this address instead of
+    #: masquerading to the outgoing interface's (None: masquerade)
+    nat_outgoing_address: str | None = None
+    #: NATPortRange: (min, max) source ports for NAT-outgoing TCP and UDP (None: the
+    #: kernel's choice)
+    nat_port_range: tuple[int, int] | None = None
     log_prefix: str = "calico-packet"
     #: workload interface name prefixes (FELIX_INTERFACEPREFIX, comma separated
     #: there; each one Felix's grammar, see `nftstr.ifname_prefix`). Only workload
@@ -107,6 +113,17 @@ class FelixSettings:
             raise ValueError("interface_prefixes is empty")
         for p in self.interface_prefixes:
             nftstr.ifname_prefix(p)          # NftStringError (a ValueError) if bad
+        if self.nat_outgoing_address is not None:
+            addr = ipaddress.ip_address(str(self.nat_outgoing_address))  # ValueError if bad
+            if addr.version != 4:
+                raise ValueError(f"natOutgoingAddress {self.nat_outgoing_address!r} is not IPv4")
+            self.nat_outgoing_address = str(addr)
+        if self.nat_port_range is not None:
+            lo, hi = (int(x) for x in self.nat_port_range)
+            if not 0 <= lo <= hi <= 65535 or hi == 0:
+                raise ValueError(f"natPortRange {self.nat_port_range!r} is not min:max "
+                                 "with 0 <= min <= max <= 65535, max > 0")
+            self.nat_port_range = (lo, hi)
         # (rules append ": " to it; nft log prefixes are at most 127 bytes)
         nftstr.log_prefix(self.log_prefix + ": ")
 

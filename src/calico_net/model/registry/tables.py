@@ -103,8 +103,8 @@ def _rules() -> dict[str, Entry]:
 
 _POLICY_COMMON = {
     **_rules(),
-    "spec.tier": E("calico_net/agent/felix/policy.py (only the default tier exists; "
-                   "the model accepts only \"default\")"),
+    "spec.tier": E("calico_net/agent/felix/policy.py (tiers in order, each ending in its "
+                   "defaultAction; the tier must exist: calico_net/cli/resources.py)"),
     "spec.order": E("calico_net/agent/felix/policy.py"),
     "spec.selector": E(RULES),
     "spec.types": E("calico_net/agent/felix/policy.py"),
@@ -120,6 +120,7 @@ _FELIX_ENFORCED = {
     "prometheusMetricsEnabled", "prometheusMetricsHost", "prometheusMetricsPort",
     "vxlanVNI", "vxlanPort", "vxlanMTU", "vxlanMTUV6", "ipipMTU", "mtuIfacePattern",
     "allowIPIPPacketsFromWorkloads", "allowVXLANPacketsFromWorkloads",
+    "natOutgoingAddress", "natPortRange", "logFilePath", "logSeverityFile",
 }
 _FELIX_WHERE = {
     "vxlanVNI": ENCAP, "vxlanPort": ENCAP, "vxlanMTU": ENCAP, "vxlanMTUV6": ENCAP,
@@ -137,6 +138,11 @@ _FELIX_WHERE = {
     "prometheusMetricsEnabled": "calico_net/agent/metrics.py",
     "prometheusMetricsHost": "calico_net/agent/metrics.py",
     "prometheusMetricsPort": "calico_net/agent/metrics.py",
+    "natOutgoingAddress": "calico_net/agent/felix/base_chains.py (cali-nat-postrouting)",
+    "natPortRange": "calico_net/agent/felix/base_chains.py (cali-nat-postrouting)",
+    "logFilePath": "calico_net/agent/__main__.py (LogSetup; from a FelixConfiguration "
+                   "only a file under /var/log/)",
+    "logSeverityFile": "calico_net/agent/__main__.py (LogSetup)",
 }
 
 # FelixConfiguration fields with no effect, with the reason and the values calico.net
@@ -175,8 +181,6 @@ _FELIX_NO_EFFECT: dict[str, Entry] = {
     "iptablesMangleAllowAction": N(NO_IPTABLES),
     "iptablesFilterDenyAction": N(NO_IPTABLES),
     "logPrefix": N(NOT_YET + " (Log rules use the prefix calico-packet)", "calico-packet"),
-    "logFilePath": N(NOT_YET + " (the agent logs to stderr)", "none"),
-    "logSeverityFile": N(NOT_YET + " (the agent logs to stderr)"),
     "logSeveritySys": N(NOT_YET + " (the agent does not log to syslog)"),
     "logDebugFilenameRegex": N(NOT_YET),
     "ipipEnabled": N("IP-in-IP follows the IPPools' ipipMode"),
@@ -196,8 +200,6 @@ _FELIX_NO_EFFECT: dict[str, Entry] = {
     "usageReportingEnabled": N("calico.net reports no usage", False),
     "usageReportingInitialDelay": N("calico.net reports no usage"),
     "usageReportingInterval": N("calico.net reports no usage"),
-    "natPortRange": N(NOT_YET),
-    "natOutgoingAddress": N(NOT_YET),
     "deviceRouteSourceAddress": N(NOT_YET),
     "deviceRouteSourceAddressIPv6": N(NOT_YET),
     "deviceRouteProtocol": N(NOT_YET),
@@ -392,6 +394,27 @@ REGISTRY: dict[str, dict[str, Entry]] = {
                                     "cool-down (0 is accepted)"),
     },
 }
+STAGED = "staged policies are stored and shown, never enforced (as in Calico)"
+NO_KUBE_CONTROLLERS = "calico-kube-controllers' settings: " + NO_K8S + " (no kube-controllers runs)"
+REGISTRY.update({
+    "Tier": {
+        "spec.order": E("calico_net/agent/felix/policy.py (tiers in (order, name) order)"),
+        "spec.defaultAction": E("calico_net/agent/felix/policy.py (end of tier: Deny drops, "
+                                "Pass goes on to the next tier)"),
+    },
+    "StagedNetworkPolicy": {"spec": N(STAGED)},
+    "StagedGlobalNetworkPolicy": {"spec": N(STAGED)},
+    "StagedKubernetesNetworkPolicy": {"spec": N(STAGED)},
+    "KubeControllersConfiguration": {"spec": N(NO_KUBE_CONTROLLERS),
+                                     "status": N(NO_KUBE_CONTROLLERS)},
+    "ClusterInformation": {
+        "spec.clusterGUID": E("calico_net/cli/main.py (calicoctl version; written at agent start)"),
+        "spec.clusterType": E("calico_net/cli/main.py (calicoctl version; written at agent start)"),
+        "spec.calicoVersion": E("calico_net/cli/main.py (calicoctl version; written at agent start)"),
+        "spec.datastoreReady": E(STORED),
+        "spec.variant": E(STORED),
+    },
+})
 for _table in REGISTRY.values():
     for _path, _entry in _METADATA.items():
         _table.setdefault(_path, _entry)
