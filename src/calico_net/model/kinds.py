@@ -60,6 +60,20 @@ KINDS: dict[str, KindInfo] = {
               "ipreservation", "ipreservations", "reservation", "reservations"),
         _info(r.IPAMConfiguration, "ipamconfigurations",
               "ipamconfiguration", "ipamconfigurations", "ipamconfig", "ipamconfigs"),
+        _info(r.Tier, "tiers", "tier", "tiers"),
+        _info(r.StagedNetworkPolicy, "stagednetworkpolicies",
+              "stagednetworkpolicy", "stagednetworkpolicies", "stagedpolicy", "snp",
+              "stagedpolicies", "spol", "spols"),
+        _info(r.StagedGlobalNetworkPolicy, "stagedglobalnetworkpolicies",
+              "stagedglobalnetworkpolicy", "stagedglobalnetworkpolicies", "sgnp", "sgnps"),
+        _info(r.StagedKubernetesNetworkPolicy, "stagedkubernetesnetworkpolicies",
+              "stagedkubernetesnetworkpolicy", "stagedkubernetesnetworkpolicies",
+              "stagedkubernetespolicy", "sknp", "stagedkubernetespolicies", "skpol", "skpols"),
+        _info(r.KubeControllersConfiguration, "kubecontrollersconfigurations",
+              "kubecontrollersconfiguration", "kubecontrollersconfigurations",
+              "kubecontrollersconfig", "kubecontrollersconfigs"),
+        _info(r.ClusterInformation, "clusterinformations",
+              "clusterinformation", "clusterinformations", "clusterinfo", "clusterinfos"),
     )
 }
 

@@ -5,7 +5,8 @@ One model per kind (`IPPool`, `GlobalNetworkPolicy`, ...) with `metadata` and a
 wire (`ipipMode`, `ipNATs`, `peerIP`, ...). This package declares the kinds
 (`RESOURCE_CLASSES`) from their specs, which live in one module per family: `policy`,
 `endpoints` (workload and host endpoints, nodes), `pools`, `ipam` (IP reservations and
-the IPAM configuration), `bgp` and `felix`, on the shared ground of `base`.
+the IPAM configuration), `bgp`, `felix` and `cluster` (ClusterInformation,
+KubeControllersConfiguration), on the shared ground of `base`.
 
 Validation happens in two passes:
 1. pydantic: structure, types and per-value checks (the types in `model.fields`);
@@ -43,10 +44,15 @@ from calico_net.model.resources.felix import (
     MTU, EnabledDisabled, FelixConfigurationSpec, HealthTimeoutOverride, Mark, ProtoPort,
     RouteTableRange,
 )
+from calico_net.model.resources.cluster import (
+    ClusterInformationSpec, KubeControllersConfigurationSpec,
+)
 from calico_net.model.resources.policy import (
-    Action, EntityRule, GlobalNetworkPolicySpec, GlobalNetworkSetSpec, ICMPFields, IPVersion,
-    NetworkPolicySpec, NetworkSetSpec, Order, PolicyType, ProfileSpec, Rule, RuleMetadata,
-    ServiceAccountMatch,
+    BUILTIN_TIERS, DEFAULT_TIER, GNP_NAME_RE, NP_NAME_RE, TIER_NAME_RE, Action, EntityRule,
+    GlobalNetworkPolicySpec, GlobalNetworkSetSpec, ICMPFields, IPVersion, NetworkPolicySpec,
+    NetworkSetSpec, Order, PolicyType, ProfileSpec, Rule, RuleMetadata, ServiceAccountMatch,
+    StagedGlobalNetworkPolicySpec, StagedKubernetesNetworkPolicySpec, StagedNetworkPolicySpec,
+    TierSpec, policy_tier, tier_order_action,
 )
 from calico_net.model.resources.ipam import IPAM_CONFIG_NAME, IPAMConfigurationSpec, IPReservationSpec
 from calico_net.model.resources.pools import (
@@ -84,6 +90,32 @@ class _NamedDefault(Resource):
         yield from super().semantic_errors(path, ctx)
 
 
+class _PolicyName(Resource):
+    """Calico's name rule for (staged) NetworkPolicy and GlobalNetworkPolicy: a DNS
+    label with at most one dot (namespaced: also knp.default./ossg.default. names)."""
+
+    def semantic_errors(self, path: str = "", ctx: CheckContext | None = None) -> Iterator[Error]:
+        name = self.metadata.name
+        rx = NP_NAME_RE if self.NAMESPACED else GNP_NAME_RE
+        if len(name) > 253 or not rx.fullmatch(name):
+            yield (field_path(path, "metadata.name"),
+                   f"{show(name)} is not a {self.KIND} name (lower case alphanumerics and '-', "
+                   "with at most one '.')")
+        yield from super().semantic_errors(path, ctx)
+
+
+class _TierName(Resource):
+    """Calico's Tier name rule: a DNS label (no dots: it is part of other names)."""
+
+    def semantic_errors(self, path: str = "", ctx: CheckContext | None = None) -> Iterator[Error]:
+        name = self.metadata.name
+        if len(name) > 63 or not TIER_NAME_RE.fullmatch(name):
+            yield (field_path(path, "metadata.name"),
+                   f"{show(name)} is not a Tier name (lower case alphanumerics and '-', at most "
+                   "63 characters, no dots)")
+        yield from super().semantic_errors(path, ctx)
+
+
 Node = resource_kind("Node", NodeSpec, "A host running calico/node: its BGP addresses and AS number.",
                      more={"status": (Optional[NodeStatus], None)})
 IPPool = resource_kind("IPPool", IPPoolSpec, "A range workload addresses are allocated from, in "
@@ -102,9 +134,31 @@ FelixConfiguration = resource_kind("FelixConfiguration", FelixConfigurationSpec,
 Profile = resource_kind("Profile", ProfileSpec,
                         "Rules and labels shared by the endpoints that list the profile.")
 NetworkPolicy = resource_kind("NetworkPolicy", NetworkPolicySpec,
-                              "Policy for the workload endpoints of one namespace.", namespaced=True)
+                              "Policy for the workload endpoints of one namespace.", namespaced=True,
+                              base=_PolicyName)
 GlobalNetworkPolicy = resource_kind("GlobalNetworkPolicy", GlobalNetworkPolicySpec,
-                                    "Policy for endpoints of every namespace and for host endpoints.")
+                                    "Policy for endpoints of every namespace and for host endpoints.",
+                                    base=_PolicyName)
+Tier = resource_kind("Tier", TierSpec, "An ordered group of policies with a default action "
+                     "(Deny or Pass) for endpoints its policies select but do not decide.",
+                     base=_TierName)
+StagedNetworkPolicy = resource_kind("StagedNetworkPolicy", StagedNetworkPolicySpec,
+                                    "A NetworkPolicy staged for review: stored and shown, never "
+                                    "enforced.", namespaced=True, base=_PolicyName)
+StagedGlobalNetworkPolicy = resource_kind("StagedGlobalNetworkPolicy", StagedGlobalNetworkPolicySpec,
+                                          "A GlobalNetworkPolicy staged for review: stored and "
+                                          "shown, never enforced.", base=_PolicyName)
+StagedKubernetesNetworkPolicy = resource_kind("StagedKubernetesNetworkPolicy",
+                                              StagedKubernetesNetworkPolicySpec,
+                                              "A Kubernetes NetworkPolicy staged for review: stored "
+                                              "and shown, never enforced.", namespaced=True)
+KubeControllersConfiguration = resource_kind("KubeControllersConfiguration",
+                                             KubeControllersConfigurationSpec,
+                                             "calico-kube-controllers' settings: stored and shown "
+                                             "(no Kubernetes, no kube-controllers).",
+                                             more={"status": (Optional[dict[str, Any]], None)})
+ClusterInformation = resource_kind("ClusterInformation", ClusterInformationSpec,
+                                   "The cluster's identity and Calico version (named `default`).")
 NetworkSet = resource_kind("NetworkSet", NetworkSetSpec, "Named, labelled networks of one namespace "
                            "that policy selectors can match.", namespaced=True)
 GlobalNetworkSet = resource_kind("GlobalNetworkSet", GlobalNetworkSetSpec,
@@ -123,11 +177,17 @@ IPAMConfiguration = resource_kind("IPAMConfiguration", IPAMConfigurationSpec, "T
 RESOURCE_CLASSES: tuple[type[Resource], ...] = (
     Node, IPPool, BGPConfiguration, BGPPeer, FelixConfiguration, Profile, NetworkPolicy,
     GlobalNetworkPolicy, NetworkSet, GlobalNetworkSet, WorkloadEndpoint, HostEndpoint,
-    IPReservation, IPAMConfiguration, BGPFilter,
+    IPReservation, IPAMConfiguration, BGPFilter, Tier, StagedNetworkPolicy,
+    StagedGlobalNetworkPolicy, StagedKubernetesNetworkPolicy, KubeControllersConfiguration,
+    ClusterInformation,
 )
 
 __all__ = [
-    "API_VERSION", "Action", "BGPConfiguration", "BGPConfigurationSpec", "BGPFilter",
+    "API_VERSION", "Action", "BUILTIN_TIERS", "ClusterInformation", "ClusterInformationSpec",
+    "DEFAULT_TIER", "KubeControllersConfiguration", "KubeControllersConfigurationSpec",
+    "StagedGlobalNetworkPolicy", "StagedGlobalNetworkPolicySpec", "StagedKubernetesNetworkPolicy",
+    "StagedKubernetesNetworkPolicySpec", "StagedNetworkPolicy", "StagedNetworkPolicySpec", "Tier",
+    "TierSpec", "policy_tier", "tier_order_action", "BGPConfiguration", "BGPConfigurationSpec", "BGPFilter",
     "BGPFilterSpec", "BGPPassword", "BGPPeer",
     "BGPPeerSpec", "BLOCK_SIZE_RANGE", "CalicoModel", "CheckContext", "Community",
     "DEFAULT_BLOCK_SIZE", "EnabledDisabled", "EncapMode", "EndpointPort", "EntityRule", "Error",

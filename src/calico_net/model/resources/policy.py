@@ -1,5 +1,6 @@
 """Policy kinds' specs: rules (protocols, ICMP, source/destination entities),
-NetworkPolicy, GlobalNetworkPolicy and Profile, and the network sets they select.
+NetworkPolicy, GlobalNetworkPolicy and Profile, tiers, the staged policy kinds, and
+the network sets they select.
 
 The cross-field rules are Calico's (ports need a port protocol, ICMP matches need
 ICMP, `types` must cover the rules given, preDNAT and doNotTrack need
@@ -8,9 +9,11 @@ applyOnForward).
 from __future__ import annotations
 
 import math
-from typing import Annotated, Any, Iterator, Literal, Optional, Union
+from typing import Annotated, Any, Iterator, Optional, Union
 
 from pydantic import Field, PlainValidator
+
+import re
 
 from calico_net.model.fields.checks import bounded, enum_before, fail, show
 from calico_net.model.fields.network import (
@@ -34,6 +37,80 @@ def _order(value: Any) -> Union[int, float]:
 
 
 Order = Annotated[Union[int, float], PlainValidator(_order)]
+
+# --- tiers ---------------------------------------------------------------------------------
+
+#: Calico's tier of untiered policy, and the other tiers Calico always has (they
+#: exist without a Tier document and cannot be deleted): name -> (order, defaultAction).
+DEFAULT_TIER = "default"
+BUILTIN_TIERS: dict[str, tuple[float, str]] = {
+    "default": (1_000_000.0, "Deny"),
+    "kube-admin": (1_000.0, "Pass"),
+    "kube-baseline": (10_000_000.0, "Pass"),
+}
+#: the order a Tier without one is stored with (Calico's DefaultTierFields)
+DEFAULT_TIER_ORDER = 1_000_000.0
+
+_LABEL = "[a-z0-9]([-a-z0-9]*[a-z0-9])?"
+_SUBDOMAIN = _LABEL + r"(\." + _LABEL + ")*"
+TIER_NAME_RE = re.compile(f"^{_LABEL}$")
+# Calico's policy name rules (libcalico-go validator): a label with at most one dot;
+# namespaced policy also takes the knp.default./ossg.default. prefixed names.
+GNP_NAME_RE = re.compile(rf"^({_LABEL}\.)?{_LABEL}$")
+NP_NAME_RE = re.compile(rf"^(({_LABEL})(\.{_LABEL})?|((?:knp|ossg)\.default\.({_SUBDOMAIN})))$")
+
+
+def _tier_name(value: Any) -> str:
+    if not isinstance(value, str):
+        raise fail(f"{show(value)} is not a tier name (a string)")
+    if len(value) > 63 or not TIER_NAME_RE.fullmatch(value):
+        raise fail(f"{show(value)} is not a tier name (lower case alphanumerics and '-', "
+                   "at most 63 characters, no dots)")
+    return value
+
+
+TierName = Annotated[str, PlainValidator(_tier_name)]
+TierAction = enum_before(("Deny", "Pass"), "tier default action")
+StagedAction = enum_before(("Set", "Delete"), "staged action")
+
+
+def policy_tier(spec: Any) -> str:
+    """The tier a policy document's spec names (`default` when it names none)."""
+    tier = spec.get("tier") if isinstance(spec, dict) else getattr(spec, "tier", None)
+    return tier or DEFAULT_TIER
+
+
+def tier_order_action(name: str, spec: Any) -> tuple[float, str]:
+    """A stored Tier's (order, defaultAction), Calico's defaults filled in."""
+    spec = spec if isinstance(spec, dict) else {}
+    order = spec.get("order")
+    if isinstance(order, bool) or not isinstance(order, (int, float)) or not math.isfinite(order):
+        order = BUILTIN_TIERS.get(name, (DEFAULT_TIER_ORDER, ""))[0]
+    action = spec.get("defaultAction")
+    if action not in ("Deny", "Pass"):
+        action = BUILTIN_TIERS.get(name, (0.0, "Deny"))[1]
+    return float(order), action
+
+
+class TierSpec(CalicoModel):
+    """A tier: its policies are evaluated together, tiers in `order` (lower first;
+    stored as 1000000 when omitted, as Calico does), then by name."""
+
+    order: Optional[Order] = None
+    default_action: Optional[TierAction] = None
+
+    def semantic_errors(self, path: str, ctx: CheckContext) -> Iterator[Error]:
+        fixed = BUILTIN_TIERS.get(ctx.name or "")
+        if fixed is None:
+            return
+        order, action = fixed
+        if self.order is not None and float(self.order) != order:
+            yield (field_path(path, "order"),
+                   f"{show(self.order)}: the {show(ctx.name)} tier's order must be {order:g}")
+        if self.default_action is not None and self.default_action != action:
+            yield (field_path(path, "defaultAction"),
+                   f"{show(self.default_action)}: the {show(ctx.name)} tier's default action "
+                   f"must be {action}")
 
 # --- policy rules --------------------------------------------------------------------------
 
@@ -158,7 +235,7 @@ def _rules_errors(spec: Any, path: str, ctx: CheckContext) -> Iterator[Error]:
 
 
 class _PolicySpecBase(CalicoModel):
-    tier: Optional[Literal["default"]] = None
+    tier: Optional[TierName] = None
     order: Optional[Order] = None
     ingress: list[Rule] = Field(default_factory=list)
     egress: list[Rule] = Field(default_factory=list)
@@ -237,3 +314,43 @@ class GlobalNetworkSetSpec(NetworkSetSpec):
     pass
 
 
+
+
+# --- staged policies: stored and shown, never enforced (as in Calico) -----------------------
+
+
+def _staged_errors(spec: Any, path: str, ctx: CheckContext) -> Iterator[Error]:
+    """Calico's rule: a staged Delete carries nothing but the tier; a staged Set is
+    checked as the policy it would become."""
+    if spec.staged_action == "Delete":
+        extra = sorted(f for f in spec.model_fields_set if f not in ("staged_action", "tier"))
+        if extra:
+            names = ", ".join(spec.model_fields[f].alias or f for f in extra)
+            yield (field_path(path, "stagedAction"),
+                   f"with stagedAction Delete no field but tier may be set (found {names})")
+        return
+    yield from super(type(spec), spec).semantic_errors(path, ctx)
+
+
+class StagedNetworkPolicySpec(NetworkPolicySpec):
+    staged_action: Optional[StagedAction] = None
+
+    def semantic_errors(self, path: str, ctx: CheckContext) -> Iterator[Error]:
+        yield from _staged_errors(self, path, ctx)
+
+
+class StagedGlobalNetworkPolicySpec(GlobalNetworkPolicySpec):
+    staged_action: Optional[StagedAction] = None
+
+    def semantic_errors(self, path: str, ctx: CheckContext) -> Iterator[Error]:
+        yield from _staged_errors(self, path, ctx)
+
+
+class StagedKubernetesNetworkPolicySpec(CalicoModel):
+    """A Kubernetes NetworkPolicy spec, staged; its parts are kept as written."""
+
+    staged_action: Optional[StagedAction] = None
+    pod_selector: Optional[dict[str, Any]] = None
+    ingress: Optional[list[dict[str, Any]]] = None
+    egress: Optional[list[dict[str, Any]]] = None
+    policy_types: Optional[list[PolicyType]] = None
