@@ -5,7 +5,8 @@ datastore, and prints one row per check (check, status, detail, and for a failur
 the fix) or, with `-o json`, `{"node", "ok", "checks": [...]}`. Exit 1 when any check
 failed. It reads confd's environment (NODENAME, CALICO_BIRD_SOCKET,
 CALICO_BGP_SECRETS_DIR, ...) so it computes the same BGP sessions confd does, and
-Felix's for the agent's readiness port and the MTU file.
+Felix's (FELIX_*, FELIX_CONFIGFILE) for the agent's readiness port, the MTU file and
+the ruleset the agent would write here (the dataplane check's fingerprints).
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from typing import Any
 
 from calico_net.errors import printable
 
-CHECK_NAMES = ("etcd", "bgp", "block-routes", "workload-routes", "readiness", "mtu", "ipam")
+CHECK_NAMES = ("etcd", "bgp", "block-routes", "workload-routes", "readiness", "mtu", "ipam", "dataplane")
 
 
 def cmd_verify(args: argparse.Namespace, ctx: Any) -> int:
@@ -61,7 +62,8 @@ def cmd_verify(args: argparse.Namespace, ctx: Any) -> int:
 
 def register(nsub: argparse._SubParsersAction) -> None:
     """Add `verify` under the `node` noun (calico_net.cli.node passes its subparsers)."""
-    p = nsub.add_parser("verify", help="check this host's fabric: etcd, BGP, routes, agent, MTU, IPAM",
+    p = nsub.add_parser("verify", help="check this host's fabric: etcd, BGP, routes, agent, MTU, IPAM, "
+                                       "ruleset and route fingerprints",
                           description="Verify this host against the datastore; exit 1 on any failure, "
                                       "each with its fix.")
     p.add_argument("-o", "--output", default="table", choices=["table", "json"])
@@ -72,3 +74,6 @@ def register(nsub: argparse._SubParsersAction) -> None:
                    help="the agent's readiness endpoint (default http://127.0.0.1:$FELIX_HEALTHPORT/readiness)")
     p.add_argument("--skip", action="append", choices=CHECK_NAMES, help="leave a check out (repeatable)")
     p.set_defaults(func=cmd_verify)
+    from calico_net.cli import preview
+
+    preview.register(nsub)

@@ -2,7 +2,8 @@
 
 No second implementation: the agent's own `PolicyDataplane` is fed the snapshot's
 documents the way the daemon feeds them (`daemon.Daemon._dispatch`: FelixConfigurations
-first for the settings, an endpoint the daemon refuses left out with the daemon's own
+first for the settings, made as the agent's entry point makes them
+(`agent.__main__.felix_settings_factory`), an endpoint the daemon refuses left out with the daemon's own
 checks, `routes.host_routes`/`routes.interface_problem`/`daemon._host_endpoint_problem`),
 the overlay's allowed hosts come from the overlay's own `encap.state.desired`, and one
 apply runs against a backend that touches no kernel. What it wrote is the `Ruleset`
@@ -73,9 +74,10 @@ class _NoKernel:
 
 
 def agent_config(snap: Snapshot, node: str, env: Mapping[str, str] | None = None,
-                 config_file: str = "") -> Any:
+                 config_file: str | None = "") -> Any:
     """The agent's `Config` of `node`: `env` (FELIX_*) and `config_file` as on the
-    host (default: neither), then FelixConfigurations ``node.<node>`` and ``default``."""
+    host (default: neither; None: the agent's own default, $FELIX_CONFIGFILE or
+    /etc/calico/felix.cfg), then FelixConfigurations ``node.<node>`` and ``default``."""
     from calico_net.agent.config import Config
 
     cfg = Config(node, env=dict(env or {}), config_file=config_file)
@@ -100,15 +102,16 @@ def _encap_hosts(snap: Snapshot, node: str, cfg: Any) -> tuple[Any, Any, int] | 
 
 
 def desired_dataplane(snap: Snapshot, node: str, env: Mapping[str, str] | None = None,
-                      config_file: str = "") -> Any:
+                      config_file: str | None = "") -> Any:
     """The agent's `PolicyDataplane` of `node` after one apply of `snap` (nothing
     written anywhere); its `rs` is the desired table."""
+    from calico_net.agent.__main__ import felix_settings_factory
     from calico_net.agent.daemon import DATAPLANE_KINDS, _host_endpoint_problem, felix_settings
-    from calico_net.agent.felix.policy import FelixSettings, PolicyDataplane
+    from calico_net.agent.felix.policy import PolicyDataplane
     from calico_net.agent.felix.routes import host_routes, interface_problem
 
     cfg = agent_config(snap, node, env, config_file)
-    settings = felix_settings(cfg, FelixSettings)
+    settings = felix_settings(cfg, felix_settings_factory(cfg))
     prefixes = tuple(settings.interface_prefixes)
     dp = PolicyDataplane(node, settings, nft=_NoKernel())
     for (kind, ns, name), doc in sorted(snap.docs.items(), key=lambda kv: (kv[0][0], kv[0][1] or "", kv[0][2])):

@@ -12,7 +12,10 @@ reuse the code that decides the state they compare against:
   main table; a block in an IP-in-IP/VXLAN pool wants the agent's protocol-80 route
   with a gateway, a plain pool BIRD's route (docs/encapsulation.md);
 * MTU: the agent's own underlay detection (`agent.encap.mtu`);
-* IPAM: `calico_net.ipam.check.check`, as `calicoctl ipam check`.
+* IPAM: `calico_net.ipam.check.check`, as `calicoctl ipam check`;
+* dataplane: the table inet calico and workload routes the agent's own code
+  derives from the datastore for this node, against the live ones, by
+  fingerprint (`calico_net.verify.dataplane`).
 """
 from __future__ import annotations
 
@@ -381,10 +384,17 @@ def check_ipam(env: Env) -> list[Result]:
                    "restore or release a corrupted block affinity")]
 
 
+def check_dataplane(env: Env) -> list[Result]:
+    """Ruleset and workload-route fingerprints (`calico_net.verify.dataplane`)."""
+    from calico_net.verify.dataplane import check_dataplane as check
+
+    return check(env)
+
+
 CHECKS: tuple[tuple[str, Callable[[Env], list[Result]]], ...] = (
     ("etcd", check_etcd), ("bgp", check_bgp), ("block-routes", check_block_routes),
     ("workload-routes", check_workload_routes), ("readiness", check_readiness),
-    ("mtu", check_mtu), ("ipam", check_ipam),
+    ("mtu", check_mtu), ("ipam", check_ipam), ("dataplane", check_dataplane),
 )
 
 

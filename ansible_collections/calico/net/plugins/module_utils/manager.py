@@ -19,11 +19,19 @@ typed modules that own the whole resource ignore the stored document; `node`,
 5. returns `changed`, the documents, and `diff: {before, after}` as YAML text. The
    diff is computed from what was read and what would be written, so check mode and
    the real run report the same diff.
+
+With `--diff`, a change also gets its preview (`calico_net.preview`, computed
+before anything is written): per calico Node whose table inet calico or bird.cfg
+the change alters, the unified diffs as the agent and confd would render them from
+the datastore plus the planned change. They go into the diff's `prepared` text
+(Ansible prints it after the resource diff) and, structured, into `preview`.
+CALICO_NET_PREVIEW=0 in the controller's environment turns it off.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -143,6 +151,7 @@ class ResourceManager:
         etcd is written (a BGP secret file the documents name); True means it changed
         something on the host, which makes the task changed."""
         plans = self.plan(wants)
+        previews = self._preview(plans) if self.diff else None
         host_changed = before_write(self.check_mode) if before_write else False
         written: dict[str, dict[str, Any]] = {}
         if not self.check_mode:
@@ -164,9 +173,34 @@ class ResourceManager:
                     self.datastore.delete(p.want.kind, p.want.name, p.want.namespace,
                                           resource_version=p.revision)
         result = self._result(plans, written)
+        if previews is not None:
+            result["preview"] = previews["nodes"]
+            if previews.get("warning"):
+                result.setdefault("warnings", []).append(previews["warning"])
+            if previews["text"] and isinstance(result.get("diff"), dict):
+                result["diff"]["prepared"] = previews["text"]
         if host_changed:
             result["changed"] = True
         return result
+
+    def _preview(self, plans: list[_Plan]) -> dict[str, Any] | None:
+        """Per node, what the changed documents do to its ruleset and bird.cfg (see
+        the module docstring); a failure to compute it is a warning, not an error."""
+        if os.environ.get("CALICO_NET_PREVIEW", "1") in ("0", "false", "no"):
+            return None
+        changes = [p for p in plans if p.changed]
+        if not changes:
+            return {"nodes": [], "text": ""}
+        try:
+            from calico_net.preview import Change, preview, read_snapshot, text_report
+
+            planned = [Change.put(p.after) if p.after is not None
+                       else Change.delete(p.want.kind, p.want.name, p.want.namespace) for p in changes]
+            nodes = preview(read_snapshot(self.datastore), planned,
+                            form=os.environ.get("CALICO_NET_PREVIEW_FORM", "auto"))
+        except Exception as e:  # pylint: disable=broad-except
+            return {"nodes": [], "text": "", "warning": f"no per-node preview: {e.__class__.__name__}: {e}"}
+        return {"nodes": [n.to_json() for n in nodes], "text": text_report(nodes) if nodes else ""}
 
     def _result(self, plans: list[_Plan], written: dict[str, dict[str, Any]]) -> dict[str, Any]:
         resources = []
