@@ -58,10 +58,10 @@ class ObjectChange:
         return "\n".join(lines) + "\n"
 
     def added(self) -> list[str]:
-        return [ln[1:] for ln in self._ops() if ln.startswith("+")]
+        return [ln[2:] for ln in self._ops() if ln.startswith("+")]
 
     def removed(self) -> list[str]:
-        return [ln[1:] for ln in self._ops() if ln.startswith("-")]
+        return [ln[2:] for ln in self._ops() if ln.startswith("-")]
 
     def _ops(self) -> list[str]:
         return [ln for ln in difflib.ndiff(list(self.before or ()), list(self.after or ()))
