@@ -83,7 +83,7 @@ def cmd_explain(args: argparse.Namespace, ctx: Any) -> int:
             "flow": {"protocol": args.protocol, "sourcePort": pkt.sport, "port": pkt.dport,
                      "icmpType": pkt.icmp_type},
             "source": endpoint_summary(src, src_ip), "destination": endpoint_summary(dst, dst_ip),
-            "tier": res["tier"], "policies": res["policies"], "steps": res["steps"]}
+            "tiers": res["tiers"], "policies": res["policies"], "steps": res["steps"]}
     if live is not None:
         body["live"] = live
     if args.output == "json":
@@ -121,11 +121,18 @@ def _print_text(body: dict[str, Any], out: Any) -> None:
     out.write(f"Verdict:     {body['verdict']}\nDecided by:  {printable(body['decidedBy'], 400)}\n")
     out.write(f"Flow:        {f['protocol']}{port}\nSource:      {_who(body['source'])}\n"
               f"Destination: {_who(body['destination'])}\n\n")
-    out.write(f"Policies of tier {body['tier']} in order (selects source / destination):\n")
+    out.write("Tiers in order:\n")
+    for t in body["tiers"]:
+        order = "none (no Tier: after all others)" if t["order"] is None else f"{t['order']:g}"
+        out.write(printable(f"  {t['name']} order={order} defaultAction={t['defaultAction']}", 400) + "\n")
+    if not body["tiers"]:
+        out.write("  (none)\n")
+    out.write("Policies in order (selects source / destination):\n")
     for p in body["policies"]:
         ns = f"{p['namespace']}/" if p["namespace"] else ""
         mark = lambda b: "yes" if b else "no"  # noqa: E731
-        out.write(printable(f"  {p['kind']} {ns}{p['name']} order={p['order']} selector={p['selector']}: "
+        out.write(printable(f"  [{p['tier']}] {p['kind']} {ns}{p['name']} order={p['order']} "
+                            f"selector={p['selector']}: "
                             f"{mark(p['selectsSource'])} / {mark(p['selectsDestination'])}", 600) + "\n")
     if not body["policies"]:
         out.write("  (none)\n")
@@ -138,10 +145,12 @@ def _print_text(body: dict[str, Any], out: Any) -> None:
             out.write(f"Workload to its own host: defaultEndpointToHostAction {st['endpointToHost']}\n")
             continue
         out.write(printable(f"{st['direction']} of {st['endpoint']} on node {st['node']}:", 400) + "\n")
+        for t in st.get("tiers", ()):
+            out.write(printable(f"  tier {t['name']}: {t.get('result', '')}", 400) + "\n")
         for label, items in (("policy", st["policies"]), ("profile", st["profiles"])):
             for p in items:
-                name = f"{p['kind']} {p['namespace'] + '/' if p.get('namespace') else ''}{p['name']}" \
-                    if label == "policy" else f"Profile {p['name']}"
+                name = f"[{p['tier']}] {p['kind']} {p['namespace'] + '/' if p.get('namespace') else ''}" \
+                    f"{p['name']}" if label == "policy" else f"Profile {p['name']}"
                 out.write(printable(f"  {name}: {p['result']}", 400) + "\n")
                 for r in p["rules"]:
                     state = "MATCHED" if r["matched"] else "no match"
@@ -151,7 +160,8 @@ def _print_text(body: dict[str, Any], out: Any) -> None:
                     if r.get("note"):
                         out.write(f"      ({printable(r['note'], 400)})\n")
         if st.get("pass"):
-            out.write(printable(f"  Pass from {st['pass']}: on to the profiles", 400) + "\n")
+            out.write(printable(f"  Pass from {st['pass']}: on to the next tier (after the last: "
+                                f"the profiles)", 400) + "\n")
         for skipped in st.get("notEvaluated", ()):
             out.write(printable(f"  not evaluated (pre-DNAT/untracked): {skipped}", 400) + "\n")
         out.write(printable(f"  => {st['verdict']}: {st['by']}", 400) + "\n")

@@ -95,12 +95,48 @@ def warn_no_effect(docs: Iterable[dict[str, Any]], err) -> None:
             print(line, file=err)
 
 
+def check_cross_resource(docs: list[dict[str, Any]], ctx, verb: str) -> None:
+    """Calico's checks across resources before a write: ClusterInformation is not
+    written by calicoctl, and a policy's tier must exist (`model.tiers`)."""
+    from calico_net.datastore.errors import ResourceNotFound
+    from calico_net.model.tiers import check_tier_references
+
+    for doc in docs:
+        if doc.get("kind") == "ClusterInformation":
+            raise ValueError(f"operation {verb} is not supported on ClusterInformation "
+                             "(it is written by the agent)")
+
+    def tier_exists(name: str) -> bool:
+        try:
+            ctx.datastore.get("Tier", name)
+        except ResourceNotFound:
+            return False
+        return True
+
+    check_tier_references(docs, tier_exists)
+
+
+def _check_tier_delete(ctx, name: str) -> None:
+    """Calico refuses to delete a built-in tier or one that still has policies."""
+    from calico_net.model.tiers import TIERED_KINDS, policies_in_tier, tier_delete_problem
+
+    from calico_net.model.resources import BUILTIN_TIERS
+
+    by_kind = {}
+    if name not in BUILTIN_TIERS:
+        by_kind = {k: ctx.datastore.list(k)[0] for k in TIERED_KINDS}
+    problem = tier_delete_problem(name, policies_in_tier(name, by_kind))
+    if problem:
+        raise ValueError(problem)
+
+
 # --- verbs ------------------------------------------------------------------------
 
 
 def cmd_create(args: argparse.Namespace, ctx) -> int:
     docs = load_documents(args.filename, args.namespace)
     warn_no_effect(docs, ctx.err)
+    check_cross_resource(docs, ctx, "create")
     ctx.datastore.create_all(docs, skip_exists=args.skip_exists)
     print(_summary("created", docs), file=ctx.out)
     return 0
@@ -109,6 +145,7 @@ def cmd_create(args: argparse.Namespace, ctx) -> int:
 def cmd_apply(args: argparse.Namespace, ctx) -> int:
     docs = load_documents(args.filename, args.namespace)
     warn_no_effect(docs, ctx.err)
+    check_cross_resource(docs, ctx, "apply")
     ctx.datastore.apply_all(docs, validated=True)
     print(_summary("applied", docs), file=ctx.out)
     return 0
@@ -117,6 +154,7 @@ def cmd_apply(args: argparse.Namespace, ctx) -> int:
 def cmd_replace(args: argparse.Namespace, ctx) -> int:
     docs = load_documents(args.filename, args.namespace)
     warn_no_effect(docs, ctx.err)
+    check_cross_resource(docs, ctx, "replace")
     for doc in docs:
         ctx.datastore.replace(doc)
     print(_summary("replaced", docs), file=ctx.out)
@@ -155,6 +193,10 @@ def cmd_delete(args: argparse.Namespace, ctx) -> int:
     deleted = []
     for kind, name, ns, rv in targets:
         try:
+            if kind == "ClusterInformation":
+                raise ValueError("operation delete is not supported on ClusterInformation")
+            if kind == "Tier":
+                _check_tier_delete(ctx, name)
             if kind == "Node":
                 _delete_node(ctx, name, rv)
             else:
@@ -361,8 +403,19 @@ COLUMNS: dict[str, tuple[list[tuple[str, str]], list[tuple[str, str]]]] = {
     "HostEndpoint": ([("NAME", "metadata.name"), ("NODE", "spec.node")],
                      [("INTERFACE", "spec.interfaceName"), ("IPS", "spec.expectedIPs"),
                       ("PROFILES", "spec.profiles")]),
-    "GlobalNetworkPolicy": ([("NAME", "metadata.name")], [("ORDER", "spec.order"), ("SELECTOR", "spec.selector")]),
-    "NetworkPolicy": ([("NAME", "metadata.name")], [("ORDER", "spec.order"), ("SELECTOR", "spec.selector")]),
+    "GlobalNetworkPolicy": ([("NAME", "metadata.name"), ("TIER", "spec.tier")],
+                            [("ORDER", "spec.order"), ("SELECTOR", "spec.selector")]),
+    "NetworkPolicy": ([("NAME", "metadata.name"), ("TIER", "spec.tier")],
+                      [("ORDER", "spec.order"), ("SELECTOR", "spec.selector")]),
+    "StagedGlobalNetworkPolicy": ([("NAME", "metadata.name"), ("TIER", "spec.tier")],
+                                  [("ORDER", "spec.order"), ("SELECTOR", "spec.selector")]),
+    "StagedNetworkPolicy": ([("NAME", "metadata.name"), ("TIER", "spec.tier")],
+                            [("ORDER", "spec.order"), ("SELECTOR", "spec.selector")]),
+    "StagedKubernetesNetworkPolicy": ([("NAME", "metadata.name")], [("PODSELECTOR", "spec.podSelector")]),
+    "Tier": ([("NAME", "metadata.name"), ("ORDER", "spec.order")], []),
+    "ClusterInformation": ([("NAME", "metadata.name")],
+                           [("CLUSTERGUID", "spec.clusterGUID"), ("CLUSTERTYPE", "spec.clusterType"),
+                            ("CALICOVERSION", "spec.calicoVersion"), ("DATASTOREREADY", "spec.datastoreReady")]),
     "GlobalNetworkSet": ([("NAME", "metadata.name")], [("NETS", "spec.nets")]),
     "NetworkSet": ([("NAME", "metadata.name")], [("NETS", "spec.nets")]),
 }

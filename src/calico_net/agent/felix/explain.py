@@ -16,17 +16,19 @@ no nft line for never matches here either; the lines are reported). What the age
 has no function for is evaluating a compiled rule against one concrete packet:
 `rule_matches` does that, term by term as `render_rule` emits the nft match, with
 set membership read from the index. The walk over an endpoint chain
-(`_endpoint_chain`) follows `PolicyDataplane._endpoint_chain_body`: policies in
-order (Allow returns allowed, Deny drops, Pass skips to the profiles, no match
-goes on; some policy applied and none allowed or passed: drop), then the profiles
-in order (Pass or no match: next), then drop.
+(`_endpoint_chain`) follows `PolicyDataplane._endpoint_chain_body`, tier by tier as
+`PolicyDataplane.tier_groups` groups them: within a tier the policies in order
+(Allow returns allowed, Deny drops, Pass skips to the next tier, no match goes on;
+no policy of the tier decided: its defaultAction, Deny being the end-of-tier drop),
+then the profiles in order (Pass or no match: next), then drop.
 
 The flow's path follows the base chains (`base_chains.render_base`): a workload's
 egress on its node, then the destination workload's ingress on its node; traffic
 to a host endpoint's address is checked against the failsafe inbound ports and
 then the host endpoint's ingress (from a local workload: the endpoint-to-host
 action first); traffic from a host endpoint's address the same way outbound.
-Calico has tiers; this agent programs one (``default``), reported as such.
+Tiers are reported as the agent orders them (``tiers`` of the answer; each step
+names the tier of every policy evaluated and how each tier ended).
 Not modelled: pre-DNAT, untracked and apply-on-forward host endpoint policy (named
 in the result when one selects an endpoint of the flow), Felix configuration
 set on the host itself (environment, felix.cfg: the settings come from the
@@ -59,9 +61,9 @@ from .settings import FelixSettings
 log = logging.getLogger(__name__)
 
 __all__ = ["Packet", "Cluster", "rule_matches", "explain", "find_endpoints", "endpoint_summary",
-           "policy_selection", "PROTOCOLS", "TIER"]
+           "policy_selection", "tier_order", "PROTOCOLS", "TIER"]
 
-#: the one tier this agent programs (Calico's name for the tier of untiered policy)
+#: Calico's name for the tier of untiered policy
 TIER = "default"
 PROTOCOLS = {"tcp": 6, "udp": 17, "icmp": 1, "sctp": 132, "icmpv6": 58}
 _ICMP = {4: 1, 6: 58}
@@ -263,7 +265,7 @@ class Cluster:
                 log.warning("skipping a document without kind or name")
                 continue
             ns = None if kind in ("GlobalNetworkPolicy", "HostEndpoint", "GlobalNetworkSet",
-                                  "Profile", "IPPool", "FelixConfiguration") else (meta.get("namespace") or "default")
+                                  "Profile", "IPPool", "FelixConfiguration", "Tier") else (meta.get("namespace") or "default")
             self.docs[(kind, ns, name)] = d
         self._settings = settings
         self._node_settings: dict[str, FelixSettings] = {}
@@ -332,11 +334,26 @@ def policy_selection(cl: Cluster, src: Member | None, dst: Member | None) -> lis
 
     on_src, on_dst = picked(src), picked(dst)
     out = []
-    for p in sorted(cl.index("").policies.values(), key=policy_sort_key):
+    index = cl.index("")
+    ordered = [(tier, p) for tier, _order, _action, pols in index.tier_groups(
+        sorted(index.policies.values(), key=policy_sort_key)) for p in pols]
+    for tier, p in ordered:
         kind, ns, name = p.key
-        out.append({"kind": kind, "namespace": ns, "name": name, "order": p.order,
+        out.append({"kind": kind, "namespace": ns, "name": name, "tier": tier, "order": p.order,
                     "selector": str(p.applies), "types": list(p.types),
                     "selectsSource": p.key in on_src, "selectsDestination": p.key in on_dst})
+    return out
+
+
+def tier_order(cl: Cluster) -> list[dict[str, Any]]:
+    """Every tier with a policy or a Tier document, in the agent's order."""
+    index = cl.index("")
+    names = set(index.tiers) | set(index.policy_tiers.values())
+    out = []
+    for name in sorted(names, key=lambda n: index.tier_info(n)[0]):
+        _sort, order, action = index.tier_info(name)
+        out.append({"name": name, "order": order, "defaultAction": action,
+                    "exists": name in index.tiers or order is not None})
     return out
 
 
@@ -344,7 +361,7 @@ def _endpoint_chain(cl: Cluster, member: Member, direction: str, pkt: Packet) ->
     """The walk through one endpoint chain (see the module docstring)."""
     index = cl.index(member.node or "")
     step0: dict[str, Any] = {"endpoint": _key_text(member.key), "node": member.node,
-                             "direction": direction, "tier": TIER, "policies": [], "profiles": []}
+                             "direction": direction, "tiers": [], "policies": [], "profiles": []}
     prefixes = cl.settings(member.node).interface_prefixes
     if member.iface is None or (member.kind == "WorkloadEndpoint" and not member.iface.startswith(prefixes)):
         # `PolicyDataplane._render_endpoint` leaves such an endpoint out of the maps:
@@ -360,46 +377,59 @@ def _endpoint_chain(cl: Cluster, member: Member, direction: str, pkt: Packet) ->
     ordered = index.ordered_policies(member.key)
     skipped = [_key_text(p.key) for p in ordered if cl.flags(p.key) & (hostprotect.PRE_DNAT
                                                                        | hostprotect.DO_NOT_TRACK)]
-    pols = [p for p in ordered if not cl.flags(p.key) & (hostprotect.PRE_DNAT | hostprotect.DO_NOT_TRACK)
-            and direction in p.types]
+    pols = [p for p in ordered if not cl.flags(p.key) & (hostprotect.PRE_DNAT | hostprotect.DO_NOT_TRACK)]
     step = step0
     if skipped:
         step["notEvaluated"] = skipped
     decided: dict[str, Any] | None = None
-    passed = False
-    for p in pols:
-        entries, action = _rule_entries(p.ingress if direction == "Ingress" else p.egress,
-                                        _raw_rules(cl.policy_doc(p.key), direction), pkt, ctx, False)
-        kind, ns, name = p.key
-        chain = policy_chain(p.key, direction)
-        step["policies"].append({"kind": kind, "namespace": ns, "name": name, "order": p.order,
-                                 "chain": chain, "rules": entries, "result": action or "no match"})
-        if action in ("Allow", "Deny"):
-            decided = {"verdict": action, "by": f"{_key_text(p.key)} rule {entries[-1]['index']}",
-                       "rule": _where(chain, entries[-1])}
+    for tier, order, action, members in index.tier_groups(pols):
+        members = [p for p in members if direction in p.types]
+        if not members:
+            continue        # the tier does not apply in this direction
+        tstep: dict[str, Any] = {"name": tier, "order": order, "defaultAction": action}
+        step["tiers"].append(tstep)
+        passed = False
+        for p in members:
+            entries, act = _rule_entries(p.ingress if direction == "Ingress" else p.egress,
+                                         _raw_rules(cl.policy_doc(p.key), direction), pkt, ctx, False)
+            kind, ns, name = p.key
+            chain = policy_chain(p.key, direction)
+            step["policies"].append({"kind": kind, "namespace": ns, "name": name, "tier": tier,
+                                     "order": p.order, "chain": chain, "rules": entries,
+                                     "result": act or "no match"})
+            if act in ("Allow", "Deny"):
+                where = "" if tier == TIER else f" (tier {tier})"
+                decided = {"verdict": act, "by": f"{_key_text(p.key)} rule {entries[-1]['index']}{where}",
+                           "rule": _where(chain, entries[-1])}
+                tstep["result"] = act
+                break
+            if act == "Pass":
+                passed = True
+                step["pass"] = _key_text(p.key)
+                tstep["result"] = f"Pass ({_key_text(p.key)})"
+                break
+        if decided is not None:
             break
-        if action == "Pass":
-            passed = True
-            step["pass"] = _key_text(p.key)
-            break
-    if decided is None and pols and not passed:
-        decided = {"verdict": "Deny", "by": f"end of tier {TIER}: policies applied, none allowed "
-                                            "or passed (default deny)"}
+        if not passed:
+            tstep["result"] = f"end of tier: {action}"
+            if action != "Pass":
+                decided = {"verdict": "Deny", "by": f"end of tier {tier}: its policies applied, none "
+                                                    "allowed or passed (defaultAction Deny)"}
+                break
     if decided is None:
         for name in index.profiles_for(member.key):
             prof = index.profiles[name]
-            entries, action = _rule_entries(prof.ingress if direction == "Ingress" else prof.egress,
-                                            _raw_rules(cl.profile_doc(name), direction), pkt, ctx, True)
+            entries, act = _rule_entries(prof.ingress if direction == "Ingress" else prof.egress,
+                                         _raw_rules(cl.profile_doc(name), direction), pkt, ctx, True)
             chain = profile_chain(name, direction)
             step["profiles"].append({"name": name, "chain": chain, "rules": entries,
-                                     "result": action or "no match"})
-            if action in ("Allow", "Deny"):
-                decided = {"verdict": action, "by": f"Profile {name} rule {entries[-1]['index']}",
+                                     "result": act or "no match"})
+            if act in ("Allow", "Deny"):
+                decided = {"verdict": act, "by": f"Profile {name} rule {entries[-1]['index']}",
                            "rule": _where(chain, entries[-1])}
                 break
     if decided is None:
-        decided = {"verdict": "Deny", "by": "no policy or profile allowed it (default deny)"
-                   if (passed or not pols) else "default deny"}
+        decided = {"verdict": "Deny", "by": "no policy or profile allowed it (default deny)"}
     step.update(decided)
     return step
 
@@ -425,7 +455,7 @@ def explain(cl: Cluster, src: Member | None, dst: Member | None, pkt: Packet) ->
     steps: list[dict[str, Any]] = []
 
     def done(verdict: str, by: str) -> dict[str, Any]:
-        return {"verdict": verdict, "decidedBy": by, "tier": TIER,
+        return {"verdict": verdict, "decidedBy": by, "tiers": tier_order(cl),
                 "policies": policy_selection(cl, src, dst), "steps": steps}
 
     if src is not None and src.kind == "WorkloadEndpoint":

@@ -6,7 +6,8 @@ labels, the profiles, the policies and the IP pools, and from those
 
 * for each *local* endpoint (``spec.node == node_name``) the policies that apply to
   it, ordered as Calico orders them (``order`` ascending, missing = last, then name),
-  matched by a `SelectorMatcher` of policy selectors × local endpoints;
+  matched by a `SelectorMatcher` of policy selectors × local endpoints, and grouped
+  by tier (`tier_groups`: tiers by ``order`` then name, as Felix's policy sorter);
 * for each selector used by a rule (``selector``/``notSelector``/``namespaceSelector``/
   ``serviceAccounts``, already scoped by `rules.compile_rule`) the nft sets of the
   addresses of every member it matches, kept by `SelectorSets` over a
@@ -24,6 +25,7 @@ import ipaddress
 import logging
 from typing import Any, Callable, Iterator, Mapping
 
+from calico_net.model.resources.policy import BUILTIN_TIERS, policy_tier, tier_order_action
 from calico_net.model.selector import Selector
 
 from . import nftstr
@@ -82,6 +84,13 @@ class PolicyIndex:
         self._pending_policies: dict[Key, Mapping[str, Any] | None] = {}
         self._pending_profiles: dict[str, Mapping[str, Any] | None] = {}
         self._pools_dirty = False
+        # tiers: name -> (order, defaultAction) of each Tier document; each policy's tier
+        self.tiers: dict[str, tuple[float, str]] = {}
+        self.policy_tiers: dict[Key, str] = {}
+        self._tier_dirty: set[str] = set()      # tiers whose document or members changed
+        #: set by recompute when some endpoint's tier grouping may have changed; the
+        #: dataplane clears it once its per-combination caches are dropped
+        self.tiers_changed = False
 
     # -- input -----------------------------------------------------------------
 
@@ -101,7 +110,23 @@ class PolicyIndex:
                 namespace = None
             elif namespace is None:
                 namespace = ((doc or {}).get("metadata") or {}).get("namespace") or "default"
-            self._pending_policies[(kind, namespace, name)] = doc
+            key = (kind, namespace, name)
+            self._pending_policies[key] = doc
+            tier = policy_tier((doc or {}).get("spec") or {}) if doc is not None else None
+            old = self.policy_tiers.get(key)
+            if tier != old:
+                if tier is None:
+                    del self.policy_tiers[key]
+                else:
+                    self.policy_tiers[key] = tier
+                if old is not None and tier is not None:
+                    self._tier_dirty.update((old, tier))
+        elif kind == "Tier":
+            if doc is None:
+                self.tiers.pop(name, None)
+            else:
+                self.tiers[name] = tier_order_action(name, doc.get("spec"))
+            self._tier_dirty.add(name)
         elif kind == "Profile":
             self._pending_profiles[name] = doc
         elif kind == "IPPool":
@@ -116,7 +141,7 @@ class PolicyIndex:
     @property
     def dirty(self) -> bool:
         return bool(self._pending_members or self._pending_policies
-                    or self._pending_profiles or self._pools_dirty)
+                    or self._pending_profiles or self._pools_dirty or self._tier_dirty)
 
     # -- queries ---------------------------------------------------------------
 
@@ -138,6 +163,29 @@ class PolicyIndex:
         if len(out) > 1:
             out.sort(key=policy_sort_key)
         return out
+
+    def tier_info(self, tier: str) -> tuple[tuple[Any, ...], float | None, str]:
+        """(sort key, order, defaultAction) of `tier`. As Felix: tiers with a Tier
+        document (or built in) by order then name; a tier without one after them all,
+        by name, ending in Deny."""
+        got = self.tiers.get(tier) or BUILTIN_TIERS.get(tier)
+        if got is None:
+            return (1, 0.0, tier), None, "Deny"
+        return (0, got[0], tier), got[0], got[1]
+
+    def tier_groups(self, pols: list[Policy]) -> list[tuple[str, float | None, str, list[Policy]]]:
+        """`pols` (in policy order) grouped by tier: (tier, order, defaultAction,
+        policies) in tier order."""
+        tiers = self.policy_tiers
+        groups: dict[str, list[Policy]] = {}
+        for p in pols:
+            groups.setdefault(tiers.get(p.key, "default"), []).append(p)
+        out = []
+        for name, members in groups.items():
+            sort, order, action = self.tier_info(name)
+            out.append((sort, (name, order, action, members)))
+        out.sort(key=lambda t: t[0])
+        return [g for _, g in out]
 
     def profiles_for(self, ep: Key) -> list[str]:
         """The endpoint's profiles that exist, in the endpoint's order."""
@@ -202,6 +250,14 @@ class PolicyIndex:
         self._apply_policy_updates(ch)
         self.sets.settle(detached)
         self._match_policies_to_endpoints(ch)
+        if self._tier_dirty:
+            # a tier's order or default action, or a policy's tier, changed: the
+            # endpoints its policies select are re-dispatched
+            dirty, self._tier_dirty = self._tier_dirty, set()
+            for key, tier in self.policy_tiers.items():
+                if tier in dirty and key in self.policies:
+                    ch.endpoints.update(self.policy_matcher.members_of(key))
+            self.tiers_changed = True
         if self._pools_dirty:
             ch.pools = True
             self._pools_dirty = False

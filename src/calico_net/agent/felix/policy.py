@@ -2,10 +2,14 @@
 
 What it is for: the agent's runtime feeds it validated Calico v3 documents
 (`update`), calls `apply` after each batch and `refresh` periodically.  Policy
-semantics are Calico's (no tiers): per endpoint and direction the applicable
-policies in order (Allow accepts, Deny drops, Pass skips to the profiles; if some
-policy applied and none matched: drop), then the endpoint's profiles in order
-(Pass or no match: next profile), and an endpoint with neither is denied.
+semantics are Calico's, tiers included: per endpoint and direction the tiers that
+have a policy applying to it, in tier order (``order``, then name; see
+`PolicyIndex.tier_groups`), and within each its applicable policies in order: Allow
+accepts, Deny drops, Pass skips the rest of the tier to the next one; if no policy
+of the tier decided, the tier's defaultAction (Deny: drop, "end of tier drop";
+Pass: on to the next tier).  After the tiers (none applied, or every one passed)
+the endpoint's profiles in order (Pass or no match: next profile), and an endpoint
+with neither is denied.
 
 How it is built (layering as in Felix): `PolicyIndex` (pure model) →
 this module renders what the index reports as changed into a `Ruleset` (desired
@@ -22,8 +26,10 @@ Table layout (names are what you see in ``nft list table inet calico``):
   `hostprotect`).  Workload-to-workload traffic on one host runs the source's egress
   and then the destination's ingress.  Traffic from an unknown ``cali*`` interface
   is dropped.  Host-to-workload traffic is allowed (as Calico).
-* endpoint chains ``cali-fw-<h>`` (egress) / ``cali-tw-<h>`` (ingress): the policy
-  chains in order, then the profile chains, named by a hash of their content, so
+* endpoint chains ``cali-fw-<h>`` (egress) / ``cali-tw-<h>`` (ingress): per tier the
+  policy chains in order and the end-of-tier drop (a tier whose defaultAction is
+  Deny), the pass bit cleared at the start of each further tier, then the profile
+  chains; named by a hash of their content, so
   endpoints with the same policies and profiles share one chain, and one endpoint
   added is two map elements plus set elements (no chain unless its combination is new).
 * policy chains ``cali-pi-<h>``/``cali-po-<h>`` and profile chains
@@ -58,6 +64,13 @@ from .nft import NftError, NftRunner
 from .nft_writer import NftWriter
 from .nftstr import NftStringError
 from .rules import MARK_ALLOW, MARK_CLEAR_MASK, MARK_PASS, render_rule
+
+#: clears only the pass bit (the start of each tier after the first)
+MARK_CLEAR_PASS = 0xFFFFFFFF & ~MARK_PASS
+
+#: per tier that applies to an endpoint in a direction: (tier name, defaultAction,
+#: the keys of its policies there, in order)
+TierGroup = tuple[str, str, tuple[Key, ...]]
 from .ruleset import Ruleset
 from .settings import (DEFAULT_FAILSAFE_INBOUND, DEFAULT_FAILSAFE_OUTBOUND, ApplyStats, FelixSettings,
                        parse_failsafe_ports)
@@ -172,6 +185,9 @@ class PolicyDataplane:
         """Record one resource's new version (None: deleted).  Bookkeeping only."""
         if kind == "GlobalNetworkPolicy":
             self.hp.note_policy((kind, None, name), doc)
+        elif kind in ("StagedNetworkPolicy", "StagedGlobalNetworkPolicy",
+                      "StagedKubernetesNetworkPolicy"):
+            return      # staged policy is never enforced (as in Calico)
         elif kind == "HostEndpoint":
             doc = star_endpoint(doc)
         self.index.update(kind, name, namespace, doc)
@@ -347,8 +363,9 @@ class PolicyDataplane:
         self.encap.render(self.rs)
         if ch.pools:
             render_pools(self.rs, self.index.pool_cidrs(), self.settings.nat_outgoing)
-        if ch.policies:
+        if ch.policies or index.tiers_changed:
             self._combo_cache.clear()
+            index.tiers_changed = False
         for name in ch.sets:
             self._render_set(name)
         for name, elems in ch.elements.items():
@@ -457,12 +474,12 @@ class PolicyDataplane:
         else:
             self._chain_literals.pop(chain, None)
 
-    def _endpoint_chain(self, direction: str, pol_keys: tuple[Key, ...],
+    def _endpoint_chain(self, direction: str, groups: tuple[TierGroup, ...],
                         prof_names: tuple[str, ...]) -> str:
-        ck = (direction, pol_keys, prof_names)
+        ck = (direction, groups, prof_names)
         hit = self._ep_chain_cache.get(ck)
         if hit is None:
-            hit = self._ep_chain_cache[ck] = self._endpoint_chain_body(direction, pol_keys, prof_names)
+            hit = self._ep_chain_cache[ck] = self._endpoint_chain_body(direction, groups, prof_names)
             if len(self._ep_chain_cache) > 100_000:
                 self._ep_chain_cache.clear()
         name, body = hit
@@ -471,17 +488,21 @@ class PolicyDataplane:
         return name
 
     @staticmethod
-    def _endpoint_chain_body(direction: str, pol_keys: tuple[Key, ...],
+    def _endpoint_chain_body(direction: str, groups: tuple[TierGroup, ...],
                              prof_names: tuple[str, ...]) -> tuple[str, list[str]]:
-        pols = [policy_chain(k, direction) for k in pol_keys]
         profs = [profile_chain(p, direction) for p in prof_names]
         body = [f"meta mark set meta mark & {MARK_CLEAR_MASK:#010x}"]
-        for i, pc in enumerate(pols):
-            body.append(f"jump {pc}" if i == 0 else f"meta mark & {MARK_PASS:#x} == 0 jump {pc}")
-            body.append(f"meta mark & {MARK_ALLOW:#x} == {MARK_ALLOW:#x} return")
-        if pols:
-            # some policy applied and none allowed or passed: deny
-            body.append(f"meta mark & {MARK_PASS:#x} == 0 drop")
+        for t, (_tier, action, keys) in enumerate(groups):
+            if t:
+                # start of a further tier: an earlier tier's Pass no longer counts
+                body.append(f"meta mark set meta mark & {MARK_CLEAR_PASS:#010x}")
+            for i, k in enumerate(keys):
+                pc = policy_chain(k, direction)
+                body.append(f"jump {pc}" if i == 0 else f"meta mark & {MARK_PASS:#x} == 0 jump {pc}")
+                body.append(f"meta mark & {MARK_ALLOW:#x} == {MARK_ALLOW:#x} return")
+            if action != "Pass":
+                # end of tier: some policy of it applied and none allowed or passed
+                body.append(f"meta mark & {MARK_PASS:#x} == 0 drop")
         for pc in profs:
             body.append(f"jump {pc}")
             body.append(f"meta mark & {MARK_ALLOW:#x} == {MARK_ALLOW:#x} return")
@@ -501,10 +522,8 @@ class PolicyDataplane:
             combo = self._combo_cache.get(ck)
             if combo is None:
                 pols = self.hp.normal(index.ordered_policies(ep))
-                ing = self._endpoint_chain(
-                    "Ingress", tuple(p.key for p in pols if "Ingress" in p.types), profs)
-                eg = self._endpoint_chain(
-                    "Egress", tuple(p.key for p in pols if "Egress" in p.types), profs)
+                ing = self._endpoint_chain("Ingress", self.tier_groups(pols, "Ingress"), profs)
+                eg = self._endpoint_chain("Egress", self.tier_groups(pols, "Egress"), profs)
                 combo = (ing, self.rs.chains[ing].rules, eg, self.rs.chains[eg].rules)
                 if len(self._combo_cache) > 100_000:
                     self._combo_cache.clear()
@@ -550,6 +569,16 @@ class PolicyDataplane:
                     self._unused_chains.add(c)
                 else:
                     self._chain_refs[c] = n
+
+    def tier_groups(self, pols: list[Any], direction: str) -> tuple[TierGroup, ...]:
+        """The tiers that apply in `direction` (a policy of theirs governs it) with
+        their policies there, in order (`PolicyIndex.tier_groups`)."""
+        out = []
+        for tier, _order, action, members in self.index.tier_groups(pols):
+            keys = tuple(p.key for p in members if direction in p.types)
+            if keys:
+                out.append((tier, action, keys))
+        return tuple(out)
 
     def _refuse_iface(self, member: Any) -> bool:
         """True (and logged once) if `member` is a workload endpoint whose interface
