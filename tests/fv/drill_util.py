@@ -372,3 +372,236 @@ class Dataplane:
         if tmp is not None and (tmp / "bird.cfg").exists():
             cfg = (tmp / "bird.cfg").read_text()
         return cls(agent_routes(), ruleset(), bird_routes(), cfg)
+
+
+# ----------------------------------------------------------------- a 3-member etcd
+
+
+def ss_bytes_received(ip: str, port: int) -> int:
+    """Bytes the listening side at ip:port has received on its established client
+    connections (kernel counters, `ss -ti`): how far a client's request got."""
+    out = sh("ss", "-tinH", "state", "established", f"( sport = :{port} )", check=False)
+    total = 0
+    for tok in out.split():
+        if tok.startswith("bytes_received:"):
+            total += int(tok.split(":", 1)[1])
+    return total
+
+
+@dataclass
+class Member:
+    name: str
+    ip: str
+    client_port: int
+    peer_port: int
+    data_dir: str
+    proc: subprocess.Popen | None = None
+
+    @property
+    def client_url(self) -> str:
+        return f"http://{self.ip}:{self.client_port}"
+
+    @property
+    def peer_url(self) -> str:
+        return f"http://{self.ip}:{self.peer_port}"
+
+    def healthy(self) -> bool:
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        try:
+            with opener.open(self.client_url + "/health", timeout=1) as r:
+                return r.status == 200
+        except (OSError, urllib.error.URLError):
+            return False
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log_tail(self, n: int = 30) -> str:
+        try:
+            lines = Path(self.data_dir, "etcd.log").read_text().splitlines()[-n:]
+        except OSError:
+            lines = []
+        return f"--- etcd {self.name} ---\n" + "\n".join(lines)
+
+
+class EtcdCluster:
+    """Three etcd members of the drill's own on 127.0.0.61-63 (data on tmpfs when
+    there is one), each SIGKILLable and restartable on its ports and data. Short
+    heartbeat/election timers, so a lost leader is replaced in about a second."""
+
+    IPS = ("127.0.0.61", "127.0.0.62", "127.0.0.63")
+
+    def __init__(self) -> None:
+        base = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
+        self.root = tempfile.mkdtemp(prefix="cnt6-etcd-", dir=base)
+        self.members = [Member(f"m{i + 1}", ip, _free_port(ip), _free_port(ip),
+                               os.path.join(self.root, f"m{i + 1}"))
+                        for i, ip in enumerate(self.IPS)]
+        for m in self.members:
+            os.makedirs(m.data_dir)
+        self.initial = ",".join(f"{m.name}={m.peer_url}" for m in self.members)
+
+    def start(self, m: Member) -> None:
+        assert not m.running()
+        log = open(os.path.join(m.data_dir, "etcd.log"), "a")
+        m.proc = subprocess.Popen(
+            [shutil.which("etcd") or "/usr/bin/etcd", "--name", m.name,
+             "--data-dir", os.path.join(m.data_dir, "data"),
+             "--listen-client-urls", m.client_url, "--advertise-client-urls", m.client_url,
+             "--listen-peer-urls", m.peer_url, "--initial-advertise-peer-urls", m.peer_url,
+             "--initial-cluster", self.initial, "--initial-cluster-state", "new",
+             "--initial-cluster-token", os.path.basename(self.root),
+             "--heartbeat-interval", "100", "--election-timeout", "1000",
+             "--max-txn-ops", "20000", "--max-request-bytes", str(32 * 1024 * 1024),
+             "--log-level", "warn", "--logger", "zap"],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def start_all(self) -> None:
+        for m in self.members:
+            self.start(m)
+        for m in self.members:
+            self.wait_healthy(m)
+
+    def wait_healthy(self, m: Member, timeout: float = 60) -> None:
+        wait_for(m.healthy, timeout, f"etcd {m.name} healthy", lambda: self.logs())
+
+    def kill(self, m: Member) -> None:
+        """SIGKILL: the member is lost, no goodbye to peers or clients."""
+        if m.running():
+            assert m.proc is not None
+            m.proc.kill()
+            m.proc.wait()
+
+    def endpoints(self, *ms: Member) -> str:
+        return ",".join(m.client_url for m in (ms or self.members))
+
+    def client(self, *ms: Member):
+        from calico_net.datastore.etcd import EtcdClient, EtcdConfig
+
+        return EtcdClient(EtcdConfig(endpoints=[m.client_url for m in (ms or self.members)]))
+
+    def logs(self) -> str:
+        return "\n".join(m.log_tail() for m in self.members)
+
+    def destroy(self) -> None:
+        for m in self.members:
+            if m.running():
+                assert m.proc is not None
+                m.proc.send_signal(signal.SIGTERM)
+                try:
+                    m.proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    m.proc.kill()
+                    m.proc.wait()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def base_env_plain(endpoints: str) -> dict[str, str]:
+    """Environment for calicoctl against `endpoints` (plain http, no node identity)."""
+    env = dict(os.environ)
+    for k in ("ETCD_CA_CERT_FILE", "ETCD_CERT_FILE", "ETCD_KEY_FILE", "NODENAME", "HOSTNAME"):
+        env.pop(k, None)
+    env.update({"ETCD_ENDPOINTS": endpoints, "PATH": f"{VENV_BIN}:{os.environ.get('PATH', '')}"})
+    return env
+
+
+class TripProxy:
+    """127.0.0.1:<port> -> upstream, forwarding both ways, that calls `trip()` (once)
+    just before forwarding the request byte that takes the client's total past
+    `threshold`, then forwards nothing more. Put in front of an etcd member with
+    `trip` = SIGKILL of that member, the member dies while a request is on the wire,
+    after exactly `threshold` bytes of it."""
+
+    def __init__(self, upstream: tuple[str, int], threshold: int, trip: Callable[[], None]) -> None:
+        self.upstream = upstream
+        self.threshold = threshold
+        self._trip = trip
+        self.sent = 0
+        self.tripped = threading.Event()
+        self._lock = threading.Lock()
+        self._socks: list[socket.socket] = []
+        self._lsock = socket.create_server(("127.0.0.1", 0))
+        self.port = self._lsock.getsockname()[1]
+        threading.Thread(target=self._accept, name="cnt6-trip-proxy", daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._lsock.accept()
+            except OSError:
+                return
+            try:
+                server = socket.create_connection(self.upstream, timeout=5)
+                server.settimeout(None)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._socks += [client, server]
+            threading.Thread(target=self._pump, args=(client, server, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(server, client, False), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, upward: bool) -> None:
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                if upward:
+                    with self._lock:
+                        if self.tripped.is_set():
+                            break
+                        room = self.threshold - self.sent
+                        if len(data) > room:
+                            if room > 0:
+                                dst.sendall(data[:room])
+                                self.sent += room
+                            self._trip()
+                            self.tripped.set()
+                            break
+                        self.sent += len(data)
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self._lsock.close()
+        with self._lock:
+            for s in self._socks:
+                s.close()
+
+
+class KillOnFirstPut:
+    """Watches `prefix` through `watch_client` (a member that survives) and calls
+    `kill()` on the first PUT: the moment the first of a write's keys is committed."""
+
+    def __init__(self, watch_client, prefix: str, kill: Callable[[], None]) -> None:
+        self._watch = watch_client.watch_prefix(prefix, watch_client.revision() + 1)
+        self._kill = kill
+        self.fired = threading.Event()
+        self.error: BaseException | None = None
+        threading.Thread(target=self._run, name="cnt6-kill-on-put", daemon=True).start()
+
+    def _run(self) -> None:
+        try:
+            for events in self._watch:
+                if any(e.type == "PUT" for e in events):
+                    self._kill()
+                    self.fired.set()
+                    return
+        except BaseException as e:  # noqa: BLE001 - the test reports it
+            if not self.fired.is_set():
+                self.error = e
+
+    def close(self) -> None:
+        self._watch.cancel()
