@@ -69,6 +69,27 @@ def build_parser() -> argparse.ArgumentParser:
 LOG_FORMAT = "%(asctime)s [%(levelname)s][%(process)d] %(name)s: %(message)s"
 
 
+class LogFile(logging.handlers.WatchedFileHandler):
+    """The log file: reopened when moved away (logrotate), its directory made again
+    when removed; a file that cannot be written never raises into the agent (the
+    problem goes to stderr once, until writing works again)."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path, encoding="utf-8")
+        self.broken = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            if not os.path.isdir(os.path.dirname(self.baseFilename)):
+                os.makedirs(os.path.dirname(self.baseFilename), mode=0o755, exist_ok=True)
+            super().emit(record)
+            self.broken = False
+        except Exception as e:  # noqa: BLE001 - a log write must not fail the agent
+            if not self.broken:
+                self.broken = True
+                sys.stderr.write(f"cannot write the log file {self.baseFilename!r}: {e}\n")
+
+
 class LogSetup:
     """The agent's log handlers from the config: the screen (stderr) at
     LogSeverityScreen; the file LogFilePath (None: none) at LogSeverityFile. `apply`
@@ -93,7 +114,7 @@ class LogSetup:
             if path is not None:
                 try:
                     os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
-                    handler = logging.handlers.WatchedFileHandler(path, encoding="utf-8")
+                    handler = LogFile(path)
                 except OSError as e:
                     # as Felix: a log file that cannot be opened leaves the screen log
                     if self.failed != path:

@@ -466,6 +466,13 @@ class Config:
                     changed.append(p.name)
                 self.values[p.name] = value
             self.sources[p.name] = source
+        # the listeners first: the lines below go out with the new log settings
+        if changed:
+            for listener in list(self.listeners):
+                try:
+                    listener(changed)
+                except Exception:  # noqa: BLE001 - a listener's failure is not the config's
+                    log.exception("applying the changed settings %s failed", ",".join(changed))
         for name in changed:
             p = next(q for q in PARAMS if q.name == name)
             if not p.live and name in self.until_start:
@@ -474,12 +481,6 @@ class Config:
                 log.warning("%s changed to %r: it takes effect when the agent restarts", name, self.values[name])
             else:
                 log.info("%s changed to %r (from %s)", name, self.values[name], self.sources[name])
-        if changed:
-            for listener in list(self.listeners):
-                try:
-                    listener(changed)
-                except Exception:  # noqa: BLE001 - a listener's failure is not the config's
-                    log.exception("applying the changed settings %s failed", ",".join(changed))
         return changed
 
     @property
