@@ -241,3 +241,59 @@ def test_etcd_member_down(fabric: bu.Fabric) -> None:
     finally:
         fabric.client.member_remove(member_id)
     assert_passes(fabric, h1)
+
+
+def test_dataplane_fingerprints(tmp_path) -> None:
+    """The dataplane check on a host running the agent (test_preview_diff's harness: its
+    own namespace, etcd and agent, not the BGP fabric): it passes when the live table
+    and workload routes are what etcd says; with the agent paused, a policy added in
+    etcd and a workload route deleted by hand, it fails naming the policy's chain and
+    the route; once the agent runs again it passes."""
+    import os
+    import signal
+
+    import test_preview_diff as pd
+    from calico_net.agent.felix.policy import policy_chain
+
+    def run_verify(node: Any) -> tuple[int, dict[str, dict[str, Any]]]:
+        skip = [a for c in ("etcd", "bgp", "block-routes", "workload-routes", "readiness", "mtu", "ipam")
+                for a in ("--skip", c)]
+        p = subprocess.run(["ip", "netns", "exec", pd.NS, str(bu.VENV_BIN / "calicoctl"), "node", "verify",
+                            "-o", "json", *skip], env=node.env, capture_output=True, text=True, timeout=60)
+        assert p.stdout, (p.returncode, p.stderr)
+        return p.returncode, {c["check"]: c for c in json.loads(p.stdout)["checks"]}
+
+    links = ("cali3db000001", "cali3web00002")
+    with pd.agent_node(tmp_path, pd.base_docs(), links=links) as node:
+        pd.wait_for(lambda: "198.19.184.1" in pd.sh("ip", "route", "show", "proto", "80", ns=pd.NS), 30,
+                    "the agent's workload routes")
+        rc, by = run_verify(node)
+        assert rc == 0, by
+        assert by["ruleset-fingerprint"]["status"] == "ok" and by["route-fingerprint"]["status"] == "ok", by
+        assert "2 workload route(s)" in by["route-fingerprint"]["detail"]
+        os.kill(node.proc.pid, signal.SIGSTOP)
+        try:
+            node.ds.apply({"apiVersion": "projectcalico.org/v3", "kind": "GlobalNetworkPolicy",
+                           "metadata": {"name": "cnt3-late"},
+                           "spec": {"selector": "role == 'web'", "types": ["Ingress"],
+                                    "ingress": [{"action": "Deny", "protocol": "TCP"}]}})
+            pd.sh("ip", "route", "del", "198.19.184.1/32", "dev", "cali3db000001", "proto", "80", ns=pd.NS)
+            rc, by = run_verify(node)
+            assert rc == 1
+            rs, rt = by["ruleset-fingerprint"], by["route-fingerprint"]
+            chain = policy_chain(("GlobalNetworkPolicy", None, "cnt3-late"), "Ingress")
+            assert rs["status"] == "fail" and f"missing: chain {chain}" in rs["detail"], rs
+            assert "differ: " in rs["detail"] and "map cali-wl-to" in rs["detail"] and rs["fix"], rs
+            assert rt["status"] == "fail" and "missing: 198.19.184.1/32 dev cali3db000001" in rt["detail"], rt
+            assert "unexpected" not in rt["detail"] and rt["fix"], rt
+        finally:
+            os.kill(node.proc.pid, signal.SIGCONT)
+        last: list[Any] = []
+
+        def passes() -> bool:
+            rc, by = run_verify(node)
+            last[:] = [by]
+            return rc == 0
+
+        bu.wait_for(passes, CONVERGE, "verify passes once the agent caught up", lambda: json.dumps(last, indent=1),
+                    interval=0.5)

@@ -130,7 +130,7 @@ class AgentNode:
 
 @contextlib.contextmanager
 def agent_node(tmp: Path, docs: list[dict[str, Any]], links: tuple[str, ...] = ()) -> Iterator[AgentNode]:
-    """The host namespace with `links` (up dummy interfaces), etcd holding `docs`,
+    """The host namespace with `links` (up veth interfaces), etcd holding `docs`,
     and the agent running and converged; all removed afterwards."""
     sys.path.insert(0, str(HERE.parent))
     from etcd_server import start_etcd, stop_etcd
@@ -148,7 +148,8 @@ def agent_node(tmp: Path, docs: list[dict[str, Any]], links: tuple[str, ...] = (
         sh("ip", "addr", "add", f"{NET}.2/24", "dev", "eth0", ns=NS)
         sh("ip", "link", "set", "eth0", "up", ns=NS)
         for name in links:
-            sh("ip", "link", "add", name, "type", "dummy", ns=NS)
+            sh("ip", "link", "add", name, "type", "veth", "peer", "name", name + "p", ns=NS)
+            sh("ip", "link", "set", name + "p", "up", ns=NS)
             sh("ip", "link", "set", name, "up", ns=NS)
         etcd = start_etcd(listen_host=f"{NET}.1")
         ds = Datastore(EtcdClient(EtcdConfig(endpoints=[etcd.endpoints])))
