@@ -11,6 +11,9 @@ Logs go to stderr at LogSeverityScreen and, while LogFilePath is a path (Felix's
 LogSeverityFile (`LogSetup`: the file is reopened when it is moved away, as by
 logrotate; both follow a FelixConfiguration change without a restart).
 
+At start, ClusterInformation `default` is created when absent and its version kept
+current (`startup.ensure_cluster_information`, as calico/node's start-up does).
+
 The overlay (IP-in-IP / VXLAN: `encap.controller`) is built here with its real
 pieces: the kernel layer, the block affinity watch and the tunnel address allocator.
 
@@ -191,6 +194,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DatastoreError as e:
         log.error("%s", e)
         return 2
+    from calico_net.agent.startup import StartupError, ensure_cluster_information
+    from calico_net.datastore import Datastore
+
+    try:
+        # as calico/node's start-up: written when absent, the GUID never overwritten
+        ensure_cluster_information(Datastore(etcd), cluster_type=os.environ.get("CLUSTER_TYPE", ""))
+    except (DatastoreError, StartupError) as e:
+        log.error("cannot record ClusterInformation default (the agent runs on): %s", e)
     metrics = metrics_mod.Metrics()
     state = health_mod.HealthState()
     servers = []

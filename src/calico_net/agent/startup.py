@@ -23,6 +23,15 @@ agent, confd and BIRD (``python -m calico_net.agent.startup``):
 * ``CALICO_NETWORKING_BACKEND``: ``bird`` (default) and ``vxlan`` need a node address
   (BGP peers with it; VXLAN and IP-in-IP tunnels end at it), ``none`` does not; any
   other value is refused;
+* ClusterInformation ``default`` (`ensure_cluster_information`, as libcalico-go's
+  ``EnsureInitialized``): created when absent with a random ``clusterGUID`` (32 hex
+  digits), ``calicoVersion`` (``v`` + the package version), ``clusterType`` (from
+  ``CLUSTER_TYPE``, when set) and ``datastoreReady: true``, by a create that fails if
+  another node got there first; when present, only the version is brought up to date,
+  a missing GUID or ready flag filled in and ``CLUSTER_TYPE``'s types added (a
+  compare-and-swap, retried on conflict): the GUID and an explicit
+  ``datastoreReady: false`` are never overwritten. The agent does the same when it
+  starts (`calico_net.agent.__main__`), so a host running only the agent has it too;
 * then this node's tunnel addresses (IP-in-IP, VXLAN) are reconciled once
   (`calico_net.agent.encap.addrs`), so the agent and confd start with them; an IPAM
   problem there is logged and does not fail start-up: the agent's allocator retries.
@@ -45,6 +54,7 @@ import re
 import socket
 import sys
 import time
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Union
@@ -405,6 +415,67 @@ def assign_tunnel_addresses(datastore: Any, ipam: Any, name: str) -> dict[str, s
         return None
 
 
+CLUSTER_INFO_NAME = "default"
+
+
+def calico_version() -> str:
+    """What ClusterInformation's calicoVersion records for this build: `v<version>`."""
+    from calico_net import __version__
+
+    return f"v{__version__}"
+
+
+def ensure_cluster_information(datastore: Any, version: str | None = None, cluster_type: str = "",
+                               attempts: int = 10) -> dict[str, Any]:
+    """ClusterInformation "default" as libcalico-go's ensureClusterInformation leaves it
+    (see the module docstring); returns the stored document."""
+    from calico_net.datastore.errors import ResourceAlreadyExists, ResourceConflict, ResourceNotFound
+
+    version = calico_version() if version is None else version
+    wanted_types = [t for t in cluster_type.strip().strip(",").split(",") if t.strip()]
+    for _ in range(attempts):
+        try:
+            doc = datastore.get("ClusterInformation", CLUSTER_INFO_NAME)
+        except ResourceNotFound:
+            spec: dict[str, Any] = {"clusterGUID": uuid.uuid4().hex, "calicoVersion": version,
+                                    "datastoreReady": True}
+            if wanted_types:
+                spec["clusterType"] = ",".join(wanted_types)
+            try:
+                created = datastore.create({"apiVersion": "projectcalico.org/v3", "kind": "ClusterInformation",
+                                            "metadata": {"name": CLUSTER_INFO_NAME}, "spec": spec})
+            except ResourceAlreadyExists:
+                log.info("ClusterInformation default: another node created it first")
+                continue
+            log.info("ClusterInformation default created: cluster GUID %s, version %s",
+                     spec["clusterGUID"], version)
+            return created
+        spec = dict(doc.get("spec") or {})
+        before = dict(spec)
+        if version and spec.get("calicoVersion") != version:
+            spec["calicoVersion"] = version
+        if not spec.get("clusterGUID"):
+            spec["clusterGUID"] = uuid.uuid4().hex
+        if spec.get("datastoreReady") is None:
+            spec["datastoreReady"] = True
+        if wanted_types:
+            have = [t for t in str(spec.get("clusterType") or "").split(",") if t]
+            merged = have + [t for t in wanted_types if t not in have]
+            spec["clusterType"] = ",".join(merged)
+        if spec == before:
+            return doc
+        new = dict(doc)
+        new["spec"] = spec
+        try:
+            updated = datastore.replace(new)        # carries resourceVersion: compare-and-swap
+        except (ResourceConflict, ResourceNotFound):
+            log.info("ClusterInformation default changed meanwhile; reading it again")
+            continue
+        log.info("ClusterInformation default updated: version %s", spec.get("calicoVersion"))
+        return updated
+    raise StartupError(f"ClusterInformation default: still changing after {attempts} attempts")
+
+
 def write_nodename(name: str, path: str = NODENAME_FILE) -> None:
     from calico_net.agent.confd.render import write_if_changed
 
@@ -470,6 +541,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         datastore = Datastore(client)
         doc = register_node(datastore, name, env)
+        ensure_cluster_information(datastore, cluster_type=env.get("CLUSTER_TYPE", ""))
         write_nodename(name, nodename_file)
         from calico_net.ipam import IPAM
 
