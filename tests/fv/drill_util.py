@@ -605,3 +605,30 @@ class KillOnFirstPut:
 
     def close(self) -> None:
         self._watch.cancel()
+
+
+# ------------------------------------------------------------ a BGP fabric of cnt6 names
+
+
+def cnt6_fabric_module():
+    """tests/fv/bgp_util.py loaded as a module of its own whose names are the drills'
+    (namespaces ``cnt6-*``, root link ``cnt6bgp0`` 198.18.226.1/24), so a BIRD drill
+    never removes or collides with the fabric of the BGP FV tests (``cnfv-bgp-*``).
+    Inside the namespaces the addresses are the FV fabric's (they are isolated)."""
+    import importlib.util
+
+    name = "cnt6_bgp_util"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("bgp_util.py"))
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    mod.PREFIX = "cnt6-"
+    mod.BR_NS = "cnt6-br"
+    mod.TOR_NS = "cnt6-tor"
+    mod.EXT2_NS = "cnt6-ext2"
+    mod.ROOT_IF = "cnt6bgp0"
+    mod.UPLINK = "198.18.226"
+    return mod
