@@ -325,7 +325,7 @@ def _staged_errors(spec: Any, path: str, ctx: CheckContext) -> Iterator[Error]:
     if spec.staged_action == "Delete":
         extra = sorted(f for f in spec.model_fields_set if f not in ("staged_action", "tier"))
         if extra:
-            names = ", ".join(spec.model_fields[f].alias or f for f in extra)
+            names = ", ".join(type(spec).model_fields[f].alias or f for f in extra)
             yield (field_path(path, "stagedAction"),
                    f"with stagedAction Delete no field but tier may be set (found {names})")
         return
