@@ -184,3 +184,69 @@ def test_preview_off_by_environment(datastore, monkeypatch):
     r = ResourceManager(datastore, check_mode=True, diff=True).run([Want("GlobalNetworkPolicy", "x", build=build)])
     assert "preview" not in r and "prepared" not in r["diff"]
     assert os.environ["CALICO_NET_PREVIEW"] == "0"
+
+
+def test_listing_parse_drops_handles_counters_and_unused_endpoint_chains():
+    from calico_net.preview.ruleset import fingerprint
+    from calico_net.verify.dataplane import live_objects
+
+    text = """table inet calico { # handle 7
+\tset cali-meta { # handle 3
+\t\ttype ifname
+\t\telements = { "0123456789abcde" }
+\t}
+\tset s4_aa { # handle 4
+\t\ttype ipv4_addr
+\t\telements = { 198.19.1.2,
+\t\t\t     198.19.1.1 }
+\t}
+\tchain cali-tw-0123456789abcdef { # handle 9
+\t\tjump cali-pi-0123456789abcdef # handle 10
+\t\tcounter packets 12 bytes 3400 drop # handle 11
+\t}
+\tchain cali-tw-fedcba9876543210 { # handle 12
+\t\tdrop # handle 13
+\t}
+\tmap cali-wl-to { # handle 5
+\t\ttype ifname : verdict
+\t\telements = { "cali1" : jump cali-tw-0123456789abcdef }
+\t}
+}
+"""
+    objs = live_objects(text)
+    assert objs == {
+        "set s4_aa": ("type ipv4_addr", "198.19.1.1", "198.19.1.2"),
+        "chain cali-tw-0123456789abcdef": ("jump cali-pi-0123456789abcdef", "counter drop"),
+        "map cali-wl-to": ("type ifname : verdict", '"cali1" : jump cali-tw-0123456789abcdef'),
+    }
+    # handles, counter values and element order do not change the fingerprint
+    other = text.replace("# handle 10", "# handle 99").replace("packets 12 bytes 3400", "packets 0 bytes 0")
+    other = other.replace("198.19.1.2,\n\t\t\t     198.19.1.1", "198.19.1.1, 198.19.1.2")
+    assert fingerprint(live_objects(other)) == fingerprint(objs)
+    assert fingerprint(live_objects(text.replace("198.19.1.1 }", "198.19.1.3 }"))) != fingerprint(objs)
+
+
+def test_calicoctl_node_preview(datastore, tmp_path):
+    import io
+    import json
+    import types
+
+    from calico_net.cli.main import build_parser
+
+    datastore.apply_all(DOCS)
+    f = tmp_path / "change.yaml"
+    f.write_text(json.dumps(_gnp_web_9090()))
+
+    def run(*argv):
+        args = build_parser().parse_args(["node", "preview", "-f", str(f), *argv])
+        ctx = types.SimpleNamespace(datastore=datastore, out=io.StringIO(), err=io.StringIO())
+        assert args.func(args, ctx) == 0
+        return ctx.out.getvalue()
+
+    text = run("--node", "n1", "--form", "rendered")
+    assert text.startswith("=== node n1: nftables change\n") and "=== node n2" not in text
+    assert "+meta l4proto 6 ip saddr @s4_" in text
+    body = json.loads(run("-o", "json", "--form", "rendered", "--delete"))
+    assert [n["node"] for n in body["nodes"]] == ["n1", "n2"]
+    (gone,) = [o for o in body["nodes"][0]["nftables"]["objects"] if o["name"].startswith("chain cali-pi-")]
+    assert gone["state"] == "removed"
