@@ -12,8 +12,10 @@ Nothing is rewritten; both are compared by fingerprint:
   refers to is left out of the live side (the agent deletes unused ones lazily).
   The two hashes must agree; otherwise the failure names the chains, sets and
   maps that are missing, unexpected or different.
-* workload routes: the agent's routes (protocol 80, main table) against the
-  /32 and /128 of every WorkloadEndpoint of this node the agent accepts
+* workload routes: the agent's routes (protocol 80, main table) through a
+  workload interface (an interface prefix, no gateway: the overlay's block routes
+  through a tunnel are the block-routes check's) against the /32 and /128 of
+  every WorkloadEndpoint of this node the agent accepts
   (`felix.routes.host_routes`, `interface_problem`) whose interface exists and
   is up, as (destination, interface) pairs.
 
@@ -117,9 +119,12 @@ def route_sets(env: Env, weps: list[dict[str, Any]], prefixes: tuple[str, ...]) 
     for fam in (4, 6):
         for r in json.loads(env.run(["ip", "-j", f"-{fam}", "route", "show", "table", "main", "proto", "80"])
                             or "[]"):
+            dev = str(r.get("dev", ""))
+            if r.get("gateway") or not dev.startswith(prefixes):
+                continue        # the overlay's block routes (through a tunnel), not a workload's
             dst = str(r.get("dst", ""))
             net = ipaddress.ip_network(dst if "/" in dst else f"{dst}/{32 if fam == 4 else 128}", strict=False)
-            have.add((str(net), str(r.get("dev", ""))))
+            have.add((str(net), dev))
     return want, have
 
 
