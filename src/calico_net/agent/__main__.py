@@ -137,12 +137,14 @@ class LogSetup:
 
 def felix_settings_factory(config: Config):  # type: ignore[no-untyped-def]
     """The policy dataplane's settings class for the daemon, with the NAT-outgoing
-    parameters (NATOutgoingAddress, NATPortRange) taken from `config` as well."""
+    parameters (NATOutgoingAddress, NATPortRange) and LogPrefix taken from `config`
+    as well."""
     from calico_net.agent.felix.settings import FelixSettings
 
     def make(**kw: object) -> FelixSettings:
         return FelixSettings(**kw, nat_outgoing_address=config.values["NATOutgoingAddress"],  # type: ignore[arg-type]
-                             nat_port_range=config.values["NATPortRange"])
+                             nat_port_range=config.values["NATPortRange"],
+                             log_prefix=config.values["LogPrefix"])
 
     return make
 
@@ -203,6 +205,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (DatastoreError, StartupError) as e:
         log.error("cannot record ClusterInformation default (the agent runs on): %s", e)
     metrics = metrics_mod.Metrics()
+    metrics.process_metrics = config.values["PrometheusProcessMetricsEnabled"]
     state = health_mod.HealthState()
     servers = []
     try:

@@ -119,6 +119,14 @@ def parse_seconds(v: Any) -> float:
     return secs
 
 
+def _optional(parse: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """`parse`, with "" (the built-in default: not set) as None."""
+    def parse_optional(v: Any) -> Any:
+        return None if v == "" else parse(v)
+
+    return parse_optional
+
+
 def parse_log_level(v: Any) -> str:
     s = str(v).strip().lower()
     if s not in LOG_LEVELS:
@@ -295,6 +303,19 @@ def parse_log_file_path_datastore(v: Any) -> str | None:
     return path
 
 
+_LOG_PREFIX_RE = re.compile(r"[A-Za-z0-9 :/_.-]{1,125}")
+
+
+def parse_log_prefix(v: Any) -> str:
+    """LogPrefix: the prefix of the `log` rules policy renders (`<prefix>: ` in nft's
+    log prefix, at most 127 bytes). Only what nft text takes from this agent:
+    A-Z a-z 0-9 space : / _ . - (Calico's %t %k %n %p specifiers are not expanded)."""
+    if not isinstance(v, str) or not _LOG_PREFIX_RE.fullmatch(v):
+        raise ValueError(f"{v!r} is not a log prefix the agent renders (1-125 of A-Z a-z 0-9 "
+                         "space : / _ . -; specifiers such as %n are not expanded)")
+    return v
+
+
 # Felix's default (config_params.go): the host's physical interfaces by their
 # predictable and legacy names; never workload (cali*) or tunnel devices.
 DEFAULT_MTU_IFACE_PATTERN = r"^((en|wl|ww|sl|ib)[opsx].*|(eth|wlan|wwan).*)"
@@ -314,6 +335,10 @@ class Param:
     local: bool = False
     #: the parser for values from a FelixConfiguration, when stricter than `parse`
     datastore_parse: Callable[[Any], Any] | None = None
+    #: another (earlier) parameter that supplies this one's value when it is set in
+    #: the same or a higher-precedence source (Felix in nftables mode reads
+    #: NftablesRefreshInterval rather than IptablesRefreshInterval)
+    overridden_by: str | None = None
 
     @property
     def api_field(self) -> str:
@@ -333,7 +358,11 @@ PARAMS: tuple[Param, ...] = (
     Param("FailsafeInboundHostPorts", parse_ports, DEFAULT_FAILSAFE_IN),
     Param("FailsafeOutboundHostPorts", parse_ports, DEFAULT_FAILSAFE_OUT),
     Param("RouteRefreshInterval", parse_seconds, 90),
-    Param("IptablesRefreshInterval", parse_seconds, 90),
+    # the nft table's refresh (daemon.py reads IptablesRefreshInterval): Felix's
+    # nftables mode reads NftablesRefreshInterval, which wins when it is set in the
+    # same or a higher-precedence source
+    Param("NftablesRefreshInterval", _optional(parse_seconds), ""),
+    Param("IptablesRefreshInterval", parse_seconds, 90, overridden_by="NftablesRefreshInterval"),
     Param("DefaultEndpointToHostAction", _choice("Drop", "Return", "Accept"), "Drop"),
     Param("InterfacePrefix", parse_iface_prefixes, "cali", live=False),
     Param("HealthEnabled", parse_bool, True, live=False),
@@ -342,6 +371,9 @@ PARAMS: tuple[Param, ...] = (
     Param("PrometheusMetricsEnabled", parse_bool, False, live=False),
     Param("PrometheusMetricsHost", parse_host, "", live=False),
     Param("PrometheusMetricsPort", parse_int_port, 9091, live=False),
+    Param("PrometheusProcessMetricsEnabled", parse_bool, True, live=False),
+    # the prefix of policy's Log rules (felix/rules.py through FelixSettings.log_prefix)
+    Param("LogPrefix", parse_log_prefix, "calico-packet"),
     # The overlay (agent/encap): all live, the encap controller recomputes on change.
     Param("VXLANVNI", _int_range(1, 2**24 - 1, "a VXLAN VNI"), 4096),
     Param("VXLANPort", _int_range(1, 65535, "a UDP port"), 4789),
@@ -436,6 +468,7 @@ class Config:
         changed = []
         lower_node = {k.lower(): v for k, v in self.node_spec.items()}
         lower_default = {k.lower(): v for k, v in self.default_spec.items()}
+        ranks: dict[str, int] = {}
         for p in PARAMS:
             keys = (p.name.lower(),) + tuple(a.lower() for a in p.aliases)
             candidates = (
@@ -446,7 +479,8 @@ class Config:
             )
             value, source = None, "default"
             found = False
-            for src, table in candidates[:2] if p.local else candidates:
+            rank = len(candidates)
+            for rank, (src, table) in enumerate(candidates[:2] if p.local else candidates):
                 for key in keys:
                     if key not in table or table[key] is None or table[key] == "":
                         continue
@@ -460,7 +494,12 @@ class Config:
                 if found:
                     break
             if not found:
+                rank = len(candidates)
                 value = p.parse(p.default)
+            ranks[p.name] = rank
+            over = p.overridden_by
+            if over is not None and self.values.get(over) is not None and ranks[over] <= rank:
+                value, source = self.values[over], f"{self.sources[over]}, as {over}"
             if self.values.get(p.name, _MISSING) != value:
                 if p.name in self.values:
                     changed.append(p.name)

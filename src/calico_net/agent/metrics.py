@@ -15,7 +15,8 @@ that the daemon and confd update from any thread (a lock each) and that tests re
 as `.value`. The exposition is `prometheus_client`'s: its own `CollectorRegistry`
 (never the global one, so a test process may build several) holding a collector
 that turns the holders into metric families at scrape time, its `ProcessCollector`
-(process_cpu_seconds_total, process_resident_memory_bytes, …), `PlatformCollector`
+(process_cpu_seconds_total, process_resident_memory_bytes, …; left out when
+PrometheusProcessMetricsEnabled is false, as Felix does), `PlatformCollector`
 and `GCCollector`, and its `generate_latest` text format. `prometheus_client` is
 imported only when a registry is built - when PrometheusMetricsEnabled is true -
 so an agent without metrics does not pay for the import (~65-100 ms measured) and
@@ -264,6 +265,9 @@ class Metrics:
         self.active_policies = Gauge("felix_cluster_num_policies", "Total number of policies cluster-wide.")
         self.apply_duration = _Both(self.apply_time, self.apply_histogram)
         self._registry: CollectorRegistry | None = None
+        #: PrometheusProcessMetricsEnabled: the process_* metrics (set before the
+        #: registry is built; Felix's default is on)
+        self.process_metrics = True
         self._extra: list[Any] = []
         self._reg_lock = threading.Lock()
 
@@ -286,7 +290,8 @@ class Metrics:
                 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
                 reg = CollectorRegistry(auto_describe=False)
                 reg.register(self)
-                ProcessCollector(registry=reg)
+                if self.process_metrics:
+                    ProcessCollector(registry=reg)
                 PlatformCollector(registry=reg)
                 GCCollector(registry=reg)
                 for c in self._extra:

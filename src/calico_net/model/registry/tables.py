@@ -121,6 +121,7 @@ _FELIX_ENFORCED = {
     "vxlanVNI", "vxlanPort", "vxlanMTU", "vxlanMTUV6", "ipipMTU", "mtuIfacePattern",
     "allowIPIPPacketsFromWorkloads", "allowVXLANPacketsFromWorkloads",
     "natOutgoingAddress", "natPortRange", "logFilePath", "logSeverityFile",
+    "logPrefix", "nftablesRefreshInterval", "prometheusProcessMetricsEnabled",
 }
 _FELIX_WHERE = {
     "vxlanVNI": ENCAP, "vxlanPort": ENCAP, "vxlanMTU": ENCAP, "vxlanMTUV6": ENCAP,
@@ -143,6 +144,11 @@ _FELIX_WHERE = {
     "logFilePath": "calico_net/agent/__main__.py (LogSetup; from a FelixConfiguration "
                    "only a file under /var/log/)",
     "logSeverityFile": "calico_net/agent/__main__.py (LogSetup)",
+    "logPrefix": "calico_net/agent/felix/rules.py (Log rules; A-Z a-z 0-9 space : / _ . - only, "
+                 "%-specifiers are not expanded)",
+    "nftablesRefreshInterval": "calico_net/agent/daemon.py (the nftables refresh; wins over "
+                               "iptablesRefreshInterval set in the same source)",
+    "prometheusProcessMetricsEnabled": "calico_net/agent/metrics.py",
 }
 
 # FelixConfiguration fields with no effect, with the reason and the values calico.net
@@ -164,7 +170,6 @@ _FELIX_NO_EFFECT: dict[str, Entry] = {
     "maxIpsetSize": N("no ipsets: nftables sets have no such limit here"),
     "iptablesBackend": N(NO_IPTABLES, "NFT", "nft", "Auto", "auto"),
     "nftablesMode": N("calico.net always programs nftables", "Enabled", "Auto"),
-    "nftablesRefreshInterval": N(NOT_YET + " (iptablesRefreshInterval sets the refresh)"),
     "nftablesFilterAllowAction": N(NOT_YET + " (allowed packets are accepted by mark)"),
     "nftablesMangleAllowAction": N(NOT_YET),
     "nftablesFilterDenyAction": N(NOT_YET + " (denied packets are dropped)", "Drop", "drop"),
@@ -180,7 +185,6 @@ _FELIX_NO_EFFECT: dict[str, Entry] = {
     "iptablesFilterAllowAction": N(NO_IPTABLES),
     "iptablesMangleAllowAction": N(NO_IPTABLES),
     "iptablesFilterDenyAction": N(NO_IPTABLES),
-    "logPrefix": N(NOT_YET + " (Log rules use the prefix calico-packet)", "calico-packet"),
     "logSeveritySys": N(NOT_YET + " (the agent does not log to syslog)"),
     "logDebugFilenameRegex": N(NOT_YET),
     "ipipEnabled": N("IP-in-IP follows the IPPools' ipipMode"),
@@ -193,7 +197,6 @@ _FELIX_NO_EFFECT: dict[str, Entry] = {
     "disableConntrackInvalidCheck": N(NOT_YET + " (ct state invalid is always dropped)", False),
     "healthTimeoutOverrides": N(NOT_YET),
     "prometheusGoMetricsEnabled": N("calico.net is not written in Go", False),
-    "prometheusProcessMetricsEnabled": N(NOT_YET),
     "prometheusWireGuardMetricsEnabled": N(NO_WG, False),
     "kubeNodePortRanges": N("no kube-proxy integration: " + NO_K8S),
     "policySyncPathPrefix": N("no policy sync API (application-layer policy) in calico.net"),

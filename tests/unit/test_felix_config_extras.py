@@ -1,0 +1,72 @@
+"""FelixConfiguration logPrefix, nftablesRefreshInterval and
+prometheusProcessMetricsEnabled as the agent reads and applies them."""
+from __future__ import annotations
+
+import pytest
+
+from calico_net.agent.__main__ import felix_settings_factory
+from calico_net.agent.config import Config
+from calico_net.agent.felix.policy import PolicyDataplane
+from calico_net.agent.metrics import Metrics
+from fakes import FakeNftRunner
+
+
+def cfg(env=None, spec=None) -> Config:
+    c = Config("n1", env=env or {}, config_file="")
+    if spec is not None:
+        c.set_felix_configuration("default", spec)
+    return c
+
+
+def _log_rules(settings) -> list[str]:
+    dp = PolicyDataplane("n1", settings, nft=FakeNftRunner())
+    dp.update("Profile", "p", None, {"kind": "Profile", "metadata": {"name": "p"},
+                                     "spec": {"ingress": [{"action": "Log"}, {"action": "Allow"}]}})
+    dp.update("WorkloadEndpoint", "n1-k8s-a-eth0", "ns1", {
+        "kind": "WorkloadEndpoint", "metadata": {"name": "n1-k8s-a-eth0", "namespace": "ns1"},
+        "spec": {"node": "n1", "interfaceName": "cali1", "ipNetworks": ["198.19.0.1/32"], "profiles": ["p"]}})
+    dp.apply()
+    return [r for ch in dp.rs.chains.values() for r in ch.rules if r.startswith("log ")]
+
+
+def test_log_prefix_reaches_the_log_rules_and_follows_a_change() -> None:
+    c = cfg()
+    make = felix_settings_factory(c)
+    assert _log_rules(make(interface_prefixes=("cali",))) == ['log prefix "calico-packet: " level info']
+    assert c.set_felix_configuration("default", {"logPrefix": "edge-drop"}) == ["LogPrefix"]
+    assert _log_rules(make(interface_prefixes=("cali",))) == ['log prefix "edge-drop: " level info']
+
+
+@pytest.mark.parametrize("raw", ["calico %n", 'x" accept', "a" * 126, ""])
+def test_log_prefix_the_agent_cannot_render_is_ignored_with_its_value(raw, caplog) -> None:
+    c = cfg(spec={"logPrefix": raw})
+    assert c.values["LogPrefix"] == "calico-packet"
+    if raw:
+        assert "LogPrefix" in caplog.text and c.bad_total == 1
+
+
+def test_nftables_refresh_interval_sets_the_refresh() -> None:
+    c = cfg()
+    assert c.values["IptablesRefreshInterval"] == 90
+    assert c.set_felix_configuration("default", {"nftablesRefreshInterval": "30s"}) == [
+        "NftablesRefreshInterval", "IptablesRefreshInterval"]
+    assert c.values["IptablesRefreshInterval"] == 30
+    # same source: nftables wins (Felix's nftables mode); a higher source's iptables value wins
+    c.set_felix_configuration("default", {"nftablesRefreshInterval": "30s", "iptablesRefreshInterval": "45s"})
+    assert c.values["IptablesRefreshInterval"] == 30
+    c = cfg(env={"FELIX_IPTABLESREFRESHINTERVAL": "2"}, spec={"nftablesRefreshInterval": "30s"})
+    assert c.values["IptablesRefreshInterval"] == 2
+    c = cfg(env={"FELIX_NFTABLESREFRESHINTERVAL": "7"}, spec={"iptablesRefreshInterval": "30s"})
+    assert c.values["IptablesRefreshInterval"] == 7
+    assert "NftablesRefreshInterval" in c.sources["IptablesRefreshInterval"]
+
+
+def test_process_metrics_follow_prometheus_process_metrics_enabled() -> None:
+    assert cfg().values["PrometheusProcessMetricsEnabled"] is True
+    assert cfg(spec={"prometheusProcessMetricsEnabled": False}).values["PrometheusProcessMetricsEnabled"] is False
+    on = Metrics()
+    assert "process_cpu_seconds_total" in on.render()
+    off = Metrics()
+    off.process_metrics = False
+    text = off.render()
+    assert "process_cpu_seconds_total" not in text and "felix_active_local_endpoints" in text
