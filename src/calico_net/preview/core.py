@@ -36,7 +36,7 @@ from .snapshot import AGENT_KINDS, CONFD_KINDS, Change, Snapshot
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ObjectChange", "NodePreview", "diff_objects", "preview", "ansible_diff", "FORMS"]
+__all__ = ["ObjectChange", "NodePreview", "diff_objects", "preview", "text_report", "FORMS"]
 
 FORMS = ("auto", "kernel", "rendered")
 
@@ -169,27 +169,6 @@ def preview(snap: Snapshot, changes: list[Change], *, nodes: Iterable[str] | Non
                 np.bird_before, np.bird_after = b0, b1
         if np.nft or np.bird_changed:
             out.append(np)
-    return out
-
-
-def _block(name: str, lines: tuple[str, ...] | None) -> str:
-    if lines is None:
-        return ""
-    return f"{name} {{\n" + "".join(f"\t{ln}\n" for ln in lines) + "}\n"
-
-
-def ansible_diff(previews: list[NodePreview]) -> list[dict[str, str]]:
-    """Ansible `diff` entries: per node, the changed nftables objects and bird.cfg."""
-    out = []
-    for p in previews:
-        if p.nft:
-            out.append({"before_header": f"{p.node}: table inet calico ({p.nft_form} form)",
-                        "after_header": f"{p.node}: table inet calico ({p.nft_form} form)",
-                        "before": "".join(_block(c.name, c.before) for c in p.nft),
-                        "after": "".join(_block(c.name, c.after) for c in p.nft)})
-        if p.bird_changed:
-            out.append({"before_header": f"{p.node}: bird.cfg", "after_header": f"{p.node}: bird.cfg",
-                        "before": p.bird_before or "", "after": p.bird_after or ""})
     return out
 
 
