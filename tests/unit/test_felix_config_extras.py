@@ -70,3 +70,17 @@ def test_process_metrics_follow_prometheus_process_metrics_enabled() -> None:
     off.process_metrics = False
     text = off.render()
     assert "process_cpu_seconds_total" not in text and "felix_active_local_endpoints" in text
+
+
+def test_disable_conntrack_invalid_check_removes_the_invalid_drops() -> None:
+    from calico_net.agent.felix.base_chains import render_base
+    from calico_net.agent.felix.ruleset import Ruleset
+
+    def invalid_rules(spec) -> list[str]:
+        rs = Ruleset()
+        render_base(rs, felix_settings_factory(cfg(spec=spec))(interface_prefixes=("cali",)))
+        return [f"{name}: {r}" for name, ch in rs.chains.items() for r in ch.rules if "invalid" in r]
+
+    assert invalid_rules({}) == ["cali-forward: ct state invalid drop", "cali-input: ct state invalid drop",
+                                 "cali-output: ct state invalid drop"]
+    assert invalid_rules({"disableConntrackInvalidCheck": True}) == []

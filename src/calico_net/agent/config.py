@@ -355,6 +355,8 @@ PARAMS: tuple[Param, ...] = (
     # NAT outgoing (felix/base_chains.py cali-nat-postrouting)
     Param("NATOutgoingAddress", parse_nat_address, ""),
     Param("NATPortRange", parse_port_range, ""),
+    # felix/base_chains.py: no `ct state invalid drop` when true
+    Param("DisableConntrackInvalidCheck", parse_bool, False),
     Param("FailsafeInboundHostPorts", parse_ports, DEFAULT_FAILSAFE_IN),
     Param("FailsafeOutboundHostPorts", parse_ports, DEFAULT_FAILSAFE_OUT),
     Param("RouteRefreshInterval", parse_seconds, 90),

@@ -198,7 +198,8 @@ def render_base(rs: Ruleset, s: FelixSettings, hep: HepLayout = HepLayout(),
         ], hook="type filter hook prerouting priority mangle; policy accept;")
     else:
         rs.delete_chain("cali-mangle-prerouting")
-    fwd = ["ct state established,related accept", "ct state invalid drop"]
+    invalid = ["ct state invalid drop"] if s.drop_invalid else []
+    fwd = ["ct state established,related accept", *invalid]
     if hep.forward:
         # host endpoint ingress for forwarded traffic first (unless pre-DNAT or
         # untracked policy accepted it), workload egress and ingress next, then the
@@ -217,7 +218,7 @@ def render_base(rs: Ruleset, s: FelixSettings, hep: HepLayout = HepLayout(),
         s.default_endpoint_to_host_action]
     # the overlay's rules first: nothing else may accept tunnel packets from
     # hosts that are not ours (conntrack would, for IP-in-IP a host once answered)
-    inp = [*input_rules(encap), "ct state established,related accept", "ct state invalid drop"]
+    inp = [*input_rules(encap), "ct state established,related accept", *invalid]
     for w in wl:
         inp.append(f"iifname {w} jump cali-from-wl")
         if to_host:
@@ -227,7 +228,7 @@ def render_base(rs: Ruleset, s: FelixSettings, hep: HepLayout = HepLayout(),
     inp += dispatch("iifname", HEP_IN, "in")
     rs.set_chain("cali-input", inp,
                  hook="type filter hook input priority filter; policy accept;")
-    out = ["ct state established,related accept", "ct state invalid drop"]
+    out = ["ct state established,related accept", *invalid]
     out += accepted
     out += [f"oifname {w} accept" for w in wl]   # host → local workloads (as Calico)
     out += output_rules(encap)

@@ -90,6 +90,9 @@ class FelixSettings:
     #: there; each one Felix's grammar, see `nftstr.ifname_prefix`). Only workload
     #: endpoints whose interface starts with one of them are programmed.
     interface_prefixes: tuple[str, ...] = ("cali",)
+    #: DisableConntrackInvalidCheck: no `ct state invalid drop` in the base chains
+    #: (Felix's default keeps the check)
+    drop_invalid: bool = True
     #: strict reverse-path check on workload interfaces (anti-spoofing)
     anti_spoofing: bool = True
     #: while IP-in-IP (VXLAN) is in use, accept encapsulated packets workloads send

@@ -122,6 +122,7 @@ _FELIX_ENFORCED = {
     "allowIPIPPacketsFromWorkloads", "allowVXLANPacketsFromWorkloads",
     "natOutgoingAddress", "natPortRange", "logFilePath", "logSeverityFile",
     "logPrefix", "nftablesRefreshInterval", "prometheusProcessMetricsEnabled",
+    "disableConntrackInvalidCheck",
 }
 _FELIX_WHERE = {
     "vxlanVNI": ENCAP, "vxlanPort": ENCAP, "vxlanMTU": ENCAP, "vxlanMTUV6": ENCAP,
@@ -149,6 +150,7 @@ _FELIX_WHERE = {
     "nftablesRefreshInterval": "calico_net/agent/daemon.py (the nftables refresh; wins over "
                                "iptablesRefreshInterval set in the same source)",
     "prometheusProcessMetricsEnabled": "calico_net/agent/metrics.py",
+    "disableConntrackInvalidCheck": "calico_net/agent/felix/base_chains.py",
 }
 
 # FelixConfiguration fields with no effect, with the reason and the values calico.net
@@ -194,7 +196,6 @@ _FELIX_NO_EFFECT: dict[str, Entry] = {
     "endpointReportingEnabled": N("no endpoint status reporting", False),
     "endpointReportingDelay": N("no endpoint status reporting"),
     "iptablesMarkMask": N(NO_IPTABLES),
-    "disableConntrackInvalidCheck": N(NOT_YET + " (ct state invalid is always dropped)", False),
     "healthTimeoutOverrides": N(NOT_YET),
     "prometheusGoMetricsEnabled": N("calico.net is not written in Go", False),
     "prometheusWireGuardMetricsEnabled": N(NO_WG, False),
