@@ -32,7 +32,7 @@ from .ruleset import (
     objects_of_ruleset,
     parse_listing,
 )
-from .snapshot import AGENT_KINDS, CONFD_KINDS, Change, Snapshot
+from .snapshot import CONFD_KINDS, Change, Snapshot, agent_kinds
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +154,7 @@ def preview(snap: Snapshot, changes: list[Change], *, nodes: Iterable[str] | Non
         raise ValueError(f"form: {form!r} is not one of {', '.join(FORMS)}")
     after = snap.with_changes(changes)
     kinds = _kinds(changes)
-    want_nft = bool(kinds & set(AGENT_KINDS))
+    want_nft = bool(kinds & set(agent_kinds()))
     want_bird = bool(kinds & set(CONFD_KINDS))
     names = sorted(set(snap.nodes()) | set(after.nodes())) if nodes is None else list(nodes)
     out = []

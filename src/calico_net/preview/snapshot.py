@@ -12,15 +12,19 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
-__all__ = ["AGENT_KINDS", "CONFD_KINDS", "GLOBAL_KINDS", "Change", "Snapshot", "read_snapshot", "doc_key"]
+__all__ = ["agent_kinds", "CONFD_KINDS", "GLOBAL_KINDS", "Change", "Snapshot", "read_snapshot", "doc_key"]
 
-#: what the agent's policy dataplane takes (daemon.DATAPLANE_KINDS), its settings'
-#: FelixConfigurations, and Nodes (the overlay's allowed hosts)
-AGENT_KINDS = ("WorkloadEndpoint", "HostEndpoint", "Profile", "NetworkPolicy", "GlobalNetworkPolicy",
-               "NetworkSet", "GlobalNetworkSet", "IPPool", "FelixConfiguration", "Node")
+def agent_kinds() -> tuple[str, ...]:
+    """What the agent's policy dataplane takes (`daemon.DATAPLANE_KINDS`), its
+    settings' FelixConfigurations, and Nodes (the overlay's allowed hosts)."""
+    from calico_net.agent.daemon import DATAPLANE_KINDS
+
+    return tuple(sorted(DATAPLANE_KINDS)) + ("FelixConfiguration", "Node")
+
+
 #: what confd renders bird.cfg from (confd.index.RESOURCE_PLURALS)
 CONFD_KINDS = ("Node", "BGPConfiguration", "BGPPeer", "IPPool", "BGPFilter")
-#: kinds without a namespace among those
+#: kinds without a namespace (for a kind the model does not know)
 GLOBAL_KINDS = frozenset({"GlobalNetworkPolicy", "HostEndpoint", "GlobalNetworkSet", "Profile", "IPPool",
                           "FelixConfiguration", "Node", "BGPConfiguration", "BGPPeer", "BGPFilter"})
 
@@ -36,8 +40,17 @@ def doc_key(doc: Mapping[str, Any]) -> Key:
         raise ValueError("kind: missing (a Calico v3 resource kind is required)")
     if not isinstance(meta, Mapping) or not isinstance(meta.get("name"), str) or not meta.get("name"):
         raise ValueError(f"{kind}: metadata.name: missing (a name is required)")
-    ns = None if kind in GLOBAL_KINDS else (meta.get("namespace") or "default")
+    ns = (meta.get("namespace") or "default") if _namespaced(kind) else None
     return kind, ns, str(meta["name"])
+
+
+def _namespaced(kind: str) -> bool:
+    try:
+        from calico_net.datastore.store import kind_info
+
+        return bool(kind_info(kind).namespaced)
+    except Exception:  # noqa: BLE001 - a kind the model does not know
+        return kind not in GLOBAL_KINDS
 
 
 @dataclass(frozen=True)
@@ -53,7 +66,7 @@ class Change:
 
     @classmethod
     def delete(cls, kind: str, name: str, namespace: str | None = None) -> "Change":
-        return cls((kind, None if kind in GLOBAL_KINDS else (namespace or "default"), name), None)
+        return cls((kind, (namespace or "default") if _namespaced(kind) else None, name), None)
 
 
 @dataclass
@@ -108,7 +121,7 @@ def read_snapshot(datastore: Any) -> Snapshot:
 
     docs: dict[Key, Mapping[str, Any]] = {}
     revision = 0
-    for kind in dict.fromkeys(AGENT_KINDS + CONFD_KINDS):
+    for kind in dict.fromkeys(agent_kinds() + CONFD_KINDS):
         items, rev = datastore.list(kind)
         revision = max(revision, int(rev or 0))
         for d in items:
