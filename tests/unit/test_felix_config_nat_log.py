@@ -121,3 +121,29 @@ def test_log_setup_follows_the_config(tmp_path) -> None:
             setup.file.close()
         root.setLevel(old_level)
         assert root.handlers == old_handlers
+
+
+def test_debug_lines_only_from_matching_files(tmp_path) -> None:
+    path = tmp_path / "felix.log"
+    c = cfg(env={"FELIX_LOGFILEPATH": str(path), "FELIX_LOGSEVERITYFILE": "Debug",
+                 "FELIX_LOGSEVERITYSCREEN": "Fatal"},
+            spec={"logDebugFilenameRegex": "^nomatch_"})
+    root = logging.getLogger()
+    old_level, old_handlers = root.level, list(root.handlers)
+    setup = LogSetup(c, logging.StreamHandler())
+    try:
+        setup.apply()
+        c.listeners.append(setup.apply)
+        log = logging.getLogger("calico_net.test")
+        log.debug("debug-dropped")
+        log.info("info-kept")
+        c.set_felix_configuration("default", {"logDebugFilenameRegex": r"test_felix_config_nat_log\.py$"})
+        log.debug("debug-kept")
+        text = path.read_text()
+        assert "info-kept" in text and "debug-kept" in text and "debug-dropped" not in text
+    finally:
+        if setup.file is not None:
+            root.removeHandler(setup.file)
+            setup.file.close()
+        root.setLevel(old_level)
+        assert root.handlers == old_handlers

@@ -9,7 +9,8 @@ dataplane as it is, so workloads keep their connectivity across a restart.
 Logs go to stderr at LogSeverityScreen and, while LogFilePath is a path (Felix's
 `none`, the built-in default here, turns it off), also to that file at
 LogSeverityFile (`LogSetup`: the file is reopened when it is moved away, as by
-logrotate; both follow a FelixConfiguration change without a restart).
+logrotate; both follow a FelixConfiguration change without a restart). With
+LogDebugFilenameRegex, Debug lines come only from source files whose name matches.
 
 At start, ClusterInformation `default` is created when absent and its version kept
 current (`startup.ensure_cluster_information`, as calico/node's start-up does).
@@ -26,6 +27,7 @@ import argparse
 import logging
 import logging.handlers
 import os
+import re
 import signal
 import socket
 import sys
@@ -93,6 +95,29 @@ class LogFile(logging.handlers.WatchedFileHandler):
                 sys.stderr.write(f"cannot write the log file {self.baseFilename!r}: {e}\n")
 
 
+class DebugFileFilter(logging.Filter):
+    """LogDebugFilenameRegex: a Debug line passes only when the name of the source
+    file that logged it matches (searched, as Go's regexp.MatchString); other levels
+    always pass."""
+
+    def __init__(self, config: Config) -> None:
+        super().__init__()
+        self.config = config
+        self._text: str | None = None
+        self._re: re.Pattern[str] | None = None
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno > logging.DEBUG:
+            return True
+        text = self.config.values.get("LogDebugFilenameRegex")
+        if text is None:
+            return True
+        if text != self._text:
+            self._text, self._re = text, re.compile(text)
+        assert self._re is not None
+        return self._re.search(record.filename) is not None
+
+
 class LogSetup:
     """The agent's log handlers from the config: the screen (stderr) at
     LogSeverityScreen; the file LogFilePath (None: none) at LogSeverityFile. `apply`
@@ -104,6 +129,8 @@ class LogSetup:
         self.file: logging.Handler | None = None
         self.path: str | None = None
         self.failed: str | None = None   # the path that could not be opened (logged once)
+        self.debug_filter = DebugFileFilter(config)
+        screen.addFilter(self.debug_filter)
 
     def apply(self, _changed: object = None) -> None:
         root = logging.getLogger()
@@ -118,6 +145,7 @@ class LogSetup:
                 try:
                     os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
                     handler = LogFile(path)
+                    handler.addFilter(self.debug_filter)
                 except OSError as e:
                     # as Felix: a log file that cannot be opened leaves the screen log
                     if self.failed != path:

@@ -352,6 +352,9 @@ PARAMS: tuple[Param, ...] = (
     # /var/log/calico/felix.log); the node image's stderr is the agent's log
     Param("LogSeverityFile", parse_log_level, "Info"),
     Param("LogFilePath", parse_log_file_path, "none", datastore_parse=parse_log_file_path_datastore),
+    # Debug lines only from source files whose name matches (Felix: `int_dataplane.go`,
+    # here e.g. `daemon.py`); empty: every file
+    Param("LogDebugFilenameRegex", _optional(parse_regex), ""),
     # NAT outgoing (felix/base_chains.py cali-nat-postrouting)
     Param("NATOutgoingAddress", parse_nat_address, ""),
     Param("NATPortRange", parse_port_range, ""),

@@ -122,7 +122,7 @@ _FELIX_ENFORCED = {
     "allowIPIPPacketsFromWorkloads", "allowVXLANPacketsFromWorkloads",
     "natOutgoingAddress", "natPortRange", "logFilePath", "logSeverityFile",
     "logPrefix", "nftablesRefreshInterval", "prometheusProcessMetricsEnabled",
-    "disableConntrackInvalidCheck",
+    "disableConntrackInvalidCheck", "logDebugFilenameRegex",
 }
 _FELIX_WHERE = {
     "vxlanVNI": ENCAP, "vxlanPort": ENCAP, "vxlanMTU": ENCAP, "vxlanMTUV6": ENCAP,
@@ -151,6 +151,7 @@ _FELIX_WHERE = {
                                "iptablesRefreshInterval set in the same source)",
     "prometheusProcessMetricsEnabled": "calico_net/agent/metrics.py",
     "disableConntrackInvalidCheck": "calico_net/agent/felix/base_chains.py",
+    "logDebugFilenameRegex": "calico_net/agent/__main__.py (DebugFileFilter)",
 }
 
 # FelixConfiguration fields with no effect, with the reason and the values calico.net
@@ -188,7 +189,6 @@ _FELIX_NO_EFFECT: dict[str, Entry] = {
     "iptablesMangleAllowAction": N(NO_IPTABLES),
     "iptablesFilterDenyAction": N(NO_IPTABLES),
     "logSeveritySys": N(NOT_YET + " (the agent does not log to syslog)"),
-    "logDebugFilenameRegex": N(NOT_YET),
     "ipipEnabled": N("IP-in-IP follows the IPPools' ipipMode"),
     "vxlanEnabled": N("VXLAN follows the IPPools' vxlanMode"),
     "reportingInterval": N("no endpoint status reporting", "0s", "0"),
@@ -210,7 +210,8 @@ _FELIX_NO_EFFECT: dict[str, Entry] = {
     "removeExternalRoutes": N(NOT_YET),
     "externalNodesCIDRList": N(NOT_YET),
     "debugMemoryProfilePath": N("a Go profiler setting"),
-    "debugDisableLogDropping": N(NOT_YET),
+    "debugDisableLogDropping": N("the agent never drops log lines (Felix drops them when its log "
+                                 "queue is full)", True),
     "iptablesNATOutgoingInterfaceFilter": N(NO_IPTABLES),
     "sidecarAccelerationEnabled": N("sidecar acceleration (eBPF) not provided by calico.net", False),
     "xdpEnabled": N(NO_XDP, False),
