@@ -45,7 +45,7 @@ from calico_net.model.resources.felix import (
     RouteTableRange,
 )
 from calico_net.model.resources.cluster import (
-    ClusterInformationSpec, KubeControllersConfigurationSpec,
+    ClusterInformationSpec, KubeControllersConfigurationSpec, StoredMapping,
 )
 from calico_net.model.resources.policy import (
     BUILTIN_TIERS, DEFAULT_TIER, GNP_NAME_RE, NP_NAME_RE, TIER_NAME_RE, Action, EntityRule,
@@ -156,7 +156,7 @@ KubeControllersConfiguration = resource_kind("KubeControllersConfiguration",
                                              KubeControllersConfigurationSpec,
                                              "calico-kube-controllers' settings: stored and shown "
                                              "(no Kubernetes, no kube-controllers).",
-                                             more={"status": (Optional[dict[str, Any]], None)})
+                                             more={"status": (Optional[StoredMapping], None)})
 ClusterInformation = resource_kind("ClusterInformation", ClusterInformationSpec,
                                    "The cluster's identity and Calico version (named `default`).")
 NetworkSet = resource_kind("NetworkSet", NetworkSetSpec, "Named, labelled networks of one namespace "

@@ -20,6 +20,7 @@ from calico_net.model.fields.network import (
     PORT_PROTOCOLS, Net, Port, Protocol, ip_version, parse_protocol,
 )
 from calico_net.model.fields.text import Annotations, Labels, Name, Selector
+from calico_net.model.resources.cluster import StoredList, StoredMapping
 from calico_net.model.resources.base import (
     CalicoModel, CheckContext, Error, field_path,
 )
@@ -350,7 +351,7 @@ class StagedKubernetesNetworkPolicySpec(CalicoModel):
     """A Kubernetes NetworkPolicy spec, staged; its parts are kept as written."""
 
     staged_action: Optional[StagedAction] = None
-    pod_selector: Optional[dict[str, Any]] = None
-    ingress: Optional[list[dict[str, Any]]] = None
-    egress: Optional[list[dict[str, Any]]] = None
+    pod_selector: Optional[StoredMapping] = None
+    ingress: Optional[StoredList] = None
+    egress: Optional[StoredList] = None
     policy_types: Optional[list[PolicyType]] = None
