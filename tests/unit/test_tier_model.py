@@ -161,3 +161,22 @@ def test_calicoctl_verbs_on_tiers(datastore, tmp_path):
     _ctl(ds, "delete", "tier", "cnt1-sec")
     with pytest.raises(ValueError, match="ClusterInformation"):
         _ctl(ds, "apply", stdin_docs=[doc("ClusterInformation", "default")], tmp_path=tmp_path)
+
+
+def test_calicoctl_policy_explain_shows_the_tiers(datastore, tmp_path):
+    ds = datastore
+    weps = [{"apiVersion": V3, "kind": "WorkloadEndpoint",
+             "metadata": {"name": n, "namespace": "ns1", "labels": {"app": n}},
+             "spec": {"node": "node1", "interfaceName": f"cali0000000000{i}", "ipNetworks": [f"198.19.0.{i}/32"],
+                      "profiles": ["open"]}} for i, n in ((1, "db"), (2, "web"))]
+    prof = doc("Profile", "open", {"ingress": [{"action": "Allow"}], "egress": [{"action": "Allow"}]})
+    sec = doc("GlobalNetworkPolicy", "sec-db", {"tier": "sec", "selector": "app == 'db'",
+                                                "ingress": [{"action": "Deny", "protocol": "TCP",
+                                                             "destination": {"ports": [5432]}}]})
+    _ctl(ds, "apply", stdin_docs=[prof, *weps, doc("Tier", "sec", {"order": 100, "defaultAction": "Pass"}), sec],
+         tmp_path=tmp_path)
+    denied = _ctl(ds, "policy", "explain", "--from", "198.19.0.2", "--to", "198.19.0.1", "--port", "5432")
+    assert denied.startswith("Verdict:     Deny\n") and "(tier sec)" in denied
+    assert "  sec order=100 defaultAction=Pass" in denied and "[sec] GlobalNetworkPolicy sec-db" in denied
+    allowed = _ctl(ds, "policy", "explain", "--from", "198.19.0.2", "--to", "198.19.0.1", "--port", "80")
+    assert allowed.startswith("Verdict:     Allow\n") and "tier sec: end of tier: Pass" in allowed

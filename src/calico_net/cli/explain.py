@@ -17,7 +17,7 @@ from calico_net.errors import printable
 # What the agent feeds its policy dataplane (daemon.DATAPLANE_KINDS), and the
 # FelixConfigurations its settings come from
 KINDS = ("WorkloadEndpoint", "HostEndpoint", "Profile", "NetworkPolicy", "GlobalNetworkPolicy",
-         "NetworkSet", "GlobalNetworkSet", "IPPool", "FelixConfiguration")
+         "NetworkSet", "GlobalNetworkSet", "IPPool", "FelixConfiguration", "Tier")
 
 
 def _resolve(cl: Any, ref: str, namespace: str | None, what: str) -> tuple[Any, str]:
@@ -186,9 +186,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     psub = add_noun(sub, "policy", "policy tools: explain a flow")
     p = psub.add_parser(
         "explain", help="why a flow is allowed or denied",
-        description="The verdict for one flow and the exact path to it: for each policy in "
-                    "order whether it selects each side, the rule that decided (printed, with "
-                    "its nft lines), Pass, the profile fallback and default deny; computed with "
+        description="The verdict for one flow and the exact path to it: the tiers in order, "
+                    "for each policy whether it selects each side, the rule that decided "
+                    "(printed, with its nft lines), Pass to the next tier, the end of each tier "
+                    "(its defaultAction), the profile fallback and default deny; computed with "
                     "the agent's own policy index and rule code from the datastore.")
     p.add_argument("--from", dest="source", required=True,
                    help="source: workload endpoint name, host endpoint name, or an IP address")
