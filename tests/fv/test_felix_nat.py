@@ -59,14 +59,40 @@ class Listener:
         self.sock.close()
 
 
+class UdpEcho:
+    """A UDP echo in the root namespace: the peer (address, port) of each datagram."""
+
+    def __init__(self, host: str) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind((host, 0))
+        self.port = self.sock.getsockname()[1]
+        self.peers: list[tuple[str, int]] = []
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+        self.thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            try:
+                data, peer = self.sock.recvfrom(64)
+            except OSError:
+                return
+            self.peers.append(peer)
+            self.sock.sendto(data, peer)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
 @pytest.fixture
 def listener(fv):
     lst = Listener(f"{L.NET}.1")
+    lst.udp = UdpEcho(f"{L.NET}.1")
     L.sh("ip", "addr", "add", f"{L.NET}.77/32", "dev", "eth0", ns=L.HOST_NS)
     try:
         yield lst
     finally:
         lst.close()
+        lst.udp.close()
         L.sh("ip", "addr", "del", f"{L.NET}.77/32", "dev", "eth0", ns=L.HOST_NS, check=False)
         L.sh("conntrack", "-F", ns=L.HOST_NS, check=False)
 
@@ -85,9 +111,25 @@ def connect(w, host: str, port: int) -> int:
     return int(out[1])
 
 
-def conntrack_reply(w, dst: str, port: int, sport: int) -> tuple[str, int]:
-    """The reply tuple's destination (address, port) of w's connection: the SNATed source."""
-    out = L.sh("conntrack", "-L", "-p", "tcp", "-s", w.ip, "-d", dst, "--dport", str(port),
+UDP_SEND = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(5)
+s.sendto(b"hi", (sys.argv[1], int(sys.argv[2])))
+print(s.recv(16).decode(), s.getsockname()[1])
+"""
+
+
+def udp_exchange(w, host: str, port: int) -> int:
+    """One datagram from workload `w` and its echo; returns w's source port."""
+    out = L.sh(sys.executable, "-c", UDP_SEND, host, str(port), ns=w.ns).split()
+    assert out[0] == "hi", out
+    return int(out[1])
+
+
+def conntrack_reply(w, dst: str, port: int, sport: int, proto: str = "tcp") -> tuple[str, int]:
+    """The reply tuple's destination (address, port) of w's flow: the SNATed source."""
+    out = L.sh("conntrack", "-L", "-p", proto, "-s", w.ip, "-d", dst, "--dport", str(port),
                "--sport", str(sport), ns=L.HOST_NS)
     line = next(x for x in out.splitlines() if f"dport={port}" in x)
     reply = line.split(f"dport={port}", 1)[1]      # the second (reply) tuple
@@ -134,6 +176,11 @@ def test_nat_outgoing_address_and_port_range_follow_felix_configuration(clean, l
     addr, port = listener.peers[-1]
     assert addr == f"{net}.77" and 40000 <= port <= 40099, listener.peers
     assert conntrack_reply(w1, f"{net}.1", listener.port, sport) == (addr, port)
+    # UDP takes the range too
+    sport = udp_exchange(w1, f"{net}.1", listener.udp.port)
+    addr, port = listener.udp.peers[-1]
+    assert addr == f"{net}.77" and 40000 <= port <= 40099, listener.udp.peers
+    assert conntrack_reply(w1, f"{net}.1", listener.udp.port, sport, "udp") == (addr, port)
 
     # the FelixConfiguration changes: masquerade (the host's own address) to another range
     env.ds.apply_all([felix({"natPortRange": "41000:41009"})])
