@@ -16,7 +16,7 @@ from typing import Any
 
 def cmd_preview(args: argparse.Namespace, ctx: Any) -> int:
     from calico_net.cli.resources import load_documents
-    from calico_net.preview import Change, preview, read_snapshot, text_report
+    from calico_net.preview import Change, preview_datastore, text_report
 
     docs = load_documents(args.filename, args.namespace)
     if args.delete:
@@ -26,7 +26,7 @@ def cmd_preview(args: argparse.Namespace, ctx: Any) -> int:
             changes.append(Change.delete(d["kind"], md["name"], md.get("namespace")))
     else:
         changes = [Change.put(d) for d in docs]
-    nodes = preview(read_snapshot(ctx.datastore), changes, nodes=args.node or None, form=args.form)
+    nodes = preview_datastore(ctx.datastore, changes, nodes=args.node or None, form=args.form)
     if args.output == "json":
         ctx.out.write(json.dumps({"nodes": [n.to_json() for n in nodes]}, indent=2) + "\n")
     else:

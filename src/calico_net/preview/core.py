@@ -32,11 +32,11 @@ from .ruleset import (
     objects_of_ruleset,
     parse_listing,
 )
-from .snapshot import CONFD_KINDS, Change, Snapshot, agent_kinds
+from .snapshot import CONFD_KINDS, Change, Snapshot, agent_kinds, read_snapshot
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ObjectChange", "NodePreview", "diff_objects", "preview", "text_report", "FORMS"]
+__all__ = ["ObjectChange", "NodePreview", "diff_objects", "preview", "preview_datastore", "text_report", "FORMS"]
 
 FORMS = ("auto", "kernel", "rendered")
 
@@ -170,6 +170,17 @@ def preview(snap: Snapshot, changes: list[Change], *, nodes: Iterable[str] | Non
         if np.nft or np.bird_changed:
             out.append(np)
     return out
+
+
+def preview_datastore(datastore: Any, changes: list[Change], *, nodes: Iterable[str] | None = None,
+                      form: str = "auto") -> list[NodePreview]:
+    """`preview` of `changes` on what `datastore` holds now. Without a calico Node
+    (none stored, none in the changes) there is nothing to render: [] after one list."""
+    if nodes is None and not any(c.key[0] == "Node" and c.doc is not None for c in changes):
+        stored, _rev = datastore.list("Node")
+        if not stored:
+            return []
+    return preview(read_snapshot(datastore), changes, nodes=nodes, form=form)
 
 
 def text_report(previews: list[NodePreview]) -> str:

@@ -192,12 +192,12 @@ class ResourceManager:
         if not changes:
             return {"nodes": [], "text": ""}
         try:
-            from calico_net.preview import Change, preview, read_snapshot, text_report
+            from calico_net.preview import Change, preview_datastore, text_report
 
             planned = [Change.put(p.after) if p.after is not None
                        else Change.delete(p.want.kind, p.want.name, p.want.namespace) for p in changes]
-            nodes = preview(read_snapshot(self.datastore), planned,
-                            form=os.environ.get("CALICO_NET_PREVIEW_FORM", "auto"))
+            nodes = preview_datastore(self.datastore, planned,
+                                      form=os.environ.get("CALICO_NET_PREVIEW_FORM", "auto"))
         except Exception as e:  # pylint: disable=broad-except
             return {"nodes": [], "text": "", "warning": f"no per-node preview: {e.__class__.__name__}: {e}"}
         return {"nodes": [n.to_json() for n in nodes], "text": text_report(nodes) if nodes else ""}
