@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -33,7 +34,9 @@ NS = "cnt6-cni-0"
 NODE = "cnt6-cni-node"
 CID = "cnt6cnidrill01"
 POOL = "198.18.188.0/26"
-HOLD_S = 7.0  # > the plugin's 5 s request timeout: the endpoint write fails, the undo waits
+# Longer than the plugin's 5 s request timeout twice over: the endpoint write fails,
+# and so does the undo's first try at releasing the address; its retries carry it.
+HOLD_S = 12.0
 
 
 def _veth(cid: str) -> str:
@@ -60,9 +63,9 @@ def netns() -> Iterator[str]:
         _clean()
 
 
-def _cni(etcd, tmp: Path, command: str) -> tuple[int, Any, str]:
+def _cni(etcd, tmp: Path, command: str, endpoints: str | None = None) -> tuple[int, Any, str]:
     conf = {"cniVersion": "1.0.0", "name": "cnt6net", "type": "calico",
-            "etcd_endpoints": etcd.endpoints, "nodename": NODE,
+            "etcd_endpoints": endpoints or etcd.endpoints, "nodename": NODE,
             "log_level": "debug", "log_file_path": str(tmp / "cni.log"),
             "ipam": {"type": "calico-ipam"}}
     env = etcd.env()
@@ -160,3 +163,136 @@ def test_cni_add_with_etcd_cut_after_ipam_rolls_back_the_address(etcd, datastore
     rc, out, _ = _cni(etcd, tmp_path, "DEL")
     assert rc == 0, out
     client.close()
+
+
+class LostEndpointReplyProxy:
+    """127.0.0.1:<port> -> etcd, forwarding both ways, except that once a request
+    carrying the WorkloadEndpoint's value (`"interfaceName"` is in no other request
+    of an ADD) has gone up, nothing more comes down that connection; when etcd shows
+    the endpoint committed (`committed()`, read directly), the connection is cut. The
+    plugin sees a failed call for a write that happened. Later connections pass."""
+
+    MARK = b'"interfaceName"'
+
+    def __init__(self, upstream: tuple[str, int], committed) -> None:
+        self.upstream = upstream
+        self.committed = committed
+        self.fired = threading.Event()
+        self.cut = threading.Event()
+        self._lsock = socket.create_server(("127.0.0.1", 0))
+        self.port = self._lsock.getsockname()[1]
+        self._socks: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                c, _ = self._lsock.accept()
+            except OSError:
+                return
+            try:
+                u = socket.create_connection(self.upstream, timeout=5)
+                u.settimeout(None)
+            except OSError:
+                c.close()
+                continue
+            self._socks += [c, u]
+            state = {"drop": False}
+            threading.Thread(target=self._up, args=(c, u, state), daemon=True).start()
+            threading.Thread(target=self._down, args=(u, c, state), daemon=True).start()
+
+    def _up(self, c: socket.socket, u: socket.socket, state: dict) -> None:
+        try:
+            while True:
+                data = c.recv(65536)
+                if not data:
+                    break
+                if not self.fired.is_set() and self.MARK in data:
+                    state["drop"] = True
+                    self.fired.set()
+                    u.sendall(data)
+                    threading.Thread(target=self._cut_after_commit, args=(c, u), daemon=True).start()
+                    continue
+                u.sendall(data)
+        except OSError:
+            pass
+
+    def _down(self, u: socket.socket, c: socket.socket, state: dict) -> None:
+        try:
+            while True:
+                data = u.recv(65536)
+                if not data:
+                    break
+                if not state["drop"]:
+                    c.sendall(data)
+        except OSError:
+            pass
+        finally:
+            if not state["drop"]:
+                for s in (c, u):
+                    try:
+                        s.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass
+
+    def _cut_after_commit(self, c: socket.socket, u: socket.socket) -> None:
+        deadline = threading.Event()
+        for _ in range(600):
+            if self.committed():
+                break
+            deadline.wait(0.05)
+        self.cut.set()
+        for s in (c, u):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self._lsock.close()
+        for s in self._socks:
+            s.close()
+
+
+def test_cni_add_whose_endpoint_write_reply_is_lost_leaves_no_endpoint(etcd, datastore, netns, tmp_path):
+    """The endpoint write commits, its reply is lost: the ADD fails (code 11), and the
+    undo removes the endpoint it cannot know it made before it frees the address -
+    no endpoint for a released address (which a later ADD could get: two endpoints,
+    one address)."""
+    from calico_net.ipam import IPAM
+
+    datastore.create({"apiVersion": "projectcalico.org/v3", "kind": "IPPool", "metadata": {"name": "cnt6-pool"},
+                      "spec": {"cidr": POOL, "blockSize": 28, "natOutgoing": False}})
+    datastore.create({"apiVersion": "projectcalico.org/v3", "kind": "Node", "metadata": {"name": NODE},
+                      "spec": {}})
+    host, port = etcd.endpoints.rsplit("//", 1)[1].rsplit(":", 1)
+
+    def committed() -> bool:
+        weps, _ = datastore.list("WorkloadEndpoint")
+        return bool(weps)
+
+    proxy = LostEndpointReplyProxy((host, int(port)), committed)
+    try:
+        rc, out, err = _cni(etcd, tmp_path, "ADD", endpoints=proxy.url)
+    finally:
+        proxy.close()
+    log = (tmp_path / "cni.log").read_text() if (tmp_path / "cni.log").exists() else ""
+    assert proxy.fired.is_set() and proxy.cut.is_set(), f"the endpoint write never went through the proxy: {out}"
+    print(f"endpoint write committed, reply lost; ADD rc {rc}: {out}")
+    assert rc != 0 and isinstance(out, dict) and out.get("code") == 11, (rc, out, err)
+    assert not _link_exists(_veth(CID)), "the failed ADD left its veth"
+    weps, _ = datastore.list("WorkloadEndpoint")
+    assert weps == [], f"the failed ADD left its endpoint (for an address it released): {weps}\n{log[-3000:]}"
+    client = etcd.client()
+    try:
+        held = IPAM(client, datastore).ips_by_handle(f"cnt6net.{CID}")
+    finally:
+        client.close()
+    assert held == [], f"the address is still held: {held}"
+    p = subprocess.run([str(VENV_BIN / "calicoctl"), "ipam", "check"], env=etcd.env(),
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0 and "IPAM is consistent." in p.stdout, p.stdout + p.stderr

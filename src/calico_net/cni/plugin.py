@@ -1,7 +1,11 @@
 """`calico`: the CNI plugin that attaches a workload (CNI spec 1.0: ADD, DEL, CHECK, VERSION).
 
 ADD, in this order, each step undone in reverse if a later one fails — so a failed
-ADD leaves no address without an endpoint and no dangling veth:
+ADD leaves no address without an endpoint and no dangling veth. The datastore steps
+are undone even when their own write failed (a write that committed but whose reply
+was lost looks the same), and while etcd cannot be reached the undo retries them for
+up to `UNDO_RETRY_S`: an ADD that lost etcd mid-way frees its address as soon as etcd
+answers again; past that bound the runtime's DEL frees it:
 
 1. addresses from IPAM (calico-ipam in-process, or the configured IPAM plugin);
 2. the network's profile, created when missing and no explicit `profiles` or
@@ -34,6 +38,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import sys
+import time
 from typing import Any, Sequence
 
 from calico_net.cni import dataplane
@@ -224,8 +229,10 @@ def cmd_add(env: CNIEnv, conf: NetConf, stdin: bytes, client, datastore) -> dict
     undo: list[tuple[str, Any]] = []
     try:
         if calico_ipam:
-            ips = ipam_add(conf, env, client, datastore)
+            # Registered before the assignment: one that committed but whose reply
+            # was lost fails here, and its address is found and freed by handle.
             undo.append(("ipam", None))
+            ips = ipam_add(conf, env, client, datastore)
         else:
             ipam_result = delegate(conf.ipam.type, "ADD", stdin, env) or {}
             undo.append(("delegate", None))
@@ -236,25 +243,53 @@ def cmd_add(env: CNIEnv, conf: NetConf, stdin: bytes, client, datastore) -> dict
         wiring = dataplane.setup(env.netns, host_if, env.ifname, ips, conf.effective_mtu())
         undo.append(("veth", None))
         wep = build_endpoint(conf, env, node, ips, wiring)
-        datastore.create(wep)
+        # Registered before the write: a create that committed but whose reply was
+        # lost (etcd cut off meanwhile) fails here, and must not leave an endpoint
+        # behind for an address that the undo releases.
         undo.append(("endpoint", None))
+        datastore.create(wep)
         log.info("attached %s: %s on %s, endpoint %s/%s", env.container_id, [str(a) for a in ips],
                  host_if, env.namespace, wep["metadata"]["name"])
         return build_result(conf, env, ips, host_if, wiring.container_mac)
     except BaseException:
+        deadline = time.monotonic() + UNDO_RETRY_S
         for step, _ in reversed(undo):
             try:
                 if step == "endpoint":
-                    _delete_endpoint(datastore, node, env)
+                    _retrying(step, deadline, lambda: _delete_endpoint(datastore, node, env))
                 elif step == "veth":
                     dataplane.teardown(env.netns, host_if, env.ifname)
                 elif step == "ipam":
-                    ipam_del(conf, env, client, datastore)
+                    _retrying(step, deadline, lambda: ipam_del(conf, env, client, datastore))
                 elif step == "delegate":
                     delegate(conf.ipam.type, "DEL", stdin, env)
             except Exception:  # noqa: BLE001 - keep undoing, report the original error
-                log.exception("undo of %s after a failed ADD failed", step)
+                log.exception("undo of %s after a failed ADD failed%s", step,
+                              "; the runtime's DEL of this container releases what is left"
+                              if step in ("endpoint", "ipam") else "")
         raise
+
+
+#: How long the undo of a failed ADD keeps retrying its datastore steps (removing
+#: the endpoint, releasing the addresses) while etcd cannot be reached: an ADD that
+#: failed because etcd went away mid-way frees its address as soon as etcd answers
+#: again within this bound, without waiting for the runtime's DEL.
+UNDO_RETRY_S = 30.0
+UNDO_RETRY_PAUSE_S = 1.0
+
+
+def _retrying(step: str, deadline: float, action) -> Any:
+    """Run `action`, again after DatastoreUnavailable until `deadline` (monotonic)."""
+    from calico_net.datastore.errors import DatastoreUnavailable
+
+    while True:
+        try:
+            return action()
+        except DatastoreUnavailable as e:
+            if time.monotonic() + UNDO_RETRY_PAUSE_S >= deadline:
+                raise
+            log.warning("undo of %s after a failed ADD: %s; trying again", step, e)
+            time.sleep(UNDO_RETRY_PAUSE_S)
 
 
 def cmd_del(env: CNIEnv, conf: NetConf, stdin: bytes) -> None:
