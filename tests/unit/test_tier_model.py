@@ -150,6 +150,9 @@ def test_calicoctl_verbs_on_tiers(datastore, tmp_path):
         _ctl(ds, "apply", stdin_docs=[gnp], tmp_path=tmp_path)
     _ctl(ds, "apply", stdin_docs=[doc("Tier", "cnt1-sec", {"order": 100}), gnp], tmp_path=tmp_path)
     assert ds.client.get("/calico/resources/v3/projectcalico.org/tiers/cnt1-sec") is not None
+    assert ds.get("Tier", "cnt1-sec")["spec"] == {"order": 100, "defaultAction": "Deny"}   # Calico's default
+    _ctl(ds, "create", stdin_docs=[doc("Tier", "cnt1-bare")], tmp_path=tmp_path)
+    assert ds.get("Tier", "cnt1-bare")["spec"] == {"order": 1000000, "defaultAction": "Deny"}
     out = _ctl(ds, "get", "tier", "cnt1-sec")
     assert out.split() == ["NAME", "ORDER", "cnt1-sec", "100"]
     assert "cnt1-sec" in _ctl(ds, "get", "gnp", "cnt1-p")

@@ -97,14 +97,18 @@ def warn_no_effect(docs: Iterable[dict[str, Any]], err) -> None:
 
 def check_cross_resource(docs: list[dict[str, Any]], ctx, verb: str) -> None:
     """Calico's checks across resources before a write: ClusterInformation is not
-    written by calicoctl, and a policy's tier must exist (`model.tiers`)."""
+    written by calicoctl, and a policy's tier must exist (`model.tiers`). A Tier is
+    stored with Calico's defaults filled in (order 1000000, defaultAction Deny), as
+    libcalico-go's client stores it."""
     from calico_net.datastore.errors import ResourceNotFound
-    from calico_net.model.tiers import check_tier_references
+    from calico_net.model.tiers import check_tier_references, default_tier_fields
 
     for doc in docs:
         if doc.get("kind") == "ClusterInformation":
             raise ValueError(f"operation {verb} is not supported on ClusterInformation "
                              "(it is written by the agent)")
+        if doc.get("kind") == "Tier":
+            default_tier_fields(doc)
 
     def tier_exists(name: str) -> bool:
         try:

@@ -11,9 +11,10 @@ from __future__ import annotations
 from typing import Any, Callable, Iterable, Mapping
 
 from calico_net.errors import ValidationError
-from calico_net.model.resources.policy import BUILTIN_TIERS, policy_tier
+from calico_net.model.resources.policy import BUILTIN_TIERS, policy_tier, tier_order_action
 
-__all__ = ["TIERED_KINDS", "check_tier_references", "tier_delete_problem", "policies_in_tier"]
+__all__ = ["TIERED_KINDS", "check_tier_references", "default_tier_fields", "tier_delete_problem",
+           "policies_in_tier"]
 
 #: the kinds whose spec.tier names a tier (Calico checks the tier exists for each)
 TIERED_KINDS = ("NetworkPolicy", "GlobalNetworkPolicy", "StagedNetworkPolicy",
@@ -24,6 +25,15 @@ def _name(doc: Mapping[str, Any]) -> str | None:
     md = doc.get("metadata")
     name = md.get("name") if isinstance(md, Mapping) else None
     return name if isinstance(name, str) else None
+
+
+def default_tier_fields(doc: dict[str, Any]) -> None:
+    """Fill in a (validated) Tier document's omitted order and defaultAction with
+    Calico's defaults (libcalico-go's DefaultTierFields; a built-in tier's own values)."""
+    spec = doc.setdefault("spec", {})
+    order, action = tier_order_action(_name(doc) or "", spec)
+    spec.setdefault("order", int(order) if order == int(order) else order)
+    spec.setdefault("defaultAction", action)
 
 
 def check_tier_references(docs: Iterable[Mapping[str, Any]],
