@@ -147,3 +147,46 @@ def test_debug_lines_only_from_matching_files(tmp_path) -> None:
             setup.file.close()
         root.setLevel(old_level)
         assert root.handlers == old_handlers
+
+
+def test_syslog_at_log_severity_sys(tmp_path, capsys) -> None:
+    import socket
+
+    addr = str(tmp_path / "log.sock")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    server.bind(addr)
+    server.settimeout(5)
+    c = cfg(env={"FELIX_LOGSEVERITYSCREEN": "Fatal"})
+    assert c.values["LogSeveritySys"] == "None"
+    root = logging.getLogger()
+    old_level, old_handlers = root.level, list(root.handlers)
+    setup = LogSetup(c, logging.StreamHandler())
+    setup.syslog_address = addr
+    try:
+        setup.apply()
+        c.listeners.append(setup.apply)
+        assert setup.syslog is None
+        c.set_felix_configuration("default", {"logSeveritySys": "Warning"})
+        assert setup.syslog is not None and root.level == logging.WARNING
+        log = logging.getLogger("calico_net.test")
+        log.info("info-not-sent")
+        log.warning("warning-sent")
+        got = server.recv(4096).decode()
+        assert "calico-felix[" in got and "warning-sent" in got and "[WARNING]" in got
+        c.set_felix_configuration("default", {})
+        assert setup.syslog is None
+        # a socket that is not there (yet): as C's openlog, the handler connects when it
+        # sends; a line that cannot go is reported once on stderr, never raised
+        setup.syslog_address = str(tmp_path / "absent.sock")
+        c.set_felix_configuration("default", {"logSeveritySys": "Info"})
+        assert setup.syslog is not None
+        log.warning("lost-line")
+        log.warning("lost-line-2")
+        assert "cannot send to syslog" in capsys.readouterr().err
+    finally:
+        if setup.syslog is not None:
+            root.removeHandler(setup.syslog)
+            setup.syslog.close()
+        root.setLevel(old_level)
+        server.close()
+        assert root.handlers == old_handlers

@@ -9,8 +9,9 @@ dataplane as it is, so workloads keep their connectivity across a restart.
 Logs go to stderr at LogSeverityScreen and, while LogFilePath is a path (Felix's
 `none`, the built-in default here, turns it off), also to that file at
 LogSeverityFile (`LogSetup`: the file is reopened when it is moved away, as by
-logrotate; both follow a FelixConfiguration change without a restart). With
-LogDebugFilenameRegex, Debug lines come only from source files whose name matches.
+logrotate; both follow a FelixConfiguration change without a restart); to syslog
+(/dev/log) at LogSeveritySys, `None` by default here. With LogDebugFilenameRegex,
+Debug lines come only from source files whose name matches.
 
 At start, ClusterInformation `default` is created when absent and its version kept
 current (`startup.ensure_cluster_information`, as calico/node's start-up does).
@@ -118,14 +119,35 @@ class DebugFileFilter(logging.Filter):
         return self._re.search(record.filename) is not None
 
 
+SYSLOG_FORMAT = "calico-felix[%(process)d]: [%(levelname)s] %(name)s: %(message)s"
+
+
+class SysLog(logging.handlers.SysLogHandler):
+    """The syslog handler: a failed send is reported on stderr once, never as a
+    traceback per line."""
+
+    broken = False
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
+        if not self.broken:
+            self.broken = True
+            sys.stderr.write(f"cannot send to syslog at {self.address!r}; its lines are lost\n")
+
+
 class LogSetup:
     """The agent's log handlers from the config: the screen (stderr) at
-    LogSeverityScreen; the file LogFilePath (None: none) at LogSeverityFile. `apply`
-    is a `Config` listener, so a changed FelixConfiguration takes effect at once."""
+    LogSeverityScreen; the file LogFilePath (None: none) at LogSeverityFile; syslog
+    at LogSeveritySys (None: none). `apply` is a `Config` listener, so a changed
+    FelixConfiguration takes effect at once."""
+
+    #: where syslog listens (Felix's: the local syslog socket)
+    syslog_address = "/dev/log"
 
     def __init__(self, config: Config, screen: logging.Handler) -> None:
         self.config = config
         self.screen = screen
+        self.syslog: logging.Handler | None = None
+        self.syslog_failed = False
         self.file: logging.Handler | None = None
         self.path: str | None = None
         self.failed: str | None = None   # the path that could not be opened (logged once)
@@ -156,11 +178,42 @@ class LogSetup:
                     root.addHandler(handler)
                     self.file = handler
                     self.failed = None
+        self._apply_syslog(root)
         self.screen.setLevel(self.config.screen_level)
+        levels = [self.config.screen_level]
         if self.file is not None:
             self.file.setLevel(self.config.file_level)
-        root.setLevel(min(self.config.screen_level, self.config.file_level) if self.file is not None
-                      else self.config.screen_level)
+            levels.append(self.config.file_level)
+        if self.syslog is not None:
+            self.syslog.setLevel(self.config.sys_level)
+            levels.append(self.config.sys_level)
+        root.setLevel(min(levels))
+
+    def _apply_syslog(self, root: logging.Logger) -> None:
+        """LogSeveritySys None: no syslog handler; else one. As C's openlog, a socket
+        that is not there yet is connected when a line is sent (`SysLog` reports a
+        line it cannot send once on stderr)."""
+        wanted = self.config.sys_level <= logging.CRITICAL
+        if not wanted:
+            self.syslog_failed = False
+            if self.syslog is not None:
+                root.removeHandler(self.syslog)
+                self.syslog.close()
+                self.syslog = None
+            return
+        if self.syslog is not None or self.syslog_failed:
+            return
+        try:
+            handler = SysLog(address=self.syslog_address)
+        except OSError as e:
+            self.syslog_failed = True
+            log.error("cannot log to syslog at %s: %s; LogSeveritySys has no effect",
+                      self.syslog_address, e)
+            return
+        handler.setFormatter(logging.Formatter(SYSLOG_FORMAT))
+        handler.addFilter(self.debug_filter)
+        root.addHandler(handler)
+        self.syslog = handler
 
 
 def felix_settings_factory(config: Config):  # type: ignore[no-untyped-def]

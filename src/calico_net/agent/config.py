@@ -352,6 +352,8 @@ PARAMS: tuple[Param, ...] = (
     # /var/log/calico/felix.log); the node image's stderr is the agent's log
     Param("LogSeverityFile", parse_log_level, "Info"),
     Param("LogFilePath", parse_log_file_path, "none", datastore_parse=parse_log_file_path_datastore),
+    # syslog (/dev/log): off by default here (Felix's default is Info), as the file
+    Param("LogSeveritySys", parse_log_level, "None"),
     # Debug lines only from source files whose name matches (Felix: `int_dataplane.go`,
     # here e.g. `daemon.py`); empty: every file
     Param("LogDebugFilenameRegex", _optional(parse_regex), ""),
@@ -529,15 +531,20 @@ class Config:
 
     @property
     def log_level(self) -> int:
-        """The root logger's level: the lower of the screen's and (while file logging
-        is on) the file's; each handler filters to its own (`screen_level`, `file_level`)."""
+        """The root logger's level: the lowest of the screen's, the syslog's and (while
+        file logging is on) the file's; each handler filters to its own."""
+        level = min(self.screen_level, self.sys_level)
         if self.values.get("LogFilePath"):
-            return min(self.screen_level, self.file_level)
-        return self.screen_level
+            level = min(level, self.file_level)
+        return level
 
     @property
     def screen_level(self) -> int:
         return LOG_LEVELS[self.values["LogSeverityScreen"].lower()]
+
+    @property
+    def sys_level(self) -> int:
+        return LOG_LEVELS[self.values["LogSeveritySys"].lower()]
 
     @property
     def file_level(self) -> int:

@@ -122,7 +122,7 @@ _FELIX_ENFORCED = {
     "allowIPIPPacketsFromWorkloads", "allowVXLANPacketsFromWorkloads",
     "natOutgoingAddress", "natPortRange", "logFilePath", "logSeverityFile",
     "logPrefix", "nftablesRefreshInterval", "prometheusProcessMetricsEnabled",
-    "disableConntrackInvalidCheck", "logDebugFilenameRegex",
+    "disableConntrackInvalidCheck", "logDebugFilenameRegex", "logSeveritySys",
 }
 _FELIX_WHERE = {
     "vxlanVNI": ENCAP, "vxlanPort": ENCAP, "vxlanMTU": ENCAP, "vxlanMTUV6": ENCAP,
@@ -152,6 +152,7 @@ _FELIX_WHERE = {
     "prometheusProcessMetricsEnabled": "calico_net/agent/metrics.py",
     "disableConntrackInvalidCheck": "calico_net/agent/felix/base_chains.py",
     "logDebugFilenameRegex": "calico_net/agent/__main__.py (DebugFileFilter)",
+    "logSeveritySys": "calico_net/agent/__main__.py (LogSetup; /dev/log, off unless set)",
 }
 
 # FelixConfiguration fields with no effect, with the reason and the values calico.net
@@ -188,7 +189,6 @@ _FELIX_NO_EFFECT: dict[str, Entry] = {
     "iptablesFilterAllowAction": N(NO_IPTABLES),
     "iptablesMangleAllowAction": N(NO_IPTABLES),
     "iptablesFilterDenyAction": N(NO_IPTABLES),
-    "logSeveritySys": N(NOT_YET + " (the agent does not log to syslog)"),
     "ipipEnabled": N("IP-in-IP follows the IPPools' ipipMode"),
     "vxlanEnabled": N("VXLAN follows the IPPools' vxlanMode"),
     "reportingInterval": N("no endpoint status reporting", "0s", "0"),
