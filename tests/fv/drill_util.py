@@ -632,3 +632,21 @@ def cnt6_fabric_module():
     mod.ROOT_IF = "cnt6bgp0"
     mod.UPLINK = "198.18.226"
     return mod
+
+
+def cluster_leader(cluster: EtcdCluster) -> Member:
+    """The member that leads the cluster now (asked of the first healthy one)."""
+    by_id: dict[str, Member] = {}
+    for m in cluster.members:
+        c = cluster.client(m)
+        try:
+            for info in c.member_list():
+                if info.get("name"):
+                    by_id[str(info["ID"])] = next(x for x in cluster.members if x.name == info["name"])
+            leader = str(c.status()["leader"])
+        except Exception:  # noqa: BLE001 - a member down: ask the next
+            continue
+        finally:
+            c.close()
+        return by_id[leader]
+    raise AssertionError("no member answers: " + cluster.logs())

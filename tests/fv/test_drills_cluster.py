@@ -3,18 +3,20 @@
 
 The cluster is the drill's own (`drill_util.EtcdCluster`: 127.0.0.61-63, data on
 tmpfs); the session's etcd is not touched. The manifest is 1,000 GlobalNetworkSets.
-Two seams put the kill inside the apply:
+The member lost is the leader at the time (the harder case: the survivors elect a
+new one before anything commits). Two seams put the kill inside the apply:
 
-* on the wire: calicoctl talks to m1 through `drill_util.TripProxy`, which SIGKILLs
-  m1 when three quarters of the apply's request bytes (measured once by a clean
+* on the wire: calicoctl talks to the leader through `drill_util.TripProxy`, which
+  SIGKILLs it when three quarters of the apply's request bytes (measured once by a clean
   apply of the same shape: key reads first, then the write) have gone through -
   inside the write;
-* at the commit: a watch on m2 SIGKILLs m1 on the first committed document.
+* at the commit: a watch on another member SIGKILLs the leader on the first
+  committed document.
 
-With calicoctl told only of m1 it exits non-zero naming etcd, or zero when the
-commit and its reply beat the kill; either way the surviving quorum holds all 1,000
-documents or none, never some; a re-run against m2 and m3 completes, and m1
-restarted catches up. Told of all three, calicoctl re-sends to a live member and
+With calicoctl told only of the leader it exits non-zero naming etcd, or zero when
+the commit and its reply beat the kill; either way the surviving quorum holds all
+1,000 documents or none, never some; a re-run against the two survivors completes,
+and the lost member restarted catches up. Told of all three, calicoctl re-sends to a live member and
 the apply completes.
 
 Protection checked: `Datastore.apply_all` writes the manifest in one transaction.
@@ -96,16 +98,16 @@ def _finish(proc: subprocess.Popen) -> tuple[str, str]:
             proc.wait()
 
 
-def _check_all_or_nothing(cluster: du.EtcdCluster, tag: str, path: Path, proc: subprocess.Popen,
-                          out: str, err: str, how: str) -> None:
+def _check_all_or_nothing(cluster: du.EtcdCluster, victim: du.Member, tag: str, path: Path,
+                          proc: subprocess.Popen, out: str, err: str, how: str) -> None:
     """The survivors hold all documents or none; a failure says etcd; a re-run against
     the survivors completes; the victim restarted catches up."""
-    m1, m2, m3 = cluster.members
-    survivors = cluster.client(m2, m3)
+    rest = [m for m in cluster.members if m is not victim]
+    survivors = cluster.client(*rest)
     try:
         n = du.wait_for(lambda: _count_or_none(survivors, tag), 60, "the surviving quorum answers",
                         cluster.logs)[0]
-        print(f"m1 SIGKILLed {how}; calicoctl rc {proc.returncode} ({(err or out).strip().splitlines()[-1:]!r}); "
+        print(f"{victim.name} (the leader) SIGKILLed {how}; calicoctl rc {proc.returncode} ({(err or out).strip().splitlines()[-1:]!r}); "
               f"{n} of {N_DOCS} documents present")
         assert n in (0, N_DOCS), f"a partial apply: {n} of {N_DOCS} documents present\n{out}\n{err}"
         if proc.returncode == 0:
@@ -113,15 +115,15 @@ def _check_all_or_nothing(cluster: du.EtcdCluster, tag: str, path: Path, proc: s
         else:
             assert "etcd" in err.lower(), f"the failure does not say what failed: {err!r}"
         rerun = subprocess.run([str(VENV_BIN / "calicoctl"), "apply", "-f", str(path)],
-                               env=du.base_env_plain(cluster.endpoints(m2, m3)),
+                               env=du.base_env_plain(cluster.endpoints(*rest)),
                                capture_output=True, text=True, timeout=120)
         assert rerun.returncode == 0, rerun.stdout + rerun.stderr
         assert count(survivors, tag) == N_DOCS
     finally:
         survivors.close()
-    cluster.start(m1)
-    cluster.wait_healthy(m1)
-    c1 = cluster.client(m1)
+    cluster.start(victim)
+    cluster.wait_healthy(victim)
+    c1 = cluster.client(victim)
     try:
         du.wait_for(lambda: (_count_or_none(c1, tag) or (None,))[0] == N_DOCS, 60,
                     "the restarted member catches up", cluster.logs)
@@ -148,9 +150,9 @@ def request_bytes(cluster, tmp_path_factory) -> int:
 
 
 def test_member_killed_with_the_apply_on_the_wire_is_all_or_nothing(whole, request_bytes, tmp_path):
-    """calicoctl knows only m1; m1 dies when three quarters of the apply's request
-    bytes reached it: inside the write."""
-    m1 = whole.members[0]
+    """calicoctl knows only the leader, which dies when three quarters of the apply's
+    request bytes reached it: inside the write."""
+    m1 = du.cluster_leader(whole)
     size = manifest("a", tmp_path / "a.yaml")
     proxy = du.TripProxy((m1.ip, m1.client_port), request_bytes * 3 // 4, lambda: whole.kill(m1))
     try:
@@ -159,14 +161,15 @@ def test_member_killed_with_the_apply_on_the_wire_is_all_or_nothing(whole, reque
         assert proxy.tripped.is_set(), f"the apply never sent {proxy.threshold} bytes: rc {proc.returncode}, {err}"
     finally:
         proxy.close()
-    _check_all_or_nothing(whole, "a", tmp_path / "a.yaml", proc, out, err,
+    _check_all_or_nothing(whole, m1, "a", tmp_path / "a.yaml", proc, out, err,
                           f"after {proxy.sent} of {request_bytes} request bytes (manifest {size} bytes)")
 
 
 def test_member_killed_at_the_commit_is_all_or_nothing(whole, tmp_path):
-    """calicoctl knows only m1; m1 dies the moment the first document is committed (seen
-    by a watch on m2), before or after its reply left."""
-    m1, m2 = whole.members[:2]
+    """calicoctl knows only the leader, which dies the moment the first document is
+    committed (seen by a watch on another member), before or after its reply left."""
+    m1 = du.cluster_leader(whole)
+    m2 = next(m for m in whole.members if m is not m1)
     path = tmp_path / "c.yaml"
     manifest("c", path)
     watcher = whole.client(m2)
@@ -179,13 +182,14 @@ def test_member_killed_at_the_commit_is_all_or_nothing(whole, tmp_path):
         killer.close()
         watcher.close()
     assert killer.error is None, killer.error
-    _check_all_or_nothing(whole, "c", path, proc, out, err, "at the first committed document")
+    _check_all_or_nothing(whole, m1, "c", path, proc, out, err, "at the first committed document")
 
 
 def test_member_killed_with_the_apply_on_the_wire_fails_over_and_completes(whole, request_bytes, tmp_path):
-    """calicoctl knows all three, m1 (through the proxy) first: m1 dies inside the
-    write, calicoctl re-sends to a live member and the apply completes."""
-    m1, m2, m3 = whole.members
+    """calicoctl knows all three, the leader (through the proxy) first: it dies inside
+    the write, calicoctl re-sends to a live member and the apply completes."""
+    m1 = du.cluster_leader(whole)
+    m2, m3 = [m for m in whole.members if m is not m1]
     manifest("b", tmp_path / "b.yaml")
     proxy = du.TripProxy((m1.ip, m1.client_port), request_bytes * 3 // 4, lambda: whole.kill(m1))
     try:
@@ -199,7 +203,7 @@ def test_member_killed_with_the_apply_on_the_wire_fails_over_and_completes(whole
         n = count(survivors, "b")
     finally:
         survivors.close()
-    print(f"m1 SIGKILLed after {proxy.sent} request bytes; calicoctl rc {proc.returncode}; "
+    print(f"{m1.name} (the leader) SIGKILLed after {proxy.sent} request bytes; calicoctl rc {proc.returncode}; "
           f"{n} of {N_DOCS} documents present")
     assert proc.returncode == 0, f"the apply did not fail over to a live member:\n{out}\n{err}"
     assert n == N_DOCS
