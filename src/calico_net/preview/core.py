@@ -146,7 +146,7 @@ def _nft_changes(before: Snapshot, after: Snapshot, node: str, form: str, env: M
 def preview(snap: Snapshot, changes: list[Change], *, nodes: Iterable[str] | None = None,
             form: str = "auto", env: Mapping[str, str] | None = None, config_file: str = "",
             bird_options: Any = None) -> list[NodePreview]:
-    """Per node (default: every Node in the snapshot before and after the change)
+    """Per node (default: every Node in the snapshot both before and after the change)
     the nftables objects and bird.cfg that the changes would alter; only nodes
     with a difference. `env`/`config_file`: the agent's FELIX_* environment and
     config file, when known (default: neither; FelixConfigurations apply)."""
@@ -156,7 +156,8 @@ def preview(snap: Snapshot, changes: list[Change], *, nodes: Iterable[str] | Non
     kinds = _kinds(changes)
     want_nft = bool(kinds & set(agent_kinds()))
     want_bird = bool(kinds & set(CONFD_KINDS))
-    names = sorted(set(snap.nodes()) | set(after.nodes())) if nodes is None else list(nodes)
+    # a Node the change creates or deletes has no configuration on one side: left out
+    names = sorted(set(snap.nodes()) & set(after.nodes())) if nodes is None else list(nodes)
     out = []
     for node in names:
         np = NodePreview(node)
