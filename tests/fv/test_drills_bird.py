@@ -119,7 +119,8 @@ def test_bird_sigkilled_with_bfd_routes_leave_and_return_no_other_flap(fabric):
     finally:
         sampler.stop()
     print(f"BIRD on h1 SIGKILLed: its routes left h2 and h3 in {gone:.2f} s (BFD 300 ms x 5), "
-          f"back {back:.2f} s after the kill; {sampler.samples} samples of h2-h3 ({sampler.unanswered} unanswered), since {since}")
+          f"back {back:.2f} s after the kill; {sampler.samples} samples of h2-h3 "
+          f"({sampler.unanswered} unanswered), since {since}")
     assert sampler.samples > 0
     assert not sampler.bad, "the h2-h3 session or its routes flapped:\n" + "\n".join(sampler.bad[:10])
     assert (_since(h2, h3.ip), _since(h3, h2.ip)) == since, "the h2-h3 session restarted"

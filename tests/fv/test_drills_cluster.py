@@ -107,8 +107,9 @@ def _check_all_or_nothing(cluster: du.EtcdCluster, victim: du.Member, tag: str, 
     try:
         n = du.wait_for(lambda: _count_or_none(survivors, tag), 60, "the surviving quorum answers",
                         cluster.logs)[0]
-        print(f"{victim.name} (the leader) SIGKILLed {how}; calicoctl rc {proc.returncode} ({(err or out).strip().splitlines()[-1:]!r}); "
-              f"{n} of {N_DOCS} documents present")
+        last = (err or out).strip().splitlines()[-1:]
+        print(f"{victim.name} (the leader) SIGKILLed {how}; calicoctl rc {proc.returncode} "
+              f"({last!r}); {n} of {N_DOCS} documents present")
         assert n in (0, N_DOCS), f"a partial apply: {n} of {N_DOCS} documents present\n{out}\n{err}"
         if proc.returncode == 0:
             assert n == N_DOCS, "calicoctl reported success but the documents are not there"
