@@ -455,7 +455,8 @@ def explain(cl: Cluster, src: Member | None, dst: Member | None, pkt: Packet) ->
     steps: list[dict[str, Any]] = []
 
     def done(verdict: str, by: str) -> dict[str, Any]:
-        return {"verdict": verdict, "decidedBy": by, "tiers": tier_order(cl),
+        # "tier": the tier of untiered policy, kept for callers that read one tier
+        return {"verdict": verdict, "decidedBy": by, "tier": TIER, "tiers": tier_order(cl),
                 "policies": policy_selection(cl, src, dst), "steps": steps}
 
     if src is not None and src.kind == "WorkloadEndpoint":
