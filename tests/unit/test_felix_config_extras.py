@@ -84,3 +84,12 @@ def test_disable_conntrack_invalid_check_removes_the_invalid_drops() -> None:
     assert invalid_rules({}) == ["cali-forward: ct state invalid drop", "cali-input: ct state invalid drop",
                                  "cali-output: ct state invalid drop"]
     assert invalid_rules({"disableConntrackInvalidCheck": True}) == []
+
+
+def test_runtime_metrics_follow_prometheus_go_metrics_enabled() -> None:
+    assert cfg().values["PrometheusGoMetricsEnabled"] is True
+    assert "python_gc_objects_collected_total" in Metrics().render()
+    off = Metrics()
+    off.runtime_metrics = False
+    text = off.render()
+    assert "python_gc_" not in text and "python_info" not in text and "process_cpu_seconds_total" in text

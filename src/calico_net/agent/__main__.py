@@ -288,6 +288,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("cannot record ClusterInformation default (the agent runs on): %s", e)
     metrics = metrics_mod.Metrics()
     metrics.process_metrics = config.values["PrometheusProcessMetricsEnabled"]
+    metrics.runtime_metrics = config.values["PrometheusGoMetricsEnabled"]
     state = health_mod.HealthState()
     servers = []
     try:

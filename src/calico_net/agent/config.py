@@ -379,6 +379,8 @@ PARAMS: tuple[Param, ...] = (
     Param("PrometheusMetricsHost", parse_host, "", live=False),
     Param("PrometheusMetricsPort", parse_int_port, 9091, live=False),
     Param("PrometheusProcessMetricsEnabled", parse_bool, True, live=False),
+    # Felix's go_* runtime metrics; here the Python runtime's (python_gc_*, python_info)
+    Param("PrometheusGoMetricsEnabled", parse_bool, True, live=False),
     # the prefix of policy's Log rules (felix/rules.py through FelixSettings.log_prefix)
     Param("LogPrefix", parse_log_prefix, "calico-packet"),
     # The overlay (agent/encap): all live, the encap controller recomputes on change.

@@ -17,7 +17,8 @@ as `.value`. The exposition is `prometheus_client`'s: its own `CollectorRegistry
 that turns the holders into metric families at scrape time, its `ProcessCollector`
 (process_cpu_seconds_total, process_resident_memory_bytes, …; left out when
 PrometheusProcessMetricsEnabled is false, as Felix does), `PlatformCollector`
-and `GCCollector`, and its `generate_latest` text format. `prometheus_client` is
+and `GCCollector` (the runtime's metrics, Felix's go_* here python_*: left out when
+PrometheusGoMetricsEnabled is false), and its `generate_latest` text format. `prometheus_client` is
 imported only when a registry is built - when PrometheusMetricsEnabled is true -
 so an agent without metrics does not pay for the import (~65-100 ms measured) and
 the holders cost a lock and an addition per call.
@@ -268,6 +269,9 @@ class Metrics:
         #: PrometheusProcessMetricsEnabled: the process_* metrics (set before the
         #: registry is built; Felix's default is on)
         self.process_metrics = True
+        #: PrometheusGoMetricsEnabled: the runtime's metrics (Go's go_* in Felix; here
+        #: the Python runtime's python_gc_* and python_info)
+        self.runtime_metrics = True
         self._extra: list[Any] = []
         self._reg_lock = threading.Lock()
 
@@ -292,8 +296,9 @@ class Metrics:
                 reg.register(self)
                 if self.process_metrics:
                     ProcessCollector(registry=reg)
-                PlatformCollector(registry=reg)
-                GCCollector(registry=reg)
+                if self.runtime_metrics:
+                    PlatformCollector(registry=reg)
+                    GCCollector(registry=reg)
                 for c in self._extra:
                     reg.register(c)
                 self._registry = reg

@@ -123,6 +123,7 @@ _FELIX_ENFORCED = {
     "natOutgoingAddress", "natPortRange", "logFilePath", "logSeverityFile",
     "logPrefix", "nftablesRefreshInterval", "prometheusProcessMetricsEnabled",
     "disableConntrackInvalidCheck", "logDebugFilenameRegex", "logSeveritySys",
+    "prometheusGoMetricsEnabled",
 }
 _FELIX_WHERE = {
     "vxlanVNI": ENCAP, "vxlanPort": ENCAP, "vxlanMTU": ENCAP, "vxlanMTUV6": ENCAP,
@@ -153,6 +154,8 @@ _FELIX_WHERE = {
     "disableConntrackInvalidCheck": "calico_net/agent/felix/base_chains.py",
     "logDebugFilenameRegex": "calico_net/agent/__main__.py (DebugFileFilter)",
     "logSeveritySys": "calico_net/agent/__main__.py (LogSetup; /dev/log, off unless set)",
+    "prometheusGoMetricsEnabled": "calico_net/agent/metrics.py (the runtime's metrics: "
+                                  "python_gc_* and python_info stand in for Go's go_*)",
 }
 
 # FelixConfiguration fields with no effect, with the reason and the values calico.net
@@ -197,7 +200,6 @@ _FELIX_NO_EFFECT: dict[str, Entry] = {
     "endpointReportingDelay": N("no endpoint status reporting"),
     "iptablesMarkMask": N(NO_IPTABLES),
     "healthTimeoutOverrides": N(NOT_YET),
-    "prometheusGoMetricsEnabled": N("calico.net is not written in Go", False),
     "prometheusWireGuardMetricsEnabled": N(NO_WG, False),
     "kubeNodePortRanges": N("no kube-proxy integration: " + NO_K8S),
     "policySyncPathPrefix": N("no policy sync API (application-layer policy) in calico.net"),
