@@ -190,3 +190,8 @@ def test_syslog_at_log_severity_sys(tmp_path, capsys) -> None:
         root.setLevel(old_level)
         server.close()
         assert root.handlers == old_handlers
+
+
+def test_trace_is_taken_as_debug() -> None:
+    c = cfg(spec={"logSeverityScreen": "Trace", "logSeverityFile": "trace"})
+    assert c.bad_total == 0 and c.screen_level == logging.DEBUG and c.file_level == logging.DEBUG

@@ -48,7 +48,8 @@ DEFAULT_FAILSAFE_IN = "tcp:22,udp:68,tcp:179,tcp:2379,tcp:2380,tcp:5473,tcp:6443
 DEFAULT_FAILSAFE_OUT = "udp:53,udp:67,tcp:179,tcp:2379,tcp:2380,tcp:5473,tcp:6443,tcp:6666,tcp:6667"
 
 LOG_LEVELS = {
-    "debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
+    # Calico's Trace is finer than Debug; Python logging's finest level is DEBUG
+    "trace": logging.DEBUG, "debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
     "warn": logging.WARNING, "error": logging.ERROR, "fatal": logging.CRITICAL,
     "panic": logging.CRITICAL, "critical": logging.CRITICAL, "none": logging.CRITICAL + 10,
 }
@@ -130,7 +131,7 @@ def _optional(parse: Callable[[Any], Any]) -> Callable[[Any], Any]:
 def parse_log_level(v: Any) -> str:
     s = str(v).strip().lower()
     if s not in LOG_LEVELS:
-        raise ValueError(f"{v!r} is not a log level (Debug, Info, Warning, Error, Fatal)")
+        raise ValueError(f"{v!r} is not a log level (Trace, Debug, Info, Warning, Error, Fatal, None)")
     return s.capitalize()
 
 
