@@ -170,3 +170,19 @@ def test_explain_walks_the_tiers():
     r = _explain(tier("sec", 100, "Pass"), gnp("s", "sec", ingress=nomatch))
     assert r["verdict"] == "Allow" and "Profile open" in r["decidedBy"]
     assert r["steps"][-1]["tiers"][0]["result"] == "end of tier: Pass"
+
+
+def test_explain_names_the_endpoint_chain_and_the_drop_it_ends_in():
+    """The end of a tier and the final default deny are located in the endpoint chain
+    the dataplane writes (name and line), so `explain --live` compares them exactly."""
+    nomatch = [{"action": "Allow", "protocol": "UDP"}]
+    docs = [tier("sec", 100), tier("soft", 200, "Pass"), gnp("s", "sec", ingress=[{"action": "Pass"}]),
+            gnp("x", "soft", ingress=nomatch), gnp("d", ingress=nomatch)]
+    dp = _dp(*docs)
+    r = _explain(*docs)
+    step = r["steps"][-1]
+    assert step["chain"] == dp._programs[EP].ingress
+    body = dp.rs.chains[step["chain"]].rules
+    assert "end of tier default" in r["decidedBy"]
+    (pos,) = step["rule"]["positions"]
+    assert body[pos] == "meta mark & 0x20000 == 0 drop" and body.index(body[pos]) < pos  # the 2nd one

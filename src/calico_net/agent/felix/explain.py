@@ -45,7 +45,7 @@ from typing import Any, Iterable, Mapping
 from . import hostprotect
 from .index import PolicyIndex
 from .nftstr import NftStringError
-from .policy import policy_chain, profile_chain
+from .policy import PolicyDataplane, policy_chain, profile_chain
 from .records import DENY_ALL, ENDPOINT_KINDS, Key, Member, policy_sort_key
 from .rules import (
     _PORT_HEADERS,
@@ -381,11 +381,21 @@ def _endpoint_chain(cl: Cluster, member: Member, direction: str, pkt: Packet) ->
     step = step0
     if skipped:
         step["notEvaluated"] = skipped
+    # the endpoint chain as the dataplane writes it: its name and where its own drops
+    # sit (the end of each Deny tier, the last line), for the live comparison
+    groups = tuple((t, a, tuple(p.key for p in ms if direction in p.types))
+                   for t, _o, a, ms in index.tier_groups(pols))
+    groups = tuple(g for g in groups if g[2])
+    ep_chain, body = PolicyDataplane._endpoint_chain_body(direction, groups,
+                                                          tuple(index.profiles_for(member.key)))
+    tier_drops = iter([i for i, line in enumerate(body) if line.endswith("== 0 drop")])
+    step["chain"] = ep_chain
     decided: dict[str, Any] | None = None
     for tier, order, action, members in index.tier_groups(pols):
         members = [p for p in members if direction in p.types]
         if not members:
             continue        # the tier does not apply in this direction
+        drop_at = next(tier_drops, None) if action != "Pass" else None
         tstep: dict[str, Any] = {"name": tier, "order": order, "defaultAction": action}
         step["tiers"].append(tstep)
         passed = False
@@ -414,7 +424,8 @@ def _endpoint_chain(cl: Cluster, member: Member, direction: str, pkt: Packet) ->
             tstep["result"] = f"end of tier: {action}"
             if action != "Pass":
                 decided = {"verdict": "Deny", "by": f"end of tier {tier}: its policies applied, none "
-                                                    "allowed or passed (defaultAction Deny)"}
+                                                    "allowed or passed (defaultAction Deny)",
+                           "rule": {"chain": ep_chain, "positions": [drop_at]}}
                 break
     if decided is None:
         for name in index.profiles_for(member.key):
@@ -429,7 +440,8 @@ def _endpoint_chain(cl: Cluster, member: Member, direction: str, pkt: Packet) ->
                            "rule": _where(chain, entries[-1])}
                 break
     if decided is None:
-        decided = {"verdict": "Deny", "by": "no policy or profile allowed it (default deny)"}
+        decided = {"verdict": "Deny", "by": "no policy or profile allowed it (default deny)",
+                   "rule": {"chain": ep_chain, "positions": [len(body) - 1]}}
     step.update(decided)
     return step
 
