@@ -26,6 +26,7 @@ from typing import Any, Iterator
 import pytest
 
 from calico_net.agent.felix.explain import Cluster, Packet, explain
+from calico_net.agent.felix.explain_live import compare, trace_flow
 from calico_net.agent.felix.nft import NftRunner
 from calico_net.agent.felix.policy import FelixSettings, PolicyDataplane
 from netns_util import TOOL_SOURCE, iface_for, sh
@@ -183,6 +184,11 @@ def _measure(tool: Path) -> dict[tuple[str, str, int], bool]:
     return got
 
 
+def _probe(tool: Path, ns: str, ip: str, port: int) -> bool:
+    out = sh(sys.executable, str(tool), "probe", str(PROBE_TIMEOUT), json.dumps([["x", ip, port]]), ns=ns)
+    return bool(json.loads(out)["x"])
+
+
 def _explained(docs: list[dict[str, Any]]) -> dict[tuple[str, str, int], tuple[bool, str]]:
     cl = Cluster([*docs, *(_wep(w) for w in WORKLOADS)], settings=SETTINGS)
     members = cl.members()
@@ -222,6 +228,18 @@ def test_tiers_decide_in_order_and_explain_agrees(topo, dp):
     assert "security-web rule 0 (tier security)" in why[("w1", "w3", 8080)]
     assert "relaxed-web rule 0 (tier relaxed)" in why[("w2", "w3", 8080)]
     assert _measure(topo) == EXPECTED
+
+    # nftables' trace of a real connect ends where explain says: a tier's Deny rule,
+    # and the end-of-tier drop in the endpoint chain
+    cl = Cluster([*DOCS, *(_wep(w) for w in WORKLOADS)], settings=SETTINGS)
+    m = cl.members()
+    for s, d, p in (("w1", "w2", 9090), ("w1", "w3", 9090)):
+        pkt = Packet(WORKLOADS[s][0], WORKLOADS[d][0], 6, p)
+        r = explain(cl, m[("WorkloadEndpoint", NS, s)], m[("WorkloadEndpoint", NS, d)], pkt)
+        hits = trace_flow(pkt, trigger=lambda: _probe(topo, PREFIX + s, WORKLOADS[d][0], p),
+                          wait=10, prefix=["ip", "netns", "exec", HOST_NS])
+        got = compare(r, hits, ["ip", "netns", "exec", HOST_NS])
+        assert got["traced"] and got["agrees"], (s, d, p, r["decidedBy"], got)
 
     # the security tier after the default one: the default tier's Allow decides first
     moved = _tier("security", 2_000_000)
