@@ -23,9 +23,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -105,7 +107,19 @@ def test_cnt5_supervisor_refuses_a_bad_libnetwork_switch(tmp_path: Path) -> None
 
 class RoleHost(DockerHost):
     """DockerHost's namespace, etcd and dockerd, without the host-process agent and plugin:
-    the role runs those as containers."""
+    the role runs those as containers. Docker's data root and the image archive are in
+    /dev/shm: loading the 270 MB image there takes 5 s, on this machine's disk 11 s."""
+
+    def __init__(self, net: str, pool: str, tag: str) -> None:
+        super().__init__(net, pool, tag)
+        self.shm = Path(tempfile.mkdtemp(prefix=f"cn{tag}", dir="/dev/shm"))
+        (self.dir / "data").symlink_to(self.shm)
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            shutil.rmtree(self.shm, ignore_errors=True)
 
     def start(self) -> "RoleHost":
         sh("ip", "netns", "add", self.ns)
@@ -188,7 +202,7 @@ def run_role(h: RoleHost, archive: Path, entry: str = "main") -> tuple[subproces
     extra.write_text(json.dumps({**role_vars(h, archive), "cnt5_entry": entry}))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DOCKER_", "ETCD_", "ANSIBLE_"))}
     env.update({"ANSIBLE_COLLECTIONS_PATH": str(REPO), "ANSIBLE_LOCAL_TEMP": str(h.dir / "ansible-tmp"),
-                "ANSIBLE_NOCOLOR": "1", "ANSIBLE_RETRY_FILES_ENABLED": "0", "ANSIBLE_STDOUT_CALLBACK": "default",
+                "ANSIBLE_NOCOLOR": "1", "ANSIBLE_PIPELINING": "1", "ANSIBLE_RETRY_FILES_ENABLED": "0", "ANSIBLE_STDOUT_CALLBACK": "default",
                 "PATH": f"{VENV_BIN}:{os.environ.get('PATH', '')}"})
     t0 = time.monotonic()
     # in the namespace: the role's readiness check asks 127.0.0.1 there
@@ -218,11 +232,16 @@ def rhost(calico_node_image) -> Iterator[tuple[RoleHost, Path]]:  # noqa: F811
     h = RoleHost(NET, POOL, tag="t5")
     try:
         t0 = time.monotonic()
-        h.start()
-        t1 = time.monotonic()
-        archive = h.dir / "calico-node.tar"
-        sh("podman", "save", "--quiet", "-o", str(archive), CALICO_NODE_IMAGE, timeout=300)
-        print(f"cnt5 set-up: host {t1 - t0:.1f}s, podman save {time.monotonic() - t1:.1f}s")
+        archive = h.shm / "calico-node.tar"
+        # the archive is written while the namespace, etcd and dockerd come up
+        save = subprocess.Popen(["podman", "save", "--quiet", "-o", str(archive), CALICO_NODE_IMAGE],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            h.start()
+        finally:
+            err = save.communicate(timeout=300)[1]
+        assert save.returncode == 0, f"podman save failed: {err}"
+        print(f"cnt5 set-up: {time.monotonic() - t0:.1f}s")
         yield h, archive
     finally:
         for name in ("calico-node", "calico-libnetwork"):
@@ -231,7 +250,9 @@ def rhost(calico_node_image) -> Iterator[tuple[RoleHost, Path]]:  # noqa: F811
                 if logs.returncode == 0:
                     print(f"---- {name} log (tail) ----\n{logs.stdout}{logs.stderr}")
         print(f"---- dockerd log (tail) ----\n{h.log('dockerd')}")
+        t0 = time.monotonic()
         h.close()
+        print(f"cnt5 tear-down {time.monotonic() - t0:.1f}s")
 
 
 @pytest.mark.root
