@@ -74,3 +74,26 @@ def test_racing_first_starts_agree_on_one_guid(etcd, datastore) -> None:
     assert not errors, errors
     stored = datastore.get("ClusterInformation", "default")["spec"]["clusterGUID"]
     assert results == [stored] * 6
+
+
+def test_agent_records_it_once_etcd_answers(etcd, datastore) -> None:
+    """The agent's start-up thread: etcd unreachable first (a closed port), retried
+    until it answers; the agent's stop ends the retries."""
+    from calico_net.agent.__main__ import record_cluster_information
+    from calico_net.datastore.etcd import EtcdClient, EtcdConfig
+    from etcd_server import free_port
+
+    stopping = threading.Event()
+    dead = EtcdClient(EtcdConfig(endpoints=[f"http://127.0.0.1:{free_port()}"]))
+    try:
+        stop_soon = threading.Timer(1.0, stopping.set)
+        stop_soon.start()
+        assert record_cluster_information(dead, stopping, first_delay=0.2) is False
+    finally:
+        dead.close()
+    client = etcd.client()
+    try:
+        assert record_cluster_information(client, threading.Event()) is True
+    finally:
+        client.close()
+    assert datastore.get("ClusterInformation", "default")["spec"]["calicoVersion"] == f"v{__version__}"

@@ -14,7 +14,8 @@ logrotate; both follow a FelixConfiguration change without a restart); to syslog
 Debug lines come only from source files whose name matches.
 
 At start, ClusterInformation `default` is created when absent and its version kept
-current (`startup.ensure_cluster_information`, as calico/node's start-up does).
+current (`startup.ensure_cluster_information`, as calico/node's start-up does), from
+a thread of its own that retries while etcd cannot be reached.
 
 The overlay (IP-in-IP / VXLAN: `encap.controller`) is built here with its real
 pieces: the kernel layer, the block affinity watch and the tunnel address allocator.
@@ -32,6 +33,7 @@ import re
 import signal
 import socket
 import sys
+import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -231,6 +233,27 @@ def felix_settings_factory(config: Config):  # type: ignore[no-untyped-def]
     return make
 
 
+def record_cluster_information(etcd: object, stopping: threading.Event, first_delay: float = 1.0) -> bool:
+    """ClusterInformation `default` as calico/node's start-up leaves it
+    (`startup.ensure_cluster_information`), from a thread of its own so an etcd that
+    is down at start delays nothing: retried with a growing pause (up to a minute)
+    until it is done or the agent stops. True once recorded."""
+    from calico_net.agent.startup import StartupError, ensure_cluster_information
+    from calico_net.datastore import Datastore, DatastoreError
+
+    delay = first_delay
+    while not stopping.is_set():
+        try:
+            ensure_cluster_information(Datastore(etcd), cluster_type=os.environ.get("CLUSTER_TYPE", ""))
+            return True
+        except (DatastoreError, StartupError) as e:
+            log.warning("cannot record ClusterInformation default yet: %s; again in %.0f s", e, delay)
+        if stopping.wait(delay):
+            break
+        delay = min(delay * 2, 60.0)
+    return False
+
+
 def _overlay(name: str, config: Config, etcd: object) -> "EncapController":
     """The overlay's real pieces: the kernel layer is made (pyroute2 imported) and the
     affinity watch started only once a pool is encapsulated; the tunnel address
@@ -278,14 +301,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DatastoreError as e:
         log.error("%s", e)
         return 2
-    from calico_net.agent.startup import StartupError, ensure_cluster_information
-    from calico_net.datastore import Datastore
-
-    try:
-        # as calico/node's start-up: written when absent, the GUID never overwritten
-        ensure_cluster_information(Datastore(etcd), cluster_type=os.environ.get("CLUSTER_TYPE", ""))
-    except (DatastoreError, StartupError) as e:
-        log.error("cannot record ClusterInformation default (the agent runs on): %s", e)
+    stopping = threading.Event()
+    threading.Thread(target=record_cluster_information, args=(etcd, stopping),
+                     name="cluster-information", daemon=True).start()
     metrics = metrics_mod.Metrics()
     metrics.process_metrics = config.values["PrometheusProcessMetricsEnabled"]
     metrics.runtime_metrics = config.values["PrometheusGoMetricsEnabled"]
@@ -316,6 +334,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         daemon.run()
     finally:
+        stopping.set()
         for s in servers:
             s.shutdown()
         etcd.close()
