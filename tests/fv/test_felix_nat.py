@@ -151,10 +151,10 @@ def test_nat_outgoing_address_and_port_range_follow_felix_configuration(clean, l
     env = clean
     w1 = env.workloads[0]
     net = L.NET
-    # the real agent recorded ClusterInformation default when it started (the
-    # `clean` fixture has wiped etcd since; tests/integration/test_cluster_information.py
-    # checks the document itself)
-    assert "ClusterInformation default created" in env.agent.log_tail(2000)
+    # the real agent records ClusterInformation default when it starts (from a thread
+    # of its own; tests/integration/test_cluster_information.py checks the document)
+    L.wait_for(lambda: "ClusterInformation default created" in env.agent.log_tail(2000), CONVERGE,
+               "ClusterInformation recorded at the agent's start", env.agent)
     env.ds.apply_all([
         {"apiVersion": V3, "kind": "IPPool", "metadata": {"name": "nat-pool"},
          "spec": {"cidr": "198.19.1.0/24", "natOutgoing": True}},
