@@ -40,6 +40,9 @@ RECIPE_LABEL=net.calico.recipe
 BUILD_CTR_PREFIX=calico-lab-build-
 
 SSH_KEY=$STATE_DIR/id_ed25519
+# The user Ansible logs in as on the nodes (plain user, passwordless sudo; the node image
+# makes it). The lab's own scripts log in as root.
+LAB_ANSIBLE_USER=calico-admin
 INVENTORY=$STATE_DIR/inventory.ini
 # Where each node finds the image archives (read-only bind mount of $STATE_DIR/images):
 # calico/node for the calico_node role, the sample workload image for `make lab`.

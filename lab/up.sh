@@ -123,6 +123,8 @@ start_nodes() {
             -v "$ARCHIVE_DIR:$NODE_IMAGES_DIR:ro" \
             "$NODE_IMAGE" >/dev/null
         podman exec -i "$name" sh -c 'umask 077; cat > /root/.ssh/authorized_keys' <"$SSH_KEY.pub"
+        podman exec -i "$name" sh -c "umask 077; cat > ~$LAB_ANSIBLE_USER/.ssh/authorized_keys &&
+            chown $LAB_ANSIBLE_USER: ~$LAB_ANSIBLE_USER/.ssh/authorized_keys" <"$SSH_KEY.pub"
         log "started $name at $(node_ip "$i")"
     done
 }
@@ -171,7 +173,7 @@ timed "up: wait for SSH" wait_ssh
     echo "[route_reflectors]"
     echo
     echo "[all:vars]"
-    echo "ansible_user=root"
+    echo "ansible_user=$LAB_ANSIBLE_USER"
     echo "ansible_ssh_private_key_file=$SSH_KEY"
     echo "ansible_ssh_common_args='-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null'"
     echo "ansible_python_interpreter=/usr/bin/python3"

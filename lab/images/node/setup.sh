@@ -46,6 +46,15 @@ install -d /etc/systemd/system/ssh.service.d
 install -m 0644 "$HERE/ssh-hostkeys.conf" /etc/systemd/system/ssh.service.d/calico-lab-hostkeys.conf
 install -d -m 0700 /root/.ssh
 
+# Ansible logs in as calico-admin, a plain user with passwordless sudo, as on real hosts
+# where root cannot log in: the playbooks escalate with `become` where the work needs
+# root. (root keeps key-only login for the lab's own scripts: demo.sh, the matrix.)
+useradd --create-home --shell /bin/bash --uid 1000 calico-admin
+printf 'calico-admin ALL=(ALL) NOPASSWD: ALL\n' >/etc/sudoers.d/calico-admin
+chmod 0440 /etc/sudoers.d/calico-admin
+visudo -cqf /etc/sudoers.d/calico-admin
+install -d -m 0700 -o calico-admin -g calico-admin /home/calico-admin/.ssh
+
 # podman inside the node: the same sandbox quirk as on the host (see lab/bootstrap-host.sh).
 install -m 0644 "$HERE/containers.conf" /etc/containers/containers.conf
 # ...and its OCI runtime goes through a wrapper that mounts cgroup hierarchies the kernel

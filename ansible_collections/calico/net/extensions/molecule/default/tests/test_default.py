@@ -42,7 +42,8 @@ CLIENT_PKI = "/etc/calico/pki"
 
 
 def node(name: str):
-    return testinfra.get_host(f"ansible://{name}?ansible_inventory={INVENTORY}")
+    # Ansible logs in as a plain user; the checks read root-only state through sudo
+    return testinfra.get_host(f"ansible://{name}?ansible_inventory={INVENTORY}", sudo=True)
 
 
 def address(name: str) -> str:
@@ -294,6 +295,8 @@ def ansible_playbook(playbook: Path | str, *extra: str) -> None:
     env.setdefault("ANSIBLE_COLLECTIONS_PATH", str(COLLECTION.parents[2]))
     cmd = ["ansible-playbook", "-i", INVENTORY, str(playbook),
            "-e", f"policy_example_hosts={NODES[0]}", "-e", "policy_example_namespace=default",
+           # the node's etcd client key is root's; Ansible logs in as a plain user
+           "-e", "policy_example_become=true",
            "-e", "ansible_python_interpreter=/opt/calico/venv/bin/python", *extra]
     proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           timeout=600, check=False)
@@ -361,7 +364,7 @@ def test_etcd_release_tarball_install(tmp_path):
     play = tmp_path / "tarball.yml"
     bin_dir = "/opt/calico-molecule-etcd-tarball"
     play.write_text(
-        f"- hosts: {NODES[0]}\n  gather_facts: false\n  tasks:\n"
+        f"- hosts: {NODES[0]}\n  become: true\n  gather_facts: false\n  tasks:\n"
         "    - ansible.builtin.include_role:\n        name: calico.net.etcd\n        tasks_from: install_tarball\n"
         f"      vars:\n        etcd_install_method: tarball\n        etcd_version: '{version}'\n"
         f"        etcd_tarball_src: {tarball}\n        etcd_tarball_checksum: \"{{{{ checksum }}}}\"\n"

@@ -8,7 +8,12 @@
 4. playbooks/add_node.yml --limit that node brings it back: etcd `member add` flow, the
    cluster healthy with every member, calico/node ready, BGP with the others again.
 5. playbooks/etcd_restore.yml restores the snapshot of step 2 into the whole cluster:
-   healthy again, the data of before the removal back (the node's Node resource).
+   healthy again, the data of before the removal back: the node's Node resource, and a
+   GlobalNetworkPolicy and an IPPool that were made before the backup and deleted after
+   it (nothing else makes them again), with the resourceVersion they had (etcd's
+   snapshot keeps each key's mod revision); every calico node ready afterwards.
+6. playbooks/gc.yml: a WorkloadEndpoint of a node that does not exist is reported by the
+   dry run (and kept), and deleted with calico_gc_apply=true.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import subprocess
 import time
 from pathlib import Path
@@ -37,7 +43,8 @@ FIRST, LEAVING = NODES[0], NODES[-1]
 
 
 def node(name: str):
-    return testinfra.get_host(f"ansible://{name}?ansible_inventory={INVENTORY}")
+    # Ansible logs in as a plain user; the checks read root-only state through sudo
+    return testinfra.get_host(f"ansible://{name}?ansible_inventory={INVENTORY}", sudo=True)
 
 
 def address(name: str) -> str:
@@ -84,11 +91,47 @@ def test_check_mode_on_the_converged_cluster_reports_no_change():
     assert not changed, f"--check reports changes on {changed}:\n{out[-5000:]}"
 
 
-def test_etcd_backup_saves_and_fetches_a_snapshot(snapshot_dir):
+# Made before the backup and deleted after it: only the restore can bring them back.
+# The policy selects nothing and the pool is disabled, so neither changes the dataplane.
+DRILL = [
+    {"apiVersion": "projectcalico.org/v3", "kind": "GlobalNetworkPolicy",
+     "metadata": {"name": "restore-drill"},
+     "spec": {"selector": "restore-drill == 'yes'", "types": ["Ingress"],
+              "ingress": [{"action": "Allow", "protocol": "TCP", "destination": {"ports": [7]}}]}},
+    {"apiVersion": "projectcalico.org/v3", "kind": "IPPool", "metadata": {"name": "restore-drill"},
+     "spec": {"cidr": "198.18.250.0/24", "disabled": True, "ipipMode": "Never", "vxlanMode": "Never",
+              "natOutgoing": False}},
+]
+
+
+def calicoctl_create(host, doc: dict) -> None:
+    path = f"/tmp/{doc['kind'].lower()}-{doc['metadata']['name']}.json"
+    run_ok(host, f"printf '%s' {shlex.quote(json.dumps(doc))} > {path} && calicoctl create -f {path}")
+
+
+def resource_version(host, kind: str, name: str) -> str | None:
+    r = host.run(f"calicoctl get {kind} {name} -o json")
+    return json.loads(r.stdout)["metadata"]["resourceVersion"] if r.rc == 0 else None
+
+
+@pytest.fixture(scope="module")
+def drill_versions():
+    return {}
+
+
+def test_etcd_backup_saves_and_fetches_a_snapshot(snapshot_dir, drill_versions):
+    first = node(FIRST)
+    for doc in DRILL:
+        calicoctl_create(first, doc)
+        drill_versions[doc["kind"]] = resource_version(first, doc["kind"], doc["metadata"]["name"])
+        assert drill_versions[doc["kind"]], doc["kind"]
     playbook("calico.net.etcd_backup", "-e", f"etcd_backup_fetch_dir={snapshot_dir}")
     snaps = sorted(snapshot_dir.glob("etcd-snapshot-*.db"))
     assert len(snaps) == 1 and snaps[0].stat().st_size > 0, snaps
     assert run_ok(node(ETCD[0]), "ls /var/backups/etcd").count("etcd-snapshot-") == 1
+    for doc in DRILL:
+        run_ok(first, f"calicoctl delete {doc['kind']} {doc['metadata']['name']}")
+        assert resource_version(first, doc["kind"], doc["metadata"]["name"]) is None
 
 
 def test_remove_node_cleans_host_and_datastore():
@@ -133,12 +176,43 @@ def test_add_node_brings_it_back_through_member_add():
     assert peer and peer[0]["info"].startswith("Established"), sessions
 
 
-def test_etcd_restore_brings_back_the_snapshot(snapshot_dir):
+def test_etcd_restore_brings_back_the_snapshot(snapshot_dir, drill_versions):
     snaps = sorted(snapshot_dir.glob("etcd-snapshot-*.db"))
     assert snaps, "no snapshot (the backup check failed)"
+    assert len(drill_versions) == len(DRILL), "the backup check did not make the drill's resources"
     playbook("calico.net.etcd_restore", "-e", f"etcd_restore_snapshot_src={snaps[-1]}")
     assert sorted(m["name"] for m in etcd_members()) == sorted(ETCD)
-    run_ok(node(FIRST), f"etcdctl --endpoints https://{address(FIRST)}:2379 {CLIENT} endpoint health --cluster")
+    first = node(FIRST)
+    run_ok(first, f"etcdctl --endpoints https://{address(FIRST)}:2379 {CLIENT} endpoint health --cluster")
     # the snapshot predates the removal: the node's Node resource is there as it was then
-    assert run_ok(node(FIRST), f"calicoctl get node {LEAVING} -o json")
-    assert run_ok(node(FIRST), "calicoctl get ippool -o json")
+    assert run_ok(first, f"calicoctl get node {LEAVING} -o json")
+    # deleted after the backup, back from the snapshot with the revision they had
+    for doc in DRILL:
+        assert resource_version(first, doc["kind"], doc["metadata"]["name"]) == drill_versions[doc["kind"]], doc
+    # every agent resyncs from the restored datastore and is ready again
+    for name in NODES:
+        deadline = time.monotonic() + 120
+        while True:
+            code = node(name).run("curl -s -m 5 -o /dev/null -w '%{http_code}' http://127.0.0.1:9099/readiness").stdout
+            if code == "200" or time.monotonic() > deadline:
+                break
+            time.sleep(2)
+        assert code == "200", f"calico/node on {name} not ready after the restore ({code})"
+    for doc in DRILL:
+        run_ok(first, f"calicoctl delete {doc['kind']} {doc['metadata']['name']}")
+
+
+def test_gc_reports_then_deletes_an_endpoint_of_a_gone_node():
+    first = node(FIRST)
+    wep = {"apiVersion": "projectcalico.org/v3", "kind": "WorkloadEndpoint",
+           "metadata": {"name": "gc-drill", "namespace": "default"},
+           "spec": {"node": "gc-drill-gone-node", "orchestrator": "cni", "workload": "gc-drill",
+                    "containerID": "gc-drill", "endpoint": "eth0", "interfaceName": "caligcdrill0",
+                    "ipNetworks": ["198.18.251.1/32"], "profiles": ["kns.default"]}}
+    calicoctl_create(first, wep)
+    out = playbook("calico.net.gc", "-e", "calico_gc_grace=0")
+    assert "WorkloadEndpoint default/gc-drill" in out, out[-4000:]
+    assert resource_version(first, "workloadendpoint", "gc-drill -n default"), "the dry run deleted it"
+    out = playbook("calico.net.gc", "-e", "calico_gc_grace=0", "-e", "calico_gc_apply=true")
+    assert "WorkloadEndpoint default/gc-drill" in out, out[-4000:]
+    assert resource_version(first, "workloadendpoint", "gc-drill -n default") is None
