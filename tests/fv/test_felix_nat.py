@@ -99,7 +99,7 @@ def listener(fv):
 
 CONNECT = """
 import socket, sys
-s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)
 print(s.recv(16).decode().strip(), s.getsockname()[1])
 """
 
@@ -114,7 +114,7 @@ def connect(w, host: str, port: int) -> int:
 UDP_SEND = """
 import socket, sys
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.settimeout(5)
+s.settimeout(10)
 s.sendto(b"hi", (sys.argv[1], int(sys.argv[2])))
 print(s.recv(16).decode(), s.getsockname()[1])
 """
