@@ -16,7 +16,7 @@ no nft line for never matches here either; the lines are reported). What the age
 has no function for is evaluating a compiled rule against one concrete packet:
 `rule_matches` does that, term by term as `render_rule` emits the nft match, with
 set membership read from the index. The walk over an endpoint chain
-(`_endpoint_chain`) follows `PolicyDataplane._endpoint_chain_body`, tier by tier as
+(`_endpoint_chain`) follows `chains.endpoint_chain_body`, tier by tier as
 `PolicyDataplane.tier_groups` groups them: within a tier the policies in order
 (Allow returns allowed, Deny drops, Pass skips to the next tier, no match goes on;
 no policy of the tier decided: its defaultAction, Deny being the end-of-tier drop),
@@ -45,7 +45,7 @@ from typing import Any, Iterable, Mapping
 from . import hostprotect
 from .index import PolicyIndex
 from .nftstr import NftStringError
-from .policy import PolicyDataplane, policy_chain, profile_chain
+from .chains import endpoint_chain_body, policy_chain, profile_chain
 from .records import DENY_ALL, ENDPOINT_KINDS, Key, Member, policy_sort_key
 from .rules import (
     _PORT_HEADERS,
@@ -386,8 +386,7 @@ def _endpoint_chain(cl: Cluster, member: Member, direction: str, pkt: Packet) ->
     groups = tuple((t, a, tuple(p.key for p in ms if direction in p.types))
                    for t, _o, a, ms in index.tier_groups(pols))
     groups = tuple(g for g in groups if g[2])
-    ep_chain, body = PolicyDataplane._endpoint_chain_body(direction, groups,
-                                                          tuple(index.profiles_for(member.key)))
+    ep_chain, body = endpoint_chain_body(direction, groups, tuple(index.profiles_for(member.key)))
     tier_drops = iter([i for i, line in enumerate(body) if line.endswith("== 0 drop")])
     step["chain"] = ep_chain
     decided: dict[str, Any] | None = None

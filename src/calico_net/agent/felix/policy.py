@@ -48,13 +48,12 @@ element-only.  `refresh` and the restart check read the table back over netlink
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
-from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, NamedTuple
 
 from . import nftstr
+from .chains import MARK_CLEAR_PASS, TierGroup, _short, endpoint_chain_body, policy_chain, profile_chain
 from .base_chains import HEP_IN, HEP_OUT, WL_FROM, WL_TO, placeholder_script, render_base, render_pools
 from .encap_rules import EncapHosts
 from .gcpause import GcPause
@@ -63,14 +62,7 @@ from .index import IndexChanges, Key, PolicyIndex
 from .nft import NftError, NftRunner
 from .nft_writer import NftWriter
 from .nftstr import NftStringError
-from .rules import MARK_ALLOW, MARK_CLEAR_MASK, MARK_PASS, render_rule
-
-#: clears only the pass bit (the start of each tier after the first)
-MARK_CLEAR_PASS = 0xFFFFFFFF & ~MARK_PASS
-
-#: per tier that applies to an endpoint in a direction: (tier name, defaultAction,
-#: the keys of its policies there, in order)
-TierGroup = tuple[str, str, tuple[Key, ...]]
+from .rules import render_rule
 from .ruleset import Ruleset
 from .settings import (DEFAULT_FAILSAFE_INBOUND, DEFAULT_FAILSAFE_OUTBOUND, ApplyStats, FelixSettings,
                        parse_failsafe_ports)
@@ -81,7 +73,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 __all__ = ["FelixSettings", "ApplyStats", "PolicyDataplane", "DEFAULT_FAILSAFE_INBOUND",
-           "DEFAULT_FAILSAFE_OUTBOUND", "parse_failsafe_ports", "policy_chain", "profile_chain"]
+           "DEFAULT_FAILSAFE_OUTBOUND", "parse_failsafe_ports", "policy_chain", "profile_chain",
+           "MARK_CLEAR_PASS"]
 
 
 class _EpProgram(NamedTuple):      # a tuple: one per endpoint
@@ -89,10 +82,6 @@ class _EpProgram(NamedTuple):      # a tuple: one per endpoint
     iface: str      # as an nft map key: quoted by nftstr.ifname
     ingress: str    # chain name
     egress: str
-
-
-def _short(*parts: object) -> str:
-    return hashlib.sha224("\0".join(map(str, parts)).encode()).hexdigest()[:16]
 
 
 def _chain_comment(text: str) -> str | None:
@@ -106,16 +95,6 @@ def _chain_comment(text: str) -> str | None:
         log.warning("chain comment left out: %s", exc)
         return None
     return text
-
-
-@lru_cache(maxsize=65536)
-def policy_chain(key: Key, direction: str) -> str:
-    return f"cali-p{'i' if direction == 'Ingress' else 'o'}-{_short(*key)}"
-
-
-@lru_cache(maxsize=65536)
-def profile_chain(name: str, direction: str) -> str:
-    return f"cali-pr{'i' if direction == 'Ingress' else 'o'}-{_short(name)}"
 
 
 class _Ctx:
@@ -487,28 +466,7 @@ class PolicyDataplane:
             self.rs.set_chain(name, body)
         return name
 
-    @staticmethod
-    def _endpoint_chain_body(direction: str, groups: tuple[TierGroup, ...],
-                             prof_names: tuple[str, ...]) -> tuple[str, list[str]]:
-        profs = [profile_chain(p, direction) for p in prof_names]
-        body = [f"meta mark set meta mark & {MARK_CLEAR_MASK:#010x}"]
-        for t, (_tier, action, keys) in enumerate(groups):
-            if t:
-                # start of a further tier: an earlier tier's Pass no longer counts
-                body.append(f"meta mark set meta mark & {MARK_CLEAR_PASS:#010x}")
-            for i, k in enumerate(keys):
-                pc = policy_chain(k, direction)
-                body.append(f"jump {pc}" if i == 0 else f"meta mark & {MARK_PASS:#x} == 0 jump {pc}")
-                body.append(f"meta mark & {MARK_ALLOW:#x} == {MARK_ALLOW:#x} return")
-            if action != "Pass":
-                # end of tier: some policy of it applied and none allowed or passed
-                body.append(f"meta mark & {MARK_PASS:#x} == 0 drop")
-        for pc in profs:
-            body.append(f"jump {pc}")
-            body.append(f"meta mark & {MARK_ALLOW:#x} == {MARK_ALLOW:#x} return")
-        body.append("drop")
-        prefix = "cali-tw-" if direction == "Ingress" else "cali-fw-"
-        return prefix + _short(*body), body
+    _endpoint_chain_body = staticmethod(endpoint_chain_body)
 
     def _render_endpoint(self, ep: Key) -> None:
         member = self.index.members.get(ep)
