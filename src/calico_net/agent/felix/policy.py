@@ -29,7 +29,7 @@ Table layout (names are what you see in ``nft list table inet calico``):
 * endpoint chains ``cali-fw-<h>`` (egress) / ``cali-tw-<h>`` (ingress): per tier the
   policy chains in order and the end-of-tier drop (a tier whose defaultAction is
   Deny), the pass bit cleared at the start of each further tier, then the profile
-  chains; named by a hash of their content, so
+  chains (`chains.endpoint_chain_body`); named by a hash of their content, so
   endpoints with the same policies and profiles share one chain, and one endpoint
   added is two map elements plus set elements (no chain unless its combination is new).
 * policy chains ``cali-pi-<h>``/``cali-po-<h>`` and profile chains
