@@ -78,9 +78,9 @@ else
 fi
 
 # --- 4. the guard: lab packets never leave this machine ----------------------------------
-# An unreachable route for 198.18.0.0/15 (lab bridges' connected routes are more specific
+# Unreachable routes for 198.18.0.0/15 and 2001:db8::/32 (lab bridges' connected routes are more specific
 # and win) and an nft forward guard; see lab/hostnet.sh for why.
 bash "$(dirname "$0")/hostnet.sh" guard
-log "guard route and forward guard for 198.18.0.0/15 in place"
+log "guard routes and forward guard for 198.18.0.0/15 and 2001:db8::/32 in place"
 
 log "done"

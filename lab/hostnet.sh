@@ -4,8 +4,8 @@
 # nodes through that bridge. Used by lab/up.sh, molecule's create.yml, scripts/install-deps.sh
 # and the test suite, so there is one rule in one place. Run as root; idempotent.
 #
-#   hostnet.sh guard                        install the guard (route + nft forward guard)
-#   hostnet.sh bridge NETWORK GATEWAY/LEN   give the host GATEWAY on NETWORK's bridge
+#   hostnet.sh guard                        install the guard (routes + nft forward guard)
+#   hostnet.sh bridge NETWORK GATEWAY/LEN   give the host GATEWAY (IPv4 or IPv6) on NETWORK's bridge
 #   hostnet.sh remove NETWORK               remove a podman network and its bridge (the CNI
 #                                           backend leaves the bridge, with our address on it)
 #   hostnet.sh check NETWORK|dev:IFACE GATEWAY/LEN IP...
@@ -21,9 +21,13 @@
 # instead of a packet off the machine. The nft table drops anything the host would forward
 # between 198.18.0.0/15 and other addresses (the lab's `--internal`: nothing leaves, nothing
 # comes in), whatever ip_forward says.
+# IPv6 the same way: the lab's v6 range is the documentation prefix 2001:db8::/32 (nodes on
+# 2001:db8:18::/64, the v6 workload pool 2001:db8:19::/48), with its own unreachable route
+# and the same two forward rules.
 set -euo pipefail
 
 LAB_RANGE=198.18.0.0/15
+LAB_RANGE6=2001:db8::/32
 GUARD_METRIC=4242
 GUARD_TABLE=calico_lab_guard
 
@@ -34,6 +38,10 @@ die() { say "ERROR: $*"; exit 1; }
 guard() {
     # `replace` is idempotent; a connected /24 of a lab bridge is more specific and wins.
     ip route replace unreachable "$LAB_RANGE" metric "$GUARD_METRIC"
+    # IPv6 may be off on a host (disable_ipv6, no ipv6 module): then nothing can leak by it
+    if [[ -e /proc/net/if_inet6 ]]; then
+        ip -6 route replace unreachable "$LAB_RANGE6" metric "$GUARD_METRIC"
+    fi
     if command -v nft >/dev/null; then
         # the whole table in one transaction: create (if absent), flush, fill
         nft -f - <<EOF
@@ -44,6 +52,8 @@ table inet $GUARD_TABLE {
         type filter hook forward priority -10; policy accept;
         ip saddr $LAB_RANGE ip daddr != $LAB_RANGE counter drop
         ip daddr $LAB_RANGE ip saddr != $LAB_RANGE counter drop
+        ip6 saddr $LAB_RANGE6 ip6 daddr != $LAB_RANGE6 counter drop
+        ip6 daddr $LAB_RANGE6 ip6 saddr != $LAB_RANGE6 counter drop
     }
 }
 EOF
@@ -51,7 +61,8 @@ EOF
 }
 
 guard_present() {
-    ip route show table main type unreachable "$LAB_RANGE" | grep -q .
+    ip route show table main type unreachable "$LAB_RANGE" | grep -q . || return 1
+    [[ ! -e /proc/net/if_inet6 ]] || ip -6 route show table main type unreachable "$LAB_RANGE6" | grep -q .
 }
 
 # bridge_of NETWORK : the host-side bridge of a podman network (both backends report it)
@@ -65,14 +76,21 @@ bridge_of() {
 
 bridge() {
     local net=$1 addr=$2 br
-    [[ $addr =~ ^198\.1[89]\.[0-9]{1,3}\.[0-9]{1,3}/[0-9]{1,2}$ ]] ||
-        die "gateway $addr is not an address/prefix in $LAB_RANGE"
+    local fam=-4 word=inet opts=()
+    if [[ $addr =~ ^198\.1[89]\.[0-9]{1,3}\.[0-9]{1,3}/[0-9]{1,2}$ ]]; then
+        :
+    elif [[ ${addr,,} =~ ^2001:db8:[0-9a-f:]+/[0-9]{1,3}$ ]]; then
+        # no duplicate address detection: the lab's addresses are handed out by one script
+        fam=-6 word=inet6 opts=(nodad)
+    else
+        die "gateway $addr is not an address/prefix in $LAB_RANGE or $LAB_RANGE6"
+    fi
     br=$(bridge_of "$net")
     ip link show dev "$br" >/dev/null 2>&1 ||
         die "bridge $br of network $net does not exist (no node attached yet?)"
-    if ! ip -4 -o addr show dev "$br" | grep -qw "inet ${addr}"; then
+    if ! ip "$fam" -o addr show dev "$br" | grep -qw "$word ${addr,,}"; then
         # The CNI backend leaves an --internal bridge without an address; netavark sets it.
-        ip addr replace "$addr" dev "$br"
+        ip addr replace "$addr" dev "$br" "${opts[@]}"
         say "host address $addr on $br (network $net)"
     fi
     ip link set dev "$br" up
@@ -95,12 +113,12 @@ check() {
     local target=$1 addr=$2 br ip route dev have
     shift 2
     if [[ $target == dev:* ]]; then br=${target#dev:}; else br=$(bridge_of "$target"); fi
-    guard_present || die "the guard route 'unreachable $LAB_RANGE' is missing: run lab/hostnet.sh guard"
+    guard_present || die "the guard route 'unreachable $LAB_RANGE' or 'unreachable $LAB_RANGE6' is missing: run lab/hostnet.sh guard"
     for ip in "$@"; do
         route=$(ip -o route get "$ip" 2>&1) || route="unreachable ($route)"
         dev=$(sed -n 's/.* dev \([^ ]*\).*/\1/p' <<<"$route")
         if [[ $dev != "$br" ]]; then
-            have=$(ip -4 -o addr show dev "$br" 2>/dev/null | awk '{print $4}' | paste -sd, -)
+            have=$(ip -o addr show dev "$br" scope global 2>/dev/null | awk '{print $4}' | paste -sd, -)
             die "the host does not reach $ip through the lab bridge $br: 'ip route get $ip' says: ${route}
   The bridge $br lacks the lab gateway address $addr (it has: ${have:-no IPv4 address}; podman's CNI
   backend leaves an --internal network's bridge without one).

@@ -13,6 +13,10 @@
 # (default: plain BGP routes), ipip (ipipMode Always) or vxlan (vxlanMode Always and
 # calico_node_networking_backend=vxlan: no BIRD). The lab's nodes share one subnet, so
 # CrossSubnet would look exactly like none here and is not offered.
+# CALICO_LAB_IPV6 (default 1): the lab is dual-stack - the network also has the v6 subnet
+# 2001:db8:18::/64 (node i at 2001:db8:18::(10+i), the host ::1), and the inventory asks
+# for the v6 pool 2001:db8:19::/48, autodetected v6 node addresses and v6 workload
+# addresses. 0: IPv4 only.
 # Usage: up.sh [N] [--no-preload] [--no-build]     (N defaults to $CALICO_LAB_NODES or 3)
 set -euo pipefail
 LOG_TAG=up
@@ -92,9 +96,13 @@ save_archive "$WORKLOAD_IMAGE" "$WORKLOAD_IMAGE_ARCHIVE"
 timed "up: clear leftovers" bash "$LAB_DIR/down.sh" --quiet
 
 # --- network -----------------------------------------------------------------------------
+net6_opts=()
+if ((LAB_IPV6)); then
+    net6_opts=(--ipv6 --subnet "$NET6_SUBNET" --gateway "$NET6_GATEWAY")
+fi
 podman network create --internal --subnet "$NET_SUBNET" --gateway "$NET_GATEWAY" \
-    --label net.calico.lab="$LAB_NAME" "$NET_NAME" >/dev/null
-log "network $NET_NAME: $NET_SUBNET (host $NET_GATEWAY), internal"
+    "${net6_opts[@]}" --label net.calico.lab="$LAB_NAME" "$NET_NAME" >/dev/null
+log "network $NET_NAME: $NET_SUBNET${net6_opts:+ and $NET6_SUBNET} (host $NET_GATEWAY${net6_opts:+, $NET6_GATEWAY}), internal"
 
 # --- SSH key (kept across runs) ----------------------------------------------------------
 if [[ ! -s $SSH_KEY ]]; then
@@ -105,6 +113,7 @@ chmod 0600 "$SSH_KEY"
 
 node_name() { echo "${NODE_PREFIX}$1"; }
 node_ip() { echo "$NET_PREFIX.$((NODE_IP_BASE + $1))"; }
+node_ip6() { echo "${NET6_PREFIX}:$((NODE_IP_BASE + $1))"; }
 
 # --- nodes -------------------------------------------------------------------------------
 add_hosts=()
@@ -114,18 +123,20 @@ start_nodes() {
     local i name
     for i in $(seq 1 "$N"); do
         name=$(node_name "$i")
+        ip6_opts=()
+        ((LAB_IPV6)) && ip6_opts=(--ip6 "$(node_ip6 "$i")")
         # NODE_RUN_OPTS (lib.sh says why each is there). A restarted node container
         # starts with no images (its podman storage is a tmpfs), as a fresh host would.
         podman run -d --name "$name" --hostname "$name" \
             --label net.calico.lab="$LAB_NAME" \
-            --network "$NET_NAME" --ip "$(node_ip "$i")" "${add_hosts[@]}" \
+            --network "$NET_NAME" --ip "$(node_ip "$i")" "${ip6_opts[@]}" "${add_hosts[@]}" \
             "${NODE_RUN_OPTS[@]}" \
             -v "$ARCHIVE_DIR:$NODE_IMAGES_DIR:ro" \
             "$NODE_IMAGE" >/dev/null
         podman exec -i "$name" sh -c 'umask 077; cat > /root/.ssh/authorized_keys' <"$SSH_KEY.pub"
         podman exec -i "$name" sh -c "umask 077; cat > ~$LAB_ANSIBLE_USER/.ssh/authorized_keys &&
             chown $LAB_ANSIBLE_USER: ~$LAB_ANSIBLE_USER/.ssh/authorized_keys" <"$SSH_KEY.pub"
-        log "started $name at $(node_ip "$i")"
+        log "started $name at $(node_ip "$i")${ip6_opts:+ and $(node_ip6 "$i")}"
     done
 }
 timed "up: start $N nodes" start_nodes
@@ -137,6 +148,12 @@ bash "$LAB_DIR/hostnet.sh" bridge "$NET_NAME" "$NET_GATEWAY/24"
 node_ips=()
 for i in $(seq 1 "$N"); do node_ips+=("$(node_ip "$i")"); done
 bash "$LAB_DIR/hostnet.sh" check "$NET_NAME" "$NET_GATEWAY/24" "${node_ips[@]}"
+if ((LAB_IPV6)); then
+    bash "$LAB_DIR/hostnet.sh" bridge "$NET_NAME" "$NET6_GATEWAY/64"
+    node_ips=()
+    for i in $(seq 1 "$N"); do node_ips+=("$(node_ip6 "$i")"); done
+    bash "$LAB_DIR/hostnet.sh" check "$NET_NAME" "$NET6_GATEWAY/64" "${node_ips[@]}"
+fi
 
 SSH_OPTS=(-i "$SSH_KEY" -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null
     -o LogLevel=ERROR -o BatchMode=yes -o ConnectTimeout=3)
@@ -185,11 +202,20 @@ timed "up: wait for SSH" wait_ssh
     # out of the lab (site.yml's product defaults are Calico's own pool, with NAT).
     echo "calico_ipv4_pool_cidr=198.19.0.0/16"
     echo "calico_ipv4_pool_nat_outgoing=false"
+    # CALICO_LAB_IPV6: dual-stack, with documentation addresses (2001:db8::/32). The nodes'
+    # v6 BGP addresses are autodetected on the lab network's v6 subnet.
+    if ((LAB_IPV6)); then
+        echo "calico_ipv6_pool_cidr=2001:db8:19::/48"
+        echo "calico_node_ip6=autodetect"
+        echo "calico_node_ip6_autodetection_method=cidr=$NET6_SUBNET"
+        echo "calico_node_cni_assign_ipv6=true"
+    fi
     # CALICO_LAB_ENCAP: the default pool's overlay (and, for vxlan, no BIRD at all).
     case $ENCAP in
     ipip) echo "calico_ipv4_pool_ipip_mode=Always" ;;
     vxlan)
         echo "calico_ipv4_pool_vxlan_mode=Always"
+        ((LAB_IPV6)) && echo "calico_ipv6_pool_vxlan_mode=Always"
         echo "calico_node_networking_backend=vxlan"
         ;;
     esac

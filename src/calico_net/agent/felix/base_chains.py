@@ -44,6 +44,10 @@ FAILSAFE_IN = "cali-failsafe-in"
 FAILSAFE_OUT = "cali-failsafe-out"
 POOLS = {4: "cali-pools4", 6: "cali-pools6"}
 MASQ = {4: "cali-masq4", 6: "cali-masq6"}
+#: ICMPv6 a workload always may send its host, as type ranges (Felix's types 130-133:
+#: MLD query, report, done and router solicitation; 135-136: neighbour solicitation
+#: and advertisement)
+WL_TO_HOST_ICMPV6 = ("130-133", "135-136")
 
 
 def _failsafe_elem(proto: str, port: int) -> str:
@@ -218,7 +222,12 @@ def render_base(rs: Ruleset, s: FelixSettings, hep: HepLayout = HepLayout(),
         s.default_endpoint_to_host_action]
     # the overlay's rules first: nothing else may accept tunnel packets from
     # hosts that are not ours (conntrack would, for IP-in-IP a host once answered)
-    inp = [*input_rules(encap), "ct state established,related accept", *invalid]
+    inp = [*input_rules(encap)]
+    # IPv6 neighbour discovery and MLD between a workload and its host, before conntrack
+    # and any policy (as Felix's cali-wl-to-host): without them a workload never
+    # resolves its default gateway, whatever the endpoint-to-host action.
+    inp += [f"iifname {w} icmpv6 type {t} accept" for w in wl for t in WL_TO_HOST_ICMPV6]
+    inp += ["ct state established,related accept", *invalid]
     for w in wl:
         inp.append(f"iifname {w} jump cali-from-wl")
         if to_host:
