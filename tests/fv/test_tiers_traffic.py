@@ -268,3 +268,32 @@ def test_end_of_tier_pass_and_deny(topo, dp):
     assert {k: v for k, (v, _) in got.items()} == want
     assert "end of tier edge" in got[("w1", "w2", 8080)][1]
     assert _measure(topo) == want
+
+
+def test_the_agent_follows_tiers_from_etcd(clean, fvlib):
+    """The real agent (tests/fv/conftest.py harness: etcd, calico-node in a netns):
+    a Tier and its policies from etcd decide before the default tier, and moving the
+    Tier after it changes the verdict. The host reaches the server on both ports in
+    every round (a refused connect is the policy's)."""
+    L, env = fvlib, clean
+    w1, w2 = env.workloads[0], env.workloads[1]
+    tier_doc = _tier("security", 100)
+    env.ds.apply_all([DOCS[0], tier_doc,
+                      _gnp("sec", "security", "role == 'db'", [_tcp("Deny", 9090), _tcp("Pass")]),
+                      _gnp("dflt", None, "role == 'db'", [{"action": "Allow"}])])
+    env.ds.apply_all([L.wep(w1, {"role": "client"}, ["open"]), L.wep(w2, {"role": "db"}, ["open"])])
+
+    def fates():
+        got = {}
+        for ns in (w1.ns, L.HOST_NS):
+            out = sh(sys.executable, str(L.FVTOOL), "probe", str(PROBE_TIMEOUT),
+                     json.dumps([[str(p), w2.ip, p] for p in PORTS]), ns=ns)
+            got[ns] = {int(k): bool(v) for k, v in json.loads(out).items()}
+        return got
+
+    host = {8080: True, 9090: True}
+    L.wait_for(lambda: fates() == {w1.ns: {8080: True, 9090: False}, L.HOST_NS: host}, 60,
+               "the security tier's Deny before the default tier's Allow", env.agent)
+    env.ds.apply_all([_tier("security", 2_000_000)])
+    L.wait_for(lambda: fates() == {w1.ns: host, L.HOST_NS: host}, 60,
+               "the default tier's Allow first once security is ordered after it", env.agent)

@@ -221,7 +221,7 @@ spec:
   ipipMTU: 1440
   bpfEnabled: false
   wireguardEnabled: true
-  natPortRange: "32768:65535"
+  deviceRouteProtocol: 3
 ---
 apiVersion: projectcalico.org/v3
 kind: FelixConfiguration
@@ -242,7 +242,7 @@ spec:
 """
 NO_EFFECT_WARNINGS = [
     # in the model's field order: the order calicoctl stores the document in
-    'Warning: FelixConfiguration "default": spec.natPortRange: no effect in calico.net: ',
+    'Warning: FelixConfiguration "default": spec.deviceRouteProtocol: no effect in calico.net: ',
     'Warning: FelixConfiguration "default": spec.wireguardEnabled: no effect in calico.net: ',
     'Warning: FelixConfiguration "global": metadata.name: no effect in calico.net: ',
     'Warning: GlobalNetworkPolicy "annotated": metadata.finalizers: no effect in calico.net: ',
@@ -272,7 +272,7 @@ def test_no_effect_fields_are_warned_about_and_stored(ctl, etcd_client, tmp_path
         assert_warned(applied.stderr)
         felix = yaml.safe_load(ctl("get", "felixconfiguration", "default", "-o", "yaml").stdout)
         assert felix["spec"]["wireguardEnabled"] is True  # stored, as Calico stores it
-        assert felix["spec"]["natPortRange"] == "32768:65535"
+        assert felix["spec"]["deviceRouteProtocol"] == 3
         other = yaml.safe_load(ctl("get", "felixconfiguration", "global", "-o", "yaml").stdout)
         assert other["spec"] == {"logSeverityScreen": "Debug"}
         gnp = yaml.safe_load(ctl("get", "globalnetworkpolicy", "annotated", "-o", "yaml").stdout)

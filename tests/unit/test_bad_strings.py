@@ -54,6 +54,12 @@ BASE: dict[str, dict[str, Any]] = {
     "IPReservation": {"metadata": {"name": "reserved"}, "spec": {}},
     "IPAMConfiguration": {"metadata": {"name": "default"}, "spec": {}},
     "BGPFilter": {"metadata": {"name": "filter"}, "spec": {}},
+    "Tier": {"metadata": {"name": "tier"}, "spec": {}},
+    "StagedNetworkPolicy": {"metadata": {"name": "policy", "namespace": "web"}, "spec": {}},
+    "StagedGlobalNetworkPolicy": {"metadata": {"name": "policy"}, "spec": {}},
+    "StagedKubernetesNetworkPolicy": {"metadata": {"name": "policy", "namespace": "web"}, "spec": {}},
+    "KubeControllersConfiguration": {"metadata": {"name": "default"}, "spec": {}},
+    "ClusterInformation": {"metadata": {"name": "default"}, "spec": {}},
 }
 
 # Required fields of nested records, filled in when a field inside one is planted.
@@ -85,7 +91,7 @@ SAMPLES = [
     "Enabled", "Auto", "Drop", "Accept", "Insert", "Legacy", "Off", "Tunnel", "None", "NodeIP",
     "UseNodeIP", "Self", "Automatic", "Workload", "CalicoNodeIP", "CalicoIPAM", "DoNothing",
     "AssumeNeededOnEveryNode", "kube-ipvs0", "/var/log/calico/felix.log", "calico-packet",
-    "^eth[0-9]+$", "Disabled", "Manual", "Any",
+    "^eth[0-9]+$", "Disabled", "Manual", "Any", "Deny", "Set",
     base64.b64encode(bytes(range(32))).decode(),
 ]
 # Fields whose sample must be a particular value (the generic ones do not fit).

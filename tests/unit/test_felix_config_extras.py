@@ -93,3 +93,43 @@ def test_runtime_metrics_follow_prometheus_go_metrics_enabled() -> None:
     off.runtime_metrics = False
     text = off.render()
     assert "python_gc_" not in text and "python_info" not in text and "process_cpu_seconds_total" in text
+
+
+def test_health_timeout_overrides_set_the_main_loop_liveness(caplog) -> None:
+    import time
+
+    from calico_net.agent.__main__ import HealthOverrides
+    from calico_net.agent.health import HealthState
+
+    c = cfg()
+    state = HealthState()
+    ov = HealthOverrides(c, state)
+    ov.apply()
+    c.listeners.append(ov.apply)
+    state.last_tick = time.monotonic() - 100       # the loop stalled for 100 s
+    assert state.live()[0] is False                # Felix-style default here: 90 s
+    c.set_felix_configuration("default", {"healthTimeoutOverrides": [
+        {"name": "InternalDataplaneMainLoop", "timeout": "2m"}, {"name": "CalculationGraph", "timeout": "5s"}]})
+    assert state.live()[0] is True
+    assert "CalculationGraph" in caplog.text
+    c.set_felix_configuration("default", {"healthTimeoutOverrides": [
+        {"name": "InternalDataplaneMainLoop", "timeout": "0s"}]})   # 0: never times out
+    state.last_tick = time.monotonic() - 10 ** 6
+    assert state.live()[0] is True
+    c.set_felix_configuration("default", {})
+    assert state.live()[0] is False
+
+
+@pytest.mark.parametrize("raw,want", [
+    ("InternalDataplaneMainLoop=120s,CalculationGraph=30", (("CalculationGraph", 30.0),
+                                                          ("InternalDataplaneMainLoop", 120.0))),
+    ("", ()),
+])
+def test_health_timeout_overrides_environment_format(raw, want) -> None:
+    assert cfg(env={"FELIX_HEALTHTIMEOUTOVERRIDES": raw}).values["HealthTimeoutOverrides"] == want
+
+
+@pytest.mark.parametrize("raw", ["InternalDataplaneMainLoop", "bad/name=1s", "x=forever"])
+def test_bad_health_timeout_overrides_are_ignored(raw, caplog) -> None:
+    c = cfg(env={"FELIX_HEALTHTIMEOUTOVERRIDES": raw})
+    assert c.values["HealthTimeoutOverrides"] == () and "HealthTimeoutOverrides" in caplog.text

@@ -84,14 +84,14 @@ def felix(spec: dict, name: str = "default", **meta) -> dict:
 
 def test_no_effect_fields_name_each_set_field_with_its_reason() -> None:
     doc = felix({"wireguardEnabled": True, "bpfEnabled": False, "logSeverityScreen": "Info",
-                 "healthTimeoutOverrides": [{"name": "a", "timeout": "5s"}],
+                 "interfaceExclude": "kube-ipvs0",
                  "routeTableRange": {"min": 1, "max": 250}},
                 ownerReferences=[{"apiVersion": "v1", "kind": "Node", "name": "n",
                                   "uid": "u-1"}])
     parse_resource(doc)
     got = registry.no_effect_fields(doc)
     assert [p for p, _ in got] == ["metadata.ownerReferences", "spec.wireguardEnabled",
-                                   "spec.healthTimeoutOverrides", "spec.routeTableRange"]
+                                   "spec.interfaceExclude", "spec.routeTableRange"]
     assert dict(got)["spec.wireguardEnabled"] == registry.NO_WG
     # bpfEnabled: false is what calico.net does anyway (quiet); logSeverityScreen is read
 

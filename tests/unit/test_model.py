@@ -155,9 +155,15 @@ def test_kind_plurals_and_scope() -> None:
         "GlobalNetworkPolicy": "globalnetworkpolicies", "NetworkSet": "networksets",
         "GlobalNetworkSet": "globalnetworksets", "WorkloadEndpoint": "workloadendpoints",
         "HostEndpoint": "hostendpoints", "IPReservation": "ipreservations",
-        "IPAMConfiguration": "ipamconfigurations", "BGPFilter": "bgpfilters"}
+        "IPAMConfiguration": "ipamconfigurations", "BGPFilter": "bgpfilters", "Tier": "tiers",
+        "StagedNetworkPolicy": "stagednetworkpolicies",
+        "StagedGlobalNetworkPolicy": "stagedglobalnetworkpolicies",
+        "StagedKubernetesNetworkPolicy": "stagedkubernetesnetworkpolicies",
+        "KubeControllersConfiguration": "kubecontrollersconfigurations",
+        "ClusterInformation": "clusterinformations"}
     assert {k for k, v in KINDS.items() if v.namespaced} == {
-        "NetworkPolicy", "NetworkSet", "WorkloadEndpoint"}
+        "NetworkPolicy", "NetworkSet", "WorkloadEndpoint", "StagedNetworkPolicy",
+        "StagedKubernetesNetworkPolicy"}
 
 
 # --- error messages ------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import logging
 import logging.handlers
+import math
 import os
 import re
 import signal
@@ -41,6 +42,7 @@ from calico_net.agent.config import DEFAULT_CONFIG_FILE, PARAMS, Config
 from calico_net.envhelp import datastore_env_help, environment_only_parser
 
 if TYPE_CHECKING:
+    from calico_net.agent import health as health_mod
     from calico_net.agent.encap.controller import EncapController
 
 log = logging.getLogger("calico_net.agent")
@@ -218,6 +220,34 @@ class LogSetup:
         self.syslog = handler
 
 
+#: Felix's name for the reporter the agent's main loop is (its liveness)
+MAIN_LOOP_REPORTER = "InternalDataplaneMainLoop"
+
+
+class HealthOverrides:
+    """HealthTimeoutOverrides as libcalico-go's health aggregator takes them: the
+    override for InternalDataplaneMainLoop is the main loop's liveness timeout (0: it
+    never times out); names of reporters calico.net does not have are logged once.
+    A `Config` listener: a change applies at once, as Felix's global overrides do."""
+
+    def __init__(self, config: Config, state: "health_mod.HealthState") -> None:
+        self.config = config
+        self.state = state
+        self.default = state.liveness_timeout
+        self.warned: set[str] = set()
+
+    def apply(self, _changed: object = None) -> None:
+        overrides = dict(self.config.values["HealthTimeoutOverrides"])
+        timeout = overrides.pop(MAIN_LOOP_REPORTER, None)
+        self.state.liveness_timeout = (self.default if timeout is None
+                                       else math.inf if timeout == 0 else timeout)
+        for name in overrides:
+            if name not in self.warned:
+                self.warned.add(name)
+                log.warning("HealthTimeoutOverrides: calico.net has no health reporter %r (its one "
+                            "reporter is %s); ignored", name, MAIN_LOOP_REPORTER)
+
+
 def felix_settings_factory(config: Config):  # type: ignore[no-untyped-def]
     """The policy dataplane's settings class for the daemon, with the NAT-outgoing
     parameters (NATOutgoingAddress, NATPortRange), LogPrefix and
@@ -308,6 +338,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     metrics.process_metrics = config.values["PrometheusProcessMetricsEnabled"]
     metrics.runtime_metrics = config.values["PrometheusGoMetricsEnabled"]
     state = health_mod.HealthState()
+    overrides = HealthOverrides(config, state)
+    overrides.apply()
+    config.listeners.append(overrides.apply)
     servers = []
     try:
         if config.values["HealthEnabled"]:

@@ -317,6 +317,36 @@ def parse_log_prefix(v: Any) -> str:
     return v
 
 
+_HEALTH_NAME_RE = re.compile(r"[a-zA-Z0-9_ -]{1,128}")
+
+
+def parse_health_overrides(v: Any) -> tuple[tuple[str, float], ...]:
+    """HealthTimeoutOverrides: `name=duration,...` (env/file, Felix's keydurationlist)
+    or [{name, timeout}] (API); (name, seconds) pairs, 0 meaning never times out."""
+    items: list[tuple[Any, Any]] = []
+    if isinstance(v, (list, tuple)):
+        for item in v:
+            if not isinstance(item, Mapping) or "name" not in item or "timeout" not in item:
+                raise ValueError(f"{item!r} is not a {{name, timeout}} entry")
+            items.append((item["name"], item["timeout"]))
+    elif isinstance(v, str):
+        for part in v.split(","):
+            if not part.strip():
+                continue
+            name, sep, dur = part.partition("=")
+            if not sep:
+                raise ValueError(f"{part!r} is not name=duration")
+            items.append((name.strip(), dur.strip()))
+    else:
+        raise ValueError(f"{v!r} is not a list of health timeout overrides")
+    out: dict[str, float] = {}
+    for name, dur in items:
+        if not isinstance(name, str) or not _HEALTH_NAME_RE.fullmatch(name):
+            raise ValueError(f"{name!r} is not a health reporter name (1-128 of a-z A-Z 0-9 _ - space)")
+        out[name] = parse_seconds(dur)
+    return tuple(sorted(out.items()))
+
+
 # Felix's default (config_params.go): the host's physical interfaces by their
 # predictable and legacy names; never workload (cali*) or tunnel devices.
 DEFAULT_MTU_IFACE_PATTERN = r"^((en|wl|ww|sl|ib)[opsx].*|(eth|wlan|wwan).*)"
@@ -376,6 +406,8 @@ PARAMS: tuple[Param, ...] = (
     Param("HealthEnabled", parse_bool, True, live=False),
     Param("HealthHost", parse_host, "localhost", live=False),
     Param("HealthPort", parse_int_port, 9099, live=False),
+    # the agent's one health reporter is Felix's InternalDataplaneMainLoop (__main__.py)
+    Param("HealthTimeoutOverrides", parse_health_overrides, ""),
     Param("PrometheusMetricsEnabled", parse_bool, False, live=False),
     Param("PrometheusMetricsHost", parse_host, "", live=False),
     Param("PrometheusMetricsPort", parse_int_port, 9091, live=False),

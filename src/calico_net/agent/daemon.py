@@ -62,7 +62,7 @@ log = logging.getLogger(__name__)
 
 # What PolicyDataplane.update() takes; everything else in the snapshot is skipped here.
 DATAPLANE_KINDS = frozenset({"WorkloadEndpoint", "HostEndpoint", "Profile", "NetworkPolicy",
-                             "GlobalNetworkPolicy", "NetworkSet", "GlobalNetworkSet", "IPPool"})
+                             "GlobalNetworkPolicy", "NetworkSet", "GlobalNetworkSet", "IPPool", "Tier"})
 
 POLICY_KINDS = ("NetworkPolicy", "GlobalNetworkPolicy")
 IDLE_TICK = 1.0          # the loop wakes at least this often (liveness, timers)

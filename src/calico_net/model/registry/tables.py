@@ -123,7 +123,7 @@ _FELIX_ENFORCED = {
     "natOutgoingAddress", "natPortRange", "logFilePath", "logSeverityFile",
     "logPrefix", "nftablesRefreshInterval", "prometheusProcessMetricsEnabled",
     "disableConntrackInvalidCheck", "logDebugFilenameRegex", "logSeveritySys",
-    "prometheusGoMetricsEnabled",
+    "prometheusGoMetricsEnabled", "healthTimeoutOverrides",
 }
 _FELIX_WHERE = {
     "vxlanVNI": ENCAP, "vxlanPort": ENCAP, "vxlanMTU": ENCAP, "vxlanMTUV6": ENCAP,
@@ -156,6 +156,8 @@ _FELIX_WHERE = {
     "logSeveritySys": "calico_net/agent/__main__.py (LogSetup; /dev/log, off unless set)",
     "prometheusGoMetricsEnabled": "calico_net/agent/metrics.py (the runtime's metrics: "
                                   "python_gc_* and python_info stand in for Go's go_*)",
+    "healthTimeoutOverrides": "calico_net/agent/__main__.py (HealthOverrides: "
+                              "InternalDataplaneMainLoop is the main loop's liveness)",
 }
 
 # FelixConfiguration fields with no effect, with the reason and the values calico.net
@@ -199,7 +201,6 @@ _FELIX_NO_EFFECT: dict[str, Entry] = {
     "endpointReportingEnabled": N("no endpoint status reporting", False),
     "endpointReportingDelay": N("no endpoint status reporting"),
     "iptablesMarkMask": N(NO_IPTABLES),
-    "healthTimeoutOverrides": N(NOT_YET),
     "prometheusWireGuardMetricsEnabled": N(NO_WG, False),
     "kubeNodePortRanges": N("no kube-proxy integration: " + NO_K8S),
     "policySyncPathPrefix": N("no policy sync API (application-layer policy) in calico.net"),
