@@ -250,15 +250,16 @@ class HealthOverrides:
 
 def felix_settings_factory(config: Config):  # type: ignore[no-untyped-def]
     """The policy dataplane's settings class for the daemon, with the NAT-outgoing
-    parameters (NATOutgoingAddress, NATPortRange), LogPrefix and
-    DisableConntrackInvalidCheck taken from `config` as well."""
+    parameters (NATOutgoingAddress, NATPortRange), LogPrefix,
+    DisableConntrackInvalidCheck and NftablesFilterDenyAction taken from `config` as well."""
     from calico_net.agent.felix.settings import FelixSettings
 
     def make(**kw: object) -> FelixSettings:
         return FelixSettings(**kw, nat_outgoing_address=config.values["NATOutgoingAddress"],  # type: ignore[arg-type]
                              nat_port_range=config.values["NATPortRange"],
                              log_prefix=config.values["LogPrefix"],
-                             drop_invalid=not config.values["DisableConntrackInvalidCheck"])
+                             drop_invalid=not config.values["DisableConntrackInvalidCheck"],
+                             filter_deny_action=config.values.get("NftablesFilterDenyAction", "Drop"))
 
     return make
 

@@ -8,9 +8,13 @@ Calico's rules, as Felix renders them: a doNotTrack policy applies only untracke
 ingress), any other policy to traffic to and from the host, and, with applyOnForward,
 to traffic forwarded through the host endpoint's interface as well. Workload
 endpoints never get preDNAT or doNotTrack policy. The untracked and pre-DNAT chains
-have no default drop and no profiles (what no policy decides goes on to the normal
-chains); the forward chains have no profiles, drop what the policies that apply
-leave undecided, and an endpoint without forward policy lets forwarded traffic pass.
+are tiered as the normal endpoint chains (`chains.hep_chain_body`: the tiers that
+have such a policy for the endpoint and direction, in tier order; Pass skips the rest
+of a tier) with Felix's differences: no profiles, and the untracked and pre-DNAT
+chains have no end-of-tier drop (what no policy decides goes on to the normal
+chains); the forward chains drop at the end of a tier what its policies leave
+undecided (unless the tier's defaultAction is Pass; what every tier passed goes on),
+and an endpoint without forward policy lets forwarded traffic pass.
 
 The flags are read from the policy documents (`note_policy`), not from the policy
 records, so a flag change is reported for the dataplane to re-dispatch the
@@ -19,12 +23,11 @@ without caches and deleted as soon as no endpoint uses them.
 """
 from __future__ import annotations
 
-import hashlib
-from typing import Any, Iterable, Mapping, NamedTuple
+from typing import Any, Callable, Iterable, Mapping, NamedTuple
 
 from .base_chains import (HEP_FWD_IN, HEP_FWD_OUT, HEP_IFACES, HEP_IN, HEP_PRE, HEP_RAW_IN,
                           HEP_RAW_OUT, HepLayout)
-from .rules import MARK_ALLOW, MARK_CLEAR_MASK, MARK_PASS
+from .chains import TierGroup, hep_chain_body, policy_chain
 from .ruleset import Ruleset
 
 __all__ = ["STAR", "STAR_IFACE", "star_endpoint", "PRE_DNAT", "DO_NOT_TRACK", "APPLY_ON_FORWARD", "HepChains", "HostProtect",
@@ -74,32 +77,17 @@ def policy_flags(doc: Mapping[str, Any] | None) -> int:
             | (APPLY_ON_FORWARD if spec.get("applyOnForward") is True else 0))
 
 
-def _body(kind: str, chains: list[str]) -> list[str]:
-    """An extra endpoint chain over policy chains `chains`: "fwd" drops what the
-    policies leave undecided, "raw" untracks what they allow, "pre" only marks."""
-    body = [f"meta mark set meta mark & {MARK_CLEAR_MASK:#010x}"]
-    allowed = f"meta mark & {MARK_ALLOW:#x} == {MARK_ALLOW:#x}"
-    for i, pc in enumerate(chains):
-        body.append(f"jump {pc}" if i == 0 else f"meta mark & {MARK_PASS:#x} == 0 jump {pc}")
-        if kind == "raw":
-            body.append(f"{allowed} notrack")
-        body.append(f"{allowed} return")
-    if kind == "fwd":
-        body.append(f"meta mark & {MARK_PASS:#x} == 0 drop")
-    return body
-
-
 class HostProtect:
     """The extra host endpoint chains and maps of one `Ruleset`; see the module
-    docstring. `policy_chain(key, direction)` names a policy's chain."""
+    docstring. `tier_groups(pols, direction)` groups ordered policies by tier (as
+    `PolicyDataplane.tier_groups`); `deny` is the filter table's deny verdict."""
 
-    _PREFIX = {("fwd", "Ingress"): "cali-fhf-", ("fwd", "Egress"): "cali-thf-",
-               ("pre", "Ingress"): "cali-pre-", ("raw", "Ingress"): "cali-rfh-",
-               ("raw", "Egress"): "cali-rth-"}
-
-    def __init__(self, rs: Ruleset, policy_chain: Any) -> None:
+    def __init__(self, rs: Ruleset, tier_groups: Callable[[list[Any], str], tuple[TierGroup, ...]],
+                 deny: str = "drop") -> None:
         self.rs = rs
-        self._policy_chain = policy_chain
+        self._tier_groups = tier_groups
+        self._policy_chain = policy_chain      # names a policy's chain (key, direction)
+        self.deny = deny
         self.flags: dict[Any, int] = {}          # policy key → flags (only non-zero)
         self.flag_changes: set[Any] = set()      # policies whose flags changed
         self.extra: dict[Any, HepChains] = {}    # host endpoint → its extra chains
@@ -145,12 +133,10 @@ class HostProtect:
     # -- chains ------------------------------------------------------------------
 
     def _chain(self, kind: str, direction: str, pols: list[Any]) -> str | None:
-        keys = [p.key for p in pols if direction in p.types]
-        if not keys:
+        groups = self._tier_groups(pols, direction)
+        if not groups:
             return None
-        body = _body(kind, [self._policy_chain(k, direction) for k in keys])
-        name = self._PREFIX[(kind, direction)] + hashlib.sha224(
-            "\0".join(body).encode()).hexdigest()[:16]
+        name, body = hep_chain_body(kind, direction, groups, self.deny)
         if name not in self.rs.chains:
             self.rs.set_chain(name, body)
         return name

@@ -9,7 +9,8 @@ accepts, Deny drops, Pass skips the rest of the tier to the next one; if no poli
 of the tier decided, the tier's defaultAction (Deny: drop, "end of tier drop";
 Pass: on to the next tier).  After the tiers (none applied, or every one passed)
 the endpoint's profiles in order (Pass or no match: next profile), and an endpoint
-with neither is denied.
+with neither is denied.  With FelixConfiguration nftablesFilterDenyAction Reject,
+those drops (Deny rules, end of tier, no profile) are ``reject`` instead.
 
 How it is built (layering as in Felix): `PolicyIndex` (pure model) →
 this module renders what the index reports as changed into a `Ruleset` (desired
@@ -53,7 +54,8 @@ import time
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, NamedTuple
 
 from . import nftstr
-from .chains import MARK_CLEAR_PASS, TierGroup, _short, endpoint_chain_body, policy_chain, profile_chain
+from .chains import (DENY_VERDICTS, MARK_CLEAR_PASS, TierGroup, _short, endpoint_chain_body, policy_chain,
+                     profile_chain)
 from .base_chains import HEP_IN, HEP_OUT, WL_FROM, WL_TO, placeholder_script, render_base, render_pools
 from .encap_rules import EncapHosts
 from .gcpause import GcPause
@@ -101,9 +103,10 @@ class _Ctx:
     """What `rules.render_rule` needs: CIDR-set existence from the index, and named
     sets for long literal lists (collected per rendered chain)."""
 
-    def __init__(self, index: PolicyIndex, log_prefix: str) -> None:
+    def __init__(self, index: PolicyIndex, log_prefix: str, deny: str = "drop") -> None:
         self.index = index
         self.log_prefix = log_prefix
+        self.deny = deny
         self.literals: dict[str, tuple[str, tuple[str, ...]]] = {}
         self.collected: set[str] = set()
 
@@ -129,8 +132,9 @@ class PolicyDataplane:
         self.index = PolicyIndex(node_name)
         self.rs = Ruleset()
         self.writer = NftWriter(self.runner)
-        self._ctx = _Ctx(self.index, self.settings.log_prefix)
-        self.hp = HostProtect(self.rs, policy_chain)
+        self._deny = DENY_VERDICTS[self.settings.filter_deny_action]
+        self._ctx = _Ctx(self.index, self.settings.log_prefix, self._deny)
+        self.hp = HostProtect(self.rs, self.tier_groups, self._deny)
         self.encap = EncapHosts()
         self._programs: dict[Key, _EpProgram] = {}
         self._iface_claims: dict[tuple[str, str], set[Key]] = {}   # (map, iface) → endpoints
@@ -176,8 +180,15 @@ class PolicyDataplane:
             self.settings = settings
             self._ctx.log_prefix = settings.log_prefix
             self._base_dirty = True
-            # the log prefix is inside policy/profile chains
+            # the log prefix and the deny verdict are inside policy/profile chains
             self._rerender_all = True
+            deny = DENY_VERDICTS[settings.filter_deny_action]
+            if deny != self._deny:
+                # ... and the deny verdict in endpoint and host endpoint chains
+                self._deny = self._ctx.deny = self.hp.deny = deny
+                self._ep_chain_cache.clear()
+                self._combo_cache.clear()
+                self._rerender_endpoints = True
             prefixes = tuple(settings.interface_prefixes)
             if prefixes != self._wl_prefixes:
                 self._wl_prefixes = prefixes
@@ -458,7 +469,8 @@ class PolicyDataplane:
         ck = (direction, groups, prof_names)
         hit = self._ep_chain_cache.get(ck)
         if hit is None:
-            hit = self._ep_chain_cache[ck] = self._endpoint_chain_body(direction, groups, prof_names)
+            hit = self._ep_chain_cache[ck] = self._endpoint_chain_body(direction, groups, prof_names,
+                                                                       self._deny)
             if len(self._ep_chain_cache) > 100_000:
                 self._ep_chain_cache.clear()
         name, body = hit

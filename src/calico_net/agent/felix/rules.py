@@ -23,7 +23,8 @@ How it is built:
   ipVersion) are rendered per family; the others once, family-agnostic.
 * Verdicts use two packet-mark bits, as Felix does: Allow sets MARK_ALLOW and
   returns, Pass sets MARK_PASS and returns (the endpoint chain then skips to the
-  profiles), Deny drops, Log logs and continues.  In a profile, Pass just returns
+  profiles), Deny drops (or rejects: the context's `deny` verdict, FelixConfiguration
+  nftablesFilterDenyAction), Log logs and continues.  In a profile, Pass just returns
   (next profile).
 * Set names come from `selector_hash`: one set per distinct canonical selector,
   shared by every rule that uses it: ``s4_<h>``/``s6_<h>`` (hash sets of addresses),
@@ -383,6 +384,8 @@ class RenderContext(Protocol):
         ...
 
     log_prefix: str
+    #: the verdict of a Deny rule ("drop" or "reject"); a context without one drops
+    deny: str
 
 
 def _addr_kw(family: int, side: str) -> str:
@@ -445,11 +448,13 @@ def _rule_families(rule: CompiledRule) -> list[int | None]:
     return fams  # type: ignore[return-value]
 
 
-def _verdict(action: str, in_profile: bool, log_prefix: str) -> str | None:
+def _verdict(action: str, in_profile: bool, log_prefix: str, deny: str = "drop") -> str | None:
     if action == "Allow":
         return f"meta mark set meta mark | {MARK_ALLOW:#x} return"
     if action == "Deny":
-        return "drop"
+        if deny not in ("drop", "reject"):
+            raise ValueError(f"deny verdict {deny!r} is not drop or reject")
+        return deny
     if action == "Pass":
         return "return" if in_profile else f"meta mark set meta mark | {MARK_PASS:#x} return"
     if action == "Log":
@@ -560,7 +565,7 @@ def render_rule(rule: CompiledRule, ctx: RenderContext, in_profile: bool = False
     if rule.unsupported and rule.action in ("Allow", "Pass"):
         # We cannot check the extra match: never allow more than the rule says.
         return []
-    verdict = _verdict(rule.action, in_profile, ctx.log_prefix)
+    verdict = _verdict(rule.action, in_profile, ctx.log_prefix, getattr(ctx, "deny", "drop"))
     if verdict is None:
         return []
     lines: list[str] = []

@@ -100,6 +100,10 @@ class FelixSettings:
     #: off: dropped before egress policy, a tunnel could carry traffic past it)
     allow_ipip_from_workloads: bool = False
     allow_vxlan_from_workloads: bool = False
+    #: NftablesFilterDenyAction: what a Deny rule and the end-of-tier and no-profile
+    #: drops of the endpoint chains do, "Drop" or "Reject" (nft ``reject``: ICMP port
+    #: unreachable, as Felix's nftables mode)
+    filter_deny_action: str = "Drop"
 
     def __post_init__(self) -> None:
         act = self.default_endpoint_to_host_action.capitalize()
@@ -107,6 +111,10 @@ class FelixSettings:
             raise ValueError(f"defaultEndpointToHostAction {self.default_endpoint_to_host_action!r}"
                              " is not Drop, Accept or Return")
         self.default_endpoint_to_host_action = act
+        deny = str(self.filter_deny_action).strip().capitalize()
+        if deny not in ("Drop", "Reject"):
+            raise ValueError(f"nftablesFilterDenyAction {self.filter_deny_action!r} is not Drop or Reject")
+        self.filter_deny_action = deny
         self.failsafe_inbound = parse_failsafe_ports(self.failsafe_inbound)
         self.failsafe_outbound = parse_failsafe_ports(self.failsafe_outbound)
         if isinstance(self.interface_prefixes, str):
