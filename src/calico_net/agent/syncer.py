@@ -46,15 +46,39 @@ from calico_net.model.quick import quick_valid
 
 log = logging.getLogger(__name__)
 
-class Resource(NamedTuple):
-    """One validated resource as the agent holds it (immutable; a NamedTuple
-    rather than a frozen dataclass: one is made per key of every snapshot)."""
-
+class _Fields(NamedTuple):
     kind: str
     name: str
     namespace: str | None
-    doc: dict[str, Any]
+    doc: Any            # the document, or (a compacted kind) its JSON as read: bytes
     revision: int
+
+
+class Resource(_Fields):
+    """One validated resource as the agent holds it (immutable; a NamedTuple
+    rather than a frozen dataclass: one is made per key of every snapshot).
+
+    `doc` is the validated document. For the kinds a cluster has by the ten
+    thousand (`_COMPACTED`: endpoints, every one of which every agent holds)
+    what is held is the value as etcd gave it (`raw`, one bytes object, a
+    third of the parsed document's size) and `doc` decodes it on each use
+    (a new dict each time, equal to the validated document: the holders only
+    read it when it changes, to dispatch it)."""
+
+    __slots__ = ()
+
+    @property
+    def doc(self) -> dict[str, Any]:  # type: ignore[override]
+        d = tuple.__getitem__(self, 3)
+        if type(d) is bytes:
+            return _expand(d, tuple.__getitem__(self, 4))
+        return d
+
+    @property
+    def raw(self) -> bytes | None:
+        """The held JSON of a compacted resource (None: the parsed document is held)."""
+        d = tuple.__getitem__(self, 3)
+        return d if type(d) is bytes else None
 
 
 class BadObject(ValueError):
@@ -130,14 +154,34 @@ def parse_kv(kv: KV, validate: Validator = model_validate,
         raise BadObject(str(e)) from None
     except Exception as e:  # noqa: BLE001 - a validator bug must not stop the agent
         raise BadObject(f"validation failed: {e.__class__.__name__}: {e}") from None
-    valid.setdefault("metadata", {})["resourceVersion"] = str(kv.mod_revision)
+    namespace = parts.namespace
     if kind in _COMPACTED:
+        if namespace is not None:
+            namespace = sys.intern(namespace)
+        if valid is doc and validate is model_validate and type(kv.value) is bytes:
+            # model_validate returns the document it was given, unchanged: the
+            # value read is the validated document (with the two fields below)
+            return Resource(kind, parts.name, namespace, kv.value, kv.mod_revision)
+        valid.setdefault("metadata", {})["resourceVersion"] = str(kv.mod_revision)
         _compact(valid)
-    return Resource(kind, parts.name, parts.namespace, valid, kv.mod_revision)
+    else:
+        valid.setdefault("metadata", {})["resourceVersion"] = str(kv.mod_revision)
+    return Resource(kind, parts.name, namespace, valid, kv.mod_revision)
+
+
+def _expand(raw: bytes, revision: int) -> dict[str, Any]:
+    """The validated document of a compacted resource held as `raw` (see parse_kv:
+    `apiVersion` defaulted, `resourceVersion` the key's mod revision)."""
+    doc = orjson.loads(raw)
+    doc.setdefault("apiVersion", "projectcalico.org/v3")
+    doc["metadata"]["resourceVersion"] = str(revision)
+    _compact(doc)
+    return doc
 
 
 # The kinds a cluster has by the ten thousand (every endpoint, cluster-wide, is held
-# by every agent): their documents are made to share what they have in common.
+# by every agent): held as the JSON read (`Resource.raw`), and their documents, when
+# decoded, share what they have in common.
 _COMPACTED = frozenset(("WorkloadEndpoint", "HostEndpoint"))
 _SHARED_STRINGS = {"metadata": ("namespace",), "spec": ("node", "orchestrator", "endpoint")}
 

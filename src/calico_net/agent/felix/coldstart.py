@@ -42,6 +42,8 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 from .gcpause import GcPause
 from .routes import RouteManager
 from .rtnetlink import Link
@@ -223,8 +225,15 @@ def local_interfaces(resources: "dict[str, Resource]", node: str,
     string test only, on the cold start's critical path: an endpoint left out here
     is configured after the link listing if the route manager accepts it.)"""
     out: dict[str, bool] = {}
+    # a held endpoint (`Resource.raw`) whose JSON does not hold the node's name as
+    # a JSON string is another node's: it is not decoded (at worst, a name written
+    # with escapes, the endpoint is configured after the link listing)
+    needle = orjson.dumps(node)
     for res in resources.values():
         if res.kind != "WorkloadEndpoint":
+            continue
+        raw = res.raw
+        if raw is not None and needle not in raw:
             continue
         spec = res.doc.get("spec") or {}
         name = spec.get("interfaceName")

@@ -38,7 +38,7 @@ from .records import (
     Member,
     Policy,
     Profile,
-    member_from_doc,
+    member_for,
     policy_from_doc,
     policy_sort_key,
     profile_from_doc,
@@ -80,7 +80,7 @@ class PolicyIndex:
         self._changes = IndexChanges()
         self.sets = SelectorSets(self.rule_matcher, self.members, self._changes)
         # pending raw updates
-        self._pending_members: dict[Key, Mapping[str, Any] | None] = {}
+        self._pending_members: dict[Key, Member | None] = {}
         self._pending_policies: dict[Key, Mapping[str, Any] | None] = {}
         self._pending_profiles: dict[str, Mapping[str, Any] | None] = {}
         self._pools_dirty = False
@@ -104,7 +104,8 @@ class PolicyIndex:
                 namespace = (doc.get("metadata") or {}).get("namespace") or "default"
             elif namespace is None:
                 namespace = "default"
-            self._pending_members[(kind, namespace, name)] = doc
+            key = (kind, namespace, name)
+            self._pending_members[key] = member_for(key, doc)   # the record waits, not the doc
         elif kind in POLICY_KINDS:
             if kind == "GlobalNetworkPolicy":
                 namespace = None
@@ -272,14 +273,8 @@ class PolicyIndex:
         pending, self._pending_members = self._pending_members, {}
         members, profile_members, node = self.members, self.profile_members, self.node_name
         detach = self.sets.detach
-        for key, doc in pending.items():
+        for key, new in pending.items():
             old = members.get(key)
-            new = None
-            if doc is not None:
-                try:
-                    new = member_from_doc(key[0], key[2], key[1], doc)
-                except Exception as exc:  # noqa: BLE001 - one bad object must not poison the rest
-                    log.warning("%s %s: cannot use it (%s); treated as absent", key[0], key, exc)
             if new is not None and old is not None and new == old:
                 continue
             detach(key, detached)

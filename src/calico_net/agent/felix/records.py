@@ -20,7 +20,7 @@ from typing import Any, Iterable, Mapping
 from calico_net.model.selector import NAMESPACE_LABEL, ORCHESTRATOR_LABEL, Selector
 
 from . import nftstr
-from .nftstr import NftStringError, ifname
+from .nftstr import NftStringError, ifname_text
 from .rules import (
     NS_LABEL_PREFIX,
     NS_NAME_LABEL,
@@ -33,6 +33,7 @@ from .rules import (
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "member_for",
     "member_from_doc",
     "policy_from_doc",
     "profile_from_doc",
@@ -94,9 +95,13 @@ def shared_labels(labels: Mapping[str, str]) -> dict[str, str]:
 # ----------------------------------------------------------------- records
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Member:
-    """Something that can be selected: an endpoint (local or remote) or a network set."""
+    """Something that can be selected: an endpoint (local or remote) or a network set.
+
+    One per endpoint of the cluster, so kept small: slots, no parsed document,
+    the label set and the profile list shared with every member that has the
+    same (`shared_labels`, `_shared_profiles`), and `values()` made once."""
 
     key: Key
     own_labels: Mapping[str, str]
@@ -108,6 +113,10 @@ class Member:
     ports: tuple[tuple[str, int, int], ...] = ()   # (name, protocol number, port)
     node: str | None = None
     iface: str | None = None
+    _values: tuple[Any, ...] = field(init=False, repr=False, compare=False, default=())
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_values", (self.addrs4, self.addrs6, self.nets4, self.nets6, self.ports))
 
     @property
     def kind(self) -> str:
@@ -126,8 +135,9 @@ class Member:
         return self.key[0] in ENDPOINT_KINDS
 
     def values(self) -> tuple[Any, ...]:
-        """What the member contributes to sets (compared to detect changes)."""
-        return (self.addrs4, self.addrs6, self.nets4, self.nets6, self.ports)
+        """What the member contributes to sets (compared to detect changes); the
+        same tuple on every call (the sets keep it as the member's contribution)."""
+        return self._values
 
 
 @dataclass(frozen=True)
@@ -341,7 +351,43 @@ def _parse_port_entry(name: Any, protocol: Any, port: Any) -> tuple[str, int, in
 _port_entry_cached = lru_cache(maxsize=4096, typed=True)(_parse_port_entry)
 
 
-def member_from_doc(kind: str, name: str, namespace: str | None, doc: Mapping[str, Any]) -> Member:
+# profile lists as members hold them: the endpoints of a namespace share one tuple
+_PROFILES: dict[tuple[str, ...], tuple[str, ...]] = {}
+_PROFILES_MAX = 1 << 14
+
+
+def _shared_profiles(values: Any) -> tuple[str, ...]:
+    if not values:
+        return ()
+    t = tuple(values)
+    try:
+        got = _PROFILES.get(t)
+    except TypeError:           # unhashable entries (bad data): not shared
+        return t
+    if got is None:
+        if len(_PROFILES) >= _PROFILES_MAX:
+            _PROFILES.clear()
+        got = _PROFILES[t] = t
+    return got
+
+
+def member_for(key: Key, doc: Mapping[str, Any] | None) -> Member | None:
+    """The record of the endpoint or network set `key` (as `PolicyIndex` files it:
+    namespace already decided) for `doc`; None when deleted or when it cannot be
+    used (logged: one bad object must not poison the rest). The index parses at
+    `update()`, so that what waits for its recompute is the record, not the
+    document (a cold start has every endpoint of the cluster waiting)."""
+    if doc is None:
+        return None
+    try:
+        return member_from_doc(key[0], key[2], key[1], doc, key)
+    except Exception as exc:  # noqa: BLE001
+        log.warning("%s %s: cannot use it (%s); treated as absent", key[0], key, exc)
+        return None
+
+
+def member_from_doc(kind: str, name: str, namespace: str | None, doc: Mapping[str, Any],
+                    key: Key | None = None) -> Member:
     """Build a Member from a validated Calico v3 document.
 
     An endpoint's addresses must be host addresses (/32, /128, or a bare address),
@@ -367,7 +413,7 @@ def member_from_doc(kind: str, name: str, namespace: str | None, doc: Mapping[st
         field_ = "ipNetworks" if kind == "WorkloadEndpoint" else "expectedIPs"
         raise ValueError(f"{field_} {', '.join(n4 + n6)}: wider than a host address "
                          "(/32 or /128, as Calico requires)")
-    profiles = tuple(spec.get("profiles") or ()) if kind in ENDPOINT_KINDS else ()
+    profiles = _shared_profiles(spec.get("profiles")) if kind in ENDPOINT_KINDS else ()
     ports = _ports(spec.get("ports")) if kind in ENDPOINT_KINDS else ()
     own = dict(meta.get("labels") or {})
     if namespace is not None:
@@ -383,14 +429,18 @@ def member_from_doc(kind: str, name: str, namespace: str | None, doc: Mapping[st
     iface = (spec.get("interfaceName") or None) if kind in ENDPOINT_KINDS else None
     if iface is not None:
         try:
-            ifname(iface)    # checked (and its quoted form kept for the maps)
+            # checked, not kept quoted: nftstr.ifname caches the quoted form of the
+            # interfaces the dataplane programs (local ones), not of every remote one
+            ifname_text(iface)
         except NftStringError as exc:
             # "*" (all host interfaces) and names the kernel would refuse are not programmed
             log.warning("%s %s: interface name not supported (%s); endpoint not programmed",
                         kind, name, exc)
             iface = None
+    if key is None or key != (kind, namespace, name):
+        key = (kind, namespace, name)
     return Member(
-        key=(kind, namespace, name), own_labels=shared_labels(own), profiles=profiles,
+        key=key, own_labels=shared_labels(own), profiles=profiles,
         addrs4=a4, addrs6=a6, nets4=n4, nets6=n6, ports=ports,
         node=spec.get("node") if kind in ENDPOINT_KINDS else None,
         iface=iface,
