@@ -16,9 +16,10 @@ short_description: Explain why a flow is allowed or denied, like calicoctl polic
 version_added: 0.1.0
 description:
   - The verdict for one flow - from O(source) to O(destination) with O(protocol) and O(port) - and the
-    exact path to it, the structure of C(calicoctl policy explain -o json) - for each policy in order whether
-    its selector picks each side, the rule that decided (its index, the rule, its nft lines), Pass, the
-    profile fallback and default deny.
+    exact path to it, the structure of C(calicoctl policy explain -o json) - for each policy in order (tier by
+    tier in the agent's tier order, then within its tier) whether its selector picks each side, the rule that
+    decided (its index, the rule, its nft lines), Pass (on to the next tier), the end-of-tier drop of a tier
+    whose defaultAction is Deny, the profile fallback and default deny.
   - Computed from the datastore with the agent's own policy index and rule code (the library
     C(calicoctl policy explain) calls), so it answers as the nft ruleset on the nodes decides.
   - Read-only; check mode returns the same answer.
@@ -118,19 +119,28 @@ destination:
   returned: success
   type: dict
 tier:
-  description: The tier the policies are in (C(default), the one tier the agent programs).
+  description:
+    - The tier of untiered policy, C(default). Each policy's own tier is in RV(policies[].tier), the tiers that
+      applied in a step, in order and with how each ended, in RV(steps[].tiers).
   returned: success
   type: str
 policies:
-  description: Every policy in Calico's order, with C(selectsSource) and C(selectsDestination).
+  description:
+    - Every policy in the agent's order - tier by tier (tier C(order) ascending, a tier without a Tier resource
+      last, then the name), within a tier Calico's policy order - with C(tier), C(order), C(selector),
+      C(selectsSource) and C(selectsDestination).
   returned: success
   type: list
   elements: dict
 steps:
   description:
     - The chains the flow passes in order (egress of the source, ingress of the destination, failsafe ports,
-      workload to host), each with its policies and profiles, their rules (C(index), C(rule), C(nft),
-      C(matched)), C(verdict) and C(by) - as C(calicoctl policy explain -o json) prints them.
+      workload to host), each with its endpoint C(chain), its C(tiers) in order (C(name), C(order),
+      C(defaultAction), C(result) - the deciding action, C(Pass (<policy>)) or the end of the tier with its
+      defaultAction),
+      its policies (each with its C(tier)) and profiles, their rules (C(index), C(rule), C(nft), C(matched)),
+      C(verdict) and C(by) (naming the tier of a deciding policy outside C(default), or C(end of tier <name>)) -
+      as C(calicoctl policy explain -o json) prints them.
   returned: success
   type: list
   elements: dict
@@ -138,7 +148,7 @@ deciding_rule:
   description:
     - The rule that decided, taken from the last step - C(kind), C(namespace), C(name) of its policy or
       profile, C(index), C(action), C(rule), C(nft), C(chain), C(positions), C(endpoint), C(direction).
-    - C(null) when no rule decided (default deny at the end of the tier or the profiles, a failsafe port,
+    - C(null) when no rule decided (the end-of-tier drop of a tier, default deny after the profiles, a failsafe port,
       the workload-to-host action, a flow no policy applies to).
   returned: success
   type: dict
