@@ -85,6 +85,12 @@ def proc_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def proc_sys_s(pid: int) -> float:
+    """System CPU seconds of process `pid` so far (its netlink commits are kernel work)."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return int(fields[12]) / os.sysconf("SC_CLK_TCK")
+
+
 def status_mb(pid: int, field: str) -> float:
     for line in open(f"/proc/{pid}/status"):
         if line.startswith(field + ":"):
@@ -289,7 +295,7 @@ def churn(etcd, agent: Agent, args, first_remote: int) -> dict:
     n = int(args.churn * args.churn_seconds)
     step = max(1, args.remote // max(1, n))
     written: dict[str, float] = {}
-    a0, e0, t0 = proc_cpu_s(agent.pid), proc_cpu_s(etcd.proc.pid), time.perf_counter()
+    a0, s0, e0, t0 = proc_cpu_s(agent.pid), proc_sys_s(agent.pid), proc_cpu_s(etcd.proc.pid), time.perf_counter()
     behind = 0
     for j in range(n):
         due = t0 + j / args.churn
@@ -311,6 +317,7 @@ def churn(etcd, agent: Agent, args, first_remote: int) -> dict:
         time.sleep(0.05)
     t_all = (max(mon.seen.values()) if mon.seen else time.perf_counter()) - t0
     acpu, ecpu = proc_cpu_s(agent.pid) - a0, proc_cpu_s(etcd.proc.pid) - e0
+    asys = proc_sys_s(agent.pid) - s0
     mon.stop()
     if len(mon.seen) < n:
         # the agent missed changes: its threads' stacks into its log (faulthandler)
@@ -320,11 +327,13 @@ def churn(etcd, agent: Agent, args, first_remote: int) -> dict:
     lat = [(mon.seen[ip] - t) * 1000 for ip, t in written.items() if ip in mon.seen]
     fig = dict(n=n, seen=len(lat), rate_written=n / t_writes, rate_applied=len(lat) / max(t_all, 1e-9),
                p50=pct(lat, 50), p99=pct(lat, 99), max=max(lat) if lat else float("nan"),
-               agent_cpu_pct=100 * acpu / t_all, etcd_cpu_pct=100 * ecpu / t_all, behind=behind)
+               agent_cpu_pct=100 * acpu / t_all, agent_sys_pct=100 * asys / t_all,
+               etcd_cpu_pct=100 * ecpu / t_all, behind=behind)
     print(f"remote label churn: {n} changes written at {fig['rate_written']:.0f}/s "
           f"({behind} written >50 ms late), {len(lat)} seen in nft, applied {fig['rate_applied']:.0f}/s; "
           f"etcd write -> element in nft: p50 {fig['p50']:.1f} ms, p99 {fig['p99']:.1f} ms, "
-          f"max {fig['max']:.1f} ms; agent CPU {fig['agent_cpu_pct']:.1f} % of one core, "
+          f"max {fig['max']:.1f} ms; agent CPU {fig['agent_cpu_pct']:.1f} % of one core "
+          f"({fig['agent_sys_pct']:.1f} % of it system), "
           f"etcd CPU {fig['etcd_cpu_pct']:.1f} %", flush=True)
     return fig
 
@@ -334,6 +343,7 @@ def inner(args: argparse.Namespace) -> int:
     sys.path.insert(0, str(REPO / "tests"))
     from etcd_server import start_etcd, stop_etcd
 
+    print(f"load average {' '.join(open('/proc/loadavg').read().split()[:3])}", flush=True)
     print(f"== scale bench: {args.local} local endpoints, {args.remote} remote on {args.nodes} nodes, "
           f"{args.policies} policies, {args.profiles} profiles, churn {args.churn}/s for {args.churn_seconds} s",
           flush=True)
@@ -384,7 +394,8 @@ def inner(args: argparse.Namespace) -> int:
               f"churn_applied_per_s={ch['rate_applied']:.0f} churn_agent_cpu_pct={ch['agent_cpu_pct']:.1f} "
               f"(target <= 20) churn_p99_ms={ch['p99']:.1f} (target <= 100) "
               f"churn_seen={ch['seen']}/{ch['n']} etcd_cpu_start_s={full['etcd_cpu']:.2f} "
-              f"etcd_cpu_churn_pct={ch['etcd_cpu_pct']:.1f}", flush=True)
+              f"etcd_cpu_churn_pct={ch['etcd_cpu_pct']:.1f} churn_agent_sys_pct={ch['agent_sys_pct']:.1f} "
+              f"loadavg={open('/proc/loadavg').read().split()[0]}", flush=True)
     finally:
         for a in agents:
             a.stop()
