@@ -12,7 +12,7 @@
 # GlobalNetworkPolicy `demo-db-ingress` selects role == "db" and allows ingress only
 # from role == "frontend". So in the matrix every db is reachable from frontends only,
 # and every frontend from everyone.
-# TCP: every workload listens on port 7777 (netcat, one listener for both families);
+# TCP: every workload listens on port 7777 (netcat; dual-stack: one IPv6 socket for both);
 # a probe is `nc -z` with a 2 s timeout, a ping waits 2 s, all of a row's in parallel.
 # Usage: demo.sh [--clean]   (--clean removes the demo workloads and policy)
 set -euo pipefail
@@ -49,6 +49,9 @@ fi
 V6=0
 grep -q '^calico_ipv6_pool_cidr=.' "$INVENTORY" && V6=1
 TCP_PORT=7777
+# one listener for both families: an IPv6 socket takes IPv4 too (bindv6only is 0)
+NC_FAMILY=
+((V6)) && NC_FAMILY=-6
 
 declare -A IP IP6 ROLE
 log "starting sample workloads"
@@ -57,8 +60,8 @@ for i in "${!NODES[@]}"; do
     on "$n" "podman image exists $WORKLOAD_IMAGE || podman load -q -i $WORKLOAD_IMAGE_ARCHIVE >/dev/null"
     for role in frontend db; do
         name=demo-$role-$((i + 1))
-        on "$n" "podman container exists $name || { podman run -d --name $name --network calico --cap-add NET_RAW $WORKLOAD_IMAGE >/dev/null &&
-            podman exec -d $name nc -lk $TCP_PORT; }"
+        on "$n" "podman container exists $name || podman run -d --name $name --network calico --cap-add NET_RAW $WORKLOAD_IMAGE >/dev/null
+            podman exec $name ss -Hltn sport = :$TCP_PORT | grep -q . || podman exec -d $name nc -lk $NC_FAMILY $TCP_PORT >/dev/null"
         read -r ip ip6 < <(on "$n" "podman inspect -f '{{with (index .NetworkSettings.Networks \"calico\")}}{{.IPAddress}} {{.GlobalIPv6Address}}{{end}}' $name")
         [[ -n $ip ]] || die "$name on $n has no calico address"
         if ((V6)) && [[ -z ${ip6:-} ]]; then

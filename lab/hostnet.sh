@@ -23,11 +23,15 @@
 # comes in), whatever ip_forward says.
 # IPv6 the same way: the lab's v6 range is the documentation prefix 2001:db8::/32 (nodes on
 # 2001:db8:18::/64, the v6 workload pool 2001:db8:19::/48), with its own unreachable route
-# and the same two forward rules.
+# and the same two forward rules (link-scope partners excepted, for neighbour discovery).
 set -euo pipefail
 
 LAB_RANGE=198.18.0.0/15
 LAB_RANGE6=2001:db8::/32
+# Link-local unicast and link-scope multicast: never routed off a link, but bridged
+# frames pass the forward hook too (br_netfilter), and IPv6 neighbour discovery between
+# the nodes (solicited-node multicast, link-local sources) must cross the lab bridge.
+LINK_SCOPE6="fe80::/10, ff02::/16"
 GUARD_METRIC=4242
 GUARD_TABLE=calico_lab_guard
 
@@ -52,8 +56,8 @@ table inet $GUARD_TABLE {
         type filter hook forward priority -10; policy accept;
         ip saddr $LAB_RANGE ip daddr != $LAB_RANGE counter drop
         ip daddr $LAB_RANGE ip saddr != $LAB_RANGE counter drop
-        ip6 saddr $LAB_RANGE6 ip6 daddr != $LAB_RANGE6 counter drop
-        ip6 daddr $LAB_RANGE6 ip6 saddr != $LAB_RANGE6 counter drop
+        ip6 saddr $LAB_RANGE6 ip6 daddr != { $LAB_RANGE6, $LINK_SCOPE6 } counter drop
+        ip6 daddr $LAB_RANGE6 ip6 saddr != { $LAB_RANGE6, $LINK_SCOPE6, ::/128 } counter drop
     }
 }
 EOF
