@@ -11,7 +11,8 @@ typed modules that own the whole resource ignore the stored document; `node`,
 
 1. reads every stored document (with its resourceVersion);
 2. builds and validates every desired document before anything is written, so a bad
-   input changes nothing;
+   input changes nothing (a policy's tier must exist or be written in the same run,
+   as calicoctl checks it);
 3. compares stored and desired by meaning (`meaning.canonical`), not text;
 4. unless in check mode, writes all changed documents in ONE etcd transaction,
    each a compare-and-swap on the resourceVersion it read (a concurrent change
@@ -44,6 +45,7 @@ try:
     from calico_net.errors import ValidationError
     from calico_net.model import parse_resource, resolve_kind
     from calico_net.model.registry import warning_lines
+    from calico_net.model.tiers import check_tier_references
 except ImportError:  # reported by common.run_module
     pass
 
@@ -144,7 +146,24 @@ class ResourceManager:
                 plans.append(_Plan(want, key, before, revision, before, False, stored))
             else:
                 plans.append(_Plan(want, key, before, revision, desired, True, stored))
+        self._check_tiers(plans)
         return plans
+
+    def _check_tiers(self, plans: list[_Plan]) -> None:
+        """As calicoctl: a policy to be written must name a tier that is built in,
+        stored, or written in this run (`model.tiers.check_tier_references`, which
+        raises ValidationError on spec.tier); a Tier deleted in this run is gone."""
+        written = [p.after for p in plans if p.changed and p.after is not None]
+        if not written:
+            return
+        kept_tiers = [p.after for p in plans
+                      if p.want.kind == "Tier" and p.after is not None and not p.changed]
+        deleted = {p.want.name for p in plans if p.want.kind == "Tier" and p.after is None}
+
+        def tier_exists(name: str) -> bool:
+            return name not in deleted and self._read("Tier", name, None) is not None
+
+        check_tier_references(written + kept_tiers, tier_exists)
 
     def run(self, wants: list[Want], before_write: Callable[[bool], bool] | None = None) -> dict[str, Any]:
         """`before_write(check_mode)` runs after every document validated and before
