@@ -110,8 +110,15 @@ echo
 if [[ $ENCAP == vxlan ]]; then
     echo "== calicoctl node status ($FIRST): skipped, the vxlan backend runs no BIRD"
 else
+    # sessions still connecting (a node's BIRD just configured) get up to 90 s
+    for _ in $(seq 45); do
+        status=$(on "$FIRST" 'podman exec calico-node calicoctl node status' 2>&1 || true)
+        rows=$(grep -E '^\| *[0-9a-fA-F]+[.:]' <<<"$status" || true)
+        [[ -n $rows ]] && ! grep -v -q Established <<<"$rows" && break
+        sleep 2
+    done
     echo "== calicoctl node status ($FIRST)"
-    on "$FIRST" 'podman exec calico-node calicoctl node status' || true
+    printf '%s\n' "$status"
 fi
 if [[ $ENCAP != none ]]; then
     dev=tunl0
@@ -124,7 +131,6 @@ fi
 # BGP sessions over IPv6 on the first node: every one Established, and at least one.
 V6_BGP_OK=1
 if ((V6)) && [[ $ENCAP != vxlan ]]; then
-    status=$(on "$FIRST" 'podman exec calico-node calicoctl node status' 2>&1 || true)
     v6_rows=$(grep -E '^\| *[0-9a-fA-F]*:[0-9a-fA-F:]*:' <<<"$status" || true)
     if [[ -z $v6_rows ]] || grep -v -q Established <<<"$v6_rows"; then
         V6_BGP_OK=0
