@@ -124,7 +124,7 @@ check() {
         if [[ $dev != "$br" ]]; then
             have=$(ip -o addr show dev "$br" scope global 2>/dev/null | awk '{print $4}' | paste -sd, -)
             die "the host does not reach $ip through the lab bridge $br: 'ip route get $ip' says: ${route}
-  The bridge $br lacks the lab gateway address $addr (it has: ${have:-no IPv4 address}; podman's CNI
+  The bridge $br lacks the lab gateway address $addr (it has: ${have:-no $([[ $addr == *:* ]] && echo IPv6 || echo IPv4) address}; podman's CNI
   backend leaves an --internal network's bridge without one).
   Fix: ip addr add $addr dev $br    (lab/hostnet.sh bridge <network> $addr does it)"
         fi
