@@ -7,8 +7,8 @@ Calico's rules, as Felix renders them: a doNotTrack policy applies only untracke
 (raw hooks, before conntrack), a preDNAT policy only in prerouting before DNAT (its
 ingress), any other policy to traffic to and from the host, and, with applyOnForward,
 to traffic forwarded through the host endpoint's interface as well. Workload
-endpoints never get preDNAT or doNotTrack policy. The untracked and pre-DNAT chains
-are tiered as the normal endpoint chains (`chains.hep_chain_body`: the tiers that
+endpoints never get preDNAT or doNotTrack policy. The forward, pre-DNAT and untracked
+chains are tiered as the normal endpoint chains (`chains.hep_chain_body`: the tiers that
 have such a policy for the endpoint and direction, in tier order; Pass skips the rest
 of a tier) with Felix's differences: no profiles, and the untracked and pre-DNAT
 chains have no end-of-tier drop (what no policy decides goes on to the normal
