@@ -29,7 +29,9 @@ def kv(doc: dict, rev: int) -> KV:
 def test_an_endpoint_is_held_as_the_value_read_and_decodes_to_the_validated_document():
     d = wep(1)
     r = parse_kv(kv(d, 7))
-    assert r.raw == orjson.dumps(d)           # no parsed document kept
+    # no parsed document kept: JSON without what the key says (kind, name, namespace)
+    assert r.raw is not None and len(r.raw) < len(orjson.dumps(d))
+    assert b"WorkloadEndpoint" not in r.raw and d["metadata"]["name"].encode() not in r.raw
     want = dict(d, apiVersion="projectcalico.org/v3")
     want["metadata"] = dict(d["metadata"], resourceVersion="7")
     assert r.doc == want and r.doc is not r.doc   # a new dict on each use
@@ -41,6 +43,16 @@ def test_an_endpoint_is_held_as_the_value_read_and_decodes_to_the_validated_docu
     # a Resource made with a document (tests, other callers) holds that document
     made = Resource("WorkloadEndpoint", "x", "ns1", {"spec": {}}, 1)
     assert made.raw is None and made.doc == {"spec": {}}
+
+
+def test_a_host_endpoint_keeps_whatever_namespace_its_document_has():
+    hep = {"kind": "HostEndpoint", "metadata": {"name": "h1", "labels": {"a": "b"}},
+           "spec": {"node": "n1", "interfaceName": "eth0", "expectedIPs": ["198.19.0.1"]}}
+    r = parse_kv(KV(resource_key("HostEndpoint", "h1", None), orjson.dumps(hep), 9, 9, 1))
+    assert r.raw is not None and r.namespace is None
+    want = dict(hep, apiVersion="projectcalico.org/v3")
+    want["metadata"] = dict(hep["metadata"], resourceVersion="9")
+    assert r.doc == want
 
 
 def test_a_bad_endpoint_is_still_refused_when_parsed():

@@ -60,10 +60,10 @@ class Resource(_Fields):
 
     `doc` is the validated document. For the kinds a cluster has by the ten
     thousand (`_COMPACTED`: endpoints, every one of which every agent holds)
-    what is held is the value as etcd gave it (`raw`, one bytes object, a
-    third of the parsed document's size) and `doc` decodes it on each use
-    (a new dict each time, equal to the validated document: the holders only
-    read it when it changes, to dispatch it)."""
+    what is held is its JSON (`raw`, one bytes object, a third of the parsed
+    document's size, less what the key already says: `_held`) and `doc` decodes
+    it on each use (a new dict each time, equal to the validated document: the
+    holders only read it when it changes, to dispatch it)."""
 
     __slots__ = ()
 
@@ -71,12 +71,13 @@ class Resource(_Fields):
     def doc(self) -> dict[str, Any]:  # type: ignore[override]
         d = tuple.__getitem__(self, 3)
         if type(d) is bytes:
-            return _expand(d, tuple.__getitem__(self, 4))
+            return _expand(d, self.name, self.namespace, tuple.__getitem__(self, 4))
         return d
 
     @property
     def raw(self) -> bytes | None:
-        """The held JSON of a compacted resource (None: the parsed document is held)."""
+        """The held form of a compacted resource (`_held`; None: the parsed document
+        is held)."""
         d = tuple.__getitem__(self, 3)
         return d if type(d) is bytes else None
 
@@ -158,10 +159,10 @@ def parse_kv(kv: KV, validate: Validator = model_validate,
     if kind in _COMPACTED:
         if namespace is not None:
             namespace = sys.intern(namespace)
-        if valid is doc and validate is model_validate and type(kv.value) is bytes:
-            # model_validate returns the document it was given, unchanged: the
-            # value read is the validated document (with the two fields below)
-            return Resource(kind, parts.name, namespace, kv.value, kv.mod_revision)
+        if valid is doc and validate is model_validate and doc["apiVersion"] == _API_VERSION:
+            # model_validate returns the document it was given, unchanged
+            return Resource(kind, parts.name, namespace,
+                            _held(doc, kind, parts.namespace is not None), kv.mod_revision)
         valid.setdefault("metadata", {})["resourceVersion"] = str(kv.mod_revision)
         _compact(valid)
     else:
@@ -169,18 +170,39 @@ def parse_kv(kv: KV, validate: Validator = model_validate,
     return Resource(kind, parts.name, namespace, valid, kv.mod_revision)
 
 
-def _expand(raw: bytes, revision: int) -> dict[str, Any]:
-    """The validated document of a compacted resource held as `raw` (see parse_kv:
-    `apiVersion` defaulted, `resourceVersion` the key's mod revision)."""
-    doc = orjson.loads(raw)
-    doc.setdefault("apiVersion", "projectcalico.org/v3")
-    doc["metadata"]["resourceVersion"] = str(revision)
+_API_VERSION = "projectcalico.org/v3"
+_KIND_OF_HELD = {b"W": "WorkloadEndpoint", b"H": "HostEndpoint"}
+
+
+def _held(doc: dict[str, Any], kind: str, namespaced: bool) -> bytes:
+    """The validated document as held: its JSON without what the key says (kind,
+    metadata.name and, for a namespaced key, namespace: parse_kv checked them
+    equal) and without apiVersion and resourceVersion, behind a one-byte tag for
+    the kind; `_expand` puts them back. The endpoint's own fields — uid, labels,
+    spec — stay as they were read."""
+    md = {k: v for k, v in doc["metadata"].items()
+          if k != "name" and k != "resourceVersion" and not (namespaced and k == "namespace")}
+    slim = {k: v for k, v in doc.items() if k != "kind" and k != "apiVersion" and k != "metadata"}
+    slim["metadata"] = md
+    return (b"W" if kind == "WorkloadEndpoint" else b"H") + orjson.dumps(slim)
+
+
+def _expand(raw: bytes, name: str, namespace: str | None, revision: int) -> dict[str, Any]:
+    """The validated document of a compacted resource held as `raw` (see `_held`)."""
+    doc = orjson.loads(raw[1:])
+    md = doc["metadata"]
+    md["name"] = name
+    if namespace is not None:
+        md["namespace"] = namespace
+    md["resourceVersion"] = str(revision)
+    doc["kind"] = _KIND_OF_HELD[raw[:1]]
+    doc["apiVersion"] = _API_VERSION
     _compact(doc)
     return doc
 
 
 # The kinds a cluster has by the ten thousand (every endpoint, cluster-wide, is held
-# by every agent): held as the JSON read (`Resource.raw`), and their documents, when
+# by every agent): held as JSON (`Resource.raw`, `_held`), and their documents, when
 # decoded, share what they have in common.
 _COMPACTED = frozenset(("WorkloadEndpoint", "HostEndpoint"))
 _SHARED_STRINGS = {"metadata": ("namespace",), "spec": ("node", "orchestrator", "endpoint")}
