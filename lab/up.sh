@@ -17,6 +17,9 @@
 # 2001:db8:18::/64 (node i at 2001:db8:18::(10+i), the host ::1), and the inventory asks
 # for the v6 pool 2001:db8:19::/48, autodetected v6 node addresses and v6 workload
 # addresses. 0: IPv4 only.
+# CALICO_LAB_REFLECTORS=K (default 0): K more nodes, after the N calico nodes, in the
+# inventory's [route_reflectors] only: site.yml runs the bird role there (standalone BIRD
+# route reflectors, over IPv6 too when dual-stack) and turns the node-to-node mesh off.
 # Usage: up.sh [N] [--no-preload] [--no-build]     (N defaults to $CALICO_LAB_NODES or 3)
 set -euo pipefail
 LOG_TAG=up
@@ -42,6 +45,9 @@ case $ENCAP in
 none | ipip | vxlan) ;;
 *) die "CALICO_LAB_ENCAP=$ENCAP: use none, ipip or vxlan" ;;
 esac
+RR=${CALICO_LAB_REFLECTORS:-0}
+[[ $RR =~ ^[0-9]$ ]] || die "CALICO_LAB_REFLECTORS=$RR: use 0..9"
+TOTAL=$((N + RR))
 # etcd members: 3 when there are 3 or more nodes, else 1 (an odd-sized cluster either way)
 ETCD_COUNT=${CALICO_LAB_ETCD_COUNT:-$((N >= 3 ? 3 : 1))}
 
@@ -117,11 +123,11 @@ node_ip6() { echo "${NET6_PREFIX}:$((NODE_IP_BASE + $1))"; }
 
 # --- nodes -------------------------------------------------------------------------------
 add_hosts=()
-for i in $(seq 1 "$N"); do add_hosts+=(--add-host "$(node_name "$i"):$(node_ip "$i")"); done
+for i in $(seq 1 "$TOTAL"); do add_hosts+=(--add-host "$(node_name "$i"):$(node_ip "$i")"); done
 
 start_nodes() {
     local i name
-    for i in $(seq 1 "$N"); do
+    for i in $(seq 1 "$TOTAL"); do
         name=$(node_name "$i")
         ip6_opts=()
         ((LAB_IPV6)) && ip6_opts=(--ip6 "$(node_ip6 "$i")")
@@ -139,19 +145,19 @@ start_nodes() {
         log "started $name at $(node_ip "$i")${ip6_opts:+ and $(node_ip6 "$i")}"
     done
 }
-timed "up: start $N nodes" start_nodes
+timed "up: start $TOTAL nodes" start_nodes
 
 # The host's gateway address on the lab bridge (podman's CNI backend does not set it for
 # an --internal network), then a check, before the first SSH, that the host reaches every
 # node through that bridge: a miss stops here in seconds, naming the bridge and the fix.
 bash "$LAB_DIR/hostnet.sh" bridge "$NET_NAME" "$NET_GATEWAY/24"
 node_ips=()
-for i in $(seq 1 "$N"); do node_ips+=("$(node_ip "$i")"); done
+for i in $(seq 1 "$TOTAL"); do node_ips+=("$(node_ip "$i")"); done
 bash "$LAB_DIR/hostnet.sh" check "$NET_NAME" "$NET_GATEWAY/24" "${node_ips[@]}"
 if ((LAB_IPV6)); then
     bash "$LAB_DIR/hostnet.sh" bridge "$NET_NAME" "$NET6_GATEWAY/64"
     node_ips=()
-    for i in $(seq 1 "$N"); do node_ips+=("$(node_ip6 "$i")"); done
+    for i in $(seq 1 "$TOTAL"); do node_ips+=("$(node_ip6 "$i")"); done
     bash "$LAB_DIR/hostnet.sh" check "$NET_NAME" "$NET6_GATEWAY/64" "${node_ips[@]}"
 fi
 
@@ -161,7 +167,7 @@ lab_ssh() { local ip=$1; shift; ssh "${SSH_OPTS[@]}" "root@$ip" "$@"; }
 
 wait_ssh() {
     local i ip deadline
-    for i in $(seq 1 "$N"); do
+    for i in $(seq 1 "$TOTAL"); do
         ip=$(node_ip "$i")
         deadline=$(($(date +%s) + 120))
         until lab_ssh "$ip" true 2>/dev/null; do
@@ -188,6 +194,7 @@ timed "up: wait for SSH" wait_ssh
     for i in $(seq 1 "$N"); do echo "$(node_name "$i") ansible_host=$(node_ip "$i")"; done
     echo
     echo "[route_reflectors]"
+    for i in $(seq $((N + 1)) "$TOTAL"); do echo "$(node_name "$i") ansible_host=$(node_ip "$i")"; done
     echo
     echo "[all:vars]"
     echo "ansible_user=$LAB_ANSIBLE_USER"
@@ -223,7 +230,7 @@ timed "up: wait for SSH" wait_ssh
 mv "$INVENTORY.tmp" "$INVENTORY"
 {
     echo "# ssh -F $STATE_DIR/ssh_config $(node_name 1)"
-    for i in $(seq 1 "$N"); do
+    for i in $(seq 1 "$TOTAL"); do
         printf 'Host %s\n  HostName %s\n' "$(node_name "$i")" "$(node_ip "$i")"
     done
     printf 'Host %s*\n  User root\n  IdentityFile %s\n  IdentitiesOnly yes\n' "$NODE_PREFIX" "$SSH_KEY"
