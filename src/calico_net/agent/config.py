@@ -416,6 +416,7 @@ PARAMS: tuple[Param, ...] = (
     Param("PrometheusGoMetricsEnabled", parse_bool, True, live=False),
     # the prefix of policy's Log rules (felix/rules.py through FelixSettings.log_prefix)
     Param("LogPrefix", parse_log_prefix, "calico-packet"),
+    Param("NftablesFilterDenyAction", _choice("Drop", "Reject"), "Drop"),
     # The overlay (agent/encap): all live, the encap controller recomputes on change.
     Param("VXLANVNI", _int_range(1, 2**24 - 1, "a VXLAN VNI"), 4096),
     Param("VXLANPort", _int_range(1, 65535, "a UDP port"), 4789),

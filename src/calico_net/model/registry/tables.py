@@ -123,7 +123,7 @@ _FELIX_ENFORCED = {
     "natOutgoingAddress", "natPortRange", "logFilePath", "logSeverityFile",
     "logPrefix", "nftablesRefreshInterval", "prometheusProcessMetricsEnabled",
     "disableConntrackInvalidCheck", "logDebugFilenameRegex", "logSeveritySys",
-    "prometheusGoMetricsEnabled", "healthTimeoutOverrides",
+    "prometheusGoMetricsEnabled", "healthTimeoutOverrides", "nftablesFilterDenyAction",
 }
 _FELIX_WHERE = {
     "vxlanVNI": ENCAP, "vxlanPort": ENCAP, "vxlanMTU": ENCAP, "vxlanMTUV6": ENCAP,
@@ -158,6 +158,8 @@ _FELIX_WHERE = {
                                   "python_gc_* and python_info stand in for Go's go_*)",
     "healthTimeoutOverrides": "calico_net/agent/__main__.py (HealthOverrides: "
                               "InternalDataplaneMainLoop is the main loop's liveness)",
+    "nftablesFilterDenyAction": "calico_net/agent/felix/chains.py (end-of-tier and no-profile drops; "
+                                "Deny rules in rules.py: drop or reject)",
 }
 
 # FelixConfiguration fields with no effect, with the reason and the values calico.net
@@ -181,7 +183,6 @@ _FELIX_NO_EFFECT: dict[str, Entry] = {
     "nftablesMode": N("calico.net always programs nftables", "Enabled", "Auto"),
     "nftablesFilterAllowAction": N(NOT_YET + " (allowed packets are accepted by mark)"),
     "nftablesMangleAllowAction": N(NOT_YET),
-    "nftablesFilterDenyAction": N(NOT_YET + " (denied packets are dropped)", "Drop", "drop"),
     "nftablesMarkMask": N(NOT_YET + " (fixed mark bits 0x10000/0x20000)"),
     "xdpRefreshInterval": N(NO_XDP),
     "netlinkTimeout": N(NOT_YET),
