@@ -266,14 +266,23 @@ def test_split_refuses_a_pool_with_allocations(ctl, leaky, etcd_client):
 
 
 def test_migrate_export_wipe_import_round_trips(ctl, leaky, etcd_client, tmp_path):
+    from calico_net.agent.startup import ensure_cluster_information
+    from calico_net.datastore.store import Datastore
     from tests.integration.test_calicoctl import DATA
 
-    ctl("apply", "-f", str(DATA / "valid" / "all-kinds.yaml"))
+    # every kind calicoctl writes; ClusterInformation the way the agent writes it
+    kinds_file = tmp_path / "kinds.yaml"
+    kinds_file.write_text(yaml.safe_dump_all(
+        [d for d in yaml.safe_load_all((DATA / "valid" / "all-kinds.yaml").read_text())
+         if d and d["kind"] != "ClusterInformation"]))
+    ctl("apply", "-f", str(kinds_file))
+    ensure_cluster_information(Datastore(etcd_client))
     ctl("ipam", "configure", "--strictaffinity", "true")
     first = ctl("datastore", "migrate", "export").stdout
     docs = list(yaml.safe_load_all(first))
     kinds = {d["kind"] for d in docs}
-    assert {"IPAMBlock", "BlockAffinity", "IPAMHandle", "IPAMConfiguration", "WorkloadEndpoint", "IPPool"} <= kinds
+    assert {"IPAMBlock", "BlockAffinity", "IPAMHandle", "IPAMConfiguration", "WorkloadEndpoint", "IPPool",
+            "ClusterInformation", "Tier"} <= kinds
     assert not any("resourceVersion" in d["metadata"] for d in docs)
     resources_before = [(k, v) for k, v, _ in keyspace(etcd_client)
                         if k.startswith(("/calico/resources/", "/calico/ipam/"))]

@@ -146,7 +146,9 @@ def test_calicoctl_get_lists_the_rest_and_names_the_bad_keys(etcd, etcd_client):
     names = seed_gnps(etcd, etcd_client)
     proc = ctl(etcd, "get", "gnp")
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.split()[1:] == names          # NAME header, then the valid ones
+    lines = proc.stdout.splitlines()
+    assert lines[0].split()[0] == "NAME"
+    assert [line.split()[0] for line in lines[1:]] == names          # the valid ones
     err = errors_of(proc)
     assert "Traceback" not in proc.stderr
     assert f"calicoctl: warning: skipped etcd key {GNPS}p003\\xff: key is not valid UTF-8" in err

@@ -54,7 +54,9 @@ options:
     type: str
     choices: [Trace, Debug, Info, Warning, Error, Fatal]
   log_file_path:
-    description: The agent's log file (an absolute path; from the datastore only under V(/var/log/)); V(none) disables file logging, the default (C(spec.logFilePath)).
+    description:
+      - The agent's log file (C(spec.logFilePath)), an absolute path; from the datastore only under V(/var/log/).
+      - V(none), the default, disables file logging.
     type: str
   health_enabled:
     description: Serve C(/liveness) and C(/readiness) (C(spec.healthEnabled)).

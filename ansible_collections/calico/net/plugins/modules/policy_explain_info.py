@@ -118,12 +118,14 @@ destination:
   description: The destination, as RV(source).
   returned: success
   type: dict
-tier:
+tiers:
   description:
-    - The tier of untiered policy, C(default). Each policy's own tier is in RV(policies[].tier), the tiers that
-      applied in a step, in order and with how each ended, in RV(steps[].tiers).
+    - The tiers in the agent's order (tier C(order) ascending, a tier without a Tier resource last, then the
+      name), each with its C(name), C(order), C(defaultAction) and C(exists). Each policy's own tier is in
+      RV(policies[].tier); the tiers that applied in a step, with how each ended, in RV(steps[].tiers).
   returned: success
-  type: str
+  type: list
+  elements: dict
 policies:
   description:
     - Every policy in the agent's order - tier by tier (tier C(order) ascending, a tier without a Tier resource
@@ -173,7 +175,9 @@ def deciding_rule(result):
     step that decides, so it is the last); None when no rule decided."""
     step = result["steps"][-1] if result["steps"] else {}
     where = step.get("rule")
-    if where is None:
+    # the end-of-tier drop and the drop after the profiles are lines of the endpoint
+    # chain itself: no policy or profile rule decided
+    if where is None or where.get("chain") == step.get("chain"):
         return None
     # profiles are walked only when no policy decided, so a profile entry means a profile decided
     if step["profiles"]:
@@ -222,7 +226,7 @@ def handle(module):
                 flow={"protocol": params["protocol"], "sourcePort": pkt.sport, "port": pkt.dport,
                       "icmpType": pkt.icmp_type},
                 source=endpoint_summary(src, src_ip), destination=endpoint_summary(dst, dst_ip),
-                tier=res["tier"], policies=res["policies"], steps=res["steps"],
+                tiers=res["tiers"], policies=res["policies"], steps=res["steps"],
                 deciding_rule=deciding_rule(res))
 
 
