@@ -122,7 +122,7 @@ tiers:
   description:
     - The tiers in the agent's order (tier C(order) ascending, a tier without a Tier resource last, then the
       name), each with its C(name), C(order), C(defaultAction) and C(exists). Each policy's own tier is in
-      RV(policies[].tier); the tiers that applied in a step, with how each ended, in RV(steps[].tiers).
+      the C(tier) of each of RV(policies); the tiers that applied in a step, with how each ended, in the C(tiers) of each of RV(steps).
   returned: success
   type: list
   elements: dict
