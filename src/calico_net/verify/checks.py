@@ -22,7 +22,6 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import json
-import os
 import subprocess
 import urllib.error
 import urllib.request
