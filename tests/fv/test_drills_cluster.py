@@ -6,7 +6,7 @@ tmpfs); the session's etcd is not touched. The manifest is 1,000 GlobalNetworkSe
 The member lost is the leader at the time (the harder case: the survivors elect a
 new one before anything commits). Two seams put the kill inside the apply:
 
-* on the wire: calicoctl talks to the leader through `drill_util.TripProxy`, which
+* on the wire: calicoctl talks to the leader through `tcp_proxy.TripProxy`, which
   SIGKILLs it when three quarters of the apply's request bytes (measured once by a clean
   apply of the same shape: key reads first, then the write) have gone through -
   inside the write;
@@ -35,6 +35,7 @@ import pytest
 import yaml
 
 import drill_util as du
+from tcp_proxy import TripProxy
 
 pytestmark = pytest.mark.root
 
@@ -140,7 +141,7 @@ def request_bytes(cluster, tmp_path_factory) -> int:
     m1 = cluster.members[0]
     path = tmp_path_factory.mktemp("cnt6") / "k.yaml"
     manifest("k", path)
-    proxy = du.TripProxy((m1.ip, m1.client_port), 10**12, lambda: None)
+    proxy = TripProxy((m1.ip, m1.client_port), 10**12, lambda: None)
     try:
         proc = apply(proxy.url, path)
         out, err = _finish(proc)
@@ -155,7 +156,7 @@ def test_member_killed_with_the_apply_on_the_wire_is_all_or_nothing(whole, reque
     request bytes reached it: inside the write."""
     m1 = du.cluster_leader(whole)
     size = manifest("a", tmp_path / "a.yaml")
-    proxy = du.TripProxy((m1.ip, m1.client_port), request_bytes * 3 // 4, lambda: whole.kill(m1))
+    proxy = TripProxy((m1.ip, m1.client_port), request_bytes * 3 // 4, lambda: whole.kill(m1))
     try:
         proc = apply(proxy.url, tmp_path / "a.yaml")
         out, err = _finish(proc)
@@ -192,7 +193,7 @@ def test_member_killed_with_the_apply_on_the_wire_fails_over_and_completes(whole
     m1 = du.cluster_leader(whole)
     m2, m3 = [m for m in whole.members if m is not m1]
     manifest("b", tmp_path / "b.yaml")
-    proxy = du.TripProxy((m1.ip, m1.client_port), request_bytes * 3 // 4, lambda: whole.kill(m1))
+    proxy = TripProxy((m1.ip, m1.client_port), request_bytes * 3 // 4, lambda: whole.kill(m1))
     try:
         proc = apply(",".join([proxy.url, m2.client_url, m3.client_url]), tmp_path / "b.yaml")
         out, err = _finish(proc)

@@ -25,7 +25,6 @@ from __future__ import annotations
 import hashlib
 import json
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -33,6 +32,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
+from tcp_proxy import LostReplyProxy
 
 pytestmark = pytest.mark.root
 
@@ -168,97 +168,8 @@ def test_cni_add_with_etcd_cut_after_ipam_rolls_back_the_address(etcd, datastore
     client.close()
 
 
-class LostEndpointReplyProxy:
-    """127.0.0.1:<port> -> etcd, forwarding both ways, except that once a request
-    carrying the WorkloadEndpoint's value (`"interfaceName"` is in no other request
-    of an ADD) has gone up, nothing more comes down that connection; when etcd shows
-    the endpoint committed (`committed()`, read directly), the connection is cut. The
-    plugin sees a failed call for a write that happened. Later connections pass."""
-
-    MARK = b'"interfaceName"'
-
-    def __init__(self, upstream: tuple[str, int], committed) -> None:
-        self.upstream = upstream
-        self.committed = committed
-        self.fired = threading.Event()
-        self.cut = threading.Event()
-        self._lsock = socket.create_server(("127.0.0.1", 0))
-        self.port = self._lsock.getsockname()[1]
-        self._socks: list[socket.socket] = []
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                c, _ = self._lsock.accept()
-            except OSError:
-                return
-            try:
-                u = socket.create_connection(self.upstream, timeout=5)
-                u.settimeout(None)
-            except OSError:
-                c.close()
-                continue
-            self._socks += [c, u]
-            state = {"drop": False}
-            threading.Thread(target=self._up, args=(c, u, state), daemon=True).start()
-            threading.Thread(target=self._down, args=(u, c, state), daemon=True).start()
-
-    def _up(self, c: socket.socket, u: socket.socket, state: dict) -> None:
-        try:
-            while True:
-                data = c.recv(65536)
-                if not data:
-                    break
-                if not self.fired.is_set() and self.MARK in data:
-                    state["drop"] = True
-                    self.fired.set()
-                    u.sendall(data)
-                    threading.Thread(target=self._cut_after_commit, args=(c, u), daemon=True).start()
-                    continue
-                u.sendall(data)
-        except OSError:
-            pass
-
-    def _down(self, u: socket.socket, c: socket.socket, state: dict) -> None:
-        try:
-            while True:
-                data = u.recv(65536)
-                if not data:
-                    break
-                if not state["drop"]:
-                    c.sendall(data)
-        except OSError:
-            pass
-        finally:
-            if not state["drop"]:
-                for s in (c, u):
-                    try:
-                        s.shutdown(socket.SHUT_RDWR)
-                    except OSError:
-                        pass
-
-    def _cut_after_commit(self, c: socket.socket, u: socket.socket) -> None:
-        deadline = threading.Event()
-        for _ in range(600):
-            if self.committed():
-                break
-            deadline.wait(0.05)
-        self.cut.set()
-        for s in (c, u):
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-    def close(self) -> None:
-        self._lsock.close()
-        for s in self._socks:
-            s.close()
+# the endpoint write: `"interfaceName"` is in no other request of an ADD
+ENDPOINT_MARK = b'"interfaceName"'
 
 
 def test_cni_add_whose_endpoint_write_reply_is_lost_leaves_no_endpoint(etcd, datastore, netns, tmp_path):
@@ -278,7 +189,7 @@ def test_cni_add_whose_endpoint_write_reply_is_lost_leaves_no_endpoint(etcd, dat
         weps, _ = datastore.list("WorkloadEndpoint")
         return bool(weps)
 
-    proxy = LostEndpointReplyProxy((host, int(port)), committed)
+    proxy = LostReplyProxy((host, int(port)), ENDPOINT_MARK, committed)
     try:
         rc, out, err = _cni(etcd, tmp_path, "ADD", endpoints=proxy.url)
     finally:

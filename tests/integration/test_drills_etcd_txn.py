@@ -1,6 +1,6 @@
 """Drill: an etcd transaction that committed but whose reply never reached the client.
 
-A small TCP proxy of this module's own (`LostReplyProxy`, on 127.0.0.1) sits between
+A small TCP proxy (`tcp_proxy.LostReplyProxy`, on 127.0.0.1) sits between
 the client and the session's etcd. It forwards every byte, until the client sends
 a request carrying a marker string (a value only the drilled write holds): from then
 on it forwards that request to etcd but drops whatever etcd sends back, waits until
@@ -20,12 +20,10 @@ can pass because the drill did not happen.
 from __future__ import annotations
 
 import ipaddress
-import socket
-import threading
 import uuid
-from typing import Callable
 
 import pytest
+from tcp_proxy import LostReplyProxy
 
 from calico_net.datastore import Datastore
 from calico_net.datastore.errors import DatastoreUnavailable, ResourceAlreadyExists
@@ -39,111 +37,6 @@ POOL = "198.18.186.0/24"
 NODE = "drl-txn-node"
 # The client's per-call deadline: a reply that never comes costs at most this much.
 CALL_TIMEOUT = 5.0
-
-
-class LostReplyProxy:
-    """127.0.0.1:<port> -> upstream, dropping etcd's reply to the first request that
-    carries `marker` (see the module docstring). `committed()` (the test's own check,
-    made over a direct connection) says when etcd has applied the request; until then
-    the connection is held open, so etcd is never told to abandon the request."""
-
-    def __init__(self, upstream: tuple[str, int], marker: bytes, committed: Callable[[], bool]) -> None:
-        self.upstream = upstream
-        self.marker = marker
-        self.committed = committed
-        self.fired = threading.Event()      # the marked request went to etcd
-        self.cut = threading.Event()        # its reply was dropped after the commit
-        self.dropped_bytes = 0
-        self._lsock = socket.create_server(("127.0.0.1", 0))
-        self.port = self._lsock.getsockname()[1]
-        self._stop = threading.Event()
-        self._socks: list[socket.socket] = []
-        self._lock = threading.Lock()
-        threading.Thread(target=self._accept, name="drill-proxy", daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def _accept(self) -> None:
-        while not self._stop.is_set():
-            try:
-                client, _ = self._lsock.accept()
-            except OSError:
-                return
-            try:
-                server = socket.create_connection(self.upstream, timeout=5)
-                server.settimeout(None)
-            except OSError:
-                client.close()
-                continue
-            with self._lock:
-                self._socks += [client, server]
-            conn = {"dropping": False}
-            threading.Thread(target=self._up, args=(client, server, conn), daemon=True).start()
-            threading.Thread(target=self._down, args=(server, client, conn), daemon=True).start()
-
-    def _up(self, client: socket.socket, server: socket.socket, conn: dict) -> None:
-        tail = b""
-        try:
-            while True:
-                data = client.recv(65536)
-                if not data:
-                    break
-                seen = tail + data
-                if not self.fired.is_set() and self.marker in seen:
-                    # mark before forwarding: no byte of the reply can slip through
-                    conn["dropping"] = True
-                    self.fired.set()
-                tail = seen[-len(self.marker):]
-                server.sendall(data)
-        except OSError:
-            pass
-        finally:
-            _close(client, server)
-
-    def _down(self, server: socket.socket, client: socket.socket, conn: dict) -> None:
-        try:
-            while True:
-                data = server.recv(65536)
-                if not data:
-                    break
-                if conn["dropping"]:
-                    self.dropped_bytes += len(data)
-                    if not self.cut.is_set() and self._wait_committed():
-                        self.cut.set()
-                        break
-                    continue
-                client.sendall(data)
-        except OSError:
-            pass
-        finally:
-            _close(client, server)
-
-    def _wait_committed(self) -> bool:
-        # etcd replies only after applying a txn; this is a guard against a reply to
-        # something else (an HTTP/2 window update) arriving first.
-        for _ in range(100):
-            if self.committed():
-                return True
-            self._stop.wait(0.05)
-        return False
-
-    def close(self) -> None:
-        self._stop.set()
-        self._lsock.close()
-        with self._lock:
-            socks, self._socks = self._socks, []
-        _close(*socks)
-
-
-def _close(*socks: socket.socket) -> None:
-    for s in socks:
-        try:
-            s.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        s.close()
 
 
 def _upstream(endpoint: str) -> tuple[str, int]:
