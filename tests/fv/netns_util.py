@@ -121,6 +121,26 @@ def iface_for(name: str) -> str:
     return "cali" + hashlib.sha1(name.encode()).hexdigest()[:11]
 
 
+def plumb_workload(host_ns: str, ns: str, iface: str, ip: str) -> None:
+    """A workload namespace `ns` wired as Calico's CNI plugin wires one: a veth pair
+    (`iface` in `host_ns`, eth0 in `ns`), `ip`/32 on eth0, the host's /32 route to it,
+    proxy ARP on the host side, and the workload's default route through the link-local
+    gateway 169.254.1.1 that proxy ARP answers for."""
+    sh("ip", "netns", "add", ns)
+    sh("ip", "link", "set", "lo", "up", ns=ns)
+    sh("ip", "link", "add", iface, "netns", host_ns, "type", "veth",
+       "peer", "name", "eth0", "netns", ns)
+    sh("sysctl", "-qw", f"net.ipv4.conf.{iface}.proxy_arp=1", ns=host_ns)
+    sh("sysctl", "-qw", f"net.ipv4.conf.{iface}.forwarding=1", ns=host_ns)
+    sh("sysctl", "-qw", f"net.ipv4.neigh.{iface}.proxy_delay=0", ns=host_ns)
+    sh("ip", "link", "set", iface, "up", ns=host_ns)
+    sh("ip", "route", "add", f"{ip}/32", "dev", iface, ns=host_ns)
+    sh("ip", "addr", "add", f"{ip}/32", "dev", "eth0", ns=ns)
+    sh("ip", "link", "set", "eth0", "up", ns=ns)
+    sh("ip", "route", "add", "169.254.1.1", "dev", "eth0", "scope", "link", ns=ns)
+    sh("ip", "route", "add", "default", "via", "169.254.1.1", "dev", "eth0", "onlink", ns=ns)
+
+
 @dataclass
 class Workload:
     name: str          # short name, also the WorkloadEndpoint name
@@ -159,19 +179,7 @@ class PolicyTopology:
     def _add_workload(self, name: str, ip: str) -> Workload:
         ns = PREFIX + name
         iface = iface_for(ns)
-        sh("ip", "netns", "add", ns)
-        sh("ip", "link", "set", "lo", "up", ns=ns)
-        sh("ip", "link", "add", iface, "netns", HOST_NS, "type", "veth",
-           "peer", "name", "eth0", "netns", ns)
-        sh("sysctl", "-qw", f"net.ipv4.conf.{iface}.proxy_arp=1", ns=HOST_NS)
-        sh("sysctl", "-qw", f"net.ipv4.conf.{iface}.forwarding=1", ns=HOST_NS)
-        sh("sysctl", "-qw", f"net.ipv4.neigh.{iface}.proxy_delay=0", ns=HOST_NS)
-        sh("ip", "link", "set", iface, "up", ns=HOST_NS)
-        sh("ip", "route", "add", f"{ip}/32", "dev", iface, ns=HOST_NS)
-        sh("ip", "addr", "add", f"{ip}/32", "dev", "eth0", ns=ns)
-        sh("ip", "link", "set", "eth0", "up", ns=ns)
-        sh("ip", "route", "add", "169.254.1.1", "dev", "eth0", "scope", "link", ns=ns)
-        sh("ip", "route", "add", "default", "via", "169.254.1.1", "dev", "eth0", "onlink", ns=ns)
+        plumb_workload(HOST_NS, ns, iface, ip)
         return Workload(name, ip, ns, iface)
 
     def _serve(self, ns: str) -> None:

@@ -30,7 +30,7 @@ from calico_net.agent.felix.explain import Cluster, Packet, explain
 from calico_net.agent.felix.explain_live import compare, trace_flow
 from calico_net.agent.felix.nft import NftRunner
 from calico_net.agent.felix.policy import FelixSettings, PolicyDataplane
-from netns_util import TOOL_SOURCE, iface_for, sh
+from netns_util import TOOL_SOURCE, iface_for, plumb_workload, sh
 
 pytestmark = pytest.mark.root
 
@@ -77,18 +77,7 @@ def topo(tmp_path_factory) -> Iterator[Path]:
         sh("sysctl", "-qw", "net.ipv4.ip_forward=1", ns=HOST_NS)
         for name, (ip, _role) in WORKLOADS.items():
             ns, iface = PREFIX + name, _iface(PREFIX + name)
-            sh("ip", "netns", "add", ns)
-            sh("ip", "link", "set", "lo", "up", ns=ns)
-            sh("ip", "link", "add", iface, "netns", HOST_NS, "type", "veth", "peer", "name", "eth0",
-               "netns", ns)
-            sh("sysctl", "-qw", f"net.ipv4.conf.{iface}.proxy_arp=1", ns=HOST_NS)
-            sh("sysctl", "-qw", f"net.ipv4.neigh.{iface}.proxy_delay=0", ns=HOST_NS)
-            sh("ip", "link", "set", iface, "up", ns=HOST_NS)
-            sh("ip", "route", "add", f"{ip}/32", "dev", iface, ns=HOST_NS)
-            sh("ip", "addr", "add", f"{ip}/32", "dev", "eth0", ns=ns)
-            sh("ip", "link", "set", "eth0", "up", ns=ns)
-            sh("ip", "route", "add", "169.254.1.1", "dev", "eth0", "scope", "link", ns=ns)
-            sh("ip", "route", "add", "default", "via", "169.254.1.1", "dev", "eth0", "onlink", ns=ns)
+            plumb_workload(HOST_NS, ns, iface, ip)
             p = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, str(tool), "serve",
                                   *map(str, PORTS)], stdout=subprocess.PIPE, text=True)
             procs.append(p)
