@@ -3,7 +3,7 @@
 # `calico` CNI network inside the nodes), a sample policy, then `calicoctl node status`
 # (or, with an overlay, its device and routes) and a connectivity matrix between all
 # workloads: ping and TCP, over IPv4 and, in a dual-stack lab (the inventory has
-# calico_ipv6_pool_cidr: CALICO_LAB_IPV6=1, the default), over IPv6 too. Exits non-zero
+# calico_ipv6_pool_cidr: CALICO_LAB_IPV6=1 make lab), over IPv6 too. Exits non-zero
 # when a cell differs from what the policy says, or when a dual-stack lab's first node
 # has a BGP session over IPv6 that is not Established (or none at all).
 #

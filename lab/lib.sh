@@ -18,13 +18,13 @@ NET_PREFIX=${NET_SUBNET%.0/24} # node i gets $NET_PREFIX.(NODE_IP_BASE+i)
 NET_NAME=$LAB_NAME
 NET_GATEWAY=$NET_PREFIX.1
 NODE_PREFIX=$LAB_NAME-node-
-# IPv6 (dual-stack, CALICO_LAB_IPV6=1, the default; 0 for IPv4 only): documentation
+# IPv6 (dual-stack with CALICO_LAB_IPV6=1; 0, the default, for IPv4 only): documentation
 # addresses only (2001:db8::/32, guarded like 198.18.0.0/15 by lab/hostnet.sh). The lab
 # network's v6 subnet is 2001:db8:18:<n>::/64 beside its v4 198.18.<n>.0/24 (n in hex,
 # 198.19.x counting on from 256): 2001:db8:18::/64 for the default lab. Node i gets
 # ::(NODE_IP_BASE+i) in it, the host ::1; the inventory's v6 workload pool is
 # 2001:db8:19::/48 (up.sh).
-LAB_IPV6=${CALICO_LAB_IPV6:-1}
+LAB_IPV6=${CALICO_LAB_IPV6:-0}
 [[ $LAB_IPV6 == 0 || $LAB_IPV6 == 1 ]] || { echo "CALICO_LAB_IPV6 must be 0 or 1: $LAB_IPV6" >&2; exit 1; }
 _o=${NET_PREFIX#198.}
 NET6_PREFIX=2001:db8:18:$(printf '%x' $(((${_o%%.*} - 18) * 256 + ${_o#*.})))

@@ -13,10 +13,10 @@
 # (default: plain BGP routes), ipip (ipipMode Always) or vxlan (vxlanMode Always and
 # calico_node_networking_backend=vxlan: no BIRD). The lab's nodes share one subnet, so
 # CrossSubnet would look exactly like none here and is not offered.
-# CALICO_LAB_IPV6 (default 1): the lab is dual-stack - the network also has the v6 subnet
+# CALICO_LAB_IPV6=1 (default 0): the lab is dual-stack - the network also has the v6 subnet
 # 2001:db8:18::/64 (node i at 2001:db8:18::(10+i), the host ::1), and the inventory asks
 # for the v6 pool 2001:db8:19::/48, autodetected v6 node addresses and v6 workload
-# addresses. 0: IPv4 only.
+# addresses. 0 (the default): IPv4 only.
 # CALICO_LAB_REFLECTORS=K (default 0): K more nodes, after the N calico nodes, in the
 # inventory's [route_reflectors] only: site.yml runs the bird role there (standalone BIRD
 # route reflectors, over IPv6 too when dual-stack) and turns the node-to-node mesh off.
