@@ -35,18 +35,27 @@ def cmd_status(args: argparse.Namespace, ctx) -> int:
         ctx.out.write(json.dumps([s.__dict__ for s in sessions], indent=2) + "\n")
         return 0
     out = ctx.out
-    out.write("Calico process is running.\n\nIPv4 BGP status\n")
-    rows = [["PEER ADDRESS", "PEER TYPE", "STATE", "SINCE", "INFO"]]
-    for s in sessions:
-        rows.append([s.peer_address or s.name, TYPE_NAMES.get(s.peer_type, s.peer_type), s.state, s.since, s.info])
-    widths = [max(len(r[i]) for r in rows) for i in range(5)]
-    sep = "+" + "+".join("-" * (w + 2) for w in widths) + "+\n"
-    out.write(sep)
-    for i, r in enumerate(rows):
-        out.write("| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |\n")
-        if i == 0:
-            out.write(sep)
-    out.write(sep)
+    out.write("Calico process is running.\n")
+    # as Calico prints it: one table per address family ("No IPv6 peers found." when empty)
+    v6 = [s for s in sessions if ":" in (s.peer_address or "")]
+    v4 = [s for s in sessions if s not in v6]
+    for family, group in (("IPv4", v4), ("IPv6", v6)):
+        out.write(f"\n{family} BGP status\n")
+        if not group:
+            out.write(f"No {family} peers found.\n")
+            continue
+        rows = [["PEER ADDRESS", "PEER TYPE", "STATE", "SINCE", "INFO"]]
+        for s in group:
+            rows.append([s.peer_address or s.name, TYPE_NAMES.get(s.peer_type, s.peer_type), s.state,
+                         s.since, s.info])
+        widths = [max(len(r[i]) for r in rows) for i in range(5)]
+        sep = "+" + "+".join("-" * (w + 2) for w in widths) + "+\n"
+        out.write(sep)
+        for i, r in enumerate(rows):
+            out.write("| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |\n")
+            if i == 0:
+                out.write(sep)
+        out.write(sep)
     return 0
 
 
