@@ -91,7 +91,9 @@ class DockerHost:
         self.plugin: subprocess.Popen | None = None
 
     # --- set-up ---
-    def start(self) -> "DockerHost":
+    def plumb(self) -> None:
+        """The host namespace on a veth to the root namespace, and an etcd there
+        (`self.ds` a Datastore on it)."""
         sh("ip", "netns", "add", self.ns)
         self.nsrun("ip", "link", "set", "lo", "up")
         sh("ip", "link", "add", self.root_if, "type", "veth", "peer", "name", "eth0", "netns", self.ns)
@@ -106,6 +108,9 @@ class DockerHost:
         from calico_net.datastore.etcd import EtcdClient, EtcdConfig
 
         self.ds = Datastore(EtcdClient(EtcdConfig(endpoints=[self.etcd.endpoints])))
+
+    def start(self) -> "DockerHost":
+        self.plumb()
         self.ds.create({"apiVersion": "projectcalico.org/v3", "kind": "Node", "metadata": {"name": NODE},
                         "spec": {}})
         self.ds.create({"apiVersion": "projectcalico.org/v3", "kind": "IPPool",

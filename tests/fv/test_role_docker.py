@@ -37,7 +37,7 @@ import pytest
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from test_lab_images import CALICO_NODE_IMAGE, SUPERVISOR, calico_node_image  # noqa: E402,F401
-from test_libnetwork import IMAGE, DockerHost, sh, wait_for  # noqa: E402
+from test_libnetwork import IMAGE, DockerHost, wait_for  # noqa: E402
 
 REPO = HERE.parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -122,21 +122,7 @@ class RoleHost(DockerHost):
             shutil.rmtree(self.shm, ignore_errors=True)
 
     def start(self) -> "RoleHost":
-        sh("ip", "netns", "add", self.ns)
-        self.nsrun("ip", "link", "set", "lo", "up")
-        sh("ip", "link", "add", self.root_if, "type", "veth", "peer", "name", "eth0", "netns", self.ns)
-        sh("ip", "addr", "add", f"{self.net}.1/24", "dev", self.root_if)
-        sh("ip", "link", "set", self.root_if, "up")
-        self.nsrun("ip", "addr", "add", f"{self.net}.2/24", "dev", "eth0")
-        self.nsrun("ip", "link", "set", "eth0", "up")
-        self.nsrun("ip", "route", "add", "default", "via", f"{self.net}.1")
-        from etcd_server import start_etcd
-
-        self.etcd = start_etcd(listen_host=f"{self.net}.1")
-        from calico_net.datastore import Datastore
-        from calico_net.datastore.etcd import EtcdClient, EtcdConfig
-
-        self.ds = Datastore(EtcdClient(EtcdConfig(endpoints=[self.etcd.endpoints])))
+        self.plumb()
         self.ds.create({"apiVersion": "projectcalico.org/v3", "kind": "IPPool", "metadata": {"name": "cnt5-pool"},
                         "spec": {"cidr": self.pool, "ipipMode": "Never", "vxlanMode": "Never",
                                  "natOutgoing": False, "blockSize": 28}})
