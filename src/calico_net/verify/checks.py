@@ -278,7 +278,7 @@ def check_block_routes(env: Env) -> list[Result]:
         if not good and env.backend in ("vxlan", "none") and mode == "plain":
             continue  # no BGP: plain pools are not routed between nodes by Calico
         if not good:
-            missing.append(f"{a.cidr} (affine to {a.node}): no {want}")
+            missing.append(f"{a.cidr} (affine to {a.node}): {want} is missing")
     if missing:
         return [Result("block-routes", FAIL, "; ".join(missing),
                        "check the BGP session to the block's node (BIRD learns plain-pool blocks) or the "
