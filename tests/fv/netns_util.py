@@ -121,6 +121,20 @@ def iface_for(name: str) -> str:
     return "cali" + hashlib.sha1(name.encode()).hexdigest()[:11]
 
 
+def plumb_host(host_ns: str, ext: str, addr: str) -> None:
+    """A host namespace `host_ns` that forwards, with a veth pair `ext`/`ext`+"p" whose
+    `ext` end holds `addr` (CIDR) and carries the default route: proxy ARP answers for
+    the workloads' gateway only when the host routes it elsewhere."""
+    sh("ip", "netns", "add", host_ns)
+    sh("ip", "link", "set", "lo", "up", ns=host_ns)
+    sh("ip", "link", "add", ext, "type", "veth", "peer", "name", ext + "p", ns=host_ns)
+    sh("ip", "addr", "add", addr, "dev", ext, ns=host_ns)
+    for dev in (ext, ext + "p"):
+        sh("ip", "link", "set", dev, "up", ns=host_ns)
+    sh("ip", "route", "add", "default", "dev", ext, ns=host_ns)
+    sh("sysctl", "-qw", "net.ipv4.ip_forward=1", ns=host_ns)
+
+
 def plumb_workload(host_ns: str, ns: str, iface: str, ip: str) -> None:
     """A workload namespace `ns` wired as Calico's CNI plugin wires one: a veth pair
     (`iface` in `host_ns`, eth0 in `ns`), `ip`/32 on eth0, the host's /32 route to it,

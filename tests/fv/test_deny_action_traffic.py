@@ -20,7 +20,7 @@ import pytest
 
 from calico_net.agent.felix.nft import NftRunner
 from calico_net.agent.felix.policy import FelixSettings, PolicyDataplane
-from netns_util import TOOL_SOURCE, plumb_workload, sh
+from netns_util import TOOL_SOURCE, plumb_host, plumb_workload, sh
 
 pytestmark = pytest.mark.root
 
@@ -74,15 +74,7 @@ def topo(tmp_path_factory) -> Iterator[Path]:
     server = None
     _cleanup()
     try:
-        sh("ip", "netns", "add", HOST_NS)
-        sh("ip", "link", "set", "lo", "up", ns=HOST_NS)
-        # a default route, so proxy ARP answers for the workloads' gateway
-        sh("ip", "link", "add", "cnt9d-ext", "type", "veth", "peer", "name", "cnt9d-exp", ns=HOST_NS)
-        sh("ip", "addr", "add", "198.18.94.1/24", "dev", "cnt9d-ext", ns=HOST_NS)
-        for dev in ("cnt9d-ext", "cnt9d-exp"):
-            sh("ip", "link", "set", dev, "up", ns=HOST_NS)
-        sh("ip", "route", "add", "default", "dev", "cnt9d-ext", ns=HOST_NS)
-        sh("sysctl", "-qw", "net.ipv4.ip_forward=1", ns=HOST_NS)
+        plumb_host(HOST_NS, "cnt9d-ext", "198.18.94.1/24")
         for name, (ip, _role) in WORKLOADS.items():
             ns, iface = PREFIX + name, _iface(name)
             plumb_workload(HOST_NS, ns, iface, ip)

@@ -30,7 +30,7 @@ from calico_net.agent.felix.explain import Cluster, Packet, explain
 from calico_net.agent.felix.explain_live import compare, trace_flow
 from calico_net.agent.felix.nft import NftRunner
 from calico_net.agent.felix.policy import FelixSettings, PolicyDataplane
-from netns_util import TOOL_SOURCE, iface_for, plumb_workload, sh
+from netns_util import TOOL_SOURCE, iface_for, plumb_host, plumb_workload, sh
 
 pytestmark = pytest.mark.root
 
@@ -65,16 +65,8 @@ def topo(tmp_path_factory) -> Iterator[Path]:
     procs: list[subprocess.Popen] = []
     _cleanup()
     try:
-        sh("ip", "netns", "add", HOST_NS)
-        sh("ip", "link", "set", "lo", "up", ns=HOST_NS)
-        # the host's own address (the control probes come from it) and a default route
-        # (proxy ARP answers for the workloads' gateway only with a route elsewhere)
-        sh("ip", "link", "add", "cnt1-ext", "type", "veth", "peer", "name", "cnt1-exp", ns=HOST_NS)
-        sh("ip", "addr", "add", "198.18.71.1/24", "dev", "cnt1-ext", ns=HOST_NS)
-        for dev in ("cnt1-ext", "cnt1-exp"):
-            sh("ip", "link", "set", dev, "up", ns=HOST_NS)
-        sh("ip", "route", "add", "default", "dev", "cnt1-ext", ns=HOST_NS)
-        sh("sysctl", "-qw", "net.ipv4.ip_forward=1", ns=HOST_NS)
+        # the host's own address: the control probes come from it
+        plumb_host(HOST_NS, "cnt1-ext", "198.18.71.1/24")
         for name, (ip, _role) in WORKLOADS.items():
             ns, iface = PREFIX + name, _iface(PREFIX + name)
             plumb_workload(HOST_NS, ns, iface, ip)
