@@ -24,6 +24,11 @@ class FakeSettings:
     interface_prefixes: tuple = ("cali",)
     allow_ipip_from_workloads: bool = False
     allow_vxlan_from_workloads: bool = False
+    nat_outgoing_address: object = None
+    nat_port_range: object = None
+    log_prefix: str = "calico-packet"
+    drop_invalid: bool = True
+    filter_deny_action: str = "Drop"
 
 
 @dataclass

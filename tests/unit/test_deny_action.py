@@ -4,7 +4,6 @@ nftables RejectAction: a plain ``reject``); a change re-renders every chain that
 holds the verdict; the agent's settings factory passes the value on."""
 from __future__ import annotations
 
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -80,9 +79,9 @@ def test_settings_refuse_another_action(bad: str) -> None:
         FelixSettings(filter_deny_action=bad)
 
 
-def test_settings_factory_passes_the_action() -> None:
-    from calico_net.agent.__main__ import felix_settings_factory
-    values = {"NATOutgoingAddress": None, "NATPortRange": None, "LogPrefix": "calico-packet",
-              "DisableConntrackInvalidCheck": False, "NftablesFilterDenyAction": "Reject"}
-    make = felix_settings_factory(SimpleNamespace(values=values))
-    assert make().filter_deny_action == "Reject"
+def test_daemon_settings_pass_the_action() -> None:
+    from calico_net.agent.config import Config
+    from calico_net.agent.daemon import felix_settings
+
+    config = Config("n1", env={"FELIX_NFTABLESFILTERDENYACTION": "Reject"}, config_file="")
+    assert felix_settings(config, FelixSettings).filter_deny_action == "Reject"

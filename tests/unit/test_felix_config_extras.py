@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from calico_net.agent.__main__ import felix_settings_factory
+from calico_net.agent.daemon import felix_settings
+from calico_net.agent.felix.settings import FelixSettings
 from calico_net.agent.config import Config
 from calico_net.agent.felix.policy import PolicyDataplane
 from calico_net.agent.metrics import Metrics
@@ -31,10 +32,9 @@ def _log_rules(settings) -> list[str]:
 
 def test_log_prefix_reaches_the_log_rules_and_follows_a_change() -> None:
     c = cfg()
-    make = felix_settings_factory(c)
-    assert _log_rules(make(interface_prefixes=("cali",))) == ['log prefix "calico-packet: " level info']
+    assert _log_rules(felix_settings(c, FelixSettings, ("cali",))) == ['log prefix "calico-packet: " level info']
     assert c.set_felix_configuration("default", {"logPrefix": "edge-drop"}) == ["LogPrefix"]
-    assert _log_rules(make(interface_prefixes=("cali",))) == ['log prefix "edge-drop: " level info']
+    assert _log_rules(felix_settings(c, FelixSettings, ("cali",))) == ['log prefix "edge-drop: " level info']
 
 
 @pytest.mark.parametrize("raw", ["calico %n", 'x" accept', "a" * 126, ""])
@@ -78,7 +78,7 @@ def test_disable_conntrack_invalid_check_removes_the_invalid_drops() -> None:
 
     def invalid_rules(spec) -> list[str]:
         rs = Ruleset()
-        render_base(rs, felix_settings_factory(cfg(spec=spec))(interface_prefixes=("cali",)))
+        render_base(rs, felix_settings(cfg(spec=spec), FelixSettings, ("cali",)))
         return [f"{name}: {r}" for name, ch in rs.chains.items() for r in ch.rules if "invalid" in r]
 
     assert invalid_rules({}) == ["cali-forward: ct state invalid drop", "cali-input: ct state invalid drop",

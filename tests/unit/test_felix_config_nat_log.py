@@ -7,7 +7,8 @@ import logging
 
 import pytest
 
-from calico_net.agent.__main__ import LogSetup, felix_settings_factory
+from calico_net.agent.__main__ import LogSetup
+from calico_net.agent.daemon import felix_settings
 from calico_net.agent.config import Config
 from calico_net.agent.felix.base_chains import nat_outgoing_rules
 from calico_net.agent.felix.settings import FelixSettings
@@ -53,7 +54,7 @@ def test_nat_address_must_be_ipv4(raw, caplog) -> None:
 def test_environment_wins_and_factory_carries_nat_settings() -> None:
     c = cfg(env={"FELIX_NATOUTGOINGADDRESS": "198.18.9.9", "FELIX_NATPORTRANGE": "2000:3000"},
             spec={"natOutgoingAddress": "198.18.1.1"})
-    s = felix_settings_factory(c)(interface_prefixes=("cali",))
+    s = felix_settings(c, FelixSettings, ("cali",))
     assert (s.nat_outgoing_address, s.nat_port_range) == ("198.18.9.9", (2000, 3000))
     assert nat_outgoing_rules(s) == [
         f"{M4} meta l4proto tcp snat ip to 198.18.9.9:2000-3000",

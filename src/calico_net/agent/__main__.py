@@ -248,22 +248,6 @@ class HealthOverrides:
                             "reporter is %s); ignored", name, MAIN_LOOP_REPORTER)
 
 
-def felix_settings_factory(config: Config):  # type: ignore[no-untyped-def]
-    """The policy dataplane's settings class for the daemon, with the NAT-outgoing
-    parameters (NATOutgoingAddress, NATPortRange), LogPrefix,
-    DisableConntrackInvalidCheck and NftablesFilterDenyAction taken from `config` as well."""
-    from calico_net.agent.felix.settings import FelixSettings
-
-    def make(**kw: object) -> FelixSettings:
-        return FelixSettings(**kw, nat_outgoing_address=config.values["NATOutgoingAddress"],  # type: ignore[arg-type]
-                             nat_port_range=config.values["NATPortRange"],
-                             log_prefix=config.values["LogPrefix"],
-                             drop_invalid=not config.values["DisableConntrackInvalidCheck"],
-                             filter_deny_action=config.values.get("NftablesFilterDenyAction", "Drop"))
-
-    return make
-
-
 def record_cluster_information(etcd: object, stopping: threading.Event, first_delay: float = 1.0) -> bool:
     """ClusterInformation `default` as calico/node's start-up leaves it
     (`startup.ensure_cluster_information`), from a thread of its own so an etcd that
@@ -352,8 +336,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as e:
         log.error("cannot listen for health/metrics: %s", e)
         return 2
-    daemon = Daemon(name, config, etcd, metrics=metrics, health=state, encap=_overlay(name, config, etcd),
-                    settings_cls=felix_settings_factory(config))
+    daemon = Daemon(name, config, etcd, metrics=metrics, health=state, encap=_overlay(name, config, etcd))
     if config.values["PrometheusMetricsEnabled"]:
         # Felix's cluster-wide counts and resync figures, read from the daemon per scrape
         metrics.add_collector(metrics_mod.DaemonCollector(daemon, metrics))

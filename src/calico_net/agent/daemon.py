@@ -85,6 +85,11 @@ def felix_settings(cfg: Config, settings_cls: Any, prefixes: tuple[str, ...] | N
         interface_prefixes=tuple(prefixes if prefixes is not None else cfg.values["InterfacePrefix"]),
         allow_ipip_from_workloads=cfg.values["AllowIPIPPacketsFromWorkloads"],
         allow_vxlan_from_workloads=cfg.values["AllowVXLANPacketsFromWorkloads"],
+        nat_outgoing_address=cfg.values["NATOutgoingAddress"],
+        nat_port_range=cfg.values["NATPortRange"],
+        log_prefix=cfg.values["LogPrefix"],
+        drop_invalid=not cfg.values["DisableConntrackInvalidCheck"],
+        filter_deny_action=cfg.values["NftablesFilterDenyAction"],
     )
 
 

@@ -2,9 +2,8 @@
 
 No second implementation: the agent's own `PolicyDataplane` is fed the snapshot's
 documents the way the daemon feeds them (`daemon.Daemon._dispatch`: FelixConfigurations
-first for the settings, made as the agent's entry point makes them
-(`agent.__main__.felix_settings_factory`), an endpoint the daemon refuses left out with the daemon's own
-checks, `routes.host_routes`/`routes.interface_problem`/`daemon._host_endpoint_problem`),
+first for the settings, made as the daemon makes them (`daemon.felix_settings`), an
+endpoint the daemon refuses left out with the daemon's own checks, `routes.host_routes`/`routes.interface_problem`/`daemon._host_endpoint_problem`),
 the overlay's allowed hosts come from the overlay's own `encap.state.desired`, and one
 apply runs against a backend that touches no kernel. What it wrote is the `Ruleset`
 the node's agent holds; `NftWriter.full_script` prints it as the agent loads it.
@@ -105,13 +104,13 @@ def desired_dataplane(snap: Snapshot, node: str, env: Mapping[str, str] | None =
                       config_file: str | None = "") -> Any:
     """The agent's `PolicyDataplane` of `node` after one apply of `snap` (nothing
     written anywhere); its `rs` is the desired table."""
-    from calico_net.agent.__main__ import felix_settings_factory
     from calico_net.agent.daemon import DATAPLANE_KINDS, _host_endpoint_problem, felix_settings
     from calico_net.agent.felix.policy import PolicyDataplane
+    from calico_net.agent.felix.settings import FelixSettings
     from calico_net.agent.felix.routes import host_routes, interface_problem
 
     cfg = agent_config(snap, node, env, config_file)
-    settings = felix_settings(cfg, felix_settings_factory(cfg))
+    settings = felix_settings(cfg, FelixSettings)
     prefixes = tuple(settings.interface_prefixes)
     dp = PolicyDataplane(node, settings, nft=_NoKernel())
     for (kind, ns, name), doc in sorted(snap.docs.items(), key=lambda kv: (kv[0][0], kv[0][1] or "", kv[0][2])):
