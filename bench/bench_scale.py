@@ -91,6 +91,21 @@ def proc_sys_s(pid: int) -> float:
     return int(fields[12]) / os.sysconf("SC_CLK_TCK")
 
 
+def thread_cpu_s(pid: int) -> dict[str, float]:
+    """CPU seconds so far of each of `pid`'s threads, by thread name (names repeat:
+    summed)."""
+    out: dict[str, float] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            head, _, rest = (task / "stat").read_text().rpartition(")")
+        except OSError:
+            continue   # the thread ended
+        name = head.split("(", 1)[1]
+        f = rest.split()
+        out[name] = out.get(name, 0.0) + (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+    return out
+
+
 def status_mb(pid: int, field: str) -> float:
     for line in open(f"/proc/{pid}/status"):
         if line.startswith(field + ":"):
@@ -167,9 +182,18 @@ class Agent:
                    FELIX_MTUFILEPATH=f"/tmp/bench-scale-{tag}.mtu", PYTHONFAULTHANDLER="1")
         self.log = f"/tmp/bench-scale-{tag}.log"
         self.t0 = time.perf_counter()
-        self.proc = subprocess.Popen([str(Path(sys.executable).parent / "calico-node")], env=env,
+        # BENCH_AGENT_PREFIX: a command to run the agent under (a profiler), "{tag}"
+        # replaced by the run's tag, e.g. "py-spy record -r 250 -d 10 -f raw -o /tmp/p-{tag}.txt --"
+        prefix = os.environ.get("BENCH_AGENT_PREFIX", "").replace("{tag}", tag).split()
+        self.proc = subprocess.Popen([*prefix, str(Path(sys.executable).parent / "calico-node")], env=env,
                                      stdout=open(self.log, "w"), stderr=subprocess.STDOUT)
         self.pid = self.proc.pid
+        while prefix and self.proc.poll() is None:   # the figures are the agent's, not the profiler's
+            kids = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
+            if kids:
+                self.pid = int(kids[0])
+                break
+            time.sleep(0.005)
 
     def wait_ready(self, limit: float = 600.0) -> float:
         import requests
@@ -186,6 +210,11 @@ class Agent:
         raise RuntimeError(f"calico-node not ready in {limit} s (log {self.log})")
 
     def stop(self) -> None:
+        if self.pid != self.proc.pid:   # under a profiler: stop the agent, the profiler follows
+            try:
+                os.kill(self.pid, 15)
+            except ProcessLookupError:
+                pass
         self.proc.terminate()
         try:
             self.proc.wait(30)
@@ -295,6 +324,12 @@ def churn(etcd, agent: Agent, args, first_remote: int) -> dict:
     n = int(args.churn * args.churn_seconds)
     step = max(1, args.remote // max(1, n))
     written: dict[str, float] = {}
+    # BENCH_CHURN_PROFILE: a profiler attached to the agent for the churn, "{pid}" and
+    # "{seconds}" replaced, e.g. "py-spy record -r 100 -f raw -o /tmp/churn.txt -d {seconds} --pid {pid}"
+    prof_cmd = os.environ.get("BENCH_CHURN_PROFILE", "")
+    prof = subprocess.Popen(prof_cmd.replace("{pid}", str(agent.pid)).replace(
+        "{seconds}", str(int(args.churn_seconds))).split()) if prof_cmd else None
+    threads0 = thread_cpu_s(agent.pid)
     a0, s0, e0, t0 = proc_cpu_s(agent.pid), proc_sys_s(agent.pid), proc_cpu_s(etcd.proc.pid), time.perf_counter()
     behind = 0
     for j in range(n):
@@ -318,7 +353,10 @@ def churn(etcd, agent: Agent, args, first_remote: int) -> dict:
     t_all = (max(mon.seen.values()) if mon.seen else time.perf_counter()) - t0
     acpu, ecpu = proc_cpu_s(agent.pid) - a0, proc_cpu_s(etcd.proc.pid) - e0
     asys = proc_sys_s(agent.pid) - s0
+    threads = {name: cpu - threads0.get(name, 0.0) for name, cpu in thread_cpu_s(agent.pid).items()}
     mon.stop()
+    if prof is not None:
+        prof.wait(60)
     if len(mon.seen) < n:
         # the agent missed changes: its threads' stacks into its log (faulthandler)
         print(f"only {len(mon.seen)} of {n} changes reached nft; agent stacks in {agent.log}", flush=True)
@@ -335,6 +373,9 @@ def churn(etcd, agent: Agent, args, first_remote: int) -> dict:
           f"max {fig['max']:.1f} ms; agent CPU {fig['agent_cpu_pct']:.1f} % of one core "
           f"({fig['agent_sys_pct']:.1f} % of it system), "
           f"etcd CPU {fig['etcd_cpu_pct']:.1f} %", flush=True)
+    busy = sorted(((100 * cpu / t_all, name) for name, cpu in threads.items() if cpu > 0), reverse=True)
+    print("  agent CPU by thread (% of one core): "
+          + ", ".join(f"{name} {share:.1f}" for share, name in busy), flush=True)
     return fig
 
 

@@ -9,6 +9,7 @@ import pytest
 
 from etcd_server import start_etcd, stop_etcd
 
+from calico_net.datastore import etcd as etcd_mod
 from calico_net.datastore.errors import DatastoreError, DatastoreUnavailable
 from calico_net.datastore.etcd import (
     EtcdClient,
@@ -61,6 +62,22 @@ def test_range_pages_and_read_prefix(etcd_client):
     assert rev == etcd_client.revision()
     assert etcd_client.get_range(b"/calico/rt-none/", prefix_end("/calico/rt-none/")) == ([], rev, False)
     assert etcd_client.read_prefix("/calico/rt-none/", 4) [0] == rev
+
+
+def test_read_prefix_pages_grow(etcd_client, monkeypatch):
+    # After the second page each page asks for twice the keys of the one before (etcd
+    # counts the rest of the range on every page, so few pages cost it less), up to
+    # what PAGE_BYTES holds at the size per key seen so far.
+    for i in range(40):
+        etcd_client.put(f"/calico/pg/k{i:02d}", "v" * 10)
+    _, pages = etcd_client.read_prefix("/calico/pg/", 4)
+    assert [len(p) for p in pages] == [1, 4, 8, 16, 11]
+    # 14 bytes of key and 10 of value per key: 100 bytes hold 4 keys
+    monkeypatch.setattr(etcd_mod, "PAGE_BYTES", 100)
+    rev, pages = etcd_client.read_prefix("/calico/pg/", 4)
+    pages = list(pages)
+    assert [len(p) for p in pages] == [1] + [4] * 9 + [3]
+    assert [kv.key for p in pages for kv in p] == [f"/calico/pg/k{i:02d}" for i in range(40)]
 
 
 def test_range_pages_equal_one_read(etcd_client):

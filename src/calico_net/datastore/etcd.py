@@ -86,6 +86,25 @@ class KV(NamedTuple):
     version: int
 
 
+#: a snapshot page grows (doubling) up to about this many bytes of keys and values
+PAGE_BYTES = 8 << 20
+
+
+def _next_page_limit(limit: int, kvs: Sequence[Any]) -> int:
+    """The next page's key limit after a page of `kvs` read with `limit`: twice as many,
+    up to what `PAGE_BYTES` holds at this page's size per key.
+
+    Every limited range makes etcd count all the keys left in the range (its reply's
+    `count`: a walk of the key index from the page's start to the end), so a prefix
+    of N keys read in pages of P costs etcd about N²/2P key visits: 2.0 s of etcd
+    CPU for 100,000 endpoints in pages of 1,000, 0.4 s in pages of 20,000. Growing
+    pages keep the first ones small (the reader starts parsing at once) and the
+    number of pages, and so the counting, down."""
+    size = sum(len(kv.key) + len(kv.value) for kv in kvs) or 1
+    fits = max(1, PAGE_BYTES * len(kvs) // size)
+    return max(1, min(limit * 2, fits))
+
+
 def kvs_of(kvs: Iterable[Any]) -> list[KV]:
     """KVs from etcd's `mvccpb.KeyValue` messages, in order."""
     out: list[KV] = []
@@ -263,9 +282,11 @@ class EtcdClient:
         following pages, `page_size` keys each, at revision R, each asked for as
         soon as the previous one is in, while the caller turns the ones that
         arrived into KVs and parses them: etcd works on page i+1 while page i is
-        parsed. Every page is of revision R, so together they are one consistent
-        snapshot (a compaction of R meanwhile fails the read with DatastoreError:
-        read again). `page_size` 0 or less: one read, one page."""
+        parsed. Pages after the second grow (`_next_page_limit`: etcd counts what is
+        left of the range on every page). Every page is of revision R, so together
+        they are one consistent snapshot (a compaction of R meanwhile fails the
+        read with DatastoreError: read again). `page_size` 0 or less: one read,
+        one page."""
         if page_size <= 0:
             kvs, revision = self.get_prefix(prefix)
             return revision, iter((kvs,))
@@ -280,7 +301,7 @@ class EtcdClient:
         replies: queue.SimpleQueue[Any] = queue.SimpleQueue()
         abandon = threading.Event()
 
-        def fetch(start: bytes) -> None:
+        def fetch(start: bytes, limit: int) -> None:
             try:
                 while not abandon.is_set():
                     reply = self._range(start, end, revision=revision, limit=limit)
@@ -288,11 +309,12 @@ class EtcdClient:
                     if not reply.more or not reply.kvs:
                         break
                     start = reply.kvs[-1].key + b"\0"
+                    limit = _next_page_limit(limit, reply.kvs)
             except BaseException as e:  # noqa: BLE001 - re-raised in the reading thread
                 replies.put(e)
             replies.put(None)
 
-        threading.Thread(target=fetch, args=(first.kvs[-1].key + b"\0",), name="etcd-pages",
+        threading.Thread(target=fetch, args=(first.kvs[-1].key + b"\0", limit), name="etcd-pages",
                          daemon=True).start()
 
         def pages() -> Iterator[list[KV]]:
