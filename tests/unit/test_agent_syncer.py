@@ -302,10 +302,9 @@ def test_paged_snapshot_is_one_revision_and_watches_from_next():
         assert res[late].doc["spec"]["order"] == 1          # the value at R, not the later one
         assert c.watch_starts == [101]
         # first page small and at the current revision; the rest at R, in order, each
-        # starting right after the previous page's last key
+        # starting right after the previous page's last key, each twice the one before
         assert c.calls[0] == (P.encode(), None, 2)
-        assert all(r == 100 and lim == 8 for _, r, lim in c.calls[1:])
-        assert len(c.calls) == 1 + -(-(57 - 2) // 8)
+        assert [(r, lim) for _, r, lim in c.calls[1:]] == [(100, 8), (100, 16), (100, 32)]
         assert c.calls[1][0] == (P + "globalnetworkpolicies/p001").encode() + b"\0"
     finally:
         s.stop()
@@ -351,7 +350,7 @@ def test_pages_read_ahead_at_one_revision():
         _, res, rev = sink.next("snapshot")
         assert sorted(res) == sorted(P + f"globalnetworkpolicies/{n}" for n in names) and rev == 100
         assert res[P + "globalnetworkpolicies/p007"].doc["spec"]["order"] == 1
-        assert len(c.calls) == 1 + -(-(30 - 2) // 8)
+        assert [lim for _, _, lim in c.calls] == [2, 8, 16, 32]
         assert c.calls[1][0] == (P + "globalnetworkpolicies/p001").encode() + b"\0"
         assert all(r == 100 for _, r, _ in c.calls[1:])
     finally:

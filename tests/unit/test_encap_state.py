@@ -249,7 +249,7 @@ def test_own_blocks_are_blackholed_only_without_bird():
 
 def ep(node_name: str, *addrs: str) -> tuple:
     import ipaddress
-    return (node_name, tuple(ipaddress.ip_address(a) for a in addrs))
+    return (node_name, tuple(str(ipaddress.ip_address(a)) for a in addrs))
 
 
 def test_borrowed_address_gets_a_host_route_to_the_endpoints_node():

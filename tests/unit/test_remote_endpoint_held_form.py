@@ -92,3 +92,111 @@ def test_cold_start_interface_scan_finds_local_endpoints_among_held_ones():
         res[k.key] = parse_kv(k)
     assert local_interfaces(res, "n1") == [("cali00000000001", False), ("cali00000000003", False)]
     assert local_interfaces(res, "n3") == []
+
+
+# --- the record made as the endpoint is read ---------------------------------------
+
+def test_a_common_endpoint_comes_with_the_record_the_general_path_builds():
+    variants = [
+        wep(5),
+        wep(6, ipNetworks=["198.19.77.6/32", "198.19.77.106/32"]),
+        wep(7, ipNetworks=["2001:db8:19::7/128"]),
+        wep(8, ipNetworks=["198.19.77.8/32", "2001:db8:19::8/128"],
+            ports=[{"name": "http", "protocol": "TCP", "port": 80}], serviceAccountName="sa1"),
+    ]
+    for d in variants:
+        r = parse_kv(kv(d, 3))
+        key = ("WorkloadEndpoint", "ns1", d["metadata"]["name"])
+        assert r.member is not None and r.member == records.member_for(key, r.doc), d
+        assert r.member.key == key and r.member.node == "node-b"
+    # the node's name is one string for all the endpoints of the node
+    assert parse_kv(kv(wep(9), 3)).member.node is parse_kv(kv(wep(10), 3)).member.node
+
+
+def test_other_address_forms_take_the_general_path():
+    # a bare address, a network wider than a host, an IPv6 address not in canonical
+    # text: no record is made as it is read; the daemon decodes and decides
+    for nets in (["198.19.77.11"], ["2001:db8:19:0::11/128"], []):
+        r = parse_kv(kv(wep(11, ipNetworks=nets), 3))
+        assert r.member is None, nets
+
+
+def _daemon(tmp_path):
+    from calico_net.agent.config import Config
+    from calico_net.agent.daemon import Daemon
+    from calico_net.agent.felix.policy import PolicyDataplane
+    from fakes import FakeKernel, FakeNftRunner, FakeSysctls
+
+    class NoSyncer:
+        def __init__(self, client, sink):
+            self.bad = {}
+
+        def start(self):
+            pass
+
+        def stop(self):
+            pass
+
+    policy = PolicyDataplane("node-a", nft=FakeNftRunner())
+    cfg = Config("node-a", env={}, config_file=str(tmp_path / "none"))
+    d = Daemon("node-a", cfg, None, policy=policy, route_backend=FakeKernel([]), sysctls=FakeSysctls(),
+               watch_links=False, watch_tamper=False, syncer_factory=NoSyncer, coalesce=0.001)
+    return d, policy
+
+
+def test_the_daemon_dispatches_a_remote_endpoint_from_its_record_as_from_its_document(tmp_path):
+    from calico_net.agent.encap.controller import EncapController
+
+    docs = [wep(20), wep(21, ipNetworks=["2001:db8:19::21/128"]), wep(22, node="node-a"),
+            wep(23, ipNetworks=["198.19.77.23"])]
+    fast = {r_key: r for r_key, r in ((resource_key("WorkloadEndpoint", d["metadata"]["name"], "ns1"),
+                                       parse_kv(kv(d, 5))) for d in docs)}
+    assert [r.member is not None for r in fast.values()] == [True, True, True, False]
+    # one the model would refuse, held as a document (the daemon refuses it too)
+    wide = wep(24, ipNetworks=["198.19.77.0/24"])
+    fast[resource_key("WorkloadEndpoint", wide["metadata"]["name"], "ns1")] = Resource(
+        "WorkloadEndpoint", wide["metadata"]["name"], "ns1", wide, 5)
+    slow = {k: r._replace(member=None) for k, r in fast.items()}
+    got = []
+    for resources in (fast, slow):
+        d, policy = _daemon(tmp_path)
+        for key, res in resources.items():
+            d._dispatch(key, res)
+        policy.index.recompute()
+        got.append((dict(policy.index.members), dict(d.refused), set(d.cache)))
+    assert got[0] == got[1]
+    members, refused, _ = got[0]
+    assert len(members) == 4 and list(refused) == [resource_key("WorkloadEndpoint", wide["metadata"]["name"], "ns1")]
+    # the overlay keeps the same (node, addresses) either way
+    from calico_net.agent.config import Config
+
+    enc = EncapController("node-a", Config("node-a", env={"FELIX_MTUFILEPATH": str(tmp_path / "mtu")},
+                                           config_file=str(tmp_path / "none")))
+    key, res = next(iter(fast.items()))
+    enc.remote_endpoint(key, res.member.node, res.member.addrs4, res.member.addrs6)
+    by_record = dict(enc.endpoints)
+    enc.resource("WorkloadEndpoint", key, res.doc["spec"])
+    assert enc.endpoints == by_record == {key: ("node-b", ("198.19.77.20",))}
+    assert by_record[key][1] is res.member.addrs4      # the record's own tuple, no copy
+
+
+def test_another_nodes_endpoint_is_held_as_its_record_alone(tmp_path):
+    remote, local = parse_kv(kv(wep(30), 4), local_node="node-a"), parse_kv(kv(wep(31, node="node-a"), 4),
+                                                                           local_node="node-a")
+    assert remote.member is not None and remote.doc is None and remote.raw is None
+    assert local.member is not None and local.raw is not None and local.doc["spec"]["node"] == "node-a"
+    # a bare address: no record, so the document is held whatever the node
+    general = parse_kv(kv(wep(32, ipNetworks=["198.19.77.32"]), 4), local_node="node-a")
+    assert general.member is None and general.raw is not None
+    # the cold start's interface scan skips it without a document
+    assert local_interfaces({"r": remote, "l": local}, "node-a") == [("cali00000000031", False)]
+    # a resync at another revision: the same record is no change, another one is
+    d, policy = _daemon(tmp_path)
+    key = resource_key("WorkloadEndpoint", wep(30)["metadata"]["name"], "ns1")
+    d._dispatch(key, remote)
+    dispatched = []
+    d._dispatch = lambda k, r: dispatched.append(k)
+    d._resync({key: parse_kv(kv(wep(30), 9), local_node="node-a")}, 9)
+    assert dispatched == []
+    d._resync({key: parse_kv(kv(wep(30, ipNetworks=["198.19.77.130/32"]), 10), local_node="node-a")}, 10)
+    assert dispatched == [key]

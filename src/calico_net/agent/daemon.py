@@ -50,6 +50,7 @@ from calico_net.agent.felix.nft import NftRunner
 from calico_net.agent.felix.nft_netlink import OwnGenerations
 from calico_net.agent.felix.nftstr import NftStringError, ifname_text
 from calico_net.agent.felix.policy import FelixSettings, PolicyDataplane
+from calico_net.agent.felix.records import Member
 from calico_net.agent.felix.routes import RouteManager, host_routes
 from calico_net.agent.felix.rtnetlink import Link, LinkWatcher, Netlink
 from calico_net.agent.felix.sysctl import Sysctls
@@ -380,7 +381,8 @@ class Daemon:
             changed += 1
         for key, res in resources.items():
             old = self.cache.get(key)
-            if old is not None and (old.revision == res.revision or old.doc == res.doc):
+            if old is not None and (old.revision == res.revision or
+                                    (old.member == res.member and old.doc == res.doc)):
                 self.cache[key] = res
                 continue
             self._dispatch(key, res)
@@ -400,6 +402,8 @@ class Daemon:
         cur = res or old
         assert cur is not None
         kind = cur.kind
+        if res is not None and res.member is not None and res.member.node != self.node_name:
+            return self._remote_endpoint(key, res, res.member)
         if kind in POLICY_KINDS:
             self.policy_count += (res is not None) - (old is not None)
         if kind == "FelixConfiguration":
@@ -437,6 +441,17 @@ class Daemon:
         except Exception:  # noqa: BLE001 - one bad object must not stop the agent
             log.exception("policy dataplane rejected %s %s", kind, key)
             self.metrics.errors.inc()
+        return True
+
+    def _remote_endpoint(self, key: str, res: Resource, member: Member) -> bool:
+        """A remote WorkloadEndpoint that came with its policy record (the syncer made
+        it from a document whose addresses are all host addresses): the same steps
+        as the general path in `_dispatch`, from the record, without decoding it."""
+        if self.encap is not None:
+            self.encap.remote_endpoint(key, member.node, member.addrs4, member.addrs6)
+        self.routes.remove_endpoint(key)        # it may have been local before
+        self._endpoint_verdict(key, res.kind, res, None)
+        self.policy.update_member(member)
         return True
 
     def _endpoint_verdict(self, key: str, kind: str, doc: dict[str, Any] | None,

@@ -36,7 +36,7 @@ from typing import Any, Callable, NamedTuple, Protocol
 
 import orjson
 
-from calico_net.agent.felix.records import shared_labels
+from calico_net.agent.felix.records import shared_labels, workload_member
 from calico_net.agent.watchloop import SnapshotWatcher
 from calico_net.datastore.errors import DatastoreUnavailable
 from calico_net.datastore.etcd import KV, PrefixReader, key_problem, show_key
@@ -52,6 +52,9 @@ class _Fields(NamedTuple):
     namespace: str | None
     doc: Any            # the document, or (a compacted kind) its JSON as read: bytes
     revision: int
+    #: a WorkloadEndpoint's policy record, built as it is read (`records.workload_member`;
+    #: None: the daemon builds it from the document)
+    member: Any = None
 
 
 class Resource(_Fields):
@@ -63,7 +66,12 @@ class Resource(_Fields):
     what is held is its JSON (`raw`, one bytes object, a third of the parsed
     document's size, less what the key already says: `_held`) and `doc` decodes
     it on each use (a new dict each time, equal to the validated document: the
-    holders only read it when it changes, to dispatch it)."""
+    holders only read it when it changes, to dispatch it). A WorkloadEndpoint of
+    the common shape also carries its policy record (`member`), made from the
+    document decoded to validate it, and is dispatched from that. Another node's
+    endpoint with a record (read with `parse_kv`'s `local_node`) keeps only the
+    record: `doc` is None (most of what an agent holds is such endpoints, and the
+    policy record is all it uses of them)."""
 
     __slots__ = ()
 
@@ -120,8 +128,13 @@ def model_kind(plural: str) -> str | None:
 
 
 def parse_kv(kv: KV, validate: Validator = model_validate,
-             kind_of: Callable[[str], str | None] = model_kind) -> Resource:
-    """Turn one etcd key/value into a Resource, or raise BadObject."""
+             kind_of: Callable[[str], str | None] = model_kind,
+             local_node: str | None = None) -> Resource:
+    """Turn one etcd key/value into a Resource, or raise BadObject.
+
+    `local_node`: the agent's node. A WorkloadEndpoint of another node that comes
+    with its record (`Resource.member`) is held as that record alone: no document
+    (`doc` and `raw` are None), since nothing of it but the record is ever used."""
     key = kv.key
     if not key.isascii():           # O(1): only a non-ASCII key is looked at further
         problem = key_problem(key)
@@ -161,8 +174,12 @@ def parse_kv(kv: KV, validate: Validator = model_validate,
             namespace = sys.intern(namespace)
         if valid is doc and validate is model_validate and doc["apiVersion"] == _API_VERSION:
             # model_validate returns the document it was given, unchanged
+            member = (workload_member(parts.name, namespace, doc)
+                      if kind == "WorkloadEndpoint" and namespace is not None else None)
+            if member is not None and local_node is not None and member.node != local_node:
+                return Resource(kind, parts.name, namespace, None, kv.mod_revision, member)
             return Resource(kind, parts.name, namespace,
-                            _held(doc, kind, parts.namespace is not None), kv.mod_revision)
+                            _held(doc, kind, parts.namespace is not None), kv.mod_revision, member)
         valid.setdefault("metadata", {})["resourceVersion"] = str(kv.mod_revision)
         _compact(valid)
     else:
@@ -235,6 +252,9 @@ class Sink(Protocol):
     the resource the consumer holds for a key (one dict lookup), so that a resync
     reuses what was validated before instead of keeping a second copy here."""
 
+    #: the agent's node, when the consumer has one (`parse_kv`'s `local_node`)
+    node_name: str | None
+
     def known(self, key: str) -> Resource | None: ...
     def on_snapshot(self, resources: dict[str, Resource], revision: int) -> None: ...
     def on_update(self, key: str, resource: Resource | None) -> None: ...
@@ -267,6 +287,7 @@ class Syncer(SnapshotWatcher):
         self.prefix = prefix
         self.validate = validate
         self.kind_of = kind_of
+        self.local_node: str | None = getattr(sink, "node_name", None)
         self.page_size = page_size
         # key -> (mod_revision, reason) of values we skipped: each is logged once.
         self.bad: dict[str, tuple[int, str]] = {}
@@ -282,7 +303,7 @@ class Syncer(SnapshotWatcher):
         if cached is not None and cached.revision == kv.mod_revision:
             return cached
         try:
-            res = parse_kv(kv, self.validate, self.kind_of)
+            res = parse_kv(kv, self.validate, self.kind_of, self.local_node)
         except BadObject as e:
             reason = str(e)
             seen = self.bad.get(kv.key)

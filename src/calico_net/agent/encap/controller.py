@@ -88,9 +88,10 @@ def _host_ip(value: Any, cls: Any) -> str | None:
         return None   # state.desired reports it
 
 
-def _host_addresses(nets: Any) -> tuple[Any, ...]:
-    """The host addresses (/32, /128) of an endpoint's ipNetworks; anything else is
-    left out here (the daemon logs and counts the endpoint's bad address)."""
+def _host_addresses(nets: Any) -> tuple[str, ...]:
+    """The host addresses (/32, /128) of an endpoint's ipNetworks, in canonical text;
+    anything else is left out here (the daemon logs and counts the endpoint's bad
+    address)."""
     if not isinstance(nets, list):
         return ()
     out = []
@@ -100,7 +101,7 @@ def _host_addresses(nets: Any) -> tuple[Any, ...]:
         except ValueError:
             continue
         if iface.network.prefixlen == iface.max_prefixlen:
-            out.append(iface.ip)
+            out.append(str(iface.ip))
     return tuple(out)
 
 
@@ -212,6 +213,16 @@ class EncapController:
             entry = (sys.intern(node), _host_addresses(spec.get("ipNetworks")))  # type: ignore[union-attr]
             if not entry[1]:
                 entry = None
+        return self._set_endpoint(key, entry)
+
+    def remote_endpoint(self, key: str, node: str, addrs4: tuple[str, ...],
+                        addrs6: tuple[str, ...]) -> bool:
+        """A remote WorkloadEndpoint whose host addresses are already read (the
+        policy record's: canonical text, node name interned); as `resource`."""
+        addrs = addrs4 + addrs6     # one family: the record's own tuple
+        return self._set_endpoint(key, (node, addrs) if addrs and node != self.node_name else None)
+
+    def _set_endpoint(self, key: str, entry: Endpoint | None) -> bool:
         old = self.endpoints.get(key)
         if entry == old:
             return False

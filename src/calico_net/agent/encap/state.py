@@ -33,6 +33,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import re
+import socket
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
@@ -41,9 +42,9 @@ from calico_net.agent.encap import types as t
 log = logging.getLogger(__name__)
 
 IPNet = ipaddress.IPv4Network | ipaddress.IPv6Network
-IPAddr = ipaddress.IPv4Address | ipaddress.IPv6Address
-#: a remote WorkloadEndpoint as the overlay keeps it: (its node, its host addresses)
-Endpoint = tuple[str, tuple[IPAddr, ...]]
+#: a remote WorkloadEndpoint as the overlay keeps it: (its node, its host addresses in
+#: canonical text, the policy record's own strings)
+Endpoint = tuple[str, tuple[str, ...]]
 
 #: the underlay MTU assumed while none is known (Felix's fallback)
 FALLBACK_UNDERLAY_MTU = 1500
@@ -357,6 +358,13 @@ def _desired(ctx: _Ctx, pools: Mapping[str, Mapping[str, Any]], nodes: Mapping[s
     return out, Resolver(ctx, owned, facts, me, underlay)
 
 
+def _address_number(addr: str) -> tuple[int, int]:
+    """(IP version, the address as a number) of an address in canonical text."""
+    if ":" in addr:
+        return 6, int.from_bytes(socket.inet_pton(socket.AF_INET6, addr), "big")
+    return 4, int.from_bytes(socket.inet_pton(socket.AF_INET, addr), "big")
+
+
 class Resolver:
     """The borrowed-address routes of one endpoint (Felix's route resolver): each of
     its addresses in an encapsulated pool but in no block affine to the endpoint's
@@ -382,7 +390,7 @@ class Resolver:
             return ()    # local: the workload routes
         out = []
         for addr in addrs:
-            version, value = addr.version, int(addr)
+            version, value = _address_number(addr)
             pool = None
             for v, host_bits, net, p in self.pools:
                 if v == version and value >> host_bits == net:
@@ -398,7 +406,7 @@ class Resolver:
                 self.ctx.problems.report(f"WorkloadEndpoint {key}", f"no Node {node!r:.60}: its "
                                          "borrowed addresses get no route")
                 continue
-            route = _route(self.ctx, node, n, f"{addr}/{addr.max_prefixlen}", version, pool,
+            route = _route(self.ctx, node, n, f"{addr}/{32 if version == 4 else 128}", version, pool,
                            self.me, self.underlay)
             if route is not None:
                 out.append(route)

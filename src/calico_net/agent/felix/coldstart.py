@@ -232,6 +232,9 @@ def local_interfaces(resources: "dict[str, Resource]", node: str,
     for res in resources.values():
         if res.kind != "WorkloadEndpoint":
             continue
+        member = res.member
+        if member is not None and member.node != node:
+            continue        # another node's (perhaps held as its record alone)
         raw = res.raw
         if raw is not None and needle not in raw:
             continue

@@ -94,6 +94,11 @@ class PolicyIndex:
 
     # -- input -----------------------------------------------------------------
 
+    def update_member(self, member: Member) -> None:
+        """Record a new version of an endpoint given as its record (its key is the one
+        `update` files the endpoint under).  No computation."""
+        self._pending_members[member.key] = member
+
     def update(self, kind: str, name: str, namespace: str | None,
                doc: Mapping[str, Any] | None) -> None:
         """Record a new version (None: deleted) of one resource.  No computation."""

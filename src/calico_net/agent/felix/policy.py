@@ -60,7 +60,7 @@ from .base_chains import HEP_IN, HEP_OUT, WL_FROM, WL_TO, placeholder_script, re
 from .encap_rules import EncapHosts
 from .gcpause import GcPause
 from .hostprotect import STAR, STAR_IFACE, HostProtect, star_endpoint
-from .index import IndexChanges, Key, PolicyIndex
+from .index import IndexChanges, Key, Member, PolicyIndex
 from .nft import NftError, NftRunner
 from .nft_writer import NftWriter
 from .nftstr import NftStringError
@@ -174,6 +174,11 @@ class PolicyDataplane:
         elif kind == "HostEndpoint":
             doc = star_endpoint(doc)
         self.index.update(kind, name, namespace, doc)
+
+    def update_member(self, member: Member) -> None:
+        """A WorkloadEndpoint's new version given as its record (`records.workload_member`)
+        rather than its document; the same as `update` with the document."""
+        self.index.update_member(member)
 
     def set_settings(self, settings: FelixSettings) -> None:
         if settings != self.settings:

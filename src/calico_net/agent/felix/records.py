@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import socket
+import sys
 import weakref
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -34,6 +35,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "member_for",
+    "workload_member",
     "member_from_doc",
     "policy_from_doc",
     "profile_from_doc",
@@ -311,6 +313,52 @@ def _split_ips(values: Iterable[str]) -> tuple[tuple[str, ...], tuple[str, ...],
     return _uniq_sorted(a4), _uniq_sorted(a6), _uniq_sorted(n4), _uniq_sorted(n6)
 
 
+_AF_INET6 = socket.AF_INET6
+
+
+def _host_addrs(values: Any) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
+    """(IPv4, IPv6) addresses of ipNetworks that are all host addresses in canonical
+    text ("a.b.c.d/32", "x::y/128", as IPAM writes them); None for anything else
+    (another form, a wider network, something that is not an address): such an
+    endpoint takes the general path (`host_routes` says what is wrong with it)."""
+    if type(values) is not list or not values:
+        return None
+    a4: list[str] = []
+    a6: list[str] = []
+    for v in values:
+        if type(v) is not str:
+            return None
+        a, slash, plen = v.rpartition("/")
+        try:
+            if plen == "32" and _ntop(_AF_INET, _pton(_AF_INET, a)) == a:
+                a4.append(a)
+            elif plen == "128" and _ntop(_AF_INET6, _pton(_AF_INET6, a)) == a:
+                a6.append(a)
+            else:
+                return None
+        except (OSError, ValueError):
+            return None
+    return _uniq_sorted(a4), _uniq_sorted(a6)
+
+
+def workload_member(name: str, namespace: str, doc: Mapping[str, Any]) -> Member | None:
+    """The Member of a validated WorkloadEndpoint document whose ipNetworks are all
+    canonical host addresses (`_host_addrs`), built where the document is read (the
+    agent's syncer) so that a remote endpoint is never decoded again to be
+    dispatched; None for any other endpoint (the daemon takes the general path:
+    it decodes the document, checks its addresses and builds the record then)."""
+    spec = doc.get("spec")
+    if type(spec) is not dict:
+        return None
+    addrs = _host_addrs(spec.get("ipNetworks"))
+    if addrs is None:
+        return None
+    try:
+        return member_from_doc("WorkloadEndpoint", name, namespace, doc, addrs=addrs)
+    except Exception:  # noqa: BLE001 - the general path logs what is wrong
+        return None
+
+
 def _uniq_sorted(values: list[Any]) -> tuple[Any, ...]:
     """``tuple(sorted(set(values)))``; most endpoints have one address per family."""
     if len(values) < 2:
@@ -387,7 +435,8 @@ def member_for(key: Key, doc: Mapping[str, Any] | None) -> Member | None:
 
 
 def member_from_doc(kind: str, name: str, namespace: str | None, doc: Mapping[str, Any],
-                    key: Key | None = None) -> Member:
+                    key: Key | None = None,
+                    addrs: tuple[tuple[str, ...], tuple[str, ...]] | None = None) -> Member:
     """Build a Member from a validated Calico v3 document.
 
     An endpoint's addresses must be host addresses (/32, /128, or a bare address),
@@ -395,20 +444,24 @@ def member_from_doc(kind: str, name: str, namespace: str | None, doc: Mapping[st
     "IP network contains multiple addresses"): a wider one would put a whole
     network into every selector set the endpoint is in. Such an endpoint raises
     ValueError (the index treats it as absent). Its interface name must be one
-    the nft text can carry (`nftstr.ifname_text`), else it is not programmed."""
+    the nft text can carry (`nftstr.ifname_text`), else it is not programmed.
+    `addrs`: the (IPv4, IPv6) host addresses, already read (`_host_addrs`)."""
     meta = doc.get("metadata") or {}
     spec = doc.get("spec") or {}
     if kind in ("HostEndpoint", "GlobalNetworkSet"):
         namespace = None
     else:
         namespace = namespace or meta.get("namespace") or "default"
-    if kind == "WorkloadEndpoint":
-        ips = list(spec.get("ipNetworks") or ())
-    elif kind == "HostEndpoint":
-        ips = list(spec.get("expectedIPs") or ())
+    if addrs is not None:
+        (a4, a6), n4, n6 = addrs, (), ()
     else:
-        ips = list(spec.get("nets") or ())
-    a4, a6, n4, n6 = _split_ips(ips)
+        if kind == "WorkloadEndpoint":
+            ips = list(spec.get("ipNetworks") or ())
+        elif kind == "HostEndpoint":
+            ips = list(spec.get("expectedIPs") or ())
+        else:
+            ips = list(spec.get("nets") or ())
+        a4, a6, n4, n6 = _split_ips(ips)
     if (n4 or n6) and kind in ENDPOINT_KINDS:
         field_ = "ipNetworks" if kind == "WorkloadEndpoint" else "expectedIPs"
         raise ValueError(f"{field_} {', '.join(n4 + n6)}: wider than a host address "
@@ -439,9 +492,11 @@ def member_from_doc(kind: str, name: str, namespace: str | None, doc: Mapping[st
             iface = None
     if key is None or key != (kind, namespace, name):
         key = (kind, namespace, name)
+    node = spec.get("node") if kind in ENDPOINT_KINDS else None
     return Member(
         key=key, own_labels=shared_labels(own), profiles=profiles,
         addrs4=a4, addrs6=a6, nets4=n4, nets6=n6, ports=ports,
-        node=spec.get("node") if kind in ENDPOINT_KINDS else None,
+        # one string per node name, not one per endpoint
+        node=sys.intern(node) if type(node) is str else node,
         iface=iface,
     )
