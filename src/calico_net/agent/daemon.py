@@ -11,7 +11,11 @@ One thread owns all state; everything else talks to it through one queue:
 The main loop takes an event, then keeps taking events while they keep coming —
 until the queue has been quiet for `quiet` or `coalesce` has passed since the
 first — so a burst (a manifest applied, CNI adds in a row, a resync) becomes one
-batch while a lone change waits only briefly; then it applies: sysctls of new
+batch while a lone change waits only briefly. Under sustained change (the last
+apply ended less than `coalesce` before this batch's first event) a batch takes
+the whole `coalesce` window instead: a steady stream of changes becomes one
+apply per window rather than one per gap in the stream, each apply's fixed cost
+paid at most 1/`coalesce` times a second. Then it applies: sysctls of new
 workload interfaces (many: in a helper process, beside the policy work), policy
 (`PolicyDataplane.apply()`: one nft transaction of what changed), routes (only
 dirty ones). Nothing is written before the first complete snapshot is in. On a
@@ -133,6 +137,7 @@ class Daemon:
         self.health = health or HealthState()
         self.coalesce = coalesce
         self.quiet = quiet
+        self._last_apply_end = float("-inf")
         #: the generations our own nft writes commit (None: nftables is not watched,
         #: as with a stand-in policy backend)
         self.generations: OwnGenerations | None = None
@@ -292,9 +297,12 @@ class Daemon:
         dirty = False
         if ev is not None:
             dirty |= self._handle(ev)
-            window_end = time.monotonic() + self.coalesce
+            first = time.monotonic()
+            window_end = first + self.coalesce
+            # sustained change: wait out the window, not just a gap in the stream
+            quiet = self.coalesce if first - self._last_apply_end < self.coalesce else self.quiet
             while not self._stop.is_set():
-                left = min(window_end - time.monotonic(), self.quiet)
+                left = min(window_end - time.monotonic(), quiet)
                 try:
                     ev = self.events.get(timeout=left) if left > 0 else self.events.get_nowait()
                 except queue.Empty:
@@ -536,6 +544,7 @@ class Daemon:
         if not encap_ok:
             result.ok = False
         self._applied(result, time.monotonic() - t0)
+        self._last_apply_end = time.monotonic()
 
     def _encap_step(self, step: str) -> bool:
         """One of the overlay's apply steps; a failure is logged and counted (by the

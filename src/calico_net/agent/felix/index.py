@@ -69,6 +69,8 @@ class PolicyIndex:
     def __init__(self, node_name: str) -> None:
         self.node_name = node_name
         self.members: dict[Key, Member] = {}
+        #: the members that are this node's endpoints
+        self.local_keys: set[Key] = set()
         self.policies: dict[Key, Policy] = {}
         self.profiles: dict[str, Profile] = {}
         self.pools: dict[str, Mapping[str, Any]] = {}
@@ -152,11 +154,10 @@ class PolicyIndex:
     # -- queries ---------------------------------------------------------------
 
     def is_local(self, key: Key) -> bool:
-        m = self.members.get(key)
-        return m is not None and m.is_endpoint and m.node == self.node_name
+        return key in self.local_keys
 
     def local_endpoints(self) -> list[Key]:
-        return [k for k, m in self.members.items() if m.is_endpoint and m.node == self.node_name]
+        return list(self.local_keys)
 
     def policies_for(self, ep: Key, direction: str) -> list[Policy]:
         """Policies applying to local endpoint `ep` in `direction` (Ingress/Egress), in order."""
@@ -277,12 +278,15 @@ class PolicyIndex:
         changed (or stopped or started being local) is to be re-dispatched."""
         pending, self._pending_members = self._pending_members, {}
         members, profile_members, node = self.members, self.profile_members, self.node_name
-        detach = self.sets.detach
+        detach, contributed, local_keys = self.sets.detach, self.sets.contributed, self.local_keys
         for key, new in pending.items():
             old = members.get(key)
             if new is not None and old is not None and new == old:
                 continue
-            detach(key, detached)
+            if old is None and key not in contributed:
+                detached.add(key)       # a new member: nothing to retract (detach's own fast case)
+            else:
+                detach(key, detached)
             if old is not None:
                 for p in old.profiles:
                     s = profile_members.get(p)
@@ -301,6 +305,10 @@ class PolicyIndex:
             is_local = new is not None and new.is_endpoint and new.node == node
             if was_local or is_local:
                 ch.endpoints.add(key)
+                if is_local:
+                    local_keys.add(key)
+                else:
+                    local_keys.discard(key)
 
     def _apply_profile_updates(self, ch: IndexChanges, detached: set[Key],
                                relabel: set[Key]) -> None:
@@ -311,15 +319,14 @@ class PolicyIndex:
         pending, self._pending_profiles = self._pending_profiles, {}
         for name, old, new in _changed(pending, self.profiles, profile_from_doc):
             ch.profiles.add(name)
+            members = self.profile_members.get(name, _NO_KEYS)
             if (old is None) != (new is None):
                 # class chains list only existing profiles
-                for k in self.profile_members.get(name, ()):
-                    if self.is_local(k):
-                        ch.endpoints.add(k)
+                ch.endpoints.update(self.local_keys.intersection(members))
             if (old.labels_to_apply if old else {}) != (new.labels_to_apply if new else {}):
-                for k in self.profile_members.get(name, ()):
+                for k in members.difference(detached):
                     self.sets.detach(k, detached)
-                    relabel.add(k)
+                relabel.update(members)
             self.sets.move_uses(("profile", name), old.rules() if old else (),
                                 new.rules() if new else ())
             if new is None:
@@ -332,15 +339,31 @@ class PolicyIndex:
         members for rule selectors; local endpoints only for policy selectors)."""
         members, node = self.members, self.node_name
         rule_set, policy_set = self.rule_matcher.set_item, self.policy_matcher.set_item
+        # the policy matcher only ever held local endpoints (its universe)
+        policy_items = self.policy_matcher.universe
+        assert policy_items is not None
+        # members with the same own labels and profiles (the pods of a deployment,
+        # all of them on a cold start) have the same effective labels: made once
+        # per (own label set, profiles) in this call (the own label sets are the
+        # members' shared ones, alive throughout, so their ids are stable here)
+        made: dict[tuple[int, tuple[str, ...]], tuple[dict[str, str], tuple[Any, ...]]] = {}
         for key in relabel:
             m = members.get(key)
             if m is None:
                 rule_set(key, None)
                 policy_set(key, None)
                 continue
-            labels = self._effective_labels(m)
-            rule_set(key, labels)
-            policy_set(key, labels if m.is_endpoint and m.node == node else None)
+            ck = (id(m.own_labels), m.profiles)
+            got = made.get(ck)
+            if got is None:
+                labels = self._effective_labels(m)
+                got = made[ck] = (labels, tuple(labels.items()))
+            labels, gid = got
+            rule_set(key, labels, gid)
+            if m.is_endpoint and m.node == node:
+                policy_set(key, labels)
+            elif key in policy_items:
+                policy_set(key, None)
 
     def _effective_labels(self, m: Member) -> dict[str, str]:
         labels: dict[str, str] = {}
@@ -377,6 +400,9 @@ class PolicyIndex:
         is to be re-dispatched (those already marked are skipped)."""
         for _pol, ep, _added in self.policy_matcher.recompute(skip=ch.endpoints):
             ch.endpoints.add(ep)  # type: ignore[arg-type]
+
+
+_NO_KEYS: frozenset[Key] = frozenset()
 
 
 def _changed(pending: Mapping[Any, Mapping[str, Any] | None], current: Mapping[Any, Any],

@@ -58,9 +58,11 @@ class GroupedLabels:
         """The label set of ``item`` (KeyError if unknown)."""
         return self.sets.labels(self._group[item])
 
-    def add(self, item: Hashable, labels: Mapping[str, str]) -> None:
-        """Add ``item`` or replace its labels."""
-        gid: Group = tuple(labels.items())
+    def add(self, item: Hashable, labels: Mapping[str, str], gid: Group | None = None) -> None:
+        """Add ``item`` or replace its labels. `gid`: ``tuple(labels.items())``, when
+        the caller has it already."""
+        if gid is None:
+            gid = tuple(labels.items())
         try:
             hash(gid)
         except TypeError:
@@ -143,14 +145,16 @@ class SelectorMatcher:
         self._by_k: dict[str, set[Hashable]] = {}
         self._always: set[Hashable] = set()
 
-    def set_item(self, item: Hashable, labels: Mapping[str, str] | None) -> None:
-        """A new label set for `item` (None: gone).  A matcher on a shared index
-        takes `labels` only as present/absent (the index owner updates the index)."""
+    def set_item(self, item: Hashable, labels: Mapping[str, str] | None,
+                 gid: Group | None = None) -> None:
+        """A new label set for `item` (None: gone; `gid`: ``tuple(labels.items())``
+        if the caller has it).  A matcher on a shared index takes `labels` only as
+        present/absent (the index owner updates the index)."""
         if self._owns_index:
             if labels is None:
                 self.index.remove(item)
             else:
-                self.index.add(item, labels)
+                self.index.add(item, labels, gid)
         if self.universe is not None:
             if labels is None:
                 self.universe.discard(item)
