@@ -517,3 +517,40 @@ def test_failsafe_entries_limited_to_a_network_reach_the_settings(tmp_path):
     cfg = Config("n1", env={"FELIX_FAILSAFEINBOUNDHOSTPORTS": "tcp:22,tcp:198.18.0.0/24:2222"},
                  config_file=str(tmp_path / "x"))
     assert felix_settings(cfg, FelixSettings).failsafe_inbound == [("tcp", 22), ("tcp", 2222, "198.18.0.0/24")]
+
+
+def test_sustained_change_waits_out_the_window_a_lone_change_does_not(tmp_path):
+    import threading
+
+    kernel = FakeKernel([Link(5, "cali1", True)])
+    policy = FakePolicy()
+    cfg = Config("n1", env={}, config_file=str(tmp_path / "none"))
+    d = Daemon("n1", cfg, None, policy=policy, settings_cls=FakeSettings, route_backend=kernel,
+               sysctls=FakeSysctls(), watch_links=False, syncer_factory=NullSyncer, coalesce=0.4, quiet=0.01)
+    d.start()
+    d.on_status(True, "ok")
+    d.on_snapshot(dict([gnp("p")]), 10)
+    d.loop_once(max_wait=0.01)
+    assert policy.applies == 1
+
+    def stream(names, gap):
+        for n in names:
+            d.on_update(*gnp(n))
+            time.sleep(gap)
+
+    # changes right after an apply, with gaps longer than `quiet`: one batch
+    t = threading.Thread(target=stream, args=(["a", "b", "c", "d"], 0.05))
+    t.start()
+    d.loop_once(max_wait=2)
+    t.join()
+    assert policy.applies == 2
+    assert [u[1] for u in policy.updates[-4:]] == ["a", "b", "c", "d"]
+    # after a quiet spell longer than the window, a gap longer than `quiet` ends the batch
+    time.sleep(0.45)
+    t = threading.Thread(target=stream, args=(["e", "f"], 0.1))
+    t.start()
+    d.loop_once(max_wait=2)
+    assert policy.applies == 3 and policy.updates[-1][1] == "e"
+    t.join()
+    d.loop_once(max_wait=2)
+    assert policy.applies == 4 and policy.updates[-1][1] == "f"
