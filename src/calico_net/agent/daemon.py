@@ -299,8 +299,12 @@ class Daemon:
             dirty |= self._handle(ev)
             first = time.monotonic()
             window_end = first + self.coalesce
-            # sustained change: wait out the window, not just a gap in the stream
-            quiet = self.coalesce if first - self._last_apply_end < self.coalesce else self.quiet
+            # sustained change: wait out the window, not just a gap in the stream (in
+            # one sleep, then take what came: not one wake-up per event)
+            quiet = self.quiet
+            if first - self._last_apply_end < self.coalesce:
+                quiet = self.coalesce
+                self._stop.wait(max(0.0, window_end - time.monotonic()))
             while not self._stop.is_set():
                 left = min(window_end - time.monotonic(), quiet)
                 try:

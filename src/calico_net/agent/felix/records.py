@@ -97,13 +97,16 @@ def shared_labels(labels: Mapping[str, str]) -> dict[str, str]:
 # ----------------------------------------------------------------- records
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Member:
     """Something that can be selected: an endpoint (local or remote) or a network set.
 
     One per endpoint of the cluster, so kept small: slots, no parsed document,
     the label set and the profile list shared with every member that has the
-    same (`shared_labels`, `_shared_profiles`), and `values()` made once."""
+    same (`shared_labels`, `_shared_profiles`), and `values()` made once.
+    Immutable by convention (a change is a new record: holders compare old and
+    new), not by a frozen dataclass, whose `__init__` costs three times as much
+    (one is made per endpoint read)."""
 
     key: Key
     own_labels: Mapping[str, str]
@@ -118,7 +121,7 @@ class Member:
     _values: tuple[Any, ...] = field(init=False, repr=False, compare=False, default=())
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "_values", (self.addrs4, self.addrs6, self.nets4, self.nets6, self.ports))
+        self._values = (self.addrs4, self.addrs6, self.nets4, self.nets6, self.ports)
 
     @property
     def kind(self) -> str:
