@@ -174,7 +174,7 @@ def parse_kv(kv: KV, validate: Validator = model_validate,
             namespace = sys.intern(namespace)
         if valid is doc and validate is model_validate and doc["apiVersion"] == _API_VERSION:
             # model_validate returns the document it was given, unchanged
-            member = (workload_member(parts.name, namespace, doc)
+            member = (workload_member(parts.name, namespace, doc, local_node)
                       if kind == "WorkloadEndpoint" and namespace is not None else None)
             if member is not None and local_node is not None and member.node != local_node:
                 return Resource(kind, parts.name, namespace, None, kv.mod_revision, member)

@@ -344,12 +344,15 @@ def _host_addrs(values: Any) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
     return _uniq_sorted(a4), _uniq_sorted(a6)
 
 
-def workload_member(name: str, namespace: str, doc: Mapping[str, Any]) -> Member | None:
+def workload_member(name: str, namespace: str, doc: Mapping[str, Any],
+                    local_node: str | None = None) -> Member | None:
     """The Member of a validated WorkloadEndpoint document whose ipNetworks are all
     canonical host addresses (`_host_addrs`), built where the document is read (the
     agent's syncer) so that a remote endpoint is never decoded again to be
     dispatched; None for any other endpoint (the daemon takes the general path:
-    it decodes the document, checks its addresses and builds the record then)."""
+    it decodes the document, checks its addresses and builds the record then).
+    Given `local_node`, another node's endpoint has no interface name in its
+    record (only this node's interfaces are programmed)."""
     spec = doc.get("spec")
     if type(spec) is not dict:
         return None
@@ -357,7 +360,8 @@ def workload_member(name: str, namespace: str, doc: Mapping[str, Any]) -> Member
     if addrs is None:
         return None
     try:
-        return member_from_doc("WorkloadEndpoint", name, namespace, doc, addrs=addrs)
+        return member_from_doc("WorkloadEndpoint", name, namespace, doc, addrs=addrs,
+                               iface=local_node is None or spec.get("node") == local_node)
     except Exception:  # noqa: BLE001 - the general path logs what is wrong
         return None
 
@@ -439,7 +443,8 @@ def member_for(key: Key, doc: Mapping[str, Any] | None) -> Member | None:
 
 def member_from_doc(kind: str, name: str, namespace: str | None, doc: Mapping[str, Any],
                     key: Key | None = None,
-                    addrs: tuple[tuple[str, ...], tuple[str, ...]] | None = None) -> Member:
+                    addrs: tuple[tuple[str, ...], tuple[str, ...]] | None = None,
+                    iface: bool = True) -> Member:
     """Build a Member from a validated Calico v3 document.
 
     An endpoint's addresses must be host addresses (/32, /128, or a bare address),
@@ -448,7 +453,8 @@ def member_from_doc(kind: str, name: str, namespace: str | None, doc: Mapping[st
     network into every selector set the endpoint is in. Such an endpoint raises
     ValueError (the index treats it as absent). Its interface name must be one
     the nft text can carry (`nftstr.ifname_text`), else it is not programmed.
-    `addrs`: the (IPv4, IPv6) host addresses, already read (`_host_addrs`)."""
+    `addrs`: the (IPv4, IPv6) host addresses, already read (`_host_addrs`);
+    `iface` False: the record leaves the interface name out."""
     meta = doc.get("metadata") or {}
     spec = doc.get("spec") or {}
     if kind in ("HostEndpoint", "GlobalNetworkSet"):
@@ -482,17 +488,17 @@ def member_from_doc(kind: str, name: str, namespace: str | None, doc: Mapping[st
         # characters (a label value holds at most 63)
         if sa and isinstance(sa, str) and len(sa) < 63:
             own[SA_NAME_LABEL] = sa
-    iface = (spec.get("interfaceName") or None) if kind in ENDPOINT_KINDS else None
-    if iface is not None:
+    ifname = (spec.get("interfaceName") or None) if kind in ENDPOINT_KINDS and iface else None
+    if ifname is not None:
         try:
             # checked, not kept quoted: nftstr.ifname caches the quoted form of the
             # interfaces the dataplane programs (local ones), not of every remote one
-            ifname_text(iface)
+            ifname_text(ifname)
         except NftStringError as exc:
             # "*" (all host interfaces) and names the kernel would refuse are not programmed
             log.warning("%s %s: interface name not supported (%s); endpoint not programmed",
                         kind, name, exc)
-            iface = None
+            ifname = None
     if key is None or key != (kind, namespace, name):
         key = (kind, namespace, name)
     node = spec.get("node") if kind in ENDPOINT_KINDS else None
@@ -501,5 +507,5 @@ def member_from_doc(kind: str, name: str, namespace: str | None, doc: Mapping[st
         addrs4=a4, addrs6=a6, nets4=n4, nets6=n6, ports=ports,
         # one string per node name, not one per endpoint
         node=sys.intern(node) if type(node) is str else node,
-        iface=iface,
+        iface=ifname,
     )
