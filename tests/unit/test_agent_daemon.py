@@ -526,7 +526,8 @@ def test_sustained_change_waits_out_the_window_a_lone_change_does_not(tmp_path):
     policy = FakePolicy()
     cfg = Config("n1", env={}, config_file=str(tmp_path / "none"))
     d = Daemon("n1", cfg, None, policy=policy, settings_cls=FakeSettings, route_backend=kernel,
-               sysctls=FakeSysctls(), watch_links=False, syncer_factory=NullSyncer, coalesce=0.4, quiet=0.01)
+               sysctls=FakeSysctls(), watch_links=False, syncer_factory=NullSyncer, coalesce=0.4, quiet=0.01,
+               sustained=0.4)
     d.start()
     d.on_status(True, "ok")
     d.on_snapshot(dict([gnp("p")]), 10)

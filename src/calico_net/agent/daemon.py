@@ -13,9 +13,10 @@ until the queue has been quiet for `quiet` or `coalesce` has passed since the
 first — so a burst (a manifest applied, CNI adds in a row, a resync) becomes one
 batch while a lone change waits only briefly. Under sustained change (the last
 apply ended less than `coalesce` before this batch's first event) a batch takes
-the whole `coalesce` window instead: a steady stream of changes becomes one
-apply per window rather than one per gap in the stream, each apply's fixed cost
-paid at most 1/`coalesce` times a second. Then it applies: sysctls of new
+a whole `sustained` window (50 ms) instead: a steady stream of changes becomes
+one apply per window rather than one per gap in the stream, each apply's fixed
+cost (the index, the nft transaction and its notifications, the routes, the
+overlay's step) paid at most 20 times a second. Then it applies: sysctls of new
 workload interfaces (many: in a helper process, beside the policy work), policy
 (`PolicyDataplane.apply()`: one nft transaction of what changed), routes (only
 dirty ones). Nothing is written before the first complete snapshot is in. On a
@@ -119,6 +120,7 @@ class Daemon:
         health: HealthState | None = None,
         coalesce: float = 0.020,
         quiet: float = 0.003,
+        sustained: float = 0.050,
         syncer_factory: Callable[..., Syncer] = Syncer,
         encap: EncapController | None = None,
     ) -> None:
@@ -137,6 +139,7 @@ class Daemon:
         self.health = health or HealthState()
         self.coalesce = coalesce
         self.quiet = quiet
+        self.sustained = max(sustained, coalesce)
         self._last_apply_end = float("-inf")
         #: the generations our own nft writes commit (None: nftables is not watched,
         #: as with a stand-in policy backend)
@@ -299,11 +302,12 @@ class Daemon:
             dirty |= self._handle(ev)
             first = time.monotonic()
             window_end = first + self.coalesce
-            # sustained change: wait out the window, not just a gap in the stream (in
-            # one sleep, then take what came: not one wake-up per event)
+            # sustained change: wait out a whole window, not just a gap in the stream
+            # (in one sleep, then take what came: not one wake-up per event)
             quiet = self.quiet
             if first - self._last_apply_end < self.coalesce:
-                quiet = self.coalesce
+                window_end = first + self.sustained
+                quiet = self.sustained
                 self._stop.wait(max(0.0, window_end - time.monotonic()))
             while not self._stop.is_set():
                 left = min(window_end - time.monotonic(), quiet)

@@ -15,6 +15,7 @@ import random
 import threading
 from typing import Any, Callable
 
+from calico_net.agent.threadname import name_os_thread
 from calico_net.datastore.errors import DatastoreError, DatastoreUnavailable
 from calico_net.datastore.etcd import WatchCompacted
 
@@ -138,6 +139,7 @@ class SnapshotWatcher:
         self._report(connected, reason, changed)
 
     def _run(self) -> None:
+        name_os_thread()
         run_snapshot_watch(self._stop, self.snapshot, self._watch_from, self._set_connected,
                            what=self.thread_name, backoff_initial=self.backoff_initial,
                            backoff_max=self.backoff_max, ended=self.ended,

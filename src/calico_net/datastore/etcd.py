@@ -121,9 +121,9 @@ def kvs_of(kvs: Iterable[Any]) -> list[KV]:
     return out
 
 
-@dataclass(frozen=True)
-class WatchEvent:
-    """A change to one key. `kv.value` is empty for deletions."""
+class WatchEvent(NamedTuple):
+    """A change to one key. `kv.value` is empty for deletions. (A NamedTuple: one is
+    made per event of every watch.)"""
 
     type: str  # "PUT" or "DELETE"
     kv: KV
@@ -437,15 +437,18 @@ class Watch:
     def _next(self, call: Any, timeout: float | None) -> Any:
         """The call's next response, None when the stream ended. With `timeout`, a
         call silent for that long is cancelled and fails as DEADLINE_EXCEEDED."""
-        timer = None
+        if not timeout:
+            # the agent's watch (no timeout: its probe does that job): one message
+            # costs only what gRPC costs, no timer and no event made per message
+            return next(call, None)
         fired = threading.Event()
-        if timeout:
-            def expire() -> None:
-                fired.set()
-                call.cancel()
-            timer = threading.Timer(timeout, expire)
-            timer.daemon = True
-            timer.start()
+
+        def expire() -> None:
+            fired.set()
+            call.cancel()
+        timer = threading.Timer(timeout, expire)
+        timer.daemon = True
+        timer.start()
         try:
             return next(call, None)
         except grpc.RpcError:
@@ -453,8 +456,7 @@ class Watch:
                 raise _StreamFailed(grpc.StatusCode.DEADLINE_EXCEEDED, "no message") from None
             raise
         finally:
-            if timer is not None:
-                timer.cancel()
+            timer.cancel()
 
     def _start(self, stubs: etcd_grpc.Stubs) -> Any:
         """For `Channels.call`: open the stream on this endpoint and read etcd's

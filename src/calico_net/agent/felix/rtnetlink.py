@@ -19,6 +19,8 @@ import threading
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
+from calico_net.agent.threadname import name_os_thread
+
 from .netlink import (
     HDRLEN, NLATTR, NLM_F_ACK, NLM_F_CREATE, NLM_F_REPLACE, NLMSGHDR, NLA_TYPE_MASK,
     NetlinkError, NetlinkSocket, attr, attrs, find_attr, open_socket, seq_at,
@@ -295,6 +297,7 @@ class LinkWatcher:
         self.sock.close()
 
     def _run(self) -> None:
+        name_os_thread()
         unpack = NLMSGHDR.unpack_from
         while not self._stop:
             try:

@@ -50,6 +50,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+from calico_net.agent.threadname import name_os_thread
+
 from .netlink import HDRLEN, NLMSGHDR, attrs, find_attr, open_socket
 from .nft_netlink import NFNL_SUBSYS_NFTABLES, NFNLGRP_NFTABLES, NFT_MSG_NEWGEN, NFTA_GEN_ID, TABLE, OwnGenerations
 from .rtnetlink import RT_TABLE_MAIN, RTM_DELROUTE, RTPROT_FELIX, Route
@@ -185,6 +187,7 @@ class TamperWatcher:
 
     # --- the thread ---
     def _run(self) -> None:
+        name_os_thread()
         socks = [s for s in (self.route_sock, self.nft_sock) if s is not None]
         while not self._stop:
             timeout = None
