@@ -219,7 +219,8 @@ def _expand(raw: bytes, name: str, namespace: str | None, revision: int) -> dict
 
 
 # The kinds a cluster has by the ten thousand (every endpoint, cluster-wide, is held
-# by every agent): held as JSON (`Resource.raw`, `_held`), and their documents, when
+# by every agent): held as JSON (`Resource.raw`, `_held`) or, another node's
+# WorkloadEndpoint with a record, as the record alone; their documents, when
 # decoded, share what they have in common.
 _COMPACTED = frozenset(("WorkloadEndpoint", "HostEndpoint"))
 _SHARED_STRINGS = {"metadata": ("namespace",), "spec": ("node", "orchestrator", "endpoint")}
