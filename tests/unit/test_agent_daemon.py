@@ -43,6 +43,9 @@ class FakePolicy:
     def update(self, kind, name, namespace, doc):
         self.updates.append((kind, name, namespace, doc is not None))
 
+    def update_member(self, member):
+        self.updates.append((member.key[0], member.key[2], member.key[1], True))
+
     def set_settings(self, s):
         self.settings.append(s)
 
