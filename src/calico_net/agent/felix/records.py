@@ -331,7 +331,7 @@ def _host_addrs(values: Any) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
     for v in values:
         if type(v) is not str:
             return None
-        a, slash, plen = v.rpartition("/")
+        a, _, plen = v.rpartition("/")
         try:
             if plen == "32" and _ntop(_AF_INET, _pton(_AF_INET, a)) == a:
                 a4.append(a)
