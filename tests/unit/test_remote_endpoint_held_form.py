@@ -126,21 +126,12 @@ def _daemon(tmp_path):
     from calico_net.agent.daemon import Daemon
     from calico_net.agent.felix.policy import PolicyDataplane
     from fakes import FakeKernel, FakeNftRunner, FakeSysctls
-
-    class NoSyncer:
-        def __init__(self, client, sink):
-            self.bad = {}
-
-        def start(self):
-            pass
-
-        def stop(self):
-            pass
+    from test_agent_daemon import NullSyncer
 
     policy = PolicyDataplane("node-a", nft=FakeNftRunner())
     cfg = Config("node-a", env={}, config_file=str(tmp_path / "none"))
     d = Daemon("node-a", cfg, None, policy=policy, route_backend=FakeKernel([]), sysctls=FakeSysctls(),
-               watch_links=False, watch_tamper=False, syncer_factory=NoSyncer, coalesce=0.001)
+               watch_links=False, watch_tamper=False, syncer_factory=NullSyncer, coalesce=0.001)
     return d, policy
 
 
