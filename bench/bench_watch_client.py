@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO / "src"), str(REPO / "tests"), str(REPO / "bench")]
 PREFIX = "/calico/resources/v3/projectcalico.org/"
 EVENTS, RATE = 5000, 500
-CLIENTS = ("agent", "agent+parse", "grpc", "gateway")
+CLIENTS = ("agent", "agent+parse", "grpc", "grpc-unary", "gateway")
 
 
 def child(endpoint: str, client: str, start: int) -> None:
@@ -54,6 +54,24 @@ def child(endpoint: str, client: str, start: int) -> None:
                 for ev in batch:
                     parse_kv(ev.kv, local_node="bench-node")
             if count(len(batch)):
+                break
+    elif client == "grpc-unary":
+        import grpc
+
+        from calico_net.datastore.etcd import prefix_end
+        from calico_net.datastore.etcdpb import rpc_pb2 as pb
+
+        import grpc.experimental
+
+        channel = grpc.insecure_channel(endpoint.split("//", 1)[1], options=[
+            (grpc.experimental.ChannelOptions.SingleThreadedUnaryStream, 1)])
+        call = channel.unary_stream("/etcdserverpb.Watch/Watch",
+                                    request_serializer=pb.WatchRequest.SerializeToString,
+                                    response_deserializer=pb.WatchResponse.FromString)(
+            pb.WatchRequest(create_request=pb.WatchCreateRequest(
+                key=PREFIX.encode(), range_end=prefix_end(PREFIX), start_revision=start)))
+        for reply in call:
+            if reply.events and count(len(reply.events)):
                 break
     elif client == "grpc":
         import grpc

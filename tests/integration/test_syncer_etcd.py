@@ -50,9 +50,10 @@ def test_paged_snapshot_equals_one_read(etcd_client):
         got[page_size] = sink.q.get_nowait()
         assert len(s.bad) == 1
     etcd_client._post = real
-    # 46 keys: a first page of 2, then 6 of 8 at the first page's revision; then one read
+    # 46 keys: a first page of 2, then pages of 8, 16 and 32 at the first page's
+    # revision (each twice the one before); then one read
     (res_paged, rev_paged), (res_one, rev_one) = got[8], got[0]
-    assert [c[:2] for c in calls] == [("kv/range", 2)] + [("kv/range", 8)] * 6 + [("kv/range", 0)]
-    assert all(c[2] == rev_paged for c in calls[1:7])
+    assert [c[:2] for c in calls] == [("kv/range", n) for n in (2, 8, 16, 32, 0)]
+    assert all(c[2] == rev_paged for c in calls[1:4])
     assert rev_paged == rev_one and len(res_paged) == 45
     assert res_paged == res_one

@@ -28,7 +28,7 @@ NODES = P + "nodes/"
 PEERS = P + "bgppeers/"
 CALICOCTL = str(Path(sys.executable).parent / "calicoctl")
 
-# Sorts right after p003: with page_size 4 (a first page of 1, then pages of 4) it is
+# Sorts right after p003: with page_size 4 (a first page of 1, then one of 4) it is
 # the last key of the second page, so the next page is asked for from its raw bytes.
 BAD_KEY = GNPS.encode() + b"p003\xff"
 NOT_JSON = GNPS + "zz-not-json"

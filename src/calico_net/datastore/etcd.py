@@ -424,15 +424,11 @@ class Watch:
         self._lock = threading.Lock()
         self._cancelled = False
         self._call: Any = None
-        self._done = threading.Event()      # ends the request stream of the open call
 
-    def _requests(self, done: threading.Event) -> Iterator[Any]:
-        yield pb.WatchRequest(create_request=pb.WatchCreateRequest(
+    def _request(self) -> Any:
+        return pb.WatchRequest(create_request=pb.WatchCreateRequest(
             key=key_bytes(self._prefix), range_end=prefix_end(self._prefix),
             start_revision=self.start_revision, progress_notify=True))
-        # gRPC reads this in its own thread: our half of the stream stays open
-        # until the watch ends
-        done.wait()
 
     def _next(self, call: Any, timeout: float | None) -> Any:
         """The call's next response, None when the stream ended. With `timeout`, a
@@ -462,10 +458,9 @@ class Watch:
         """For `Channels.call`: open the stream on this endpoint and read etcd's
         first response; (the call, that response), or None if cancelled meanwhile."""
         def start(_request: None, timeout: float) -> tuple[Any, Any] | None:
-            done = threading.Event()
-            call = stubs.watch.Watch(self._requests(done))
+            call = stubs.watch_one(self._request())
             with self._lock:
-                self._call, self._done = call, done
+                self._call = call
                 cancelled = self._cancelled
             try:
                 first = None if cancelled else self._next(call, timeout)
@@ -475,7 +470,6 @@ class Watch:
                     raise
             finally:
                 if first is None:
-                    done.set()
                     call.cancel()
             if first is None and not self._cancelled:
                 raise _StreamFailed(grpc.StatusCode.UNAVAILABLE, "the watch stream ended at once")
@@ -510,7 +504,6 @@ class Watch:
             raise DatastoreUnavailable(
                 f"etcd watch connection lost: {etcd_grpc.failure_text(e, self._read_timeout)}") from None
         finally:
-            self._done.set()
             call.cancel()
         if not self._cancelled:
             raise DatastoreUnavailable("etcd watch stream ended")
@@ -518,8 +511,7 @@ class Watch:
     def cancel(self) -> None:
         with self._lock:
             self._cancelled = True
-            call, done = self._call, self._done
-        done.set()
+            call = self._call
         if call is not None:
             call.cancel()
 
