@@ -183,7 +183,8 @@ class Agent:
         self.log = f"/tmp/bench-scale-{tag}.log"
         self.t0 = time.perf_counter()
         # BENCH_AGENT_PREFIX: a command to run the agent under (a profiler), "{tag}"
-        # replaced by the run's tag, e.g. "py-spy record -r 250 -d 10 -f raw -o /tmp/p-{tag}.txt --"
+        # replaced by the run's tag, e.g. "py-spy record -r 250 -f raw -o /tmp/p-{tag}.txt --" (no -d:
+        # py-spy stops the agent when its duration ends)
         prefix = os.environ.get("BENCH_AGENT_PREFIX", "").replace("{tag}", tag).split()
         self.proc = subprocess.Popen([*prefix, str(Path(sys.executable).parent / "calico-node")], env=env,
                                      stdout=open(self.log, "w"), stderr=subprocess.STDOUT)
@@ -210,10 +211,14 @@ class Agent:
         raise RuntimeError(f"calico-node not ready in {limit} s (log {self.log})")
 
     def stop(self) -> None:
-        if self.pid != self.proc.pid:   # under a profiler: stop the agent, the profiler follows
+        if self.pid != self.proc.pid:
+            # under a profiler: stop the agent; the profiler writes its file and
+            # ends when the agent has
             try:
                 os.kill(self.pid, 15)
-            except ProcessLookupError:
+                self.proc.wait(30)
+                return
+            except (ProcessLookupError, subprocess.TimeoutExpired):
                 pass
         self.proc.terminate()
         try:
