@@ -293,18 +293,25 @@ class Monitor:
             self.wanted.add(ip)
 
     def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
 
 
 def churn(etcd, agent: Agent, args, first_remote: int) -> dict:
     """Move remote endpoints, one per change, from role r_k to r_(k+1) at the given rate."""
+    client = etcd.client()
+    mon = Monitor()
+    try:
+        return _churn(client, mon, agent, etcd, args, first_remote)
+    finally:
+        mon.stop()      # also when the run fails: no `nft monitor` left behind
+
+
+def _churn(client, mon: "Monitor", agent: Agent, etcd, args, first_remote: int) -> dict:
     import orjson
 
     from calico_net.datastore.store import resource_key
-
-    client = etcd.client()
-    mon = Monitor()
     # `nft monitor` reads the whole ruleset before it reports (seconds at 100k set
     # elements): a change it reports says it is listening; one made before then is
     # missed, so the change is made again (to another set) every 2 s until seen
