@@ -16,6 +16,7 @@ connection with the peer address it saw, so NAT can be checked too.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -24,7 +25,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 PREFIX = "cnfv-pol-"
 HOST_NS = PREFIX + "host"
@@ -116,6 +117,44 @@ def cleanup_leftovers() -> None:
         sh("ip", "netns", "del", name, check=False)
 
 
+def serve_in(ns: str, tool: Path, ports: Any) -> subprocess.Popen[str]:
+    """The tool's TCP server on `ports` in namespace `ns`, once it says it listens."""
+    p = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, str(tool), "serve",
+                          *map(str, ports)], stdout=subprocess.PIPE, text=True)
+    assert p.stdout is not None
+    if "ready" not in p.stdout.readline():
+        p.kill()
+        p.wait(timeout=10)
+        raise RuntimeError(f"server in {ns} did not start")
+    return p
+
+
+def stop_servers(procs: Any) -> None:
+    """Kill the servers `serve_in` started (None entries skipped) and reap them."""
+    for p in procs:
+        if p is None:
+            continue
+        if p.poll() is None:
+            p.kill()
+        try:
+            p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
+
+
+@contextlib.contextmanager
+def host_dataplane(node: str, settings: Any, host_ns: str) -> Iterator[Any]:
+    """The agent's policy dataplane writing table inet calico in `host_ns`; the table
+    is deleted afterwards."""
+    from calico_net.agent.felix.nft import NftRunner
+    from calico_net.agent.felix.policy import PolicyDataplane
+
+    try:
+        yield PolicyDataplane(node, settings, nft=NftRunner(netns=host_ns))
+    finally:
+        sh("nft", "delete", "table", "inet", "calico", ns=host_ns, check=False)
+
+
 def iface_for(name: str) -> str:
     """Host-side interface name as Calico's CNI plugin makes it: cali + 11 hex."""
     return "cali" + hashlib.sha1(name.encode()).hexdigest()[:11]
@@ -197,22 +236,10 @@ class PolicyTopology:
         return Workload(name, ip, ns, iface)
 
     def _serve(self, ns: str) -> None:
-        p = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, str(self.tool), "serve",
-                              *map(str, SERVER_PORTS)], stdout=subprocess.PIPE, text=True)
-        self.procs.append(p)
-        assert p.stdout is not None
-        line = p.stdout.readline()
-        if "ready" not in line:
-            raise RuntimeError(f"server in {ns} did not start")
+        self.procs.append(serve_in(ns, self.tool, SERVER_PORTS))
 
     def teardown(self) -> None:
-        for p in self.procs:
-            if p.poll() is None:
-                p.kill()
-            try:
-                p.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                pass
+        stop_servers(self.procs)
         self.procs.clear()
         cleanup_leftovers()
         try:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any, Iterator
@@ -20,7 +19,7 @@ import pytest
 
 from calico_net.agent.felix.nft import NftRunner
 from calico_net.agent.felix.policy import FelixSettings, PolicyDataplane
-from netns_util import TOOL_SOURCE, plumb_host, plumb_workload, sh
+from netns_util import TOOL_SOURCE, plumb_host, plumb_workload, serve_in, sh, stop_servers
 
 pytestmark = pytest.mark.root
 
@@ -78,14 +77,10 @@ def topo(tmp_path_factory) -> Iterator[Path]:
         for name, (ip, _role) in WORKLOADS.items():
             ns, iface = PREFIX + name, _iface(name)
             plumb_workload(HOST_NS, ns, iface, ip)
-        server = subprocess.Popen(["ip", "netns", "exec", PREFIX + "w2", sys.executable, str(d / "tool.py"),
-                                   "serve", *map(str, PORTS)], stdout=subprocess.PIPE, text=True)
-        assert server.stdout is not None and "ready" in server.stdout.readline(), "server in w2"
+        server = serve_in(PREFIX + "w2", d / "tool.py", PORTS)
         yield d
     finally:
-        if server is not None:
-            server.kill()
-            server.wait(timeout=10)
+        stop_servers([server])
         _cleanup()
 
 

@@ -7,30 +7,13 @@ gives a bridge a v6 gateway address and `check` then finds the nodes through it.
 from __future__ import annotations
 
 import subprocess
-import uuid
-from typing import Iterator
 
 import pytest
 
-from etcd_server import REPO
+# the script's runner and a scratch bridge, shared with the IPv4 half
+from test_lab_hostnet import bridge, hostnet  # noqa: F401 - `bridge` is a fixture
 
-HOSTNET = REPO / "lab" / "hostnet.sh"
 pytestmark = pytest.mark.root
-
-
-def hostnet(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["bash", str(HOSTNET), *args], capture_output=True, text=True, timeout=30)
-
-
-@pytest.fixture
-def bridge() -> Iterator[str]:
-    name = f"hn6{uuid.uuid4().hex[:8]}"
-    subprocess.run(["ip", "link", "add", name, "type", "bridge"], check=True)
-    subprocess.run(["ip", "link", "set", name, "up"], check=True)
-    try:
-        yield name
-    finally:
-        subprocess.run(["ip", "link", "del", name], capture_output=True)
 
 
 def test_v6_guard_route_and_forward_rules() -> None:

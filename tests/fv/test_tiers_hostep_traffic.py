@@ -16,16 +16,14 @@ tier whose policies match nothing drops at its end (unless its defaultAction is 
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
 
-from calico_net.agent.felix.nft import NftRunner
 from calico_net.agent.felix.policy import FelixSettings, PolicyDataplane
-from netns_util import TOOL_SOURCE, sh
+from netns_util import TOOL_SOURCE, host_dataplane, serve_in, sh, stop_servers
 
 pytestmark = pytest.mark.root
 
@@ -65,22 +63,17 @@ def topo(tmp_path_factory) -> Iterator[Path]:
             sh("ip", "addr", "add", f"198.18.{third}.2/24", "dev", "eth0", ns=ns)
             sh("ip", "link", "set", "eth0", "up", ns=ns)
             sh("ip", "route", "add", "default", "via", f"198.18.{third}.1", ns=ns)
-        server = subprocess.Popen(["ip", "netns", "exec", B_NS, sys.executable, str(tool), "serve",
-                                   *map(str, PORTS)], stdout=subprocess.PIPE, text=True)
-        assert server.stdout is not None and "ready" in server.stdout.readline(), "server in cnt9-b"
+        server = serve_in(B_NS, tool, PORTS)
         yield tool
     finally:
-        if server is not None:
-            server.kill()
-            server.wait(timeout=10)
+        stop_servers([server])
         _cleanup()
 
 
 @pytest.fixture
 def dp(topo: Path) -> Iterator[PolicyDataplane]:
-    d = PolicyDataplane(NODE, SETTINGS, nft=NftRunner(netns=HOST_NS))
-    yield d
-    sh("nft", "delete", "table", "inet", "calico", ns=HOST_NS, check=False)
+    with host_dataplane(NODE, SETTINGS, HOST_NS) as d:
+        yield d
 
 
 def _measure(tool: Path) -> dict[int, bool]:

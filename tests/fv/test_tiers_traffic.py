@@ -28,9 +28,9 @@ import pytest
 
 from calico_net.agent.felix.explain import Cluster, Packet, explain
 from calico_net.agent.felix.explain_live import compare, trace_flow
-from calico_net.agent.felix.nft import NftRunner
 from calico_net.agent.felix.policy import FelixSettings, PolicyDataplane
-from netns_util import TOOL_SOURCE, iface_for, plumb_host, plumb_workload, sh
+from netns_util import (TOOL_SOURCE, host_dataplane, iface_for, plumb_host, plumb_workload, serve_in, sh,
+                        stop_servers)
 
 pytestmark = pytest.mark.root
 
@@ -62,7 +62,7 @@ def _cleanup() -> None:
 def topo(tmp_path_factory) -> Iterator[Path]:
     tool = tmp_path_factory.mktemp("cnt1") / "tool.py"
     tool.write_text(TOOL_SOURCE)
-    procs: list[subprocess.Popen] = []
+    procs: list[subprocess.Popen[str]] = []
     _cleanup()
     try:
         # the host's own address: the control probes come from it
@@ -70,23 +70,17 @@ def topo(tmp_path_factory) -> Iterator[Path]:
         for name, (ip, _role) in WORKLOADS.items():
             ns, iface = PREFIX + name, _iface(PREFIX + name)
             plumb_workload(HOST_NS, ns, iface, ip)
-            p = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, str(tool), "serve",
-                                  *map(str, PORTS)], stdout=subprocess.PIPE, text=True)
-            procs.append(p)
-            assert p.stdout is not None and "ready" in p.stdout.readline(), f"server in {ns}"
+            procs.append(serve_in(ns, tool, PORTS))
         yield tool
     finally:
-        for p in procs:
-            p.kill()
-            p.wait(timeout=10)
+        stop_servers(procs)
         _cleanup()
 
 
 @pytest.fixture
 def dp(topo: Path) -> Iterator[PolicyDataplane]:
-    d = PolicyDataplane(NODE, SETTINGS, nft=NftRunner(netns=HOST_NS))
-    yield d
-    sh("nft", "delete", "table", "inet", "calico", ns=HOST_NS, check=False)
+    with host_dataplane(NODE, SETTINGS, HOST_NS) as d:
+        yield d
 
 
 def _wep(name: str) -> dict[str, Any]:
