@@ -1,8 +1,9 @@
 """The etcd client against a real etcd: ranges, transactions, watch, fail-over, config."""
 from __future__ import annotations
 
-import os
 import socket
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -270,20 +271,65 @@ def test_threads_share_the_client(etcd_client):
     assert len(kvs) == 6 * 30
 
 
-def test_forked_child_does_not_share_the_parents_channel(etcd_client):
-    etcd_client.put("/calico/fork/parent", "p")
-    pid = os.fork()
-    if pid == 0:  # child: its own connection, then exit without running pytest's teardown
-        code = 1
+# The scenario runs in a process of its own: gRPC forbids a fork while another
+# thread is inside a gRPC call (the child crashes or finds its calls "Closed on
+# fork"), and the test process carries the threads of whatever tests ran before.
+_FORK_SCENARIO = """
+import os, sys, traceback
+from urllib.parse import urlsplit
+from calico_net.datastore.config import EtcdConfig
+from calico_net.datastore.etcd import EtcdClient
+
+PORT = urlsplit(sys.argv[1]).port
+
+def etcd_connections():
+    # this process's open TCP sockets that are established to etcd's port
+    inodes = set()
+    for fd in os.listdir("/proc/self/fd"):
         try:
-            etcd_client.put("/calico/fork/child", "c")
-            code = 0 if etcd_client.get("/calico/fork/parent").value == b"p" else 2
-        finally:
-            os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
-    # the parent's channel still works
-    assert etcd_client.get("/calico/fork/child").value == b"c"
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    found = set()
+    for table in ("/proc/self/net/tcp", "/proc/self/net/tcp6"):
+        with open(table) as f:
+            for line in f.readlines()[1:]:
+                cols = line.split()
+                if cols[3] == "01" and int(cols[2].split(":")[1], 16) == PORT and cols[9] in inodes:
+                    found.add(cols[9])
+    return found
+
+client = EtcdClient(EtcdConfig(endpoints=[sys.argv[1]]))
+client.put("/calico/fork/parent", "p")
+parents = etcd_connections()
+pid = os.fork()
+if pid == 0:  # the child: its own connection
+    code = 1
+    try:
+        client.put("/calico/fork/child", "c")
+        value = client.get("/calico/fork/parent").value
+        own = etcd_connections() - parents
+        print("child", value.decode(), "own connections", len(own), flush=True)
+        code = 0
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        os._exit(code)
+_, status = os.waitpid(pid, 0)
+print("child exit", os.waitstatus_to_exitcode(status))
+# the parent's channel still works
+print("parent reads", client.get("/calico/fork/child").value.decode(), "connections", len(parents))
+"""
+
+
+def test_forked_child_does_not_share_the_parents_channel(etcd, etcd_client):
+    run = subprocess.run([sys.executable, "-c", _FORK_SCENARIO, etcd.endpoints],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.splitlines() == ["child p own connections 1", "child exit 0",
+                                       "parent reads c connections 1"], run.stdout + run.stderr
 
 
 def test_proxy_variables_are_ignored(etcd, monkeypatch):

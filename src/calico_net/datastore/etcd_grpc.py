@@ -62,7 +62,9 @@ class Channels:
     """One channel per endpoint, made on first use and kept (thread-safe: a gRPC
     channel multiplexes calls from any number of threads). A channel made before a
     fork is not used by the child (gRPC's sockets and threads do not survive a
-    fork): the child makes its own and leaves the parent's alone.
+    fork): the child makes its own and leaves the parent's alone. gRPC's own rule
+    still holds: fork only while no other thread is inside a gRPC call (a watch
+    being read counts), or the child's calls may fail or the child crash.
 
     TLS as the configuration says: the CA file (else gRPC's default roots) and a
     client certificate when one is set. No proxy: etcd traffic goes where the
