@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO / "src"), str(REPO / "tests"), str(REPO / "bench")]
 PREFIX = "/calico/resources/v3/projectcalico.org/"
 EVENTS, RATE = 5000, 500
-CLIENTS = ("agent", "agent+parse", "grpc", "grpc-unary", "gateway")
+CLIENTS = ("agent", "agent+parse", "grpc", "grpc-unary", "gateway", "h2")
 
 
 def child(endpoint: str, client: str, start: int) -> None:
@@ -91,6 +91,43 @@ def child(endpoint: str, client: str, start: int) -> None:
         for reply in call:
             if reply.events and count(len(reply.events)):
                 break
+    elif client == "h2":
+        import socket
+
+        import bench_fanout as f
+
+        from calico_net.datastore.etcdpb import rpc_pb2 as pb
+
+        host, port = endpoint.split("//", 1)[1].rsplit(":", 1)
+        sock = socket.create_connection((host, int(port)))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.sendall(f.open_bytes(f"{host}:{port}", start))
+        buf, grpc_buf, done = bytearray(), bytearray(), False
+        while not done:
+            buf += sock.recv(1 << 16)
+            pos = 0
+            while len(buf) - pos >= 9:
+                length = int.from_bytes(buf[pos:pos + 3], "big")
+                ftype, flags = buf[pos + 3], buf[pos + 4]
+                if len(buf) - pos - 9 < length:
+                    break
+                payload = bytes(buf[pos + 9:pos + 9 + length])
+                pos += 9 + length
+                if ftype == 0:
+                    grpc_buf += payload
+                    while len(grpc_buf) >= 5:
+                        m = int.from_bytes(grpc_buf[1:5], "big")
+                        if len(grpc_buf) < 5 + m:
+                            break
+                        resp = pb.WatchResponse.FromString(bytes(grpc_buf[5:5 + m]))
+                        del grpc_buf[:5 + m]
+                        if resp.events and count(len(resp.events)):
+                            done = True
+                elif ftype == 4 and not flags & 0x1:
+                    sock.sendall(f.frame(4, 0x1, 0))
+                elif ftype == 6 and not flags & 0x1:
+                    sock.sendall(f.frame(6, 0x1, 0, payload))
+            del buf[:pos]
     else:
         import base64
         import http.client

@@ -108,3 +108,39 @@ def test_range_over_tls_with_a_client_certificate(tls_etcd, pki):
     with pytest.raises(DatastoreUnavailable):
         wrong.get_range("/calico/tlsg/", prefix_end("/calico/tlsg/"))
     wrong.close()
+
+
+def _first_batch(client: EtcdClient, prefix: str, start: int) -> list[tuple[str, bytes]]:
+    watch = client.watch_prefix(prefix, start, read_timeout=5)
+    for batch in watch:
+        watch.cancel()
+        return [(e.kv.key, e.kv.value) for e in batch]
+    return []
+
+
+def test_watch_over_tls_with_a_client_certificate(tls_etcd, pki):
+    # the watch has a connection of its own (etcd_h2), with the same TLS as the channels
+    client = _client(tls_etcd.endpoints, pki)
+    start = client.put("/calico/tlsw/a", "1")
+    assert _first_batch(client, "/calico/tlsw/", start) == [("/calico/tlsw/a", b"1")]
+    client.close()
+
+
+@pytest.mark.parametrize("case", ["other CA", "host name", "no client certificate"])
+def test_watch_refuses_what_the_channels_refuse(tls_etcd, pki, case):
+    good = _client(tls_etcd.endpoints, pki)
+    start = good.put("/calico/tlsr/a", "1")
+    assert _first_batch(good, "/calico/tlsr/", start) == [("/calico/tlsr/a", b"1")]
+    good.close()
+    if case == "other CA":
+        client, text = _client(tls_etcd.endpoints, pki, ca=pki["other_ca"]), "certificate verify failed"
+    elif case == "host name":   # the server certificate names 127.0.0.1 only
+        client, text = _client(tls_etcd.endpoints.replace("127.0.0.1", "localhost"), pki), "TLS error"
+    else:                      # etcd runs with --client-cert-auth
+        client = EtcdClient(EtcdConfig(endpoints=[tls_etcd.endpoints], ca_cert_file=pki["ca"], timeout=5))
+        text = "TLS error.*bad certificate"
+    with pytest.raises(DatastoreUnavailable, match=text) as err:
+        _first_batch(client, "/calico/tlsr/", start)
+    assert tls_etcd.endpoints.replace("127.0.0.1", "localhost" if case == "host name" else "127.0.0.1") \
+        in str(err.value)
+    client.close()

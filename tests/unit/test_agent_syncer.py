@@ -61,7 +61,7 @@ class FakeClient:
         kvs, revision = item
         return revision, iter((kvs,))
 
-    def watch_prefix(self, prefix, start, *, read_timeout=None):
+    def watch_prefix(self, prefix, start, *, read_timeout=None, coalesce=0.0):
         self.watch_starts.append(start)
         return FakeWatch(self.watches.pop(0) if self.watches else [])
 

@@ -280,10 +280,15 @@ class Syncer(SnapshotWatcher):
         backoff_max: float = 5.0,
         probe_interval: float = 5.0,
         page_size: int = 1000,
+        coalesce: float = 0.01,
     ) -> None:
         super().__init__(backoff_initial=backoff_initial, backoff_max=backoff_max,
                          probe_interval=probe_interval)
         self.client = client
+        # while the watch stream is busy, it is read every `coalesce` seconds (a
+        # batch of replies per read and per wake-up); a change after a quiet spell
+        # is read at once
+        self.coalesce = coalesce
         self.sink = sink
         self.prefix = prefix
         self.validate = validate
@@ -350,7 +355,7 @@ class Syncer(SnapshotWatcher):
         return revision
 
     def _watch_from(self, start: int) -> None:
-        watch = self.client.watch_prefix(self.prefix, start)
+        watch = self.client.watch_prefix(self.prefix, start, coalesce=self.coalesce)
         self._probe_failure = None
         self._track([watch])
         probe = threading.Thread(target=self._probe, args=(watch,), name="syncer-probe", daemon=True)

@@ -17,16 +17,16 @@ so there is no hand-written protobuf here. What callers see is `EtcdClient`
 from __future__ import annotations
 
 import os
+import ssl
 import threading
 from typing import Any, Callable, NamedTuple, Sequence
 from urllib.parse import urlsplit
 
 import grpc
-import grpc.experimental
 
+from calico_net.datastore import etcd_h2
 from calico_net.datastore.errors import DatastoreError, DatastoreUnavailable
 from calico_net.datastore.etcdpb import cluster_pb2_grpc as cluster_rpc
-from calico_net.datastore.etcdpb import rpc_pb2 as pb
 from calico_net.datastore.etcdpb import rpc_pb2_grpc as rpc
 
 # Statuses after which the next endpoint is tried: this one is down, unreachable,
@@ -35,27 +35,12 @@ _TRY_NEXT = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 
 class Stubs(NamedTuple):
-    """The services of one endpoint's channel. `watch_one`: etcd's Watch method
-    called with one request and a half-closed request stream (see `watch_one`)."""
+    """The services of one endpoint's channel. (etcd's Watch is not called through
+    gRPC: see `etcd_h2`.)"""
 
     kv: rpc.KVStub
-    watch: rpc.WatchStub
     cluster: cluster_rpc.ClusterStub
     maintenance: cluster_rpc.MaintenanceStub
-    watch_one: Callable[..., Any]
-
-
-def watch_one(channel: grpc.Channel) -> Callable[..., Any]:
-    """etcd's bidirectional Watch method as a unary-stream call: the create request,
-    then the request stream half-closed. etcd keeps such a watch open (its watch
-    server ends a stream on a receive error, not on the client's end of sending:
-    etcd's own JSON gateway watches this way). A unary-stream call on a channel
-    with gRPC's SingleThreadedUnaryStream option is read in the caller's thread,
-    without gRPC's channel thread handing each message over: a watch event costs
-    the process about a third less CPU (`bench/bench_watch_client.py`)."""
-    return channel.unary_stream("/etcdserverpb.Watch/Watch",
-                                request_serializer=pb.WatchRequest.SerializeToString,
-                                response_deserializer=pb.WatchResponse.FromString)
 
 
 class Channels:
@@ -81,6 +66,7 @@ class Channels:
         self.current = 0            # the endpoint that answered last: tried first
         self._open: dict[int, tuple[int, grpc.Channel, Stubs]] = {}
         self._lock = threading.Lock()
+        self._tls: ssl.SSLContext | None = None
 
     def stubs(self, idx: int) -> Stubs:
         pid = os.getpid()
@@ -89,11 +75,23 @@ class Channels:
             if hit is not None and hit[0] == pid:
                 return hit[2]
             channel = self._channel(self.endpoints[idx])
-            stubs = Stubs(rpc.KVStub(channel), rpc.WatchStub(channel),
-                          cluster_rpc.ClusterStub(channel), cluster_rpc.MaintenanceStub(channel),
-                          watch_one(channel))
+            stubs = Stubs(rpc.KVStub(channel), cluster_rpc.ClusterStub(channel),
+                          cluster_rpc.MaintenanceStub(channel))
             self._open[idx] = (pid, channel, stubs)
             return stubs
+
+    def tls_context(self) -> ssl.SSLContext:
+        """The TLS context of the watch streams' own connections (`etcd_h2`), from
+        the same files as the channels' credentials; made once."""
+        with self._lock:
+            if self._tls is None:
+                with_cert = bool(self.cert_file and self.key_file)
+                try:
+                    self._tls = etcd_h2.tls_context(self.ca_cert_file, self.cert_file if with_cert else None,
+                                                    self.key_file if with_cert else None)
+                except OSError as e:   # ssl.SSLError is one too
+                    raise DatastoreError(f"cannot read the etcd TLS files: {e}") from None
+            return self._tls
 
     def _channel(self, endpoint: str) -> grpc.Channel:
         parts = urlsplit(endpoint)
@@ -104,8 +102,7 @@ class Channels:
         # the channel would come back that late, long after etcd did. Capped at the
         # watchers' own backoff cap, so recovery follows etcd's return.
         options = [("grpc.max_receive_message_length", -1), ("grpc.enable_http_proxy", 0),
-                   ("grpc.max_reconnect_backoff_ms", 5000),
-                   (grpc.experimental.ChannelOptions.SingleThreadedUnaryStream, 1)]
+                   ("grpc.max_reconnect_backoff_ms", 5000)]
         if parts.scheme != "https":
             return grpc.insecure_channel(target, options=options)
         with_cert = bool(self.cert_file and self.key_file)
