@@ -582,10 +582,13 @@ class Daemon:
                 self.applied = True
                 self.coldstart.applied()
                 self.health.set_applied()
+                stats = getattr(self.policy, "last_stats", None)
+                split = (f": index {stats.index_seconds:.3f} s, render {stats.render_seconds:.3f} s, "
+                         f"write {stats.write_seconds:.3f} s" if stats is not None else "")
                 log.info("dataplane programmed: %d local endpoints, %d policies in %.3f s "
-                         "(policy %.3f s; sysctls of %d interfaces %.3f s more; routes %.3f s)",
+                         "(policy %.3f s%s; sysctls of %d interfaces %.3f s more; routes %.3f s)",
                          len(self.routes.endpoints), self.policy_count, elapsed,
-                         result.policy_s, result.n_sysctls, result.sysctl_s, result.routes_s)
+                         result.policy_s, split, result.n_sysctls, result.sysctl_s, result.routes_s)
         else:
             self.metrics.errors.inc()
             self.retry_at = time.monotonic() + RETRY_AFTER_ERROR

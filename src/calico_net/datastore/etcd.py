@@ -464,10 +464,10 @@ class Watch:
             with self._lock:
                 self._call = call
                 cancelled = self._cancelled
-            first = None
+            message = None
             try:
                 if not cancelled:
-                    first = pb.WatchResponse.FromString(call.next_message(channels.timeout) or b"\xff")
+                    message = call.next_message(channels.timeout)
             except etcd_h2.CallFailed as e:
                 if not self._cancelled:
                     call.close()
@@ -475,14 +475,18 @@ class Watch:
                         raise DatastoreError(f"etcd rejected the watch: {e}") from None
                     errors.append(f"{endpoint}: {e}")
                     continue
-            except DecodeError:
-                first = None
             if self._cancelled:
                 call.close()
                 return None
-            if first is None:
+            if message is None:
                 call.close()
                 errors.append(f"{endpoint}: the watch stream ended at once")
+                continue
+            try:
+                first = pb.WatchResponse.FromString(message)
+            except DecodeError:
+                call.close()
+                errors.append(f"{endpoint}: its watch reply does not decode")
                 continue
             channels.current = idx
             return call, first

@@ -192,7 +192,7 @@ class StreamCall:
                 sock.settimeout(timeout)
                 self._timeout = timeout
             data = sock.recv(1 << 18)
-        except socket.timeout:
+        except (socket.timeout, BlockingIOError):   # the latter: a timeout of 0
             raise CallFailed(f"timed out after {timeout:g} s with no message", try_next=True) from None
         except (OSError, ValueError) as e:
             if self._cancelled:
@@ -326,7 +326,7 @@ class StreamCall:
             self._end(CallFailed("etcd sent a second header block that does not end the call", try_next=True))
             return
         text = got.get(b"grpc-status", b"").decode("latin-1")
-        if not text.isdigit():
+        if not (text.isascii() and text.isdigit()):
             self._end(CallFailed(f"etcd ended the call with no valid grpc-status ({text!r})", try_next=True))
             return
         code = int(text)
