@@ -301,3 +301,20 @@ def test_bad_documents_are_skipped_the_rest_explained():
     (fe,) = find_endpoints(cl, "fe", "stars")
     r = explain(cl, None, fe, Packet("198.18.77.6", "198.18.77.1", 6, 80))
     assert r["verdict"] == "Allow" and r["steps"][0]["by"] == "Profile kns.stars rule 1"
+
+
+def test_reject_deny_action_is_what_explain_shows():
+    # nftablesFilterDenyAction Reject: the node writes `reject` where Drop writes
+    # `drop`, in the rules and in the endpoint chain (so the chain's name differs too)
+    reject = [{"kind": "FelixConfiguration", "metadata": {"name": "default"},
+               "spec": {"nftablesFilterDenyAction": "Reject"}}]
+    dropped = run(stars_docs(), CL, FE, tcp(CL, FE, 9090))
+    rejected = run(stars_docs() + reject, CL, FE, tcp(CL, FE, 9090))
+    assert dropped["verdict"] == rejected["verdict"] == "Deny"
+    d_ing, r_ing = dropped["steps"][1], rejected["steps"][1]
+    assert d_ing["by"] == r_ing["by"] == "GlobalNetworkPolicy pass-non-clients rule 2"
+    d_rule, r_rule = d_ing["policies"][0]["rules"][2], r_ing["policies"][0]["rules"][2]
+    assert d_rule["nft"][-1].endswith(" drop") and r_rule["nft"][-1].endswith(" reject")
+    assert r_rule["nft"][-1][:-len("reject")] == d_rule["nft"][-1][:-len("drop")]
+    assert not any(" drop" in line or line == "drop" for line in r_rule["nft"])
+    assert d_ing["chain"] != r_ing["chain"]

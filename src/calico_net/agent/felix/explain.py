@@ -45,7 +45,7 @@ from typing import Any, Iterable, Mapping
 from . import hostprotect
 from .index import PolicyIndex
 from .nftstr import NftStringError
-from .chains import endpoint_chain_body, policy_chain, profile_chain
+from .chains import DENY_VERDICTS, endpoint_chain_body, policy_chain, profile_chain
 from .records import DENY_ALL, ENDPOINT_KINDS, Key, Member, policy_sort_key
 from .rules import (
     _PORT_HEADERS,
@@ -91,9 +91,10 @@ class _RenderCtx:
     """What `render_rule` asks of its context, answered from the index (as the
     dataplane's own context does); long literal lists get a placeholder name."""
 
-    def __init__(self, index: PolicyIndex, log_prefix: str) -> None:
+    def __init__(self, index: PolicyIndex, log_prefix: str, deny: str = "drop") -> None:
         self.index = index
         self.log_prefix = log_prefix
+        self.deny = deny        # the Deny verdict the node writes (nftablesFilterDenyAction)
 
     def has_set(self, name: str) -> bool:
         return self.index.set_exists(name)
@@ -215,7 +216,7 @@ def _rule_entries(rules: tuple[CompiledRule, ...], raw: list[Any] | None, pkt: P
     try:
         rendered = [render_rule(r, ctx, in_profile=in_profile) for r in rules]
     except NftStringError as exc:
-        return [{"index": None, "rule": None, "nft": ["drop"], "position": 0, "matched": True,
+        return [{"index": None, "rule": None, "nft": [ctx.deny], "position": 0, "matched": True,
                  "action": "Deny", "note": f"a rule cannot be written ({exc}): the chain drops"}], "Deny"
     same = raw is not None and len(raw) == len(rules) and rules is not DENY_ALL
     out: list[dict[str, Any]] = []
@@ -373,7 +374,9 @@ def _endpoint_chain(cl: Cluster, member: Member, direction: str, pkt: Packet) ->
             step0.update(verdict="Allow", by="the host endpoint is not programmed (no usable interface "
                                              "name): no host endpoint policy applies")
         return step0
-    ctx = _RenderCtx(index, cl.settings(member.node).log_prefix)
+    settings = cl.settings(member.node)
+    deny = DENY_VERDICTS[settings.filter_deny_action]
+    ctx = _RenderCtx(index, settings.log_prefix, deny)
     ordered = index.ordered_policies(member.key)
     skipped = [_key_text(p.key) for p in ordered if cl.flags(p.key) & (hostprotect.PRE_DNAT
                                                                        | hostprotect.DO_NOT_TRACK)]
@@ -386,8 +389,8 @@ def _endpoint_chain(cl: Cluster, member: Member, direction: str, pkt: Packet) ->
     groups = tuple((t, a, tuple(p.key for p in ms if direction in p.types))
                    for t, _o, a, ms in index.tier_groups(pols))
     groups = tuple(g for g in groups if g[2])
-    ep_chain, body = endpoint_chain_body(direction, groups, tuple(index.profiles_for(member.key)))
-    tier_drops = iter([i for i, line in enumerate(body) if line.endswith("== 0 drop")])
+    ep_chain, body = endpoint_chain_body(direction, groups, tuple(index.profiles_for(member.key)), deny)
+    tier_drops = iter([i for i, line in enumerate(body) if line.endswith(f"== 0 {deny}")])
     step["chain"] = ep_chain
     decided: dict[str, Any] | None = None
     for tier, order, action, members in index.tier_groups(pols):
