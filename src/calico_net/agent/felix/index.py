@@ -301,8 +301,8 @@ class PolicyIndex:
                 for p in new.profiles:
                     profile_members.setdefault(p, set()).add(key)
             relabel.add(key)
-            was_local = old is not None and old.is_endpoint and old.node == node
-            is_local = new is not None and new.is_endpoint and new.node == node
+            was_local = old is not None and old.node == node and old.is_endpoint
+            is_local = new is not None and new.node == node and new.is_endpoint
             if was_local or is_local:
                 ch.endpoints.add(key)
                 if is_local:
@@ -345,8 +345,10 @@ class PolicyIndex:
         # members with the same own labels and profiles (the pods of a deployment,
         # all of them on a cold start) have the same effective labels: made once
         # per (own label set, profiles) in this call (the own label sets are the
-        # members' shared ones, alive throughout, so their ids are stable here)
-        made: dict[tuple[int, tuple[str, ...]], tuple[dict[str, str], tuple[Any, ...]]] = {}
+        # members' shared ones, alive throughout, so their ids are stable here),
+        # and the members taking them reach the rule matcher together
+        made: dict[tuple[int, tuple[str, ...]],
+                   tuple[dict[str, str], tuple[Any, ...], list[Key]]] = {}
         for key in relabel:
             m = members.get(key)
             if m is None:
@@ -357,13 +359,16 @@ class PolicyIndex:
             got = made.get(ck)
             if got is None:
                 labels = self._effective_labels(m)
-                got = made[ck] = (labels, tuple(labels.items()))
-            labels, gid = got
-            rule_set(key, labels, gid)
-            if m.is_endpoint and m.node == node:
-                policy_set(key, labels)
+                got = made[ck] = (labels, tuple(labels.items()), [key])
+            else:
+                got[2].append(key)
+            if m.node == node and m.is_endpoint:
+                policy_set(key, got[0])
             elif key in policy_items:
                 policy_set(key, None)
+        rule_set_many = self.rule_matcher.set_items
+        for labels, gid, keys in made.values():
+            rule_set_many(keys, labels, gid)
 
     def _effective_labels(self, m: Member) -> dict[str, str]:
         labels: dict[str, str] = {}

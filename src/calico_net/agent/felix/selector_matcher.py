@@ -82,6 +82,39 @@ class GroupedLabels:
         self._group[item] = entry[0]
         entry[1].add(item)
 
+    def add_many(self, items: list[Hashable], labels: Mapping[str, str], gid: Group) -> None:
+        """`add` for several items that take one label set (`gid`:
+        ``tuple(labels.items())``): the items new to the index are filed in bulk."""
+        try:
+            hash(gid)
+        except TypeError:
+            for it in items:
+                self.add(it, labels, gid)
+            return
+        group = self._group
+        fresh = items
+        if group:
+            known = group.keys() & set(items)
+            if known:
+                for it in known:
+                    old = group[it]
+                    if old != gid:
+                        self._leave(it, old)
+                        del group[it]
+                fresh = [it for it in items if it not in group]
+        if not fresh:
+            return
+        entry = self._items.get(gid)
+        if entry is None:
+            entry = self._items[gid] = (gid, set())
+            self.sets.add(gid, labels)
+        group.update(dict.fromkeys(fresh, entry[0]))
+        entry[1].update(fresh)
+
+    def items_of(self, gid: Group) -> set[Hashable]:
+        """The items carrying label set `gid` (the index's own set: not to be changed)."""
+        return self._items[gid][1]
+
     def remove(self, item: Hashable) -> None:
         """Forget ``item``; unknown items are ignored."""
         old = self._group.pop(item, None)
@@ -161,6 +194,15 @@ class SelectorMatcher:
             else:
                 self.universe.add(item)
         self._dirty_items.add(item)
+
+    def set_items(self, items: list[Hashable], labels: Mapping[str, str], gid: Group) -> None:
+        """`set_item` for several items that take one label set (`gid`:
+        ``tuple(labels.items())``)."""
+        if self._owns_index:
+            self.index.add_many(items, labels, gid)
+        if self.universe is not None:
+            self.universe.update(items)
+        self._dirty_items.update(items)
 
     def set_selector(self, key: Hashable, sel: Selector | None) -> None:
         if sel is None:
@@ -296,6 +338,9 @@ class SelectorMatcher:
         changes: list[tuple[Hashable, Hashable, bool]] = []
         dirty_sels, self._dirty_sels = self._dirty_sels, set()
         items, self._dirty_items = self._dirty_items, set()
+        if len(items) > self.BULK_ITEMS:
+            self._recompute_bulk(dirty_sels, changes)
+            return changes
         for key in dirty_sels:
             sel = self.selectors.get(key)
             old = self.members.get(key, _NONE)
@@ -306,15 +351,6 @@ class SelectorMatcher:
             else:
                 self.members[key] = new
         if not items:
-            return changes
-        if len(items) > self.BULK_ITEMS:
-            others = [(k, s) for k, s in self.selectors.items() if k not in dirty_sels]
-            for key, sel in others:
-                old = self.members.get(key, _NONE)
-                new = self._select(sel)
-                if new != old:
-                    self._diff(key, old, new, changes)  # type: ignore[arg-type]
-                    self.members[key] = new
             return changes
         index, universe = self.index, self.universe
         for it in items:
@@ -333,6 +369,82 @@ class SelectorMatcher:
                 self.members[k].add(it)
                 self._diff(k, _NONE, {it}, changes)  # type: ignore[arg-type]
         return changes
+
+
+    def _recompute_bulk(self, dirty_sels: set[Hashable],
+                        changes: list[tuple[Hashable, Hashable, bool]]) -> None:
+        """`recompute` for a large batch of changed items (a cold start): every
+        selector is re-selected (the changed ones, then the others), its changes
+        listed as `_diff` lists them; then each item's match set is rebuilt per
+        label set (items carrying one label set match the same selectors), in bulk,
+        instead of one transition per item and selector."""
+        index, universe, members = self.index, self.universe, self.members
+        select_sets, expand = index.sets.select, index._expand
+        picked: dict[Hashable, set[Hashable]] = {}     # selector -> its label-set ids
+        for key in dirty_sels:
+            sel = self.selectors.get(key)
+            old = members.get(key, _NONE)
+            if sel is None:
+                new: set[Hashable] = set()
+            else:
+                gids = picked[key] = select_sets(sel)
+                new = expand(gids)
+                if universe is not None:
+                    new &= universe
+            self._diff_changes(key, old, new, changes)  # type: ignore[arg-type]
+            if sel is None:
+                members.pop(key, None)
+            else:
+                members[key] = new
+        others = [(k, s) for k, s in self.selectors.items() if k not in dirty_sels]
+        for key, sel in others:
+            old = members.get(key, _NONE)
+            gids = picked[key] = select_sets(sel)
+            new = expand(gids)
+            if universe is not None:
+                new &= universe
+            if new != old:
+                self._diff_changes(key, old, new, changes)  # type: ignore[arg-type]
+                members[key] = new
+        # every selector's members are now its selection: an item's match set is
+        # the selectors whose selection holds its label set (and, with a universe,
+        # only while the item is in it)
+        by_gid: dict[Hashable, list[Hashable]] = {}
+        for key, gids in picked.items():
+            for g in gids:
+                got = by_gid.get(g)
+                if got is None:
+                    by_gid[g] = [key]
+                else:
+                    got.append(key)
+        matches, shared, items_of = self.matches, self._shared, index.items_of
+        matches.clear()
+        for g, keys in by_gid.items():
+            its = items_of(g)  # type: ignore[arg-type]
+            if universe is not None:
+                its = its & universe
+                if not its:
+                    continue
+            m = frozenset(keys)
+            m = shared.setdefault(m, m)
+            matches.update(dict.fromkeys(its, m))
+
+    def _diff_changes(self, key: Hashable, old: set[Hashable], new: set[Hashable],
+                      changes: list[tuple[Hashable, Hashable, bool]]) -> None:
+        """The changes `_diff` lists, without its update of the match sets."""
+        skip = self._skip
+        if not old:
+            if skip:
+                changes.extend([(key, it, True) for it in new if it not in skip])
+            else:
+                changes.extend([(key, it, True) for it in new])
+            return
+        for it in (old - new) if new else old:
+            if it not in skip:
+                changes.append((key, it, False))
+        for it in (new - old) if old else new:
+            if it not in skip:
+                changes.append((key, it, True))
 
 
 _NONE: frozenset[Any] = frozenset()

@@ -13,6 +13,7 @@ record.
 from __future__ import annotations
 
 import ipaddress
+import itertools
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Hashable, Iterable, Mapping
@@ -170,6 +171,11 @@ class SelectorSets:
                 continue
             self._contribute(m.values(), use, None, +1 if added else -1)
         counts, touched, contributed = self.counts, self.changes.elements, self.contributed
+        matches = matcher.matches
+        # the common member (IPv4 host addresses only) is gathered by its match set
+        # (one shared set per label set): its addresses reach each matched
+        # selector's set once per match set, counted in bulk below
+        by_match: dict[frozenset[Hashable], list[tuple[str, ...]]] = {}
         for key in detached:
             m = members.get(key)
             if m is None:
@@ -182,27 +188,44 @@ class SelectorSets:
                     use = uses.get(sel_key)  # type: ignore[arg-type]
                     if use is not None:
                         self._contribute(vals, use, None, +1)
-            else:
-                # _contribute(vals, use, None, +1) for the common member (IPv4 host
-                # addresses only), inlined: a cold start runs this for every member
-                # and every selector it matches
-                for sel_key in matcher.matches_of(key):
-                    use = uses.get(sel_key)  # type: ignore[arg-type]
-                    if use is None or not use.addr_users or not a4:
-                        continue
-                    c = counts.get(use.s4)
-                    if c is None:
-                        continue
-                    for e in a4:
-                        n = c.get(e, 0) + 1
-                        c[e] = n
-                        if n == 1:
-                            t = touched.get(use.s4)
-                            if t is None:
-                                touched[use.s4] = {e}
-                            else:
-                                t.add(e)
+            elif a4:
+                ms = matches.get(key)
+                if ms:
+                    got = by_match.get(ms)
+                    if got is None:
+                        by_match[ms] = [a4]
+                    else:
+                        got.append(a4)
             contributed[key] = vals
+        if not by_match:
+            return
+        # _contribute(vals, use, None, +1) for all those members: only additions,
+        # so the elements that appear are those the set did not hold before
+        per_set: dict[str, list[list[tuple[str, ...]]]] = {}
+        for ms, addrs in by_match.items():
+            for sel_key in ms:
+                use = uses.get(sel_key)  # type: ignore[arg-type]
+                if use is None or not use.addr_users or use.s4 not in counts:
+                    continue
+                got = per_set.get(use.s4)
+                if got is None:
+                    per_set[use.s4] = [addrs]
+                else:
+                    got.append(addrs)
+        chain = itertools.chain.from_iterable
+        for name, lists in per_set.items():
+            c = counts[name]
+            elems = list(chain(chain(lists)))
+            fresh = set(elems)
+            if c:
+                fresh = {e for e in fresh if e not in c}
+            c.update(elems)
+            if fresh:
+                t = touched.get(name)
+                if t is None:
+                    touched[name] = fresh
+                else:
+                    t |= fresh
 
     def _contribute_existing(self, use: _SelectorUse, npk: NamedPortKey | None | str,
                              sign: int) -> None:
