@@ -249,13 +249,22 @@ class PolicyIndex:
         members contribute anew), and last the policy selectors are re-matched
         against the local endpoints."""
         ch = self._changes
-        detached: set[Key] = set()      # members whose set contributions are retracted
-        relabel: set[Key] = set()       # members whose effective labels may have changed
+        # members whose set contributions are retracted, and members whose effective
+        # labels may have changed: insertion-ordered (dicts as ordered sets), so the
+        # steps walk the members in the order they came (and were allocated in),
+        # not in hash order, which on a cold start costs a cache miss per member
+        detached: dict[Key, None] = {}
+        relabel: dict[Key, None] = {}
         self._apply_member_updates(ch, detached, relabel)
         self._apply_profile_updates(ch, detached, relabel)
-        self._push_effective_labels(relabel)
+        groups, gone = self._push_effective_labels(relabel)
         self._apply_policy_updates(ch)
-        self.sets.settle(detached)
+        # (the members detached are the members relabelled: both steps above mark
+        # the two alike; the label groups spare settle a look-up per member)
+        if detached.keys() == relabel.keys():
+            self.sets.settle(detached, groups, gone)
+        else:
+            self.sets.settle(detached)
         self._match_policies_to_endpoints(ch)
         if self._tier_dirty:
             # a tier's order or default action, or a policy's tier, changed: the
@@ -271,8 +280,8 @@ class PolicyIndex:
         self._changes = self.sets.changes = IndexChanges()
         return ch
 
-    def _apply_member_updates(self, ch: IndexChanges, detached: set[Key],
-                              relabel: set[Key]) -> None:
+    def _apply_member_updates(self, ch: IndexChanges, detached: dict[Key, None],
+                              relabel: dict[Key, None]) -> None:
         """Pending endpoints and network sets become records; a changed one is
         detached, re-filed under its profiles and relabelled; a local endpoint that
         changed (or stopped or started being local) is to be re-dispatched."""
@@ -284,7 +293,7 @@ class PolicyIndex:
             if new is not None and old is not None and new == old:
                 continue
             if old is None and key not in contributed:
-                detached.add(key)       # a new member: nothing to retract (detach's own fast case)
+                detached[key] = None    # a new member: nothing to retract (detach's own fast case)
             else:
                 detach(key, detached)
             if old is not None:
@@ -299,8 +308,11 @@ class PolicyIndex:
             else:
                 members[key] = new
                 for p in new.profiles:
-                    profile_members.setdefault(p, set()).add(key)
-            relabel.add(key)
+                    s = profile_members.get(p)
+                    if s is None:
+                        s = profile_members[p] = set()
+                    s.add(key)
+            relabel[key] = None
             was_local = old is not None and old.node == node and old.is_endpoint
             is_local = new is not None and new.node == node and new.is_endpoint
             if was_local or is_local:
@@ -310,8 +322,8 @@ class PolicyIndex:
                 else:
                     local_keys.discard(key)
 
-    def _apply_profile_updates(self, ch: IndexChanges, detached: set[Key],
-                               relabel: set[Key]) -> None:
+    def _apply_profile_updates(self, ch: IndexChanges, detached: dict[Key, None],
+                               relabel: dict[Key, None]) -> None:
         """Pending profiles become records: their labels feed their members'
         effective labels (members detached and relabelled when those change), their
         rules feed selector usage; appearing or vanishing changes the class chains of
@@ -326,7 +338,7 @@ class PolicyIndex:
             if (old.labels_to_apply if old else {}) != (new.labels_to_apply if new else {}):
                 for k in members.difference(detached):
                     self.sets.detach(k, detached)
-                relabel.update(members)
+                relabel.update(dict.fromkeys(members))
             self.sets.move_uses(("profile", name), old.rules() if old else (),
                                 new.rules() if new else ())
             if new is None:
@@ -334,9 +346,12 @@ class PolicyIndex:
             else:
                 self.profiles[name] = new
 
-    def _push_effective_labels(self, relabel: set[Key]) -> None:
+    def _push_effective_labels(self, relabel: dict[Key, None]
+                               ) -> tuple[list[tuple[list[Key], list[Member]]], list[Key]]:
         """The effective labels of relabelled members into the label index (all
-        members for rule selectors; local endpoints only for policy selectors)."""
+        members for rule selectors; local endpoints only for policy selectors).
+        Returns the relabelled members that exist, as (keys, records) of members
+        with the same effective labels, and the keys of those that are gone."""
         members, node = self.members, self.node_name
         rule_set, policy_set = self.rule_matcher.set_item, self.policy_matcher.set_item
         # the policy matcher only ever held local endpoints (its universe)
@@ -348,27 +363,31 @@ class PolicyIndex:
         # members' shared ones, alive throughout, so their ids are stable here),
         # and the members taking them reach the rule matcher together
         made: dict[tuple[int, tuple[str, ...]],
-                   tuple[dict[str, str], tuple[Any, ...], list[Key]]] = {}
+                   tuple[dict[str, str], tuple[Any, ...], list[Key], list[Member]]] = {}
+        gone: list[Key] = []
         for key in relabel:
             m = members.get(key)
             if m is None:
                 rule_set(key, None)
                 policy_set(key, None)
+                gone.append(key)
                 continue
             ck = (id(m.own_labels), m.profiles)
             got = made.get(ck)
             if got is None:
                 labels = self._effective_labels(m)
-                got = made[ck] = (labels, tuple(labels.items()), [key])
+                got = made[ck] = (labels, tuple(labels.items()), [key], [m])
             else:
                 got[2].append(key)
+                got[3].append(m)
             if m.node == node and m.is_endpoint:
                 policy_set(key, got[0])
             elif key in policy_items:
                 policy_set(key, None)
         rule_set_many = self.rule_matcher.set_items
-        for labels, gid, keys in made.values():
+        for labels, gid, keys, _recs in made.values():
             rule_set_many(keys, labels, gid)
+        return [(keys, recs) for _labels, _gid, keys, recs in made.values()], gone
 
     def _effective_labels(self, m: Member) -> dict[str, str]:
         labels: dict[str, str] = {}

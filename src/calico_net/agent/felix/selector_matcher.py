@@ -15,7 +15,7 @@ inverted index grows with the label sets, not with the endpoints.
 """
 from __future__ import annotations
 
-from typing import Any, Hashable, Mapping
+from typing import Any, Collection, Hashable, Mapping
 
 from calico_net.model.selector import (
     And,
@@ -173,7 +173,7 @@ class SelectorMatcher:
         self._shared: dict[frozenset[Hashable], frozenset[Hashable]] = {}
         self._dirty_items: set[Hashable] = set()
         self._dirty_sels: set[Hashable] = set()
-        self._skip: set[Hashable] | frozenset[Hashable] = frozenset()
+        self._skip: Collection[Hashable] = frozenset()
         self._by_kv: dict[tuple[str, str], set[Hashable]] = {}
         self._by_k: dict[str, set[Hashable]] = {}
         self._always: set[Hashable] = set()
@@ -325,10 +325,11 @@ class SelectorMatcher:
     #: may use any more; dropping them costs only sharing for later changes)
     CACHE_LIMIT = 1 << 16
 
-    def recompute(self, skip: set[Hashable] | frozenset[Hashable] = frozenset()
+    def recompute(self, skip: Collection[Hashable] = frozenset()
                   ) -> list[tuple[Hashable, Hashable, bool]]:
         """Fold pending changes in; returns (selector key, item, matched now?) pairs,
-        leaving out items in `skip` (the caller handles those wholesale)."""
+        leaving out items in `skip` (a set, or a dict as an ordered set: the caller
+        handles those wholesale)."""
         self._skip = skip
         if len(self._plus) + len(self._minus) + len(self._shared) > self.CACHE_LIMIT:
             self._plus.clear()
@@ -435,7 +436,9 @@ class SelectorMatcher:
         skip = self._skip
         if not old:
             if skip:
-                changes.extend([(key, it, True) for it in new if it not in skip])
+                # (set - set or set - dict: by the hashes the set holds)
+                if new.difference(skip):
+                    changes.extend([(key, it, True) for it in new if it not in skip])
             else:
                 changes.extend([(key, it, True) for it in new])
             return

@@ -143,12 +143,12 @@ class SelectorSets:
 
     # -- member contributions --------------------------------------------------
 
-    def detach(self, key: Key, detached: set[Key]) -> None:
+    def detach(self, key: Key, detached: dict[Key, None]) -> None:
         """Retract everything member `key` contributed to sets (before it changes);
         `settle` re-adds what it contributes then."""
         if key in detached:
             return
-        detached.add(key)
+        detached[key] = None
         vals = self.contributed.pop(key, None)
         if vals is None:
             return
@@ -157,10 +157,17 @@ class SelectorSets:
             if use is not None:
                 self._contribute(vals, use, None, -1)
 
-    def settle(self, detached: set[Key]) -> None:
+    def settle(self, detached: dict[Key, None],
+               groups: list[tuple[list[Key], list[Member]]] | None = None,
+               gone: Iterable[Key] = ()) -> None:
         """Re-match the rule selectors and bring the sets up to date: a member that
         joined or left a selector adds or retracts its contributions; each detached
-        member contributes anew (or is forgotten if gone)."""
+        member contributes anew (or is forgotten if gone).
+
+        `groups`, when given, are the detached members that exist, as (keys, their
+        records) of members with equal effective labels (so one match set per
+        group), and `gone` the detached keys without a member: together exactly
+        `detached`."""
         uses, members, matcher = self.uses, self.members, self.matcher
         for sel_key, item, added in matcher.recompute(skip=detached):
             if item in detached:
@@ -170,33 +177,58 @@ class SelectorSets:
             if use is None or m is None:
                 continue
             self._contribute(m.values(), use, None, +1 if added else -1)
-        counts, touched, contributed = self.counts, self.changes.elements, self.contributed
+        contributed = self.contributed
         matches = matcher.matches
         # the common member (IPv4 host addresses only) is gathered by its match set
         # (one shared set per label set): its addresses reach each matched
         # selector's set once per match set, counted in bulk below
         by_match: dict[frozenset[Hashable], list[tuple[str, ...]]] = {}
-        for key in detached:
-            m = members.get(key)
-            if m is None:
+        if groups is None:
+            for key in detached:
+                m = members.get(key)
+                if m is None:
+                    contributed.pop(key, None)
+                    continue
+                vals = m.values()
+                a4, a6, n4, n6, ports = vals
+                if a6 or n4 or n6 or ports:
+                    for sel_key in matcher.matches_of(key):
+                        use = uses.get(sel_key)  # type: ignore[arg-type]
+                        if use is not None:
+                            self._contribute(vals, use, None, +1)
+                elif a4:
+                    ms = matches.get(key)
+                    if ms:
+                        got = by_match.get(ms)
+                        if got is None:
+                            by_match[ms] = [a4]
+                        else:
+                            got.append(a4)
+                contributed[key] = vals
+        else:
+            for key in gone:
                 contributed.pop(key, None)
-                continue
-            vals = m.values()
-            a4, a6, n4, n6, ports = vals
-            if a6 or n4 or n6 or ports:
-                for sel_key in matcher.matches_of(key):
-                    use = uses.get(sel_key)  # type: ignore[arg-type]
-                    if use is not None:
-                        self._contribute(vals, use, None, +1)
-            elif a4:
-                ms = matches.get(key)
-                if ms:
+            for keys, recs in groups:
+                ms = matches.get(keys[0])
+                simple: list[tuple[str, ...]] = []
+                for key, m in zip(keys, recs):
+                    vals = m.values()
+                    a4, a6, n4, n6, ports = vals
+                    if a6 or n4 or n6 or ports:
+                        for sel_key in ms or ():
+                            use = uses.get(sel_key)  # type: ignore[arg-type]
+                            if use is not None:
+                                self._contribute(vals, use, None, +1)
+                    elif a4:
+                        simple.append(a4)
+                    contributed[key] = vals
+                if ms and simple:
                     got = by_match.get(ms)
                     if got is None:
-                        by_match[ms] = [a4]
+                        by_match[ms] = simple
                     else:
-                        got.append(a4)
-            contributed[key] = vals
+                        got.extend(simple)
+        counts, touched = self.counts, self.changes.elements
         if not by_match:
             return
         # _contribute(vals, use, None, +1) for all those members: only additions,
