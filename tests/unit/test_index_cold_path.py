@@ -121,6 +121,7 @@ def world():
         ("GlobalNetworkSet", "g1", None, gns("g1", ["192.168.0.0/16", "192.168.4.0/24",
                                                   "fd10::/64"], {"role": "gw"})),
         ("GlobalNetworkSet", "g2", None, gns("g2", ["172.16.0.0/12"], {"team": "t1"})),
+        ("WorkloadEndpoint", "ghost", "ns1", None),     # deleted before it was ever seen
     ]
     return config, members
 

@@ -288,6 +288,26 @@ class PolicyIndex:
         pending, self._pending_members = self._pending_members, {}
         members, profile_members, node = self.members, self.profile_members, self.node_name
         detach, contributed, local_keys = self.sets.detach, self.sets.contributed, self.local_keys
+        if not members and not contributed:
+            # a cold start: every member is new (nothing to retract, no profiles to
+            # leave, none was local); the loop below, without what cannot apply
+            new_keys = dict.fromkeys(pending)
+            detached.update(new_keys)
+            relabel.update(new_keys)
+            endpoints = ch.endpoints
+            for key, new in pending.items():
+                if new is None:
+                    continue
+                members[key] = new
+                for p in new.profiles:
+                    s = profile_members.get(p)
+                    if s is None:
+                        s = profile_members[p] = set()
+                    s.add(key)
+                if new.node == node and new.is_endpoint:
+                    endpoints.add(key)
+                    local_keys.add(key)
+            return
         for key, new in pending.items():
             old = members.get(key)
             if new is not None and old is not None and new == old:
