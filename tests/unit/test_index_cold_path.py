@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from collections import Counter
 
+import pytest
+
 from calico_net.agent.felix.index import PolicyIndex, SelectorMatcher
 
 NODE = "node1"
@@ -64,9 +66,9 @@ def to_ports(sel, ports, proto="TCP"):
 APPS = ["web", "db", "cache", "api"]
 
 
-def remote(i):
-    """A remote endpoint of a few label groups: one or two IPv4 addresses, some with
-    IPv6, some with named ports, some with profiles."""
+def remote(i, node="n2"):
+    """An endpoint (remote unless `node` says otherwise) of a few label groups: one
+    or two IPv4 addresses, some with IPv6, some with named ports, some with profiles."""
     ns = ("ns1", "ns2", "ns3")[i % 3]
     app = APPS[i % 4]
     labels = {"app": app}
@@ -84,11 +86,12 @@ def remote(i):
         ports = [("pg", "TCP", 5432), ("http", "UDP", 9090)]
     profs = (f"kns.{ns}",) + (("extra",) if i % 6 == 0 else ())
     return ("WorkloadEndpoint", f"r{i}", ns,
-            wep(f"r{i}", ns, ips, labels, profiles=profs, ports=ports))
+            wep(f"r{i}", ns, ips, labels, node=node, profiles=profs, ports=ports))
 
 
-def world():
-    """(policies and profiles, members) of a mixed population."""
+def world(local_every=0):
+    """(policies and profiles, members) of a mixed population (with `local_every`,
+    every so many of the bulk endpoints are this node's)."""
     config = [
         ("Profile", "kns.ns1", None, profile("kns.ns1", {"env": "prod"})),
         ("Profile", "kns.ns2", None, profile("kns.ns2", {"env": "dev"})),
@@ -106,7 +109,8 @@ def world():
         ("GlobalNetworkPolicy", "p-shadow", None, gnp("p-shadow", "app == 'shadow'", ingress=[
             frm("app == 'shadow' || team == 't1'")])),
     ]
-    members = [remote(i) for i in range(N_REMOTE)]
+    members = [remote(i, NODE if local_every and i % local_every == 0 else "n2")
+               for i in range(N_REMOTE)]
     members += [
         ("WorkloadEndpoint", "l1", "ns1", wep("l1", "ns1", ["10.99.0.1"], {"app": "web"},
                                               node=NODE, profiles=("kns.ns1",),
@@ -193,8 +197,8 @@ def merge(total, ch):
             a.update(b)
 
 
-def cold_and_one_by_one():
-    config, members = world()
+def cold_and_one_by_one(local_every=0):
+    config, members = world(local_every)
     cold = PolicyIndex(NODE)
     put(cold, config + members)
     ch_cold = cold.recompute()
@@ -209,8 +213,11 @@ def cold_and_one_by_one():
     return cold, ch_cold, one, total
 
 
-def test_cold_start_equals_members_one_at_a_time():
-    cold, ch_cold, one, total = cold_and_one_by_one()
+@pytest.mark.parametrize("local_every", [0, 1])
+def test_cold_start_equals_members_one_at_a_time(local_every):
+    """(all local: the policy selectors take the bulk path too)"""
+    cold, ch_cold, one, total = cold_and_one_by_one(local_every)
+    assert (len(cold.local_keys) > SelectorMatcher.BULK_ITEMS) == bool(local_every)
     assert state(cold) == state(one)
     assert addr_counts(cold) == brute_force_counts(cold)
     # only additions: what the cold start reports is what the single steps reported
@@ -269,8 +276,9 @@ def later_steps():
     ]
 
 
-def test_incremental_changes_after_cold_start_agree():
-    cold, _, one, _ = cold_and_one_by_one()
+@pytest.mark.parametrize("local_every", [0, 2])
+def test_incremental_changes_after_cold_start_agree(local_every):
+    cold, _, one, _ = cold_and_one_by_one(local_every)
     for docs in later_steps():
         put(cold, docs)
         put(one, docs)

@@ -260,8 +260,9 @@ class PolicyIndex:
         groups, gone = self._push_effective_labels(relabel)
         self._apply_policy_updates(ch)
         # (the members detached are the members relabelled: both steps above mark
-        # the two alike; the label groups spare settle a look-up per member)
-        if detached.keys() == relabel.keys():
+        # each member in both or in neither, so the counts agree; the label groups
+        # spare settle a look-up per member)
+        if len(detached) == len(relabel):
             self.sets.settle(detached, groups, gone)
         else:
             self.sets.settle(detached)

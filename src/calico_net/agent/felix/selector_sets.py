@@ -210,19 +210,20 @@ class SelectorSets:
                 contributed.pop(key, None)
             for keys, recs in groups:
                 ms = matches.get(keys[0])
+                vals_list = [m.values() for m in recs]
+                contributed.update(zip(keys, vals_list))
+                if not ms:
+                    continue
                 simple: list[tuple[str, ...]] = []
-                for key, m in zip(keys, recs):
-                    vals = m.values()
-                    a4, a6, n4, n6, ports = vals
-                    if a6 or n4 or n6 or ports:
-                        for sel_key in ms or ():
+                for vals in vals_list:
+                    if vals[1] or vals[2] or vals[3] or vals[4]:
+                        for sel_key in ms:
                             use = uses.get(sel_key)  # type: ignore[arg-type]
                             if use is not None:
                                 self._contribute(vals, use, None, +1)
-                    elif a4:
-                        simple.append(a4)
-                    contributed[key] = vals
-                if ms and simple:
+                    elif vals[0]:
+                        simple.append(vals[0])
+                if simple:
                     got = by_match.get(ms)
                     if got is None:
                         by_match[ms] = simple
