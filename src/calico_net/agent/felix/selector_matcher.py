@@ -371,7 +371,6 @@ class SelectorMatcher:
                 self._diff(k, _NONE, {it}, changes)  # type: ignore[arg-type]
         return changes
 
-
     def _recompute_bulk(self, dirty_sels: set[Hashable],
                         changes: list[tuple[Hashable, Hashable, bool]]) -> None:
         """`recompute` for a large batch of changed items (a cold start): every
