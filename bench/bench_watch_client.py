@@ -7,14 +7,20 @@ WorkloadEndpoint update every 2 ms (500 changes/s, the churn of issue 22). For e
 client it prints the watcher's CPU per event (measured inside it, from its first
 event to its last) and etcd's CPU over the writes:
 
-* `agent`: the agent's own `EtcdClient.watch_prefix` (gRPC), events only;
+* `agent`: the agent's own `EtcdClient.watch_prefix` (its HTTP/2 stream,
+  `datastore.etcd_h2`), events only;
 * `agent+parse`: the same, each event parsed as the syncer does (`parse_kv`);
-* `grpc`: the bare gRPC Watch stream, responses only;
+* `grpc`: the bare gRPC Watch stream (bidirectional, read through gRPC's
+  channel thread), responses only;
+* `grpc-unary`: the same method called as a unary-stream call on a channel with
+  gRPC's SingleThreadedUnaryStream option (read in the caller's thread);
 * `gateway`: etcd's JSON gateway (`POST /v3/watch`, one JSON object per line),
-  each event's key and value base64-decoded.
+  each event's key and value base64-decoded;
+* `h2`: the bare loop over an HTTP/2 socket (frames, messages, WatchResponse
+  decoded), the floor for any client in Python.
 
-    .venv/bin/python bench/bench_watch_client.py            # all four, once
-    .venv/bin/python bench/bench_watch_client.py grpc gateway grpc gateway
+    .venv/bin/python bench/bench_watch_client.py            # all of them, once
+    .venv/bin/python bench/bench_watch_client.py agent h2 agent h2
 """
 from __future__ import annotations
 
