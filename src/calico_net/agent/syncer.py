@@ -32,11 +32,13 @@ import logging
 import sys
 import threading
 import time
-from typing import Any, Callable, NamedTuple, Protocol
+from typing import Any, Callable, Iterator, NamedTuple, Protocol
 
 import orjson
 
 from calico_net.agent.felix.records import shared_labels, workload_member
+from calico_net.agent import parseworker
+from calico_net.agent.parseworker import ParseWorker
 from calico_net.agent.watchloop import SnapshotWatcher
 from calico_net.datastore.errors import DatastoreUnavailable
 from calico_net.datastore.etcd import KV, PrefixReader, key_problem, show_key
@@ -281,6 +283,7 @@ class Syncer(SnapshotWatcher):
         probe_interval: float = 5.0,
         page_size: int = 1000,
         coalesce: float = 0.01,
+        use_worker: bool = True,
     ) -> None:
         super().__init__(backoff_initial=backoff_initial, backoff_max=backoff_max,
                          probe_interval=probe_interval)
@@ -289,6 +292,11 @@ class Syncer(SnapshotWatcher):
         # batch of replies per read and per wake-up); a change after a quiet spell
         # is read at once
         self.coalesce = coalesce
+        # the first snapshot parsed with a helper process (`parseworker`)
+        self.use_worker = use_worker
+        #: keys of the first snapshot the worker parsed
+        self.worker_keys = 0
+        self._worker: ParseWorker | None = None
         self.sink = sink
         self.prefix = prefix
         self.validate = validate
@@ -311,17 +319,25 @@ class Syncer(SnapshotWatcher):
         try:
             res = parse_kv(kv, self.validate, self.kind_of, self.local_node)
         except BadObject as e:
-            reason = str(e)
-            seen = self.bad.get(kv.key)
-            new = seen is None or seen[0] != kv.mod_revision
-            if new:
-                log.warning("skipping bad datastore object %s (revision %d): %s",
-                            show_key(kv.key), kv.mod_revision, printable(reason, 2000))
-            self.bad[kv.key] = (kv.mod_revision, reason)
-            self.sink.on_bad_object(kv.key, reason, new)
+            self._bad(kv, str(e))
             return None
         self.bad.pop(kv.key, None)
         return res
+
+    def _bad(self, kv: KV, reason: str) -> None:
+        seen = self.bad.get(kv.key)
+        new = seen is None or seen[0] != kv.mod_revision
+        if new:
+            log.warning("skipping bad datastore object %s (revision %d): %s",
+                        show_key(kv.key), kv.mod_revision, printable(reason, 2000))
+        self.bad[kv.key] = (kv.mod_revision, reason)
+        self.sink.on_bad_object(kv.key, reason, new)
+
+    def stop(self) -> None:
+        super().stop()
+        worker, self._worker = self._worker, None
+        if worker is not None:
+            worker.close()
 
     # --- the loop ---
     def _report(self, connected: bool, reason: str, changed: bool) -> None:
@@ -330,22 +346,22 @@ class Syncer(SnapshotWatcher):
 
     def snapshot(self) -> int:
         """One full read (`read_prefix`: pages at one revision, the next one read
-        while this thread parses); delivers it and returns its revision."""
+        while this thread parses); delivers it and returns its revision. The first
+        one is parsed with a helper process (`parseworker`) where it can be."""
+        worker = self._first_snapshot_worker()
         revision, pages = self.client.read_prefix(self.prefix, self.page_size)
         resources: dict[str, Resource] = {}
-        present = set()
-        parse = self._parse
-        for page in pages:
-            for i, kv in enumerate(page):
-                if not i & 63:
-                    # let the page fetcher have the GIL at once when its reply is
-                    # in (else it waits up to a whole switch interval per socket
-                    # read while etcd sits idle)
-                    time.sleep(0)
-                present.add(kv.key)
-                res = parse(kv)
-                if res is not None:
-                    resources[kv.key] = res
+        present: set[str] = set()
+        if worker is None:
+            for page in pages:
+                present.update(kv.key for kv in page)
+                self._parse_into(page, resources)
+        else:
+            self._parse_with(worker, pages, resources, present)
+            # the first snapshot is in: the worker's job is done (a failed read
+            # keeps it for the next attempt)
+            self._worker = None
+            worker.close()
         for key in [k for k in self.bad if k not in present]:
             del self.bad[key]
         self.snapshots += 1
@@ -353,6 +369,82 @@ class Syncer(SnapshotWatcher):
         self._set_connected(True, f"snapshot at revision {revision}, {len(resources)} resources")
         self.sink.on_snapshot(resources, revision)
         return revision
+
+    def _parse_into(self, kvs: list[KV], resources: dict[str, Resource]) -> None:
+        parse = self._parse
+        for i, kv in enumerate(kvs):
+            if not i & 63:
+                # let the page fetcher have the GIL at once when its reply is
+                # in (else it waits up to a whole switch interval per socket
+                # read while etcd sits idle)
+                time.sleep(0)
+            res = parse(kv)
+            if res is not None:
+                resources[kv.key] = res
+
+    def _first_snapshot_worker(self) -> ParseWorker | None:
+        """The parse worker for the first snapshot of an agent (the syncer's own
+        parsing, a node name), started at the first attempt and kept until a
+        snapshot is in; None otherwise."""
+        if self._worker is not None:
+            if self._worker.failed is None:
+                return self._worker
+            self._worker.close()
+            self._worker = None
+            self.use_worker = False
+        if (self.snapshots or not self.use_worker or self.local_node is None
+                or self.validate is not model_validate or self.kind_of is not model_kind):
+            return None
+        worker = ParseWorker(self.local_node)
+        if worker.failed:
+            log.warning("%s; the snapshot is parsed in this process", worker.failed)
+            self.use_worker = False
+            return None
+        self._worker = worker
+        return worker
+
+    def _parse_with(self, worker: ParseWorker, pages: Iterator[list[KV]],
+                    resources: dict[str, Resource], present: set[str]) -> None:
+        """Parse the pages in chunks, handing a chunk to the worker whenever it
+        can take one and parsing the others here; the worker's results are taken
+        as they come. What a failed worker held is parsed here."""
+        size = parseworker.CHUNK
+        handed = 0
+        for page in pages:
+            present.update(kv.key for kv in page)
+            for start in range(0, len(page), size):
+                chunk = page[start:start + size]
+                if worker.can_take():
+                    worker.submit(chunk)
+                    handed += len(chunk)
+                else:
+                    self._parse_into(chunk, resources)
+                self._take_results(worker, resources, block=False)
+        while worker.outstanding and worker.failed is None:
+            self._take_results(worker, resources, block=True)
+        if worker.failed is not None:
+            log.warning("%s; parsing the rest of the snapshot in this process", worker.failed)
+            for chunk in worker.take_back():
+                handed -= len(chunk)
+                self._parse_into(chunk, resources)
+        self.worker_keys = handed
+        log.info("%s: first snapshot, %d of %d keys parsed by the parse worker", self.thread_name,
+                 handed, len(present))
+
+    def _take_results(self, worker: ParseWorker, resources: dict[str, Resource], block: bool) -> None:
+        while True:
+            got = worker.take(block)
+            if got is None:
+                return
+            chunk, (members, bad, general) = got
+            pop_bad = self.bad.pop
+            for key, res in parseworker.build_members(worker, chunk, members):
+                resources[key] = res
+                pop_bad(key, None)
+            for i, reason in bad:
+                self._bad(chunk[i], reason)
+            self._parse_into([chunk[i] for i in general], resources)
+            block = False
 
     def _watch_from(self, start: int) -> None:
         watch = self.client.watch_prefix(self.prefix, start, coalesce=self.coalesce)
