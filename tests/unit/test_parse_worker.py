@@ -122,7 +122,10 @@ def with_worker(kvs, worker, kill_after_submits=None):
                 worker.proc.kill()
         worker.submit = submit_then_kill
     try:
-        syncer._parse_with(worker, Client(kvs).read_prefix("", 0)[1], resources, present)
+        for page in Client(kvs).read_prefix("", 0)[1]:
+            present.update(kv.key for kv in page)
+            syncer._parse_page_with(worker, page, resources)
+        syncer._finish_with(worker, resources, len(present))
     finally:
         worker.close()
     return syncer, sink, resources, present
@@ -156,16 +159,29 @@ def test_a_worker_that_dies_mid_snapshot_costs_nothing_but_time(kvs, expected):
     assert sorted(sink.bad) == sorted(expected.bad)
 
 
-def test_first_snapshot_uses_a_worker_and_later_ones_do_not(kvs, expected):
+def test_only_a_long_first_snapshot_starts_a_worker(kvs, expected, monkeypatch):
+    from calico_net.agent import syncer as syncer_mod
+
+    started = []
+
+    class Counted(ParseWorker):
+        def __init__(self, node):
+            started.append(node)
+            super().__init__(node)
+    monkeypatch.setattr(syncer_mod, "ParseWorker", Counted)
+    # short: parsed before a worker could be up, so none is started
+    short = kvs[:2 * 3000]                     # two pages of the fake client
+    sink = Sink()
+    Syncer(Client(short), sink).snapshot()
+    assert started == [] and sink.resources == in_process(short).resources
+    # long: a worker from the third page on, for the first snapshot only
     sink = Sink()
     syncer = Syncer(Client(kvs), sink)
     syncer.snapshot()
+    assert started == [NODE] and syncer._worker is None
     assert sink.resources == expected.resources and sorted(sink.bad) == sorted(expected.bad)
-    first = syncer.worker_keys
-    syncer.worker_keys = -1
     syncer.snapshot()
-    assert syncer.worker_keys == -1          # the second snapshot: no worker
-    assert first >= 0
+    assert started == [NODE]
 
 
 def test_chunk_parser_numbers_each_table_entry_once():

@@ -32,7 +32,7 @@ import logging
 import sys
 import threading
 import time
-from typing import Any, Callable, Iterator, NamedTuple, Protocol
+from typing import Any, Callable, NamedTuple, Protocol
 
 import orjson
 
@@ -224,6 +224,10 @@ def _expand(raw: bytes, name: str, namespace: str | None, revision: int) -> dict
 # by every agent): held as JSON (`Resource.raw`, `_held`) or, another node's
 # WorkloadEndpoint with a record, as the record alone; their documents, when
 # decoded, share what they have in common.
+#: the page of the first snapshot at which the parse worker is started (pages of
+#: 250, 1,000, 2,000, ... keys: a smaller snapshot is parsed before it is up)
+WORKER_FROM_PAGE = 2
+
 _COMPACTED = frozenset(("WorkloadEndpoint", "HostEndpoint"))
 _SHARED_STRINGS = {"metadata": ("namespace",), "spec": ("node", "orchestrator", "endpoint")}
 
@@ -348,16 +352,23 @@ class Syncer(SnapshotWatcher):
         """One full read (`read_prefix`: pages at one revision, the next one read
         while this thread parses); delivers it and returns its revision. The first
         one is parsed with a helper process (`parseworker`) where it can be."""
-        worker = self._first_snapshot_worker()
         revision, pages = self.client.read_prefix(self.prefix, self.page_size)
         resources: dict[str, Resource] = {}
         present: set[str] = set()
-        if worker is None:
-            for page in pages:
-                present.update(kv.key for kv in page)
+        worker = self._worker           # kept from an earlier attempt that failed
+        self.worker_keys = 0
+        for n, page in enumerate(pages):
+            present.update(kv.key for kv in page)
+            if worker is None and n == WORKER_FROM_PAGE:
+                # a snapshot this long (pages grow: 4,000 keys and more so far) is
+                # worth a second process
+                worker = self._first_snapshot_worker()
+            if worker is None:
                 self._parse_into(page, resources)
-        else:
-            self._parse_with(worker, pages, resources, present)
+            else:
+                self._parse_page_with(worker, page, resources)
+        if worker is not None:
+            self._finish_with(worker, resources, len(present))
             # the first snapshot is in: the worker's job is done (a failed read
             # keeps it for the next attempt)
             self._worker = None
@@ -403,33 +414,31 @@ class Syncer(SnapshotWatcher):
         self._worker = worker
         return worker
 
-    def _parse_with(self, worker: ParseWorker, pages: Iterator[list[KV]],
-                    resources: dict[str, Resource], present: set[str]) -> None:
-        """Parse the pages in chunks, handing a chunk to the worker whenever it
-        can take one and parsing the others here; the worker's results are taken
-        as they come. What a failed worker held is parsed here."""
+    def _parse_page_with(self, worker: ParseWorker, page: list[KV], resources: dict[str, Resource]) -> None:
+        """Parse a page in chunks, handing a chunk to the worker whenever it can
+        take one and parsing the others here; the worker's results are taken as
+        they come."""
         size = parseworker.CHUNK
-        handed = 0
-        for page in pages:
-            present.update(kv.key for kv in page)
-            for start in range(0, len(page), size):
-                chunk = page[start:start + size]
-                if worker.can_take():
-                    worker.submit(chunk)
-                    handed += len(chunk)
-                else:
-                    self._parse_into(chunk, resources)
-                self._take_results(worker, resources, block=False)
+        for start in range(0, len(page), size):
+            chunk = page[start:start + size]
+            if worker.can_take():
+                worker.submit(chunk)
+                self.worker_keys += len(chunk)
+            else:
+                self._parse_into(chunk, resources)
+            self._take_results(worker, resources, block=False)
+
+    def _finish_with(self, worker: ParseWorker, resources: dict[str, Resource], total: int) -> None:
+        """The worker's last results; what a failed worker held is parsed here."""
         while worker.outstanding and worker.failed is None:
             self._take_results(worker, resources, block=True)
         if worker.failed is not None:
             log.warning("%s; parsing the rest of the snapshot in this process", worker.failed)
             for chunk in worker.take_back():
-                handed -= len(chunk)
+                self.worker_keys -= len(chunk)
                 self._parse_into(chunk, resources)
-        self.worker_keys = handed
         log.info("%s: first snapshot, %d of %d keys parsed by the parse worker", self.thread_name,
-                 handed, len(present))
+                 self.worker_keys, total)
 
     def _take_results(self, worker: ParseWorker, resources: dict[str, Resource], block: bool) -> None:
         while True:
