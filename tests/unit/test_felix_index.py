@@ -701,9 +701,12 @@ def test_full_load_over_the_placeholder_sends_big_verdict_maps_over_netlink(monk
     want.add(("cali-meta", f'"{dp.rs.fingerprint()}"', None))
     assert sent == want and len(want) == 9 and all(o[0] == "add" for o in fake.batches[0])
     assert dp.writer.check(_counts(dp)) == []
-    # only over the placeholder: a later full load (a repair) is one transaction
+    # only over the placeholder: a later full load (a repair) has the maps in its
+    # one transaction; only the fingerprint follows it, computed while nft loads
     dp.writer.write(dp.rs, full=True)
-    assert '"cali00000000000"' in fake.scripts[-1] and len(fake.batches) == 1
+    assert '"cali00000000000"' in fake.scripts[-1] and "set cali-meta { type ifname; }" in fake.scripts[-1]
+    assert fake.batches[1] == [("add", "cali-meta", "type ifname", f'"{dp.rs.fingerprint()}"', None)]
+    assert dp.writer.check(_counts(dp)) == []
 
 
 def _with_selector_policy(dp):
@@ -763,7 +766,8 @@ def test_split_maps_fall_back_to_nft_when_netlink_fails(monkeypatch):
     monkeypatch.undo()
     dp2, fake2 = _over_placeholder(monkeypatch, split_min=None)
     dp2.apply()
-    assert '"cali00000000000"' in fake2.scripts[-1] and fake2.batches == []
+    assert '"cali00000000000"' in fake2.scripts[-1]
+    assert [[o[1] for o in b] for b in fake2.batches] == [["cali-meta"]]     # the fingerprint alone
 
 
 def test_split_maps_encoding_failure_falls_back_to_nft(monkeypatch):

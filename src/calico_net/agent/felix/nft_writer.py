@@ -265,9 +265,12 @@ class NftWriter:
                     s = rs.sets.get(name)
                     if s is not None and s.elements and not s.is_map and encodable(s.decl):
                         split[name] = s
-        if split:
-            # the fingerprint (a hash of every chain and element) goes with the
-            # maps' elements, computed while nft loads
+        if self.fast is not None:
+            # the fingerprint (a hash of every chain and element: 0.3 s for a
+            # table of 100k elements) is computed while nft loads and added after
+            # it over netlink, with the maps' elements when they are split; until
+            # then the table has none, which only means a restart in between
+            # reloads the table instead of adopting it
             split[META_SET] = SetDef("type ifname")
         script = self.full_script(rs, without_elements=set(split))
         prepared: list[Any] = []
@@ -299,7 +302,8 @@ class NftWriter:
                 return
             except NftError as exc:
                 batch = exc
-        log.warning("verdict map elements over netlink failed (%s); adding them with nft", batch)
+        log.warning("elements of %s over netlink failed (%s); adding them with nft",
+                    ", ".join(sorted(split))[:300], batch)
         lines = [cmd for name, s in split.items() for cmd in self._elem_cmds("add", name, s.elements.items())]
         self.runner.run("\n".join(lines) + "\n")
 
