@@ -542,19 +542,33 @@ def test_sustained_change_waits_out_the_window_a_lone_change_does_not(tmp_path):
             d.on_update(*gnp(n))
             time.sleep(gap)
 
-    # changes right after an apply, with gaps longer than `quiet`: one batch
+    # a stream going on (the last batch held more than one change): changes right
+    # after its apply, with gaps longer than `quiet`, make one batch
+    d.on_update(*gnp("x"))
+    d.on_update(*gnp("y"))
+    d.loop_once(max_wait=0.01)
+    assert policy.applies == 2
     t = threading.Thread(target=stream, args=(["a", "b", "c", "d"], 0.05))
     t.start()
     d.loop_once(max_wait=2)
     t.join()
-    assert policy.applies == 2
+    assert policy.applies == 3
     assert [u[1] for u in policy.updates[-4:]] == ["a", "b", "c", "d"]
     # after a quiet spell longer than the window, a gap longer than `quiet` ends the batch
     time.sleep(0.45)
     t = threading.Thread(target=stream, args=(["e", "f"], 0.1))
     t.start()
     d.loop_once(max_wait=2)
-    assert policy.applies == 3 and policy.updates[-1][1] == "e"
+    assert policy.applies == 4 and policy.updates[-1][1] == "e"
     t.join()
     d.loop_once(max_wait=2)
-    assert policy.applies == 4 and policy.updates[-1][1] == "f"
+    assert policy.applies == 5 and policy.updates[-1][1] == "f"
+    # one change at a time, each right after the last one's apply (a CNI add, then
+    # the next): not a stream, so a gap longer than `quiet` still ends the batch
+    t = threading.Thread(target=stream, args=(["g", "h"], 0.1))
+    t.start()
+    d.loop_once(max_wait=2)
+    assert policy.applies == 6 and policy.updates[-1][1] == "g"
+    t.join()
+    d.loop_once(max_wait=2)
+    assert policy.applies == 7 and policy.updates[-1][1] == "h"

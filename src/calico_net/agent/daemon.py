@@ -12,8 +12,9 @@ The main loop takes an event, then keeps taking events while they keep coming â€
 until the queue has been quiet for `quiet` or `coalesce` has passed since the
 first â€” so a burst (a manifest applied, CNI adds in a row, a resync) becomes one
 batch while a lone change waits only briefly. Under sustained change (the last
-apply ended less than `coalesce` before this batch's first event) a batch takes
-a whole `sustained` window (50 ms) instead: a steady stream of changes becomes
+batch held more than one change and its apply ended less than `coalesce` before
+this batch's first event) a batch takes a whole `sustained` window (50 ms)
+instead: a steady stream of changes becomes
 one apply per window rather than one per gap in the stream, each apply's fixed
 cost (the index, the nft transaction and its notifications, the routes, the
 overlay's step) paid at most 20 times a second. Then it applies: sysctls of new
@@ -141,6 +142,7 @@ class Daemon:
         self.quiet = quiet
         self.sustained = max(sustained, coalesce)
         self._last_apply_end = float("-inf")
+        self._last_batch = 0              # events in the last batch
         #: the generations our own nft writes commit (None: nftables is not watched,
         #: as with a stand-in policy backend)
         self.generations: OwnGenerations | None = None
@@ -300,12 +302,15 @@ class Daemon:
         dirty = False
         if ev is not None:
             dirty |= self._handle(ev)
+            taken = 1
             first = time.monotonic()
             window_end = first + self.coalesce
-            # sustained change: wait out a whole window, not just a gap in the stream
-            # (in one sleep, then take what came: not one wake-up per event)
+            # sustained change (the last batch was more than one change and this one
+            # follows it at once): wait out a whole window, not just a gap in the
+            # stream (in one sleep, then take what came: not one wake-up per event).
+            # Changes made one at a time, each after the last was applied, are not.
             quiet = self.quiet
-            if first - self._last_apply_end < self.coalesce:
+            if first - self._last_apply_end < self.coalesce and self._last_batch > 1:
                 window_end = first + self.sustained
                 quiet = self.sustained
                 self._stop.wait(max(0.0, window_end - time.monotonic()))
@@ -316,6 +321,8 @@ class Daemon:
                 except queue.Empty:
                     break
                 dirty |= self._handle(ev)
+                taken += 1
+            self._last_batch = taken
         if self._stop.is_set():
             return
         if self.synced and (dirty or (self.retry_at is not None and time.monotonic() >= self.retry_at)
