@@ -10,15 +10,16 @@ it parses other chunks itself (the worker takes a chunk only while it has fewer
 than `MAX_OUTSTANDING` in hand, so neither waits for the other), and then the
 worker exits.
 
-What comes back for a chunk is plain data (`marshal`): for another node's
-WorkloadEndpoint held as its policy record (`Resource.member`, the common case),
-the record's fields, with its label set, profile list and node name as numbers
-into tables the worker fills as it goes (each new entry sent once), so that the
+What comes back for a chunk is plain data (`marshal`): for a WorkloadEndpoint
+that comes with its policy record (`Resource.member`: the common shape, this
+node's or another's), the record's fields, with its label set, profile list and
+node name as numbers into tables the worker fills as it goes (each new entry sent
+once), and the endpoint's held JSON (none for another node's), so that the
 syncer builds exactly the `Resource` and `Member` that `parse_kv` would, sharing
-label sets and names as `parse_kv` does, at about a fifth of the cost; for a key
+label sets and names as `parse_kv` does, at about a sixth of the cost; for a key
 the worker found bad, the reason (`BadObject`); and for anything else (policies,
-profiles, this node's endpoints, endpoints of other shapes: a few per cent of a
-cluster) its position in the chunk, which the syncer parses itself. The worker
+profiles, endpoints of other shapes: a few per cent of a cluster) its position
+in the chunk, which the syncer parses itself. The worker
 runs the same `parse_kv` with the same node name, so what is accepted, refused
 and why is the same whichever process parsed it.
 
@@ -102,8 +103,9 @@ class ChunkParser:
                 bad.append((i, str(e)))
                 continue
             m = res.member
-            if m is None or tuple.__getitem__(res, 3) is not None or m.iface is not None \
-                    or m.nets4 or m.nets6 or type(m.node) is not str:
+            held = tuple.__getitem__(res, 3)
+            if m is None or m.nets4 or m.nets6 or type(m.node) is not str \
+                    or not (held is None or type(held) is bytes):
                 general.append(i)
                 continue
             items_ = tuple(m.own_labels.items())
@@ -119,7 +121,7 @@ class ChunkParser:
             if ni is None:
                 ni = nodes[m.node] = len(nodes)
                 new_nodes.append(m.node)
-            members.append((i, res.name, res.namespace, li, pi, m.addrs4, m.addrs6, m.ports, ni))
+            members.append((i, res.name, res.namespace, li, pi, m.addrs4, m.addrs6, m.ports, ni, m.iface, held))
         return members, bad, general, new_labels, new_profiles, new_nodes
 
 
@@ -293,12 +295,12 @@ def build_members(worker: ParseWorker, chunk: list[Any], members: list[tuple[Any
     from calico_net.agent.syncer import Resource
 
     labels, profiles, nodes, intern = worker.labels, worker.profiles, worker.nodes, sys.intern
-    for i, name, ns, li, pi, a4, a6, ports, ni in members:
+    for i, name, ns, li, pi, a4, a6, ports, ni, iface, held in members:
         kv = chunk[i]
         ns = intern(ns)
         # marshal gives back tuples as tuples: the record's fields as parse_kv made them
-        member = Member((kind, ns, name), labels[li], profiles[pi], a4, a6, (), (), ports, nodes[ni], None)
-        yield kv.key, Resource(kind, name, ns, None, kv.mod_revision, member)
+        member = Member((kind, ns, name), labels[li], profiles[pi], a4, a6, (), (), ports, nodes[ni], iface)
+        yield kv.key, Resource(kind, name, ns, held, kv.mod_revision, member)
 
 
 if __name__ == "__main__":
