@@ -10,6 +10,7 @@ from collections import Counter
 import pytest
 
 from calico_net.agent.felix.index import PolicyIndex, SelectorMatcher
+from test_felix_index import gns, profile
 
 NODE = "node1"
 N_REMOTE = 420          # > SelectorMatcher.BULK_ITEMS: the cold start takes the bulk path
@@ -41,18 +42,6 @@ def gnp(name, selector, ingress=(), egress=()):
 def np(name, ns, selector, ingress=()):
     return {"kind": "NetworkPolicy", "metadata": {"name": name, "namespace": ns},
             "spec": {"selector": selector, "ingress": list(ingress)}}
-
-
-def profile(name, labels=None, ingress=()):
-    spec = {"ingress": list(ingress), "egress": []}
-    if labels:
-        spec["labelsToApply"] = labels
-    return {"kind": "Profile", "metadata": {"name": name}, "spec": spec}
-
-
-def gns(name, nets, labels):
-    return {"kind": "GlobalNetworkSet", "metadata": {"name": name, "labels": labels},
-            "spec": {"nets": nets}}
 
 
 def frm(sel, **extra):
@@ -93,10 +82,10 @@ def world(local_every=0):
     """(policies and profiles, members) of a mixed population (with `local_every`,
     every so many of the bulk endpoints are this node's)."""
     config = [
-        ("Profile", "kns.ns1", None, profile("kns.ns1", {"env": "prod"})),
-        ("Profile", "kns.ns2", None, profile("kns.ns2", {"env": "dev"})),
-        ("Profile", "kns.ns3", None, profile("kns.ns3", {"env": "prod", "app": "shadow"})),
-        ("Profile", "extra", None, profile("extra", {"team": "t1", "env": "stage"},
+        ("Profile", "kns.ns1", None, profile("kns.ns1", labels={"env": "prod"})),
+        ("Profile", "kns.ns2", None, profile("kns.ns2", labels={"env": "dev"})),
+        ("Profile", "kns.ns3", None, profile("kns.ns3", labels={"env": "prod", "app": "shadow"})),
+        ("Profile", "extra", None, profile("extra", labels={"team": "t1", "env": "stage"},
                                            ingress=[frm("team == 't1'")])),
         ("GlobalNetworkPolicy", "p-web", None, gnp("p-web", "app == 'web'", ingress=[
             frm("app == 'api'"), frm("env == 'prod' && has(tier)"),
@@ -248,7 +237,7 @@ def later_steps():
         # member deleted (shared address, IPv6)
         [("WorkloadEndpoint", "r0", "ns1", None), ("WorkloadEndpoint", "r143", "ns2", None)],
         # a profile's labelsToApply change (many members relabelled at once)
-        [("Profile", "kns.ns2", None, profile("kns.ns2", {"env": "prod"}))],
+        [("Profile", "kns.ns2", None, profile("kns.ns2", labels={"env": "prod"}))],
         # policy selector change, a new named port usage
         [("GlobalNetworkPolicy", "p-web", None, gnp("p-web", "app == 'api'", ingress=[
             frm("app == 'web'"), to_ports("app == 'db'", ["pg", "http"], "UDP")]))],

@@ -281,6 +281,14 @@ class PolicyIndex:
         self._changes = self.sets.changes = IndexChanges()
         return ch
 
+    def _file_under_profiles(self, key: Key, profiles: tuple[str, ...]) -> None:
+        profile_members = self.profile_members
+        for p in profiles:
+            s = profile_members.get(p)
+            if s is None:
+                s = profile_members[p] = set()
+            s.add(key)
+
     def _apply_member_updates(self, ch: IndexChanges, detached: dict[Key, None],
                               relabel: dict[Key, None]) -> None:
         """Pending endpoints and network sets become records; a changed one is
@@ -300,11 +308,8 @@ class PolicyIndex:
                 if new is None:
                     continue
                 members[key] = new
-                for p in new.profiles:
-                    s = profile_members.get(p)
-                    if s is None:
-                        s = profile_members[p] = set()
-                    s.add(key)
+                if new.profiles:
+                    self._file_under_profiles(key, new.profiles)
                 if new.node == node and new.is_endpoint:
                     endpoints.add(key)
                     local_keys.add(key)
@@ -328,11 +333,7 @@ class PolicyIndex:
                 members.pop(key, None)
             else:
                 members[key] = new
-                for p in new.profiles:
-                    s = profile_members.get(p)
-                    if s is None:
-                        s = profile_members[p] = set()
-                    s.add(key)
+                self._file_under_profiles(key, new.profiles)
             relabel[key] = None
             was_local = old is not None and old.node == node and old.is_endpoint
             is_local = new is not None and new.node == node and new.is_endpoint
