@@ -57,3 +57,49 @@ def test_paged_snapshot_equals_one_read(etcd_client):
     assert all(c[2] == rev_paged for c in calls[1:4])
     assert rev_paged == rev_one and len(res_paged) == 45
     assert res_paged == res_one
+
+
+class NodeSink(Sink):
+    node_name = "node-a"
+
+
+def test_a_big_first_snapshot_is_parsed_with_the_worker_to_the_same_resources(etcd_client, monkeypatch):
+    # 30,000 endpoints of other nodes and 50 of this one, read from a real etcd by
+    # the real client: the parse worker takes part (started at the third page) and
+    # the resources are those of a read parsed in this process alone
+    import orjson
+
+    from calico_net.agent import syncer as syncer_mod
+    from calico_net.datastore.etcd import op_put
+    from calico_net.datastore.store import resource_key
+
+    def wep(i, node):
+        return {"apiVersion": "projectcalico.org/v3", "kind": "WorkloadEndpoint",
+                "metadata": {"name": f"{node}-k8s-pod{i}-eth0", "namespace": f"ns{i % 9}",
+                             "labels": {"app": f"a{i % 40}"}},
+                "spec": {"node": node, "orchestrator": "k8s", "endpoint": "eth0",
+                         "interfaceName": f"cali{i:011x}", "ipNetworks": [f"198.18.{i // 250}.{i % 250 + 1}/32"],
+                         "profiles": [f"kns.ns{i % 9}"]}}
+    docs = [wep(i, f"node-{i % 300}") for i in range(30000)] + [wep(30000 + i, "node-a") for i in range(50)]
+    for start in range(0, len(docs), 5000):
+        etcd_client.txn([], [op_put(resource_key("WorkloadEndpoint", d["metadata"]["name"],
+                                                 d["metadata"]["namespace"]), orjson.dumps(d))
+                             for d in docs[start:start + 5000]])
+    etcd_client.put("/calico/resources/v3/projectcalico.org/workloadendpoints/ns1/broken", "{not json")
+    started = []
+    real = syncer_mod.ParseWorker
+
+    def counted(node):
+        w = real(node)
+        started.append(w)
+        return w
+    monkeypatch.setattr(syncer_mod, "ParseWorker", counted)
+    with_worker, alone = NodeSink(), NodeSink()
+    syncer = Syncer(etcd_client, with_worker)
+    syncer.snapshot()
+    Syncer(etcd_client, alone, use_worker=False).snapshot()
+    (got, rev1), (want, rev2) = with_worker.q.get(timeout=60), alone.q.get(timeout=60)
+    assert len(started) == 1 and started[0].proc.poll() is not None     # started, and gone
+    assert rev1 == rev2 and len(got) == 30050
+    assert got == want
+    assert "/calico/resources/v3/projectcalico.org/workloadendpoints/ns1/broken" in syncer.bad
