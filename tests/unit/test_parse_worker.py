@@ -12,6 +12,7 @@ import pytest
 from calico_net.agent import parseworker
 from calico_net.agent.parseworker import ParseWorker
 from calico_net.agent.syncer import Syncer
+from calico_net.datastore.errors import DatastoreUnavailable
 from calico_net.datastore.etcd import KV
 from calico_net.datastore.store import RESOURCE_PREFIX, resource_key
 
@@ -192,3 +193,48 @@ def test_chunk_parser_numbers_each_table_entry_once():
     labels = first[3] + second[3]
     assert len(labels) == len(set(labels)) == len(parser.labels)
     assert max(m[3] for m in first[0] + second[0]) == len(labels) - 1
+
+
+class FailingClient(Client):
+    """The first read breaks after its third page (etcd lost mid-snapshot)."""
+
+    def __init__(self, kvs):
+        super().__init__(kvs)
+        self.reads = 0
+
+    def read_prefix(self, prefix, page_size):
+        self.reads += 1
+        revision, pages = super().read_prefix(prefix, page_size)
+        if self.reads > 1:
+            return revision, pages
+
+        def broken():
+            for n, page in enumerate(pages):
+                if n == 3:
+                    raise DatastoreUnavailable("etcd lost mid-snapshot")
+                yield page
+        return revision, broken()
+
+
+def test_a_read_that_fails_mid_snapshot_leaves_no_worker_and_the_next_one_is_whole(kvs, expected, monkeypatch):
+    from calico_net.agent import syncer as syncer_mod
+
+    started = []
+    real = syncer_mod.ParseWorker
+
+    def counted(node):
+        w = real(node)
+        started.append(w)
+        return w
+    monkeypatch.setattr(syncer_mod, "ParseWorker", counted)
+    sink = Sink()
+    syncer = Syncer(FailingClient(kvs), sink)
+    with pytest.raises(DatastoreUnavailable):
+        syncer.snapshot()
+    assert len(started) == 1 and started[0].proc.poll() is not None and syncer._worker is None
+    syncer.snapshot()
+    assert len(started) == 2 and started[1].proc.poll() is not None
+    assert sink.resources == expected.resources
+    # each bad key reported (as new once, whichever attempt met it first) with its reason
+    assert {(k, r) for k, r, _ in sink.bad} == {(k, r) for k, r, _ in expected.bad}
+    assert sorted(k for k, _, new in sink.bad if new) == sorted(k for k, _, _ in expected.bad)

@@ -300,7 +300,7 @@ class Syncer(SnapshotWatcher):
         self.use_worker = use_worker
         #: keys of the first snapshot the worker parsed
         self.worker_keys = 0
-        self._worker: ParseWorker | None = None
+        self._worker: ParseWorker | None = None     # while one is in use (for stop())
         self.sink = sink
         self.prefix = prefix
         self.validate = validate
@@ -355,24 +355,27 @@ class Syncer(SnapshotWatcher):
         revision, pages = self.client.read_prefix(self.prefix, self.page_size)
         resources: dict[str, Resource] = {}
         present: set[str] = set()
-        worker = self._worker           # kept from an earlier attempt that failed
+        worker: ParseWorker | None = None
         self.worker_keys = 0
-        for n, page in enumerate(pages):
-            present.update(kv.key for kv in page)
-            if worker is None and n == WORKER_FROM_PAGE:
-                # a snapshot this long (pages grow: 4,000 keys and more so far) is
-                # worth a second process
-                worker = self._first_snapshot_worker()
-            if worker is None:
-                self._parse_into(page, resources)
-            else:
-                self._parse_page_with(worker, page, resources)
-        if worker is not None:
-            self._finish_with(worker, resources, len(present))
-            # the first snapshot is in: the worker's job is done (a failed read
-            # keeps it for the next attempt)
-            self._worker = None
-            worker.close()
+        try:
+            for n, page in enumerate(pages):
+                present.update(kv.key for kv in page)
+                if worker is None and n == WORKER_FROM_PAGE:
+                    # a snapshot this long (its third page: more than 1,250 keys
+                    # so far) is worth a second process
+                    worker = self._first_snapshot_worker()
+                if worker is None:
+                    self._parse_into(page, resources)
+                else:
+                    self._parse_page_with(worker, page, resources)
+            if worker is not None:
+                self._finish_with(worker, resources, len(present))
+        finally:
+            # its job is done, or the read failed (then what it holds is of a
+            # snapshot that is not used: the next attempt starts afresh)
+            if worker is not None:
+                self._worker = None
+                worker.close()
         for key in [k for k in self.bad if k not in present]:
             del self.bad[key]
         self.snapshots += 1
@@ -394,15 +397,8 @@ class Syncer(SnapshotWatcher):
                 resources[kv.key] = res
 
     def _first_snapshot_worker(self) -> ParseWorker | None:
-        """The parse worker for the first snapshot of an agent (the syncer's own
-        parsing, a node name), started at the first attempt and kept until a
-        snapshot is in; None otherwise."""
-        if self._worker is not None:
-            if self._worker.failed is None:
-                return self._worker
-            self._worker.close()
-            self._worker = None
-            self.use_worker = False
+        """A parse worker for the first snapshot of an agent (the syncer's own
+        parsing, a node name); None otherwise, or if one cannot be started."""
         if (self.snapshots or not self.use_worker or self.local_node is None
                 or self.validate is not model_validate or self.kind_of is not model_kind):
             return None
