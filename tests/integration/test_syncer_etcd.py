@@ -99,7 +99,7 @@ def test_a_big_first_snapshot_is_parsed_with_the_worker_to_the_same_resources(et
     syncer.snapshot()
     Syncer(etcd_client, alone, use_worker=False).snapshot()
     (got, rev1), (want, rev2) = with_worker.q.get(timeout=60), alone.q.get(timeout=60)
-    assert len(started) == 1 and started[0].proc.poll() is not None     # started, and gone
+    assert len(started) == 1 and started[0].proc.wait(timeout=30) == 0     # started, and ends
     assert rev1 == rev2 and len(got) == 30050
     assert got == want
     assert "/calico/resources/v3/projectcalico.org/workloadendpoints/ns1/broken" in syncer.bad

@@ -231,9 +231,9 @@ def test_a_read_that_fails_mid_snapshot_leaves_no_worker_and_the_next_one_is_who
     syncer = Syncer(FailingClient(kvs), sink)
     with pytest.raises(DatastoreUnavailable):
         syncer.snapshot()
-    assert len(started) == 1 and started[0].proc.poll() is not None and syncer._worker is None
+    assert len(started) == 1 and started[0].proc.wait(timeout=30) == 0 and syncer._worker is None
     syncer.snapshot()
-    assert len(started) == 2 and started[1].proc.poll() is not None
+    assert len(started) == 2 and started[1].proc.wait(timeout=30) == 0
     assert sink.resources == expected.resources
     # each bad key reported (as new once, whichever attempt met it first) with its reason
     assert {(k, r) for k, r, _ in sink.bad} == {(k, r) for k, r, _ in expected.bad}

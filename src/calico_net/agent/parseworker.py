@@ -161,6 +161,7 @@ class ParseWorker:
         self.local_node = local_node
         self.failed: str | None = None       # why the worker is not used (once set, stays)
         self.ready = False
+        self._closed = False
         self.outstanding: dict[int, list[Any]] = {}   # chunk id → the chunk's KVs
         self._next_id = 0
         self._lock = threading.Lock()
@@ -221,6 +222,12 @@ class ParseWorker:
             if not self.failed and self.outstanding:
                 self._fail("the parse worker ended early")
         self.results.put(None)
+        # reaped here, not by `close`: the syncer does not wait for it to exit
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
 
     def _fail(self, why: str) -> None:
         with self._lock:
@@ -277,14 +284,12 @@ class ParseWorker:
         return chunks
 
     def close(self) -> None:
-        if self.proc is None:
+        """End the worker: the end of its input makes it exit, and the results
+        thread reaps it (nothing here waits for that)."""
+        if self.proc is None or self._closed:
             return
+        self._closed = True
         self._send.put(None)
-        try:
-            self.proc.wait(timeout=2)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
 
 
 def build_members(worker: ParseWorker, chunk: list[Any], members: list[tuple[Any, ...]],
