@@ -150,10 +150,6 @@ def worker_main() -> int:
 # --- the syncer's side ---------------------------------------------------------------------
 
 
-class WorkerFailed(Exception):
-    """The worker cannot be used any more; the syncer parses by itself."""
-
-
 class ParseWorker:
     """The worker process and the two threads that feed it and read its results."""
 
