@@ -63,13 +63,13 @@ def remote(i, node="n2"):
     labels = {"app": app}
     if i % 5 == 0:
         labels["tier"] = "fe"
-    ips = [f"10.{i // 250}.{i % 250}.1"]
+    ips = [f"198.18.{i // 250}.{i % 250 + 1}"]
     if i % 7 == 0:
-        ips.append(f"10.200.{i // 250}.{i % 250}")
+        ips.append(f"198.19.{200 + i // 250}.{i % 250}")
     if i % 11 == 0:
-        ips.append(f"fd00::{i:x}")
+        ips.append(f"2001:db8::{i:x}")
     if i % 13 == 0:
-        ips.append("10.250.0.1")        # an address given by several members
+        ips.append("198.19.250.1")        # an address given by several members
     ports = [("http", "TCP", 8080)] if app in ("web", "api") and i % 3 else ()
     if app == "db" and i % 2:
         ports = [("pg", "TCP", 5432), ("http", "UDP", 9090)]
@@ -101,19 +101,19 @@ def world(local_every=0):
     members = [remote(i, NODE if local_every and i % local_every == 0 else "n2")
                for i in range(N_REMOTE)]
     members += [
-        ("WorkloadEndpoint", "l1", "ns1", wep("l1", "ns1", ["10.99.0.1"], {"app": "web"},
+        ("WorkloadEndpoint", "l1", "ns1", wep("l1", "ns1", ["198.19.99.1"], {"app": "web"},
                                               node=NODE, profiles=("kns.ns1",),
                                               ports=[("http", "TCP", 80)])),
-        ("WorkloadEndpoint", "l2", "ns2", wep("l2", "ns2", ["10.99.0.2", "fd00::99"],
+        ("WorkloadEndpoint", "l2", "ns2", wep("l2", "ns2", ["198.19.99.2", "2001:db8::99"],
                                               {"app": "db", "tier": "fe"}, node=NODE,
                                               profiles=("kns.ns2", "extra"))),
-        ("WorkloadEndpoint", "l3", "ns3", wep("l3", "ns3", ["10.99.0.3"], {}, node=NODE)),
-        ("HostEndpoint", "h1", None, hep("h1", ["10.98.0.1"], {"role": "gw"})),
-        ("HostEndpoint", "h2", None, hep("h2", ["10.98.0.2", "fd00:98::2"], {"role": "gw", "app": "api"},
+        ("WorkloadEndpoint", "l3", "ns3", wep("l3", "ns3", ["198.19.99.3"], {}, node=NODE)),
+        ("HostEndpoint", "h1", None, hep("h1", ["198.19.98.1"], {"role": "gw"})),
+        ("HostEndpoint", "h2", None, hep("h2", ["198.19.98.2", "2001:db8:98::2"], {"role": "gw", "app": "api"},
                                          node="n3")),
-        ("GlobalNetworkSet", "g1", None, gns("g1", ["192.168.0.0/16", "192.168.4.0/24",
-                                                  "fd10::/64"], {"role": "gw"})),
-        ("GlobalNetworkSet", "g2", None, gns("g2", ["172.16.0.0/12"], {"team": "t1"})),
+        ("GlobalNetworkSet", "g1", None, gns("g1", ["198.18.128.0/17", "198.18.132.0/24",
+                                                  "2001:db8:10::/64"], {"role": "gw"})),
+        ("GlobalNetworkSet", "g2", None, gns("g2", ["198.19.0.0/16"], {"team": "t1"})),
         ("WorkloadEndpoint", "ghost", "ns1", None),     # deleted before it was ever seen
     ]
     return config, members
@@ -229,9 +229,9 @@ def later_steps():
     """Batches of changes applied after the cold start, each followed by a recompute."""
     return [
         # label change (one member into another group)
-        [remote(4)[:3] + (wep("r4", "ns2", ["10.0.4.1"], {"app": "db"}, profiles=("kns.ns2",)),)],
+        [remote(4)[:3] + (wep("r4", "ns2", ["198.19.100.4"], {"app": "db"}, profiles=("kns.ns2",)),)],
         # address change, one to two addresses and IPv6
-        [remote(8)[:3] + (wep("r8", "ns3", ["10.0.8.9", "10.0.8.10", "fd00::8:8"],
+        [remote(8)[:3] + (wep("r8", "ns3", ["198.19.100.9", "198.19.100.10", "2001:db8::8:8"],
                                {"app": "web"}, profiles=("kns.ns3",),
                                ports=[("http", "TCP", 81)]),)],
         # member deleted (shared address, IPv6)
@@ -242,24 +242,24 @@ def later_steps():
         [("GlobalNetworkPolicy", "p-web", None, gnp("p-web", "app == 'api'", ingress=[
             frm("app == 'web'"), to_ports("app == 'db'", ["pg", "http"], "UDP")]))],
         # named port change on a member
-        [remote(1)[:3] + (wep("r1", "ns2", ["10.0.1.1"], {"app": "db"}, profiles=("kns.ns2",),
+        [remote(1)[:3] + (wep("r1", "ns2", ["198.19.100.1"], {"app": "db"}, profiles=("kns.ns2",),
                                ports=[("pg", "TCP", 6543)]),)],
         # network set CIDRs change, then gone
-        [("GlobalNetworkSet", "g1", None, gns("g1", ["192.168.0.0/24", "fd11::/64"], {"role": "gw"}))],
+        [("GlobalNetworkSet", "g1", None, gns("g1", ["198.18.128.0/24", "2001:db8:11::/64"], {"role": "gw"}))],
         [("GlobalNetworkSet", "g1", None, None)],
         # host endpoint relabelled, local endpoint removed
-        [("HostEndpoint", "h1", None, hep("h1", ["10.98.0.1", "10.98.0.11"], {"app": "cache"})),
+        [("HostEndpoint", "h1", None, hep("h1", ["198.19.98.1", "198.19.98.11"], {"app": "cache"})),
          ("WorkloadEndpoint", "l2", "ns2", None)],
         # many members relabelled at once (> BULK_ITEMS: the bulk path again)
         # (some keep an address other members give too)
         [remote(i)[:3] + (wep(f"r{i}", remote(i)[2],
-                              [f"10.{i // 250}.{i % 250}.1"] + (["10.250.0.1"] if i % 13 == 0 else []),
+                              [f"198.18.{i // 250}.{i % 250 + 1}"] + (["198.19.250.1"] if i % 13 == 0 else []),
                               {"app": APPS[(i + 1) % 4]}, profiles=(f"kns.{remote(i)[2]}",)),)
          for i in range(20, 20 + SelectorMatcher.BULK_ITEMS + 30)],
         # a profile deleted, a policy deleted
         [("Profile", "extra", None, None), ("NetworkPolicy", "n-db", "ns1", None)],
         # and a new member in a new label group
-        [("WorkloadEndpoint", "z1", "ns9", wep("z1", "ns9", ["10.77.0.1", "fd77::1"],
+        [("WorkloadEndpoint", "z1", "ns9", wep("z1", "ns9", ["198.19.77.1", "2001:db8:77::1"],
                                                {"app": "web", "tier": "fe"},
                                                ports=[("http", "TCP", 8081)]))],
     ]
