@@ -457,6 +457,35 @@ def test_damaged_host_lock_hint_costs_nothing_but_a_retry(datastore, etcd_client
     one.close()
 
 
+def test_hint_from_another_etcd_history_at_the_same_revision_is_refused(datastore, etcd_client, tmp_path):
+    """The lock file outlives etcd's history (a restore from a snapshot goes on from
+    the snapshot's revision): a hint naming the block's current revision with other
+    contents must not be written back. It costs one failed compare."""
+    datastore.create(pool("p", "198.19.0.0/24", blockSize=28))
+    one = IPAM(etcd_client, datastore, host_lock_dir=str(tmp_path))
+    first = one.auto_assign("h1", "node-a")[0][0]
+    one.close()
+    lock_file = tmp_path / "ipam-node-a.lock"
+    header, _, body = lock_file.read_bytes().partition(b"\n")
+    cidr, rev = header.decode().split()
+    assert int(rev) == etcd_client.get(keys.block_key(ipaddress.ip_network(cidr))).mod_revision
+    other = json.loads(body)  # what the same revision held in the other history
+    other["attributes"].append({"handle_id": "ghost", "secondary": {"node": "node-a"}})
+    ghost = len(other["attributes"]) - 1
+    for ordinal in (5, 6, 7):
+        other["allocations"][ordinal] = ghost
+    other["unallocated"] = [o for o in other["unallocated"] if o not in (5, 6, 7)]
+    lock_file.write_bytes(header + b"\n" + json.dumps(other).encode())
+    two = IPAM(etcd_client, datastore, host_lock_dir=str(tmp_path))
+    stats = _counting(etcd_client)
+    second = two.auto_assign("h2", "node-a")[0][0]
+    assert stats["lost"] == 1
+    [blk] = two.blocks()
+    assert sorted(str(ip) for ip, _ in blk.allocated()) == sorted(str(ip) for ip in (first, second))
+    assert all(a.get("handle_id") != "ghost" for _, a in blk.allocated())
+    two.close()
+
+
 # --- IPReservation -------------------------------------------------------------------------
 
 def reservation(name, *cidrs):

@@ -32,7 +32,7 @@ from calico_net.errors import printable
 
 __all__ = [
     "DEFAULT_ENDPOINTS", "EtcdClient", "EtcdConfig", "KV", "PrefixReader", "TxnResult", "Watch",
-    "WatchCompacted", "WatchEvent", "cmp_absent", "cmp_mod_revision", "cmp_prefix_unchanged_since",
+    "WatchCompacted", "WatchEvent", "cmp_absent", "cmp_mod_revision", "cmp_prefix_unchanged_since", "cmp_value",
     "connect", "key_bytes", "key_problem", "op_delete", "op_get", "op_get_prefix", "op_put",
     "prefix_end", "show_key",
 ]
@@ -157,6 +157,11 @@ def cmp_mod_revision(key: str, revision: int) -> dict[str, Any]:
     if revision == 0:
         return {"key": key_bytes(key), "target": "CREATE", "result": "EQUAL", "create_revision": 0}
     return {"key": key_bytes(key), "target": "MOD", "result": "EQUAL", "mod_revision": revision}
+
+
+def cmp_value(key: str, value: bytes | str) -> dict[str, Any]:
+    """Compare: the key holds exactly `value` (a key that does not exist holds none)."""
+    return {"key": key_bytes(key), "target": "VALUE", "result": "EQUAL", "value": _value_bytes(value)}
 
 
 def cmp_absent(key: str) -> dict[str, Any]:

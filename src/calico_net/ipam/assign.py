@@ -31,7 +31,8 @@ from __future__ import annotations
 import logging
 from typing import AbstractSet, Any, Callable, Mapping, Sequence
 
-from calico_net.datastore.etcd import cmp_mod_revision, cmp_prefix_unchanged_since, op_get, op_get_prefix, op_put
+from calico_net.datastore.etcd import (cmp_mod_revision, cmp_prefix_unchanged_since, cmp_value, op_get, op_get_prefix,
+                                       op_put)
 from calico_net.ipam import keys
 from calico_net.ipam.block import (
     ATTR_NODE,
@@ -63,7 +64,7 @@ from calico_net.ipam.records import (
     backoff,
     broken_guard,
     dumps,
-    parse_block,
+    parse_block_value,
 )
 from calico_net.ipam.release import IPAMRelease
 
@@ -106,15 +107,17 @@ class IPAMAssign(IPAMRelease):
         of them broke).
         """
         bkey = keys.block_key(cidr)
-        blk, rev = self._take_block(cidr, use_cache)
+        blk, rev, stored = self._take_block(cidr, use_cache)
         with_handle = handle is not None and handle_change is not None
         for attempt in range(self.max_attempts):
             result = change(blk)
             if blk is None or result is None:  # nothing changed: the block is as etcd has it
-                self._keep_block(cidr, blk, rev)
+                self._keep_block(cidr, blk, rev, stored)
                 return result, blk
             value = dumps(blk.to_json())
-            compare = [cmp_mod_revision(bkey, rev)]
+            # the revision and the bytes: a cached or hinted block may come from another
+            # etcd history in which the same revision held something else
+            compare = [cmp_mod_revision(bkey, rev), cmp_value(bkey, stored)]
             success = [op_put(bkey, value)]
             failure = [op_get(bkey)]
             if with_handle:
@@ -136,14 +139,14 @@ class IPAMAssign(IPAMRelease):
                 # Our write committed and its reply was lost: the client re-sent the
                 # transaction to another endpoint, whose compare then failed. Taking
                 # that for a conflict would assign a second address to the handle.
-                blk, rev = parse_block(txn.range_kvs(0))
+                blk, rev, _ = parse_block_value(txn.range_kvs(0))
                 self._wrote(cidr, blk, value, rev)  # type: ignore[arg-type]
                 if with_handle:
                     handle.load(txn.range_kvs(1))  # type: ignore[union-attr]
                 return result, blk
             # Someone else got in first: start again from what is there now. The handle
             # is reloaded too, so a retried increment is never counted twice.
-            blk, rev = parse_block(txn.range_kvs(0))
+            blk, rev, stored = parse_block_value(txn.range_kvs(0))
             if with_handle:
                 handle.load(txn.range_kvs(1))  # type: ignore[union-attr]
             broken_guard(guards, txn, 2 if with_handle else 1)

@@ -3,9 +3,14 @@ six caches, the host lock that hands the block written last from one process of 
 node to the next, and the methods that fill and invalidate them.
 
 The caches only save reads. Every write compares the etcd mod revision of each key
-it depends on, so a stale entry costs one failed compare, never a wrong answer.
+it depends on, so a stale entry costs one failed compare, never a wrong answer. A
+cached block is also compared by its bytes: a mod revision names a value only within
+one etcd history, and a cache or a host lock hint can outlive that history (etcd
+restored from a snapshot goes on from the snapshot's revision, so the same numbers
+come round again with other contents; a cluster rebuilt from scratch does the same).
 
-* `_block_cache` {block CIDR: (AllocationBlock, mod revision)}: parsed blocks. An
+* `_block_cache` {block CIDR: (AllocationBlock, mod revision, stored bytes)}: parsed
+  blocks with the exact value they were read or written as. An
   entry is taken out (`_take_block`) while a change is being made to it and put back
   (`_keep_block`) only with what etcd accepted or returned, so a change that fails
   half-way never leaves a block etcd does not have. Filled by batched reads of the
@@ -40,7 +45,7 @@ from calico_net.ipam import keys
 from calico_net.ipam.block import AllocationBlock, IPNetwork
 from calico_net.ipam.hostlock import HostLock
 from calico_net.ipam.pools import Pool
-from calico_net.ipam.records import parse_block
+from calico_net.ipam.records import parse_block, parse_block_value
 from calico_net.ipam.reservations import Reservations
 
 
@@ -50,7 +55,7 @@ class IPAMCaches:
     client: EtcdClient
 
     def __init__(self, host_lock_dir: str | None) -> None:
-        self._block_cache: dict[IPNetwork, tuple[AllocationBlock, int]] = {}
+        self._block_cache: dict[IPNetwork, tuple[AllocationBlock, int, bytes]] = {}
         self._affine_cache: dict[tuple[str, int], list[IPNetwork]] = {}
         self._last_block: dict[tuple[str, int], IPNetwork] = {}
         self._pool_cache: tuple[list[Pool], dict[str, int]] | None = None
@@ -66,24 +71,27 @@ class IPAMCaches:
         kv = self.client.get(keys.block_key(cidr))
         return parse_block([kv] if kv else [])
 
-    def _take_block(self, cidr: IPNetwork, use_cache: bool) -> tuple[AllocationBlock | None, int]:
-        """The cached block, taken out of the cache (the caller changes it and puts
-        back what etcd accepted with `_keep_block`); read from etcd when not cached."""
+    def _take_block(self, cidr: IPNetwork, use_cache: bool) -> tuple[AllocationBlock | None, int, bytes]:
+        """The cached block with its revision and stored bytes, taken out of the cache
+        (the caller changes it and puts back what etcd accepted with `_keep_block`);
+        read from etcd when not cached."""
         hit = self._block_cache.pop(cidr, None)
         if hit is not None and use_cache:
             return hit
-        return self._read_block(cidr)
+        kv = self.client.get(keys.block_key(cidr))
+        return parse_block_value([kv] if kv else [])
 
-    def _keep_block(self, cidr: IPNetwork, blk: AllocationBlock | None, rev: int) -> None:
-        """Cache a block etcd holds at `rev`; the caller must not change it afterwards."""
+    def _keep_block(self, cidr: IPNetwork, blk: AllocationBlock | None, rev: int, value: bytes) -> None:
+        """Cache a block etcd holds at `rev` as `value`; the caller must not change it
+        afterwards."""
         if blk is None:
             self._block_cache.pop(cidr, None)
         else:
-            self._block_cache[cidr] = (blk, rev)
+            self._block_cache[cidr] = (blk, rev, value)
 
     def _wrote(self, cidr: IPNetwork, blk: AllocationBlock, value: bytes, rev: int) -> None:
         """Record a block etcd accepted at `rev` (cached, and the host lock's next hint)."""
-        self._keep_block(cidr, blk, rev)
+        self._keep_block(cidr, blk, rev, value)
         self._written = (cidr, rev, value)
 
     def _forget_affinity(self, node: str, cidr: IPNetwork) -> None:
@@ -127,7 +135,7 @@ class IPAMCaches:
             return  # a damaged hint: ignore it
         if blk.cidr != cidr:
             return
-        self._block_cache[cidr] = (blk, rev)
+        self._block_cache[cidr] = (blk, rev, value)
         host = blk.host
         if host is not None:
             # another process of the node may have just claimed it: no need for a fresh

@@ -12,8 +12,10 @@ The lock file also carries a hint: the node's block written last, with its etcd 
 revision (a header line `<cidr> <revision>\\n`, then the block's JSON). The next holder
 starts from it instead of from its own, possibly older, cached copy, so the
 compare-and-swap that follows normally succeeds at the first try. The hint is only a
-hint: every write still compares the block's revision in etcd, so a stale, missing or
-damaged hint costs a retry, never a wrong allocation.
+hint: every write still compares the block's revision and its bytes in etcd, so a
+stale, missing or damaged hint costs a retry, never a wrong allocation. The bytes
+matter because the file outlives etcd's history: after etcd is restored from a
+snapshot (or rebuilt) the same revision can hold another block.
 
 Best effort, as in Calico: when the directory or file cannot be used, IPAM goes on
 without the lock (and says so once in the log).

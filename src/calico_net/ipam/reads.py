@@ -34,6 +34,7 @@ from calico_net.ipam.records import (
     affinity_state,
     handle_blocks,
     parse_block,
+    parse_block_value,
     pool_revisions,
 )
 from calico_net.ipam.reservations import RESERVATION_PREFIX, Reservations
@@ -162,9 +163,9 @@ class IPAMReads(IPAMCaches):
             self._affine_cache[(node, version)] = affine
         first = 4 + len(versions)
         for i, cidr in enumerate(reread):
-            blk, rev = parse_block(txn.range_kvs(first + i))
+            blk, rev, stored = parse_block_value(txn.range_kvs(first + i))
             if cidr in self._affine_cache.get((node, cidr.version), ()):
-                self._keep_block(cidr, blk, rev)
+                self._keep_block(cidr, blk, rev, stored)
         block_cidrs: dict[int, set[IPNetwork]] = {}
         if for_claim:
             first += len(reread)
@@ -266,8 +267,7 @@ class IPAMReads(IPAMCaches):
             return  # one block: `_take_block` reads it as cheaply
         txn = self.client.txn([], [op_get(keys.block_key(c)) for c in missing])
         for i, cidr in enumerate(missing):
-            blk, rev = parse_block(txn.range_kvs(i))
-            self._keep_block(cidr, blk, rev)
+            self._keep_block(cidr, *parse_block_value(txn.range_kvs(i)))
 
     # ------------------------------------------------------------------ affinities
     def affinities(self, node: str | None = None, version: int | None = None) -> list[Affinity]:

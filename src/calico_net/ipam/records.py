@@ -62,9 +62,16 @@ def affine_from_kvs(kvs: list[KV], version: int) -> list[IPNetwork]:
 
 def parse_block(kvs: list[KV]) -> tuple[AllocationBlock | None, int]:
     """A block from a range result (empty: no block)."""
+    blk, rev, _ = parse_block_value(kvs)
+    return blk, rev
+
+
+def parse_block_value(kvs: list[KV]) -> tuple[AllocationBlock | None, int, bytes]:
+    """A block from a range result with its mod revision and the exact bytes etcd
+    holds (what a later compare-and-swap compares; empty: no block)."""
     if not kvs or not kvs[0].value:
-        return None, 0
-    return AllocationBlock.from_json(orjson.loads(kvs[0].value)), kvs[0].mod_revision
+        return None, 0, b""
+    return AllocationBlock.from_json(orjson.loads(kvs[0].value)), kvs[0].mod_revision, kvs[0].value
 
 
 def handle_blocks(value: bytes | None) -> dict[str, int]:

@@ -103,9 +103,10 @@ class IPAMRelease(IPAMReads):
             after = Handle(handle.handle_id, new_blocks, handle.rev)
             compare = [cmp_mod_revision(handle.key, handle.rev)]
             success = after.write_ops()
+            value = dumps(blk.to_json()) if ips else b""  # type: ignore[union-attr]
             if ips:
                 compare.append(cmp_mod_revision(bkey, rev))
-                success.append(op_put(bkey, dumps(blk.to_json())))  # type: ignore[union-attr]
+                success.append(op_put(bkey, value))
             txn = self.client.txn(compare, success, [op_get(handle.key)])
             if txn.succeeded:
                 handle.blocks = new_blocks
@@ -113,7 +114,7 @@ class IPAMRelease(IPAMReads):
                 # it was put when it still holds addresses, deleted otherwise
                 handle.rev = txn.revision if after.live else 0
                 if ips:
-                    self._keep_block(cidr, blk, txn.revision)
+                    self._keep_block(cidr, blk, txn.revision, value)
                 return ips
             handle.load(txn.range_kvs(0))
             if str(cidr) not in handle.blocks:
