@@ -49,6 +49,24 @@ def datastore(etcd_client):
     return Datastore(etcd_client)
 
 
+@pytest.fixture
+def parse_workers_started(monkeypatch) -> list:
+    """The parse workers the agent's syncer starts from now on, in order (real ones:
+    only counted)."""
+    from calico_net.agent import syncer as syncer_mod
+
+    started: list = []
+    real = syncer_mod.ParseWorker
+
+    def counted(node):
+        worker = real(node)
+        started.append(worker)
+        return worker
+
+    monkeypatch.setattr(syncer_mod, "ParseWorker", counted)
+    return started
+
+
 # What the suite runs for real; scripts/install-deps.sh installs all of it. A missing one
 # stops the session at once (no test skips because the machine lacks something).
 REQUIRED_PROGRAMS = {

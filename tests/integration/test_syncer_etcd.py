@@ -63,13 +63,12 @@ class NodeSink(Sink):
     node_name = "node-a"
 
 
-def test_a_big_first_snapshot_is_parsed_with_the_worker_to_the_same_resources(etcd_client, monkeypatch):
+def test_a_big_first_snapshot_is_parsed_with_the_worker_to_the_same_resources(etcd_client, parse_workers_started):
     # 30,000 endpoints of other nodes and 50 of this one, read from a real etcd by
     # the real client: the parse worker takes part (started at the third page) and
     # the resources are those of a read parsed in this process alone
     import orjson
 
-    from calico_net.agent import syncer as syncer_mod
     from calico_net.datastore.etcd import op_put
     from calico_net.datastore.store import resource_key
 
@@ -86,14 +85,7 @@ def test_a_big_first_snapshot_is_parsed_with_the_worker_to_the_same_resources(et
                                                  d["metadata"]["namespace"]), orjson.dumps(d))
                              for d in docs[start:start + 5000]])
     etcd_client.put("/calico/resources/v3/projectcalico.org/workloadendpoints/ns1/broken", "{not json")
-    started = []
-    real = syncer_mod.ParseWorker
-
-    def counted(node):
-        w = real(node)
-        started.append(w)
-        return w
-    monkeypatch.setattr(syncer_mod, "ParseWorker", counted)
+    started = parse_workers_started
     with_worker, alone = NodeSink(), NodeSink()
     syncer = Syncer(etcd_client, with_worker)
     syncer.snapshot()
