@@ -103,7 +103,7 @@ class Member:
 
     One per endpoint of the cluster, so kept small: slots, no parsed document,
     the label set and the profile list shared with every member that has the
-    same (`shared_labels`, `_shared_profiles`), and `values()` made once.
+    same (`shared_labels`, `_shared_profiles`).
     Immutable by convention (a change is a new record: holders compare old and
     new), not by a frozen dataclass, whose `__init__` costs three times as much
     (one is made per endpoint read)."""
@@ -118,10 +118,6 @@ class Member:
     ports: tuple[tuple[str, int, int], ...] = ()   # (name, protocol number, port)
     node: str | None = None
     iface: str | None = None
-    _values: tuple[Any, ...] = field(init=False, repr=False, compare=False, default=())
-
-    def __post_init__(self) -> None:
-        self._values = (self.addrs4, self.addrs6, self.nets4, self.nets6, self.ports)
 
     @property
     def kind(self) -> str:
@@ -140,9 +136,10 @@ class Member:
         return self.key[0] in ENDPOINT_KINDS
 
     def values(self) -> tuple[Any, ...]:
-        """What the member contributes to sets (compared to detect changes); the
-        same tuple on every call (the sets keep it as the member's contribution)."""
-        return self._values
+        """What the member contributes to sets (compared to detect changes). Made on
+        each call, not kept: the sets keep the record they settled as its
+        contribution, and one tuple per endpoint is 8 MB at 100,000."""
+        return (self.addrs4, self.addrs6, self.nets4, self.nets6, self.ports)
 
 
 @dataclass(frozen=True)

@@ -62,7 +62,8 @@ class SelectorSets:
         self.changes = changes
         self.uses: dict[str, _SelectorUse] = {}           # canonical selector text → use
         self.counts: dict[str, Counter[str]] = {}         # set name → multiset of elements
-        self.contributed: dict[Key, tuple[Any, ...]] = {}  # member → values it gave
+        # member → its record when it last contributed (what it gave: `values()`)
+        self.contributed: dict[Key, Member] = {}
 
     # -- usage -----------------------------------------------------------------
 
@@ -149,9 +150,10 @@ class SelectorSets:
         if key in detached:
             return
         detached[key] = None
-        vals = self.contributed.pop(key, None)
-        if vals is None:
+        gave = self.contributed.pop(key, None)
+        if gave is None:
             return
+        vals = gave.values()
         for sel_key in self.matcher.matches_of(key):
             use = self.uses.get(sel_key)  # type: ignore[arg-type]
             if use is not None:
@@ -204,14 +206,14 @@ class SelectorSets:
                             by_match[ms] = [a4]
                         else:
                             got.append(a4)
-                contributed[key] = vals
+                contributed[key] = m
         else:
             for key in gone:
                 contributed.pop(key, None)
             for keys, recs in groups:
                 ms = matches.get(keys[0])
                 vals_list = [m.values() for m in recs]
-                contributed.update(zip(keys, vals_list))
+                contributed.update(zip(keys, recs))
                 if not ms:
                     continue
                 simple: list[tuple[str, ...]] = []
@@ -265,9 +267,9 @@ class SelectorSets:
         """Add/retract one usage's contributions from the selector's current members
         (members whose own change is pending are handled when they re-attach)."""
         for item in self.matcher.members_of(str(use.sel)):
-            vals = self.contributed.get(item)  # type: ignore[arg-type]
-            if vals is not None:
-                self._contribute(vals, use, npk if npk is not None else "addr", sign)
+            gave = self.contributed.get(item)  # type: ignore[arg-type]
+            if gave is not None:
+                self._contribute(gave.values(), use, npk if npk is not None else "addr", sign)
 
     def _contribute(self, vals: tuple[Any, ...], use: _SelectorUse,
                     only: NamedPortKey | str | None, sign: int) -> None:
