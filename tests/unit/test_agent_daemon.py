@@ -153,6 +153,29 @@ def test_resync_dispatches_only_differences(tmp_path):
     assert d.metrics.resyncs.value == 1
 
 
+def test_resync_after_etcd_history_restarted_compares_contents(tmp_path):
+    for history_reset in (False, True):
+        d, kernel, policy = make(tmp_path / str(history_reset))
+        d.on_snapshot(dict([wep("a", "n1", "cali1", "198.19.0.1/32", rev=7)]), 10)
+        d.loop_once(max_wait=0.01)
+        policy.updates.clear()
+        # the same revision with another value: only possible once etcd's history
+        # restarted (a restore from a snapshot), which the syncer saw as its
+        # revision going back
+        d.syncer.history_reset = history_reset
+        d.on_snapshot(dict([wep("a", "n1", "cali1", "198.19.0.8/32", rev=7)]), 9)
+        d.loop_once(max_wait=0.01)
+        if not history_reset:   # within one history a revision names one value: kept
+            assert policy.updates == [] and kernel.table == {(V4, "198.19.0.1", 32): 5}
+            continue
+        assert policy.updates == [("WorkloadEndpoint", "a", "default", True)]
+        assert kernel.table == {(V4, "198.19.0.8", 32): 5}
+        policy.updates.clear()
+        d.on_snapshot(dict([wep("a", "n1", "cali1", "198.19.0.8/32", rev=7)]), 9)   # equal contents
+        d.loop_once(max_wait=0.01)
+        assert policy.updates == []
+
+
 def test_felix_configuration_live(tmp_path):
     d, kernel, policy = make(tmp_path)
     d.on_snapshot(dict([fc("default", {"failsafeInboundHostPorts": [{"protocol": "TCP", "port": 2222}]})]), 3)

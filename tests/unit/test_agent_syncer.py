@@ -112,6 +112,42 @@ def test_parse_kv_bad_objects():
             parse_kv(kv(key, value, 3))
 
 
+class HoldingSink(Sink):
+    """Holds what it was given, as the daemon does (`known` answers from it)."""
+
+    def __init__(self):
+        super().__init__()
+        self.held = {}
+
+    def known(self, key):
+        return self.held.get(key)
+
+    def on_snapshot(self, resources, revision):
+        self.held = dict(resources)
+        super().on_snapshot(resources, revision)
+
+
+def test_a_snapshot_from_a_restarted_history_reuses_nothing_held():
+    key = P + "globalnetworkpolicies/a"
+    c, sink = FakeClient(), HoldingSink()
+    s = Syncer(c, sink)
+    c.snapshots = [([kv(key, gnp("a", order=1), 50)], 100)]
+    s.snapshot()
+    # within one history the value held at the same mod revision is reused unparsed
+    c.snapshots = [([kv(key, gnp("a", order=7), 50)], 120)]
+    s.snapshot()
+    assert sink.held[key].doc["spec"]["order"] == 1 and not s.history_reset
+    # etcd restored from a snapshot: the revision went back, and revision 50 now
+    # holds another value
+    c.snapshots = [([kv(key, gnp("a", order=7), 50)], 60)]
+    s.snapshot()
+    assert s.history_reset and sink.held[key].doc["spec"]["order"] == 7
+    # from there on, one history again
+    c.snapshots = [([kv(key, gnp("a", order=7), 50)], 61)]
+    s.snapshot()
+    assert not s.history_reset
+
+
 def test_snapshot_then_watch_from_next_revision_and_bad_data_once():
     c = FakeClient()
     good = kv(P + "globalnetworkpolicies/a", gnp("a"), 10)

@@ -272,6 +272,21 @@ def test_index_snapshot_events_and_render_input() -> None:
     assert not idx.apply("DELETE", kv(NODES + "nobody", b"", 11))
 
 
+def test_index_snapshot_from_a_restarted_history_is_parsed_afresh() -> None:
+    """A mod revision names one value within one etcd history only: after a restore
+    from a snapshot the same revision comes round again with other contents."""
+    idx = BGPIndex("h1")
+    idx.load([kv(NODES + "h2", node("h2", "198.18.0.12"), 40)], 50)
+    assert idx.apply("PUT", kv(NODES + "h3", node("h3", "198.18.0.13"), 60))
+    # within the history: the same key at the same revision is the value held
+    assert not idx.load([kv(NODES + "h2", node("h2", "198.18.0.99"), 40),
+                         kv(NODES + "h3", node("h3", "198.18.0.13"), 60)], 70)
+    assert [n["spec"]["bgp"]["ipv4Address"] for n in idx.render_input().nodes] == ["198.18.0.12/24", "198.18.0.13/24"]
+    # the revision went back (70 -> 55): the same revision 40 now holds another value
+    assert idx.load([kv(NODES + "h2", node("h2", "198.18.0.99"), 40)], 55)
+    assert [n["spec"]["bgp"]["ipv4Address"] for n in idx.render_input().nodes] == ["198.18.0.99/24"]
+
+
 def test_index_bad_values_logged_once_and_skipped(caplog: pytest.LogCaptureFixture) -> None:
     seen: list[str] = []
     idx = BGPIndex("h1", on_bad=lambda k, r: seen.append(k))

@@ -203,7 +203,8 @@ class Daemon:
     def on_snapshot(self, resources: dict[str, Resource], revision: int) -> None:
         # a bad key that is gone (or good again) leaves the syncer's bad set silently
         self.metrics.skipped.set(len(self.syncer.bad))
-        self.events.put(("snapshot", resources, revision))
+        # read here, in the syncer's thread, as it is for this snapshot
+        self.events.put(("snapshot", resources, revision, getattr(self.syncer, "history_reset", False)))
 
     def on_update(self, key: str, resource: Resource | None) -> None:
         self.metrics.skipped.set(len(self.syncer.bad))
@@ -348,8 +349,8 @@ class Daemon:
             _, key, res = ev
             return self._dispatch(key, res)
         if what == "snapshot":
-            _, resources, revision = ev
-            self._resync(resources, revision)
+            _, resources, revision, history_reset = ev
+            self._resync(resources, revision, history_reset)
             return True
         if what == "tamper":
             return self._tamper(ev[1])
@@ -385,7 +386,10 @@ class Daemon:
             self.next_nft_refresh = now
         return n > 0
 
-    def _resync(self, resources: dict[str, Resource], revision: int) -> None:
+    def _resync(self, resources: dict[str, Resource], revision: int, history_reset: bool = False) -> None:
+        """Take a snapshot: dispatch what changed. A resource held at the same mod
+        revision is the same value, except after etcd's history restarted
+        (`history_reset`: the revision went back), when only equal contents count."""
         first = not self.synced
         if first:
             # The first snapshot's FelixConfigurations come first: the interface
@@ -404,7 +408,7 @@ class Daemon:
             changed += 1
         for key, res in resources.items():
             old = self.cache.get(key)
-            if old is not None and (old.revision == res.revision or
+            if old is not None and ((old.revision == res.revision and not history_reset) or
                                     (old.member == res.member and old.doc == res.doc)):
                 self.cache[key] = res
                 continue

@@ -310,16 +310,22 @@ class Syncer(SnapshotWatcher):
         # key -> (mod_revision, reason) of values we skipped: each is logged once.
         self.bad: dict[str, tuple[int, str]] = {}
         self.revision = 0
+        #: the last snapshot's revision was below one seen before: etcd's history
+        #: restarted (restored from a snapshot, or another cluster at the address),
+        #: so a mod revision no longer names one value and nothing held is reused
+        self.history_reset = False
+        self._reuse_known = True
         #: why the probe cancelled the current watch (the status reason then)
         self._probe_failure: str | None = None
 
     # --- parsing ---
     def _parse(self, kv: KV) -> Resource | None:
         # A resync re-reads every key: values the consumer holds (same key, same
-        # mod revision) are not validated again.
-        cached = self.sink.known(kv.key)
-        if cached is not None and cached.revision == kv.mod_revision:
-            return cached
+        # mod revision) are not validated again, unless etcd's history restarted.
+        if self._reuse_known:
+            cached = self.sink.known(kv.key)
+            if cached is not None and cached.revision == kv.mod_revision:
+                return cached
         try:
             res = parse_kv(kv, self.validate, self.kind_of, self.local_node)
         except BadObject as e:
@@ -353,6 +359,12 @@ class Syncer(SnapshotWatcher):
         while this thread parses); delivers it and returns its revision. The first
         one is parsed with a helper process (`parseworker`) where it can be."""
         revision, pages = self.client.read_prefix(self.prefix, self.page_size)
+        self.history_reset = revision < self.revision
+        if self.history_reset:
+            log.warning("etcd's revision went back from %d to %d (restored from a snapshot, or another "
+                        "cluster at this address): every resource is parsed and compared afresh",
+                        self.revision, revision)
+        self._reuse_known = not self.history_reset
         resources: dict[str, Resource] = {}
         present: set[str] = set()
         worker: ParseWorker | None = None
@@ -371,6 +383,7 @@ class Syncer(SnapshotWatcher):
             if worker is not None:
                 self._finish_with(worker, resources, len(present))
         finally:
+            self._reuse_known = True
             # its job is done, or the read failed (then what it holds is of a
             # snapshot that is not used: the next attempt starts afresh)
             if worker is not None:

@@ -169,6 +169,12 @@ class BGPIndex:
         """Replace everything with a snapshot at ``revision``; True when it changed."""
         with self._lock:
             changed = not self.synced
+            if revision < self.revision:
+                # etcd's history restarted (restored from a snapshot, or another
+                # cluster at the address): a mod revision no longer names one value
+                log.warning("etcd's revision went back from %d to %d: every value is parsed afresh",
+                            self.revision, revision)
+                self._parsed_rev.clear()
             present = {kv.key for kv in kvs}
             for key in [k for k in list(self._resources) + list(self._blocks) if k not in present]:
                 changed |= self._delete_locked(key)
