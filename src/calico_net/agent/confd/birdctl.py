@@ -236,6 +236,10 @@ def _quote(pattern: str) -> str:
 _SINCE_RE = re.compile(
     r"(\d{4}-\d\d-\d\d(?: \d\d:\d\d:\d\d(?:\.\d+)?)?|\d\d:\d\d:\d\d(?:\.\d+)?|\S+)\s*(.*)\Z"
 )
+# BIRD works "since" out again on every show, from its monotonic clock and the wall
+# clock read a moment apart, so a fraction of a second (BIRD 2's default time format
+# has milliseconds) differs between two reads of the same state: kept to seconds
+_SINCE_FRACTION_RE = re.compile(r"(\d\d:\d\d:\d\d)\.\d+\Z")
 
 
 def _parse_row(text: str) -> Protocol:
@@ -247,7 +251,7 @@ def _parse_row(text: str) -> Protocol:
     if len(parts) == 5:
         m = _SINCE_RE.match(parts[4])
         if m:
-            since, info = m.group(1), m.group(2).strip()
+            since, info = _SINCE_FRACTION_RE.sub(r"\1", m.group(1)), m.group(2).strip()
     return Protocol(name=name, proto=proto, table=table, state=state, since=since, info=info)
 
 

@@ -99,7 +99,7 @@ sessions:
       returned: always
       sample: up
     since:
-      description: When the protocol entered that state.
+      description: When the protocol entered that state, to the second (BIRD's fraction of a second moves between two reads).
       type: str
       returned: always
       sample: "2026-01-31 12:00:00"
