@@ -105,12 +105,17 @@ def _healthy(client_url: str, tls: dict[str, str] | None) -> bool:
         return False
 
 
-def stop_etcd(server: EtcdServer) -> None:
-    if server.proc.poll() is None:
-        server.proc.send_signal(signal.SIGTERM)
+def stop_process(proc: subprocess.Popen) -> None:
+    """SIGTERM, then SIGKILL after 10 s; a process that has ended is left alone."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
         try:
-            server.proc.wait(10)
+            proc.wait(10)
         except subprocess.TimeoutExpired:
-            server.proc.kill()
-            server.proc.wait()
+            proc.kill()
+            proc.wait()
+
+
+def stop_etcd(server: EtcdServer) -> None:
+    stop_process(server.proc)
     shutil.rmtree(server.data_dir, ignore_errors=True)

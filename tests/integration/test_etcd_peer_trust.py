@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -31,7 +30,7 @@ import pytest
 import requests
 import yaml
 
-from etcd_server import REPO, free_port
+from etcd_server import REPO, free_port, stop_process
 
 sys.path.insert(0, str(REPO / "tests" / "ansible"))
 from playbook_runner import run_playbook  # noqa: E402 (tests/ansible is not on the path here)
@@ -95,16 +94,6 @@ def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
                             start_new_session=True)
 
 
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 @pytest.fixture(scope="module")
 def member(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("peer-trust")
@@ -130,11 +119,11 @@ def member(tmp_path_factory):
         except requests.RequestException:
             pass
         if time.monotonic() > deadline:
-            stop(proc)
+            stop_process(proc)
             pytest.fail(f"etcd did not become healthy: {(tmp / 'm1.log').read_text()[-3000:]}")
         time.sleep(0.2)
     yield m
-    stop(proc)
+    stop_process(proc)
 
 
 def test_role_settings_give_peers_their_own_ca(member):
@@ -213,7 +202,7 @@ def test_a_member_with_the_client_certificate_cannot_join(member):
         members = {m.get("ID"): m for m in client.member_list()}
         assert not members[rogue_id].get("name"), members
     finally:
-        stop(rogue)
+        stop_process(rogue)
         client.member_remove(rogue_id)
         client.close()
     r = requests.get(member["client_url"] + "/health", cert=member["client"], verify=ca, timeout=5)

@@ -10,11 +10,10 @@ from __future__ import annotations
 import os
 import queue
 import shutil
-import signal
 import subprocess
 import time
 
-from etcd_server import EtcdServer, free_port, start_etcd, stop_etcd
+from etcd_server import EtcdServer, free_port, start_etcd, stop_etcd, stop_process
 
 from calico_net.agent.syncer import Syncer
 from calico_net.datastore.etcd import EtcdClient, EtcdConfig
@@ -77,16 +76,6 @@ def _run(server: EtcdServer, args: list[str]) -> EtcdServer:
         client.close()
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 def _put_at(client: EtcdClient, revision: int) -> None:
     """Move the revision with filler puts to just below `revision`, then put KEY there."""
     while client.revision() < revision - 1:
@@ -126,7 +115,7 @@ def test_syncer_reuses_nothing_after_etcd_is_restored_from_a_snapshot(tmp_path):
         # revision to `seen_at` with KEY written there again, other contents, while
         # the agent cannot reach this etcd (another client port)
         client.close()
-        _stop(server.proc)
+        stop_process(server.proc)
         data = args[args.index("--data-dir") + 1]
         shutil.move(data, data + ".before-restore")
         peer = args[args.index("--initial-advertise-peer-urls") + 1]
@@ -144,7 +133,7 @@ def test_syncer_reuses_nothing_after_etcd_is_restored_from_a_snapshot(tmp_path):
         _put_at(client, seen_at)
         assert client.get(KEY).mod_revision == seen_at     # the same key at the same revision
         client.close()
-        _stop(restored.proc)
+        stop_process(restored.proc)
 
         # back at the agent's address
         back = _run(server, args)
@@ -162,6 +151,6 @@ def test_syncer_reuses_nothing_after_etcd_is_restored_from_a_snapshot(tmp_path):
             syncer.stop()
         client.close()
         for p in procs:
-            _stop(p)
+            stop_process(p)
         stop_etcd(server)
         shutil.rmtree(server.data_dir, ignore_errors=True)
