@@ -81,15 +81,19 @@ def start_etcd(listen_host: str = "127.0.0.1", extra_args: list[str] | None = No
         ],
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"etcd exited: {open(os.path.join(data_dir, 'etcd.log')).read()[-2000:]}")
-        if _healthy(client_url, tls):
-            return EtcdServer(client_url, data_dir, proc)
-        time.sleep(0.1)
-    stop_etcd(EtcdServer(client_url, data_dir, proc))
-    raise RuntimeError("etcd did not become healthy in 30 s")
+    server = EtcdServer(client_url, data_dir, proc)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"etcd exited: {open(os.path.join(data_dir, 'etcd.log')).read()[-2000:]}")
+            if _healthy(client_url, tls):
+                return server
+            time.sleep(0.1)
+        raise RuntimeError("etcd did not become healthy in 30 s")
+    except BaseException:
+        stop_etcd(server)     # also when interrupted while waiting: never left running
+        raise
 
 
 def _healthy(client_url: str, tls: dict[str, str] | None) -> bool:

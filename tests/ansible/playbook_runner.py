@@ -177,16 +177,18 @@ def start_etcd(name: str = "ansible-lane") -> EtcdProcess:
          "--log-level", "warn", "--logger", "zap"],
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     server = EtcdProcess(client_url, data_dir, proc)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            server.stop()
-            raise RuntimeError(f"etcd exited: {Path(data_dir, 'etcd.log').read_text()[-2000:]}")
-        try:
-            if requests.get(client_url + "/health", timeout=1).ok:
-                return server
-        except requests.RequestException:
-            pass
-        time.sleep(0.1)
-    server.stop()
-    raise RuntimeError("etcd did not become healthy in 30 s")
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"etcd exited: {Path(data_dir, 'etcd.log').read_text()[-2000:]}")
+            try:
+                if requests.get(client_url + "/health", timeout=1).ok:
+                    return server
+            except requests.RequestException:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError("etcd did not become healthy in 30 s")
+    except BaseException:
+        server.stop()     # also when interrupted while waiting: never left running
+        raise
