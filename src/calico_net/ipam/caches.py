@@ -45,7 +45,7 @@ from calico_net.ipam import keys
 from calico_net.ipam.block import AllocationBlock, IPNetwork
 from calico_net.ipam.hostlock import HostLock
 from calico_net.ipam.pools import Pool
-from calico_net.ipam.records import parse_block, parse_block_value
+from calico_net.ipam.records import parse_block_value
 from calico_net.ipam.reservations import Reservations
 
 
@@ -68,8 +68,13 @@ class IPAMCaches:
     # ------------------------------------------------------------------ blocks
     def _read_block(self, cidr: IPNetwork) -> tuple[AllocationBlock | None, int]:
         """The block as etcd has it now (a new object the caller may change)."""
+        blk, rev, _ = self._read_block_value(cidr)
+        return blk, rev
+
+    def _read_block_value(self, cidr: IPNetwork) -> tuple[AllocationBlock | None, int, bytes]:
+        """The block as etcd has it now, with its revision and stored bytes."""
         kv = self.client.get(keys.block_key(cidr))
-        return parse_block([kv] if kv else [])
+        return parse_block_value([kv] if kv else [])
 
     def _take_block(self, cidr: IPNetwork, use_cache: bool) -> tuple[AllocationBlock | None, int, bytes]:
         """The cached block with its revision and stored bytes, taken out of the cache
@@ -78,8 +83,7 @@ class IPAMCaches:
         hit = self._block_cache.pop(cidr, None)
         if hit is not None and use_cache:
             return hit
-        kv = self.client.get(keys.block_key(cidr))
-        return parse_block_value([kv] if kv else [])
+        return self._read_block_value(cidr)
 
     def _keep_block(self, cidr: IPNetwork, blk: AllocationBlock | None, rev: int, value: bytes) -> None:
         """Cache a block etcd holds at `rev` as `value`; the caller must not change it
