@@ -42,6 +42,9 @@ class EtcdServer:
 
         return EtcdClient(EtcdConfig(endpoints=[self.endpoints]))
 
+    def stop(self) -> None:
+        stop_etcd(self)
+
     def env(self) -> dict[str, str]:
         """Environment for a subprocess (calicoctl, agent, CNI) using this etcd."""
         env = dict(os.environ)
@@ -53,13 +56,15 @@ class EtcdServer:
 
 
 def start_etcd(listen_host: str = "127.0.0.1", extra_args: list[str] | None = None,
-               tls: dict[str, str] | None = None) -> EtcdServer:
+               tls: dict[str, str] | None = None, name: str = "test",
+               data_parent: str | None = None) -> EtcdServer:
     """Start an etcd; with `tls` ({"ca", "cert", "key"} server files, client certs
-    required) it serves https only."""
+    required) it serves https only. Its data goes in a new directory under
+    `data_parent` (default: the system's temporary directory)."""
     etcd = shutil.which("etcd") or "/usr/bin/etcd"
     if not os.path.exists(etcd):
         raise RuntimeError("etcd is not installed (make test installs Debian's etcd-server)")
-    data_dir = tempfile.mkdtemp(prefix="calico-test-etcd-")
+    data_dir = tempfile.mkdtemp(prefix="calico-test-etcd-", dir=data_parent)
     cport, pport = free_port(), free_port()
     client_url = f"{'https' if tls else 'http'}://{listen_host}:{cport}"
     tls_args = []
@@ -70,10 +75,10 @@ def start_etcd(listen_host: str = "127.0.0.1", extra_args: list[str] | None = No
     log = open(os.path.join(data_dir, "etcd.log"), "w")
     proc = subprocess.Popen(
         [
-            etcd, "--name", "test", "--data-dir", os.path.join(data_dir, "data"),
+            etcd, "--name", name, "--data-dir", os.path.join(data_dir, "data"),
             "--listen-client-urls", client_url, "--advertise-client-urls", client_url,
             "--listen-peer-urls", peer_url, "--initial-advertise-peer-urls", peer_url,
-            "--initial-cluster", f"test={peer_url}",
+            "--initial-cluster", f"{name}={peer_url}",
             "--max-txn-ops", "20000", "--max-request-bytes", str(32 * 1024 * 1024),
             "--quota-backend-bytes", str(4 * 1024**3),
             "--log-level", "warn", "--logger", "zap",

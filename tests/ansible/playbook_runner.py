@@ -12,18 +12,15 @@ test etcd.
 from __future__ import annotations
 
 import os
-import shutil
-import socket
 import subprocess
 import sys
-import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import requests
 import yaml
+
+from etcd_server import EtcdServer, start_etcd as _start_etcd
 
 REPO = Path(__file__).resolve().parents[2]
 COLLECTION = REPO / "ansible_collections" / "calico" / "net"
@@ -122,73 +119,8 @@ def module_targets() -> list[str]:
 # --- throw-away etcd servers for parallel lanes -------------------------------------
 
 
-@dataclass
-class EtcdProcess:
-    """An etcd of our own, its data on tmpfs when there is one (etcd fsyncs every write,
-    and a busy disk makes that the slowest part of a module test)."""
-
-    endpoints: str
-    data_dir: str
-    proc: subprocess.Popen
-
-    def env(self, base: dict[str, str] | None = None) -> dict[str, str]:
-        env = dict(os.environ if base is None else base)
-        env["ETCD_ENDPOINTS"] = self.endpoints
-        for k in ("ETCD_CA_CERT_FILE", "ETCD_CERT_FILE", "ETCD_KEY_FILE"):
-            env.pop(k, None)
-        return env
-
-    def client(self):
-        from calico_net.datastore.etcd import EtcdClient, EtcdConfig
-
-        return EtcdClient(EtcdConfig(endpoints=[self.endpoints]))
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        shutil.rmtree(self.data_dir, ignore_errors=True)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_etcd(name: str = "ansible-lane") -> EtcdProcess:
-    etcd = shutil.which("etcd") or "/usr/bin/etcd"
-    if not os.path.exists(etcd):
-        raise RuntimeError("etcd is not installed (make test installs Debian's etcd-server)")
+def start_etcd(name: str = "ansible-lane") -> EtcdServer:
+    """An etcd of the lane's own, its data on tmpfs when there is one (etcd fsyncs every
+    write, and a busy disk makes that the slowest part of a module test)."""
     base = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
-    data_dir = tempfile.mkdtemp(prefix="calico-ansible-etcd-", dir=base)
-    client_url = f"http://127.0.0.1:{_free_port()}"
-    peer_url = f"http://127.0.0.1:{_free_port()}"
-    log = open(os.path.join(data_dir, "etcd.log"), "w")
-    proc = subprocess.Popen(
-        [etcd, "--name", name, "--data-dir", os.path.join(data_dir, "data"),
-         "--listen-client-urls", client_url, "--advertise-client-urls", client_url,
-         "--listen-peer-urls", peer_url, "--initial-advertise-peer-urls", peer_url,
-         "--initial-cluster", f"{name}={peer_url}", "--max-txn-ops", "20000",
-         "--log-level", "warn", "--logger", "zap"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    server = EtcdProcess(client_url, data_dir, proc)
-    try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"etcd exited: {Path(data_dir, 'etcd.log').read_text()[-2000:]}")
-            try:
-                if requests.get(client_url + "/health", timeout=1).ok:
-                    return server
-            except requests.RequestException:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError("etcd did not become healthy in 30 s")
-    except BaseException:
-        server.stop()     # also when interrupted while waiting: never left running
-        raise
+    return _start_etcd(name=name, data_parent=base)
